@@ -1,0 +1,466 @@
+//! Bad and awkward input: typed errors, nothing written, exact round trips.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use koda_persistence_api::{CompactedStats, MAX_TIMESTAMP_MS, PersistenceError, Role};
+
+use super::{ROOT, eq, expect_err, is_invalid, is_session_not_found, session, usage, user};
+use crate::Ctx;
+
+/// Every write to an unknown session is `SessionNotFound` and writes nothing.
+pub async fn writes_to_unknown_session_fail_and_write_nothing(cx: &Ctx) -> Result<()> {
+    let s = &cx.store;
+    let m = "missing-session";
+    let u = usage(1, 1, 1, 1, 1);
+    expect_err(
+        "insert_message",
+        s.insert_message(m, &Role::User, Some("x"), None, None, Some(&u))
+            .await,
+        is_session_not_found,
+    )?;
+    expect_err(
+        "insert_message_with_agent",
+        s.insert_message_with_agent(m, &Role::User, Some("x"), None, None, None, Some("a"))
+            .await,
+        is_session_not_found,
+    )?;
+    expect_err(
+        "insert_tool_message_with_full",
+        s.insert_tool_message_with_full(m, "x", "c", "f").await,
+        is_session_not_found,
+    )?;
+    expect_err(
+        "set_session_title",
+        s.set_session_title(m, "t").await,
+        is_session_not_found,
+    )?;
+    expect_err(
+        "set_session_mode",
+        s.set_session_mode(m, "m").await,
+        is_session_not_found,
+    )?;
+    expect_err(
+        "set_metadata",
+        s.set_metadata(m, "k", "v").await,
+        is_session_not_found,
+    )?;
+    expect_err("set_todo", s.set_todo(m, "t").await, is_session_not_found)?;
+    expect_err(
+        "compact_session",
+        s.compact_session(m, "s", 0).await,
+        is_session_not_found,
+    )?;
+    let err = s.set_session_title(m, "t").await.err();
+    eq(
+        "names the session",
+        err.and_then(|e| e.downcast_ref::<PersistenceError>().cloned()),
+        Some(PersistenceError::SessionNotFound(m.to_owned())),
+    )?;
+    eq("messages", s.load_all_messages(m).await?.len(), 0)?;
+    eq("recent", s.recent_user_messages(10).await?.len(), 0)?;
+    eq("metadata", s.get_metadata(m, "k").await?, None)?;
+    eq("mode", s.get_session_mode(m).await?, None)?;
+    eq("usage", s.session_token_usage(m).await?.api_calls, 0)?;
+    eq(
+        "stats",
+        s.compacted_stats().await?,
+        CompactedStats::default(),
+    )?;
+    eq(
+        "sessions",
+        s.list_sessions(10, Path::new(ROOT)).await?.len(),
+        0,
+    )
+}
+
+/// Negative limits are `InvalidInput`.
+pub async fn negative_limits_are_invalid(cx: &Ctx) -> Result<()> {
+    let sid = session(cx).await?;
+    user(cx, &sid, "x").await?;
+    for limit in [-1, i64::MIN] {
+        expect_err(
+            "list_sessions",
+            cx.store.list_sessions(limit, Path::new(ROOT)).await,
+            is_invalid,
+        )?;
+        expect_err(
+            "recent_user_messages",
+            cx.store.recent_user_messages(limit).await,
+            is_invalid,
+        )?;
+    }
+    Ok(())
+}
+
+/// Any negative token counter is `InvalidInput`, and nothing is written.
+pub async fn negative_token_counters_are_invalid(cx: &Ctx) -> Result<()> {
+    let sid = session(cx).await?;
+    let bad = [
+        usage(-1, 0, 0, 0, 0),
+        usage(0, -1, 0, 0, 0),
+        usage(0, 0, -1, 0, 0),
+        usage(0, 0, 0, -1, 0),
+        usage(0, 0, 0, 0, i64::MIN),
+    ];
+    for u in bad {
+        expect_err(
+            &format!("insert_message {u:?}"),
+            cx.store
+                .insert_message(&sid, &Role::Assistant, Some("a"), None, None, Some(&u))
+                .await,
+            is_invalid,
+        )?;
+        expect_err(
+            &format!("insert_message_with_agent {u:?}"),
+            cx.store
+                .insert_message_with_agent(
+                    &sid,
+                    &Role::Assistant,
+                    Some("a"),
+                    None,
+                    None,
+                    Some(&u),
+                    Some("x"),
+                )
+                .await,
+            is_invalid,
+        )?;
+    }
+    eq(
+        "nothing written",
+        cx.store.load_all_messages(&sid).await?.len(),
+        0,
+    )?;
+    eq(
+        "never accessed",
+        cx.store.get_session_idle_secs(&sid).await?,
+        None,
+    )
+}
+
+#[cfg(unix)]
+fn non_utf8_root() -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(OsString::from_vec(b"/work/\xff\xfeproject".to_vec()))
+}
+
+#[cfg(windows)]
+fn non_utf8_root() -> PathBuf {
+    use std::os::windows::ffi::OsStringExt;
+    PathBuf::from(OsString::from_wide(&[0x43, 0x3a, 0xd800]))
+}
+
+/// A project root that is not valid UTF-8 is `InvalidInput`, never merged
+/// with another root.
+pub async fn non_utf8_roots_are_invalid(cx: &Ctx) -> Result<()> {
+    let root = non_utf8_root();
+    expect_err(
+        "create_session",
+        cx.store.create_session("main", &root).await,
+        is_invalid,
+    )?;
+    expect_err(
+        "list_sessions",
+        cx.store.list_sessions(10, &root).await,
+        is_invalid,
+    )?;
+    eq(
+        "nothing created",
+        cx.store
+            .list_sessions(10, Path::new("/work/project"))
+            .await?
+            .len(),
+        0,
+    )
+}
+
+const AWKWARD: [&str; 10] = [
+    "",
+    " ",
+    "\t\n\r ",
+    "héllo wörld 🎉 日本語",
+    "a\0b",
+    "\0",
+    "'; DROP TABLE messages; --",
+    "\u{FEFF}bom",
+    "e\u{301}",
+    "\\x00 $1 %s {} \"quoted\"",
+];
+
+/// Every string field and lookup argument round-trips byte for byte.
+pub async fn strings_round_trip_byte_for_byte(cx: &Ctx) -> Result<()> {
+    for text in AWKWARD {
+        let what = |f: &str| format!("{f} of {text:?}");
+        let sid = cx.store.create_session(text, Path::new(text)).await?;
+        cx.store.set_session_title(&sid, text).await?;
+        cx.store.set_session_mode(&sid, text).await?;
+        cx.store.set_metadata(&sid, text, text).await?;
+        let id = cx
+            .store
+            .insert_message_with_agent(
+                &sid,
+                &Role::User,
+                Some(text),
+                Some(text),
+                Some(text),
+                Some(&usage(1, 1, 0, 0, 0)),
+                Some(text),
+            )
+            .await?;
+        cx.store
+            .insert_tool_message_with_full(&sid, text, text, text)
+            .await?;
+        let listed = cx.store.list_sessions(10, Path::new(text)).await?;
+        eq(&what("listed"), listed.len(), 1)?;
+        eq(&what("agent"), listed[0].agent_name.as_str(), text)?;
+        eq(&what("title"), listed[0].title.as_deref(), Some(text))?;
+        eq(
+            &what("mode"),
+            cx.store.get_session_mode(&sid).await?.as_deref(),
+            Some(text),
+        )?;
+        eq(
+            &what("metadata"),
+            cx.store.get_metadata(&sid, text).await?.as_deref(),
+            Some(text),
+        )?;
+        let all = cx.store.load_all_messages(&sid).await?;
+        eq(&what("count"), all.len(), 2)?;
+        eq(&what("id"), all[0].id, id)?;
+        eq(&what("content"), all[0].content.as_deref(), Some(text))?;
+        eq(
+            &what("tool_calls"),
+            all[0].tool_calls.as_deref(),
+            Some(text),
+        )?;
+        eq(
+            &what("tool_call_id"),
+            all[0].tool_call_id.as_deref(),
+            Some(text),
+        )?;
+        eq(&what("tool content"), all[1].content.as_deref(), Some(text))?;
+        eq(&what("full"), all[1].full_content.as_deref(), Some(text))?;
+        eq(
+            &what("tool call id"),
+            all[1].tool_call_id.as_deref(),
+            Some(text),
+        )?;
+        let by = cx.store.session_usage_by_agent(&sid).await?;
+        eq(
+            &what("agent group"),
+            by.first().map(|(n, _)| n.as_str()),
+            Some(text),
+        )?;
+        eq(
+            &what("last user"),
+            cx.store.last_user_message(&sid).await?.as_str(),
+            text,
+        )?;
+        cx.store.compact_session(&sid, text, 0).await?;
+        let ctx = cx.store.load_context(&sid).await?;
+        eq(
+            &what("summary"),
+            ctx.first().and_then(|m| m.content.as_deref()),
+            Some(text),
+        )?;
+        cx.store.clear_message_content(&[id], text).await?;
+        cx.store.delete_session(&sid).await?;
+    }
+    Ok(())
+}
+
+/// Multi-megabyte strings round-trip in every large field.
+pub async fn multi_megabyte_strings_round_trip(cx: &Ctx) -> Result<()> {
+    let sid = session(cx).await?;
+    let big: String = "0123456789abcdé\0".repeat(200_000); // 3.4 MB
+    let id = cx
+        .store
+        .insert_message(&sid, &Role::User, Some(&big), Some(&big), Some(&big), None)
+        .await?;
+    cx.store
+        .insert_tool_message_with_full(&sid, &big, "c", &big)
+        .await?;
+    cx.store.set_metadata(&sid, "big", &big).await?;
+    cx.store.set_todo(&sid, &big).await?;
+    let all = cx.store.load_all_messages(&sid).await?;
+    eq("id", all.first().map(|m| m.id), Some(id))?;
+    eq(
+        "content",
+        all[0].content.as_deref().map(str::len),
+        Some(big.len()),
+    )?;
+    eq(
+        "content bytes",
+        all[0].content.as_deref() == Some(big.as_str()),
+        true,
+    )?;
+    eq(
+        "tool_calls",
+        all[0].tool_calls.as_deref() == Some(big.as_str()),
+        true,
+    )?;
+    eq(
+        "tool_call_id",
+        all[0].tool_call_id.as_deref() == Some(big.as_str()),
+        true,
+    )?;
+    eq(
+        "full",
+        all[1].full_content.as_deref() == Some(big.as_str()),
+        true,
+    )?;
+    eq(
+        "metadata",
+        cx.store.get_metadata(&sid, "big").await?.as_deref() == Some(big.as_str()),
+        true,
+    )?;
+    eq(
+        "todo",
+        cx.store.get_todo(&sid).await? == Some(big.clone()),
+        true,
+    )?;
+    eq(
+        "recent",
+        cx.store.recent_user_messages(1).await? == vec![big.clone()],
+        true,
+    )?;
+    cx.store.compact_session(&sid, "s", 0).await?;
+    let stats = cx.store.compacted_stats().await?;
+    eq(
+        "size_bytes",
+        stats.size_bytes,
+        i64::try_from(big.len() * 3)?,
+    )
+}
+
+/// `None` and `Some("")` stay distinct in every optional field.
+pub async fn none_and_empty_stay_distinct(cx: &Ctx) -> Result<()> {
+    let sid = session(cx).await?;
+    cx.store
+        .insert_message(&sid, &Role::Tool, None, None, None, None)
+        .await?;
+    cx.store
+        .insert_message(&sid, &Role::Tool, Some(""), Some(""), Some(""), None)
+        .await?;
+    cx.store
+        .insert_tool_message_with_full(&sid, "", "", "")
+        .await?;
+    cx.store.set_metadata(&sid, "k", "").await?;
+    let all = cx.store.load_all_messages(&sid).await?;
+    let fields: Vec<_> = all
+        .iter()
+        .map(|m| {
+            (
+                m.content.as_deref(),
+                m.tool_calls.as_deref(),
+                m.tool_call_id.as_deref(),
+                m.full_content.as_deref(),
+            )
+        })
+        .collect();
+    eq(
+        "fields",
+        fields,
+        vec![
+            (None, None, None, None),
+            (Some(""), Some(""), Some(""), None),
+            (Some(""), None, Some(""), Some("")),
+        ],
+    )?;
+    eq(
+        "metadata",
+        cx.store.get_metadata(&sid, "k").await?,
+        Some(String::new()),
+    )
+}
+
+/// Roots with NULs and non-ASCII are exact keys.
+pub async fn roots_with_nul_and_unicode_round_trip(cx: &Ctx) -> Result<()> {
+    let roots = ["/a\0b", "/a", "/проект/ü", "/проект/u\u{308}", "C:\\work"];
+    let mut made = Vec::new();
+    for r in roots {
+        made.push(cx.store.create_session("main", Path::new(r)).await?);
+    }
+    for (r, id) in roots.iter().zip(&made) {
+        let got: Vec<String> = cx
+            .store
+            .list_sessions(10, Path::new(r))
+            .await?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        eq(&format!("root {r:?}"), got, vec![id.clone()])?;
+    }
+    Ok(())
+}
+
+/// Clock values at 1970 and 9999 format and subtract correctly.
+pub async fn clock_extremes_format_as_rfc3339(cx: &Ctx) -> Result<()> {
+    cx.clock.set(0);
+    let sid = session(cx).await?;
+    user(cx, &sid, "epoch").await?;
+    cx.clock.set(MAX_TIMESTAMP_MS);
+    user(cx, &sid, "far future").await?;
+    let list = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+    eq(
+        "session",
+        list.first().map(|s| s.created_at.as_str()),
+        Some("1970-01-01T00:00:00.000Z"),
+    )?;
+    let times: Vec<Option<String>> = cx
+        .store
+        .load_all_messages(&sid)
+        .await?
+        .into_iter()
+        .map(|m| m.created_at)
+        .collect();
+    eq(
+        "messages",
+        times,
+        vec![
+            Some("1970-01-01T00:00:00.000Z".into()),
+            Some("9999-12-31T23:59:59.999Z".into()),
+        ],
+    )?;
+    eq("idle", cx.store.get_session_idle_secs(&sid).await?, Some(0))?;
+    cx.clock.set(0);
+    eq(
+        "idle, clock back",
+        cx.store.get_session_idle_secs(&sid).await?,
+        Some(0),
+    )?;
+    let other = session(cx).await?;
+    user(cx, &other, "x").await?;
+    cx.clock.set(MAX_TIMESTAMP_MS);
+    eq(
+        "idle across range",
+        cx.store.get_session_idle_secs(&other).await?,
+        Some(MAX_TIMESTAMP_MS / 1000),
+    )
+}
+
+/// Limits near `i64::MAX` are honoured without preallocating.
+pub async fn huge_limits_are_honoured(cx: &Ctx) -> Result<()> {
+    let sid = session(cx).await?;
+    user(cx, &sid, "a").await?;
+    user(cx, &sid, "b").await?;
+    for limit in [i64::MAX, i64::MAX - 1, 1 << 40] {
+        eq(
+            "sessions",
+            cx.store.list_sessions(limit, Path::new(ROOT)).await?.len(),
+            1,
+        )?;
+        eq(
+            "recent",
+            cx.store.recent_user_messages(limit).await?.len(),
+            2,
+        )?;
+    }
+    eq(
+        "limit 1",
+        cx.store.recent_user_messages(1).await?,
+        vec!["b".to_owned()],
+    )
+}

@@ -1,0 +1,263 @@
+//! One plain `async fn` per rule of the contract, grouped by area. Each takes a
+//! fresh [`Ctx`](crate::Ctx) and returns `Err` describing the first broken rule.
+
+use std::fmt::Debug;
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use koda_persistence_api::{Message, PersistenceError, Role, TokenUsage};
+
+use crate::Ctx;
+
+pub mod bad_input;
+pub mod compaction;
+pub mod concurrency;
+pub mod context;
+pub mod messages;
+pub mod metadata;
+pub mod sessions;
+pub mod usage;
+
+/// Calls `$mac!($factory; area: [case, …], …)` with every case of the suite.
+/// Adding a case means writing its function and naming it here.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __for_each_case {
+    ($mac:path, $factory:expr) => {
+        $mac! { $factory;
+            sessions: [
+                create_returns_unique_ids,
+                new_session_is_empty_untitled_and_listed,
+                created_at_comes_from_clock_in_rfc3339_millis,
+                new_session_was_never_accessed,
+                list_filters_by_exact_root_bytes,
+                empty_path_is_an_ordinary_root,
+                list_orders_newest_first,
+                list_ties_break_by_creation_sequence,
+                list_honours_limit,
+                list_counts_messages_and_tokens,
+                list_total_tokens_saturate,
+                list_shows_title_and_mode,
+                delete_removes_session_messages_and_metadata,
+                delete_unknown_returns_false,
+                delete_leaves_other_sessions_alone,
+                title_and_mode_overwrite,
+                mode_of_unknown_session_is_none,
+                idle_secs_count_from_last_insert,
+                idle_secs_floor_and_clamp_at_zero,
+                idle_secs_ignore_reads_compaction_and_other_writes,
+                every_insert_kind_touches_last_accessed,
+            ],
+            messages: [
+                ids_increase_across_sessions,
+                ids_never_reused_after_delete,
+                ids_never_reused_after_purge,
+                insert_round_trips_every_field,
+                usage_none_and_zero_stay_distinct,
+                insert_message_is_with_agent_none,
+                tool_message_with_full_sets_tool_fields,
+                message_created_at_comes_from_clock,
+                load_all_includes_compacted_and_incomplete,
+                load_all_of_unknown_session_is_empty,
+                mark_complete_unknown_id_is_message_not_found,
+                mark_complete_works_on_any_role_and_is_idempotent,
+                tool_calls_are_stored_verbatim,
+                recent_user_messages_newest_first_across_sessions,
+                recent_user_messages_skip_empty_include_compacted,
+                recent_user_messages_honour_limit,
+                last_messages_follow_conversation_order,
+                last_messages_skip_unset_content,
+                last_messages_of_unknown_session_are_empty,
+                pending_tool_calls_when_last_active_is_calling_assistant,
+                no_pending_tool_calls_after_result_or_compaction,
+                clear_content_sets_stub_only,
+                clear_content_ignores_unknown_ids,
+            ],
+            context: [
+                context_excludes_compacted,
+                context_drops_incomplete_assistant,
+                context_pairs_calls_with_results,
+                context_drops_partially_answered_call_and_its_results,
+                context_drops_orphan_results,
+                context_pairing_is_by_id_set,
+                context_unparseable_calls_name_nothing,
+                context_drops_blank_assistant_without_calls,
+                context_keeps_blank_assistant_with_calls,
+                context_passes_run_in_order,
+                context_of_unknown_session_is_empty,
+                context_after_compaction_starts_with_summary,
+                context_does_not_touch_last_accessed,
+                interruption_is_detected_from_stored_history,
+            ],
+            usage: [
+                usage_sums_counted_messages,
+                usage_counts_messages_with_prompt_or_completion,
+                usage_includes_compacted_until_purged,
+                usage_of_unknown_session_is_zero,
+                usage_sums_saturate,
+                usage_by_agent_merges_none_and_main,
+                usage_by_agent_orders_by_total_then_name_bytes,
+                usage_drops_with_deleted_session,
+            ],
+            compaction: [
+                compact_marks_all_but_keep,
+                compact_places_summary_and_hint_before_tail,
+                compact_with_keep_zero_appends_at_end,
+                compact_with_nothing_to_mark_changes_nothing,
+                compact_again_counts_only_active,
+                compact_hint_is_bare_and_complete,
+                compact_does_not_touch_last_accessed,
+                compact_honours_huge_keep,
+                compacted_stats_count_bytes_sessions_and_oldest,
+                compacted_stats_of_empty_store,
+                purge_deletes_only_older_than_cutoff,
+                purge_zero_days_deletes_every_compacted,
+                purge_never_touches_active,
+                purge_with_huge_days_deletes_nothing,
+                purge_lowers_message_counts,
+            ],
+            metadata: [
+                metadata_upserts,
+                metadata_missing_is_none,
+                metadata_is_per_session,
+                todo_is_metadata_under_todo_key,
+                metadata_keys_are_exact_bytes,
+            ],
+            bad_input: [
+                writes_to_unknown_session_fail_and_write_nothing,
+                negative_limits_are_invalid,
+                negative_token_counters_are_invalid,
+                non_utf8_roots_are_invalid,
+                strings_round_trip_byte_for_byte,
+                multi_megabyte_strings_round_trip,
+                none_and_empty_stay_distinct,
+                roots_with_nul_and_unicode_round_trip,
+                clock_extremes_format_as_rfc3339,
+                huge_limits_are_honoured,
+            ],
+            concurrency: [
+                concurrent_inserts_into_one_session,
+                concurrent_inserts_into_separate_sessions,
+                concurrent_session_creation,
+                concurrent_compaction_and_inserts_lose_nothing,
+                concurrent_readers_see_committed_state,
+            ],
+        }
+    };
+}
+
+/// The project root most cases use.
+pub(crate) const ROOT: &str = "/work/project";
+
+pub(crate) fn eq<T: PartialEq + Debug>(what: &str, got: T, want: T) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        let (g, w) = (format!("{got:?}"), format!("{want:?}"));
+        bail!("{what}: got {}, want {}", clip(&g), clip(&w))
+    }
+}
+
+fn clip(s: &str) -> String {
+    if s.len() <= 2_000 {
+        s.to_owned()
+    } else {
+        let mut end = 2_000;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}… ({} bytes)", &s[..end], s.len())
+    }
+}
+
+pub(crate) fn check(what: &str, ok: bool) -> Result<()> {
+    if ok { Ok(()) } else { bail!("{what}") }
+}
+
+/// Asserts `res` failed with a [`PersistenceError`] that `want` accepts.
+pub(crate) fn expect_err<T: Debug>(
+    what: &str,
+    res: Result<T>,
+    want: impl Fn(&PersistenceError) -> bool,
+) -> Result<()> {
+    match res {
+        Ok(v) => bail!(
+            "{what}: expected an error, got Ok({})",
+            clip(&format!("{v:?}"))
+        ),
+        Err(e) => match e.downcast_ref::<PersistenceError>() {
+            Some(pe) if want(pe) => Ok(()),
+            Some(pe) => bail!("{what}: wrong PersistenceError {pe:?}"),
+            None => bail!("{what}: error is not a PersistenceError: {e:#}"),
+        },
+    }
+}
+
+pub(crate) fn is_session_not_found(e: &PersistenceError) -> bool {
+    matches!(e, PersistenceError::SessionNotFound(_))
+}
+
+pub(crate) fn is_invalid(e: &PersistenceError) -> bool {
+    matches!(e, PersistenceError::InvalidInput(_))
+}
+
+pub(crate) fn ids(ms: &[Message]) -> Vec<i64> {
+    ms.iter().map(|m| m.id).collect()
+}
+
+pub(crate) fn roles(ms: &[Message]) -> Vec<Role> {
+    ms.iter().map(|m| m.role).collect()
+}
+
+pub(crate) fn usage(p: i64, c: i64, cr: i64, cc: i64, t: i64) -> TokenUsage {
+    TokenUsage {
+        prompt_tokens: p,
+        completion_tokens: c,
+        cache_read_tokens: cr,
+        cache_creation_tokens: cc,
+        thinking_tokens: t,
+    }
+}
+
+pub(crate) async fn session(cx: &Ctx) -> Result<String> {
+    cx.store.create_session("main", Path::new(ROOT)).await
+}
+
+pub(crate) async fn user(cx: &Ctx, sid: &str, text: &str) -> Result<i64> {
+    cx.store
+        .insert_message(sid, &Role::User, Some(text), None, None, None)
+        .await
+}
+
+/// Inserts an assistant message, marked complete when `complete`.
+pub(crate) async fn assistant(
+    cx: &Ctx,
+    sid: &str,
+    text: Option<&str>,
+    tool_calls: Option<&str>,
+    complete: bool,
+) -> Result<i64> {
+    let id = cx
+        .store
+        .insert_message(sid, &Role::Assistant, text, tool_calls, None, None)
+        .await?;
+    if complete {
+        cx.store.mark_message_complete(id).await?;
+    }
+    Ok(id)
+}
+
+pub(crate) async fn tool(cx: &Ctx, sid: &str, call_id: Option<&str>, text: &str) -> Result<i64> {
+    cx.store
+        .insert_message(sid, &Role::Tool, Some(text), None, call_id, None)
+        .await
+}
+
+/// A `tool_calls` JSON array naming `ids`.
+pub(crate) fn calls(ids: &[&str]) -> String {
+    let items: Vec<String> = ids
+        .iter()
+        .map(|id| format!(r#"{{"id":"{id}","type":"function","function":{{"name":"bash","arguments":"{{}}"}}}}"#))
+        .collect();
+    format!("[{}]", items.join(","))
+}

@@ -1,0 +1,95 @@
+//! How a backend hands the suite a fresh store.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use koda_persistence_api::{ManualClock, Persistence};
+
+/// The instant every case's clock starts at: 2026-11-26T05:07:04.123Z.
+pub const START_MS: i64 = 1_795_669_624_123;
+
+type Teardown =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send>;
+
+/// One fresh, empty store and the clock it reads.
+pub struct Ctx {
+    /// The store under test.
+    pub store: Arc<dyn Persistence>,
+    /// The clock the store reads; cases move it.
+    pub clock: ManualClock,
+    guard: Option<Box<dyn Any + Send>>,
+    teardown: Option<Teardown>,
+}
+
+impl fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx")
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ctx {
+    /// A context for `store` reading `clock`.
+    pub fn new(store: Arc<dyn Persistence>, clock: ManualClock) -> Self {
+        Self {
+            store,
+            clock,
+            guard: None,
+            teardown: None,
+        }
+    }
+
+    /// Keeps `guard` (a temp dir, a server handle…) alive as long as the store.
+    pub fn with_guard(mut self, guard: impl Any + Send) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
+    }
+
+    /// Runs `teardown` (for example dropping a Postgres schema) after the case.
+    pub fn with_teardown<F, Fut>(mut self, teardown: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.teardown = Some(Box::new(move || Box::pin(teardown())));
+        self
+    }
+
+    /// Ends a case: drops the store, runs the teardown, and returns the case's
+    /// outcome (or the teardown's error when the case passed).
+    ///
+    /// # Errors
+    /// The case's error, else the teardown's.
+    pub async fn finish(self, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
+        let Ctx {
+            store,
+            guard,
+            teardown,
+            ..
+        } = self;
+        drop(store);
+        let torn = match teardown {
+            Some(t) => t().await,
+            None => Ok(()),
+        };
+        drop(guard);
+        outcome.and(torn)
+    }
+}
+
+/// Builds fresh, empty stores of one backend.
+#[async_trait::async_trait]
+pub trait Factory: Send + Sync {
+    /// A fresh, empty store whose clock starts at `start_ms`. Each call must
+    /// be independent of every other (its own file, directory or schema), so
+    /// cases run in parallel.
+    ///
+    /// # Errors
+    /// When the backend cannot be opened; for a backend that needs a server
+    /// the message says how to provide one.
+    async fn create(&self, start_ms: i64) -> anyhow::Result<Ctx>;
+}

@@ -1,0 +1,68 @@
+//! The conformance suite for koda's [`Persistence`] backends.
+//!
+//! - [`cases`]: one plain `async fn` per rule of the contract, grouped by area.
+//! - [`model`]: an obviously-correct reference model written from the contract.
+//! - [`machine`]: a proptest state machine driving the model and a backend
+//!   through the same random operations, comparing every result.
+//!
+//! A backend runs all of it from its `tests/conformance.rs`:
+//!
+//! ```text
+//! struct Memory;
+//! #[async_trait::async_trait]
+//! impl koda_persistence_conformance::Factory for Memory { /* build a fresh store */ }
+//! koda_persistence_conformance::conformance_tests!(Memory);
+//! ```
+//!
+//! The macro only emits one `#[tokio::test]` per case (and one for the state
+//! machine); test bodies live here as ordinary functions.
+#![deny(missing_docs)]
+
+pub mod cases;
+mod factory;
+pub mod machine;
+pub mod model;
+
+pub use factory::{Ctx, Factory, START_MS};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use anyhow;
+    pub use tokio;
+}
+
+/// Emits the whole suite for one backend: `conformance_tests!(FactoryValue);`
+/// where `FactoryValue` is an expression of a type implementing [`Factory`].
+/// The tests appear as `<area>::<case>` plus `state_machine`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::__for_each_case!($crate::__emit_cases, $factory);
+
+        #[test]
+        fn state_machine() {
+            $crate::machine::run(&$factory);
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __emit_cases {
+    ($factory:expr; $($area:ident : [$($name:ident),* $(,)?]),* $(,)?) => {
+        $(
+            mod $area {
+                #[allow(unused_imports)]
+                use super::*;
+                $(
+                    #[$crate::__private::tokio::test(flavor = "multi_thread", worker_threads = 2, crate = "::koda_persistence_conformance::__private::tokio")]
+                    async fn $name() -> $crate::__private::anyhow::Result<()> {
+                        let cx = $crate::Factory::create(&$factory, $crate::START_MS).await?;
+                        let outcome = $crate::cases::$area::$name(&cx).await;
+                        cx.finish(outcome).await
+                    }
+                )*
+            }
+        )*
+    };
+}

@@ -1,0 +1,651 @@
+//! The reference model: a plain, obviously-correct rendering of CONTRACT.md
+//! with vectors and maps, no concurrency, and no backend code.
+//!
+//! Sessions are named by their creation index `k` (shown as `"s{k}"`), and
+//! message ids are the model's own sequence; the state machine maps both to
+//! the backend's.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use koda_persistence_api::{
+    COMPACTION_HINT, CompactedStats, Message, Role, SessionInfo, SessionUsage, TODO_KEY,
+    TokenUsage, format_timestamp,
+};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The typed error the contract prescribes for an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrKind {
+    /// `PersistenceError::SessionNotFound`.
+    SessionNotFound,
+    /// `PersistenceError::MessageNotFound`.
+    MessageNotFound,
+    /// `PersistenceError::InvalidInput`.
+    InvalidInput,
+}
+
+/// What one operation returned, in model terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing has run yet.
+    Nothing,
+    /// `Ok(())`.
+    Unit,
+    /// A session was created: its creation index.
+    Created(usize),
+    /// A message id (model numbering).
+    Id(i64),
+    /// A count (`compact_session`, `purge_compacted`).
+    Count(usize),
+    /// A boolean answer.
+    Bool(bool),
+    /// A string answer.
+    Text(String),
+    /// An optional string answer.
+    OptText(Option<String>),
+    /// Idle seconds.
+    Idle(Option<i64>),
+    /// Recent user messages.
+    Texts(Vec<String>),
+    /// Listed sessions (ids as `"s{k}"`).
+    Sessions(Vec<SessionInfo>),
+    /// Usage by agent.
+    ByAgent(Vec<(String, SessionUsage)>),
+    /// An error the contract prescribes.
+    Err(ErrKind),
+}
+
+/// A session of the model.
+#[derive(Debug, Clone)]
+pub struct MSession {
+    agent: String,
+    root: String,
+    created: i64,
+    accessed: Option<i64>,
+    title: Option<String>,
+    mode: Option<String>,
+    /// Message ids in conversation order.
+    order: Vec<i64>,
+    meta: BTreeMap<String, String>,
+    deleted: bool,
+}
+
+/// A message of the model.
+#[derive(Debug, Clone)]
+struct MMessage {
+    session: usize,
+    role: Role,
+    content: Option<String>,
+    full: Option<String>,
+    tool_calls: Option<String>,
+    tool_call_id: Option<String>,
+    usage: Option<TokenUsage>,
+    agent: Option<String>,
+    created: i64,
+    completed: Option<i64>,
+    compacted: Option<i64>,
+}
+
+/// The whole model state.
+#[derive(Clone)]
+pub struct Model {
+    /// The model's clock, in ms.
+    pub now: i64,
+    next_id: i64,
+    sessions: Vec<MSession>,
+    messages: BTreeMap<i64, MMessage>,
+    /// Every message id ever created, in creation order.
+    pub ever_ids: Vec<i64>,
+    /// The outcome of the last operation.
+    pub last: Outcome,
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model")
+            .field("now", &self.now)
+            .field("sessions", &self.sessions.len())
+            .field("messages", &self.messages.len())
+            .field("last", &self.last)
+            .finish()
+    }
+}
+
+/// The name a model session goes by: `"s{k}"`.
+pub fn session_name(k: usize) -> String {
+    format!("s{k}")
+}
+
+fn sat_sum(values: impl Iterator<Item = i64>) -> i64 {
+    values.fold(0i64, i64::saturating_add)
+}
+
+fn blank(s: &str) -> bool {
+    s.chars().all(char::is_whitespace)
+}
+
+fn named_ids(tool_calls: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(tool_calls) {
+        for item in items {
+            if let Some(serde_json::Value::String(id)) = item.get("id") {
+                out.insert(id.clone());
+            }
+        }
+    }
+    out
+}
+
+impl Model {
+    /// An empty store whose clock stands at `now`.
+    pub fn new(now: i64) -> Self {
+        Self {
+            now,
+            next_id: 1,
+            sessions: Vec::new(),
+            messages: BTreeMap::new(),
+            ever_ids: Vec::new(),
+            last: Outcome::Nothing,
+        }
+    }
+
+    /// How many sessions were ever created.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The distinct roots sessions were created under.
+    pub fn roots(&self) -> BTreeSet<String> {
+        self.sessions.iter().map(|s| s.root.clone()).collect()
+    }
+
+    fn live(&self, k: Option<usize>) -> Option<usize> {
+        k.filter(|&k| self.sessions.get(k).is_some_and(|s| !s.deleted))
+    }
+
+    /// Moves the clock (clamped like `ManualClock`).
+    pub fn advance(&mut self, delta: i64) {
+        self.now = self
+            .now
+            .saturating_add(delta)
+            .clamp(0, koda_persistence_api::MAX_TIMESTAMP_MS);
+    }
+
+    /// `create_session`; `root` is `None` for a non-UTF-8 root.
+    pub fn create_session(&mut self, agent: &str, root: Option<&str>) -> Outcome {
+        let Some(root) = root else {
+            return Outcome::Err(ErrKind::InvalidInput);
+        };
+        self.sessions.push(MSession {
+            agent: agent.to_owned(),
+            root: root.to_owned(),
+            created: self.now,
+            accessed: None,
+            title: None,
+            mode: None,
+            order: Vec::new(),
+            meta: BTreeMap::new(),
+            deleted: false,
+        });
+        Outcome::Created(self.sessions.len() - 1)
+    }
+
+    /// `list_sessions`.
+    pub fn list_sessions(&self, limit: i64, root: Option<&str>) -> Outcome {
+        let (Ok(limit), Some(root)) = (u64::try_from(limit), root) else {
+            return Outcome::Err(ErrKind::InvalidInput);
+        };
+        let mut found: Vec<usize> = (0..self.sessions.len())
+            .filter(|&k| !self.sessions[k].deleted && self.sessions[k].root == root)
+            .collect();
+        found.sort_by_key(|&k| std::cmp::Reverse((self.sessions[k].created, k)));
+        Outcome::Sessions(
+            found
+                .into_iter()
+                .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                .map(|k| self.info(k))
+                .collect(),
+        )
+    }
+
+    fn info(&self, k: usize) -> SessionInfo {
+        let s = &self.sessions[k];
+        let msgs: Vec<&MMessage> = s
+            .order
+            .iter()
+            .filter_map(|id| self.messages.get(id))
+            .collect();
+        SessionInfo {
+            id: session_name(k),
+            agent_name: s.agent.clone(),
+            created_at: format_timestamp(s.created),
+            message_count: msgs.len() as i64,
+            total_tokens: sat_sum(
+                msgs.iter()
+                    .filter_map(|m| m.usage)
+                    .flat_map(|u| [u.prompt_tokens, u.completion_tokens]),
+            ),
+            title: s.title.clone(),
+            mode: s.mode.clone(),
+        }
+    }
+
+    /// `delete_session`.
+    pub fn delete_session(&mut self, k: Option<usize>) -> Outcome {
+        let Some(k) = self.live(k) else {
+            return Outcome::Bool(false);
+        };
+        let s = &mut self.sessions[k];
+        s.deleted = true;
+        s.meta.clear();
+        for id in std::mem::take(&mut s.order) {
+            self.messages.remove(&id);
+        }
+        Outcome::Bool(true)
+    }
+
+    fn session_mut(&mut self, k: Option<usize>) -> Result<&mut MSession, Outcome> {
+        match self.live(k) {
+            Some(k) => Ok(&mut self.sessions[k]),
+            None => Err(Outcome::Err(ErrKind::SessionNotFound)),
+        }
+    }
+
+    /// `set_session_title`.
+    pub fn set_title(&mut self, k: Option<usize>, title: &str) -> Outcome {
+        match self.session_mut(k) {
+            Ok(s) => {
+                s.title = Some(title.to_owned());
+                Outcome::Unit
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// `set_session_mode`.
+    pub fn set_mode(&mut self, k: Option<usize>, mode: &str) -> Outcome {
+        match self.session_mut(k) {
+            Ok(s) => {
+                s.mode = Some(mode.to_owned());
+                Outcome::Unit
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// `get_session_mode`.
+    pub fn get_mode(&self, k: Option<usize>) -> Outcome {
+        Outcome::OptText(self.live(k).and_then(|k| self.sessions[k].mode.clone()))
+    }
+
+    /// `get_session_idle_secs`.
+    pub fn idle_secs(&self, k: Option<usize>) -> Outcome {
+        Outcome::Idle(
+            self.live(k)
+                .and_then(|k| self.sessions[k].accessed)
+                .map(|at| (self.now - at).div_euclid(1000).max(0)),
+        )
+    }
+
+    /// Every inserting method: `agent` is the agent argument.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert(
+        &mut self,
+        k: Option<usize>,
+        role: Role,
+        content: Option<&str>,
+        tool_calls: Option<&str>,
+        tool_call_id: Option<&str>,
+        usage: Option<&TokenUsage>,
+        agent: Option<&str>,
+        full: Option<&str>,
+    ) -> Outcome {
+        if let Some(u) = usage {
+            let all = [
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cache_read_tokens,
+                u.cache_creation_tokens,
+                u.thinking_tokens,
+            ];
+            if all.iter().any(|v| *v < 0) {
+                return Outcome::Err(ErrKind::InvalidInput);
+            }
+        }
+        let Some(k) = self.live(k) else {
+            return Outcome::Err(ErrKind::SessionNotFound);
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ever_ids.push(id);
+        self.messages.insert(
+            id,
+            MMessage {
+                session: k,
+                role,
+                content: content.map(str::to_owned),
+                full: full.map(str::to_owned),
+                tool_calls: tool_calls.map(str::to_owned),
+                tool_call_id: tool_call_id.map(str::to_owned),
+                usage: usage.copied(),
+                agent: agent.map(str::to_owned),
+                created: self.now,
+                completed: None,
+                compacted: None,
+            },
+        );
+        let s = &mut self.sessions[k];
+        s.order.push(id);
+        s.accessed = Some(self.now);
+        Outcome::Id(id)
+    }
+
+    /// `mark_message_complete`.
+    pub fn mark_complete(&mut self, id: i64) -> Outcome {
+        match self.messages.get_mut(&id) {
+            Some(m) => {
+                m.completed = Some(self.now);
+                Outcome::Unit
+            }
+            None => Outcome::Err(ErrKind::MessageNotFound),
+        }
+    }
+
+    /// `compact_session`.
+    pub fn compact(&mut self, k: Option<usize>, summary: &str, keep: usize) -> Outcome {
+        let Some(k) = self.live(k) else {
+            return Outcome::Err(ErrKind::SessionNotFound);
+        };
+        let active: Vec<usize> = (0..self.sessions[k].order.len())
+            .filter(|&i| {
+                self.messages[&self.sessions[k].order[i]]
+                    .compacted
+                    .is_none()
+            })
+            .collect();
+        let marked = active.len().saturating_sub(keep);
+        if marked == 0 {
+            return Outcome::Count(0);
+        }
+        for &i in &active[..marked] {
+            let id = self.sessions[k].order[i];
+            if let Some(m) = self.messages.get_mut(&id) {
+                m.compacted = Some(self.now);
+            }
+        }
+        let at = if marked < active.len() {
+            active[marked]
+        } else {
+            self.sessions[k].order.len()
+        };
+        let mut new_ids = Vec::new();
+        for (role, text, completed) in [
+            (Role::System, summary, None),
+            (Role::Assistant, COMPACTION_HINT, Some(self.now)),
+        ] {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.ever_ids.push(id);
+            new_ids.push(id);
+            self.messages.insert(
+                id,
+                MMessage {
+                    session: k,
+                    role,
+                    content: Some(text.to_owned()),
+                    full: None,
+                    tool_calls: None,
+                    tool_call_id: None,
+                    usage: None,
+                    agent: None,
+                    created: self.now,
+                    completed,
+                    compacted: None,
+                },
+            );
+        }
+        self.sessions[k].order.splice(at..at, new_ids);
+        Outcome::Count(marked)
+    }
+
+    /// `clear_message_content`.
+    pub fn clear(&mut self, ids: &[i64], stub: &str) -> Outcome {
+        for id in ids {
+            if let Some(m) = self.messages.get_mut(id) {
+                m.content = Some(stub.to_owned());
+            }
+        }
+        Outcome::Unit
+    }
+
+    /// `purge_compacted`.
+    pub fn purge(&mut self, days: u32) -> Outcome {
+        let cutoff = self.now - i64::from(days) * DAY_MS;
+        let doomed: Vec<i64> = self
+            .messages
+            .iter()
+            .filter(|(_, m)| m.compacted.is_some_and(|at| days == 0 || at < cutoff))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &doomed {
+            if let Some(m) = self.messages.remove(id) {
+                self.sessions[m.session].order.retain(|x| x != id);
+            }
+        }
+        Outcome::Count(doomed.len())
+    }
+
+    /// `set_metadata` (and `set_todo` with `key = "todo"`).
+    pub fn set_metadata(&mut self, k: Option<usize>, key: &str, value: &str) -> Outcome {
+        match self.session_mut(k) {
+            Ok(s) => {
+                s.meta.insert(key.to_owned(), value.to_owned());
+                Outcome::Unit
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// `get_metadata` (and `get_todo` with `key = "todo"`).
+    pub fn get_metadata(&self, k: Option<usize>, key: &str) -> Outcome {
+        Outcome::OptText(
+            self.live(k)
+                .and_then(|k| self.sessions[k].meta.get(key).cloned()),
+        )
+    }
+
+    /// `get_todo`.
+    pub fn get_todo(&self, k: Option<usize>) -> Outcome {
+        self.get_metadata(k, TODO_KEY)
+    }
+
+    /// `recent_user_messages`.
+    pub fn recent_user(&self, limit: i64) -> Outcome {
+        let Ok(limit) = u64::try_from(limit) else {
+            return Outcome::Err(ErrKind::InvalidInput);
+        };
+        Outcome::Texts(
+            self.messages
+                .values()
+                .rev()
+                .filter(|m| m.role == Role::User)
+                .filter_map(|m| m.content.clone())
+                .filter(|c| !c.is_empty())
+                .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                .collect(),
+        )
+    }
+
+    fn in_order(&self, k: Option<usize>) -> Vec<(i64, &MMessage)> {
+        match self.live(k) {
+            Some(k) => self.sessions[k]
+                .order
+                .iter()
+                .map(|id| (*id, &self.messages[id]))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// `last_assistant_message` / `last_user_message`.
+    pub fn last_of(&self, k: Option<usize>, role: Role) -> Outcome {
+        Outcome::Text(
+            self.in_order(k)
+                .into_iter()
+                .rev()
+                .filter(|(_, m)| m.role == role)
+                .find_map(|(_, m)| m.content.clone())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// `has_pending_tool_calls`.
+    pub fn has_pending(&self, k: Option<usize>) -> Outcome {
+        let last_active = self
+            .in_order(k)
+            .into_iter()
+            .rev()
+            .find(|(_, m)| m.compacted.is_none());
+        Outcome::Bool(
+            last_active.is_some_and(|(_, m)| m.role == Role::Assistant && m.tool_calls.is_some()),
+        )
+    }
+
+    fn usage_of<'a>(msgs: impl Iterator<Item = &'a MMessage>) -> SessionUsage {
+        let counted: Vec<TokenUsage> = msgs.filter_map(|m| m.usage).collect();
+        SessionUsage {
+            prompt_tokens: sat_sum(counted.iter().map(|u| u.prompt_tokens)),
+            completion_tokens: sat_sum(counted.iter().map(|u| u.completion_tokens)),
+            cache_read_tokens: sat_sum(counted.iter().map(|u| u.cache_read_tokens)),
+            cache_creation_tokens: sat_sum(counted.iter().map(|u| u.cache_creation_tokens)),
+            thinking_tokens: sat_sum(counted.iter().map(|u| u.thinking_tokens)),
+            api_calls: counted.len() as i64,
+        }
+    }
+
+    /// `session_token_usage`.
+    pub fn usage(&self, k: Option<usize>) -> SessionUsage {
+        Self::usage_of(self.in_order(k).into_iter().map(|(_, m)| m))
+    }
+
+    /// `session_usage_by_agent`.
+    pub fn usage_by_agent(&self, k: Option<usize>) -> Outcome {
+        let msgs = self.in_order(k);
+        let names: BTreeSet<String> = msgs
+            .iter()
+            .filter(|(_, m)| m.usage.is_some())
+            .map(|(_, m)| m.agent.clone().unwrap_or_else(|| "main".into()))
+            .collect();
+        let mut groups: Vec<(String, SessionUsage)> = names
+            .into_iter()
+            .map(|name| {
+                let u = Self::usage_of(
+                    msgs.iter()
+                        .map(|(_, m)| *m)
+                        .filter(|m| m.agent.as_deref().unwrap_or("main") == name),
+                );
+                (name, u)
+            })
+            .collect();
+        // Stable sort: BTreeSet already put names in byte order.
+        groups.sort_by_key(|(_, u)| {
+            std::cmp::Reverse(u.prompt_tokens.saturating_add(u.completion_tokens))
+        });
+        Outcome::ByAgent(groups)
+    }
+
+    /// `compacted_stats`.
+    pub fn compacted_stats(&self) -> CompactedStats {
+        let compacted: Vec<&MMessage> = self
+            .messages
+            .values()
+            .filter(|m| m.compacted.is_some())
+            .collect();
+        let sessions: BTreeSet<usize> = compacted.iter().map(|m| m.session).collect();
+        CompactedStats {
+            message_count: compacted.len() as i64,
+            session_count: sessions.len() as i64,
+            size_bytes: sat_sum(compacted.iter().map(|m| {
+                (m.content.as_deref().map_or(0, str::len)
+                    + m.tool_calls.as_deref().map_or(0, str::len)) as i64
+            })),
+            oldest: compacted
+                .iter()
+                .filter_map(|m| m.compacted)
+                .min()
+                .map(format_timestamp),
+        }
+    }
+
+    fn to_message(&self, id: i64, m: &MMessage) -> Message {
+        let u = m.usage;
+        Message {
+            id,
+            session_id: session_name(m.session),
+            role: m.role,
+            content: m.content.clone(),
+            full_content: m.full.clone(),
+            tool_calls: m.tool_calls.clone(),
+            tool_call_id: m.tool_call_id.clone(),
+            prompt_tokens: u.map(|u| u.prompt_tokens),
+            completion_tokens: u.map(|u| u.completion_tokens),
+            cache_read_tokens: u.map(|u| u.cache_read_tokens),
+            cache_creation_tokens: u.map(|u| u.cache_creation_tokens),
+            thinking_tokens: u.map(|u| u.thinking_tokens),
+            created_at: Some(format_timestamp(m.created)),
+        }
+    }
+
+    /// `load_all_messages`.
+    pub fn load_all(&self, k: Option<usize>) -> Vec<Message> {
+        self.in_order(k)
+            .into_iter()
+            .map(|(id, m)| self.to_message(id, m))
+            .collect()
+    }
+
+    /// `load_context`: active messages, then the three passes.
+    pub fn load_context(&self, k: Option<usize>) -> Vec<Message> {
+        // Pass 1.
+        let rows: Vec<(i64, &MMessage)> = self
+            .in_order(k)
+            .into_iter()
+            .filter(|(_, m)| m.compacted.is_none())
+            .filter(|(_, m)| m.role != Role::Assistant || m.completed.is_some())
+            .collect();
+        // Pass 2.
+        let answered: BTreeSet<String> = rows
+            .iter()
+            .filter(|(_, m)| m.role == Role::Tool)
+            .filter_map(|(_, m)| m.tool_call_id.clone())
+            .collect();
+        let rows: Vec<(i64, &MMessage)> = rows
+            .into_iter()
+            .filter(|(_, m)| {
+                m.role != Role::Assistant
+                    || m.tool_calls
+                        .as_deref()
+                        .is_none_or(|tc| named_ids(tc).is_subset(&answered))
+            })
+            .collect();
+        let named: BTreeSet<String> = rows
+            .iter()
+            .filter(|(_, m)| m.role == Role::Assistant)
+            .filter_map(|(_, m)| m.tool_calls.as_deref())
+            .flat_map(named_ids)
+            .collect();
+        let rows = rows.into_iter().filter(|(_, m)| {
+            m.role != Role::Tool || m.tool_call_id.as_ref().is_some_and(|id| named.contains(id))
+        });
+        // Pass 3.
+        rows.filter(|(_, m)| {
+            !(m.role == Role::Assistant
+                && m.tool_calls.is_none()
+                && m.content.as_deref().is_none_or(blank))
+        })
+        .map(|(id, m)| self.to_message(id, m))
+        .collect()
+    }
+}

@@ -1,0 +1,84 @@
+//! The typed errors a caller can branch on, and the input checks every backend shares.
+
+use std::path::Path;
+
+use crate::types::TokenUsage;
+
+/// A failure the caller can act on.
+///
+/// Trait methods return `anyhow::Result`; when the failure is one of these,
+/// it is the error itself (or its root cause), so
+/// `err.downcast_ref::<PersistenceError>()` finds it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PersistenceError {
+    /// A write named a session that does not exist; nothing was written.
+    #[error("session not found: {0:?}")]
+    SessionNotFound(String),
+    /// `mark_message_complete` named a message id that does not exist.
+    #[error("message not found: {0}")]
+    MessageNotFound(i64),
+    /// An argument the contract rejects: a negative limit or token counter, a
+    /// project root that is not valid UTF-8, an unusable URL or option.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A write kept conflicting with concurrent writers until retries ran out.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The store is unreachable, busy past its timeout, or locked by another process.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data cannot be decoded (unknown role, invalid UTF-8, not a database).
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+}
+
+/// Checks a `limit` argument: negative is [`PersistenceError::InvalidInput`];
+/// any other value is returned as a `usize` bound (saturating), never to be
+/// used as a capacity.
+///
+/// # Errors
+/// [`PersistenceError::InvalidInput`] when `limit < 0`.
+pub fn check_limit(limit: i64) -> Result<usize, PersistenceError> {
+    if limit < 0 {
+        return Err(PersistenceError::InvalidInput(format!(
+            "limit must not be negative, got {limit}"
+        )));
+    }
+    Ok(usize::try_from(limit).unwrap_or(usize::MAX))
+}
+
+/// Checks that no counter of `usage` is negative.
+///
+/// # Errors
+/// [`PersistenceError::InvalidInput`] naming the first negative counter.
+pub fn check_usage(usage: Option<&TokenUsage>) -> Result<(), PersistenceError> {
+    let Some(u) = usage else { return Ok(()) };
+    let fields = [
+        ("prompt_tokens", u.prompt_tokens),
+        ("completion_tokens", u.completion_tokens),
+        ("cache_read_tokens", u.cache_read_tokens),
+        ("cache_creation_tokens", u.cache_creation_tokens),
+        ("thinking_tokens", u.thinking_tokens),
+    ];
+    match fields.iter().find(|(_, v)| *v < 0) {
+        Some((name, v)) => Err(PersistenceError::InvalidInput(format!(
+            "token counter {name} must not be negative, got {v}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The project root as the exact string that identifies it (its bytes, no
+/// normalisation: `/a/b` and `/a/b/` differ, the empty path is a root).
+///
+/// # Errors
+/// [`PersistenceError::InvalidInput`] when the path is not valid UTF-8.
+pub fn root_to_str(root: &Path) -> Result<&str, PersistenceError> {
+    root.as_os_str().to_str().ok_or_else(|| {
+        PersistenceError::InvalidInput(format!(
+            "project root is not valid UTF-8: {}",
+            root.display()
+        ))
+    })
+}

@@ -1,0 +1,34 @@
+//! The storage contract of koda: message and session types, the async
+//! [`Persistence`] trait, the typed [`PersistenceError`], the injectable
+//! [`Clock`], and the pure passes that every backend shares (the
+//! [`load_context`](Persistence::load_context) sanitising passes and
+//! [`detect_interruption`]).
+//!
+//! This crate does no I/O: it has no runtime, no SQL and no files. Backends
+//! live in their own crates (`koda-persistence-memory`, `-sqlite`,
+//! `-postgres`, `-sled`) and the facade `koda-persistence` opens one by URL.
+//!
+//! The behaviour every backend must show is written on each trait method and
+//! checked by the conformance suite (`koda-persistence-conformance`).
+#![deny(missing_docs)]
+
+mod clock;
+mod context;
+mod error;
+mod persistence;
+mod types;
+
+pub use clock::{
+    Clock, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, SystemClock, format_timestamp,
+    parse_timestamp,
+};
+pub use context::{
+    ContextRow, apply_context_passes, detect_interruption, drop_empty_assistants,
+    drop_incomplete_assistants, is_blank, named_tool_call_ids, pair_tool_calls,
+};
+pub use error::{PersistenceError, check_limit, check_usage, root_to_str};
+pub use persistence::Persistence;
+pub use types::{
+    COMPACTION_HINT, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, Role,
+    SessionInfo, SessionUsage, TODO_KEY, TokenUsage,
+};

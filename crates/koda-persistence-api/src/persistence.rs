@@ -1,0 +1,295 @@
+//! The [`Persistence`] trait: the storage contract every backend implements.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::types::{CompactedStats, Message, Role, SessionInfo, SessionUsage, TokenUsage};
+
+/// Core storage contract for koda's sessions, messages, usage and metadata.
+///
+/// Rules that hold for every method (the conformance suite checks each one on
+/// every backend):
+///
+/// - **Errors**: a failure the caller can act on is a
+///   [`PersistenceError`](crate::PersistenceError) inside the `anyhow::Error`
+///   (`err.downcast_ref::<PersistenceError>()`). Writes to an unknown session
+///   are `SessionNotFound` and write nothing; reads of an unknown session
+///   return empty values. A store that cannot be reached, or stays busy past
+///   its timeout, is `Unavailable`; a stored row that cannot be decoded is
+///   `Corrupt`. No method panics on any input.
+/// - **Strings** round-trip byte for byte in every field and lookup argument:
+///   empty, white space, any Unicode, megabytes, and NUL bytes. `None` and
+///   `Some("")` stay distinct.
+/// - **Time**: every timestamp comes from the store's [`Clock`](crate::Clock),
+///   read once per call, in whole milliseconds; returned timestamps are UTC
+///   RFC 3339 with milliseconds (`2026-11-26T05:07:04.123Z`).
+/// - **Ids**: message ids come from one store-wide increasing sequence and are
+///   never reused; an insert that starts after another returned gets a larger id.
+/// - **Conversation order** is the order of [`load_all_messages`](Self::load_all_messages):
+///   insertion order, except that compaction places its summary and hint right
+///   before the first preserved message. "Last" always means last in that order.
+/// - **Atomicity**: each call is atomic (all of its effects or none) and calls
+///   on one session are linearizable; once a call returns `Ok` its effects
+///   survive a crash of the process.
+/// - **Limits** are `i64`: negative is `InvalidInput`, `0` gives nothing, any
+///   positive value up to `i64::MAX` is honoured. Sums saturate at `i64::MAX`.
+#[async_trait::async_trait]
+pub trait Persistence: Send + Sync {
+    // ── Sessions ──
+
+    /// Creates a session and returns its new unique id. `created_at` is now;
+    /// the session has never been accessed and has no title and no mode.
+    /// `project_root` is compared by its exact bytes (`/a/b` ≠ `/a/b/`; the
+    /// empty path is an ordinary root).
+    ///
+    /// # Errors
+    /// `InvalidInput` when `project_root` is not valid UTF-8.
+    async fn create_session(&self, agent_name: &str, project_root: &Path) -> Result<String>;
+
+    /// Sessions whose root equals `project_root`, plus legacy sessions that have
+    /// no root, newest `created_at` first (ties: later-created first), at most
+    /// `limit`. `message_count` counts stored messages (compacted included);
+    /// `total_tokens` sums `prompt + completion` over them (unset counts 0).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a negative `limit` or a non-UTF-8 `project_root`.
+    async fn list_sessions(&self, limit: i64, project_root: &Path) -> Result<Vec<SessionInfo>>;
+
+    /// Deletes a session with its messages and metadata, atomically. Returns
+    /// `true` if it existed, `false` for an unknown id.
+    ///
+    /// # Errors
+    /// Only store failures (`Unavailable`).
+    async fn delete_session(&self, session_id: &str) -> Result<bool>;
+
+    /// Sets (overwrites) the session's title.
+    ///
+    /// # Errors
+    /// `SessionNotFound` for an unknown session.
+    async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()>;
+
+    /// Sets (overwrites) the session's approval mode, restored on resume.
+    ///
+    /// # Errors
+    /// `SessionNotFound` for an unknown session.
+    async fn set_session_mode(&self, session_id: &str, mode: &str) -> Result<()>;
+
+    /// The last mode set on the session; `None` if none was set or the session
+    /// is unknown.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn get_session_mode(&self, session_id: &str) -> Result<Option<String>>;
+
+    /// Whole seconds since the session was last accessed:
+    /// `(now − last_accessed_at)` in ms, floor-divided by 1000, clamped at 0.
+    /// `None` if the session was never accessed or is unknown. Only the three
+    /// inserting methods set `last_accessed_at` (not reads, not compaction).
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn get_session_idle_secs(&self, session_id: &str) -> Result<Option<i64>>;
+
+    // ── Messages ──
+
+    /// Same as [`insert_message_with_agent`](Self::insert_message_with_agent)
+    /// with no agent name.
+    ///
+    /// # Errors
+    /// As `insert_message_with_agent`.
+    async fn insert_message(
+        &self,
+        session_id: &str,
+        role: &Role,
+        content: Option<&str>,
+        tool_calls: Option<&str>,
+        tool_call_id: Option<&str>,
+        usage: Option<&TokenUsage>,
+    ) -> Result<i64>;
+
+    /// Appends a message to the session and returns its id. `created_at` is
+    /// now; the message is not complete and has no `full_content`. `usage:
+    /// None` stores all five counters as `None`; `Some(u)` stores all five,
+    /// zeros included. `tool_calls` is stored verbatim (it need not be valid
+    /// JSON). Sets the session's `last_accessed_at` to now.
+    ///
+    /// # Errors
+    /// `SessionNotFound` for an unknown session; `InvalidInput` for a negative
+    /// token counter. Nothing is written on error.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_message_with_agent(
+        &self,
+        session_id: &str,
+        role: &Role,
+        content: Option<&str>,
+        tool_calls: Option<&str>,
+        tool_call_id: Option<&str>,
+        usage: Option<&TokenUsage>,
+        agent_name: Option<&str>,
+    ) -> Result<i64>;
+
+    /// Appends a `tool` message whose `content` is the model-facing summary and
+    /// `full_content` the complete output, answering `tool_call_id`; no usage,
+    /// no agent. Sets the session's `last_accessed_at` to now.
+    ///
+    /// # Errors
+    /// `SessionNotFound` for an unknown session.
+    async fn insert_tool_message_with_full(
+        &self,
+        session_id: &str,
+        content: &str,
+        tool_call_id: &str,
+        full_content: &str,
+    ) -> Result<i64>;
+
+    /// The context to send to the model: the active (not compacted) messages in
+    /// conversation order, then three passes (see [`apply_context_passes`](crate::apply_context_passes)):
+    /// (1) drop assistant messages that are not complete; (2) pair tool calls:
+    /// drop every assistant message naming a call id no remaining tool message
+    /// answers, then every tool message whose `tool_call_id` is `None` or named
+    /// by no remaining assistant message; (3) drop assistant messages without
+    /// tool calls whose content is `None` or only white space. Empty for an
+    /// unknown session. Reading does not touch `last_accessed_at`.
+    ///
+    /// # Errors
+    /// `Corrupt` when a stored row cannot be decoded.
+    async fn load_context(&self, session_id: &str) -> Result<Vec<Message>>;
+
+    /// Every message of the session, compacted and incomplete included, in
+    /// conversation order, exactly as stored. Empty for an unknown session.
+    ///
+    /// # Errors
+    /// `Corrupt` when a stored row cannot be decoded.
+    async fn load_all_messages(&self, session_id: &str) -> Result<Vec<Message>>;
+
+    /// Across all sessions: contents of `user` messages (compacted included)
+    /// whose content is set and non-empty, highest id first, at most `limit`,
+    /// no de-duplication.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a negative `limit`.
+    async fn recent_user_messages(&self, limit: i64) -> Result<Vec<String>>;
+
+    /// Content of the last assistant message in conversation order whose
+    /// content is set (compacted and incomplete included); `""` if none.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn last_assistant_message(&self, session_id: &str) -> Result<String>;
+
+    /// Content of the last user message in conversation order whose content is
+    /// set (compacted included); `""` if none.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn last_user_message(&self, session_id: &str) -> Result<String>;
+
+    /// `true` iff the last active message in conversation order (no passes;
+    /// incomplete ones count) is an assistant message with `tool_calls` set.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn has_pending_tool_calls(&self, session_id: &str) -> Result<bool>;
+
+    /// Marks a message as fully delivered: sets its `completed_at` to now. Works
+    /// on any role and is idempotent (a second call moves `completed_at`).
+    /// Callers use it only after a legitimate end of stream; an unset
+    /// `completed_at` means the message was interrupted.
+    ///
+    /// # Errors
+    /// `MessageNotFound` for an unknown id.
+    async fn mark_message_complete(&self, message_id: i64) -> Result<()>;
+
+    // ── Token usage ──
+
+    /// Sums of the five counters over the session's stored messages (compacted
+    /// included) whose `prompt_tokens` or `completion_tokens` is set;
+    /// `api_calls` counts those messages. Zeros for an unknown session.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn session_token_usage(&self, session_id: &str) -> Result<SessionUsage>;
+
+    /// The same sums grouped by agent name, where no agent and `"main"` are one
+    /// group named `"main"`; ordered by `prompt + completion` descending, ties
+    /// by name in byte order. Agents with no counted message do not appear.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn session_usage_by_agent(&self, session_id: &str)
+    -> Result<Vec<(String, SessionUsage)>>;
+
+    // ── Compaction ──
+
+    /// Marks all but the last `preserve_count` active messages (conversation
+    /// order) compacted at now. If none is marked, returns 0 and changes
+    /// nothing. Otherwise, atomically, adds a `system` message holding
+    /// `summary` and a complete `assistant` message holding
+    /// [`COMPACTION_HINT`](crate::COMPACTION_HINT) (no tool calls, usage, agent
+    /// or full content) right before the first preserved message (at the end
+    /// when none is preserved), and returns the number marked. Does not touch
+    /// `last_accessed_at`.
+    ///
+    /// # Errors
+    /// `SessionNotFound` for an unknown session.
+    async fn compact_session(
+        &self,
+        session_id: &str,
+        summary: &str,
+        preserve_count: usize,
+    ) -> Result<usize>;
+
+    // ── Microcompact ──
+
+    /// Sets `content = stub` on each listed message that exists, in any
+    /// session, compacted or not; unknown ids are ignored. Nothing else changes.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn clear_message_content(&self, message_ids: &[i64], stub: &str) -> Result<()>;
+
+    // ── Purge ──
+
+    /// Over compacted messages of all sessions: their count, the number of
+    /// distinct sessions, `size_bytes` (UTF-8 bytes of `content` plus
+    /// `tool_calls`, unset counts 0), and the earliest `compacted_at`.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn compacted_stats(&self) -> Result<CompactedStats>;
+
+    /// Permanently deletes compacted messages whose `compacted_at` is before
+    /// `now − min_age_days × 86 400 000 ms` (`0` deletes every compacted
+    /// message); returns how many. Active messages are never touched.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn purge_compacted(&self, min_age_days: u32) -> Result<usize>;
+
+    // ── Metadata ──
+
+    /// The value stored under `key` for the session, else `None`.
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn get_metadata(&self, session_id: &str, key: &str) -> Result<Option<String>>;
+
+    /// Stores `value` under `key` for the session (upsert).
+    ///
+    /// # Errors
+    /// `SessionNotFound` for an unknown session.
+    async fn set_metadata(&self, session_id: &str, key: &str, value: &str) -> Result<()>;
+
+    /// The TODO list: the metadata value under [`TODO_KEY`](crate::TODO_KEY).
+    ///
+    /// # Errors
+    /// Only store failures.
+    async fn get_todo(&self, session_id: &str) -> Result<Option<String>>;
+
+    /// Stores the TODO list as the metadata value under [`TODO_KEY`](crate::TODO_KEY).
+    ///
+    /// # Errors
+    /// `SessionNotFound` for an unknown session.
+    async fn set_todo(&self, session_id: &str, content: &str) -> Result<()>;
+}

@@ -1,0 +1,629 @@
+//! `MemoryStore`: a thread-safe, in-memory implementation of the whole
+//! [`Persistence`] contract. Nothing survives the process; use it for tests,
+//! throwaway sessions, and as the yardstick the other backends are measured
+//! against in the benchmark harness.
+//!
+//! All state sits behind one mutex that is held only for plain in-memory work
+//! (never across an `.await`), so every call is atomic and calls are
+//! linearizable.
+#![deny(missing_docs)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Result;
+use koda_persistence_api::{
+    COMPACTION_HINT, Clock, CompactedStats, ContextRow, Message, Persistence, PersistenceError,
+    Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage, apply_context_passes,
+    check_limit, check_usage, format_timestamp, root_to_str,
+};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The in-memory store. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct MemoryStore {
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_message_id: i64,
+    next_session_seq: u64,
+    sessions: HashMap<String, Session>,
+    messages: HashMap<i64, Row>,
+    /// Ids of all user messages, for `recent_user_messages`.
+    user_ids: BTreeSet<i64>,
+    /// `(compacted_at, id)` of every compacted message.
+    compacted: BTreeSet<(i64, i64)>,
+}
+
+#[derive(Debug)]
+struct Session {
+    agent_name: String,
+    project_root: String,
+    created_ms: i64,
+    seq: u64,
+    last_accessed_ms: Option<i64>,
+    title: Option<String>,
+    mode: Option<String>,
+    /// Message ids in conversation order.
+    order: Vec<i64>,
+    metadata: HashMap<String, String>,
+    /// Running `prompt + completion` sum (wide, so deletions stay exact).
+    tokens: i128,
+}
+
+#[derive(Debug)]
+struct Row {
+    message: Message,
+    agent: Option<String>,
+    completed_ms: Option<i64>,
+    compacted_ms: Option<i64>,
+}
+
+fn row_tokens(m: &Message) -> i128 {
+    i128::from(m.prompt_tokens.unwrap_or(0)) + i128::from(m.completion_tokens.unwrap_or(0))
+}
+
+fn clamp_i64(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn session_not_found(id: &str) -> anyhow::Error {
+    PersistenceError::SessionNotFound(id.to_owned()).into()
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// An empty store reading time from `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            state: Mutex::new(State {
+                next_message_id: 1,
+                ..State::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code path panics while holding the lock, but a poisoned lock
+        // still guards consistent data: every mutation completes before unlock.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(
+        &self,
+        session_id: &str,
+        mut message: Message,
+        agent: Option<&str>,
+        now: i64,
+    ) -> Result<i64> {
+        let mut st = self.lock();
+        if !st.sessions.contains_key(session_id) {
+            return Err(session_not_found(session_id));
+        }
+        let id = st.next_message_id;
+        st.next_message_id += 1;
+        message.id = id;
+        message.created_at = Some(format_timestamp(now));
+        let tokens = row_tokens(&message);
+        if message.role == Role::User {
+            st.user_ids.insert(id);
+        }
+        if let Some(s) = st.sessions.get_mut(session_id) {
+            s.order.push(id);
+            s.tokens += tokens;
+            s.last_accessed_ms = Some(now);
+        }
+        st.messages.insert(
+            id,
+            Row {
+                message,
+                agent: agent.map(str::to_owned),
+                completed_ms: None,
+                compacted_ms: None,
+            },
+        );
+        Ok(id)
+    }
+
+    fn with_session<T>(
+        &self,
+        session_id: &str,
+        f: impl FnOnce(&State, &Session) -> T,
+    ) -> Option<T> {
+        let st = self.lock();
+        st.sessions.get(session_id).map(|s| f(&st, s))
+    }
+}
+
+impl State {
+    fn rows<'a>(&'a self, s: &'a Session) -> impl DoubleEndedIterator<Item = &'a Row> + 'a {
+        s.order.iter().filter_map(|id| self.messages.get(id))
+    }
+
+    fn remove_message(&mut self, id: i64) -> Option<Row> {
+        let row = self.messages.remove(&id)?;
+        self.user_ids.remove(&id);
+        if let Some(at) = row.compacted_ms {
+            self.compacted.remove(&(at, id));
+        }
+        Some(row)
+    }
+}
+
+fn new_message(session_id: &str, role: Role) -> Message {
+    Message {
+        id: 0,
+        session_id: session_id.to_owned(),
+        role,
+        content: None,
+        full_content: None,
+        tool_calls: None,
+        tool_call_id: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        cache_read_tokens: None,
+        cache_creation_tokens: None,
+        thinking_tokens: None,
+        created_at: None,
+    }
+}
+
+#[async_trait::async_trait]
+impl Persistence for MemoryStore {
+    async fn create_session(&self, agent_name: &str, project_root: &Path) -> Result<String> {
+        let root = root_to_str(project_root)?.to_owned();
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        let mut id = uuid::Uuid::now_v7().to_string();
+        while st.sessions.contains_key(&id) {
+            id = uuid::Uuid::now_v7().to_string();
+        }
+        let seq = st.next_session_seq;
+        st.next_session_seq += 1;
+        st.sessions.insert(
+            id.clone(),
+            Session {
+                agent_name: agent_name.to_owned(),
+                project_root: root,
+                created_ms: now,
+                seq,
+                last_accessed_ms: None,
+                title: None,
+                mode: None,
+                order: Vec::new(),
+                metadata: HashMap::new(),
+                tokens: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn list_sessions(&self, limit: i64, project_root: &Path) -> Result<Vec<SessionInfo>> {
+        let limit = check_limit(limit)?;
+        let root = root_to_str(project_root)?;
+        let st = self.lock();
+        let mut found: Vec<(&String, &Session)> = st
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.project_root == root)
+            .collect();
+        found.sort_by_key(|(_, s)| std::cmp::Reverse((s.created_ms, s.seq)));
+        Ok(found
+            .into_iter()
+            .take(limit)
+            .map(|(id, s)| SessionInfo {
+                id: id.clone(),
+                agent_name: s.agent_name.clone(),
+                created_at: format_timestamp(s.created_ms),
+                message_count: i64::try_from(s.order.len()).unwrap_or(i64::MAX),
+                total_tokens: clamp_i64(s.tokens),
+                title: s.title.clone(),
+                mode: s.mode.clone(),
+            })
+            .collect())
+    }
+
+    async fn delete_session(&self, session_id: &str) -> Result<bool> {
+        let mut st = self.lock();
+        let Some(session) = st.sessions.remove(session_id) else {
+            return Ok(false);
+        };
+        for id in session.order {
+            st.remove_message(id);
+        }
+        Ok(true)
+    }
+
+    async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()> {
+        let mut st = self.lock();
+        let s = st
+            .sessions
+            .get_mut(session_id)
+            .ok_or_else(|| session_not_found(session_id))?;
+        s.title = Some(title.to_owned());
+        Ok(())
+    }
+
+    async fn set_session_mode(&self, session_id: &str, mode: &str) -> Result<()> {
+        let mut st = self.lock();
+        let s = st
+            .sessions
+            .get_mut(session_id)
+            .ok_or_else(|| session_not_found(session_id))?;
+        s.mode = Some(mode.to_owned());
+        Ok(())
+    }
+
+    async fn get_session_mode(&self, session_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .with_session(session_id, |_, s| s.mode.clone())
+            .flatten())
+    }
+
+    async fn get_session_idle_secs(&self, session_id: &str) -> Result<Option<i64>> {
+        let now = self.clock.now_ms();
+        let last = self
+            .with_session(session_id, |_, s| s.last_accessed_ms)
+            .flatten();
+        Ok(last.map(|at| now.saturating_sub(at).div_euclid(1000).max(0)))
+    }
+
+    async fn insert_message(
+        &self,
+        session_id: &str,
+        role: &Role,
+        content: Option<&str>,
+        tool_calls: Option<&str>,
+        tool_call_id: Option<&str>,
+        usage: Option<&TokenUsage>,
+    ) -> Result<i64> {
+        self.insert_message_with_agent(
+            session_id,
+            role,
+            content,
+            tool_calls,
+            tool_call_id,
+            usage,
+            None,
+        )
+        .await
+    }
+
+    async fn insert_message_with_agent(
+        &self,
+        session_id: &str,
+        role: &Role,
+        content: Option<&str>,
+        tool_calls: Option<&str>,
+        tool_call_id: Option<&str>,
+        usage: Option<&TokenUsage>,
+        agent_name: Option<&str>,
+    ) -> Result<i64> {
+        check_usage(usage)?;
+        let now = self.clock.now_ms();
+        let mut m = new_message(session_id, *role);
+        m.content = content.map(str::to_owned);
+        m.tool_calls = tool_calls.map(str::to_owned);
+        m.tool_call_id = tool_call_id.map(str::to_owned);
+        if let Some(u) = usage {
+            m.prompt_tokens = Some(u.prompt_tokens);
+            m.completion_tokens = Some(u.completion_tokens);
+            m.cache_read_tokens = Some(u.cache_read_tokens);
+            m.cache_creation_tokens = Some(u.cache_creation_tokens);
+            m.thinking_tokens = Some(u.thinking_tokens);
+        }
+        self.insert(session_id, m, agent_name, now)
+    }
+
+    async fn insert_tool_message_with_full(
+        &self,
+        session_id: &str,
+        content: &str,
+        tool_call_id: &str,
+        full_content: &str,
+    ) -> Result<i64> {
+        let now = self.clock.now_ms();
+        let mut m = new_message(session_id, Role::Tool);
+        m.content = Some(content.to_owned());
+        m.tool_call_id = Some(tool_call_id.to_owned());
+        m.full_content = Some(full_content.to_owned());
+        self.insert(session_id, m, None, now)
+    }
+
+    async fn load_context(&self, session_id: &str) -> Result<Vec<Message>> {
+        let rows = self
+            .with_session(session_id, |st, s| {
+                st.rows(s)
+                    .filter(|r| r.compacted_ms.is_none())
+                    .map(|r| ContextRow {
+                        message: r.message.clone(),
+                        complete: r.completed_ms.is_some(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(apply_context_passes(rows))
+    }
+
+    async fn load_all_messages(&self, session_id: &str) -> Result<Vec<Message>> {
+        Ok(self
+            .with_session(session_id, |st, s| {
+                st.rows(s).map(|r| r.message.clone()).collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn recent_user_messages(&self, limit: i64) -> Result<Vec<String>> {
+        let limit = check_limit(limit)?;
+        let st = self.lock();
+        Ok(st
+            .user_ids
+            .iter()
+            .rev()
+            .filter_map(|id| st.messages.get(id)?.message.content.clone())
+            .filter(|c| !c.is_empty())
+            .take(limit)
+            .collect())
+    }
+
+    async fn last_assistant_message(&self, session_id: &str) -> Result<String> {
+        Ok(self.last_content(session_id, Role::Assistant))
+    }
+
+    async fn last_user_message(&self, session_id: &str) -> Result<String> {
+        Ok(self.last_content(session_id, Role::User))
+    }
+
+    async fn has_pending_tool_calls(&self, session_id: &str) -> Result<bool> {
+        Ok(self
+            .with_session(session_id, |st, s| {
+                st.rows(s)
+                    .rev()
+                    .find(|r| r.compacted_ms.is_none())
+                    .is_some_and(|r| {
+                        r.message.role == Role::Assistant && r.message.tool_calls.is_some()
+                    })
+            })
+            .unwrap_or(false))
+    }
+
+    async fn mark_message_complete(&self, message_id: i64) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        let row = st
+            .messages
+            .get_mut(&message_id)
+            .ok_or(PersistenceError::MessageNotFound(message_id))?;
+        row.completed_ms = Some(now);
+        Ok(())
+    }
+
+    async fn session_token_usage(&self, session_id: &str) -> Result<SessionUsage> {
+        Ok(self
+            .with_session(session_id, |st, s| {
+                let mut usage = SessionUsage::default();
+                for r in st.rows(s) {
+                    usage.add_message_counters(r.message.usage_counters());
+                }
+                usage
+            })
+            .unwrap_or_default())
+    }
+
+    async fn session_usage_by_agent(
+        &self,
+        session_id: &str,
+    ) -> Result<Vec<(String, SessionUsage)>> {
+        let mut groups: Vec<(String, SessionUsage)> = self
+            .with_session(session_id, |st, s| {
+                let mut by: HashMap<&str, SessionUsage> = HashMap::new();
+                for r in st.rows(s) {
+                    let counters = r.message.usage_counters();
+                    if counters[0].is_none() && counters[1].is_none() {
+                        continue;
+                    }
+                    let name = r.agent.as_deref().unwrap_or("main");
+                    by.entry(name).or_default().add_message_counters(counters);
+                }
+                by.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+            })
+            .unwrap_or_default();
+        groups.sort_by(|a, b| {
+            b.1.total_tokens()
+                .cmp(&a.1.total_tokens())
+                .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+        });
+        Ok(groups)
+    }
+
+    async fn compact_session(
+        &self,
+        session_id: &str,
+        summary: &str,
+        preserve_count: usize,
+    ) -> Result<usize> {
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        let st = &mut *st;
+        let session = st
+            .sessions
+            .get_mut(session_id)
+            .ok_or_else(|| session_not_found(session_id))?;
+        // Positions (in conversation order) of the active messages.
+        let active: Vec<usize> = session
+            .order
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| {
+                st.messages
+                    .get(id)
+                    .is_some_and(|r| r.compacted_ms.is_none())
+            })
+            .map(|(pos, _)| pos)
+            .collect();
+        let marked = active.len().saturating_sub(preserve_count);
+        if marked == 0 {
+            return Ok(0);
+        }
+        for &pos in &active[..marked] {
+            let Some(&id) = session.order.get(pos) else {
+                continue;
+            };
+            if let Some(row) = st.messages.get_mut(&id) {
+                row.compacted_ms = Some(now);
+                st.compacted.insert((now, id));
+            }
+        }
+        let insert_at = active.get(marked).copied().unwrap_or(session.order.len());
+        let summary_id = st.next_message_id;
+        let hint_id = summary_id + 1;
+        st.next_message_id += 2;
+        let mut sys = new_message(session_id, Role::System);
+        sys.id = summary_id;
+        sys.content = Some(summary.to_owned());
+        sys.created_at = Some(format_timestamp(now));
+        let mut hint = new_message(session_id, Role::Assistant);
+        hint.id = hint_id;
+        hint.content = Some(COMPACTION_HINT.to_owned());
+        hint.created_at = Some(format_timestamp(now));
+        session
+            .order
+            .splice(insert_at..insert_at, [summary_id, hint_id]);
+        st.messages.insert(
+            summary_id,
+            Row {
+                message: sys,
+                completed_ms: None,
+                compacted_ms: None,
+                agent: None,
+            },
+        );
+        st.messages.insert(
+            hint_id,
+            Row {
+                message: hint,
+                completed_ms: Some(now),
+                compacted_ms: None,
+                agent: None,
+            },
+        );
+        Ok(marked)
+    }
+
+    async fn clear_message_content(&self, message_ids: &[i64], stub: &str) -> Result<()> {
+        let mut st = self.lock();
+        for id in message_ids {
+            if let Some(row) = st.messages.get_mut(id) {
+                row.message.content = Some(stub.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    async fn compacted_stats(&self) -> Result<CompactedStats> {
+        let st = self.lock();
+        let mut stats = CompactedStats::default();
+        let mut sessions = std::collections::HashSet::new();
+        for (at, id) in &st.compacted {
+            let Some(row) = st.messages.get(id) else {
+                continue;
+            };
+            stats.message_count += 1;
+            sessions.insert(row.message.session_id.as_str());
+            let bytes = row.message.content.as_deref().map_or(0, str::len)
+                + row.message.tool_calls.as_deref().map_or(0, str::len);
+            stats.size_bytes = stats
+                .size_bytes
+                .saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
+            if stats.oldest.is_none() {
+                stats.oldest = Some(format_timestamp(*at));
+            }
+        }
+        stats.session_count = i64::try_from(sessions.len()).unwrap_or(i64::MAX);
+        Ok(stats)
+    }
+
+    async fn purge_compacted(&self, min_age_days: u32) -> Result<usize> {
+        let now = self.clock.now_ms();
+        let cutoff = now.saturating_sub(i64::from(min_age_days).saturating_mul(DAY_MS));
+        let mut st = self.lock();
+        let doomed: Vec<(i64, i64)> = st
+            .compacted
+            .iter()
+            .take_while(|(at, _)| min_age_days == 0 || *at < cutoff)
+            .copied()
+            .collect();
+        let mut touched: HashMap<String, Vec<i64>> = HashMap::new();
+        for &(_, id) in &doomed {
+            if let Some(row) = st.remove_message(id) {
+                touched
+                    .entry(row.message.session_id.clone())
+                    .or_default()
+                    .push(id);
+                if let Some(s) = st.sessions.get_mut(&row.message.session_id) {
+                    s.tokens -= row_tokens(&row.message);
+                }
+            }
+        }
+        for (sid, ids) in touched {
+            if let Some(s) = st.sessions.get_mut(&sid) {
+                let gone: std::collections::HashSet<i64> = ids.into_iter().collect();
+                s.order.retain(|id| !gone.contains(id));
+            }
+        }
+        Ok(doomed.len())
+    }
+
+    async fn get_metadata(&self, session_id: &str, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .with_session(session_id, |_, s| s.metadata.get(key).cloned())
+            .flatten())
+    }
+
+    async fn set_metadata(&self, session_id: &str, key: &str, value: &str) -> Result<()> {
+        let mut st = self.lock();
+        let s = st
+            .sessions
+            .get_mut(session_id)
+            .ok_or_else(|| session_not_found(session_id))?;
+        s.metadata.insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    async fn get_todo(&self, session_id: &str) -> Result<Option<String>> {
+        self.get_metadata(session_id, TODO_KEY).await
+    }
+
+    async fn set_todo(&self, session_id: &str, content: &str) -> Result<()> {
+        self.set_metadata(session_id, TODO_KEY, content).await
+    }
+}
+
+impl MemoryStore {
+    fn last_content(&self, session_id: &str, role: Role) -> String {
+        self.with_session(session_id, |st, s| {
+            st.rows(s)
+                .rev()
+                .filter(|r| r.message.role == role)
+                .find_map(|r| r.message.content.clone())
+        })
+        .flatten()
+        .unwrap_or_default()
+    }
+}
