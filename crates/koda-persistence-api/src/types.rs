@@ -224,3 +224,46 @@ pub struct CompactedStats {
     /// Earliest `compacted_at`, UTC RFC 3339 with milliseconds; `None` if nothing is compacted.
     pub oldest: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_round_trip_through_their_stored_names() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+            assert_eq!(role.to_string(), role.as_str());
+            assert_eq!(Role::from_stored(role.as_str()), Ok(role));
+        }
+        assert_eq!(
+            Role::ALL.map(|r| r.as_str()),
+            ["system", "user", "assistant", "tool"]
+        );
+        assert!(
+            matches!(Role::from_stored("User"), Err(PersistenceError::Corrupt(m)) if m.contains("\"User\""))
+        );
+    }
+
+    #[test]
+    fn usage_counts_a_message_when_prompt_or_completion_is_set() {
+        let mut u = SessionUsage::default();
+        u.add_message_counters([None, None, Some(5), Some(5), Some(5)]);
+        assert_eq!(u, SessionUsage::default());
+        u.add_message_counters([Some(3), None, None, Some(1), None]);
+        u.add_message_counters([None, Some(4), Some(2), None, Some(7)]);
+        assert_eq!(
+            u,
+            SessionUsage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+                cache_read_tokens: 2,
+                cache_creation_tokens: 1,
+                thinking_tokens: 7,
+                api_calls: 2,
+            }
+        );
+        u.add_message_counters([Some(i64::MAX), Some(i64::MAX), None, None, None]);
+        assert_eq!((u.prompt_tokens, u.total_tokens()), (i64::MAX, i64::MAX));
+    }
+}
