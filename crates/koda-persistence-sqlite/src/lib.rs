@@ -1,0 +1,717 @@
+//! `SqliteStore`: koda's embedded default backend, on rusqlite with a bundled
+//! SQLite.
+//!
+//! - **Drop-in**: opening any generation of koda's own `koda.db` migrates it in
+//!   place, in one transaction, keeping every row, table and column (see
+//!   [`schema`]). `PRAGMA user_version` records the schema version.
+//! - **Concurrency**: WAL mode; one writer thread and a few reader threads
+//!   own the connections, so async callers never block a runtime worker and
+//!   readers never wait for the writer. Every write is one `BEGIN IMMEDIATE`
+//!   transaction; a database locked by another process (a second koda window
+//!   on the same file) is waited for and retried up to
+//!   [`SqliteOptions::busy_timeout`], then reported as `Unavailable`.
+//! - **Durability** ([`Synchronous`]): with `Normal` (the default) a call that
+//!   returned survives a crash of the process, but the last transactions
+//!   before a power failure or OS crash may be rolled back (never corrupted);
+//!   with `Full` every returned call also survives power loss, at the cost of
+//!   an fsync per write.
+//! - **Security**: a database file this store creates is mode 0600, and a
+//!   directory it creates 0700 (conversation history holds secrets). All SQL
+//!   is parameterised.
+//! - **Integrity**: a file that is not a SQLite database, or is corrupt,
+//!   gives `Corrupt` naming the path, and is never written to.
+#![deny(missing_docs)]
+
+mod queries;
+mod rows;
+pub mod schema;
+mod worker;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use koda_persistence_api::{
+    Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
+    SystemClock, TODO_KEY, TokenUsage, apply_context_passes, check_limit, check_usage, root_to_str,
+};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::queries::NewMessage;
+use crate::worker::Worker;
+
+/// SQLite's `synchronous` setting: what a power failure can cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// WAL is synced at checkpoints only: a process crash loses nothing that
+    /// returned; a power failure or OS crash may roll back the most recent
+    /// transactions (the file stays consistent). The default.
+    #[default]
+    Normal,
+    /// Every commit is synced: nothing that returned is lost, even on power
+    /// failure. Slower writes.
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+/// How to open a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Durability of each commit (see [`Synchronous`]).
+    pub synchronous: Synchronous,
+    /// How long a write waits for another process's lock before `Unavailable`.
+    pub busy_timeout: Duration,
+    /// Reader threads (and connections); at least 1. Ignored in memory.
+    pub readers: usize,
+    /// Create the file (and missing directories) if it does not exist.
+    pub create: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Normal,
+            busy_timeout: Duration::from_secs(5),
+            readers: 2,
+            create: true,
+        }
+    }
+}
+
+/// Where the database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A file on disk.
+    File(PathBuf),
+    /// A private in-memory database (one connection; gone when dropped).
+    Memory,
+}
+
+/// The SQLite backend. Cheap to clone; clones share the connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: Worker,
+    readers: Worker,
+    clock: Arc<dyn Clock>,
+    location: Location,
+    options: SqliteOptions,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.location)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a rusqlite failure to the contract's typed errors where one fits.
+fn classify(e: anyhow::Error, location: &Location) -> anyhow::Error {
+    if e.downcast_ref::<PersistenceError>().is_some() {
+        return e;
+    }
+    let place = match location {
+        Location::File(p) => p.display().to_string(),
+        Location::Memory => "in-memory database".to_owned(),
+    };
+    let typed = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<rusqlite::Error>()? {
+            rusqlite::Error::SqliteFailure(f, msg) => {
+                let detail = msg.clone().unwrap_or_else(|| f.to_string());
+                match f.code {
+                    ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => {
+                        Some(PersistenceError::Corrupt(format!(
+                            "{place} is not a usable SQLite database: {detail}"
+                        )))
+                    }
+                    ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Some(
+                        PersistenceError::Unavailable(format!("{place} is locked: {detail}")),
+                    ),
+                    ErrorCode::CannotOpen
+                    | ErrorCode::ReadOnly
+                    | ErrorCode::DiskFull
+                    | ErrorCode::SystemIoFailure
+                    | ErrorCode::PermissionDenied
+                    | ErrorCode::FileLockingProtocolFailed => {
+                        Some(PersistenceError::Unavailable(format!("{place}: {detail}")))
+                    }
+                    _ => None,
+                }
+            }
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::Utf8Error(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => Some(PersistenceError::Corrupt(
+                format!("{place}: a stored value cannot be decoded: {c}"),
+            )),
+            _ => None,
+        });
+    match typed {
+        Some(t) => anyhow::Error::new(t).context(format!("{e:#}")),
+        None => e.context(format!("sqlite backend ({place})")),
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+#[cfg(unix)]
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
+}
+
+/// Opens one connection with the store's pragmas; `writer` also sets WAL.
+fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags())?;
+    conn.busy_timeout(options.busy_timeout)?;
+    // Reading the schema proves the file is a database before anything writes.
+    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
+    if writer {
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(PersistenceError::Unavailable(format!(
+                "{} cannot use WAL (journal_mode stayed {mode})",
+                path.display()
+            ))
+            .into());
+        }
+    } else {
+        conn.pragma_update(None, "query_only", true)?;
+    }
+    conn.pragma_update(None, "synchronous", options.synchronous.pragma())?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, options: &SqliteOptions) -> Result<()> {
+    let migrations = schema::migrations();
+    let deadline = std::time::Instant::now() + options.busy_timeout;
+    loop {
+        match migrations.to_latest(conn) {
+            Ok(()) => return Ok(()),
+            Err(rusqlite_migration::Error::MigrationDefinition(
+                rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
+            )) => {
+                return Err(PersistenceError::Unavailable(format!(
+                    "the database was written by a newer koda-persistence (schema newer than \
+                     version {}); upgrade koda",
+                    schema::SCHEMA_VERSION
+                ))
+                .into());
+            }
+            Err(rusqlite_migration::Error::RusqliteError { err, .. }) => {
+                let e = anyhow::Error::new(err);
+                if worker::is_busy(&e) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                return Err(e.context("migrating the schema"));
+            }
+            Err(e) => return Err(anyhow::anyhow!("migrating the schema: {e}")),
+        }
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Splits `sqlite://PATH?k=v&…` (or `sqlite:PATH`, `sqlite::memory:`) into a
+/// location and options. Recognised parameters: `synchronous=normal|full`,
+/// `busy_timeout_ms=N`, `readers=N`, `create=true|false`.
+///
+/// # Errors
+/// `InvalidInput` for an unknown parameter or value, or an empty path.
+pub fn parse_url(url: &str) -> Result<(Location, SqliteOptions), PersistenceError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| PersistenceError::InvalidInput(format!("not a sqlite URL: {url:?}")))?;
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let mut options = SqliteOptions::default();
+    for pair in query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = || PersistenceError::InvalidInput(format!("bad sqlite URL parameter {k}={v:?}"));
+        match k {
+            "synchronous" => {
+                options.synchronous = match v.to_ascii_lowercase().as_str() {
+                    "normal" => Synchronous::Normal,
+                    "full" => Synchronous::Full,
+                    _ => return Err(bad()),
+                }
+            }
+            "busy_timeout_ms" => {
+                options.busy_timeout = Duration::from_millis(v.parse().map_err(|_| bad())?)
+            }
+            "readers" => options.readers = v.parse().map_err(|_| bad())?,
+            "create" => options.create = parse_bool(v).ok_or_else(bad)?,
+            _ => {
+                return Err(PersistenceError::InvalidInput(format!(
+                    "unknown sqlite URL parameter {k:?} (known: synchronous, busy_timeout_ms, readers, create)"
+                )));
+            }
+        }
+    }
+    let location = match path {
+        ":memory:" => Location::Memory,
+        "" => {
+            return Err(PersistenceError::InvalidInput(
+                "sqlite URL needs a path: sqlite:///abs/path.db, sqlite://rel/path.db or sqlite::memory:".into(),
+            ));
+        }
+        p => Location::File(PathBuf::from(p)),
+    };
+    Ok((location, options))
+}
+
+impl SqliteStore {
+    /// Opens (creating if allowed) the database file at `path` with default
+    /// options on the system clock.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open_with`].
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(
+            Location::File(path.as_ref().to_owned()),
+            SqliteOptions::default(),
+            Arc::new(SystemClock),
+        )
+        .await
+    }
+
+    /// A private in-memory database on the given clock.
+    ///
+    /// # Errors
+    /// `Unavailable` if SQLite or its thread cannot start.
+    pub async fn open_in_memory(clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::open_with(Location::Memory, SqliteOptions::default(), clock).await
+    }
+
+    /// Opens a `sqlite://…` / `sqlite::memory:` URL (see [`parse_url`]).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad URL; otherwise as [`SqliteStore::open_with`].
+    pub async fn open_url(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        let (location, options) = parse_url(url)?;
+        Self::open_with(location, options, clock).await
+    }
+
+    /// Opens the database at `location`, migrating it to the current schema.
+    ///
+    /// # Errors
+    /// `Corrupt` when the file is not a SQLite database (it is left untouched);
+    /// `Unavailable` when it cannot be opened or stays locked past the busy
+    /// timeout, or was written by a newer schema; `InvalidInput` when it does
+    /// not exist and `create` is off.
+    pub async fn open_with(
+        location: Location,
+        options: SqliteOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let loc = location.clone();
+        let opts = options.clone();
+        let (writer_conn, reader_conns) =
+            tokio::task::spawn_blocking(move || open_blocking(&loc, &opts))
+                .await
+                .context("sqlite open task failed")?
+                .map_err(|e| classify(e, &location))?;
+        let writer = Worker::spawn("koda-sqlite-writer", vec![writer_conn])?;
+        let readers = if reader_conns.is_empty() {
+            writer.clone()
+        } else {
+            Worker::spawn("koda-sqlite-reader", reader_conns)?
+        };
+        Ok(Self {
+            writer,
+            readers,
+            clock,
+            location,
+            options,
+        })
+    }
+
+    /// Where this store's database lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let location = self.location.clone();
+        self.readers
+            .run(move |conn| f(conn))
+            .await
+            .map_err(|e| classify(e, &location))
+    }
+
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&rusqlite::Transaction<'_>) -> Result<R> + Send + 'static,
+    {
+        let location = self.location.clone();
+        let timeout = self.options.busy_timeout;
+        self.writer
+            .run(move |conn| worker::write(conn, timeout, f))
+            .await
+            .map_err(|e| classify(e, &location))
+    }
+
+    async fn insert(&self, m: NewMessage) -> Result<i64> {
+        check_usage(m.usage.as_ref())?;
+        let now = self.clock.now_ms();
+        self.write(move |tx| queries::insert_message(tx, &m, now))
+            .await
+    }
+}
+
+fn open_blocking(
+    location: &Location,
+    options: &SqliteOptions,
+) -> Result<(Connection, Vec<Connection>)> {
+    match location {
+        Location::Memory => {
+            let mut conn = Connection::open_in_memory()?;
+            conn.pragma_update(None, "foreign_keys", true)?;
+            migrate(&mut conn, options)?;
+            Ok((conn, Vec::new()))
+        }
+        Location::File(path) => {
+            if !path.exists() {
+                if !options.create {
+                    return Err(PersistenceError::InvalidInput(format!(
+                        "{} does not exist and create is off",
+                        path.display()
+                    ))
+                    .into());
+                }
+                if let Some(dir) = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+                {
+                    create_private_dir(dir)
+                        .with_context(|| format!("creating directory {}", dir.display()))
+                        .map_err(|e| PersistenceError::Unavailable(format!("{e:#}")))?;
+                }
+                create_private_file(path)
+                    .with_context(|| format!("creating {}", path.display()))
+                    .map_err(|e| PersistenceError::Unavailable(format!("{e:#}")))?;
+            }
+            let mut writer = connect(path, options, true)?;
+            if !has_schema(&writer)? || pending(&writer)? {
+                // New databases start with koda's incremental auto-vacuum.
+                if is_empty(&writer)? {
+                    writer.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+                }
+                migrate(&mut writer, options)?;
+            }
+            let readers = (0..options.readers.max(1))
+                .map(|_| connect(path, options, false))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((writer, readers))
+        }
+    }
+}
+
+fn is_empty(conn: &Connection) -> Result<bool> {
+    Ok(
+        conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })? == 0,
+    )
+}
+
+fn has_schema(conn: &Connection) -> Result<bool> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? > 0)
+}
+
+fn pending(conn: &Connection) -> Result<bool> {
+    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    Ok(usize::try_from(v).map_or(true, |v| v < schema::SCHEMA_VERSION))
+}
+
+#[async_trait::async_trait]
+impl Persistence for SqliteStore {
+    async fn create_session(&self, agent_name: &str, project_root: &Path) -> Result<String> {
+        let root = root_to_str(project_root)?.to_owned();
+        let agent = agent_name.to_owned();
+        let now = self.clock.now_ms();
+        let id = uuid::Uuid::now_v7().to_string();
+        let sid = id.clone();
+        self.write(move |tx| queries::create_session(tx, &sid, &agent, &root, now))
+            .await?;
+        Ok(id)
+    }
+
+    async fn list_sessions(&self, limit: i64, project_root: &Path) -> Result<Vec<SessionInfo>> {
+        check_limit(limit)?;
+        let root = root_to_str(project_root)?.to_owned();
+        self.read(move |c| queries::list_sessions(c, limit, &root))
+            .await
+    }
+
+    async fn delete_session(&self, session_id: &str) -> Result<bool> {
+        let sid = session_id.to_owned();
+        self.write(move |tx| queries::delete_session(tx, &sid))
+            .await
+    }
+
+    async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()> {
+        let (sid, v) = (session_id.to_owned(), title.to_owned());
+        self.write(move |tx| queries::set_session_text(tx, "title", &sid, &v))
+            .await
+    }
+
+    async fn set_session_mode(&self, session_id: &str, mode: &str) -> Result<()> {
+        let (sid, v) = (session_id.to_owned(), mode.to_owned());
+        self.write(move |tx| queries::set_session_text(tx, "mode", &sid, &v))
+            .await
+    }
+
+    async fn get_session_mode(&self, session_id: &str) -> Result<Option<String>> {
+        let sid = session_id.to_owned();
+        self.read(move |c| queries::get_session_mode(c, &sid)).await
+    }
+
+    async fn get_session_idle_secs(&self, session_id: &str) -> Result<Option<i64>> {
+        let sid = session_id.to_owned();
+        let last = self.read(move |c| queries::last_accessed(c, &sid)).await?;
+        let now = self.clock.now_ms();
+        Ok(last.map(|at| now.saturating_sub(at).div_euclid(1000).max(0)))
+    }
+
+    async fn insert_message(
+        &self,
+        session_id: &str,
+        role: &Role,
+        content: Option<&str>,
+        tool_calls: Option<&str>,
+        tool_call_id: Option<&str>,
+        usage: Option<&TokenUsage>,
+    ) -> Result<i64> {
+        self.insert_message_with_agent(
+            session_id,
+            role,
+            content,
+            tool_calls,
+            tool_call_id,
+            usage,
+            None,
+        )
+        .await
+    }
+
+    async fn insert_message_with_agent(
+        &self,
+        session_id: &str,
+        role: &Role,
+        content: Option<&str>,
+        tool_calls: Option<&str>,
+        tool_call_id: Option<&str>,
+        usage: Option<&TokenUsage>,
+        agent_name: Option<&str>,
+    ) -> Result<i64> {
+        self.insert(NewMessage {
+            session_id: session_id.to_owned(),
+            role: *role,
+            content: content.map(str::to_owned),
+            tool_calls: tool_calls.map(str::to_owned),
+            tool_call_id: tool_call_id.map(str::to_owned),
+            usage: usage.copied(),
+            agent: agent_name.map(str::to_owned),
+            full_content: None,
+        })
+        .await
+    }
+
+    async fn insert_tool_message_with_full(
+        &self,
+        session_id: &str,
+        content: &str,
+        tool_call_id: &str,
+        full_content: &str,
+    ) -> Result<i64> {
+        self.insert(NewMessage {
+            session_id: session_id.to_owned(),
+            role: Role::Tool,
+            content: Some(content.to_owned()),
+            tool_calls: None,
+            tool_call_id: Some(tool_call_id.to_owned()),
+            usage: None,
+            agent: None,
+            full_content: Some(full_content.to_owned()),
+        })
+        .await
+    }
+
+    async fn load_context(&self, session_id: &str) -> Result<Vec<Message>> {
+        let sid = session_id.to_owned();
+        let rows = self.read(move |c| queries::load_active(c, &sid)).await?;
+        Ok(apply_context_passes(rows))
+    }
+
+    async fn load_all_messages(&self, session_id: &str) -> Result<Vec<Message>> {
+        let sid = session_id.to_owned();
+        self.read(move |c| queries::load_all(c, &sid)).await
+    }
+
+    async fn recent_user_messages(&self, limit: i64) -> Result<Vec<String>> {
+        check_limit(limit)?;
+        self.read(move |c| queries::recent_user_messages(c, limit))
+            .await
+    }
+
+    async fn last_assistant_message(&self, session_id: &str) -> Result<String> {
+        let sid = session_id.to_owned();
+        self.read(move |c| queries::last_content(c, &sid, Role::Assistant))
+            .await
+    }
+
+    async fn last_user_message(&self, session_id: &str) -> Result<String> {
+        let sid = session_id.to_owned();
+        self.read(move |c| queries::last_content(c, &sid, Role::User))
+            .await
+    }
+
+    async fn has_pending_tool_calls(&self, session_id: &str) -> Result<bool> {
+        let sid = session_id.to_owned();
+        self.read(move |c| queries::has_pending_tool_calls(c, &sid))
+            .await
+    }
+
+    async fn mark_message_complete(&self, message_id: i64) -> Result<()> {
+        let now = self.clock.now_ms();
+        self.write(move |tx| queries::mark_complete(tx, message_id, now))
+            .await
+    }
+
+    async fn session_token_usage(&self, session_id: &str) -> Result<SessionUsage> {
+        let sid = session_id.to_owned();
+        let rows = self.read(move |c| queries::usage_rows(c, &sid)).await?;
+        Ok(queries::usage_total(&rows))
+    }
+
+    async fn session_usage_by_agent(
+        &self,
+        session_id: &str,
+    ) -> Result<Vec<(String, SessionUsage)>> {
+        let sid = session_id.to_owned();
+        let rows = self.read(move |c| queries::usage_rows(c, &sid)).await?;
+        Ok(queries::usage_by_agent(&rows))
+    }
+
+    async fn compact_session(
+        &self,
+        session_id: &str,
+        summary: &str,
+        preserve_count: usize,
+    ) -> Result<usize> {
+        let (sid, text) = (session_id.to_owned(), summary.to_owned());
+        let now = self.clock.now_ms();
+        self.write(move |tx| queries::compact(tx, &sid, &text, preserve_count, now))
+            .await
+    }
+
+    async fn clear_message_content(&self, message_ids: &[i64], stub: &str) -> Result<()> {
+        let (ids, stub) = (message_ids.to_vec(), stub.to_owned());
+        self.write(move |tx| queries::clear_content(tx, &ids, &stub))
+            .await
+    }
+
+    async fn compacted_stats(&self) -> Result<CompactedStats> {
+        self.read(queries::compacted_stats).await
+    }
+
+    async fn purge_compacted(&self, min_age_days: u32) -> Result<usize> {
+        let now = self.clock.now_ms();
+        self.write(move |tx| queries::purge(tx, min_age_days, now))
+            .await
+    }
+
+    async fn get_metadata(&self, session_id: &str, key: &str) -> Result<Option<String>> {
+        let (sid, key) = (session_id.to_owned(), key.to_owned());
+        self.read(move |c| queries::get_metadata(c, &sid, &key))
+            .await
+    }
+
+    async fn set_metadata(&self, session_id: &str, key: &str, value: &str) -> Result<()> {
+        let (sid, key, value) = (session_id.to_owned(), key.to_owned(), value.to_owned());
+        let now = self.clock.now_ms();
+        self.write(move |tx| queries::set_metadata(tx, &sid, &key, &value, now))
+            .await
+    }
+
+    async fn get_todo(&self, session_id: &str) -> Result<Option<String>> {
+        self.get_metadata(session_id, TODO_KEY).await
+    }
+
+    async fn set_todo(&self, session_id: &str, content: &str) -> Result<()> {
+        self.set_metadata(session_id, TODO_KEY, content).await
+    }
+}

@@ -1,0 +1,489 @@
+//! One synchronous function per trait method, run on a worker thread's
+//! connection. Writers get a `BEGIN IMMEDIATE` transaction (see
+//! [`crate::worker`]); readers run single statements, each its own snapshot.
+//! All SQL is parameterised.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use koda_persistence_api::{
+    COMPACTION_HINT, CompactedStats, ContextRow, Message, PersistenceError, Role, SessionInfo,
+    SessionUsage, TokenUsage, format_timestamp,
+};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::rows::{self, MESSAGE_COLUMNS, get};
+
+const DAY_MS: i64 = 86_400_000;
+
+fn not_found(session_id: &str) -> anyhow::Error {
+    PersistenceError::SessionNotFound(session_id.to_owned()).into()
+}
+
+fn session_exists(tx: &Transaction<'_>, session_id: &str) -> Result<bool> {
+    Ok(tx
+        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
+        .exists(params![session_id])?)
+}
+
+fn require_session(tx: &Transaction<'_>, session_id: &str) -> Result<()> {
+    if session_exists(tx, session_id)? {
+        Ok(())
+    } else {
+        Err(not_found(session_id))
+    }
+}
+
+pub(crate) fn create_session(
+    tx: &Transaction<'_>,
+    id: &str,
+    agent: &str,
+    root: &str,
+    now: i64,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO sessions (id, created_at, agent_name, project_root, created_ms, seq,
+                               message_count, total_tokens)
+         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions), 0, 0)",
+    )?
+    .execute(params![id, format_timestamp(now), agent, root, now])?;
+    Ok(())
+}
+
+pub(crate) fn list_sessions(conn: &Connection, limit: i64, root: &str) -> Result<Vec<SessionInfo>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, agent_name, created_ms, message_count, total_tokens, title, mode
+         FROM sessions WHERE project_root = ?1 OR project_root IS NULL
+         ORDER BY created_ms DESC, seq DESC LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![root, limit])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let id: String = get(row, 0, "session id")?;
+        let what = |c: &str| format!("{c} of session {id:?}");
+        let created: Option<i64> = get(row, 2, &what("created_ms"))?;
+        out.push(SessionInfo {
+            agent_name: get(row, 1, &what("agent_name"))?,
+            created_at: format_timestamp(created.unwrap_or(0)),
+            message_count: get(row, 3, &what("message_count"))?,
+            total_tokens: get(row, 4, &what("total_tokens"))?,
+            title: get(row, 5, &what("title"))?,
+            mode: get(row, 6, &what("mode"))?,
+            id,
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn delete_session(tx: &Transaction<'_>, session_id: &str) -> Result<bool> {
+    if !session_exists(tx, session_id)? {
+        return Ok(false);
+    }
+    tx.prepare_cached("DELETE FROM session_metadata WHERE session_id = ?1")?
+        .execute(params![session_id])?;
+    tx.prepare_cached("DELETE FROM messages WHERE session_id = ?1")?
+        .execute(params![session_id])?;
+    tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+        .execute(params![session_id])?;
+    Ok(true)
+}
+
+/// `column` is `title` or `mode`, chosen by the caller, never input.
+pub(crate) fn set_session_text(
+    tx: &Transaction<'_>,
+    column: &'static str,
+    session_id: &str,
+    value: &str,
+) -> Result<()> {
+    let sql = match column {
+        "title" => "UPDATE sessions SET title = ?2 WHERE id = ?1",
+        _ => "UPDATE sessions SET mode = ?2 WHERE id = ?1",
+    };
+    let n = tx
+        .prepare_cached(sql)?
+        .execute(params![session_id, value])?;
+    if n == 0 {
+        return Err(not_found(session_id));
+    }
+    Ok(())
+}
+
+pub(crate) fn get_session_mode(conn: &Connection, session_id: &str) -> Result<Option<String>> {
+    let mode = conn
+        .prepare_cached("SELECT mode FROM sessions WHERE id = ?1")?
+        .query_row(params![session_id], |r| {
+            Ok(get::<Option<String>>(r, 0, "mode"))
+        })
+        .optional()?;
+    Ok(mode.transpose()?.flatten())
+}
+
+pub(crate) fn last_accessed(conn: &Connection, session_id: &str) -> Result<Option<i64>> {
+    let at = conn
+        .prepare_cached("SELECT last_accessed_ms FROM sessions WHERE id = ?1")?
+        .query_row(params![session_id], |r| {
+            Ok(get::<Option<i64>>(r, 0, "last_accessed_ms"))
+        })
+        .optional()?;
+    Ok(at.transpose()?.flatten())
+}
+
+/// The arguments of one inserted message.
+#[derive(Debug, Clone)]
+pub(crate) struct NewMessage {
+    pub session_id: String,
+    pub role: Role,
+    pub content: Option<String>,
+    pub tool_calls: Option<String>,
+    pub tool_call_id: Option<String>,
+    pub usage: Option<TokenUsage>,
+    pub agent: Option<String>,
+    pub full_content: Option<String>,
+}
+
+pub(crate) fn insert_message(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> Result<i64> {
+    let stamp = format_timestamp(now);
+    let tokens = m
+        .usage
+        .map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens));
+    // Touch the session first: it both proves the session exists and keeps
+    // its counters in the same transaction as the row.
+    let touched = tx
+        .prepare_cached(
+            "UPDATE sessions SET last_accessed_ms = ?2, last_accessed_at = ?3,
+                 message_count = message_count + 1,
+                 total_tokens = MIN(total_tokens + ?4, 9223372036854775807)
+             WHERE id = ?1",
+        )?
+        .execute(params![m.session_id, now, stamp, tokens])?;
+    if touched == 0 {
+        return Err(not_found(&m.session_id));
+    }
+    let u = m.usage;
+    tx.prepare_cached(
+        "INSERT INTO messages (session_id, role, content, tool_calls, tool_call_id,
+             prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
+             thinking_tokens, agent_name, full_content, created_at, created_ms, ord)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+             (SELECT COALESCE(MAX(ord), 0) + 1 FROM messages WHERE session_id = ?1))",
+    )?
+    .execute(params![
+        m.session_id,
+        m.role.as_str(),
+        m.content,
+        m.tool_calls,
+        m.tool_call_id,
+        u.map(|u| u.prompt_tokens),
+        u.map(|u| u.completion_tokens),
+        u.map(|u| u.cache_read_tokens),
+        u.map(|u| u.cache_creation_tokens),
+        u.map(|u| u.thinking_tokens),
+        m.agent,
+        m.full_content,
+        stamp,
+        now,
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
+fn collect_messages(
+    conn: &Connection,
+    sql: &str,
+    session_id: &str,
+) -> Result<Vec<(Message, bool)>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params![session_id])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(rows::message(row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn load_all(conn: &Connection, session_id: &str) -> Result<Vec<Message>> {
+    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 ORDER BY ord");
+    Ok(collect_messages(conn, &sql, session_id)?
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect())
+}
+
+pub(crate) fn load_active(conn: &Connection, session_id: &str) -> Result<Vec<ContextRow>> {
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages
+         WHERE session_id = ?1 AND compacted_ms IS NULL ORDER BY ord"
+    );
+    Ok(collect_messages(conn, &sql, session_id)?
+        .into_iter()
+        .map(|(message, complete)| ContextRow { message, complete })
+        .collect())
+}
+
+pub(crate) fn recent_user_messages(conn: &Connection, limit: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT content FROM messages
+         WHERE role = 'user' AND content IS NOT NULL AND content <> ''
+         ORDER BY id DESC LIMIT ?1",
+    )?;
+    let mut rows = stmt.query(params![limit])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(get(row, 0, "content of a user message")?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn last_content(conn: &Connection, session_id: &str, role: Role) -> Result<String> {
+    let text = conn
+        .prepare_cached(
+            "SELECT content FROM messages
+             WHERE session_id = ?1 AND role = ?2 AND content IS NOT NULL
+             ORDER BY ord DESC LIMIT 1",
+        )?
+        .query_row(params![session_id, role.as_str()], |r| {
+            Ok(get::<String>(r, 0, "content"))
+        })
+        .optional()?;
+    Ok(text.transpose()?.unwrap_or_default())
+}
+
+pub(crate) fn has_pending_tool_calls(conn: &Connection, session_id: &str) -> Result<bool> {
+    let last = conn
+        .prepare_cached(
+            "SELECT role, tool_calls IS NOT NULL FROM messages
+             WHERE session_id = ?1 AND compacted_ms IS NULL ORDER BY ord DESC LIMIT 1",
+        )?
+        .query_row(params![session_id], |r| {
+            Ok((get::<String>(r, 0, "role"), get::<bool>(r, 1, "tool_calls")))
+        })
+        .optional()?;
+    match last {
+        Some((role, calls)) => Ok(Role::from_stored(&role?)? == Role::Assistant && calls?),
+        None => Ok(false),
+    }
+}
+
+pub(crate) fn mark_complete(tx: &Transaction<'_>, id: i64, now: i64) -> Result<()> {
+    let n = tx
+        .prepare_cached("UPDATE messages SET completed_ms = ?2, completed_at = ?3 WHERE id = ?1")?
+        .execute(params![id, now, format_timestamp(now)])?;
+    if n == 0 {
+        return Err(PersistenceError::MessageNotFound(id).into());
+    }
+    Ok(())
+}
+
+/// One counted message's agent and five counters.
+pub(crate) type UsageRow = (Option<String>, [Option<i64>; 5]);
+
+/// Usage rows of a session: `(agent, five counters)` for counted messages.
+pub(crate) fn usage_rows(conn: &Connection, session_id: &str) -> Result<Vec<UsageRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT agent_name, prompt_tokens, completion_tokens, cache_read_tokens,
+                cache_creation_tokens, thinking_tokens
+         FROM messages INDEXED BY kp_messages_session_ord
+         WHERE session_id = ?1 AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)",
+    )?;
+    let mut rows = stmt.query(params![session_id])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let w = "token usage";
+        out.push((
+            get(row, 0, "agent_name")?,
+            [
+                get(row, 1, w)?,
+                get(row, 2, w)?,
+                get(row, 3, w)?,
+                get(row, 4, w)?,
+                get(row, 5, w)?,
+            ],
+        ));
+    }
+    Ok(out)
+}
+
+pub(crate) fn usage_total(rows: &[UsageRow]) -> SessionUsage {
+    let mut u = SessionUsage::default();
+    for (_, counters) in rows {
+        u.add_message_counters(*counters);
+    }
+    u
+}
+
+pub(crate) fn usage_by_agent(rows: &[UsageRow]) -> Vec<(String, SessionUsage)> {
+    let mut by: HashMap<&str, SessionUsage> = HashMap::new();
+    for (agent, counters) in rows {
+        by.entry(agent.as_deref().unwrap_or("main"))
+            .or_default()
+            .add_message_counters(*counters);
+    }
+    let mut out: Vec<(String, SessionUsage)> =
+        by.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    out.sort_by(|a, b| {
+        b.1.total_tokens()
+            .cmp(&a.1.total_tokens())
+            .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+    });
+    out
+}
+
+pub(crate) fn compact(
+    tx: &Transaction<'_>,
+    session_id: &str,
+    summary: &str,
+    keep: usize,
+    now: i64,
+) -> Result<usize> {
+    require_session(tx, session_id)?;
+    let active: Vec<i64> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT ord FROM messages WHERE session_id = ?1 AND compacted_ms IS NULL ORDER BY ord",
+        )?;
+        let rows = stmt.query_map(params![session_id], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let marked = active.len().saturating_sub(keep);
+    if marked == 0 {
+        return Ok(0);
+    }
+    let stamp = format_timestamp(now);
+    // Where the summary and hint go: the first preserved message's slot
+    // (shifting the tail by two), or after the last message.
+    let (first_preserved, summary_ord) = match active.get(marked) {
+        Some(&ord) => (Some(ord), ord),
+        None => {
+            let max: i64 = tx
+                .prepare_cached("SELECT COALESCE(MAX(ord), 0) FROM messages WHERE session_id = ?1")?
+                .query_row(params![session_id], |r| r.get(0))?;
+            (None, max + 1)
+        }
+    };
+    match first_preserved {
+        Some(p) => {
+            tx.prepare_cached(
+                "UPDATE messages SET compacted_ms = ?2, compacted_at = ?3
+                 WHERE session_id = ?1 AND compacted_ms IS NULL AND ord < ?4",
+            )?
+            .execute(params![session_id, now, stamp, p])?;
+            tx.prepare_cached(
+                "UPDATE messages SET ord = ord + 2 WHERE session_id = ?1 AND ord >= ?2",
+            )?
+            .execute(params![session_id, p])?;
+        }
+        None => {
+            tx.prepare_cached(
+                "UPDATE messages SET compacted_ms = ?2, compacted_at = ?3
+                 WHERE session_id = ?1 AND compacted_ms IS NULL",
+            )?
+            .execute(params![session_id, now, stamp])?;
+        }
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO messages (session_id, role, content, created_at, created_ms, completed_at,
+                               completed_ms, ord)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    insert.execute(params![
+        session_id,
+        Role::System.as_str(),
+        summary,
+        stamp,
+        now,
+        None::<String>,
+        None::<i64>,
+        summary_ord
+    ])?;
+    insert.execute(params![
+        session_id,
+        Role::Assistant.as_str(),
+        COMPACTION_HINT,
+        stamp,
+        now,
+        stamp,
+        now,
+        summary_ord + 1
+    ])?;
+    tx.prepare_cached("UPDATE sessions SET message_count = message_count + 2 WHERE id = ?1")?
+        .execute(params![session_id])?;
+    Ok(marked)
+}
+
+pub(crate) fn clear_content(tx: &Transaction<'_>, ids: &[i64], stub: &str) -> Result<()> {
+    let mut stmt = tx.prepare_cached("UPDATE messages SET content = ?2 WHERE id = ?1")?;
+    for id in ids {
+        stmt.execute(params![id, stub])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn compacted_stats(conn: &Connection) -> Result<CompactedStats> {
+    let row = conn
+        .prepare_cached(
+            "SELECT COUNT(*), COUNT(DISTINCT session_id),
+                    TOTAL(COALESCE(length(CAST(content AS BLOB)), 0)
+                        + COALESCE(length(CAST(tool_calls AS BLOB)), 0)),
+                    MIN(compacted_ms)
+             FROM messages INDEXED BY kp_messages_compacted WHERE compacted_ms IS NOT NULL",
+        )?
+        .query_row([], |r| {
+            Ok((
+                get::<i64>(r, 0, "count"),
+                get::<i64>(r, 1, "sessions"),
+                get::<f64>(r, 2, "size"),
+                get::<Option<i64>>(r, 3, "oldest"),
+            ))
+        })?;
+    // Byte totals are below 2^53 for any file SQLite can hold, so TOTAL is exact.
+    #[allow(clippy::cast_possible_truncation)]
+    let size = row.2?.min(i64::MAX as f64) as i64;
+    Ok(CompactedStats {
+        message_count: row.0?,
+        session_count: row.1?,
+        size_bytes: size,
+        oldest: row.3?.map(format_timestamp),
+    })
+}
+
+pub(crate) fn purge(tx: &Transaction<'_>, days: u32, now: i64) -> Result<usize> {
+    let n = if days == 0 {
+        tx.prepare_cached("DELETE FROM messages WHERE compacted_ms IS NOT NULL")?
+            .execute([])?
+    } else {
+        let cutoff = now.saturating_sub(i64::from(days).saturating_mul(DAY_MS));
+        tx.prepare_cached(
+            "DELETE FROM messages WHERE compacted_ms IS NOT NULL AND compacted_ms < ?1",
+        )?
+        .execute(params![cutoff])?
+    };
+    Ok(n)
+}
+
+pub(crate) fn get_metadata(
+    conn: &Connection,
+    session_id: &str,
+    key: &str,
+) -> Result<Option<String>> {
+    let v = conn
+        .prepare_cached("SELECT value FROM session_metadata WHERE session_id = ?1 AND key = ?2")?
+        .query_row(params![session_id, key], |r| {
+            Ok(get::<String>(r, 0, "metadata value"))
+        })
+        .optional()?;
+    Ok(v.transpose()?)
+}
+
+pub(crate) fn set_metadata(
+    tx: &Transaction<'_>,
+    session_id: &str,
+    key: &str,
+    value: &str,
+    now: i64,
+) -> Result<()> {
+    require_session(tx, session_id)?;
+    tx.prepare_cached(
+        "INSERT INTO session_metadata (session_id, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (session_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+    )?
+    .execute(params![session_id, key, value, format_timestamp(now)])?;
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! The schema and its versioned migrations (`rusqlite_migration`, with
+//! `PRAGMA user_version` as the single source of truth).
+//!
+//! Version 1 turns any generation of koda's own `koda.db` (or an empty file)
+//! into this backend's schema, in place and inside one transaction:
+//!
+//! - koda's tables are created if missing, with every column koda ever had;
+//!   columns an older koda lacks are added (`ALTER TABLE … ADD COLUMN`);
+//!   unknown tables and columns are left untouched.
+//! - instants are stored as epoch milliseconds in new `*_ms` columns, filled
+//!   from koda's text timestamps (`2026-11-26 05:07:04` reads as
+//!   `…T05:07:04.000Z`); the text columns are still written, so an older koda
+//!   can keep reading the file.
+//! - `messages.ord` is the conversation order within a session (migrated rows
+//!   keep id order); `sessions.seq` the creation sequence; `message_count` and
+//!   `total_tokens` per-session counters so `list_sessions` never aggregates
+//!   messages.
+//! - if `completed_at` did not exist yet, existing assistant rows were
+//!   delivered by the koda that wrote them and are marked complete.
+//! - triggers keep the new columns right for rows written by an older koda
+//!   process still running on the same file.
+
+use std::collections::HashMap;
+
+use rusqlite::{Transaction, params};
+use rusqlite_migration::{HookResult, M, Migrations};
+
+/// Every koda table as its newest generation declares it. `IF NOT EXISTS`
+/// leaves an existing table (and any column it has) alone.
+const KODA_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    created_at DATETIME DEFAULT CURRENT_TIMESTAMP,
+    agent_name TEXT NOT NULL,
+    project_root TEXT,
+    last_accessed_at TEXT,
+    title TEXT,
+    mode TEXT
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    role TEXT NOT NULL,
+    content TEXT,
+    tool_calls TEXT,
+    tool_call_id TEXT,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    created_at DATETIME DEFAULT CURRENT_TIMESTAMP,
+    cache_read_tokens INTEGER,
+    cache_creation_tokens INTEGER,
+    thinking_tokens INTEGER,
+    agent_name TEXT,
+    compacted_at TEXT,
+    completed_at DATETIME,
+    full_content TEXT,
+    thinking_content TEXT
+);
+CREATE TABLE IF NOT EXISTS session_metadata (
+    session_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at DATETIME DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (session_id, key)
+);
+";
+
+/// Columns that older koda files may lack, then this backend's own columns.
+const COLUMNS: &[(&str, &str, &str)] = &[
+    ("sessions", "project_root", "TEXT"),
+    ("sessions", "last_accessed_at", "TEXT"),
+    ("sessions", "title", "TEXT"),
+    ("sessions", "mode", "TEXT"),
+    ("messages", "cache_read_tokens", "INTEGER"),
+    ("messages", "cache_creation_tokens", "INTEGER"),
+    ("messages", "thinking_tokens", "INTEGER"),
+    ("messages", "agent_name", "TEXT"),
+    ("messages", "compacted_at", "TEXT"),
+    ("messages", "completed_at", "DATETIME"),
+    ("messages", "full_content", "TEXT"),
+    ("messages", "thinking_content", "TEXT"),
+    // This backend's columns.
+    ("sessions", "created_ms", "INTEGER"),
+    ("sessions", "last_accessed_ms", "INTEGER"),
+    ("sessions", "seq", "INTEGER"),
+    ("sessions", "message_count", "INTEGER NOT NULL DEFAULT 0"),
+    ("sessions", "total_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("messages", "created_ms", "INTEGER"),
+    ("messages", "completed_ms", "INTEGER"),
+    ("messages", "compacted_ms", "INTEGER"),
+    ("messages", "ord", "INTEGER"),
+];
+
+/// `text` (koda's `YYYY-MM-DD HH:MM:SS` or RFC 3339) as epoch milliseconds, in SQL.
+macro_rules! text_ms {
+    ($col:literal) => {
+        concat!(
+            "CAST(ROUND((julianday(",
+            $col,
+            ") - 2440587.5) * 86400000.0) AS INTEGER)"
+        )
+    };
+}
+
+const BACKFILL: &str = concat!(
+    "UPDATE sessions SET created_ms = COALESCE(",
+    text_ms!("created_at"),
+    ", 0) WHERE created_ms IS NULL;
+UPDATE sessions SET last_accessed_ms = ",
+    text_ms!("last_accessed_at"),
+    " WHERE last_accessed_ms IS NULL AND last_accessed_at IS NOT NULL;
+UPDATE sessions SET seq = rowid WHERE seq IS NULL;
+UPDATE messages SET created_ms = COALESCE(",
+    text_ms!("created_at"),
+    ", 0) WHERE created_ms IS NULL;
+UPDATE messages SET completed_ms = COALESCE(",
+    text_ms!("completed_at"),
+    ", created_ms) WHERE completed_ms IS NULL AND completed_at IS NOT NULL;
+UPDATE messages SET compacted_ms = COALESCE(",
+    text_ms!("compacted_at"),
+    ", created_ms) WHERE compacted_ms IS NULL AND compacted_at IS NOT NULL;
+UPDATE messages SET ord = id WHERE ord IS NULL;
+"
+);
+
+const INDEXES_AND_TRIGGERS: &str = concat!(
+    "
+CREATE INDEX IF NOT EXISTS kp_messages_session_ord ON messages(session_id, ord);
+CREATE INDEX IF NOT EXISTS idx_messages_role_id ON messages(role, id DESC);
+CREATE INDEX IF NOT EXISTS kp_messages_compacted ON messages(compacted_ms) WHERE compacted_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS kp_sessions_root_created ON sessions(project_root, created_ms DESC, seq DESC);
+CREATE INDEX IF NOT EXISTS kp_sessions_seq ON sessions(seq);
+
+-- Deleting a message (purge, delete_session, or any other writer) keeps the
+-- session counters exact. A saturated token total is recomputed.
+CREATE TRIGGER IF NOT EXISTS kp_messages_deleted AFTER DELETE ON messages
+BEGIN
+    UPDATE sessions SET
+        message_count = message_count - 1,
+        total_tokens = CASE WHEN total_tokens >= 9223372036854775807 THEN (
+                SELECT CAST(MIN(TOTAL(COALESCE(prompt_tokens, 0)) + TOTAL(COALESCE(completion_tokens, 0)),
+                                9.2233720368547758e18) AS INTEGER)
+                FROM messages WHERE session_id = OLD.session_id)
+            ELSE total_tokens - COALESCE(OLD.prompt_tokens, 0) - COALESCE(OLD.completion_tokens, 0) END
+    WHERE id = OLD.session_id;
+END;
+
+-- Rows inserted by an older koda (which knows nothing of ord and the
+-- counters) get them here; this backend's own inserts set ord themselves.
+CREATE TRIGGER IF NOT EXISTS kp_messages_foreign_insert AFTER INSERT ON messages
+WHEN NEW.ord IS NULL
+BEGIN
+    UPDATE messages SET
+        ord = NEW.id,
+        created_ms = COALESCE(NEW.created_ms, ",
+    text_ms!("NEW.created_at"),
+    ", 0)
+    WHERE id = NEW.id;
+    UPDATE sessions SET
+        message_count = message_count + 1,
+        total_tokens = MIN(total_tokens + COALESCE(NEW.prompt_tokens, 0) + COALESCE(NEW.completion_tokens, 0),
+                           9223372036854775807)
+    WHERE id = NEW.session_id;
+END;
+
+CREATE TRIGGER IF NOT EXISTS kp_sessions_foreign_insert AFTER INSERT ON sessions
+WHEN NEW.seq IS NULL
+BEGIN
+    UPDATE sessions SET
+        created_ms = COALESCE(NEW.created_ms, ",
+    text_ms!("NEW.created_at"),
+    ", 0),
+        seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions)
+    WHERE id = NEW.id;
+END;
+
+-- A text timestamp changed without its *_ms twin: an older koda wrote it.
+CREATE TRIGGER IF NOT EXISTS kp_messages_foreign_complete AFTER UPDATE OF completed_at ON messages
+WHEN NEW.completed_at IS NOT OLD.completed_at AND NEW.completed_ms IS OLD.completed_ms
+BEGIN
+    UPDATE messages SET completed_ms = CASE WHEN NEW.completed_at IS NULL THEN NULL
+        ELSE COALESCE(",
+    text_ms!("NEW.completed_at"),
+    ", NEW.created_ms) END WHERE id = NEW.id;
+END;
+
+CREATE TRIGGER IF NOT EXISTS kp_messages_foreign_compact AFTER UPDATE OF compacted_at ON messages
+WHEN NEW.compacted_at IS NOT OLD.compacted_at AND NEW.compacted_ms IS OLD.compacted_ms
+BEGIN
+    UPDATE messages SET compacted_ms = CASE WHEN NEW.compacted_at IS NULL THEN NULL
+        ELSE COALESCE(",
+    text_ms!("NEW.compacted_at"),
+    ", NEW.created_ms) END WHERE id = NEW.id;
+END;
+
+CREATE TRIGGER IF NOT EXISTS kp_sessions_foreign_access AFTER UPDATE OF last_accessed_at ON sessions
+WHEN NEW.last_accessed_at IS NOT OLD.last_accessed_at AND NEW.last_accessed_ms IS OLD.last_accessed_ms
+BEGIN
+    UPDATE sessions SET last_accessed_ms = ",
+    text_ms!("NEW.last_accessed_at"),
+    " WHERE id = NEW.id;
+END;
+"
+);
+
+fn has_column(tx: &Transaction<'_>, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut stmt = tx.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?;
+    stmt.exists(params![table, column])
+}
+
+fn row_count(tx: &Transaction<'_>, table: &str) -> rusqlite::Result<i64> {
+    // `table` is one of our own constant names, never input.
+    tx.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+}
+
+/// Migration 1: adopt koda's schema (any generation) or create it.
+fn adopt_koda_schema(tx: &Transaction<'_>) -> HookResult {
+    let messages_existed = tx
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'")?
+        .exists([])?;
+    tx.execute_batch(KODA_TABLES)?;
+    let had_completed_at = has_column(tx, "messages", "completed_at")?;
+    for (table, column, decl) in COLUMNS {
+        if !has_column(tx, table, column)? {
+            // Names and declarations are constants of this file, never input.
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    tx.execute_batch(BACKFILL)?;
+    if messages_existed && !had_completed_at {
+        // Delivered by a koda that predates completion tracking.
+        tx.execute(
+            "UPDATE messages SET completed_at = created_at, completed_ms = created_ms
+             WHERE role = 'assistant' AND completed_ms IS NULL",
+            [],
+        )?;
+    }
+    recount(tx)?;
+    tx.execute_batch(INDEXES_AND_TRIGGERS)?;
+    Ok(())
+}
+
+/// Recomputes every session's counters from its messages (saturating).
+fn recount(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    if row_count(tx, "messages")? == 0 {
+        return Ok(());
+    }
+    let mut per: HashMap<String, (i64, i128)> = HashMap::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT session_id, COALESCE(prompt_tokens, 0), COALESCE(completion_tokens, 0) FROM messages",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let sid: String = row.get(0)?;
+            let p: i64 = row.get(1)?;
+            let c: i64 = row.get(2)?;
+            let e = per.entry(sid).or_default();
+            e.0 += 1;
+            e.1 += i128::from(p) + i128::from(c);
+        }
+    }
+    let mut update =
+        tx.prepare("UPDATE sessions SET message_count = ?1, total_tokens = ?2 WHERE id = ?3")?;
+    for (sid, (count, tokens)) in per {
+        let tokens = i64::try_from(tokens.max(0)).unwrap_or(i64::MAX);
+        update.execute(params![count, tokens, sid])?;
+    }
+    Ok(())
+}
+
+/// The migrations, oldest first. Never edit a released one; append.
+pub(crate) fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up_with_hook("", adopt_koda_schema)])
+}
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: usize = 1;

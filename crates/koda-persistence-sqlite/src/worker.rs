@@ -1,0 +1,111 @@
+//! Threads that own SQLite connections. Async callers send a job and await a
+//! oneshot reply, so no rusqlite call ever runs on a tokio worker thread.
+//!
+//! One writer thread owns the write connection (koda's pattern: one writer
+//! at a time); a few reader threads share a queue of read jobs and, in WAL
+//! mode, never wait for the writer.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use koda_persistence_api::PersistenceError;
+use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A queue served by one or more threads, each owning a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Worker {
+    tx: crossbeam_channel::Sender<Job>,
+}
+
+impl Worker {
+    /// Starts one thread per connection, all serving the same queue. The
+    /// threads end when the last `Worker` clone is dropped.
+    pub(crate) fn spawn(name: &str, conns: Vec<Connection>) -> Result<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        for (i, mut conn) in conns.into_iter().enumerate() {
+            let rx = rx.clone();
+            thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    for job in rx.iter() {
+                        // A panicking job must not take the connection's
+                        // thread down with it; its caller sees the reply
+                        // channel close and gets `Unavailable`.
+                        let _ = catch_unwind(AssertUnwindSafe(|| job(&mut conn)));
+                    }
+                })
+                .map_err(|e| {
+                    PersistenceError::Unavailable(format!("cannot start {name} thread: {e}"))
+                })?;
+        }
+        Ok(Self { tx })
+    }
+
+    /// Runs `f` on one of the worker's connections and returns its result.
+    pub(crate) async fn run<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Box::new(move |conn: &mut Connection| {
+                let _ = reply.send(f(conn));
+            }))
+            .map_err(|_| {
+                PersistenceError::Unavailable("sqlite worker thread has stopped".into())
+            })?;
+        answer.await.map_err(|_| {
+            PersistenceError::Unavailable("sqlite worker thread dropped the call".into())
+        })?
+    }
+}
+
+/// Whether `e` (anywhere in its chain) is SQLite's busy or locked.
+pub(crate) fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        )
+    })
+}
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits it. A busy
+/// database (another process writing) is retried until `timeout` runs out,
+/// then reported as `Unavailable`. Any error rolls the transaction back.
+pub(crate) fn write<R>(
+    conn: &mut Connection,
+    timeout: Duration,
+    mut f: impl FnMut(&Transaction<'_>) -> Result<R>,
+) -> Result<R> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let attempt = (|| -> Result<R> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        match attempt {
+            Err(e) if is_busy(&e) => {
+                if Instant::now() >= deadline {
+                    return Err(PersistenceError::Unavailable(format!(
+                        "database stayed locked by another writer for {} ms",
+                        timeout.as_millis()
+                    ))
+                    .into());
+                }
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The whole conformance suite against `SqliteStore`, on a temp file and on
+//! `sqlite::memory:`.
+
+use std::sync::Arc;
+
+use koda_persistence_api::ManualClock;
+use koda_persistence_conformance::{Ctx, Factory};
+use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore};
+
+/// A fresh database file in its own temp directory.
+struct TempFile;
+
+#[async_trait::async_trait]
+impl Factory for TempFile {
+    async fn create(&self, start_ms: i64) -> anyhow::Result<Ctx> {
+        let dir = tempfile::tempdir()?;
+        let clock = ManualClock::new(start_ms);
+        let store = SqliteStore::open_with(
+            Location::File(dir.path().join("koda.db")),
+            SqliteOptions::default(),
+            Arc::new(clock.clone()),
+        )
+        .await?;
+        Ok(Ctx::new(Arc::new(store), clock).with_guard(dir))
+    }
+}
+
+/// A fresh private in-memory database.
+struct InMemory;
+
+#[async_trait::async_trait]
+impl Factory for InMemory {
+    async fn create(&self, start_ms: i64) -> anyhow::Result<Ctx> {
+        let clock = ManualClock::new(start_ms);
+        let store = SqliteStore::open_in_memory(Arc::new(clock.clone())).await?;
+        Ok(Ctx::new(Arc::new(store), clock))
+    }
+}
+
+mod file {
+    use super::*;
+    koda_persistence_conformance::conformance_tests!(TempFile);
+}
+
+mod memory {
+    use super::*;
+    koda_persistence_conformance::conformance_tests!(InMemory);
+}
