@@ -398,6 +398,19 @@ impl SqliteStore {
         &self.location
     }
 
+    /// The `synchronous` level the writer connection runs at, as SQLite
+    /// reports it (`1` = NORMAL, `2` = FULL).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn synchronous(&self) -> Result<i64> {
+        let location = self.location.clone();
+        self.writer
+            .run(|conn| Ok(conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
+            .await
+            .map_err(|e| classify(e, &location))
+    }
+
     async fn read<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
@@ -464,13 +477,11 @@ fn open_blocking(
                     .map_err(|e| PersistenceError::Unavailable(format!("{e:#}")))?;
             }
             let mut writer = connect(path, options, true)?;
-            if !has_schema(&writer)? || pending(&writer)? {
+            if is_empty(&writer)? {
                 // New databases start with koda's incremental auto-vacuum.
-                if is_empty(&writer)? {
-                    writer.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
-                }
-                migrate(&mut writer, options)?;
+                writer.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
             }
+            migrate(&mut writer, options)?;
             let readers = (0..options.readers.max(1))
                 .map(|_| connect(path, options, false))
                 .collect::<Result<Vec<_>>>()?;
@@ -485,15 +496,6 @@ fn is_empty(conn: &Connection) -> Result<bool> {
             r.get::<_, i64>(0)
         })? == 0,
     )
-}
-
-fn has_schema(conn: &Connection) -> Result<bool> {
-    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? > 0)
-}
-
-fn pending(conn: &Connection) -> Result<bool> {
-    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    Ok(usize::try_from(v).map_or(true, |v| v < schema::SCHEMA_VERSION))
 }
 
 #[async_trait::async_trait]

@@ -487,3 +487,70 @@ pub(crate) fn set_metadata(
     .execute(params![session_id, key, value, format_timestamp(now)])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every statement in this file, planned against the real schema: none
+    //! may walk the whole `messages` table (reads stay O(rows returned)).
+
+    use rusqlite::Connection;
+
+    use crate::rows::MESSAGE_COLUMNS;
+
+    /// The SQL text of every `prepare_cached("…")` and `format!("…")` call
+    /// in this file's non-test code.
+    fn statements() -> Vec<String> {
+        let source = include_str!("queries.rs");
+        let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+        let mut out = Vec::new();
+        for opener in ["prepare_cached(", "format!("] {
+            for (at, _) in code.match_indices(opener) {
+                let rest = code[at + opener.len()..].trim_start();
+                let Some(body) = rest.strip_prefix('"') else {
+                    continue;
+                };
+                let Some(end) = body.find('"') else { continue };
+                let sql = &body[..end];
+                if ["SELECT", "INSERT", "UPDATE", "DELETE"]
+                    .iter()
+                    .any(|k| sql.starts_with(k))
+                {
+                    out.push(sql.replace("{MESSAGE_COLUMNS}", MESSAGE_COLUMNS));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn no_statement_scans_all_messages() {
+        let mut conn = Connection::open_in_memory().expect("memory db");
+        crate::schema::migrations()
+            .to_latest(&mut conn)
+            .expect("schema");
+        let stmts = statements();
+        assert!(stmts.len() >= 30, "found only {} statements", stmts.len());
+        for sql in stmts {
+            let mut plan = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect(&sql);
+            // Unbound parameters plan as NULL, which is all a plan needs.
+            let mut rows = plan.raw_query();
+            let mut lines: Vec<String> = Vec::new();
+            while let Some(row) = rows.next().expect("plan row") {
+                lines.push(row.get(3).expect("detail"));
+            }
+            for line in &lines {
+                let full_scan = line.starts_with("SCAN messages") && !line.contains("INDEX");
+                assert!(!full_scan, "full scan of messages in {sql:?}: {lines:?}");
+                if sql.contains("FROM messages") {
+                    assert!(
+                        !line.starts_with("SCAN messages USING INDEX idx_messages_role_id")
+                            || sql.contains("role = 'user'"),
+                        "unbounded index walk in {sql:?}: {lines:?}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -145,10 +145,9 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_scheme_names_the_supported_ones() {
-        let err = open("mysql://root@localhost/koda")
-            .await
-            .err()
-            .expect("must fail");
+        let Err(err) = open("mysql://root@localhost/koda").await else {
+            panic!("must fail")
+        };
         let pe = err.downcast_ref::<PersistenceError>().expect("typed");
         assert!(
             matches!(pe, PersistenceError::InvalidInput(m) if m.contains("\"mysql\"") && m.contains("sqlite://PATH"))
@@ -157,7 +156,9 @@ mod tests {
 
     #[tokio::test]
     async fn compiled_out_backend_names_the_feature() {
-        let err = open("sled:///tmp/x").await.err().expect("must fail");
+        let Err(err) = open("sled:///tmp/x").await else {
+            panic!("must fail")
+        };
         assert!(err.to_string().contains("cargo feature `sled`"), "{err}");
     }
 
@@ -208,10 +209,9 @@ mod tests {
                 .expect("lists")
                 .is_empty()
         );
-        let err = open("sqlite:///tmp/x.db?synchronous=sometimes")
-            .await
-            .err()
-            .expect("bad option");
+        let Err(err) = open("sqlite:///tmp/x.db?synchronous=sometimes").await else {
+            panic!("bad option")
+        };
         assert!(matches!(
             err.downcast_ref::<PersistenceError>(),
             Some(PersistenceError::InvalidInput(_))

@@ -1,0 +1,298 @@
+//! File-level concerns of the SQLite backend: permissions, foreign files,
+//! locks held by other processes, schema versions, options.
+
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use koda_persistence_api::{ManualClock, Persistence, PersistenceError, Role};
+use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore, Synchronous, parse_url};
+use rusqlite::Connection;
+
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(1_795_669_624_123))
+}
+
+async fn open_with(path: &Path, options: SqliteOptions) -> anyhow::Result<SqliteStore> {
+    SqliteStore::open_with(Location::File(path.to_owned()), options, clock()).await
+}
+
+fn typed(e: &anyhow::Error) -> Option<&PersistenceError> {
+    e.downcast_ref::<PersistenceError>()
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn new_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nested = dir.path().join("config").join("koda").join("db");
+    let path = nested.join("koda.db");
+    let store = open_with(&path, SqliteOptions::default())
+        .await
+        .expect("open");
+    let sid = store
+        .create_session("main", Path::new("/p"))
+        .await
+        .expect("session");
+    store
+        .insert_message(&sid, &Role::User, Some("api key: sk-…"), None, None, None)
+        .await
+        .expect("insert");
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600, "database file");
+    for created in [
+        &nested,
+        nested.parent().expect("koda"),
+        nested.parent().and_then(Path::parent).expect("config"),
+    ] {
+        assert_eq!(mode(created), 0o700, "{}", created.display());
+    }
+    for side in ["koda.db-wal", "koda.db-shm"] {
+        let p = nested.join(side);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{side}");
+        }
+    }
+    // An existing directory is not re-permissioned.
+    assert_eq!(mode(dir.path()) & 0o700, 0o700);
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_corrupt_and_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notes.txt");
+    let bytes = b"these are my notes, not a database\n".repeat(200);
+    std::fs::write(&path, &bytes).expect("write");
+    let err = open_with(&path, SqliteOptions::default())
+        .await
+        .expect_err("must fail");
+    match typed(&err) {
+        Some(PersistenceError::Corrupt(m)) => assert!(m.contains("notes.txt"), "{m}"),
+        other => panic!("expected Corrupt, got {other:?}: {err:#}"),
+    }
+    assert_eq!(std::fs::read(&path).expect("read"), bytes);
+    assert!(!dir.path().join("notes.txt-wal").exists());
+}
+
+#[tokio::test]
+async fn a_corrupted_database_is_corrupt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    {
+        let store = open_with(&path, SqliteOptions::default())
+            .await
+            .expect("open");
+        let sid = store
+            .create_session("main", Path::new("/p"))
+            .await
+            .expect("session");
+        for i in 0..200 {
+            store
+                .insert_message(
+                    &sid,
+                    &Role::User,
+                    Some(&format!("message {i} {}", "x".repeat(500))),
+                    None,
+                    None,
+                    None,
+                )
+                .await
+                .expect("insert");
+        }
+    }
+    // Checkpoint into the main file, then scribble over its pages.
+    let raw = Connection::open(&path).expect("raw");
+    raw.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
+        .expect("checkpoint");
+    drop(raw);
+    let mut bytes = std::fs::read(&path).expect("read");
+    for b in bytes.iter_mut().skip(4096).take(8192) {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).expect("scribble");
+    let outcome = async {
+        let store = open_with(&path, SqliteOptions::default()).await?;
+        store.list_sessions(10, Path::new("/p")).await?;
+        store.recent_user_messages(1000).await.map(|_| ())
+    }
+    .await;
+    let err = outcome.expect_err("must fail");
+    assert!(
+        matches!(typed(&err), Some(PersistenceError::Corrupt(_))),
+        "{err:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_file_with_create_off_is_invalid_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("absent.db");
+    let options = SqliteOptions {
+        create: false,
+        ..SqliteOptions::default()
+    };
+    let err = open_with(&path, options).await.expect_err("must fail");
+    assert!(
+        matches!(typed(&err), Some(PersistenceError::InvalidInput(_))),
+        "{err:#}"
+    );
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    drop(
+        open_with(&path, SqliteOptions::default())
+            .await
+            .expect("create"),
+    );
+    Connection::open(&path)
+        .expect("raw")
+        .execute_batch("PRAGMA user_version = 99")
+        .expect("bump");
+    let err = open_with(&path, SqliteOptions::default())
+        .await
+        .expect_err("must fail");
+    assert!(
+        matches!(typed(&err), Some(PersistenceError::Unavailable(m)) if m.contains("newer")),
+        "{err:#}"
+    );
+}
+
+/// A lock held by another process is waited for; past the busy timeout the
+/// caller gets `Unavailable` and nothing is written; once released, writes work.
+#[tokio::test]
+async fn a_held_lock_is_waited_for_then_unavailable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let options = SqliteOptions {
+        busy_timeout: Duration::from_millis(300),
+        ..SqliteOptions::default()
+    };
+    let store = open_with(&path, options).await.expect("open");
+    let sid = store
+        .create_session("main", Path::new("/p"))
+        .await
+        .expect("session");
+    let other = Connection::open(&path).expect("raw");
+    other
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let started = Instant::now();
+    let err = store
+        .insert_message(&sid, &Role::User, Some("blocked"), None, None, None)
+        .await
+        .expect_err("must time out");
+    assert!(
+        matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
+        "{err:#}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    // Reads are not blocked by the writer (WAL).
+    assert_eq!(store.load_all_messages(&sid).await.expect("read").len(), 0);
+    other.execute_batch("COMMIT").expect("release");
+    store
+        .insert_message(&sid, &Role::User, Some("after"), None, None, None)
+        .await
+        .expect("insert");
+    assert_eq!(store.load_all_messages(&sid).await.expect("read").len(), 1);
+}
+
+/// Two stores on one file (two koda windows) see each other's writes.
+#[tokio::test]
+async fn two_stores_share_one_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let a = open_with(&path, SqliteOptions::default()).await.expect("a");
+    let b = open_with(&path, SqliteOptions::default()).await.expect("b");
+    let sid = a
+        .create_session("main", Path::new("/p"))
+        .await
+        .expect("session");
+    let mut tasks = Vec::new();
+    for (i, store) in [a.clone(), b.clone()].into_iter().enumerate() {
+        let sid = sid.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..100 {
+                store
+                    .insert_message(
+                        &sid,
+                        &Role::User,
+                        Some(&format!("{i}-{n}")),
+                        None,
+                        None,
+                        None,
+                    )
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("inserts");
+    }
+    assert_eq!(b.load_all_messages(&sid).await.expect("load").len(), 200);
+    assert_eq!(
+        a.list_sessions(1, Path::new("/p")).await.expect("list")[0].message_count,
+        200
+    );
+}
+
+#[test]
+fn urls_parse_into_locations_and_options() {
+    let (loc, opts) =
+        parse_url("sqlite:///var/lib/koda.db?synchronous=full&busy_timeout_ms=250&readers=4")
+            .expect("parse");
+    assert_eq!(loc, Location::File("/var/lib/koda.db".into()));
+    assert_eq!(
+        (opts.synchronous, opts.busy_timeout, opts.readers),
+        (Synchronous::Full, Duration::from_millis(250), 4)
+    );
+    assert_eq!(
+        parse_url("sqlite::memory:").expect("memory").0,
+        Location::Memory
+    );
+    assert_eq!(
+        parse_url("sqlite://rel/koda.db").expect("relative").0,
+        Location::File("rel/koda.db".into())
+    );
+    assert_eq!(
+        parse_url("sqlite://x.db").expect("defaults").1.synchronous,
+        Synchronous::Normal
+    );
+    for bad in [
+        "sqlite://",
+        "sqlite://x.db?synchronous=maybe",
+        "sqlite://x.db?cache=big",
+        "sqlite://x.db?readers=-1",
+        "mysql://x",
+    ] {
+        assert!(
+            matches!(parse_url(bad), Err(PersistenceError::InvalidInput(_))),
+            "{bad}"
+        );
+    }
+}
+
+/// The `synchronous` option reaches the connections.
+#[tokio::test]
+async fn synchronous_full_is_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let url = format!("sqlite://{}?synchronous=full", path.display());
+    let store = SqliteStore::open_url(&url, clock()).await.expect("open");
+    assert_eq!(store.synchronous().await.expect("pragma"), 2);
+    let normal = open_with(&path, SqliteOptions::default())
+        .await
+        .expect("open");
+    assert_eq!(normal.synchronous().await.expect("pragma"), 1);
+}
