@@ -81,6 +81,14 @@ impl Ctx {
     }
 }
 
+/// Returned (inside the `anyhow::Error`) by a [`Factory`] whose backend is
+/// not available and whose user opted out of it explicitly. The suite then
+/// prints `SKIPPED` with the reason instead of running the case; a factory
+/// must never use it silently.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Skipped(pub String);
+
 /// Builds fresh, empty stores of one backend.
 #[async_trait::async_trait]
 pub trait Factory: Send + Sync {

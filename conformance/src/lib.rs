@@ -23,7 +23,23 @@ mod factory;
 pub mod machine;
 pub mod model;
 
-pub use factory::{Ctx, Factory, START_MS};
+pub use factory::{Ctx, Factory, START_MS, Skipped};
+
+/// What a case does when its factory failed: a [`Skipped`] error prints
+/// `SKIPPED <case>: <reason>` and passes; any other error fails the case.
+///
+/// # Errors
+/// `err` itself, unless it is [`Skipped`].
+pub fn skip_or_fail(case: &str, err: anyhow::Error) -> anyhow::Result<()> {
+    match err.downcast_ref::<Skipped>() {
+        Some(reason) => {
+            println!("SKIPPED {case}: {reason}");
+            eprintln!("SKIPPED {case}: {reason}");
+            Ok(())
+        }
+        None => Err(err),
+    }
+}
 
 #[doc(hidden)]
 pub mod __private {
@@ -57,7 +73,10 @@ macro_rules! __emit_cases {
                 $(
                     #[$crate::__private::tokio::test(flavor = "multi_thread", worker_threads = 2, crate = "::koda_persistence_conformance::__private::tokio")]
                     async fn $name() -> $crate::__private::anyhow::Result<()> {
-                        let cx = $crate::Factory::create(&$factory, $crate::START_MS).await?;
+                        let cx = match $crate::Factory::create(&$factory, $crate::START_MS).await {
+                            Ok(cx) => cx,
+                            Err(e) => return $crate::skip_or_fail(stringify!($area::$name), e),
+                        };
                         let outcome = $crate::cases::$area::$name(&cx).await;
                         cx.finish(outcome).await
                     }

@@ -779,6 +779,11 @@ pub fn try_run<F: Factory + ?Sized>(factory: &F) -> Result<()> {
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
+    // A backend the user opted out of is reported once, not run.
+    match rt.block_on(factory.create(START_MS)) {
+        Ok(cx) => rt.block_on(cx.finish(Ok(())))?,
+        Err(e) => return crate::skip_or_fail("state_machine", e),
+    }
     let config = Config {
         cases: cases(),
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(

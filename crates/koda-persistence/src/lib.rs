@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `memory:` | [`MemoryStore`](koda_persistence_memory::MemoryStore), nothing persists | `memory` (default) |
 //! | `sqlite://PATH`, `sqlite:///abs/path.db`, `sqlite::memory:` | SQLite file | `sqlite` (default) |
-//! | `postgres://…`, `postgresql://…` | PostgreSQL | `postgres` (not yet available) |
+//! | `postgres://…`, `postgresql://…` | PostgreSQL (`?schema=NAME` for a team's own schema) | `postgres` |
 //! | `sled://PATH` | sled directory | `sled` (not yet available) |
 //!
 //! A URL whose backend was compiled out is an error naming the feature to
@@ -29,6 +29,8 @@ pub const COMPILED_BACKENDS: &[&str] = &[
     "memory",
     #[cfg(feature = "sqlite")]
     "sqlite",
+    #[cfg(feature = "postgres")]
+    "postgres",
 ];
 
 /// Which backend a URL names, and the rest of it.
@@ -110,8 +112,13 @@ pub async fn open_with_clock(
         )),
         #[cfg(not(feature = "sqlite"))]
         Target::Sqlite(_) => Err(compiled_out("sqlite")),
-        // Not written yet: these backends arrive with their own crates.
+        #[cfg(feature = "postgres")]
+        Target::Postgres(url) => Ok(Arc::new(
+            koda_persistence_postgres::PostgresStore::connect_url(url, clock).await?,
+        )),
+        #[cfg(not(feature = "postgres"))]
         Target::Postgres(_) => Err(compiled_out("postgres")),
+        // Not written yet: this backend arrives with its own crate.
         Target::Sled(_) => Err(compiled_out("sled")),
     }
 }
@@ -160,6 +167,17 @@ mod tests {
             panic!("must fail")
         };
         assert!(err.to_string().contains("cargo feature `sled`"), "{err}");
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[tokio::test]
+    async fn compiled_out_postgres_names_the_feature_without_the_password() {
+        let Err(err) = open("postgres://u:hunter2@localhost/db").await else {
+            panic!("must fail")
+        };
+        let shown = format!("{err:#} {err:?}");
+        assert!(shown.contains("cargo feature `postgres`"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[cfg(feature = "memory")]

@@ -1,0 +1,602 @@
+//! `PostgresStore`: koda's backend for teams that point every koda at one
+//! PostgreSQL server.
+//!
+//! - **Pool**: deadpool-postgres over tokio-postgres, prepared statements
+//!   cached per connection. Each trait call is one transaction; an insert is
+//!   a single statement that locks the session row, bumps its counters and
+//!   appends the message (one round trip, one commit).
+//! - **Migrations**: refinery, run at connect under a Postgres advisory lock
+//!   per schema, so many processes connecting to a fresh database at once
+//!   all succeed and the schema is created once.
+//! - **Isolation**: the `schema` option (`?schema=NAME`) puts every table in
+//!   that Postgres schema, created if missing.
+//! - **Lossless text**: every caller-supplied string is stored as `BYTEA`
+//!   (its UTF-8 bytes), because `TEXT` cannot hold NUL.
+//! - **Faults**: a connection the server drops costs at most the call in
+//!   flight (`Unavailable`, nothing half-written: the transaction is rolled
+//!   back by the server); the pool replaces the connection for the next call.
+//!   Serialization failures and deadlocks are retried, then `Conflict`.
+//! - **Durability** is the server's `synchronous_commit`: with `on` (the
+//!   default) a returned call survives a server crash.
+//! - **Secrets**: the password never appears in `Debug`, errors or logs.
+#![deny(missing_docs)]
+
+mod options;
+mod queries;
+mod tls;
+
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use koda_persistence_api::{
+    Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
+    SystemClock, TODO_KEY, TokenUsage, apply_context_passes, check_limit, check_usage, root_to_str,
+};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+pub use crate::options::{PostgresOptions, TlsMode, check_schema_name};
+use crate::queries::NewMessage;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// How often a call that hit a serialization failure or deadlock is retried.
+const RETRIES: usize = 5;
+
+/// The PostgreSQL backend. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    schema: Option<String>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .field("pool", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What went wrong in a database call, as the contract's typed error where
+/// one fits.
+fn classify(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
+    let typed = match e.code() {
+        Some(code)
+            if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED =>
+        {
+            Some(PersistenceError::Conflict(format!("{what}: {e}")))
+        }
+        Some(code)
+            if code.code().starts_with("08")
+                || code.code().starts_with("57P")
+                || code.code().starts_with("53")
+                || *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                || *code == SqlState::INVALID_CATALOG_NAME =>
+        {
+            Some(PersistenceError::Unavailable(format!("{what}: {e}")))
+        }
+        Some(_) => None,
+        None => Some(PersistenceError::Unavailable(format!("{what}: {e}"))),
+    };
+    match typed {
+        Some(t) => anyhow::Error::new(t),
+        None => anyhow::Error::new(e).context(format!("postgres backend: {what}")),
+    }
+}
+
+fn pool_error(e: PoolError) -> anyhow::Error {
+    match e {
+        PoolError::Backend(e) => classify(e, "opening a pooled connection"),
+        PoolError::Timeout(kind) => PersistenceError::Unavailable(format!(
+            "no database connection within the pool timeout ({kind:?})"
+        ))
+        .into(),
+        other => PersistenceError::Unavailable(format!("connection pool: {other}")).into(),
+    }
+}
+
+fn is_connection_loss(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<PersistenceError>(),
+        Some(PersistenceError::Unavailable(_))
+    )
+}
+
+fn is_retryable(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<PersistenceError>(),
+        Some(PersistenceError::Conflict(_))
+    )
+}
+
+/// A session id the caller passed: ids this store makes never hold NUL, and
+/// Postgres text cannot, so such an id names no session.
+fn storable_id(id: &str) -> Option<&str> {
+    (!id.contains('\0')).then_some(id)
+}
+
+fn not_found(id: &str) -> anyhow::Error {
+    PersistenceError::SessionNotFound(id.to_owned()).into()
+}
+
+/// Connects `options.config` with the TLS mode asked for, returning the
+/// connection's client (its driver task runs on the runtime).
+async fn connect_once(options: &PostgresOptions) -> Result<tokio_postgres::Client> {
+    let config = session_config(options);
+    let tls = match options.tls {
+        TlsMode::Disable => None,
+        mode => Some(make_tls(mode)?),
+    };
+    let connect = async {
+        match tls {
+            None => {
+                let (client, conn) = config.connect(NoTls).await?;
+                tokio::spawn(conn);
+                Ok::<_, tokio_postgres::Error>(client)
+            }
+            Some(tls) => {
+                let (client, conn) = config.connect(tls).await?;
+                tokio::spawn(conn);
+                Ok(client)
+            }
+        }
+    };
+    match tokio::time::timeout(options.connect_timeout, connect).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(classify(e, "connecting")),
+        Err(_) => Err(PersistenceError::Unavailable(format!(
+            "no connection to the postgres server within {} ms",
+            options.connect_timeout.as_millis()
+        ))
+        .into()),
+    }
+}
+
+fn make_tls(mode: TlsMode) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PersistenceError> {
+    let made = match mode {
+        TlsMode::VerifyFull => tls::verify_full(),
+        _ => tls::encrypt_only(),
+    };
+    made.map_err(|e| PersistenceError::Unavailable(format!("cannot set up TLS: {e}")))
+}
+
+/// The tokio-postgres config for one connection of this store: the user's
+/// settings, the TLS mode, the connect timeout and the schema's search path.
+fn session_config(options: &PostgresOptions) -> tokio_postgres::Config {
+    let mut config = options.config.clone();
+    config.connect_timeout(options.connect_timeout);
+    config.ssl_mode(match options.tls {
+        TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
+        TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        TlsMode::Require | TlsMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+    });
+    if let Some(schema) = &options.schema {
+        // Validated by check_schema_name: no quoting beyond double quotes needed.
+        config.options(format!("-c search_path=\"{schema}\""));
+    }
+    config
+}
+
+impl PostgresStore {
+    /// Connects to `url` (see [`PostgresOptions::from_url`]) on the system clock.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect_with`].
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_url(url, Arc::new(SystemClock)).await
+    }
+
+    /// Connects to `url` reading time from `clock`.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect_with`].
+    pub async fn connect_url(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::connect_with(PostgresOptions::from_url(url)?, clock).await
+    }
+
+    /// Connects, creates the schema if asked and missing, runs pending
+    /// migrations under an advisory lock, and builds the pool.
+    ///
+    /// # Errors
+    /// `Unavailable` when the server cannot be reached within
+    /// `connect_timeout` or refuses the login; `InvalidInput` for a bad
+    /// schema name.
+    pub async fn connect_with(options: PostgresOptions, clock: Arc<dyn Clock>) -> Result<Self> {
+        if let Some(schema) = &options.schema {
+            check_schema_name(schema)?;
+        }
+        migrate(&options).await?;
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let config = session_config(&options);
+        let manager = match options.tls {
+            TlsMode::Disable => Manager::from_config(config, NoTls, manager_config),
+            mode => Manager::from_config(config, make_tls(mode)?, manager_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.pool_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| {
+                PersistenceError::Unavailable(format!("cannot build the connection pool: {e}"))
+            })?;
+        Ok(Self {
+            pool,
+            clock,
+            schema: options.schema,
+        })
+    }
+
+    /// The Postgres schema this store's tables live in, if one was chosen.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// Runs `f` on a pooled connection, retrying serialization failures and
+    /// deadlocks, then `Conflict`.
+    async fn with_client<R, F, Fut>(&self, mut f: F) -> Result<R>
+    where
+        F: FnMut(deadpool_postgres::Object) -> Fut,
+        Fut: Future<Output = Result<R>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            match f(client).await {
+                Err(e) if is_retryable(&e) && attempt < RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(2 << attempt)).await;
+                }
+                Err(e) if is_connection_loss(&e) => {
+                    // The server dropped us (terminated backend, restart):
+                    // the other idle connections are likely dead too, and a
+                    // dead one may not look closed yet. Drop them all so the
+                    // next call starts on a fresh connection.
+                    self.pool.retain(|_, _| false);
+                    return Err(e);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn insert(&self, m: NewMessage) -> Result<i64> {
+        check_usage(m.usage.as_ref())?;
+        if storable_id(&m.session_id).is_none() {
+            return Err(not_found(&m.session_id));
+        }
+        let now = self.clock.now_ms();
+        let m = &m;
+        self.with_client(|c| async move { queries::insert_message(&c, m, now).await })
+            .await
+    }
+}
+
+/// Creates the schema if needed and applies pending migrations, holding a
+/// per-schema advisory lock so concurrent first connections do it once.
+async fn migrate(options: &PostgresOptions) -> Result<()> {
+    let mut client = connect_once(options).await?;
+    let key = format!(
+        "koda-persistence:{}",
+        options.schema.as_deref().unwrap_or("")
+    );
+    client
+        .execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&key])
+        .await
+        .map_err(|e| classify(e, "taking the migration lock"))?;
+    let outcome = async {
+        if let Some(schema) = &options.schema {
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .await
+                .map_err(|e| classify(e, "creating the schema"))?;
+        }
+        embedded::migrations::runner()
+            .set_migration_table_name("koda_schema_history")
+            .run_async(&mut client)
+            .await
+            .map_err(|e| PersistenceError::Unavailable(format!("migrating the schema: {e}")))?;
+        anyhow::Ok(())
+    }
+    .await;
+    let unlocked = client
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+            &[&key],
+        )
+        .await
+        .map_err(|e| classify(e, "releasing the migration lock"));
+    outcome.and(unlocked.map(|_| ()))
+}
+
+#[async_trait::async_trait]
+impl Persistence for PostgresStore {
+    async fn create_session(&self, agent_name: &str, project_root: &Path) -> Result<String> {
+        let root = root_to_str(project_root)?;
+        let now = self.clock.now_ms();
+        let id = uuid::Uuid::now_v7().to_string();
+        let sid = id.as_str();
+        self.with_client(|c| async move {
+            queries::create_session(&c, sid, agent_name, root, now).await
+        })
+        .await?;
+        Ok(id)
+    }
+
+    async fn list_sessions(&self, limit: i64, project_root: &Path) -> Result<Vec<SessionInfo>> {
+        check_limit(limit)?;
+        let root = root_to_str(project_root)?;
+        self.with_client(|c| async move { queries::list_sessions(&c, limit, root).await })
+            .await
+    }
+
+    async fn delete_session(&self, session_id: &str) -> Result<bool> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(false);
+        };
+        self.with_client(|c| async move { queries::delete_session(&c, sid).await })
+            .await
+    }
+
+    async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()> {
+        let Some(sid) = storable_id(session_id) else {
+            return Err(not_found(session_id));
+        };
+        let found = self
+            .with_client(|c| async move { queries::set_session_text(&c, false, sid, title).await })
+            .await?;
+        if found {
+            Ok(())
+        } else {
+            Err(not_found(session_id))
+        }
+    }
+
+    async fn set_session_mode(&self, session_id: &str, mode: &str) -> Result<()> {
+        let Some(sid) = storable_id(session_id) else {
+            return Err(not_found(session_id));
+        };
+        let found = self
+            .with_client(|c| async move { queries::set_session_text(&c, true, sid, mode).await })
+            .await?;
+        if found {
+            Ok(())
+        } else {
+            Err(not_found(session_id))
+        }
+    }
+
+    async fn get_session_mode(&self, session_id: &str) -> Result<Option<String>> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(None);
+        };
+        self.with_client(|c| async move { queries::get_session_mode(&c, sid).await })
+            .await
+    }
+
+    async fn get_session_idle_secs(&self, session_id: &str) -> Result<Option<i64>> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(None);
+        };
+        let last = self
+            .with_client(|c| async move { queries::last_accessed(&c, sid).await })
+            .await?;
+        let now = self.clock.now_ms();
+        Ok(last.map(|at| now.saturating_sub(at).div_euclid(1000).max(0)))
+    }
+
+    async fn insert_message(
+        &self,
+        session_id: &str,
+        role: &Role,
+        content: Option<&str>,
+        tool_calls: Option<&str>,
+        tool_call_id: Option<&str>,
+        usage: Option<&TokenUsage>,
+    ) -> Result<i64> {
+        self.insert_message_with_agent(
+            session_id,
+            role,
+            content,
+            tool_calls,
+            tool_call_id,
+            usage,
+            None,
+        )
+        .await
+    }
+
+    async fn insert_message_with_agent(
+        &self,
+        session_id: &str,
+        role: &Role,
+        content: Option<&str>,
+        tool_calls: Option<&str>,
+        tool_call_id: Option<&str>,
+        usage: Option<&TokenUsage>,
+        agent_name: Option<&str>,
+    ) -> Result<i64> {
+        self.insert(NewMessage {
+            session_id: session_id.to_owned(),
+            role: *role,
+            content: content.map(str::to_owned),
+            tool_calls: tool_calls.map(str::to_owned),
+            tool_call_id: tool_call_id.map(str::to_owned),
+            usage: usage.copied(),
+            agent: agent_name.map(str::to_owned),
+            full_content: None,
+        })
+        .await
+    }
+
+    async fn insert_tool_message_with_full(
+        &self,
+        session_id: &str,
+        content: &str,
+        tool_call_id: &str,
+        full_content: &str,
+    ) -> Result<i64> {
+        self.insert(NewMessage {
+            session_id: session_id.to_owned(),
+            role: Role::Tool,
+            content: Some(content.to_owned()),
+            tool_calls: None,
+            tool_call_id: Some(tool_call_id.to_owned()),
+            usage: None,
+            agent: None,
+            full_content: Some(full_content.to_owned()),
+        })
+        .await
+    }
+
+    async fn load_context(&self, session_id: &str) -> Result<Vec<Message>> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(Vec::new());
+        };
+        let rows = self
+            .with_client(|c| async move { queries::load_active(&c, sid).await })
+            .await?;
+        Ok(apply_context_passes(rows))
+    }
+
+    async fn load_all_messages(&self, session_id: &str) -> Result<Vec<Message>> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(Vec::new());
+        };
+        self.with_client(|c| async move { queries::load_all(&c, sid).await })
+            .await
+    }
+
+    async fn recent_user_messages(&self, limit: i64) -> Result<Vec<String>> {
+        check_limit(limit)?;
+        self.with_client(|c| async move { queries::recent_user_messages(&c, limit).await })
+            .await
+    }
+
+    async fn last_assistant_message(&self, session_id: &str) -> Result<String> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(String::new());
+        };
+        self.with_client(|c| async move { queries::last_content(&c, sid, Role::Assistant).await })
+            .await
+    }
+
+    async fn last_user_message(&self, session_id: &str) -> Result<String> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(String::new());
+        };
+        self.with_client(|c| async move { queries::last_content(&c, sid, Role::User).await })
+            .await
+    }
+
+    async fn has_pending_tool_calls(&self, session_id: &str) -> Result<bool> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(false);
+        };
+        self.with_client(|c| async move { queries::has_pending_tool_calls(&c, sid).await })
+            .await
+    }
+
+    async fn mark_message_complete(&self, message_id: i64) -> Result<()> {
+        let now = self.clock.now_ms();
+        self.with_client(|c| async move { queries::mark_complete(&c, message_id, now).await })
+            .await
+    }
+
+    async fn session_token_usage(&self, session_id: &str) -> Result<SessionUsage> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(SessionUsage::default());
+        };
+        let groups = self
+            .with_client(|c| async move { queries::usage_by_agent(&c, sid).await })
+            .await?;
+        Ok(queries::usage_total(&groups))
+    }
+
+    async fn session_usage_by_agent(
+        &self,
+        session_id: &str,
+    ) -> Result<Vec<(String, SessionUsage)>> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(Vec::new());
+        };
+        self.with_client(|c| async move { queries::usage_by_agent(&c, sid).await })
+            .await
+    }
+
+    async fn compact_session(
+        &self,
+        session_id: &str,
+        summary: &str,
+        preserve_count: usize,
+    ) -> Result<usize> {
+        let Some(sid) = storable_id(session_id) else {
+            return Err(not_found(session_id));
+        };
+        let now = self.clock.now_ms();
+        self.with_client(|mut c| async move {
+            queries::compact(&mut c, sid, summary, preserve_count, now).await
+        })
+        .await
+    }
+
+    async fn clear_message_content(&self, message_ids: &[i64], stub: &str) -> Result<()> {
+        if message_ids.is_empty() {
+            return Ok(());
+        }
+        self.with_client(|c| async move { queries::clear_content(&c, message_ids, stub).await })
+            .await
+    }
+
+    async fn compacted_stats(&self) -> Result<CompactedStats> {
+        self.with_client(|c| async move { queries::compacted_stats(&c).await })
+            .await
+    }
+
+    async fn purge_compacted(&self, min_age_days: u32) -> Result<usize> {
+        let now = self.clock.now_ms();
+        self.with_client(|c| async move { queries::purge(&c, min_age_days, now).await })
+            .await
+    }
+
+    async fn get_metadata(&self, session_id: &str, key: &str) -> Result<Option<String>> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(None);
+        };
+        self.with_client(|c| async move { queries::get_metadata(&c, sid, key).await })
+            .await
+    }
+
+    async fn set_metadata(&self, session_id: &str, key: &str, value: &str) -> Result<()> {
+        let Some(sid) = storable_id(session_id) else {
+            return Err(not_found(session_id));
+        };
+        let now = self.clock.now_ms();
+        self.with_client(|c| async move { queries::set_metadata(&c, sid, key, value, now).await })
+            .await
+    }
+
+    async fn get_todo(&self, session_id: &str) -> Result<Option<String>> {
+        self.get_metadata(session_id, TODO_KEY).await
+    }
+
+    async fn set_todo(&self, session_id: &str, content: &str) -> Result<()> {
+        self.set_metadata(session_id, TODO_KEY, content).await
+    }
+}

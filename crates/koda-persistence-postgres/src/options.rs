@@ -1,0 +1,217 @@
+//! Connection options, from a URL or built by hand. Passwords never reach
+//! `Debug`, `Display` or errors.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use koda_persistence_api::PersistenceError;
+
+/// How the connection is encrypted (libpq's `sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, without verifying the certificate;
+    /// plain TCP otherwise. The default, as in libpq.
+    #[default]
+    Prefer,
+    /// TLS required; the certificate is not verified (encryption only).
+    Require,
+    /// TLS required; the certificate must chain to a public root (webpki
+    /// roots) and match the host name.
+    VerifyFull,
+}
+
+/// How to reach the server and how to use it.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// Server address, user, password, database (the URL minus the
+    /// parameters below).
+    pub config: tokio_postgres::Config,
+    /// Put every table in this Postgres schema (created if missing), so
+    /// teams or tenants can share one server. `None` uses the server's
+    /// `search_path` (normally `public`).
+    pub schema: Option<String>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// How long opening one connection may take.
+    pub connect_timeout: Duration,
+    /// How long a call waits for a free pooled connection.
+    pub pool_timeout: Duration,
+    /// Encryption.
+    pub tls: TlsMode,
+}
+
+impl fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("hosts", &self.config.get_hosts().len())
+            .field("ports", &self.config.get_ports())
+            .field("user", &self.config.get_user())
+            .field("dbname", &self.config.get_dbname())
+            .field(
+                "password",
+                &self.config.get_password().map(|_| "<redacted>"),
+            )
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("pool_timeout", &self.pool_timeout)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            config: tokio_postgres::Config::new(),
+            schema: None,
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
+            pool_timeout: Duration::from_secs(10),
+            tls: TlsMode::Prefer,
+        }
+    }
+}
+
+/// Checks a schema name: a letter or `_`, then letters, digits or `_`, at
+/// most 63 bytes (so it never needs escaping beyond double quotes).
+///
+/// # Errors
+/// `InvalidInput` naming the rule.
+pub fn check_schema_name(name: &str) -> Result<(), PersistenceError> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if first_ok && rest_ok && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(PersistenceError::InvalidInput(format!(
+            "schema name {name:?} must be a letter or _ then letters, digits or _, at most 63 bytes"
+        )))
+    }
+}
+
+fn bad(key: &str, value: &str) -> PersistenceError {
+    PersistenceError::InvalidInput(format!("bad postgres URL parameter {key}={value:?}"))
+}
+
+impl PostgresOptions {
+    /// Parses `postgres://user:password@host:port/db?…` (or `postgresql://`).
+    /// Besides libpq's parameters that tokio-postgres understands, it takes
+    /// `schema=NAME`, `pool_size=N`, `connect_timeout_ms=N`,
+    /// `pool_timeout_ms=N` and `sslmode=disable|prefer|require|verify-full`.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a malformed URL or parameter; the message never
+    /// repeats the URL (it may hold a password).
+    pub fn from_url(url: &str) -> Result<Self, PersistenceError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(PersistenceError::InvalidInput(
+                "a postgres URL starts with postgres:// or postgresql://".into(),
+            ));
+        }
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut opts = PostgresOptions::default();
+        let mut passthrough = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "schema" => {
+                    check_schema_name(v)?;
+                    opts.schema = Some(v.to_owned());
+                }
+                "pool_size" => {
+                    opts.pool_size = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad(k, v))?
+                }
+                "connect_timeout_ms" => {
+                    opts.connect_timeout = Duration::from_millis(v.parse().map_err(|_| bad(k, v))?)
+                }
+                "pool_timeout_ms" => {
+                    opts.pool_timeout = Duration::from_millis(v.parse().map_err(|_| bad(k, v))?)
+                }
+                "sslmode" => {
+                    opts.tls = match v {
+                        "disable" => TlsMode::Disable,
+                        "prefer" | "allow" => TlsMode::Prefer,
+                        "require" => TlsMode::Require,
+                        "verify-full" | "verify-ca" => TlsMode::VerifyFull,
+                        _ => return Err(bad(k, v)),
+                    }
+                }
+                "options" => {
+                    return Err(PersistenceError::InvalidInput(
+                        "the options URL parameter is reserved (use schema=NAME)".into(),
+                    ));
+                }
+                _ => passthrough.push(pair),
+            }
+        }
+        let rebuilt = if passthrough.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", passthrough.join("&"))
+        };
+        // tokio-postgres's parse error does not echo the URL.
+        opts.config = tokio_postgres::Config::from_str(&rebuilt).map_err(|e| {
+            PersistenceError::InvalidInput(format!("cannot parse the postgres URL: {e}"))
+        })?;
+        Ok(opts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_our_parameters_and_keeps_libpq_ones() {
+        let o = PostgresOptions::from_url(
+            "postgres://alice:s3cret@db.example:6543/koda?schema=team_a&pool_size=3&connect_timeout_ms=1500&pool_timeout_ms=250&sslmode=verify-full&application_name=koda",
+        )
+        .expect("parses");
+        assert_eq!(o.schema.as_deref(), Some("team_a"));
+        assert_eq!((o.pool_size, o.tls), (3, TlsMode::VerifyFull));
+        assert_eq!(o.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(o.pool_timeout, Duration::from_millis(250));
+        assert_eq!(o.config.get_ports(), &[6543]);
+        assert_eq!(o.config.get_application_name(), Some("koda"));
+        assert_eq!(o.config.get_password(), Some(&b"s3cret"[..]));
+    }
+
+    #[test]
+    fn password_never_shows_in_debug_or_errors() {
+        let o = PostgresOptions::from_url("postgresql://bob:hunter2@h/db").expect("parses");
+        let shown = format!("{o:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+        for bad in [
+            "postgres://bob:hunter2@h/db?schema=no-dashes",
+            "postgres://bob:hunter2@h/db?pool_size=0",
+            "postgres://bob:hunter2@h/db?sslmode=sometimes",
+            "postgres://bob:hunter2@h:notaport/db",
+            "postgres://bob:hunter2@h/db?options=-c%20x",
+        ] {
+            let err = PostgresOptions::from_url(bad).expect_err(bad);
+            assert!(matches!(err, PersistenceError::InvalidInput(_)));
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for ok in ["team_a", "_x", "T1", &"a".repeat(63)] {
+            assert!(check_schema_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1abc", "a-b", "a b", "a\"b", "ü", &"a".repeat(64)] {
+            assert!(check_schema_name(bad).is_err(), "{bad}");
+        }
+    }
+}

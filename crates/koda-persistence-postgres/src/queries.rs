@@ -1,0 +1,650 @@
+//! One async function per trait method. Single statements run in autocommit
+//! (one transaction each); multi-statement writes take an explicit
+//! transaction and lock the session row first. All SQL is parameterised;
+//! strings travel as `BYTEA`.
+
+use anyhow::Result;
+use deadpool_postgres::Object;
+use koda_persistence_api::{
+    COMPACTION_HINT, CompactedStats, ContextRow, Message, PersistenceError, Role, SessionInfo,
+    SessionUsage, TokenUsage, format_timestamp,
+};
+use postgres_types::{FromSql, ToSql};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+use crate::classify;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The `kp_role` enum as it crosses the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSql, FromSql)]
+#[postgres(name = "kp_role")]
+pub(crate) enum PgRole {
+    #[postgres(name = "system")]
+    System,
+    #[postgres(name = "user")]
+    User,
+    #[postgres(name = "assistant")]
+    Assistant,
+    #[postgres(name = "tool")]
+    Tool,
+}
+
+impl From<Role> for PgRole {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::System => PgRole::System,
+            Role::User => PgRole::User,
+            Role::Assistant => PgRole::Assistant,
+            Role::Tool => PgRole::Tool,
+        }
+    }
+}
+
+impl From<PgRole> for Role {
+    fn from(r: PgRole) -> Self {
+        match r {
+            PgRole::System => Role::System,
+            PgRole::User => Role::User,
+            PgRole::Assistant => Role::Assistant,
+            PgRole::Tool => Role::Tool,
+        }
+    }
+}
+
+fn bytes(s: &str) -> &[u8] {
+    s.as_bytes()
+}
+
+fn opt_bytes(s: &Option<String>) -> Option<&[u8]> {
+    s.as_deref().map(str::as_bytes)
+}
+
+fn get<'a, T: FromSql<'a>>(row: &'a Row, i: usize, what: &str) -> Result<T, PersistenceError> {
+    row.try_get(i)
+        .map_err(|e| PersistenceError::Corrupt(format!("cannot decode {what}: {e}")))
+}
+
+fn text(row: &Row, i: usize, what: &str) -> Result<Option<String>, PersistenceError> {
+    get::<Option<Vec<u8>>>(row, i, what)?
+        .map(|b| {
+            String::from_utf8(b)
+                .map_err(|e| PersistenceError::Corrupt(format!("{what} is not UTF-8: {e}")))
+        })
+        .transpose()
+}
+
+fn required_text(row: &Row, i: usize, what: &str) -> Result<String, PersistenceError> {
+    text(row, i, what)?.ok_or_else(|| PersistenceError::Corrupt(format!("{what} is NULL")))
+}
+
+fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> anyhow::Error {
+    move |e| classify(e, what)
+}
+
+const MESSAGE_COLUMNS: &str = "id, session_id, role, content, full_content, tool_calls, tool_call_id, \
+    prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens, \
+    created_ms, completed_ms";
+
+fn message(row: &Row) -> Result<(Message, bool), PersistenceError> {
+    let id: i64 = get(row, 0, "message id")?;
+    let w = |c: &str| format!("{c} of message {id}");
+    let role: PgRole = get(row, 2, &w("role"))?;
+    let created: i64 = get(row, 12, &w("created_ms"))?;
+    let completed: Option<i64> = get(row, 13, &w("completed_ms"))?;
+    Ok((
+        Message {
+            id,
+            session_id: get(row, 1, &w("session_id"))?,
+            role: role.into(),
+            content: text(row, 3, &w("content"))?,
+            full_content: text(row, 4, &w("full_content"))?,
+            tool_calls: text(row, 5, &w("tool_calls"))?,
+            tool_call_id: text(row, 6, &w("tool_call_id"))?,
+            prompt_tokens: get(row, 7, &w("prompt_tokens"))?,
+            completion_tokens: get(row, 8, &w("completion_tokens"))?,
+            cache_read_tokens: get(row, 9, &w("cache_read_tokens"))?,
+            cache_creation_tokens: get(row, 10, &w("cache_creation_tokens"))?,
+            thinking_tokens: get(row, 11, &w("thinking_tokens"))?,
+            created_at: Some(format_timestamp(created)),
+        },
+        completed.is_some(),
+    ))
+}
+
+pub(crate) async fn create_session(
+    c: &Object,
+    id: &str,
+    agent: &str,
+    root: &str,
+    now: i64,
+) -> Result<()> {
+    let stmt = c
+        .prepare_cached("INSERT INTO sessions (id, agent_name, project_root, created_ms) VALUES ($1, $2, $3, $4)")
+        .await
+        .map_err(db("preparing create_session"))?;
+    c.execute(&stmt, &[&id, &bytes(agent), &bytes(root), &now])
+        .await
+        .map_err(db("create_session"))?;
+    Ok(())
+}
+
+pub(crate) async fn list_sessions(c: &Object, limit: i64, root: &str) -> Result<Vec<SessionInfo>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT id, agent_name, created_ms, message_count,
+                    LEAST(total_tokens, 9223372036854775807)::BIGINT, title, mode
+             FROM sessions WHERE project_root = $1 OR project_root IS NULL
+             ORDER BY created_ms DESC, seq DESC LIMIT $2",
+        )
+        .await
+        .map_err(db("preparing list_sessions"))?;
+    let rows = c
+        .query(&stmt, &[&bytes(root), &limit])
+        .await
+        .map_err(db("list_sessions"))?;
+    rows.iter()
+        .map(|r| {
+            let id: String = get(r, 0, "session id")?;
+            let w = |col: &str| format!("{col} of session {id:?}");
+            Ok(SessionInfo {
+                agent_name: required_text(r, 1, &w("agent_name"))?,
+                created_at: format_timestamp(get(r, 2, &w("created_ms"))?),
+                message_count: get(r, 3, &w("message_count"))?,
+                total_tokens: get(r, 4, &w("total_tokens"))?,
+                title: text(r, 5, &w("title"))?,
+                mode: text(r, 6, &w("mode"))?,
+                id,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn delete_session(c: &Object, id: &str) -> Result<bool> {
+    let stmt = c
+        .prepare_cached("DELETE FROM sessions WHERE id = $1")
+        .await
+        .map_err(db("preparing delete_session"))?;
+    Ok(c.execute(&stmt, &[&id])
+        .await
+        .map_err(db("delete_session"))?
+        > 0)
+}
+
+pub(crate) async fn set_session_text(
+    c: &Object,
+    mode: bool,
+    id: &str,
+    value: &str,
+) -> Result<bool> {
+    let sql = if mode {
+        "UPDATE sessions SET mode = $2 WHERE id = $1"
+    } else {
+        "UPDATE sessions SET title = $2 WHERE id = $1"
+    };
+    let stmt = c
+        .prepare_cached(sql)
+        .await
+        .map_err(db("preparing a session update"))?;
+    Ok(c.execute(&stmt, &[&id, &bytes(value)])
+        .await
+        .map_err(db("updating a session"))?
+        > 0)
+}
+
+pub(crate) async fn get_session_mode(c: &Object, id: &str) -> Result<Option<String>> {
+    let stmt = c
+        .prepare_cached("SELECT mode FROM sessions WHERE id = $1")
+        .await
+        .map_err(db("preparing get_session_mode"))?;
+    let row = c
+        .query_opt(&stmt, &[&id])
+        .await
+        .map_err(db("get_session_mode"))?;
+    Ok(match row {
+        Some(r) => text(&r, 0, "mode")?,
+        None => None,
+    })
+}
+
+pub(crate) async fn last_accessed(c: &Object, id: &str) -> Result<Option<i64>> {
+    let stmt = c
+        .prepare_cached("SELECT last_accessed_ms FROM sessions WHERE id = $1")
+        .await
+        .map_err(db("preparing get_session_idle_secs"))?;
+    let row = c
+        .query_opt(&stmt, &[&id])
+        .await
+        .map_err(db("get_session_idle_secs"))?;
+    Ok(match row {
+        Some(r) => get(&r, 0, "last_accessed_ms")?,
+        None => None,
+    })
+}
+
+/// The arguments of one inserted message.
+#[derive(Debug, Clone)]
+pub(crate) struct NewMessage {
+    pub session_id: String,
+    pub role: Role,
+    pub content: Option<String>,
+    pub tool_calls: Option<String>,
+    pub tool_call_id: Option<String>,
+    pub usage: Option<TokenUsage>,
+    pub agent: Option<String>,
+    pub full_content: Option<String>,
+}
+
+/// One statement: lock and touch the session (counters, access time, next
+/// position), then append the message at that position.
+pub(crate) async fn insert_message(c: &Object, m: &NewMessage, now: i64) -> Result<i64> {
+    let stmt = c
+        .prepare_cached(
+            "WITH s AS (
+                 UPDATE sessions SET last_accessed_ms = $2, message_count = message_count + 1,
+                     total_tokens = total_tokens + $3::BIGINT, next_ord = next_ord + 1
+                 WHERE id = $1 RETURNING next_ord)
+             INSERT INTO messages (session_id, ord, role, content, tool_calls, tool_call_id,
+                 prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
+                 thinking_tokens, agent_name, full_content, created_ms)
+             SELECT $1, s.next_ord, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $2 FROM s
+             RETURNING id",
+        )
+        .await
+        .map_err(db("preparing insert"))?;
+    let u = m.usage;
+    let tokens = u.map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens));
+    let params: [&(dyn ToSql + Sync); 14] = [
+        &m.session_id,
+        &now,
+        &tokens,
+        &PgRole::from(m.role),
+        &opt_bytes(&m.content),
+        &opt_bytes(&m.tool_calls),
+        &opt_bytes(&m.tool_call_id),
+        &u.map(|u| u.prompt_tokens),
+        &u.map(|u| u.completion_tokens),
+        &u.map(|u| u.cache_read_tokens),
+        &u.map(|u| u.cache_creation_tokens),
+        &u.map(|u| u.thinking_tokens),
+        &opt_bytes(&m.agent),
+        &opt_bytes(&m.full_content),
+    ];
+    let row = c.query_opt(&stmt, &params).await.map_err(db("insert"))?;
+    match row {
+        Some(r) => Ok(get(&r, 0, "new message id")?),
+        None => Err(PersistenceError::SessionNotFound(m.session_id.clone()).into()),
+    }
+}
+
+async fn messages(c: &Object, sql: &str, id: &str) -> Result<Vec<(Message, bool)>> {
+    let stmt = c
+        .prepare_cached(sql)
+        .await
+        .map_err(db("preparing a message load"))?;
+    let rows = c
+        .query(&stmt, &[&id])
+        .await
+        .map_err(db("loading messages"))?;
+    rows.iter().map(|r| Ok(message(r)?)).collect()
+}
+
+pub(crate) async fn load_all(c: &Object, id: &str) -> Result<Vec<Message>> {
+    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 ORDER BY ord");
+    Ok(messages(c, &sql, id)
+        .await?
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect())
+}
+
+pub(crate) async fn load_active(c: &Object, id: &str) -> Result<Vec<ContextRow>> {
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND compacted_ms IS NULL ORDER BY ord"
+    );
+    Ok(messages(c, &sql, id)
+        .await?
+        .into_iter()
+        .map(|(message, complete)| ContextRow { message, complete })
+        .collect())
+}
+
+pub(crate) async fn recent_user_messages(c: &Object, limit: i64) -> Result<Vec<String>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT content FROM messages
+             WHERE role = 'user' AND content IS NOT NULL AND content <> ''::BYTEA
+             ORDER BY id DESC LIMIT $1",
+        )
+        .await
+        .map_err(db("preparing recent_user_messages"))?;
+    let rows = c
+        .query(&stmt, &[&limit])
+        .await
+        .map_err(db("recent_user_messages"))?;
+    rows.iter()
+        .map(|r| Ok(required_text(r, 0, "user content")?))
+        .collect()
+}
+
+pub(crate) async fn last_content(c: &Object, id: &str, role: Role) -> Result<String> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT content FROM messages
+             WHERE session_id = $1 AND role = $2 AND content IS NOT NULL
+             ORDER BY ord DESC LIMIT 1",
+        )
+        .await
+        .map_err(db("preparing a last-message lookup"))?;
+    let row = c
+        .query_opt(&stmt, &[&id, &PgRole::from(role)])
+        .await
+        .map_err(db("last message"))?;
+    Ok(match row {
+        Some(r) => text(&r, 0, "content")?.unwrap_or_default(),
+        None => String::new(),
+    })
+}
+
+pub(crate) async fn has_pending_tool_calls(c: &Object, id: &str) -> Result<bool> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT role, tool_calls IS NOT NULL FROM messages
+             WHERE session_id = $1 AND compacted_ms IS NULL ORDER BY ord DESC LIMIT 1",
+        )
+        .await
+        .map_err(db("preparing has_pending_tool_calls"))?;
+    let row = c
+        .query_opt(&stmt, &[&id])
+        .await
+        .map_err(db("has_pending_tool_calls"))?;
+    Ok(match row {
+        Some(r) => {
+            get::<PgRole>(&r, 0, "role")? == PgRole::Assistant && get::<bool>(&r, 1, "tool_calls")?
+        }
+        None => false,
+    })
+}
+
+pub(crate) async fn mark_complete(c: &Object, id: i64, now: i64) -> Result<()> {
+    let stmt = c
+        .prepare_cached("UPDATE messages SET completed_ms = $2 WHERE id = $1")
+        .await
+        .map_err(db("preparing mark_message_complete"))?;
+    if c.execute(&stmt, &[&id, &now])
+        .await
+        .map_err(db("mark_message_complete"))?
+        == 0
+    {
+        return Err(PersistenceError::MessageNotFound(id).into());
+    }
+    Ok(())
+}
+
+/// Per-agent sums (exact in NUMERIC, saturated to `i64::MAX`), with no
+/// agent and `"main"` merged into `"main"`, ordered by prompt + completion
+/// descending then name bytes.
+pub(crate) async fn usage_by_agent(c: &Object, id: &str) -> Result<Vec<(String, SessionUsage)>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT COALESCE(agent_name, 'main'::BYTEA) AS agent,
+                    LEAST(COALESCE(SUM(prompt_tokens), 0), 9223372036854775807)::BIGINT,
+                    LEAST(COALESCE(SUM(completion_tokens), 0), 9223372036854775807)::BIGINT,
+                    LEAST(COALESCE(SUM(cache_read_tokens), 0), 9223372036854775807)::BIGINT,
+                    LEAST(COALESCE(SUM(cache_creation_tokens), 0), 9223372036854775807)::BIGINT,
+                    LEAST(COALESCE(SUM(thinking_tokens), 0), 9223372036854775807)::BIGINT,
+                    COUNT(*)
+             FROM messages
+             WHERE session_id = $1 AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)
+             GROUP BY 1",
+        )
+        .await
+        .map_err(db("preparing usage"))?;
+    let rows = c.query(&stmt, &[&id]).await.map_err(db("usage"))?;
+    let mut out = rows
+        .iter()
+        .map(|r| {
+            Ok((
+                required_text(r, 0, "agent_name")?,
+                SessionUsage {
+                    prompt_tokens: get(r, 1, "usage")?,
+                    completion_tokens: get(r, 2, "usage")?,
+                    cache_read_tokens: get(r, 3, "usage")?,
+                    cache_creation_tokens: get(r, 4, "usage")?,
+                    thinking_tokens: get(r, 5, "usage")?,
+                    api_calls: get(r, 6, "usage")?,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, PersistenceError>>()?;
+    out.sort_by(|a, b| {
+        b.1.total_tokens()
+            .cmp(&a.1.total_tokens())
+            .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+    });
+    Ok(out)
+}
+
+pub(crate) fn usage_total(groups: &[(String, SessionUsage)]) -> SessionUsage {
+    let mut t = SessionUsage::default();
+    for (_, u) in groups {
+        t.prompt_tokens = t.prompt_tokens.saturating_add(u.prompt_tokens);
+        t.completion_tokens = t.completion_tokens.saturating_add(u.completion_tokens);
+        t.cache_read_tokens = t.cache_read_tokens.saturating_add(u.cache_read_tokens);
+        t.cache_creation_tokens = t
+            .cache_creation_tokens
+            .saturating_add(u.cache_creation_tokens);
+        t.thinking_tokens = t.thinking_tokens.saturating_add(u.thinking_tokens);
+        t.api_calls = t.api_calls.saturating_add(u.api_calls);
+    }
+    t
+}
+
+pub(crate) async fn compact(
+    c: &mut Object,
+    id: &str,
+    summary: &str,
+    keep: usize,
+    now: i64,
+) -> Result<usize> {
+    let tx = c.transaction().await.map_err(db("begin compact"))?;
+    let lock = tx
+        .prepare_cached("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE")
+        .await
+        .map_err(db("preparing compact"))?;
+    if tx
+        .query_opt(&lock, &[&id])
+        .await
+        .map_err(db("locking the session"))?
+        .is_none()
+    {
+        return Err(PersistenceError::SessionNotFound(id.to_owned()).into());
+    }
+    let active_stmt = tx
+        .prepare_cached(
+            "SELECT ord FROM messages WHERE session_id = $1 AND compacted_ms IS NULL ORDER BY ord",
+        )
+        .await
+        .map_err(db("preparing compact"))?;
+    let active: Vec<i64> = tx
+        .query(&active_stmt, &[&id])
+        .await
+        .map_err(db("reading active messages"))?
+        .iter()
+        .map(|r| get(r, 0, "ord"))
+        .collect::<Result<_, _>>()?;
+    let marked = active.len().saturating_sub(keep);
+    if marked == 0 {
+        tx.commit().await.map_err(db("commit compact"))?;
+        return Ok(0);
+    }
+    let first_preserved = active.get(marked).copied();
+    let bump = tx
+        .prepare_cached("UPDATE sessions SET next_ord = next_ord + 2, message_count = message_count + 2 WHERE id = $1 RETURNING next_ord")
+        .await
+        .map_err(db("preparing compact"))?;
+    let next: i64 = get(
+        &tx.query_one(&bump, &[&id]).await.map_err(db("compact"))?,
+        0,
+        "next_ord",
+    )?;
+    let summary_ord = match first_preserved {
+        Some(p) => {
+            let mark = tx
+                .prepare_cached(
+                    "UPDATE messages SET compacted_ms = $2 WHERE session_id = $1 AND compacted_ms IS NULL AND ord < $3",
+                )
+                .await
+                .map_err(db("preparing compact"))?;
+            tx.execute(&mark, &[&id, &now, &p])
+                .await
+                .map_err(db("marking compacted"))?;
+            let shift = tx
+                .prepare_cached(
+                    "UPDATE messages SET ord = ord + 2 WHERE session_id = $1 AND ord >= $2",
+                )
+                .await
+                .map_err(db("preparing compact"))?;
+            tx.execute(&shift, &[&id, &p])
+                .await
+                .map_err(db("making room"))?;
+            p
+        }
+        None => {
+            let mark = tx
+                .prepare_cached("UPDATE messages SET compacted_ms = $2 WHERE session_id = $1 AND compacted_ms IS NULL")
+                .await
+                .map_err(db("preparing compact"))?;
+            tx.execute(&mark, &[&id, &now])
+                .await
+                .map_err(db("marking compacted"))?;
+            next - 1
+        }
+    };
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO messages (session_id, ord, role, content, created_ms, completed_ms)
+             VALUES ($1, $2, $3, $4, $5, $6), ($1, $2 + 1, $7, $8, $5, $5)",
+        )
+        .await
+        .map_err(db("preparing compact"))?;
+    tx.execute(
+        &insert,
+        &[
+            &id,
+            &summary_ord,
+            &PgRole::System,
+            &bytes(summary),
+            &now,
+            &None::<i64>,
+            &PgRole::Assistant,
+            &bytes(COMPACTION_HINT),
+        ],
+    )
+    .await
+    .map_err(db("adding the summary"))?;
+    tx.commit().await.map_err(db("commit compact"))?;
+    Ok(marked)
+}
+
+pub(crate) async fn clear_content(c: &Object, ids: &[i64], stub: &str) -> Result<()> {
+    let stmt = c
+        .prepare_cached("UPDATE messages SET content = $2 WHERE id = ANY($1)")
+        .await
+        .map_err(db("preparing clear_message_content"))?;
+    c.execute(&stmt, &[&ids, &bytes(stub)])
+        .await
+        .map_err(db("clear_message_content"))?;
+    Ok(())
+}
+
+pub(crate) async fn compacted_stats(c: &Object) -> Result<CompactedStats> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT COUNT(*), COUNT(DISTINCT session_id),
+                    LEAST(COALESCE(SUM(COALESCE(octet_length(content), 0) + COALESCE(octet_length(tool_calls), 0)), 0),
+                          9223372036854775807)::BIGINT,
+                    MIN(compacted_ms)
+             FROM messages WHERE compacted_ms IS NOT NULL",
+        )
+        .await
+        .map_err(db("preparing compacted_stats"))?;
+    let r = c
+        .query_one(&stmt, &[])
+        .await
+        .map_err(db("compacted_stats"))?;
+    Ok(CompactedStats {
+        message_count: get(&r, 0, "count")?,
+        session_count: get(&r, 1, "sessions")?,
+        size_bytes: get(&r, 2, "size")?,
+        oldest: get::<Option<i64>>(&r, 3, "oldest")?.map(format_timestamp),
+    })
+}
+
+/// One statement: delete the old compacted messages and lower each touched
+/// session's counters by what went.
+pub(crate) async fn purge(c: &Object, days: u32, now: i64) -> Result<usize> {
+    let stmt = c
+        .prepare_cached(
+            "WITH gone AS (
+                 DELETE FROM messages
+                 WHERE compacted_ms IS NOT NULL AND ($1 OR compacted_ms < $2)
+                 RETURNING session_id, COALESCE(prompt_tokens, 0)::NUMERIC + COALESCE(completion_tokens, 0) AS tokens),
+             per AS (SELECT session_id, COUNT(*) AS n, SUM(tokens) AS tokens FROM gone GROUP BY session_id),
+             upd AS (
+                 UPDATE sessions s SET message_count = s.message_count - per.n, total_tokens = s.total_tokens - per.tokens
+                 FROM per WHERE s.id = per.session_id)
+             SELECT COALESCE(SUM(n), 0)::BIGINT FROM per",
+        )
+        .await
+        .map_err(db("preparing purge_compacted"))?;
+    let cutoff = now.saturating_sub(i64::from(days).saturating_mul(DAY_MS));
+    let r = c
+        .query_one(&stmt, &[&(days == 0), &cutoff])
+        .await
+        .map_err(db("purge_compacted"))?;
+    let n: i64 = get(&r, 0, "purged")?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+pub(crate) async fn get_metadata(c: &Object, id: &str, key: &str) -> Result<Option<String>> {
+    let stmt = c
+        .prepare_cached("SELECT value FROM session_metadata WHERE session_id = $1 AND key = $2")
+        .await
+        .map_err(db("preparing get_metadata"))?;
+    let row = c
+        .query_opt(&stmt, &[&id, &bytes(key)])
+        .await
+        .map_err(db("get_metadata"))?;
+    Ok(match row {
+        Some(r) => text(&r, 0, "metadata value")?,
+        None => None,
+    })
+}
+
+pub(crate) async fn set_metadata(
+    c: &Object,
+    id: &str,
+    key: &str,
+    value: &str,
+    now: i64,
+) -> Result<()> {
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO session_metadata (session_id, key, value, updated_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (session_id, key) DO UPDATE SET value = EXCLUDED.value, updated_ms = EXCLUDED.updated_ms",
+        )
+        .await
+        .map_err(db("preparing set_metadata"))?;
+    match c
+        .execute(&stmt, &[&id, &bytes(key), &bytes(value), &now])
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+            Err(PersistenceError::SessionNotFound(id.to_owned()).into())
+        }
+        Err(e) => Err(classify(e, "set_metadata")),
+    }
+}

@@ -1,0 +1,335 @@
+//! PostgreSQL-only concerns: teams sharing a schema, dropped connections,
+//! concurrent first-time migration, a server that is down, big and NUL-laden
+//! values, TLS modes and secrets.
+
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use koda_persistence_api::{Persistence, PersistenceError, Role, SystemClock};
+use koda_persistence_conformance::skip_or_fail;
+use koda_persistence_postgres::{PostgresOptions, PostgresStore, TlsMode};
+
+/// A store on `schema`, tagged with `application_name` so tests can find
+/// its server connections.
+async fn store(url: &str, schema: &str, tag: &str) -> Result<PostgresStore> {
+    let mut o = support::options(url, schema)?;
+    o.config.application_name(tag);
+    PostgresStore::connect_with(o, Arc::new(SystemClock)).await
+}
+
+fn typed(e: &anyhow::Error) -> Option<&PersistenceError> {
+    e.downcast_ref::<PersistenceError>()
+}
+
+/// Runs `body` against a server and a fresh schema, dropping it afterwards.
+async fn with_schema<F, Fut>(name: &str, body: F) -> Result<()>
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let url = match support::server_url().await {
+        Ok(url) => url,
+        Err(e) => return skip_or_fail(name, e),
+    };
+    let schema = support::fresh_schema();
+    let outcome = body(url.clone(), schema.clone()).await;
+    let dropped = support::drop_schema(&url, &schema).await;
+    outcome.and(dropped)
+}
+
+/// Two stores (two pools, as two koda processes) on one schema insert into
+/// shared and separate sessions at once; both see everything, counts exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_shares_one_schema() -> Result<()> {
+    with_schema("a_team_shares_one_schema", |url, schema| async move {
+        let alice = store(&url, &schema, "alice").await?;
+        let bob = store(&url, &schema, "bob").await?;
+        let shared = alice.create_session("main", Path::new("/repo")).await?;
+        let mut tasks = Vec::new();
+        for (who, s) in [("alice", alice.clone()), ("bob", bob.clone())] {
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                let own = s.create_session(who, Path::new("/repo")).await?;
+                let mut ids = Vec::new();
+                for i in 0..200 {
+                    ids.push(
+                        s.insert_message(
+                            &shared,
+                            &Role::User,
+                            Some(&format!("{who}-{i}")),
+                            None,
+                            None,
+                            None,
+                        )
+                        .await?,
+                    );
+                    s.insert_message(
+                        &own,
+                        &Role::User,
+                        Some(&format!("{who}-own-{i}")),
+                        None,
+                        None,
+                        None,
+                    )
+                    .await?;
+                }
+                anyhow::Ok((own, ids))
+            }));
+        }
+        let mut all_ids = HashSet::new();
+        let mut own_sessions = Vec::new();
+        for t in tasks {
+            let (own, ids) = t.await??;
+            own_sessions.push(own);
+            for id in ids {
+                assert!(all_ids.insert(id), "duplicate id {id}");
+            }
+        }
+        for s in [&alice, &bob] {
+            let listed = s.list_sessions(10, Path::new("/repo")).await?;
+            assert_eq!(listed.len(), 3, "{listed:?}");
+            for info in &listed {
+                assert_eq!(
+                    info.message_count,
+                    if info.id == shared { 400 } else { 200 }
+                );
+            }
+            assert_eq!(s.load_all_messages(&shared).await?.len(), 400);
+            for own in &own_sessions {
+                assert_eq!(s.load_all_messages(own).await?.len(), 200);
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn terminate(url: &str, tag: &str) -> Result<u64> {
+    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let rows = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&tag],
+        )
+        .await?;
+    Ok(rows.len() as u64)
+}
+
+/// The server kills the store's connections again and again while it writes:
+/// each call either succeeds or fails with `Unavailable`; nothing is half
+/// written; the call after a failure succeeds on a fresh connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_connections_cost_at_most_the_call_in_flight() -> Result<()> {
+    with_schema("terminated_connections", |url, schema| async move {
+        let tag = format!("kp-kill-{}", &schema[5..17]);
+        let s = store(&url, &schema, &tag).await?;
+        let sid = s.create_session("main", Path::new("/p")).await?;
+        let (mut ok, mut failed) = (Vec::new(), 0);
+        let mut killed = 0;
+        for round in 0..30 {
+            if round % 3 == 0 {
+                killed += terminate(&url, &tag).await?;
+            }
+            let text = format!("m{round}");
+            match s.insert_message(&sid, &Role::User, Some(&text), None, None, None).await {
+                Ok(_) => ok.push(text),
+                Err(e) => {
+                    assert!(matches!(typed(&e), Some(PersistenceError::Unavailable(_))), "{e:#}");
+                    failed += 1;
+                    // The very next call works on a fresh connection.
+                    s.insert_message(&sid, &Role::User, Some(&format!("{text}-retry")), None, None, None)
+                        .await
+                        .expect("the call after a dropped connection succeeds");
+                    ok.push(format!("{text}-retry"));
+                }
+            }
+        }
+        assert!(killed > 0, "no connection was terminated");
+        let stored: Vec<String> = s.load_all_messages(&sid).await?.into_iter().filter_map(|m| m.content).collect();
+        for text in &ok {
+            assert!(stored.contains(text), "acknowledged insert {text} lost");
+        }
+        let listed = s.list_sessions(1, Path::new("/p")).await?;
+        assert_eq!(listed[0].message_count, stored.len() as i64, "counters disagree with rows");
+        println!("    {killed} connections terminated, {failed} calls failed with Unavailable, {} succeeded", ok.len());
+        Ok(())
+    })
+    .await
+}
+
+/// Ten stores connecting to a fresh schema at once all succeed, and the
+/// migration runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_processes_migrate_a_fresh_schema_at_once() -> Result<()> {
+    with_schema("ten_processes_migrate", |url, schema| async move {
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let (url, schema) = (url.clone(), schema.clone());
+                tokio::spawn(async move { store(&url, &schema, &format!("mig-{i}")).await })
+            })
+            .collect();
+        let mut stores = Vec::new();
+        for t in tasks {
+            stores.push(t.await??);
+        }
+        let sid = stores[3].create_session("main", Path::new("/p")).await?;
+        assert_eq!(
+            stores[7].list_sessions(5, Path::new("/p")).await?[0].id,
+            sid
+        );
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let n: i64 = admin
+            .query_one(
+                &format!("SELECT COUNT(*) FROM \"{schema}\".koda_schema_history"),
+                &[],
+            )
+            .await?
+            .get(0);
+        assert_eq!(n, 1, "migration applied {n} times");
+        Ok(())
+    })
+    .await
+}
+
+/// Nothing listening: a clear `Unavailable` at once. A server that accepts
+/// but never answers: `Unavailable` within the connect timeout.
+#[tokio::test]
+async fn a_server_that_is_down_is_unavailable_within_the_timeout() -> Result<()> {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("postgres://koda:topsecret@127.0.0.1:{free}/koda?connect_timeout_ms=800");
+    let started = Instant::now();
+    let err = PostgresStore::connect(&url)
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
+        "{err:#}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        !format!("{err:?} {err:#}").contains("topsecret"),
+        "password leaked: {err:#}"
+    );
+
+    // Accepts TCP, never speaks.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = silent.local_addr()?.port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    let url = format!(
+        "postgres://koda:topsecret@127.0.0.1:{port}/koda?connect_timeout_ms=700&sslmode=disable"
+    );
+    let started = Instant::now();
+    let err = PostgresStore::connect(&url)
+        .await
+        .expect_err("silent server");
+    let took = started.elapsed();
+    assert!(
+        matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
+        "{err:#}"
+    );
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+    assert!(!format!("{err:?} {err:#}").contains("topsecret"));
+    hold.abort();
+    Ok(())
+}
+
+/// NUL bytes everywhere and a 10 MB message round-trip byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_bytes_and_a_ten_megabyte_message_round_trip() -> Result<()> {
+    with_schema("nul_and_big", |url, schema| async move {
+        let s = store(&url, &schema, "big").await?;
+        let root = "/proj\0ect";
+        let sid = s.create_session("a\0gent", Path::new(root)).await?;
+        let big: String = "koda\0🦀".repeat(1_250_000); // 11.25 MB
+        let id = s
+            .insert_message(
+                &sid,
+                &Role::Tool,
+                Some(&big),
+                Some("\0[]"),
+                Some("call\0id"),
+                None,
+            )
+            .await?;
+        s.set_metadata(&sid, "k\0ey", "v\0alue").await?;
+        let all = s.load_all_messages(&sid).await?;
+        assert_eq!(all[0].id, id);
+        assert!(
+            all[0].content.as_deref() == Some(big.as_str()),
+            "10 MB content changed"
+        );
+        assert_eq!(all[0].tool_calls.as_deref(), Some("\0[]"));
+        assert_eq!(all[0].tool_call_id.as_deref(), Some("call\0id"));
+        assert_eq!(
+            s.get_metadata(&sid, "k\0ey").await?.as_deref(),
+            Some("v\0alue")
+        );
+        assert_eq!(
+            s.list_sessions(1, Path::new(root)).await?[0].agent_name,
+            "a\0gent"
+        );
+        // A session id with a NUL cannot exist: reads are empty, writes not found.
+        assert!(s.load_all_messages("x\0y").await?.is_empty());
+        let err = s.set_todo("x\0y", "t").await.expect_err("unknown session");
+        assert!(matches!(
+            typed(&err),
+            Some(PersistenceError::SessionNotFound(_))
+        ));
+        Ok(())
+    })
+    .await
+}
+
+/// `sslmode=require` against a server without TLS fails cleanly;
+/// `prefer` falls back to plain TCP.
+#[tokio::test]
+async fn tls_modes_behave_like_libpq() -> Result<()> {
+    with_schema("tls_modes", |url, schema| async move {
+        let mut o = support::options(&url, &schema)?;
+        o.tls = TlsMode::Prefer;
+        let s = PostgresStore::connect_with(o.clone(), Arc::new(SystemClock)).await?;
+        s.create_session("main", Path::new("/p")).await?;
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let ssl: String = admin.query_one("SHOW ssl", &[]).await?.get(0);
+        o.tls = TlsMode::Require;
+        let required = PostgresStore::connect_with(o, Arc::new(SystemClock)).await;
+        if ssl == "on" {
+            required?.create_session("main", Path::new("/p")).await?;
+        } else {
+            let err = required.expect_err("server has no TLS");
+            assert!(
+                matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
+                "{err:#}"
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn debug_output_hides_the_password() {
+    let o =
+        PostgresOptions::from_url("postgres://u:pa55word@localhost/db?schema=s").expect("parses");
+    assert!(!format!("{o:?}").contains("pa55word"));
+}

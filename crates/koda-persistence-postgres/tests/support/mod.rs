@@ -1,0 +1,205 @@
+//! Finding a PostgreSQL server for the tests, and giving each test its own
+//! schema.
+//!
+//! 1. `KODA_TEST_POSTGRES_URL` names a server: use it.
+//! 2. Otherwise start a throwaway server from the locally installed
+//!    PostgreSQL binaries (`/usr/lib/postgresql/*/bin`), as an unprivileged
+//!    user when running as root, on a free port; it stops when the test
+//!    process exits.
+//! 3. Otherwise fail with the command that fixes it, unless the user set
+//!    `KODA_SKIP_POSTGRES=1` (and CI's `KODA_REQUIRE_POSTGRES=1` is not set):
+//!    then every Postgres test prints `SKIPPED` and does not run.
+
+#![allow(dead_code, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use koda_persistence_api::ManualClock;
+use koda_persistence_conformance::{Ctx, Factory, Skipped};
+use koda_persistence_postgres::{PostgresOptions, PostgresStore};
+use tokio::sync::OnceCell;
+
+static SERVER: OnceCell<Result<String, String>> = OnceCell::const_new();
+
+const FIX: &str = "no PostgreSQL server for the tests. Either point the tests at one:\n  \
+    docker compose up -d --wait && export KODA_TEST_POSTGRES_URL=postgres://postgres:postgres@127.0.0.1:5432/postgres\n\
+    or install PostgreSQL locally so the tests can start a throwaway server:\n  \
+    sudo apt-get install -y postgresql\n\
+    or skip the PostgreSQL tests explicitly: KODA_SKIP_POSTGRES=1";
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// The URL of a server for the tests, or `Skipped` when the user opted out.
+pub async fn server_url() -> Result<String> {
+    if let Ok(url) = std::env::var("KODA_TEST_POSTGRES_URL")
+        && !url.trim().is_empty()
+    {
+        return Ok(url);
+    }
+    let started = SERVER
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(start_throwaway)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| format!("{e:#}")))
+        })
+        .await;
+    match started {
+        Ok(url) => Ok(url.clone()),
+        Err(why) if env_flag("KODA_SKIP_POSTGRES") && !env_flag("KODA_REQUIRE_POSTGRES") => Err(Skipped(format!(
+            "PostgreSQL tests skipped by KODA_SKIP_POSTGRES=1 (no KODA_TEST_POSTGRES_URL; throwaway server: {why})"
+        ))
+        .into()),
+        Err(why) => bail!("{FIX}\n(throwaway server could not start: {why})"),
+    }
+}
+
+fn find_bin() -> Result<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql")?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|b| b.join("initdb").exists() && b.join("postgres").exists())
+        .collect();
+    dirs.sort_by_key(|d| {
+        d.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop()
+        .ok_or_else(|| anyhow!("no initdb under /usr/lib/postgresql/*/bin"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// `argv` as the unprivileged user when we are root (initdb refuses root).
+fn as_user(argv: &[&str]) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--"]).args(argv);
+        c
+    } else {
+        let mut c = Command::new(argv[0]);
+        c.args(&argv[1..]);
+        c
+    }
+}
+
+fn start_throwaway() -> Result<String> {
+    let bin = find_bin()?;
+    let dir = std::env::temp_dir().join(format!("koda-pg-test-{}", std::process::id()));
+    let data = dir.join("data");
+    std::fs::create_dir_all(&dir)?;
+    if is_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "nobody", &dir.to_string_lossy()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("cannot hand {} to user nobody", dir.display());
+        }
+    }
+    let initdb = bin.join("initdb");
+    let out = as_user(&[
+        &initdb.to_string_lossy(),
+        "-D",
+        &data.to_string_lossy(),
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "--no-sync",
+        "-E",
+        "UTF8",
+    ])
+    .output()?;
+    if !out.status.success() {
+        bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let postgres = bin.join("postgres");
+    // The server lives as long as this test process: a watchdog shell stops
+    // it (and removes its files) once our pid is gone.
+    let script = format!(
+        "'{pg}' -D '{data}' -p {port} -k '{dir}' -c listen_addresses=127.0.0.1 -c fsync=off \
+         -c max_connections=200 >'{dir}/log' 2>&1 & pid=$!; \
+         while [ -d /proc/{parent} ] && kill -0 $pid 2>/dev/null; do sleep 1; done; \
+         kill $pid 2>/dev/null; wait $pid; rm -rf '{dir}'",
+        pg = postgres.display(),
+        data = data.display(),
+        dir = dir.display(),
+        parent = std::process::id(),
+    );
+    as_user(&["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            println!(
+                "started a throwaway PostgreSQL ({}) on 127.0.0.1:{port}",
+                bin.display()
+            );
+            return Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    bail!("the throwaway server did not accept connections within 30 s: {log}")
+}
+
+/// A fresh schema name for one test.
+pub fn fresh_schema() -> String {
+    format!("kp_t_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Drops `schema` and everything in it.
+pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("admin connection for teardown")?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await
+        .context("dropping the test schema")?;
+    Ok(())
+}
+
+/// Options for `url` with `schema` and a small pool.
+pub fn options(url: &str, schema: &str) -> Result<PostgresOptions> {
+    let mut o = PostgresOptions::from_url(url)?;
+    o.schema = Some(schema.to_owned());
+    o.pool_size = 4;
+    Ok(o)
+}
+
+/// Each store in its own fresh schema, dropped after the case.
+pub struct FreshSchema;
+
+#[async_trait::async_trait]
+impl Factory for FreshSchema {
+    async fn create(&self, start_ms: i64) -> Result<Ctx> {
+        let url = server_url().await?;
+        let schema = fresh_schema();
+        let clock = ManualClock::new(start_ms);
+        let store =
+            PostgresStore::connect_with(options(&url, &schema)?, Arc::new(clock.clone())).await?;
+        Ok(Ctx::new(Arc::new(store), clock)
+            .with_teardown(move || async move { drop_schema(&url, &schema).await }))
+    }
+}
