@@ -12,7 +12,7 @@
 //! | `memory:` | [`MemoryStore`](koda_persistence_memory::MemoryStore), nothing persists | `memory` (default) |
 //! | `sqlite://PATH`, `sqlite:///abs/path.db`, `sqlite::memory:` | SQLite file | `sqlite` (default) |
 //! | `postgres://…`, `postgresql://…` | PostgreSQL (`?schema=NAME` for a team's own schema) | `postgres` |
-//! | `sled://PATH` | sled directory | `sled` (not yet available) |
+//! | `sled://PATH` (`?flush=every_write\|manual`, `?flush_every_ms=N`) | sled directory | `sled` |
 //!
 //! A URL whose backend was compiled out is an error naming the feature to
 //! enable. The API crate is re-exported, so `koda_persistence::Role`,
@@ -31,6 +31,8 @@ pub const COMPILED_BACKENDS: &[&str] = &[
     "sqlite",
     #[cfg(feature = "postgres")]
     "postgres",
+    #[cfg(feature = "sled")]
+    "sled",
 ];
 
 /// Which backend a URL names, and the rest of it.
@@ -71,6 +73,12 @@ fn parse(url: &str) -> Result<Target<'_>, PersistenceError> {
     )))
 }
 
+#[cfg(not(all(
+    feature = "memory",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "sled"
+)))]
 fn compiled_out(feature: &str) -> anyhow::Error {
     PersistenceError::InvalidInput(format!(
         "this build of koda-persistence has no {feature} backend: enable the cargo feature \
@@ -118,7 +126,11 @@ pub async fn open_with_clock(
         )),
         #[cfg(not(feature = "postgres"))]
         Target::Postgres(_) => Err(compiled_out("postgres")),
-        // Not written yet: this backend arrives with its own crate.
+        #[cfg(feature = "sled")]
+        Target::Sled(path) => Ok(Arc::new(
+            koda_persistence_sled::SledStore::open_path(path, clock).await?,
+        )),
+        #[cfg(not(feature = "sled"))]
         Target::Sled(_) => Err(compiled_out("sled")),
     }
 }
@@ -161,6 +173,7 @@ mod tests {
         );
     }
 
+    #[cfg(not(feature = "sled"))]
     #[tokio::test]
     async fn compiled_out_backend_names_the_feature() {
         let Err(err) = open("sled:///tmp/x").await else {
@@ -178,6 +191,36 @@ mod tests {
         let shown = format!("{err:#} {err:?}");
         assert!(shown.contains("cargo feature `postgres`"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[cfg(feature = "sled")]
+    #[tokio::test]
+    async fn sled_url_opens_a_directory_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!(
+            "sled://{}?flush=every_write",
+            dir.path().join("s").display()
+        );
+        let store = open(&url).await.expect("opens");
+        let id = store
+            .create_session("main", std::path::Path::new("/p"))
+            .await
+            .expect("creates");
+        assert_eq!(
+            store
+                .list_sessions(5, std::path::Path::new("/p"))
+                .await
+                .expect("lists")[0]
+                .id,
+            id
+        );
+        let Err(err) = open("sled:///tmp/x?flush=sometimes").await else {
+            panic!("bad option")
+        };
+        assert!(matches!(
+            err.downcast_ref::<PersistenceError>(),
+            Some(PersistenceError::InvalidInput(_))
+        ));
     }
 
     #[cfg(feature = "memory")]

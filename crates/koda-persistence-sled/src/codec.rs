@@ -1,0 +1,131 @@
+//! Values: one version byte, then the record in postcard. A reader refuses a
+//! version it does not know (`Corrupt`), so the layout can evolve.
+
+use koda_persistence_api::{PersistenceError, Role};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The value format this build writes.
+pub(crate) const VERSION: u8 = 1;
+
+/// A session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SessionRecord {
+    pub agent_name: String,
+    pub project_root: String,
+    pub created_ms: i64,
+    pub seq: u64,
+    pub last_accessed_ms: Option<i64>,
+    pub title: Option<String>,
+    pub mode: Option<String>,
+    pub message_count: i64,
+    /// Exact `prompt + completion` sum (saturated only when read).
+    pub total_tokens: i128,
+    /// The last position used in the session.
+    pub next_ord: u64,
+}
+
+/// A message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MessageRecord {
+    pub id: u64,
+    pub role: u8,
+    pub content: Option<String>,
+    pub full_content: Option<String>,
+    pub tool_calls: Option<String>,
+    pub tool_call_id: Option<String>,
+    pub usage: Option<[i64; 5]>,
+    pub agent_name: Option<String>,
+    pub created_ms: i64,
+    pub completed_ms: Option<i64>,
+    pub compacted_ms: Option<i64>,
+}
+
+pub(crate) fn role_byte(role: Role) -> u8 {
+    match role {
+        Role::System => 0,
+        Role::User => 1,
+        Role::Assistant => 2,
+        Role::Tool => 3,
+    }
+}
+
+pub(crate) fn role_of(b: u8) -> Result<Role, PersistenceError> {
+    match b {
+        0 => Ok(Role::System),
+        1 => Ok(Role::User),
+        2 => Ok(Role::Assistant),
+        3 => Ok(Role::Tool),
+        other => Err(PersistenceError::Corrupt(format!(
+            "stored message has unknown role code {other}"
+        ))),
+    }
+}
+
+/// Version byte + postcard.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PersistenceError> {
+    let mut out = vec![VERSION];
+    let body = postcard::to_allocvec(value)
+        .map_err(|e| PersistenceError::InvalidInput(format!("cannot encode a record: {e}")))?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Checks the version byte and decodes; anything else is `Corrupt`.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, PersistenceError> {
+    match bytes.split_first() {
+        Some((&VERSION, body)) => postcard::from_bytes(body)
+            .map_err(|e| PersistenceError::Corrupt(format!("cannot decode {what}: {e}"))),
+        Some((v, _)) => Err(PersistenceError::Corrupt(format!(
+            "{what} has value format {v}; this build reads format {VERSION}"
+        ))),
+        None => Err(PersistenceError::Corrupt(format!("{what} is empty"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_unknown_versions_are_corrupt() {
+        let m = MessageRecord {
+            id: 7,
+            role: role_byte(Role::Tool),
+            content: Some("a\0b".into()),
+            full_content: None,
+            tool_calls: Some(String::new()),
+            tool_call_id: None,
+            usage: Some([1, 2, 3, 4, i64::MAX]),
+            agent_name: Some("é".into()),
+            created_ms: 5,
+            completed_ms: None,
+            compacted_ms: Some(9),
+        };
+        let bytes = encode(&m).expect("encodes");
+        assert_eq!(bytes[0], VERSION);
+        let back: MessageRecord = decode(&bytes, "m").expect("decodes");
+        assert_eq!(
+            (back.id, back.content.as_deref(), back.usage),
+            (7, Some("a\0b"), Some([1, 2, 3, 4, i64::MAX]))
+        );
+        let mut future = bytes.clone();
+        future[0] = 2;
+        assert!(matches!(
+            decode::<MessageRecord>(&future, "m"),
+            Err(PersistenceError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode::<MessageRecord>(&[], "m"),
+            Err(PersistenceError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode::<MessageRecord>(&[VERSION, 0xff], "m"),
+            Err(PersistenceError::Corrupt(_))
+        ));
+        for r in Role::ALL {
+            assert_eq!(role_of(role_byte(r)), Ok(r));
+        }
+        assert!(role_of(9).is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! The whole conformance suite against `SledStore`, each case in its own
+//! temp directory.
+
+use std::sync::Arc;
+
+use koda_persistence_api::ManualClock;
+use koda_persistence_conformance::{Ctx, Factory};
+use koda_persistence_sled::{SledOptions, SledStore};
+
+struct TempDir;
+
+#[async_trait::async_trait]
+impl Factory for TempDir {
+    async fn create(&self, start_ms: i64) -> anyhow::Result<Ctx> {
+        let dir = tempfile::tempdir()?;
+        let clock = ManualClock::new(start_ms);
+        let store = SledStore::open_with(
+            dir.path().join("store"),
+            SledOptions::default(),
+            Arc::new(clock.clone()),
+        )
+        .await?;
+        Ok(Ctx::new(Arc::new(store), clock).with_guard(dir))
+    }
+}
+
+koda_persistence_conformance::conformance_tests!(TempDir);
