@@ -543,11 +543,11 @@ mod tests {
             for line in &lines {
                 let full_scan = line.starts_with("SCAN messages") && !line.contains("INDEX");
                 assert!(!full_scan, "full scan of messages in {sql:?}: {lines:?}");
-                if sql.contains("FROM messages") {
+                if sql.contains("role = 'user'") {
                     assert!(
-                        !line.starts_with("SCAN messages USING INDEX idx_messages_role_id")
-                            || sql.contains("role = 'user'"),
-                        "unbounded index walk in {sql:?}: {lines:?}"
+                        !line.starts_with("SCAN messages")
+                            || line.contains("kp_messages_recent_user"),
+                        "recent user messages must walk the user-message index: {lines:?}"
                     );
                 }
             }

@@ -21,29 +21,71 @@ pub(crate) fn get<T: rusqlite::types::FromSql>(
     row.get(i).map_err(|e| corrupt(what, e))
 }
 
+/// The message columns, by index, for error messages.
+const COLUMN_NAMES: [&str; 14] = [
+    "id",
+    "session_id",
+    "role",
+    "content",
+    "full_content",
+    "tool_calls",
+    "tool_call_id",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "thinking_tokens",
+    "created_ms",
+    "completed_ms",
+];
+
 /// A message row selected with [`MESSAGE_COLUMNS`], and whether it is complete.
 pub(crate) fn message(row: &Row<'_>) -> Result<(Message, bool), PersistenceError> {
     let id: i64 = get(row, 0, "message id")?;
-    let what = |col: &str| format!("{col} of message {id}");
-    let role: String = get(row, 2, &what("role"))?;
-    let role = Role::from_stored(&role)
+    // Names the column only when decoding fails: this runs for every row.
+    let col = |i: usize| -> Result<_, PersistenceError> {
+        row.get_ref(i).map_err(|e| {
+            corrupt(
+                &format!(
+                    "{} of message {id}",
+                    COLUMN_NAMES.get(i).unwrap_or(&"a column")
+                ),
+                e,
+            )
+        })
+    };
+    let typed = |i: usize, e: rusqlite::types::FromSqlError| {
+        PersistenceError::Corrupt(format!(
+            "cannot decode {} of message {id}: {e}",
+            COLUMN_NAMES.get(i).unwrap_or(&"a column")
+        ))
+    };
+    let text = |i: usize| -> Result<Option<String>, PersistenceError> {
+        col(i)?
+            .as_str_or_null()
+            .map(|s| s.map(str::to_owned))
+            .map_err(|e| typed(i, e))
+    };
+    let int = |i: usize| -> Result<Option<i64>, PersistenceError> {
+        col(i)?.as_i64_or_null().map_err(|e| typed(i, e))
+    };
+    let role = col(2)?.as_str().map_err(|e| typed(2, e))?;
+    let role = Role::from_stored(role)
         .map_err(|e| PersistenceError::Corrupt(format!("message {id}: {e}")))?;
-    let created_ms: Option<i64> = get(row, 12, &what("created_ms"))?;
-    let completed_ms: Option<i64> = get(row, 13, &what("completed_ms"))?;
     let message = Message {
         id,
-        session_id: get(row, 1, &what("session_id"))?,
+        session_id: col(1)?.as_str().map_err(|e| typed(1, e))?.to_owned(),
         role,
-        content: get(row, 3, &what("content"))?,
-        full_content: get(row, 4, &what("full_content"))?,
-        tool_calls: get(row, 5, &what("tool_calls"))?,
-        tool_call_id: get(row, 6, &what("tool_call_id"))?,
-        prompt_tokens: get(row, 7, &what("prompt_tokens"))?,
-        completion_tokens: get(row, 8, &what("completion_tokens"))?,
-        cache_read_tokens: get(row, 9, &what("cache_read_tokens"))?,
-        cache_creation_tokens: get(row, 10, &what("cache_creation_tokens"))?,
-        thinking_tokens: get(row, 11, &what("thinking_tokens"))?,
-        created_at: Some(format_timestamp(created_ms.unwrap_or(0))),
+        content: text(3)?,
+        full_content: text(4)?,
+        tool_calls: text(5)?,
+        tool_call_id: text(6)?,
+        prompt_tokens: int(7)?,
+        completion_tokens: int(8)?,
+        cache_read_tokens: int(9)?,
+        cache_creation_tokens: int(10)?,
+        thinking_tokens: int(11)?,
+        created_at: Some(format_timestamp(int(12)?.unwrap_or(0))),
     };
-    Ok((message, completed_ms.is_some()))
+    Ok((message, int(13)?.is_some()))
 }

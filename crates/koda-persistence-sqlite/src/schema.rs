@@ -126,7 +126,7 @@ UPDATE messages SET ord = id WHERE ord IS NULL;
 const INDEXES_AND_TRIGGERS: &str = concat!(
     "
 CREATE INDEX IF NOT EXISTS kp_messages_session_ord ON messages(session_id, ord);
-CREATE INDEX IF NOT EXISTS idx_messages_role_id ON messages(role, id DESC);
+CREATE INDEX IF NOT EXISTS kp_messages_recent_user ON messages(id) WHERE role = 'user';
 CREATE INDEX IF NOT EXISTS kp_messages_compacted ON messages(compacted_ms) WHERE compacted_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS kp_sessions_root_created ON sessions(project_root, created_ms DESC, seq DESC);
 CREATE INDEX IF NOT EXISTS kp_sessions_seq ON sessions(seq);

@@ -1,0 +1,239 @@
+//! Ceilings measured in the same run: the plain driver doing the same work
+//! with nothing of ours in between (BENCHMARKS.md).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use koda_persistence::{Message, Role, format_timestamp};
+use koda_persistence_sqlite::Synchronous;
+use rusqlite::{Connection, params};
+
+use crate::workloads::{Shape, shape};
+
+/// W1 ceiling on SQLite: the same rows through one prepared `INSERT` per
+/// message in autocommit, on a fresh file with the same pragmas.
+pub fn sqlite_w1(dir: &Path, sync: Synchronous, n: usize) -> Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("ceiling-{}.db", uuid::Uuid::now_v7().simple()));
+    let conn = Connection::open(&path)?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if sync == Synchronous::Full {
+            "FULL"
+        } else {
+            "NORMAL"
+        },
+    )?;
+    conn.execute_batch(
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL,
+            role TEXT NOT NULL, content TEXT, tool_calls TEXT, tool_call_id TEXT,
+            prompt_tokens INTEGER, completion_tokens INTEGER, cache_read_tokens INTEGER,
+            cache_creation_tokens INTEGER, thinking_tokens INTEGER, created_ms INTEGER);
+         CREATE INDEX m_session ON messages(session_id, id);",
+    )?;
+    let mut stmt = conn.prepare(
+        "INSERT INTO messages (session_id, role, content, tool_calls, tool_call_id, prompt_tokens,
+             completion_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let started = Instant::now();
+    for i in 0..n {
+        let Shape {
+            role,
+            content,
+            tool_calls,
+            tool_call_id,
+            usage,
+        } = shape(i);
+        let u = usage.map(|u| {
+            [
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cache_read_tokens,
+                u.cache_creation_tokens,
+                u.thinking_tokens,
+            ]
+        });
+        stmt.execute(params![
+            "ceiling-session",
+            role.as_str(),
+            content,
+            tool_calls,
+            tool_call_id,
+            u.map(|u| u[0]),
+            u.map(|u| u[1]),
+            u.map(|u| u[2]),
+            u.map(|u| u[3]),
+            u.map(|u| u[4]),
+            i as i64
+        ])?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(stmt);
+    drop(conn);
+    let _ = std::fs::remove_file(&path);
+    Ok(n as f64 / secs)
+}
+
+/// W2 ceiling on SQLite: one prepared `SELECT` of the same columns from the
+/// store's own file, decoded into the same `Message`.
+pub fn sqlite_w2(path: &Path, session: &str, calls: usize) -> Result<Vec<Duration>> {
+    let conn = Connection::open(path)?;
+    let mut stmt = conn.prepare(
+        "SELECT id, session_id, role, content, full_content, tool_calls, tool_call_id, prompt_tokens,
+                completion_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens, created_ms
+         FROM messages WHERE session_id = ?1 AND compacted_ms IS NULL ORDER BY ord",
+    )?;
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        let rows = stmt.query_map([session], |r| {
+            let role: String = r.get(2)?;
+            Ok(Message {
+                id: r.get(0)?,
+                session_id: r.get(1)?,
+                role: role.parse().unwrap_or(Role::User),
+                content: r.get(3)?,
+                full_content: r.get(4)?,
+                tool_calls: r.get(5)?,
+                tool_call_id: r.get(6)?,
+                prompt_tokens: r.get(7)?,
+                completion_tokens: r.get(8)?,
+                cache_read_tokens: r.get(9)?,
+                cache_creation_tokens: r.get(10)?,
+                thinking_tokens: r.get(11)?,
+                created_at: Some(format_timestamp(r.get(12)?)),
+            })
+        })?;
+        let msgs: Vec<Message> = rows.collect::<rusqlite::Result<_>>()?;
+        std::hint::black_box(&msgs);
+        times.push(started.elapsed());
+    }
+    Ok(times)
+}
+
+async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
+    let base = url.split('?').next().unwrap_or(url);
+    let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// W1 ceiling on Postgres: one connection, one prepared `INSERT` per message
+/// into an equivalent table in its own schema.
+pub async fn postgres_w1(url: &str, n: usize) -> Result<f64> {
+    let client = pg_connect(url).await?;
+    let schema = format!(
+        "kp_ceiling_{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA \"{schema}\";
+             CREATE TABLE \"{schema}\".messages (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                 session_id TEXT NOT NULL, ord BIGINT NOT NULL, role TEXT NOT NULL, content BYTEA,
+                 tool_calls BYTEA, tool_call_id BYTEA, prompt_tokens BIGINT, completion_tokens BIGINT,
+                 cache_read_tokens BIGINT, cache_creation_tokens BIGINT, thinking_tokens BIGINT,
+                 created_ms BIGINT NOT NULL);
+             CREATE INDEX ON \"{schema}\".messages (session_id, ord);"
+        ))
+        .await?;
+    let stmt = client
+        .prepare(&format!(
+            "INSERT INTO \"{schema}\".messages (session_id, ord, role, content, tool_calls, tool_call_id,
+                 prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ))
+        .await?;
+    let started = Instant::now();
+    for i in 0..n {
+        let Shape {
+            role,
+            content,
+            tool_calls,
+            tool_call_id,
+            usage,
+        } = shape(i);
+        let u = usage.map(|u| {
+            [
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cache_read_tokens,
+                u.cache_creation_tokens,
+                u.thinking_tokens,
+            ]
+        });
+        client
+            .execute(
+                &stmt,
+                &[
+                    &"ceiling-session",
+                    &(i as i64),
+                    &role.as_str(),
+                    &content.as_bytes(),
+                    &tool_calls.as_deref().map(str::as_bytes),
+                    &tool_call_id.as_deref().map(str::as_bytes),
+                    &u.map(|u| u[0]),
+                    &u.map(|u| u[1]),
+                    &u.map(|u| u[2]),
+                    &u.map(|u| u[3]),
+                    &u.map(|u| u[4]),
+                    &(i as i64),
+                ],
+            )
+            .await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    client
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await?;
+    Ok(n as f64 / secs)
+}
+
+/// W2 ceiling on Postgres: one prepared `SELECT` of the same columns from the
+/// store's own schema, decoded into the same `Message`.
+pub async fn postgres_w2(
+    url: &str,
+    schema: &str,
+    session: &str,
+    calls: usize,
+) -> Result<Vec<Duration>> {
+    let client = pg_connect(url).await?;
+    let stmt = client
+        .prepare(&format!(
+            "SELECT id, session_id, role::TEXT, content, full_content, tool_calls, tool_call_id, prompt_tokens,
+                    completion_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens, created_ms
+             FROM \"{schema}\".messages WHERE session_id = $1 AND compacted_ms IS NULL ORDER BY ord"
+        ))
+        .await?;
+    let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8(b).unwrap_or_default());
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        let rows = client.query(&stmt, &[&session]).await?;
+        let msgs: Vec<Message> = rows
+            .into_iter()
+            .map(|r| Message {
+                id: r.get(0),
+                session_id: r.get(1),
+                role: r.get::<_, String>(2).parse().unwrap_or(Role::User),
+                content: text(r.get(3)),
+                full_content: text(r.get(4)),
+                tool_calls: text(r.get(5)),
+                tool_call_id: text(r.get(6)),
+                prompt_tokens: r.get(7),
+                completion_tokens: r.get(8),
+                cache_read_tokens: r.get(9),
+                cache_creation_tokens: r.get(10),
+                thinking_tokens: r.get(11),
+                created_at: Some(format_timestamp(r.get(12))),
+            })
+            .collect();
+        std::hint::black_box(&msgs);
+        times.push(started.elapsed());
+    }
+    Ok(times)
+}

@@ -1,0 +1,468 @@
+//! `koda-persistence-bench`: the workloads of BENCHMARKS.md against any set
+//! of stores, with each backend's ceiling measured in the same process, as
+//! one table (or `--json`). `--quick` divides every count by 10.
+//!
+//! ```text
+//! cargo run --release -p koda-persistence-bench -- [--quick] [--json] [URL …]
+//! ```
+//!
+//! Without URLs it runs `memory:`, `sqlite://` (NORMAL), `sqlite://?synchronous=full`,
+//! `sled://` and, when `KODA_BENCH_POSTGRES_URL` (or `KODA_TEST_POSTGRES_URL`)
+//! is set, that PostgreSQL server (a fresh schema per workload, dropped after).
+
+mod ceiling;
+mod targets;
+mod workloads;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Parser;
+use serde_json::{Value, json};
+
+use crate::targets::Target;
+use crate::workloads::{fill, stats, time_calls};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "koda-persistence-bench",
+    about = "Benchmarks koda stores against same-run ceilings"
+)]
+struct Cli {
+    /// Store URLs: memory:, sqlite://[DIR][?synchronous=full], sled://[DIR], postgres://…
+    urls: Vec<String>,
+    /// Divide every count by 10 (a sub-minute smoke run).
+    #[arg(long)]
+    quick: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Counts for one run.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    w1: usize,
+    session: usize,
+    calls: usize,
+    small: usize,
+    large: usize,
+    per_session: usize,
+    turns: usize,
+    w5_tasks: usize,
+    w5_per: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        let d = if quick { 10 } else { 1 };
+        Plan {
+            w1: 10_000 / d,
+            session: 2_000 / d,
+            calls: (50 / d).max(20),
+            small: 100 / d,
+            large: 1_000 / d,
+            per_session: 100,
+            turns: 300 / d,
+            w5_tasks: 8,
+            w5_per: 1_000 / d,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Row {
+    name: String,
+    kind: &'static str,
+    w1: f64,
+    w1_ceiling: Option<f64>,
+    w2: (Duration, Duration),
+    w2_ceiling: Option<(Duration, Duration)>,
+    w3: (Duration, Duration),
+    w4_total: Duration,
+    w4_median: Duration,
+    w4_early: Duration,
+    w4_late: Duration,
+    w5: (f64, Duration),
+    w6: Duration,
+    w7: (Duration, Duration),
+    w8: (Duration, Duration),
+    failures: Vec<String>,
+}
+
+async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
+    let mut row = Row {
+        name: target.name(),
+        ..Row::default()
+    };
+    row.kind = match target {
+        Target::Memory => "memory",
+        Target::Sqlite { .. } => "sqlite",
+        Target::Sled { .. } => "sled",
+        Target::Postgres { .. } => "postgres",
+    };
+
+    // W1 and its ceiling.
+    let fresh = target.fresh("w1").await?;
+    row.w1 = workloads::w1(fresh.store.as_ref(), plan.w1).await?;
+    target.cleanup(fresh).await?;
+    row.w1_ceiling = match target {
+        Target::Sqlite { dir, synchronous } => {
+            Some(ceiling::sqlite_w1(dir, *synchronous, plan.w1)?)
+        }
+        Target::Postgres { url } => Some(ceiling::postgres_w1(url, plan.w1).await?),
+        _ => None,
+    };
+
+    // W2, W6, W7 on one 2,000-message session.
+    let fresh = target.fresh("w2").await?;
+    let store = fresh.store.clone();
+    let sid = fill(
+        store.as_ref(),
+        Path::new("/bench/w2"),
+        1,
+        plan.session,
+        "W2 session",
+    )
+    .await?
+    .remove(0);
+    let _ = store.load_context(&sid).await?; // warm
+    row.w2 = stats(&mut time_calls(plan.calls, || store.load_context(&sid)).await?);
+    row.w2_ceiling = match (target, &fresh.sqlite_path, &fresh.pg_schema) {
+        (Target::Sqlite { .. }, Some(path), _) => {
+            Some(stats(&mut ceiling::sqlite_w2(path, &sid, plan.calls)?))
+        }
+        (Target::Postgres { url }, _, Some(schema)) => Some(stats(
+            &mut ceiling::postgres_w2(url, schema, &sid, plan.calls).await?,
+        )),
+        _ => None,
+    };
+    row.w6 = stats(&mut time_calls(plan.calls, || store.session_token_usage(&sid)).await?).0;
+    let t = Instant::now();
+    store
+        .compact_session(&sid, "summary of the first 1,980 messages", 20)
+        .await?;
+    let compact = t.elapsed();
+    let t = Instant::now();
+    let ctx = store.load_context(&sid).await?;
+    row.w7 = (compact, t.elapsed());
+    // Summary and hint first, then what the passes keep of the last 20.
+    let head_ok = ctx.len() <= 22
+        && ctx
+            .first()
+            .is_some_and(|m| m.role == koda_persistence::Role::System)
+        && ctx.get(1).and_then(|m| m.content.as_deref()) == Some(koda_persistence::COMPACTION_HINT);
+    if !head_ok {
+        row.failures.push(format!(
+            "W7: context after compaction is wrong ({} messages)",
+            ctx.len()
+        ));
+    }
+    drop(store);
+    target.cleanup(fresh).await?;
+
+    // W3 and W8 at two store sizes.
+    let mut w3 = Vec::new();
+    let mut w8 = Vec::new();
+    for (tag, sessions) in [("w3small", plan.small), ("w3large", plan.large)] {
+        let fresh = target.fresh(tag).await?;
+        let store = fresh.store.clone();
+        let root = Path::new("/bench/w3");
+        fill(
+            store.as_ref(),
+            root,
+            sessions,
+            plan.per_session,
+            &format!("W3/W8 {} messages", sessions * plan.per_session),
+        )
+        .await?;
+        let _ = store.list_sessions(20, root).await?;
+        w3.push(stats(&mut time_calls(plan.calls * 4, || store.list_sessions(20, root)).await?).0);
+        w8.push(stats(&mut time_calls(plan.calls * 4, || store.recent_user_messages(10)).await?).0);
+        drop(store);
+        target.cleanup(fresh).await?;
+    }
+    row.w3 = (w3[0], w3[1]);
+    row.w8 = (w8[0], w8[1]);
+
+    // W4.
+    let fresh = target.fresh("w4").await?;
+    let mut turns = workloads::w4(fresh.store.as_ref(), plan.turns).await?;
+    target.cleanup(fresh).await?;
+    row.w4_total = turns.iter().sum();
+    let window = (plan.turns / 15).max(1);
+    row.w4_early = stats(&mut turns[..window].to_vec()).0;
+    let late_start = plan.turns - window;
+    row.w4_late = stats(&mut turns[late_start..].to_vec()).0;
+    row.w4_median = stats(&mut turns).0;
+
+    // W5.
+    let fresh = target.fresh("w5").await?;
+    row.w5 = workloads::w5(fresh.store.clone(), plan.w5_tasks, plan.w5_per).await?;
+    target.cleanup(fresh).await?;
+    Ok(row)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::NAN }
+}
+
+/// The targets of issue 6 for one row: (what, measured, limit, met).
+fn checks(r: &Row) -> Vec<(String, f64, f64, bool)> {
+    let mut out = Vec::new();
+    let mut check = |what: &str, value: f64, limit: f64, at_least: bool| {
+        let met = if at_least {
+            value >= limit
+        } else {
+            value <= limit
+        };
+        out.push((what.to_owned(), value, limit, met));
+    };
+    let growth3 = ratio(ms(r.w3.1), ms(r.w3.0));
+    let growth4 = ratio(ms(r.w4_late), ms(r.w4_early));
+    let growth8 = ratio(ms(r.w8.1), ms(r.w8.0));
+    match r.kind {
+        "sqlite" => {
+            if let Some(c) = r.w1_ceiling {
+                check("W1 / ceiling (>=)", ratio(r.w1, c), 0.7, true);
+            }
+            if let Some(c) = r.w2_ceiling {
+                check("W2 / ceiling (<=)", ratio(ms(r.w2.0), ms(c.0)), 1.3, false);
+            }
+            check("W3 100k/10k (<=)", growth3, 1.3, false);
+            check("W3 median ms at 100k (<)", ms(r.w3.1), 1.0, false);
+            check("W4 late/early turns (<=)", growth4, 2.0, false);
+            check("W5 / W1 (>=)", ratio(r.w5.0, r.w1), 0.8, true);
+            check("W5 p99 ms (<)", ms(r.w5.1), 20.0, false);
+            check("W8 100k/10k (<=)", growth8, 1.3, false);
+        }
+        "postgres" => {
+            if let Some(c) = r.w1_ceiling {
+                check("W1 / ceiling (>=)", ratio(r.w1, c), 0.8, true);
+            }
+            if let Some(c) = r.w2_ceiling {
+                check("W2 / ceiling (<=)", ratio(ms(r.w2.0), ms(c.0)), 1.3, false);
+            }
+            check("W3 100k/10k (<=)", growth3, 1.3, false);
+            check("W4 late/early turns (<=)", growth4, 2.0, false);
+            check("W8 100k/10k (<=)", growth8, 1.3, false);
+        }
+        "memory" => {
+            check("W1 messages/s (>=)", r.w1, 500_000.0, true);
+            check("W2 median ms (<=)", ms(r.w2.0), 2.0, false);
+        }
+        "sled" => {
+            check("W3 100k/10k (<=)", growth3, 1.3, false);
+            check("W4 late/early turns (<=)", growth4, 2.0, false);
+            check("W8 100k/10k (<=)", growth8, 1.3, false);
+        }
+        _ => {}
+    }
+    out
+}
+
+fn row_json(r: &Row) -> Value {
+    json!({
+        "target": r.name,
+        "w1_msgs_per_s": r.w1,
+        "w1_ceiling_msgs_per_s": r.w1_ceiling,
+        "w2_median_ms": ms(r.w2.0), "w2_p99_ms": ms(r.w2.1),
+        "w2_ceiling_median_ms": r.w2_ceiling.map(|c| ms(c.0)), "w2_ceiling_p99_ms": r.w2_ceiling.map(|c| ms(c.1)),
+        "w3_small_median_ms": ms(r.w3.0), "w3_large_median_ms": ms(r.w3.1),
+        "w4_total_s": r.w4_total.as_secs_f64(), "w4_median_turn_ms": ms(r.w4_median),
+        "w4_early_median_ms": ms(r.w4_early), "w4_late_median_ms": ms(r.w4_late),
+        "w5_msgs_per_s": r.w5.0, "w5_p99_ms": ms(r.w5.1),
+        "w6_median_ms": ms(r.w6),
+        "w7_compact_ms": ms(r.w7.0), "w7_load_ms": ms(r.w7.1),
+        "w8_small_median_ms": ms(r.w8.0), "w8_large_median_ms": ms(r.w8.1),
+        "checks": checks(r).iter().map(|(w, v, l, m)| json!({"check": w, "value": v, "limit": l, "met": m})).collect::<Vec<_>>(),
+        "failures": r.failures,
+    })
+}
+
+fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
+    let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or_else(|| "-".to_owned(), f);
+    type Cell = Box<dyn Fn(&Row) -> String>;
+    let lines: Vec<(String, Cell)> = vec![
+        (
+            format!("W1 inserts/s ({})", plan.w1),
+            Box::new(|r: &Row| format!("{:.0}", r.w1)),
+        ),
+        (
+            "W1 ceiling inserts/s".into(),
+            Box::new(move |r: &Row| opt(r.w1_ceiling, &|c| format!("{c:.0}"))),
+        ),
+        (
+            "W1 / ceiling".into(),
+            Box::new(move |r: &Row| {
+                opt(r.w1_ceiling.map(|c| ratio(r.w1, c)), &|x| format!("{x:.2}"))
+            }),
+        ),
+        (
+            "W1 / sqlite NORMAL".into(),
+            Box::new(move |r: &Row| {
+                opt(sqlite_ref.map(|s| ratio(r.w1, s)), &|x| format!("{x:.2}"))
+            }),
+        ),
+        (
+            format!("W2 load_context({}) median ms", plan.session),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w2.0))),
+        ),
+        (
+            "W2 p99 ms".into(),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w2.1))),
+        ),
+        (
+            "W2 ceiling median ms".into(),
+            Box::new(move |r: &Row| opt(r.w2_ceiling.map(|c| ms(c.0)), &|x| format!("{x:.3}"))),
+        ),
+        (
+            "W2 / ceiling".into(),
+            Box::new(move |r: &Row| {
+                opt(r.w2_ceiling.map(|c| ratio(ms(r.w2.0), ms(c.0))), &|x| {
+                    format!("{x:.2}")
+                })
+            }),
+        ),
+        (
+            format!("W3 list_sessions ms @{}", plan.small * plan.per_session),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w3.0))),
+        ),
+        (
+            format!("W3 list_sessions ms @{}", plan.large * plan.per_session),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w3.1))),
+        ),
+        (
+            "W3 growth".into(),
+            Box::new(|r: &Row| format!("{:.2}", ratio(ms(r.w3.1), ms(r.w3.0)))),
+        ),
+        (
+            format!("W4 {} turns total s", plan.turns),
+            Box::new(|r: &Row| format!("{:.2}", r.w4_total.as_secs_f64())),
+        ),
+        (
+            "W4 median turn ms".into(),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w4_median))),
+        ),
+        (
+            "W4 late/early turn".into(),
+            Box::new(|r: &Row| format!("{:.2}", ratio(ms(r.w4_late), ms(r.w4_early)))),
+        ),
+        (
+            "W5 8 writers inserts/s".into(),
+            Box::new(|r: &Row| format!("{:.0}", r.w5.0)),
+        ),
+        (
+            "W5 / W1".into(),
+            Box::new(|r: &Row| format!("{:.2}", ratio(r.w5.0, r.w1))),
+        ),
+        (
+            "W5 p99 ms".into(),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w5.1))),
+        ),
+        (
+            "W6 token usage median ms".into(),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w6))),
+        ),
+        (
+            "W7 compact ms".into(),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w7.0))),
+        ),
+        (
+            "W7 load_context after ms".into(),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w7.1))),
+        ),
+        (
+            format!("W8 recent_user ms @{}", plan.small * plan.per_session),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w8.0))),
+        ),
+        (
+            format!("W8 recent_user ms @{}", plan.large * plan.per_session),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w8.1))),
+        ),
+        (
+            "W8 growth".into(),
+            Box::new(|r: &Row| format!("{:.2}", ratio(ms(r.w8.1), ms(r.w8.0)))),
+        ),
+    ];
+    print!("{:<34}", "workload");
+    for r in rows {
+        print!(" {:>18}", r.name);
+    }
+    println!();
+    for (label, f) in &lines {
+        print!("{label:<34}");
+        for r in rows {
+            print!(" {:>18}", f(r));
+        }
+        println!();
+    }
+    println!();
+    for r in rows {
+        for (what, value, limit, met) in checks(r) {
+            println!(
+                "{:<20} {:<28} {:>12.3} (target {limit}) {}",
+                r.name,
+                what,
+                value,
+                if met { "met" } else { "MISSED" }
+            );
+        }
+        for f in &r.failures {
+            println!("{:<20} FAILURE {f}", r.name);
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let scratch = tempfile::tempdir()?;
+    let mut urls = cli.urls.clone();
+    if urls.is_empty() {
+        urls = vec![
+            "memory:".into(),
+            "sqlite://".into(),
+            "sqlite://?synchronous=full".into(),
+            "sled://".into(),
+        ];
+        if let Ok(pg) = std::env::var("KODA_BENCH_POSTGRES_URL")
+            .or_else(|_| std::env::var("KODA_TEST_POSTGRES_URL"))
+        {
+            urls.push(pg);
+        }
+    }
+    let plan = Plan::new(cli.quick);
+    let targets = urls
+        .iter()
+        .map(|u| Target::parse(u, scratch.path()))
+        .collect::<Result<Vec<_>>>()?;
+    let mut rows = Vec::new();
+    for t in &targets {
+        eprintln!("benchmarking {}", t.name());
+        rows.push(run_target(t, plan).await?);
+    }
+    let sqlite_ref = rows
+        .iter()
+        .find(|r| r.name == "sqlite (NORMAL)")
+        .map(|r| r.w1);
+    if cli.json {
+        let out =
+            json!({"quick": cli.quick, "rows": rows.iter().map(row_json).collect::<Vec<_>>()});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_table(&rows, plan, sqlite_ref);
+    }
+    let failed: Vec<&String> = rows.iter().flat_map(|r| &r.failures).collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} workload(s) returned wrong results",
+        failed.len()
+    );
+    Ok(())
+}

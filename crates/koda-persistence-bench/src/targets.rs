@@ -1,0 +1,171 @@
+//! Where fresh stores come from: one per workload, so workloads never see
+//! each other's data. A target is a store URL; `sqlite://` and `sled://`
+//! paths are directories in which each workload gets its own file or
+//! directory, `postgres://` gets a fresh schema per workload (dropped after).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use koda_persistence::{Persistence, SystemClock};
+use koda_persistence_sled::{FlushPolicy, SledOptions, SledStore};
+use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore, Synchronous};
+
+/// One backend configuration under test.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Memory,
+    Sqlite {
+        dir: PathBuf,
+        synchronous: Synchronous,
+    },
+    Sled {
+        dir: PathBuf,
+        flush: FlushPolicy,
+    },
+    Postgres {
+        url: String,
+    },
+}
+
+/// A fresh store and what to do when done with it.
+pub struct Fresh {
+    pub store: Arc<dyn Persistence>,
+    /// The SQLite file, for the ceiling to read the same data.
+    pub sqlite_path: Option<PathBuf>,
+    /// The Postgres schema, likewise.
+    pub pg_schema: Option<String>,
+}
+
+impl Target {
+    /// Parses a store URL into a target; `base` holds scratch directories.
+    pub fn parse(url: &str, base: &std::path::Path) -> Result<Self> {
+        let (head, query) = url.split_once('?').unwrap_or((url, ""));
+        if url == "memory:" {
+            return Ok(Target::Memory);
+        }
+        if let Some(dir) = head.strip_prefix("sqlite://") {
+            let synchronous = if query.contains("synchronous=full") {
+                Synchronous::Full
+            } else {
+                Synchronous::Normal
+            };
+            let dir = if dir.is_empty() {
+                base.join(format!("sqlite-{synchronous:?}"))
+            } else {
+                PathBuf::from(dir)
+            };
+            return Ok(Target::Sqlite { dir, synchronous });
+        }
+        if let Some(dir) = head.strip_prefix("sled://") {
+            let flush = if query.contains("flush=manual") {
+                FlushPolicy::Manual
+            } else {
+                FlushPolicy::EveryWrite
+            };
+            let dir = if dir.is_empty() {
+                base.join("sled")
+            } else {
+                PathBuf::from(dir)
+            };
+            return Ok(Target::Sled { dir, flush });
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Target::Postgres {
+                url: url.to_owned(),
+            });
+        }
+        bail!(
+            "unsupported bench target {url:?}: use memory:, sqlite://[DIR][?synchronous=full], sled://[DIR] or postgres://…"
+        )
+    }
+
+    /// A short name for tables.
+    pub fn name(&self) -> String {
+        match self {
+            Target::Memory => "memory".into(),
+            Target::Sqlite { synchronous, .. } => {
+                format!("sqlite ({})", format!("{synchronous:?}").to_uppercase())
+            }
+            Target::Sled { flush, .. } => format!("sled ({flush:?})"),
+            Target::Postgres { .. } => "postgres".into(),
+        }
+    }
+
+    /// A fresh, empty store for workload `tag`.
+    pub async fn fresh(&self, tag: &str) -> Result<Fresh> {
+        match self {
+            Target::Memory => Ok(Fresh {
+                store: koda_persistence::open("memory:").await?,
+                sqlite_path: None,
+                pg_schema: None,
+            }),
+            Target::Sqlite { dir, synchronous } => {
+                std::fs::create_dir_all(dir)?;
+                let path = dir.join(format!("{tag}-{}.db", uuid::Uuid::now_v7().simple()));
+                let opts = SqliteOptions {
+                    synchronous: *synchronous,
+                    ..SqliteOptions::default()
+                };
+                let store = SqliteStore::open_with(
+                    Location::File(path.clone()),
+                    opts,
+                    Arc::new(SystemClock),
+                )
+                .await?;
+                Ok(Fresh {
+                    store: Arc::new(store),
+                    sqlite_path: Some(path),
+                    pg_schema: None,
+                })
+            }
+            Target::Sled { dir, flush } => {
+                let path = dir.join(format!("{tag}-{}", uuid::Uuid::now_v7().simple()));
+                let opts = SledOptions {
+                    flush: *flush,
+                    ..SledOptions::default()
+                };
+                let store = SledStore::open_with(path, opts, Arc::new(SystemClock)).await?;
+                Ok(Fresh {
+                    store: Arc::new(store),
+                    sqlite_path: None,
+                    pg_schema: None,
+                })
+            }
+            Target::Postgres { url } => {
+                let schema = format!(
+                    "kp_bench_{tag}_{}",
+                    &uuid::Uuid::now_v7().simple().to_string()[20..]
+                );
+                let sep = if url.contains('?') { '&' } else { '?' };
+                let store = koda_persistence::open(&format!("{url}{sep}schema={schema}")).await?;
+                Ok(Fresh {
+                    store,
+                    sqlite_path: None,
+                    pg_schema: Some(schema),
+                })
+            }
+        }
+    }
+
+    /// Drops what `fresh` made outside the process (Postgres schemas).
+    pub async fn cleanup(&self, fresh: Fresh) -> Result<()> {
+        let Fresh {
+            store, pg_schema, ..
+        } = fresh;
+        drop(store);
+        if let (Target::Postgres { url }, Some(schema)) = (self, pg_schema) {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .context("admin connection for cleanup")?;
+            tokio::spawn(conn);
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .await?;
+        }
+        // Let store threads finish closing files before the next workload.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
+    }
+}

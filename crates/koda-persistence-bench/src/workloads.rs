@@ -1,0 +1,214 @@
+//! The workloads of BENCHMARKS.md. Message shapes cycle user → assistant →
+//! tool, 1 KiB of text each; the assistant calls one tool (`call_N`), carries
+//! all five usage counters and is marked complete right after its insert.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use indicatif::{ProgressBar, ProgressStyle};
+use koda_persistence::{Persistence, Role, TokenUsage};
+
+/// The fields of the `i`-th message of the cycle.
+pub struct Shape {
+    pub role: Role,
+    pub content: String,
+    pub tool_calls: Option<String>,
+    pub tool_call_id: Option<String>,
+    pub usage: Option<TokenUsage>,
+}
+
+fn text(i: usize) -> String {
+    let head = format!("message {i}: ");
+    let mut s = head.clone();
+    while s.len() < 1024 {
+        s.push_str("lorem ipsum dolor sit amet ");
+    }
+    s.truncate(1024);
+    s
+}
+
+/// The `i`-th message of the user → assistant → tool cycle.
+pub fn shape(i: usize) -> Shape {
+    let call = i / 3;
+    match i % 3 {
+        0 => Shape {
+            role: Role::User,
+            content: text(i),
+            tool_calls: None,
+            tool_call_id: None,
+            usage: None,
+        },
+        1 => Shape {
+            role: Role::Assistant,
+            content: text(i),
+            tool_calls: Some(format!(
+                r#"[{{"id":"call_{call}","type":"function","function":{{"name":"read_file","arguments":"{{\"path\":\"src/lib.rs\"}}"}}}}]"#
+            )),
+            tool_call_id: None,
+            usage: Some(TokenUsage {
+                prompt_tokens: 1200,
+                completion_tokens: 80,
+                cache_read_tokens: 600,
+                cache_creation_tokens: 100,
+                thinking_tokens: 20,
+            }),
+        },
+        _ => Shape {
+            role: Role::Tool,
+            content: text(i),
+            tool_calls: None,
+            tool_call_id: Some(format!("call_{call}")),
+            usage: None,
+        },
+    }
+}
+
+/// Inserts the `i`-th message of the cycle (and completes an assistant).
+pub async fn insert(store: &dyn Persistence, sid: &str, i: usize) -> Result<()> {
+    let s = shape(i);
+    let id = store
+        .insert_message(
+            sid,
+            &s.role,
+            Some(&s.content),
+            s.tool_calls.as_deref(),
+            s.tool_call_id.as_deref(),
+            s.usage.as_ref(),
+        )
+        .await?;
+    if s.role == Role::Assistant {
+        store.mark_message_complete(id).await?;
+    }
+    Ok(())
+}
+
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(what.to_owned());
+    bar
+}
+
+/// Fills `sessions` sessions of `per` messages each under `root`; returns their ids.
+pub async fn fill(
+    store: &dyn Persistence,
+    root: &Path,
+    sessions: usize,
+    per: usize,
+    what: &str,
+) -> Result<Vec<String>> {
+    let bar = progress((sessions * per) as u64, what);
+    let mut ids = Vec::with_capacity(sessions);
+    for _ in 0..sessions {
+        let sid = store.create_session("main", root).await?;
+        for i in 0..per {
+            insert(store, &sid, i).await?;
+            bar.inc(1);
+        }
+        ids.push(sid);
+    }
+    bar.finish_and_clear();
+    Ok(ids)
+}
+
+/// Median and 99th percentile.
+pub fn stats(times: &mut [Duration]) -> (Duration, Duration) {
+    if times.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// Times `calls` runs of `f`.
+pub async fn time_calls<F, Fut, T>(calls: usize, mut f: F) -> Result<Vec<Duration>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        std::hint::black_box(f().await?);
+        times.push(started.elapsed());
+    }
+    Ok(times)
+}
+
+/// W1: sequential inserts into one session; messages per second.
+pub async fn w1(store: &dyn Persistence, n: usize) -> Result<f64> {
+    let sid = store.create_session("main", Path::new("/bench/w1")).await?;
+    let bar = progress(n as u64, "W1 inserts");
+    let started = Instant::now();
+    for i in 0..n {
+        insert(store, &sid, i).await?;
+        bar.inc(1);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    ensure!(
+        store.load_all_messages(&sid).await?.len() == n,
+        "W1 lost messages"
+    );
+    Ok(n as f64 / secs)
+}
+
+/// W4: the agent turn loop; per-turn durations.
+pub async fn w4(store: &dyn Persistence, turns: usize) -> Result<Vec<Duration>> {
+    let sid = store.create_session("main", Path::new("/bench/w4")).await?;
+    let bar = progress(turns as u64, "W4 turns");
+    let mut times = Vec::with_capacity(turns);
+    for t in 0..turns {
+        let started = Instant::now();
+        insert(store, &sid, 3 * t).await?;
+        std::hint::black_box(store.load_context(&sid).await?);
+        insert(store, &sid, 3 * t + 1).await?;
+        insert(store, &sid, 3 * t + 2).await?;
+        std::hint::black_box(store.load_context(&sid).await?);
+        times.push(started.elapsed());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(times)
+}
+
+/// W5: `tasks` concurrent writers, own session each; messages per second,
+/// p99 insert latency; checks the final counts.
+pub async fn w5(store: Arc<dyn Persistence>, tasks: usize, per: usize) -> Result<(f64, Duration)> {
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let sid = store.create_session("main", Path::new("/bench/w5")).await?;
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let t = Instant::now();
+                insert(store.as_ref(), &sid, i).await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok((sid, lat))
+        }));
+    }
+    let mut all = Vec::new();
+    let mut sessions = Vec::new();
+    for h in handles {
+        let (sid, lat) = h.await??;
+        sessions.push(sid);
+        all.extend(lat);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    for sid in &sessions {
+        let n = store.load_all_messages(sid).await?.len();
+        ensure!(n == per, "W5: session holds {n} messages, expected {per}");
+    }
+    let (_, p99) = stats(&mut all);
+    Ok(((tasks * per) as f64 / secs, p99))
+}
