@@ -2,7 +2,7 @@
 //! and interruption detection. Every backend loads the active rows of a session
 //! in conversation order and hands them to [`apply_context_passes`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::types::{INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, Role};
 
@@ -25,83 +25,433 @@ pub fn is_blank(text: &str) -> bool {
 /// of each object in a JSON array. Unparseable JSON, a non-array, and objects
 /// without a string `id` name nothing. Duplicates are kept; callers use sets.
 pub fn named_tool_call_ids(tool_calls: &str) -> Vec<String> {
-    match serde_json::from_str::<serde_json::Value>(tool_calls) {
-        Ok(serde_json::Value::Array(items)) => items
-            .iter()
-            .filter_map(|item| item.get("id")?.as_str().map(str::to_owned))
-            .collect(),
+    // Walks the JSON without building a value tree: this runs for every
+    // assistant message of every context load.
+    let mut de = serde_json::Deserializer::from_str(tool_calls);
+    match serde::Deserializer::deserialize_any(&mut de, ids::Calls) {
+        Ok(ids) if de.end().is_ok() => ids,
         _ => Vec::new(),
     }
 }
 
-/// Pass 1: drops assistant messages that are not complete.
-pub fn drop_incomplete_assistants(rows: Vec<ContextRow>) -> Vec<Message> {
-    rows.into_iter()
-        .filter(|r| r.complete || r.message.role != Role::Assistant)
-        .map(|r| r.message)
-        .collect()
+mod ids {
+    //! Serde visitors that pull the `id` strings out of a tool-call array.
+
+    use std::fmt;
+
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// The top level: an array yields its ids; anything else names nothing.
+    pub(super) struct Calls;
+
+    impl<'de> Visitor<'de> for Calls {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a tool-call array")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(id) = seq.next_element_seed(Call)? {
+                out.extend(id);
+            }
+            Ok(out)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Vec::new())
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// One element: an object's string `id`, or nothing.
+    struct Call;
+
+    impl<'de> serde::de::DeserializeSeed<'de> for Call {
+        type Value = Option<String>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Call {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a tool call")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut id = None;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "id" {
+                    // JSON objects may repeat a key; the last one wins, as in serde_json::Value.
+                    id = map.next_value_seed(Id)?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(id)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    /// An `id` value: a string, or nothing for any other JSON value.
+    struct Id;
+
+    impl<'de> serde::de::DeserializeSeed<'de> for Id {
+        type Value = Option<String>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Id {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a tool-call id")
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
 }
 
-/// Pass 2: tool-call pairing. Drops every assistant message that names an id
-/// with no tool message answering it, then every tool message whose
-/// `tool_call_id` is `None` or named by no remaining assistant message.
-/// Afterwards every named call has a result and every result a call.
-pub fn pair_tool_calls(messages: Vec<Message>) -> Vec<Message> {
-    let answered: HashSet<&str> = messages
+/// FNV-1a: call ids are short strings hashed on every context load, where
+/// the default SipHash showed up in profiles. Not exposed to untrusted
+/// collision attacks: the sets live for one call over one session's ids.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type IdSet<'a> = HashSet<&'a str, std::hash::BuildHasherDefault<Fnv>>;
+
+/// One row as the passes see it: the message, whether it is complete, and
+/// the call ids it names (empty unless it is an assistant with tool calls).
+struct View<'a> {
+    message: &'a Message,
+    complete: bool,
+    names: &'a [String],
+}
+
+/// The three passes over rows in conversation order; `true` = kept.
+///
+/// 1. Drop assistant messages that are not complete.
+/// 2. Tool-call pairing: drop every assistant message that names an id no
+///    remaining tool message answers; then every tool message whose
+///    `tool_call_id` is `None` or named by no remaining assistant message.
+/// 3. Drop assistant messages without tool calls whose content is `None` or
+///    only white space.
+fn kept(rows: &[View<'_>]) -> Vec<bool> {
+    let mut keep: Vec<bool> = rows
         .iter()
-        .filter(|m| m.role == Role::Tool)
-        .filter_map(|m| m.tool_call_id.as_deref())
+        .map(|r| r.complete || r.message.role != Role::Assistant)
         .collect();
-    let keep_assistant: Vec<bool> = messages
+    let answered: IdSet<'_> = rows
         .iter()
-        .map(|m| {
-            m.role != Role::Assistant
-                || m.tool_calls.as_deref().is_none_or(|tc| {
-                    named_tool_call_ids(tc)
-                        .iter()
-                        .all(|id| answered.contains(id.as_str()))
-                })
-        })
+        .zip(&keep)
+        .filter(|(r, k)| **k && r.message.role == Role::Tool)
+        .filter_map(|(r, _)| r.message.tool_call_id.as_deref())
         .collect();
-    let named: HashSet<String> = messages
+    for (r, k) in rows.iter().zip(keep.iter_mut()) {
+        if *k
+            && r.message.role == Role::Assistant
+            && !r.names.iter().all(|id| answered.contains(id.as_str()))
+        {
+            *k = false;
+        }
+    }
+    let named: IdSet<'_> = rows
         .iter()
-        .zip(&keep_assistant)
-        .filter(|(m, keep)| **keep && m.role == Role::Assistant)
-        .filter_map(|(m, _)| m.tool_calls.as_deref())
-        .flat_map(named_tool_call_ids)
+        .zip(&keep)
+        .filter(|(r, k)| **k && r.message.role == Role::Assistant)
+        .flat_map(|(r, _)| r.names.iter().map(String::as_str))
         .collect();
-    messages
-        .into_iter()
-        .zip(keep_assistant)
-        .filter(|(m, keep)| match m.role {
-            Role::Assistant => *keep,
-            Role::Tool => m
+    for (r, k) in rows.iter().zip(keep.iter_mut()) {
+        let m = r.message;
+        let orphan = m.role == Role::Tool
+            && !m
                 .tool_call_id
                 .as_deref()
-                .is_some_and(|id| named.contains(id)),
-            Role::System | Role::User => true,
-        })
-        .map(|(m, _)| m)
-        .collect()
+                .is_some_and(|id| named.contains(id));
+        let empty = m.role == Role::Assistant
+            && m.tool_calls.is_none()
+            && m.content.as_deref().is_none_or(is_blank);
+        if orphan || empty {
+            *k = false;
+        }
+    }
+    keep
 }
 
-/// Pass 3: drops assistant messages without tool calls whose content is
-/// `None` or only white space.
-pub fn drop_empty_assistants(messages: Vec<Message>) -> Vec<Message> {
-    messages
-        .into_iter()
-        .filter(|m| {
-            m.role != Role::Assistant
-                || m.tool_calls.is_some()
-                || m.content.as_deref().is_some_and(|c| !is_blank(c))
-        })
-        .collect()
+/// The call ids a message names: parsed from `tool_calls` for assistants.
+fn names_of(m: &Message) -> Vec<String> {
+    match (&m.role, m.tool_calls.as_deref()) {
+        (Role::Assistant, Some(tc)) => named_tool_call_ids(tc),
+        _ => Vec::new(),
+    }
 }
 
 /// The three passes of `load_context`, in order, over the active messages of
-/// a session in conversation order.
+/// a session in conversation order (see the trait's `load_context`).
 pub fn apply_context_passes(rows: Vec<ContextRow>) -> Vec<Message> {
-    drop_empty_assistants(pair_tool_calls(drop_incomplete_assistants(rows)))
+    let names: Vec<Vec<String>> = rows.iter().map(|r| names_of(&r.message)).collect();
+    let views: Vec<View<'_>> = rows
+        .iter()
+        .zip(&names)
+        .map(|(r, n)| View {
+            message: &r.message,
+            complete: r.complete,
+            names: n,
+        })
+        .collect();
+    let keep = kept(&views);
+    rows.into_iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r.message))
+        .collect()
+}
+
+/// A session's active rows as a backend last read them, with the call ids
+/// each assistant names already parsed.
+#[derive(Debug, Clone)]
+struct CachedSession {
+    version: i64,
+    rows: Vec<(ContextRow, Vec<String>)>,
+    last_used: u64,
+}
+
+impl CachedSession {
+    fn context(&self) -> Vec<Message> {
+        let views: Vec<View<'_>> = self
+            .rows
+            .iter()
+            .map(|(r, n)| View {
+                message: &r.message,
+                complete: r.complete,
+                names: n,
+            })
+            .collect();
+        kept(&views)
+            .into_iter()
+            .zip(&self.rows)
+            .filter(|(k, _)| *k)
+            .map(|(_, (r, _))| r.message.clone())
+            .collect()
+    }
+}
+
+/// A cache of sessions' active messages for `load_context`, keyed by a
+/// per-session change counter (`version`) that the backend bumps in the same
+/// transaction as every write touching the session's messages.
+///
+/// A load reads the session's version first: when the cache holds that
+/// version, the context is computed from memory (no rows are read or
+/// decoded, no JSON is parsed); otherwise the backend reads the rows and
+/// [`put`](Self::put)s them. The backend's own writes keep a cached session
+/// current ([`appended`](Self::appended), [`completed`](Self::completed)),
+/// so an agent's turn loop never re-reads its growing history; writes by
+/// other processes bump the version and cost one re-read. Pure: no I/O.
+#[derive(Debug, Default)]
+pub struct ContextCache {
+    sessions: HashMap<String, CachedSession>,
+    capacity: usize,
+    tick: u64,
+}
+
+impl ContextCache {
+    /// A cache holding at most `capacity` sessions (least recently used
+    /// go first).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            sessions: HashMap::new(),
+            capacity: capacity.max(1),
+            tick: 0,
+        }
+    }
+
+    fn touch(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    /// The context of `session` if the cache holds exactly `version`.
+    pub fn get(&mut self, session: &str, version: i64) -> Option<Vec<Message>> {
+        let now = self.touch();
+        let entry = self
+            .sessions
+            .get_mut(session)
+            .filter(|e| e.version == version)?;
+        entry.last_used = now;
+        Some(entry.context())
+    }
+
+    /// Stores the active rows read at `version` (unless a newer version is
+    /// already held) and returns their context.
+    pub fn put(&mut self, session: &str, version: i64, rows: Vec<ContextRow>) -> Vec<Message> {
+        let now = self.touch();
+        let entry = CachedSession {
+            version,
+            rows: rows
+                .into_iter()
+                .map(|r| {
+                    let n = names_of(&r.message);
+                    (r, n)
+                })
+                .collect(),
+            last_used: now,
+        };
+        let context = entry.context();
+        if self
+            .sessions
+            .get(session)
+            .is_none_or(|held| held.version < version)
+        {
+            self.sessions.insert(session.to_owned(), entry);
+            if self.sessions.len() > self.capacity
+                && let Some(oldest) = self
+                    .sessions
+                    .iter()
+                    .min_by_key(|(_, e)| e.last_used)
+                    .map(|(k, _)| k.clone())
+            {
+                self.sessions.remove(&oldest);
+            }
+        }
+        context
+    }
+
+    /// Applies an edit made by the write that took `session` to `version`:
+    /// only when the cache holds the version just before it; a cache that
+    /// missed a write forgets the session instead.
+    fn edit(&mut self, session: &str, version: i64, f: impl FnOnce(&mut CachedSession)) {
+        match self.sessions.get_mut(session) {
+            Some(e) if e.version == version - 1 => {
+                f(e);
+                e.version = version;
+            }
+            Some(e) if e.version < version => {
+                self.sessions.remove(session);
+            }
+            _ => {}
+        }
+    }
+
+    /// A message was appended (at the end of conversation order) by the
+    /// write that took `session` to `version`.
+    pub fn appended(&mut self, session: &str, version: i64, row: ContextRow) {
+        self.edit(session, version, |e| {
+            let n = names_of(&row.message);
+            e.rows.push((row, n));
+        });
+    }
+
+    /// Message `id` was marked complete by the write that took `session` to
+    /// `version`.
+    pub fn completed(&mut self, session: &str, version: i64, id: i64) {
+        self.edit(session, version, |e| {
+            if let Some((r, _)) = e.rows.iter_mut().find(|(r, _)| r.message.id == id) {
+                r.complete = true;
+            }
+        });
+    }
+
+    /// Whether `session` is held (so a writer can skip building rows for it).
+    pub fn holds(&self, session: &str) -> bool {
+        self.sessions.contains_key(session)
+    }
+
+    /// Drops `session` (after a write the cache cannot follow).
+    pub fn forget(&mut self, session: &str) {
+        self.sessions.remove(session);
+    }
 }
 
 /// Inspects the tail of a history: if the last non-system message is a user
@@ -160,6 +510,90 @@ mod tests {
         }
     }
 
+    /// The passes over messages that are all complete.
+    fn passes(ms: Vec<Message>) -> Vec<Message> {
+        apply_context_passes(complete(ms))
+    }
+
+    fn complete(ms: Vec<Message>) -> Vec<ContextRow> {
+        ms.into_iter()
+            .map(|message| ContextRow {
+                message,
+                complete: true,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_cache_serves_its_version_and_follows_its_writes() {
+        let mut cache = ContextCache::new(2);
+        assert_eq!(cache.get("s", 1), None);
+        let history = vec![
+            msg(1, Role::User),
+            calls(2, r#"[{"id":"c"}]"#),
+            result(3, "c"),
+        ];
+        let ctx = cache.put("s", 5, complete(history.clone()));
+        assert_eq!(ctx, passes(history.clone()));
+        assert_eq!(cache.get("s", 5).as_deref(), Some(&ctx[..]));
+        assert_eq!(cache.get("s", 6), None, "another version is a miss");
+
+        // Our own append at version 6 keeps the entry current.
+        let next = calls(4, r#"[{"id":"d"}]"#);
+        cache.appended(
+            "s",
+            6,
+            ContextRow {
+                message: next.clone(),
+                complete: false,
+            },
+        );
+        assert_eq!(
+            ids(&cache.get("s", 6).expect("hit")),
+            [1, 2, 3],
+            "incomplete caller is dropped"
+        );
+        cache.completed("s", 7, 4);
+        assert_eq!(
+            ids(&cache.get("s", 7).expect("hit")),
+            [1, 2, 3],
+            "its call is unanswered"
+        );
+        cache.appended(
+            "s",
+            8,
+            ContextRow {
+                message: result(5, "d"),
+                complete: false,
+            },
+        );
+        assert_eq!(ids(&cache.get("s", 8).expect("hit")), [1, 2, 3, 4, 5]);
+
+        // A write the cache did not see (version jumped) drops the entry.
+        cache.appended(
+            "s",
+            10,
+            ContextRow {
+                message: msg(6, Role::User),
+                complete: false,
+            },
+        );
+        assert!(!cache.holds("s"));
+
+        // An older read never replaces a newer entry.
+        cache.put("s", 9, complete(history.clone()));
+        cache.put("s", 3, complete(vec![msg(1, Role::User)]));
+        assert_eq!(ids(&cache.get("s", 9).expect("kept the newer")), [1, 2, 3]);
+
+        // Capacity: the least recently used session goes.
+        cache.put("t", 1, complete(vec![msg(1, Role::User)]));
+        let _ = cache.get("s", 9);
+        cache.put("u", 1, complete(vec![msg(1, Role::User)]));
+        assert!(cache.holds("s") && cache.holds("u") && !cache.holds("t"));
+        cache.forget("s");
+        assert!(!cache.holds("s"));
+    }
+
     fn ids(ms: &[Message]) -> Vec<i64> {
         ms.iter().map(|m| m.id).collect()
     }
@@ -176,6 +610,39 @@ mod tests {
             named_tool_call_ids(r#"[{"id":1},{"x":"y"},"id",{"id":"c"}]"#),
             ["c"]
         );
+    }
+
+    /// The straightforward definition the fast walker must agree with.
+    fn by_value(tool_calls: &str) -> Vec<String> {
+        match serde_json::from_str::<serde_json::Value>(tool_calls) {
+            Ok(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|i| i.get("id")?.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn named_ids_agree_with_the_value_tree_definition() {
+        let cases = [
+            r#"[{"id":"a","function":{"name":"x","arguments":"{\"id\":\"inner\"}"}}]"#,
+            r#"[{"function":{"id":"nested"},"id":"outer"}]"#,
+            r#"[{"id":"a","id":"b"}]"#,
+            r#"[{"id":"esc\"aped\u00e9"}, {"id": null}, {"id": ["x"]}, {"id": {"id":"y"}}]"#,
+            r#"[[{"id":"deep"}], 3, null, true, "s", {"ID":"case"}]"#,
+            r#"[{"id":"a"}] trailing"#,
+            r#"[{"id":"a"},]"#,
+            "[]",
+            "{}",
+            "\"str\"",
+            "12",
+            "",
+            "   [ {\"id\" : \"spaced\" } ]  ",
+        ];
+        for c in cases {
+            assert_eq!(named_tool_call_ids(c), by_value(c), "{c}");
+        }
     }
 
     #[test]
@@ -198,7 +665,8 @@ mod tests {
                 complete: false,
             },
         ];
-        assert_eq!(ids(&drop_incomplete_assistants(rows)), [1, 3, 4]);
+        // The tool message has no call id, so pass 2 drops it too.
+        assert_eq!(ids(&apply_context_passes(rows)), [1, 3]);
     }
 
     #[test]
@@ -216,7 +684,7 @@ mod tests {
             },
             calls(8, "garbage"),
         ];
-        assert_eq!(ids(&pair_tool_calls(ms)), [1, 4, 5, 8]);
+        assert_eq!(ids(&passes(ms)), [1, 4, 5, 8]);
     }
 
     #[test]
@@ -243,7 +711,7 @@ mod tests {
                 ..msg(5, Role::Assistant)
             },
         ];
-        assert_eq!(ids(&drop_empty_assistants(ms)), [3, 4, 5]);
+        assert_eq!(ids(&passes(ms)), [3, 4, 5]);
     }
 
     #[test]

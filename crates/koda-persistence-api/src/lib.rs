@@ -23,8 +23,8 @@ pub use clock::{
     parse_timestamp,
 };
 pub use context::{
-    ContextRow, apply_context_passes, detect_interruption, drop_empty_assistants,
-    drop_incomplete_assistants, is_blank, named_tool_call_ids, pair_tool_calls,
+    ContextCache, ContextRow, apply_context_passes, detect_interruption, is_blank,
+    named_tool_call_ids,
 };
 pub use error::{PersistenceError, check_limit, check_usage, root_to_str};
 pub use persistence::Persistence;

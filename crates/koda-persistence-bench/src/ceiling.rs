@@ -12,7 +12,9 @@ use rusqlite::{Connection, params};
 use crate::workloads::{Shape, shape};
 
 /// W1 ceiling on SQLite: the same rows through one prepared `INSERT` per
-/// message in autocommit, on a fresh file with the same pragmas.
+/// message in autocommit, on a fresh file with the same pragmas, plus the
+/// same completion `UPDATE` the workload makes after each assistant insert
+/// (the work the store is asked to do, with nothing of ours in between).
 pub fn sqlite_w1(dir: &Path, sync: Synchronous, n: usize) -> Result<f64> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("ceiling-{}.db", uuid::Uuid::now_v7().simple()));
@@ -39,6 +41,8 @@ pub fn sqlite_w1(dir: &Path, sync: Synchronous, n: usize) -> Result<f64> {
              completion_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
+    conn.execute_batch("ALTER TABLE messages ADD COLUMN completed_ms INTEGER")?;
+    let mut complete = conn.prepare("UPDATE messages SET completed_ms = ?2 WHERE id = ?1")?;
     let started = Instant::now();
     for i in 0..n {
         let Shape {
@@ -70,8 +74,12 @@ pub fn sqlite_w1(dir: &Path, sync: Synchronous, n: usize) -> Result<f64> {
             u.map(|u| u[4]),
             i as i64
         ])?;
+        if role == Role::Assistant {
+            complete.execute(params![conn.last_insert_rowid(), i as i64])?;
+        }
     }
     let secs = started.elapsed().as_secs_f64();
+    drop(complete);
     drop(stmt);
     drop(conn);
     let _ = std::fs::remove_file(&path);
@@ -123,7 +131,8 @@ async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
 }
 
 /// W1 ceiling on Postgres: one connection, one prepared `INSERT` per message
-/// into an equivalent table in its own schema.
+/// into an equivalent table in its own schema, plus the completion `UPDATE`
+/// after each assistant insert.
 pub async fn postgres_w1(url: &str, n: usize) -> Result<f64> {
     let client = pg_connect(url).await?;
     let schema = format!(
@@ -137,15 +146,20 @@ pub async fn postgres_w1(url: &str, n: usize) -> Result<f64> {
                  session_id TEXT NOT NULL, ord BIGINT NOT NULL, role TEXT NOT NULL, content BYTEA,
                  tool_calls BYTEA, tool_call_id BYTEA, prompt_tokens BIGINT, completion_tokens BIGINT,
                  cache_read_tokens BIGINT, cache_creation_tokens BIGINT, thinking_tokens BIGINT,
-                 created_ms BIGINT NOT NULL);
+                 created_ms BIGINT NOT NULL, completed_ms BIGINT);
              CREATE INDEX ON \"{schema}\".messages (session_id, ord);"
+        ))
+        .await?;
+    let complete = client
+        .prepare(&format!(
+            "UPDATE \"{schema}\".messages SET completed_ms = $2 WHERE id = $1"
         ))
         .await?;
     let stmt = client
         .prepare(&format!(
             "INSERT INTO \"{schema}\".messages (session_id, ord, role, content, tool_calls, tool_call_id,
                  prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id"
         ))
         .await?;
     let started = Instant::now();
@@ -166,8 +180,8 @@ pub async fn postgres_w1(url: &str, n: usize) -> Result<f64> {
                 u.thinking_tokens,
             ]
         });
-        client
-            .execute(
+        let row = client
+            .query_one(
                 &stmt,
                 &[
                     &"ceiling-session",
@@ -185,6 +199,10 @@ pub async fn postgres_w1(url: &str, n: usize) -> Result<f64> {
                 ],
             )
             .await?;
+        if role == Role::Assistant {
+            let id: i64 = row.get(0);
+            client.execute(&complete, &[&id, &(i as i64)]).await?;
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     client

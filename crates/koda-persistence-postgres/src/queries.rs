@@ -134,9 +134,11 @@ pub(crate) async fn list_sessions(c: &Object, limit: i64, root: &str) -> Result<
     let stmt = c
         .prepare_cached(
             "SELECT id, agent_name, created_ms, message_count,
-                    LEAST(total_tokens, 9223372036854775807)::BIGINT, title, mode
-             FROM sessions WHERE project_root = $1 OR project_root IS NULL
-             ORDER BY created_ms DESC, seq DESC LIMIT $2",
+                    LEAST(total_tokens, 9223372036854775807)::BIGINT, title, mode FROM (
+                 (SELECT * FROM sessions WHERE project_root = $1 ORDER BY created_ms DESC, seq DESC LIMIT $2)
+                 UNION ALL
+                 (SELECT * FROM sessions WHERE project_root IS NULL ORDER BY created_ms DESC, seq DESC LIMIT $2)
+             ) AS s ORDER BY created_ms DESC, seq DESC LIMIT $2",
         )
         .await
         .map_err(db("preparing list_sessions"))?;

@@ -29,13 +29,14 @@ mod worker;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::{
-    Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
-    SystemClock, TODO_KEY, TokenUsage, apply_context_passes, check_limit, check_usage, root_to_str,
+    Clock, CompactedStats, ContextCache, ContextRow, Message, Persistence, PersistenceError, Role,
+    SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage, check_limit, check_usage,
+    root_to_str,
 };
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
@@ -105,6 +106,17 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     location: Location,
     options: SqliteOptions,
+    /// Recently loaded contexts, trusted while `sessions.version` matches.
+    cache: Arc<Mutex<ContextCache>>,
+}
+
+/// How many sessions' contexts a store keeps in memory.
+const CACHED_SESSIONS: usize = 8;
+
+fn lock(cache: &Mutex<ContextCache>) -> MutexGuard<'_, ContextCache> {
+    // Cache methods do not panic midway; a poisoned lock still holds a
+    // consistent cache, and a stale entry is caught by its version anyway.
+    cache.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl fmt::Debug for SqliteStore {
@@ -378,11 +390,11 @@ impl SqliteStore {
                 .await
                 .context("sqlite open task failed")?
                 .map_err(|e| classify(e, &location))?;
-        let writer = Worker::spawn("koda-sqlite-writer", vec![writer_conn])?;
+        let writer = Worker::spawn("koda-sqlite-writer", vec![writer_conn], true)?;
         let readers = if reader_conns.is_empty() {
             writer.clone()
         } else {
-            Worker::spawn("koda-sqlite-reader", reader_conns)?
+            Worker::spawn("koda-sqlite-reader", reader_conns, false)?
         };
         Ok(Self {
             writer,
@@ -390,6 +402,7 @@ impl SqliteStore {
             clock,
             location,
             options,
+            cache: Arc::new(Mutex::new(ContextCache::new(CACHED_SESSIONS))),
         })
     }
 
@@ -428,10 +441,25 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnMut(&rusqlite::Transaction<'_>) -> Result<R> + Send + 'static,
     {
+        self.write_then(f, |_, out| out).await
+    }
+
+    /// Runs `f` in one write transaction, then `after` on the writer thread
+    /// with the context cache, in commit order.
+    async fn write_then<R, T, F, A>(&self, f: F, after: A) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&rusqlite::Transaction<'_>) -> Result<R> + Send + 'static,
+        A: FnOnce(&mut ContextCache, R) -> T + Send + 'static,
+    {
         let location = self.location.clone();
         let timeout = self.options.busy_timeout;
+        let cache = self.cache.clone();
         self.writer
-            .run(move |conn| worker::write(conn, timeout, f))
+            .run(move |conn| {
+                let out = worker::write(conn, timeout, f)?;
+                Ok(after(&mut lock(&cache), out))
+            })
             .await
             .map_err(|e| classify(e, &location))
     }
@@ -439,8 +467,22 @@ impl SqliteStore {
     async fn insert(&self, m: NewMessage) -> Result<i64> {
         check_usage(m.usage.as_ref())?;
         let now = self.clock.now_ms();
-        self.write(move |tx| queries::insert_message(tx, &m, now))
-            .await
+        let m = Arc::new(m);
+        let written = m.clone();
+        self.write_then(
+            move |tx| queries::insert_message(tx, &written, now),
+            move |cache, (id, version)| {
+                if cache.holds(&m.session_id) {
+                    let row = ContextRow {
+                        message: m.to_message(id, now),
+                        complete: false,
+                    };
+                    cache.appended(&m.session_id, version, row);
+                }
+                id
+            },
+        )
+        .await
     }
 }
 
@@ -520,8 +562,15 @@ impl Persistence for SqliteStore {
 
     async fn delete_session(&self, session_id: &str) -> Result<bool> {
         let sid = session_id.to_owned();
-        self.write(move |tx| queries::delete_session(tx, &sid))
-            .await
+        let gone = sid.clone();
+        self.write_then(
+            move |tx| queries::delete_session(tx, &sid),
+            move |cache, existed| {
+                cache.forget(&gone);
+                existed
+            },
+        )
+        .await
     }
 
     async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()> {
@@ -614,8 +663,21 @@ impl Persistence for SqliteStore {
 
     async fn load_context(&self, session_id: &str) -> Result<Vec<Message>> {
         let sid = session_id.to_owned();
-        let rows = self.read(move |c| queries::load_active(c, &sid)).await?;
-        Ok(apply_context_passes(rows))
+        let cache = self.cache.clone();
+        self.read(move |c| {
+            // One snapshot for the version and the rows it describes.
+            let snapshot = c.unchecked_transaction()?;
+            let Some(version) = queries::session_version(c, &sid)? else {
+                return Ok(Vec::new());
+            };
+            if let Some(context) = lock(&cache).get(&sid, version) {
+                return Ok(context);
+            }
+            let rows = queries::load_active(c, &sid)?;
+            snapshot.finish()?;
+            Ok(lock(&cache).put(&sid, version, rows))
+        })
+        .await
     }
 
     async fn load_all_messages(&self, session_id: &str) -> Result<Vec<Message>> {
@@ -649,8 +711,11 @@ impl Persistence for SqliteStore {
 
     async fn mark_message_complete(&self, message_id: i64) -> Result<()> {
         let now = self.clock.now_ms();
-        self.write(move |tx| queries::mark_complete(tx, message_id, now))
-            .await
+        self.write_then(
+            move |tx| queries::mark_complete(tx, message_id, now),
+            move |cache, (session, version)| cache.completed(&session, version, message_id),
+        )
+        .await
     }
 
     async fn session_token_usage(&self, session_id: &str) -> Result<SessionUsage> {
@@ -676,14 +741,28 @@ impl Persistence for SqliteStore {
     ) -> Result<usize> {
         let (sid, text) = (session_id.to_owned(), summary.to_owned());
         let now = self.clock.now_ms();
-        self.write(move |tx| queries::compact(tx, &sid, &text, preserve_count, now))
-            .await
+        let compacted = sid.clone();
+        self.write_then(
+            move |tx| queries::compact(tx, &sid, &text, preserve_count, now),
+            move |cache, n| {
+                cache.forget(&compacted);
+                n
+            },
+        )
+        .await
     }
 
     async fn clear_message_content(&self, message_ids: &[i64], stub: &str) -> Result<()> {
         let (ids, stub) = (message_ids.to_vec(), stub.to_owned());
-        self.write(move |tx| queries::clear_content(tx, &ids, &stub))
-            .await
+        self.write_then(
+            move |tx| queries::clear_content(tx, &ids, &stub),
+            |cache, touched| {
+                for s in touched {
+                    cache.forget(&s);
+                }
+            },
+        )
+        .await
     }
 
     async fn compacted_stats(&self) -> Result<CompactedStats> {
@@ -692,8 +771,16 @@ impl Persistence for SqliteStore {
 
     async fn purge_compacted(&self, min_age_days: u32) -> Result<usize> {
         let now = self.clock.now_ms();
-        self.write(move |tx| queries::purge(tx, min_age_days, now))
-            .await
+        self.write_then(
+            move |tx| queries::purge(tx, min_age_days, now),
+            |cache, (n, touched)| {
+                for s in touched {
+                    cache.forget(&s);
+                }
+                n
+            },
+        )
+        .await
     }
 
     async fn get_metadata(&self, session_id: &str, key: &str) -> Result<Option<String>> {

@@ -52,8 +52,14 @@ pub(crate) fn create_session(
 
 pub(crate) fn list_sessions(conn: &Connection, limit: i64, root: &str) -> Result<Vec<SessionInfo>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, agent_name, created_ms, message_count, total_tokens, title, mode
-         FROM sessions WHERE project_root = ?1 OR project_root IS NULL
+        // Two index walks (the root's sessions, the legacy root-less ones),
+        // each stopping after `limit`, merged: cost O(limit), not O(sessions).
+        "SELECT id, agent_name, created_ms, message_count, total_tokens, title, mode FROM (
+             SELECT * FROM (SELECT id, agent_name, created_ms, seq, message_count, total_tokens, title, mode
+                 FROM sessions WHERE project_root = ?1 ORDER BY created_ms DESC, seq DESC LIMIT ?2)
+             UNION ALL
+             SELECT * FROM (SELECT id, agent_name, created_ms, seq, message_count, total_tokens, title, mode
+                 FROM sessions WHERE project_root IS NULL ORDER BY created_ms DESC, seq DESC LIMIT ?2))
          ORDER BY created_ms DESC, seq DESC LIMIT ?2",
     )?;
     let mut rows = stmt.query(params![root, limit])?;
@@ -128,6 +134,14 @@ pub(crate) fn last_accessed(conn: &Connection, session_id: &str) -> Result<Optio
     Ok(at.transpose()?.flatten())
 }
 
+/// The session's change counter, or `None` for an unknown session.
+pub(crate) fn session_version(conn: &Connection, session_id: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT version FROM sessions WHERE id = ?1")?
+        .query_row(params![session_id], |r| r.get(0))
+        .optional()?)
+}
+
 /// The arguments of one inserted message.
 #[derive(Debug, Clone)]
 pub(crate) struct NewMessage {
@@ -141,24 +155,46 @@ pub(crate) struct NewMessage {
     pub full_content: Option<String>,
 }
 
-pub(crate) fn insert_message(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> Result<i64> {
+impl NewMessage {
+    /// The message as `load_context` would return it once stored.
+    pub(crate) fn to_message(&self, id: i64, now: i64) -> Message {
+        let u = self.usage;
+        Message {
+            id,
+            session_id: self.session_id.clone(),
+            role: self.role,
+            content: self.content.clone(),
+            full_content: self.full_content.clone(),
+            tool_calls: self.tool_calls.clone(),
+            tool_call_id: self.tool_call_id.clone(),
+            prompt_tokens: u.map(|u| u.prompt_tokens),
+            completion_tokens: u.map(|u| u.completion_tokens),
+            cache_read_tokens: u.map(|u| u.cache_read_tokens),
+            cache_creation_tokens: u.map(|u| u.cache_creation_tokens),
+            thinking_tokens: u.map(|u| u.thinking_tokens),
+            created_at: Some(format_timestamp(now)),
+        }
+    }
+}
+
+/// Appends the message; returns its id and the session's new version.
+pub(crate) fn insert_message(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> Result<(i64, i64)> {
     let stamp = format_timestamp(now);
     let tokens = m
         .usage
         .map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens));
     // Touch the session first: it both proves the session exists and keeps
-    // its counters in the same transaction as the row.
-    let touched = tx
+    // its counters and version in the same transaction as the row.
+    let version: i64 = tx
         .prepare_cached(
             "UPDATE sessions SET last_accessed_ms = ?2, last_accessed_at = ?3,
-                 message_count = message_count + 1,
+                 message_count = message_count + 1, version = version + 1,
                  total_tokens = MIN(total_tokens + ?4, 9223372036854775807)
-             WHERE id = ?1",
+             WHERE id = ?1 RETURNING version",
         )?
-        .execute(params![m.session_id, now, stamp, tokens])?;
-    if touched == 0 {
-        return Err(not_found(&m.session_id));
-    }
+        .query_row(params![m.session_id, now, stamp, tokens], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| not_found(&m.session_id))?;
     let u = m.usage;
     tx.prepare_cached(
         "INSERT INTO messages (session_id, role, content, tool_calls, tool_call_id,
@@ -183,7 +219,7 @@ pub(crate) fn insert_message(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> 
         stamp,
         now,
     ])?;
-    Ok(tx.last_insert_rowid())
+    Ok((tx.last_insert_rowid(), version))
 }
 
 fn collect_messages(
@@ -263,14 +299,26 @@ pub(crate) fn has_pending_tool_calls(conn: &Connection, session_id: &str) -> Res
     }
 }
 
-pub(crate) fn mark_complete(tx: &Transaction<'_>, id: i64, now: i64) -> Result<()> {
-    let n = tx
-        .prepare_cached("UPDATE messages SET completed_ms = ?2, completed_at = ?3 WHERE id = ?1")?
-        .execute(params![id, now, format_timestamp(now)])?;
-    if n == 0 {
-        return Err(PersistenceError::MessageNotFound(id).into());
-    }
-    Ok(())
+/// Completes message `id`; returns its session and the session's new version.
+pub(crate) fn mark_complete(tx: &Transaction<'_>, id: i64, now: i64) -> Result<(String, i64)> {
+    let session: String = tx
+        .prepare_cached(
+            "UPDATE messages SET completed_ms = ?2, completed_at = ?3 WHERE id = ?1 RETURNING session_id",
+        )?
+        .query_row(params![id, now, format_timestamp(now)], |r| r.get(0))
+        .optional()?
+        .ok_or(PersistenceError::MessageNotFound(id))?;
+    let version = bump(tx, &session)?;
+    Ok((session, version))
+}
+
+/// Counts one more write to `session`'s messages; returns the new version.
+fn bump(tx: &Transaction<'_>, session: &str) -> Result<i64> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE sessions SET version = version + 1 WHERE id = ?1 RETURNING version",
+        )?
+        .query_row(params![session], |r| r.get(0))?)
 }
 
 /// One counted message's agent and five counters.
@@ -403,17 +451,26 @@ pub(crate) fn compact(
         now,
         summary_ord + 1
     ])?;
-    tx.prepare_cached("UPDATE sessions SET message_count = message_count + 2 WHERE id = ?1")?
+    tx.prepare_cached("UPDATE sessions SET message_count = message_count + 2, version = version + 1 WHERE id = ?1")?
         .execute(params![session_id])?;
     Ok(marked)
 }
 
-pub(crate) fn clear_content(tx: &Transaction<'_>, ids: &[i64], stub: &str) -> Result<()> {
-    let mut stmt = tx.prepare_cached("UPDATE messages SET content = ?2 WHERE id = ?1")?;
+/// Sets the content of each listed message (a trigger counts the change on
+/// its session); returns the sessions touched.
+pub(crate) fn clear_content(tx: &Transaction<'_>, ids: &[i64], stub: &str) -> Result<Vec<String>> {
+    let mut touched = std::collections::BTreeSet::new();
+    let mut stmt =
+        tx.prepare_cached("UPDATE messages SET content = ?2 WHERE id = ?1 RETURNING session_id")?;
     for id in ids {
-        stmt.execute(params![id, stub])?;
+        if let Some(s) = stmt
+            .query_row(params![id, stub], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            touched.insert(s);
+        }
     }
-    Ok(())
+    Ok(touched.into_iter().collect())
 }
 
 pub(crate) fn compacted_stats(conn: &Connection) -> Result<CompactedStats> {
@@ -444,18 +501,21 @@ pub(crate) fn compacted_stats(conn: &Connection) -> Result<CompactedStats> {
     })
 }
 
-pub(crate) fn purge(tx: &Transaction<'_>, days: u32, now: i64) -> Result<usize> {
-    let n = if days == 0 {
-        tx.prepare_cached("DELETE FROM messages WHERE compacted_ms IS NOT NULL")?
-            .execute([])?
-    } else {
-        let cutoff = now.saturating_sub(i64::from(days).saturating_mul(DAY_MS));
-        tx.prepare_cached(
-            "DELETE FROM messages WHERE compacted_ms IS NOT NULL AND compacted_ms < ?1",
-        )?
-        .execute(params![cutoff])?
-    };
-    Ok(n)
+/// Deletes old compacted messages; returns how many and the sessions touched.
+pub(crate) fn purge(tx: &Transaction<'_>, days: u32, now: i64) -> Result<(usize, Vec<String>)> {
+    // `?1` set: every compacted message; else those compacted before `?2`.
+    let cutoff = now.saturating_sub(i64::from(days).saturating_mul(DAY_MS));
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM messages WHERE compacted_ms IS NOT NULL AND (?1 OR compacted_ms < ?2)
+         RETURNING session_id",
+    )?;
+    let mut touched: Vec<String> = stmt
+        .query_map(params![days == 0, cutoff], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let n = touched.len();
+    touched.sort();
+    touched.dedup();
+    Ok((n, touched))
 }
 
 pub(crate) fn get_metadata(

@@ -11,6 +11,9 @@
 //!   from koda's text timestamps (`2026-11-26 05:07:04` reads as
 //!   `…T05:07:04.000Z`); the text columns are still written, so an older koda
 //!   can keep reading the file.
+//! - `sessions.version` counts writes to a session's messages (bumped in the
+//!   same transaction, by this store and by triggers for older writers), so
+//!   a cached context can be trusted exactly while it is unchanged.
 //! - `messages.ord` is the conversation order within a session (migrated rows
 //!   keep id order); `sessions.seq` the creation sequence; `message_count` and
 //!   `total_tokens` per-session counters so `list_sessions` never aggregates
@@ -85,6 +88,7 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("sessions", "seq", "INTEGER"),
     ("sessions", "message_count", "INTEGER NOT NULL DEFAULT 0"),
     ("sessions", "total_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("sessions", "version", "INTEGER NOT NULL DEFAULT 0"),
     ("messages", "created_ms", "INTEGER"),
     ("messages", "completed_ms", "INTEGER"),
     ("messages", "compacted_ms", "INTEGER"),
@@ -136,6 +140,7 @@ CREATE INDEX IF NOT EXISTS kp_sessions_seq ON sessions(seq);
 CREATE TRIGGER IF NOT EXISTS kp_messages_deleted AFTER DELETE ON messages
 BEGIN
     UPDATE sessions SET
+        version = version + 1,
         message_count = message_count - 1,
         total_tokens = CASE WHEN total_tokens >= 9223372036854775807 THEN (
                 SELECT CAST(MIN(TOTAL(COALESCE(prompt_tokens, 0)) + TOTAL(COALESCE(completion_tokens, 0)),
@@ -157,6 +162,7 @@ BEGIN
     ", 0)
     WHERE id = NEW.id;
     UPDATE sessions SET
+        version = version + 1,
         message_count = message_count + 1,
         total_tokens = MIN(total_tokens + COALESCE(NEW.prompt_tokens, 0) + COALESCE(NEW.completion_tokens, 0),
                            9223372036854775807)
@@ -182,6 +188,7 @@ BEGIN
         ELSE COALESCE(",
     text_ms!("NEW.completed_at"),
     ", NEW.created_ms) END WHERE id = NEW.id;
+    UPDATE sessions SET version = version + 1 WHERE id = NEW.session_id;
 END;
 
 CREATE TRIGGER IF NOT EXISTS kp_messages_foreign_compact AFTER UPDATE OF compacted_at ON messages
@@ -191,6 +198,14 @@ BEGIN
         ELSE COALESCE(",
     text_ms!("NEW.compacted_at"),
     ", NEW.created_ms) END WHERE id = NEW.id;
+    UPDATE sessions SET version = version + 1 WHERE id = NEW.session_id;
+END;
+
+-- Any change of a message's text (clear_message_content here, microcompact
+-- in an older koda) is a change to its session.
+CREATE TRIGGER IF NOT EXISTS kp_messages_content_changed AFTER UPDATE OF content ON messages
+BEGIN
+    UPDATE sessions SET version = version + 1 WHERE id = NEW.session_id;
 END;
 
 CREATE TRIGGER IF NOT EXISTS kp_sessions_foreign_access AFTER UPDATE OF last_accessed_at ON sessions

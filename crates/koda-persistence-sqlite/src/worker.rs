@@ -23,15 +23,18 @@ pub(crate) struct Worker {
 
 impl Worker {
     /// Starts one thread per connection, all serving the same queue. The
-    /// threads end when the last `Worker` clone is dropped.
-    pub(crate) fn spawn(name: &str, conns: Vec<Connection>) -> Result<Self> {
+    /// threads end when the last `Worker` clone is dropped. With `spin`, a
+    /// thread polls for the next job for a few microseconds before parking
+    /// (worth it for the single writer, whose caller usually sends the next
+    /// write at once; not for readers, which would only compete for cores).
+    pub(crate) fn spawn(name: &str, conns: Vec<Connection>, spin: bool) -> Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         for (i, mut conn) in conns.into_iter().enumerate() {
             let rx = rx.clone();
             thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
-                    while let Some(job) = next_job(&rx) {
+                    while let Some(job) = next_job(&rx, spin) {
                         // A panicking job must not take the connection's
                         // thread down with it; its caller sees the reply
                         // channel close and gets `Unavailable`.
@@ -84,9 +87,9 @@ const SPIN: Duration = Duration::from_micros(40);
 /// The next job: polled for [`SPIN`] after the last one (callers usually
 /// send the next call right away), then waited for. `None` once every
 /// sender is gone.
-fn next_job(rx: &crossbeam_channel::Receiver<Job>) -> Option<Job> {
+fn next_job(rx: &crossbeam_channel::Receiver<Job>, spin: bool) -> Option<Job> {
     let deadline = Instant::now() + SPIN;
-    while Instant::now() < deadline {
+    while spin && Instant::now() < deadline {
         match rx.try_recv() {
             Ok(job) => return Some(job),
             Err(crossbeam_channel::TryRecvError::Empty) => std::hint::spin_loop(),

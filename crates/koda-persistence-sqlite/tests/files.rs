@@ -296,3 +296,87 @@ async fn synchronous_full_is_applied() {
         .expect("open");
     assert_eq!(normal.synchronous().await.expect("pragma"), 1);
 }
+
+/// A store's cached contexts never hide writes made through another store
+/// on the same file, or by an older koda writing SQL directly.
+#[tokio::test]
+async fn cached_contexts_see_other_writers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let a = open_with(&path, SqliteOptions::default()).await.expect("a");
+    let b = open_with(&path, SqliteOptions::default()).await.expect("b");
+    let sid = a
+        .create_session("main", Path::new("/p"))
+        .await
+        .expect("session");
+    a.insert_message(&sid, &Role::User, Some("q"), None, None, None)
+        .await
+        .expect("insert");
+    let ids =
+        |ms: Vec<koda_persistence_api::Message>| ms.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(a.load_context(&sid).await.expect("load").len(), 1);
+
+    // Another store appends and completes.
+    let answer = b
+        .insert_message(&sid, &Role::Assistant, Some("answer"), None, None, None)
+        .await
+        .expect("insert");
+    assert_eq!(
+        a.load_context(&sid).await.expect("load").len(),
+        1,
+        "incomplete answer hidden"
+    );
+    b.mark_message_complete(answer).await.expect("complete");
+    assert_eq!(
+        ids(a.load_context(&sid).await.expect("load")).last(),
+        Some(&answer)
+    );
+
+    // An older koda writes SQL directly: the triggers bump the version.
+    let raw = Connection::open(&path).expect("raw");
+    raw.execute(
+        "UPDATE messages SET content = 'edited' WHERE id = ?1",
+        [answer],
+    )
+    .expect("edit");
+    assert_eq!(
+        a.load_context(&sid)
+            .await
+            .expect("load")
+            .last()
+            .and_then(|m| m.content.clone())
+            .as_deref(),
+        Some("edited")
+    );
+    raw.execute(
+        "INSERT INTO messages (session_id, role, content, created_at) VALUES (?1, 'user', 'from old koda', '2026-01-01 00:00:00')",
+        [&sid],
+    )
+    .expect("old insert");
+    let ctx = a.load_context(&sid).await.expect("load");
+    assert_eq!(
+        ctx.last().and_then(|m| m.content.as_deref()),
+        Some("from old koda")
+    );
+    // Whatever a sees equals what a store with no cache reads.
+    let c = open_with(&path, SqliteOptions::default()).await.expect("c");
+    assert_eq!(
+        a.load_context(&sid).await.expect("a"),
+        c.load_context(&sid).await.expect("c")
+    );
+    // Our own clear and compaction are followed too.
+    a.clear_message_content(&[answer], "[cleared]")
+        .await
+        .expect("clear");
+    assert_eq!(
+        a.load_context(&sid).await.expect("a"),
+        c.load_context(&sid).await.expect("c")
+    );
+    b.compact_session(&sid, "summary", 1)
+        .await
+        .expect("compact");
+    assert_eq!(
+        a.load_context(&sid).await.expect("a"),
+        c.load_context(&sid).await.expect("c")
+    );
+}
