@@ -16,7 +16,10 @@ CREATE TABLE sessions (
     mode             BYTEA,
     message_count    BIGINT NOT NULL DEFAULT 0,
     total_tokens     NUMERIC NOT NULL DEFAULT 0,
-    next_ord         BIGINT NOT NULL DEFAULT 0
+    next_ord         BIGINT NOT NULL DEFAULT 0,
+    -- Counts writes to the session's messages: a cached context is valid
+    -- exactly while it is unchanged.
+    version          BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX sessions_root_created ON sessions (project_root, created_ms DESC, seq DESC);
 

@@ -28,14 +28,15 @@ mod tls;
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Result;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use koda_persistence_api::{
-    Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
-    SystemClock, TODO_KEY, TokenUsage, apply_context_passes, check_limit, check_usage, root_to_str,
+    Clock, CompactedStats, ContextCache, ContextRow, Message, Persistence, PersistenceError, Role,
+    SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage, check_limit, check_usage,
+    root_to_str,
 };
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
@@ -56,7 +57,12 @@ pub struct PostgresStore {
     pool: Pool,
     clock: Arc<dyn Clock>,
     schema: Option<String>,
+    /// Recently loaded contexts, trusted while `sessions.version` matches.
+    cache: Arc<Mutex<ContextCache>>,
 }
+
+/// How many sessions' contexts a store keeps in memory.
+const CACHED_SESSIONS: usize = 8;
 
 impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -240,6 +246,7 @@ impl PostgresStore {
             pool,
             clock,
             schema: options.schema,
+            cache: Arc::new(Mutex::new(ContextCache::new(CACHED_SESSIONS))),
         })
     }
 
@@ -276,15 +283,30 @@ impl PostgresStore {
         }
     }
 
+    fn cache(&self) -> MutexGuard<'_, ContextCache> {
+        // Cache methods do not panic midway; a stale entry is caught by its version.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn insert(&self, m: NewMessage) -> Result<i64> {
         check_usage(m.usage.as_ref())?;
         if storable_id(&m.session_id).is_none() {
             return Err(not_found(&m.session_id));
         }
         let now = self.clock.now_ms();
-        let m = &m;
-        self.with_client(|c| async move { queries::insert_message(&c, m, now).await })
-            .await
+        let msg = &m;
+        let (id, version) = self
+            .with_client(|c| async move { queries::insert_message(&c, msg, now).await })
+            .await?;
+        let mut cache = self.cache();
+        if cache.holds(&m.session_id) {
+            let row = ContextRow {
+                message: m.to_message(id, now),
+                complete: false,
+            };
+            cache.appended(&m.session_id, version, row);
+        }
+        Ok(id)
     }
 }
 
@@ -350,8 +372,11 @@ impl Persistence for PostgresStore {
         let Some(sid) = storable_id(session_id) else {
             return Ok(false);
         };
-        self.with_client(|c| async move { queries::delete_session(&c, sid).await })
-            .await
+        let existed = self
+            .with_client(|c| async move { queries::delete_session(&c, sid).await })
+            .await?;
+        self.cache().forget(sid);
+        Ok(existed)
     }
 
     async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()> {
@@ -469,10 +494,21 @@ impl Persistence for PostgresStore {
         let Some(sid) = storable_id(session_id) else {
             return Ok(Vec::new());
         };
-        let rows = self
-            .with_client(|c| async move { queries::load_active(&c, sid).await })
-            .await?;
-        Ok(apply_context_passes(rows))
+        let cache = &self.cache;
+        self.with_client(|c| async move {
+            let Some(version) = queries::session_version(&c, sid).await? else {
+                return Ok(Vec::new());
+            };
+            let lock = || cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(context) = lock().get(sid, version) {
+                return Ok(context);
+            }
+            // Rows read after the version are at least that new: a label
+            // older than its rows only costs a re-read next time.
+            let rows = queries::load_active(&c, sid).await?;
+            Ok(lock().put(sid, version, rows))
+        })
+        .await
     }
 
     async fn load_all_messages(&self, session_id: &str) -> Result<Vec<Message>> {
@@ -515,8 +551,11 @@ impl Persistence for PostgresStore {
 
     async fn mark_message_complete(&self, message_id: i64) -> Result<()> {
         let now = self.clock.now_ms();
-        self.with_client(|c| async move { queries::mark_complete(&c, message_id, now).await })
-            .await
+        let (session, version) = self
+            .with_client(|c| async move { queries::mark_complete(&c, message_id, now).await })
+            .await?;
+        self.cache().completed(&session, version, message_id);
+        Ok(())
     }
 
     async fn session_token_usage(&self, session_id: &str) -> Result<SessionUsage> {
@@ -550,18 +589,27 @@ impl Persistence for PostgresStore {
             return Err(not_found(session_id));
         };
         let now = self.clock.now_ms();
-        self.with_client(|mut c| async move {
-            queries::compact(&mut c, sid, summary, preserve_count, now).await
-        })
-        .await
+        let marked = self
+            .with_client(|mut c| async move {
+                queries::compact(&mut c, sid, summary, preserve_count, now).await
+            })
+            .await?;
+        self.cache().forget(sid);
+        Ok(marked)
     }
 
     async fn clear_message_content(&self, message_ids: &[i64], stub: &str) -> Result<()> {
         if message_ids.is_empty() {
             return Ok(());
         }
-        self.with_client(|c| async move { queries::clear_content(&c, message_ids, stub).await })
-            .await
+        let touched = self
+            .with_client(|c| async move { queries::clear_content(&c, message_ids, stub).await })
+            .await?;
+        let mut cache = self.cache();
+        for s in touched {
+            cache.forget(&s);
+        }
+        Ok(())
     }
 
     async fn compacted_stats(&self) -> Result<CompactedStats> {
@@ -571,8 +619,14 @@ impl Persistence for PostgresStore {
 
     async fn purge_compacted(&self, min_age_days: u32) -> Result<usize> {
         let now = self.clock.now_ms();
-        self.with_client(|c| async move { queries::purge(&c, min_age_days, now).await })
-            .await
+        let (n, touched) = self
+            .with_client(|c| async move { queries::purge(&c, min_age_days, now).await })
+            .await?;
+        let mut cache = self.cache();
+        for s in touched {
+            cache.forget(&s);
+        }
+        Ok(n)
     }
 
     async fn get_metadata(&self, session_id: &str, key: &str) -> Result<Option<String>> {

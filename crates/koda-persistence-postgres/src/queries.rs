@@ -238,20 +238,46 @@ pub(crate) struct NewMessage {
     pub full_content: Option<String>,
 }
 
+impl NewMessage {
+    /// The message as `load_context` would return it once stored.
+    pub(crate) fn to_message(&self, id: i64, now: i64) -> Message {
+        let u = self.usage;
+        Message {
+            id,
+            session_id: self.session_id.clone(),
+            role: self.role,
+            content: self.content.clone(),
+            full_content: self.full_content.clone(),
+            tool_calls: self.tool_calls.clone(),
+            tool_call_id: self.tool_call_id.clone(),
+            prompt_tokens: u.map(|u| u.prompt_tokens),
+            completion_tokens: u.map(|u| u.completion_tokens),
+            cache_read_tokens: u.map(|u| u.cache_read_tokens),
+            cache_creation_tokens: u.map(|u| u.cache_creation_tokens),
+            thinking_tokens: u.map(|u| u.thinking_tokens),
+            created_at: Some(format_timestamp(now)),
+        }
+    }
+}
+
 /// One statement: lock and touch the session (counters, access time, next
-/// position), then append the message at that position.
-pub(crate) async fn insert_message(c: &Object, m: &NewMessage, now: i64) -> Result<i64> {
+/// position, version), then append the message at that position. Returns
+/// the message id and the session's new version.
+pub(crate) async fn insert_message(c: &Object, m: &NewMessage, now: i64) -> Result<(i64, i64)> {
     let stmt = c
         .prepare_cached(
             "WITH s AS (
                  UPDATE sessions SET last_accessed_ms = $2, message_count = message_count + 1,
-                     total_tokens = total_tokens + $3::BIGINT, next_ord = next_ord + 1
-                 WHERE id = $1 RETURNING next_ord)
-             INSERT INTO messages (session_id, ord, role, content, tool_calls, tool_call_id,
-                 prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
-                 thinking_tokens, agent_name, full_content, created_ms)
-             SELECT $1, s.next_ord, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $2 FROM s
-             RETURNING id",
+                     total_tokens = total_tokens + $3::BIGINT, next_ord = next_ord + 1,
+                     version = version + 1
+                 WHERE id = $1 RETURNING next_ord, version),
+             i AS (
+                 INSERT INTO messages (session_id, ord, role, content, tool_calls, tool_call_id,
+                     prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
+                     thinking_tokens, agent_name, full_content, created_ms)
+                 SELECT $1, s.next_ord, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $2 FROM s
+                 RETURNING id)
+             SELECT i.id, s.version FROM i, s",
         )
         .await
         .map_err(db("preparing insert"))?;
@@ -275,9 +301,28 @@ pub(crate) async fn insert_message(c: &Object, m: &NewMessage, now: i64) -> Resu
     ];
     let row = c.query_opt(&stmt, &params).await.map_err(db("insert"))?;
     match row {
-        Some(r) => Ok(get(&r, 0, "new message id")?),
+        Some(r) => Ok((
+            get(&r, 0, "new message id")?,
+            get(&r, 1, "session version")?,
+        )),
         None => Err(PersistenceError::SessionNotFound(m.session_id.clone()).into()),
     }
+}
+
+/// The session's change counter, or `None` for an unknown session.
+pub(crate) async fn session_version(c: &Object, id: &str) -> Result<Option<i64>> {
+    let stmt = c
+        .prepare_cached("SELECT version FROM sessions WHERE id = $1")
+        .await
+        .map_err(db("preparing a version read"))?;
+    let row = c
+        .query_opt(&stmt, &[&id])
+        .await
+        .map_err(db("reading a version"))?;
+    Ok(match row {
+        Some(r) => Some(get(&r, 0, "version")?),
+        None => None,
+    })
 }
 
 async fn messages(c: &Object, sql: &str, id: &str) -> Result<Vec<(Message, bool)>> {
@@ -369,19 +414,24 @@ pub(crate) async fn has_pending_tool_calls(c: &Object, id: &str) -> Result<bool>
     })
 }
 
-pub(crate) async fn mark_complete(c: &Object, id: i64, now: i64) -> Result<()> {
+/// Completes message `id`; returns its session and the session's new version.
+pub(crate) async fn mark_complete(c: &Object, id: i64, now: i64) -> Result<(String, i64)> {
     let stmt = c
-        .prepare_cached("UPDATE messages SET completed_ms = $2 WHERE id = $1")
+        .prepare_cached(
+            "WITH m AS (UPDATE messages SET completed_ms = $2 WHERE id = $1 RETURNING session_id)
+             UPDATE sessions s SET version = s.version + 1 FROM m WHERE s.id = m.session_id
+             RETURNING s.id, s.version",
+        )
         .await
         .map_err(db("preparing mark_message_complete"))?;
-    if c.execute(&stmt, &[&id, &now])
+    match c
+        .query_opt(&stmt, &[&id, &now])
         .await
         .map_err(db("mark_message_complete"))?
-        == 0
     {
-        return Err(PersistenceError::MessageNotFound(id).into());
+        Some(r) => Ok((get(&r, 0, "session id")?, get(&r, 1, "version")?)),
+        None => Err(PersistenceError::MessageNotFound(id).into()),
     }
-    Ok(())
 }
 
 /// Per-agent sums (exact in NUMERIC, saturated to `i64::MAX`), with no
@@ -483,7 +533,7 @@ pub(crate) async fn compact(
     }
     let first_preserved = active.get(marked).copied();
     let bump = tx
-        .prepare_cached("UPDATE sessions SET next_ord = next_ord + 2, message_count = message_count + 2 WHERE id = $1 RETURNING next_ord")
+        .prepare_cached("UPDATE sessions SET next_ord = next_ord + 2, message_count = message_count + 2, version = version + 1 WHERE id = $1 RETURNING next_ord")
         .await
         .map_err(db("preparing compact"))?;
     let next: i64 = get(
@@ -550,15 +600,21 @@ pub(crate) async fn compact(
     Ok(marked)
 }
 
-pub(crate) async fn clear_content(c: &Object, ids: &[i64], stub: &str) -> Result<()> {
+/// Sets the content of the listed messages; returns the sessions touched.
+pub(crate) async fn clear_content(c: &Object, ids: &[i64], stub: &str) -> Result<Vec<String>> {
     let stmt = c
-        .prepare_cached("UPDATE messages SET content = $2 WHERE id = ANY($1)")
+        .prepare_cached(
+            "WITH m AS (UPDATE messages SET content = $2 WHERE id = ANY($1) RETURNING session_id)
+             UPDATE sessions SET version = version + 1 WHERE id IN (SELECT session_id FROM m)
+             RETURNING id",
+        )
         .await
         .map_err(db("preparing clear_message_content"))?;
-    c.execute(&stmt, &[&ids, &bytes(stub)])
+    let rows = c
+        .query(&stmt, &[&ids, &bytes(stub)])
         .await
         .map_err(db("clear_message_content"))?;
-    Ok(())
+    rows.iter().map(|r| Ok(get(r, 0, "session id")?)).collect()
 }
 
 pub(crate) async fn compacted_stats(c: &Object) -> Result<CompactedStats> {
@@ -585,8 +641,8 @@ pub(crate) async fn compacted_stats(c: &Object) -> Result<CompactedStats> {
 }
 
 /// One statement: delete the old compacted messages and lower each touched
-/// session's counters by what went.
-pub(crate) async fn purge(c: &Object, days: u32, now: i64) -> Result<usize> {
+/// session's counters by what went. Returns the count and the sessions.
+pub(crate) async fn purge(c: &Object, days: u32, now: i64) -> Result<(usize, Vec<String>)> {
     let stmt = c
         .prepare_cached(
             "WITH gone AS (
@@ -595,19 +651,25 @@ pub(crate) async fn purge(c: &Object, days: u32, now: i64) -> Result<usize> {
                  RETURNING session_id, COALESCE(prompt_tokens, 0)::NUMERIC + COALESCE(completion_tokens, 0) AS tokens),
              per AS (SELECT session_id, COUNT(*) AS n, SUM(tokens) AS tokens FROM gone GROUP BY session_id),
              upd AS (
-                 UPDATE sessions s SET message_count = s.message_count - per.n, total_tokens = s.total_tokens - per.tokens
+                 UPDATE sessions s SET message_count = s.message_count - per.n,
+                     total_tokens = s.total_tokens - per.tokens, version = s.version + 1
                  FROM per WHERE s.id = per.session_id)
-             SELECT COALESCE(SUM(n), 0)::BIGINT FROM per",
+             SELECT session_id, n FROM per",
         )
         .await
         .map_err(db("preparing purge_compacted"))?;
     let cutoff = now.saturating_sub(i64::from(days).saturating_mul(DAY_MS));
-    let r = c
-        .query_one(&stmt, &[&(days == 0), &cutoff])
+    let rows = c
+        .query(&stmt, &[&(days == 0), &cutoff])
         .await
         .map_err(db("purge_compacted"))?;
-    let n: i64 = get(&r, 0, "purged")?;
-    Ok(usize::try_from(n).unwrap_or(0))
+    let mut total = 0i64;
+    let mut touched = Vec::with_capacity(rows.len());
+    for r in &rows {
+        touched.push(get::<String>(r, 0, "session id")?);
+        total = total.saturating_add(get::<i64>(r, 1, "purged")?);
+    }
+    Ok((usize::try_from(total).unwrap_or(0), touched))
 }
 
 pub(crate) async fn get_metadata(c: &Object, id: &str, key: &str) -> Result<Option<String>> {
