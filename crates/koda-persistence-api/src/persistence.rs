@@ -34,6 +34,10 @@ use crate::types::{CompactedStats, Message, Role, SessionInfo, SessionUsage, Tok
 ///   survive a crash of the process.
 /// - **Limits** are `i64`: negative is `InvalidInput`, `0` gives nothing, any
 ///   positive value up to `i64::MAX` is honoured. Sums saturate at `i64::MAX`.
+/// - **Error precedence** (the contract is silent; every backend does this):
+///   arguments are checked before the session is looked up, so a negative
+///   token counter for an unknown session is `InvalidInput`, not
+///   `SessionNotFound`.
 #[async_trait::async_trait]
 pub trait Persistence: Send + Sync {
     // ── Sessions ──
@@ -48,7 +52,8 @@ pub trait Persistence: Send + Sync {
     async fn create_session(&self, agent_name: &str, project_root: &Path) -> Result<String>;
 
     /// Sessions whose root equals `project_root`, plus legacy sessions that have
-    /// no root, newest `created_at` first (ties: later-created first), at most
+    /// no root (migrated from old koda files; listed under every root), newest
+    /// `created_at` first (ties: later-created first), at most
     /// `limit`. `message_count` counts stored messages (compacted included);
     /// `total_tokens` sums `prompt + completion` over them (unset counts 0).
     ///
@@ -229,7 +234,9 @@ pub trait Persistence: Send + Sync {
     /// [`COMPACTION_HINT`](crate::COMPACTION_HINT) (no tool calls, usage, agent
     /// or full content) right before the first preserved message (at the end
     /// when none is preserved), and returns the number marked. Does not touch
-    /// `last_accessed_at`.
+    /// `last_accessed_at`. The two new messages take the next ids of the
+    /// store-wide sequence, so in a compacted session id order and
+    /// conversation order differ.
     ///
     /// # Errors
     /// `SessionNotFound` for an unknown session.
@@ -259,9 +266,11 @@ pub trait Persistence: Send + Sync {
     /// Only store failures.
     async fn compacted_stats(&self) -> Result<CompactedStats>;
 
-    /// Permanently deletes compacted messages whose `compacted_at` is before
-    /// `now − min_age_days × 86 400 000 ms` (`0` deletes every compacted
-    /// message); returns how many. Active messages are never touched.
+    /// Permanently deletes compacted messages whose `compacted_at` is strictly
+    /// before `now − min_age_days × 86 400 000 ms`; returns how many. `0`
+    /// deletes every compacted message, including those compacted in this very
+    /// millisecond (which the strict cutoff alone would keep). A cutoff before
+    /// 1970 deletes nothing. Active messages are never touched.
     ///
     /// # Errors
     /// Only store failures.
