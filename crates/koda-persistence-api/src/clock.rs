@@ -80,13 +80,53 @@ impl Clock for ManualClock {
 
 /// Formats epoch milliseconds as UTC RFC 3339 with milliseconds:
 /// `2026-11-26T05:07:04.123Z`. Values outside years 1970–9999 are clamped.
+///
+/// Written out by hand (days-to-civil conversion) because it runs for every
+/// message a backend returns, and chrono's formatter parses its format
+/// string on each call.
 pub fn format_timestamp(ms: i64) -> String {
     let ms = ms.clamp(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS);
-    match DateTime::from_timestamp_millis(ms) {
-        Some(dt) => dt.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        // Unreachable for the clamped range; keep the epoch rather than panic.
-        None => "1970-01-01T00:00:00.000Z".to_owned(),
+    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let (year, month, day) = civil_from_days(days);
+    let fields = [
+        (year, 4, '-'),
+        (month, 2, '-'),
+        (day, 2, 'T'),
+        (ms_of_day / 3_600_000, 2, ':'),
+        (ms_of_day / 60_000 % 60, 2, ':'),
+        (ms_of_day / 1000 % 60, 2, '.'),
+        (ms_of_day % 1000, 3, 'Z'),
+    ];
+    let mut out = String::with_capacity(24);
+    for (value, width, sep) in fields {
+        // Every field is non-negative and fits its width after the clamp.
+        let mut digits = [b'0'; 4];
+        let mut v = value;
+        for slot in digits[..width].iter_mut().rev() {
+            *slot = b'0' + u8::try_from(v % 10).unwrap_or(0);
+            v /= 10;
+        }
+        for d in &digits[..width] {
+            out.push(char::from(*d));
+        }
+        out.push(sep);
     }
+    out
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Parses a stored timestamp into epoch milliseconds: the contract's
@@ -125,6 +165,30 @@ mod tests {
         );
         assert_eq!(format_timestamp(i64::MAX), "9999-12-31T23:59:59.999Z");
         assert_eq!(format_timestamp(-5), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn hand_formatting_matches_chrono_across_the_range() {
+        let mut ms = 0i64;
+        let step = 7_919_993_337; // ~92 days plus odd hours, minutes, ms
+        while ms <= MAX_TIMESTAMP_MS {
+            let want = DateTime::from_timestamp_millis(ms)
+                .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+                .unwrap_or_default();
+            assert_eq!(format_timestamp(ms), want, "{ms}");
+            ms += step;
+        }
+        for edge in [
+            951_782_400_000,
+            951_868_799_999,
+            4_107_542_400_000,
+            1_709_164_800_123,
+        ] {
+            let want = DateTime::from_timestamp_millis(edge)
+                .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+                .unwrap_or_default();
+            assert_eq!(format_timestamp(edge), want, "{edge}");
+        }
     }
 
     #[test]

@@ -27,13 +27,13 @@ pub mod keys;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::{
-    COMPACTION_HINT, Clock, CompactedStats, ContextRow, Message, Persistence, PersistenceError,
-    Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage, apply_context_passes,
+    COMPACTION_HINT, Clock, CompactedStats, ContextCache, ContextRow, Message, Persistence,
+    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage,
     check_limit, check_usage, format_timestamp, root_to_str,
 };
 use sled::{Batch, Db, IVec};
@@ -86,6 +86,44 @@ struct Inner {
     lock: RwLock<()>,
     flush: FlushPolicy,
     path: PathBuf,
+    /// Loaded contexts. The directory belongs to this process, so the
+    /// per-session change counters can live in memory.
+    cache: Mutex<SessionCache>,
+}
+
+/// Per-session change counters and the contexts read at them.
+#[derive(Debug)]
+struct SessionCache {
+    versions: HashMap<String, i64>,
+    contexts: ContextCache,
+}
+
+impl SessionCache {
+    fn version(&self, session: &str) -> i64 {
+        self.versions.get(session).copied().unwrap_or(0)
+    }
+
+    /// Counts a write to `session`'s messages; returns the new version.
+    fn bump(&mut self, session: &str) -> i64 {
+        let v = self.versions.entry(session.to_owned()).or_insert(0);
+        *v += 1;
+        *v
+    }
+
+    /// A write the cache does not follow row by row.
+    fn changed(&mut self, session: &str) {
+        self.bump(session);
+        self.contexts.forget(session);
+    }
+}
+
+/// How many sessions' contexts a store keeps in memory.
+const CACHED_SESSIONS: usize = 8;
+
+impl Inner {
+    fn cache(&self) -> MutexGuard<'_, SessionCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl fmt::Debug for SledStore {
@@ -214,6 +252,10 @@ impl SledStore {
                 lock: RwLock::new(()),
                 flush: options.flush,
                 path,
+                cache: Mutex::new(SessionCache {
+                    versions: HashMap::new(),
+                    contexts: ContextCache::new(CACHED_SESSIONS),
+                }),
             }),
             clock,
         })
@@ -260,16 +302,26 @@ impl SledStore {
         R: Send + 'static,
         F: FnOnce(&Db) -> Result<(Batch, R)> + Send + 'static,
     {
+        self.write_then(f, |_, out| out).await
+    }
+
+    /// Like `write`, then `after` with the cache, still under the write lock.
+    async fn write_then<R, T, F, A>(&self, f: F, after: A) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<(Batch, R)> + Send + 'static,
+        A: FnOnce(&mut SessionCache, R) -> T + Send + 'static,
+    {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let _exclusive = inner.lock.write().unwrap_or_else(|p| p.into_inner());
-            let run = || -> Result<R> {
+            let run = || -> Result<T> {
                 let (batch, out) = f(&inner.db)?;
                 inner.db.apply_batch(batch)?;
                 if inner.flush == FlushPolicy::EveryWrite {
                     inner.db.flush()?;
                 }
-                Ok(out)
+                Ok(after(&mut inner.cache(), out))
             };
             run().map_err(|e| match e.downcast::<sled::Error>() {
                 Ok(se) => storage(se, &inner.path),
@@ -283,46 +335,65 @@ impl SledStore {
     async fn insert(&self, m: NewMessage) -> Result<i64> {
         check_usage(m.usage.as_ref())?;
         let now = self.clock.now_ms();
-        self.write(move |db| {
-            let mut session =
-                get_session(db, &m.session_id)?.ok_or_else(|| not_found(&m.session_id))?;
-            let id = db.generate_id()? + 1;
-            session.next_ord += 1;
-            session.message_count += 1;
-            session.last_accessed_ms = Some(now);
-            let usage = m.usage.map(|u| {
-                [
-                    u.prompt_tokens,
-                    u.completion_tokens,
-                    u.cache_read_tokens,
-                    u.cache_creation_tokens,
-                    u.thinking_tokens,
-                ]
-            });
-            session.total_tokens += usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
-            let key = keys::message(&m.session_id, session.next_ord);
-            let record = MessageRecord {
-                id,
-                role: role_byte(m.role),
-                content: m.content,
-                full_content: m.full_content,
-                tool_calls: m.tool_calls,
-                tool_call_id: m.tool_call_id,
-                usage,
-                agent_name: m.agent,
-                created_ms: now,
-                completed_ms: None,
-                compacted_ms: None,
-            };
-            let mut batch = Batch::default();
-            batch.insert(keys::session(&m.session_id), encode(&session)?);
-            batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
-            if m.role == Role::User {
-                batch.insert(keys::numbered(keys::USER, id), key.clone());
-            }
-            batch.insert(key, encode(&record)?);
-            Ok((batch, i64::try_from(id).unwrap_or(i64::MAX)))
-        })
+        self.write_then(
+            move |db| {
+                let mut session =
+                    get_session(db, &m.session_id)?.ok_or_else(|| not_found(&m.session_id))?;
+                let id = db.generate_id()? + 1;
+                session.next_ord += 1;
+                session.message_count += 1;
+                session.last_accessed_ms = Some(now);
+                let usage = m.usage.map(|u| {
+                    [
+                        u.prompt_tokens,
+                        u.completion_tokens,
+                        u.cache_read_tokens,
+                        u.cache_creation_tokens,
+                        u.thinking_tokens,
+                    ]
+                });
+                session.total_tokens += usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
+                let key = keys::message(&m.session_id, session.next_ord);
+                let record = MessageRecord {
+                    id,
+                    role: role_byte(m.role),
+                    content: m.content,
+                    full_content: m.full_content,
+                    tool_calls: m.tool_calls,
+                    tool_call_id: m.tool_call_id,
+                    usage,
+                    agent_name: m.agent,
+                    created_ms: now,
+                    completed_ms: None,
+                    compacted_ms: None,
+                };
+                let mut batch = Batch::default();
+                batch.insert(keys::session(&m.session_id), encode(&session)?);
+                batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
+                if m.role == Role::User {
+                    batch.insert(keys::numbered(keys::USER, id), key.clone());
+                }
+                batch.insert(key, encode(&record)?);
+                Ok((batch, (m.session_id, record)))
+            },
+            |cache, (session, record)| {
+                let version = cache.bump(&session);
+                let id = i64::try_from(record.id).unwrap_or(i64::MAX);
+                if cache.contexts.holds(&session)
+                    && let Ok(message) = to_message(&session, &record)
+                {
+                    cache.contexts.appended(
+                        &session,
+                        version,
+                        ContextRow {
+                            message,
+                            complete: false,
+                        },
+                    );
+                }
+                id
+            },
+        )
         .await
     }
 }
@@ -455,26 +526,33 @@ impl Persistence for SledStore {
 
     async fn delete_session(&self, session_id: &str) -> Result<bool> {
         let sid = session_id.to_owned();
-        self.write(move |db| {
-            let mut batch = Batch::default();
-            let Some(s) = get_session(db, &sid)? else {
-                return Ok((batch, false));
-            };
-            for (key, m) in session_messages(db, &sid)? {
-                batch.remove(key);
-                batch.remove(keys::numbered(keys::BY_ID, m.id));
-                batch.remove(keys::numbered(keys::USER, m.id));
-                if let Some(at) = m.compacted_ms {
-                    batch.remove(keys::compacted(as_u64(at), m.id));
+        let gone = sid.clone();
+        self.write_then(
+            move |db| {
+                let mut batch = Batch::default();
+                let Some(s) = get_session(db, &sid)? else {
+                    return Ok((batch, false));
+                };
+                for (key, m) in session_messages(db, &sid)? {
+                    batch.remove(key);
+                    batch.remove(keys::numbered(keys::BY_ID, m.id));
+                    batch.remove(keys::numbered(keys::USER, m.id));
+                    if let Some(at) = m.compacted_ms {
+                        batch.remove(keys::compacted(as_u64(at), m.id));
+                    }
                 }
-            }
-            for kv in db.scan_prefix(keys::metadata_of(&sid)) {
-                batch.remove(kv?.0);
-            }
-            batch.remove(keys::by_root(&s.project_root, as_u64(s.created_ms), s.seq));
-            batch.remove(keys::session(&sid));
-            Ok((batch, true))
-        })
+                for kv in db.scan_prefix(keys::metadata_of(&sid)) {
+                    batch.remove(kv?.0);
+                }
+                batch.remove(keys::by_root(&s.project_root, as_u64(s.created_ms), s.seq));
+                batch.remove(keys::session(&sid));
+                Ok((batch, true))
+            },
+            move |cache, existed| {
+                cache.changed(&gone);
+                existed
+            },
+        )
         .await
     }
 
@@ -583,21 +661,27 @@ impl Persistence for SledStore {
 
     async fn load_context(&self, session_id: &str) -> Result<Vec<Message>> {
         let sid = session_id.to_owned();
-        let rows = self
-            .read(move |db| {
-                session_messages(db, &sid)?
-                    .iter()
-                    .filter(|(_, m)| m.compacted_ms.is_none())
-                    .map(|(_, m)| {
-                        Ok(ContextRow {
-                            message: to_message(&sid, m)?,
-                            complete: m.completed_ms.is_some(),
-                        })
+        let inner = self.inner.clone();
+        self.read(move |db| {
+            // Writers are excluded while we hold the read lock, so the
+            // version and the rows agree.
+            let version = inner.cache().version(&sid);
+            if let Some(context) = inner.cache().contexts.get(&sid, version) {
+                return Ok(context);
+            }
+            let rows = session_messages(db, &sid)?
+                .iter()
+                .filter(|(_, m)| m.compacted_ms.is_none())
+                .map(|(_, m)| {
+                    Ok(ContextRow {
+                        message: to_message(&sid, m)?,
+                        complete: m.completed_ms.is_some(),
                     })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .await?;
-        Ok(apply_context_passes(rows))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(inner.cache().contexts.put(&sid, version, rows))
+        })
+        .await
     }
 
     async fn load_all_messages(&self, session_id: &str) -> Result<Vec<Message>> {
@@ -654,19 +738,28 @@ impl Persistence for SledStore {
 
     async fn mark_message_complete(&self, message_id: i64) -> Result<()> {
         let now = self.clock.now_ms();
-        self.write(move |db| {
-            let missing = || anyhow::Error::from(PersistenceError::MessageNotFound(message_id));
-            let id = u64::try_from(message_id).map_err(|_| missing())?;
-            let key = db
-                .get(keys::numbered(keys::BY_ID, id))?
-                .ok_or_else(missing)?;
-            let v = db.get(&key)?.ok_or_else(missing)?;
-            let mut m = decode_message(&v)?;
-            m.completed_ms = Some(now);
-            let mut batch = Batch::default();
-            batch.insert(key, encode(&m)?);
-            Ok((batch, ()))
-        })
+        self.write_then(
+            move |db| {
+                let missing = || anyhow::Error::from(PersistenceError::MessageNotFound(message_id));
+                let id = u64::try_from(message_id).map_err(|_| missing())?;
+                let key = db
+                    .get(keys::numbered(keys::BY_ID, id))?
+                    .ok_or_else(missing)?;
+                let v = db.get(&key)?.ok_or_else(missing)?;
+                let mut m = decode_message(&v)?;
+                m.completed_ms = Some(now);
+                let session = session_of(&key);
+                let mut batch = Batch::default();
+                batch.insert(key, encode(&m)?);
+                Ok((batch, session))
+            },
+            move |cache, session| {
+                if let Some(s) = session {
+                    let version = cache.bump(&s);
+                    cache.contexts.completed(&s, version, message_id);
+                }
+            },
+        )
         .await
     }
 
@@ -719,100 +812,116 @@ impl Persistence for SledStore {
     ) -> Result<usize> {
         let (sid, summary) = (session_id.to_owned(), summary.to_owned());
         let now = self.clock.now_ms();
-        self.write(move |db| {
-            let mut session = get_session(db, &sid)?.ok_or_else(|| not_found(&sid))?;
-            let all = session_messages(db, &sid)?;
-            let active: Vec<usize> = (0..all.len())
-                .filter(|&i| all[i].1.compacted_ms.is_none())
-                .collect();
-            let marked = active.len().saturating_sub(preserve_count);
-            let mut batch = Batch::default();
-            if marked == 0 {
-                return Ok((batch, 0));
-            }
-            for &i in &active[..marked] {
-                let (key, m) = &all[i];
-                let mut m = m.clone();
-                m.compacted_ms = Some(now);
-                batch.insert(keys::compacted(as_u64(now), m.id), key.clone());
-                batch.insert(key.clone(), encode(&m)?);
-            }
-            // The summary and hint take the first preserved message's place;
-            // it and everything after it move two places on.
-            let first = active.get(marked).copied();
-            let at = match first {
-                Some(i) => keys::ord_of(&all[i].0)
-                    .ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?,
-                None => session.next_ord + 1,
-            };
-            if let Some(i) = first {
-                let tail = &all[i..];
-                for (key, _) in tail {
-                    batch.remove(key.clone());
+        let compacted = sid.clone();
+        self.write_then(
+            move |db| {
+                let mut session = get_session(db, &sid)?.ok_or_else(|| not_found(&sid))?;
+                let all = session_messages(db, &sid)?;
+                let active: Vec<usize> = (0..all.len())
+                    .filter(|&i| all[i].1.compacted_ms.is_none())
+                    .collect();
+                let marked = active.len().saturating_sub(preserve_count);
+                let mut batch = Batch::default();
+                if marked == 0 {
+                    return Ok((batch, 0));
                 }
-                for (key, m) in tail {
-                    let ord = keys::ord_of(key)
-                        .ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
-                    let moved = keys::message(&sid, ord + 2);
-                    batch.insert(keys::numbered(keys::BY_ID, m.id), moved.clone());
-                    if m.role == role_byte(Role::User) {
-                        batch.insert(keys::numbered(keys::USER, m.id), moved.clone());
-                    }
-                    batch.insert(moved, encode(m)?);
+                for &i in &active[..marked] {
+                    let (key, m) = &all[i];
+                    let mut m = m.clone();
+                    m.compacted_ms = Some(now);
+                    batch.insert(keys::compacted(as_u64(now), m.id), key.clone());
+                    batch.insert(key.clone(), encode(&m)?);
                 }
-            }
-            for (offset, role, text, completed) in [
-                (0, Role::System, summary.as_str(), None),
-                (1, Role::Assistant, COMPACTION_HINT, Some(now)),
-            ] {
-                let id = db.generate_id()? + 1;
-                let key = keys::message(&sid, at + offset);
-                let record = MessageRecord {
-                    id,
-                    role: role_byte(role),
-                    content: Some(text.to_owned()),
-                    full_content: None,
-                    tool_calls: None,
-                    tool_call_id: None,
-                    usage: None,
-                    agent_name: None,
-                    created_ms: now,
-                    completed_ms: completed,
-                    compacted_ms: None,
+                // The summary and hint take the first preserved message's place;
+                // it and everything after it move two places on.
+                let first = active.get(marked).copied();
+                let at = match first {
+                    Some(i) => keys::ord_of(&all[i].0)
+                        .ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?,
+                    None => session.next_ord + 1,
                 };
-                batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
-                batch.insert(key, encode(&record)?);
-            }
-            session.next_ord += 2;
-            session.message_count += 2;
-            batch.insert(keys::session(&sid), encode(&session)?);
-            Ok((batch, marked))
-        })
+                if let Some(i) = first {
+                    let tail = &all[i..];
+                    for (key, _) in tail {
+                        batch.remove(key.clone());
+                    }
+                    for (key, m) in tail {
+                        let ord = keys::ord_of(key)
+                            .ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
+                        let moved = keys::message(&sid, ord + 2);
+                        batch.insert(keys::numbered(keys::BY_ID, m.id), moved.clone());
+                        if m.role == role_byte(Role::User) {
+                            batch.insert(keys::numbered(keys::USER, m.id), moved.clone());
+                        }
+                        batch.insert(moved, encode(m)?);
+                    }
+                }
+                for (offset, role, text, completed) in [
+                    (0, Role::System, summary.as_str(), None),
+                    (1, Role::Assistant, COMPACTION_HINT, Some(now)),
+                ] {
+                    let id = db.generate_id()? + 1;
+                    let key = keys::message(&sid, at + offset);
+                    let record = MessageRecord {
+                        id,
+                        role: role_byte(role),
+                        content: Some(text.to_owned()),
+                        full_content: None,
+                        tool_calls: None,
+                        tool_call_id: None,
+                        usage: None,
+                        agent_name: None,
+                        created_ms: now,
+                        completed_ms: completed,
+                        compacted_ms: None,
+                    };
+                    batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
+                    batch.insert(key, encode(&record)?);
+                }
+                session.next_ord += 2;
+                session.message_count += 2;
+                batch.insert(keys::session(&sid), encode(&session)?);
+                Ok((batch, marked))
+            },
+            move |cache, marked| {
+                cache.changed(&compacted);
+                marked
+            },
+        )
         .await
     }
 
     async fn clear_message_content(&self, message_ids: &[i64], stub: &str) -> Result<()> {
         let (ids, stub) = (message_ids.to_vec(), stub.to_owned());
-        self.write(move |db| {
-            let mut changed: HashMap<IVec, MessageRecord> = HashMap::new();
-            for id in ids.into_iter().filter_map(|id| u64::try_from(id).ok()) {
-                let Some(key) = db.get(keys::numbered(keys::BY_ID, id))? else {
-                    continue;
-                };
-                if changed.contains_key(&key) {
-                    continue;
+        self.write_then(
+            move |db| {
+                let mut changed: HashMap<IVec, MessageRecord> = HashMap::new();
+                for id in ids.into_iter().filter_map(|id| u64::try_from(id).ok()) {
+                    let Some(key) = db.get(keys::numbered(keys::BY_ID, id))? else {
+                        continue;
+                    };
+                    if changed.contains_key(&key) {
+                        continue;
+                    }
+                    let Some(v) = db.get(&key)? else { continue };
+                    let mut m = decode_message(&v)?;
+                    m.content = Some(stub.clone());
+                    changed.insert(key, m);
                 }
-                let Some(v) = db.get(&key)? else { continue };
-                let mut m = decode_message(&v)?;
-                m.content = Some(stub.clone());
-                changed.insert(key, m);
-            }
-            let mut batch = Batch::default();
-            for (key, m) in changed {
-                batch.insert(key, encode(&m)?);
-            }
-            Ok((batch, ()))
-        })
+                let mut batch = Batch::default();
+                let mut touched = Vec::new();
+                for (key, m) in changed {
+                    touched.extend(session_of(&key));
+                    batch.insert(key, encode(&m)?);
+                }
+                Ok((batch, touched))
+            },
+            |cache, touched| {
+                for s in touched {
+                    cache.changed(&s);
+                }
+            },
+        )
         .await
     }
 
@@ -845,46 +954,57 @@ impl Persistence for SledStore {
 
     async fn purge_compacted(&self, min_age_days: u32) -> Result<usize> {
         let now = self.clock.now_ms();
-        self.write(move |db| {
-            let cutoff = now.saturating_sub(i64::from(min_age_days).saturating_mul(DAY_MS));
-            let end = if min_age_days == 0 {
-                vec![keys::COMPACTED + 1]
-            } else {
-                keys::compacted_before(as_u64(cutoff))
-            };
-            let mut batch = Batch::default();
-            let mut sessions: HashMap<String, SessionRecord> = HashMap::new();
-            let mut n = 0;
-            if min_age_days != 0 && cutoff <= 0 {
-                return Ok((batch, 0));
-            }
-            for kv in db.range(vec![keys::COMPACTED]..end) {
-                let (ckey, key) = kv?;
-                let Some(v) = db.get(&key)? else { continue };
-                let m = decode_message(&v)?;
-                let sid = session_of(&key)
-                    .ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
-                if !sessions.contains_key(&sid) {
-                    let s = get_session(db, &sid)?.ok_or_else(|| {
-                        PersistenceError::Corrupt(format!("message of missing session {sid:?}"))
-                    })?;
-                    sessions.insert(sid.clone(), s);
+        self.write_then(
+            move |db| {
+                let cutoff = now.saturating_sub(i64::from(min_age_days).saturating_mul(DAY_MS));
+                let end = if min_age_days == 0 {
+                    vec![keys::COMPACTED + 1]
+                } else {
+                    keys::compacted_before(as_u64(cutoff))
+                };
+                let mut batch = Batch::default();
+                let mut sessions: HashMap<String, SessionRecord> = HashMap::new();
+                let mut n = 0;
+                if min_age_days != 0 && cutoff <= 0 {
+                    return Ok((batch, (0, Vec::new())));
                 }
-                if let Some(s) = sessions.get_mut(&sid) {
-                    s.message_count -= 1;
-                    s.total_tokens -= m.usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
+                for kv in db.range(vec![keys::COMPACTED]..end) {
+                    let (ckey, key) = kv?;
+                    let Some(v) = db.get(&key)? else { continue };
+                    let m = decode_message(&v)?;
+                    let sid = session_of(&key)
+                        .ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
+                    if !sessions.contains_key(&sid) {
+                        let s = get_session(db, &sid)?.ok_or_else(|| {
+                            PersistenceError::Corrupt(format!("message of missing session {sid:?}"))
+                        })?;
+                        sessions.insert(sid.clone(), s);
+                    }
+                    if let Some(s) = sessions.get_mut(&sid) {
+                        s.message_count -= 1;
+                        s.total_tokens -=
+                            m.usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
+                    }
+                    batch.remove(ckey);
+                    batch.remove(key);
+                    batch.remove(keys::numbered(keys::BY_ID, m.id));
+                    batch.remove(keys::numbered(keys::USER, m.id));
+                    n += 1;
                 }
-                batch.remove(ckey);
-                batch.remove(key);
-                batch.remove(keys::numbered(keys::BY_ID, m.id));
-                batch.remove(keys::numbered(keys::USER, m.id));
-                n += 1;
-            }
-            for (sid, s) in sessions {
-                batch.insert(keys::session(&sid), encode(&s)?);
-            }
-            Ok((batch, n))
-        })
+                let mut touched = Vec::with_capacity(sessions.len());
+                for (sid, s) in sessions {
+                    batch.insert(keys::session(&sid), encode(&s)?);
+                    touched.push(sid);
+                }
+                Ok((batch, (n, touched)))
+            },
+            |cache, (n, touched)| {
+                for s in touched {
+                    cache.changed(&s);
+                }
+                n
+            },
+        )
         .await
     }
 
