@@ -43,15 +43,16 @@ pub fn sqlite_w1(dir: &Path, sync: Synchronous, n: usize) -> Result<f64> {
     )?;
     conn.execute_batch("ALTER TABLE messages ADD COLUMN completed_ms INTEGER")?;
     let mut complete = conn.prepare("UPDATE messages SET completed_ms = ?2 WHERE id = ?1")?;
+    let shapes: Vec<Shape> = (0..n).map(shape).collect();
     let started = Instant::now();
-    for i in 0..n {
+    for (i, s) in shapes.into_iter().enumerate() {
         let Shape {
             role,
             content,
             tool_calls,
             tool_call_id,
             usage,
-        } = shape(i);
+        } = s;
         let u = usage.map(|u| {
             [
                 u.prompt_tokens,
@@ -162,15 +163,16 @@ pub async fn postgres_w1(url: &str, n: usize) -> Result<f64> {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id"
         ))
         .await?;
+    let shapes: Vec<Shape> = (0..n).map(shape).collect();
     let started = Instant::now();
-    for i in 0..n {
+    for (i, s) in shapes.into_iter().enumerate() {
         let Shape {
             role,
             content,
             tool_calls,
             tool_call_id,
             usage,
-        } = shape(i);
+        } = s;
         let u = usage.map(|u| {
             [
                 u.prompt_tokens,

@@ -8,7 +8,7 @@
 //! linearizable.
 #![deny(missing_docs)]
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -33,7 +33,8 @@ struct State {
     next_message_id: i64,
     next_session_seq: u64,
     sessions: HashMap<String, Session>,
-    messages: HashMap<i64, Row>,
+    /// Every message by id (ids only grow, so inserts append to the tree).
+    messages: BTreeMap<i64, Row>,
     /// Ids of all user messages, for `recent_user_messages`.
     user_ids: BTreeSet<i64>,
     /// `(compacted_at, id)` of every compacted message.
