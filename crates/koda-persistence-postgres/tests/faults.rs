@@ -378,3 +378,49 @@ async fn cached_contexts_see_other_processes() -> Result<()> {
     })
     .await
 }
+
+/// The server restarts under a running store: the call made while it is
+/// down fails with `Unavailable` (nothing half written), and once it is back
+/// the next call succeeds on a fresh connection, in the same process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_costs_at_most_the_calls_while_it_is_down() -> Result<()> {
+    let server = match tokio::task::spawn_blocking(support::private_server).await? {
+        Ok(s) => s,
+        Err(e) => return skip_or_fail("server_restart", e),
+    };
+    let url = format!(
+        "{}?connect_timeout_ms=1000&pool_timeout_ms=2000",
+        server.url()
+    );
+    let s = PostgresStore::connect(&url).await?;
+    let sid = s.create_session("main", Path::new("/p")).await?;
+    let before = s
+        .insert_message(&sid, &Role::User, Some("before"), None, None, None)
+        .await?;
+    s.load_context(&sid).await?;
+
+    let server = tokio::task::spawn_blocking(move || server.stop().map(|()| server)).await??;
+    let err = s
+        .insert_message(&sid, &Role::User, Some("while down"), None, None, None)
+        .await
+        .expect_err("the server is down");
+    assert!(
+        matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
+        "{err:#}"
+    );
+
+    let server = tokio::task::spawn_blocking(move || server.restart().map(|()| server)).await??;
+    let after = s
+        .insert_message(&sid, &Role::User, Some("after"), None, None, None)
+        .await?;
+    let texts: Vec<String> = s
+        .load_context(&sid)
+        .await?
+        .into_iter()
+        .filter_map(|m| m.content)
+        .collect();
+    assert_eq!(texts, ["before", "after"]);
+    assert!(after > before);
+    tokio::task::spawn_blocking(move || drop(server)).await?;
+    Ok(())
+}

@@ -162,6 +162,124 @@ fn start_throwaway() -> Result<String> {
     bail!("the throwaway server did not accept connections within 30 s: {log}")
 }
 
+/// A PostgreSQL server of this test's own, from the installed binaries,
+/// that the test may stop and start again. Removed when dropped.
+pub struct PrivateServer {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivateServer {
+    /// Initialises and starts a server on a free port.
+    pub fn start() -> Result<Self> {
+        let bin = find_bin()?;
+        let dir = std::env::temp_dir().join(format!(
+            "koda-pg-private-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        if is_root()
+            && !Command::new("chown")
+                .args(["-R", "nobody", &dir.to_string_lossy()])
+                .status()?
+                .success()
+        {
+            bail!("cannot hand {} to user nobody", dir.display());
+        }
+        let data = dir.join("data");
+        let out = as_user(&[
+            &bin.join("initdb").to_string_lossy(),
+            "-D",
+            &data.to_string_lossy(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ])
+        .output()?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let server = Self { bin, dir, port };
+        server.pg_ctl("start")?;
+        Ok(server)
+    }
+
+    fn pg_ctl(&self, action: &str) -> Result<()> {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let mut argv = vec![
+            self.bin.join("pg_ctl").to_string_lossy().to_string(),
+            "-D".into(),
+            self.dir.join("data").to_string_lossy().to_string(),
+            "-w".into(),
+            "-l".into(),
+            self.dir.join("log").to_string_lossy().to_string(),
+        ];
+        if action == "start" {
+            argv.extend(["-o".into(), opts]);
+        } else {
+            argv.extend(["-m".into(), "fast".into()]);
+        }
+        argv.push(action.into());
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = as_user(&args).output()?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl {action} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown: sessions are terminated).
+    pub fn stop(&self) -> Result<()> {
+        self.pg_ctl("stop")
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&self) -> Result<()> {
+        self.pg_ctl("start")
+    }
+
+    /// The URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private server, or `Skipped` / a failure naming the fix, as for the
+/// shared one.
+pub fn private_server() -> Result<PrivateServer> {
+    match PrivateServer::start() {
+        Ok(s) => Ok(s),
+        Err(why) if env_flag("KODA_SKIP_POSTGRES") && !env_flag("KODA_REQUIRE_POSTGRES") => {
+            Err(Skipped(format!(
+                "PostgreSQL restart test skipped by KODA_SKIP_POSTGRES=1: {why:#}"
+            ))
+            .into())
+        }
+        Err(why) => bail!(
+            "the restart test needs the PostgreSQL server binaries (sudo apt-get install -y postgresql) \
+             to run a server it may stop: {why:#}"
+        ),
+    }
+}
+
 /// A fresh schema name for one test.
 pub fn fresh_schema() -> String {
     format!("kp_t_{}", uuid::Uuid::now_v7().simple())
