@@ -22,6 +22,7 @@ pub mod cases;
 mod factory;
 pub mod machine;
 pub mod model;
+pub mod process;
 
 pub use factory::{Ctx, Factory, START_MS, Skipped};
 

@@ -29,6 +29,6 @@ pub use context::{
 pub use error::{PersistenceError, check_limit, check_usage, root_to_str};
 pub use persistence::Persistence;
 pub use types::{
-    COMPACTION_HINT, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, Role,
-    SessionInfo, SessionUsage, TODO_KEY, TokenUsage,
+    COMPACTION_HINT, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message,
+    NewMessage, Role, SessionInfo, SessionUsage, TODO_KEY, TokenUsage,
 };

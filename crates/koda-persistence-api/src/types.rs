@@ -193,6 +193,108 @@ impl Message {
     }
 }
 
+/// A message about to be inserted: the arguments of the inserting trait
+/// methods, owned, so a backend can hand them to its writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Session to append to.
+    pub session_id: String,
+    /// Role.
+    pub role: Role,
+    /// Text content.
+    pub content: Option<String>,
+    /// Tool calls JSON, verbatim.
+    pub tool_calls: Option<String>,
+    /// Tool call answered.
+    pub tool_call_id: Option<String>,
+    /// Usage; `None` stores five unset counters.
+    pub usage: Option<TokenUsage>,
+    /// Agent name (`None` counts as `"main"` in usage by agent).
+    pub agent: Option<String>,
+    /// Full tool output (`insert_tool_message_with_full` only).
+    pub full_content: Option<String>,
+}
+
+impl NewMessage {
+    /// The arguments of `insert_message_with_agent`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn message(
+        session_id: &str,
+        role: Role,
+        content: Option<&str>,
+        tool_calls: Option<&str>,
+        tool_call_id: Option<&str>,
+        usage: Option<&TokenUsage>,
+        agent: Option<&str>,
+    ) -> Self {
+        Self {
+            session_id: session_id.to_owned(),
+            role,
+            content: content.map(str::to_owned),
+            tool_calls: tool_calls.map(str::to_owned),
+            tool_call_id: tool_call_id.map(str::to_owned),
+            usage: usage.copied(),
+            agent: agent.map(str::to_owned),
+            full_content: None,
+        }
+    }
+
+    /// The arguments of `insert_tool_message_with_full`.
+    pub fn tool_result(
+        session_id: &str,
+        content: &str,
+        tool_call_id: &str,
+        full_content: &str,
+    ) -> Self {
+        Self {
+            session_id: session_id.to_owned(),
+            role: Role::Tool,
+            content: Some(content.to_owned()),
+            tool_calls: None,
+            tool_call_id: Some(tool_call_id.to_owned()),
+            usage: None,
+            agent: None,
+            full_content: Some(full_content.to_owned()),
+        }
+    }
+
+    /// The five counters in [`TokenUsage`] field order, if usage was given.
+    pub fn counters(&self) -> Option<[i64; 5]> {
+        self.usage.map(|u| {
+            [
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cache_read_tokens,
+                u.cache_creation_tokens,
+                u.thinking_tokens,
+            ]
+        })
+    }
+
+    /// The message as stored with `id` at `created_ms`.
+    pub fn to_message(&self, id: i64, created_ms: i64) -> Message {
+        let [p, c, cr, cc, t] = match self.counters() {
+            Some(u) => u.map(Some),
+            None => [None; 5],
+        };
+        Message {
+            id,
+            session_id: self.session_id.clone(),
+            role: self.role,
+            content: self.content.clone(),
+            full_content: self.full_content.clone(),
+            tool_calls: self.tool_calls.clone(),
+            tool_call_id: self.tool_call_id.clone(),
+            prompt_tokens: p,
+            completion_tokens: c,
+            cache_read_tokens: cr,
+            cache_creation_tokens: cc,
+            thinking_tokens: t,
+            created_at: Some(crate::clock::format_timestamp(created_ms)),
+        }
+    }
+}
+
 /// Summary info for a stored session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {

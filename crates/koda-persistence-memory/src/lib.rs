@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Result;
 use koda_persistence_api::{
-    COMPACTION_HINT, Clock, CompactedStats, ContextRow, Message, Persistence, PersistenceError,
-    Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage, apply_context_passes,
-    check_limit, check_usage, format_timestamp, root_to_str,
+    COMPACTION_HINT, Clock, CompactedStats, ContextRow, Message, NewMessage, Persistence,
+    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage,
+    apply_context_passes, check_limit, check_usage, format_timestamp, root_to_str,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -106,35 +106,28 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert(
-        &self,
-        session_id: &str,
-        mut message: Message,
-        agent: Option<&str>,
-        now: i64,
-    ) -> Result<i64> {
+    async fn insert(&self, m: NewMessage) -> Result<i64> {
+        check_usage(m.usage.as_ref())?;
+        let now = self.clock.now_ms();
         let mut st = self.lock();
-        if !st.sessions.contains_key(session_id) {
-            return Err(session_not_found(session_id));
-        }
+        let st = &mut *st;
+        let Some(session) = st.sessions.get_mut(&m.session_id) else {
+            return Err(session_not_found(&m.session_id));
+        };
         let id = st.next_message_id;
         st.next_message_id += 1;
-        message.id = id;
-        message.created_at = Some(format_timestamp(now));
-        let tokens = row_tokens(&message);
+        let message = m.to_message(id, now);
         if message.role == Role::User {
             st.user_ids.insert(id);
         }
-        if let Some(s) = st.sessions.get_mut(session_id) {
-            s.order.push(id);
-            s.tokens += tokens;
-            s.last_accessed_ms = Some(now);
-        }
+        session.order.push(id);
+        session.tokens += row_tokens(&message);
+        session.last_accessed_ms = Some(now);
         st.messages.insert(
             id,
             Row {
                 message,
-                agent: agent.map(str::to_owned),
+                agent: m.agent,
                 completed_ms: None,
                 compacted_ms: None,
             },
@@ -294,15 +287,15 @@ impl Persistence for MemoryStore {
         tool_call_id: Option<&str>,
         usage: Option<&TokenUsage>,
     ) -> Result<i64> {
-        self.insert_message_with_agent(
+        self.insert(NewMessage::message(
             session_id,
-            role,
+            *role,
             content,
             tool_calls,
             tool_call_id,
             usage,
             None,
-        )
+        ))
         .await
     }
 
@@ -316,20 +309,16 @@ impl Persistence for MemoryStore {
         usage: Option<&TokenUsage>,
         agent_name: Option<&str>,
     ) -> Result<i64> {
-        check_usage(usage)?;
-        let now = self.clock.now_ms();
-        let mut m = new_message(session_id, *role);
-        m.content = content.map(str::to_owned);
-        m.tool_calls = tool_calls.map(str::to_owned);
-        m.tool_call_id = tool_call_id.map(str::to_owned);
-        if let Some(u) = usage {
-            m.prompt_tokens = Some(u.prompt_tokens);
-            m.completion_tokens = Some(u.completion_tokens);
-            m.cache_read_tokens = Some(u.cache_read_tokens);
-            m.cache_creation_tokens = Some(u.cache_creation_tokens);
-            m.thinking_tokens = Some(u.thinking_tokens);
-        }
-        self.insert(session_id, m, agent_name, now)
+        self.insert(NewMessage::message(
+            session_id,
+            *role,
+            content,
+            tool_calls,
+            tool_call_id,
+            usage,
+            agent_name,
+        ))
+        .await
     }
 
     async fn insert_tool_message_with_full(
@@ -339,12 +328,13 @@ impl Persistence for MemoryStore {
         tool_call_id: &str,
         full_content: &str,
     ) -> Result<i64> {
-        let now = self.clock.now_ms();
-        let mut m = new_message(session_id, Role::Tool);
-        m.content = Some(content.to_owned());
-        m.tool_call_id = Some(tool_call_id.to_owned());
-        m.full_content = Some(full_content.to_owned());
-        self.insert(session_id, m, None, now)
+        self.insert(NewMessage::tool_result(
+            session_id,
+            content,
+            tool_call_id,
+            full_content,
+        ))
+        .await
     }
 
     async fn load_context(&self, session_id: &str) -> Result<Vec<Message>> {

@@ -34,15 +34,14 @@ use std::time::Duration;
 use anyhow::Result;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use koda_persistence_api::{
-    Clock, CompactedStats, ContextCache, ContextRow, Message, Persistence, PersistenceError, Role,
-    SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage, check_limit, check_usage,
-    root_to_str,
+    Clock, CompactedStats, ContextCache, ContextRow, Message, NewMessage, Persistence,
+    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage,
+    check_limit, check_usage, root_to_str,
 };
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 pub use crate::options::{PostgresOptions, TlsMode, check_schema_name};
-use crate::queries::NewMessage;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -435,15 +434,15 @@ impl Persistence for PostgresStore {
         tool_call_id: Option<&str>,
         usage: Option<&TokenUsage>,
     ) -> Result<i64> {
-        self.insert_message_with_agent(
+        self.insert(NewMessage::message(
             session_id,
-            role,
+            *role,
             content,
             tool_calls,
             tool_call_id,
             usage,
             None,
-        )
+        ))
         .await
     }
 
@@ -457,16 +456,15 @@ impl Persistence for PostgresStore {
         usage: Option<&TokenUsage>,
         agent_name: Option<&str>,
     ) -> Result<i64> {
-        self.insert(NewMessage {
-            session_id: session_id.to_owned(),
-            role: *role,
-            content: content.map(str::to_owned),
-            tool_calls: tool_calls.map(str::to_owned),
-            tool_call_id: tool_call_id.map(str::to_owned),
-            usage: usage.copied(),
-            agent: agent_name.map(str::to_owned),
-            full_content: None,
-        })
+        self.insert(NewMessage::message(
+            session_id,
+            *role,
+            content,
+            tool_calls,
+            tool_call_id,
+            usage,
+            agent_name,
+        ))
         .await
     }
 
@@ -477,16 +475,12 @@ impl Persistence for PostgresStore {
         tool_call_id: &str,
         full_content: &str,
     ) -> Result<i64> {
-        self.insert(NewMessage {
-            session_id: session_id.to_owned(),
-            role: Role::Tool,
-            content: Some(content.to_owned()),
-            tool_calls: None,
-            tool_call_id: Some(tool_call_id.to_owned()),
-            usage: None,
-            agent: None,
-            full_content: Some(full_content.to_owned()),
-        })
+        self.insert(NewMessage::tool_result(
+            session_id,
+            content,
+            tool_call_id,
+            full_content,
+        ))
         .await
     }
 

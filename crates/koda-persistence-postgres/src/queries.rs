@@ -6,8 +6,8 @@
 use anyhow::Result;
 use deadpool_postgres::Object;
 use koda_persistence_api::{
-    COMPACTION_HINT, CompactedStats, ContextRow, Message, PersistenceError, Role, SessionInfo,
-    SessionUsage, TokenUsage, format_timestamp,
+    COMPACTION_HINT, CompactedStats, ContextRow, Message, NewMessage, PersistenceError, Role,
+    SessionInfo, SessionUsage, format_timestamp,
 };
 use postgres_types::{FromSql, ToSql};
 use tokio_postgres::Row;
@@ -223,41 +223,6 @@ pub(crate) async fn last_accessed(c: &Object, id: &str) -> Result<Option<i64>> {
         Some(r) => get(&r, 0, "last_accessed_ms")?,
         None => None,
     })
-}
-
-/// The arguments of one inserted message.
-#[derive(Debug, Clone)]
-pub(crate) struct NewMessage {
-    pub session_id: String,
-    pub role: Role,
-    pub content: Option<String>,
-    pub tool_calls: Option<String>,
-    pub tool_call_id: Option<String>,
-    pub usage: Option<TokenUsage>,
-    pub agent: Option<String>,
-    pub full_content: Option<String>,
-}
-
-impl NewMessage {
-    /// The message as `load_context` would return it once stored.
-    pub(crate) fn to_message(&self, id: i64, now: i64) -> Message {
-        let u = self.usage;
-        Message {
-            id,
-            session_id: self.session_id.clone(),
-            role: self.role,
-            content: self.content.clone(),
-            full_content: self.full_content.clone(),
-            tool_calls: self.tool_calls.clone(),
-            tool_call_id: self.tool_call_id.clone(),
-            prompt_tokens: u.map(|u| u.prompt_tokens),
-            completion_tokens: u.map(|u| u.completion_tokens),
-            cache_read_tokens: u.map(|u| u.cache_read_tokens),
-            cache_creation_tokens: u.map(|u| u.cache_creation_tokens),
-            thinking_tokens: u.map(|u| u.thinking_tokens),
-            created_at: Some(format_timestamp(now)),
-        }
-    }
 }
 
 /// One statement: lock and touch the session (counters, access time, next

@@ -32,9 +32,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::{
-    COMPACTION_HINT, Clock, CompactedStats, ContextCache, ContextRow, Message, Persistence,
-    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage,
-    check_limit, check_usage, format_timestamp, root_to_str,
+    COMPACTION_HINT, Clock, CompactedStats, ContextCache, ContextRow, Message, NewMessage,
+    Persistence, PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY,
+    TokenUsage, check_limit, check_usage, format_timestamp, root_to_str,
 };
 use sled::{Batch, Db, IVec};
 
@@ -398,17 +398,6 @@ impl SledStore {
     }
 }
 
-struct NewMessage {
-    session_id: String,
-    role: Role,
-    content: Option<String>,
-    tool_calls: Option<String>,
-    tool_call_id: Option<String>,
-    usage: Option<TokenUsage>,
-    agent: Option<String>,
-    full_content: Option<String>,
-}
-
 fn get_session(db: &Db, id: &str) -> Result<Option<SessionRecord>> {
     match db.get(keys::session(id))? {
         Some(v) => Ok(Some(decode(&v, &format!("session {id:?}"))?)),
@@ -604,15 +593,15 @@ impl Persistence for SledStore {
         tool_call_id: Option<&str>,
         usage: Option<&TokenUsage>,
     ) -> Result<i64> {
-        self.insert_message_with_agent(
+        self.insert(NewMessage::message(
             session_id,
-            role,
+            *role,
             content,
             tool_calls,
             tool_call_id,
             usage,
             None,
-        )
+        ))
         .await
     }
 
@@ -626,16 +615,15 @@ impl Persistence for SledStore {
         usage: Option<&TokenUsage>,
         agent_name: Option<&str>,
     ) -> Result<i64> {
-        self.insert(NewMessage {
-            session_id: session_id.to_owned(),
-            role: *role,
-            content: content.map(str::to_owned),
-            tool_calls: tool_calls.map(str::to_owned),
-            tool_call_id: tool_call_id.map(str::to_owned),
-            usage: usage.copied(),
-            agent: agent_name.map(str::to_owned),
-            full_content: None,
-        })
+        self.insert(NewMessage::message(
+            session_id,
+            *role,
+            content,
+            tool_calls,
+            tool_call_id,
+            usage,
+            agent_name,
+        ))
         .await
     }
 
@@ -646,16 +634,12 @@ impl Persistence for SledStore {
         tool_call_id: &str,
         full_content: &str,
     ) -> Result<i64> {
-        self.insert(NewMessage {
-            session_id: session_id.to_owned(),
-            role: Role::Tool,
-            content: Some(content.to_owned()),
-            tool_calls: None,
-            tool_call_id: Some(tool_call_id.to_owned()),
-            usage: None,
-            agent: None,
-            full_content: Some(full_content.to_owned()),
-        })
+        self.insert(NewMessage::tool_result(
+            session_id,
+            content,
+            tool_call_id,
+            full_content,
+        ))
         .await
     }
 

@@ -34,13 +34,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::{
-    Clock, CompactedStats, ContextCache, ContextRow, Message, Persistence, PersistenceError, Role,
-    SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage, check_limit, check_usage,
-    root_to_str,
+    Clock, CompactedStats, ContextCache, ContextRow, Message, NewMessage, Persistence,
+    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage,
+    check_limit, check_usage, root_to_str,
 };
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use crate::queries::NewMessage;
 use crate::worker::Worker;
 
 /// SQLite's `synchronous` setting: what a power failure can cost.
@@ -606,15 +605,15 @@ impl Persistence for SqliteStore {
         tool_call_id: Option<&str>,
         usage: Option<&TokenUsage>,
     ) -> Result<i64> {
-        self.insert_message_with_agent(
+        self.insert(NewMessage::message(
             session_id,
-            role,
+            *role,
             content,
             tool_calls,
             tool_call_id,
             usage,
             None,
-        )
+        ))
         .await
     }
 
@@ -628,16 +627,15 @@ impl Persistence for SqliteStore {
         usage: Option<&TokenUsage>,
         agent_name: Option<&str>,
     ) -> Result<i64> {
-        self.insert(NewMessage {
-            session_id: session_id.to_owned(),
-            role: *role,
-            content: content.map(str::to_owned),
-            tool_calls: tool_calls.map(str::to_owned),
-            tool_call_id: tool_call_id.map(str::to_owned),
-            usage: usage.copied(),
-            agent: agent_name.map(str::to_owned),
-            full_content: None,
-        })
+        self.insert(NewMessage::message(
+            session_id,
+            *role,
+            content,
+            tool_calls,
+            tool_call_id,
+            usage,
+            agent_name,
+        ))
         .await
     }
 
@@ -648,16 +646,12 @@ impl Persistence for SqliteStore {
         tool_call_id: &str,
         full_content: &str,
     ) -> Result<i64> {
-        self.insert(NewMessage {
-            session_id: session_id.to_owned(),
-            role: Role::Tool,
-            content: Some(content.to_owned()),
-            tool_calls: None,
-            tool_call_id: Some(tool_call_id.to_owned()),
-            usage: None,
-            agent: None,
-            full_content: Some(full_content.to_owned()),
-        })
+        self.insert(NewMessage::tool_result(
+            session_id,
+            content,
+            tool_call_id,
+            full_content,
+        ))
         .await
     }
 

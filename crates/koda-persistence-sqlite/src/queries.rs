@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use koda_persistence_api::{
-    COMPACTION_HINT, CompactedStats, ContextRow, Message, PersistenceError, Role, SessionInfo,
-    SessionUsage, TokenUsage, format_timestamp,
+    COMPACTION_HINT, CompactedStats, ContextRow, Message, NewMessage, PersistenceError, Role,
+    SessionInfo, SessionUsage, format_timestamp,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -140,41 +140,6 @@ pub(crate) fn session_version(conn: &Connection, session_id: &str) -> Result<Opt
         .prepare_cached("SELECT version FROM sessions WHERE id = ?1")?
         .query_row(params![session_id], |r| r.get(0))
         .optional()?)
-}
-
-/// The arguments of one inserted message.
-#[derive(Debug, Clone)]
-pub(crate) struct NewMessage {
-    pub session_id: String,
-    pub role: Role,
-    pub content: Option<String>,
-    pub tool_calls: Option<String>,
-    pub tool_call_id: Option<String>,
-    pub usage: Option<TokenUsage>,
-    pub agent: Option<String>,
-    pub full_content: Option<String>,
-}
-
-impl NewMessage {
-    /// The message as `load_context` would return it once stored.
-    pub(crate) fn to_message(&self, id: i64, now: i64) -> Message {
-        let u = self.usage;
-        Message {
-            id,
-            session_id: self.session_id.clone(),
-            role: self.role,
-            content: self.content.clone(),
-            full_content: self.full_content.clone(),
-            tool_calls: self.tool_calls.clone(),
-            tool_call_id: self.tool_call_id.clone(),
-            prompt_tokens: u.map(|u| u.prompt_tokens),
-            completion_tokens: u.map(|u| u.completion_tokens),
-            cache_read_tokens: u.map(|u| u.cache_read_tokens),
-            cache_creation_tokens: u.map(|u| u.cache_creation_tokens),
-            thinking_tokens: u.map(|u| u.thinking_tokens),
-            created_at: Some(format_timestamp(now)),
-        }
-    }
 }
 
 /// Appends the message; returns its id and the session's new version.

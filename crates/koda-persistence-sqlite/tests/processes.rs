@@ -215,48 +215,17 @@ fn sigkill_mid_stream_loses_nothing_acknowledged() -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("child") {
-        return match child(&args[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("child failed: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let filter = args.iter().find(|a| !a.starts_with('-'));
-    type Test = fn() -> Result<()>;
-    let tests: [(&str, Test); 2] = [
-        (
-            "two_processes_insert_concurrently",
-            two_processes_insert_concurrently,
-        ),
-        (
-            "sigkill_mid_stream_loses_nothing_acknowledged",
-            sigkill_mid_stream_loses_nothing_acknowledged,
-        ),
-    ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
-        if filter.is_some_and(|f| !name.contains(f.as_str())) {
-            continue;
-        }
-        match test() {
-            Ok(()) => {
-                println!("test {name} ... ok");
-                passed += 1;
-            }
-            Err(e) => {
-                println!("test {name} ... FAILED\n    {e:#}");
-                failed += 1;
-            }
-        }
-    }
-    println!("\nprocesses: {passed} passed, {failed} failed");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    koda_persistence_conformance::process::main(
+        child,
+        &[
+            (
+                "two_processes_insert_concurrently",
+                two_processes_insert_concurrently,
+            ),
+            (
+                "sigkill_mid_stream_loses_nothing_acknowledged",
+                sigkill_mid_stream_loses_nothing_acknowledged,
+            ),
+        ],
+    )
 }
