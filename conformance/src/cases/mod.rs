@@ -37,6 +37,7 @@ macro_rules! __for_each_case {
                 list_honours_limit,
                 list_counts_messages_and_tokens,
                 list_total_tokens_saturate,
+                list_total_tokens_exact_after_purge,
                 list_shows_title_and_mode,
                 delete_removes_session_messages_and_metadata,
                 delete_unknown_returns_false,

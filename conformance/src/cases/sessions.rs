@@ -222,6 +222,42 @@ pub async fn list_total_tokens_saturate(cx: &Ctx) -> Result<()> {
     )
 }
 
+/// `total_tokens` stays exact when saturating messages are purged: the sum
+/// of what remains, not a saturated total minus a saturated part.
+pub async fn list_total_tokens_exact_after_purge(cx: &Ctx) -> Result<()> {
+    let sid = session(cx).await?;
+    cx.store
+        .insert_message(
+            &sid,
+            &Role::Assistant,
+            Some("huge"),
+            None,
+            None,
+            Some(&usage(1, i64::MAX, 0, 0, 0)),
+        )
+        .await?;
+    cx.store
+        .insert_message(
+            &sid,
+            &Role::Assistant,
+            Some("small"),
+            None,
+            None,
+            Some(&usage(2, 3, 0, 0, 0)),
+        )
+        .await?;
+    let info = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+    eq(
+        "saturated",
+        info.first().map(|s| s.total_tokens),
+        Some(i64::MAX),
+    )?;
+    cx.store.compact_session(&sid, "s", 1).await?;
+    eq("purged", cx.store.purge_compacted(0).await?, 1)?;
+    let info = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+    eq("after purge", info.first().map(|s| s.total_tokens), Some(5))
+}
+
 /// The title and mode set on a session show in `list_sessions`.
 pub async fn list_shows_title_and_mode(cx: &Ctx) -> Result<()> {
     let sid = session(cx).await?;

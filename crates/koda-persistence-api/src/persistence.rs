@@ -99,7 +99,7 @@ pub trait Persistence: Send + Sync {
     // ── Messages ──
 
     /// Same as [`insert_message_with_agent`](Self::insert_message_with_agent)
-    /// with no agent name.
+    /// with no agent name (provided: backends need not write it).
     ///
     /// # Errors
     /// As `insert_message_with_agent`.
@@ -111,7 +111,18 @@ pub trait Persistence: Send + Sync {
         tool_calls: Option<&str>,
         tool_call_id: Option<&str>,
         usage: Option<&TokenUsage>,
-    ) -> Result<i64>;
+    ) -> Result<i64> {
+        self.insert_message_with_agent(
+            session_id,
+            role,
+            content,
+            tool_calls,
+            tool_call_id,
+            usage,
+            None,
+        )
+        .await
+    }
 
     /// Appends a message to the session and returns its id. `created_at` is
     /// now; the message is not complete and has no `full_content`. `usage:
@@ -290,15 +301,22 @@ pub trait Persistence: Send + Sync {
     /// `SessionNotFound` for an unknown session.
     async fn set_metadata(&self, session_id: &str, key: &str, value: &str) -> Result<()>;
 
-    /// The TODO list: the metadata value under [`TODO_KEY`](crate::TODO_KEY).
+    /// The TODO list: the metadata value under [`TODO_KEY`](crate::TODO_KEY)
+    /// (provided).
     ///
     /// # Errors
     /// Only store failures.
-    async fn get_todo(&self, session_id: &str) -> Result<Option<String>>;
+    async fn get_todo(&self, session_id: &str) -> Result<Option<String>> {
+        self.get_metadata(session_id, crate::TODO_KEY).await
+    }
 
-    /// Stores the TODO list as the metadata value under [`TODO_KEY`](crate::TODO_KEY).
+    /// Stores the TODO list as the metadata value under
+    /// [`TODO_KEY`](crate::TODO_KEY) (provided).
     ///
     /// # Errors
     /// `SessionNotFound` for an unknown session.
-    async fn set_todo(&self, session_id: &str, content: &str) -> Result<()>;
+    async fn set_todo(&self, session_id: &str, content: &str) -> Result<()> {
+        self.set_metadata(session_id, crate::TODO_KEY, content)
+            .await
+    }
 }

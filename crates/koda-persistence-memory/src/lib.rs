@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::Result;
 use koda_persistence_api::{
     COMPACTION_HINT, Clock, CompactedStats, ContextRow, Message, NewMessage, Persistence,
-    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage,
+    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TokenUsage,
     apply_context_passes, check_limit, check_usage, format_timestamp, root_to_str,
 };
 
@@ -276,27 +276,6 @@ impl Persistence for MemoryStore {
             .with_session(session_id, |_, s| s.last_accessed_ms)
             .flatten();
         Ok(last.map(|at| now.saturating_sub(at).div_euclid(1000).max(0)))
-    }
-
-    async fn insert_message(
-        &self,
-        session_id: &str,
-        role: &Role,
-        content: Option<&str>,
-        tool_calls: Option<&str>,
-        tool_call_id: Option<&str>,
-        usage: Option<&TokenUsage>,
-    ) -> Result<i64> {
-        self.insert(NewMessage::message(
-            session_id,
-            *role,
-            content,
-            tool_calls,
-            tool_call_id,
-            usage,
-            None,
-        ))
-        .await
     }
 
     async fn insert_message_with_agent(
@@ -595,14 +574,6 @@ impl Persistence for MemoryStore {
             .ok_or_else(|| session_not_found(session_id))?;
         s.metadata.insert(key.to_owned(), value.to_owned());
         Ok(())
-    }
-
-    async fn get_todo(&self, session_id: &str) -> Result<Option<String>> {
-        self.get_metadata(session_id, TODO_KEY).await
-    }
-
-    async fn set_todo(&self, session_id: &str, content: &str) -> Result<()> {
-        self.set_metadata(session_id, TODO_KEY, content).await
     }
 }
 

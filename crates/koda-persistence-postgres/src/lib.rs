@@ -35,8 +35,8 @@ use anyhow::Result;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use koda_persistence_api::{
     Clock, CompactedStats, ContextCache, ContextRow, Message, NewMessage, Persistence,
-    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage,
-    check_limit, check_usage, root_to_str,
+    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TokenUsage, check_limit,
+    check_usage, root_to_str,
 };
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
@@ -425,27 +425,6 @@ impl Persistence for PostgresStore {
         Ok(last.map(|at| now.saturating_sub(at).div_euclid(1000).max(0)))
     }
 
-    async fn insert_message(
-        &self,
-        session_id: &str,
-        role: &Role,
-        content: Option<&str>,
-        tool_calls: Option<&str>,
-        tool_call_id: Option<&str>,
-        usage: Option<&TokenUsage>,
-    ) -> Result<i64> {
-        self.insert(NewMessage::message(
-            session_id,
-            *role,
-            content,
-            tool_calls,
-            tool_call_id,
-            usage,
-            None,
-        ))
-        .await
-    }
-
     async fn insert_message_with_agent(
         &self,
         session_id: &str,
@@ -638,13 +617,5 @@ impl Persistence for PostgresStore {
         let now = self.clock.now_ms();
         self.with_client(|c| async move { queries::set_metadata(&c, sid, key, value, now).await })
             .await
-    }
-
-    async fn get_todo(&self, session_id: &str) -> Result<Option<String>> {
-        self.get_metadata(session_id, TODO_KEY).await
-    }
-
-    async fn set_todo(&self, session_id: &str, content: &str) -> Result<()> {
-        self.set_metadata(session_id, TODO_KEY, content).await
     }
 }

@@ -233,25 +233,26 @@ pub(crate) async fn insert_message(c: &Object, m: &NewMessage, now: i64) -> Resu
         .prepare_cached(
             "WITH s AS (
                  UPDATE sessions SET last_accessed_ms = $2, message_count = message_count + 1,
-                     total_tokens = total_tokens + $3::BIGINT, next_ord = next_ord + 1,
+                     total_tokens = total_tokens + COALESCE($7::BIGINT, 0) + COALESCE($8::BIGINT, 0),
+                     next_ord = next_ord + 1,
                      version = version + 1
                  WHERE id = $1 RETURNING next_ord, version),
              i AS (
                  INSERT INTO messages (session_id, ord, role, content, tool_calls, tool_call_id,
                      prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
                      thinking_tokens, agent_name, full_content, created_ms)
-                 SELECT $1, s.next_ord, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $2 FROM s
+                 SELECT $1, s.next_ord, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $2 FROM s
                  RETURNING id)
              SELECT i.id, s.version FROM i, s",
         )
         .await
         .map_err(db("preparing insert"))?;
     let u = m.usage;
-    let tokens = u.map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens));
-    let params: [&(dyn ToSql + Sync); 14] = [
+    // The session's NUMERIC total takes the exact sum (purge subtracts the
+    // exact sum); it is saturated only when read.
+    let params: [&(dyn ToSql + Sync); 13] = [
         &m.session_id,
         &now,
-        &tokens,
         &PgRole::from(m.role),
         &opt_bytes(&m.content),
         &opt_bytes(&m.tool_calls),

@@ -33,8 +33,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use koda_persistence_api::{
     COMPACTION_HINT, Clock, CompactedStats, ContextCache, ContextRow, Message, NewMessage,
-    Persistence, PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY,
-    TokenUsage, check_limit, check_usage, format_timestamp, root_to_str,
+    Persistence, PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TokenUsage,
+    check_limit, check_usage, format_timestamp, root_to_str,
 };
 use sled::{Batch, Db, IVec};
 
@@ -584,27 +584,6 @@ impl Persistence for SledStore {
         Ok(last.map(|at| now.saturating_sub(at).div_euclid(1000).max(0)))
     }
 
-    async fn insert_message(
-        &self,
-        session_id: &str,
-        role: &Role,
-        content: Option<&str>,
-        tool_calls: Option<&str>,
-        tool_call_id: Option<&str>,
-        usage: Option<&TokenUsage>,
-    ) -> Result<i64> {
-        self.insert(NewMessage::message(
-            session_id,
-            *role,
-            content,
-            tool_calls,
-            tool_call_id,
-            usage,
-            None,
-        ))
-        .await
-    }
-
     async fn insert_message_with_agent(
         &self,
         session_id: &str,
@@ -1012,14 +991,6 @@ impl Persistence for SledStore {
             Ok((batch, ()))
         })
         .await
-    }
-
-    async fn get_todo(&self, session_id: &str) -> Result<Option<String>> {
-        self.get_metadata(session_id, TODO_KEY).await
-    }
-
-    async fn set_todo(&self, session_id: &str, content: &str) -> Result<()> {
-        self.set_metadata(session_id, TODO_KEY, content).await
     }
 }
 

@@ -35,8 +35,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use koda_persistence_api::{
     Clock, CompactedStats, ContextCache, ContextRow, Message, NewMessage, Persistence,
-    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage,
-    check_limit, check_usage, root_to_str,
+    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TokenUsage, check_limit,
+    check_usage, root_to_str,
 };
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
@@ -596,27 +596,6 @@ impl Persistence for SqliteStore {
         Ok(last.map(|at| now.saturating_sub(at).div_euclid(1000).max(0)))
     }
 
-    async fn insert_message(
-        &self,
-        session_id: &str,
-        role: &Role,
-        content: Option<&str>,
-        tool_calls: Option<&str>,
-        tool_call_id: Option<&str>,
-        usage: Option<&TokenUsage>,
-    ) -> Result<i64> {
-        self.insert(NewMessage::message(
-            session_id,
-            *role,
-            content,
-            tool_calls,
-            tool_call_id,
-            usage,
-            None,
-        ))
-        .await
-    }
-
     async fn insert_message_with_agent(
         &self,
         session_id: &str,
@@ -788,13 +767,5 @@ impl Persistence for SqliteStore {
         let now = self.clock.now_ms();
         self.write(move |tx| queries::set_metadata(tx, &sid, &key, &value, now))
             .await
-    }
-
-    async fn get_todo(&self, session_id: &str) -> Result<Option<String>> {
-        self.get_metadata(session_id, TODO_KEY).await
-    }
-
-    async fn set_todo(&self, session_id: &str, content: &str) -> Result<()> {
-        self.set_metadata(session_id, TODO_KEY, content).await
     }
 }
