@@ -70,6 +70,30 @@ pub async fn context_drops_orphan_results(cx: &Ctx) -> Result<()> {
     eq("context", ids(&cx.store.load_context(&sid).await?), vec![u])
 }
 
+/// Only tool messages answer calls: a user or system message carrying the
+/// call's id does not, so the caller is dropped.
+pub async fn context_only_tool_messages_answer_calls(cx: &Ctx) -> Result<()> {
+    let sid = session(cx).await?;
+    let u = user(cx, &sid, "q").await?;
+    assistant(cx, &sid, None, Some(&calls(&["c1"])), true).await?;
+    let not_tool = cx
+        .store
+        .insert_message(
+            &sid,
+            &Role::User,
+            Some("looks like a result"),
+            None,
+            Some("c1"),
+            None,
+        )
+        .await?;
+    eq(
+        "context",
+        ids(&cx.store.load_context(&sid).await?),
+        vec![u, not_tool],
+    )
+}
+
 /// Pass 2 matches ids as sets: duplicates, order and position do not matter.
 pub async fn context_pairing_is_by_id_set(cx: &Ctx) -> Result<()> {
     let sid = session(cx).await?;

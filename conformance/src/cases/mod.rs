@@ -81,6 +81,7 @@ macro_rules! __for_each_case {
                 context_drops_partially_answered_call_and_its_results,
                 context_drops_orphan_results,
                 context_pairing_is_by_id_set,
+                context_only_tool_messages_answer_calls,
                 context_unparseable_calls_name_nothing,
                 context_drops_blank_assistant_without_calls,
                 context_keeps_blank_assistant_with_calls,

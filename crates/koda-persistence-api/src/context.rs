@@ -580,10 +580,62 @@ mod tests {
         );
         assert!(!cache.holds("s"));
 
+        // An edit the held entry already includes (a reader loaded after the
+        // commit) or predates changes nothing.
+        cache.put("r", 6, complete(vec![msg(1, Role::User)]));
+        cache.appended(
+            "r",
+            6,
+            ContextRow {
+                message: msg(2, Role::User),
+                complete: true,
+            },
+        );
+        cache.appended(
+            "r",
+            4,
+            ContextRow {
+                message: msg(3, Role::User),
+                complete: true,
+            },
+        );
+        assert_eq!(ids(&cache.get("r", 6).expect("kept")), [1]);
+        cache.forget("r");
+
         // An older read never replaces a newer entry.
         cache.put("s", 9, complete(history.clone()));
         cache.put("s", 3, complete(vec![msg(1, Role::User)]));
         assert_eq!(ids(&cache.get("s", 9).expect("kept the newer")), [1, 2, 3]);
+
+        // A newer read replaces an older entry.
+        cache.put("q", 1, complete(vec![msg(1, Role::User)]));
+        cache.put(
+            "q",
+            2,
+            complete(vec![msg(1, Role::User), msg(2, Role::User)]),
+        );
+        assert_eq!(ids(&cache.get("q", 2).expect("newer read held")), [1, 2]);
+        cache.forget("q");
+
+        // Capacity: the least recently used session goes, round after round.
+        let mut lru = ContextCache::new(2);
+        lru.put("keep", 1, complete(vec![msg(1, Role::User)]));
+        for round in 0..12 {
+            let name = format!("s{round}");
+            lru.put(&name, 1, complete(vec![msg(1, Role::User)]));
+            assert!(
+                lru.get("keep", 1).is_some(),
+                "round {round}: the recently used one stays"
+            );
+            let next = format!("s{}", round + 1);
+            lru.put(&next, 1, complete(vec![msg(1, Role::User)]));
+            assert!(
+                !lru.holds(&name),
+                "round {round}: the least recently used one goes"
+            );
+            assert!(lru.get("keep", 1).is_some() && lru.holds(&next));
+            lru.forget(&next);
+        }
 
         // Capacity: the least recently used session goes.
         cache.put("t", 1, complete(vec![msg(1, Role::User)]));
@@ -631,6 +683,7 @@ mod tests {
             r#"[{"id":"a","id":"b"}]"#,
             r#"[{"id":"esc\"aped\u00e9"}, {"id": null}, {"id": ["x"]}, {"id": {"id":"y"}}]"#,
             r#"[[{"id":"deep"}], 3, null, true, "s", {"ID":"case"}]"#,
+            r#"[["nested", {"id":"x"}], {"id":"after nested"}, {"id":"b", "extra":[1,{"id":"no"}]}]"#,
             r#"[{"id":"a"}] trailing"#,
             r#"[{"id":"a"},]"#,
             "[]",
