@@ -78,6 +78,12 @@ impl Clock for ManualClock {
     }
 }
 
+/// `get_session_idle_secs`: whole seconds from `last_accessed_ms` to `now_ms`
+/// (floor division), never negative; `None` if never accessed.
+pub fn idle_secs(now_ms: i64, last_accessed_ms: Option<i64>) -> Option<i64> {
+    last_accessed_ms.map(|at| now_ms.saturating_sub(at).div_euclid(1000).max(0))
+}
+
 /// Formats epoch milliseconds as UTC RFC 3339 with milliseconds:
 /// `2026-11-26T05:07:04.123Z`. Values outside years 1970–9999 are clamped.
 ///

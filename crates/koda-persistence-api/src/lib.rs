@@ -20,7 +20,7 @@ mod types;
 
 pub use clock::{
     Clock, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, SystemClock, format_timestamp,
-    parse_timestamp,
+    idle_secs, parse_timestamp,
 };
 pub use context::{
     ContextCache, ContextRow, apply_context_passes, detect_interruption, is_blank,

@@ -275,7 +275,7 @@ impl Persistence for MemoryStore {
         let last = self
             .with_session(session_id, |_, s| s.last_accessed_ms)
             .flatten();
-        Ok(last.map(|at| now.saturating_sub(at).div_euclid(1000).max(0)))
+        Ok(koda_persistence_api::idle_secs(now, last))
     }
 
     async fn insert_message_with_agent(

@@ -422,7 +422,7 @@ impl Persistence for PostgresStore {
             .with_client(|c| async move { queries::last_accessed(&c, sid).await })
             .await?;
         let now = self.clock.now_ms();
-        Ok(last.map(|at| now.saturating_sub(at).div_euclid(1000).max(0)))
+        Ok(koda_persistence_api::idle_secs(now, last))
     }
 
     async fn insert_message_with_agent(

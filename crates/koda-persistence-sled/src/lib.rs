@@ -581,7 +581,7 @@ impl Persistence for SledStore {
             .read(move |db| Ok(get_session(db, &sid)?.and_then(|s| s.last_accessed_ms)))
             .await?;
         let now = self.clock.now_ms();
-        Ok(last.map(|at| now.saturating_sub(at).div_euclid(1000).max(0)))
+        Ok(koda_persistence_api::idle_secs(now, last))
     }
 
     async fn insert_message_with_agent(

@@ -593,7 +593,7 @@ impl Persistence for SqliteStore {
         let sid = session_id.to_owned();
         let last = self.read(move |c| queries::last_accessed(c, &sid)).await?;
         let now = self.clock.now_ms();
-        Ok(last.map(|at| now.saturating_sub(at).div_euclid(1000).max(0)))
+        Ok(koda_persistence_api::idle_secs(now, last))
     }
 
     async fn insert_message_with_agent(
