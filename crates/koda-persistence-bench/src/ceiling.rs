@@ -46,22 +46,14 @@ pub fn sqlite_w1(dir: &Path, sync: Synchronous, n: usize) -> Result<f64> {
     let shapes: Vec<Shape> = (0..n).map(shape).collect();
     let started = Instant::now();
     for (i, s) in shapes.into_iter().enumerate() {
+        let u = s.counters();
         let Shape {
             role,
             content,
             tool_calls,
             tool_call_id,
-            usage,
+            ..
         } = s;
-        let u = usage.map(|u| {
-            [
-                u.prompt_tokens,
-                u.completion_tokens,
-                u.cache_read_tokens,
-                u.cache_creation_tokens,
-                u.thinking_tokens,
-            ]
-        });
         stmt.execute(params![
             "ceiling-session",
             role.as_str(),
@@ -166,22 +158,14 @@ pub async fn postgres_w1(url: &str, n: usize) -> Result<f64> {
     let shapes: Vec<Shape> = (0..n).map(shape).collect();
     let started = Instant::now();
     for (i, s) in shapes.into_iter().enumerate() {
+        let u = s.counters();
         let Shape {
             role,
             content,
             tool_calls,
             tool_call_id,
-            usage,
+            ..
         } = s;
-        let u = usage.map(|u| {
-            [
-                u.prompt_tokens,
-                u.completion_tokens,
-                u.cache_read_tokens,
-                u.cache_creation_tokens,
-                u.thinking_tokens,
-            ]
-        });
         let row = client
             .query_one(
                 &stmt,

@@ -29,6 +29,21 @@ fn text(i: usize) -> String {
     s
 }
 
+impl Shape {
+    /// The five usage counters in `TokenUsage` field order, if set.
+    pub fn counters(&self) -> Option<[i64; 5]> {
+        self.usage.map(|u| {
+            [
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cache_read_tokens,
+                u.cache_creation_tokens,
+                u.thinking_tokens,
+            ]
+        })
+    }
+}
+
 /// The `i`-th message of the user → assistant → tool cycle.
 pub fn shape(i: usize) -> Shape {
     let call = i / 3;

@@ -13,7 +13,7 @@
 #![allow(dead_code, clippy::expect_used, clippy::panic)]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,23 +98,21 @@ fn as_user(argv: &[&str]) -> Command {
     }
 }
 
-fn start_throwaway() -> Result<String> {
-    let bin = find_bin()?;
-    let dir = std::env::temp_dir().join(format!("koda-pg-test-{}", std::process::id()));
-    let data = dir.join("data");
-    std::fs::create_dir_all(&dir)?;
-    if is_root() {
-        let ok = Command::new("chown")
+/// Makes `dir` (owned by the unprivileged user when we are root) and an
+/// initialised cluster with trust auth in `dir/data`.
+fn init_cluster(bin: &Path, dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    if is_root()
+        && !Command::new("chown")
             .args(["-R", "nobody", &dir.to_string_lossy()])
             .status()?
-            .success();
-        if !ok {
-            bail!("cannot hand {} to user nobody", dir.display());
-        }
+            .success()
+    {
+        bail!("cannot hand {} to user nobody", dir.display());
     }
-    let initdb = bin.join("initdb");
+    let data = dir.join("data");
     let out = as_user(&[
-        &initdb.to_string_lossy(),
+        &bin.join("initdb").to_string_lossy(),
         "-D",
         &data.to_string_lossy(),
         "-U",
@@ -128,6 +126,13 @@ fn start_throwaway() -> Result<String> {
     if !out.status.success() {
         bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
     }
+    Ok(data)
+}
+
+fn start_throwaway() -> Result<String> {
+    let bin = find_bin()?;
+    let dir = std::env::temp_dir().join(format!("koda-pg-test-{}", std::process::id()));
+    let data = init_cluster(&bin, &dir)?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let postgres = bin.join("postgres");
     // The server lives as long as this test process: a watchdog shell stops
@@ -179,29 +184,7 @@ impl PrivateServer {
             std::process::id(),
             uuid::Uuid::now_v7().simple()
         ));
-        std::fs::create_dir_all(&dir)?;
-        if is_root()
-            && !Command::new("chown")
-                .args(["-R", "nobody", &dir.to_string_lossy()])
-                .status()?
-                .success()
-        {
-            bail!("cannot hand {} to user nobody", dir.display());
-        }
-        let data = dir.join("data");
-        let out = as_user(&[
-            &bin.join("initdb").to_string_lossy(),
-            "-D",
-            &data.to_string_lossy(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-        ])
-        .output()?;
-        if !out.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        init_cluster(&bin, &dir)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let server = Self { bin, dir, port };
         server.pg_ctl("start")?;
