@@ -31,6 +31,31 @@ pub enum PersistenceError {
     /// Stored data cannot be decoded (unknown role, invalid UTF-8, not a database).
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// The server refused this role: a wrong password, an unknown role, or
+    /// no grant on the schema or its tables.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+}
+
+impl PersistenceError {
+    /// The typed error inside `err`, if it carries one (as itself, or as the
+    /// context wrapped around a driver error that stays its source).
+    pub fn of(err: &anyhow::Error) -> Option<&PersistenceError> {
+        err.downcast_ref::<PersistenceError>()
+    }
+
+    /// The text the variant carries (the id, for the two "not found"s).
+    pub fn reason(&self) -> String {
+        match self {
+            PersistenceError::SessionNotFound(id) => id.clone(),
+            PersistenceError::MessageNotFound(id) => id.to_string(),
+            PersistenceError::InvalidInput(r)
+            | PersistenceError::Conflict(r)
+            | PersistenceError::Unavailable(r)
+            | PersistenceError::Corrupt(r)
+            | PersistenceError::PermissionDenied(r) => r.clone(),
+        }
+    }
 }
 
 /// Checks a `limit` argument: negative is [`PersistenceError::InvalidInput`];

@@ -17,6 +17,7 @@ mod context;
 mod error;
 mod persistence;
 mod types;
+pub mod url;
 
 pub use clock::{
     Clock, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, SystemClock, format_timestamp,
