@@ -48,7 +48,7 @@ mod embedded {
 }
 
 /// How often a call that hit a serialization failure or deadlock is retried.
-const RETRIES: usize = 5;
+const RETRIES: u32 = 8;
 
 /// The PostgreSQL backend. Cheap to clone; clones share the pool.
 #[derive(Clone)]
@@ -72,33 +72,60 @@ impl fmt::Debug for PostgresStore {
     }
 }
 
+/// What the server (or the driver) said: SQLSTATE, message, detail and
+/// hint for a server error; the driver's chain of causes otherwise. Never
+/// holds a password: the server does not repeat one.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut said = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(detail) = db.detail() {
+            said.push_str(&format!(" (detail: {detail})"));
+        }
+        if let Some(hint) = db.hint() {
+            said.push_str(&format!(" (hint: {hint})"));
+        }
+        return said;
+    }
+    let mut said = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        said.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    said
+}
+
 /// What went wrong in a database call, as the contract's typed error where
-/// one fits.
+/// one fits. The driver error stays attached as the typed error's source,
+/// and the text keeps what the server said.
 fn classify(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
+    let said = format!("{what}: {}", describe(&e));
     let typed = match e.code() {
         Some(code)
             if *code == SqlState::T_R_SERIALIZATION_FAILURE
                 || *code == SqlState::T_R_DEADLOCK_DETECTED =>
         {
-            Some(PersistenceError::Conflict(format!("{what}: {e}")))
+            PersistenceError::Conflict(said)
+        }
+        Some(code)
+            if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                || *code == SqlState::INSUFFICIENT_PRIVILEGE =>
+        {
+            PersistenceError::PermissionDenied(said)
         }
         Some(code)
             if code.code().starts_with("08")
                 || code.code().starts_with("57P")
                 || code.code().starts_with("53")
-                || *code == SqlState::INVALID_PASSWORD
-                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
                 || *code == SqlState::INVALID_CATALOG_NAME =>
         {
-            Some(PersistenceError::Unavailable(format!("{what}: {e}")))
+            PersistenceError::Unavailable(said)
         }
-        Some(_) => None,
-        None => Some(PersistenceError::Unavailable(format!("{what}: {e}"))),
+        Some(_) => return anyhow::Error::new(e).context(format!("postgres backend: {said}")),
+        None => PersistenceError::Unavailable(said),
     };
-    match typed {
-        Some(t) => anyhow::Error::new(t),
-        None => anyhow::Error::new(e).context(format!("postgres backend: {what}")),
-    }
+    anyhow::Error::new(e).context(typed)
 }
 
 fn pool_error(e: PoolError) -> anyhow::Error {
@@ -117,6 +144,17 @@ fn is_connection_loss(e: &anyhow::Error) -> bool {
         e.downcast_ref::<PersistenceError>(),
         Some(PersistenceError::Unavailable(_))
     )
+}
+
+/// The pause before retry `attempt` (1-based) of a conflicting call:
+/// exponential from 2 ms, capped at 100 ms, with up to 100 % jitter so that
+/// callers that collided do not collide again in step.
+fn backoff(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let base = 2u64.saturating_mul(1 << attempt.min(6)).min(100);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    Duration::from_millis(base + h.finish() % (base + 1))
 }
 
 fn is_retryable(e: &anyhow::Error) -> bool {
@@ -187,10 +225,10 @@ fn session_config(options: &PostgresOptions) -> tokio_postgres::Config {
         TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         TlsMode::Require | TlsMode::VerifyFull => tokio_postgres::config::SslMode::Require,
     });
-    if let Some(schema) = &options.schema {
-        // Validated by check_schema_name: no quoting beyond double quotes needed.
-        config.options(format!("-c search_path=\"{schema}\""));
-    }
+    // Always explicit, so no server or role setting (and no schema named
+    // after the login role) can move the tables. Validated by
+    // check_schema_name: no quoting beyond double quotes needed.
+    config.options(format!("-c search_path=\"{}\"", options.schema_name()));
     config
 }
 
@@ -219,9 +257,7 @@ impl PostgresStore {
     /// `connect_timeout` or refuses the login; `InvalidInput` for a bad
     /// schema name.
     pub async fn connect_with(options: PostgresOptions, clock: Arc<dyn Clock>) -> Result<Self> {
-        if let Some(schema) = &options.schema {
-            check_schema_name(schema)?;
-        }
+        options.validate()?;
         migrate(&options).await?;
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -232,7 +268,7 @@ impl PostgresStore {
             mode => Manager::from_config(config, make_tls(mode)?, manager_config),
         };
         let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
+            .max_size(options.pool_size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(options.pool_timeout))
             .create_timeout(Some(options.connect_timeout))
@@ -267,7 +303,7 @@ impl PostgresStore {
             match f(client).await {
                 Err(e) if is_retryable(&e) && attempt < RETRIES => {
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(2 << attempt)).await;
+                    tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(e) if is_connection_loss(&e) => {
                     // The server dropped us (terminated backend, restart):
@@ -323,10 +359,19 @@ async fn migrate(options: &PostgresOptions) -> Result<()> {
         .map_err(|e| classify(e, "taking the migration lock"))?;
     let outcome = async {
         if let Some(schema) = &options.schema {
-            client
-                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            // Only when missing: CREATE SCHEMA IF NOT EXISTS checks the
+            // CREATE privilege on the database even when the schema exists.
+            let exists = client
+                .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
                 .await
-                .map_err(|e| classify(e, "creating the schema"))?;
+                .map_err(|e| classify(e, "looking up the schema"))?
+                .is_some();
+            if !exists {
+                client
+                    .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                    .await
+                    .map_err(|e| classify(e, "creating the schema"))?;
+            }
         }
         embedded::migrations::runner()
             .set_migration_table_name("koda_schema_history")

@@ -6,6 +6,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use koda_persistence_api::PersistenceError;
+use koda_persistence_api::url::{self, check_count, check_timeout};
+
+/// Connections a pool may hold: `pool_size` is from 1 to this.
+pub const MAX_POOL_SIZE: usize = 1024;
 
 /// How the connection is encrypted (libpq's `sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -30,14 +34,16 @@ pub struct PostgresOptions {
     /// parameters below).
     pub config: tokio_postgres::Config,
     /// Put every table in this Postgres schema (created if missing), so
-    /// teams or tenants can share one server. `None` uses the server's
-    /// `search_path` (normally `public`).
+    /// teams or tenants can share one server. `None` means `public`, always:
+    /// every connection sets its `search_path` explicitly, so no server or
+    /// role setting (nor a schema named after the login role) moves the
+    /// tables.
     pub schema: Option<String>,
-    /// Connections in the pool.
+    /// Connections in the pool, from 1 to [`MAX_POOL_SIZE`].
     pub pool_size: usize,
-    /// How long opening one connection may take.
+    /// How long opening one connection may take (1 ms to 1 hour).
     pub connect_timeout: Duration,
-    /// How long a call waits for a free pooled connection.
+    /// How long a call waits for a free pooled connection (1 ms to 1 hour).
     pub pool_timeout: Duration,
     /// Encryption.
     pub tls: TlsMode,
@@ -77,7 +83,8 @@ impl Default for PostgresOptions {
 }
 
 /// Checks a schema name: a letter or `_`, then letters, digits or `_`, at
-/// most 63 bytes (so it never needs escaping beyond double quotes).
+/// most 63 bytes (so it never needs escaping beyond double quotes), and not
+/// one PostgreSQL reserves (`pg_…`, `information_schema`).
 ///
 /// # Errors
 /// `InvalidInput` naming the rule.
@@ -87,18 +94,29 @@ pub fn check_schema_name(name: &str) -> Result<(), PersistenceError> {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if first_ok && rest_ok && name.len() <= 63 {
-        Ok(())
-    } else {
-        Err(PersistenceError::InvalidInput(format!(
+    if !(first_ok && rest_ok && name.len() <= 63) {
+        return Err(PersistenceError::InvalidInput(format!(
             "schema name {name:?} must be a letter or _ then letters, digits or _, at most 63 bytes"
-        )))
+        )));
     }
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with("pg_") || lower == "information_schema" {
+        return Err(PersistenceError::InvalidInput(format!(
+            "schema name {name:?} is reserved by PostgreSQL (pg_… and information_schema)"
+        )));
+    }
+    Ok(())
 }
 
-fn bad(key: &str, value: &str) -> PersistenceError {
-    PersistenceError::InvalidInput(format!("bad postgres URL parameter {key}={value:?}"))
-}
+/// The parameters this backend reads itself; every other one goes to
+/// tokio-postgres as libpq would take it.
+const OWN: [&str; 5] = [
+    "schema",
+    "pool_size",
+    "connect_timeout_ms",
+    "pool_timeout_ms",
+    "sslmode",
+];
 
 impl PostgresOptions {
     /// Parses `postgres://user:password@host:port/db?…` (or `postgresql://`).
@@ -115,43 +133,41 @@ impl PostgresOptions {
                 "a postgres URL starts with postgres:// or postgresql://".into(),
             ));
         }
-        let (base, query) = match url.split_once('?') {
-            Some((b, q)) => (b, q),
-            None => (url, ""),
-        };
+        let (base, params) = url::split_query(url)?;
         let mut opts = PostgresOptions::default();
         let mut passthrough = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match k {
+        for p in &params {
+            match p.key.as_str() {
                 "schema" => {
-                    check_schema_name(v)?;
-                    opts.schema = Some(v.to_owned());
+                    check_schema_name(&p.value)?;
+                    opts.schema = Some(p.value.clone());
                 }
-                "pool_size" => {
-                    opts.pool_size = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad(k, v))?
-                }
-                "connect_timeout_ms" => {
-                    opts.connect_timeout = Duration::from_millis(v.parse().map_err(|_| bad(k, v))?)
-                }
-                "pool_timeout_ms" => {
-                    opts.pool_timeout = Duration::from_millis(v.parse().map_err(|_| bad(k, v))?)
-                }
+                "pool_size" => opts.pool_size = p.count(1, MAX_POOL_SIZE)?,
+                "connect_timeout_ms" => opts.connect_timeout = p.millis()?,
+                "pool_timeout_ms" => opts.pool_timeout = p.millis()?,
                 "sslmode" => {
-                    opts.tls = match v {
+                    opts.tls = match p.one_of(&[
+                        "disable",
+                        "allow",
+                        "prefer",
+                        "require",
+                        "verify-ca",
+                        "verify-full",
+                    ])? {
                         "disable" => TlsMode::Disable,
-                        "prefer" | "allow" => TlsMode::Prefer,
+                        "allow" | "prefer" => TlsMode::Prefer,
                         "require" => TlsMode::Require,
-                        "verify-full" | "verify-ca" => TlsMode::VerifyFull,
-                        _ => return Err(bad(k, v)),
+                        _ => TlsMode::VerifyFull,
                     }
                 }
                 "options" => {
-                    return Err(PersistenceError::InvalidInput(
-                        "the options URL parameter is reserved (use schema=NAME)".into(),
-                    ));
+                    return Err(PersistenceError::InvalidInput(format!(
+                        "the options URL parameter is reserved (the store sets search_path itself; \
+                         its own parameters: {})",
+                        OWN.join(", ")
+                    )));
                 }
-                _ => passthrough.push(pair),
+                _ => passthrough.push(p.raw.as_str()),
             }
         }
         let rebuilt = if passthrough.is_empty() {
@@ -163,7 +179,27 @@ impl PostgresOptions {
         opts.config = tokio_postgres::Config::from_str(&rebuilt).map_err(|e| {
             PersistenceError::InvalidInput(format!("cannot parse the postgres URL: {e}"))
         })?;
+        opts.validate()?;
         Ok(opts)
+    }
+
+    /// The schema the tables live in: the chosen one, else `public`.
+    pub fn schema_name(&self) -> &str {
+        self.schema.as_deref().unwrap_or("public")
+    }
+
+    /// Checks options built in code as a URL's are checked: the schema
+    /// name, the pool size and both timeouts.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the option and what it accepts.
+    pub fn validate(&self) -> Result<(), PersistenceError> {
+        if let Some(schema) = &self.schema {
+            check_schema_name(schema)?;
+        }
+        check_count("pool_size", self.pool_size, 1, MAX_POOL_SIZE)?;
+        check_timeout("connect_timeout", self.connect_timeout)?;
+        check_timeout("pool_timeout", self.pool_timeout)
     }
 }
 
@@ -210,7 +246,19 @@ mod tests {
         for ok in ["team_a", "_x", "T1", &"a".repeat(63)] {
             assert!(check_schema_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1abc", "a-b", "a b", "a\"b", "ü", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a b",
+            "a\"b",
+            "ü",
+            &"a".repeat(64),
+            "pg_temp",
+            "pg_anything",
+            "PG_catalog",
+            "information_schema",
+        ] {
             assert!(check_schema_name(bad).is_err(), "{bad}");
         }
     }

@@ -11,7 +11,6 @@ use koda_persistence_api::{
 };
 use postgres_types::{FromSql, ToSql};
 use tokio_postgres::Row;
-use tokio_postgres::error::SqlState;
 
 use crate::classify;
 
@@ -135,7 +134,8 @@ pub(crate) async fn list_sessions(c: &Object, limit: i64, root: &str) -> Result<
         .prepare_cached(
             "SELECT id, agent_name, created_ms, message_count,
                     LEAST(total_tokens, 9223372036854775807)::BIGINT, title, mode FROM (
-                 (SELECT * FROM sessions WHERE project_root = $1 ORDER BY created_ms DESC, seq DESC LIMIT $2)
+                 (SELECT * FROM sessions WHERE sha256(project_root) = sha256($1) AND project_root = $1
+                  ORDER BY created_ms DESC, seq DESC LIMIT $2)
                  UNION ALL
                  (SELECT * FROM sessions WHERE project_root IS NULL ORDER BY created_ms DESC, seq DESC LIMIT $2)
              ) AS s ORDER BY created_ms DESC, seq DESC LIMIT $2",
@@ -381,12 +381,24 @@ pub(crate) async fn has_pending_tool_calls(c: &Object, id: &str) -> Result<bool>
 }
 
 /// Completes message `id`; returns its session and the session's new version.
+///
+/// Lock order (see the crate docs): the message's session row first
+/// (`FOR NO KEY UPDATE` in a materialised CTE, which the update below can
+/// only read after the lock is held), then the message row.
 pub(crate) async fn mark_complete(c: &Object, id: i64, now: i64) -> Result<(String, i64)> {
     let stmt = c
         .prepare_cached(
-            "WITH m AS (UPDATE messages SET completed_ms = $2 WHERE id = $1 RETURNING session_id)
-             UPDATE sessions s SET version = s.version + 1 FROM m WHERE s.id = m.session_id
-             RETURNING s.id, s.version",
+            "WITH s AS MATERIALIZED (
+                 SELECT id FROM sessions
+                 WHERE id = (SELECT session_id FROM messages WHERE id = $1)
+                 FOR NO KEY UPDATE),
+             m AS (
+                 UPDATE messages SET completed_ms = $2 FROM s
+                 WHERE messages.id = $1 AND messages.session_id = s.id
+                 RETURNING messages.session_id)
+             UPDATE sessions SET version = sessions.version + 1 FROM m
+             WHERE sessions.id = m.session_id
+             RETURNING sessions.id, sessions.version",
         )
         .await
         .map_err(db("preparing mark_message_complete"))?;
@@ -468,7 +480,7 @@ pub(crate) async fn compact(
 ) -> Result<usize> {
     let tx = c.transaction().await.map_err(db("begin compact"))?;
     let lock = tx
-        .prepare_cached("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE")
+        .prepare_cached("SELECT 1 FROM sessions WHERE id = $1 FOR NO KEY UPDATE")
         .await
         .map_err(db("preparing compact"))?;
     if tx
@@ -567,10 +579,20 @@ pub(crate) async fn compact(
 }
 
 /// Sets the content of the listed messages; returns the sessions touched.
+///
+/// Lock order: the sessions of the listed messages first, in id order, then
+/// the messages.
 pub(crate) async fn clear_content(c: &Object, ids: &[i64], stub: &str) -> Result<Vec<String>> {
     let stmt = c
         .prepare_cached(
-            "WITH m AS (UPDATE messages SET content = $2 WHERE id = ANY($1) RETURNING session_id)
+            "WITH s AS MATERIALIZED (
+                 SELECT id FROM sessions
+                 WHERE id IN (SELECT session_id FROM messages WHERE id = ANY($1))
+                 ORDER BY id FOR NO KEY UPDATE),
+             m AS (
+                 UPDATE messages SET content = $2 FROM s
+                 WHERE messages.id = ANY($1) AND messages.session_id = s.id
+                 RETURNING messages.session_id)
              UPDATE sessions SET version = version + 1 WHERE id IN (SELECT session_id FROM m)
              RETURNING id",
         )
@@ -606,15 +628,23 @@ pub(crate) async fn compacted_stats(c: &Object) -> Result<CompactedStats> {
     })
 }
 
-/// One statement: delete the old compacted messages and lower each touched
-/// session's counters by what went. Returns the count and the sessions.
+/// One statement: lock the sessions holding old compacted messages (in id
+/// order), delete those messages and lower each touched session's counters
+/// by what went. Returns the count and the sessions.
 pub(crate) async fn purge(c: &Object, days: u32, now: i64) -> Result<(usize, Vec<String>)> {
     let stmt = c
         .prepare_cached(
-            "WITH gone AS (
-                 DELETE FROM messages
-                 WHERE compacted_ms IS NOT NULL AND ($1 OR compacted_ms < $2)
-                 RETURNING session_id, COALESCE(prompt_tokens, 0)::NUMERIC + COALESCE(completion_tokens, 0) AS tokens),
+            "WITH s AS MATERIALIZED (
+                 SELECT id FROM sessions
+                 WHERE id IN (SELECT session_id FROM messages
+                              WHERE compacted_ms IS NOT NULL AND ($1 OR compacted_ms < $2))
+                 ORDER BY id FOR NO KEY UPDATE),
+             gone AS (
+                 DELETE FROM messages USING s
+                 WHERE messages.session_id = s.id
+                   AND messages.compacted_ms IS NOT NULL AND ($1 OR messages.compacted_ms < $2)
+                 RETURNING messages.session_id,
+                     COALESCE(messages.prompt_tokens, 0)::NUMERIC + COALESCE(messages.completion_tokens, 0) AS tokens),
              per AS (SELECT session_id, COUNT(*) AS n, SUM(tokens) AS tokens FROM gone GROUP BY session_id),
              upd AS (
                  UPDATE sessions s SET message_count = s.message_count - per.n,
@@ -640,7 +670,10 @@ pub(crate) async fn purge(c: &Object, days: u32, now: i64) -> Result<(usize, Vec
 
 pub(crate) async fn get_metadata(c: &Object, id: &str, key: &str) -> Result<Option<String>> {
     let stmt = c
-        .prepare_cached("SELECT value FROM session_metadata WHERE session_id = $1 AND key = $2")
+        .prepare_cached(
+            "SELECT value FROM session_metadata
+             WHERE session_id = $1 AND sha256(key) = sha256($2) AND key = $2",
+        )
         .await
         .map_err(db("preparing get_metadata"))?;
     let row = c
@@ -653,6 +686,10 @@ pub(crate) async fn get_metadata(c: &Object, id: &str, key: &str) -> Result<Opti
     })
 }
 
+/// Upserts one entry. Lock order: the session row first (`FOR KEY SHARE`:
+/// it excludes a concurrent delete, not other writers), then the entry.
+/// Entries are unique by `(session_id, sha256(key))`, so a key of any size
+/// fits the index.
 pub(crate) async fn set_metadata(
     c: &Object,
     id: &str,
@@ -662,19 +699,21 @@ pub(crate) async fn set_metadata(
 ) -> Result<()> {
     let stmt = c
         .prepare_cached(
-            "INSERT INTO session_metadata (session_id, key, value, updated_ms) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (session_id, key) DO UPDATE SET value = EXCLUDED.value, updated_ms = EXCLUDED.updated_ms",
+            "WITH s AS MATERIALIZED (SELECT id FROM sessions WHERE id = $1 FOR KEY SHARE)
+             INSERT INTO session_metadata (session_id, key, value, updated_ms)
+             SELECT s.id, $2, $3, $4 FROM s
+             ON CONFLICT (session_id, sha256(key))
+             DO UPDATE SET value = EXCLUDED.value, updated_ms = EXCLUDED.updated_ms
+             RETURNING 1",
         )
         .await
         .map_err(db("preparing set_metadata"))?;
-    match c
-        .execute(&stmt, &[&id, &bytes(key), &bytes(value), &now])
+    let row = c
+        .query_opt(&stmt, &[&id, &bytes(key), &bytes(value), &now])
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-            Err(PersistenceError::SessionNotFound(id.to_owned()).into())
-        }
-        Err(e) => Err(classify(e, "set_metadata")),
+        .map_err(db("set_metadata"))?;
+    match row {
+        Some(_) => Ok(()),
+        None => Err(PersistenceError::SessionNotFound(id.to_owned()).into()),
     }
 }

@@ -165,7 +165,7 @@ async fn terminated_connections_cost_at_most_the_call_in_flight() -> Result<()> 
     .await
 }
 
-/// Ten stores connecting to a fresh schema at once all succeed, and the
+/// Ten stores connecting to a fresh schema at once all succeed, and each
 /// migration runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_processes_migrate_a_fresh_schema_at_once() -> Result<()> {
@@ -187,14 +187,16 @@ async fn ten_processes_migrate_a_fresh_schema_at_once() -> Result<()> {
         );
         let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
-        let n: i64 = admin
-            .query_one(
-                &format!("SELECT COUNT(*) FROM \"{schema}\".koda_schema_history"),
+        let versions: Vec<i32> = admin
+            .query(
+                &format!("SELECT version FROM \"{schema}\".koda_schema_history ORDER BY version"),
                 &[],
             )
             .await?
-            .get(0);
-        assert_eq!(n, 1, "migration applied {n} times");
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(versions, [1, 2], "each migration applied once");
         Ok(())
     })
     .await
@@ -422,5 +424,135 @@ async fn a_server_restart_costs_at_most_the_calls_while_it_is_down() -> Result<(
     assert_eq!(texts, ["before", "after"]);
     assert!(after > before);
     tokio::task::spawn_blocking(move || drop(server)).await?;
+    Ok(())
+}
+
+/// A throwaway database on the test server, dropped (with its connections)
+/// by `drop_database`.
+async fn fresh_database(url: &str) -> Result<(String, PostgresOptions)> {
+    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let db = format!("kp_db_{}", uuid::Uuid::now_v7().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+        .await?;
+    let mut o = PostgresOptions::from_url(url)?;
+    o.config.dbname(&db);
+    o.pool_size = 2;
+    Ok((db, o))
+}
+
+async fn drop_database(url: &str, db: &str) -> Result<()> {
+    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+        .await?;
+    Ok(())
+}
+
+/// Without `schema=` the tables are in `public`, whatever the search path
+/// would pick: after someone creates a schema named after the login role
+/// (first in the default `"$user", public`) and sets the database's
+/// search path elsewhere, a reopened store still sees every session and
+/// no second set of tables appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_schema_means_public_whatever_the_search_path() -> Result<()> {
+    let url = match support::server_url().await {
+        Ok(url) => url,
+        Err(e) => return skip_or_fail("no_schema_means_public_whatever_the_search_path", e),
+    };
+    let (db, options) = fresh_database(&url).await?;
+    let outcome = async {
+        let first = PostgresStore::connect_with(options.clone(), Arc::new(SystemClock)).await?;
+        let sid = first.create_session("main", Path::new("/repo")).await?;
+        drop(first);
+        let (client, conn) = options.config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA \"{role}\"; CREATE SCHEMA elsewhere; \
+                 ALTER DATABASE \"{db}\" SET search_path = elsewhere, \"$user\", public",
+                role = options.config.get_user().unwrap_or("postgres"),
+            ))
+            .await?;
+        let again = PostgresStore::connect_with(options.clone(), Arc::new(SystemClock)).await?;
+        let listed = again.list_sessions(10, Path::new("/repo")).await?;
+        anyhow::ensure!(
+            listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>() == [sid.as_str()],
+            "reopened store lists {listed:?}"
+        );
+        again
+            .insert_message(&sid, &Role::User, Some("still here"), None, None, None)
+            .await?;
+        let homes: Vec<String> = client
+            .query(
+                "SELECT table_schema::TEXT FROM information_schema.tables WHERE table_name = 'sessions'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        anyhow::ensure!(homes == ["public"], "sessions tables in {homes:?}");
+        Ok(())
+    }
+    .await;
+    let dropped = drop_database(&url, &db).await;
+    outcome.and(dropped)
+}
+
+/// The server's own words reach the caller: an unknown role is
+/// `PermissionDenied` and an unknown database `Unavailable`, each naming
+/// the SQLSTATE and what the server said, with the driver error kept as
+/// the source; never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_keep_what_the_server_said() -> Result<()> {
+    let url = match support::server_url().await {
+        Ok(url) => url,
+        Err(e) => return skip_or_fail("errors_keep_what_the_server_said", e),
+    };
+    let base = PostgresOptions::from_url(&url)?;
+    let mut no_role = base.clone();
+    no_role.config.user("kp_no_such_role").password("hunter2");
+    let mut no_db = base.clone();
+    no_db
+        .config
+        .dbname("kp_no_such_database")
+        .password("hunter2");
+    for (options, want, said) in [
+        (
+            no_role,
+            "PermissionDenied",
+            "role \"kp_no_such_role\" does not exist",
+        ),
+        (
+            no_db,
+            "Unavailable",
+            "database \"kp_no_such_database\" does not exist",
+        ),
+    ] {
+        let err = PostgresStore::connect_with(options, Arc::new(SystemClock))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("{want}: connected"))?;
+        let text = format!("{err:#}");
+        let kind = match typed(&err) {
+            Some(PersistenceError::PermissionDenied(_)) => "PermissionDenied",
+            Some(PersistenceError::Unavailable(_)) => "Unavailable",
+            other => anyhow::bail!("{want}: got {other:?}: {text}"),
+        };
+        anyhow::ensure!(kind == want, "{want}: got {kind}: {text}");
+        anyhow::ensure!(
+            err.to_string().contains(said) && err.to_string().contains("FATAL"),
+            "{want}: the message does not say what the server said: {err}"
+        );
+        anyhow::ensure!(!text.contains("hunter2"), "password in {text}");
+        anyhow::ensure!(
+            err.chain()
+                .any(|c| c.downcast_ref::<tokio_postgres::Error>().is_some()),
+            "{want}: the driver error is not kept as the source"
+        );
+    }
     Ok(())
 }
