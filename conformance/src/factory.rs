@@ -14,6 +14,9 @@ pub const START_MS: i64 = 1_795_669_624_123;
 type Teardown =
     Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send>;
 
+type Probe =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<i64>> + Send>> + Send + Sync>;
+
 /// One fresh, empty store and the clock it reads.
 pub struct Ctx {
     /// The store under test.
@@ -22,6 +25,7 @@ pub struct Ctx {
     pub clock: ManualClock,
     guard: Option<Box<dyn Any + Send>>,
     teardown: Option<Teardown>,
+    deadlocks: Option<Probe>,
 }
 
 impl fmt::Debug for Ctx {
@@ -40,6 +44,30 @@ impl Ctx {
             clock,
             guard: None,
             teardown: None,
+            deadlocks: None,
+        }
+    }
+
+    /// Lets cases read the server's deadlock counter (PostgreSQL's
+    /// `pg_stat_database.deadlocks`), for backends where deadlocks can occur
+    /// and be counted. Cases that race writers require it not to rise.
+    pub fn with_deadlock_probe<F, Fut>(mut self, probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<i64>> + Send + 'static,
+    {
+        self.deadlocks = Some(Box::new(move || Box::pin(probe())));
+        self
+    }
+
+    /// The server's deadlock counter, when the factory gave a probe.
+    ///
+    /// # Errors
+    /// The probe's.
+    pub async fn deadlocks(&self) -> anyhow::Result<Option<i64>> {
+        match &self.deadlocks {
+            Some(p) => Ok(Some(p().await?)),
+            None => Ok(None),
         }
     }
 

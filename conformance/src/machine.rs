@@ -67,8 +67,17 @@ pub enum RootArg {
     NonUtf8,
 }
 
-/// The roots the machine uses: distinct byte-wise, some only by a slash.
-pub const ROOTS: [&str; 4] = ["/p", "/p/", "", "/q\0ü"];
+/// The roots the machine uses: distinct byte-wise, some only by a slash,
+/// one too big for a database index entry.
+pub static ROOTS: std::sync::LazyLock<[String; 5]> = std::sync::LazyLock::new(|| {
+    [
+        "/p".to_owned(),
+        "/p/".to_owned(),
+        String::new(),
+        "/q\0ü".to_owned(),
+        crate::cases::incompressible(9_000, 7),
+    ]
+});
 
 /// The arguments of an inserted message.
 #[derive(Debug, Clone)]
@@ -152,7 +161,7 @@ fn resolve_message(r: MsgRef, ever: &[i64]) -> Option<i64> {
 
 fn root_str(r: RootArg) -> Option<&'static str> {
     match r {
-        RootArg::Pool(i) => Some(ROOTS[i % ROOTS.len()]),
+        RootArg::Pool(i) => ROOTS.get(i % ROOTS.len()).map(String::as_str),
         RootArg::NonUtf8 => None,
     }
 }
@@ -199,6 +208,15 @@ fn small_text() -> BoxedStrategy<Text> {
         1 => "[k\\x00 ]{1,3}",
     ]
     .prop_map(Text)
+    .boxed()
+}
+
+/// Agent names: short ones, and one too big for a database index entry.
+fn agent() -> BoxedStrategy<Text> {
+    prop_oneof![
+        12 => small_text(),
+        1 => Just(Text(crate::cases::incompressible(9_000, 8))),
+    ]
     .boxed()
 }
 
@@ -292,7 +310,7 @@ fn new_message() -> BoxedStrategy<NewMessage> {
 
 fn op() -> BoxedStrategy<Op> {
     prop_oneof![
-        3 => (small_text(), root()).prop_map(|(agent, root)| Op::CreateSession { agent, root }),
+        3 => (agent(), root()).prop_map(|(agent, root)| Op::CreateSession { agent, root }),
         1 => sess().prop_map(Op::DeleteSession),
         1 => (sess(), text()).prop_map(|(s, t)| Op::SetTitle(s, t)),
         1 => (sess(), small_text()).prop_map(|(s, t)| Op::SetMode(s, t)),

@@ -464,3 +464,129 @@ pub async fn huge_limits_are_honoured(cx: &Ctx) -> Result<()> {
         vec!["b".to_owned()],
     )
 }
+
+/// Strings too big for any database index entry, and 16 MiB ones, fit
+/// every field and every lookup: roots (listed by them), agent names,
+/// titles, modes, metadata keys and values, message fields, summaries and
+/// stubs, all byte for byte.
+pub async fn strings_of_any_size_fit_every_field(cx: &Ctx) -> Result<()> {
+    for size in [9_000, 16 << 20] {
+        // Distinct, incompressible strings of `size` bytes and a little more.
+        let base = super::incompressible(size, 1);
+        let big = |n: u64| format!("{n}{base}");
+        let (root, agent, key) = (big(1), big(2), big(3));
+        let sid = cx.store.create_session(&agent, Path::new(&root)).await?;
+        let other = cx.store.create_session("main", Path::new(&big(4))).await?;
+        let listed = cx.store.list_sessions(10, Path::new(&root)).await?;
+        eq(
+            &format!("sessions listed under a {size}-byte root"),
+            listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            vec![sid.as_str()],
+        )?;
+        eq(
+            "agent name",
+            listed.first().map(|s| s.agent_name == agent),
+            Some(true),
+        )?;
+        eq(
+            "other root lists only its own",
+            cx.store
+                .list_sessions(10, Path::new(&big(4)))
+                .await?
+                .iter()
+                .map(|s| s.id.clone())
+                .collect::<Vec<_>>(),
+            vec![other.clone()],
+        )?;
+        let (title, mode) = (big(5), big(6));
+        cx.store.set_session_title(&sid, &title).await?;
+        cx.store.set_session_mode(&sid, &mode).await?;
+        let listed = cx.store.list_sessions(1, Path::new(&root)).await?;
+        eq(
+            "title",
+            listed.first().and_then(|s| s.title.as_ref()) == Some(&title),
+            true,
+        )?;
+        eq(
+            "mode",
+            cx.store.get_session_mode(&sid).await? == Some(mode),
+            true,
+        )?;
+        let value = big(7);
+        cx.store.set_metadata(&sid, &key, &value).await?;
+        cx.store.set_metadata(&sid, &key, &value).await?; // an upsert of a big key
+        cx.store.set_metadata(&other, &key, "other").await?;
+        eq(
+            "metadata under a big key",
+            cx.store.get_metadata(&sid, &key).await? == Some(value),
+            true,
+        )?;
+        eq(
+            "a key one byte longer is another key",
+            cx.store.get_metadata(&sid, &format!("{key}!")).await?,
+            None,
+        )?;
+        let (calls, call_id, full) = (big(8), big(9), big(10));
+        let id = cx
+            .store
+            .insert_message_with_agent(
+                &sid,
+                &Role::Assistant,
+                Some(&big(11)),
+                Some(&calls),
+                Some(&call_id),
+                None,
+                Some(&agent),
+            )
+            .await?;
+        cx.store
+            .insert_tool_message_with_full(&sid, &big(12), &call_id, &full)
+            .await?;
+        let all = cx.store.load_all_messages(&sid).await?;
+        eq("messages stored", all.len(), 2)?;
+        eq(
+            "every message field",
+            all.first().map(|m| {
+                m.id == id
+                    && m.content.as_deref() == Some(big(11).as_str())
+                    && m.tool_calls.as_deref() == Some(calls.as_str())
+                    && m.tool_call_id.as_deref() == Some(call_id.as_str())
+            }),
+            Some(true),
+        )?;
+        eq(
+            "full content",
+            all.get(1).and_then(|m| m.full_content.as_deref()) == Some(full.as_str()),
+            true,
+        )?;
+        let usage_groups = cx.store.session_usage_by_agent(&sid).await?;
+        eq("no usage yet", usage_groups.len(), 0)?;
+        let summary = big(13);
+        eq(
+            "compacted",
+            cx.store.compact_session(&sid, &summary, 0).await?,
+            2,
+        )?;
+        let all = cx.store.load_all_messages(&sid).await?;
+        eq(
+            "summary",
+            all.get(2).and_then(|m| m.content.as_deref()) == Some(summary.as_str()),
+            true,
+        )?;
+        let stub = big(14);
+        cx.store.clear_message_content(&[id], &stub).await?;
+        eq(
+            "stub",
+            cx.store
+                .load_all_messages(&sid)
+                .await?
+                .first()
+                .and_then(|m| m.content.clone())
+                == Some(stub),
+            true,
+        )?;
+        eq("deleted", cx.store.delete_session(&sid).await?, true)?;
+        eq("deleted", cx.store.delete_session(&other).await?, true)?;
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use koda_persistence_api::{Persistence, Role};
+use koda_persistence_api::{Persistence, PersistenceError, Role};
 
 use super::{ROOT, check, eq, session};
 use crate::Ctx;
@@ -228,6 +228,255 @@ pub async fn concurrent_readers_see_committed_state(cx: &Ctx) -> Result<()> {
             check("snapshots never shrink", ids.len() >= last_len)?;
             last_len = ids.len();
         }
+    }
+    Ok(())
+}
+
+/// How long [`everything_at_once_on_one_session`] runs its tasks:
+/// `KODA_STRESS_MS` milliseconds (default 2,000).
+fn stress_duration() -> std::time::Duration {
+    let ms = std::env::var("KODA_STRESS_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(2_000);
+    std::time::Duration::from_millis(ms)
+}
+
+/// What one writer of [`everything_at_once_on_one_session`] got acknowledged.
+#[derive(Debug, Default)]
+struct Acked {
+    ids: Vec<i64>,
+    /// `mark_message_complete` answered `MessageNotFound`: the answer was
+    /// compacted and purged before it could be completed (allowed).
+    completed_after_purge: usize,
+}
+
+/// One agent turn after another until `until`: question, answer naming one
+/// tool call (with usage), completion, tool result.
+async fn turn_writer(
+    store: Arc<dyn Persistence>,
+    sid: String,
+    w: usize,
+    until: std::time::Instant,
+) -> Result<Acked> {
+    let mut acked = Acked::default();
+    let mut k = 0usize;
+    while std::time::Instant::now() < until {
+        let call = format!("w{w}-{k}");
+        acked.ids.push(
+            store
+                .insert_message(&sid, &Role::User, Some(&call), None, None, None)
+                .await
+                .context("insert user")?,
+        );
+        let answer = store
+            .insert_message(
+                &sid,
+                &Role::Assistant,
+                Some("calling"),
+                Some(&super::calls(&[&call])),
+                None,
+                Some(&super::usage(3, 5, 1, 1, 1)),
+            )
+            .await
+            .context("insert assistant")?;
+        acked.ids.push(answer);
+        match store.mark_message_complete(answer).await {
+            Ok(()) => {}
+            Err(e) if matches!(PersistenceError::of(&e), Some(PersistenceError::MessageNotFound(id)) if *id == answer) =>
+            {
+                acked.completed_after_purge += 1;
+            }
+            Err(e) => return Err(e.context("mark_message_complete")),
+        }
+        acked.ids.push(
+            store
+                .insert_tool_message_with_full(&sid, "ok", &call, "full output")
+                .await
+                .context("insert tool result")?,
+        );
+        k += 1;
+    }
+    Ok(acked)
+}
+
+/// The tool-call ids an assistant's `tool_calls` names (the writers above
+/// only write well-formed arrays).
+fn named(tool_calls: Option<&str>) -> Vec<String> {
+    let Some(text) = tool_calls else {
+        return Vec::new();
+    };
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c.get("id")?.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Every named call has a result and every result a call.
+fn check_paired(context: &[koda_persistence_api::Message]) -> Result<()> {
+    let calls: HashSet<String> = context
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .flat_map(|m| named(m.tool_calls.as_deref()))
+        .collect();
+    let results: HashSet<String> = context
+        .iter()
+        .filter(|m| m.role == Role::Tool)
+        .filter_map(|m| m.tool_call_id.clone())
+        .collect();
+    check(
+        "every tool result in the context answers a call in it",
+        context
+            .iter()
+            .filter(|m| m.role == Role::Tool)
+            .all(|m| m.tool_call_id.as_ref().is_some_and(|c| calls.contains(c))),
+    )?;
+    let unanswered: Vec<&String> = calls.difference(&results).collect();
+    check(
+        &format!("calls without a result in the context: {unanswered:?}"),
+        unanswered.is_empty(),
+    )
+}
+
+/// Two writers (turns with tool calls, each answer completed), a content
+/// clearer, a compactor (small `keep`) and a purger work on one session at
+/// once while a reader loads the context, for `KODA_STRESS_MS` (2 s).
+/// Afterwards: no error but `MessageNotFound` for an answer purged before
+/// its completion; every acknowledged message is stored unless purged, and
+/// the store holds exactly the acknowledged messages plus two per
+/// compaction, minus what purge reported; the context pairs calls with
+/// results; the session's counters and usage equal its rows; and the
+/// server counted no deadlock (where the factory can count them).
+pub async fn everything_at_once_on_one_session(cx: &Ctx) -> Result<()> {
+    let sid = session(cx).await?;
+    let deadlocks_before = cx.deadlocks().await?;
+    let until = std::time::Instant::now() + stress_duration();
+    let writers: Vec<_> = (0..2)
+        .map(|w| tokio::spawn(turn_writer(cx.store.clone(), sid.clone(), w, until)))
+        .collect();
+    let (store, s) = (cx.store.clone(), sid.clone());
+    let clearer = tokio::spawn(async move {
+        while std::time::Instant::now() < until {
+            let ids: Vec<i64> = store
+                .load_all_messages(&s)
+                .await?
+                .iter()
+                .map(|m| m.id)
+                .step_by(3)
+                .collect();
+            store
+                .clear_message_content(&ids, "[cleared]")
+                .await
+                .context("clear_message_content")?;
+            tokio::task::yield_now().await;
+        }
+        anyhow::Ok(())
+    });
+    let (store, s) = (cx.store.clone(), sid.clone());
+    let compactor = tokio::spawn(async move {
+        let mut pairs = 0usize;
+        while std::time::Instant::now() < until {
+            if store
+                .compact_session(&s, "summary", 3)
+                .await
+                .context("compact_session")?
+                > 0
+            {
+                pairs += 1;
+            }
+            tokio::task::yield_now().await;
+        }
+        anyhow::Ok(pairs)
+    });
+    let store = cx.store.clone();
+    let purger = tokio::spawn(async move {
+        let mut purged = 0usize;
+        while std::time::Instant::now() < until {
+            purged += store.purge_compacted(0).await.context("purge_compacted")?;
+            tokio::task::yield_now().await;
+        }
+        anyhow::Ok(purged)
+    });
+    let (store, s) = (cx.store.clone(), sid.clone());
+    let reader = tokio::spawn(async move {
+        let mut loads = 0usize;
+        while std::time::Instant::now() < until {
+            check_paired(&store.load_context(&s).await.context("load_context")?)?;
+            loads += 1;
+            tokio::task::yield_now().await;
+        }
+        anyhow::Ok(loads)
+    });
+
+    let acked = join_all(writers).await?;
+    clearer.await.context("clearer panicked")??;
+    let pairs = compactor.await.context("compactor panicked")??;
+    let mut purged = purger.await.context("purger panicked")??;
+    let loads = reader.await.context("reader panicked")??;
+    check("the reader ran", loads > 0)?;
+
+    // One last purge so the counts below do not depend on timing.
+    purged += cx.store.purge_compacted(0).await?;
+    let acked_ids: Vec<i64> = acked.iter().flat_map(|a| a.ids.iter().copied()).collect();
+    let unique: HashSet<i64> = acked_ids.iter().copied().collect();
+    eq("acknowledged ids are unique", unique.len(), acked_ids.len())?;
+    let all = cx.store.load_all_messages(&sid).await?;
+    eq(
+        "stored = acknowledged + 2 per compaction - purged",
+        all.len() + purged,
+        acked_ids.len() + 2 * pairs,
+    )?;
+    let stored: HashSet<i64> = all.iter().map(|m| m.id).collect();
+    eq("stored ids are unique", stored.len(), all.len())?;
+    for m in &all {
+        check(
+            &format!(
+                "message {} is neither acknowledged nor a compaction's",
+                m.id
+            ),
+            unique.contains(&m.id) || matches!(m.role, Role::System | Role::Assistant),
+        )?;
+    }
+    let context = cx.store.load_context(&sid).await?;
+    check_paired(&context)?;
+    let completed_after_purge: usize = acked.iter().map(|a| a.completed_after_purge).sum();
+    check(
+        "a purged answer is one the purge reported",
+        completed_after_purge <= purged,
+    )?;
+
+    let info = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+    let info = info.first().context("the session is listed")?;
+    eq(
+        "message_count = rows",
+        info.message_count,
+        i64::try_from(all.len())?,
+    )?;
+    let with_usage: Vec<&koda_persistence_api::Message> = all
+        .iter()
+        .filter(|m| m.prompt_tokens.is_some() || m.completion_tokens.is_some())
+        .collect();
+    let tokens: i64 = with_usage
+        .iter()
+        .map(|m| m.prompt_tokens.unwrap_or(0) + m.completion_tokens.unwrap_or(0))
+        .sum();
+    eq("total_tokens = rows", info.total_tokens, tokens)?;
+    let usage = cx.store.session_token_usage(&sid).await?;
+    eq(
+        "api_calls = rows",
+        usage.api_calls,
+        i64::try_from(with_usage.len())?,
+    )?;
+    eq(
+        "usage = rows",
+        usage.prompt_tokens + usage.completion_tokens,
+        tokens,
+    )?;
+    if let (Some(before), Some(after)) = (deadlocks_before, cx.deadlocks().await?) {
+        eq("deadlocks the server counted", after - before, 0)?;
     }
     Ok(())
 }

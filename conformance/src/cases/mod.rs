@@ -136,6 +136,7 @@ macro_rules! __for_each_case {
                 roots_with_nul_and_unicode_round_trip,
                 clock_extremes_format_as_rfc3339,
                 huge_limits_are_honoured,
+                strings_of_any_size_fit_every_field,
             ],
             concurrency: [
                 concurrent_inserts_into_one_session,
@@ -143,6 +144,7 @@ macro_rules! __for_each_case {
                 concurrent_session_creation,
                 concurrent_compaction_and_inserts_lose_nothing,
                 concurrent_readers_see_committed_state,
+                everything_at_once_on_one_session,
             ],
         }
     };
@@ -253,6 +255,30 @@ pub(crate) async fn tool(cx: &Ctx, sid: &str, call_id: Option<&str>, text: &str)
     cx.store
         .insert_message(sid, &Role::Tool, Some(text), None, call_id, None)
         .await
+}
+
+/// `len` bytes of text that no compressor shrinks much (so a database
+/// cannot fit it into an index entry by compressing it): pseudo-random
+/// printable characters, some of them multi-byte, from `seed`.
+pub fn incompressible(len: usize, seed: u64) -> String {
+    const ALPHABET: &[char] = &[
+        'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r',
+        's', 't', 'u', 'v', 'w', 'x', 'y', 'z', 'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J',
+        'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R', 'S', 'T', 'U', 'V', 'W', 'X', 'Y', 'Z', '0', '1',
+        '2', '3', '4', '5', '6', '7', '8', '9', '/', '.', '-', '_', ' ', 'é', 'ü', '\0', '漢', '→',
+    ];
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    let mut out = String::with_capacity(len + 4);
+    while out.len() < len {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let pick = usize::try_from(state >> 33).unwrap_or(0) % ALPHABET.len();
+        if let Some(c) = ALPHABET.get(pick) {
+            out.push(*c);
+        }
+    }
+    out
 }
 
 /// A `tool_calls` JSON array naming `ids`.

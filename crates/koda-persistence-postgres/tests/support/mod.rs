@@ -281,6 +281,25 @@ pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
     Ok(())
 }
 
+/// The server's count of deadlocks in the current database. A backend
+/// reports its counts when it goes idle, at most once a second, so this
+/// waits that long first.
+pub async fn deadlocks(url: String) -> Result<i64> {
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .context("admin connection for the deadlock counter")?;
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .context("reading pg_stat_database.deadlocks")?;
+    Ok(row.try_get(0)?)
+}
+
 /// Options for `url` with `schema` and a small pool.
 pub fn options(url: &str, schema: &str) -> Result<PostgresOptions> {
     let mut o = PostgresOptions::from_url(url)?;
@@ -300,7 +319,9 @@ impl Factory for FreshSchema {
         let clock = ManualClock::new(start_ms);
         let store =
             PostgresStore::connect_with(options(&url, &schema)?, Arc::new(clock.clone())).await?;
+        let probe_url = url.clone();
         Ok(Ctx::new(Arc::new(store), clock)
+            .with_deadlock_probe(move || deadlocks(probe_url.clone()))
             .with_teardown(move || async move { drop_schema(&url, &schema).await }))
     }
 }
