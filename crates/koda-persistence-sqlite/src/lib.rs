@@ -69,12 +69,25 @@ impl Synchronous {
 pub struct SqliteOptions {
     /// Durability of each commit (see [`Synchronous`]).
     pub synchronous: Synchronous,
-    /// How long a write waits for another process's lock before `Unavailable`.
+    /// How long a write waits for another process's lock before
+    /// `Unavailable` (1 ms to 1 hour).
     pub busy_timeout: Duration,
-    /// Reader threads (and connections); at least 1. Ignored in memory.
+    /// Reader threads (and connections), from 1 to [`MAX_READERS`]. Ignored
+    /// in memory.
     pub readers: usize,
     /// Create the file (and missing directories) if it does not exist.
     pub create: bool,
+}
+
+impl SqliteOptions {
+    /// Checks options built in code as a URL's are checked.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the option and what it accepts.
+    pub fn validate(&self) -> Result<(), PersistenceError> {
+        koda_persistence_api::url::check_timeout("busy_timeout", self.busy_timeout)?;
+        koda_persistence_api::url::check_count("readers", self.readers, 1, MAX_READERS)
+    }
 }
 
 impl Default for SqliteOptions {
@@ -100,8 +113,10 @@ pub enum Location {
 /// The SQLite backend. Cheap to clone; clones share the connections.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: Worker,
+    // Readers are declared (so dropped) first: the writer closes the last
+    // connection, after its checkpoint, and SQLite then removes the WAL.
     readers: Worker,
+    writer: Worker,
     clock: Arc<dyn Clock>,
     location: Location,
     options: SqliteOptions,
@@ -275,58 +290,51 @@ fn migrate(conn: &mut Connection, options: &SqliteOptions) -> Result<()> {
     }
 }
 
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
+/// Reader threads a store may run: `readers` is from 1 to this.
+pub const MAX_READERS: usize = 64;
+
+const PARAMETERS: [&str; 4] = ["synchronous", "busy_timeout_ms", "readers", "create"];
 
 /// Splits `sqlite://PATH?k=v&…` (or `sqlite:PATH`, `sqlite::memory:`) into a
-/// location and options. Recognised parameters: `synchronous=normal|full`,
-/// `busy_timeout_ms=N`, `readers=N`, `create=true|false`.
+/// location and options. Parameters (percent-decoded, each at most once):
+/// `synchronous=normal|full`, `busy_timeout_ms=N` (1 to 3,600,000),
+/// `readers=N` (1 to [`MAX_READERS`]), `create=true|false`. The path is
+/// percent-decoded too (`%20` is a space, `%3F` a `?`). SQLite's own
+/// `file:` URIs are refused: a path is a plain path.
 ///
 /// # Errors
-/// `InvalidInput` for an unknown parameter or value, or an empty path.
+/// `InvalidInput` naming the parameter and what it accepts, for an unknown
+/// parameter or value, an empty path or a `file:` URI.
 pub fn parse_url(url: &str) -> Result<(Location, SqliteOptions), PersistenceError> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .ok_or_else(|| PersistenceError::InvalidInput(format!("not a sqlite URL: {url:?}")))?;
-    let (path, query) = match rest.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (rest, None),
-    };
+    let (path, params) = koda_persistence_api::url::split_query(rest)?;
+    let path = koda_persistence_api::url::decode(path)?;
     let mut options = SqliteOptions::default();
-    for pair in query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = || PersistenceError::InvalidInput(format!("bad sqlite URL parameter {k}={v:?}"));
-        match k {
+    for p in &params {
+        match p.key.as_str() {
             "synchronous" => {
-                options.synchronous = match v.to_ascii_lowercase().as_str() {
-                    "normal" => Synchronous::Normal,
+                options.synchronous = match p.one_of(&["normal", "full"])? {
                     "full" => Synchronous::Full,
-                    _ => return Err(bad()),
+                    _ => Synchronous::Normal,
                 }
             }
-            "busy_timeout_ms" => {
-                options.busy_timeout = Duration::from_millis(v.parse().map_err(|_| bad())?)
-            }
-            "readers" => options.readers = v.parse().map_err(|_| bad())?,
-            "create" => options.create = parse_bool(v).ok_or_else(bad)?,
-            _ => {
-                return Err(PersistenceError::InvalidInput(format!(
-                    "unknown sqlite URL parameter {k:?} (known: synchronous, busy_timeout_ms, readers, create)"
-                )));
-            }
+            "busy_timeout_ms" => options.busy_timeout = p.millis()?,
+            "readers" => options.readers = p.count(1, MAX_READERS)?,
+            "create" => options.create = p.boolean()?,
+            _ => return Err(p.unknown("sqlite", &PARAMETERS)),
         }
     }
-    let location = match path {
+    if path.starts_with("file:") {
+        return Err(PersistenceError::InvalidInput(format!(
+            "SQLite file: URIs are not supported ({path:?}): write the path itself, \
+             e.g. sqlite:///abs/path.db, with options as URL parameters ({})",
+            PARAMETERS.join(", ")
+        )));
+    }
+    let location = match path.as_str() {
         ":memory:" => Location::Memory,
         "" => {
             return Err(PersistenceError::InvalidInput(
@@ -382,6 +390,7 @@ impl SqliteStore {
         options: SqliteOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
+        options.validate()?;
         let loc = location.clone();
         let opts = options.clone();
         let (writer_conn, reader_conns) =
@@ -389,11 +398,12 @@ impl SqliteStore {
                 .await
                 .context("sqlite open task failed")?
                 .map_err(|e| classify(e, &location))?;
-        let writer = Worker::spawn("koda-sqlite-writer", vec![writer_conn], true)?;
+        let wait = options.busy_timeout;
+        let writer = Worker::spawn("koda-sqlite-writer", vec![writer_conn], true, wait)?;
         let readers = if reader_conns.is_empty() {
             writer.clone()
         } else {
-            Worker::spawn("koda-sqlite-reader", reader_conns, false)?
+            Worker::spawn("koda-sqlite-reader", reader_conns, false, wait)?
         };
         Ok(Self {
             writer,
@@ -523,7 +533,7 @@ fn open_blocking(
                 writer.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
             }
             migrate(&mut writer, options)?;
-            let readers = (0..options.readers.max(1))
+            let readers = (0..options.readers)
                 .map(|_| connect(path, options, false))
                 .collect::<Result<Vec<_>>>()?;
             Ok((writer, readers))

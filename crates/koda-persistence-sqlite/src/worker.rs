@@ -6,6 +6,7 @@
 //! mode, never wait for the writer.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,33 +20,78 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 #[derive(Debug, Clone)]
 pub(crate) struct Worker {
     tx: crossbeam_channel::Sender<Job>,
+    /// Dropped after `tx` (fields drop in order): when the last clone goes,
+    /// the threads see the queue close, and this waits for them to finish.
+    _closer: Arc<Closer>,
+}
+
+/// Waits, when the last [`Worker`] clone is dropped, until every thread of
+/// the worker has closed its connection (at most `wait`), so that a store
+/// dropped before the process exits leaves a complete database file.
+#[derive(Debug)]
+struct Closer {
+    /// Each thread holds a sender; all gone means all threads ended.
+    ended: crossbeam_channel::Receiver<()>,
+    wait: Duration,
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        // Blocks for as long as the last job plus a checkpoint takes, and
+        // never longer than `wait`.
+        let _ = self.ended.recv_timeout(self.wait);
+    }
 }
 
 impl Worker {
     /// Starts one thread per connection, all serving the same queue. The
-    /// threads end when the last `Worker` clone is dropped. With `spin`, a
-    /// thread polls for the next job for a few microseconds before parking
-    /// (worth it for the single writer, whose caller usually sends the next
-    /// write at once; not for readers, which would only compete for cores).
-    pub(crate) fn spawn(name: &str, conns: Vec<Connection>, spin: bool) -> Result<Self> {
+    /// threads end when the last `Worker` clone is dropped, and that drop
+    /// waits up to `close_wait` for them: each finishes its job, checkpoints
+    /// the WAL into the database file when `writer` (so a copy of the `.db`
+    /// file alone holds every row), and closes its connection. With
+    /// `writer`, a thread also polls for the next job for a few microseconds
+    /// before parking (worth it for the single writer, whose caller usually
+    /// sends the next write at once; not for readers, which would only
+    /// compete for cores).
+    pub(crate) fn spawn(
+        name: &str,
+        conns: Vec<Connection>,
+        writer: bool,
+        close_wait: Duration,
+    ) -> Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let (running, ended) = crossbeam_channel::bounded::<()>(0);
         for (i, mut conn) in conns.into_iter().enumerate() {
             let rx = rx.clone();
+            let running = running.clone();
             thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
-                    while let Some(job) = next_job(&rx, spin) {
+                    while let Some(job) = next_job(&rx, writer) {
                         // A panicking job must not take the connection's
                         // thread down with it; its caller sees the reply
                         // channel close and gets `Unavailable`.
                         let _ = catch_unwind(AssertUnwindSafe(|| job(&mut conn)));
                     }
+                    if writer {
+                        // Best effort: another process may hold a snapshot,
+                        // and then SQLite checkpoints what it can.
+                        let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+                    }
+                    drop(conn);
+                    drop(running);
                 })
                 .map_err(|e| {
                     PersistenceError::Unavailable(format!("cannot start {name} thread: {e}"))
                 })?;
         }
-        Ok(Self { tx })
+        Ok(Self {
+            tx,
+            _closer: Arc::new(Closer {
+                ended,
+                wait: close_wait,
+            }),
+        })
     }
 
     /// Runs `f` on one of the worker's connections and returns its result.

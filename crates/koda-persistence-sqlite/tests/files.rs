@@ -269,11 +269,30 @@ fn urls_parse_into_locations_and_options() {
         parse_url("sqlite://x.db").expect("defaults").1.synchronous,
         Synchronous::Normal
     );
+    assert_eq!(
+        parse_url("sqlite:///tmp/my%20dir/x%3F.db?synchronous=FULL&create=off")
+            .map(|(l, o)| (l, o.synchronous, o.create))
+            .expect("percent-decoded"),
+        (
+            Location::File("/tmp/my dir/x?.db".into()),
+            Synchronous::Full,
+            false
+        )
+    );
     for bad in [
         "sqlite://",
         "sqlite://x.db?synchronous=maybe",
         "sqlite://x.db?cache=big",
         "sqlite://x.db?readers=-1",
+        "sqlite://x.db?readers=0",
+        "sqlite://x.db?readers=65",
+        "sqlite://x.db?busy_timeout_ms=0",
+        "sqlite://x.db?busy_timeout_ms=18446744073709551615",
+        "sqlite://x.db?busy_timeout_ms=9223372036854775807",
+        "sqlite://x.db?busy_timeout_ms=1&busy_timeout_ms=2",
+        "sqlite://file:/tmp/x.db",
+        "sqlite:file:x.db?mode=ro",
+        "sqlite://x.db?synchronous=%",
         "mysql://x",
     ] {
         assert!(
@@ -379,4 +398,59 @@ async fn cached_contexts_see_other_writers() {
         a.load_context(&sid).await.expect("a"),
         c.load_context(&sid).await.expect("c")
     );
+}
+
+/// Dropping the last handle checkpoints the WAL into the database file: a
+/// copy of the `.db` file alone (a backup, a bug report) holds every row,
+/// and no `-wal` file is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_close_leaves_every_row_in_the_db_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let store = open_with(&path, SqliteOptions::default())
+        .await
+        .expect("open");
+    let clone = store.clone();
+    let sid = store
+        .create_session("main", Path::new("/p"))
+        .await
+        .expect("session");
+    for i in 0..300 {
+        clone
+            .insert_message(&sid, &Role::User, Some(&format!("m{i}")), None, None, None)
+            .await
+            .expect("insert");
+    }
+    store.set_todo(&sid, "- [ ] ship").await.expect("todo");
+    let wal = dir.path().join("koda.db-wal");
+    assert!(
+        std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0),
+        "the rows sit in the WAL while the store is open"
+    );
+    drop(store);
+    drop(clone);
+    assert!(
+        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+        "the WAL is gone or empty after a clean close"
+    );
+    let copy = tempfile::tempdir().expect("tempdir");
+    let alone = copy.path().join("backup.db");
+    std::fs::copy(&path, &alone).expect("copy the .db file alone");
+    let conn = Connection::open(&alone).expect("open the copy");
+    let count: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM messages WHERE session_id = ?1",
+            [&sid],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(count, 300);
+    let todo: String = conn
+        .query_row(
+            "SELECT value FROM session_metadata WHERE session_id = ?1 AND key = 'todo'",
+            [&sid],
+            |r| r.get(0),
+        )
+        .expect("todo");
+    assert_eq!(todo, "- [ ] ship");
 }
