@@ -154,45 +154,151 @@ fn not_found(id: &str) -> anyhow::Error {
     PersistenceError::SessionNotFound(id.to_owned()).into()
 }
 
-/// Splits `PATH?flush=every_write|manual|every_ms=N&cache_mb=N`.
+/// The largest page cache a URL may ask for, in MiB (64 GiB).
+pub const MAX_CACHE_MB: u64 = 65_536;
+
+const PARAMETERS: [&str; 3] = ["flush", "flush_every_ms", "cache_mb"];
+
+/// Splits `PATH?flush=every_write|manual`, `?flush_every_ms=N` (1 to
+/// 3,600,000) and `?cache_mb=N` (1 to [`MAX_CACHE_MB`]). The path and the
+/// parameters are percent-decoded; each parameter may appear once.
 ///
 /// # Errors
-/// `InvalidInput` for an unknown parameter or value, or an empty path.
+/// `InvalidInput` naming the parameter and what it accepts, for an unknown
+/// parameter or value, or an empty path.
 pub fn parse_location(spec: &str) -> Result<(PathBuf, SledOptions), PersistenceError> {
-    let (path, query) = spec.split_once('?').unwrap_or((spec, ""));
+    let (path, params) = koda_persistence_api::url::split_query(spec)?;
+    let path = koda_persistence_api::url::decode(path)?;
     if path.is_empty() {
         return Err(PersistenceError::InvalidInput(
-            "sled needs a directory path".into(),
+            "sled needs a directory path, e.g. sled:///var/lib/koda/store".into(),
         ));
     }
     let mut options = SledOptions::default();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = || PersistenceError::InvalidInput(format!("bad sled parameter {k}={v:?}"));
-        match k {
+    let mut flush_given = false;
+    for p in &params {
+        match p.key.as_str() {
+            "flush" | "flush_every_ms" if flush_given => {
+                return Err(PersistenceError::InvalidInput(
+                    "sled URL: give either flush or flush_every_ms, not both".into(),
+                ));
+            }
             "flush" => {
-                options.flush = match v {
-                    "every_write" => FlushPolicy::EveryWrite,
+                flush_given = true;
+                options.flush = match p.one_of(&["every_write", "manual"])? {
                     "manual" => FlushPolicy::Manual,
-                    _ => return Err(bad()),
+                    _ => FlushPolicy::EveryWrite,
                 }
             }
             "flush_every_ms" => {
-                let ms: u64 = v.parse().ok().filter(|ms| *ms > 0).ok_or_else(bad)?;
-                options.flush = FlushPolicy::Every(Duration::from_millis(ms));
+                flush_given = true;
+                options.flush = FlushPolicy::Every(p.millis()?);
             }
-            "cache_mb" => {
-                options.cache_capacity =
-                    v.parse::<u64>().map_err(|_| bad())?.saturating_mul(1 << 20)
-            }
-            _ => {
-                return Err(PersistenceError::InvalidInput(format!(
-                    "unknown sled parameter {k:?} (known: flush, flush_every_ms, cache_mb)"
-                )));
-            }
+            "cache_mb" => options.cache_capacity = p.number(1, MAX_CACHE_MB)? << 20,
+            _ => return Err(p.unknown("sled", &PARAMETERS)),
         }
     }
     Ok((PathBuf::from(path), options))
+}
+
+impl SledOptions {
+    /// Checks options built in code as a URL's are checked.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the option and what it accepts.
+    pub fn validate(&self) -> Result<(), PersistenceError> {
+        if let FlushPolicy::Every(d) = self.flush {
+            koda_persistence_api::url::check_timeout("flush interval", d)?;
+        }
+        if self.cache_capacity == 0 || self.cache_capacity > MAX_CACHE_MB << 20 {
+            return Err(PersistenceError::InvalidInput(format!(
+                "cache_capacity must be from 1 byte to {MAX_CACHE_MB} MiB, got {}",
+                self.cache_capacity
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How long an open waits for the directory's lock when this process held
+/// it a moment ago (sled releases it from a background thread after the
+/// last handle is dropped).
+const RELOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Makes `dir` (and missing parents) private to the owner: 0700.
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// Gives every file sled keeps in `dir` mode 0600 and every directory in it
+/// 0700, whatever the umask was when sled created them.
+#[cfg(unix)]
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700))?;
+            make_private(&entry.path())?;
+        } else if kind.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Opens sled in `path`: creates the directory 0700 when missing, waits up
+/// to [`RELOCK_WAIT`] for a lock a just-dropped handle still holds, then
+/// makes sled's files private.
+fn open_db(path: &Path, options: &SledOptions) -> Result<Db> {
+    if !path.exists() {
+        create_private_dir(path).map_err(|e| {
+            PersistenceError::Unavailable(format!("creating {}: {e}", path.display()))
+        })?;
+    }
+    let flush_ms = match options.flush {
+        FlushPolicy::Every(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
+        FlushPolicy::EveryWrite | FlushPolicy::Manual => None,
+    };
+    let deadline = std::time::Instant::now() + RELOCK_WAIT;
+    let db = loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity)
+            .flush_every_ms(flush_ms)
+            .open()
+        {
+            Ok(db) => break db,
+            Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(storage(e, path)),
+        }
+    };
+    make_private(path).map_err(|e| {
+        PersistenceError::Unavailable(format!("making {} private: {e}", path.display()))
+    })?;
+    Ok(db)
 }
 
 impl SledStore {
@@ -229,23 +335,12 @@ impl SledStore {
         options: SledOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
+        options.validate()?;
         let p = path.clone();
-        let db = tokio::task::spawn_blocking(move || {
-            let flush_ms = match options.flush {
-                FlushPolicy::Every(d) => {
-                    Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
-                }
-                FlushPolicy::EveryWrite | FlushPolicy::Manual => None,
-            };
-            sled::Config::new()
-                .path(&p)
-                .cache_capacity(options.cache_capacity)
-                .flush_every_ms(flush_ms)
-                .open()
-                .map_err(|e| storage(e, &p))
-        })
-        .await
-        .context("sled open task failed")??;
+        let opts = options.clone();
+        let db = tokio::task::spawn_blocking(move || open_db(&p, &opts))
+            .await
+            .context("sled open task failed")??;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,

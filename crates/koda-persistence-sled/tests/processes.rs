@@ -50,6 +50,24 @@ fn child(args: &[String]) -> Result<()> {
                 }
                 Ok(())
             }
+            [mode, path] if mode == "make" => {
+                let store = open(Path::new(path)).await?;
+                let sid = store.create_session("main", Path::new("/p")).await?;
+                for i in 0..200 {
+                    store
+                        .insert_message(
+                            &sid,
+                            &Role::User,
+                            Some(&"s".repeat(i * 50)),
+                            None,
+                            None,
+                            None,
+                        )
+                        .await?;
+                }
+                store.flush().await?;
+                Ok(())
+            }
             [mode, path] if mode == "hold" => {
                 let _store = open(Path::new(path)).await?;
                 println!("open");
@@ -169,6 +187,105 @@ fn a_directory_in_use_is_unavailable() -> Result<()> {
     Ok(())
 }
 
+/// Every directory and file under `dir` (itself included) with its mode
+/// bits, where a directory is not 0700 or a file is not 0600.
+#[cfg(unix)]
+fn not_private(dir: &Path) -> Result<Vec<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut bad = Vec::new();
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        bad.push(format!("{} {mode:o}", dir.display()));
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            bad.extend(not_private(&entry.path())?);
+        } else {
+            let mode = entry.metadata()?.permissions().mode() & 0o777;
+            if mode != 0o600 {
+                bad.push(format!("{} {mode:o}", entry.path().display()));
+            }
+        }
+    }
+    Ok(bad)
+}
+
+/// A store created by a process whose umask lets everyone read (022, and
+/// 000) is private all the same: directories 0700, files 0600, also after
+/// a reopen.
+#[cfg(unix)]
+fn new_stores_are_private_whatever_the_umask() -> Result<()> {
+    for umask in ["022", "000"] {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("nested").join("store");
+        for _ in 0..2 {
+            let out = Command::new("sh")
+                .args([
+                    "-c",
+                    &format!("umask {umask}; exec \"$0\" child make \"$1\""),
+                ])
+                .arg(std::env::current_exe()?)
+                .arg(&path)
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "child failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let bad = not_private(&path)?;
+        ensure!(bad.is_empty(), "umask {umask}: not private: {bad:?}");
+        let parent = not_private(&dir.path().join("nested"))?;
+        ensure!(
+            parent.is_empty(),
+            "umask {umask}: created parent: {parent:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Dropping the last handle and opening the same directory at once, in the
+/// same process, always succeeds (sled may still be releasing its lock from
+/// a background thread). `KODA_SLED_REOPEN_CYCLES` cycles (default 2,000).
+fn drop_and_reopen_at_once() -> Result<()> {
+    let cycles: u64 = std::env::var("KODA_SLED_REOPEN_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("store");
+    let rt = runtime()?;
+    rt.block_on(async {
+        let sid = open(&path)
+            .await?
+            .create_session("main", Path::new("/p"))
+            .await?;
+        let started = std::time::Instant::now();
+        for i in 0..cycles {
+            let store = open(&path)
+                .await
+                .with_context(|| format!("reopen {i} of {cycles}"))?;
+            if i % 100 == 0 {
+                store
+                    .insert_message(&sid, &Role::User, Some("again"), None, None, None)
+                    .await?;
+            }
+            drop(store);
+        }
+        let store = open(&path).await?;
+        ensure!(
+            store.load_all_messages(&sid).await?.len() == usize::try_from(cycles.div_ceil(100))?,
+            "messages written between reopens are all there"
+        );
+        println!(
+            "    {cycles} drop+reopen cycles in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
+}
+
 fn main() -> ExitCode {
     koda_persistence_conformance::process::main(
         child,
@@ -181,6 +298,12 @@ fn main() -> ExitCode {
                 "a_directory_in_use_is_unavailable",
                 a_directory_in_use_is_unavailable,
             ),
+            #[cfg(unix)]
+            (
+                "new_stores_are_private_whatever_the_umask",
+                new_stores_are_private_whatever_the_umask,
+            ),
+            ("drop_and_reopen_at_once", drop_and_reopen_at_once),
         ],
     )
 }
