@@ -1,0 +1,147 @@
+//! Every URL parameter, through `koda_persistence::open`: refused with
+//! `InvalidInput` naming the parameter at 0, just past its bound, negative,
+//! non-numeric and overflowing values (no panic, nothing created); accepted
+//! at both ends of its documented range.
+
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+use koda_persistence::PersistenceError;
+
+/// Values no numeric parameter accepts (each one's minimum is 1).
+const ALWAYS_BAD: [&str; 9] = [
+    "0",
+    "-1",
+    "abc",
+    "1.5",
+    "",
+    "18446744073709551615",
+    "18446744073709551616",
+    "9223372036854775807",
+    "%",
+];
+
+async fn refused(url: &str, param: &str) {
+    match koda_persistence::open(url).await {
+        Ok(_) => panic!("{url}: opened"),
+        Err(e) => match PersistenceError::of(&e) {
+            Some(PersistenceError::InvalidInput(m)) => {
+                assert!(
+                    m.contains(param),
+                    "{url}: message does not name {param}: {m}"
+                )
+            }
+            other => panic!("{url}: expected InvalidInput, got {other:?} ({e:#})"),
+        },
+    }
+}
+
+/// `(parameter, max)` refused everywhere outside `1..=max`, accepted at both
+/// ends, on a store URL built by `url(query)`.
+async fn check_numbers(params: &[(&str, u64)], url: impl Fn(&str) -> String, try_accept: bool) {
+    for (param, max) in params {
+        let past = (max + 1).to_string();
+        for v in ALWAYS_BAD.iter().copied().chain([past.as_str()]) {
+            refused(&url(&format!("{param}={v}")), param).await;
+        }
+        refused(&url(&format!("{param}=1&{param}=1")), param).await;
+        if try_accept {
+            for v in [1, *max] {
+                let u = url(&format!("{param}={v}"));
+                koda_persistence::open(&u)
+                    .await
+                    .unwrap_or_else(|e| panic!("{u}: {e:#}"));
+            }
+        }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_parameters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let url = |q: &str| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("sqlite://{}/k{i}.db?{q}", dir.path().display())
+    };
+    check_numbers(
+        &[("busy_timeout_ms", 3_600_000), ("readers", 64)],
+        url,
+        true,
+    )
+    .await;
+    let base = format!("sqlite://{}/x.db", dir.path().display());
+    for (q, param) in [
+        ("synchronous=sometimes", "synchronous"),
+        ("create=maybe", "create"),
+        ("cache=big", "cache"),
+    ] {
+        refused(&format!("{base}?{q}"), param).await;
+    }
+    refused("sqlite://file:/tmp/x.db", "file:").await;
+    refused("sqlite:file:x.db", "file:").await;
+    assert!(
+        !std::path::Path::new("file:").exists(),
+        "a file: URI created a directory"
+    );
+    let made: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .filter(|f| f.to_string_lossy() == "x.db")
+        .collect();
+    assert!(made.is_empty(), "a refused URL created its file");
+}
+
+#[cfg(feature = "sled")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_parameters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let url = |q: &str| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("sled://{}/s{i}?{q}", dir.path().display())
+    };
+    check_numbers(
+        &[("flush_every_ms", 3_600_000), ("cache_mb", 65_536)],
+        url,
+        true,
+    )
+    .await;
+    let base = format!("sled://{}/x", dir.path().display());
+    refused(&format!("{base}?flush=sometimes"), "flush").await;
+    refused(&format!("{base}?flush=manual&flush_every_ms=5"), "flush").await;
+    refused(&format!("{base}?colour=blue"), "colour").await;
+    assert!(
+        !dir.path().join("x").exists(),
+        "a refused URL created its directory"
+    );
+}
+
+/// Refused before connecting: no server is needed, and none is reached (the
+/// port is closed).
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_parameters() {
+    let url = |q: &str| format!("postgres://u:secret@127.0.0.1:1/db?{q}");
+    check_numbers(
+        &[
+            ("pool_size", 1024),
+            ("connect_timeout_ms", 3_600_000),
+            ("pool_timeout_ms", 3_600_000),
+        ],
+        url,
+        false,
+    )
+    .await;
+    for (q, param) in [
+        ("schema=pg_temp", "pg_temp"),
+        ("schema=pg_anything", "pg_anything"),
+        ("schema=information_schema", "information_schema"),
+        ("schema=a-b", "a-b"),
+        ("schema=a%22b", "a\\\"b"),
+        ("sslmode=sometimes", "sslmode"),
+        ("options=-csearch_path%3Dx", "options"),
+    ] {
+        refused(&url(q), param).await;
+    }
+}
