@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod cases;
+pub mod disk;
 mod factory;
 pub mod machine;
 pub mod model;

@@ -27,7 +27,7 @@ pub mod keys;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -81,10 +81,13 @@ pub struct SledStore {
 }
 
 struct Inner {
-    db: Db,
-    /// Writers take it exclusively, readers shared.
-    lock: RwLock<()>,
-    flush: FlushPolicy,
+    /// The open database. Writers take the lock exclusively, readers
+    /// shared. `None` after a write failed: sled keeps an I/O error for
+    /// good and its memory may hold the failed write, so the handle is
+    /// dropped and the next call opens the directory again, from what
+    /// reached the disk.
+    db: RwLock<Option<Db>>,
+    options: SledOptions,
     path: PathBuf,
     /// Loaded contexts. The directory belongs to this process, so the
     /// per-session change counters can live in memory.
@@ -124,13 +127,42 @@ impl Inner {
     fn cache(&self) -> MutexGuard<'_, SessionCache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn exclusive(&self) -> RwLockWriteGuard<'_, Option<Db>> {
+        // A panic under the lock leaves either a usable handle or `None`.
+        self.db.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open handle in `slot`, reopening the directory if a failed
+    /// write dropped it.
+    fn ensure_open<'a>(&self, slot: &'a mut Option<Db>) -> Result<&'a Db> {
+        if slot.is_none() {
+            *slot = Some(open_db(&self.path, &self.options)?);
+        }
+        slot.as_ref()
+            .ok_or_else(|| PersistenceError::Unavailable("sled handle missing".into()).into())
+    }
+
+    /// Drops the handle after a failed write (see [`Inner::db`]) and
+    /// forgets every cached context, which may hold the failed write.
+    fn discard(&self, slot: &mut Option<Db>) {
+        *slot = None;
+        self.cache().contexts = ContextCache::new(CACHED_SESSIONS);
+    }
+
+    fn classify(&self, e: anyhow::Error) -> anyhow::Error {
+        match e.downcast::<sled::Error>() {
+            Ok(se) => storage(se, &self.path),
+            Err(e) => e,
+        }
+    }
 }
 
 impl fmt::Debug for SledStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SledStore")
             .field("path", &self.inner.path)
-            .field("flush", &self.inner.flush)
+            .field("flush", &self.inner.options.flush)
             .finish_non_exhaustive()
     }
 }
@@ -343,9 +375,8 @@ impl SledStore {
             .context("sled open task failed")??;
         Ok(Self {
             inner: Arc::new(Inner {
-                db,
-                lock: RwLock::new(()),
-                flush: options.flush,
+                db: RwLock::new(Some(db)),
+                options,
                 path,
                 cache: Mutex::new(SessionCache {
                     versions: HashMap::new(),
@@ -363,11 +394,15 @@ impl SledStore {
     pub async fn flush(&self) -> Result<()> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            inner
-                .db
-                .flush()
-                .map(|_| ())
-                .map_err(|e| storage(e, &inner.path))
+            let mut slot = inner.exclusive();
+            let db = inner.ensure_open(&mut slot)?;
+            match db.flush() {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    inner.discard(&mut slot);
+                    Err(storage(e, &inner.path))
+                }
+            }
         })
         .await
         .context("sled flush task failed")?
@@ -380,11 +415,17 @@ impl SledStore {
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let _shared = inner.lock.read().unwrap_or_else(|p| p.into_inner());
-            f(&inner.db).map_err(|e| match e.downcast::<sled::Error>() {
-                Ok(se) => storage(se, &inner.path),
-                Err(e) => e,
-            })
+            {
+                let shared = inner.db.read().unwrap_or_else(|p| p.into_inner());
+                if let Some(db) = shared.as_ref() {
+                    return f(db).map_err(|e| inner.classify(e));
+                }
+            }
+            // A failed write dropped the handle: reopen, then read under
+            // the exclusive lock this once.
+            let mut slot = inner.exclusive();
+            let db = inner.ensure_open(&mut slot)?;
+            f(db).map_err(|e| inner.classify(e))
         })
         .await
         .context("sled read task failed")?
@@ -400,7 +441,10 @@ impl SledStore {
         self.write_then(f, |_, out| out).await
     }
 
-    /// Like `write`, then `after` with the cache, still under the write lock.
+    /// Like `write`, then `after` with the cache, still under the write
+    /// lock. A write whose batch or flush fails drops the handle (see
+    /// [`Inner::db`]): nothing of it stays visible, and the next call
+    /// reopens the directory.
     async fn write_then<R, T, F, A>(&self, f: F, after: A) -> Result<T>
     where
         T: Send + 'static,
@@ -409,19 +453,30 @@ impl SledStore {
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let _exclusive = inner.lock.write().unwrap_or_else(|p| p.into_inner());
-            let run = || -> Result<T> {
-                let (batch, out) = f(&inner.db)?;
-                inner.db.apply_batch(batch)?;
-                if inner.flush == FlushPolicy::EveryWrite {
-                    inner.db.flush()?;
+            let mut slot = inner.exclusive();
+            let db = inner.ensure_open(&mut slot)?;
+            let (batch, out) = match f(db) {
+                Ok(made) => made,
+                Err(e) if e.downcast_ref::<sled::Error>().is_some() => {
+                    inner.discard(&mut slot);
+                    return Err(inner.classify(e));
                 }
-                Ok(after(&mut inner.cache(), out))
+                Err(e) => return Err(e),
             };
-            run().map_err(|e| match e.downcast::<sled::Error>() {
-                Ok(se) => storage(se, &inner.path),
-                Err(e) => e,
-            })
+            let applied = db.apply_batch(batch).and_then(|()| {
+                if inner.options.flush == FlushPolicy::EveryWrite {
+                    db.flush().map(|_| ())
+                } else {
+                    Ok(())
+                }
+            });
+            match applied {
+                Ok(()) => Ok(after(&mut inner.cache(), out)),
+                Err(e) => {
+                    inner.discard(&mut slot);
+                    Err(storage(e, &inner.path))
+                }
+            }
         })
         .await
         .context("sled write task failed")?
