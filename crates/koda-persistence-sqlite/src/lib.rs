@@ -30,7 +30,7 @@ mod worker;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::{
@@ -236,15 +236,26 @@ fn flags() -> OpenFlags {
     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
 }
 
-/// Opens one connection with the store's pragmas; `writer` also sets WAL.
+/// Opens one connection with the store's pragmas; `writer` also sets WAL
+/// and turns SQLite's busy handler off (see [`worker::retry_busy`]).
 fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, flags())?;
-    conn.busy_timeout(options.busy_timeout)?;
+    conn.busy_timeout(if writer {
+        Duration::ZERO
+    } else {
+        options.busy_timeout
+    })?;
     // Reading the schema proves the file is a database before anything writes.
-    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+    let objects = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
     })?;
     if writer {
+        if objects == 0 {
+            // New databases start with koda's incremental auto-vacuum. It
+            // only takes while the file is new: before WAL mode writes the
+            // first page.
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        }
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(PersistenceError::Unavailable(format!(
@@ -261,33 +272,25 @@ fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connect
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection, options: &SqliteOptions) -> Result<()> {
+fn migrate(conn: &mut Connection, deadline: Instant, options: &SqliteOptions) -> Result<()> {
     let migrations = schema::migrations();
-    let deadline = std::time::Instant::now() + options.busy_timeout;
-    loop {
+    worker::retry_busy(deadline, options.busy_timeout, || {
         match migrations.to_latest(conn) {
-            Ok(()) => return Ok(()),
+            Ok(()) => Ok(()),
             Err(rusqlite_migration::Error::MigrationDefinition(
                 rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
-            )) => {
-                return Err(PersistenceError::Unavailable(format!(
-                    "the database was written by a newer koda-persistence (schema newer than \
-                     version {}); upgrade koda",
-                    schema::SCHEMA_VERSION
-                ))
-                .into());
-            }
+            )) => Err(PersistenceError::Unavailable(format!(
+                "the database was written by a newer koda-persistence (schema newer than \
+                 version {}); upgrade koda",
+                schema::SCHEMA_VERSION
+            ))
+            .into()),
             Err(rusqlite_migration::Error::RusqliteError { err, .. }) => {
-                let e = anyhow::Error::new(err);
-                if worker::is_busy(&e) && std::time::Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-                return Err(e.context("migrating the schema"));
+                Err(anyhow::Error::new(err).context("migrating the schema"))
             }
-            Err(e) => return Err(anyhow::anyhow!("migrating the schema: {e}")),
+            Err(e) => Err(anyhow::anyhow!("migrating the schema: {e}")),
         }
-    }
+    })
 }
 
 /// Reader threads a store may run: `readers` is from 1 to this.
@@ -503,7 +506,7 @@ fn open_blocking(
         Location::Memory => {
             let mut conn = Connection::open_in_memory()?;
             conn.pragma_update(None, "foreign_keys", true)?;
-            migrate(&mut conn, options)?;
+            migrate(&mut conn, Instant::now() + options.busy_timeout, options)?;
             Ok((conn, Vec::new()))
         }
         Location::File(path) => {
@@ -527,26 +530,19 @@ fn open_blocking(
                     .with_context(|| format!("creating {}", path.display()))
                     .map_err(|e| PersistenceError::Unavailable(format!("{e:#}")))?;
             }
-            let mut writer = connect(path, options, true)?;
-            if is_empty(&writer)? {
-                // New databases start with koda's incremental auto-vacuum.
-                writer.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
-            }
-            migrate(&mut writer, options)?;
+            // One deadline for the whole open: another process (a running
+            // koda mid-turn) may hold the write lock while we adopt the file.
+            let deadline = Instant::now() + options.busy_timeout;
+            let mut writer = worker::retry_busy(deadline, options.busy_timeout, || {
+                connect(path, options, true)
+            })?;
+            migrate(&mut writer, deadline, options)?;
             let readers = (0..options.readers)
                 .map(|_| connect(path, options, false))
                 .collect::<Result<Vec<_>>>()?;
             Ok((writer, readers))
         }
     }
-}
-
-fn is_empty(conn: &Connection) -> Result<bool> {
-    Ok(
-        conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
-            r.get::<_, i64>(0)
-        })? == 0,
-    )
 }
 
 #[async_trait::async_trait]

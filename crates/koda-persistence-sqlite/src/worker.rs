@@ -156,6 +156,39 @@ pub(crate) fn is_busy(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Runs `f` until it succeeds or fails with something other than SQLite's
+/// busy/locked, pausing 1 ms, then doubling up to 50 ms, between tries.
+/// Past `deadline` a busy database is `Unavailable`, saying for how long it
+/// stayed locked (`waited`).
+///
+/// The writer connection's own SQLite busy handler is off (timeout 0): this
+/// loop is the one place a writer waits, with the store's deadline, also
+/// where SQLite reports busy without calling its handler (a deferred
+/// transaction upgrading to write, as the migration does).
+pub(crate) fn retry_busy<R>(
+    deadline: Instant,
+    waited: Duration,
+    mut f: impl FnMut() -> Result<R>,
+) -> Result<R> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match f() {
+            Err(e) if is_busy(&e) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(e.context(PersistenceError::Unavailable(format!(
+                        "database stayed locked by another writer for {} ms",
+                        waited.as_millis()
+                    ))));
+                }
+                thread::sleep(pause.min(deadline - now));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits it. A busy
 /// database (another process writing) is retried until `timeout` runs out,
 /// then reported as `Unavailable`. Any error rolls the transaction back.
@@ -164,28 +197,10 @@ pub(crate) fn write<R>(
     timeout: Duration,
     mut f: impl FnMut(&Transaction<'_>) -> Result<R>,
 ) -> Result<R> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        let attempt = (|| -> Result<R> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })();
-        match attempt {
-            Err(e) if is_busy(&e) => {
-                if Instant::now() >= deadline {
-                    return Err(PersistenceError::Unavailable(format!(
-                        "database stayed locked by another writer for {} ms",
-                        timeout.as_millis()
-                    ))
-                    .into());
-                }
-                thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            other => return other,
-        }
-    }
+    retry_busy(Instant::now() + timeout, timeout, || {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    })
 }

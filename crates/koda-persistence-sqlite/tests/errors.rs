@@ -1,0 +1,206 @@
+//! How the SQLite backend names what went wrong, and how it waits: each
+//! driver failure class maps to the contract's typed error, a lock released
+//! within the busy timeout is waited for, new files get koda's
+//! auto-vacuum.
+
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use koda_persistence_api::{ManualClock, Persistence, PersistenceError, Role};
+use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore};
+use rusqlite::Connection;
+
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(1_795_669_624_123))
+}
+
+async fn open(path: &Path, options: SqliteOptions) -> anyhow::Result<SqliteStore> {
+    SqliteStore::open_with(Location::File(path.to_owned()), options, clock()).await
+}
+
+fn kind(e: &anyhow::Error) -> &'static str {
+    match PersistenceError::of(e) {
+        Some(PersistenceError::Unavailable(_)) => "Unavailable",
+        Some(PersistenceError::Corrupt(_)) => "Corrupt",
+        Some(PersistenceError::InvalidInput(_)) => "InvalidInput",
+        Some(_) => "another PersistenceError",
+        None => "untyped",
+    }
+}
+
+/// Another writer holding the lock for 300 ms, well within the busy
+/// timeout: the write waits for it and succeeds (the store's own retry
+/// loop does the waiting; SQLite's handler is off on the writer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_released_within_the_timeout_is_waited_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let store = open(&path, SqliteOptions::default()).await.expect("open");
+    let sid = store
+        .create_session("main", Path::new("/p"))
+        .await
+        .expect("session");
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let holder_path = path.clone();
+    let holder = std::thread::spawn(move || {
+        let other = Connection::open(&holder_path).expect("raw");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        locked_tx.send(()).expect("signal");
+        std::thread::sleep(Duration::from_millis(300));
+        other.execute_batch("COMMIT").expect("release");
+    });
+    locked.recv().expect("holder locked");
+    let started = Instant::now();
+    store
+        .insert_message(&sid, &Role::User, Some("waited"), None, None, None)
+        .await
+        .expect("the write waits for the lock and succeeds");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "did not wait: {:?}",
+        started.elapsed()
+    );
+    holder.join().expect("holder");
+    assert_eq!(store.load_all_messages(&sid).await.expect("read").len(), 1);
+}
+
+/// A path that is a directory cannot be opened: `Unavailable`.
+#[tokio::test]
+async fn a_directory_as_the_path_is_unavailable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = open(dir.path(), SqliteOptions::default())
+        .await
+        .expect_err("a directory is not a database file");
+    assert_eq!(kind(&err), "Unavailable", "{err:#}");
+    let under_a_file = dir.path().join("file");
+    std::fs::write(&under_a_file, b"x").expect("file");
+    let err = open(&under_a_file.join("koda.db"), SqliteOptions::default())
+        .await
+        .expect_err("a file as the parent directory");
+    assert_eq!(kind(&err), "Unavailable", "{err:#}");
+}
+
+/// A database on a file system mounted read-only (as root; SKIPPED where
+/// mounting is refused) opens to an `Unavailable`, not an untyped error.
+#[tokio::test]
+async fn a_read_only_file_system_is_unavailable() {
+    let disk = match koda_persistence_conformance::disk::SmallDisk::mount(4) {
+        Ok(d) => d,
+        Err(why) => {
+            println!("SKIPPED a_read_only_file_system_is_unavailable: {why:#}");
+            return;
+        }
+    };
+    let path = disk.path().join("koda.db");
+    {
+        let store = open(&path, SqliteOptions::default()).await.expect("open");
+        store
+            .create_session("main", Path::new("/p"))
+            .await
+            .expect("session");
+    }
+    let remount = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(disk.path())
+        .status()
+        .expect("mount");
+    assert!(remount.success(), "remount read-only");
+    let outcome = open(&path, SqliteOptions::default()).await;
+    let _ = std::process::Command::new("mount")
+        .args(["-o", "remount,rw"])
+        .arg(disk.path())
+        .status();
+    let err = outcome.expect_err("a read-only file system");
+    assert_eq!(kind(&err), "Unavailable", "{err:#}");
+}
+
+/// Rows another writer stored that cannot be decoded are `Corrupt`, naming
+/// what is wrong: an unknown role, text that is not UTF-8, a number that is
+/// text.
+#[tokio::test]
+async fn undecodable_rows_are_corrupt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let store = open(&path, SqliteOptions::default()).await.expect("open");
+    let raw = Connection::open(&path).expect("raw");
+    for (what, plant) in [
+        (
+            "unknown role",
+            "UPDATE messages SET role = 'wizard' WHERE session_id = ?1",
+        ),
+        (
+            "content that is not UTF-8",
+            "UPDATE messages SET content = CAST(X'C328' AS TEXT) WHERE session_id = ?1",
+        ),
+        (
+            "a token counter that is text",
+            "UPDATE messages SET prompt_tokens = 'many' WHERE session_id = ?1",
+        ),
+    ] {
+        let sid = store
+            .create_session("main", Path::new("/p"))
+            .await
+            .expect("session");
+        store
+            .insert_message(&sid, &Role::User, Some("fine"), None, None, None)
+            .await
+            .expect("insert");
+        raw.execute(plant, [&sid]).expect(what);
+        let err = store.load_all_messages(&sid).await.expect_err(what);
+        assert_eq!(kind(&err), "Corrupt", "{what}: {err:#}");
+    }
+}
+
+/// A new file starts with koda's `auto_vacuum = INCREMENTAL`; an existing
+/// database keeps the mode it has.
+#[tokio::test]
+async fn new_files_use_incremental_auto_vacuum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    drop(open(&path, SqliteOptions::default()).await.expect("open"));
+    let mode: i64 = Connection::open(&path)
+        .expect("raw")
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .expect("pragma");
+    assert_eq!(mode, 2, "INCREMENTAL");
+    let existing = dir.path().join("existing.db");
+    Connection::open(&existing)
+        .expect("raw")
+        .execute_batch("CREATE TABLE unrelated (x)")
+        .expect("existing database");
+    drop(
+        open(&existing, SqliteOptions::default())
+            .await
+            .expect("adopt"),
+    );
+    let mode: i64 = Connection::open(&existing)
+        .expect("raw")
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .expect("pragma");
+    assert_eq!(mode, 0, "an existing database keeps its mode");
+}
+
+/// `create=false` refuses a missing file without creating it; `create=true`
+/// and the default create it; `synchronous=normal` is NORMAL.
+#[tokio::test]
+async fn create_and_synchronous_options_from_urls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("new.db");
+    for off in ["false", "0", "no", "OFF"] {
+        let url = format!("sqlite://{}?create={off}", path.display());
+        let err = SqliteStore::open_url(&url, clock())
+            .await
+            .expect_err("create off");
+        assert_eq!(kind(&err), "InvalidInput", "{url}: {err:#}");
+        assert!(!path.exists(), "{url} created the file");
+    }
+    let url = format!("sqlite://{}?create=yes&synchronous=normal", path.display());
+    let store = SqliteStore::open_url(&url, clock())
+        .await
+        .expect("create on");
+    assert_eq!(store.synchronous().await.expect("pragma"), 1);
+    assert!(path.exists());
+}
