@@ -1,4 +1,4 @@
-//! The conformance suite for koda's [`Persistence`] backends.
+//! The conformance suite for koda's [`Persistence`](koda_persistence_api::Persistence) backends.
 //!
 //! - [`cases`]: one plain `async fn` per rule of the contract, grouped by area.
 //! - [`model`]: an obviously-correct reference model written from the contract.

@@ -1,5 +1,5 @@
 //! One plain `async fn` per rule of the contract, grouped by area. Each takes a
-//! fresh [`Ctx`](crate::Ctx) and returns `Err` describing the first broken rule.
+//! fresh [`Ctx`] and returns `Err` describing the first broken rule.
 
 use std::fmt::Debug;
 use std::path::Path;

@@ -13,14 +13,20 @@ use crate::types::{CompactedStats, Message, Role, SessionInfo, SessionUsage, Tok
 ///
 /// - **Errors**: a failure the caller can act on is a
 ///   [`PersistenceError`](crate::PersistenceError) inside the `anyhow::Error`
-///   (`err.downcast_ref::<PersistenceError>()`). Writes to an unknown session
-///   are `SessionNotFound` and write nothing; reads of an unknown session
-///   return empty values. A store that cannot be reached, or stays busy past
-///   its timeout, is `Unavailable`; a stored row that cannot be decoded is
-///   `Corrupt`. No method panics on any input.
+///   ([`PersistenceError::of`](crate::PersistenceError::of)). Writes to an
+///   unknown session are `SessionNotFound` and write nothing; reads of an
+///   unknown session return empty values. A store that cannot be reached, or
+///   stays busy past its timeout, is `Unavailable`; a server that refuses the
+///   role (password, grants) is `PermissionDenied`; a stored row that cannot
+///   be decoded is `Corrupt`. The text keeps what the database said (SQLSTATE
+///   and message, never a password) and the driver error stays in the
+///   error's chain as its source. No method, and no open, panics on any
+///   input; every URL parameter is range-checked and a bad one is
+///   `InvalidInput` naming it.
 /// - **Strings** round-trip byte for byte in every field and lookup argument:
-///   empty, white space, any Unicode, megabytes, and NUL bytes. `None` and
-///   `Some("")` stay distinct.
+///   empty, white space, any Unicode, NUL bytes, and any size up to at least
+///   16 MiB, also in fields a database indexes (project roots, agent names,
+///   metadata keys). `None` and `Some("")` stay distinct.
 /// - **Time**: every timestamp comes from the store's [`Clock`](crate::Clock),
 ///   read once per call, in whole milliseconds; returned timestamps are UTC
 ///   RFC 3339 with milliseconds (`2026-11-26T05:07:04.123Z`).
@@ -32,6 +38,18 @@ use crate::types::{CompactedStats, Message, Role, SessionInfo, SessionUsage, Tok
 /// - **Atomicity**: each call is atomic (all of its effects or none) and calls
 ///   on one session are linearizable; once a call returns `Ok` its effects
 ///   survive a crash of the process.
+/// - **Failed writes** leave nothing visible, and the store keeps working once
+///   the cause (a full disk, a dropped connection) is gone, without being
+///   reopened by its caller.
+/// - **Locks and conflicts**: every write takes its locks in one order, the
+///   session (several sessions: in id order) before its messages and
+///   metadata, so two writes never deadlock. Busy stores, serialization
+///   failures and deadlocks the store can resolve are retried inside it;
+///   `Unavailable` means its timeout ran out, `Conflict` that its retries did.
+///   `mark_message_complete` of an answer that a concurrent compaction and
+///   purge removed is `MessageNotFound`.
+/// - **Files** a backend creates (databases, directories) are private to their
+///   owner (`0600` / `0700`) whatever the process's umask.
 /// - **Limits** are `i64`: negative is `InvalidInput`, `0` gives nothing, any
 ///   positive value up to `i64::MAX` is honoured. Sums saturate at `i64::MAX`.
 /// - **Error precedence** (the contract is silent; every backend does this):

@@ -30,7 +30,7 @@ use crate::workloads::{fill, stats, time_calls};
     about = "Benchmarks koda stores against same-run ceilings"
 )]
 struct Cli {
-    /// Store URLs: memory:, sqlite://[DIR][?synchronous=full], sled://[DIR], postgres://…
+    /// Store URLs: `memory:`, `sqlite://[DIR][?synchronous=full]`, `sled://[DIR]`, `postgres://…`
     urls: Vec<String>,
     /// Divide every count by 10 (a sub-minute smoke run).
     #[arg(long)]

@@ -9,13 +9,32 @@
 //!   per schema, so many processes connecting to a fresh database at once
 //!   all succeed and the schema is created once.
 //! - **Isolation**: the `schema` option (`?schema=NAME`) puts every table in
-//!   that Postgres schema, created if missing.
+//!   that Postgres schema, created if missing. Without it the tables are in
+//!   `public`, always: every connection sets `search_path` itself, so a
+//!   schema named after the login role, or a role's or database's own
+//!   `search_path`, never moves them. Names starting with `pg_` and
+//!   `information_schema` are refused.
 //! - **Lossless text**: every caller-supplied string is stored as `BYTEA`
-//!   (its UTF-8 bytes), because `TEXT` cannot hold NUL.
+//!   (its UTF-8 bytes), because `TEXT` cannot hold NUL. Strings a lookup
+//!   needs (project roots, metadata keys) are indexed by their SHA-256, and
+//!   every lookup compares the full value too, so a string of any size fits
+//!   (a B-tree entry holds at most ~2.7 kB). Two metadata keys of one
+//!   session with the same SHA-256 would be one entry: no such pair is known.
+//! - **Lock order**: every write locks the session row first (several
+//!   sessions: in id order, in one `SELECT … ORDER BY id FOR NO KEY UPDATE`),
+//!   then touches messages or metadata. Statements that start from a message
+//!   id (`mark_message_complete`, `clear_message_content`) or from compacted
+//!   messages (`purge_compacted`) first find and lock the sessions, in a
+//!   materialised CTE that the update can only read once the locks are held.
+//!   `set_metadata` takes `FOR KEY SHARE` (excluding a concurrent delete,
+//!   not other writers). So two writes never deadlock.
 //! - **Faults**: a connection the server drops costs at most the call in
 //!   flight (`Unavailable`, nothing half-written: the transaction is rolled
 //!   back by the server); the pool replaces the connection for the next call.
-//!   Serialization failures and deadlocks are retried, then `Conflict`.
+//!   Serialization failures and deadlocks are retried 8 times with jittered
+//!   exponential backoff, then `Conflict`. Errors carry the server's
+//!   SQLSTATE and message and keep the tokio-postgres error as their source;
+//!   a refused login or missing grant is `PermissionDenied`.
 //! - **Durability** is the server's `synchronous_commit`: with `on` (the
 //!   default) a returned call survives a server crash.
 //! - **Secrets**: the password never appears in `Debug`, errors or logs.
@@ -41,7 +60,7 @@ use koda_persistence_api::{
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-pub use crate::options::{PostgresOptions, TlsMode, check_schema_name};
+pub use crate::options::{MAX_POOL_SIZE, PostgresOptions, TlsMode, check_schema_name};
 
 mod embedded {
     refinery::embed_migrations!("migrations");

@@ -8,8 +8,20 @@
 //!   its session's counters and indexes.
 //! - **Concurrency**: calls run on tokio's blocking pool, never on a runtime
 //!   worker; a reader-writer lock makes writes exclusive and reads see whole
-//!   writes, so calls are linearizable. A sled directory belongs to one
-//!   process: a second open of the same path is `Unavailable`.
+//!   writes, so calls are linearizable. That single writer lock is the whole
+//!   lock order: two writes cannot deadlock. A sled directory belongs to one
+//!   process: a second open of the same path is `Unavailable` (after waiting
+//!   up to 2 s, because sled releases the lock of a handle this process just
+//!   dropped from a background thread).
+//! - **Failures**: a write whose batch or flush fails (a full disk) drops the
+//!   sled handle, because sled keeps an I/O error for good and its memory may
+//!   still hold the failed batch; the next call reopens the directory from
+//!   what reached the disk. So a failed write leaves nothing visible, and the
+//!   store writes again once space is back, without its caller reopening it.
+//! - **Privacy**: a directory the store creates is 0700, and on every open the
+//!   files and directories sled keeps in it are set to 0600 / 0700, whatever
+//!   the umask. Files sled adds while running (snapshots) inherit the umask
+//!   until the next open, inside the private directory.
 //! - **Durability** ([`FlushPolicy`]): with `EveryWrite` (the default) each
 //!   write is flushed (fsync) before it returns, so it survives a process
 //!   crash and a power failure; with `Every(d)` sled flushes in the

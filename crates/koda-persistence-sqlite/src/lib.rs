@@ -9,7 +9,17 @@
 //!   readers never wait for the writer. Every write is one `BEGIN IMMEDIATE`
 //!   transaction; a database locked by another process (a second koda window
 //!   on the same file) is waited for and retried up to
-//!   [`SqliteOptions::busy_timeout`], then reported as `Unavailable`.
+//!   [`SqliteOptions::busy_timeout`], then reported as `Unavailable`. One
+//!   writer and SQLite's single database lock make the lock order trivial:
+//!   a write holds the whole database, so two writes cannot deadlock.
+//! - **Closing**: dropping the last handle waits (at most `busy_timeout`) for
+//!   the threads to close their connections; the writer first checkpoints
+//!   the WAL into the database file, so a copy of the `.db` file alone (a
+//!   backup, a bug report) holds every row. A process that exits without
+//!   dropping the store loses nothing either: the next open replays the WAL.
+//! - **Failures**: a failed write (a full disk, a lock held past the
+//!   timeout) is rolled back and leaves nothing; the same handle writes
+//!   again once the cause is gone.
 //! - **Durability** ([`Synchronous`]): with `Normal` (the default) a call that
 //!   returned survives a crash of the process, but the last transactions
 //!   before a power failure or OS crash may be rolled back (never corrupted);
