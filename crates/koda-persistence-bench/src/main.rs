@@ -52,6 +52,7 @@ struct Plan {
     turns: usize,
     w5_tasks: usize,
     w5_per: usize,
+    w9_pairs: usize,
 }
 
 impl Plan {
@@ -67,6 +68,7 @@ impl Plan {
             turns: 300 / d,
             w5_tasks: 8,
             w5_per: 1_000 / d,
+            w9_pairs: 3_000 / d,
         }
     }
 }
@@ -88,6 +90,10 @@ struct Row {
     w6: Duration,
     w7: (Duration, Duration),
     w8: (Duration, Duration),
+    /// W9 alone: (median, p99, total); under compaction: the same, and the
+    /// number of compactions that marked messages.
+    w9_alone: (Duration, Duration, Duration),
+    w9_compacting: (Duration, Duration, Duration, usize),
     failures: Vec<String>,
 }
 
@@ -210,6 +216,20 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
     let fresh = target.fresh("w5").await?;
     row.w5 = workloads::w5(fresh.store.clone(), plan.w5_tasks, plan.w5_per).await?;
     target.cleanup(fresh).await?;
+
+    // W9: writer pairs alone, then under a compactor (fresh store each).
+    for compactor in [false, true] {
+        let fresh = target.fresh("w9").await?;
+        let mut run =
+            workloads::pairs_on_one_session(fresh.store.clone(), plan.w9_pairs, compactor).await?;
+        target.cleanup(fresh).await?;
+        let (median, p99) = stats(&mut run.latencies);
+        if compactor {
+            row.w9_compacting = (median, p99, run.total, run.compactions);
+        } else {
+            row.w9_alone = (median, p99, run.total);
+        }
+    }
     Ok(row)
 }
 
@@ -243,6 +263,12 @@ fn checks(r: &Row) -> Vec<(String, f64, f64, bool)> {
     let growth3 = ratio(ms(r.w3.1), ms(r.w3.0));
     let growth4 = ratio(ms(r.w4_late), ms(r.w4_early));
     let growth8 = ratio(ms(r.w8.1), ms(r.w8.0));
+    check(
+        "W9 under compaction / alone (<=)",
+        ratio(ms(r.w9_compacting.2), ms(r.w9_alone.2)),
+        3.0,
+        false,
+    );
     match r.kind {
         "sqlite" => {
             if let Some(c) = r.w1_ceiling {
@@ -297,6 +323,9 @@ fn row_json(r: &Row) -> Value {
         "w6_median_ms": ms(r.w6),
         "w7_compact_ms": ms(r.w7.0), "w7_load_ms": ms(r.w7.1),
         "w8_small_median_ms": ms(r.w8.0), "w8_large_median_ms": ms(r.w8.1),
+        "w9_alone_median_ms": ms(r.w9_alone.0), "w9_alone_p99_ms": ms(r.w9_alone.1), "w9_alone_total_s": r.w9_alone.2.as_secs_f64(),
+        "w9_compacting_median_ms": ms(r.w9_compacting.0), "w9_compacting_p99_ms": ms(r.w9_compacting.1),
+        "w9_compacting_total_s": r.w9_compacting.2.as_secs_f64(), "w9_compactions": r.w9_compacting.3,
         "checks": checks(r).iter().map(|(w, v, l, m)| json!({"check": w, "value": v, "limit": l, "met": m})).collect::<Vec<_>>(),
         "failures": r.failures,
     })
@@ -405,6 +434,22 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
         (
             "W8 growth".into(),
             Box::new(|r: &Row| format!("{:.2}", ratio(ms(r.w8.1), ms(r.w8.0)))),
+        ),
+        (
+            format!("W9 {} pairs alone p99 ms", plan.w9_pairs),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w9_alone.1))),
+        ),
+        (
+            "W9 pairs + compactor p99 ms".into(),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w9_compacting.1))),
+        ),
+        (
+            "W9 compactions during the run".into(),
+            Box::new(|r: &Row| format!("{}", r.w9_compacting.3)),
+        ),
+        (
+            "W9 with / without compactor".into(),
+            Box::new(|r: &Row| format!("{:.2}", ratio(ms(r.w9_compacting.2), ms(r.w9_alone.2)))),
         ),
     ];
     print!("{:<34}", "workload");

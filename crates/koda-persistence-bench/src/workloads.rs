@@ -235,3 +235,102 @@ pub async fn w5(store: Arc<dyn Persistence>, tasks: usize, per: usize) -> Result
     let (_, p99) = stats(&mut all);
     Ok(((tasks * per) as f64 / secs, p99))
 }
+
+/// The W9 compactor's pause between calls: still a compaction every
+/// millisecond or so, far more often than an agent compacts.
+pub const W9_PAUSE: Duration = Duration::from_millis(1);
+
+/// One W9 run: per-pair latencies and the whole run's duration.
+pub struct PairRun {
+    pub latencies: Vec<Duration>,
+    pub total: Duration,
+    pub compactions: usize,
+}
+
+/// `pairs` writer pairs (an assistant answer inserted, then completed) on
+/// a fresh session, with a compactor looping `compact_session(keep 20)` on
+/// that session meanwhile when `compactor` (pausing [`W9_PAUSE`] between
+/// calls, `KODA_BENCH_W9_PAUSE_US` to change it; 0 runs it back to back).
+/// Checks that every pair is stored and that each compaction added its two
+/// messages.
+pub async fn pairs_on_one_session(
+    store: Arc<dyn Persistence>,
+    pairs: usize,
+    compactor: bool,
+) -> Result<PairRun> {
+    let sid = store.create_session("main", Path::new("/bench/w9")).await?;
+    let answer = shape(1);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pause = std::env::var("KODA_BENCH_W9_PAUSE_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(W9_PAUSE, Duration::from_micros);
+    let compacting = compactor.then(|| {
+        let (store, sid, done) = (store.clone(), sid.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if store.compact_session(&sid, "summary", 20).await? > 0 {
+                    n += 1;
+                }
+                if pause.is_zero() {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            anyhow::Ok(n)
+        })
+    });
+    let bar = progress(
+        pairs as u64,
+        if compactor {
+            "W9 pairs + compactor"
+        } else {
+            "W9 pairs alone"
+        },
+    );
+    let mut latencies = Vec::with_capacity(pairs);
+    let started = Instant::now();
+    let outcome = async {
+        for i in 0..pairs {
+            let t = Instant::now();
+            let id = store
+                .insert_message(
+                    &sid,
+                    &answer.role,
+                    Some(&answer.content),
+                    answer.tool_calls.as_deref(),
+                    None,
+                    answer.usage.as_ref(),
+                )
+                .await?;
+            store.mark_message_complete(id).await?;
+            latencies.push(t.elapsed());
+            if i % 64 == 63 {
+                bar.inc(64);
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let total = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let compactions = match compacting {
+        Some(h) => h.await??,
+        None => 0,
+    };
+    bar.finish_and_clear();
+    outcome?;
+    let all = store.load_all_messages(&sid).await?;
+    ensure!(
+        all.len() == pairs + 2 * compactions,
+        "W9: {} messages stored, expected {pairs} pairs + {compactions} compactions",
+        all.len()
+    );
+    Ok(PairRun {
+        latencies,
+        total,
+        compactions,
+    })
+}
