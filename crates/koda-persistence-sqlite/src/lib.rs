@@ -30,6 +30,43 @@
 //!   is parameterised.
 //! - **Integrity**: a file that is not a SQLite database, or is corrupt,
 //!   gives `Corrupt` naming the path, and is never written to.
+//!
+//! # Running an older koda on the same file
+//!
+//! An older koda may keep running on a file this store adopted (a second
+//! terminal), or be brought back after it. Each sees the other's rows:
+//!
+//! - The file records the koda generation it came from
+//!   (`kp_meta.koda_generation`: `oldest`, `middle`, `newest`, `new` for a
+//!   file this store created, `unknown` for one an earlier build adopted).
+//!   Triggers give rows an older koda inserts their conversation position,
+//!   counters and millisecond instants (from its text). An answer inserted
+//!   by a generation without completion tracking (`oldest`, `middle`,
+//!   `unknown`) counts as complete: it was delivered. The newest generation
+//!   marks completion itself, so its answer stays hidden while it streams;
+//!   the first time a foreign writer marks a completion, the file counts as
+//!   `newest` from then on.
+//! - This store writes koda's own `YYYY-MM-DD HH:MM:SS` UTC text into the
+//!   columns an older koda reads and compares as text (`created_at`,
+//!   `last_accessed_at`, `completed_at`, `compacted_at`, `updated_at`), so
+//!   its session order and its purge cutoff (`compacted_at <
+//!   datetime('now', '-N days')`) stay right; the milliseconds live in the
+//!   `*_ms` columns.
+//! - An older koda's list, history, usage and compacted-stats queries return
+//!   what this store returns, with these differences:
+//!   - compaction summaries: this store places its summary and hint before
+//!     the preserved tail, an older koda reads them by id (after the tail);
+//!     and a summary an older koda writes after the tail stays there in this
+//!     store's order;
+//!   - the oldest generation knows no compaction: it shows compacted messages
+//!     and summaries as ordinary history and never purges;
+//!   - an older koda sees whole seconds: sessions created within one second
+//!     may list in another order there;
+//!   - a row with an unknown role is `Corrupt` here, where koda reads it as a
+//!     user message;
+//!   - on a file of a generation without completion tracking, the first
+//!     answer a newest-generation koda streams counts as complete before it
+//!     finishes (until that koda marks its first completion).
 #![deny(missing_docs)]
 
 mod queries;
@@ -283,7 +320,8 @@ fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connect
 }
 
 fn migrate(conn: &mut Connection, deadline: Instant, options: &SqliteOptions) -> Result<()> {
-    let migrations = schema::migrations();
+    let origin = schema::detect_origin(conn)?;
+    let migrations = schema::migrations(origin);
     worker::retry_busy(deadline, options.busy_timeout, || {
         match migrations.to_latest(conn) {
             Ok(()) => Ok(()),

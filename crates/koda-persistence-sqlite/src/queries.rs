@@ -16,6 +16,19 @@ use crate::rows::{self, MESSAGE_COLUMNS, get};
 
 const DAY_MS: i64 = 86_400_000;
 
+/// `ms` as koda's own text timestamp, `YYYY-MM-DD HH:MM:SS` UTC (what
+/// SQLite's `CURRENT_TIMESTAMP` writes), for the columns an older koda
+/// reads and compares as text (`created_at`, `last_accessed_at`,
+/// `completed_at`, `compacted_at`, `updated_at`). The milliseconds the
+/// contract needs live in the `*_ms` columns.
+pub(crate) fn koda_text(ms: i64) -> String {
+    let rfc = format_timestamp(ms); // 2026-11-26T05:07:04.123Z
+    match (rfc.get(0..10), rfc.get(11..19)) {
+        (Some(date), Some(time)) => format!("{date} {time}"),
+        _ => rfc,
+    }
+}
+
 fn not_found(session_id: &str) -> anyhow::Error {
     PersistenceError::SessionNotFound(session_id.to_owned()).into()
 }
@@ -46,7 +59,7 @@ pub(crate) fn create_session(
                                message_count, total_tokens)
          VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions), 0, 0)",
     )?
-    .execute(params![id, format_timestamp(now), agent, root, now])?;
+    .execute(params![id, koda_text(now), agent, root, now])?;
     Ok(())
 }
 
@@ -144,7 +157,7 @@ pub(crate) fn session_version(conn: &Connection, session_id: &str) -> Result<Opt
 
 /// Appends the message; returns its id and the session's new version.
 pub(crate) fn insert_message(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> Result<(i64, i64)> {
-    let stamp = format_timestamp(now);
+    let stamp = koda_text(now);
     let tokens = m
         .usage
         .map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens));
@@ -270,7 +283,7 @@ pub(crate) fn mark_complete(tx: &Transaction<'_>, id: i64, now: i64) -> Result<(
         .prepare_cached(
             "UPDATE messages SET completed_ms = ?2, completed_at = ?3 WHERE id = ?1 RETURNING session_id",
         )?
-        .query_row(params![id, now, format_timestamp(now)], |r| r.get(0))
+        .query_row(params![id, now, koda_text(now)], |r| r.get(0))
         .optional()?
         .ok_or(PersistenceError::MessageNotFound(id))?;
     let version = bump(tx, &session)?;
@@ -359,7 +372,7 @@ pub(crate) fn compact(
     if marked == 0 {
         return Ok(0);
     }
-    let stamp = format_timestamp(now);
+    let stamp = koda_text(now);
     // Where the summary and hint go: the first preserved message's slot
     // (shifting the tail by two), or after the last message.
     let (first_preserved, summary_ord) = match active.get(marked) {
@@ -509,7 +522,7 @@ pub(crate) fn set_metadata(
         "INSERT INTO session_metadata (session_id, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (session_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
     )?
-    .execute(params![session_id, key, value, format_timestamp(now)])?;
+    .execute(params![session_id, key, value, koda_text(now)])?;
     Ok(())
 }
 
@@ -550,7 +563,7 @@ mod tests {
     #[test]
     fn no_statement_scans_all_messages() {
         let mut conn = Connection::open_in_memory().expect("memory db");
-        crate::schema::migrations()
+        crate::schema::migrations(crate::schema::Origin::New)
             .to_latest(&mut conn)
             .expect("schema");
         let stmts = statements();

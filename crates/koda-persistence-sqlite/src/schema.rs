@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, Transaction, params};
 use rusqlite_migration::{HookResult, M, Migrations};
 
 /// Every koda table as its newest generation declares it. `IF NOT EXISTS`
@@ -218,8 +218,8 @@ END;
 "
 );
 
-fn has_column(tx: &Transaction<'_>, table: &str, column: &str) -> rusqlite::Result<bool> {
-    let mut stmt = tx.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?;
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?;
     stmt.exists(params![table, column])
 }
 
@@ -284,10 +284,221 @@ fn recount(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The migrations, oldest first. Never edit a released one; append.
-pub(crate) fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up_with_hook("", adopt_koda_schema)])
+/// The koda generation a file came from, as its columns showed before this
+/// layer adopted it, recorded in `kp_meta` under `koda_generation`. It says
+/// how to read rows an older koda still writes into the file: generations
+/// without completion tracking never set `completed_at`, so their assistant
+/// rows count as complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// No koda tables: a file this layer created. Writers of it set
+    /// `completed_at` themselves.
+    New,
+    /// koda's first generation: no project roots, no completion tracking.
+    Oldest,
+    /// Roots, access times, cache tokens, agents, compaction; no completion
+    /// tracking (koda until March 2026).
+    Middle,
+    /// `completed_at`, `full_content`, titles, modes: koda sets
+    /// `completed_at` itself when an answer is delivered.
+    Newest,
+    /// Adopted by an earlier build of this layer, which did not record the
+    /// generation: treated as one without completion tracking until a
+    /// foreign writer sets `completed_at` itself.
+    Unknown,
+}
+
+impl Origin {
+    /// The marker's text in `kp_meta`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::New => "new",
+            Origin::Oldest => "oldest",
+            Origin::Middle => "middle",
+            Origin::Newest => "newest",
+            Origin::Unknown => "unknown",
+        }
+    }
+}
+
+/// What generation wrote `conn`'s file, from its schema, before any
+/// migration runs (an adopted file has this layer's columns already).
+pub(crate) fn detect_origin(conn: &Connection) -> rusqlite::Result<Origin> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= 1 {
+        return Ok(Origin::Unknown);
+    }
+    let koda_file = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'")?
+        .exists([])?;
+    Ok(if !koda_file {
+        Origin::New
+    } else if has_column(conn, "messages", "completed_at")? {
+        Origin::Newest
+    } else if has_column(conn, "sessions", "project_root")? {
+        Origin::Middle
+    } else {
+        Origin::Oldest
+    })
+}
+
+/// Version 2: text timestamps in koda's own format, the file's generation,
+/// and triggers that read an older writer's rows the way that generation
+/// meant them.
+///
+/// Every trigger is dropped first so that rewriting the text columns does
+/// not fire them, then created anew.
+const V2_TRIGGERS_AND_TEXT: &str = concat!(
+    "
+CREATE TABLE IF NOT EXISTS kp_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+DROP TRIGGER IF EXISTS kp_messages_deleted;
+DROP TRIGGER IF EXISTS kp_messages_foreign_insert;
+DROP TRIGGER IF EXISTS kp_sessions_foreign_insert;
+DROP TRIGGER IF EXISTS kp_messages_foreign_complete;
+DROP TRIGGER IF EXISTS kp_messages_foreign_compact;
+DROP TRIGGER IF EXISTS kp_messages_content_changed;
+DROP TRIGGER IF EXISTS kp_sessions_foreign_access;
+
+-- Earlier builds wrote RFC 3339 text here; an older koda compares these
+-- columns as text in its own format. The *_ms twins hold the instants.
+UPDATE sessions SET created_at = strftime('%Y-%m-%d %H:%M:%S', created_ms / 1000, 'unixepoch')
+    WHERE created_at LIKE '____-__-__T%' AND created_ms IS NOT NULL;
+UPDATE sessions SET last_accessed_at = strftime('%Y-%m-%d %H:%M:%S', last_accessed_ms / 1000, 'unixepoch')
+    WHERE last_accessed_at LIKE '____-__-__T%' AND last_accessed_ms IS NOT NULL;
+UPDATE messages SET created_at = strftime('%Y-%m-%d %H:%M:%S', created_ms / 1000, 'unixepoch')
+    WHERE created_at LIKE '____-__-__T%' AND created_ms IS NOT NULL;
+UPDATE messages SET completed_at = strftime('%Y-%m-%d %H:%M:%S', completed_ms / 1000, 'unixepoch')
+    WHERE completed_at LIKE '____-__-__T%' AND completed_ms IS NOT NULL;
+UPDATE messages SET compacted_at = strftime('%Y-%m-%d %H:%M:%S', compacted_ms / 1000, 'unixepoch')
+    WHERE compacted_at LIKE '____-__-__T%' AND compacted_ms IS NOT NULL;
+UPDATE session_metadata SET updated_at = substr(updated_at, 1, 10) || ' ' || substr(updated_at, 12, 8)
+    WHERE updated_at LIKE '____-__-__T__:__:__%';
+
+-- Deleting a message (purge, delete_session, or any other writer) keeps the
+-- session counters exact. A saturated token total is recomputed.
+CREATE TRIGGER kp_messages_deleted AFTER DELETE ON messages
+BEGIN
+    UPDATE sessions SET
+        version = version + 1,
+        message_count = message_count - 1,
+        total_tokens = CASE WHEN total_tokens >= 9223372036854775807 THEN (
+                SELECT CAST(MIN(TOTAL(COALESCE(prompt_tokens, 0)) + TOTAL(COALESCE(completion_tokens, 0)),
+                                9.2233720368547758e18) AS INTEGER)
+                FROM messages WHERE session_id = OLD.session_id)
+            ELSE total_tokens - COALESCE(OLD.prompt_tokens, 0) - COALESCE(OLD.completion_tokens, 0) END
+    WHERE id = OLD.session_id;
+END;
+
+-- Rows inserted by an older koda (which knows nothing of ord and the
+-- counters) get them here; this backend's own inserts set ord themselves.
+-- Instants come from the text it wrote. An assistant row it did not mark
+-- complete counts as complete when the file's generation never marks
+-- completion (see kp_meta.koda_generation): it was delivered.
+CREATE TRIGGER kp_messages_foreign_insert AFTER INSERT ON messages
+WHEN NEW.ord IS NULL
+BEGIN
+    UPDATE messages SET
+        ord = NEW.id,
+        created_ms = COALESCE(NEW.created_ms, ",
+    text_ms!("NEW.created_at"),
+    ", 0),
+        completed_ms = COALESCE(NEW.completed_ms, ",
+    text_ms!("NEW.completed_at"),
+    ", CASE WHEN NEW.role = 'assistant' AND NOT EXISTS (
+                SELECT 1 FROM kp_meta WHERE key = 'koda_generation' AND value IN ('new', 'newest'))
+            THEN COALESCE(NEW.created_ms, ",
+    text_ms!("NEW.created_at"),
+    ", 0) END),
+        compacted_ms = COALESCE(NEW.compacted_ms, ",
+    text_ms!("NEW.compacted_at"),
+    ")
+    WHERE id = NEW.id;
+    UPDATE sessions SET
+        version = version + 1,
+        message_count = message_count + 1,
+        total_tokens = MIN(total_tokens + COALESCE(NEW.prompt_tokens, 0) + COALESCE(NEW.completion_tokens, 0),
+                           9223372036854775807)
+    WHERE id = NEW.session_id;
+END;
+
+CREATE TRIGGER kp_sessions_foreign_insert AFTER INSERT ON sessions
+WHEN NEW.seq IS NULL
+BEGIN
+    UPDATE sessions SET
+        created_ms = COALESCE(NEW.created_ms, ",
+    text_ms!("NEW.created_at"),
+    ", 0),
+        last_accessed_ms = COALESCE(NEW.last_accessed_ms, ",
+    text_ms!("NEW.last_accessed_at"),
+    "),
+        seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions)
+    WHERE id = NEW.id;
+END;
+
+-- A text timestamp changed without its *_ms twin: an older koda wrote it.
+-- A foreign writer that marks completion itself is of the newest
+-- generation: from now on its unmarked answers are still streaming.
+CREATE TRIGGER kp_messages_foreign_complete AFTER UPDATE OF completed_at ON messages
+WHEN NEW.completed_at IS NOT OLD.completed_at AND NEW.completed_ms IS OLD.completed_ms
+BEGIN
+    UPDATE messages SET completed_ms = CASE WHEN NEW.completed_at IS NULL THEN NULL
+        ELSE COALESCE(",
+    text_ms!("NEW.completed_at"),
+    ", NEW.created_ms) END WHERE id = NEW.id;
+    UPDATE sessions SET version = version + 1 WHERE id = NEW.session_id;
+    UPDATE kp_meta SET value = 'newest'
+        WHERE key = 'koda_generation' AND value NOT IN ('new', 'newest') AND NEW.completed_at IS NOT NULL;
+END;
+
+CREATE TRIGGER kp_messages_foreign_compact AFTER UPDATE OF compacted_at ON messages
+WHEN NEW.compacted_at IS NOT OLD.compacted_at AND NEW.compacted_ms IS OLD.compacted_ms
+BEGIN
+    UPDATE messages SET compacted_ms = CASE WHEN NEW.compacted_at IS NULL THEN NULL
+        ELSE COALESCE(",
+    text_ms!("NEW.compacted_at"),
+    ", NEW.created_ms) END WHERE id = NEW.id;
+    UPDATE sessions SET version = version + 1 WHERE id = NEW.session_id;
+END;
+
+-- Any change of a message's text (clear_message_content here, microcompact
+-- in an older koda) is a change to its session.
+CREATE TRIGGER kp_messages_content_changed AFTER UPDATE OF content ON messages
+BEGIN
+    UPDATE sessions SET version = version + 1 WHERE id = NEW.session_id;
+END;
+
+CREATE TRIGGER kp_sessions_foreign_access AFTER UPDATE OF last_accessed_at ON sessions
+WHEN NEW.last_accessed_at IS NOT OLD.last_accessed_at AND NEW.last_accessed_ms IS OLD.last_accessed_ms
+BEGIN
+    UPDATE sessions SET last_accessed_ms = ",
+    text_ms!("NEW.last_accessed_at"),
+    " WHERE id = NEW.id;
+END;
+"
+);
+
+/// Migration 2's hook: records the generation seen before adoption (an
+/// earlier build's adoption keeps what it recorded, if anything).
+fn record_origin(tx: &Transaction<'_>, origin: Origin) -> HookResult {
+    tx.execute(
+        "INSERT INTO kp_meta (key, value) VALUES ('koda_generation', ?1)
+         ON CONFLICT (key) DO NOTHING",
+        params![origin.as_str()],
+    )?;
+    Ok(())
+}
+
+/// The migrations, oldest first, for a file whose generation before
+/// adoption was `origin`. Never edit a released one; append.
+pub(crate) fn migrations(origin: Origin) -> Migrations<'static> {
+    Migrations::new(vec![
+        M::up_with_hook("", adopt_koda_schema),
+        M::up_with_hook(V2_TRIGGERS_AND_TEXT, move |tx: &Transaction<'_>| {
+            record_origin(tx, origin)
+        }),
+    ])
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: usize = 1;
+pub const SCHEMA_VERSION: usize = 2;

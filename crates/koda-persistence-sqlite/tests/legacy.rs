@@ -209,7 +209,20 @@ async fn migrates(generation: Generation) {
                 0
             }
     );
-    assert_eq!(count(&raw, "PRAGMA user_version"), 1);
+    assert_eq!(count(&raw, "PRAGMA user_version"), 2);
+    assert_eq!(
+        raw.query_row(
+            "SELECT value FROM kp_meta WHERE key = 'koda_generation'",
+            [],
+            |r| r.get::<_, String>(0)
+        )
+        .expect("the generation is recorded"),
+        match generation {
+            Generation::Oldest => "oldest",
+            Generation::Middle => "middle",
+            Generation::Newest => "newest",
+        }
+    );
     assert_eq!(
         raw.query_row(
             "SELECT created_at FROM messages ORDER BY id LIMIT 1",
@@ -353,7 +366,20 @@ async fn migrates(generation: Generation) {
             .map(|m| m.id),
         Some(id)
     );
-    assert_eq!(count(&raw, "PRAGMA user_version"), 1);
+    assert_eq!(count(&raw, "PRAGMA user_version"), 2);
+    assert_eq!(
+        raw.query_row(
+            "SELECT value FROM kp_meta WHERE key = 'koda_generation'",
+            [],
+            |r| r.get::<_, String>(0)
+        )
+        .expect("the generation is recorded"),
+        match generation {
+            Generation::Oldest => "oldest",
+            Generation::Middle => "middle",
+            Generation::Newest => "newest",
+        }
+    );
 }
 
 #[tokio::test]

@@ -2,8 +2,13 @@
 //! and see no lock errors; a writer killed with SIGKILL mid-stream leaves a
 //! file that passes `integrity_check` and holds every acknowledged insert.
 //!
+//! An older koda holding a write transaction while the layer adopts its file
+//! is waited for (within the busy timeout) and keeps its transaction.
+//!
 //! This binary has its own `main`: run with `child …` arguments it acts as a
 //! writer process for the tests below.
+
+mod koda_generations;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -35,9 +40,48 @@ async fn open(path: &Path) -> Result<SqliteStore> {
     .await
 }
 
+fn generation(name: &str) -> Result<koda_generations::Generation> {
+    koda_generations::ALL
+        .into_iter()
+        .find(|g| format!("{g:?}") == name)
+        .with_context(|| format!("no generation {name}"))
+}
+
+/// `child older-turn PATH GENERATION MS SESSION`: an older koda mid-turn: in
+/// one write transaction it creates SESSION and inserts a question and an
+/// answer with its own SQL, says `locked`, holds the transaction MS
+/// milliseconds, commits and says `committed`.
+fn older_turn(path: &str, g: &str, ms: &str, sid: &str) -> Result<()> {
+    let koda = generation(g)?.open(Path::new(path));
+    koda.conn.execute_batch("BEGIN IMMEDIATE")?;
+    koda.create_session(sid, "main", "/repo");
+    koda.insert_message(sid, "user", Some("q"), None, None, None, None);
+    koda.insert_message(
+        sid,
+        "assistant",
+        Some("a"),
+        None,
+        None,
+        Some([7, 3, 0, 0, 0]),
+        None,
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "locked")?;
+    out.flush()?;
+    std::thread::sleep(Duration::from_millis(ms.parse()?));
+    koda.conn.execute_batch("COMMIT")?;
+    writeln!(out, "committed")?;
+    Ok(())
+}
+
 /// `child insert PATH SESSION COUNT TAG`: inserts COUNT messages, exits 0 iff all succeeded.
 /// `child stream PATH SESSION`: inserts until killed, printing each returned id.
 fn child(args: &[String]) -> Result<()> {
+    if let [mode, path, g, ms, sid] = args
+        && mode == "older-turn"
+    {
+        return older_turn(path, g, ms, sid);
+    }
     let rt = runtime()?;
     rt.block_on(async {
         match args {
@@ -214,6 +258,125 @@ fn sigkill_mid_stream_loses_nothing_acknowledged() -> Result<()> {
     })
 }
 
+/// Starts an older koda mid-turn on `path` holding its write transaction
+/// for `ms`; returns once it holds the lock.
+fn older_mid_turn(
+    path: &Path,
+    g: koda_generations::Generation,
+    ms: u64,
+    sid: &str,
+) -> Result<(
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+)> {
+    let mut child = spawn_child(&[
+        "older-turn",
+        &path.to_string_lossy(),
+        &format!("{g:?}"),
+        &ms.to_string(),
+        sid,
+    ])?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    ensure!(
+        lines.next().transpose()?.as_deref() == Some("locked"),
+        "the older koda did not take its lock"
+    );
+    Ok((child, lines))
+}
+
+fn adopt(path: &Path, busy: Duration) -> Result<SqliteStore> {
+    runtime()?.block_on(SqliteStore::open_with(
+        Location::File(path.to_owned()),
+        SqliteOptions {
+            busy_timeout: busy,
+            ..SqliteOptions::default()
+        },
+        Arc::new(SystemClock),
+    ))
+}
+
+/// For each generation: with an older koda holding a write transaction
+/// (mid-turn) for longer than the busy timeout, the open fails with
+/// `Unavailable` and leaves the file unadopted; with it holding for less,
+/// the open waits, adopts the file, and the older koda's transaction
+/// commits intact and is read through the layer.
+fn adoption_waits_for_an_older_koda_mid_turn() -> Result<()> {
+    for g in koda_generations::ALL {
+        let (_dir, path) = temp_db()?;
+        g.create_file(&path);
+
+        let (mut child, mut lines) = older_mid_turn(&path, g, 1_500, "s-turn-1")?;
+        let started = std::time::Instant::now();
+        let refused = adopt(&path, Duration::from_millis(300));
+        let waited = started.elapsed();
+        match refused {
+            Ok(_) => bail!("{g:?}: adopted a file whose writer held the lock past the timeout"),
+            Err(e) => ensure!(
+                matches!(
+                    koda_persistence_api::PersistenceError::of(&e),
+                    Some(koda_persistence_api::PersistenceError::Unavailable(_))
+                ),
+                "{g:?}: expected Unavailable, got {e:#}"
+            ),
+        }
+        ensure!(
+            waited >= Duration::from_millis(250),
+            "{g:?}: gave up after {waited:?}"
+        );
+        ensure!(
+            lines.next().transpose()?.as_deref() == Some("committed"),
+            "{g:?}: the older koda's transaction did not commit"
+        );
+        ensure!(child.wait()?.success(), "{g:?}: older koda failed");
+        let raw = rusqlite::Connection::open(&path)?;
+        let version: i64 = raw.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let marked: bool = raw
+            .prepare(
+                "SELECT 1 FROM sqlite_master WHERE name = 'kp_meta' OR sql LIKE '%created_ms%'",
+            )?
+            .exists([])?;
+        ensure!(
+            version == 0 && !marked,
+            "{g:?}: the refused open changed the file"
+        );
+        drop(raw);
+
+        let (mut child, mut lines) = older_mid_turn(&path, g, 400, "s-turn-2")?;
+        let started = std::time::Instant::now();
+        let store = adopt(&path, Duration::from_secs(10))
+            .with_context(|| format!("{g:?}: adopting while the older koda finishes its turn"))?;
+        ensure!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{g:?}: did not wait for the older koda"
+        );
+        ensure!(
+            lines.next().transpose()?.as_deref() == Some("committed"),
+            "{g:?}: the older koda's transaction did not commit"
+        );
+        ensure!(child.wait()?.success(), "{g:?}: older koda failed");
+        // Both older turns are there, counted, and their answers (from
+        // generations without completion tracking) are in the context.
+        let rt = runtime()?;
+        let listed = rt.block_on(store.list_sessions(5, Path::new("/repo")))?;
+        for sid in ["s-turn-1", "s-turn-2"] {
+            ensure!(
+                listed
+                    .iter()
+                    .any(|s| s.id == sid && s.message_count == 2 && s.total_tokens == 10),
+                "{g:?}: {sid} after adoption: {listed:?}"
+            );
+            let context = rt.block_on(store.load_context(sid))?;
+            let want = if g.tracks_completion() { 1 } else { 2 };
+            ensure!(
+                context.len() == want,
+                "{g:?}: {sid} context holds {} messages",
+                context.len()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     koda_persistence_conformance::process::main(
         child,
@@ -225,6 +388,10 @@ fn main() -> ExitCode {
             (
                 "sigkill_mid_stream_loses_nothing_acknowledged",
                 sigkill_mid_stream_loses_nothing_acknowledged,
+            ),
+            (
+                "adoption_waits_for_an_older_koda_mid_turn",
+                adoption_waits_for_an_older_koda_mid_turn,
             ),
         ],
     )
