@@ -209,6 +209,27 @@ async fn the_layer_and_an_older_koda_take_turns() {
             assert_eq!(counts, [5, 3], "{g:?}: counters follow the older purge");
         }
 
+        store.set_todo(&s1, "- [ ] ship").await.expect("todo");
+        let text_times: Vec<String> = koda
+            .conn
+            .prepare(
+                "SELECT updated_at FROM session_metadata
+                 UNION ALL SELECT created_at FROM sessions
+                 UNION ALL SELECT created_at FROM messages
+                 UNION ALL SELECT compacted_at FROM messages WHERE compacted_at IS NOT NULL
+                 UNION ALL SELECT last_accessed_at FROM sessions WHERE last_accessed_at IS NOT NULL",
+            )
+            .expect("text times")
+            .query_map([], |r| r.get(0))
+            .expect("text times")
+            .collect::<rusqlite::Result<_>>()
+            .expect("text times");
+        for t in &text_times {
+            assert!(
+                t.len() == 19 && t.as_bytes()[10] == b' ' && !t.contains('T'),
+                "{g:?}: {t:?} is not koda's YYYY-MM-DD HH:MM:SS"
+            );
+        }
         koda.delete_session("s-older");
         assert!(
             !store
