@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use koda_persistence::{Persistence, SystemClock};
-use koda_persistence_sled::{FlushPolicy, SledOptions, SledStore};
-use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore, Synchronous};
+use koda_persistence_sled::{SledOptions, SledStore};
+use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore};
 
 /// One backend configuration under test.
 #[derive(Debug, Clone)]
@@ -18,11 +18,11 @@ pub enum Target {
     Memory,
     Sqlite {
         dir: PathBuf,
-        synchronous: Synchronous,
+        options: SqliteOptions,
     },
     Sled {
         dir: PathBuf,
-        flush: FlushPolicy,
+        options: SledOptions,
     },
     Postgres {
         url: String,
@@ -40,36 +40,31 @@ pub struct Fresh {
 
 impl Target {
     /// Parses a store URL into a target; `base` holds scratch directories.
+    /// Parameters go through each backend's own URL parser, so a target
+    /// runs with exactly the options its URL names.
     pub fn parse(url: &str, base: &std::path::Path) -> Result<Self> {
-        let (head, query) = url.split_once('?').unwrap_or((url, ""));
-        if url == "memory:" {
+        if url.starts_with("memory:") {
             return Ok(Target::Memory);
         }
+        let (head, query) = url.split_once('?').unwrap_or((url, ""));
         if let Some(dir) = head.strip_prefix("sqlite://") {
-            let synchronous = if query.contains("synchronous=full") {
-                Synchronous::Full
-            } else {
-                Synchronous::Normal
-            };
+            let (_, options) =
+                koda_persistence_sqlite::parse_url(&format!("sqlite://bench.db?{query}"))?;
             let dir = if dir.is_empty() {
-                base.join(format!("sqlite-{synchronous:?}"))
+                base.join(format!("sqlite-{:?}", options.synchronous))
             } else {
                 PathBuf::from(dir)
             };
-            return Ok(Target::Sqlite { dir, synchronous });
+            return Ok(Target::Sqlite { dir, options });
         }
         if let Some(dir) = head.strip_prefix("sled://") {
-            let flush = if query.contains("flush=manual") {
-                FlushPolicy::Manual
-            } else {
-                FlushPolicy::EveryWrite
-            };
+            let (_, options) = koda_persistence_sled::parse_location(&format!("bench?{query}"))?;
             let dir = if dir.is_empty() {
                 base.join("sled")
             } else {
                 PathBuf::from(dir)
             };
-            return Ok(Target::Sled { dir, flush });
+            return Ok(Target::Sled { dir, options });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Target::Postgres {
@@ -85,10 +80,13 @@ impl Target {
     pub fn name(&self) -> String {
         match self {
             Target::Memory => "memory".into(),
-            Target::Sqlite { synchronous, .. } => {
-                format!("sqlite ({})", format!("{synchronous:?}").to_uppercase())
+            Target::Sqlite { options, .. } => {
+                format!(
+                    "sqlite ({})",
+                    format!("{:?}", options.synchronous).to_uppercase()
+                )
             }
-            Target::Sled { flush, .. } => format!("sled ({flush:?})"),
+            Target::Sled { options, .. } => format!("sled ({:?})", options.flush),
             Target::Postgres { .. } => "postgres".into(),
         }
     }
@@ -101,16 +99,12 @@ impl Target {
                 sqlite_path: None,
                 pg_schema: None,
             }),
-            Target::Sqlite { dir, synchronous } => {
+            Target::Sqlite { dir, options } => {
                 std::fs::create_dir_all(dir)?;
                 let path = dir.join(format!("{tag}-{}.db", uuid::Uuid::now_v7().simple()));
-                let opts = SqliteOptions {
-                    synchronous: *synchronous,
-                    ..SqliteOptions::default()
-                };
                 let store = SqliteStore::open_with(
                     Location::File(path.clone()),
-                    opts,
+                    options.clone(),
                     Arc::new(SystemClock),
                 )
                 .await?;
@@ -120,13 +114,10 @@ impl Target {
                     pg_schema: None,
                 })
             }
-            Target::Sled { dir, flush } => {
+            Target::Sled { dir, options } => {
                 let path = dir.join(format!("{tag}-{}", uuid::Uuid::now_v7().simple()));
-                let opts = SledOptions {
-                    flush: *flush,
-                    ..SledOptions::default()
-                };
-                let store = SledStore::open_with(path, opts, Arc::new(SystemClock)).await?;
+                let store =
+                    SledStore::open_with(path, options.clone(), Arc::new(SystemClock)).await?;
                 Ok(Fresh {
                     store: Arc::new(store),
                     sqlite_path: None,

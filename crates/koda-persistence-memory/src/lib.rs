@@ -21,6 +21,9 @@ use koda_persistence_api::{
 
 const DAY_MS: i64 = 86_400_000;
 
+/// The URL schemes this backend opens (`memory:`).
+pub const SCHEMES: &[&str] = &["memory"];
+
 /// The in-memory store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -87,6 +90,24 @@ impl MemoryStore {
     /// An empty store on the system clock.
     pub fn new() -> Self {
         Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// Opens `memory:` (or `memory://`), a fresh empty store reading time
+    /// from `clock`. It takes no parameters.
+    ///
+    /// # Errors
+    /// `InvalidInput` for another URL or any parameter.
+    pub async fn open_url(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        let (base, params) = koda_persistence_api::url::split_query(url.trim())?;
+        if let Some(p) = params.first() {
+            return Err(p.unknown("memory", &[]).into());
+        }
+        if base != "memory:" && base != "memory://" {
+            return Err(
+                PersistenceError::InvalidInput(format!("not a memory URL: {base:?}")).into(),
+            );
+        }
+        Ok(Self::with_clock(clock))
     }
 
     /// An empty store reading time from `clock`.

@@ -66,6 +66,9 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
+/// The URL schemes this backend opens.
+pub const SCHEMES: &[&str] = &["postgres", "postgresql"];
+
 /// How often a call that hit a serialization failure or deadlock is retried.
 const RETRIES: u32 = 8;
 
@@ -258,6 +261,15 @@ impl PostgresStore {
     /// As [`PostgresStore::connect_with`].
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_url(url, Arc::new(SystemClock)).await
+    }
+
+    /// Connects to a `postgres://` or `postgresql://` URL reading time from
+    /// `clock` (the name every backend shares; see [`Self::connect_url`]).
+    ///
+    /// # Errors
+    /// As [`PostgresStore::connect_with`].
+    pub async fn open_url(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::connect_url(url, clock).await
     }
 
     /// Connects to `url` reading time from `clock`.

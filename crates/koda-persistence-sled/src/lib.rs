@@ -198,6 +198,9 @@ fn not_found(id: &str) -> anyhow::Error {
     PersistenceError::SessionNotFound(id.to_owned()).into()
 }
 
+/// The URL schemes this backend opens (`sled://PATH`).
+pub const SCHEMES: &[&str] = &["sled"];
+
 /// The largest page cache a URL may ask for, in MiB (64 GiB).
 pub const MAX_CACHE_MB: u64 = 65_536;
 
@@ -354,6 +357,21 @@ impl SledStore {
     pub async fn open_path(spec: &str, clock: Arc<dyn Clock>) -> Result<Self> {
         let (path, options) = parse_location(spec)?;
         Self::open_with(path, options, clock).await
+    }
+
+    /// Opens a `sled://PATH?…` URL (see [`parse_location`]) reading time
+    /// from `clock`.
+    ///
+    /// # Errors
+    /// `InvalidInput` for another scheme or a bad parameter; otherwise as
+    /// [`SledStore::open_with`].
+    pub async fn open_url(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        let spec = url.trim().strip_prefix("sled://").ok_or_else(|| {
+            PersistenceError::InvalidInput(
+                "a sled URL is sled://PATH, e.g. sled:///var/lib/koda/store".into(),
+            )
+        })?;
+        Self::open_path(spec, clock).await
     }
 
     /// Opens (creating) the store in `path` on the system clock.

@@ -341,6 +341,9 @@ fn migrate(conn: &mut Connection, deadline: Instant, options: &SqliteOptions) ->
     })
 }
 
+/// The URL schemes this backend opens (`sqlite://PATH`, `sqlite::memory:`).
+pub const SCHEMES: &[&str] = &["sqlite"];
+
 /// Reader threads a store may run: `readers` is from 1 to this.
 pub const MAX_READERS: usize = 64;
 

@@ -19,11 +19,13 @@
 //! `koda_persistence::PersistenceError`, … are available from here.
 #![deny(missing_docs)]
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 pub use koda_persistence_api::*;
 
-/// The backends this build can open, by URL scheme.
+/// The backends this build can open, by cargo feature.
 pub const COMPILED_BACKENDS: &[&str] = &[
     #[cfg(feature = "memory")]
     "memory",
@@ -35,57 +37,89 @@ pub const COMPILED_BACKENDS: &[&str] = &[
     "sled",
 ];
 
-/// Which backend a URL names, and the rest of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target<'a> {
-    Memory,
-    Sqlite(&'a str),
-    Postgres(&'a str),
-    Sled(&'a str),
+type Opening = Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Persistence>>> + Send>>;
+type Opener = fn(String, Arc<dyn Clock>) -> Opening;
+
+/// One backend: its cargo feature, its URL schemes, and how to open one of
+/// its URLs when the feature is on.
+struct Backend {
+    feature: &'static str,
+    schemes: &'static [&'static str],
+    example: &'static str,
+    open: Option<Opener>,
 }
 
-fn parse(url: &str) -> Result<Target<'_>, PersistenceError> {
-    let url = url.trim();
-    if url == "memory:" || url == "memory://" {
-        return Ok(Target::Memory);
-    }
-    if url == "sqlite::memory:" {
-        return Ok(Target::Sqlite(url));
-    }
-    if url.starts_with("sqlite://") || url.starts_with("sqlite:") {
-        return Ok(Target::Sqlite(url));
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Target::Postgres(url));
-    }
-    if let Some(path) = url.strip_prefix("sled://") {
-        if path.is_empty() {
-            return Err(PersistenceError::InvalidInput(
-                "sled:// needs a directory path, e.g. sled:///var/lib/koda/store".into(),
-            ));
-        }
-        return Ok(Target::Sled(path));
-    }
-    let scheme = url.split(':').next().unwrap_or("");
-    Err(PersistenceError::InvalidInput(format!(
-        "unknown store URL scheme {scheme:?}: use memory:, sqlite://PATH, sqlite::memory:, \
-         postgres://…, postgresql://… or sled://PATH"
-    )))
-}
-
-#[cfg(not(all(
+/// An [`Opener`] for a store type with `open_url(&str, Arc<dyn Clock>)`.
+#[cfg(any(
     feature = "memory",
     feature = "sqlite",
     feature = "postgres",
     feature = "sled"
-)))]
-fn compiled_out(feature: &str) -> anyhow::Error {
-    PersistenceError::InvalidInput(format!(
-        "this build of koda-persistence has no {feature} backend: enable the cargo feature \
-         `{feature}` (koda-persistence = {{ features = [\"{feature}\"] }}); compiled backends: {}",
-        COMPILED_BACKENDS.join(", ")
-    ))
-    .into()
+))]
+macro_rules! opener {
+    ($store:ty) => {
+        Some(|url: String, clock: Arc<dyn Clock>| -> Opening {
+            Box::pin(async move {
+                Ok(Arc::new(<$store>::open_url(&url, clock).await?) as Arc<dyn Persistence>)
+            })
+        })
+    };
+}
+
+/// Every backend, compiled in or not. Adding a backend is one entry here
+/// (and its cargo feature).
+const BACKENDS: &[Backend] = &[
+    Backend {
+        feature: "memory",
+        schemes: &["memory"],
+        example: "memory:",
+        #[cfg(feature = "memory")]
+        open: opener!(koda_persistence_memory::MemoryStore),
+        #[cfg(not(feature = "memory"))]
+        open: None,
+    },
+    Backend {
+        feature: "sqlite",
+        schemes: &["sqlite"],
+        example: "sqlite://PATH, sqlite::memory:",
+        #[cfg(feature = "sqlite")]
+        open: opener!(koda_persistence_sqlite::SqliteStore),
+        #[cfg(not(feature = "sqlite"))]
+        open: None,
+    },
+    Backend {
+        feature: "postgres",
+        schemes: &["postgres", "postgresql"],
+        example: "postgres://…, postgresql://…",
+        #[cfg(feature = "postgres")]
+        open: opener!(koda_persistence_postgres::PostgresStore),
+        #[cfg(not(feature = "postgres"))]
+        open: None,
+    },
+    Backend {
+        feature: "sled",
+        schemes: &["sled"],
+        example: "sled://PATH",
+        #[cfg(feature = "sled")]
+        open: opener!(koda_persistence_sled::SledStore),
+        #[cfg(not(feature = "sled"))]
+        open: None,
+    },
+];
+
+/// The backend a URL's scheme (the text before its first `:`) names.
+fn backend_of(url: &str) -> Result<&'static Backend, PersistenceError> {
+    let scheme = url.trim().split(':').next().unwrap_or("");
+    BACKENDS
+        .iter()
+        .find(|b| b.schemes.contains(&scheme))
+        .ok_or_else(|| {
+            let known: Vec<&str> = BACKENDS.iter().map(|b| b.example).collect();
+            PersistenceError::InvalidInput(format!(
+                "unknown store URL scheme {scheme:?}: use {}",
+                known.join(", ")
+            ))
+        })
 }
 
 /// Opens the store a URL names, on the system clock.
@@ -102,36 +136,20 @@ pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Persistence>> {
 ///
 /// # Errors
 /// As [`open`].
-#[allow(unused_variables)]
 pub async fn open_with_clock(
     url: &str,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<dyn Persistence>> {
-    match parse(url)? {
-        #[cfg(feature = "memory")]
-        Target::Memory => Ok(Arc::new(koda_persistence_memory::MemoryStore::with_clock(
-            clock,
-        ))),
-        #[cfg(not(feature = "memory"))]
-        Target::Memory => Err(compiled_out("memory")),
-        #[cfg(feature = "sqlite")]
-        Target::Sqlite(url) => Ok(Arc::new(
-            koda_persistence_sqlite::SqliteStore::open_url(url, clock).await?,
-        )),
-        #[cfg(not(feature = "sqlite"))]
-        Target::Sqlite(_) => Err(compiled_out("sqlite")),
-        #[cfg(feature = "postgres")]
-        Target::Postgres(url) => Ok(Arc::new(
-            koda_persistence_postgres::PostgresStore::connect_url(url, clock).await?,
-        )),
-        #[cfg(not(feature = "postgres"))]
-        Target::Postgres(_) => Err(compiled_out("postgres")),
-        #[cfg(feature = "sled")]
-        Target::Sled(path) => Ok(Arc::new(
-            koda_persistence_sled::SledStore::open_path(path, clock).await?,
-        )),
-        #[cfg(not(feature = "sled"))]
-        Target::Sled(_) => Err(compiled_out("sled")),
+    let backend = backend_of(url)?;
+    match backend.open {
+        Some(open) => open(url.trim().to_owned(), clock).await,
+        None => Err(PersistenceError::InvalidInput(format!(
+            "this build of koda-persistence has no {f} backend: enable the cargo feature \
+             `{f}` (koda-persistence = {{ features = [\"{f}\"] }}); compiled backends: {}",
+            COMPILED_BACKENDS.join(", "),
+            f = backend.feature,
+        ))
+        .into()),
     }
 }
 
@@ -140,26 +158,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_every_scheme() {
-        assert_eq!(parse("memory:"), Ok(Target::Memory));
+    fn every_scheme_names_its_backend() {
+        for (url, feature) in [
+            ("memory:", "memory"),
+            ("memory://", "memory"),
+            ("sqlite::memory:", "sqlite"),
+            ("sqlite:///tmp/x.db", "sqlite"),
+            ("  sqlite://rel.db", "sqlite"),
+            ("postgres://u@h/db", "postgres"),
+            ("postgresql://h/db", "postgres"),
+            ("sled:///tmp/s", "sled"),
+        ] {
+            assert_eq!(backend_of(url).map(|b| b.feature), Ok(feature), "{url}");
+        }
+        assert!(backend_of("mysql://x").is_err());
+        assert!(backend_of("").is_err());
+    }
+
+    /// The table's schemes are the ones each compiled-in backend declares.
+    #[test]
+    fn the_table_agrees_with_the_backends() {
+        let declared: &[(&str, &[&str])] = &[
+            #[cfg(feature = "memory")]
+            ("memory", koda_persistence_memory::SCHEMES),
+            #[cfg(feature = "sqlite")]
+            ("sqlite", koda_persistence_sqlite::SCHEMES),
+            #[cfg(feature = "postgres")]
+            ("postgres", koda_persistence_postgres::SCHEMES),
+            #[cfg(feature = "sled")]
+            ("sled", koda_persistence_sled::SCHEMES),
+        ];
+        for (feature, schemes) in declared {
+            let row = BACKENDS.iter().find(|b| b.feature == *feature);
+            assert_eq!(row.map(|b| b.schemes), Some(*schemes), "{feature}");
+            assert!(
+                row.is_some_and(|b| b.open.is_some()),
+                "{feature} compiled in"
+            );
+        }
         assert_eq!(
-            parse("sqlite::memory:"),
-            Ok(Target::Sqlite("sqlite::memory:"))
+            BACKENDS.iter().filter(|b| b.open.is_some()).count(),
+            COMPILED_BACKENDS.len()
         );
-        assert_eq!(
-            parse("sqlite:///tmp/x.db"),
-            Ok(Target::Sqlite("sqlite:///tmp/x.db"))
-        );
-        assert_eq!(
-            parse("postgres://u@h/db"),
-            Ok(Target::Postgres("postgres://u@h/db"))
-        );
-        assert_eq!(
-            parse("postgresql://h/db"),
-            Ok(Target::Postgres("postgresql://h/db"))
-        );
-        assert_eq!(parse("sled:///tmp/s"), Ok(Target::Sled("/tmp/s")));
-        assert!(parse("sled://").is_err());
     }
 
     #[tokio::test]
@@ -169,7 +209,7 @@ mod tests {
         };
         let pe = err.downcast_ref::<PersistenceError>().expect("typed");
         assert!(
-            matches!(pe, PersistenceError::InvalidInput(m) if m.contains("\"mysql\"") && m.contains("sqlite://PATH"))
+            matches!(pe, PersistenceError::InvalidInput(m) if m.contains("\"mysql\"") && m.contains("sqlite://PATH") && m.contains("sled://PATH"))
         );
     }
 

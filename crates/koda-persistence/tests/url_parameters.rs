@@ -4,6 +4,7 @@
 //! at both ends of its documented range.
 
 #![allow(clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+#![cfg(any(feature = "sqlite", feature = "sled", feature = "postgres"))]
 
 use koda_persistence::PersistenceError;
 
