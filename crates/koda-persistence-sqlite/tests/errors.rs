@@ -152,6 +152,54 @@ async fn undecodable_rows_are_corrupt() {
         let err = store.load_all_messages(&sid).await.expect_err(what);
         assert_eq!(kind(&err), "Corrupt", "{what}: {err:#}");
     }
+    // A value the store reads for itself (the session's change counter).
+    let sid = store
+        .create_session("main", Path::new("/p"))
+        .await
+        .expect("session");
+    raw.execute("UPDATE sessions SET version = 'many' WHERE id = ?1", [&sid])
+        .expect("plant");
+    let err = store.load_context(&sid).await.expect_err("text version");
+    assert_eq!(kind(&err), "Corrupt", "a text version: {err:#}");
+}
+
+/// Options built in code are checked like a URL's before anything opens:
+/// a zero or huge busy timeout, no readers or too many are `InvalidInput`
+/// naming the option (a huge timeout used to panic inside rusqlite).
+#[tokio::test]
+async fn options_built_in_code_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let cases = [
+        (Duration::MAX, 2, "busy_timeout"),
+        (Duration::ZERO, 2, "busy_timeout"),
+        (Duration::from_secs(1), 0, "readers"),
+        (Duration::from_secs(1), 10_000, "readers"),
+    ];
+    for (busy_timeout, readers, name) in cases {
+        let options = SqliteOptions {
+            busy_timeout,
+            readers,
+            ..SqliteOptions::default()
+        };
+        let err = open(&path, options).await.expect_err(name);
+        assert_eq!(kind(&err), "InvalidInput", "{name}: {err:#}");
+        assert!(err.to_string().contains(name), "{err}");
+        assert!(!path.exists(), "{name}: a refused open created the file");
+    }
+}
+
+/// `Debug` names the store and where it lives.
+#[tokio::test]
+async fn debug_names_the_location() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let store = open(&path, SqliteOptions::default()).await.expect("open");
+    let shown = format!("{store:?}");
+    assert!(
+        shown.starts_with("SqliteStore") && shown.contains("koda.db"),
+        "{shown}"
+    );
 }
 
 /// A new file starts with koda's `auto_vacuum = INCREMENTAL`; an existing
