@@ -8,9 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::{
-    COMPACTION_HINT, CompactedStats, Message, Role, SessionInfo, SessionUsage, TODO_KEY,
-    TokenUsage, format_timestamp,
+    COMPACTION_HINT, CompactedStats, Message, Role, SessionInfo, SessionUsage, TODO_KEY, TokenUsage,
 };
 
 const DAY_MS: i64 = 86_400_000;

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use anyhow::Result;
-use koda_persistence_api::{COMPACTION_HINT, CompactedStats, Message, Role, format_timestamp};
+use koda_persistence_api::backend::format_timestamp;
+use koda_persistence_api::{COMPACTION_HINT, CompactedStats, Message, Role};
 
 use super::{
     ROOT, assistant, check, eq, expect_err, ids, is_session_not_found, roles, session, user,

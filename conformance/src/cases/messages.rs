@@ -1,7 +1,8 @@
 //! Messages: inserting, ids, loading, completion, recent/last lookups and clearing.
 
 use anyhow::Result;
-use koda_persistence_api::{Message, PersistenceError, Role, format_timestamp};
+use koda_persistence_api::backend::format_timestamp;
+use koda_persistence_api::{Message, PersistenceError, Role};
 
 use super::{assistant, calls, check, eq, expect_err, ids, session, tool, usage, user};
 use crate::{Ctx, START_MS};

@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::Result;
-use koda_persistence_api::{Role, format_timestamp};
+use koda_persistence_api::Role;
+use koda_persistence_api::backend::format_timestamp;
 
 use super::{ROOT, assistant, check, eq, session, tool, usage, user};
 use crate::{Ctx, START_MS};

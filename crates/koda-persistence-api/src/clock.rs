@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, NaiveDateTime};
-
 /// Earliest instant a clock reports: 1970-01-01T00:00:00.000Z.
 pub const MIN_TIMESTAMP_MS: i64 = 0;
 /// Latest instant a clock reports: 9999-12-31T23:59:59.999Z.
@@ -135,25 +133,6 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
-/// Parses a stored timestamp into epoch milliseconds: the contract's
-/// `2026-11-26T05:07:04.123Z`, any RFC 3339 instant, or koda's legacy SQLite
-/// text `2026-11-26 05:07:04` (UTC, optionally with fractional seconds).
-/// Returns `None` for anything else.
-pub fn parse_timestamp(text: &str) -> Option<i64> {
-    let text = text.trim();
-    if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
-        return Some(dt.timestamp_millis());
-    }
-    [
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M",
-    ]
-    .iter()
-    .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-    .map(|n| n.and_utc().timestamp_millis())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,7 +157,7 @@ mod tests {
         let mut ms = 0i64;
         let step = 7_919_993_337; // ~92 days plus odd hours, minutes, ms
         while ms <= MAX_TIMESTAMP_MS {
-            let want = DateTime::from_timestamp_millis(ms)
+            let want = chrono::DateTime::from_timestamp_millis(ms)
                 .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
                 .unwrap_or_default();
             assert_eq!(format_timestamp(ms), want, "{ms}");
@@ -190,28 +169,11 @@ mod tests {
             4_107_542_400_000,
             1_709_164_800_123,
         ] {
-            let want = DateTime::from_timestamp_millis(edge)
+            let want = chrono::DateTime::from_timestamp_millis(edge)
                 .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
                 .unwrap_or_default();
             assert_eq!(format_timestamp(edge), want, "{edge}");
         }
-    }
-
-    #[test]
-    fn parses_contract_and_legacy_text() {
-        assert_eq!(
-            parse_timestamp("2026-11-26T05:07:04.123Z"),
-            Some(1_795_669_624_123)
-        );
-        assert_eq!(
-            parse_timestamp("2026-11-26 05:07:04"),
-            Some(1_795_669_624_000)
-        );
-        assert_eq!(
-            parse_timestamp("2026-11-26 05:07:04.5"),
-            Some(1_795_669_624_500)
-        );
-        assert_eq!(parse_timestamp("not a time"), None);
     }
 
     #[test]

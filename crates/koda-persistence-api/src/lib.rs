@@ -12,6 +12,7 @@
 //! checked by the conformance suite (`koda-persistence-conformance`).
 #![deny(missing_docs)]
 
+pub mod backend;
 mod clock;
 mod context;
 mod error;
@@ -19,17 +20,11 @@ mod persistence;
 mod types;
 pub mod url;
 
-pub use clock::{
-    Clock, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, SystemClock, format_timestamp,
-    idle_secs, parse_timestamp,
-};
-pub use context::{
-    ContextCache, ContextRow, apply_context_passes, detect_interruption, is_blank,
-    named_tool_call_ids,
-};
-pub use error::{PersistenceError, check_limit, check_usage, root_to_str};
+pub use clock::{Clock, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, SystemClock};
+pub use context::detect_interruption;
+pub use error::PersistenceError;
 pub use persistence::Persistence;
 pub use types::{
-    COMPACTION_HINT, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message,
-    NewMessage, Role, SessionInfo, SessionUsage, TODO_KEY, TokenUsage,
+    COMPACTION_HINT, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, Role,
+    SessionInfo, SessionUsage, TODO_KEY, TokenUsage,
 };

@@ -178,7 +178,7 @@ pub trait Persistence: Send + Sync {
     ) -> Result<i64>;
 
     /// The context to send to the model: the active (not compacted) messages in
-    /// conversation order, then three passes (see [`apply_context_passes`](crate::apply_context_passes)):
+    /// conversation order, then three passes (see [`apply_context_passes`](crate::backend::apply_context_passes)):
     /// (1) drop assistant messages that are not complete; (2) pair tool calls:
     /// drop every assistant message naming a call id no remaining tool message
     /// answers, then every tool message whose `tool_call_id` is `None` or named

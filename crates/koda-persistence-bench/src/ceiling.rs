@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use koda_persistence::{Message, Role, format_timestamp};
+use koda_persistence::{Message, Role};
+use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_sqlite::Synchronous;
 use rusqlite::{Connection, params};
 

@@ -13,10 +13,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Result;
+use koda_persistence_api::backend::{
+    ContextRow, NewMessage, apply_context_passes, check_limit, check_usage, format_timestamp,
+    root_to_str,
+};
 use koda_persistence_api::{
-    COMPACTION_HINT, Clock, CompactedStats, ContextRow, Message, NewMessage, Persistence,
-    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TokenUsage,
-    apply_context_passes, check_limit, check_usage, format_timestamp, root_to_str,
+    COMPACTION_HINT, Clock, CompactedStats, Message, Persistence, PersistenceError, Role,
+    SessionInfo, SessionUsage, SystemClock, TokenUsage,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -98,7 +101,7 @@ impl MemoryStore {
     /// # Errors
     /// `InvalidInput` for another URL or any parameter.
     pub async fn open_url(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
-        let (base, params) = koda_persistence_api::url::split_query(url.trim())?;
+        let (base, params) = koda_persistence_api::backend::url::split_query(url.trim())?;
         if let Some(p) = params.first() {
             return Err(p.unknown("memory", &[]).into());
         }
@@ -296,7 +299,7 @@ impl Persistence for MemoryStore {
         let last = self
             .with_session(session_id, |_, s| s.last_accessed_ms)
             .flatten();
-        Ok(koda_persistence_api::idle_secs(now, last))
+        Ok(koda_persistence_api::backend::idle_secs(now, last))
     }
 
     async fn insert_message_with_agent(

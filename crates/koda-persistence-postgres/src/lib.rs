@@ -52,10 +52,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use koda_persistence_api::backend::{
+    ContextCache, ContextRow, NewMessage, check_limit, check_usage, root_to_str,
+};
 use koda_persistence_api::{
-    Clock, CompactedStats, ContextCache, ContextRow, Message, NewMessage, Persistence,
-    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TokenUsage, check_limit,
-    check_usage, root_to_str,
+    Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
+    SystemClock, TokenUsage,
 };
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
@@ -498,7 +500,7 @@ impl Persistence for PostgresStore {
             .with_client(|c| async move { queries::last_accessed(&c, sid).await })
             .await?;
         let now = self.clock.now_ms();
-        Ok(koda_persistence_api::idle_secs(now, last))
+        Ok(koda_persistence_api::backend::idle_secs(now, last))
     }
 
     async fn insert_message_with_agent(

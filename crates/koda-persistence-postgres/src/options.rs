@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use koda_persistence_api::PersistenceError;
-use koda_persistence_api::url::{self, check_count, check_timeout};
+use koda_persistence_api::backend::url::{self, check_count, check_timeout};
 
 /// Connections a pool may hold: `pool_size` is from 1 to this.
 pub const MAX_POOL_SIZE: usize = 1024;

@@ -5,9 +5,9 @@
 
 use anyhow::Result;
 use deadpool_postgres::Object;
+use koda_persistence_api::backend::{ContextRow, NewMessage, format_timestamp};
 use koda_persistence_api::{
-    COMPACTION_HINT, CompactedStats, ContextRow, Message, NewMessage, PersistenceError, Role,
-    SessionInfo, SessionUsage, format_timestamp,
+    COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
 };
 use postgres_types::{FromSql, ToSql};
 use tokio_postgres::Row;

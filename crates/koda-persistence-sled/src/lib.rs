@@ -43,10 +43,12 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use koda_persistence_api::backend::{
+    ContextCache, ContextRow, NewMessage, check_limit, check_usage, format_timestamp, root_to_str,
+};
 use koda_persistence_api::{
-    COMPACTION_HINT, Clock, CompactedStats, ContextCache, ContextRow, Message, NewMessage,
-    Persistence, PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TokenUsage,
-    check_limit, check_usage, format_timestamp, root_to_str,
+    COMPACTION_HINT, Clock, CompactedStats, Message, Persistence, PersistenceError, Role,
+    SessionInfo, SessionUsage, SystemClock, TokenUsage,
 };
 use sled::{Batch, Db, IVec};
 
@@ -214,8 +216,8 @@ const PARAMETERS: [&str; 3] = ["flush", "flush_every_ms", "cache_mb"];
 /// `InvalidInput` naming the parameter and what it accepts, for an unknown
 /// parameter or value, or an empty path.
 pub fn parse_location(spec: &str) -> Result<(PathBuf, SledOptions), PersistenceError> {
-    let (path, params) = koda_persistence_api::url::split_query(spec)?;
-    let path = koda_persistence_api::url::decode(path)?;
+    let (path, params) = koda_persistence_api::backend::url::split_query(spec)?;
+    let path = koda_persistence_api::backend::url::decode(path)?;
     if path.is_empty() {
         return Err(PersistenceError::InvalidInput(
             "sled needs a directory path, e.g. sled:///var/lib/koda/store".into(),
@@ -255,7 +257,7 @@ impl SledOptions {
     /// `InvalidInput` naming the option and what it accepts.
     pub fn validate(&self) -> Result<(), PersistenceError> {
         if let FlushPolicy::Every(d) = self.flush {
-            koda_persistence_api::url::check_timeout("flush interval", d)?;
+            koda_persistence_api::backend::url::check_timeout("flush interval", d)?;
         }
         if self.cache_capacity == 0 || self.cache_capacity > MAX_CACHE_MB << 20 {
             return Err(PersistenceError::InvalidInput(format!(
@@ -761,7 +763,7 @@ impl Persistence for SledStore {
             .read(move |db| Ok(get_session(db, &sid)?.and_then(|s| s.last_accessed_ms)))
             .await?;
         let now = self.clock.now_ms();
-        Ok(koda_persistence_api::idle_secs(now, last))
+        Ok(koda_persistence_api::backend::idle_secs(now, last))
     }
 
     async fn insert_message_with_agent(

@@ -80,10 +80,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use koda_persistence_api::backend::{
+    ContextCache, ContextRow, NewMessage, check_limit, check_usage, root_to_str,
+};
 use koda_persistence_api::{
-    Clock, CompactedStats, ContextCache, ContextRow, Message, NewMessage, Persistence,
-    PersistenceError, Role, SessionInfo, SessionUsage, SystemClock, TokenUsage, check_limit,
-    check_usage, root_to_str,
+    Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
+    SystemClock, TokenUsage,
 };
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
@@ -132,8 +134,8 @@ impl SqliteOptions {
     /// # Errors
     /// `InvalidInput` naming the option and what it accepts.
     pub fn validate(&self) -> Result<(), PersistenceError> {
-        koda_persistence_api::url::check_timeout("busy_timeout", self.busy_timeout)?;
-        koda_persistence_api::url::check_count("readers", self.readers, 1, MAX_READERS)
+        koda_persistence_api::backend::url::check_timeout("busy_timeout", self.busy_timeout)?;
+        koda_persistence_api::backend::url::check_count("readers", self.readers, 1, MAX_READERS)
     }
 }
 
@@ -364,8 +366,8 @@ pub fn parse_url(url: &str) -> Result<(Location, SqliteOptions), PersistenceErro
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .ok_or_else(|| PersistenceError::InvalidInput(format!("not a sqlite URL: {url:?}")))?;
-    let (path, params) = koda_persistence_api::url::split_query(rest)?;
-    let path = koda_persistence_api::url::decode(path)?;
+    let (path, params) = koda_persistence_api::backend::url::split_query(rest)?;
+    let path = koda_persistence_api::backend::url::decode(path)?;
     let mut options = SqliteOptions::default();
     for p in &params {
         match p.key.as_str() {
@@ -650,7 +652,7 @@ impl Persistence for SqliteStore {
         let sid = session_id.to_owned();
         let last = self.read(move |c| queries::last_accessed(c, &sid)).await?;
         let now = self.clock.now_ms();
-        Ok(koda_persistence_api::idle_secs(now, last))
+        Ok(koda_persistence_api::backend::idle_secs(now, last))
     }
 
     async fn insert_message_with_agent(

@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 
 use anyhow::Result;
+use koda_persistence_api::backend::{ContextRow, NewMessage, format_timestamp};
 use koda_persistence_api::{
-    COMPACTION_HINT, CompactedStats, ContextRow, Message, NewMessage, PersistenceError, Role,
-    SessionInfo, SessionUsage, format_timestamp,
+    COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 

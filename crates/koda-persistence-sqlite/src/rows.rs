@@ -1,6 +1,7 @@
 //! Decoding stored rows into API types; every decoding failure is `Corrupt`.
 
-use koda_persistence_api::{Message, PersistenceError, Role, format_timestamp};
+use koda_persistence_api::backend::format_timestamp;
+use koda_persistence_api::{Message, PersistenceError, Role};
 use rusqlite::Row;
 
 /// The message columns every query selects, in [`message`]'s order.

@@ -15,15 +15,20 @@
 //! | `sled://PATH` (`?flush=every_write\|manual`, `?flush_every_ms=N`) | sled directory | `sled` |
 //!
 //! A URL whose backend was compiled out is an error naming the feature to
-//! enable. The API crate is re-exported, so `koda_persistence::Role`,
-//! `koda_persistence::PersistenceError`, … are available from here.
+//! enable. What koda code uses of the API crate is re-exported here
+//! (`koda_persistence::Role`, `koda_persistence::PersistenceError`, …);
+//! helpers for writing a backend stay in `koda_persistence_api::backend`.
 #![deny(missing_docs)]
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use koda_persistence_api::*;
+pub use koda_persistence_api::{
+    COMPACTION_HINT, Clock, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind,
+    MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, Message, Persistence, PersistenceError, Role,
+    SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage, detect_interruption,
+};
 
 /// The backends this build can open, by cargo feature.
 pub const COMPILED_BACKENDS: &[&str] = &[

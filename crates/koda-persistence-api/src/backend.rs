@@ -1,0 +1,12 @@
+//! What backend authors share, and koda code never needs: argument checks,
+//! timestamp formatting, the URL parameter grammar, the context passes and
+//! cache, and the inserted-message record. Every contract rule a backend
+//! would otherwise copy lives here once.
+
+pub use crate::clock::{format_timestamp, idle_secs};
+pub use crate::context::{
+    ContextCache, ContextRow, apply_context_passes, is_blank, named_tool_call_ids,
+};
+pub use crate::error::{check_limit, check_usage, root_to_str};
+pub use crate::types::NewMessage;
+pub use crate::url;
