@@ -30,6 +30,11 @@ pub use koda_persistence_api::{
     SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage, detect_interruption,
 };
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 /// The backends this build can open, by cargo feature.
 pub const COMPILED_BACKENDS: &[&str] = &[
     #[cfg(feature = "memory")]
