@@ -1,4 +1,5 @@
-//! The reference model: a plain, obviously-correct rendering of CONTRACT.md
+//! The reference model: a plain, obviously-correct rendering of the contract
+//! (the rustdoc of the `Persistence` trait)
 //! with vectors and maps, no concurrency, and no backend code.
 //!
 //! Sessions are named by their creation index `k` (shown as `"s{k}"`), and

@@ -1,5 +1,5 @@
 //! Ceilings measured in the same run: the plain driver doing the same work
-//! with nothing of ours in between (BENCHMARKS.md).
+//! with nothing of ours in between (WORKLOADS.md).
 
 use std::path::Path;
 use std::time::{Duration, Instant};

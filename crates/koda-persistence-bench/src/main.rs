@@ -1,4 +1,4 @@
-//! `koda-persistence-bench`: the workloads of BENCHMARKS.md against any set
+//! `koda-persistence-bench`: the workloads of WORKLOADS.md against any set
 //! of stores, with each backend's ceiling measured in the same process, as
 //! one table (or `--json`). `--quick` divides every count by 10.
 //!
@@ -249,7 +249,7 @@ fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { f64::NAN }
 }
 
-/// The targets of issue 6 for one row: (what, measured, limit, met).
+/// The targets of WORKLOADS.md for one row: (what, measured, limit, met).
 fn checks(r: &Row) -> Vec<(String, f64, f64, bool)> {
     let mut out = Vec::new();
     let mut check = |what: &str, value: f64, limit: f64, at_least: bool| {

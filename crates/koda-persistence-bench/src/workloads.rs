@@ -1,4 +1,4 @@
-//! The workloads of BENCHMARKS.md. Message shapes cycle user → assistant →
+//! The workloads of WORKLOADS.md (beside this crate). Message shapes cycle user → assistant →
 //! tool, 1 KiB of text each; the assistant calls one tool (`call_N`), carries
 //! all five usage counters and is marked complete right after its insert.
 

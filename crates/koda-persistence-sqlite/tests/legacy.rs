@@ -13,7 +13,7 @@ use rusqlite::Connection;
 
 const NOW: i64 = 1_795_669_624_123; // 2026-11-26T05:07:04.123Z
 
-/// The three schema generations of koda.db described in KODA_SCHEMA.md.
+/// The three schema generations of koda.db (see the crate docs of `schema`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Generation {
     /// The first: no project_root, no cache tokens, no completion tracking.
