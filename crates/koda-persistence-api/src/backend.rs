@@ -8,5 +8,8 @@ pub use crate::context::{
     ContextCache, ContextRow, apply_context_passes, is_blank, named_tool_call_ids,
 };
 pub use crate::error::{check_limit, check_usage, root_to_str};
+pub use crate::rules::{
+    DEFAULT_AGENT, order_usage_groups, purge_cutoff, usage_by_agent, usage_total,
+};
 pub use crate::types::NewMessage;
 pub use crate::url;

@@ -17,6 +17,7 @@ mod clock;
 mod context;
 mod error;
 mod persistence;
+mod rules;
 mod types;
 pub mod url;
 

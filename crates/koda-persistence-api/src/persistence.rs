@@ -4,7 +4,9 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::types::{CompactedStats, Message, Role, SessionInfo, SessionUsage, TokenUsage};
+use crate::types::{
+    CompactedStats, Message, NewMessage, Role, SessionInfo, SessionUsage, TokenUsage,
+};
 
 /// Core storage contract for koda's sessions, messages, usage and metadata.
 ///
@@ -148,6 +150,9 @@ pub trait Persistence: Send + Sync {
     /// zeros included. `tool_calls` is stored verbatim (it need not be valid
     /// JSON). Sets the session's `last_accessed_at` to now.
     ///
+    /// Provided: builds a [`NewMessage`] and calls
+    /// [`append_message`](Self::append_message).
+    ///
     /// # Errors
     /// `SessionNotFound` for an unknown session; `InvalidInput` for a negative
     /// token counter. Nothing is written on error.
@@ -161,11 +166,25 @@ pub trait Persistence: Send + Sync {
         tool_call_id: Option<&str>,
         usage: Option<&TokenUsage>,
         agent_name: Option<&str>,
-    ) -> Result<i64>;
+    ) -> Result<i64> {
+        self.append_message(NewMessage::message(
+            session_id,
+            *role,
+            content,
+            tool_calls,
+            tool_call_id,
+            usage,
+            agent_name,
+        ))
+        .await
+    }
 
     /// Appends a `tool` message whose `content` is the model-facing summary and
     /// `full_content` the complete output, answering `tool_call_id`; no usage,
     /// no agent. Sets the session's `last_accessed_at` to now.
+    ///
+    /// Provided: builds a [`NewMessage`] and calls
+    /// [`append_message`](Self::append_message).
     ///
     /// # Errors
     /// `SessionNotFound` for an unknown session.
@@ -175,7 +194,26 @@ pub trait Persistence: Send + Sync {
         content: &str,
         tool_call_id: &str,
         full_content: &str,
-    ) -> Result<i64>;
+    ) -> Result<i64> {
+        self.append_message(NewMessage::tool_result(
+            session_id,
+            content,
+            tool_call_id,
+            full_content,
+        ))
+        .await
+    }
+
+    /// The one inserting method a backend implements; koda calls the three
+    /// `insert_*` methods above, which build `message` and land here.
+    /// Appends `message` to its session and returns the new id: `created_at`
+    /// is now; not complete; every field stored exactly as given; the
+    /// session's `last_accessed_at` set to now.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a negative token counter (checked first);
+    /// `SessionNotFound` for an unknown session. Nothing is written on error.
+    async fn append_message(&self, message: NewMessage) -> Result<i64>;
 
     /// The context to send to the model: the active (not compacted) messages in
     /// conversation order, then three passes (see [`apply_context_passes`](crate::backend::apply_context_passes)):

@@ -15,14 +15,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::Result;
 use koda_persistence_api::backend::{
     ContextRow, NewMessage, apply_context_passes, check_limit, check_usage, format_timestamp,
-    root_to_str,
+    purge_cutoff, root_to_str, usage_by_agent, usage_total,
 };
 use koda_persistence_api::{
     COMPACTION_HINT, Clock, CompactedStats, Message, Persistence, PersistenceError, Role,
-    SessionInfo, SessionUsage, SystemClock, TokenUsage,
+    SessionInfo, SessionUsage, SystemClock,
 };
-
-const DAY_MS: i64 = 86_400_000;
 
 /// The URL schemes this backend opens (`memory:`).
 pub const SCHEMES: &[&str] = &["memory"];
@@ -128,35 +126,6 @@ impl MemoryStore {
         // No code path panics while holding the lock, but a poisoned lock
         // still guards consistent data: every mutation completes before unlock.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    async fn insert(&self, m: NewMessage) -> Result<i64> {
-        check_usage(m.usage.as_ref())?;
-        let now = self.clock.now_ms();
-        let mut st = self.lock();
-        let st = &mut *st;
-        let Some(session) = st.sessions.get_mut(&m.session_id) else {
-            return Err(session_not_found(&m.session_id));
-        };
-        let id = st.next_message_id;
-        st.next_message_id += 1;
-        let message = m.to_message(id, now);
-        if message.role == Role::User {
-            st.user_ids.insert(id);
-        }
-        session.order.push(id);
-        session.tokens += row_tokens(&message);
-        session.last_accessed_ms = Some(now);
-        st.messages.insert(
-            id,
-            Row {
-                message,
-                agent: m.agent,
-                completed_ms: None,
-                compacted_ms: None,
-            },
-        );
-        Ok(id)
     }
 
     fn with_session<T>(
@@ -302,42 +271,33 @@ impl Persistence for MemoryStore {
         Ok(koda_persistence_api::backend::idle_secs(now, last))
     }
 
-    async fn insert_message_with_agent(
-        &self,
-        session_id: &str,
-        role: &Role,
-        content: Option<&str>,
-        tool_calls: Option<&str>,
-        tool_call_id: Option<&str>,
-        usage: Option<&TokenUsage>,
-        agent_name: Option<&str>,
-    ) -> Result<i64> {
-        self.insert(NewMessage::message(
-            session_id,
-            *role,
-            content,
-            tool_calls,
-            tool_call_id,
-            usage,
-            agent_name,
-        ))
-        .await
-    }
-
-    async fn insert_tool_message_with_full(
-        &self,
-        session_id: &str,
-        content: &str,
-        tool_call_id: &str,
-        full_content: &str,
-    ) -> Result<i64> {
-        self.insert(NewMessage::tool_result(
-            session_id,
-            content,
-            tool_call_id,
-            full_content,
-        ))
-        .await
+    async fn append_message(&self, m: NewMessage) -> Result<i64> {
+        check_usage(m.usage.as_ref())?;
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(session) = st.sessions.get_mut(&m.session_id) else {
+            return Err(session_not_found(&m.session_id));
+        };
+        let id = st.next_message_id;
+        st.next_message_id += 1;
+        let message = m.to_message(id, now);
+        if message.role == Role::User {
+            st.user_ids.insert(id);
+        }
+        session.order.push(id);
+        session.tokens += row_tokens(&message);
+        session.last_accessed_ms = Some(now);
+        st.messages.insert(
+            id,
+            Row {
+                message,
+                agent: m.agent,
+                completed_ms: None,
+                compacted_ms: None,
+            },
+        );
+        Ok(id)
     }
 
     async fn load_context(&self, session_id: &str) -> Result<Vec<Message>> {
@@ -409,41 +369,21 @@ impl Persistence for MemoryStore {
     }
 
     async fn session_token_usage(&self, session_id: &str) -> Result<SessionUsage> {
-        Ok(self
-            .with_session(session_id, |st, s| {
-                let mut usage = SessionUsage::default();
-                for r in st.rows(s) {
-                    usage.add_message_counters(r.message.usage_counters());
-                }
-                usage
-            })
-            .unwrap_or_default())
+        Ok(usage_total(&self.session_usage_by_agent(session_id).await?))
     }
 
     async fn session_usage_by_agent(
         &self,
         session_id: &str,
     ) -> Result<Vec<(String, SessionUsage)>> {
-        let mut groups: Vec<(String, SessionUsage)> = self
+        Ok(self
             .with_session(session_id, |st, s| {
-                let mut by: HashMap<&str, SessionUsage> = HashMap::new();
-                for r in st.rows(s) {
-                    let counters = r.message.usage_counters();
-                    if counters[0].is_none() && counters[1].is_none() {
-                        continue;
-                    }
-                    let name = r.agent.as_deref().unwrap_or("main");
-                    by.entry(name).or_default().add_message_counters(counters);
-                }
-                by.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                usage_by_agent(
+                    st.rows(s)
+                        .map(|r| (r.agent.as_deref(), r.message.usage_counters())),
+                )
             })
-            .unwrap_or_default();
-        groups.sort_by(|a, b| {
-            b.1.total_tokens()
-                .cmp(&a.1.total_tokens())
-                .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
-        });
-        Ok(groups)
+            .unwrap_or_default())
     }
 
     async fn compact_session(
@@ -555,7 +495,7 @@ impl Persistence for MemoryStore {
 
     async fn purge_compacted(&self, min_age_days: u32) -> Result<usize> {
         let now = self.clock.now_ms();
-        let cutoff = now.saturating_sub(i64::from(min_age_days).saturating_mul(DAY_MS));
+        let cutoff = purge_cutoff(now, min_age_days);
         let mut st = self.lock();
         let doomed: Vec<(i64, i64)> = st
             .compacted

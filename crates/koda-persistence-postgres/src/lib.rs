@@ -53,11 +53,11 @@ use std::time::Duration;
 use anyhow::Result;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use koda_persistence_api::backend::{
-    ContextCache, ContextRow, NewMessage, check_limit, check_usage, root_to_str,
+    ContextCache, ContextRow, NewMessage, check_limit, check_usage, root_to_str, usage_total,
 };
 use koda_persistence_api::{
     Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
-    SystemClock, TokenUsage,
+    SystemClock,
 };
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
@@ -355,27 +355,6 @@ impl PostgresStore {
         // Cache methods do not panic midway; a stale entry is caught by its version.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    async fn insert(&self, m: NewMessage) -> Result<i64> {
-        check_usage(m.usage.as_ref())?;
-        if storable_id(&m.session_id).is_none() {
-            return Err(not_found(&m.session_id));
-        }
-        let now = self.clock.now_ms();
-        let msg = &m;
-        let (id, version) = self
-            .with_client(|c| async move { queries::insert_message(&c, msg, now).await })
-            .await?;
-        let mut cache = self.cache();
-        if cache.holds(&m.session_id) {
-            let row = ContextRow {
-                message: m.to_message(id, now),
-                complete: false,
-            };
-            cache.appended(&m.session_id, version, row);
-        }
-        Ok(id)
-    }
 }
 
 /// Creates the schema if needed and applies pending migrations, holding a
@@ -503,42 +482,25 @@ impl Persistence for PostgresStore {
         Ok(koda_persistence_api::backend::idle_secs(now, last))
     }
 
-    async fn insert_message_with_agent(
-        &self,
-        session_id: &str,
-        role: &Role,
-        content: Option<&str>,
-        tool_calls: Option<&str>,
-        tool_call_id: Option<&str>,
-        usage: Option<&TokenUsage>,
-        agent_name: Option<&str>,
-    ) -> Result<i64> {
-        self.insert(NewMessage::message(
-            session_id,
-            *role,
-            content,
-            tool_calls,
-            tool_call_id,
-            usage,
-            agent_name,
-        ))
-        .await
-    }
-
-    async fn insert_tool_message_with_full(
-        &self,
-        session_id: &str,
-        content: &str,
-        tool_call_id: &str,
-        full_content: &str,
-    ) -> Result<i64> {
-        self.insert(NewMessage::tool_result(
-            session_id,
-            content,
-            tool_call_id,
-            full_content,
-        ))
-        .await
+    async fn append_message(&self, m: NewMessage) -> Result<i64> {
+        check_usage(m.usage.as_ref())?;
+        if storable_id(&m.session_id).is_none() {
+            return Err(not_found(&m.session_id));
+        }
+        let now = self.clock.now_ms();
+        let msg = &m;
+        let (id, version) = self
+            .with_client(|c| async move { queries::insert_message(&c, msg, now).await })
+            .await?;
+        let mut cache = self.cache();
+        if cache.holds(&m.session_id) {
+            let row = ContextRow {
+                message: m.to_message(id, now),
+                complete: false,
+            };
+            cache.appended(&m.session_id, version, row);
+        }
+        Ok(id)
     }
 
     async fn load_context(&self, session_id: &str) -> Result<Vec<Message>> {
@@ -616,7 +578,7 @@ impl Persistence for PostgresStore {
         let groups = self
             .with_client(|c| async move { queries::usage_by_agent(&c, sid).await })
             .await?;
-        Ok(queries::usage_total(&groups))
+        Ok(usage_total(&groups))
     }
 
     async fn session_usage_by_agent(

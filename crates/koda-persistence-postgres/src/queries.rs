@@ -5,7 +5,9 @@
 
 use anyhow::Result;
 use deadpool_postgres::Object;
-use koda_persistence_api::backend::{ContextRow, NewMessage, format_timestamp};
+use koda_persistence_api::backend::{
+    ContextRow, NewMessage, format_timestamp, order_usage_groups, purge_cutoff,
+};
 use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
 };
@@ -13,8 +15,6 @@ use postgres_types::{FromSql, ToSql};
 use tokio_postgres::Row;
 
 use crate::classify;
-
-const DAY_MS: i64 = 86_400_000;
 
 /// The `kp_role` enum as it crosses the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ToSql, FromSql)]
@@ -448,27 +448,8 @@ pub(crate) async fn usage_by_agent(c: &Object, id: &str) -> Result<Vec<(String, 
             ))
         })
         .collect::<Result<Vec<_>, PersistenceError>>()?;
-    out.sort_by(|a, b| {
-        b.1.total_tokens()
-            .cmp(&a.1.total_tokens())
-            .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
-    });
+    order_usage_groups(&mut out);
     Ok(out)
-}
-
-pub(crate) fn usage_total(groups: &[(String, SessionUsage)]) -> SessionUsage {
-    let mut t = SessionUsage::default();
-    for (_, u) in groups {
-        t.prompt_tokens = t.prompt_tokens.saturating_add(u.prompt_tokens);
-        t.completion_tokens = t.completion_tokens.saturating_add(u.completion_tokens);
-        t.cache_read_tokens = t.cache_read_tokens.saturating_add(u.cache_read_tokens);
-        t.cache_creation_tokens = t
-            .cache_creation_tokens
-            .saturating_add(u.cache_creation_tokens);
-        t.thinking_tokens = t.thinking_tokens.saturating_add(u.thinking_tokens);
-        t.api_calls = t.api_calls.saturating_add(u.api_calls);
-    }
-    t
 }
 
 pub(crate) async fn compact(
@@ -654,7 +635,7 @@ pub(crate) async fn purge(c: &Object, days: u32, now: i64) -> Result<(usize, Vec
         )
         .await
         .map_err(db("preparing purge_compacted"))?;
-    let cutoff = now.saturating_sub(i64::from(days).saturating_mul(DAY_MS));
+    let cutoff = purge_cutoff(now, days);
     let rows = c
         .query(&stmt, &[&(days == 0), &cutoff])
         .await

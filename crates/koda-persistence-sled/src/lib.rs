@@ -44,17 +44,16 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::backend::{
-    ContextCache, ContextRow, NewMessage, check_limit, check_usage, format_timestamp, root_to_str,
+    ContextCache, ContextRow, NewMessage, check_limit, check_usage, format_timestamp, purge_cutoff,
+    root_to_str, usage_by_agent, usage_total,
 };
 use koda_persistence_api::{
     COMPACTION_HINT, Clock, CompactedStats, Message, Persistence, PersistenceError, Role,
-    SessionInfo, SessionUsage, SystemClock, TokenUsage,
+    SessionInfo, SessionUsage, SystemClock,
 };
 use sled::{Batch, Db, IVec};
 
 use crate::codec::{MessageRecord, SessionRecord, decode, encode, role_byte, role_of};
-
-const DAY_MS: i64 = 86_400_000;
 
 /// When writes reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -513,71 +512,6 @@ impl SledStore {
         .await
         .context("sled write task failed")?
     }
-
-    async fn insert(&self, m: NewMessage) -> Result<i64> {
-        check_usage(m.usage.as_ref())?;
-        let now = self.clock.now_ms();
-        self.write_then(
-            move |db| {
-                let mut session =
-                    get_session(db, &m.session_id)?.ok_or_else(|| not_found(&m.session_id))?;
-                let id = db.generate_id()? + 1;
-                session.next_ord += 1;
-                session.message_count += 1;
-                session.last_accessed_ms = Some(now);
-                let usage = m.usage.map(|u| {
-                    [
-                        u.prompt_tokens,
-                        u.completion_tokens,
-                        u.cache_read_tokens,
-                        u.cache_creation_tokens,
-                        u.thinking_tokens,
-                    ]
-                });
-                session.total_tokens += usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
-                let key = keys::message(&m.session_id, session.next_ord);
-                let record = MessageRecord {
-                    id,
-                    role: role_byte(m.role),
-                    content: m.content,
-                    full_content: m.full_content,
-                    tool_calls: m.tool_calls,
-                    tool_call_id: m.tool_call_id,
-                    usage,
-                    agent_name: m.agent,
-                    created_ms: now,
-                    completed_ms: None,
-                    compacted_ms: None,
-                };
-                let mut batch = Batch::default();
-                batch.insert(keys::session(&m.session_id), encode(&session)?);
-                batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
-                if m.role == Role::User {
-                    batch.insert(keys::numbered(keys::USER, id), key.clone());
-                }
-                batch.insert(key, encode(&record)?);
-                Ok((batch, (m.session_id, record)))
-            },
-            |cache, (session, record)| {
-                let version = cache.bump(&session);
-                let id = i64::try_from(record.id).unwrap_or(i64::MAX);
-                if cache.contexts.holds(&session)
-                    && let Ok(message) = to_message(&session, &record)
-                {
-                    cache.contexts.appended(
-                        &session,
-                        version,
-                        ContextRow {
-                            message,
-                            complete: false,
-                        },
-                    );
-                }
-                id
-            },
-        )
-        .await
-    }
 }
 
 fn get_session(db: &Db, id: &str) -> Result<Option<SessionRecord>> {
@@ -766,41 +700,68 @@ impl Persistence for SledStore {
         Ok(koda_persistence_api::backend::idle_secs(now, last))
     }
 
-    async fn insert_message_with_agent(
-        &self,
-        session_id: &str,
-        role: &Role,
-        content: Option<&str>,
-        tool_calls: Option<&str>,
-        tool_call_id: Option<&str>,
-        usage: Option<&TokenUsage>,
-        agent_name: Option<&str>,
-    ) -> Result<i64> {
-        self.insert(NewMessage::message(
-            session_id,
-            *role,
-            content,
-            tool_calls,
-            tool_call_id,
-            usage,
-            agent_name,
-        ))
-        .await
-    }
-
-    async fn insert_tool_message_with_full(
-        &self,
-        session_id: &str,
-        content: &str,
-        tool_call_id: &str,
-        full_content: &str,
-    ) -> Result<i64> {
-        self.insert(NewMessage::tool_result(
-            session_id,
-            content,
-            tool_call_id,
-            full_content,
-        ))
+    async fn append_message(&self, m: NewMessage) -> Result<i64> {
+        check_usage(m.usage.as_ref())?;
+        let now = self.clock.now_ms();
+        self.write_then(
+            move |db| {
+                let mut session =
+                    get_session(db, &m.session_id)?.ok_or_else(|| not_found(&m.session_id))?;
+                let id = db.generate_id()? + 1;
+                session.next_ord += 1;
+                session.message_count += 1;
+                session.last_accessed_ms = Some(now);
+                let usage = m.usage.map(|u| {
+                    [
+                        u.prompt_tokens,
+                        u.completion_tokens,
+                        u.cache_read_tokens,
+                        u.cache_creation_tokens,
+                        u.thinking_tokens,
+                    ]
+                });
+                session.total_tokens += usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
+                let key = keys::message(&m.session_id, session.next_ord);
+                let record = MessageRecord {
+                    id,
+                    role: role_byte(m.role),
+                    content: m.content,
+                    full_content: m.full_content,
+                    tool_calls: m.tool_calls,
+                    tool_call_id: m.tool_call_id,
+                    usage,
+                    agent_name: m.agent,
+                    created_ms: now,
+                    completed_ms: None,
+                    compacted_ms: None,
+                };
+                let mut batch = Batch::default();
+                batch.insert(keys::session(&m.session_id), encode(&session)?);
+                batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
+                if m.role == Role::User {
+                    batch.insert(keys::numbered(keys::USER, id), key.clone());
+                }
+                batch.insert(key, encode(&record)?);
+                Ok((batch, (m.session_id, record)))
+            },
+            |cache, (session, record)| {
+                let version = cache.bump(&session);
+                let id = i64::try_from(record.id).unwrap_or(i64::MAX);
+                if cache.contexts.holds(&session)
+                    && let Ok(message) = to_message(&session, &record)
+                {
+                    cache.contexts.appended(
+                        &session,
+                        version,
+                        ContextRow {
+                            message,
+                            complete: false,
+                        },
+                    );
+                }
+                id
+            },
+        )
         .await
     }
 
@@ -909,17 +870,7 @@ impl Persistence for SledStore {
     }
 
     async fn session_token_usage(&self, session_id: &str) -> Result<SessionUsage> {
-        let sid = session_id.to_owned();
-        self.read(move |db| {
-            let mut u = SessionUsage::default();
-            for (_, m) in session_messages(db, &sid)? {
-                if let Some(c) = m.usage {
-                    u.add_message_counters(c.map(Some));
-                }
-            }
-            Ok(u)
-        })
-        .await
+        Ok(usage_total(&self.session_usage_by_agent(session_id).await?))
     }
 
     async fn session_usage_by_agent(
@@ -927,26 +878,16 @@ impl Persistence for SledStore {
         session_id: &str,
     ) -> Result<Vec<(String, SessionUsage)>> {
         let sid = session_id.to_owned();
-        let mut groups = self
-            .read(move |db| {
-                let mut by: HashMap<String, SessionUsage> = HashMap::new();
-                for (_, m) in session_messages(db, &sid)? {
-                    if let Some(c) = m.usage {
-                        let name = m.agent_name.unwrap_or_else(|| "main".to_owned());
-                        by.entry(name)
-                            .or_default()
-                            .add_message_counters(c.map(Some));
-                    }
-                }
-                Ok(by.into_iter().collect::<Vec<_>>())
-            })
-            .await?;
-        groups.sort_by(|a, b| {
-            b.1.total_tokens()
-                .cmp(&a.1.total_tokens())
-                .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
-        });
-        Ok(groups)
+        self.read(move |db| {
+            let messages = session_messages(db, &sid)?;
+            Ok(usage_by_agent(messages.iter().map(|(_, m)| {
+                (
+                    m.agent_name.as_deref(),
+                    m.usage.map_or([None; 5], |u| u.map(Some)),
+                )
+            })))
+        })
+        .await
     }
 
     async fn compact_session(
@@ -1101,7 +1042,7 @@ impl Persistence for SledStore {
         let now = self.clock.now_ms();
         self.write_then(
             move |db| {
-                let cutoff = now.saturating_sub(i64::from(min_age_days).saturating_mul(DAY_MS));
+                let cutoff = purge_cutoff(now, min_age_days);
                 let end = if min_age_days == 0 {
                     vec![keys::COMPACTED + 1]
                 } else {

@@ -81,11 +81,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::backend::{
-    ContextCache, ContextRow, NewMessage, check_limit, check_usage, root_to_str,
+    ContextCache, ContextRow, NewMessage, check_limit, check_usage, root_to_str, usage_total,
 };
 use koda_persistence_api::{
     Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
-    SystemClock, TokenUsage,
+    SystemClock,
 };
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
@@ -528,27 +528,6 @@ impl SqliteStore {
             .await
             .map_err(|e| classify(e, &location))
     }
-
-    async fn insert(&self, m: NewMessage) -> Result<i64> {
-        check_usage(m.usage.as_ref())?;
-        let now = self.clock.now_ms();
-        let m = Arc::new(m);
-        let written = m.clone();
-        self.write_then(
-            move |tx| queries::insert_message(tx, &written, now),
-            move |cache, (id, version)| {
-                if cache.holds(&m.session_id) {
-                    let row = ContextRow {
-                        message: m.to_message(id, now),
-                        complete: false,
-                    };
-                    cache.appended(&m.session_id, version, row);
-                }
-                id
-            },
-        )
-        .await
-    }
 }
 
 fn open_blocking(
@@ -655,41 +634,24 @@ impl Persistence for SqliteStore {
         Ok(koda_persistence_api::backend::idle_secs(now, last))
     }
 
-    async fn insert_message_with_agent(
-        &self,
-        session_id: &str,
-        role: &Role,
-        content: Option<&str>,
-        tool_calls: Option<&str>,
-        tool_call_id: Option<&str>,
-        usage: Option<&TokenUsage>,
-        agent_name: Option<&str>,
-    ) -> Result<i64> {
-        self.insert(NewMessage::message(
-            session_id,
-            *role,
-            content,
-            tool_calls,
-            tool_call_id,
-            usage,
-            agent_name,
-        ))
-        .await
-    }
-
-    async fn insert_tool_message_with_full(
-        &self,
-        session_id: &str,
-        content: &str,
-        tool_call_id: &str,
-        full_content: &str,
-    ) -> Result<i64> {
-        self.insert(NewMessage::tool_result(
-            session_id,
-            content,
-            tool_call_id,
-            full_content,
-        ))
+    async fn append_message(&self, m: NewMessage) -> Result<i64> {
+        check_usage(m.usage.as_ref())?;
+        let now = self.clock.now_ms();
+        let m = Arc::new(m);
+        let written = m.clone();
+        self.write_then(
+            move |tx| queries::insert_message(tx, &written, now),
+            move |cache, (id, version)| {
+                if cache.holds(&m.session_id) {
+                    let row = ContextRow {
+                        message: m.to_message(id, now),
+                        complete: false,
+                    };
+                    cache.appended(&m.session_id, version, row);
+                }
+                id
+            },
+        )
         .await
     }
 
@@ -753,7 +715,7 @@ impl Persistence for SqliteStore {
     async fn session_token_usage(&self, session_id: &str) -> Result<SessionUsage> {
         let sid = session_id.to_owned();
         let rows = self.read(move |c| queries::usage_rows(c, &sid)).await?;
-        Ok(queries::usage_total(&rows))
+        Ok(usage_total(&queries::usage_groups(&rows)))
     }
 
     async fn session_usage_by_agent(
@@ -762,7 +724,7 @@ impl Persistence for SqliteStore {
     ) -> Result<Vec<(String, SessionUsage)>> {
         let sid = session_id.to_owned();
         let rows = self.read(move |c| queries::usage_rows(c, &sid)).await?;
-        Ok(queries::usage_by_agent(&rows))
+        Ok(queries::usage_groups(&rows))
     }
 
     async fn compact_session(

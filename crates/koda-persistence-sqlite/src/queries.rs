@@ -3,18 +3,16 @@
 //! [`crate::worker`]); readers run single statements, each its own snapshot.
 //! All SQL is parameterised.
 
-use std::collections::HashMap;
-
 use anyhow::Result;
-use koda_persistence_api::backend::{ContextRow, NewMessage, format_timestamp};
+use koda_persistence_api::backend::{
+    ContextRow, NewMessage, format_timestamp, purge_cutoff, usage_by_agent,
+};
 use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::rows::{self, MESSAGE_COLUMNS, get};
-
-const DAY_MS: i64 = 86_400_000;
 
 /// `ms` as koda's own text timestamp, `YYYY-MM-DD HH:MM:SS` UTC (what
 /// SQLite's `CURRENT_TIMESTAMP` writes), for the columns an older koda
@@ -328,29 +326,10 @@ pub(crate) fn usage_rows(conn: &Connection, session_id: &str) -> Result<Vec<Usag
     Ok(out)
 }
 
-pub(crate) fn usage_total(rows: &[UsageRow]) -> SessionUsage {
-    let mut u = SessionUsage::default();
-    for (_, counters) in rows {
-        u.add_message_counters(*counters);
-    }
-    u
-}
-
-pub(crate) fn usage_by_agent(rows: &[UsageRow]) -> Vec<(String, SessionUsage)> {
-    let mut by: HashMap<&str, SessionUsage> = HashMap::new();
-    for (agent, counters) in rows {
-        by.entry(agent.as_deref().unwrap_or("main"))
-            .or_default()
-            .add_message_counters(*counters);
-    }
-    let mut out: Vec<(String, SessionUsage)> =
-        by.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    out.sort_by(|a, b| {
-        b.1.total_tokens()
-            .cmp(&a.1.total_tokens())
-            .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
-    });
-    out
+/// Usage by agent of a session's rows (grouping, order and sums are the
+/// API crate's).
+pub(crate) fn usage_groups(rows: &[UsageRow]) -> Vec<(String, SessionUsage)> {
+    usage_by_agent(rows.iter().map(|(agent, c)| (agent.as_deref(), *c)))
 }
 
 pub(crate) fn compact(
@@ -482,7 +461,7 @@ pub(crate) fn compacted_stats(conn: &Connection) -> Result<CompactedStats> {
 /// Deletes old compacted messages; returns how many and the sessions touched.
 pub(crate) fn purge(tx: &Transaction<'_>, days: u32, now: i64) -> Result<(usize, Vec<String>)> {
     // `?1` set: every compacted message; else those compacted before `?2`.
-    let cutoff = now.saturating_sub(i64::from(days).saturating_mul(DAY_MS));
+    let cutoff = purge_cutoff(now, days);
     let mut stmt = tx.prepare_cached(
         "DELETE FROM messages WHERE compacted_ms IS NOT NULL AND (?1 OR compacted_ms < ?2)
          RETURNING session_id",
