@@ -4,7 +4,61 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::types::{INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, Role};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::types::{INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, NewMessage, Role};
+
+/// How many sessions' contexts a store keeps, unless it says otherwise.
+pub const DEFAULT_CACHED_SESSIONS: usize = 8;
+
+/// A [`ContextCache`] behind its own lock, as a store shares it between
+/// its calls.
+#[derive(Debug)]
+pub struct SharedContextCache {
+    inner: Mutex<ContextCache>,
+}
+
+impl Default for SharedContextCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_CACHED_SESSIONS)
+    }
+}
+
+impl SharedContextCache {
+    /// An empty cache of `capacity` sessions.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(ContextCache::new(capacity)),
+        }
+    }
+
+    /// The cache, locked. A lock poisoned by a panic still holds a usable
+    /// cache: its methods never stop midway, and a stale entry is caught
+    /// by its version anyway.
+    pub fn lock(&self) -> MutexGuard<'_, ContextCache> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The context of `session` at `version`: from the cache, or made from
+    /// the rows `fetch` reads (at that version or later: a label older than
+    /// its rows only costs a re-read) and kept. The lock is not held while
+    /// `fetch` runs.
+    ///
+    /// # Errors
+    /// `fetch`'s.
+    pub fn load<E>(
+        &self,
+        session: &str,
+        version: i64,
+        fetch: impl FnOnce() -> Result<Vec<ContextRow>, E>,
+    ) -> Result<Vec<Message>, E> {
+        if let Some(context) = self.lock().get(session, version) {
+            return Ok(context);
+        }
+        let rows = fetch()?;
+        Ok(self.lock().put(session, version, rows))
+    }
+}
 
 /// One active message as loaded for `load_context`, with whether it is complete
 /// (`mark_message_complete` was called, or it was born complete).
@@ -397,6 +451,19 @@ impl ContextCache {
                 self.sessions.remove(session);
             }
             _ => {}
+        }
+    }
+
+    /// After inserting `message` as `id` at `created_ms`, which moved its
+    /// session to `version`: the new row joins the cached context (a new
+    /// message is never complete), if that session is cached at all.
+    pub fn append_new(&mut self, message: &NewMessage, id: i64, created_ms: i64, version: i64) {
+        if self.holds(&message.session_id) {
+            let row = ContextRow {
+                message: message.to_message(id, created_ms),
+                complete: false,
+            };
+            self.appended(&message.session_id, version, row);
         }
     }
 

@@ -47,13 +47,14 @@ mod tls;
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Result;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use koda_persistence_api::backend::{
-    ContextCache, ContextRow, NewMessage, check_limit, check_usage, root_to_str, usage_total,
+    ContextCache, NewMessage, SharedContextCache, check_limit, check_usage, root_to_str,
+    usage_total,
 };
 use koda_persistence_api::{
     Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
@@ -81,11 +82,8 @@ pub struct PostgresStore {
     clock: Arc<dyn Clock>,
     schema: Option<String>,
     /// Recently loaded contexts, trusted while `sessions.version` matches.
-    cache: Arc<Mutex<ContextCache>>,
+    cache: Arc<SharedContextCache>,
 }
-
-/// How many sessions' contexts a store keeps in memory.
-const CACHED_SESSIONS: usize = 8;
 
 impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -314,7 +312,7 @@ impl PostgresStore {
             pool,
             clock,
             schema: options.schema,
-            cache: Arc::new(Mutex::new(ContextCache::new(CACHED_SESSIONS))),
+            cache: Arc::new(SharedContextCache::default()),
         })
     }
 
@@ -352,8 +350,7 @@ impl PostgresStore {
     }
 
     fn cache(&self) -> MutexGuard<'_, ContextCache> {
-        // Cache methods do not panic midway; a stale entry is caught by its version.
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+        self.cache.lock()
     }
 }
 
@@ -492,14 +489,7 @@ impl Persistence for PostgresStore {
         let (id, version) = self
             .with_client(|c| async move { queries::insert_message(&c, msg, now).await })
             .await?;
-        let mut cache = self.cache();
-        if cache.holds(&m.session_id) {
-            let row = ContextRow {
-                message: m.to_message(id, now),
-                complete: false,
-            };
-            cache.appended(&m.session_id, version, row);
-        }
+        self.cache().append_new(&m, id, now, version);
         Ok(id)
     }
 
@@ -512,14 +502,13 @@ impl Persistence for PostgresStore {
             let Some(version) = queries::session_version(&c, sid).await? else {
                 return Ok(Vec::new());
             };
-            let lock = || cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(context) = lock().get(sid, version) {
+            if let Some(context) = cache.lock().get(sid, version) {
                 return Ok(context);
             }
             // Rows read after the version are at least that new: a label
             // older than its rows only costs a re-read next time.
             let rows = queries::load_active(&c, sid).await?;
-            Ok(lock().put(sid, version, rows))
+            Ok(cache.lock().put(sid, version, rows))
         })
         .await
     }

@@ -76,12 +76,13 @@ mod worker;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::backend::{
-    ContextCache, ContextRow, NewMessage, check_limit, check_usage, root_to_str, usage_total,
+    ContextCache, NewMessage, SharedContextCache, check_limit, check_usage, root_to_str,
+    usage_total,
 };
 use koda_persistence_api::{
     Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
@@ -170,16 +171,7 @@ pub struct SqliteStore {
     location: Location,
     options: SqliteOptions,
     /// Recently loaded contexts, trusted while `sessions.version` matches.
-    cache: Arc<Mutex<ContextCache>>,
-}
-
-/// How many sessions' contexts a store keeps in memory.
-const CACHED_SESSIONS: usize = 8;
-
-fn lock(cache: &Mutex<ContextCache>) -> MutexGuard<'_, ContextCache> {
-    // Cache methods do not panic midway; a poisoned lock still holds a
-    // consistent cache, and a stale entry is caught by its version anyway.
-    cache.lock().unwrap_or_else(|p| p.into_inner())
+    cache: Arc<SharedContextCache>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -467,7 +459,7 @@ impl SqliteStore {
             clock,
             location,
             options,
-            cache: Arc::new(Mutex::new(ContextCache::new(CACHED_SESSIONS))),
+            cache: Arc::new(SharedContextCache::default()),
         })
     }
 
@@ -523,7 +515,7 @@ impl SqliteStore {
         self.writer
             .run(move |conn| {
                 let out = worker::write(conn, timeout, f)?;
-                Ok(after(&mut lock(&cache), out))
+                Ok(after(&mut cache.lock(), out))
             })
             .await
             .map_err(|e| classify(e, &location))
@@ -642,13 +634,7 @@ impl Persistence for SqliteStore {
         self.write_then(
             move |tx| queries::insert_message(tx, &written, now),
             move |cache, (id, version)| {
-                if cache.holds(&m.session_id) {
-                    let row = ContextRow {
-                        message: m.to_message(id, now),
-                        complete: false,
-                    };
-                    cache.appended(&m.session_id, version, row);
-                }
+                cache.append_new(&m, id, now, version);
                 id
             },
         )
@@ -664,12 +650,9 @@ impl Persistence for SqliteStore {
             let Some(version) = queries::session_version(c, &sid)? else {
                 return Ok(Vec::new());
             };
-            if let Some(context) = lock(&cache).get(&sid, version) {
-                return Ok(context);
-            }
-            let rows = queries::load_active(c, &sid)?;
+            let context = cache.load(&sid, version, || queries::load_active(c, &sid))?;
             snapshot.finish()?;
-            Ok(lock(&cache).put(&sid, version, rows))
+            Ok(context)
         })
         .await
     }
