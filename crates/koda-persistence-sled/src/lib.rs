@@ -10,9 +10,9 @@
 //!   worker; a reader-writer lock makes writes exclusive and reads see whole
 //!   writes, so calls are linearizable. That single writer lock is the whole
 //!   lock order: two writes cannot deadlock. A sled directory belongs to one
-//!   process: a second open of the same path is `Unavailable` (after waiting
-//!   up to 2 s, because sled releases the lock of a handle this process just
-//!   dropped from a background thread).
+//!   process: a second open of the same path is `Unavailable` (after 250 ms;
+//!   up to 10 s when this process itself closed a handle on it within the
+//!   last 30 s, because sled releases that lock from its background threads).
 //! - **Failures**: a write whose batch or flush fails (a full disk) drops the
 //!   sled handle, because sled keeps an I/O error for good and its memory may
 //!   still hold the failed batch; the next call reopens the directory from
@@ -44,8 +44,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::backend::{
-    ContextCache, ContextRow, NewMessage, check_limit, check_usage, format_timestamp, purge_cutoff,
-    root_to_str, usage_by_agent, usage_total,
+    ContextCache, ContextRow, DEFAULT_CACHED_SESSIONS, NewMessage, check_limit, check_usage,
+    format_timestamp, purge_cutoff, root_to_str, usage_by_agent, usage_total,
 };
 use koda_persistence_api::{
     COMPACTION_HINT, Clock, CompactedStats, Message, Persistence, PersistenceError, Role,
@@ -133,9 +133,6 @@ impl SessionCache {
     }
 }
 
-/// How many sessions' contexts a store keeps in memory.
-const CACHED_SESSIONS: usize = 8;
-
 impl Inner {
     fn cache(&self) -> MutexGuard<'_, SessionCache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
@@ -160,7 +157,8 @@ impl Inner {
     /// forgets every cached context, which may hold the failed write.
     fn discard(&self, slot: &mut Option<Db>) {
         *slot = None;
-        self.cache().contexts = ContextCache::new(CACHED_SESSIONS);
+        closing(&self.path);
+        self.cache().contexts = ContextCache::new(DEFAULT_CACHED_SESSIONS);
     }
 
     fn classify(&self, e: anyhow::Error) -> anyhow::Error {
@@ -168,6 +166,13 @@ impl Inner {
             Ok(se) => storage(se, &self.path),
             Err(e) => e,
         }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The handle closes right after this (its fields drop next).
+        closing(&self.path);
     }
 }
 
@@ -268,10 +273,38 @@ impl SledOptions {
     }
 }
 
-/// How long an open waits for the directory's lock when this process held
-/// it a moment ago (sled releases it from a background thread after the
-/// last handle is dropped).
-const RELOCK_WAIT: Duration = Duration::from_secs(2);
+/// How long an open waits for the directory's lock when this process
+/// closed a handle on it within [`RECENTLY`]: sled releases the lock from
+/// its background threads after the last handle is dropped, which on a
+/// loaded machine took over 2 s.
+const RELOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// How long an open waits for a lock held by someone else (another
+/// process, or a handle of this process still open).
+const FOREIGN_LOCK_WAIT: Duration = Duration::from_millis(250);
+
+/// What "a moment ago" means for [`RELOCK_WAIT`].
+const RECENTLY: Duration = Duration::from_secs(30);
+
+/// Directories this process dropped a sled handle on, and when.
+static CLOSED_HERE: std::sync::LazyLock<Mutex<HashMap<PathBuf, std::time::Instant>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn closing(path: &Path) {
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mut closed = CLOSED_HERE.lock().unwrap_or_else(|p| p.into_inner());
+    closed.retain(|_, at| at.elapsed() < RECENTLY);
+    closed.insert(key, std::time::Instant::now());
+}
+
+fn closed_recently(path: &Path) -> bool {
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    CLOSED_HERE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .is_some_and(|at| at.elapsed() < RECENTLY)
+}
 
 /// Makes `dir` (and missing parents) private to the owner: 0700.
 #[cfg(unix)]
@@ -316,8 +349,8 @@ fn is_locked(e: &sled::Error) -> bool {
 }
 
 /// Opens sled in `path`: creates the directory 0700 when missing, waits up
-/// to [`RELOCK_WAIT`] for a lock a just-dropped handle still holds, then
-/// makes sled's files private.
+/// to [`RELOCK_WAIT`] for a lock a handle this process just dropped still
+/// holds (else [`FOREIGN_LOCK_WAIT`]), then makes sled's files private.
 fn open_db(path: &Path, options: &SledOptions) -> Result<Db> {
     if !path.exists() {
         create_private_dir(path).map_err(|e| {
@@ -328,7 +361,7 @@ fn open_db(path: &Path, options: &SledOptions) -> Result<Db> {
         FlushPolicy::Every(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
         FlushPolicy::EveryWrite | FlushPolicy::Manual => None,
     };
-    let deadline = std::time::Instant::now() + RELOCK_WAIT;
+    let started = std::time::Instant::now();
     let db = loop {
         match sled::Config::new()
             .path(path)
@@ -337,7 +370,11 @@ fn open_db(path: &Path, options: &SledOptions) -> Result<Db> {
             .open()
         {
             Ok(db) => break db,
-            Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
+            Err(e)
+                if is_locked(&e)
+                    && (started.elapsed() < FOREIGN_LOCK_WAIT
+                        || (started.elapsed() < RELOCK_WAIT && closed_recently(path))) =>
+            {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => return Err(storage(e, path)),
@@ -411,7 +448,7 @@ impl SledStore {
                 path,
                 cache: Mutex::new(SessionCache {
                     versions: HashMap::new(),
-                    contexts: ContextCache::new(CACHED_SESSIONS),
+                    contexts: ContextCache::new(DEFAULT_CACHED_SESSIONS),
                 }),
             }),
             clock,
