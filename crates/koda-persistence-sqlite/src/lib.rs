@@ -273,14 +273,28 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Read-write, no create (the store creates files itself, 0600), no mutex
+/// (each connection has one thread), no URI.
 fn flags() -> OpenFlags {
-    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
+    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+}
+
+/// What to hand SQLite for `path`: the path itself, except that a relative
+/// path starting with `file:` gets a `./` in front, because the bundled
+/// SQLite reads such a name as a URI whatever the flags say (so
+/// `file:x.db?mode=ro` would open another file, read-only).
+fn sqlite_name(path: &Path) -> std::borrow::Cow<'_, Path> {
+    if path.as_os_str().as_encoded_bytes().starts_with(b"file:") {
+        std::borrow::Cow::Owned(Path::new(".").join(path))
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    }
 }
 
 /// Opens one connection with the store's pragmas; `writer` also sets WAL
 /// and turns SQLite's busy handler off (see [`worker::retry_busy`]).
 fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connection> {
-    let conn = Connection::open_with_flags(path, flags())?;
+    let conn = Connection::open_with_flags(sqlite_name(path), flags())?;
     conn.busy_timeout(if writer {
         Duration::ZERO
     } else {

@@ -82,6 +82,23 @@ fn child(args: &[String]) -> Result<()> {
     {
         return older_turn(path, g, ms, sid);
     }
+    if let [mode, target] = args
+        && (mode == "relative-url" || mode == "relative-path")
+    {
+        // Run in a fresh working directory: a relative URL or path names a
+        // file there.
+        return runtime()?.block_on(async {
+            let clock = Arc::new(SystemClock);
+            let store = if mode == "relative-url" {
+                SqliteStore::open_url(target, clock).await?
+            } else {
+                let location = Location::File(PathBuf::from(target));
+                SqliteStore::open_with(location, SqliteOptions::default(), clock).await?
+            };
+            store.create_session("main", Path::new("/p")).await?;
+            Ok(())
+        });
+    }
     let rt = runtime()?;
     rt.block_on(async {
         match args {
@@ -377,6 +394,39 @@ fn adoption_waits_for_an_older_koda_mid_turn() -> Result<()> {
     Ok(())
 }
 
+/// `sqlite://koda.db` and `sqlite://sub/dir/koda.db` name files under the
+/// working directory, creating the missing directories; a path given in
+/// code that looks like a SQLite URI (`file:x.db?mode=ro`) is a file of
+/// that name, opened read-write (a process of its own, so the tests'
+/// working directory stays put).
+fn relative_paths_open_under_the_working_directory() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    for (mode, url, file) in [
+        ("relative-url", "sqlite://koda.db", "koda.db"),
+        (
+            "relative-url",
+            "sqlite://sub/dir/koda.db",
+            "sub/dir/koda.db",
+        ),
+        ("relative-path", "file:x.db?mode=ro", "file:x.db?mode=ro"),
+    ] {
+        let out = Command::new(std::env::current_exe()?)
+            .args(["child", mode, url])
+            .current_dir(dir.path())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            dir.path().join(file).exists(),
+            "{url} did not create {file}"
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     koda_persistence_conformance::process::main(
         child,
@@ -392,6 +442,10 @@ fn main() -> ExitCode {
             (
                 "adoption_waits_for_an_older_koda_mid_turn",
                 adoption_waits_for_an_older_koda_mid_turn,
+            ),
+            (
+                "relative_paths_open_under_the_working_directory",
+                relative_paths_open_under_the_working_directory,
             ),
         ],
     )
