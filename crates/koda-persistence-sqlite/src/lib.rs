@@ -69,15 +69,19 @@
 //!     finishes (until that koda marks its first completion).
 #![deny(missing_docs)]
 
+mod error;
+mod open;
+mod options;
 mod queries;
 mod rows;
 pub mod schema;
 mod worker;
 
+pub use crate::options::{Location, MAX_READERS, SCHEMES, SqliteOptions, Synchronous, parse_url};
+
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::backend::{
@@ -85,80 +89,13 @@ use koda_persistence_api::backend::{
     usage_total,
 };
 use koda_persistence_api::{
-    Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
-    SystemClock,
+    Clock, CompactedStats, Message, Persistence, Role, SessionInfo, SessionUsage, SystemClock,
 };
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::Connection;
 
+use crate::error::classify;
+use crate::open::open_blocking;
 use crate::worker::Worker;
-
-/// SQLite's `synchronous` setting: what a power failure can cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Synchronous {
-    /// WAL is synced at checkpoints only: a process crash loses nothing that
-    /// returned; a power failure or OS crash may roll back the most recent
-    /// transactions (the file stays consistent). The default.
-    #[default]
-    Normal,
-    /// Every commit is synced: nothing that returned is lost, even on power
-    /// failure. Slower writes.
-    Full,
-}
-
-impl Synchronous {
-    fn pragma(self) -> &'static str {
-        match self {
-            Synchronous::Normal => "NORMAL",
-            Synchronous::Full => "FULL",
-        }
-    }
-}
-
-/// How to open a [`SqliteStore`].
-#[derive(Debug, Clone)]
-pub struct SqliteOptions {
-    /// Durability of each commit (see [`Synchronous`]).
-    pub synchronous: Synchronous,
-    /// How long a write waits for another process's lock before
-    /// `Unavailable` (1 ms to 1 hour).
-    pub busy_timeout: Duration,
-    /// Reader threads (and connections), from 1 to [`MAX_READERS`]. Ignored
-    /// in memory.
-    pub readers: usize,
-    /// Create the file (and missing directories) if it does not exist.
-    pub create: bool,
-}
-
-impl SqliteOptions {
-    /// Checks options built in code as a URL's are checked.
-    ///
-    /// # Errors
-    /// `InvalidInput` naming the option and what it accepts.
-    pub fn validate(&self) -> Result<(), PersistenceError> {
-        koda_persistence_api::backend::url::check_timeout("busy_timeout", self.busy_timeout)?;
-        koda_persistence_api::backend::url::check_count("readers", self.readers, 1, MAX_READERS)
-    }
-}
-
-impl Default for SqliteOptions {
-    fn default() -> Self {
-        Self {
-            synchronous: Synchronous::Normal,
-            busy_timeout: Duration::from_secs(5),
-            readers: 2,
-            create: true,
-        }
-    }
-}
-
-/// Where the database lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// A file on disk.
-    File(PathBuf),
-    /// A private in-memory database (one connection; gone when dropped).
-    Memory,
-}
 
 /// The SQLite backend. Cheap to clone; clones share the connections.
 #[derive(Clone)]
@@ -181,231 +118,6 @@ impl fmt::Debug for SqliteStore {
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
-}
-
-/// Maps a rusqlite failure to the contract's typed errors where one fits.
-fn classify(e: anyhow::Error, location: &Location) -> anyhow::Error {
-    if e.downcast_ref::<PersistenceError>().is_some() {
-        return e;
-    }
-    let place = match location {
-        Location::File(p) => p.display().to_string(),
-        Location::Memory => "in-memory database".to_owned(),
-    };
-    let typed = e
-        .chain()
-        .find_map(|c| match c.downcast_ref::<rusqlite::Error>()? {
-            rusqlite::Error::SqliteFailure(f, msg) => {
-                let detail = msg.clone().unwrap_or_else(|| f.to_string());
-                match f.code {
-                    ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => {
-                        Some(PersistenceError::Corrupt(format!(
-                            "{place} is not a usable SQLite database: {detail}"
-                        )))
-                    }
-                    ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Some(
-                        PersistenceError::Unavailable(format!("{place} is locked: {detail}")),
-                    ),
-                    ErrorCode::CannotOpen
-                    | ErrorCode::ReadOnly
-                    | ErrorCode::DiskFull
-                    | ErrorCode::SystemIoFailure
-                    | ErrorCode::PermissionDenied
-                    | ErrorCode::FileLockingProtocolFailed => {
-                        Some(PersistenceError::Unavailable(format!("{place}: {detail}")))
-                    }
-                    _ => None,
-                }
-            }
-            rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::InvalidColumnType(..)
-            | rusqlite::Error::Utf8Error(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..) => Some(PersistenceError::Corrupt(
-                format!("{place}: a stored value cannot be decoded: {c}"),
-            )),
-            _ => None,
-        });
-    match typed {
-        Some(t) => anyhow::Error::new(t).context(format!("{e:#}")),
-        None => e.context(format!("sqlite backend ({place})")),
-    }
-}
-
-#[cfg(unix)]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-#[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)
-}
-
-#[cfg(unix)]
-fn create_private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(not(unix))]
-fn create_private_file(path: &Path) -> std::io::Result<()> {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Read-write, no create (the store creates files itself, 0600), no mutex
-/// (each connection has one thread), no URI.
-fn flags() -> OpenFlags {
-    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
-}
-
-/// What to hand SQLite for `path`: the path itself, except that a relative
-/// path starting with `file:` gets a `./` in front, because the bundled
-/// SQLite reads such a name as a URI whatever the flags say (so
-/// `file:x.db?mode=ro` would open another file, read-only).
-fn sqlite_name(path: &Path) -> std::borrow::Cow<'_, Path> {
-    if path.as_os_str().as_encoded_bytes().starts_with(b"file:") {
-        std::borrow::Cow::Owned(Path::new(".").join(path))
-    } else {
-        std::borrow::Cow::Borrowed(path)
-    }
-}
-
-/// Opens one connection with the store's pragmas; `writer` also sets WAL
-/// and turns SQLite's busy handler off (see [`worker::retry_busy`]).
-fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connection> {
-    let conn = Connection::open_with_flags(sqlite_name(path), flags())?;
-    conn.busy_timeout(if writer {
-        Duration::ZERO
-    } else {
-        options.busy_timeout
-    })?;
-    // Reading the schema proves the file is a database before anything writes.
-    let objects = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    })?;
-    if writer {
-        if objects == 0 {
-            // New databases start with koda's incremental auto-vacuum. It
-            // only takes while the file is new: before WAL mode writes the
-            // first page.
-            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
-        }
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(PersistenceError::Unavailable(format!(
-                "{} cannot use WAL (journal_mode stayed {mode})",
-                path.display()
-            ))
-            .into());
-        }
-    } else {
-        conn.pragma_update(None, "query_only", true)?;
-    }
-    conn.pragma_update(None, "synchronous", options.synchronous.pragma())?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    Ok(conn)
-}
-
-fn migrate(conn: &mut Connection, deadline: Instant, options: &SqliteOptions) -> Result<()> {
-    let origin = schema::detect_origin(conn)?;
-    let migrations = schema::migrations(origin);
-    worker::retry_busy(deadline, options.busy_timeout, || {
-        match migrations.to_latest(conn) {
-            Ok(()) => Ok(()),
-            Err(rusqlite_migration::Error::MigrationDefinition(
-                rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
-            )) => Err(PersistenceError::Unavailable(format!(
-                "the database was written by a newer koda-persistence (schema newer than \
-                 version {}); upgrade koda",
-                schema::SCHEMA_VERSION
-            ))
-            .into()),
-            Err(rusqlite_migration::Error::RusqliteError { err, .. }) => {
-                Err(anyhow::Error::new(err).context("migrating the schema"))
-            }
-            Err(e) => Err(anyhow::anyhow!("migrating the schema: {e}")),
-        }
-    })
-}
-
-/// The URL schemes this backend opens (`sqlite://PATH`, `sqlite::memory:`).
-pub const SCHEMES: &[&str] = &["sqlite"];
-
-/// Reader threads a store may run: `readers` is from 1 to this.
-pub const MAX_READERS: usize = 64;
-
-const PARAMETERS: [&str; 4] = ["synchronous", "busy_timeout_ms", "readers", "create"];
-
-/// Splits `sqlite://PATH?k=v&…` (or `sqlite:PATH`, `sqlite::memory:`) into a
-/// location and options. Parameters (percent-decoded, each at most once):
-/// `synchronous=normal|full`, `busy_timeout_ms=N` (1 to 3,600,000),
-/// `readers=N` (1 to [`MAX_READERS`]), `create=true|false`. The path is
-/// percent-decoded too (`%20` is a space, `%3F` a `?`). SQLite's own
-/// `file:` URIs are refused: a path is a plain path.
-///
-/// # Errors
-/// `InvalidInput` naming the parameter and what it accepts, for an unknown
-/// parameter or value, an empty path or a `file:` URI.
-pub fn parse_url(url: &str) -> Result<(Location, SqliteOptions), PersistenceError> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .ok_or_else(|| PersistenceError::InvalidInput(format!("not a sqlite URL: {url:?}")))?;
-    let (path, params) = koda_persistence_api::backend::url::split_query(rest)?;
-    let path = koda_persistence_api::backend::url::decode(path)?;
-    let mut options = SqliteOptions::default();
-    for p in &params {
-        match p.key.as_str() {
-            "synchronous" => {
-                options.synchronous = match p.one_of(&["normal", "full"])? {
-                    "full" => Synchronous::Full,
-                    _ => Synchronous::Normal,
-                }
-            }
-            "busy_timeout_ms" => options.busy_timeout = p.millis()?,
-            "readers" => options.readers = p.count(1, MAX_READERS)?,
-            "create" => options.create = p.boolean()?,
-            _ => return Err(p.unknown("sqlite", &PARAMETERS)),
-        }
-    }
-    if path.starts_with("file:") {
-        return Err(PersistenceError::InvalidInput(format!(
-            "SQLite file: URIs are not supported ({path:?}): write the path itself, \
-             e.g. sqlite:///abs/path.db, with options as URL parameters ({})",
-            PARAMETERS.join(", ")
-        )));
-    }
-    let location = match path.as_str() {
-        ":memory:" => Location::Memory,
-        "" => {
-            return Err(PersistenceError::InvalidInput(
-                "sqlite URL needs a path: sqlite:///abs/path.db, sqlite://rel/path.db or sqlite::memory:".into(),
-            ));
-        }
-        p => Location::File(PathBuf::from(p)),
-    };
-    Ok((location, options))
 }
 
 impl SqliteStore {
@@ -533,53 +245,6 @@ impl SqliteStore {
             })
             .await
             .map_err(|e| classify(e, &location))
-    }
-}
-
-fn open_blocking(
-    location: &Location,
-    options: &SqliteOptions,
-) -> Result<(Connection, Vec<Connection>)> {
-    match location {
-        Location::Memory => {
-            let mut conn = Connection::open_in_memory()?;
-            conn.pragma_update(None, "foreign_keys", true)?;
-            migrate(&mut conn, Instant::now() + options.busy_timeout, options)?;
-            Ok((conn, Vec::new()))
-        }
-        Location::File(path) => {
-            if !path.exists() {
-                if !options.create {
-                    return Err(PersistenceError::InvalidInput(format!(
-                        "{} does not exist and create is off",
-                        path.display()
-                    ))
-                    .into());
-                }
-                if let Some(dir) = path
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-                {
-                    create_private_dir(dir)
-                        .with_context(|| format!("creating directory {}", dir.display()))
-                        .map_err(|e| PersistenceError::Unavailable(format!("{e:#}")))?;
-                }
-                create_private_file(path)
-                    .with_context(|| format!("creating {}", path.display()))
-                    .map_err(|e| PersistenceError::Unavailable(format!("{e:#}")))?;
-            }
-            // One deadline for the whole open: another process (a running
-            // koda mid-turn) may hold the write lock while we adopt the file.
-            let deadline = Instant::now() + options.busy_timeout;
-            let mut writer = worker::retry_busy(deadline, options.busy_timeout, || {
-                connect(path, options, true)
-            })?;
-            migrate(&mut writer, deadline, options)?;
-            let readers = (0..options.readers)
-                .map(|_| connect(path, options, false))
-                .collect::<Result<Vec<_>>>()?;
-            Ok((writer, readers))
-        }
     }
 }
 

@@ -1,0 +1,176 @@
+//! Creating, connecting to and migrating the database file.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use koda_persistence_api::PersistenceError;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::options::{Location, SqliteOptions};
+use crate::{schema, worker};
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+#[cfg(unix)]
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Read-write, no create (the store creates files itself, 0600), no mutex
+/// (each connection has one thread), no URI.
+fn flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+}
+
+/// What to hand SQLite for `path`: the path itself, except that a relative
+/// path starting with `file:` gets a `./` in front, because the bundled
+/// SQLite reads such a name as a URI whatever the flags say (so
+/// `file:x.db?mode=ro` would open another file, read-only).
+fn sqlite_name(path: &Path) -> std::borrow::Cow<'_, Path> {
+    if path.as_os_str().as_encoded_bytes().starts_with(b"file:") {
+        std::borrow::Cow::Owned(Path::new(".").join(path))
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    }
+}
+
+/// Opens one connection with the store's pragmas; `writer` also sets WAL
+/// and turns SQLite's busy handler off (see [`worker::retry_busy`]).
+fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connection> {
+    let conn = Connection::open_with_flags(sqlite_name(path), flags())?;
+    conn.busy_timeout(if writer {
+        Duration::ZERO
+    } else {
+        options.busy_timeout
+    })?;
+    // Reading the schema proves the file is a database before anything writes.
+    let objects = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
+    if writer {
+        if objects == 0 {
+            // New databases start with koda's incremental auto-vacuum. It
+            // only takes while the file is new: before WAL mode writes the
+            // first page.
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        }
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(PersistenceError::Unavailable(format!(
+                "{} cannot use WAL (journal_mode stayed {mode})",
+                path.display()
+            ))
+            .into());
+        }
+    } else {
+        conn.pragma_update(None, "query_only", true)?;
+    }
+    conn.pragma_update(None, "synchronous", options.synchronous.pragma())?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, deadline: Instant, options: &SqliteOptions) -> Result<()> {
+    let origin = schema::detect_origin(conn)?;
+    let migrations = schema::migrations(origin);
+    worker::retry_busy(deadline, options.busy_timeout, || {
+        match migrations.to_latest(conn) {
+            Ok(()) => Ok(()),
+            Err(rusqlite_migration::Error::MigrationDefinition(
+                rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
+            )) => Err(PersistenceError::Unavailable(format!(
+                "the database was written by a newer koda-persistence (schema newer than \
+                 version {}); upgrade koda",
+                schema::SCHEMA_VERSION
+            ))
+            .into()),
+            Err(rusqlite_migration::Error::RusqliteError { err, .. }) => {
+                Err(anyhow::Error::new(err).context("migrating the schema"))
+            }
+            Err(e) => Err(anyhow::anyhow!("migrating the schema: {e}")),
+        }
+    })
+}
+
+pub(crate) fn open_blocking(
+    location: &Location,
+    options: &SqliteOptions,
+) -> Result<(Connection, Vec<Connection>)> {
+    match location {
+        Location::Memory => {
+            let mut conn = Connection::open_in_memory()?;
+            conn.pragma_update(None, "foreign_keys", true)?;
+            migrate(&mut conn, Instant::now() + options.busy_timeout, options)?;
+            Ok((conn, Vec::new()))
+        }
+        Location::File(path) => {
+            if !path.exists() {
+                if !options.create {
+                    return Err(PersistenceError::InvalidInput(format!(
+                        "{} does not exist and create is off",
+                        path.display()
+                    ))
+                    .into());
+                }
+                if let Some(dir) = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+                {
+                    create_private_dir(dir)
+                        .with_context(|| format!("creating directory {}", dir.display()))
+                        .map_err(|e| PersistenceError::Unavailable(format!("{e:#}")))?;
+                }
+                create_private_file(path)
+                    .with_context(|| format!("creating {}", path.display()))
+                    .map_err(|e| PersistenceError::Unavailable(format!("{e:#}")))?;
+            }
+            // One deadline for the whole open: another process (a running
+            // koda mid-turn) may hold the write lock while we adopt the file.
+            let deadline = Instant::now() + options.busy_timeout;
+            let mut writer = worker::retry_busy(deadline, options.busy_timeout, || {
+                connect(path, options, true)
+            })?;
+            migrate(&mut writer, deadline, options)?;
+            let readers = (0..options.readers)
+                .map(|_| connect(path, options, false))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((writer, readers))
+        }
+    }
+}

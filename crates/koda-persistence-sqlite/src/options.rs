@@ -1,0 +1,133 @@
+//! Options: how a store opens, from a URL or built in code.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use koda_persistence_api::PersistenceError;
+
+/// SQLite's `synchronous` setting: what a power failure can cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// WAL is synced at checkpoints only: a process crash loses nothing that
+    /// returned; a power failure or OS crash may roll back the most recent
+    /// transactions (the file stays consistent). The default.
+    #[default]
+    Normal,
+    /// Every commit is synced: nothing that returned is lost, even on power
+    /// failure. Slower writes.
+    Full,
+}
+
+impl Synchronous {
+    pub(crate) fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+/// How to open a [`SqliteStore`](crate::SqliteStore).
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Durability of each commit (see [`Synchronous`]).
+    pub synchronous: Synchronous,
+    /// How long a write waits for another process's lock before
+    /// `Unavailable` (1 ms to 1 hour).
+    pub busy_timeout: Duration,
+    /// Reader threads (and connections), from 1 to [`MAX_READERS`]. Ignored
+    /// in memory.
+    pub readers: usize,
+    /// Create the file (and missing directories) if it does not exist.
+    pub create: bool,
+}
+
+impl SqliteOptions {
+    /// Checks options built in code as a URL's are checked.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the option and what it accepts.
+    pub fn validate(&self) -> Result<(), PersistenceError> {
+        koda_persistence_api::backend::url::check_timeout("busy_timeout", self.busy_timeout)?;
+        koda_persistence_api::backend::url::check_count("readers", self.readers, 1, MAX_READERS)
+    }
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Normal,
+            busy_timeout: Duration::from_secs(5),
+            readers: 2,
+            create: true,
+        }
+    }
+}
+
+/// Where the database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A file on disk.
+    File(PathBuf),
+    /// A private in-memory database (one connection; gone when dropped).
+    Memory,
+}
+
+/// The URL schemes this backend opens (`sqlite://PATH`, `sqlite::memory:`).
+pub const SCHEMES: &[&str] = &["sqlite"];
+
+/// Reader threads a store may run: `readers` is from 1 to this.
+pub const MAX_READERS: usize = 64;
+
+const PARAMETERS: [&str; 4] = ["synchronous", "busy_timeout_ms", "readers", "create"];
+
+/// Splits `sqlite://PATH?k=v&…` (or `sqlite:PATH`, `sqlite::memory:`) into a
+/// location and options. Parameters (percent-decoded, each at most once):
+/// `synchronous=normal|full`, `busy_timeout_ms=N` (1 to 3,600,000),
+/// `readers=N` (1 to [`MAX_READERS`]), `create=true|false`. The path is
+/// percent-decoded too (`%20` is a space, `%3F` a `?`). SQLite's own
+/// `file:` URIs are refused: a path is a plain path.
+///
+/// # Errors
+/// `InvalidInput` naming the parameter and what it accepts, for an unknown
+/// parameter or value, an empty path or a `file:` URI.
+pub fn parse_url(url: &str) -> Result<(Location, SqliteOptions), PersistenceError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| PersistenceError::InvalidInput(format!("not a sqlite URL: {url:?}")))?;
+    let (path, params) = koda_persistence_api::backend::url::split_query(rest)?;
+    let path = koda_persistence_api::backend::url::decode(path)?;
+    let mut options = SqliteOptions::default();
+    for p in &params {
+        match p.key.as_str() {
+            "synchronous" => {
+                options.synchronous = match p.one_of(&["normal", "full"])? {
+                    "full" => Synchronous::Full,
+                    _ => Synchronous::Normal,
+                }
+            }
+            "busy_timeout_ms" => options.busy_timeout = p.millis()?,
+            "readers" => options.readers = p.count(1, MAX_READERS)?,
+            "create" => options.create = p.boolean()?,
+            _ => return Err(p.unknown("sqlite", &PARAMETERS)),
+        }
+    }
+    if path.starts_with("file:") {
+        return Err(PersistenceError::InvalidInput(format!(
+            "SQLite file: URIs are not supported ({path:?}): write the path itself, \
+             e.g. sqlite:///abs/path.db, with options as URL parameters ({})",
+            PARAMETERS.join(", ")
+        )));
+    }
+    let location = match path.as_str() {
+        ":memory:" => Location::Memory,
+        "" => {
+            return Err(PersistenceError::InvalidInput(
+                "sqlite URL needs a path: sqlite:///abs/path.db, sqlite://rel/path.db or sqlite::memory:".into(),
+            ));
+        }
+        p => Location::File(PathBuf::from(p)),
+    };
+    Ok((location, options))
+}
