@@ -40,6 +40,8 @@
 //! - **Secrets**: the password never appears in `Debug`, errors or logs.
 #![deny(missing_docs)]
 
+mod connect;
+mod error;
 mod options;
 mod queries;
 mod tls;
@@ -51,7 +53,7 @@ use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Result;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use koda_persistence_api::backend::{
     ContextCache, NewMessage, SharedContextCache, check_limit, check_usage, root_to_str,
     usage_total,
@@ -60,17 +62,11 @@ use koda_persistence_api::{
     Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
     SystemClock,
 };
-use tokio_postgres::NoTls;
-use tokio_postgres::error::SqlState;
 
-pub use crate::options::{MAX_POOL_SIZE, PostgresOptions, TlsMode, check_schema_name};
+use crate::connect::{build_pool, migrate};
+use crate::error::{is_connection_loss, is_retryable, pool_error};
 
-mod embedded {
-    refinery::embed_migrations!("migrations");
-}
-
-/// The URL schemes this backend opens.
-pub const SCHEMES: &[&str] = &["postgres", "postgresql"];
+pub use crate::options::{MAX_POOL_SIZE, PostgresOptions, SCHEMES, TlsMode, check_schema_name};
 
 /// How often a call that hit a serialization failure or deadlock is retried.
 const RETRIES: u32 = 8;
@@ -94,80 +90,6 @@ impl fmt::Debug for PostgresStore {
     }
 }
 
-/// What the server (or the driver) said: SQLSTATE, message, detail and
-/// hint for a server error; the driver's chain of causes otherwise. Never
-/// holds a password: the server does not repeat one.
-fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut said = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-        if let Some(detail) = db.detail() {
-            said.push_str(&format!(" (detail: {detail})"));
-        }
-        if let Some(hint) = db.hint() {
-            said.push_str(&format!(" (hint: {hint})"));
-        }
-        return said;
-    }
-    let mut said = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        said.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    said
-}
-
-/// What went wrong in a database call, as the contract's typed error where
-/// one fits. The driver error stays attached as the typed error's source,
-/// and the text keeps what the server said.
-fn classify(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
-    let said = format!("{what}: {}", describe(&e));
-    let typed = match e.code() {
-        Some(code)
-            if *code == SqlState::T_R_SERIALIZATION_FAILURE
-                || *code == SqlState::T_R_DEADLOCK_DETECTED =>
-        {
-            PersistenceError::Conflict(said)
-        }
-        Some(code)
-            if *code == SqlState::INVALID_PASSWORD
-                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-                || *code == SqlState::INSUFFICIENT_PRIVILEGE =>
-        {
-            PersistenceError::PermissionDenied(said)
-        }
-        Some(code)
-            if code.code().starts_with("08")
-                || code.code().starts_with("57P")
-                || code.code().starts_with("53")
-                || *code == SqlState::INVALID_CATALOG_NAME =>
-        {
-            PersistenceError::Unavailable(said)
-        }
-        Some(_) => return anyhow::Error::new(e).context(format!("postgres backend: {said}")),
-        None => PersistenceError::Unavailable(said),
-    };
-    anyhow::Error::new(e).context(typed)
-}
-
-fn pool_error(e: PoolError) -> anyhow::Error {
-    match e {
-        PoolError::Backend(e) => classify(e, "opening a pooled connection"),
-        PoolError::Timeout(kind) => PersistenceError::Unavailable(format!(
-            "no database connection within the pool timeout ({kind:?})"
-        ))
-        .into(),
-        other => PersistenceError::Unavailable(format!("connection pool: {other}")).into(),
-    }
-}
-
-fn is_connection_loss(e: &anyhow::Error) -> bool {
-    matches!(
-        e.downcast_ref::<PersistenceError>(),
-        Some(PersistenceError::Unavailable(_))
-    )
-}
-
 /// The pause before retry `attempt` (1-based) of a conflicting call:
 /// exponential from 2 ms, capped at 100 ms, with up to 100 % jitter so that
 /// callers that collided do not collide again in step.
@@ -179,13 +101,6 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + h.finish() % (base + 1))
 }
 
-fn is_retryable(e: &anyhow::Error) -> bool {
-    matches!(
-        e.downcast_ref::<PersistenceError>(),
-        Some(PersistenceError::Conflict(_))
-    )
-}
-
 /// A session id the caller passed: ids this store makes never hold NUL, and
 /// Postgres text cannot, so such an id names no session.
 fn storable_id(id: &str) -> Option<&str> {
@@ -194,64 +109,6 @@ fn storable_id(id: &str) -> Option<&str> {
 
 fn not_found(id: &str) -> anyhow::Error {
     PersistenceError::SessionNotFound(id.to_owned()).into()
-}
-
-/// Connects `options.config` with the TLS mode asked for, returning the
-/// connection's client (its driver task runs on the runtime).
-async fn connect_once(options: &PostgresOptions) -> Result<tokio_postgres::Client> {
-    let config = session_config(options);
-    let tls = match options.tls {
-        TlsMode::Disable => None,
-        mode => Some(make_tls(mode)?),
-    };
-    let connect = async {
-        match tls {
-            None => {
-                let (client, conn) = config.connect(NoTls).await?;
-                tokio::spawn(conn);
-                Ok::<_, tokio_postgres::Error>(client)
-            }
-            Some(tls) => {
-                let (client, conn) = config.connect(tls).await?;
-                tokio::spawn(conn);
-                Ok(client)
-            }
-        }
-    };
-    match tokio::time::timeout(options.connect_timeout, connect).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(classify(e, "connecting")),
-        Err(_) => Err(PersistenceError::Unavailable(format!(
-            "no connection to the postgres server within {} ms",
-            options.connect_timeout.as_millis()
-        ))
-        .into()),
-    }
-}
-
-fn make_tls(mode: TlsMode) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PersistenceError> {
-    let made = match mode {
-        TlsMode::VerifyFull => tls::verify_full(),
-        _ => tls::encrypt_only(),
-    };
-    made.map_err(|e| PersistenceError::Unavailable(format!("cannot set up TLS: {e}")))
-}
-
-/// The tokio-postgres config for one connection of this store: the user's
-/// settings, the TLS mode, the connect timeout and the schema's search path.
-fn session_config(options: &PostgresOptions) -> tokio_postgres::Config {
-    let mut config = options.config.clone();
-    config.connect_timeout(options.connect_timeout);
-    config.ssl_mode(match options.tls {
-        TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
-        TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        TlsMode::Require | TlsMode::VerifyFull => tokio_postgres::config::SslMode::Require,
-    });
-    // Always explicit, so no server or role setting (and no schema named
-    // after the login role) can move the tables. Validated by
-    // check_schema_name: no quoting beyond double quotes needed.
-    config.options(format!("-c search_path=\"{}\"", options.schema_name()));
-    config
 }
 
 impl PostgresStore {
@@ -290,24 +147,7 @@ impl PostgresStore {
     pub async fn connect_with(options: PostgresOptions, clock: Arc<dyn Clock>) -> Result<Self> {
         options.validate()?;
         migrate(&options).await?;
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let config = session_config(&options);
-        let manager = match options.tls {
-            TlsMode::Disable => Manager::from_config(config, NoTls, manager_config),
-            mode => Manager::from_config(config, make_tls(mode)?, manager_config),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(options.pool_timeout))
-            .create_timeout(Some(options.connect_timeout))
-            .recycle_timeout(Some(options.connect_timeout))
-            .build()
-            .map_err(|e| {
-                PersistenceError::Unavailable(format!("cannot build the connection pool: {e}"))
-            })?;
+        let pool = build_pool(&options)?;
         Ok(Self {
             pool,
             clock,
@@ -352,52 +192,6 @@ impl PostgresStore {
     fn cache(&self) -> MutexGuard<'_, ContextCache> {
         self.cache.lock()
     }
-}
-
-/// Creates the schema if needed and applies pending migrations, holding a
-/// per-schema advisory lock so concurrent first connections do it once.
-async fn migrate(options: &PostgresOptions) -> Result<()> {
-    let mut client = connect_once(options).await?;
-    let key = format!(
-        "koda-persistence:{}",
-        options.schema.as_deref().unwrap_or("")
-    );
-    client
-        .execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&key])
-        .await
-        .map_err(|e| classify(e, "taking the migration lock"))?;
-    let outcome = async {
-        if let Some(schema) = &options.schema {
-            // Only when missing: CREATE SCHEMA IF NOT EXISTS checks the
-            // CREATE privilege on the database even when the schema exists.
-            let exists = client
-                .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
-                .await
-                .map_err(|e| classify(e, "looking up the schema"))?
-                .is_some();
-            if !exists {
-                client
-                    .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-                    .await
-                    .map_err(|e| classify(e, "creating the schema"))?;
-            }
-        }
-        embedded::migrations::runner()
-            .set_migration_table_name("koda_schema_history")
-            .run_async(&mut client)
-            .await
-            .map_err(|e| PersistenceError::Unavailable(format!("migrating the schema: {e}")))?;
-        anyhow::Ok(())
-    }
-    .await;
-    let unlocked = client
-        .execute(
-            "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
-            &[&key],
-        )
-        .await
-        .map_err(|e| classify(e, "releasing the migration lock"));
-    outcome.and(unlocked.map(|_| ()))
 }
 
 #[async_trait::async_trait]

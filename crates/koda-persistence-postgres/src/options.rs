@@ -8,6 +8,9 @@ use std::time::Duration;
 use koda_persistence_api::PersistenceError;
 use koda_persistence_api::backend::url::{self, check_count, check_timeout};
 
+/// The URL schemes this backend opens.
+pub const SCHEMES: &[&str] = &["postgres", "postgresql"];
+
 /// Connections a pool may hold: `pool_size` is from 1 to this.
 pub const MAX_POOL_SIZE: usize = 1024;
 

@@ -14,7 +14,7 @@ use koda_persistence_api::{
 use postgres_types::{FromSql, ToSql};
 use tokio_postgres::Row;
 
-use crate::classify;
+use crate::error::classify;
 
 /// The `kp_role` enum as it crosses the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ToSql, FromSql)]
