@@ -1,0 +1,123 @@
+//! Opening a directory: private files, and the lock a just-closed handle
+//! may still hold.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Result;
+use koda_persistence_api::PersistenceError;
+use sled::Db;
+
+use crate::error::{is_locked, storage};
+use crate::options::{FlushPolicy, SledOptions};
+
+/// How long an open waits for the directory's lock when this process
+/// closed a handle on it within [`RECENTLY`]: sled releases the lock from
+/// its background threads after the last handle is dropped, which on a
+/// loaded machine took over 2 s.
+const RELOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// How long an open waits for a lock held by someone else (another
+/// process, or a handle of this process still open).
+const FOREIGN_LOCK_WAIT: Duration = Duration::from_millis(250);
+
+/// What "a moment ago" means for [`RELOCK_WAIT`].
+const RECENTLY: Duration = Duration::from_secs(30);
+
+/// Directories this process dropped a sled handle on, and when.
+static CLOSED_HERE: std::sync::LazyLock<Mutex<HashMap<PathBuf, std::time::Instant>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+
+pub(crate) fn closing(path: &Path) {
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mut closed = CLOSED_HERE.lock().unwrap_or_else(|p| p.into_inner());
+    closed.retain(|_, at| at.elapsed() < RECENTLY);
+    closed.insert(key, std::time::Instant::now());
+}
+
+fn closed_recently(path: &Path) -> bool {
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    CLOSED_HERE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .is_some_and(|at| at.elapsed() < RECENTLY)
+}
+
+/// Makes `dir` (and missing parents) private to the owner: 0700.
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// Gives every file sled keeps in `dir` mode 0600 and every directory in it
+/// 0700, whatever the umask was when sled created them.
+#[cfg(unix)]
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700))?;
+            make_private(&entry.path())?;
+        } else if kind.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Opens sled in `path`: creates the directory 0700 when missing, waits up
+/// to [`RELOCK_WAIT`] for a lock a handle this process just dropped still
+/// holds (else [`FOREIGN_LOCK_WAIT`]), then makes sled's files private.
+pub(crate) fn open_db(path: &Path, options: &SledOptions) -> Result<Db> {
+    if !path.exists() {
+        create_private_dir(path).map_err(|e| {
+            PersistenceError::Unavailable(format!("creating {}: {e}", path.display()))
+        })?;
+    }
+    let flush_ms = match options.flush {
+        FlushPolicy::Every(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
+        FlushPolicy::EveryWrite | FlushPolicy::Manual => None,
+    };
+    let started = std::time::Instant::now();
+    let db = loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity)
+            .flush_every_ms(flush_ms)
+            .open()
+        {
+            Ok(db) => break db,
+            Err(e)
+                if is_locked(&e)
+                    && (started.elapsed() < FOREIGN_LOCK_WAIT
+                        || (started.elapsed() < RELOCK_WAIT && closed_recently(path))) =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(storage(e, path)),
+        }
+    };
+    make_private(path).map_err(|e| {
+        PersistenceError::Unavailable(format!("making {} private: {e}", path.display()))
+    })?;
+    Ok(db)
+}

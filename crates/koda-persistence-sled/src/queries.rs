@@ -1,0 +1,469 @@
+//! One function per operation: each reads through `db` and returns what
+//! the call answers, or the batch a write applies (the store applies it
+//! atomically under its write lock, see `lib.rs`). Key layout in
+//! [`crate::keys`], values in [`crate::codec`].
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use koda_persistence_api::backend::{
+    ContextRow, NewMessage, format_timestamp, purge_cutoff, usage_by_agent,
+};
+use koda_persistence_api::{
+    COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
+};
+use sled::{Batch, Db, IVec};
+
+use crate::codec::{MessageRecord, SessionRecord, decode, encode, role_byte, role_of};
+use crate::error::not_found;
+use crate::keys;
+
+pub(crate) fn get_session(db: &Db, id: &str) -> Result<Option<SessionRecord>> {
+    match db.get(keys::session(id))? {
+        Some(v) => Ok(Some(decode(&v, &format!("session {id:?}"))?)),
+        None => Ok(None),
+    }
+}
+
+fn decode_message(v: &IVec) -> Result<MessageRecord, PersistenceError> {
+    decode(v, "a message")
+}
+
+/// A session's messages in conversation order, with their keys.
+fn session_messages(db: &Db, id: &str) -> Result<Vec<(IVec, MessageRecord)>> {
+    db.scan_prefix(keys::messages_of(id))
+        .map(|kv| {
+            let (k, v) = kv?;
+            Ok((k, decode_message(&v)?))
+        })
+        .collect()
+}
+
+pub(crate) fn to_message(session_id: &str, m: &MessageRecord) -> Result<Message, PersistenceError> {
+    let [p, c, cr, cc, t] = match m.usage {
+        Some(u) => u.map(Some),
+        None => [None; 5],
+    };
+    Ok(Message {
+        id: i64::try_from(m.id).unwrap_or(i64::MAX),
+        session_id: session_id.to_owned(),
+        role: role_of(m.role)?,
+        content: m.content.clone(),
+        full_content: m.full_content.clone(),
+        tool_calls: m.tool_calls.clone(),
+        tool_call_id: m.tool_call_id.clone(),
+        prompt_tokens: p,
+        completion_tokens: c,
+        cache_read_tokens: cr,
+        cache_creation_tokens: cc,
+        thinking_tokens: t,
+        created_at: Some(format_timestamp(m.created_ms)),
+    })
+}
+
+/// The session id inside a message key (`M` + len + id + ord).
+pub(crate) fn session_of(message_key: &[u8]) -> Option<String> {
+    let len = u32::from_be_bytes(message_key.get(1..5)?.try_into().ok()?) as usize;
+    String::from_utf8(message_key.get(5..5 + len)?.to_vec()).ok()
+}
+
+pub(crate) fn as_u64(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0)
+}
+
+pub(crate) fn create_session(
+    db: &Db,
+    sid: &str,
+    agent: &str,
+    root: &str,
+    now: i64,
+) -> Result<Batch> {
+    let seq = match db.get(keys::seq_counter())? {
+        Some(v) => decode::<u64>(&v, "the session counter")? + 1,
+        None => 1,
+    };
+    let record = SessionRecord {
+        agent_name: agent.to_owned(),
+        project_root: root.to_owned(),
+        created_ms: now,
+        seq,
+        last_accessed_ms: None,
+        title: None,
+        mode: None,
+        message_count: 0,
+        total_tokens: 0,
+        next_ord: 0,
+    };
+    let mut batch = Batch::default();
+    batch.insert(keys::seq_counter(), encode(&seq)?);
+    batch.insert(keys::by_root(root, as_u64(now), seq), sid.as_bytes());
+    batch.insert(keys::session(sid), encode(&record)?);
+    Ok(batch)
+}
+
+pub(crate) fn list_sessions(db: &Db, root: &str, limit: usize) -> Result<Vec<SessionInfo>> {
+    let mut out = Vec::new();
+    for kv in db.scan_prefix(keys::root_prefix(root)).take(limit) {
+        let (_, sid) = kv?;
+        let id = String::from_utf8(sid.to_vec())
+            .map_err(|_| PersistenceError::Corrupt("a session id is not UTF-8".into()))?;
+        let s = get_session(db, &id)?.ok_or_else(|| {
+            PersistenceError::Corrupt(format!("root index names missing session {id:?}"))
+        })?;
+        out.push(SessionInfo {
+            agent_name: s.agent_name,
+            created_at: format_timestamp(s.created_ms),
+            message_count: s.message_count,
+            total_tokens: i64::try_from(s.total_tokens).unwrap_or(i64::MAX),
+            title: s.title,
+            mode: s.mode,
+            id,
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn delete_session(db: &Db, sid: &str) -> Result<(Batch, bool)> {
+    let mut batch = Batch::default();
+    let Some(s) = get_session(db, sid)? else {
+        return Ok((batch, false));
+    };
+    for (key, m) in session_messages(db, sid)? {
+        batch.remove(key);
+        batch.remove(keys::numbered(keys::BY_ID, m.id));
+        batch.remove(keys::numbered(keys::USER, m.id));
+        if let Some(at) = m.compacted_ms {
+            batch.remove(keys::compacted(as_u64(at), m.id));
+        }
+    }
+    for kv in db.scan_prefix(keys::metadata_of(sid)) {
+        batch.remove(kv?.0);
+    }
+    batch.remove(keys::by_root(&s.project_root, as_u64(s.created_ms), s.seq));
+    batch.remove(keys::session(sid));
+    Ok((batch, true))
+}
+
+/// Sets the session's mode (`mode`) or title.
+pub(crate) fn set_session_text(db: &Db, sid: &str, mode: bool, value: &str) -> Result<Batch> {
+    let mut s = get_session(db, sid)?.ok_or_else(|| not_found(sid))?;
+    if mode {
+        s.mode = Some(value.to_owned());
+    } else {
+        s.title = Some(value.to_owned());
+    }
+    let mut batch = Batch::default();
+    batch.insert(keys::session(sid), encode(&s)?);
+    Ok(batch)
+}
+
+pub(crate) fn append_message(db: &Db, m: NewMessage, now: i64) -> Result<(Batch, MessageRecord)> {
+    let mut session = get_session(db, &m.session_id)?.ok_or_else(|| not_found(&m.session_id))?;
+    let id = db.generate_id()? + 1;
+    session.next_ord += 1;
+    session.message_count += 1;
+    session.last_accessed_ms = Some(now);
+    let usage = m.usage.map(|u| {
+        [
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cache_read_tokens,
+            u.cache_creation_tokens,
+            u.thinking_tokens,
+        ]
+    });
+    session.total_tokens += usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
+    let key = keys::message(&m.session_id, session.next_ord);
+    let record = MessageRecord {
+        id,
+        role: role_byte(m.role),
+        content: m.content,
+        full_content: m.full_content,
+        tool_calls: m.tool_calls,
+        tool_call_id: m.tool_call_id,
+        usage,
+        agent_name: m.agent,
+        created_ms: now,
+        completed_ms: None,
+        compacted_ms: None,
+    };
+    let mut batch = Batch::default();
+    batch.insert(keys::session(&m.session_id), encode(&session)?);
+    batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
+    if m.role == Role::User {
+        batch.insert(keys::numbered(keys::USER, id), key.clone());
+    }
+    batch.insert(key, encode(&record)?);
+    Ok((batch, record))
+}
+
+/// The session's active rows (not compacted), in conversation order.
+pub(crate) fn active_rows(db: &Db, sid: &str) -> Result<Vec<ContextRow>> {
+    session_messages(db, sid)?
+        .iter()
+        .filter(|(_, m)| m.compacted_ms.is_none())
+        .map(|(_, m)| {
+            Ok(ContextRow {
+                message: to_message(sid, m)?,
+                complete: m.completed_ms.is_some(),
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn load_all(db: &Db, sid: &str) -> Result<Vec<Message>> {
+    session_messages(db, sid)?
+        .iter()
+        .map(|(_, m)| Ok(to_message(sid, m)?))
+        .collect()
+}
+
+pub(crate) fn recent_user_messages(db: &Db, limit: usize) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for kv in db.scan_prefix([keys::USER]).rev() {
+        if out.len() >= limit {
+            break;
+        }
+        let (_, key) = kv?;
+        let Some(v) = db.get(&key)? else { continue };
+        if let Some(c) = decode_message(&v)?.content.filter(|c| !c.is_empty()) {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// The content of the last message of `role` (in conversation order) that has one.
+pub(crate) fn last_content(db: &Db, sid: &str, role: Role) -> Result<String> {
+    let want = role_byte(role);
+    for kv in db.scan_prefix(keys::messages_of(sid)).rev() {
+        let m = decode_message(&kv?.1)?;
+        if m.role == want
+            && let Some(c) = m.content
+        {
+            return Ok(c);
+        }
+    }
+    Ok(String::new())
+}
+
+pub(crate) fn has_pending_tool_calls(db: &Db, sid: &str) -> Result<bool> {
+    for kv in db.scan_prefix(keys::messages_of(sid)).rev() {
+        let m = decode_message(&kv?.1)?;
+        if m.compacted_ms.is_none() {
+            return Ok(role_of(m.role)? == Role::Assistant && m.tool_calls.is_some());
+        }
+    }
+    Ok(false)
+}
+
+/// Completes message `message_id`; returns the batch and its session.
+pub(crate) fn mark_complete(db: &Db, message_id: i64, now: i64) -> Result<(Batch, Option<String>)> {
+    let missing = || anyhow::Error::from(PersistenceError::MessageNotFound(message_id));
+    let id = u64::try_from(message_id).map_err(|_| missing())?;
+    let key = db
+        .get(keys::numbered(keys::BY_ID, id))?
+        .ok_or_else(missing)?;
+    let v = db.get(&key)?.ok_or_else(missing)?;
+    let mut m = decode_message(&v)?;
+    m.completed_ms = Some(now);
+    let session = session_of(&key);
+    let mut batch = Batch::default();
+    batch.insert(key, encode(&m)?);
+    Ok((batch, session))
+}
+
+pub(crate) fn usage_groups(db: &Db, sid: &str) -> Result<Vec<(String, SessionUsage)>> {
+    let messages = session_messages(db, sid)?;
+    Ok(usage_by_agent(messages.iter().map(|(_, m)| {
+        (
+            m.agent_name.as_deref(),
+            m.usage.map_or([None; 5], |u| u.map(Some)),
+        )
+    })))
+}
+
+pub(crate) fn compact(
+    db: &Db,
+    sid: &str,
+    summary: &str,
+    keep: usize,
+    now: i64,
+) -> Result<(Batch, usize)> {
+    let mut session = get_session(db, sid)?.ok_or_else(|| not_found(sid))?;
+    let all = session_messages(db, sid)?;
+    let active: Vec<usize> = (0..all.len())
+        .filter(|&i| all[i].1.compacted_ms.is_none())
+        .collect();
+    let marked = active.len().saturating_sub(keep);
+    let mut batch = Batch::default();
+    if marked == 0 {
+        return Ok((batch, 0));
+    }
+    for &i in &active[..marked] {
+        let (key, m) = &all[i];
+        let mut m = m.clone();
+        m.compacted_ms = Some(now);
+        batch.insert(keys::compacted(as_u64(now), m.id), key.clone());
+        batch.insert(key.clone(), encode(&m)?);
+    }
+    // The summary and hint take the first preserved message's place;
+    // it and everything after it move two places on.
+    let first = active.get(marked).copied();
+    let at = match first {
+        Some(i) => keys::ord_of(&all[i].0)
+            .ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?,
+        None => session.next_ord + 1,
+    };
+    if let Some(i) = first {
+        let tail = &all[i..];
+        for (key, _) in tail {
+            batch.remove(key.clone());
+        }
+        for (key, m) in tail {
+            let ord = keys::ord_of(key)
+                .ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
+            let moved = keys::message(sid, ord + 2);
+            batch.insert(keys::numbered(keys::BY_ID, m.id), moved.clone());
+            if m.role == role_byte(Role::User) {
+                batch.insert(keys::numbered(keys::USER, m.id), moved.clone());
+            }
+            batch.insert(moved, encode(m)?);
+        }
+    }
+    for (offset, role, text, completed) in [
+        (0, Role::System, summary, None),
+        (1, Role::Assistant, COMPACTION_HINT, Some(now)),
+    ] {
+        let id = db.generate_id()? + 1;
+        let key = keys::message(sid, at + offset);
+        let record = MessageRecord {
+            id,
+            role: role_byte(role),
+            content: Some(text.to_owned()),
+            full_content: None,
+            tool_calls: None,
+            tool_call_id: None,
+            usage: None,
+            agent_name: None,
+            created_ms: now,
+            completed_ms: completed,
+            compacted_ms: None,
+        };
+        batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
+        batch.insert(key, encode(&record)?);
+    }
+    session.next_ord += 2;
+    session.message_count += 2;
+    batch.insert(keys::session(sid), encode(&session)?);
+    Ok((batch, marked))
+}
+
+/// Sets the content of the listed messages; returns the batch and the sessions touched.
+pub(crate) fn clear_content(db: &Db, ids: &[i64], stub: &str) -> Result<(Batch, Vec<String>)> {
+    let mut changed: HashMap<IVec, MessageRecord> = HashMap::new();
+    for id in ids.iter().filter_map(|id| u64::try_from(*id).ok()) {
+        let Some(key) = db.get(keys::numbered(keys::BY_ID, id))? else {
+            continue;
+        };
+        if changed.contains_key(&key) {
+            continue;
+        }
+        let Some(v) = db.get(&key)? else { continue };
+        let mut m = decode_message(&v)?;
+        m.content = Some(stub.to_owned());
+        changed.insert(key, m);
+    }
+    let mut batch = Batch::default();
+    let mut touched = Vec::new();
+    for (key, m) in changed {
+        touched.extend(session_of(&key));
+        batch.insert(key, encode(&m)?);
+    }
+    Ok((batch, touched))
+}
+
+pub(crate) fn compacted_stats(db: &Db) -> Result<CompactedStats> {
+    let mut stats = CompactedStats::default();
+    let mut sessions = std::collections::HashSet::new();
+    let mut oldest = None;
+    for kv in db.scan_prefix([keys::COMPACTED]) {
+        let (_, key) = kv?;
+        let Some(v) = db.get(&key)? else { continue };
+        let m = decode_message(&v)?;
+        oldest = oldest.or(m.compacted_ms);
+        stats.message_count += 1;
+        if let Some(s) = session_of(&key) {
+            sessions.insert(s);
+        }
+        let bytes =
+            m.content.as_deref().map_or(0, str::len) + m.tool_calls.as_deref().map_or(0, str::len);
+        stats.size_bytes = stats
+            .size_bytes
+            .saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+    stats.session_count = i64::try_from(sessions.len()).unwrap_or(i64::MAX);
+    stats.oldest = oldest.map(format_timestamp);
+    Ok(stats)
+}
+
+/// Deletes the old compacted messages; returns the batch, the count and the sessions touched.
+#[allow(clippy::type_complexity)]
+pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<String>))> {
+    let cutoff = purge_cutoff(now, days);
+    let end = if days == 0 {
+        vec![keys::COMPACTED + 1]
+    } else {
+        keys::compacted_before(as_u64(cutoff))
+    };
+    let mut batch = Batch::default();
+    let mut sessions: HashMap<String, SessionRecord> = HashMap::new();
+    let mut n = 0;
+    if days != 0 && cutoff <= 0 {
+        return Ok((batch, (0, Vec::new())));
+    }
+    for kv in db.range(vec![keys::COMPACTED]..end) {
+        let (ckey, key) = kv?;
+        let Some(v) = db.get(&key)? else { continue };
+        let m = decode_message(&v)?;
+        let sid =
+            session_of(&key).ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
+        if !sessions.contains_key(&sid) {
+            let s = get_session(db, &sid)?.ok_or_else(|| {
+                PersistenceError::Corrupt(format!("message of missing session {sid:?}"))
+            })?;
+            sessions.insert(sid.clone(), s);
+        }
+        if let Some(s) = sessions.get_mut(&sid) {
+            s.message_count -= 1;
+            s.total_tokens -= m.usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
+        }
+        batch.remove(ckey);
+        batch.remove(key);
+        batch.remove(keys::numbered(keys::BY_ID, m.id));
+        batch.remove(keys::numbered(keys::USER, m.id));
+        n += 1;
+    }
+    let mut touched = Vec::with_capacity(sessions.len());
+    for (sid, s) in sessions {
+        batch.insert(keys::session(&sid), encode(&s)?);
+        touched.push(sid);
+    }
+    Ok((batch, (n, touched)))
+}
+
+pub(crate) fn get_metadata(db: &Db, sid: &str, key: &str) -> Result<Option<String>> {
+    match db.get(keys::metadata(sid, key))? {
+        Some(v) => Ok(Some(decode::<String>(&v, "a metadata value")?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn set_metadata(db: &Db, sid: &str, key: &str, value: &str) -> Result<Batch> {
+    if get_session(db, sid)?.is_none() {
+        return Err(not_found(sid));
+    }
+    let mut batch = Batch::default();
+    batch.insert(keys::metadata(sid, key), encode(&value.to_owned())?);
+    Ok(batch)
+}
