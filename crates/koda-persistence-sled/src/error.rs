@@ -4,18 +4,23 @@ use std::path::Path;
 
 use koda_persistence_api::PersistenceError;
 
+/// A sled failure as the contract's typed error where one fits, wrapped
+/// around the sled error, which stays in the chain as its source.
 pub(crate) fn storage(e: sled::Error, path: &Path) -> anyhow::Error {
     let place = path.display();
-    match e {
-        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-            PersistenceError::Unavailable(format!("{place} is in use by another process ({io})"))
-                .into()
-        }
-        sled::Error::Io(io) => PersistenceError::Unavailable(format!("{place}: {io}")).into(),
-        sled::Error::Corruption { at, bt: _ } => {
-            PersistenceError::Corrupt(format!("{place} is corrupt (at {at:?})")).into()
-        }
-        other => anyhow::anyhow!("sled backend ({place}): {other}"),
+    let typed = match &e {
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => Some(
+            PersistenceError::Unavailable(format!("{place} is in use by another process ({io})")),
+        ),
+        sled::Error::Io(io) => Some(PersistenceError::Unavailable(format!("{place}: {io}"))),
+        sled::Error::Corruption { at, bt: _ } => Some(PersistenceError::Corrupt(format!(
+            "{place} is corrupt (at {at:?})"
+        ))),
+        _ => None,
+    };
+    match typed {
+        Some(t) => anyhow::Error::new(e).context(t),
+        None => anyhow::Error::new(e).context(format!("sled backend ({place})")),
     }
 }
 

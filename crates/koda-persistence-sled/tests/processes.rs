@@ -174,13 +174,19 @@ fn a_directory_in_use_is_unavailable() -> Result<()> {
     holder.wait()?;
     match outcome {
         Ok(_) => bail!("a second process opened a directory in use"),
-        Err(e) => ensure!(
-            matches!(
-                e.downcast_ref::<PersistenceError>(),
-                Some(PersistenceError::Unavailable(_))
-            ),
-            "expected Unavailable, got {e:#}"
-        ),
+        Err(e) => {
+            ensure!(
+                matches!(
+                    PersistenceError::of(&e),
+                    Some(PersistenceError::Unavailable(_))
+                ),
+                "expected Unavailable, got {e:#}"
+            );
+            ensure!(
+                e.chain().any(|c| c.downcast_ref::<sled::Error>().is_some()),
+                "the sled error stays attached as the source: {e:#}"
+            );
+        }
     }
     // Once the holder is gone the directory opens again.
     rt.block_on(open(&path))?;

@@ -6,6 +6,8 @@ use rusqlite::ErrorCode;
 use crate::options::Location;
 
 /// Maps a rusqlite failure to the contract's typed errors where one fits.
+/// The typed error is wrapped around the driver's, which stays in the chain
+/// as its source.
 pub(crate) fn classify(e: anyhow::Error, location: &Location) -> anyhow::Error {
     if e.downcast_ref::<PersistenceError>().is_some() {
         return e;
@@ -48,7 +50,7 @@ pub(crate) fn classify(e: anyhow::Error, location: &Location) -> anyhow::Error {
             _ => None,
         });
     match typed {
-        Some(t) => anyhow::Error::new(t).context(format!("{e:#}")),
+        Some(t) => e.context(t),
         None => e.context(format!("sqlite backend ({place})")),
     }
 }

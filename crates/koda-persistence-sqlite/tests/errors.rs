@@ -75,6 +75,11 @@ async fn a_directory_as_the_path_is_unavailable() {
         .await
         .expect_err("a directory is not a database file");
     assert_eq!(kind(&err), "Unavailable", "{err:#}");
+    assert!(
+        err.chain()
+            .any(|c| c.downcast_ref::<rusqlite::Error>().is_some()),
+        "the driver error stays attached as the source: {err:#}"
+    );
     let under_a_file = dir.path().join("file");
     std::fs::write(&under_a_file, b"x").expect("file");
     let err = open(&under_a_file.join("koda.db"), SqliteOptions::default())
@@ -161,6 +166,11 @@ async fn undecodable_rows_are_corrupt() {
         .expect("plant");
     let err = store.load_context(&sid).await.expect_err("text version");
     assert_eq!(kind(&err), "Corrupt", "a text version: {err:#}");
+    assert!(
+        err.chain()
+            .any(|c| c.downcast_ref::<rusqlite::Error>().is_some()),
+        "the driver error stays attached as the source: {err:#}"
+    );
 }
 
 /// Options built in code are checked like a URL's before anything opens:
