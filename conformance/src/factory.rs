@@ -18,7 +18,7 @@ type Probe =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<i64>> + Send>> + Send + Sync>;
 
 /// One fresh, empty store and the clock it reads.
-pub struct Ctx {
+pub struct Fixture {
     /// The store under test.
     pub store: Arc<dyn Persistence>,
     /// The clock the store reads; cases move it.
@@ -28,15 +28,15 @@ pub struct Ctx {
     deadlocks: Option<Probe>,
 }
 
-impl fmt::Debug for Ctx {
+impl fmt::Debug for Fixture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ctx")
+        f.debug_struct("Fixture")
             .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
 
-impl Ctx {
+impl Fixture {
     /// A context for `store` reading `clock`.
     pub fn new(store: Arc<dyn Persistence>, clock: ManualClock) -> Self {
         Self {
@@ -93,7 +93,7 @@ impl Ctx {
     /// # Errors
     /// The case's error, else the teardown's.
     pub async fn finish(self, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
-        let Ctx {
+        let Fixture {
             store,
             guard,
             teardown,
@@ -127,5 +127,5 @@ pub trait Factory: Send + Sync {
     /// # Errors
     /// When the backend cannot be opened; for a backend that needs a server
     /// the message says how to provide one.
-    async fn create(&self, start_ms: i64) -> anyhow::Result<Ctx>;
+    async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture>;
 }

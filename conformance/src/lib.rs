@@ -25,7 +25,7 @@ pub mod machine;
 pub mod model;
 pub mod process;
 
-pub use factory::{Ctx, Factory, START_MS, Skipped};
+pub use factory::{Factory, Fixture, START_MS, Skipped};
 
 /// What a case does when its factory failed: a [`Skipped`] error prints
 /// `SKIPPED <case>: <reason>` and passes; any other error fails the case.
@@ -75,12 +75,12 @@ macro_rules! __emit_cases {
                 $(
                     #[$crate::__private::tokio::test(flavor = "multi_thread", worker_threads = 2, crate = "::koda_persistence_conformance::__private::tokio")]
                     async fn $name() -> $crate::__private::anyhow::Result<()> {
-                        let cx = match $crate::Factory::create(&$factory, $crate::START_MS).await {
-                            Ok(cx) => cx,
+                        let fx = match $crate::Factory::create(&$factory, $crate::START_MS).await {
+                            Ok(fx) => fx,
                             Err(e) => return $crate::skip_or_fail(stringify!($area::$name), e),
                         };
-                        let outcome = $crate::cases::$area::$name(&cx).await;
-                        cx.finish(outcome).await
+                        let outcome = $crate::cases::$area::$name(&fx).await;
+                        fx.finish(outcome).await
                     }
                 )*
             }

@@ -20,7 +20,7 @@ use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestR
 use proptest_state_machine::ReferenceStateMachine;
 
 use crate::model::{ErrKind, Model, Outcome, session_name};
-use crate::{Ctx, Factory, START_MS};
+use crate::{Factory, Fixture, START_MS};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -450,7 +450,7 @@ const UNKNOWN_MESSAGE: i64 = -1;
 
 /// A backend store plus the maps from model names to its names.
 struct Sut {
-    cx: Ctx,
+    fx: Fixture,
     /// Creation index → the backend's session id.
     sessions: Vec<String>,
     /// Model message id → backend id, and back.
@@ -554,7 +554,7 @@ fn err_kind(e: &anyhow::Error) -> Option<ErrKind> {
 
 /// Runs `op` on the backend and checks its result against `want`.
 async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
-    let store = sut.cx.store.clone();
+    let store = sut.fx.store.clone();
     let t = |x: &Option<Text>| x.as_ref().map(|x| x.0.clone());
     macro_rules! outcome {
         ($fut:expr, $ok:expr) => {
@@ -671,7 +671,7 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
         }
         Op::SetTodo(s, v) => outcome!(store.set_todo(&sut.session(*s), &v.0), unit),
         Op::AdvanceClock(d) => {
-            sut.cx.clock.advance(*d);
+            sut.fx.clock.advance(*d);
             Outcome::Unit
         }
         Op::GetMode(s) => outcome!(store.get_session_mode(&sut.session(*s)), |v| Ok(
@@ -728,7 +728,7 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
 
 /// Compares the whole observable state of the backend with the model.
 async fn check_state(sut: &mut Sut, model: &Model) -> Result<()> {
-    let store = sut.cx.store.clone();
+    let store = sut.fx.store.clone();
     for k in 0..sut.sessions.len() {
         let sid = sut.sessions[k].clone();
         let want = model.load_all(Some(k));
@@ -799,7 +799,7 @@ pub fn try_run<F: Factory + ?Sized>(factory: &F) -> Result<()> {
         .context("building the tokio runtime")?;
     // A backend the user opted out of is reported once, not run.
     match rt.block_on(factory.create(START_MS)) {
-        Ok(cx) => rt.block_on(cx.finish(Ok(())))?,
+        Ok(fx) => rt.block_on(fx.finish(Ok(())))?,
         Err(e) => return crate::skip_or_fail("state_machine", e),
     }
     let config = Config {
@@ -816,12 +816,12 @@ pub fn try_run<F: Factory + ?Sized>(factory: &F) -> Result<()> {
         &strategy,
         |(initial, ops, seen): (Model, Vec<Op>, Option<Arc<AtomicUsize>>)| {
             rt.block_on(async {
-                let cx = factory
+                let fx = factory
                     .create(START_MS)
                     .await
                     .map_err(|e| TestCaseError::fail(format!("factory failed: {e:#}")))?;
                 let mut sut = Sut {
-                    cx,
+                    fx,
                     sessions: Vec::new(),
                     ids: BTreeMap::new(),
                     rev: HashMap::new(),
@@ -842,8 +842,8 @@ pub fn try_run<F: Factory + ?Sized>(factory: &F) -> Result<()> {
                         break;
                     }
                 }
-                let Sut { cx, .. } = sut;
-                cx.finish(Ok(()))
+                let Sut { fx, .. } = sut;
+                fx.finish(Ok(()))
                     .await
                     .map_err(|e| TestCaseError::fail(format!("teardown failed: {e:#}")))?;
                 outcome

@@ -7,11 +7,11 @@ use anyhow::Result;
 use koda_persistence_api::{CompactedStats, MAX_TIMESTAMP_MS, PersistenceError, Role};
 
 use super::{ROOT, eq, expect_err, is_invalid, is_session_not_found, session, usage, user};
-use crate::Ctx;
+use crate::Fixture;
 
 /// Every write to an unknown session is `SessionNotFound` and writes nothing.
-pub async fn writes_to_unknown_session_fail_and_write_nothing(cx: &Ctx) -> Result<()> {
-    let s = &cx.store;
+pub async fn writes_to_unknown_session_fail_and_write_nothing(fx: &Fixture) -> Result<()> {
+    let s = &fx.store;
     let m = "missing-session";
     let u = usage(1, 1, 1, 1, 1);
     expect_err(
@@ -76,18 +76,18 @@ pub async fn writes_to_unknown_session_fail_and_write_nothing(cx: &Ctx) -> Resul
 }
 
 /// Negative limits are `InvalidInput`.
-pub async fn negative_limits_are_invalid(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    user(cx, &sid, "x").await?;
+pub async fn negative_limits_are_invalid(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    user(fx, &sid, "x").await?;
     for limit in [-1, i64::MIN] {
         expect_err(
             "list_sessions",
-            cx.store.list_sessions(limit, Path::new(ROOT)).await,
+            fx.store.list_sessions(limit, Path::new(ROOT)).await,
             is_invalid,
         )?;
         expect_err(
             "recent_user_messages",
-            cx.store.recent_user_messages(limit).await,
+            fx.store.recent_user_messages(limit).await,
             is_invalid,
         )?;
     }
@@ -95,8 +95,8 @@ pub async fn negative_limits_are_invalid(cx: &Ctx) -> Result<()> {
 }
 
 /// Any negative token counter is `InvalidInput`, and nothing is written.
-pub async fn negative_token_counters_are_invalid(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
+pub async fn negative_token_counters_are_invalid(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
     let bad = [
         usage(-1, 0, 0, 0, 0),
         usage(0, -1, 0, 0, 0),
@@ -107,14 +107,14 @@ pub async fn negative_token_counters_are_invalid(cx: &Ctx) -> Result<()> {
     for u in bad {
         expect_err(
             &format!("insert_message {u:?}"),
-            cx.store
+            fx.store
                 .insert_message(&sid, &Role::Assistant, Some("a"), None, None, Some(&u))
                 .await,
             is_invalid,
         )?;
         expect_err(
             &format!("insert_message_with_agent {u:?}"),
-            cx.store
+            fx.store
                 .insert_message_with_agent(
                     &sid,
                     &Role::Assistant,
@@ -130,12 +130,12 @@ pub async fn negative_token_counters_are_invalid(cx: &Ctx) -> Result<()> {
     }
     eq(
         "nothing written",
-        cx.store.load_all_messages(&sid).await?.len(),
+        fx.store.load_all_messages(&sid).await?.len(),
         0,
     )?;
     eq(
         "never accessed",
-        cx.store.get_session_idle_secs(&sid).await?,
+        fx.store.get_session_idle_secs(&sid).await?,
         None,
     )
 }
@@ -154,21 +154,21 @@ fn non_utf8_root() -> PathBuf {
 
 /// A project root that is not valid UTF-8 is `InvalidInput`, never merged
 /// with another root.
-pub async fn non_utf8_roots_are_invalid(cx: &Ctx) -> Result<()> {
+pub async fn non_utf8_roots_are_invalid(fx: &Fixture) -> Result<()> {
     let root = non_utf8_root();
     expect_err(
         "create_session",
-        cx.store.create_session("main", &root).await,
+        fx.store.create_session("main", &root).await,
         is_invalid,
     )?;
     expect_err(
         "list_sessions",
-        cx.store.list_sessions(10, &root).await,
+        fx.store.list_sessions(10, &root).await,
         is_invalid,
     )?;
     eq(
         "nothing created",
-        cx.store
+        fx.store
             .list_sessions(10, Path::new("/work/project"))
             .await?
             .len(),
@@ -190,14 +190,14 @@ const AWKWARD: [&str; 10] = [
 ];
 
 /// Every string field and lookup argument round-trips byte for byte.
-pub async fn strings_round_trip_byte_for_byte(cx: &Ctx) -> Result<()> {
+pub async fn strings_round_trip_byte_for_byte(fx: &Fixture) -> Result<()> {
     for text in AWKWARD {
         let what = |f: &str| format!("{f} of {text:?}");
-        let sid = cx.store.create_session(text, Path::new(text)).await?;
-        cx.store.set_session_title(&sid, text).await?;
-        cx.store.set_session_mode(&sid, text).await?;
-        cx.store.set_metadata(&sid, text, text).await?;
-        let id = cx
+        let sid = fx.store.create_session(text, Path::new(text)).await?;
+        fx.store.set_session_title(&sid, text).await?;
+        fx.store.set_session_mode(&sid, text).await?;
+        fx.store.set_metadata(&sid, text, text).await?;
+        let id = fx
             .store
             .insert_message_with_agent(
                 &sid,
@@ -209,24 +209,24 @@ pub async fn strings_round_trip_byte_for_byte(cx: &Ctx) -> Result<()> {
                 Some(text),
             )
             .await?;
-        cx.store
+        fx.store
             .insert_tool_message_with_full(&sid, text, text, text)
             .await?;
-        let listed = cx.store.list_sessions(10, Path::new(text)).await?;
+        let listed = fx.store.list_sessions(10, Path::new(text)).await?;
         eq(&what("listed"), listed.len(), 1)?;
         eq(&what("agent"), listed[0].agent_name.as_str(), text)?;
         eq(&what("title"), listed[0].title.as_deref(), Some(text))?;
         eq(
             &what("mode"),
-            cx.store.get_session_mode(&sid).await?.as_deref(),
+            fx.store.get_session_mode(&sid).await?.as_deref(),
             Some(text),
         )?;
         eq(
             &what("metadata"),
-            cx.store.get_metadata(&sid, text).await?.as_deref(),
+            fx.store.get_metadata(&sid, text).await?.as_deref(),
             Some(text),
         )?;
-        let all = cx.store.load_all_messages(&sid).await?;
+        let all = fx.store.load_all_messages(&sid).await?;
         eq(&what("count"), all.len(), 2)?;
         eq(&what("id"), all[0].id, id)?;
         eq(&what("content"), all[0].content.as_deref(), Some(text))?;
@@ -247,7 +247,7 @@ pub async fn strings_round_trip_byte_for_byte(cx: &Ctx) -> Result<()> {
             all[1].tool_call_id.as_deref(),
             Some(text),
         )?;
-        let by = cx.store.session_usage_by_agent(&sid).await?;
+        let by = fx.store.session_usage_by_agent(&sid).await?;
         eq(
             &what("agent group"),
             by.first().map(|(n, _)| n.as_str()),
@@ -255,36 +255,36 @@ pub async fn strings_round_trip_byte_for_byte(cx: &Ctx) -> Result<()> {
         )?;
         eq(
             &what("last user"),
-            cx.store.last_user_message(&sid).await?.as_str(),
+            fx.store.last_user_message(&sid).await?.as_str(),
             text,
         )?;
-        cx.store.compact_session(&sid, text, 0).await?;
-        let ctx = cx.store.load_context(&sid).await?;
+        fx.store.compact_session(&sid, text, 0).await?;
+        let ctx = fx.store.load_context(&sid).await?;
         eq(
             &what("summary"),
             ctx.first().and_then(|m| m.content.as_deref()),
             Some(text),
         )?;
-        cx.store.clear_message_content(&[id], text).await?;
-        cx.store.delete_session(&sid).await?;
+        fx.store.clear_message_content(&[id], text).await?;
+        fx.store.delete_session(&sid).await?;
     }
     Ok(())
 }
 
 /// Multi-megabyte strings round-trip in every large field.
-pub async fn multi_megabyte_strings_round_trip(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
+pub async fn multi_megabyte_strings_round_trip(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
     let big: String = "0123456789abcdé\0".repeat(200_000); // 3.4 MB
-    let id = cx
+    let id = fx
         .store
         .insert_message(&sid, &Role::User, Some(&big), Some(&big), Some(&big), None)
         .await?;
-    cx.store
+    fx.store
         .insert_tool_message_with_full(&sid, &big, "c", &big)
         .await?;
-    cx.store.set_metadata(&sid, "big", &big).await?;
-    cx.store.set_todo(&sid, &big).await?;
-    let all = cx.store.load_all_messages(&sid).await?;
+    fx.store.set_metadata(&sid, "big", &big).await?;
+    fx.store.set_todo(&sid, &big).await?;
+    let all = fx.store.load_all_messages(&sid).await?;
     eq("id", all.first().map(|m| m.id), Some(id))?;
     eq(
         "content",
@@ -313,21 +313,21 @@ pub async fn multi_megabyte_strings_round_trip(cx: &Ctx) -> Result<()> {
     )?;
     eq(
         "metadata",
-        cx.store.get_metadata(&sid, "big").await?.as_deref() == Some(big.as_str()),
+        fx.store.get_metadata(&sid, "big").await?.as_deref() == Some(big.as_str()),
         true,
     )?;
     eq(
         "todo",
-        cx.store.get_todo(&sid).await? == Some(big.clone()),
+        fx.store.get_todo(&sid).await? == Some(big.clone()),
         true,
     )?;
     eq(
         "recent",
-        cx.store.recent_user_messages(1).await? == vec![big.clone()],
+        fx.store.recent_user_messages(1).await? == vec![big.clone()],
         true,
     )?;
-    cx.store.compact_session(&sid, "s", 0).await?;
-    let stats = cx.store.compacted_stats().await?;
+    fx.store.compact_session(&sid, "s", 0).await?;
+    let stats = fx.store.compacted_stats().await?;
     eq(
         "size_bytes",
         stats.size_bytes,
@@ -336,19 +336,19 @@ pub async fn multi_megabyte_strings_round_trip(cx: &Ctx) -> Result<()> {
 }
 
 /// `None` and `Some("")` stay distinct in every optional field.
-pub async fn none_and_empty_stay_distinct(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    cx.store
+pub async fn none_and_empty_stay_distinct(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    fx.store
         .insert_message(&sid, &Role::Tool, None, None, None, None)
         .await?;
-    cx.store
+    fx.store
         .insert_message(&sid, &Role::Tool, Some(""), Some(""), Some(""), None)
         .await?;
-    cx.store
+    fx.store
         .insert_tool_message_with_full(&sid, "", "", "")
         .await?;
-    cx.store.set_metadata(&sid, "k", "").await?;
-    let all = cx.store.load_all_messages(&sid).await?;
+    fx.store.set_metadata(&sid, "k", "").await?;
+    let all = fx.store.load_all_messages(&sid).await?;
     let fields: Vec<_> = all
         .iter()
         .map(|m| {
@@ -371,20 +371,20 @@ pub async fn none_and_empty_stay_distinct(cx: &Ctx) -> Result<()> {
     )?;
     eq(
         "metadata",
-        cx.store.get_metadata(&sid, "k").await?,
+        fx.store.get_metadata(&sid, "k").await?,
         Some(String::new()),
     )
 }
 
 /// Roots with NULs and non-ASCII are exact keys.
-pub async fn roots_with_nul_and_unicode_round_trip(cx: &Ctx) -> Result<()> {
+pub async fn roots_with_nul_and_unicode_round_trip(fx: &Fixture) -> Result<()> {
     let roots = ["/a\0b", "/a", "/проект/ü", "/проект/u\u{308}", "C:\\work"];
     let mut made = Vec::new();
     for r in roots {
-        made.push(cx.store.create_session("main", Path::new(r)).await?);
+        made.push(fx.store.create_session("main", Path::new(r)).await?);
     }
     for (r, id) in roots.iter().zip(&made) {
-        let got: Vec<String> = cx
+        let got: Vec<String> = fx
             .store
             .list_sessions(10, Path::new(r))
             .await?
@@ -397,19 +397,19 @@ pub async fn roots_with_nul_and_unicode_round_trip(cx: &Ctx) -> Result<()> {
 }
 
 /// Clock values at 1970 and 9999 format and subtract correctly.
-pub async fn clock_extremes_format_as_rfc3339(cx: &Ctx) -> Result<()> {
-    cx.clock.set(0);
-    let sid = session(cx).await?;
-    user(cx, &sid, "epoch").await?;
-    cx.clock.set(MAX_TIMESTAMP_MS);
-    user(cx, &sid, "far future").await?;
-    let list = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+pub async fn clock_extremes_format_as_rfc3339(fx: &Fixture) -> Result<()> {
+    fx.clock.set(0);
+    let sid = session(fx).await?;
+    user(fx, &sid, "epoch").await?;
+    fx.clock.set(MAX_TIMESTAMP_MS);
+    user(fx, &sid, "far future").await?;
+    let list = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     eq(
         "session",
         list.first().map(|s| s.created_at.as_str()),
         Some("1970-01-01T00:00:00.000Z"),
     )?;
-    let times: Vec<Option<String>> = cx
+    let times: Vec<Option<String>> = fx
         .store
         .load_all_messages(&sid)
         .await?
@@ -424,43 +424,43 @@ pub async fn clock_extremes_format_as_rfc3339(cx: &Ctx) -> Result<()> {
             Some("9999-12-31T23:59:59.999Z".into()),
         ],
     )?;
-    eq("idle", cx.store.get_session_idle_secs(&sid).await?, Some(0))?;
-    cx.clock.set(0);
+    eq("idle", fx.store.get_session_idle_secs(&sid).await?, Some(0))?;
+    fx.clock.set(0);
     eq(
         "idle, clock back",
-        cx.store.get_session_idle_secs(&sid).await?,
+        fx.store.get_session_idle_secs(&sid).await?,
         Some(0),
     )?;
-    let other = session(cx).await?;
-    user(cx, &other, "x").await?;
-    cx.clock.set(MAX_TIMESTAMP_MS);
+    let other = session(fx).await?;
+    user(fx, &other, "x").await?;
+    fx.clock.set(MAX_TIMESTAMP_MS);
     eq(
         "idle across range",
-        cx.store.get_session_idle_secs(&other).await?,
+        fx.store.get_session_idle_secs(&other).await?,
         Some(MAX_TIMESTAMP_MS / 1000),
     )
 }
 
 /// Limits near `i64::MAX` are honoured without preallocating.
-pub async fn huge_limits_are_honoured(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    user(cx, &sid, "a").await?;
-    user(cx, &sid, "b").await?;
+pub async fn huge_limits_are_honoured(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    user(fx, &sid, "a").await?;
+    user(fx, &sid, "b").await?;
     for limit in [i64::MAX, i64::MAX - 1, 1 << 40] {
         eq(
             "sessions",
-            cx.store.list_sessions(limit, Path::new(ROOT)).await?.len(),
+            fx.store.list_sessions(limit, Path::new(ROOT)).await?.len(),
             1,
         )?;
         eq(
             "recent",
-            cx.store.recent_user_messages(limit).await?.len(),
+            fx.store.recent_user_messages(limit).await?.len(),
             2,
         )?;
     }
     eq(
         "limit 1",
-        cx.store.recent_user_messages(1).await?,
+        fx.store.recent_user_messages(1).await?,
         vec!["b".to_owned()],
     )
 }
@@ -469,15 +469,15 @@ pub async fn huge_limits_are_honoured(cx: &Ctx) -> Result<()> {
 /// every field and every lookup: roots (listed by them), agent names,
 /// titles, modes, metadata keys and values, message fields, summaries and
 /// stubs, all byte for byte.
-pub async fn strings_of_any_size_fit_every_field(cx: &Ctx) -> Result<()> {
+pub async fn strings_of_any_size_fit_every_field(fx: &Fixture) -> Result<()> {
     for size in [9_000, 16 << 20] {
         // Distinct, incompressible strings of `size` bytes and a little more.
         let base = super::incompressible(size, 1);
         let big = |n: u64| format!("{n}{base}");
         let (root, agent, key) = (big(1), big(2), big(3));
-        let sid = cx.store.create_session(&agent, Path::new(&root)).await?;
-        let other = cx.store.create_session("main", Path::new(&big(4))).await?;
-        let listed = cx.store.list_sessions(10, Path::new(&root)).await?;
+        let sid = fx.store.create_session(&agent, Path::new(&root)).await?;
+        let other = fx.store.create_session("main", Path::new(&big(4))).await?;
+        let listed = fx.store.list_sessions(10, Path::new(&root)).await?;
         eq(
             &format!("sessions listed under a {size}-byte root"),
             listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
@@ -490,7 +490,7 @@ pub async fn strings_of_any_size_fit_every_field(cx: &Ctx) -> Result<()> {
         )?;
         eq(
             "other root lists only its own",
-            cx.store
+            fx.store
                 .list_sessions(10, Path::new(&big(4)))
                 .await?
                 .iter()
@@ -499,9 +499,9 @@ pub async fn strings_of_any_size_fit_every_field(cx: &Ctx) -> Result<()> {
             vec![other.clone()],
         )?;
         let (title, mode) = (big(5), big(6));
-        cx.store.set_session_title(&sid, &title).await?;
-        cx.store.set_session_mode(&sid, &mode).await?;
-        let listed = cx.store.list_sessions(1, Path::new(&root)).await?;
+        fx.store.set_session_title(&sid, &title).await?;
+        fx.store.set_session_mode(&sid, &mode).await?;
+        let listed = fx.store.list_sessions(1, Path::new(&root)).await?;
         eq(
             "title",
             listed.first().and_then(|s| s.title.as_ref()) == Some(&title),
@@ -509,25 +509,25 @@ pub async fn strings_of_any_size_fit_every_field(cx: &Ctx) -> Result<()> {
         )?;
         eq(
             "mode",
-            cx.store.get_session_mode(&sid).await? == Some(mode),
+            fx.store.get_session_mode(&sid).await? == Some(mode),
             true,
         )?;
         let value = big(7);
-        cx.store.set_metadata(&sid, &key, &value).await?;
-        cx.store.set_metadata(&sid, &key, &value).await?; // an upsert of a big key
-        cx.store.set_metadata(&other, &key, "other").await?;
+        fx.store.set_metadata(&sid, &key, &value).await?;
+        fx.store.set_metadata(&sid, &key, &value).await?; // an upsert of a big key
+        fx.store.set_metadata(&other, &key, "other").await?;
         eq(
             "metadata under a big key",
-            cx.store.get_metadata(&sid, &key).await? == Some(value),
+            fx.store.get_metadata(&sid, &key).await? == Some(value),
             true,
         )?;
         eq(
             "a key one byte longer is another key",
-            cx.store.get_metadata(&sid, &format!("{key}!")).await?,
+            fx.store.get_metadata(&sid, &format!("{key}!")).await?,
             None,
         )?;
         let (calls, call_id, full) = (big(8), big(9), big(10));
-        let id = cx
+        let id = fx
             .store
             .insert_message_with_agent(
                 &sid,
@@ -539,10 +539,10 @@ pub async fn strings_of_any_size_fit_every_field(cx: &Ctx) -> Result<()> {
                 Some(&agent),
             )
             .await?;
-        cx.store
+        fx.store
             .insert_tool_message_with_full(&sid, &big(12), &call_id, &full)
             .await?;
-        let all = cx.store.load_all_messages(&sid).await?;
+        let all = fx.store.load_all_messages(&sid).await?;
         eq("messages stored", all.len(), 2)?;
         eq(
             "every message field",
@@ -559,25 +559,25 @@ pub async fn strings_of_any_size_fit_every_field(cx: &Ctx) -> Result<()> {
             all.get(1).and_then(|m| m.full_content.as_deref()) == Some(full.as_str()),
             true,
         )?;
-        let usage_groups = cx.store.session_usage_by_agent(&sid).await?;
+        let usage_groups = fx.store.session_usage_by_agent(&sid).await?;
         eq("no usage yet", usage_groups.len(), 0)?;
         let summary = big(13);
         eq(
             "compacted",
-            cx.store.compact_session(&sid, &summary, 0).await?,
+            fx.store.compact_session(&sid, &summary, 0).await?,
             2,
         )?;
-        let all = cx.store.load_all_messages(&sid).await?;
+        let all = fx.store.load_all_messages(&sid).await?;
         eq(
             "summary",
             all.get(2).and_then(|m| m.content.as_deref()) == Some(summary.as_str()),
             true,
         )?;
         let stub = big(14);
-        cx.store.clear_message_content(&[id], &stub).await?;
+        fx.store.clear_message_content(&[id], &stub).await?;
         eq(
             "stub",
-            cx.store
+            fx.store
                 .load_all_messages(&sid)
                 .await?
                 .first()
@@ -585,8 +585,8 @@ pub async fn strings_of_any_size_fit_every_field(cx: &Ctx) -> Result<()> {
                 == Some(stub),
             true,
         )?;
-        eq("deleted", cx.store.delete_session(&sid).await?, true)?;
-        eq("deleted", cx.store.delete_session(&other).await?, true)?;
+        eq("deleted", fx.store.delete_session(&sid).await?, true)?;
+        eq("deleted", fx.store.delete_session(&other).await?, true)?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use koda_persistence_api::{Persistence, PersistenceError, Role};
 
 use super::{ROOT, check, eq, session};
-use crate::Ctx;
+use crate::Fixture;
 
 const TASKS: usize = 16;
 const PER_TASK: usize = 25;
@@ -78,16 +78,16 @@ fn positions(all: Vec<koda_persistence_api::Message>) -> HashMap<i64, (usize, St
 
 /// 16 tasks inserting into one session: every insert accounted for, ids
 /// unique, each task's messages in its own order.
-pub async fn concurrent_inserts_into_one_session(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
+pub async fn concurrent_inserts_into_one_session(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
     let handles = (0..TASKS)
-        .map(|t| tokio::spawn(insert_many(cx.store.clone(), sid.clone(), t)))
+        .map(|t| tokio::spawn(insert_many(fx.store.clone(), sid.clone(), t)))
         .collect();
     let inserted = join_all(handles).await?;
-    let all = cx.store.load_all_messages(&sid).await?;
+    let all = fx.store.load_all_messages(&sid).await?;
     eq("count", all.len(), TASKS * PER_TASK)?;
     check_accounted(&inserted, &positions(all))?;
-    let info = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+    let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     eq(
         "message_count",
         info.first().map(|s| s.message_count),
@@ -97,20 +97,20 @@ pub async fn concurrent_inserts_into_one_session(cx: &Ctx) -> Result<()> {
 
 /// 16 tasks each inserting into their own session: each session holds
 /// exactly its task's messages, in order; ids unique store-wide.
-pub async fn concurrent_inserts_into_separate_sessions(cx: &Ctx) -> Result<()> {
+pub async fn concurrent_inserts_into_separate_sessions(fx: &Fixture) -> Result<()> {
     let mut sids = Vec::new();
     for _ in 0..TASKS {
-        sids.push(session(cx).await?);
+        sids.push(session(fx).await?);
     }
     let handles = sids
         .iter()
         .enumerate()
-        .map(|(t, sid)| tokio::spawn(insert_many(cx.store.clone(), sid.clone(), t)))
+        .map(|(t, sid)| tokio::spawn(insert_many(fx.store.clone(), sid.clone(), t)))
         .collect();
     let inserted = join_all(handles).await?;
     let mut seen = HashSet::new();
     for (sid, task) in sids.iter().zip(&inserted) {
-        let all = cx.store.load_all_messages(sid).await?;
+        let all = fx.store.load_all_messages(sid).await?;
         let got: Vec<(i64, String)> = all
             .into_iter()
             .map(|m| (m.id, m.content.unwrap_or_default()))
@@ -122,16 +122,16 @@ pub async fn concurrent_inserts_into_separate_sessions(cx: &Ctx) -> Result<()> {
     }
     eq(
         "recent",
-        cx.store.recent_user_messages(i64::MAX).await?.len(),
+        fx.store.recent_user_messages(i64::MAX).await?.len(),
         TASKS * PER_TASK,
     )
 }
 
 /// Sessions created concurrently all get distinct ids and are all listed.
-pub async fn concurrent_session_creation(cx: &Ctx) -> Result<()> {
+pub async fn concurrent_session_creation(fx: &Fixture) -> Result<()> {
     let handles = (0..TASKS)
         .map(|_| {
-            let store = cx.store.clone();
+            let store = fx.store.clone();
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 for _ in 0..5 {
@@ -144,7 +144,7 @@ pub async fn concurrent_session_creation(cx: &Ctx) -> Result<()> {
     let made: Vec<String> = join_all(handles).await?.into_iter().flatten().collect();
     let unique: HashSet<&String> = made.iter().collect();
     eq("unique", unique.len(), TASKS * 5)?;
-    let listed: HashSet<String> = cx
+    let listed: HashSet<String> = fx
         .store
         .list_sessions(i64::MAX, Path::new(ROOT))
         .await?
@@ -156,12 +156,12 @@ pub async fn concurrent_session_creation(cx: &Ctx) -> Result<()> {
 
 /// Compactions racing with inserts lose nothing: every insert is stored once
 /// and each compaction that marked messages added exactly two.
-pub async fn concurrent_compaction_and_inserts_lose_nothing(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
+pub async fn concurrent_compaction_and_inserts_lose_nothing(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
     let writers: Vec<_> = (0..8)
-        .map(|t| tokio::spawn(insert_many(cx.store.clone(), sid.clone(), t)))
+        .map(|t| tokio::spawn(insert_many(fx.store.clone(), sid.clone(), t)))
         .collect();
-    let store = cx.store.clone();
+    let store = fx.store.clone();
     let sid2 = sid.clone();
     let compactor = tokio::spawn(async move {
         let mut pairs = 0usize;
@@ -180,20 +180,20 @@ pub async fn concurrent_compaction_and_inserts_lose_nothing(cx: &Ctx) -> Result<
     });
     let inserted = join_all(writers).await?;
     let (pairs, marked) = compactor.await.context("compactor panicked")??;
-    let all = cx.store.load_all_messages(&sid).await?;
+    let all = fx.store.load_all_messages(&sid).await?;
     eq("count", all.len(), 8 * PER_TASK + 2 * pairs)?;
     check_accounted(&inserted, &positions(all))?;
-    let stats = cx.store.compacted_stats().await?;
+    let stats = fx.store.compacted_stats().await?;
     eq("compacted", stats.message_count, i64::try_from(marked)?)
 }
 
 /// Readers racing a writer always see a prefix of the final history.
-pub async fn concurrent_readers_see_committed_state(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    let writer = tokio::spawn(insert_many(cx.store.clone(), sid.clone(), 0));
+pub async fn concurrent_readers_see_committed_state(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let writer = tokio::spawn(insert_many(fx.store.clone(), sid.clone(), 0));
     let readers: Vec<_> = (0..4)
         .map(|_| {
-            let store = cx.store.clone();
+            let store = fx.store.clone();
             let sid = sid.clone();
             tokio::spawn(async move {
                 let mut seen = Vec::new();
@@ -350,14 +350,14 @@ fn check_paired(context: &[koda_persistence_api::Message]) -> Result<()> {
 /// compaction, minus what purge reported; the context pairs calls with
 /// results; the session's counters and usage equal its rows; and the
 /// server counted no deadlock (where the factory can count them).
-pub async fn everything_at_once_on_one_session(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    let deadlocks_before = cx.deadlocks().await?;
+pub async fn everything_at_once_on_one_session(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let deadlocks_before = fx.deadlocks().await?;
     let until = std::time::Instant::now() + stress_duration();
     let writers: Vec<_> = (0..2)
-        .map(|w| tokio::spawn(turn_writer(cx.store.clone(), sid.clone(), w, until)))
+        .map(|w| tokio::spawn(turn_writer(fx.store.clone(), sid.clone(), w, until)))
         .collect();
-    let (store, s) = (cx.store.clone(), sid.clone());
+    let (store, s) = (fx.store.clone(), sid.clone());
     let clearer = tokio::spawn(async move {
         while std::time::Instant::now() < until {
             let ids: Vec<i64> = store
@@ -375,7 +375,7 @@ pub async fn everything_at_once_on_one_session(cx: &Ctx) -> Result<()> {
         }
         anyhow::Ok(())
     });
-    let (store, s) = (cx.store.clone(), sid.clone());
+    let (store, s) = (fx.store.clone(), sid.clone());
     let compactor = tokio::spawn(async move {
         let mut pairs = 0usize;
         while std::time::Instant::now() < until {
@@ -391,7 +391,7 @@ pub async fn everything_at_once_on_one_session(cx: &Ctx) -> Result<()> {
         }
         anyhow::Ok(pairs)
     });
-    let store = cx.store.clone();
+    let store = fx.store.clone();
     let purger = tokio::spawn(async move {
         let mut purged = 0usize;
         while std::time::Instant::now() < until {
@@ -400,7 +400,7 @@ pub async fn everything_at_once_on_one_session(cx: &Ctx) -> Result<()> {
         }
         anyhow::Ok(purged)
     });
-    let (store, s) = (cx.store.clone(), sid.clone());
+    let (store, s) = (fx.store.clone(), sid.clone());
     let reader = tokio::spawn(async move {
         let mut loads = 0usize;
         while std::time::Instant::now() < until {
@@ -419,11 +419,11 @@ pub async fn everything_at_once_on_one_session(cx: &Ctx) -> Result<()> {
     check("the reader ran", loads > 0)?;
 
     // One last purge so the counts below do not depend on timing.
-    purged += cx.store.purge_compacted(0).await?;
+    purged += fx.store.purge_compacted(0).await?;
     let acked_ids: Vec<i64> = acked.iter().flat_map(|a| a.ids.iter().copied()).collect();
     let unique: HashSet<i64> = acked_ids.iter().copied().collect();
     eq("acknowledged ids are unique", unique.len(), acked_ids.len())?;
-    let all = cx.store.load_all_messages(&sid).await?;
+    let all = fx.store.load_all_messages(&sid).await?;
     eq(
         "stored = acknowledged + 2 per compaction - purged",
         all.len() + purged,
@@ -440,7 +440,7 @@ pub async fn everything_at_once_on_one_session(cx: &Ctx) -> Result<()> {
             unique.contains(&m.id) || matches!(m.role, Role::System | Role::Assistant),
         )?;
     }
-    let context = cx.store.load_context(&sid).await?;
+    let context = fx.store.load_context(&sid).await?;
     check_paired(&context)?;
     let completed_after_purge: usize = acked.iter().map(|a| a.completed_after_purge).sum();
     check(
@@ -448,7 +448,7 @@ pub async fn everything_at_once_on_one_session(cx: &Ctx) -> Result<()> {
         completed_after_purge <= purged,
     )?;
 
-    let info = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+    let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     let info = info.first().context("the session is listed")?;
     eq(
         "message_count = rows",
@@ -464,7 +464,7 @@ pub async fn everything_at_once_on_one_session(cx: &Ctx) -> Result<()> {
         .map(|m| m.prompt_tokens.unwrap_or(0) + m.completion_tokens.unwrap_or(0))
         .sum();
     eq("total_tokens = rows", info.total_tokens, tokens)?;
-    let usage = cx.store.session_token_usage(&sid).await?;
+    let usage = fx.store.session_token_usage(&sid).await?;
     eq(
         "api_calls = rows",
         usage.api_calls,
@@ -475,7 +475,7 @@ pub async fn everything_at_once_on_one_session(cx: &Ctx) -> Result<()> {
         usage.prompt_tokens + usage.completion_tokens,
         tokens,
     )?;
-    if let (Some(before), Some(after)) = (deadlocks_before, cx.deadlocks().await?) {
+    if let (Some(before), Some(after)) = (deadlocks_before, fx.deadlocks().await?) {
         eq("deadlocks the server counted", after - before, 0)?;
     }
     Ok(())

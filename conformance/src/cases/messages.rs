@@ -5,16 +5,16 @@ use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::{Message, PersistenceError, Role};
 
 use super::{assistant, calls, check, eq, expect_err, ids, session, tool, usage, user};
-use crate::{Ctx, START_MS};
+use crate::{Fixture, START_MS};
 
 /// Ids grow with every insert, across sessions.
-pub async fn ids_increase_across_sessions(cx: &Ctx) -> Result<()> {
-    let a = session(cx).await?;
-    let b = session(cx).await?;
+pub async fn ids_increase_across_sessions(fx: &Fixture) -> Result<()> {
+    let a = session(fx).await?;
+    let b = session(fx).await?;
     let mut last = i64::MIN;
     for i in 0..20 {
         let sid = if i % 3 == 0 { &a } else { &b };
-        let id = user(cx, sid, "m").await?;
+        let id = user(fx, sid, "m").await?;
         check(&format!("id {id} not above {last}"), id > last)?;
         last = id;
     }
@@ -22,38 +22,38 @@ pub async fn ids_increase_across_sessions(cx: &Ctx) -> Result<()> {
 }
 
 /// Ids of deleted sessions' messages are never handed out again.
-pub async fn ids_never_reused_after_delete(cx: &Ctx) -> Result<()> {
-    let a = session(cx).await?;
+pub async fn ids_never_reused_after_delete(fx: &Fixture) -> Result<()> {
+    let a = session(fx).await?;
     let mut top = 0;
     for _ in 0..5 {
-        top = user(cx, &a, "m").await?;
+        top = user(fx, &a, "m").await?;
     }
-    cx.store.delete_session(&a).await?;
-    let b = session(cx).await?;
-    let next = user(cx, &b, "n").await?;
+    fx.store.delete_session(&a).await?;
+    let b = session(fx).await?;
+    let next = user(fx, &b, "n").await?;
     check(&format!("id {next} reused (max was {top})"), next > top)
 }
 
 /// Ids of purged messages are never handed out again.
-pub async fn ids_never_reused_after_purge(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    user(cx, &sid, "a").await?;
-    user(cx, &sid, "b").await?;
-    cx.store.compact_session(&sid, "s", 0).await?;
-    let top = ids(&cx.store.load_all_messages(&sid).await?)
+pub async fn ids_never_reused_after_purge(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    user(fx, &sid, "a").await?;
+    user(fx, &sid, "b").await?;
+    fx.store.compact_session(&sid, "s", 0).await?;
+    let top = ids(&fx.store.load_all_messages(&sid).await?)
         .into_iter()
         .max()
         .unwrap_or(0);
-    eq("purged", cx.store.purge_compacted(0).await?, 2)?;
-    let next = user(cx, &sid, "c").await?;
+    eq("purged", fx.store.purge_compacted(0).await?, 2)?;
+    let next = user(fx, &sid, "c").await?;
     check(&format!("id {next} reused (max was {top})"), next > top)
 }
 
 /// Every field written comes back exactly, in insertion order.
-pub async fn insert_round_trips_every_field(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
+pub async fn insert_round_trips_every_field(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
     let u = usage(11, 22, 33, 44, 55);
-    let id = cx
+    let id = fx
         .store
         .insert_message_with_agent(
             &sid,
@@ -65,7 +65,7 @@ pub async fn insert_round_trips_every_field(cx: &Ctx) -> Result<()> {
             Some("reviewer"),
         )
         .await?;
-    let all = cx.store.load_all_messages(&sid).await?;
+    let all = fx.store.load_all_messages(&sid).await?;
     let want = Message {
         id,
         session_id: sid.clone(),
@@ -85,12 +85,12 @@ pub async fn insert_round_trips_every_field(cx: &Ctx) -> Result<()> {
 }
 
 /// `usage: None` stores five `None`s; `Some(zeros)` stores five zeros.
-pub async fn usage_none_and_zero_stay_distinct(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    cx.store
+pub async fn usage_none_and_zero_stay_distinct(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    fx.store
         .insert_message(&sid, &Role::Assistant, Some("a"), None, None, None)
         .await?;
-    cx.store
+    fx.store
         .insert_message(
             &sid,
             &Role::Assistant,
@@ -100,7 +100,7 @@ pub async fn usage_none_and_zero_stay_distinct(cx: &Ctx) -> Result<()> {
             Some(&usage(0, 0, 0, 0, 0)),
         )
         .await?;
-    let all = cx.store.load_all_messages(&sid).await?;
+    let all = fx.store.load_all_messages(&sid).await?;
     eq("count", all.len(), 2)?;
     eq("none", all[0].usage_counters(), [None; 5])?;
     eq("zeros", all[1].usage_counters(), [Some(0); 5])
@@ -108,22 +108,22 @@ pub async fn usage_none_and_zero_stay_distinct(cx: &Ctx) -> Result<()> {
 
 /// `insert_message` behaves as `insert_message_with_agent(.., None)`: same
 /// fields, and its usage counts for agent `main`.
-pub async fn insert_message_is_with_agent_none(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
+pub async fn insert_message_is_with_agent_none(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
     let u = usage(3, 4, 0, 0, 0);
-    let a = cx
+    let a = fx
         .store
         .insert_message(&sid, &Role::User, Some("q"), None, None, Some(&u))
         .await?;
-    let b = cx
+    let b = fx
         .store
         .insert_message_with_agent(&sid, &Role::User, Some("q"), None, None, Some(&u), None)
         .await?;
-    let all = cx.store.load_all_messages(&sid).await?;
+    let all = fx.store.load_all_messages(&sid).await?;
     eq("ids", ids(&all), vec![a, b])?;
     let strip = |m: &Message| Message { id: 0, ..m.clone() };
     eq("same fields", strip(&all[0]), strip(&all[1]))?;
-    let by = cx.store.session_usage_by_agent(&sid).await?;
+    let by = fx.store.session_usage_by_agent(&sid).await?;
     eq(
         "groups",
         by.iter()
@@ -135,13 +135,13 @@ pub async fn insert_message_is_with_agent_none(cx: &Ctx) -> Result<()> {
 
 /// `insert_tool_message_with_full` stores a tool message with content,
 /// full content and call id, and no usage.
-pub async fn tool_message_with_full_sets_tool_fields(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    let id = cx
+pub async fn tool_message_with_full_sets_tool_fields(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let id = fx
         .store
         .insert_tool_message_with_full(&sid, "3 lines", "call_9", "line1\nline2\nline3")
         .await?;
-    let all = cx.store.load_all_messages(&sid).await?;
+    let all = fx.store.load_all_messages(&sid).await?;
     let m = all.first().ok_or_else(|| anyhow::anyhow!("no message"))?;
     eq("id", m.id, id)?;
     eq("role", m.role, Role::Tool)?;
@@ -156,18 +156,18 @@ pub async fn tool_message_with_full_sets_tool_fields(cx: &Ctx) -> Result<()> {
     eq("usage", m.usage_counters(), [None; 5])?;
     eq(
         "usage calls",
-        cx.store.session_token_usage(&sid).await?.api_calls,
+        fx.store.session_token_usage(&sid).await?.api_calls,
         0,
     )
 }
 
 /// A message's `created_at` is the clock's now at insert.
-pub async fn message_created_at_comes_from_clock(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    user(cx, &sid, "a").await?;
-    cx.clock.advance(1_234);
-    user(cx, &sid, "b").await?;
-    let all = cx.store.load_all_messages(&sid).await?;
+pub async fn message_created_at_comes_from_clock(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    user(fx, &sid, "a").await?;
+    fx.clock.advance(1_234);
+    user(fx, &sid, "b").await?;
+    let all = fx.store.load_all_messages(&sid).await?;
     let times: Vec<Option<String>> = all.into_iter().map(|m| m.created_at).collect();
     eq(
         "created_at",
@@ -180,14 +180,14 @@ pub async fn message_created_at_comes_from_clock(cx: &Ctx) -> Result<()> {
 }
 
 /// `load_all_messages` returns compacted and incomplete messages too.
-pub async fn load_all_includes_compacted_and_incomplete(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    let u1 = user(cx, &sid, "one").await?;
-    let a1 = assistant(cx, &sid, Some("partial"), None, false).await?;
-    cx.store.compact_session(&sid, "sum", 0).await?;
-    let u2 = user(cx, &sid, "two").await?;
-    let a2 = assistant(cx, &sid, Some("cut off"), None, false).await?;
-    let all = cx.store.load_all_messages(&sid).await?;
+pub async fn load_all_includes_compacted_and_incomplete(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let u1 = user(fx, &sid, "one").await?;
+    let a1 = assistant(fx, &sid, Some("partial"), None, false).await?;
+    fx.store.compact_session(&sid, "sum", 0).await?;
+    let u2 = user(fx, &sid, "two").await?;
+    let a2 = assistant(fx, &sid, Some("cut off"), None, false).await?;
+    let all = fx.store.load_all_messages(&sid).await?;
     eq("count", all.len(), 6)?;
     let got = ids(&all);
     eq(
@@ -198,19 +198,19 @@ pub async fn load_all_includes_compacted_and_incomplete(cx: &Ctx) -> Result<()> 
 }
 
 /// Loading an unknown session gives an empty list.
-pub async fn load_all_of_unknown_session_is_empty(cx: &Ctx) -> Result<()> {
-    session(cx).await?;
-    eq("all", cx.store.load_all_messages("missing").await?.len(), 0)
+pub async fn load_all_of_unknown_session_is_empty(fx: &Fixture) -> Result<()> {
+    session(fx).await?;
+    eq("all", fx.store.load_all_messages("missing").await?.len(), 0)
 }
 
 /// Completing an unknown message id is `MessageNotFound`.
-pub async fn mark_complete_unknown_id_is_message_not_found(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    let id = user(cx, &sid, "x").await?;
+pub async fn mark_complete_unknown_id_is_message_not_found(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let id = user(fx, &sid, "x").await?;
     for bad in [id + 1_000, -1, 0, i64::MAX] {
         expect_err(
             &format!("mark {bad}"),
-            cx.store.mark_message_complete(bad).await,
+            fx.store.mark_message_complete(bad).await,
             |e| matches!(e, PersistenceError::MessageNotFound(got) if *got == bad),
         )?;
     }
@@ -218,26 +218,26 @@ pub async fn mark_complete_unknown_id_is_message_not_found(cx: &Ctx) -> Result<(
 }
 
 /// Completion works on any role and may be repeated.
-pub async fn mark_complete_works_on_any_role_and_is_idempotent(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    let u = user(cx, &sid, "q").await?;
-    let a = assistant(cx, &sid, Some("a"), None, false).await?;
-    let t = tool(cx, &sid, Some("c"), "r").await?;
+pub async fn mark_complete_works_on_any_role_and_is_idempotent(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let u = user(fx, &sid, "q").await?;
+    let a = assistant(fx, &sid, Some("a"), None, false).await?;
+    let t = tool(fx, &sid, Some("c"), "r").await?;
     for id in [u, a, t, a] {
-        cx.store.mark_message_complete(id).await?;
+        fx.store.mark_message_complete(id).await?;
     }
-    let ctx = cx.store.load_context(&sid).await?;
+    let ctx = fx.store.load_context(&sid).await?;
     eq("context", ids(&ctx), vec![u, a])
 }
 
 /// `tool_calls` is stored verbatim, valid JSON or not.
-pub async fn tool_calls_are_stored_verbatim(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
+pub async fn tool_calls_are_stored_verbatim(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
     let texts = ["[ {\"id\" : \"x\"} ]", "{not json", "", "null", "[]"];
     for t in texts {
-        assistant(cx, &sid, None, Some(t), false).await?;
+        assistant(fx, &sid, None, Some(t), false).await?;
     }
-    let got: Vec<Option<String>> = cx
+    let got: Vec<Option<String>> = fx
         .store
         .load_all_messages(&sid)
         .await?
@@ -252,216 +252,216 @@ pub async fn tool_calls_are_stored_verbatim(cx: &Ctx) -> Result<()> {
 }
 
 /// Recent user messages come from all sessions, highest id first.
-pub async fn recent_user_messages_newest_first_across_sessions(cx: &Ctx) -> Result<()> {
-    let a = session(cx).await?;
-    let b = session(cx).await?;
-    user(cx, &a, "a1").await?;
-    user(cx, &b, "b1").await?;
-    assistant(cx, &a, Some("not a user"), None, true).await?;
-    user(cx, &a, "a2").await?;
+pub async fn recent_user_messages_newest_first_across_sessions(fx: &Fixture) -> Result<()> {
+    let a = session(fx).await?;
+    let b = session(fx).await?;
+    user(fx, &a, "a1").await?;
+    user(fx, &b, "b1").await?;
+    assistant(fx, &a, Some("not a user"), None, true).await?;
+    user(fx, &a, "a2").await?;
     eq(
         "recent",
-        cx.store.recent_user_messages(10).await?,
+        fx.store.recent_user_messages(10).await?,
         vec!["a2".to_owned(), "b1".to_owned(), "a1".to_owned()],
     )
 }
 
 /// Empty and unset user contents are skipped; compacted ones and repeats are kept.
-pub async fn recent_user_messages_skip_empty_include_compacted(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    user(cx, &sid, "same").await?;
-    user(cx, &sid, "").await?;
-    cx.store
+pub async fn recent_user_messages_skip_empty_include_compacted(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    user(fx, &sid, "same").await?;
+    user(fx, &sid, "").await?;
+    fx.store
         .insert_message(&sid, &Role::User, None, None, None, None)
         .await?;
-    user(cx, &sid, "same").await?;
-    cx.store.compact_session(&sid, "sum", 0).await?;
-    user(cx, &sid, " ").await?;
+    user(fx, &sid, "same").await?;
+    fx.store.compact_session(&sid, "sum", 0).await?;
+    user(fx, &sid, " ").await?;
     eq(
         "recent",
-        cx.store.recent_user_messages(10).await?,
+        fx.store.recent_user_messages(10).await?,
         vec![" ".to_owned(), "same".to_owned(), "same".to_owned()],
     )
 }
 
 /// `limit` bounds the count; 0 gives none.
-pub async fn recent_user_messages_honour_limit(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
+pub async fn recent_user_messages_honour_limit(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
     for i in 0..5 {
-        user(cx, &sid, &format!("u{i}")).await?;
+        user(fx, &sid, &format!("u{i}")).await?;
     }
-    eq("0", cx.store.recent_user_messages(0).await?.len(), 0)?;
+    eq("0", fx.store.recent_user_messages(0).await?.len(), 0)?;
     eq(
         "2",
-        cx.store.recent_user_messages(2).await?,
+        fx.store.recent_user_messages(2).await?,
         vec!["u4".to_owned(), "u3".to_owned()],
     )?;
     eq(
         "max",
-        cx.store.recent_user_messages(i64::MAX).await?.len(),
+        fx.store.recent_user_messages(i64::MAX).await?.len(),
         5,
     )
 }
 
 /// "Last" follows conversation order, where compaction's hint sits before the tail.
-pub async fn last_messages_follow_conversation_order(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    user(cx, &sid, "first question").await?;
-    assistant(cx, &sid, Some("first answer"), None, true).await?;
-    user(cx, &sid, "second question").await?;
+pub async fn last_messages_follow_conversation_order(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    user(fx, &sid, "first question").await?;
+    assistant(fx, &sid, Some("first answer"), None, true).await?;
+    user(fx, &sid, "second question").await?;
     eq(
         "last user",
-        cx.store.last_user_message(&sid).await?.as_str(),
+        fx.store.last_user_message(&sid).await?.as_str(),
         "second question",
     )?;
     eq(
         "last assistant",
-        cx.store.last_assistant_message(&sid).await?.as_str(),
+        fx.store.last_assistant_message(&sid).await?.as_str(),
         "first answer",
     )?;
     // Keep only the last user message: the hint lands before it.
-    cx.store.compact_session(&sid, "sum", 1).await?;
+    fx.store.compact_session(&sid, "sum", 1).await?;
     eq(
         "last assistant is the hint",
-        cx.store.last_assistant_message(&sid).await?.as_str(),
+        fx.store.last_assistant_message(&sid).await?.as_str(),
         koda_persistence_api::COMPACTION_HINT,
     )?;
     eq(
         "last user",
-        cx.store.last_user_message(&sid).await?.as_str(),
+        fx.store.last_user_message(&sid).await?.as_str(),
         "second question",
     )?;
-    assistant(cx, &sid, Some("incomplete answer"), None, false).await?;
+    assistant(fx, &sid, Some("incomplete answer"), None, false).await?;
     eq(
         "incomplete counts",
-        cx.store.last_assistant_message(&sid).await?.as_str(),
+        fx.store.last_assistant_message(&sid).await?.as_str(),
         "incomplete answer",
     )
 }
 
 /// Messages whose content is unset are skipped by the "last" lookups.
-pub async fn last_messages_skip_unset_content(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    user(cx, &sid, "real").await?;
-    assistant(cx, &sid, Some(""), None, true).await?;
-    cx.store
+pub async fn last_messages_skip_unset_content(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    user(fx, &sid, "real").await?;
+    assistant(fx, &sid, Some(""), None, true).await?;
+    fx.store
         .insert_message(&sid, &Role::User, None, None, None, None)
         .await?;
-    assistant(cx, &sid, None, Some(&calls(&["c"])), true).await?;
+    assistant(fx, &sid, None, Some(&calls(&["c"])), true).await?;
     eq(
         "user",
-        cx.store.last_user_message(&sid).await?.as_str(),
+        fx.store.last_user_message(&sid).await?.as_str(),
         "real",
     )?;
     eq(
         "assistant (empty string is set)",
-        cx.store.last_assistant_message(&sid).await?.as_str(),
+        fx.store.last_assistant_message(&sid).await?.as_str(),
         "",
     )?;
-    let other = session(cx).await?;
-    assistant(cx, &other, Some("kept"), None, false).await?;
-    assistant(cx, &other, None, None, true).await?;
+    let other = session(fx).await?;
+    assistant(fx, &other, Some("kept"), None, false).await?;
+    assistant(fx, &other, None, None, true).await?;
     eq(
         "assistant",
-        cx.store.last_assistant_message(&other).await?.as_str(),
+        fx.store.last_assistant_message(&other).await?.as_str(),
         "kept",
     )
 }
 
 /// Unknown sessions, or sessions without that role, give `""`.
-pub async fn last_messages_of_unknown_session_are_empty(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    tool(cx, &sid, Some("c"), "r").await?;
-    eq("user", cx.store.last_user_message(&sid).await?.as_str(), "")?;
+pub async fn last_messages_of_unknown_session_are_empty(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    tool(fx, &sid, Some("c"), "r").await?;
+    eq("user", fx.store.last_user_message(&sid).await?.as_str(), "")?;
     eq(
         "assistant",
-        cx.store.last_assistant_message(&sid).await?.as_str(),
+        fx.store.last_assistant_message(&sid).await?.as_str(),
         "",
     )?;
     eq(
         "unknown user",
-        cx.store.last_user_message("nope").await?.as_str(),
+        fx.store.last_user_message("nope").await?.as_str(),
         "",
     )?;
     eq(
         "unknown assistant",
-        cx.store.last_assistant_message("nope").await?.as_str(),
+        fx.store.last_assistant_message("nope").await?.as_str(),
         "",
     )
 }
 
 /// Pending tool calls: the last active message is an assistant with tool
 /// calls, complete or not, whatever its JSON holds.
-pub async fn pending_tool_calls_when_last_active_is_calling_assistant(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    eq("empty", cx.store.has_pending_tool_calls(&sid).await?, false)?;
-    user(cx, &sid, "go").await?;
+pub async fn pending_tool_calls_when_last_active_is_calling_assistant(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    eq("empty", fx.store.has_pending_tool_calls(&sid).await?, false)?;
+    user(fx, &sid, "go").await?;
     eq(
         "after user",
-        cx.store.has_pending_tool_calls(&sid).await?,
+        fx.store.has_pending_tool_calls(&sid).await?,
         false,
     )?;
-    assistant(cx, &sid, None, Some(&calls(&["c1"])), false).await?;
+    assistant(fx, &sid, None, Some(&calls(&["c1"])), false).await?;
     eq(
         "incomplete caller",
-        cx.store.has_pending_tool_calls(&sid).await?,
+        fx.store.has_pending_tool_calls(&sid).await?,
         true,
     )?;
-    tool(cx, &sid, Some("c1"), "done").await?;
-    assistant(cx, &sid, Some("x"), Some("not json"), true).await?;
+    tool(fx, &sid, Some("c1"), "done").await?;
+    assistant(fx, &sid, Some("x"), Some("not json"), true).await?;
     eq(
         "invalid json still has calls",
-        cx.store.has_pending_tool_calls(&sid).await?,
+        fx.store.has_pending_tool_calls(&sid).await?,
         true,
     )
 }
 
 /// No pending calls once a result follows, after compaction's hint, or for
 /// an unknown session.
-pub async fn no_pending_tool_calls_after_result_or_compaction(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    assistant(cx, &sid, None, Some(&calls(&["c1"])), true).await?;
-    tool(cx, &sid, Some("c1"), "out").await?;
+pub async fn no_pending_tool_calls_after_result_or_compaction(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    assistant(fx, &sid, None, Some(&calls(&["c1"])), true).await?;
+    tool(fx, &sid, Some("c1"), "out").await?;
     eq(
         "answered",
-        cx.store.has_pending_tool_calls(&sid).await?,
+        fx.store.has_pending_tool_calls(&sid).await?,
         false,
     )?;
-    assistant(cx, &sid, None, Some(&calls(&["c2"])), true).await?;
+    assistant(fx, &sid, None, Some(&calls(&["c2"])), true).await?;
     eq(
         "pending",
-        cx.store.has_pending_tool_calls(&sid).await?,
+        fx.store.has_pending_tool_calls(&sid).await?,
         true,
     )?;
-    cx.store.compact_session(&sid, "sum", 0).await?;
+    fx.store.compact_session(&sid, "sum", 0).await?;
     eq(
         "after compaction",
-        cx.store.has_pending_tool_calls(&sid).await?,
+        fx.store.has_pending_tool_calls(&sid).await?,
         false,
     )?;
     eq(
         "unknown",
-        cx.store.has_pending_tool_calls("nope").await?,
+        fx.store.has_pending_tool_calls("nope").await?,
         false,
     )
 }
 
 /// Clearing sets `content` on listed messages of any session, compacted or
 /// not, and changes nothing else.
-pub async fn clear_content_sets_stub_only(cx: &Ctx) -> Result<()> {
-    let a = session(cx).await?;
-    let b = session(cx).await?;
-    let t1 = cx
+pub async fn clear_content_sets_stub_only(fx: &Fixture) -> Result<()> {
+    let a = session(fx).await?;
+    let b = session(fx).await?;
+    let t1 = fx
         .store
         .insert_tool_message_with_full(&a, "summary", "c1", "full output")
         .await?;
-    let u1 = user(cx, &a, "keep me").await?;
-    cx.store.compact_session(&a, "sum", 1).await?;
-    let t2 = tool(cx, &b, Some("c2"), "other").await?;
-    cx.clock.advance(7_000);
-    let before_a = cx.store.load_all_messages(&a).await?;
-    let before_b = cx.store.load_all_messages(&b).await?;
-    cx.store
+    let u1 = user(fx, &a, "keep me").await?;
+    fx.store.compact_session(&a, "sum", 1).await?;
+    let t2 = tool(fx, &b, Some("c2"), "other").await?;
+    fx.clock.advance(7_000);
+    let before_a = fx.store.load_all_messages(&a).await?;
+    let before_b = fx.store.load_all_messages(&b).await?;
+    fx.store
         .clear_message_content(&[t1, t2, t1], "[cleared]")
         .await?;
     let expect = |ms: Vec<Message>| -> Vec<Message> {
@@ -480,44 +480,44 @@ pub async fn clear_content_sets_stub_only(cx: &Ctx) -> Result<()> {
     };
     eq(
         "session a",
-        cx.store.load_all_messages(&a).await?,
+        fx.store.load_all_messages(&a).await?,
         expect(before_a),
     )?;
     eq(
         "session b",
-        cx.store.load_all_messages(&b).await?,
+        fx.store.load_all_messages(&b).await?,
         expect(before_b),
     )?;
     eq(
         "idle untouched",
-        cx.store.get_session_idle_secs(&a).await?,
+        fx.store.get_session_idle_secs(&a).await?,
         Some(7),
     )?;
     eq(
         "other untouched",
-        cx.store.last_user_message(&a).await?.as_str(),
+        fx.store.last_user_message(&a).await?.as_str(),
         "keep me",
     )?;
     check("u1 exists", u1 > 0)
 }
 
 /// Unknown ids are ignored; an empty list is a no-op.
-pub async fn clear_content_ignores_unknown_ids(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    let id = user(cx, &sid, "x").await?;
-    cx.store.clear_message_content(&[], "stub").await?;
-    cx.store
+pub async fn clear_content_ignores_unknown_ids(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let id = user(fx, &sid, "x").await?;
+    fx.store.clear_message_content(&[], "stub").await?;
+    fx.store
         .clear_message_content(&[id + 100, -5, i64::MAX], "stub")
         .await?;
     eq(
         "untouched",
-        cx.store.last_user_message(&sid).await?.as_str(),
+        fx.store.last_user_message(&sid).await?.as_str(),
         "x",
     )?;
-    cx.store.clear_message_content(&[id + 100, id], "").await?;
+    fx.store.clear_message_content(&[id + 100, id], "").await?;
     eq(
         "cleared to empty",
-        cx.store.load_all_messages(&sid).await?[0]
+        fx.store.load_all_messages(&sid).await?[0]
             .content
             .as_deref(),
         Some(""),

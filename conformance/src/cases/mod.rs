@@ -1,5 +1,5 @@
 //! One plain `async fn` per rule of the contract, grouped by area. Each takes a
-//! fresh [`Ctx`] and returns `Err` describing the first broken rule.
+//! fresh [`Fixture`] and returns `Err` describing the first broken rule.
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use koda_persistence_api::{Message, PersistenceError, Role, TokenUsage};
 
-use crate::Ctx;
+use crate::Fixture;
 
 pub mod bad_input;
 pub mod compaction;
@@ -223,36 +223,41 @@ pub(crate) fn usage(p: i64, c: i64, cr: i64, cc: i64, t: i64) -> TokenUsage {
     }
 }
 
-pub(crate) async fn session(cx: &Ctx) -> Result<String> {
-    cx.store.create_session("main", Path::new(ROOT)).await
+pub(crate) async fn session(fx: &Fixture) -> Result<String> {
+    fx.store.create_session("main", Path::new(ROOT)).await
 }
 
-pub(crate) async fn user(cx: &Ctx, sid: &str, text: &str) -> Result<i64> {
-    cx.store
+pub(crate) async fn user(fx: &Fixture, sid: &str, text: &str) -> Result<i64> {
+    fx.store
         .insert_message(sid, &Role::User, Some(text), None, None, None)
         .await
 }
 
 /// Inserts an assistant message, marked complete when `complete`.
 pub(crate) async fn assistant(
-    cx: &Ctx,
+    fx: &Fixture,
     sid: &str,
     text: Option<&str>,
     tool_calls: Option<&str>,
     complete: bool,
 ) -> Result<i64> {
-    let id = cx
+    let id = fx
         .store
         .insert_message(sid, &Role::Assistant, text, tool_calls, None, None)
         .await?;
     if complete {
-        cx.store.mark_message_complete(id).await?;
+        fx.store.mark_message_complete(id).await?;
     }
     Ok(id)
 }
 
-pub(crate) async fn tool(cx: &Ctx, sid: &str, call_id: Option<&str>, text: &str) -> Result<i64> {
-    cx.store
+pub(crate) async fn tool(
+    fx: &Fixture,
+    sid: &str,
+    call_id: Option<&str>,
+    text: &str,
+) -> Result<i64> {
+    fx.store
         .insert_message(sid, &Role::Tool, Some(text), None, call_id, None)
         .await
 }
@@ -288,4 +293,44 @@ pub(crate) fn calls(ids: &[&str]) -> String {
         .map(|id| format!(r#"{{"id":"{id}","type":"function","function":{{"name":"bash","arguments":"{{}}"}}}}"#))
         .collect();
     format!("[{}]", items.join(","))
+}
+
+#[cfg(test)]
+mod listing {
+    /// The area files and their text.
+    const AREAS: [(&str, &str); 8] = [
+        ("sessions", include_str!("sessions.rs")),
+        ("messages", include_str!("messages.rs")),
+        ("context", include_str!("context.rs")),
+        ("usage", include_str!("usage.rs")),
+        ("compaction", include_str!("compaction.rs")),
+        ("metadata", include_str!("metadata.rs")),
+        ("bad_input", include_str!("bad_input.rs")),
+        ("concurrency", include_str!("concurrency.rs")),
+    ];
+
+    /// Every `pub async fn` in an area file is a case the suite's list
+    /// names in that area (a listed name that does not exist fails to
+    /// compile, so the list and the files agree both ways).
+    #[test]
+    fn every_case_function_is_listed() {
+        let list = include_str!("mod.rs");
+        for (area, text) in AREAS {
+            let section = list
+                .split(&format!("{area}: ["))
+                .nth(1)
+                .and_then(|rest| rest.split(']').next())
+                .unwrap_or_else(|| panic!("no list for area {area}"));
+            let listed: Vec<&str> = section.split(',').map(str::trim).collect();
+            let cases: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("pub async fn "))
+                .filter_map(|rest| rest.split('(').next())
+                .collect();
+            assert!(!cases.is_empty(), "{area} has no cases");
+            for case in cases {
+                assert!(listed.contains(&case), "{area}::{case} is not in the list");
+            }
+        }
+    }
 }

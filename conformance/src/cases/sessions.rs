@@ -8,24 +8,24 @@ use koda_persistence_api::Role;
 use koda_persistence_api::backend::format_timestamp;
 
 use super::{ROOT, assistant, check, eq, session, tool, usage, user};
-use crate::{Ctx, START_MS};
+use crate::{Fixture, START_MS};
 
 /// Every created session gets a new, unique id.
-pub async fn create_returns_unique_ids(cx: &Ctx) -> Result<()> {
+pub async fn create_returns_unique_ids(fx: &Fixture) -> Result<()> {
     let mut seen = HashSet::new();
     for _ in 0..50 {
-        let id = session(cx).await?;
+        let id = session(fx).await?;
         check(&format!("duplicate session id {id}"), seen.insert(id))?;
     }
     Ok(())
 }
 
 /// A new session has no messages, no title, no mode and is listed under its root.
-pub async fn new_session_is_empty_untitled_and_listed(cx: &Ctx) -> Result<()> {
-    let id = cx.store.create_session("coder", Path::new(ROOT)).await?;
-    eq("messages", cx.store.load_all_messages(&id).await?.len(), 0)?;
-    eq("mode", cx.store.get_session_mode(&id).await?, None)?;
-    let list = cx.store.list_sessions(10, Path::new(ROOT)).await?;
+pub async fn new_session_is_empty_untitled_and_listed(fx: &Fixture) -> Result<()> {
+    let id = fx.store.create_session("coder", Path::new(ROOT)).await?;
+    eq("messages", fx.store.load_all_messages(&id).await?.len(), 0)?;
+    eq("mode", fx.store.get_session_mode(&id).await?, None)?;
+    let list = fx.store.list_sessions(10, Path::new(ROOT)).await?;
     eq("listed", list.len(), 1)?;
     let info = &list[0];
     eq("id", info.id.as_str(), id.as_str())?;
@@ -37,9 +37,9 @@ pub async fn new_session_is_empty_untitled_and_listed(cx: &Ctx) -> Result<()> {
 }
 
 /// `created_at` is the clock's now, as UTC RFC 3339 with milliseconds.
-pub async fn created_at_comes_from_clock_in_rfc3339_millis(cx: &Ctx) -> Result<()> {
-    let id = session(cx).await?;
-    let list = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+pub async fn created_at_comes_from_clock_in_rfc3339_millis(fx: &Fixture) -> Result<()> {
+    let id = session(fx).await?;
+    let list = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     eq("id", list.first().map(|s| s.id.as_str()), Some(id.as_str()))?;
     eq(
         "created_at",
@@ -54,24 +54,24 @@ pub async fn created_at_comes_from_clock_in_rfc3339_millis(cx: &Ctx) -> Result<(
 }
 
 /// A new session was never accessed: idle time is `None`.
-pub async fn new_session_was_never_accessed(cx: &Ctx) -> Result<()> {
-    let id = session(cx).await?;
-    cx.clock.advance(10_000);
-    eq("idle", cx.store.get_session_idle_secs(&id).await?, None)?;
+pub async fn new_session_was_never_accessed(fx: &Fixture) -> Result<()> {
+    let id = session(fx).await?;
+    fx.clock.advance(10_000);
+    eq("idle", fx.store.get_session_idle_secs(&id).await?, None)?;
     eq(
         "idle of unknown",
-        cx.store.get_session_idle_secs("no-such-session").await?,
+        fx.store.get_session_idle_secs("no-such-session").await?,
         None,
     )
 }
 
 /// `list_sessions` matches roots by exact bytes: `/a/b` and `/a/b/` differ.
-pub async fn list_filters_by_exact_root_bytes(cx: &Ctx) -> Result<()> {
-    let a = cx.store.create_session("main", Path::new("/a/b")).await?;
-    let b = cx.store.create_session("main", Path::new("/a/b/")).await?;
-    let c = cx.store.create_session("main", Path::new("/a")).await?;
+pub async fn list_filters_by_exact_root_bytes(fx: &Fixture) -> Result<()> {
+    let a = fx.store.create_session("main", Path::new("/a/b")).await?;
+    let b = fx.store.create_session("main", Path::new("/a/b/")).await?;
+    let c = fx.store.create_session("main", Path::new("/a")).await?;
     for (root, want) in [("/a/b", &a), ("/a/b/", &b), ("/a", &c)] {
-        let got: Vec<String> = cx
+        let got: Vec<String> = fx
             .store
             .list_sessions(10, Path::new(root))
             .await?
@@ -82,16 +82,16 @@ pub async fn list_filters_by_exact_root_bytes(cx: &Ctx) -> Result<()> {
     }
     eq(
         "sessions of /A/B",
-        cx.store.list_sessions(10, Path::new("/A/B")).await?.len(),
+        fx.store.list_sessions(10, Path::new("/A/B")).await?.len(),
         0,
     )
 }
 
 /// The empty path is an ordinary root, distinct from every other.
-pub async fn empty_path_is_an_ordinary_root(cx: &Ctx) -> Result<()> {
-    let e = cx.store.create_session("main", Path::new("")).await?;
-    session(cx).await?;
-    let got: Vec<String> = cx
+pub async fn empty_path_is_an_ordinary_root(fx: &Fixture) -> Result<()> {
+    let e = fx.store.create_session("main", Path::new("")).await?;
+    session(fx).await?;
+    let got: Vec<String> = fx
         .store
         .list_sessions(10, Path::new(""))
         .await?
@@ -101,19 +101,19 @@ pub async fn empty_path_is_an_ordinary_root(cx: &Ctx) -> Result<()> {
     eq("sessions of empty root", got, vec![e])?;
     eq(
         "sessions of ROOT",
-        cx.store.list_sessions(10, Path::new(ROOT)).await?.len(),
+        fx.store.list_sessions(10, Path::new(ROOT)).await?.len(),
         1,
     )
 }
 
 /// Sessions are listed newest `created_at` first.
-pub async fn list_orders_newest_first(cx: &Ctx) -> Result<()> {
-    let old = session(cx).await?;
-    cx.clock.advance(1_000);
-    let new = session(cx).await?;
-    cx.clock.advance(-5_000);
-    let oldest = session(cx).await?;
-    let got: Vec<String> = cx
+pub async fn list_orders_newest_first(fx: &Fixture) -> Result<()> {
+    let old = session(fx).await?;
+    fx.clock.advance(1_000);
+    let new = session(fx).await?;
+    fx.clock.advance(-5_000);
+    let oldest = session(fx).await?;
+    let got: Vec<String> = fx
         .store
         .list_sessions(10, Path::new(ROOT))
         .await?
@@ -124,13 +124,13 @@ pub async fn list_orders_newest_first(cx: &Ctx) -> Result<()> {
 }
 
 /// Sessions created at the same instant list later-created first.
-pub async fn list_ties_break_by_creation_sequence(cx: &Ctx) -> Result<()> {
+pub async fn list_ties_break_by_creation_sequence(fx: &Fixture) -> Result<()> {
     let mut made = Vec::new();
     for _ in 0..5 {
-        made.push(session(cx).await?);
+        made.push(session(fx).await?);
     }
     made.reverse();
-    let got: Vec<String> = cx
+    let got: Vec<String> = fx
         .store
         .list_sessions(10, Path::new(ROOT))
         .await?
@@ -141,16 +141,16 @@ pub async fn list_ties_break_by_creation_sequence(cx: &Ctx) -> Result<()> {
 }
 
 /// At most `limit` sessions come back; 0 gives none.
-pub async fn list_honours_limit(cx: &Ctx) -> Result<()> {
+pub async fn list_honours_limit(fx: &Fixture) -> Result<()> {
     let mut made = Vec::new();
     for _ in 0..4 {
-        made.push(session(cx).await?);
-        cx.clock.advance(1);
+        made.push(session(fx).await?);
+        fx.clock.advance(1);
     }
     made.reverse();
     let root = Path::new(ROOT);
-    eq("limit 0", cx.store.list_sessions(0, root).await?.len(), 0)?;
-    let two: Vec<String> = cx
+    eq("limit 0", fx.store.list_sessions(0, root).await?.len(), 0)?;
+    let two: Vec<String> = fx
         .store
         .list_sessions(2, root)
         .await?
@@ -158,20 +158,20 @@ pub async fn list_honours_limit(cx: &Ctx) -> Result<()> {
         .map(|s| s.id)
         .collect();
     eq("limit 2", two, made[..2].to_vec())?;
-    eq("limit 4", cx.store.list_sessions(4, root).await?.len(), 4)?;
+    eq("limit 4", fx.store.list_sessions(4, root).await?.len(), 4)?;
     eq(
         "limit max",
-        cx.store.list_sessions(i64::MAX, root).await?.len(),
+        fx.store.list_sessions(i64::MAX, root).await?.len(),
         4,
     )
 }
 
 /// `message_count` counts stored messages (compacted included); `total_tokens`
 /// sums prompt + completion, unset counting 0.
-pub async fn list_counts_messages_and_tokens(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    user(cx, &sid, "hello").await?;
-    cx.store
+pub async fn list_counts_messages_and_tokens(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    user(fx, &sid, "hello").await?;
+    fx.store
         .insert_message(
             &sid,
             &Role::Assistant,
@@ -181,7 +181,7 @@ pub async fn list_counts_messages_and_tokens(cx: &Ctx) -> Result<()> {
             Some(&usage(100, 20, 7, 8, 9)),
         )
         .await?;
-    cx.store
+    fx.store
         .insert_message(
             &sid,
             &Role::Assistant,
@@ -191,9 +191,9 @@ pub async fn list_counts_messages_and_tokens(cx: &Ctx) -> Result<()> {
             Some(&usage(5, 0, 0, 0, 0)),
         )
         .await?;
-    tool(cx, &sid, Some("c1"), "out").await?;
-    cx.store.compact_session(&sid, "summary", 1).await?;
-    let info = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+    tool(fx, &sid, Some("c1"), "out").await?;
+    fx.store.compact_session(&sid, "summary", 1).await?;
+    let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     eq("listed", info.len(), 1)?;
     // 4 inserted + summary + hint.
     eq("message_count", info[0].message_count, 6)?;
@@ -201,10 +201,10 @@ pub async fn list_counts_messages_and_tokens(cx: &Ctx) -> Result<()> {
 }
 
 /// `total_tokens` saturates at `i64::MAX` instead of overflowing.
-pub async fn list_total_tokens_saturate(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
+pub async fn list_total_tokens_saturate(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
     for _ in 0..3 {
-        cx.store
+        fx.store
             .insert_message(
                 &sid,
                 &Role::Assistant,
@@ -215,7 +215,7 @@ pub async fn list_total_tokens_saturate(cx: &Ctx) -> Result<()> {
             )
             .await?;
     }
-    let info = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+    let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     eq(
         "total_tokens",
         info.first().map(|s| s.total_tokens),
@@ -225,9 +225,9 @@ pub async fn list_total_tokens_saturate(cx: &Ctx) -> Result<()> {
 
 /// `total_tokens` stays exact when saturating messages are purged: the sum
 /// of what remains, not a saturated total minus a saturated part.
-pub async fn list_total_tokens_exact_after_purge(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    cx.store
+pub async fn list_total_tokens_exact_after_purge(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    fx.store
         .insert_message(
             &sid,
             &Role::Assistant,
@@ -237,7 +237,7 @@ pub async fn list_total_tokens_exact_after_purge(cx: &Ctx) -> Result<()> {
             Some(&usage(1, i64::MAX, 0, 0, 0)),
         )
         .await?;
-    cx.store
+    fx.store
         .insert_message(
             &sid,
             &Role::Assistant,
@@ -247,33 +247,33 @@ pub async fn list_total_tokens_exact_after_purge(cx: &Ctx) -> Result<()> {
             Some(&usage(2, 3, 0, 0, 0)),
         )
         .await?;
-    let info = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+    let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     eq(
         "saturated",
         info.first().map(|s| s.total_tokens),
         Some(i64::MAX),
     )?;
-    cx.store.compact_session(&sid, "s", 1).await?;
-    eq("purged", cx.store.purge_compacted(0).await?, 1)?;
-    let info = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+    fx.store.compact_session(&sid, "s", 1).await?;
+    eq("purged", fx.store.purge_compacted(0).await?, 1)?;
+    let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     eq("after purge", info.first().map(|s| s.total_tokens), Some(5))
 }
 
 /// The title and mode set on a session show in `list_sessions`.
-pub async fn list_shows_title_and_mode(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    cx.store.set_session_title(&sid, "Fix the parser").await?;
-    cx.store.set_session_mode(&sid, "auto").await?;
-    let info = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+pub async fn list_shows_title_and_mode(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    fx.store.set_session_title(&sid, "Fix the parser").await?;
+    fx.store.set_session_mode(&sid, "auto").await?;
+    let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     eq("title", info[0].title.as_deref(), Some("Fix the parser"))?;
     eq("mode", info[0].mode.as_deref(), Some("auto"))
 }
 
 /// Deleting a session removes it, its messages, usage and metadata.
-pub async fn delete_removes_session_messages_and_metadata(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    let uid = user(cx, &sid, "secret prompt").await?;
-    cx.store
+pub async fn delete_removes_session_messages_and_metadata(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let uid = user(fx, &sid, "secret prompt").await?;
+    fx.store
         .insert_message(
             &sid,
             &Role::Assistant,
@@ -283,163 +283,163 @@ pub async fn delete_removes_session_messages_and_metadata(cx: &Ctx) -> Result<()
             Some(&usage(1, 2, 3, 4, 5)),
         )
         .await?;
-    cx.store.set_metadata(&sid, "k", "v").await?;
-    cx.store.set_todo(&sid, "- [ ] x").await?;
-    eq("delete", cx.store.delete_session(&sid).await?, true)?;
-    eq("messages", cx.store.load_all_messages(&sid).await?.len(), 0)?;
+    fx.store.set_metadata(&sid, "k", "v").await?;
+    fx.store.set_todo(&sid, "- [ ] x").await?;
+    eq("delete", fx.store.delete_session(&sid).await?, true)?;
+    eq("messages", fx.store.load_all_messages(&sid).await?.len(), 0)?;
     eq(
         "listed",
-        cx.store.list_sessions(10, Path::new(ROOT)).await?.len(),
+        fx.store.list_sessions(10, Path::new(ROOT)).await?.len(),
         0,
     )?;
-    eq("metadata", cx.store.get_metadata(&sid, "k").await?, None)?;
-    eq("todo", cx.store.get_todo(&sid).await?, None)?;
+    eq("metadata", fx.store.get_metadata(&sid, "k").await?, None)?;
+    eq("todo", fx.store.get_todo(&sid).await?, None)?;
     eq(
         "usage calls",
-        cx.store.session_token_usage(&sid).await?.api_calls,
+        fx.store.session_token_usage(&sid).await?.api_calls,
         0,
     )?;
     eq(
         "recent",
-        cx.store.recent_user_messages(10).await?,
+        fx.store.recent_user_messages(10).await?,
         Vec::<String>::new(),
     )?;
     super::expect_err(
         "mark deleted message",
-        cx.store.mark_message_complete(uid).await,
+        fx.store.mark_message_complete(uid).await,
         |e| matches!(e, koda_persistence_api::PersistenceError::MessageNotFound(id) if *id == uid),
     )
 }
 
 /// Deleting an unknown (or already deleted) session returns `false`.
-pub async fn delete_unknown_returns_false(cx: &Ctx) -> Result<()> {
-    eq("unknown", cx.store.delete_session("nope").await?, false)?;
-    let sid = session(cx).await?;
-    eq("first", cx.store.delete_session(&sid).await?, true)?;
-    eq("second", cx.store.delete_session(&sid).await?, false)
+pub async fn delete_unknown_returns_false(fx: &Fixture) -> Result<()> {
+    eq("unknown", fx.store.delete_session("nope").await?, false)?;
+    let sid = session(fx).await?;
+    eq("first", fx.store.delete_session(&sid).await?, true)?;
+    eq("second", fx.store.delete_session(&sid).await?, false)
 }
 
 /// Deleting one session leaves every other untouched.
-pub async fn delete_leaves_other_sessions_alone(cx: &Ctx) -> Result<()> {
-    let a = session(cx).await?;
-    let b = session(cx).await?;
-    user(cx, &a, "a").await?;
-    let kept = user(cx, &b, "b").await?;
-    cx.store.set_metadata(&b, "k", "v").await?;
-    cx.store.delete_session(&a).await?;
+pub async fn delete_leaves_other_sessions_alone(fx: &Fixture) -> Result<()> {
+    let a = session(fx).await?;
+    let b = session(fx).await?;
+    user(fx, &a, "a").await?;
+    let kept = user(fx, &b, "b").await?;
+    fx.store.set_metadata(&b, "k", "v").await?;
+    fx.store.delete_session(&a).await?;
     eq(
         "b messages",
-        super::ids(&cx.store.load_all_messages(&b).await?),
+        super::ids(&fx.store.load_all_messages(&b).await?),
         vec![kept],
     )?;
     eq(
         "b metadata",
-        cx.store.get_metadata(&b, "k").await?.as_deref(),
+        fx.store.get_metadata(&b, "k").await?.as_deref(),
         Some("v"),
     )?;
     eq(
         "recent",
-        cx.store.recent_user_messages(10).await?,
+        fx.store.recent_user_messages(10).await?,
         vec!["b".to_owned()],
     )
 }
 
 /// Title and mode are overwritten by each set; the mode read is the last set.
-pub async fn title_and_mode_overwrite(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    cx.store.set_session_title(&sid, "one").await?;
-    cx.store.set_session_title(&sid, "two").await?;
-    cx.store.set_session_mode(&sid, "plan").await?;
-    cx.store.set_session_mode(&sid, "").await?;
+pub async fn title_and_mode_overwrite(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    fx.store.set_session_title(&sid, "one").await?;
+    fx.store.set_session_title(&sid, "two").await?;
+    fx.store.set_session_mode(&sid, "plan").await?;
+    fx.store.set_session_mode(&sid, "").await?;
     eq(
         "mode",
-        cx.store.get_session_mode(&sid).await?.as_deref(),
+        fx.store.get_session_mode(&sid).await?.as_deref(),
         Some(""),
     )?;
-    let info = cx.store.list_sessions(1, Path::new(ROOT)).await?;
+    let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     eq("title", info[0].title.as_deref(), Some("two"))?;
     eq("listed mode", info[0].mode.as_deref(), Some(""))
 }
 
 /// The mode of an unknown session, or one never set, is `None`.
-pub async fn mode_of_unknown_session_is_none(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    eq("unset", cx.store.get_session_mode(&sid).await?, None)?;
-    eq("unknown", cx.store.get_session_mode("missing").await?, None)
+pub async fn mode_of_unknown_session_is_none(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    eq("unset", fx.store.get_session_mode(&sid).await?, None)?;
+    eq("unknown", fx.store.get_session_mode("missing").await?, None)
 }
 
 /// Idle time counts whole seconds since the last insert.
-pub async fn idle_secs_count_from_last_insert(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    user(cx, &sid, "hi").await?;
-    eq("now", cx.store.get_session_idle_secs(&sid).await?, Some(0))?;
-    cx.clock.advance(2_500);
+pub async fn idle_secs_count_from_last_insert(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    user(fx, &sid, "hi").await?;
+    eq("now", fx.store.get_session_idle_secs(&sid).await?, Some(0))?;
+    fx.clock.advance(2_500);
     eq(
         "2.5 s",
-        cx.store.get_session_idle_secs(&sid).await?,
+        fx.store.get_session_idle_secs(&sid).await?,
         Some(2),
     )?;
-    user(cx, &sid, "again").await?;
-    cx.clock.advance(61_000);
+    user(fx, &sid, "again").await?;
+    fx.clock.advance(61_000);
     eq(
         "61 s",
-        cx.store.get_session_idle_secs(&sid).await?,
+        fx.store.get_session_idle_secs(&sid).await?,
         Some(61),
     )
 }
 
 /// Idle time floor-divides milliseconds and never goes below 0.
-pub async fn idle_secs_floor_and_clamp_at_zero(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    user(cx, &sid, "hi").await?;
-    cx.clock.advance(999);
+pub async fn idle_secs_floor_and_clamp_at_zero(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    user(fx, &sid, "hi").await?;
+    fx.clock.advance(999);
     eq(
         "999 ms",
-        cx.store.get_session_idle_secs(&sid).await?,
+        fx.store.get_session_idle_secs(&sid).await?,
         Some(0),
     )?;
-    cx.clock.advance(1);
+    fx.clock.advance(1);
     eq(
         "1000 ms",
-        cx.store.get_session_idle_secs(&sid).await?,
+        fx.store.get_session_idle_secs(&sid).await?,
         Some(1),
     )?;
-    cx.clock.advance(-10_000);
+    fx.clock.advance(-10_000);
     eq(
         "clock went back",
-        cx.store.get_session_idle_secs(&sid).await?,
+        fx.store.get_session_idle_secs(&sid).await?,
         Some(0),
     )
 }
 
 /// Only inserts set `last_accessed_at`: reads, compaction, completion,
 /// clearing, titles, modes and metadata do not.
-pub async fn idle_secs_ignore_reads_compaction_and_other_writes(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    let id = user(cx, &sid, "hi").await?;
-    user(cx, &sid, "again").await?;
-    cx.clock.advance(5_000);
-    cx.store.load_context(&sid).await?;
-    cx.store.load_all_messages(&sid).await?;
-    cx.store.last_user_message(&sid).await?;
-    cx.store.mark_message_complete(id).await?;
-    cx.store.clear_message_content(&[id], "[cleared]").await?;
-    cx.store.set_session_title(&sid, "t").await?;
-    cx.store.set_session_mode(&sid, "m").await?;
-    cx.store.set_metadata(&sid, "k", "v").await?;
-    cx.store.set_todo(&sid, "todo").await?;
-    cx.store.compact_session(&sid, "sum", 1).await?;
-    eq("idle", cx.store.get_session_idle_secs(&sid).await?, Some(5))
+pub async fn idle_secs_ignore_reads_compaction_and_other_writes(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let id = user(fx, &sid, "hi").await?;
+    user(fx, &sid, "again").await?;
+    fx.clock.advance(5_000);
+    fx.store.load_context(&sid).await?;
+    fx.store.load_all_messages(&sid).await?;
+    fx.store.last_user_message(&sid).await?;
+    fx.store.mark_message_complete(id).await?;
+    fx.store.clear_message_content(&[id], "[cleared]").await?;
+    fx.store.set_session_title(&sid, "t").await?;
+    fx.store.set_session_mode(&sid, "m").await?;
+    fx.store.set_metadata(&sid, "k", "v").await?;
+    fx.store.set_todo(&sid, "todo").await?;
+    fx.store.compact_session(&sid, "sum", 1).await?;
+    eq("idle", fx.store.get_session_idle_secs(&sid).await?, Some(5))
 }
 
 /// All three inserting methods set `last_accessed_at` to now.
-pub async fn every_insert_kind_touches_last_accessed(cx: &Ctx) -> Result<()> {
-    let a = session(cx).await?;
-    let b = session(cx).await?;
-    let c = session(cx).await?;
-    cx.clock.advance(3_000);
-    user(cx, &a, "x").await?;
-    cx.store
+pub async fn every_insert_kind_touches_last_accessed(fx: &Fixture) -> Result<()> {
+    let a = session(fx).await?;
+    let b = session(fx).await?;
+    let c = session(fx).await?;
+    fx.clock.advance(3_000);
+    user(fx, &a, "x").await?;
+    fx.store
         .insert_message_with_agent(
             &b,
             &Role::Assistant,
@@ -450,13 +450,13 @@ pub async fn every_insert_kind_touches_last_accessed(cx: &Ctx) -> Result<()> {
             Some("sub"),
         )
         .await?;
-    cx.store
+    fx.store
         .insert_tool_message_with_full(&c, "sum", "call", "full")
         .await?;
-    assistant(cx, &a, Some("y"), None, true).await?;
-    cx.clock.advance(4_000);
+    assistant(fx, &a, Some("y"), None, true).await?;
+    fx.clock.advance(4_000);
     for s in [&a, &b, &c] {
-        eq("idle", cx.store.get_session_idle_secs(s).await?, Some(4))?;
+        eq("idle", fx.store.get_session_idle_secs(s).await?, Some(4))?;
     }
     Ok(())
 }

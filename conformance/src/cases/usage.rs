@@ -4,7 +4,7 @@ use anyhow::Result;
 use koda_persistence_api::{Role, SessionUsage};
 
 use super::{eq, session, usage, user};
-use crate::Ctx;
+use crate::Fixture;
 
 fn totals(p: i64, c: i64, cr: i64, cc: i64, t: i64, calls: i64) -> SessionUsage {
     SessionUsage {
@@ -18,16 +18,16 @@ fn totals(p: i64, c: i64, cr: i64, cc: i64, t: i64, calls: i64) -> SessionUsage 
 }
 
 /// The five counters are summed over the session's counted messages.
-pub async fn usage_sums_counted_messages(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    let other = session(cx).await?;
-    user(cx, &sid, "q").await?;
+pub async fn usage_sums_counted_messages(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let other = session(fx).await?;
+    user(fx, &sid, "q").await?;
     for u in [usage(10, 1, 2, 3, 4), usage(20, 5, 6, 7, 8)] {
-        cx.store
+        fx.store
             .insert_message(&sid, &Role::Assistant, Some("a"), None, None, Some(&u))
             .await?;
     }
-    cx.store
+    fx.store
         .insert_message(
             &other,
             &Role::Assistant,
@@ -39,18 +39,18 @@ pub async fn usage_sums_counted_messages(cx: &Ctx) -> Result<()> {
         .await?;
     eq(
         "usage",
-        cx.store.session_token_usage(&sid).await?,
+        fx.store.session_token_usage(&sid).await?,
         totals(30, 6, 8, 10, 12, 2),
     )
 }
 
 /// Only messages with usage stored count as API calls; `Some(zeros)` counts.
-pub async fn usage_counts_messages_with_prompt_or_completion(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    cx.store
+pub async fn usage_counts_messages_with_prompt_or_completion(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    fx.store
         .insert_message(&sid, &Role::Assistant, Some("a"), None, None, None)
         .await?;
-    cx.store
+    fx.store
         .insert_message(
             &sid,
             &Role::Assistant,
@@ -60,7 +60,7 @@ pub async fn usage_counts_messages_with_prompt_or_completion(cx: &Ctx) -> Result
             Some(&usage(0, 0, 0, 0, 0)),
         )
         .await?;
-    cx.store
+    fx.store
         .insert_message(
             &sid,
             &Role::User,
@@ -72,15 +72,15 @@ pub async fn usage_counts_messages_with_prompt_or_completion(cx: &Ctx) -> Result
         .await?;
     eq(
         "usage",
-        cx.store.session_token_usage(&sid).await?,
+        fx.store.session_token_usage(&sid).await?,
         totals(0, 0, 9, 0, 0, 2),
     )
 }
 
 /// Compacted messages still count until they are purged.
-pub async fn usage_includes_compacted_until_purged(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    cx.store
+pub async fn usage_includes_compacted_until_purged(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    fx.store
         .insert_message(
             &sid,
             &Role::Assistant,
@@ -90,8 +90,8 @@ pub async fn usage_includes_compacted_until_purged(cx: &Ctx) -> Result<()> {
             Some(&usage(7, 3, 0, 0, 0)),
         )
         .await?;
-    user(cx, &sid, "recent").await?;
-    cx.store
+    user(fx, &sid, "recent").await?;
+    fx.store
         .insert_message(
             &sid,
             &Role::Assistant,
@@ -101,40 +101,40 @@ pub async fn usage_includes_compacted_until_purged(cx: &Ctx) -> Result<()> {
             Some(&usage(1, 1, 0, 0, 0)),
         )
         .await?;
-    cx.store.compact_session(&sid, "sum", 2).await?;
+    fx.store.compact_session(&sid, "sum", 2).await?;
     eq(
         "compacted",
-        cx.store.session_token_usage(&sid).await?,
+        fx.store.session_token_usage(&sid).await?,
         totals(8, 4, 0, 0, 0, 2),
     )?;
-    cx.store.purge_compacted(0).await?;
+    fx.store.purge_compacted(0).await?;
     eq(
         "purged",
-        cx.store.session_token_usage(&sid).await?,
+        fx.store.session_token_usage(&sid).await?,
         totals(1, 1, 0, 0, 0, 1),
     )
 }
 
 /// An unknown session has zero usage and no agents.
-pub async fn usage_of_unknown_session_is_zero(cx: &Ctx) -> Result<()> {
+pub async fn usage_of_unknown_session_is_zero(fx: &Fixture) -> Result<()> {
     eq(
         "usage",
-        cx.store.session_token_usage("nope").await?,
+        fx.store.session_token_usage("nope").await?,
         SessionUsage::default(),
     )?;
     eq(
         "by agent",
-        cx.store.session_usage_by_agent("nope").await?.len(),
+        fx.store.session_usage_by_agent("nope").await?.len(),
         0,
     )
 }
 
 /// Sums saturate at `i64::MAX`.
-pub async fn usage_sums_saturate(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
+pub async fn usage_sums_saturate(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
     let big = usage(i64::MAX, i64::MAX - 1, i64::MAX, 1, i64::MAX);
     for _ in 0..3 {
-        cx.store
+        fx.store
             .insert_message_with_agent(
                 &sid,
                 &Role::Assistant,
@@ -147,18 +147,18 @@ pub async fn usage_sums_saturate(cx: &Ctx) -> Result<()> {
             .await?;
     }
     let want = totals(i64::MAX, i64::MAX, i64::MAX, 3, i64::MAX, 3);
-    eq("usage", cx.store.session_token_usage(&sid).await?, want)?;
+    eq("usage", fx.store.session_token_usage(&sid).await?, want)?;
     eq(
         "by agent",
-        cx.store.session_usage_by_agent(&sid).await?,
+        fx.store.session_usage_by_agent(&sid).await?,
         vec![("x".to_owned(), want)],
     )
 }
 
 /// No agent and `"main"` are one group named `"main"`.
-pub async fn usage_by_agent_merges_none_and_main(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    cx.store
+pub async fn usage_by_agent_merges_none_and_main(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    fx.store
         .insert_message(
             &sid,
             &Role::Assistant,
@@ -168,7 +168,7 @@ pub async fn usage_by_agent_merges_none_and_main(cx: &Ctx) -> Result<()> {
             Some(&usage(1, 2, 0, 0, 0)),
         )
         .await?;
-    cx.store
+    fx.store
         .insert_message_with_agent(
             &sid,
             &Role::Assistant,
@@ -179,7 +179,7 @@ pub async fn usage_by_agent_merges_none_and_main(cx: &Ctx) -> Result<()> {
             Some("main"),
         )
         .await?;
-    cx.store
+    fx.store
         .insert_message_with_agent(
             &sid,
             &Role::Assistant,
@@ -192,14 +192,14 @@ pub async fn usage_by_agent_merges_none_and_main(cx: &Ctx) -> Result<()> {
         .await?;
     eq(
         "groups",
-        cx.store.session_usage_by_agent(&sid).await?,
+        fx.store.session_usage_by_agent(&sid).await?,
         vec![("main".to_owned(), totals(11, 22, 1, 1, 1, 2))],
     )
 }
 
 /// Groups are ordered by prompt + completion descending, ties by name bytes.
-pub async fn usage_by_agent_orders_by_total_then_name_bytes(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
+pub async fn usage_by_agent_orders_by_total_then_name_bytes(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
     let rows = [
         ("b", usage(5, 5, 0, 0, 0)),
         ("Z", usage(1, 9, 0, 0, 0)),
@@ -208,7 +208,7 @@ pub async fn usage_by_agent_orders_by_total_then_name_bytes(cx: &Ctx) -> Result<
         ("big", usage(100, 0, 0, 0, 0)),
     ];
     for (agent, u) in rows {
-        cx.store
+        fx.store
             .insert_message_with_agent(
                 &sid,
                 &Role::Assistant,
@@ -220,7 +220,7 @@ pub async fn usage_by_agent_orders_by_total_then_name_bytes(cx: &Ctx) -> Result<
             )
             .await?;
     }
-    let names: Vec<String> = cx
+    let names: Vec<String> = fx
         .store
         .session_usage_by_agent(&sid)
         .await?
@@ -235,9 +235,9 @@ pub async fn usage_by_agent_orders_by_total_then_name_bytes(cx: &Ctx) -> Result<
 }
 
 /// Deleting the session removes its usage.
-pub async fn usage_drops_with_deleted_session(cx: &Ctx) -> Result<()> {
-    let sid = session(cx).await?;
-    cx.store
+pub async fn usage_drops_with_deleted_session(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    fx.store
         .insert_message(
             &sid,
             &Role::Assistant,
@@ -247,10 +247,10 @@ pub async fn usage_drops_with_deleted_session(cx: &Ctx) -> Result<()> {
             Some(&usage(1, 1, 1, 1, 1)),
         )
         .await?;
-    cx.store.delete_session(&sid).await?;
+    fx.store.delete_session(&sid).await?;
     eq(
         "usage",
-        cx.store.session_token_usage(&sid).await?,
+        fx.store.session_token_usage(&sid).await?,
         SessionUsage::default(),
     )
 }

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use koda_persistence_api::ManualClock;
-use koda_persistence_conformance::{Ctx, Factory};
+use koda_persistence_conformance::{Factory, Fixture};
 use koda_persistence_sled::{SledOptions, SledStore};
 
 struct TempDir;
 
 #[async_trait::async_trait]
 impl Factory for TempDir {
-    async fn create(&self, start_ms: i64) -> anyhow::Result<Ctx> {
+    async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
         let dir = tempfile::tempdir()?;
         let clock = ManualClock::new(start_ms);
         let store = SledStore::open_with(
@@ -20,7 +20,7 @@ impl Factory for TempDir {
             Arc::new(clock.clone()),
         )
         .await?;
-        Ok(Ctx::new(Arc::new(store), clock).with_guard(dir))
+        Ok(Fixture::new(Arc::new(store), clock).with_guard(dir))
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use koda_persistence_api::ManualClock;
-use koda_persistence_conformance::{Ctx, Factory};
+use koda_persistence_conformance::{Factory, Fixture};
 use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore};
 
 /// A fresh database file in its own temp directory.
@@ -12,7 +12,7 @@ struct TempFile;
 
 #[async_trait::async_trait]
 impl Factory for TempFile {
-    async fn create(&self, start_ms: i64) -> anyhow::Result<Ctx> {
+    async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
         let dir = tempfile::tempdir()?;
         let clock = ManualClock::new(start_ms);
         let store = SqliteStore::open_with(
@@ -21,7 +21,7 @@ impl Factory for TempFile {
             Arc::new(clock.clone()),
         )
         .await?;
-        Ok(Ctx::new(Arc::new(store), clock).with_guard(dir))
+        Ok(Fixture::new(Arc::new(store), clock).with_guard(dir))
     }
 }
 
@@ -30,10 +30,10 @@ struct InMemory;
 
 #[async_trait::async_trait]
 impl Factory for InMemory {
-    async fn create(&self, start_ms: i64) -> anyhow::Result<Ctx> {
+    async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
         let clock = ManualClock::new(start_ms);
         let store = SqliteStore::open_in_memory(Arc::new(clock.clone())).await?;
-        Ok(Ctx::new(Arc::new(store), clock))
+        Ok(Fixture::new(Arc::new(store), clock))
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use koda_persistence_api::ManualClock;
-use koda_persistence_conformance::{Ctx, Factory, Skipped};
+use koda_persistence_conformance::{Factory, Fixture, Skipped};
 use koda_persistence_postgres::{PostgresOptions, PostgresStore};
 use tokio::sync::OnceCell;
 
@@ -313,14 +313,14 @@ pub struct FreshSchema;
 
 #[async_trait::async_trait]
 impl Factory for FreshSchema {
-    async fn create(&self, start_ms: i64) -> Result<Ctx> {
+    async fn create(&self, start_ms: i64) -> Result<Fixture> {
         let url = server_url().await?;
         let schema = fresh_schema();
         let clock = ManualClock::new(start_ms);
         let store =
             PostgresStore::connect_with(options(&url, &schema)?, Arc::new(clock.clone())).await?;
         let probe_url = url.clone();
-        Ok(Ctx::new(Arc::new(store), clock)
+        Ok(Fixture::new(Arc::new(store), clock)
             .with_deadlock_probe(move || deadlocks(probe_url.clone()))
             .with_teardown(move || async move { drop_schema(&url, &schema).await }))
     }
