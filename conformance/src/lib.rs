@@ -5,13 +5,30 @@
 //! - [`machine`]: a proptest state machine driving the model and a backend
 //!   through the same random operations, comparing every result.
 //!
-//! A backend runs all of it from its `tests/conformance.rs`:
+//! A backend runs all of it from its `tests/conformance.rs` (with this crate
+//! as a dev-dependency): a factory that makes a fresh, empty store per case,
+//! and one macro call.
 //!
-//! ```text
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use koda_persistence_api::ManualClock;
+//! use koda_persistence_conformance::{Factory, Fixture};
+//!
+//! /// A fresh store for every case.
 //! struct Memory;
+//!
 //! #[async_trait::async_trait]
-//! impl koda_persistence_conformance::Factory for Memory { /* build a fresh store */ }
+//! impl Factory for Memory {
+//!     async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
+//!         let clock = ManualClock::new(start_ms);
+//!         let store = koda_persistence_memory::MemoryStore::with_clock(Arc::new(clock.clone()));
+//!         Ok(Fixture::new(Arc::new(store), clock))
+//!     }
+//! }
+//!
 //! koda_persistence_conformance::conformance_tests!(Memory);
+//! # fn main() {}
 //! ```
 //!
 //! The macro only emits one `#[tokio::test]` per case (and one for the state
