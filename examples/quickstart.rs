@@ -34,6 +34,16 @@ fn preview(text: Option<&str>) -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Logs go to stderr, filtered by RUST_LOG (e.g. RUST_LOG=koda_persistence=debug
+    // shows every store call with its duration); warnings only by default.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let url = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "sqlite://koda-quickstart.db".to_owned());

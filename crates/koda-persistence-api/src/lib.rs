@@ -18,6 +18,7 @@ mod context;
 mod error;
 mod persistence;
 mod rules;
+mod traced;
 mod types;
 pub mod url;
 
@@ -25,6 +26,7 @@ pub use clock::{Clock, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, SystemCl
 pub use context::detect_interruption;
 pub use error::PersistenceError;
 pub use persistence::Persistence;
+pub use traced::{SLOW_CALL, Traced};
 pub use types::{
     COMPACTION_HINT, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, Role,
     SessionInfo, SessionUsage, TODO_KEY, TokenUsage,

@@ -100,11 +100,19 @@ pub(crate) async fn migrate(options: &PostgresOptions) -> Result<()> {
                     .map_err(|e| classify(e, "creating the schema"))?;
             }
         }
-        embedded::migrations::runner()
+        let report = embedded::migrations::runner()
             .set_migration_table_name("koda_schema_history")
             .run_async(&mut client)
             .await
             .map_err(|e| PersistenceError::Unavailable(format!("migrating the schema: {e}")))?;
+        for m in report.applied_migrations() {
+            tracing::info!(
+                schema = options.schema_name(),
+                version = m.version(),
+                name = m.name(),
+                "applied a PostgreSQL migration"
+            );
+        }
         anyhow::Ok(())
     }
     .await;

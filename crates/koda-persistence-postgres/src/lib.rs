@@ -68,6 +68,10 @@ use crate::error::{is_connection_loss, is_retryable, pool_error};
 
 pub use crate::options::{MAX_POOL_SIZE, PostgresOptions, SCHEMES, TlsMode, check_schema_name};
 
+/// A call that waited longer than this for a pooled connection logs a
+/// `warn` event (the pool is too small for the load).
+pub const POOL_WAIT_WARNING: Duration = Duration::from_millis(100);
+
 /// How often a call that hit a serialization failure or deadlock is retried.
 const RETRIES: u32 = 8;
 
@@ -170,13 +174,23 @@ impl PostgresStore {
     {
         let mut attempt = 0;
         loop {
+            let waiting = std::time::Instant::now();
             let client = self.pool.get().await.map_err(pool_error)?;
+            if waiting.elapsed() > POOL_WAIT_WARNING {
+                tracing::warn!(
+                    waited_ms = waiting.elapsed().as_millis() as u64,
+                    pool = ?self.pool.status(),
+                    "waited for a pooled PostgreSQL connection"
+                );
+            }
             match f(client).await {
                 Err(e) if is_retryable(&e) && attempt < RETRIES => {
                     attempt += 1;
+                    tracing::warn!(attempt, error = %e, "PostgreSQL conflict; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(e) if is_connection_loss(&e) => {
+                    tracing::warn!(error = %e, "PostgreSQL connection lost; dropping idle ones");
                     // The server dropped us (terminated backend, restart):
                     // the other idle connections are likely dead too, and a
                     // dead one may not look closed yet. Drop them all so the

@@ -123,6 +123,7 @@ impl Inner {
     fn ensure_open<'a>(&self, slot: &'a mut Option<Db>) -> Result<&'a Db> {
         if slot.is_none() {
             *slot = Some(open_db(&self.path, &self.options)?);
+            tracing::info!(path = %self.path.display(), "reopened the sled store");
         }
         slot.as_ref()
             .ok_or_else(|| PersistenceError::Unavailable("sled handle missing".into()).into())
@@ -131,6 +132,10 @@ impl Inner {
     /// Drops the handle after a failed write (see [`Inner::db`]) and
     /// forgets every cached context, which may hold the failed write.
     fn discard(&self, slot: &mut Option<Db>) {
+        tracing::warn!(
+            path = %self.path.display(),
+            "a sled write failed; dropping the handle, the next call reopens the store"
+        );
         *slot = None;
         closing(&self.path);
         self.cache().contexts = ContextCache::new(DEFAULT_CACHED_SESSIONS);

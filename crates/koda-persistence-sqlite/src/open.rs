@@ -108,7 +108,24 @@ fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connect
 
 fn migrate(conn: &mut Connection, deadline: Instant, options: &SqliteOptions) -> Result<()> {
     let origin = schema::detect_origin(conn)?;
+    let before: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let migrations = schema::migrations(origin);
+    if before < i64::try_from(schema::SCHEMA_VERSION).unwrap_or(i64::MAX) {
+        match origin {
+            schema::Origin::Oldest | schema::Origin::Middle | schema::Origin::Newest => {
+                tracing::info!(
+                    generation = origin.as_str(),
+                    "adopting a koda.db of an earlier koda (its rows stay; an older koda can keep using it)"
+                )
+            }
+            _ => {}
+        }
+        tracing::info!(
+            from = before,
+            to = schema::SCHEMA_VERSION,
+            "migrating the SQLite schema"
+        );
+    }
     worker::retry_busy(deadline, options.busy_timeout, || {
         match migrations.to_latest(conn) {
             Ok(()) => Ok(()),

@@ -171,11 +171,23 @@ pub(crate) fn retry_busy<R>(
     mut f: impl FnMut() -> Result<R>,
 ) -> Result<R> {
     let mut pause = Duration::from_millis(1);
+    let mut warned = false;
     loop {
         match f() {
             Err(e) if is_busy(&e) => {
                 let now = Instant::now();
+                if !warned {
+                    tracing::warn!(
+                        timeout_ms = waited.as_millis() as u64,
+                        "SQLite database locked by another writer; retrying"
+                    );
+                    warned = true;
+                }
                 if now >= deadline {
+                    tracing::warn!(
+                        timeout_ms = waited.as_millis() as u64,
+                        "SQLite database stayed locked; giving up"
+                    );
                     return Err(e.context(PersistenceError::Unavailable(format!(
                         "database stayed locked by another writer for {} ms",
                         waited.as_millis()

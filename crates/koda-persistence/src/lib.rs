@@ -27,7 +27,8 @@ use std::sync::Arc;
 pub use koda_persistence_api::{
     COMPACTION_HINT, Clock, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind,
     MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, Message, Persistence, PersistenceError, Role,
-    SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage, detect_interruption,
+    SLOW_CALL, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage, Traced,
+    detect_interruption,
 };
 
 /// The README's examples, compiled and run as doctests.
@@ -67,10 +68,11 @@ struct Backend {
     feature = "sled"
 ))]
 macro_rules! opener {
-    ($store:ty) => {
+    ($store:ty, $name:literal) => {
         Some(|url: String, clock: Arc<dyn Clock>| -> Opening {
             Box::pin(async move {
-                Ok(Arc::new(<$store>::open_url(&url, clock).await?) as Arc<dyn Persistence>)
+                let store = <$store>::open_url(&url, clock).await?;
+                Ok(Arc::new(Traced::new(store, $name)) as Arc<dyn Persistence>)
             })
         })
     };
@@ -84,7 +86,7 @@ const BACKENDS: &[Backend] = &[
         schemes: &["memory"],
         example: "memory:",
         #[cfg(feature = "memory")]
-        open: opener!(koda_persistence_memory::MemoryStore),
+        open: opener!(koda_persistence_memory::MemoryStore, "memory"),
         #[cfg(not(feature = "memory"))]
         open: None,
     },
@@ -93,7 +95,7 @@ const BACKENDS: &[Backend] = &[
         schemes: &["sqlite"],
         example: "sqlite://PATH, sqlite::memory:",
         #[cfg(feature = "sqlite")]
-        open: opener!(koda_persistence_sqlite::SqliteStore),
+        open: opener!(koda_persistence_sqlite::SqliteStore, "sqlite"),
         #[cfg(not(feature = "sqlite"))]
         open: None,
     },
@@ -102,7 +104,7 @@ const BACKENDS: &[Backend] = &[
         schemes: &["postgres", "postgresql"],
         example: "postgres://…, postgresql://…",
         #[cfg(feature = "postgres")]
-        open: opener!(koda_persistence_postgres::PostgresStore),
+        open: opener!(koda_persistence_postgres::PostgresStore, "postgres"),
         #[cfg(not(feature = "postgres"))]
         open: None,
     },
@@ -111,7 +113,7 @@ const BACKENDS: &[Backend] = &[
         schemes: &["sled"],
         example: "sled://PATH",
         #[cfg(feature = "sled")]
-        open: opener!(koda_persistence_sled::SledStore),
+        open: opener!(koda_persistence_sled::SledStore, "sled"),
         #[cfg(not(feature = "sled"))]
         open: None,
     },
@@ -132,7 +134,10 @@ fn backend_of(url: &str) -> Result<&'static Backend, PersistenceError> {
         })
 }
 
-/// Opens the store a URL names, on the system clock.
+/// Opens the store a URL names, on the system clock. The store is
+/// [`Traced`]: every call runs in a `tracing` span (backend, method,
+/// session id) and logs its duration at `debug`, or at `warn` past
+/// [`SLOW_CALL`].
 ///
 /// # Errors
 /// `InvalidInput` for an unknown scheme or a backend compiled out (naming the
