@@ -150,19 +150,8 @@ pub async fn compact_hint_is_bare_and_complete(fx: &Fixture) -> Result<()> {
     let ctx = fx.store.load_context(&sid).await?;
     eq("context size", ctx.len(), 2)?;
     let bare = |m: &Message, role: Role, text: &str| Message {
-        id: m.id,
-        session_id: sid.clone(),
-        role,
-        content: Some(text.to_owned()),
-        full_content: None,
-        tool_calls: None,
-        tool_call_id: None,
-        prompt_tokens: None,
-        completion_tokens: None,
-        cache_read_tokens: None,
-        cache_creation_tokens: None,
-        thinking_tokens: None,
         created_at: Some(format_timestamp(START_MS + 500)),
+        ..Message::bare(m.id, &sid, role, Some(text.to_owned()))
     };
     eq(
         "summary",

@@ -522,21 +522,7 @@ mod tests {
     use super::*;
 
     fn msg(id: i64, role: Role) -> Message {
-        Message {
-            id,
-            session_id: "s".into(),
-            role,
-            content: Some(format!("m{id}")),
-            full_content: None,
-            tool_calls: None,
-            tool_call_id: None,
-            prompt_tokens: None,
-            completion_tokens: None,
-            cache_read_tokens: None,
-            cache_creation_tokens: None,
-            thinking_tokens: None,
-            created_at: None,
-        }
+        Message::bare(id, "s", role, Some(format!("m{id}")))
     }
 
     fn calls(id: i64, json: &str) -> Message {

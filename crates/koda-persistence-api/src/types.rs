@@ -181,6 +181,27 @@ impl SessionUsage {
 }
 
 impl Message {
+    /// A message with only its id, session, role and content set: no tool
+    /// fields, no usage, no full content, no timestamp. Fill in the rest
+    /// with struct-update syntax.
+    pub fn bare(id: i64, session_id: &str, role: Role, content: Option<String>) -> Self {
+        Self {
+            id,
+            session_id: session_id.to_owned(),
+            role,
+            content,
+            full_content: None,
+            tool_calls: None,
+            tool_call_id: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            cache_read_tokens: None,
+            cache_creation_tokens: None,
+            thinking_tokens: None,
+            created_at: None,
+        }
+    }
+
     /// The five usage counters in [`TokenUsage`] field order.
     pub fn usage_counters(&self) -> [Option<i64>; 5] {
         [

@@ -154,21 +154,7 @@ impl State {
 }
 
 fn new_message(session_id: &str, role: Role) -> Message {
-    Message {
-        id: 0,
-        session_id: session_id.to_owned(),
-        role,
-        content: None,
-        full_content: None,
-        tool_calls: None,
-        tool_call_id: None,
-        prompt_tokens: None,
-        completion_tokens: None,
-        cache_read_tokens: None,
-        cache_creation_tokens: None,
-        thinking_tokens: None,
-        created_at: None,
-    }
+    Message::bare(0, session_id, role, None)
 }
 
 #[async_trait::async_trait]
