@@ -5,9 +5,8 @@
 //!
 //! This binary has its own `main`: run with `child …` it acts as the writer.
 
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,22 +33,14 @@ async fn open(path: &Path) -> Result<SledStore> {
 /// `child stream PATH SESSION`: inserts until killed, printing each id.
 /// `child hold PATH`: opens the store, says `open`, and waits to be killed.
 fn child(args: &[String]) -> Result<()> {
+    if let [mode, path, sid] = args
+        && mode == "stream"
+    {
+        return koda_persistence_conformance::process::stream_until_killed(opener, path, sid);
+    }
     let rt = runtime()?;
     rt.block_on(async {
         match args {
-            [mode, path, sid] if mode == "stream" => {
-                let store = open(Path::new(path)).await?;
-                let mut out = std::io::stdout().lock();
-                for i in 0u64.. {
-                    let text = format!("stream {i} {}", "y".repeat((i % 5) as usize * 400));
-                    let id = store
-                        .insert_message(sid, &Role::User, Some(&text), None, None, None)
-                        .await?;
-                    writeln!(out, "{id}")?;
-                    out.flush()?;
-                }
-                Ok(())
-            }
             [mode, path] if mode == "make" => {
                 let store = open(Path::new(path)).await?;
                 let sid = store.create_session("main", Path::new("/p")).await?;
@@ -87,75 +78,6 @@ fn spawn_child(args: &[&str]) -> Result<std::process::Child> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?)
-}
-
-fn sigkill_mid_stream_loses_nothing_acknowledged() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("store");
-    let rt = runtime()?;
-    let sid = rt.block_on(async {
-        open(&path)
-            .await?
-            .create_session("main", Path::new("/p"))
-            .await
-    })?;
-    let p = path.to_string_lossy().to_string();
-    let mut acknowledged = Vec::new();
-    for round in 0..20u64 {
-        let mut child = spawn_child(&["stream", &p, &sid])?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        for _ in 0..(3 + (round * 29) % 60) {
-            match lines.next() {
-                Some(line) => acknowledged.push(line?.parse::<i64>()?),
-                None => {
-                    let out = child.wait_with_output()?;
-                    bail!(
-                        "writer ended early: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_micros((round * 701) % 3_000));
-        child.kill()?;
-        child.wait()?;
-        for line in lines {
-            acknowledged.push(line?.parse::<i64>()?);
-        }
-    }
-    rt.block_on(async {
-        let store = open(&path).await?;
-        let stored: HashSet<i64> = store
-            .load_all_messages(&sid)
-            .await?
-            .into_iter()
-            .map(|m| m.id)
-            .collect();
-        let lost: Vec<&i64> = acknowledged
-            .iter()
-            .filter(|id| !stored.contains(id))
-            .collect();
-        ensure!(
-            lost.is_empty(),
-            "{} acknowledged inserts lost, e.g. {:?}",
-            lost.len(),
-            &lost[..lost.len().min(5)]
-        );
-        let listed = store.list_sessions(1, Path::new("/p")).await?;
-        ensure!(
-            listed.first().map(|s| s.message_count) == Some(i64::try_from(stored.len())?),
-            "session counter {:?} disagrees with {} stored messages",
-            listed.first().map(|s| s.message_count),
-            stored.len()
-        );
-        println!(
-            "    {} acknowledged inserts over 20 kills, {} stored",
-            acknowledged.len(),
-            stored.len()
-        );
-        Ok(())
-    })
 }
 
 fn a_directory_in_use_is_unavailable() -> Result<()> {
@@ -290,6 +212,22 @@ fn drop_and_reopen_at_once() -> Result<()> {
         );
         Ok(())
     })
+}
+
+fn opener(path: PathBuf) -> koda_persistence_conformance::process::Opening {
+    Box::pin(async move { Ok(Arc::new(open(&path).await?) as Arc<dyn Persistence>) })
+}
+
+/// The shared SIGKILL scenario (20 kills; the default flush policy flushes
+/// before each write returns).
+fn sigkill_mid_stream_loses_nothing_acknowledged() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    koda_persistence_conformance::process::sigkill_mid_stream_loses_nothing(
+        opener,
+        &dir.path().join("store"),
+        20,
+        |_| Ok(()),
+    )
 }
 
 fn main() -> ExitCode {

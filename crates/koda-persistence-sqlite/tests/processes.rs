@@ -77,6 +77,11 @@ fn older_turn(path: &str, g: &str, ms: &str, sid: &str) -> Result<()> {
 /// `child insert PATH SESSION COUNT TAG`: inserts COUNT messages, exits 0 iff all succeeded.
 /// `child stream PATH SESSION`: inserts until killed, printing each returned id.
 fn child(args: &[String]) -> Result<()> {
+    if let [mode, path, sid] = args
+        && mode == "stream"
+    {
+        return koda_persistence_conformance::process::stream_until_killed(opener, path, sid);
+    }
     if let [mode, path, g, ms, sid] = args
         && mode == "older-turn"
     {
@@ -118,20 +123,6 @@ fn child(args: &[String]) -> Result<()> {
                         )
                         .await?;
                     writeln!(out, "{id}")?;
-                }
-                Ok(())
-            }
-            [mode, path, sid] if mode == "stream" => {
-                let store = open(Path::new(path)).await?;
-                let mut out = std::io::stdout().lock();
-                for i in 0u64.. {
-                    let text = format!("stream message {i} {}", "x".repeat((i % 7) as usize * 300));
-                    let id = store
-                        .insert_message(sid, &Role::Assistant, Some(&text), None, None, None)
-                        .await?;
-                    store.mark_message_complete(id).await?;
-                    writeln!(out, "{id}")?;
-                    out.flush()?;
                 }
                 Ok(())
             }
@@ -205,71 +196,6 @@ fn two_processes_insert_concurrently() -> Result<()> {
         ensure!(
             listed.first().map(|s| s.message_count) == Some(4000),
             "message_count {listed:?}"
-        );
-        Ok(())
-    })
-}
-
-/// A writer killed with SIGKILL mid-stream, 20 times over: the file passes
-/// `PRAGMA integrity_check` and holds every insert that had returned.
-fn sigkill_mid_stream_loses_nothing_acknowledged() -> Result<()> {
-    let (_dir, path) = temp_db()?;
-    let rt = runtime()?;
-    let sid = rt.block_on(async {
-        open(&path)
-            .await?
-            .create_session("main", Path::new("/p"))
-            .await
-    })?;
-    let p = path.to_string_lossy().to_string();
-    let mut acknowledged = Vec::new();
-    for round in 0..20u64 {
-        let mut child = spawn_child(&["stream", &p, &sid])?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let wanted = 5 + (round * 37) % 120;
-        for _ in 0..wanted {
-            let line = lines.next().context("child ended early")??;
-            acknowledged.push(line.parse::<i64>()?);
-        }
-        std::thread::sleep(Duration::from_micros((round * 613) % 2_000));
-        child.kill()?; // SIGKILL on unix
-        child.wait()?;
-        // Whatever it printed before dying was acknowledged too.
-        for line in lines {
-            acknowledged.push(line?.parse::<i64>()?);
-        }
-        let raw = rusqlite::Connection::open(&path)?;
-        let check: String = raw.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-        ensure!(check == "ok", "round {round}: integrity_check says {check}");
-    }
-    rt.block_on(async {
-        let store = open(&path).await?;
-        let stored: HashSet<i64> = store
-            .load_all_messages(&sid)
-            .await?
-            .into_iter()
-            .map(|m| m.id)
-            .collect();
-        let lost: Vec<&i64> = acknowledged
-            .iter()
-            .filter(|id| !stored.contains(id))
-            .collect();
-        ensure!(
-            lost.is_empty(),
-            "{} acknowledged inserts lost, e.g. {:?}",
-            lost.len(),
-            &lost[..lost.len().min(5)]
-        );
-        let listed = store.list_sessions(1, Path::new("/p")).await?;
-        ensure!(
-            listed.first().map(|s| s.message_count) == Some(i64::try_from(stored.len())?),
-            "counters disagree with rows"
-        );
-        println!(
-            "    {} acknowledged inserts over 20 kills, {} stored",
-            acknowledged.len(),
-            stored.len()
         );
         Ok(())
     })
@@ -425,6 +351,27 @@ fn relative_paths_open_under_the_working_directory() -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn opener(path: PathBuf) -> koda_persistence_conformance::process::Opening {
+    Box::pin(async move { Ok(Arc::new(open(&path).await?) as Arc<dyn Persistence>) })
+}
+
+/// The shared SIGKILL scenario (20 kills), with SQLite's own check after
+/// each: `PRAGMA integrity_check` is ok.
+fn sigkill_mid_stream_loses_nothing_acknowledged() -> Result<()> {
+    let (_dir, path) = temp_db()?;
+    koda_persistence_conformance::process::sigkill_mid_stream_loses_nothing(
+        opener,
+        &path,
+        20,
+        |round| {
+            let raw = rusqlite::Connection::open(&path)?;
+            let check: String = raw.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            ensure!(check == "ok", "round {round}: integrity_check says {check}");
+            Ok(())
+        },
+    )
 }
 
 fn main() -> ExitCode {
