@@ -153,7 +153,8 @@ pub(crate) fn open_blocking(
         Location::Memory => {
             let mut conn = Connection::open_in_memory()?;
             conn.pragma_update(None, "foreign_keys", true)?;
-            migrate(&mut conn, Instant::now() + options.busy_timeout, options)?;
+            // A private in-memory database is never busy: no deadline.
+            migrate(&mut conn, Instant::now(), options)?;
             Ok((conn, Vec::new()))
         }
         Location::File(path) => {

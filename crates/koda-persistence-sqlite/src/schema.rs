@@ -223,11 +223,6 @@ fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<
     stmt.exists(params![table, column])
 }
 
-fn row_count(tx: &Transaction<'_>, table: &str) -> rusqlite::Result<i64> {
-    // `table` is one of our own constant names, never input.
-    tx.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
-}
-
 /// Migration 1: adopt koda's schema (any generation) or create it.
 fn adopt_koda_schema(tx: &Transaction<'_>) -> HookResult {
     let messages_existed = tx
@@ -257,9 +252,6 @@ fn adopt_koda_schema(tx: &Transaction<'_>) -> HookResult {
 
 /// Recomputes every session's counters from its messages (saturating).
 fn recount(tx: &Transaction<'_>) -> rusqlite::Result<()> {
-    if row_count(tx, "messages")? == 0 {
-        return Ok(());
-    }
     let mut per: HashMap<String, (i64, i128)> = HashMap::new();
     {
         let mut stmt = tx.prepare(
