@@ -26,6 +26,7 @@ pub struct Fixture {
     guard: Option<Box<dyn Any + Send>>,
     teardown: Option<Teardown>,
     deadlocks: Option<Probe>,
+    second: Option<Arc<dyn Persistence>>,
 }
 
 impl fmt::Debug for Fixture {
@@ -45,7 +46,24 @@ impl Fixture {
             guard: None,
             teardown: None,
             deadlocks: None,
+            second: None,
         }
+    }
+
+    /// A capability: `second` is another handle on the same store (another
+    /// koda process on the same file or schema: its own connections and its
+    /// own context cache). Backends whose store belongs to one handle (sled,
+    /// a private in-memory database) leave it out, and the cases that need
+    /// it say they do not apply.
+    pub fn with_second_handle(mut self, second: Arc<dyn Persistence>) -> Self {
+        self.second = Some(second);
+        self
+    }
+
+    /// The second handle, when the backend has one (see
+    /// [`Fixture::with_second_handle`]).
+    pub fn second_handle(&self) -> Option<&Arc<dyn Persistence>> {
+        self.second.as_ref()
     }
 
     /// Lets cases read the server's deadlock counter (PostgreSQL's
@@ -97,8 +115,10 @@ impl Fixture {
             store,
             guard,
             teardown,
+            second,
             ..
         } = self;
+        drop(second);
         drop(store);
         let torn = match teardown {
             Some(t) => t().await,

@@ -480,3 +480,58 @@ pub async fn everything_at_once_on_one_session(fx: &Fixture) -> Result<()> {
     }
     Ok(())
 }
+
+/// Two handles on one store (two koda processes on one file or schema):
+/// whatever one writes, the other's next read shows, cached contexts
+/// included (inserts, completions, cleared content, compaction, deletes).
+/// Prints that it does not apply where the backend has one handle per
+/// store.
+pub async fn a_second_handle_sees_every_write(fx: &Fixture) -> Result<()> {
+    let Some(b) = fx.second_handle() else {
+        println!("SKIPPED a_second_handle_sees_every_write: this backend has one handle per store");
+        return Ok(());
+    };
+    let a = &fx.store;
+    let sid = session(fx).await?;
+    a.insert_message(&sid, &Role::User, Some("q"), None, None, None)
+        .await?;
+    eq("a's context", a.load_context(&sid).await?.len(), 1)?;
+    let answer = b
+        .insert_message(&sid, &Role::Assistant, Some("a"), None, None, None)
+        .await?;
+    eq(
+        "an incomplete answer stays hidden",
+        a.load_context(&sid).await?.len(),
+        1,
+    )?;
+    b.mark_message_complete(answer).await?;
+    eq(
+        "b's completed answer in a's context",
+        a.load_context(&sid).await?.last().map(|m| m.id),
+        Some(answer),
+    )?;
+    b.clear_message_content(&[answer], "[cleared]").await?;
+    eq(
+        "b's cleared content in a's context",
+        a.load_context(&sid)
+            .await?
+            .last()
+            .and_then(|m| m.content.clone()),
+        Some("[cleared]".to_owned()),
+    )?;
+    b.compact_session(&sid, "summary", 1).await?;
+    eq(
+        "after b compacts, both see one context",
+        a.load_context(&sid).await?,
+        b.load_context(&sid).await?,
+    )?;
+    a.insert_message(&sid, &Role::User, Some("next"), None, None, None)
+        .await?;
+    eq(
+        "after a inserts, both see one context",
+        b.load_context(&sid).await?,
+        a.load_context(&sid).await?,
+    )?;
+    b.delete_session(&sid).await?;
+    eq("b's delete", a.load_context(&sid).await?.len(), 0)
+}

@@ -145,6 +145,7 @@ macro_rules! __for_each_case {
                 concurrent_compaction_and_inserts_lose_nothing,
                 concurrent_readers_see_committed_state,
                 everything_at_once_on_one_session,
+                a_second_handle_sees_every_write,
             ],
         }
     };

@@ -336,51 +336,6 @@ fn debug_output_hides_the_password() {
     assert!(!format!("{o:?}").contains("pa55word"));
 }
 
-/// A store's cached contexts never hide what another store (another koda
-/// process on the same schema) wrote.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cached_contexts_see_other_processes() -> Result<()> {
-    with_schema("cached_contexts", |url, schema| async move {
-        let a = store(&url, &schema, "cache-a").await?;
-        let b = store(&url, &schema, "cache-b").await?;
-        let sid = a.create_session("main", Path::new("/p")).await?;
-        a.insert_message(&sid, &Role::User, Some("q"), None, None, None)
-            .await?;
-        assert_eq!(a.load_context(&sid).await?.len(), 1);
-        let answer = b
-            .insert_message(&sid, &Role::Assistant, Some("a"), None, None, None)
-            .await?;
-        assert_eq!(
-            a.load_context(&sid).await?.len(),
-            1,
-            "incomplete answer hidden"
-        );
-        b.mark_message_complete(answer).await?;
-        assert_eq!(
-            a.load_context(&sid).await?.last().map(|m| m.id),
-            Some(answer)
-        );
-        b.clear_message_content(&[answer], "[cleared]").await?;
-        assert_eq!(
-            a.load_context(&sid)
-                .await?
-                .last()
-                .and_then(|m| m.content.clone())
-                .as_deref(),
-            Some("[cleared]")
-        );
-        b.compact_session(&sid, "summary", 1).await?;
-        let c = store(&url, &schema, "cache-c").await?;
-        assert_eq!(a.load_context(&sid).await?, c.load_context(&sid).await?);
-        a.insert_message(&sid, &Role::User, Some("next"), None, None, None)
-            .await?;
-        assert_eq!(b.load_context(&sid).await?, c.load_context(&sid).await?);
-        assert_eq!(a.load_context(&sid).await?, c.load_context(&sid).await?);
-        Ok(())
-    })
-    .await
-}
-
 /// The server restarts under a running store: the call made while it is
 /// down fails with `Unavailable` (nothing half written), and once it is back
 /// the next call succeeds on a fresh connection, in the same process.

@@ -15,13 +15,18 @@ impl Factory for TempFile {
     async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
         let dir = tempfile::tempdir()?;
         let clock = ManualClock::new(start_ms);
-        let store = SqliteStore::open_with(
-            Location::File(dir.path().join("koda.db")),
-            SqliteOptions::default(),
-            Arc::new(clock.clone()),
-        )
-        .await?;
-        Ok(Fixture::new(Arc::new(store), clock).with_guard(dir))
+        let open = || {
+            SqliteStore::open_with(
+                Location::File(dir.path().join("koda.db")),
+                SqliteOptions::default(),
+                Arc::new(clock.clone()),
+            )
+        };
+        let store = open().await?;
+        let second = open().await?;
+        Ok(Fixture::new(Arc::new(store), clock)
+            .with_second_handle(Arc::new(second))
+            .with_guard(dir))
     }
 }
 

@@ -319,8 +319,11 @@ impl Factory for FreshSchema {
         let clock = ManualClock::new(start_ms);
         let store =
             PostgresStore::connect_with(options(&url, &schema)?, Arc::new(clock.clone())).await?;
+        let second =
+            PostgresStore::connect_with(options(&url, &schema)?, Arc::new(clock.clone())).await?;
         let probe_url = url.clone();
         Ok(Fixture::new(Arc::new(store), clock)
+            .with_second_handle(Arc::new(second))
             .with_deadlock_probe(move || deadlocks(probe_url.clone()))
             .with_teardown(move || async move { drop_schema(&url, &schema).await }))
     }
