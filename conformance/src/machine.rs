@@ -544,7 +544,7 @@ impl Sut {
 }
 
 fn err_kind(e: &anyhow::Error) -> Option<ErrKind> {
-    match e.downcast_ref::<PersistenceError>()? {
+    match PersistenceError::of(e)? {
         PersistenceError::SessionNotFound(_) => Some(ErrKind::SessionNotFound),
         PersistenceError::MessageNotFound(_) => Some(ErrKind::MessageNotFound),
         PersistenceError::InvalidInput(_) => Some(ErrKind::InvalidInput),

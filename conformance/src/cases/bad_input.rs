@@ -55,7 +55,7 @@ pub async fn writes_to_unknown_session_fail_and_write_nothing(fx: &Fixture) -> R
     let err = s.set_session_title(m, "t").await.err();
     eq(
         "names the session",
-        err.and_then(|e| e.downcast_ref::<PersistenceError>().cloned()),
+        err.and_then(|e| PersistenceError::of(&e).cloned()),
         Some(PersistenceError::SessionNotFound(m.to_owned())),
     )?;
     eq("messages", s.load_all_messages(m).await?.len(), 0)?;

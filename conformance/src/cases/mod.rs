@@ -190,7 +190,7 @@ pub(crate) fn expect_err<T: Debug>(
             "{what}: expected an error, got Ok({})",
             clip(&format!("{v:?}"))
         ),
-        Err(e) => match e.downcast_ref::<PersistenceError>() {
+        Err(e) => match PersistenceError::of(&e) {
             Some(pe) if want(pe) => Ok(()),
             Some(pe) => bail!("{what}: wrong PersistenceError {pe:?}"),
             None => bail!("{what}: error is not a PersistenceError: {e:#}"),

@@ -73,14 +73,11 @@ pub(crate) fn pool_error(e: PoolError) -> anyhow::Error {
 
 pub(crate) fn is_connection_loss(e: &anyhow::Error) -> bool {
     matches!(
-        e.downcast_ref::<PersistenceError>(),
+        PersistenceError::of(e),
         Some(PersistenceError::Unavailable(_))
     )
 }
 
 pub(crate) fn is_retryable(e: &anyhow::Error) -> bool {
-    matches!(
-        e.downcast_ref::<PersistenceError>(),
-        Some(PersistenceError::Conflict(_))
-    )
+    matches!(PersistenceError::of(e), Some(PersistenceError::Conflict(_)))
 }

@@ -25,7 +25,7 @@ async fn store(url: &str, schema: &str, tag: &str) -> Result<PostgresStore> {
 }
 
 fn typed(e: &anyhow::Error) -> Option<&PersistenceError> {
-    e.downcast_ref::<PersistenceError>()
+    PersistenceError::of(e)
 }
 
 /// Runs `body` against a server and a fresh schema, dropping it afterwards.

@@ -9,7 +9,7 @@ use crate::options::Location;
 /// The typed error is wrapped around the driver's, which stays in the chain
 /// as its source.
 pub(crate) fn classify(e: anyhow::Error, location: &Location) -> anyhow::Error {
-    if e.downcast_ref::<PersistenceError>().is_some() {
+    if PersistenceError::of(&e).is_some() {
         return e;
     }
     let place = match location {

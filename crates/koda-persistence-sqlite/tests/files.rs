@@ -20,7 +20,7 @@ async fn open_with(path: &Path, options: SqliteOptions) -> anyhow::Result<Sqlite
 }
 
 fn typed(e: &anyhow::Error) -> Option<&PersistenceError> {
-    e.downcast_ref::<PersistenceError>()
+    PersistenceError::of(e)
 }
 
 #[cfg(unix)]

@@ -466,7 +466,7 @@ async fn undecodable_legacy_rows_are_corrupt() {
         let err = store.load_all_messages(sid).await.expect_err("must fail");
         assert!(
             matches!(
-                err.downcast_ref::<PersistenceError>(),
+                PersistenceError::of(&err),
                 Some(PersistenceError::Corrupt(_))
             ),
             "{sid}: {err:#}"

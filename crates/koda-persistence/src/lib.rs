@@ -222,7 +222,7 @@ mod tests {
         let Err(err) = open("mysql://root@localhost/koda").await else {
             panic!("must fail")
         };
-        let pe = err.downcast_ref::<PersistenceError>().expect("typed");
+        let pe = PersistenceError::of(&err).expect("typed");
         assert!(
             matches!(pe, PersistenceError::InvalidInput(m) if m.contains("\"mysql\"") && m.contains("sqlite://PATH") && m.contains("sled://PATH"))
         );
@@ -273,7 +273,7 @@ mod tests {
             panic!("bad option")
         };
         assert!(matches!(
-            err.downcast_ref::<PersistenceError>(),
+            PersistenceError::of(&err),
             Some(PersistenceError::InvalidInput(_))
         ));
     }
@@ -329,7 +329,7 @@ mod tests {
             panic!("bad option")
         };
         assert!(matches!(
-            err.downcast_ref::<PersistenceError>(),
+            PersistenceError::of(&err),
             Some(PersistenceError::InvalidInput(_))
         ));
     }
