@@ -44,6 +44,10 @@ impl<P: Persistence> Traced<P> {
         session: Option<&str>,
         call: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        // Nobody listens (not even for slow calls): no clock reads, no span.
+        if !tracing::enabled!(tracing::Level::WARN) {
+            return call.await;
+        }
         let span = tracing::debug_span!(
             "persistence",
             backend = self.backend,
@@ -51,14 +55,23 @@ impl<P: Persistence> Traced<P> {
             session = session.unwrap_or(""),
         );
         let started = Instant::now();
-        let out = call.instrument(span.clone()).await;
-        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let out = if span.is_disabled() {
+            call.await
+        } else {
+            call.instrument(span.clone()).await
+        };
+        let elapsed = started.elapsed();
+        let ms = elapsed.as_secs_f64() * 1e3;
         let _in = span.enter();
         match &out {
             Err(e) => tracing::debug!(ms, error = %e, "call failed"),
-            Ok(_) if started.elapsed() > SLOW_CALL => {
-                tracing::warn!(ms, limit_ms = SLOW_CALL.as_millis() as u64, "slow call")
-            }
+            Ok(_) if elapsed > SLOW_CALL => tracing::warn!(
+                backend = self.backend,
+                method,
+                ms,
+                limit_ms = SLOW_CALL.as_millis() as u64,
+                "slow call"
+            ),
             Ok(_) => tracing::debug!(ms, "call done"),
         }
         out
@@ -131,6 +144,9 @@ impl<P: Persistence> Persistence for Traced<P> {
     }
 
     async fn append_message(&self, message: NewMessage) -> Result<i64> {
+        if !tracing::enabled!(tracing::Level::WARN) {
+            return self.inner.append_message(message).await;
+        }
         let session = message.session_id.clone();
         self.call(
             "append_message",
