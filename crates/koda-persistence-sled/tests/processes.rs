@@ -91,12 +91,25 @@ fn a_directory_in_use_is_unavailable() -> Result<()> {
         "holder did not open the store"
     );
     let rt = runtime()?;
+    let started = std::time::Instant::now();
     let outcome = rt.block_on(open(&path));
+    let waited = started.elapsed();
     holder.kill()?;
     holder.wait()?;
     match outcome {
         Ok(_) => bail!("a second process opened a directory in use"),
         Err(e) => {
+            // Recognised as a held lock: named so, after the short wait for
+            // a lock this process did not just release (not at once, and
+            // not the 10 s wait for its own).
+            ensure!(
+                format!("{e:#}").contains("in use by another process"),
+                "the lock is not recognised: {e:#}"
+            );
+            ensure!(
+                waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+                "waited {waited:?} for another process's lock"
+            );
             ensure!(
                 matches!(
                     PersistenceError::of(&e),
