@@ -81,8 +81,7 @@ where
     let disk = match SmallDisk::mount(size_mb) {
         Ok(d) => d,
         Err(why) => {
-            println!("SKIPPED {name}: {why:#}");
-            eprintln!("SKIPPED {name}: {why:#}");
+            crate::say_skipped(name, &format!("{why:#}"));
             return Ok(());
         }
     };

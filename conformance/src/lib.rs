@@ -52,12 +52,19 @@ pub use factory::{Factory, Fixture, START_MS, Skipped};
 pub fn skip_or_fail(case: &str, err: anyhow::Error) -> anyhow::Result<()> {
     match err.downcast_ref::<Skipped>() {
         Some(reason) => {
-            println!("SKIPPED {case}: {reason}");
-            eprintln!("SKIPPED {case}: {reason}");
+            say_skipped(case, &reason.to_string());
             Ok(())
         }
         None => Err(err),
     }
+}
+
+/// Prints `SKIPPED <case>: <reason>` where it is seen: straight to the
+/// process's stderr, which the test harness's output capture (of `print!`
+/// and `eprint!`) does not swallow for a passing test.
+pub fn say_skipped(case: &str, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {case}: {reason}");
 }
 
 #[doc(hidden)]

@@ -488,7 +488,10 @@ pub async fn everything_at_once_on_one_session(fx: &Fixture) -> Result<()> {
 /// store.
 pub async fn a_second_handle_sees_every_write(fx: &Fixture) -> Result<()> {
     let Some(b) = fx.second_handle() else {
-        println!("SKIPPED a_second_handle_sees_every_write: this backend has one handle per store");
+        crate::say_skipped(
+            "concurrency::a_second_handle_sees_every_write",
+            "this backend has one handle per store",
+        );
         return Ok(());
     };
     let a = &fx.store;

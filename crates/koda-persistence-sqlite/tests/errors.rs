@@ -95,7 +95,10 @@ async fn a_read_only_file_system_is_unavailable() {
     let disk = match koda_persistence_conformance::disk::SmallDisk::mount(4) {
         Ok(d) => d,
         Err(why) => {
-            println!("SKIPPED a_read_only_file_system_is_unavailable: {why:#}");
+            koda_persistence_conformance::say_skipped(
+                "a_read_only_file_system_is_unavailable",
+                &format!("{why:#}"),
+            );
             return;
         }
     };
