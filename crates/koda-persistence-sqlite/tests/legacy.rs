@@ -13,61 +13,27 @@ use rusqlite::Connection;
 
 const NOW: i64 = 1_795_669_624_123; // 2026-11-26T05:07:04.123Z
 
-/// The three schema generations of koda.db (see the crate docs of `schema`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Generation {
-    /// The first: no project_root, no cache tokens, no completion tracking.
-    Oldest,
-    /// Roots, access times, cache/thinking tokens, agents, compaction.
-    Middle,
-    /// Everything, including completed_at, full_content, title, mode, owned_files.
-    Newest,
-}
+mod koda_generations;
+
+use koda_generations::Generation;
 
 fn build(path: &Path, generation: Generation) -> Connection {
+    // Each generation's own schema (the shared fixture module), plus a
+    // table koda-persistence does not know.
+    generation.create_file(path);
     let conn = Connection::open(path).expect("open fixture");
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA auto_vacuum = INCREMENTAL; PRAGMA foreign_keys = ON;
-         CREATE TABLE sessions (id TEXT PRIMARY KEY, created_at DATETIME DEFAULT CURRENT_TIMESTAMP,
-                                agent_name TEXT NOT NULL);
-         CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT,
-             session_id TEXT NOT NULL REFERENCES sessions(id), role TEXT NOT NULL, content TEXT,
-             tool_calls TEXT, tool_call_id TEXT, prompt_tokens INTEGER, completion_tokens INTEGER,
-             created_at DATETIME DEFAULT CURRENT_TIMESTAMP);
-         CREATE TABLE session_metadata (session_id TEXT NOT NULL, key TEXT NOT NULL,
-             value TEXT NOT NULL, updated_at DATETIME DEFAULT CURRENT_TIMESTAMP,
-             PRIMARY KEY (session_id, key));
-         CREATE INDEX idx_messages_session_id ON messages(session_id);
-         CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
          INSERT INTO notes (body) VALUES ('a table koda-persistence does not know');",
     )
-    .expect("base schema");
-    if generation != Generation::Oldest {
-        conn.execute_batch(
-            "ALTER TABLE sessions ADD COLUMN project_root TEXT;
-             ALTER TABLE sessions ADD COLUMN last_accessed_at TEXT;
-             ALTER TABLE messages ADD COLUMN cache_read_tokens INTEGER;
-             ALTER TABLE messages ADD COLUMN cache_creation_tokens INTEGER;
-             ALTER TABLE messages ADD COLUMN thinking_tokens INTEGER;
-             ALTER TABLE messages ADD COLUMN agent_name TEXT;
-             ALTER TABLE messages ADD COLUMN compacted_at TEXT;
-             CREATE INDEX idx_messages_role_id ON messages(role, id DESC);",
-        )
-        .expect("middle columns");
-    }
+    .expect("unknown table");
     if generation == Generation::Newest {
-        conn.execute_batch(
-            "ALTER TABLE sessions ADD COLUMN title TEXT;
-             ALTER TABLE sessions ADD COLUMN mode TEXT;
-             ALTER TABLE messages ADD COLUMN completed_at DATETIME;
-             ALTER TABLE messages ADD COLUMN full_content TEXT;
-             ALTER TABLE messages ADD COLUMN thinking_content TEXT;
-             CREATE TABLE owned_files (session_id TEXT NOT NULL, path TEXT NOT NULL,
-                 created_at DATETIME DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (session_id, path));
-             INSERT INTO owned_files (session_id, path, created_at)
-                 VALUES ('s-old', 'src/main.rs', '2025-01-02 03:05:00');",
+        conn.execute(
+            "INSERT INTO owned_files (session_id, path, created_at)
+             VALUES ('s-old', 'src/main.rs', '2025-01-02 03:05:00')",
+            [],
         )
-        .expect("newest columns");
+        .expect("owned file");
     }
     // A column a newer koda added that we do not know.
     conn.execute_batch("ALTER TABLE messages ADD COLUMN future_col TEXT;")
@@ -157,6 +123,25 @@ fn build(path: &Path, generation: Generation) -> Connection {
     conn
 }
 
+/// The file is at this build's schema version and records the generation
+/// it came from.
+fn assert_adopted(raw: &Connection, generation: Generation) {
+    assert_eq!(count(raw, "PRAGMA user_version"), 2);
+    let recorded: String = raw
+        .query_row(
+            "SELECT value FROM kp_meta WHERE key = 'koda_generation'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the generation is recorded");
+    let want = match generation {
+        Generation::Oldest => "oldest",
+        Generation::Middle => "middle",
+        Generation::Newest => "newest",
+    };
+    assert_eq!(recorded, want);
+}
+
 fn count(conn: &Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).expect(sql)
 }
@@ -209,20 +194,7 @@ async fn migrates(generation: Generation) {
                 0
             }
     );
-    assert_eq!(count(&raw, "PRAGMA user_version"), 2);
-    assert_eq!(
-        raw.query_row(
-            "SELECT value FROM kp_meta WHERE key = 'koda_generation'",
-            [],
-            |r| r.get::<_, String>(0)
-        )
-        .expect("the generation is recorded"),
-        match generation {
-            Generation::Oldest => "oldest",
-            Generation::Middle => "middle",
-            Generation::Newest => "newest",
-        }
-    );
+    assert_adopted(&raw, generation);
     assert_eq!(
         raw.query_row(
             "SELECT created_at FROM messages ORDER BY id LIMIT 1",
@@ -366,20 +338,7 @@ async fn migrates(generation: Generation) {
             .map(|m| m.id),
         Some(id)
     );
-    assert_eq!(count(&raw, "PRAGMA user_version"), 2);
-    assert_eq!(
-        raw.query_row(
-            "SELECT value FROM kp_meta WHERE key = 'koda_generation'",
-            [],
-            |r| r.get::<_, String>(0)
-        )
-        .expect("the generation is recorded"),
-        match generation {
-            Generation::Oldest => "oldest",
-            Generation::Middle => "middle",
-            Generation::Newest => "newest",
-        }
-    );
+    assert_adopted(&raw, generation);
 }
 
 #[tokio::test]
