@@ -28,6 +28,12 @@
 //!   materialised CTE that the update can only read once the locks are held.
 //!   `set_metadata` takes `FOR KEY SHARE` (excluding a concurrent delete,
 //!   not other writers). So two writes never deadlock.
+//! - **Compaction** is one call of the schema's `kp_compact` function
+//!   (migration 3): it locks the session, reads the active messages after
+//!   the lock, marks, shifts and inserts the summary, so writers of that
+//!   session wait for those statements only, not for client round trips.
+//!   Active messages have a partial index of their own, so a long
+//!   session's compacted rows cost neither compaction nor context loads.
 //! - **Faults**: a connection the server drops costs at most the call in
 //!   flight (`Unavailable`, nothing half-written: the transaction is rolled
 //!   back by the server); the pool replaces the connection for the next call.
@@ -400,8 +406,8 @@ impl Persistence for PostgresStore {
         };
         let now = self.clock.now_ms();
         let marked = self
-            .with_client(|mut c| async move {
-                queries::compact(&mut c, sid, summary, preserve_count, now).await
+            .with_client(|c| async move {
+                queries::compact(&c, sid, summary, preserve_count, now).await
             })
             .await?;
         self.cache().forget(sid);

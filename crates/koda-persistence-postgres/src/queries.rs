@@ -453,101 +453,30 @@ pub(crate) async fn usage_by_agent(c: &Object, id: &str) -> Result<Vec<(String, 
 }
 
 pub(crate) async fn compact(
-    c: &mut Object,
+    c: &Object,
     id: &str,
     summary: &str,
     keep: usize,
     now: i64,
 ) -> Result<usize> {
-    // Five round trips: BEGIN; lock the session (reading next_ord, which
-    // cannot change while the lock is held); read the active messages (a
-    // statement of its own, so its snapshot is taken after the lock);
-    // the four writes, pipelined; COMMIT.
-    let tx = c.transaction().await.map_err(db("begin compact"))?;
-    let lock = tx
-        .prepare_cached("SELECT next_ord FROM sessions WHERE id = $1 FOR NO KEY UPDATE")
+    // One round trip: the function (migration V3) locks the session, reads
+    // the active messages after the lock, marks, shifts and inserts, so
+    // the session's lock is held for those statements alone.
+    let stmt = c
+        .prepare_cached("SELECT kp_compact($1, $2, $3, $4, $5)")
         .await
         .map_err(db("preparing compact"))?;
-    let Some(locked) = tx
-        .query_opt(&lock, &[&id])
-        .await
-        .map_err(db("locking the session"))?
-    else {
-        return Err(PersistenceError::SessionNotFound(id.to_owned()).into());
-    };
-    let next_ord: i64 = get(&locked, 0, "next_ord")?;
-    let active_stmt = tx
-        .prepare_cached(
-            "SELECT ord FROM messages WHERE session_id = $1 AND compacted_ms IS NULL ORDER BY ord",
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    let row = c
+        .query_one(
+            &stmt,
+            &[&id, &bytes(summary), &bytes(COMPACTION_HINT), &keep, &now],
         )
         .await
-        .map_err(db("preparing compact"))?;
-    let active: Vec<i64> = tx
-        .query(&active_stmt, &[&id])
-        .await
-        .map_err(db("reading active messages"))?
-        .iter()
-        .map(|r| get(r, 0, "ord"))
-        .collect::<Result<_, _>>()?;
-    let marked = active.len().saturating_sub(keep);
-    if marked == 0 {
-        tx.commit().await.map_err(db("commit compact"))?;
-        return Ok(0);
-    }
-    // The summary and hint take the first preserved message's place (its
-    // tail moves two places on), or go after the last message.
-    let first_preserved = active.get(marked).copied();
-    let summary_ord = first_preserved.unwrap_or(next_ord + 1);
-    let bump = tx
-        .prepare_cached(
-            "UPDATE sessions SET next_ord = next_ord + 2, message_count = message_count + 2,
-                 version = version + 1 WHERE id = $1",
-        )
-        .await
-        .map_err(db("preparing compact"))?;
-    // Marks every active message before the summary's place (all of them
-    // when nothing is preserved: then summary_ord is past the last one).
-    let mark = tx
-        .prepare_cached(
-            "UPDATE messages SET compacted_ms = $2
-             WHERE session_id = $1 AND compacted_ms IS NULL AND ord < $3",
-        )
-        .await
-        .map_err(db("preparing compact"))?;
-    let shift = tx
-        .prepare_cached("UPDATE messages SET ord = ord + 2 WHERE session_id = $1 AND ord >= $2")
-        .await
-        .map_err(db("preparing compact"))?;
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO messages (session_id, ord, role, content, created_ms, completed_ms)
-             VALUES ($1, $2, $3, $4, $5, $6), ($1, $2 + 1, $7, $8, $5, $5)",
-        )
-        .await
-        .map_err(db("preparing compact"))?;
-    let insert_params: [&(dyn ToSql + Sync); 8] = [
-        &id,
-        &summary_ord,
-        &PgRole::System,
-        &bytes(summary),
-        &now,
-        &None::<i64>,
-        &PgRole::Assistant,
-        &bytes(COMPACTION_HINT),
-    ];
-    // Pipelined: each request is sent when its future is first polled, and
-    // `biased` polls them in this order, so the server runs them in this
-    // order (the shift must come before the insert, which it would move).
-    let bump_params: [&(dyn ToSql + Sync); 1] = [&id];
-    let mark_params: [&(dyn ToSql + Sync); 3] = [&id, &now, &summary_ord];
-    let shift_params: [&(dyn ToSql + Sync); 2] = [&id, &summary_ord];
-    let bumped = tx.execute(&bump, &bump_params);
-    let marking = tx.execute(&mark, &mark_params);
-    let shifting = tx.execute(&shift, &shift_params);
-    let inserting = tx.execute(&insert, &insert_params);
-    tokio::try_join!(biased; bumped, marking, shifting, inserting).map_err(db("compacting"))?;
-    tx.commit().await.map_err(db("commit compact"))?;
-    Ok(marked)
+        .map_err(db("compacting"))?;
+    // -1: no such session.
+    let marked: i64 = get(&row, 0, "compacted count")?;
+    usize::try_from(marked).map_err(|_| PersistenceError::SessionNotFound(id.to_owned()).into())
 }
 
 /// Sets the content of the listed messages; returns the sessions touched.

@@ -196,7 +196,7 @@ async fn ten_processes_migrate_a_fresh_schema_at_once() -> Result<()> {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(versions, [1, 2], "each migration applied once");
+        assert_eq!(versions, [1, 2, 3], "each migration applied once");
         Ok(())
     })
     .await
@@ -510,4 +510,64 @@ async fn errors_keep_what_the_server_said() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A schema an earlier build migrated (version 2, no compaction function)
+/// gains it on the next open, keeps its data, and compacts; the function
+/// works on its own schema whatever the caller's search path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_3_compacts_a_schema_an_earlier_build_made() -> Result<()> {
+    with_schema(
+        "version_3_compacts_a_schema_an_earlier_build_made",
+        |url, schema| async move {
+            let first = store(&url, &schema, "v3-first").await?;
+            let sid = first.create_session("main", Path::new("/p")).await?;
+            for i in 0..6 {
+                first
+                    .insert_message(&sid, &Role::User, Some(&format!("m{i}")), None, None, None)
+                    .await?;
+            }
+            drop(first);
+            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            // Back to what version 2 left.
+            admin
+                .batch_execute(&format!(
+                    "DROP FUNCTION \"{schema}\".kp_compact; \
+                 DELETE FROM \"{schema}\".koda_schema_history WHERE version = 3"
+                ))
+                .await?;
+            let again = store(&url, &schema, "v3-again").await?;
+            assert_eq!(again.compact_session(&sid, "S", 2).await?, 4);
+            let context: Vec<String> = again
+                .load_context(&sid)
+                .await?
+                .into_iter()
+                .filter_map(|m| m.content)
+                .collect();
+            assert_eq!(context[0], "S");
+            assert_eq!(context[context.len() - 2..], ["m4", "m5"]);
+            // Called from a connection whose search path does not name the
+            // schema: the function still finds its own tables.
+            admin.batch_execute("SET search_path = public").await?;
+            let marked: i64 = admin
+                .query_one(
+                    &format!("SELECT \"{schema}\".kp_compact($1, 'T', 'hint', 0, 1)"),
+                    &[&sid],
+                )
+                .await?
+                .get(0);
+            assert_eq!(marked, 4, "summary, hint and the two kept messages");
+            let missing: i64 = admin
+                .query_one(
+                    &format!("SELECT \"{schema}\".kp_compact('no-such-session', 'T', 'h', 0, 1)"),
+                    &[],
+                )
+                .await?
+                .get(0);
+            assert_eq!(missing, -1);
+            Ok(())
+        },
+    )
+    .await
 }
