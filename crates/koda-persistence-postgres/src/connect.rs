@@ -104,7 +104,17 @@ pub(crate) async fn migrate(options: &PostgresOptions) -> Result<()> {
             .set_migration_table_name("koda_schema_history")
             .run_async(&mut client)
             .await
-            .map_err(|e| PersistenceError::Unavailable(format!("migrating the schema: {e}")))?;
+            .map_err(|e| {
+                // refinery's text ends at "db error": the server's words are
+                // down the source chain.
+                let mut text = format!("migrating the schema: {e}");
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                PersistenceError::Unavailable(text)
+            })?;
         for m in report.applied_migrations() {
             tracing::info!(
                 schema = options.schema_name(),

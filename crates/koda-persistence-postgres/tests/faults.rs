@@ -534,6 +534,7 @@ async fn version_3_compacts_a_schema_an_earlier_build_made() -> Result<()> {
             admin
                 .batch_execute(&format!(
                     "DROP FUNCTION \"{schema}\".kp_compact; \
+                 DROP INDEX \"{schema}\".messages_active; \
                  DELETE FROM \"{schema}\".koda_schema_history WHERE version = 3"
                 ))
                 .await?;
@@ -566,6 +567,36 @@ async fn version_3_compacts_a_schema_an_earlier_build_made() -> Result<()> {
                 .await?
                 .get(0);
             assert_eq!(missing, -1);
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// A migration the server refuses says why: the server's words, not
+/// refinery's bare "db error".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_migration_names_the_servers_reason() -> Result<()> {
+    with_schema(
+        "a_failed_migration_names_the_servers_reason",
+        |url, schema| async move {
+            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            // Someone else's table where version 1 puts its own.
+            admin
+                .batch_execute(&format!(
+                    "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".sessions (x INT)"
+                ))
+                .await?;
+            let err = store(&url, &schema, "migration-refused")
+                .await
+                .expect_err("version 1 cannot create its sessions table");
+            let text = format!("{err:#}");
+            assert!(
+                matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
+                "{text}"
+            );
+            assert!(text.contains("already exists"), "{text}");
             Ok(())
         },
     )
