@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use koda_persistence_api::{ManualClock, Persistence};
+use koda_persistence_api::{Import, ManualClock, Persistence};
 
 /// The instant every case's clock starts at: 2026-11-26T05:07:04.123Z.
 pub const START_MS: i64 = 1_795_669_624_123;
@@ -19,8 +19,8 @@ type Probe =
 
 /// One fresh, empty store and the clock it reads.
 pub struct Fixture {
-    /// The store under test.
-    pub store: Arc<dyn Persistence>,
+    /// The store under test (every backend implements [`Import`] too).
+    pub store: Arc<dyn Import>,
     /// The clock the store reads; cases move it.
     pub clock: ManualClock,
     guard: Option<Box<dyn Any + Send>>,
@@ -39,7 +39,7 @@ impl fmt::Debug for Fixture {
 
 impl Fixture {
     /// A context for `store` reading `clock`.
-    pub fn new(store: Arc<dyn Persistence>, clock: ManualClock) -> Self {
+    pub fn new(store: Arc<dyn Import>, clock: ManualClock) -> Self {
         Self {
             store,
             clock,

@@ -16,6 +16,7 @@ pub mod context;
 pub mod messages;
 pub mod metadata;
 pub mod sessions;
+pub mod transfer;
 pub mod usage;
 
 /// Calls `$mac!($factory; area: [case, …], …)` with every case of the suite.
@@ -146,6 +147,16 @@ macro_rules! __for_each_case {
                 concurrent_readers_see_committed_state,
                 everything_at_once_on_one_session,
                 a_second_handle_sees_every_write,
+            ],
+            transfer: [
+                export_reads_every_stored_field,
+                export_of_unknown_session_is_empty,
+                export_lists_every_session_oldest_first,
+                import_of_an_export_reads_back_the_same,
+                claimed_ids_are_kept_and_never_handed_out,
+                import_session_is_idempotent,
+                rootless_sessions_list_under_every_root,
+                import_refuses_bad_records,
             ],
         }
     };
@@ -299,7 +310,7 @@ pub(crate) fn calls(ids: &[&str]) -> String {
 #[cfg(test)]
 mod listing {
     /// The area files and their text.
-    const AREAS: [(&str, &str); 8] = [
+    const AREAS: [(&str, &str); 9] = [
         ("sessions", include_str!("sessions.rs")),
         ("messages", include_str!("messages.rs")),
         ("context", include_str!("context.rs")),
@@ -308,6 +319,7 @@ mod listing {
         ("metadata", include_str!("metadata.rs")),
         ("bad_input", include_str!("bad_input.rs")),
         ("concurrency", include_str!("concurrency.rs")),
+        ("transfer", include_str!("transfer.rs")),
     ];
 
     /// Every `pub async fn` in an area file is a case the suite's list

@@ -9,6 +9,10 @@ pub use crate::context::{
     is_blank, named_tool_call_ids,
 };
 pub use crate::error::{check_limit, check_usage, root_to_str};
+pub use crate::import::{
+    assign_ids, check_claim, check_kept, check_message_records, check_session_id,
+    check_session_record, id_taken,
+};
 pub use crate::rules::{
     DEFAULT_AGENT, order_usage_groups, purge_cutoff, usage_by_agent, usage_total,
 };

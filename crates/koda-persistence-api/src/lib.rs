@@ -16,6 +16,7 @@ pub mod backend;
 mod clock;
 mod context;
 mod error;
+mod import;
 mod persistence;
 mod rules;
 mod traced;
@@ -25,6 +26,7 @@ pub mod url;
 pub use clock::{Clock, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, SystemClock};
 pub use context::detect_interruption;
 pub use error::PersistenceError;
+pub use import::{Import, MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord};
 pub use persistence::Persistence;
 pub use traced::{SLOW_CALL, Traced};
 pub use types::{

@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Result;
 use koda_persistence_api::backend::{
-    ContextRow, NewMessage, apply_context_passes, check_limit, check_usage, format_timestamp,
+    ContextRow, NewMessage, apply_context_passes, assign_ids, check_claim, check_limit,
+    check_message_records, check_session_record, check_usage, format_timestamp, id_taken,
     purge_cutoff, root_to_str, usage_by_agent, usage_total,
 };
 use koda_persistence_api::{
-    COMPACTION_HINT, Clock, CompactedStats, Message, Persistence, PersistenceError, Role,
-    SessionInfo, SessionUsage, SystemClock,
+    COMPACTION_HINT, Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord,
+    Persistence, PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, SystemClock,
 };
 
 /// The URL schemes this backend opens (`memory:`).
@@ -48,7 +49,9 @@ struct State {
 #[derive(Debug)]
 struct Session {
     agent_name: String,
-    project_root: String,
+    /// `None`: a root-less session (imported from an older koda), listed
+    /// under every root.
+    project_root: Option<String>,
     created_ms: i64,
     seq: u64,
     last_accessed_ms: Option<i64>,
@@ -64,6 +67,7 @@ struct Session {
 #[derive(Debug)]
 struct Row {
     message: Message,
+    created_ms: i64,
     agent: Option<String>,
     completed_ms: Option<i64>,
     compacted_ms: Option<i64>,
@@ -173,7 +177,7 @@ impl Persistence for MemoryStore {
             id.clone(),
             Session {
                 agent_name: agent_name.to_owned(),
-                project_root: root,
+                project_root: Some(root),
                 created_ms: now,
                 seq,
                 last_accessed_ms: None,
@@ -194,7 +198,7 @@ impl Persistence for MemoryStore {
         let mut found: Vec<(&String, &Session)> = st
             .sessions
             .iter()
-            .filter(|(_, s)| s.project_root == root)
+            .filter(|(_, s)| s.project_root.as_deref().is_none_or(|r| r == root))
             .collect();
         found.sort_by_key(|(_, s)| std::cmp::Reverse((s.created_ms, s.seq)));
         Ok(found
@@ -278,6 +282,7 @@ impl Persistence for MemoryStore {
             id,
             Row {
                 message,
+                created_ms: now,
                 agent: m.agent,
                 completed_ms: None,
                 compacted_ms: None,
@@ -429,6 +434,7 @@ impl Persistence for MemoryStore {
             summary_id,
             Row {
                 message: sys,
+                created_ms: now,
                 completed_ms: None,
                 compacted_ms: None,
                 agent: None,
@@ -438,6 +444,7 @@ impl Persistence for MemoryStore {
             hint_id,
             Row {
                 message: hint,
+                created_ms: now,
                 completed_ms: Some(now),
                 compacted_ms: None,
                 agent: None,
@@ -537,5 +544,153 @@ impl MemoryStore {
         })
         .flatten()
         .unwrap_or_default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Import for MemoryStore {
+    async fn export_session_ids(&self) -> Result<Vec<String>> {
+        let st = self.lock();
+        let mut all: Vec<(&String, &Session)> = st.sessions.iter().collect();
+        all.sort_by_key(|(_, s)| (s.created_ms, s.seq));
+        Ok(all.into_iter().map(|(id, _)| id.clone()).collect())
+    }
+
+    async fn export_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
+        Ok(self.with_session(session_id, |_, s| SessionRecord {
+            id: session_id.to_owned(),
+            agent_name: s.agent_name.clone(),
+            project_root: s.project_root.clone(),
+            created_ms: s.created_ms,
+            last_accessed_ms: s.last_accessed_ms,
+            title: s.title.clone(),
+            mode: s.mode.clone(),
+        }))
+    }
+
+    async fn export_messages(&self, session_id: &str) -> Result<Vec<MessageRecord>> {
+        Ok(self
+            .with_session(session_id, |st, s| {
+                st.rows(s)
+                    .map(|r| {
+                        MessageRecord::from_message(
+                            r.message.clone(),
+                            r.agent.clone(),
+                            r.created_ms,
+                            r.completed_ms,
+                            r.compacted_ms,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn export_metadata(&self, session_id: &str) -> Result<Vec<MetadataRecord>> {
+        let mut entries: Vec<MetadataRecord> = self
+            .with_session(session_id, |_, s| {
+                s.metadata
+                    .iter()
+                    .map(|(key, value)| MetadataRecord {
+                        key: key.clone(),
+                        value: value.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        entries.sort();
+        Ok(entries)
+    }
+
+    async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
+        check_claim(first, last)?;
+        let mut st = self.lock();
+        if st.next_message_id > first {
+            return Ok(false);
+        }
+        st.next_message_id = last.saturating_add(1);
+        Ok(true)
+    }
+
+    async fn import_session(&self, session: &SessionRecord) -> Result<bool> {
+        check_session_record(session)?;
+        let mut st = self.lock();
+        if st.sessions.contains_key(&session.id) {
+            return Ok(false);
+        }
+        let seq = st.next_session_seq;
+        st.next_session_seq += 1;
+        st.sessions.insert(
+            session.id.clone(),
+            Session {
+                agent_name: session.agent_name.clone(),
+                project_root: session.project_root.clone(),
+                created_ms: session.created_ms,
+                seq,
+                last_accessed_ms: session.last_accessed_ms,
+                title: session.title.clone(),
+                mode: session.mode.clone(),
+                order: Vec::new(),
+                metadata: HashMap::new(),
+                tokens: 0,
+            },
+        );
+        Ok(true)
+    }
+
+    async fn import_messages(
+        &self,
+        session_id: &str,
+        messages: &[MessageRecord],
+        keep_ids: bool,
+    ) -> Result<Vec<i64>> {
+        check_message_records(messages)?;
+        let mut st = self.lock();
+        let st = &mut *st;
+        if !st.sessions.contains_key(session_id) {
+            return Err(session_not_found(session_id));
+        }
+        let (ids, next) = assign_ids(messages, keep_ids, st.next_message_id)?;
+        if let Some(&taken) = ids.iter().find(|id| st.messages.contains_key(id)) {
+            return Err(id_taken(taken).into());
+        }
+        st.next_message_id = next;
+        let Some(session) = st.sessions.get_mut(session_id) else {
+            return Err(session_not_found(session_id));
+        };
+        for (r, &id) in messages.iter().zip(&ids) {
+            let message = r.to_message(session_id, id);
+            if message.role == Role::User {
+                st.user_ids.insert(id);
+            }
+            if let Some(at) = r.compacted_ms {
+                st.compacted.insert((at, id));
+            }
+            session.order.push(id);
+            session.tokens += row_tokens(&message);
+            st.messages.insert(
+                id,
+                Row {
+                    message,
+                    created_ms: r.created_ms,
+                    agent: r.agent.clone(),
+                    completed_ms: r.completed_ms,
+                    compacted_ms: r.compacted_ms,
+                },
+            );
+        }
+        Ok(ids)
+    }
+
+    async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
+        let mut st = self.lock();
+        let s = st
+            .sessions
+            .get_mut(session_id)
+            .ok_or_else(|| session_not_found(session_id))?;
+        for e in entries {
+            s.metadata.insert(e.key.clone(), e.value.clone());
+        }
+        Ok(())
     }
 }

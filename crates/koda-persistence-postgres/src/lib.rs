@@ -61,12 +61,12 @@ use std::time::Duration;
 use anyhow::Result;
 use deadpool_postgres::Pool;
 use koda_persistence_api::backend::{
-    ContextCache, NewMessage, SharedContextCache, check_limit, check_usage, root_to_str,
-    usage_total,
+    ContextCache, NewMessage, SharedContextCache, check_claim, check_limit, check_message_records,
+    check_session_record, check_usage, root_to_str, usage_total,
 };
 use koda_persistence_api::{
-    Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
-    SystemClock,
+    Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
+    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, SystemClock,
 };
 
 use crate::connect::{build_pool, migrate};
@@ -460,5 +460,79 @@ impl Persistence for PostgresStore {
         let now = self.clock.now_ms();
         self.with_client(|c| async move { queries::set_metadata(&c, sid, key, value, now).await })
             .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Import for PostgresStore {
+    async fn export_session_ids(&self) -> Result<Vec<String>> {
+        self.with_client(|c| async move { queries::export_session_ids(&c).await })
+            .await
+    }
+
+    async fn export_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(None);
+        };
+        self.with_client(|c| async move { queries::export_session(&c, sid).await })
+            .await
+    }
+
+    async fn export_messages(&self, session_id: &str) -> Result<Vec<MessageRecord>> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(Vec::new());
+        };
+        self.with_client(|c| async move { queries::export_messages(&c, sid).await })
+            .await
+    }
+
+    async fn export_metadata(&self, session_id: &str) -> Result<Vec<MetadataRecord>> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok(Vec::new());
+        };
+        self.with_client(|c| async move { queries::export_metadata(&c, sid).await })
+            .await
+    }
+
+    async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
+        check_claim(first, last)?;
+        self.with_client(|mut c| async move { queries::claim_ids(&mut c, first, last).await })
+            .await
+    }
+
+    async fn import_session(&self, session: &SessionRecord) -> Result<bool> {
+        check_session_record(session)?;
+        self.with_client(|c| async move { queries::import_session(&c, session).await })
+            .await
+    }
+
+    async fn import_messages(
+        &self,
+        session_id: &str,
+        messages: &[MessageRecord],
+        keep_ids: bool,
+    ) -> Result<Vec<i64>> {
+        check_message_records(messages)?;
+        let Some(sid) = storable_id(session_id) else {
+            return Err(not_found(session_id));
+        };
+        let ids = self
+            .with_client(|mut c| async move {
+                queries::import_messages(&mut c, sid, messages, keep_ids).await
+            })
+            .await?;
+        self.cache().forget(sid);
+        Ok(ids)
+    }
+
+    async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
+        let Some(sid) = storable_id(session_id) else {
+            return Err(not_found(session_id));
+        };
+        let now = self.clock.now_ms();
+        self.with_client(|mut c| async move {
+            queries::import_metadata(&mut c, sid, entries, now).await
+        })
+        .await
     }
 }

@@ -6,10 +6,12 @@
 use anyhow::Result;
 use deadpool_postgres::Object;
 use koda_persistence_api::backend::{
-    ContextRow, NewMessage, format_timestamp, order_usage_groups, purge_cutoff,
+    ContextRow, NewMessage, check_kept, format_timestamp, id_taken, order_usage_groups,
+    purge_cutoff,
 };
 use koda_persistence_api::{
-    COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
+    COMPACTION_HINT, CompactedStats, Message, MessageRecord, MetadataRecord, PersistenceError,
+    Role, SessionInfo, SessionRecord, SessionUsage,
 };
 use postgres_types::{FromSql, ToSql};
 use tokio_postgres::Row;
@@ -617,4 +619,326 @@ pub(crate) async fn set_metadata(
         Some(_) => Ok(()),
         None => Err(PersistenceError::SessionNotFound(id.to_owned()).into()),
     }
+}
+
+/// Every session id, oldest first.
+pub(crate) async fn export_session_ids(c: &Object) -> Result<Vec<String>> {
+    let stmt = c
+        .prepare_cached("SELECT id FROM sessions ORDER BY created_ms, seq")
+        .await
+        .map_err(db("preparing export"))?;
+    c.query(&stmt, &[])
+        .await
+        .map_err(db("listing sessions"))?
+        .iter()
+        .map(|r| Ok(get(r, 0, "session id")?))
+        .collect()
+}
+
+pub(crate) async fn export_session(c: &Object, id: &str) -> Result<Option<SessionRecord>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT agent_name, project_root, created_ms, last_accessed_ms, title, mode
+             FROM sessions WHERE id = $1",
+        )
+        .await
+        .map_err(db("preparing export"))?;
+    let Some(r) = c
+        .query_opt(&stmt, &[&id])
+        .await
+        .map_err(db("reading a session"))?
+    else {
+        return Ok(None);
+    };
+    let w = |f: &str| format!("{f} of session {id:?}");
+    Ok(Some(SessionRecord {
+        id: id.to_owned(),
+        agent_name: required_text(&r, 0, &w("agent_name"))?,
+        project_root: text(&r, 1, &w("project_root"))?,
+        created_ms: get(&r, 2, &w("created_ms"))?,
+        last_accessed_ms: get(&r, 3, &w("last_accessed_ms"))?,
+        title: text(&r, 4, &w("title"))?,
+        mode: text(&r, 5, &w("mode"))?,
+    }))
+}
+
+pub(crate) async fn export_messages(c: &Object, id: &str) -> Result<Vec<MessageRecord>> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS}, agent_name, compacted_ms FROM messages
+             WHERE session_id = $1 ORDER BY ord"
+        ))
+        .await
+        .map_err(db("preparing export"))?;
+    let rows = c
+        .query(&stmt, &[&id])
+        .await
+        .map_err(db("reading messages"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (m, _) = message(r)?;
+        let w = |f: &str| format!("{f} of message {}", m.id);
+        let created = get(r, 12, &w("created_ms"))?;
+        let completed = get(r, 13, &w("completed_ms"))?;
+        let agent = text(r, 14, &w("agent_name"))?;
+        let compacted = get(r, 15, &w("compacted_ms"))?;
+        out.push(MessageRecord::from_message(
+            m, agent, created, completed, compacted,
+        ));
+    }
+    Ok(out)
+}
+
+pub(crate) async fn export_metadata(c: &Object, id: &str) -> Result<Vec<MetadataRecord>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT key, value FROM session_metadata WHERE session_id = $1 ORDER BY key",
+        )
+        .await
+        .map_err(db("preparing export"))?;
+    let rows = c
+        .query(&stmt, &[&id])
+        .await
+        .map_err(db("reading metadata"))?;
+    rows.iter()
+        .map(|r| {
+            Ok(MetadataRecord {
+                key: required_text(r, 0, "metadata key")?,
+                value: required_text(r, 1, "metadata value")?,
+            })
+        })
+        .collect()
+}
+
+/// The last message id handed out or granted.
+const ID_POSITION: &str = "SELECT GREATEST(
+        COALESCE(pg_sequence_last_value(pg_get_serial_sequence('messages', 'id')::regclass), 0),
+        COALESCE((SELECT MAX(id) FROM messages), 0))";
+
+/// Under a lock that excludes every insert (so no `nextval` runs between
+/// the check and the move). It takes no row lock: no deadlock with writers.
+pub(crate) async fn claim_ids(c: &mut Object, first: i64, last: i64) -> Result<bool> {
+    let tx = c.transaction().await.map_err(db("begin claim_ids"))?;
+    tx.batch_execute("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .map_err(db("locking messages"))?;
+    let position: i64 = tx
+        .query_one(ID_POSITION, &[])
+        .await
+        .map_err(db("reading the id sequence"))?
+        .try_get(0)
+        .map_err(|e| PersistenceError::Corrupt(format!("id sequence: {e}")))?;
+    if position >= first {
+        tx.commit().await.map_err(db("commit claim_ids"))?;
+        return Ok(false);
+    }
+    tx.execute(
+        "SELECT setval(pg_get_serial_sequence('messages', 'id')::regclass, $1)",
+        &[&last],
+    )
+    .await
+    .map_err(db("moving the id sequence"))?;
+    tx.commit().await.map_err(db("commit claim_ids"))?;
+    Ok(true)
+}
+
+pub(crate) async fn import_session(c: &Object, s: &SessionRecord) -> Result<bool> {
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO sessions (id, agent_name, project_root, created_ms, last_accessed_ms,
+                                   title, mode)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+        )
+        .await
+        .map_err(db("preparing import_session"))?;
+    let n = c
+        .execute(
+            &stmt,
+            &[
+                &s.id,
+                &bytes(&s.agent_name),
+                &opt_bytes(&s.project_root),
+                &s.created_ms,
+                &s.last_accessed_ms,
+                &opt_bytes(&s.title),
+                &opt_bytes(&s.mode),
+            ],
+        )
+        .await
+        .map_err(db("import_session"))?;
+    Ok(n == 1)
+}
+
+/// One statement: bump the session (locking it first), then insert every
+/// message from arrays, each at the next position.
+pub(crate) async fn import_messages(
+    c: &mut Object,
+    id: &str,
+    messages: &[MessageRecord],
+    keep_ids: bool,
+) -> Result<Vec<i64>> {
+    let tx = c.transaction().await.map_err(db("begin import_messages"))?;
+    let exists = tx
+        .query_opt(
+            "SELECT 1 FROM sessions WHERE id = $1 FOR NO KEY UPDATE",
+            &[&id],
+        )
+        .await
+        .map_err(db("locking the session"))?;
+    if exists.is_none() {
+        return Err(PersistenceError::SessionNotFound(id.to_owned()).into());
+    }
+    let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+    if keep_ids {
+        let position: i64 = tx
+            .query_one(ID_POSITION, &[])
+            .await
+            .map_err(db("reading the id sequence"))?
+            .try_get(0)
+            .map_err(|e| PersistenceError::Corrupt(format!("id sequence: {e}")))?;
+        check_kept(&ids, position)?;
+        if let Some(r) = tx
+            .query_opt(
+                "SELECT id FROM messages WHERE id = ANY($1) LIMIT 1",
+                &[&ids],
+            )
+            .await
+            .map_err(db("checking ids"))?
+        {
+            return Err(id_taken(get(&r, 0, "message id")?).into());
+        }
+    }
+    let n = i64::try_from(messages.len()).unwrap_or(i64::MAX);
+    let tokens: i128 = messages
+        .iter()
+        .map(|m| {
+            i128::from(m.prompt_tokens.unwrap_or(0)) + i128::from(m.completion_tokens.unwrap_or(0))
+        })
+        .sum();
+    let roles: Vec<PgRole> = messages.iter().map(|m| m.role.into()).collect();
+    let col = |f: fn(&MessageRecord) -> &Option<String>| -> Vec<Option<&[u8]>> {
+        messages.iter().map(|m| opt_bytes(f(m))).collect()
+    };
+    let num = |f: fn(&MessageRecord) -> Option<i64>| -> Vec<Option<i64>> {
+        messages.iter().map(f).collect()
+    };
+    let (content, full, calls, call_id, agent) = (
+        col(|m| &m.content),
+        col(|m| &m.full_content),
+        col(|m| &m.tool_calls),
+        col(|m| &m.tool_call_id),
+        col(|m| &m.agent),
+    );
+    let (prompt, completion, cache_read, cache_creation, thinking) = (
+        num(|m| m.prompt_tokens),
+        num(|m| m.completion_tokens),
+        num(|m| m.cache_read_tokens),
+        num(|m| m.cache_creation_tokens),
+        num(|m| m.thinking_tokens),
+    );
+    let created: Vec<i64> = messages.iter().map(|m| m.created_ms).collect();
+    let (completed, compacted) = (num(|m| m.completed_ms), num(|m| m.compacted_ms));
+    let id_column = if keep_ids {
+        "u.id"
+    } else {
+        "nextval(pg_get_serial_sequence('messages', 'id')::regclass)"
+    };
+    let sql = format!(
+        "WITH s AS (
+             UPDATE sessions SET next_ord = next_ord + $2, message_count = message_count + $2,
+                 total_tokens = total_tokens + $3::TEXT::NUMERIC, version = version + 1
+             WHERE id = $1 RETURNING next_ord - $2 AS base)
+         INSERT INTO messages (id, session_id, ord, role, content, full_content, tool_calls,
+             tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens,
+             cache_creation_tokens, thinking_tokens, agent_name, created_ms, completed_ms,
+             compacted_ms)
+         OVERRIDING SYSTEM VALUE
+         SELECT {id_column}, $1, s.base + u.n, u.role, u.content, u.full_content, u.tool_calls,
+             u.tool_call_id, u.prompt, u.completion, u.cache_read, u.cache_creation, u.thinking,
+             u.agent, u.created, u.completed, u.compacted
+         FROM s, unnest($4::BIGINT[], $5::kp_role[], $6::BYTEA[], $7::BYTEA[], $8::BYTEA[],
+                        $9::BYTEA[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[],
+                        $14::BIGINT[], $15::BYTEA[], $16::BIGINT[], $17::BIGINT[], $18::BIGINT[])
+             WITH ORDINALITY AS u(id, role, content, full_content, tool_calls, tool_call_id,
+                 prompt, completion, cache_read, cache_creation, thinking, agent, created,
+                 completed, compacted, n)
+         ORDER BY u.n
+         RETURNING id, ord"
+    );
+    let stmt = tx
+        .prepare_cached(&sql)
+        .await
+        .map_err(db("preparing import_messages"))?;
+    let tokens = tokens.to_string();
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &id,
+                &n,
+                &tokens,
+                &ids,
+                &roles,
+                &content,
+                &full,
+                &calls,
+                &call_id,
+                &prompt,
+                &completion,
+                &cache_read,
+                &cache_creation,
+                &thinking,
+                &agent,
+                &created,
+                &completed,
+                &compacted,
+            ],
+        )
+        .await
+        .map_err(db("import_messages"))?;
+    let mut placed = Vec::with_capacity(rows.len());
+    for r in &rows {
+        placed.push((get::<i64>(r, 1, "ord")?, get::<i64>(r, 0, "message id")?));
+    }
+    placed.sort_unstable();
+    tx.commit().await.map_err(db("commit import_messages"))?;
+    Ok(placed.into_iter().map(|(_, id)| id).collect())
+}
+
+pub(crate) async fn import_metadata(
+    c: &mut Object,
+    id: &str,
+    entries: &[MetadataRecord],
+    now: i64,
+) -> Result<()> {
+    let tx = c.transaction().await.map_err(db("begin import_metadata"))?;
+    let stmt = tx
+        .prepare_cached(
+            "WITH s AS MATERIALIZED (SELECT id FROM sessions WHERE id = $1 FOR KEY SHARE)
+             INSERT INTO session_metadata (session_id, key, value, updated_ms)
+             SELECT s.id, u.key, u.value, $4 FROM s, unnest($2::BYTEA[], $3::BYTEA[]) AS u(key, value)
+             ON CONFLICT (session_id, sha256(key))
+             DO UPDATE SET value = EXCLUDED.value, updated_ms = EXCLUDED.updated_ms",
+        )
+        .await
+        .map_err(db("preparing import_metadata"))?;
+    let exists = tx
+        .query_opt("SELECT 1 FROM sessions WHERE id = $1 FOR KEY SHARE", &[&id])
+        .await
+        .map_err(db("looking up the session"))?;
+    if exists.is_none() {
+        return Err(PersistenceError::SessionNotFound(id.to_owned()).into());
+    }
+    // The last value of a key given twice wins, as with set_metadata.
+    let mut last: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+    for e in entries {
+        last.insert(&e.key, &e.value);
+    }
+    let keys: Vec<&[u8]> = last.keys().map(|k| k.as_bytes()).collect();
+    let values: Vec<&[u8]> = last.values().map(|v| v.as_bytes()).collect();
+    tx.execute(&stmt, &[&id, &keys, &values, &now])
+        .await
+        .map_err(db("import_metadata"))?;
+    tx.commit().await.map_err(db("commit import_metadata"))?;
+    Ok(())
 }

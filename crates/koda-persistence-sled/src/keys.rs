@@ -13,12 +13,14 @@
 //! | `C` | `compacted_at: u64`, `id: u64` | the message's `M` key | `compacted_stats`, `purge_compacted` (oldest first) |
 //! | `D` | len + session id, metadata key | value | metadata and the TODO list |
 //! | `R` | len + project root, `!created_at: u64`, `!seq: u64` | session id | `list_sessions` (newest first, O(limit)) |
+//! | `L` | `!created_at: u64`, `!seq: u64` | session id | the root-less sessions an older koda's history brings (imports only), listed under every root |
 //! | `N` | `seq` | last session sequence number | creation order |
+//! | `N` | `idfloor` | the highest id an importer claimed | message ids past it |
 //!
 //! Conversation order is `ord`, a per-session position: inserts take
 //! `next_ord + 1`; compaction moves the preserved tail two places on and puts
-//! the summary and hint in the freed places. Message ids come from sled's
-//! monotonic `generate_id`.
+//! the summary and hint in the freed places. Message ids are sled's
+//! monotonic `generate_id` plus the id floor (0 until an import claims ids).
 
 /// Session records.
 pub(crate) const SESSION: u8 = b'S';
@@ -36,6 +38,8 @@ pub(crate) const METADATA: u8 = b'D';
 pub(crate) const BY_ROOT: u8 = b'R';
 /// Counters.
 pub(crate) const COUNTER: u8 = b'N';
+/// Root-less sessions, newest first.
+pub(crate) const ROOTLESS: u8 = b'L';
 
 fn with_len(out: &mut Vec<u8>, bytes: &[u8]) {
     // Lengths above u32::MAX cannot be stored by sled anyway.
@@ -123,6 +127,19 @@ pub(crate) fn by_root(root: &str, created_ms: u64, seq: u64) -> Vec<u8> {
     k.extend_from_slice(&(!created_ms).to_be_bytes());
     k.extend_from_slice(&(!seq).to_be_bytes());
     k
+}
+
+/// `L` + !created + !seq: a root-less session's place in every listing.
+pub(crate) fn rootless(created_ms: u64, seq: u64) -> Vec<u8> {
+    let mut k = vec![ROOTLESS];
+    k.extend_from_slice(&(!created_ms).to_be_bytes());
+    k.extend_from_slice(&(!seq).to_be_bytes());
+    k
+}
+
+/// The id floor key: ids the store hands out are above it.
+pub(crate) fn id_floor() -> Vec<u8> {
+    vec![COUNTER, b'i', b'd', b'f', b'l', b'o', b'o', b'r']
 }
 
 /// The session-sequence counter key.

@@ -49,12 +49,12 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::backend::{
-    ContextCache, ContextRow, DEFAULT_CACHED_SESSIONS, NewMessage, check_limit, check_usage,
-    root_to_str, usage_total,
+    ContextCache, ContextRow, DEFAULT_CACHED_SESSIONS, NewMessage, check_claim, check_limit,
+    check_message_records, check_session_record, check_usage, root_to_str, usage_total,
 };
 use koda_persistence_api::{
-    Clock, CompactedStats, Message, Persistence, PersistenceError, Role, SessionInfo, SessionUsage,
-    SystemClock,
+    Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
+    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, SystemClock,
 };
 use sled::{Batch, Db};
 
@@ -544,6 +544,71 @@ impl Persistence for SledStore {
     async fn set_metadata(&self, session_id: &str, key: &str, value: &str) -> Result<()> {
         let (sid, key, value) = (session_id.to_owned(), key.to_owned(), value.to_owned());
         self.write(move |db| Ok((queries::set_metadata(db, &sid, &key, &value)?, ())))
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Import for SledStore {
+    async fn export_session_ids(&self) -> Result<Vec<String>> {
+        self.read(queries::export_session_ids).await
+    }
+
+    async fn export_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
+        let sid = session_id.to_owned();
+        self.read(move |db| queries::export_session(db, &sid)).await
+    }
+
+    async fn export_messages(&self, session_id: &str) -> Result<Vec<MessageRecord>> {
+        let sid = session_id.to_owned();
+        self.read(move |db| queries::export_messages(db, &sid))
+            .await
+    }
+
+    async fn export_metadata(&self, session_id: &str) -> Result<Vec<MetadataRecord>> {
+        let sid = session_id.to_owned();
+        self.read(move |db| queries::export_metadata(db, &sid))
+            .await
+    }
+
+    async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
+        check_claim(first, last)?;
+        let (first, last) = (queries::as_u64(first), queries::as_u64(last));
+        self.write(move |db| queries::claim_ids(db, first, last))
+            .await
+    }
+
+    async fn import_session(&self, session: &SessionRecord) -> Result<bool> {
+        check_session_record(session)?;
+        let session = session.clone();
+        self.write(move |db| queries::import_session(db, &session))
+            .await
+    }
+
+    async fn import_messages(
+        &self,
+        session_id: &str,
+        messages: &[MessageRecord],
+        keep_ids: bool,
+    ) -> Result<Vec<i64>> {
+        check_message_records(messages)?;
+        let sid = session_id.to_owned();
+        let changed = sid.clone();
+        let messages = messages.to_vec();
+        self.write_then(
+            move |db| queries::import_messages(db, &sid, &messages, keep_ids),
+            move |cache, ids| {
+                cache.changed(&changed);
+                ids
+            },
+        )
+        .await
+    }
+
+    async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
+        let sid = session_id.to_owned();
+        let entries = entries.to_vec();
+        self.write(move |db| Ok((queries::import_metadata(db, &sid, &entries)?, ())))
             .await
     }
 }

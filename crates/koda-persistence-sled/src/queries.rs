@@ -7,10 +7,13 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use koda_persistence_api::backend::{
-    ContextRow, NewMessage, format_timestamp, purge_cutoff, usage_by_agent,
+    ContextRow, NewMessage, check_kept, format_timestamp, id_taken, purge_cutoff, usage_by_agent,
 };
 use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
+};
+use koda_persistence_api::{
+    MessageRecord as Exported, MetadataRecord, SessionRecord as ExportedSession,
 };
 use sled::{Batch, Db, IVec};
 
@@ -101,10 +104,45 @@ pub(crate) fn create_session(
     Ok(batch)
 }
 
+/// The highest id an importer claimed (0: none).
+fn id_floor(db: &Db) -> Result<u64> {
+    match db.get(keys::id_floor())? {
+        Some(v) => Ok(decode::<u64>(&v, "the id floor")?),
+        None => Ok(0),
+    }
+}
+
+/// A fresh message id: above every id handed out or claimed.
+fn next_id(db: &Db) -> Result<u64> {
+    Ok(id_floor(db)?
+        .saturating_add(db.generate_id()?)
+        .saturating_add(1))
+}
+
+/// The root's sessions and the root-less ones, merged newest first (both
+/// indexes order by `!created, !seq` after their prefix): O(limit).
+fn listed_ids(db: &Db, root: &str, limit: usize) -> Result<Vec<IVec>> {
+    let prefix = keys::root_prefix(root);
+    let rooted: Vec<(IVec, IVec)> = db
+        .scan_prefix(&prefix)
+        .take(limit)
+        .collect::<Result<_, _>>()?;
+    let rootless: Vec<(IVec, IVec)> = db
+        .scan_prefix([keys::ROOTLESS])
+        .take(limit)
+        .collect::<Result<_, _>>()?;
+    let mut both: Vec<(&[u8], IVec)> = rooted
+        .iter()
+        .map(|(k, v)| (&k[prefix.len()..], v.clone()))
+        .chain(rootless.iter().map(|(k, v)| (&k[1..], v.clone())))
+        .collect();
+    both.sort_by(|a, b| a.0.cmp(b.0));
+    Ok(both.into_iter().take(limit).map(|(_, v)| v).collect())
+}
+
 pub(crate) fn list_sessions(db: &Db, root: &str, limit: usize) -> Result<Vec<SessionInfo>> {
     let mut out = Vec::new();
-    for kv in db.scan_prefix(keys::root_prefix(root)).take(limit) {
-        let (_, sid) = kv?;
+    for sid in listed_ids(db, root, limit)? {
         let id = String::from_utf8(sid.to_vec())
             .map_err(|_| PersistenceError::Corrupt("a session id is not UTF-8".into()))?;
         let s = get_session(db, &id)?.ok_or_else(|| {
@@ -140,6 +178,7 @@ pub(crate) fn delete_session(db: &Db, sid: &str) -> Result<(Batch, bool)> {
         batch.remove(kv?.0);
     }
     batch.remove(keys::by_root(&s.project_root, as_u64(s.created_ms), s.seq));
+    batch.remove(keys::rootless(as_u64(s.created_ms), s.seq));
     batch.remove(keys::session(sid));
     Ok((batch, true))
 }
@@ -159,7 +198,7 @@ pub(crate) fn set_session_text(db: &Db, sid: &str, mode: bool, value: &str) -> R
 
 pub(crate) fn append_message(db: &Db, m: NewMessage, now: i64) -> Result<(Batch, MessageRecord)> {
     let mut session = get_session(db, &m.session_id)?.ok_or_else(|| not_found(&m.session_id))?;
-    let id = db.generate_id()? + 1;
+    let id = next_id(db)?;
     session.next_ord += 1;
     session.message_count += 1;
     session.last_accessed_ms = Some(now);
@@ -335,7 +374,7 @@ pub(crate) fn compact(
         (0, Role::System, summary, None),
         (1, Role::Assistant, COMPACTION_HINT, Some(now)),
     ] {
-        let id = db.generate_id()? + 1;
+        let id = next_id(db)?;
         let key = keys::message(sid, at + offset);
         let record = MessageRecord {
             id,
@@ -465,5 +504,199 @@ pub(crate) fn set_metadata(db: &Db, sid: &str, key: &str, value: &str) -> Result
     }
     let mut batch = Batch::default();
     batch.insert(keys::metadata(sid, key), encode(&value.to_owned())?);
+    Ok(batch)
+}
+
+/// Every session id, oldest first.
+pub(crate) fn export_session_ids(db: &Db) -> Result<Vec<String>> {
+    let mut all = Vec::new();
+    for kv in db.scan_prefix([keys::SESSION]) {
+        let (k, v) = kv?;
+        let id = String::from_utf8(k[1..].to_vec())
+            .map_err(|_| PersistenceError::Corrupt("a session id is not UTF-8".into()))?;
+        let s: SessionRecord = decode(&v, &format!("session {id:?}"))?;
+        all.push(((s.created_ms, s.seq), id));
+    }
+    all.sort();
+    Ok(all.into_iter().map(|(_, id)| id).collect())
+}
+
+pub(crate) fn export_session(db: &Db, sid: &str) -> Result<Option<ExportedSession>> {
+    let Some(s) = get_session(db, sid)? else {
+        return Ok(None);
+    };
+    let rootless = db
+        .get(keys::rootless(as_u64(s.created_ms), s.seq))?
+        .is_some_and(|v| v == sid.as_bytes());
+    Ok(Some(ExportedSession {
+        id: sid.to_owned(),
+        agent_name: s.agent_name,
+        project_root: (!rootless).then_some(s.project_root),
+        created_ms: s.created_ms,
+        last_accessed_ms: s.last_accessed_ms,
+        title: s.title,
+        mode: s.mode,
+    }))
+}
+
+pub(crate) fn export_messages(db: &Db, sid: &str) -> Result<Vec<Exported>> {
+    session_messages(db, sid)?
+        .into_iter()
+        .map(|(_, m)| {
+            let [p, c, cr, cc, t] = m.usage.map_or([None; 5], |u| u.map(Some));
+            Ok(Exported {
+                id: i64::try_from(m.id)
+                    .map_err(|_| PersistenceError::Corrupt(format!("message id {}", m.id)))?,
+                role: role_of(m.role)?,
+                content: m.content,
+                full_content: m.full_content,
+                tool_calls: m.tool_calls,
+                tool_call_id: m.tool_call_id,
+                prompt_tokens: p,
+                completion_tokens: c,
+                cache_read_tokens: cr,
+                cache_creation_tokens: cc,
+                thinking_tokens: t,
+                agent: m.agent_name,
+                created_ms: m.created_ms,
+                completed_ms: m.completed_ms,
+                compacted_ms: m.compacted_ms,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn export_metadata(db: &Db, sid: &str) -> Result<Vec<MetadataRecord>> {
+    let prefix = keys::metadata_of(sid);
+    let mut out = Vec::new();
+    for kv in db.scan_prefix(&prefix) {
+        let (k, v) = kv?;
+        let key = String::from_utf8(k[prefix.len()..].to_vec())
+            .map_err(|_| PersistenceError::Corrupt("a metadata key is not UTF-8".into()))?;
+        out.push(MetadataRecord {
+            key,
+            value: decode::<String>(&v, "a metadata value")?,
+        });
+    }
+    Ok(out)
+}
+
+/// The last id handed out or claimed (`generate_id` consumes one: ids
+/// need not be contiguous).
+fn id_position(db: &Db) -> Result<u64> {
+    Ok(id_floor(db)?.saturating_add(db.generate_id()?))
+}
+
+pub(crate) fn claim_ids(db: &Db, first: u64, last: u64) -> Result<(Batch, bool)> {
+    let mut batch = Batch::default();
+    if id_position(db)? >= first {
+        return Ok((batch, false));
+    }
+    batch.insert(keys::id_floor(), encode(&last)?);
+    Ok((batch, true))
+}
+
+pub(crate) fn import_session(db: &Db, s: &ExportedSession) -> Result<(Batch, bool)> {
+    let mut batch = Batch::default();
+    if get_session(db, &s.id)?.is_some() {
+        return Ok((batch, false));
+    }
+    let seq = match db.get(keys::seq_counter())? {
+        Some(v) => decode::<u64>(&v, "the session counter")? + 1,
+        None => 1,
+    };
+    let record = SessionRecord {
+        agent_name: s.agent_name.clone(),
+        project_root: s.project_root.clone().unwrap_or_default(),
+        created_ms: s.created_ms,
+        seq,
+        last_accessed_ms: s.last_accessed_ms,
+        title: s.title.clone(),
+        mode: s.mode.clone(),
+        message_count: 0,
+        total_tokens: 0,
+        next_ord: 0,
+    };
+    batch.insert(keys::seq_counter(), encode(&seq)?);
+    let listed = match &s.project_root {
+        Some(root) => keys::by_root(root, as_u64(s.created_ms), seq),
+        None => keys::rootless(as_u64(s.created_ms), seq),
+    };
+    batch.insert(listed, s.id.as_bytes());
+    batch.insert(keys::session(&s.id), encode(&record)?);
+    Ok((batch, true))
+}
+
+/// Counters stored as all five or none: a record with some of them set
+/// stores the unset ones as 0.
+pub(crate) fn import_messages(
+    db: &Db,
+    sid: &str,
+    messages: &[Exported],
+    keep_ids: bool,
+) -> Result<(Batch, Vec<i64>)> {
+    let mut session = get_session(db, sid)?.ok_or_else(|| not_found(sid))?;
+    let ids: Vec<i64> = if keep_ids {
+        let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+        let position = i64::try_from(id_position(db)?).unwrap_or(i64::MAX);
+        check_kept(&ids, position)?;
+        for &id in &ids {
+            if db.contains_key(keys::numbered(keys::BY_ID, as_u64(id)))? {
+                return Err(id_taken(id).into());
+            }
+        }
+        ids
+    } else {
+        messages
+            .iter()
+            .map(|_| Ok(i64::try_from(next_id(db)?).unwrap_or(i64::MAX)))
+            .collect::<Result<_>>()?
+    };
+    let mut batch = Batch::default();
+    for (m, &id) in messages.iter().zip(&ids) {
+        let counters = m.counters();
+        let usage = counters
+            .iter()
+            .any(Option::is_some)
+            .then(|| counters.map(|c| c.unwrap_or(0)));
+        session.next_ord += 1;
+        session.message_count += 1;
+        session.total_tokens += usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
+        let key = keys::message(sid, session.next_ord);
+        let id = as_u64(id);
+        let record = MessageRecord {
+            id,
+            role: role_byte(m.role),
+            content: m.content.clone(),
+            full_content: m.full_content.clone(),
+            tool_calls: m.tool_calls.clone(),
+            tool_call_id: m.tool_call_id.clone(),
+            usage,
+            agent_name: m.agent.clone(),
+            created_ms: m.created_ms,
+            completed_ms: m.completed_ms,
+            compacted_ms: m.compacted_ms,
+        };
+        batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
+        if m.role == Role::User {
+            batch.insert(keys::numbered(keys::USER, id), key.clone());
+        }
+        if let Some(at) = m.compacted_ms {
+            batch.insert(keys::compacted(as_u64(at), id), key.clone());
+        }
+        batch.insert(key, encode(&record)?);
+    }
+    batch.insert(keys::session(sid), encode(&session)?);
+    Ok((batch, ids))
+}
+
+pub(crate) fn import_metadata(db: &Db, sid: &str, entries: &[MetadataRecord]) -> Result<Batch> {
+    if get_session(db, sid)?.is_none() {
+        return Err(not_found(sid));
+    }
+    let mut batch = Batch::default();
+    for e in entries {
+        batch.insert(keys::metadata(sid, &e.key), encode(&e.value)?);
+    }
     Ok(batch)
 }

@@ -85,11 +85,12 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::backend::{
-    ContextCache, NewMessage, SharedContextCache, check_limit, check_usage, root_to_str,
-    usage_total,
+    ContextCache, NewMessage, SharedContextCache, check_claim, check_limit, check_message_records,
+    check_session_record, check_usage, root_to_str, usage_total,
 };
 use koda_persistence_api::{
-    Clock, CompactedStats, Message, Persistence, Role, SessionInfo, SessionUsage, SystemClock,
+    Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence, Role,
+    SessionInfo, SessionRecord, SessionUsage, SystemClock,
 };
 use rusqlite::Connection;
 
@@ -449,6 +450,62 @@ impl Persistence for SqliteStore {
         let (sid, key, value) = (session_id.to_owned(), key.to_owned(), value.to_owned());
         let now = self.clock.now_ms();
         self.write(move |tx| queries::set_metadata(tx, &sid, &key, &value, now))
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Import for SqliteStore {
+    async fn export_session_ids(&self) -> Result<Vec<String>> {
+        self.read(queries::export_session_ids).await
+    }
+
+    async fn export_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
+        let sid = session_id.to_owned();
+        self.read(move |c| queries::export_session(c, &sid)).await
+    }
+
+    async fn export_messages(&self, session_id: &str) -> Result<Vec<MessageRecord>> {
+        let sid = session_id.to_owned();
+        self.read(move |c| queries::export_messages(c, &sid)).await
+    }
+
+    async fn export_metadata(&self, session_id: &str) -> Result<Vec<MetadataRecord>> {
+        let sid = session_id.to_owned();
+        self.read(move |c| queries::export_metadata(c, &sid)).await
+    }
+
+    async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
+        check_claim(first, last)?;
+        self.write(move |tx| queries::claim_ids(tx, first, last))
+            .await
+    }
+
+    async fn import_session(&self, session: &SessionRecord) -> Result<bool> {
+        check_session_record(session)?;
+        let session = session.clone();
+        self.write(move |tx| queries::import_session(tx, &session))
+            .await
+    }
+
+    async fn import_messages(
+        &self,
+        session_id: &str,
+        messages: &[MessageRecord],
+        keep_ids: bool,
+    ) -> Result<Vec<i64>> {
+        check_message_records(messages)?;
+        let sid = session_id.to_owned();
+        let messages = messages.to_vec();
+        self.write(move |tx| queries::import_messages(tx, &sid, &messages, keep_ids))
+            .await
+    }
+
+    async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
+        let sid = session_id.to_owned();
+        let entries = entries.to_vec();
+        let now = self.clock.now_ms();
+        self.write(move |tx| queries::import_metadata(tx, &sid, &entries, now))
             .await
     }
 }

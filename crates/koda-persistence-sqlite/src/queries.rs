@@ -5,10 +5,11 @@
 
 use anyhow::Result;
 use koda_persistence_api::backend::{
-    ContextRow, NewMessage, format_timestamp, purge_cutoff, usage_by_agent,
+    ContextRow, NewMessage, check_kept, format_timestamp, id_taken, purge_cutoff, usage_by_agent,
 };
 use koda_persistence_api::{
-    COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
+    COMPACTION_HINT, CompactedStats, Message, MessageRecord, MetadataRecord, PersistenceError,
+    Role, SessionInfo, SessionRecord, SessionUsage,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -502,6 +503,200 @@ pub(crate) fn set_metadata(
          ON CONFLICT (session_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
     )?
     .execute(params![session_id, key, value, koda_text(now)])?;
+    Ok(())
+}
+
+/// Every session id, oldest first.
+pub(crate) fn export_session_ids(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM sessions ORDER BY created_ms, seq")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(crate) fn export_session(conn: &Connection, session_id: &str) -> Result<Option<SessionRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT agent_name, project_root, created_ms, last_accessed_ms, title, mode
+         FROM sessions WHERE id = ?1",
+    )?;
+    let mut rows = stmt.query(params![session_id])?;
+    let Some(r) = rows.next()? else {
+        return Ok(None);
+    };
+    let what = |c: &str| format!("{c} of session {session_id:?}");
+    Ok(Some(SessionRecord {
+        id: session_id.to_owned(),
+        agent_name: get(r, 0, &what("agent_name"))?,
+        project_root: get(r, 1, &what("project_root"))?,
+        created_ms: get::<Option<i64>>(r, 2, &what("created_ms"))?.unwrap_or(0),
+        last_accessed_ms: get(r, 3, &what("last_accessed_ms"))?,
+        title: get(r, 4, &what("title"))?,
+        mode: get(r, 5, &what("mode"))?,
+    }))
+}
+
+pub(crate) fn export_messages(conn: &Connection, session_id: &str) -> Result<Vec<MessageRecord>> {
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS}, agent_name, compacted_ms FROM messages
+         WHERE session_id = ?1 ORDER BY ord"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params![session_id])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(rows::record(row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn export_metadata(conn: &Connection, session_id: &str) -> Result<Vec<MetadataRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key, value FROM session_metadata WHERE session_id = ?1 ORDER BY CAST(key AS BLOB)",
+    )?;
+    let mut rows = stmt.query(params![session_id])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(MetadataRecord {
+            key: get(r, 0, "metadata key")?,
+            value: get(r, 1, "metadata value")?,
+        });
+    }
+    Ok(out)
+}
+
+/// The last message id handed out: AUTOINCREMENT's record, or the largest
+/// id (a file an older koda created may lack the record).
+fn id_position(tx: &Transaction<'_>) -> Result<i64> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0),
+                        COALESCE((SELECT MAX(id) FROM messages), 0))",
+        )?
+        .query_row([], |r| r.get(0))?)
+}
+
+pub(crate) fn claim_ids(tx: &Transaction<'_>, first: i64, last: i64) -> Result<bool> {
+    if id_position(tx)? >= first {
+        return Ok(false);
+    }
+    let moved = tx
+        .prepare_cached("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'messages'")?
+        .execute(params![last])?;
+    if moved == 0 {
+        tx.prepare_cached("INSERT INTO sqlite_sequence (name, seq) VALUES ('messages', ?1)")?
+            .execute(params![last])?;
+    }
+    Ok(true)
+}
+
+pub(crate) fn import_session(tx: &Transaction<'_>, s: &SessionRecord) -> Result<bool> {
+    if session_exists(tx, &s.id)? {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "INSERT INTO sessions (id, created_at, agent_name, project_root, last_accessed_at, title,
+                               mode, created_ms, last_accessed_ms, seq, message_count, total_tokens)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+                 (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions), 0, 0)",
+    )?
+    .execute(params![
+        s.id,
+        koda_text(s.created_ms),
+        s.agent_name,
+        s.project_root,
+        s.last_accessed_ms.map(koda_text),
+        s.title,
+        s.mode,
+        s.created_ms,
+        s.last_accessed_ms,
+    ])?;
+    Ok(true)
+}
+
+pub(crate) fn import_messages(
+    tx: &Transaction<'_>,
+    session_id: &str,
+    messages: &[MessageRecord],
+    keep_ids: bool,
+) -> Result<Vec<i64>> {
+    let tokens = messages.iter().fold(0i64, |sum, m| {
+        sum.saturating_add(m.prompt_tokens.unwrap_or(0))
+            .saturating_add(m.completion_tokens.unwrap_or(0))
+    });
+    let count = i64::try_from(messages.len()).unwrap_or(i64::MAX);
+    let touched = tx
+        .prepare_cached(
+            "UPDATE sessions SET message_count = message_count + ?2, version = version + 1,
+                 total_tokens = MIN(total_tokens + ?3, 9223372036854775807)
+             WHERE id = ?1",
+        )?
+        .execute(params![session_id, count, tokens])?;
+    if touched == 0 {
+        return Err(not_found(session_id));
+    }
+    let mut ord: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(ord), 0) FROM messages WHERE session_id = ?1")?
+        .query_row(params![session_id], |r| r.get(0))?;
+    if keep_ids {
+        let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+        check_kept(&ids, id_position(tx)?)?;
+    }
+    let mut taken = tx.prepare_cached("SELECT 1 FROM messages WHERE id = ?1")?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO messages (id, session_id, role, content, full_content, tool_calls,
+             tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens,
+             cache_creation_tokens, thinking_tokens, agent_name, created_at, created_ms,
+             completed_at, completed_ms, compacted_at, compacted_ms, ord)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18, ?19, ?20)",
+    )?;
+    let mut ids = Vec::with_capacity(messages.len());
+    for m in messages {
+        let id = if keep_ids {
+            if taken.exists(params![m.id])? {
+                return Err(id_taken(m.id).into());
+            }
+            Some(m.id)
+        } else {
+            None
+        };
+        ord += 1;
+        insert.execute(params![
+            id,
+            session_id,
+            m.role.as_str(),
+            m.content,
+            m.full_content,
+            m.tool_calls,
+            m.tool_call_id,
+            m.prompt_tokens,
+            m.completion_tokens,
+            m.cache_read_tokens,
+            m.cache_creation_tokens,
+            m.thinking_tokens,
+            m.agent,
+            koda_text(m.created_ms),
+            m.created_ms,
+            m.completed_ms.map(koda_text),
+            m.completed_ms,
+            m.compacted_ms.map(koda_text),
+            m.compacted_ms,
+            ord,
+        ])?;
+        ids.push(tx.last_insert_rowid());
+    }
+    Ok(ids)
+}
+
+pub(crate) fn import_metadata(
+    tx: &Transaction<'_>,
+    session_id: &str,
+    entries: &[MetadataRecord],
+    now: i64,
+) -> Result<()> {
+    require_session(tx, session_id)?;
+    for e in entries {
+        set_metadata(tx, session_id, &e.key, &e.value, now)?;
+    }
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Decoding stored rows into API types; every decoding failure is `Corrupt`.
 
 use koda_persistence_api::backend::format_timestamp;
-use koda_persistence_api::{Message, PersistenceError, Role};
+use koda_persistence_api::{Message, MessageRecord, PersistenceError, Role};
 use rusqlite::Row;
 
 /// The message columns every query selects, in [`message`]'s order.
@@ -89,4 +89,18 @@ pub(crate) fn message(row: &Row<'_>) -> Result<(Message, bool), PersistenceError
         created_at: Some(format_timestamp(int(12)?.unwrap_or(0))),
     };
     Ok((message, int(13)?.is_some()))
+}
+
+/// A message row selected with [`MESSAGE_COLUMNS`] followed by
+/// `agent_name, compacted_ms`, as an export record.
+pub(crate) fn record(row: &Row<'_>) -> Result<MessageRecord, PersistenceError> {
+    let (m, _) = message(row)?;
+    let what = |c: &str| format!("{c} of message {}", m.id);
+    let created = get::<Option<i64>>(row, 12, &what("created_ms"))?.unwrap_or(0);
+    let completed = get(row, 13, &what("completed_ms"))?;
+    let agent = get(row, 14, &what("agent_name"))?;
+    let compacted = get(row, 15, &what("compacted_ms"))?;
+    Ok(MessageRecord::from_message(
+        m, agent, created, completed, compacted,
+    ))
 }

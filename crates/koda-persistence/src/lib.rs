@@ -25,10 +25,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use koda_persistence_api::{
-    COMPACTION_HINT, Clock, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind,
-    MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, Message, Persistence, PersistenceError, Role,
-    SLOW_CALL, SessionInfo, SessionUsage, SystemClock, TODO_KEY, TokenUsage, Traced,
-    detect_interruption,
+    COMPACTION_HINT, Clock, CompactedStats, INTERRUPTION_PREVIEW_CHARS, Import, InterruptionKind,
+    MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, Message, MessageRecord,
+    MetadataRecord, Persistence, PersistenceError, Role, SLOW_CALL, SessionInfo, SessionRecord,
+    SessionUsage, SystemClock, TODO_KEY, TokenUsage, Traced, detect_interruption,
 };
 
 /// The README's examples, compiled and run as doctests.
@@ -48,7 +48,7 @@ pub const COMPILED_BACKENDS: &[&str] = &[
     "sled",
 ];
 
-type Opening = Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Persistence>>> + Send>>;
+type Opening = Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Import>>> + Send>>;
 type Opener = fn(String, Arc<dyn Clock>) -> Opening;
 
 /// One backend: its cargo feature, its URL schemes, and how to open one of
@@ -72,7 +72,7 @@ macro_rules! opener {
         Some(|url: String, clock: Arc<dyn Clock>| -> Opening {
             Box::pin(async move {
                 let store = <$store>::open_url(&url, clock).await?;
-                Ok(Arc::new(Traced::new(store, $name)) as Arc<dyn Persistence>)
+                Ok(Arc::new(Traced::new(store, $name)) as Arc<dyn Import>)
             })
         })
     };
@@ -155,6 +155,28 @@ pub async fn open_with_clock(
     url: &str,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<dyn Persistence>> {
+    let store: Arc<dyn Persistence> = open_import_with_clock(url, clock).await?;
+    Ok(store)
+}
+
+/// Opens the store a URL names with its [`Import`] side too (whole
+/// sessions out and in, every field kept: what `koda-store export`,
+/// `import` and `copy` use).
+///
+/// # Errors
+/// As [`open`].
+pub async fn open_import(url: &str) -> anyhow::Result<Arc<dyn Import>> {
+    open_import_with_clock(url, Arc::new(SystemClock)).await
+}
+
+/// [`open_import`], reading time from `clock`.
+///
+/// # Errors
+/// As [`open`].
+pub async fn open_import_with_clock(
+    url: &str,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn Import>> {
     let backend = backend_of(url)?;
     match backend.open {
         Some(open) => open(url.trim().to_owned(), clock).await,
