@@ -157,6 +157,7 @@ macro_rules! __for_each_case {
                 import_session_is_idempotent,
                 rootless_sessions_list_under_every_root,
                 import_refuses_bad_records,
+                import_keeps_partial_counters,
             ],
         }
     };

@@ -227,8 +227,10 @@ pub async fn export_reads_every_stored_field(fx: &Fixture) -> Result<()> {
     )
 }
 
-/// Export of an unknown session: `None` and empty lists.
+/// Export of an unknown session: `None` and empty lists; an empty store
+/// has no id range.
 pub async fn export_of_unknown_session_is_empty(fx: &Fixture) -> Result<()> {
+    eq("id range", fx.store.message_id_range().await?, None)?;
     eq("session", fx.store.export_session("nope").await?, None)?;
     eq("messages", fx.store.export_messages("nope").await?, vec![])?;
     eq("metadata", fx.store.export_metadata("nope").await?, vec![])
@@ -376,6 +378,11 @@ pub async fn claimed_ids_are_kept_and_never_handed_out(fx: &Fixture) -> Result<(
             .map(|m| m.id)
             .collect::<Vec<_>>(),
         vec![first, own, base + 7, base + 3, base + 50],
+    )?;
+    eq(
+        "smallest and largest id",
+        fx.store.message_id_range().await?,
+        Some((first, own)),
     )?;
     expect_err(
         "a kept id that is taken",
@@ -611,5 +618,47 @@ pub async fn import_refuses_bad_records(fx: &Fixture) -> Result<()> {
         "an empty batch is fine",
         fx.store.import_messages("ok", &[], false).await?,
         vec![],
+    )
+}
+
+/// An older koda's row has only some counters (no cache or thinking
+/// tokens): imported, it exports with exactly those, and counts in usage
+/// and the session's total as they are.
+pub async fn import_keeps_partial_counters(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let partial = MessageRecord {
+        prompt_tokens: Some(5),
+        completion_tokens: Some(7),
+        agent: Some("main".into()),
+        completed_ms: Some(START_MS),
+        ..bare_record(1, Role::Assistant)
+    };
+    let only_thinking = MessageRecord {
+        thinking_tokens: Some(0),
+        ..bare_record(2, Role::Assistant)
+    };
+    fx.store
+        .import_messages(&sid, &[partial.clone(), only_thinking.clone()], false)
+        .await?;
+    eq(
+        "counters",
+        fx.store
+            .export_messages(&sid)
+            .await?
+            .iter()
+            .map(MessageRecord::counters)
+            .collect::<Vec<_>>(),
+        vec![partial.counters(), only_thinking.counters()],
+    )?;
+    let u = fx.store.session_token_usage(&sid).await?;
+    eq("usage", (u.prompt_tokens, u.completion_tokens), (5, 7))?;
+    eq(
+        "listed total",
+        fx.store
+            .list_sessions(1, Path::new(ROOT))
+            .await?
+            .first()
+            .map(|s| s.total_tokens),
+        Some(12),
     )
 }

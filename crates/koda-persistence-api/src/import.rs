@@ -187,6 +187,10 @@ pub trait Import: Persistence {
     /// Every metadata entry of the session, by key (bytewise).
     async fn export_metadata(&self, session_id: &str) -> Result<Vec<MetadataRecord>>;
 
+    /// The smallest and largest message id stored (`None`: no messages): the
+    /// range a copy of this store claims in its target.
+    async fn message_id_range(&self) -> Result<Option<(i64, i64)>>;
+
     /// Grants `first..=last` to an importer when the store's id sequence
     /// has not reached `first` (returns `true` and moves the sequence to
     /// `last`); otherwise changes nothing and returns `false`. `first > last`

@@ -332,6 +332,11 @@ impl<P: Import> Import for Traced<P> {
         .await
     }
 
+    async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {
+        self.call("message_id_range", None, self.inner.message_id_range())
+            .await
+    }
+
     async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
         self.call("claim_ids", None, self.inner.claim_ids(first, last))
             .await

@@ -602,6 +602,15 @@ impl Import for MemoryStore {
         Ok(entries)
     }
 
+    async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {
+        let st = self.lock();
+        Ok(st
+            .messages
+            .first_key_value()
+            .zip(st.messages.last_key_value())
+            .map(|((lo, _), (hi, _))| (*lo, *hi)))
+    }
+
     async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
         check_claim(first, last)?;
         let mut st = self.lock();

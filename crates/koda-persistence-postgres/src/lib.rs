@@ -494,6 +494,11 @@ impl Import for PostgresStore {
             .await
     }
 
+    async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {
+        self.with_client(|c| async move { queries::message_id_range(&c).await })
+            .await
+    }
+
     async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
         check_claim(first, last)?;
         self.with_client(|mut c| async move { queries::claim_ids(&mut c, first, last).await })

@@ -710,6 +710,20 @@ pub(crate) async fn export_metadata(c: &Object, id: &str) -> Result<Vec<Metadata
         .collect()
 }
 
+pub(crate) async fn message_id_range(c: &Object) -> Result<Option<(i64, i64)>> {
+    let stmt = c
+        .prepare_cached("SELECT MIN(id), MAX(id) FROM messages")
+        .await
+        .map_err(db("preparing message_id_range"))?;
+    let r = c
+        .query_one(&stmt, &[])
+        .await
+        .map_err(db("message_id_range"))?;
+    let lo: Option<i64> = get(&r, 0, "smallest id")?;
+    let hi: Option<i64> = get(&r, 1, "largest id")?;
+    Ok(lo.zip(hi))
+}
+
 /// The last message id handed out or granted.
 const ID_POSITION: &str = "SELECT GREATEST(
         COALESCE(pg_sequence_last_value(pg_get_serial_sequence('messages', 'id')::regclass), 0),

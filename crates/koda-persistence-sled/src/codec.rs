@@ -41,6 +41,33 @@ pub(crate) struct MessageRecord {
     pub compacted_ms: Option<i64>,
 }
 
+/// A counter an imported row of an older koda never had (counters are
+/// never negative, so no real value collides): stored in `usage` beside
+/// the ones it had, read back as `None`.
+pub(crate) const UNSET: i64 = i64::MIN;
+
+impl MessageRecord {
+    /// The five counters, `None` where unset.
+    pub(crate) fn counters(&self) -> [Option<i64>; 5] {
+        self.usage
+            .map_or([None; 5], |u| u.map(|c| (c != UNSET).then_some(c)))
+    }
+
+    /// `prompt + completion`, unset ones counting 0.
+    pub(crate) fn tokens(&self) -> i128 {
+        let [p, c, ..] = self.counters();
+        i128::from(p.unwrap_or(0)) + i128::from(c.unwrap_or(0))
+    }
+}
+
+/// `usage` for five counters: `None` when none is set.
+pub(crate) fn usage_of(counters: [Option<i64>; 5]) -> Option<[i64; 5]> {
+    counters
+        .iter()
+        .any(Option::is_some)
+        .then(|| counters.map(|c| c.unwrap_or(UNSET)))
+}
+
 pub(crate) fn role_byte(role: Role) -> u8 {
     match role {
         Role::System => 0,

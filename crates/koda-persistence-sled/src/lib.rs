@@ -571,6 +571,10 @@ impl Import for SledStore {
             .await
     }
 
+    async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {
+        self.read(queries::message_id_range).await
+    }
+
     async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
         check_claim(first, last)?;
         let (first, last) = (queries::as_u64(first), queries::as_u64(last));

@@ -17,7 +17,7 @@ use koda_persistence_api::{
 };
 use sled::{Batch, Db, IVec};
 
-use crate::codec::{MessageRecord, SessionRecord, decode, encode, role_byte, role_of};
+use crate::codec::{MessageRecord, SessionRecord, decode, encode, role_byte, role_of, usage_of};
 use crate::error::not_found;
 use crate::keys;
 
@@ -43,10 +43,7 @@ fn session_messages(db: &Db, id: &str) -> Result<Vec<(IVec, MessageRecord)>> {
 }
 
 pub(crate) fn to_message(session_id: &str, m: &MessageRecord) -> Result<Message, PersistenceError> {
-    let [p, c, cr, cc, t] = match m.usage {
-        Some(u) => u.map(Some),
-        None => [None; 5],
-    };
+    let [p, c, cr, cc, t] = m.counters();
     Ok(Message {
         id: i64::try_from(m.id).unwrap_or(i64::MAX),
         session_id: session_id.to_owned(),
@@ -314,12 +311,11 @@ pub(crate) fn mark_complete(db: &Db, message_id: i64, now: i64) -> Result<(Batch
 
 pub(crate) fn usage_groups(db: &Db, sid: &str) -> Result<Vec<(String, SessionUsage)>> {
     let messages = session_messages(db, sid)?;
-    Ok(usage_by_agent(messages.iter().map(|(_, m)| {
-        (
-            m.agent_name.as_deref(),
-            m.usage.map_or([None; 5], |u| u.map(Some)),
-        )
-    })))
+    Ok(usage_by_agent(
+        messages
+            .iter()
+            .map(|(_, m)| (m.agent_name.as_deref(), m.counters())),
+    ))
 }
 
 pub(crate) fn compact(
@@ -475,7 +471,7 @@ pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<
         }
         if let Some(s) = sessions.get_mut(&sid) {
             s.message_count -= 1;
-            s.total_tokens -= m.usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
+            s.total_tokens -= m.tokens();
         }
         batch.remove(ckey);
         batch.remove(key);
@@ -543,7 +539,7 @@ pub(crate) fn export_messages(db: &Db, sid: &str) -> Result<Vec<Exported>> {
     session_messages(db, sid)?
         .into_iter()
         .map(|(_, m)| {
-            let [p, c, cr, cc, t] = m.usage.map_or([None; 5], |u| u.map(Some));
+            let [p, c, cr, cc, t] = m.counters();
             Ok(Exported {
                 id: i64::try_from(m.id)
                     .map_err(|_| PersistenceError::Corrupt(format!("message id {}", m.id)))?,
@@ -579,6 +575,26 @@ pub(crate) fn export_metadata(db: &Db, sid: &str) -> Result<Vec<MetadataRecord>>
         });
     }
     Ok(out)
+}
+
+pub(crate) fn message_id_range(db: &Db) -> Result<Option<(i64, i64)>> {
+    let id_of = |k: &[u8]| -> Result<i64> {
+        let bytes: [u8; 8] = k
+            .get(1..9)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| PersistenceError::Corrupt("bad message id key".into()))?;
+        Ok(i64::try_from(u64::from_be_bytes(bytes)).unwrap_or(i64::MAX))
+    };
+    let mut ids = db.scan_prefix([keys::BY_ID]);
+    let Some(first) = ids.next() else {
+        return Ok(None);
+    };
+    let lo = id_of(&first?.0)?;
+    let hi = match ids.next_back() {
+        Some(last) => id_of(&last?.0)?,
+        None => lo,
+    };
+    Ok(Some((lo, hi)))
 }
 
 /// The last id handed out or claimed (`generate_id` consumes one: ids
@@ -627,8 +643,7 @@ pub(crate) fn import_session(db: &Db, s: &ExportedSession) -> Result<(Batch, boo
     Ok((batch, true))
 }
 
-/// Counters stored as all five or none: a record with some of them set
-/// stores the unset ones as 0.
+/// Counters a record leaves unset are stored as [`crate::codec::UNSET`].
 pub(crate) fn import_messages(
     db: &Db,
     sid: &str,
@@ -654,14 +669,11 @@ pub(crate) fn import_messages(
     };
     let mut batch = Batch::default();
     for (m, &id) in messages.iter().zip(&ids) {
-        let counters = m.counters();
-        let usage = counters
-            .iter()
-            .any(Option::is_some)
-            .then(|| counters.map(|c| c.unwrap_or(0)));
+        let usage = usage_of(m.counters());
         session.next_ord += 1;
         session.message_count += 1;
-        session.total_tokens += usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
+        session.total_tokens +=
+            i128::from(m.prompt_tokens.unwrap_or(0)) + i128::from(m.completion_tokens.unwrap_or(0));
         let key = keys::message(sid, session.next_ord);
         let id = as_u64(id);
         let record = MessageRecord {

@@ -475,6 +475,10 @@ impl Import for SqliteStore {
         self.read(move |c| queries::export_metadata(c, &sid)).await
     }
 
+    async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {
+        self.read(queries::message_id_range).await
+    }
+
     async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
         check_claim(first, last)?;
         self.write(move |tx| queries::claim_ids(tx, first, last))

@@ -563,6 +563,13 @@ pub(crate) fn export_metadata(conn: &Connection, session_id: &str) -> Result<Vec
     Ok(out)
 }
 
+pub(crate) fn message_id_range(conn: &Connection) -> Result<Option<(i64, i64)>> {
+    let (lo, hi): (Option<i64>, Option<i64>) = conn
+        .prepare_cached("SELECT MIN(id), MAX(id) FROM messages")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(lo.zip(hi))
+}
+
 /// The last message id handed out: AUTOINCREMENT's record, or the largest
 /// id (a file an older koda created may lack the record).
 fn id_position(tx: &Transaction<'_>) -> Result<i64> {
