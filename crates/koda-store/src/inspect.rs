@@ -1,0 +1,564 @@
+//! The subcommands: what they read, what they print.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use koda_persistence::{Import, Role, SessionInfo, detect_interruption};
+use koda_persistence_api::backend::named_tool_call_ids;
+use serde_json::json;
+
+use crate::transfer::{self, FileSessions, Verified, Whole};
+
+/// Prints rows as an aligned table (the last column unpadded).
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+/// One line of a cell: newlines and tabs shown as spaces, clipped.
+fn cell(s: Option<&str>, max: usize) -> String {
+    let flat: String = s
+        .unwrap_or("")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let mut clipped: String = flat.chars().take(max.saturating_sub(1)).collect();
+        clipped.push('…');
+        clipped
+    }
+}
+
+/// Every session (or one root's), newest first, with counters.
+async fn listed(
+    store: &Arc<dyn Import>,
+    root: Option<&Path>,
+    limit: i64,
+) -> Result<Vec<SessionInfo>> {
+    if let Some(root) = root {
+        return store.list_sessions(limit, root).await;
+    }
+    let mut roots = BTreeSet::new();
+    for id in store.export_session_ids().await? {
+        if let Some(s) = store.export_session(&id).await? {
+            roots.insert(s.project_root.unwrap_or_default());
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut all = Vec::new();
+    for root in roots {
+        for s in store.list_sessions(limit, Path::new(&root)).await? {
+            if seen.insert(s.id.clone()) {
+                all.push(s);
+            }
+        }
+    }
+    all.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    all.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(all)
+}
+
+pub async fn sessions(
+    store: &Arc<dyn Import>,
+    root: Option<&Path>,
+    limit: i64,
+    json: bool,
+) -> Result<()> {
+    let all = listed(store, root, limit).await?;
+    if json {
+        let rows: Vec<_> = all
+            .iter()
+            .map(|s| {
+                json!({
+                    "id": s.id, "created_at": s.created_at, "agent": s.agent_name,
+                    "title": s.title, "mode": s.mode, "messages": s.message_count,
+                    "tokens": s.total_tokens,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "sessions": rows }))?
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.created_at
+                    .get(..19)
+                    .unwrap_or(&s.created_at)
+                    .replace('T', " "),
+                cell(Some(&s.agent_name), 16),
+                s.message_count.to_string(),
+                s.total_tokens.to_string(),
+                cell(s.mode.as_deref(), 10),
+                cell(s.title.as_deref(), 50),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "CREATED (UTC)",
+            "AGENT",
+            "MESSAGES",
+            "TOKENS",
+            "MODE",
+            "TITLE",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub async fn show(store: &Arc<dyn Import>, sid: &str, all: bool, json: bool) -> Result<()> {
+    let Some(record) = store.export_session(sid).await? else {
+        anyhow::bail!("no session {sid} in this store (`koda-store sessions` lists them)");
+    };
+    let context = store.load_context(sid).await?;
+    let rows = if all {
+        store.export_messages(sid).await?
+    } else {
+        let shown: BTreeSet<i64> = context.iter().map(|m| m.id).collect();
+        let mut rows = store.export_messages(sid).await?;
+        rows.retain(|m| shown.contains(&m.id));
+        rows
+    };
+    let banner = detect_interruption(&context).map(|k| match k {
+        koda_persistence::InterruptionKind::Prompt(p) => {
+            format!("the prompt \"{p}\" was never answered")
+        }
+        koda_persistence::InterruptionKind::Tool => {
+            "a tool finished but the assistant never read its result".to_owned()
+        }
+    });
+    if json {
+        let messages: Vec<_> = rows
+            .iter()
+            .map(|m| crate::format::MessageLine::new(sid, m))
+            .collect();
+        let doc = json!({
+            "session": crate::format::SessionLine::from(&record),
+            "messages": messages,
+            "interrupted": banner,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!(
+        "session {sid}  agent {}  root {}",
+        record.agent_name,
+        record.project_root.as_deref().unwrap_or("(none)")
+    );
+    if let Some(t) = &record.title {
+        println!("title   {t}");
+    }
+    let answered: BTreeSet<String> = rows
+        .iter()
+        .filter(|m| m.role == Role::Tool)
+        .filter_map(|m| m.tool_call_id.clone())
+        .collect();
+    for m in &rows {
+        let mut marks = Vec::new();
+        if m.compacted_ms.is_some() {
+            marks.push("compacted".to_owned());
+        }
+        if m.role == Role::Assistant && m.completed_ms.is_none() {
+            marks.push("unfinished".to_owned());
+        }
+        if let Some(agent) = &m.agent {
+            marks.push(format!("agent {agent}"));
+        }
+        let used: i64 = m.prompt_tokens.unwrap_or(0) + m.completion_tokens.unwrap_or(0);
+        if used > 0 {
+            marks.push(format!("{used} tokens"));
+        }
+        let role = match (m.role, m.tool_call_id.as_deref()) {
+            (Role::Tool, Some(call)) => format!("tool result for {call}"),
+            (r, _) => r.as_str().to_owned(),
+        };
+        let marks = if marks.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", marks.join(", "))
+        };
+        println!("\n── #{} {role}{marks}", m.id);
+        if let Some(c) = &m.content {
+            println!("{}", c.replace('\0', "\\0"));
+        }
+        if let Some(calls) = &m.tool_calls {
+            for call in named_tool_call_ids(calls) {
+                let state = if answered.contains(&call) {
+                    "answered below"
+                } else {
+                    "no result"
+                };
+                println!("  → call {call} ({state})");
+            }
+        }
+    }
+    if let Some(prompt) = banner {
+        println!("\n!! interrupted: {prompt}");
+    }
+    Ok(())
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return 0;
+    };
+    if meta.is_file() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| dir_size(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Bytes on disk of a SQLite file (with its WAL) or a sled directory.
+fn size_on_disk(url: &str) -> Option<u64> {
+    let (scheme, rest) = url.split_once("://")?;
+    let path = rest.split('?').next()?;
+    match scheme {
+        "sqlite" if !path.is_empty() => Some(
+            [path.to_owned(), format!("{path}-wal")]
+                .iter()
+                .map(|p| dir_size(Path::new(p)))
+                .sum(),
+        ),
+        "sled" => Some(dir_size(Path::new(path))),
+        _ => None,
+    }
+}
+
+pub async fn stats(store: &Arc<dyn Import>, url: &str, json: bool) -> Result<()> {
+    let ids = store.export_session_ids().await?;
+    let mut messages = 0usize;
+    let mut per_agent: BTreeMap<String, i64> = BTreeMap::new();
+    for id in &ids {
+        messages += store.export_messages(id).await?.len();
+        for (agent, usage) in store.session_usage_by_agent(id).await? {
+            let total = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+            let e = per_agent.entry(agent).or_default();
+            *e = e.saturating_add(total);
+        }
+    }
+    let compacted = store.compacted_stats().await?;
+    let size = size_on_disk(url);
+    if json {
+        let doc = json!({
+            "sessions": ids.len(), "messages": messages,
+            "compacted": {"messages": compacted.message_count, "sessions": compacted.session_count,
+                          "bytes": compacted.size_bytes, "oldest": compacted.oldest},
+            "tokens_by_agent": per_agent, "bytes_on_disk": size,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("sessions            {}", ids.len());
+    println!("messages            {messages}");
+    println!(
+        "compacted           {} messages in {} sessions, {} bytes, oldest {}",
+        compacted.message_count,
+        compacted.session_count,
+        compacted.size_bytes,
+        compacted.oldest.as_deref().unwrap_or("-")
+    );
+    for (agent, tokens) in &per_agent {
+        println!(
+            "tokens ({agent}){:pad$}{tokens}",
+            "",
+            pad = 12usize.saturating_sub(agent.len())
+        );
+    }
+    match size {
+        Some(b) => println!("on disk             {b} bytes"),
+        None => println!("on disk             (not a file store)"),
+    }
+    Ok(())
+}
+
+fn print_verification(checks: &[Verified], json: bool, extra: serde_json::Value) -> Result<bool> {
+    let equal = checks.iter().filter(|v| v.equal()).count();
+    if json {
+        let doc =
+            json!({ "verified": checks, "equal": equal, "sessions": checks.len(), "copy": extra });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let rows: Vec<Vec<String>> = checks
+            .iter()
+            .map(|v| {
+                vec![
+                    v.session.clone(),
+                    v.source_messages.to_string(),
+                    v.target_messages.to_string(),
+                    v.source_checksum.clone(),
+                    if v.equal() {
+                        "equal".into()
+                    } else {
+                        "DIFFERENT".into()
+                    },
+                ]
+            })
+            .collect();
+        table(
+            &["SESSION", "SOURCE", "TARGET", "CHECKSUM", "VERIFIED"],
+            &rows,
+        );
+        println!("{equal} of {} sessions verified equal", checks.len());
+    }
+    Ok(equal == checks.len())
+}
+
+/// Keeps the ids, or says why not.
+async fn decide_ids(
+    target: &Arc<dyn Import>,
+    range: Option<(i64, i64)>,
+    firsts: &[(String, Option<i64>)],
+) -> Result<bool> {
+    let keep = transfer::keep_ids(target, range, firsts).await?;
+    if !keep && range.is_some() {
+        eprintln!(
+            "note: the target's message id sequence is past the source's ids: messages get \
+             new ids (tool calls stay paired, order is kept)"
+        );
+    }
+    Ok(keep)
+}
+
+pub async fn copy(
+    source: &Arc<dyn Import>,
+    target: &Arc<dyn Import>,
+    only: &[String],
+    json: bool,
+    target_name: &str,
+) -> Result<ExitCode> {
+    let ids = transfer::selected(source, only).await?;
+    let mut firsts = Vec::new();
+    for id in ids.iter().take(64) {
+        firsts.push((
+            id.clone(),
+            source.export_messages(id).await?.first().map(|m| m.id),
+        ));
+    }
+    let keep = decide_ids(target, source.message_id_range().await?, &firsts).await?;
+    let bar = transfer::bar(ids.len() as u64, "copying");
+    let (mut created, mut copied, mut checks) = (0usize, 0usize, Vec::new());
+    let mut failures = Vec::new();
+    for id in &ids {
+        let Some(whole) = transfer::read_whole(source, id).await? else {
+            bar.inc(1);
+            continue;
+        };
+        match transfer::sync_session(target, &whole, keep).await {
+            Ok(moved) => {
+                created += usize::from(moved.created);
+                copied += moved.messages;
+                checks.push(transfer::verify(target, id, &whole).await?);
+            }
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "copied to {target_name}: {created} new sessions, {copied} messages ({} ids)",
+        if keep { "original" } else { "new" }
+    );
+    for f in &failures {
+        eprintln!("koda-store: {f}");
+    }
+    let all_equal = print_verification(
+        &checks,
+        json,
+        json!({"new_sessions": created, "messages": copied, "ids_kept": keep}),
+    )?;
+    Ok(if all_equal && failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub async fn import_file(target: &Arc<dyn Import>, path: &Path) -> Result<ExitCode> {
+    let header = transfer::read_header(path)?;
+    // The first sessions' first ids, for a resumed import.
+    let mut firsts = Vec::new();
+    let mut peek = FileSessions::open(path)?;
+    while let Some(w) = peek.next_session()? {
+        if let Some(r) = &w.record {
+            firsts.push((r.id.clone(), w.messages.first().map(|m| m.id)));
+        }
+        if firsts.len() >= 64 {
+            break;
+        }
+    }
+    let keep = decide_ids(target, header.message_ids, &firsts).await?;
+    let bar = transfer::bar(header.sessions, "importing");
+    let mut sessions = FileSessions::open(path)?;
+    let (mut created, mut copied, mut failures) = (0usize, 0usize, Vec::new());
+    let mut checks = Vec::new();
+    while let Some(whole) = sessions.next_session()? {
+        let Whole { record, .. } = &whole;
+        let Some(id) = record.as_ref().map(|r| r.id.clone()) else {
+            continue;
+        };
+        match transfer::sync_session(target, &whole, keep).await {
+            Ok(moved) => {
+                created += usize::from(moved.created);
+                copied += moved.messages;
+                checks.push(transfer::verify(target, &id, &whole).await?);
+            }
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "imported from {} ({}): {created} new sessions, {copied} messages ({} ids)",
+        path.display(),
+        header.source,
+        if keep { "original" } else { "new" }
+    );
+    for f in &failures {
+        eprintln!("koda-store: {f}");
+    }
+    let equal = checks.iter().filter(|v| v.equal()).count();
+    if equal != checks.len() {
+        print_verification(&checks, false, json!(null))?;
+    }
+    Ok(if equal == checks.len() && failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub async fn purge(store: &Arc<dyn Import>, days: u32, dry_run: bool) -> Result<()> {
+    if !dry_run {
+        let n = store.purge_compacted(days).await?;
+        println!("deleted {n} compacted messages");
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let cutoff = koda_persistence_api::backend::purge_cutoff(now, days);
+    let mut n = 0usize;
+    for id in store.export_session_ids().await? {
+        n += store
+            .export_messages(&id)
+            .await?
+            .iter()
+            .filter(|m| m.compacted_ms.is_some_and(|at| days == 0 || at < cutoff))
+            .count();
+    }
+    println!("would delete {n} compacted messages (dry run: nothing deleted)");
+    Ok(())
+}
+
+pub async fn doctor(store: &Arc<dyn Import>, json: bool) -> Result<ExitCode> {
+    let mut findings = Vec::new();
+    let mut notes = Vec::new();
+    let mut counted: BTreeMap<String, SessionInfo> = BTreeMap::new();
+    let ids = store.export_session_ids().await?;
+    for s in listed(store, None, i64::MAX).await? {
+        counted.insert(s.id.clone(), s);
+    }
+    for id in &ids {
+        let rows = store.export_messages(id).await?;
+        if let Some(info) = counted.get(id) {
+            let tokens: i64 = rows.iter().fold(0i64, |t, m| {
+                t.saturating_add(m.prompt_tokens.unwrap_or(0))
+                    .saturating_add(m.completion_tokens.unwrap_or(0))
+            });
+            let n = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+            if info.message_count != n || info.total_tokens != tokens {
+                findings.push(format!(
+                    "session {id}: counters say {} messages / {} tokens, rows hold {n} / {tokens}",
+                    info.message_count, info.total_tokens
+                ));
+            }
+        } else {
+            findings.push(format!("session {id}: not listed under its root"));
+        }
+        let active: Vec<_> = rows.iter().filter(|m| m.compacted_ms.is_none()).collect();
+        let called: BTreeSet<String> = active
+            .iter()
+            .filter(|m| m.role == Role::Assistant)
+            .filter_map(|m| m.tool_calls.as_deref())
+            .flat_map(named_tool_call_ids)
+            .collect();
+        let answered: BTreeSet<String> = active
+            .iter()
+            .filter(|m| m.role == Role::Tool)
+            .filter_map(|m| m.tool_call_id.clone())
+            .collect();
+        for orphan in answered.difference(&called) {
+            findings.push(format!(
+                "session {id}: tool result for {orphan} has no call (koda drops it from the context)"
+            ));
+        }
+        for open in called.difference(&answered) {
+            notes.push(format!(
+                "session {id}: call {open} has no result (interrupted turn)"
+            ));
+        }
+    }
+    if json {
+        let doc = json!({"sessions": ids.len(), "findings": findings, "notes": notes});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for f in &findings {
+            println!("FINDING  {f}");
+        }
+        for n in &notes {
+            println!("note     {n}");
+        }
+        println!(
+            "checked {} sessions: {} findings, {} notes",
+            ids.len(),
+            findings.len(),
+            notes.len()
+        );
+    }
+    Ok(if findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

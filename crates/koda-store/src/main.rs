@@ -1,0 +1,325 @@
+//! `koda-store`: the command-line tool for koda's histories on any store
+//! the `koda-persistence` facade opens: list and read sessions, check a
+//! store, purge old compacted history, and move whole histories between
+//! stores (a solo `koda.db` to a team's PostgreSQL) through `copy`, or
+//! through a versioned JSON Lines file with `export` and `import`.
+//!
+//! Exit codes: 0 success, 1 a failure or (for `doctor`) a finding, 2 a
+//! usage error.
+
+mod format;
+mod inspect;
+mod transfer;
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use koda_persistence::Import;
+
+const AFTER_HELP: &str = "\
+STORES
+  A store is a URL, as koda-persistence opens it:
+    sqlite:///abs/path/koda.db   sqlite://relative.db   sled:///abs/dir
+    postgres://user:pass@host:5432/db?schema=team_a    memory:
+  Without --store or KODA_STORE_URL: the koda file of this user,
+  $XDG_CONFIG_HOME/koda/db/koda.db, else ~/.config/koda/db/koda.db
+  (never created by koda-store).
+
+EXIT CODES
+  0 success; 1 a failure, or a finding of `doctor`; 2 a usage error.
+
+Passwords in URLs are never printed.";
+
+/// Inspect, check and move koda's histories.
+#[derive(Debug, Parser)]
+#[command(name = "koda-store", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// The store to work on (see STORES below).
+    #[arg(long, global = true, env = "KODA_STORE_URL", value_name = "URL")]
+    store: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List sessions, newest first: id, created, agent, title, mode,
+    /// messages and tokens.
+    #[command(after_help = "Root-less sessions (from an older koda) are listed under every root.")]
+    Sessions {
+        /// Only sessions of this project root (its exact path).
+        #[arg(long, value_name = "PATH")]
+        root: Option<PathBuf>,
+        /// At most N sessions.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: i64,
+        /// One JSON document on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a session: the context koda would send to the model (or, with
+    /// --all, every stored message with its compaction and completion
+    /// marks), tool calls paired with their results, usage, and the
+    /// interruption banner koda would show.
+    Show {
+        /// The session id (see `koda-store sessions`).
+        session: String,
+        /// Every stored message, compacted and unfinished ones included.
+        #[arg(long)]
+        all: bool,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts: sessions, messages, compacted history, tokens per agent,
+    /// size on disk (SQLite and sled).
+    Stats {
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write sessions to a JSON Lines file (format version 1: a header
+    /// line, then per session its session, message and metadata lines,
+    /// every field kept).
+    #[command(after_help = "Import the file into any store with `koda-store import FILE`.")]
+    Export {
+        /// Only these sessions (repeatable); all by default.
+        #[arg(long = "session", value_name = "ID")]
+        sessions: Vec<String>,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Read an export file into the store. Sessions already there are
+    /// completed, never duplicated: a re-run imports nothing twice.
+    Import {
+        /// The file `koda-store export` wrote.
+        file: PathBuf,
+    },
+    /// Copy sessions from one store to another (a solo SQLite file to the
+    /// team's PostgreSQL), then verify each (message count and content
+    /// checksum on both sides). Idempotent and resumable: a re-run copies
+    /// nothing twice, and completes a copy that was killed.
+    #[command(after_help = "\
+Message ids are kept when the target's id sequence has not reached them
+(a fresh target); otherwise the target gives fresh ids, and the report
+says so. Tool calls stay paired with their results either way.
+
+Example: koda-store copy --from sqlite://$HOME/.config/koda/db/koda.db \\
+           --to 'postgres://koda@db.internal/koda?schema=team_a'")]
+    Copy {
+        /// The source store URL.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The target store URL.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Only these sessions (repeatable); all by default.
+        #[arg(long = "session", value_name = "ID")]
+        sessions: Vec<String>,
+        /// The verification as one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete compacted messages older than DAYS days (0: every compacted
+    /// message). Active history is never touched.
+    Purge {
+        /// Minimum age in days of the compacted messages to delete.
+        #[arg(long, value_name = "DAYS")]
+        older_than: u32,
+        /// Count what would go; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check a store: session counters against their rows, tool results
+    /// whose call is missing, calls that were never answered. Exits 1 when
+    /// it finds a problem.
+    Doctor {
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply pending migrations now (for deployments whose runtime role
+    /// may not run DDL: run this once as the schema's owner). Opening a
+    /// store migrates it too; this only says so.
+    Migrate,
+}
+
+/// The user's koda file as a URL, when no store was named.
+fn default_store() -> Result<String> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(
+            std::env::var_os("HOME")
+                .context("neither --store, KODA_STORE_URL, XDG_CONFIG_HOME nor HOME is set")?,
+        )
+        .join(".config"),
+    };
+    let file = base.join("koda").join("db").join("koda.db");
+    if !file.exists() {
+        anyhow::bail!(
+            "no koda database at {} (pass --store URL or set KODA_STORE_URL)",
+            file.display()
+        );
+    }
+    let path = file
+        .to_str()
+        .context("the koda database path is not UTF-8; pass --store URL")?;
+    Ok(format!("sqlite://{path}?create=false"))
+}
+
+/// `url` without its password.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+async fn open(url: &str) -> Result<Arc<dyn Import>> {
+    koda_persistence::open_import(url)
+        .await
+        .with_context(|| format!("opening {}", redact(url)))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let store_url = || -> Result<String> {
+        match &cli.store {
+            Some(url) => Ok(url.clone()),
+            None => default_store(),
+        }
+    };
+    match cli.command {
+        Command::Sessions { root, limit, json } => {
+            let url = store_url()?;
+            inspect::sessions(&open(&url).await?, root.as_deref(), limit, json).await?;
+        }
+        Command::Show { session, all, json } => {
+            let url = store_url()?;
+            inspect::show(&open(&url).await?, &session, all, json).await?;
+        }
+        Command::Stats { json } => {
+            let url = store_url()?;
+            inspect::stats(&open(&url).await?, &url, json).await?;
+        }
+        Command::Export { sessions, output } => {
+            let url = store_url()?;
+            let store = open(&url).await?;
+            let ids = transfer::selected(&store, &sessions).await?;
+            let (s, m) = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    transfer::export(&store, &redact(&url), &ids, file).await?
+                }
+                None => {
+                    transfer::export(&store, &redact(&url), &ids, std::io::stdout().lock()).await?
+                }
+            };
+            eprintln!("exported {s} sessions, {m} messages");
+        }
+        Command::Import { file } => {
+            let url = store_url()?;
+            return inspect::import_file(&open(&url).await?, &file).await;
+        }
+        Command::Copy {
+            from,
+            to,
+            sessions,
+            json,
+        } => {
+            let source = open(&from).await?;
+            let target = open(&to).await?;
+            return inspect::copy(&source, &target, &sessions, json, &redact(&to)).await;
+        }
+        Command::Purge {
+            older_than,
+            dry_run,
+        } => {
+            let url = store_url()?;
+            inspect::purge(&open(&url).await?, older_than, dry_run).await?;
+        }
+        Command::Doctor { json } => {
+            let url = store_url()?;
+            return inspect::doctor(&open(&url).await?, json).await;
+        }
+        Command::Migrate => {
+            let url = store_url()?;
+            open(&url).await?;
+            eprintln!("{}: schema up to date", redact(&url));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("koda-store: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<koda_persistence::PersistenceError>(),
+                    Some(koda_persistence::PersistenceError::InvalidInput(_))
+                )
+            });
+            let text = format!("{e:#}");
+            eprintln!("koda-store: {text}");
+            if std::io::stderr().is_terminal() && usage {
+                eprintln!("(koda-store --help explains the arguments)");
+            }
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_removed_from_urls() {
+        assert_eq!(
+            redact("postgres://koda:s3cret@db:5432/koda?schema=a"),
+            "postgres://koda:***@db:5432/koda?schema=a"
+        );
+        assert_eq!(redact("postgres://koda@db/koda"), "postgres://koda@db/koda");
+        assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        assert_eq!(redact("memory:"), "memory:");
+        assert_eq!(
+            redact("postgres://u:p@ss@h/db"),
+            "postgres://u:***@h/db",
+            "the last @ ends the user info"
+        );
+    }
+}

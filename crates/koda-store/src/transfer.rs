@@ -1,0 +1,339 @@
+//! `export`, `import` and `copy`: sessions out of one store (or file) and
+//! into another, resumable, then verified.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use koda_persistence::{Import, MessageRecord, MetadataRecord, SessionRecord};
+use sha2::{Digest, Sha256};
+
+use crate::format::{FORMAT, Header, Line, MessageLine, MetadataLine, SessionLine, VERSION};
+
+/// Messages per `import_messages` call.
+const BATCH: usize = 1_000;
+
+/// One session with everything a store keeps of it.
+#[derive(Debug, Clone, Default)]
+pub struct Whole {
+    pub record: Option<SessionRecord>,
+    pub messages: Vec<MessageRecord>,
+    pub metadata: Vec<MetadataRecord>,
+}
+
+/// Reads a whole session; `None` when the store has no such session.
+pub async fn read_whole(store: &Arc<dyn Import>, id: &str) -> Result<Option<Whole>> {
+    let Some(record) = store.export_session(id).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Whole {
+        record: Some(record),
+        messages: store.export_messages(id).await?,
+        metadata: store.export_metadata(id).await?,
+    }))
+}
+
+/// A content checksum of a session's messages and metadata, independent of
+/// message ids (which a copy may map): the first 16 hex digits of SHA-256
+/// over the export lines with ids zeroed.
+pub fn checksum(messages: &[MessageRecord], metadata: &[MetadataRecord]) -> Result<String> {
+    let mut h = Sha256::new();
+    for m in messages {
+        let mut line = MessageLine::new("", m);
+        line.id = 0;
+        h.update(serde_json::to_vec(&line)?);
+        h.update(b"\n");
+    }
+    for e in metadata {
+        h.update(serde_json::to_vec(&MetadataLine::new("", e))?);
+        h.update(b"\n");
+    }
+    let digest = h.finalize();
+    Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+}
+
+/// What one session's transfer did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Moved {
+    pub created: bool,
+    pub messages: usize,
+}
+
+fn same_except_id(a: &MessageRecord, b: &MessageRecord) -> bool {
+    let mut a = a.clone();
+    a.id = b.id;
+    a == *b
+}
+
+/// Brings one session into `target`: creates it unless it exists, appends
+/// the messages the target lacks (a killed run left a prefix), sets the
+/// metadata. A target session that is not a prefix of the source is left
+/// alone and reported.
+pub async fn sync_session(
+    target: &Arc<dyn Import>,
+    whole: &Whole,
+    keep_ids: bool,
+) -> Result<Moved> {
+    let Some(record) = &whole.record else {
+        return Ok(Moved::default());
+    };
+    let created = target.import_session(record).await?;
+    let have = if created {
+        Vec::new()
+    } else {
+        target.export_messages(&record.id).await?
+    };
+    if have.len() > whole.messages.len() {
+        bail!(
+            "session {} has {} messages in the target and {} in the source: left alone \
+             (delete it in the target to copy it again)",
+            record.id,
+            have.len(),
+            whole.messages.len()
+        );
+    }
+    if let Some((i, _)) = have
+        .iter()
+        .zip(&whole.messages)
+        .enumerate()
+        .find(|(_, (h, s))| !same_except_id(h, s) || (keep_ids && h.id != s.id))
+    {
+        bail!(
+            "session {} differs from the source at message {} in the target: left alone \
+             (delete it in the target to copy it again)",
+            record.id,
+            i + 1
+        );
+    }
+    let missing = &whole.messages[have.len()..];
+    for chunk in missing.chunks(BATCH) {
+        target.import_messages(&record.id, chunk, keep_ids).await?;
+    }
+    if !whole.metadata.is_empty() {
+        target.import_metadata(&record.id, &whole.metadata).await?;
+    }
+    Ok(Moved {
+        created,
+        messages: missing.len(),
+    })
+}
+
+/// Whether the copy keeps the source's ids: when the target grants their
+/// range, or when an earlier run of this copy did (a session it wrote
+/// carries the source's ids).
+pub async fn keep_ids(
+    target: &Arc<dyn Import>,
+    range: Option<(i64, i64)>,
+    first_sessions: &[(String, Option<i64>)],
+) -> Result<bool> {
+    let Some((lo, hi)) = range else {
+        return Ok(false);
+    };
+    if target.claim_ids(lo, hi).await? {
+        return Ok(true);
+    }
+    for (sid, first_id) in first_sessions {
+        let Some(first_id) = first_id else { continue };
+        if let Some(m) = target.export_messages(sid).await?.first() {
+            return Ok(m.id == *first_id);
+        }
+    }
+    Ok(false)
+}
+
+/// A progress bar on stderr, drawn only on a terminal.
+pub fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {pos}/{len} sessions, {elapsed_precise} (eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// One session's verification.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verified {
+    pub session: String,
+    pub source_messages: usize,
+    pub target_messages: usize,
+    pub source_checksum: String,
+    pub target_checksum: String,
+}
+
+impl Verified {
+    pub fn equal(&self) -> bool {
+        self.source_messages == self.target_messages && self.source_checksum == self.target_checksum
+    }
+}
+
+/// Compares `whole` (the source's) with the target's copy.
+pub async fn verify(target: &Arc<dyn Import>, id: &str, whole: &Whole) -> Result<Verified> {
+    let messages = target.export_messages(id).await?;
+    let metadata = target.export_metadata(id).await?;
+    Ok(Verified {
+        session: id.to_owned(),
+        source_messages: whole.messages.len(),
+        target_messages: messages.len(),
+        source_checksum: checksum(&whole.messages, &whole.metadata)?,
+        target_checksum: checksum(&messages, &metadata)?,
+    })
+}
+
+/// The export's session ids: all of them, or the ones asked for (an
+/// unknown one is an error).
+pub async fn selected(store: &Arc<dyn Import>, only: &[String]) -> Result<Vec<String>> {
+    let all = store.export_session_ids().await?;
+    if only.is_empty() {
+        return Ok(all);
+    }
+    let known: BTreeSet<&String> = all.iter().collect();
+    if let Some(missing) = only.iter().find(|id| !known.contains(id)) {
+        bail!("no session {missing} in the source store (`koda-store sessions` lists them)");
+    }
+    let wanted: BTreeSet<&String> = only.iter().collect();
+    Ok(all.into_iter().filter(|id| wanted.contains(id)).collect())
+}
+
+/// Writes the export of `ids` to `out`; returns (sessions, messages).
+pub async fn export(
+    store: &Arc<dyn Import>,
+    source: &str,
+    ids: &[String],
+    out: impl Write,
+) -> Result<(usize, usize)> {
+    let mut out = BufWriter::new(out);
+    let header = Header {
+        format: FORMAT.to_owned(),
+        version: VERSION,
+        source: source.to_owned(),
+        sessions: ids.len() as u64,
+        message_ids: store.message_id_range().await?,
+    };
+    serde_json::to_writer(&mut out, &header)?;
+    out.write_all(b"\n")?;
+    let mut messages = 0;
+    for id in ids {
+        let Some(whole) = read_whole(store, id).await? else {
+            continue; // deleted since the listing
+        };
+        let Some(record) = &whole.record else {
+            continue;
+        };
+        serde_json::to_writer(&mut out, &Line::Session(SessionLine::from(record)))?;
+        out.write_all(b"\n")?;
+        for m in &whole.messages {
+            serde_json::to_writer(&mut out, &Line::Message(MessageLine::new(id, m)))?;
+            out.write_all(b"\n")?;
+        }
+        for e in &whole.metadata {
+            serde_json::to_writer(&mut out, &Line::Metadata(MetadataLine::new(id, e)))?;
+            out.write_all(b"\n")?;
+        }
+        messages += whole.messages.len();
+    }
+    out.flush()?;
+    Ok((ids.len(), messages))
+}
+
+/// Reads an export file's header.
+pub fn read_header(path: &Path) -> Result<Header> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut first = String::new();
+    BufReader::new(file)
+        .read_line(&mut first)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let header: Header = serde_json::from_str(&first).with_context(|| {
+        format!(
+            "{} does not start with a koda-store export header",
+            path.display()
+        )
+    })?;
+    if header.format != FORMAT {
+        bail!(
+            "{} is a {:?} file, not a {FORMAT}",
+            path.display(),
+            header.format
+        );
+    }
+    if header.version != VERSION {
+        bail!(
+            "{} has export format version {}; this koda-store reads version {VERSION}",
+            path.display(),
+            header.version
+        );
+    }
+    Ok(header)
+}
+
+/// The sessions of an export file, one at a time.
+pub struct FileSessions {
+    lines: std::io::Lines<BufReader<std::fs::File>>,
+    number: usize,
+    pending: Option<SessionRecord>,
+    path: String,
+}
+
+impl FileSessions {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut lines = BufReader::new(file).lines();
+        lines.next(); // the header, read by read_header
+        Ok(Self {
+            lines,
+            number: 1,
+            pending: None,
+            path: path.display().to_string(),
+        })
+    }
+
+    /// The next session with its messages and metadata.
+    pub fn next_session(&mut self) -> Result<Option<Whole>> {
+        let mut whole = Whole {
+            record: self.pending.take(),
+            ..Whole::default()
+        };
+        for line in self.lines.by_ref() {
+            self.number += 1;
+            let at = || format!("{} line {}", self.path, self.number);
+            let line = line.with_context(at)?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parsed: Line = serde_json::from_str(&line).with_context(at)?;
+            match parsed {
+                Line::Session(s) => {
+                    if whole.record.is_some() {
+                        self.pending = Some(s.into());
+                        return Ok(Some(whole));
+                    }
+                    whole.record = Some(s.into());
+                }
+                Line::Message(m) => {
+                    let owner = whole.record.as_ref().map(|r| r.id.as_str());
+                    if owner != Some(m.session.as_str()) {
+                        bail!("{}: message of session {} out of place", at(), m.session);
+                    }
+                    whole.messages.push(m.into_record().with_context(at)?);
+                }
+                Line::Metadata(e) => {
+                    let owner = whole.record.as_ref().map(|r| r.id.as_str());
+                    if owner != Some(e.session.as_str()) {
+                        bail!("{}: metadata of session {} out of place", at(), e.session);
+                    }
+                    whole.metadata.push(MetadataRecord {
+                        key: e.key,
+                        value: e.value,
+                    });
+                }
+            }
+        }
+        Ok(whole.record.is_some().then_some(whole))
+    }
+}

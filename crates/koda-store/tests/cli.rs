@@ -1,0 +1,535 @@
+//! The real `koda-store` binary against real stores: export / import round
+//! trips on every persistent backend, copies to PostgreSQL and sled that
+//! verify and resume, a copy killed halfway, `doctor`'s findings, exit
+//! codes and secrets.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code
+
+#[path = "../../koda-persistence-sqlite/tests/koda_generations/mod.rs"]
+mod koda_generations;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use koda_persistence::{Role, TokenUsage};
+
+fn koda_store() -> Command {
+    let mut cmd = Command::cargo_bin("koda-store").expect("the binary is built");
+    cmd.env_remove("KODA_STORE_URL");
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    koda_store().args(args).output().expect("koda-store runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Succeeds, or panics with what it printed.
+fn ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "koda-store {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// The PostgreSQL server of the tests, or `None` (having said SKIPPED)
+/// when there is none and CI does not require one.
+fn postgres() -> Option<String> {
+    match std::env::var("KODA_TEST_POSTGRES_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("KODA_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "KODA_REQUIRE_POSTGRES=1 but KODA_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!(
+                "SKIPPED koda-store PostgreSQL steps: set KODA_TEST_POSTGRES_URL to run them"
+            );
+            None
+        }
+    }
+}
+
+/// `base` with `?schema=NAME` (or `&schema=`).
+fn with_schema(base: &str, schema: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}schema={schema}")
+}
+
+fn fresh_schema(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("ks_{tag}_{}_{nanos}", std::process::id())
+}
+
+fn drop_schema(base: &str, schema: &str) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+            .await
+            .expect("admin connection");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .await
+            .expect("drop schema");
+    });
+}
+
+/// A SQLite store with every kind of row: several sessions and roots,
+/// tool calls with results and full output, usage by agent, compaction,
+/// a streaming answer, titles, modes, metadata, NUL and non-ASCII text.
+fn populated(path: &Path, sessions: usize, turns: usize) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = koda_persistence::open(&sqlite_url(path)).await.expect("open");
+        for s in 0..sessions {
+            let root = format!("/work/p{}", s % 3);
+            let sid = store.create_session("main", Path::new(&root)).await.unwrap();
+            store.set_session_title(&sid, &format!("session {s} ✓")).await.unwrap();
+            store.set_session_mode(&sid, "auto").await.unwrap();
+            for t in 0..turns {
+                let call = format!("call-{s}-{t}");
+                store
+                    .insert_message(&sid, &Role::User, Some(&format!("q{t}\0é")), None, None, None)
+                    .await
+                    .unwrap();
+                let calls = format!(
+                    r#"[{{"id":"{call}","type":"function","function":{{"name":"bash","arguments":"{{}}"}}}}]"#
+                );
+                let a = store
+                    .insert_message_with_agent(
+                        &sid,
+                        &Role::Assistant,
+                        Some("running"),
+                        Some(&calls),
+                        None,
+                        Some(&TokenUsage {
+                            prompt_tokens: 100 + t as i64,
+                            completion_tokens: 20,
+                            cache_read_tokens: 5,
+                            cache_creation_tokens: 0,
+                            thinking_tokens: 1,
+                        }),
+                        Some(if t % 2 == 0 { "main" } else { "scout" }),
+                    )
+                    .await
+                    .unwrap();
+                store.mark_message_complete(a).await.unwrap();
+                store
+                    .insert_tool_message_with_full(&sid, "ok", &call, &format!("full output {t}"))
+                    .await
+                    .unwrap();
+            }
+            if s % 2 == 0 {
+                store.compact_session(&sid, "summary", 2).await.unwrap();
+            }
+            store
+                .insert_message(&sid, &Role::Assistant, Some("streaming…"), None, None, None)
+                .await
+                .unwrap();
+            store.set_todo(&sid, "- [ ] ship").await.unwrap();
+            store.set_metadata(&sid, "branch", "main").await.unwrap();
+        }
+    });
+}
+
+/// A koda file of the oldest and the newest generation, written by the
+/// older koda itself (no project roots, partial counters; streaming
+/// answers), then adopted by this layer.
+fn legacy(path: &Path) {
+    let g = koda_generations::Generation::Oldest;
+    g.create_file(path);
+    let koda = g.open(path);
+    koda.create_session("legacy-1", "main", "/ignored");
+    koda.insert_message(
+        "legacy-1",
+        "user",
+        Some("old question"),
+        None,
+        None,
+        None,
+        None,
+    );
+    koda.insert_message(
+        "legacy-1",
+        "assistant",
+        Some("old answer"),
+        None,
+        None,
+        Some([10, 5, 0, 0, 0]),
+        None,
+    );
+    drop(koda);
+}
+
+fn record_lines(export: &str) -> Vec<&str> {
+    export.lines().skip(1).collect()
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [
+        "sessions", "show", "stats", "export", "import", "copy", "purge", "doctor", "migrate",
+    ] {
+        let out = ok(&[sub, "--help"]);
+        assert!(text(&out.stdout).contains("Usage: koda-store"), "{sub}");
+    }
+    let out = ok(&["--help"]);
+    assert!(text(&out.stdout).contains("EXIT CODES"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1() {
+    assert_eq!(run(&["sessions", "--limit", "x"]).status.code(), Some(2));
+    assert_eq!(run(&["no-such-command"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["--store", "mysql://h/db", "sessions"]).status.code(),
+        Some(2),
+        "an unknown scheme is a usage error"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    populated(&dir.path().join("a.db"), 1, 1);
+    let url = sqlite_url(&dir.path().join("a.db"));
+    let out = run(&["--store", &url, "show", "no-such-session"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("koda-store sessions"),
+        "says what to do"
+    );
+    // No store named and no koda file: says how to name one.
+    let out = koda_store()
+        .env("XDG_CONFIG_HOME", dir.path())
+        .arg("sessions")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--store"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn the_default_store_is_the_users_koda_file() {
+    let home = tempfile::tempdir().unwrap();
+    let db = home.path().join("koda").join("db");
+    std::fs::create_dir_all(&db).unwrap();
+    populated(&db.join("koda.db"), 2, 1);
+    let out = koda_store()
+        .env("XDG_CONFIG_HOME", home.path())
+        .args(["sessions", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["sessions"].as_array().map(Vec::len), Some(2));
+}
+
+/// export → import into SQLite, sled and PostgreSQL → export again: the
+/// same record lines, byte for byte.
+#[test]
+fn export_import_export_is_byte_identical_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.db");
+    populated(&source, 4, 3);
+    let first = dir.path().join("first.jsonl");
+    ok(&[
+        "--store",
+        &sqlite_url(&source),
+        "export",
+        "-o",
+        first.to_str().unwrap(),
+    ]);
+    let first_text = std::fs::read_to_string(&first).unwrap();
+    assert_eq!(
+        record_lines(&first_text).len(),
+        4 * (1 + 3 * 3 + 1 + 2) + 2 * 2
+    );
+
+    let mut targets = vec![
+        sqlite_url(&dir.path().join("copy.db")),
+        format!("sled://{}", dir.path().join("copy.sled").display()),
+    ];
+    let pg = postgres().map(|base| {
+        let schema = fresh_schema("roundtrip");
+        (base.clone(), schema.clone(), with_schema(&base, &schema))
+    });
+    if let Some((_, _, url)) = &pg {
+        targets.push(url.clone());
+    }
+    for target in &targets {
+        ok(&["--store", target, "import", first.to_str().unwrap()]);
+        let again = ok(&["--store", target, "export"]);
+        let again_text = text(&again.stdout);
+        assert_eq!(
+            record_lines(&again_text),
+            record_lines(&first_text),
+            "export of {target}"
+        );
+        // A second import imports nothing twice.
+        let out = ok(&["--store", target, "import", first.to_str().unwrap()]);
+        assert!(
+            text(&out.stderr).contains("0 new sessions, 0 messages"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    if let Some((base, schema, _)) = pg {
+        drop_schema(&base, &schema);
+    }
+}
+
+/// The main path: a populated koda file and an older koda's file copied to
+/// PostgreSQL and to sled verify equal; a second copy copies nothing.
+#[test]
+fn copy_verifies_and_a_second_copy_copies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let quick = dir.path().join("quick.db");
+    populated(&quick, 5, 2);
+    let old = dir.path().join("legacy.db");
+    legacy(&old);
+    let pg = postgres().map(|base| {
+        let schema = fresh_schema("copy");
+        (base.clone(), schema.clone(), with_schema(&base, &schema))
+    });
+    let mut targets = vec![format!("sled://{}", dir.path().join("team.sled").display())];
+    if let Some((_, _, url)) = &pg {
+        targets.push(url.clone());
+    }
+    for target in &targets {
+        for (source, sessions, messages) in [(&quick, 5, 5 * 7 + 3 * 2), (&old, 1, 2)] {
+            let out = ok(&[
+                "copy",
+                "--from",
+                &sqlite_url(source),
+                "--to",
+                target,
+                "--json",
+            ]);
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(doc["sessions"], sessions, "{target}");
+            assert_eq!(doc["equal"], sessions, "{target}: {doc}");
+            assert_eq!(doc["copy"]["messages"], messages, "{target}");
+            let again = ok(&[
+                "copy",
+                "--from",
+                &sqlite_url(source),
+                "--to",
+                target,
+                "--json",
+            ]);
+            let doc: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+            assert_eq!(doc["copy"]["messages"], 0, "{target}: second copy");
+            assert_eq!(doc["copy"]["new_sessions"], 0, "{target}: second copy");
+            assert_eq!(doc["equal"], sessions, "{target}: still equal");
+        }
+        // The legacy session is root-less: listed under any root.
+        let out = ok(&[
+            "--store",
+            target,
+            "sessions",
+            "--root",
+            "/anywhere",
+            "--json",
+        ]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ids: Vec<&str> = doc["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["legacy-1"], "{target}");
+        assert_eq!(
+            run(&["--store", target, "doctor"]).status.code(),
+            Some(0),
+            "{target}: a copy is healthy"
+        );
+    }
+    if let Some((base, schema, _)) = pg {
+        drop_schema(&base, &schema);
+    }
+}
+
+fn count_sessions(db: &Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .and_then(|c| c.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0)))
+        .unwrap_or(0)
+}
+
+/// A copy killed (SIGKILL) halfway, re-run: completes, every session
+/// verifies equal, counts match the source.
+#[test]
+fn a_killed_copy_completes_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("big.db");
+    populated(&source, 120, 10);
+    let target = dir.path().join("target.db");
+    let bin: PathBuf = assert_cmd::cargo::cargo_bin("koda-store");
+    let mut child = std::process::Command::new(&bin)
+        .args([
+            "copy",
+            "--from",
+            &sqlite_url(&source),
+            "--to",
+            &sqlite_url(&target),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut seen = 0;
+    while started.elapsed() < Duration::from_secs(60) {
+        seen = count_sessions(&target);
+        if seen >= 10 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = count_sessions(&target);
+    assert!(
+        (10..120).contains(&at_kill),
+        "killed with {at_kill} sessions copied (saw {seen}): not halfway"
+    );
+    let out = ok(&[
+        "copy",
+        "--from",
+        &sqlite_url(&source),
+        "--to",
+        &sqlite_url(&target),
+        "--json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["sessions"], 120);
+    assert_eq!(doc["equal"], 120, "{doc}");
+    let out = ok(&["--store", &sqlite_url(&target), "stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = ok(&["--store", &sqlite_url(&source), "stats", "--json"]);
+    let source_stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["messages"], source_stats["messages"]);
+    assert_eq!(stats["sessions"], 120);
+    assert_eq!(stats["tokens_by_agent"], source_stats["tokens_by_agent"]);
+}
+
+/// `doctor` finds a tool result without its call and counters that do not
+/// match their rows, and exits 1.
+#[test]
+fn doctor_finds_a_planted_orphan_and_a_counter_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("d.db");
+    populated(&db, 2, 1);
+    let url = sqlite_url(&db);
+    let healthy = run(&["--store", &url, "doctor"]);
+    assert_eq!(healthy.status.code(), Some(0), "{}", text(&healthy.stdout));
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (first, second): (String, String) = {
+        let mut stmt = conn
+            .prepare("SELECT id FROM sessions ORDER BY created_ms, seq")
+            .unwrap();
+        let ids: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        (ids[0].clone(), ids[1].clone())
+    };
+    drop(conn);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = koda_persistence::open(&url).await.unwrap();
+        store
+            .insert_message(
+                &first,
+                &Role::Tool,
+                Some("lost"),
+                None,
+                Some("ghost-call"),
+                None,
+            )
+            .await
+            .unwrap();
+    });
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE sessions SET message_count = message_count + 5 WHERE id = ?1",
+        [&second],
+    )
+    .unwrap();
+    drop(conn);
+    let out = run(&["--store", &url, "doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings: Vec<String> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(findings.len(), 2, "{findings:?}");
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.contains(&first) && f.contains("ghost-call"))
+    );
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.contains(&second) && f.contains("counters"))
+    );
+}
+
+/// A password in a URL is never printed, also not in --json or errors.
+#[test]
+fn passwords_are_never_printed() {
+    let Some(base) = postgres() else { return };
+    // Trust auth accepts any password: name one.
+    let Some((scheme, rest)) = base.split_once("://") else {
+        return;
+    };
+    let (userinfo, host) = rest.split_once('@').unwrap_or(("postgres", rest));
+    let user = userinfo.split(':').next().unwrap_or("postgres");
+    let url = format!("{scheme}://{user}:Sup3rSecret@{host}");
+    let schema = fresh_schema("secret");
+    let target = with_schema(&url, &schema);
+    let dir = tempfile::tempdir().unwrap();
+    populated(&dir.path().join("s.db"), 1, 1);
+    let outputs = [
+        run(&[
+            "copy",
+            "--from",
+            &sqlite_url(&dir.path().join("s.db")),
+            "--to",
+            &target,
+            "--json",
+        ]),
+        run(&["--store", &target, "export"]),
+        run(&["--store", &target, "show", "nope"]),
+        run(&["--store", &format!("{target}&pool_size=0"), "stats"]),
+    ];
+    for out in outputs {
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!all.contains("Sup3rSecret"), "password printed:\n{all}");
+    }
+    drop_schema(&base, &schema);
+}
