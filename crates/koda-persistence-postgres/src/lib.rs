@@ -535,9 +535,7 @@ impl Import for PostgresStore {
             return Err(not_found(session_id));
         };
         let now = self.clock.now_ms();
-        self.with_client(|mut c| async move {
-            queries::import_metadata(&mut c, sid, entries, now).await
-        })
-        .await
+        self.with_client(|c| async move { queries::import_metadata(&c, sid, entries, now).await })
+            .await
     }
 }

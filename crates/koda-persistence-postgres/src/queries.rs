@@ -792,36 +792,17 @@ pub(crate) async fn import_messages(
     keep_ids: bool,
 ) -> Result<Vec<i64>> {
     let tx = c.transaction().await.map_err(db("begin import_messages"))?;
-    let exists = tx
-        .query_opt(
-            "SELECT 1 FROM sessions WHERE id = $1 FOR NO KEY UPDATE",
-            &[&id],
-        )
-        .await
-        .map_err(db("locking the session"))?;
-    if exists.is_none() {
-        return Err(PersistenceError::SessionNotFound(id.to_owned()).into());
+    if messages.is_empty() {
+        let exists = tx
+            .query_opt("SELECT 1 FROM sessions WHERE id = $1", &[&id])
+            .await
+            .map_err(db("looking up the session"))?;
+        return match exists {
+            Some(_) => Ok(Vec::new()),
+            None => Err(PersistenceError::SessionNotFound(id.to_owned()).into()),
+        };
     }
     let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
-    if keep_ids {
-        let position: i64 = tx
-            .query_one(ID_POSITION, &[])
-            .await
-            .map_err(db("reading the id sequence"))?
-            .try_get(0)
-            .map_err(|e| PersistenceError::Corrupt(format!("id sequence: {e}")))?;
-        check_kept(&ids, position)?;
-        if let Some(r) = tx
-            .query_opt(
-                "SELECT id FROM messages WHERE id = ANY($1) LIMIT 1",
-                &[&ids],
-            )
-            .await
-            .map_err(db("checking ids"))?
-        {
-            return Err(id_taken(get(&r, 0, "message id")?).into());
-        }
-    }
     let n = i64::try_from(messages.len()).unwrap_or(i64::MAX);
     let tokens: i128 = messages
         .iter()
@@ -884,32 +865,65 @@ pub(crate) async fn import_messages(
         .await
         .map_err(db("preparing import_messages"))?;
     let tokens = tokens.to_string();
-    let rows = tx
-        .query(
-            &stmt,
-            &[
-                &id,
-                &n,
-                &tokens,
-                &ids,
-                &roles,
-                &content,
-                &full,
-                &calls,
-                &call_id,
-                &prompt,
-                &completion,
-                &cache_read,
-                &cache_creation,
-                &thinking,
-                &agent,
-                &created,
-                &completed,
-                &compacted,
-            ],
-        )
+    let params: [&(dyn ToSql + Sync); 18] = [
+        &id,
+        &n,
+        &tokens,
+        &ids,
+        &roles,
+        &content,
+        &full,
+        &calls,
+        &call_id,
+        &prompt,
+        &completion,
+        &cache_read,
+        &cache_creation,
+        &thinking,
+        &agent,
+        &created,
+        &completed,
+        &compacted,
+    ];
+    // Pipelined (sent together, run in this order): with kept ids, the
+    // sequence position and the taken-id check, then the insert. A failed
+    // check drops the transaction, and the insert with it.
+    // Prepared first: a statement given as text is prepared on its first
+    // poll and sent only after that round trip, behind the insert.
+    let position_stmt = tx
+        .prepare_cached(ID_POSITION)
         .await
-        .map_err(db("import_messages"))?;
+        .map_err(db("preparing import_messages"))?;
+    let taken_stmt = tx
+        .prepare_cached("SELECT id FROM messages WHERE id = ANY($1) LIMIT 1")
+        .await
+        .map_err(db("preparing import_messages"))?;
+    let id_param: [&(dyn ToSql + Sync); 1] = [&ids];
+    let checks = async {
+        if !keep_ids {
+            return Ok((None, None));
+        }
+        let position = tx.query_one(&position_stmt, &[]);
+        let taken = tx.query_opt(&taken_stmt, &id_param);
+        let (p, t) = tokio::try_join!(biased; position, taken)?;
+        Ok((Some(p), t))
+    };
+    let inserting = tx.query(&stmt, &params);
+    // The checks decide first: a taken id also fails the insert, with a
+    // unique violation that would hide which id it was.
+    let (checked, inserted) = tokio::join!(biased; checks, inserting);
+    let (position, taken) = checked.map_err(db("checking ids"))?;
+    if let Some(p) = position {
+        let position: i64 = get(&p, 0, "id sequence")?;
+        check_kept(&ids, position)?;
+    }
+    if let Some(r) = taken {
+        return Err(id_taken(get(&r, 0, "message id")?).into());
+    }
+    let rows = inserted.map_err(db("import_messages"))?;
+    if rows.is_empty() {
+        return Err(PersistenceError::SessionNotFound(id.to_owned()).into());
+    }
     let mut placed = Vec::with_capacity(rows.len());
     for r in &rows {
         placed.push((get::<i64>(r, 1, "ord")?, get::<i64>(r, 0, "message id")?));
@@ -920,29 +934,26 @@ pub(crate) async fn import_messages(
 }
 
 pub(crate) async fn import_metadata(
-    c: &mut Object,
+    c: &Object,
     id: &str,
     entries: &[MetadataRecord],
     now: i64,
 ) -> Result<()> {
-    let tx = c.transaction().await.map_err(db("begin import_metadata"))?;
-    let stmt = tx
+    // One statement: the session locked (FOR KEY SHARE, as set_metadata),
+    // every entry upserted; it answers whether the session exists.
+    let stmt = c
         .prepare_cached(
-            "WITH s AS MATERIALIZED (SELECT id FROM sessions WHERE id = $1 FOR KEY SHARE)
-             INSERT INTO session_metadata (session_id, key, value, updated_ms)
-             SELECT s.id, u.key, u.value, $4 FROM s, unnest($2::BYTEA[], $3::BYTEA[]) AS u(key, value)
-             ON CONFLICT (session_id, sha256(key))
-             DO UPDATE SET value = EXCLUDED.value, updated_ms = EXCLUDED.updated_ms",
+            "WITH s AS MATERIALIZED (SELECT id FROM sessions WHERE id = $1 FOR KEY SHARE),
+             ins AS (
+                 INSERT INTO session_metadata (session_id, key, value, updated_ms)
+                 SELECT s.id, u.key, u.value, $4 FROM s, unnest($2::BYTEA[], $3::BYTEA[]) AS u(key, value)
+                 ON CONFLICT (session_id, sha256(key))
+                 DO UPDATE SET value = EXCLUDED.value, updated_ms = EXCLUDED.updated_ms
+                 RETURNING 1)
+             SELECT (SELECT COUNT(*) FROM s), (SELECT COUNT(*) FROM ins)",
         )
         .await
         .map_err(db("preparing import_metadata"))?;
-    let exists = tx
-        .query_opt("SELECT 1 FROM sessions WHERE id = $1 FOR KEY SHARE", &[&id])
-        .await
-        .map_err(db("looking up the session"))?;
-    if exists.is_none() {
-        return Err(PersistenceError::SessionNotFound(id.to_owned()).into());
-    }
     // The last value of a key given twice wins, as with set_metadata.
     let mut last: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
     for e in entries {
@@ -950,9 +961,12 @@ pub(crate) async fn import_metadata(
     }
     let keys: Vec<&[u8]> = last.keys().map(|k| k.as_bytes()).collect();
     let values: Vec<&[u8]> = last.values().map(|v| v.as_bytes()).collect();
-    tx.execute(&stmt, &[&id, &keys, &values, &now])
+    let row = c
+        .query_one(&stmt, &[&id, &keys, &values, &now])
         .await
         .map_err(db("import_metadata"))?;
-    tx.commit().await.map_err(db("commit import_metadata"))?;
+    if get::<i64>(&row, 0, "session count")? == 0 {
+        return Err(PersistenceError::SessionNotFound(id.to_owned()).into());
+    }
     Ok(())
 }

@@ -44,7 +44,8 @@ pub enum Line {
     Metadata(MetadataLine),
 }
 
-/// A session's fields.
+/// A session's fields: those of [`SessionRecord`], documented there.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionLine {
     pub id: String,
@@ -56,7 +57,9 @@ pub struct SessionLine {
     pub mode: Option<String>,
 }
 
-/// A message's fields.
+/// A message's fields: its session's id, then those of
+/// [`MessageRecord`] (documented there), the role as its stored name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageLine {
     pub session: String,
@@ -77,7 +80,8 @@ pub struct MessageLine {
     pub compacted_ms: Option<i64>,
 }
 
-/// A metadata entry.
+/// A metadata entry of a session.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataLine {
     pub session: String,

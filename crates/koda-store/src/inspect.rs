@@ -10,7 +10,7 @@ use koda_persistence::{Import, Role, SessionInfo, detect_interruption};
 use koda_persistence_api::backend::named_tool_call_ids;
 use serde_json::json;
 
-use crate::transfer::{self, FileSessions, Verified, Whole};
+use koda_store::transfer::{self, FileSessions, Verified, Whole};
 
 /// Prints rows as an aligned table (the last column unpadded).
 fn table(header: &[&str], rows: &[Vec<String>]) {
@@ -163,10 +163,10 @@ pub async fn show(store: &Arc<dyn Import>, sid: &str, all: bool, json: bool) -> 
     if json {
         let messages: Vec<_> = rows
             .iter()
-            .map(|m| crate::format::MessageLine::new(sid, m))
+            .map(|m| koda_store::format::MessageLine::new(sid, m))
             .collect();
         let doc = json!({
-            "session": crate::format::SessionLine::from(&record),
+            "session": koda_store::format::SessionLine::from(&record),
             "messages": messages,
             "interrupted": banner,
         });
@@ -376,23 +376,14 @@ pub async fn copy(
     }
     let keep = decide_ids(target, source.message_id_range().await?, &firsts).await?;
     let bar = transfer::bar(ids.len() as u64, "copying");
-    let (mut created, mut copied, mut checks) = (0usize, 0usize, Vec::new());
-    let mut failures = Vec::new();
-    for id in &ids {
-        let Some(whole) = transfer::read_whole(source, id).await? else {
-            bar.inc(1);
-            continue;
-        };
-        match transfer::sync_session(target, &whole, keep).await {
-            Ok(moved) => {
-                created += usize::from(moved.created);
-                copied += moved.messages;
-                checks.push(transfer::verify(target, id, &whole).await?);
-            }
-            Err(e) => failures.push(format!("{e:#}")),
-        }
-        bar.inc(1);
-    }
+    let ticker = bar.clone();
+    let report = transfer::copy_sessions(source, target, &ids, keep, move || ticker.inc(1)).await?;
+    let (created, copied, checks, failures) = (
+        report.created,
+        report.messages,
+        report.verified,
+        report.failures,
+    );
     bar.finish_and_clear();
     eprintln!(
         "copied to {target_name}: {created} new sessions, {copied} messages ({} ids)",

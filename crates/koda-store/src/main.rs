@@ -7,9 +7,9 @@
 //! Exit codes: 0 success, 1 a failure or (for `doctor`) a finding, 2 a
 //! usage error.
 
-mod format;
 mod inspect;
-mod transfer;
+
+use koda_store::transfer;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;

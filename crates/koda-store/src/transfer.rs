@@ -19,8 +19,11 @@ const BATCH: usize = 1_000;
 /// One session with everything a store keeps of it.
 #[derive(Debug, Clone, Default)]
 pub struct Whole {
+    /// The session (`None` only in a default value).
     pub record: Option<SessionRecord>,
+    /// Its messages in conversation order.
     pub messages: Vec<MessageRecord>,
+    /// Its metadata by key.
     pub metadata: Vec<MetadataRecord>,
 }
 
@@ -58,7 +61,9 @@ pub fn checksum(messages: &[MessageRecord], metadata: &[MetadataRecord]) -> Resu
 /// What one session's transfer did.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Moved {
+    /// The session was created (not found in the target).
     pub created: bool,
+    /// Messages appended.
     pub messages: usize,
 }
 
@@ -144,6 +149,73 @@ pub async fn keep_ids(
     Ok(false)
 }
 
+/// Sessions copied at once: each holds a source read and a target write in
+/// flight, so a server's round trips overlap.
+pub const JOBS: usize = 8;
+
+/// What a copy did, sessions in the source's order.
+#[derive(Debug, Default)]
+pub struct CopyReport {
+    /// Sessions created in the target.
+    pub created: usize,
+    /// Messages appended in the target.
+    pub messages: usize,
+    /// One verification per session copied or found complete.
+    pub verified: Vec<Verified>,
+    /// Sessions left alone, and why.
+    pub failures: Vec<String>,
+}
+
+/// Copies `ids` from `source` to `target` ([`JOBS`] sessions at a time),
+/// each followed by its verification; `tick` runs once per session.
+pub async fn copy_sessions(
+    source: &Arc<dyn Import>,
+    target: &Arc<dyn Import>,
+    ids: &[String],
+    keep_ids: bool,
+    tick: impl Fn() + Send + Sync + 'static,
+) -> Result<CopyReport> {
+    let tick = Arc::new(tick);
+    let jobs = Arc::new(tokio::sync::Semaphore::new(JOBS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (source, target, id, tick) = (source.clone(), target.clone(), id.clone(), tick.clone());
+        let permit = jobs.clone().acquire_owned().await?;
+        tasks.spawn(async move {
+            let _permit = permit;
+            let outcome = async {
+                let Some(whole) = read_whole(&source, &id).await? else {
+                    return Ok(None);
+                };
+                let moved = sync_session(&target, &whole, keep_ids).await?;
+                let verified = verify(&target, &id, &whole).await?;
+                anyhow::Ok(Some((moved, verified)))
+            }
+            .await;
+            tick();
+            (i, outcome)
+        });
+    }
+    let mut done = Vec::with_capacity(ids.len());
+    while let Some(joined) = tasks.join_next().await {
+        done.push(joined?);
+    }
+    done.sort_by_key(|(i, _)| *i);
+    let mut report = CopyReport::default();
+    for (_, outcome) in done {
+        match outcome {
+            Ok(Some((moved, verified))) => {
+                report.created += usize::from(moved.created);
+                report.messages += moved.messages;
+                report.verified.push(verified);
+            }
+            Ok(None) => {}
+            Err(e) => report.failures.push(format!("{e:#}")),
+        }
+    }
+    Ok(report)
+}
+
 /// A progress bar on stderr, drawn only on a terminal.
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
@@ -159,14 +231,20 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 /// One session's verification.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Verified {
+    /// Session id.
     pub session: String,
+    /// Messages in the source.
     pub source_messages: usize,
+    /// Messages in the target.
     pub target_messages: usize,
+    /// [`checksum`] of the source's session.
     pub source_checksum: String,
+    /// [`checksum`] of the target's session.
     pub target_checksum: String,
 }
 
 impl Verified {
+    /// Same count and checksum on both sides.
     pub fn equal(&self) -> bool {
         self.source_messages == self.target_messages && self.source_checksum == self.target_checksum
     }
@@ -272,6 +350,7 @@ pub fn read_header(path: &Path) -> Result<Header> {
 }
 
 /// The sessions of an export file, one at a time.
+#[derive(Debug)]
 pub struct FileSessions {
     lines: std::io::Lines<BufReader<std::fs::File>>,
     number: usize,
@@ -280,6 +359,10 @@ pub struct FileSessions {
 }
 
 impl FileSessions {
+    /// Opens an export file (its header is read by [`read_header`]).
+    ///
+    /// # Errors
+    /// When the file cannot be opened.
     pub fn open(path: &Path) -> Result<Self> {
         let file =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
