@@ -12,6 +12,7 @@
 
 mod ceiling;
 mod targets;
+mod w10;
 mod workloads;
 
 use std::path::Path;
@@ -53,6 +54,7 @@ struct Plan {
     w5_tasks: usize,
     w5_per: usize,
     w9_pairs: usize,
+    w10_sessions: usize,
 }
 
 impl Plan {
@@ -69,6 +71,7 @@ impl Plan {
             w5_tasks: 8,
             w5_per: 1_000 / d,
             w9_pairs: 3_000 / d,
+            w10_sessions: 1_000 / d,
         }
     }
 }
@@ -481,6 +484,39 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
     }
 }
 
+/// W10's lines and its targets (WORKLOADS.md).
+fn print_w10(w: &w10::W10) {
+    println!();
+    println!(
+        "W10 koda-store copy, SQLite -> PostgreSQL, {} messages",
+        w.messages
+    );
+    println!(
+        "{:<34} {:>18.0}",
+        "W10 copy msgs/s (with verification)", w.copy_per_s
+    );
+    println!(
+        "{:<34} {:>18.0}",
+        "W10 ceiling: binary COPY msgs/s", w.ceiling_per_s
+    );
+    println!("{:<34} {:>18.0}", "W10 export msgs/s", w.export_per_s);
+    let r = ratio(w.copy_per_s, w.ceiling_per_s);
+    for (what, value, limit) in [
+        ("W10 copy / ceiling (>=)", r, 0.5),
+        ("W10 copy msgs/s (>=)", w.copy_per_s, 50_000.0),
+        ("W10 export msgs/s (>=)", w.export_per_s, 100_000.0),
+    ] {
+        let met = value >= limit;
+        println!(
+            "{:<20} {:<28} {:>12.3} (target {limit}) {}",
+            "sqlite -> postgres",
+            what,
+            value,
+            if met { "met" } else { "MISSED" }
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -509,16 +545,33 @@ async fn main() -> Result<()> {
         eprintln!("benchmarking {}", t.name());
         rows.push(run_target(t, plan).await?);
     }
+    // W10 needs a PostgreSQL target: the first one.
+    let mut w10 = None;
+    if let Some(Target::Postgres { url }) = targets
+        .iter()
+        .find(|t| matches!(t, Target::Postgres { .. }))
+    {
+        eprintln!("benchmarking W10 (koda-store copy SQLite -> PostgreSQL)");
+        w10 = Some(w10::run(url, scratch.path(), plan.w10_sessions, plan.per_session).await?);
+    }
     let sqlite_ref = rows
         .iter()
         .find(|r| r.name == "sqlite (NORMAL)")
         .map(|r| r.w1);
     if cli.json {
-        let out =
-            json!({"quick": cli.quick, "rows": rows.iter().map(row_json).collect::<Vec<_>>()});
+        let w10_json = w10.map(|w| {
+            json!({"messages": w.messages, "copy_msgs_per_s": w.copy_per_s,
+                   "ceiling_msgs_per_s": w.ceiling_per_s, "export_msgs_per_s": w.export_per_s,
+                   "copy_over_ceiling": ratio(w.copy_per_s, w.ceiling_per_s)})
+        });
+        let out = json!({"quick": cli.quick, "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
+                         "w10": w10_json});
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print_table(&rows, plan, sqlite_ref);
+        if let Some(w) = w10 {
+            print_w10(&w);
+        }
     }
     let failed: Vec<&String> = rows.iter().flat_map(|r| &r.failures).collect();
     anyhow::ensure!(

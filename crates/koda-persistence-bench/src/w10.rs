@@ -1,0 +1,221 @@
+//! W10: `koda-store copy` of a solo SQLite history to PostgreSQL (the
+//! team move), against its ceiling: a raw binary `COPY` of the same rows
+//! into an equivalent table in the same run. Also `export` of the same
+//! store to a sink.
+
+use std::path::Path;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, ensure};
+use koda_persistence::{Import, MessageRecord, SessionRecord};
+use koda_store::transfer;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+
+use crate::workloads::shape;
+
+/// What W10 measured.
+#[derive(Debug, Clone, Copy)]
+pub struct W10 {
+    pub messages: usize,
+    pub copy_per_s: f64,
+    pub ceiling_per_s: f64,
+    pub export_per_s: f64,
+}
+
+/// A SQLite store of `sessions` × `per` messages (the W1 shapes, every
+/// assistant answer complete), written through `Import`.
+async fn source(path: &Path, sessions: usize, per: usize) -> Result<Arc<dyn Import>> {
+    let store = koda_persistence::open_import(&format!("sqlite://{}", path.display())).await?;
+    let t0 = 1_795_669_624_123i64;
+    for s in 0..sessions {
+        let id = format!("w10-{s:05}");
+        store
+            .import_session(&SessionRecord {
+                id: id.clone(),
+                agent_name: "main".into(),
+                project_root: Some(format!("/bench/w10/{}", s % 10)),
+                created_ms: t0 + s as i64,
+                last_accessed_ms: Some(t0 + s as i64),
+                title: Some(format!("session {s}")),
+                mode: None,
+            })
+            .await?;
+        let rows: Vec<MessageRecord> = (0..per)
+            .map(|i| {
+                let sh = shape(i);
+                let [p, c, cr, cc, t] = sh.counters().map_or([None; 5], |u| u.map(Some));
+                MessageRecord {
+                    id: 1,
+                    role: sh.role,
+                    content: Some(sh.content),
+                    full_content: None,
+                    tool_calls: sh.tool_calls,
+                    tool_call_id: sh.tool_call_id,
+                    prompt_tokens: p,
+                    completion_tokens: c,
+                    cache_read_tokens: cr,
+                    cache_creation_tokens: cc,
+                    thinking_tokens: t,
+                    agent: None,
+                    created_ms: t0 + i as i64,
+                    completed_ms: (sh.role == koda_persistence::Role::Assistant)
+                        .then_some(t0 + i as i64),
+                    compacted_ms: None,
+                }
+            })
+            .collect();
+        store.import_messages(&id, &rows, false).await?;
+        store.set_metadata(&id, "todo", "- [ ] bench").await?;
+    }
+    Ok(store)
+}
+
+/// A fresh schema name.
+fn schema(tag: &str) -> String {
+    format!(
+        "kp_bench_{tag}_{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    )
+}
+
+fn with_schema(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}schema={schema}")
+}
+
+async fn drop_schema(client: &tokio_postgres::Client, schema: &str) -> Result<()> {
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await?;
+    Ok(())
+}
+
+/// The ceiling: the rows `koda-store` moved, as one binary `COPY` into a
+/// table of the same columns and indexes (rows already in memory: no
+/// source read, no verification).
+async fn ceiling(client: &tokio_postgres::Client, rows: &[(String, MessageRecord)]) -> Result<f64> {
+    let schema = schema("w10_ceiling");
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA \"{schema}\";
+             CREATE TABLE \"{schema}\".messages (id BIGINT PRIMARY KEY, session_id TEXT NOT NULL,
+                 ord BIGINT NOT NULL, role TEXT NOT NULL, content BYTEA, tool_calls BYTEA,
+                 tool_call_id BYTEA, prompt_tokens BIGINT, completion_tokens BIGINT,
+                 cache_read_tokens BIGINT, cache_creation_tokens BIGINT, thinking_tokens BIGINT,
+                 created_ms BIGINT NOT NULL, completed_ms BIGINT);
+             CREATE INDEX ON \"{schema}\".messages (session_id, ord);"
+        ))
+        .await?;
+    let types = [
+        Type::INT8,
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::BYTEA,
+        Type::BYTEA,
+        Type::BYTEA,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+    ];
+    let started = Instant::now();
+    let sink = client
+        .copy_in(&format!(
+            "COPY \"{schema}\".messages (id, session_id, ord, role, content, tool_calls,
+                 tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens,
+                 cache_creation_tokens, thinking_tokens, created_ms, completed_ms)
+             FROM STDIN BINARY"
+        ))
+        .await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+    for (n, (sid, m)) in rows.iter().enumerate() {
+        let ord = n as i64;
+        writer
+            .as_mut()
+            .write(&[
+                &m.id,
+                sid,
+                &ord,
+                &m.role.as_str(),
+                &m.content.as_deref().map(str::as_bytes),
+                &m.tool_calls.as_deref().map(str::as_bytes),
+                &m.tool_call_id.as_deref().map(str::as_bytes),
+                &m.prompt_tokens,
+                &m.completion_tokens,
+                &m.cache_read_tokens,
+                &m.cache_creation_tokens,
+                &m.thinking_tokens,
+                &m.created_ms,
+                &m.completed_ms,
+            ])
+            .await?;
+    }
+    let written = writer.finish().await?;
+    let secs = started.elapsed().as_secs_f64();
+    drop_schema(client, &schema).await?;
+    ensure!(
+        written as usize == rows.len(),
+        "ceiling COPY wrote {written} rows"
+    );
+    Ok(rows.len() as f64 / secs)
+}
+
+/// Runs W10 against the server at `url` with a source in `dir`.
+pub async fn run(url: &str, dir: &Path, sessions: usize, per: usize) -> Result<W10> {
+    let source = source(&dir.join("w10-source.db"), sessions, per).await?;
+    let ids = source.export_session_ids().await?;
+
+    let started = Instant::now();
+    let (exported_sessions, exported) =
+        transfer::export(&source, "bench", &ids, std::io::sink()).await?;
+    let export_secs = started.elapsed().as_secs_f64();
+    ensure!(exported_sessions == sessions && exported == sessions * per);
+
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let target_schema = schema("w10");
+    let target = koda_persistence::open_import(&with_schema(url, &target_schema)).await?;
+    let started = Instant::now();
+    let range = source.message_id_range().await?;
+    let keep = transfer::keep_ids(&target, range, &[]).await?;
+    let report = transfer::copy_sessions(&source, &target, &ids, keep, || {}).await?;
+    let copy_secs = started.elapsed().as_secs_f64();
+    let outcome = async {
+        ensure!(
+            report.failures.is_empty(),
+            "W10 copy failed: {:?}",
+            report.failures
+        );
+        ensure!(
+            report.messages == sessions * per
+                && report.verified.len() == sessions
+                && report.verified.iter().all(transfer::Verified::equal),
+            "W10 copy did not verify equal"
+        );
+        let mut rows = Vec::with_capacity(sessions * per);
+        for id in &ids {
+            for m in source.export_messages(id).await? {
+                rows.push((id.clone(), m));
+            }
+        }
+        ceiling(&client, &rows).await
+    }
+    .await;
+    drop(target);
+    drop_schema(&client, &target_schema).await?;
+    let ceiling_per_s = outcome?;
+    let messages = sessions * per;
+    Ok(W10 {
+        messages,
+        copy_per_s: messages as f64 / copy_secs,
+        ceiling_per_s,
+        export_per_s: messages as f64 / export_secs,
+    })
+}
