@@ -39,6 +39,9 @@ struct Cli {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run only W10 (needs a `postgres://` URL).
+    #[arg(long)]
+    w10_only: bool,
 }
 
 /// Counts for one run.
@@ -541,7 +544,7 @@ async fn main() -> Result<()> {
         .map(|u| Target::parse(u, scratch.path()))
         .collect::<Result<Vec<_>>>()?;
     let mut rows = Vec::new();
-    for t in &targets {
+    for t in targets.iter().filter(|_| !cli.w10_only) {
         eprintln!("benchmarking {}", t.name());
         rows.push(run_target(t, plan).await?);
     }

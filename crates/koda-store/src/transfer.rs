@@ -41,18 +41,53 @@ pub async fn read_whole(store: &Arc<dyn Import>, id: &str) -> Result<Option<Whol
 
 /// A content checksum of a session's messages and metadata, independent of
 /// message ids (which a copy may map): the first 16 hex digits of SHA-256
-/// over the export lines with ids zeroed.
+/// over every other field of every message in order, then every metadata
+/// entry, each field length-prefixed (so no two different sessions feed it
+/// the same bytes).
 pub fn checksum(messages: &[MessageRecord], metadata: &[MetadataRecord]) -> Result<String> {
-    let mut h = Sha256::new();
-    for m in messages {
-        let mut line = MessageLine::new("", m);
-        line.id = 0;
-        h.update(serde_json::to_vec(&line)?);
-        h.update(b"\n");
+    fn text(h: &mut Sha256, s: Option<&str>) {
+        match s {
+            None => h.update([0u8]),
+            Some(s) => {
+                h.update([1u8]);
+                h.update((s.len() as u64).to_be_bytes());
+                h.update(s.as_bytes());
+            }
+        }
     }
+    fn number(h: &mut Sha256, n: Option<i64>) {
+        match n {
+            None => h.update([0u8]),
+            Some(n) => {
+                h.update([1u8]);
+                h.update(n.to_be_bytes());
+            }
+        }
+    }
+    let mut h = Sha256::new();
+    h.update((messages.len() as u64).to_be_bytes());
+    for m in messages {
+        text(&mut h, Some(m.role.as_str()));
+        for t in [
+            &m.content,
+            &m.full_content,
+            &m.tool_calls,
+            &m.tool_call_id,
+            &m.agent,
+        ] {
+            text(&mut h, t.as_deref());
+        }
+        for n in m.counters() {
+            number(&mut h, n);
+        }
+        for n in [Some(m.created_ms), m.completed_ms, m.compacted_ms] {
+            number(&mut h, n);
+        }
+    }
+    h.update((metadata.len() as u64).to_be_bytes());
     for e in metadata {
-        h.update(serde_json::to_vec(&MetadataLine::new("", e))?);
-        h.update(b"\n");
+        text(&mut h, Some(&e.key));
+        text(&mut h, Some(&e.value));
     }
     let digest = h.finalize();
     Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
