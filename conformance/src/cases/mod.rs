@@ -158,6 +158,7 @@ macro_rules! __for_each_case {
                 rootless_sessions_list_under_every_root,
                 import_refuses_bad_records,
                 import_keeps_partial_counters,
+                health_of_a_sound_store_has_no_problems,
             ],
         }
     };

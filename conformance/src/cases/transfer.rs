@@ -662,3 +662,15 @@ pub async fn import_keeps_partial_counters(fx: &Fixture) -> Result<()> {
         Some(12),
     )
 }
+
+/// A store written only through the trait is sound by its own check, at
+/// the newest schema this build knows.
+pub async fn health_of_a_sound_store_has_no_problems(fx: &Fixture) -> Result<()> {
+    let sid = rich_session(fx).await?;
+    fx.store.purge_compacted(0).await?;
+    user(fx, &sid, "after the purge").await?;
+    let h = fx.store.health().await?;
+    eq("problems", h.problems, Vec::<String>::new())?;
+    eq("schema version", h.schema_version, h.latest_schema_version)?;
+    check("a version", h.schema_version >= 1)
+}

@@ -138,6 +138,19 @@ pub struct MetadataRecord {
     pub value: String,
 }
 
+/// What a store says of its own state (`koda-store doctor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// The schema (or value format) version the store holds.
+    pub schema_version: i64,
+    /// The newest version this build knows: more than `schema_version`
+    /// means migrations are pending (an open that may not run DDL left
+    /// them), less means a newer build wrote the store.
+    pub latest_schema_version: i64,
+    /// What the store's own consistency check found; empty when sound.
+    pub problems: Vec<String>,
+}
+
 /// The longest session id an import accepts, in bytes (ids a store makes
 /// are 36).
 pub const MAX_SESSION_ID_BYTES: usize = 1024;
@@ -176,6 +189,11 @@ pub const MAX_SESSION_ID_BYTES: usize = 1024;
 pub trait Import: Persistence {
     /// Every session id, oldest first.
     async fn export_session_ids(&self) -> Result<Vec<String>>;
+
+    /// The store's schema version and its own consistency check (SQLite:
+    /// `PRAGMA integrity_check`; PostgreSQL and sled: every session's
+    /// position counter against its messages, sled also its id index).
+    async fn health(&self) -> Result<StoreHealth>;
 
     /// The session's record, or `None` when there is no such session.
     async fn export_session(&self, session_id: &str) -> Result<Option<SessionRecord>>;

@@ -26,7 +26,9 @@ pub mod url;
 pub use clock::{Clock, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, SystemClock};
 pub use context::detect_interruption;
 pub use error::PersistenceError;
-pub use import::{Import, MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord};
+pub use import::{
+    Import, MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord, StoreHealth,
+};
 pub use persistence::Persistence;
 pub use traced::{SLOW_CALL, Traced};
 pub use types::{

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tracing::Instrument as _;
 
-use crate::import::{Import, MessageRecord, MetadataRecord, SessionRecord};
+use crate::import::{Import, MessageRecord, MetadataRecord, SessionRecord, StoreHealth};
 use crate::persistence::Persistence;
 use crate::types::{CompactedStats, Message, NewMessage, SessionInfo, SessionUsage};
 
@@ -330,6 +330,10 @@ impl<P: Import> Import for Traced<P> {
             self.inner.export_metadata(session_id),
         )
         .await
+    }
+
+    async fn health(&self) -> Result<StoreHealth> {
+        self.call("health", None, self.inner.health()).await
     }
 
     async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {

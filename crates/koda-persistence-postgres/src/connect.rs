@@ -72,6 +72,16 @@ fn session_config(options: &PostgresOptions) -> tokio_postgres::Config {
     config
 }
 
+/// The newest migration this build carries.
+pub(crate) fn latest_migration() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Creates the schema if needed and applies pending migrations, holding a
 /// per-schema advisory lock so concurrent first connections do it once.
 pub(crate) async fn migrate(options: &PostgresOptions) -> Result<()> {

@@ -66,7 +66,7 @@ use koda_persistence_api::backend::{
 };
 use koda_persistence_api::{
     Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
-    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, SystemClock,
+    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth, SystemClock,
 };
 
 use crate::connect::{build_pool, migrate};
@@ -491,6 +491,11 @@ impl Import for PostgresStore {
             return Ok(Vec::new());
         };
         self.with_client(|c| async move { queries::export_metadata(&c, sid).await })
+            .await
+    }
+
+    async fn health(&self) -> Result<StoreHealth> {
+        self.with_client(|c| async move { queries::health(&c).await })
             .await
     }
 

@@ -11,7 +11,7 @@ use koda_persistence_api::backend::{
 };
 use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, MessageRecord, MetadataRecord, PersistenceError,
-    Role, SessionInfo, SessionRecord, SessionUsage,
+    Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
 };
 use postgres_types::{FromSql, ToSql};
 use tokio_postgres::Row;
@@ -708,6 +708,40 @@ pub(crate) async fn export_metadata(c: &Object, id: &str) -> Result<Vec<Metadata
             })
         })
         .collect()
+}
+
+/// The applied migrations against this build's, and every session's
+/// position counter against its messages (an insert takes `next_ord + 1`:
+/// a counter behind its rows would place new messages among old ones).
+pub(crate) async fn health(c: &Object) -> Result<StoreHealth> {
+    let version: Option<i32> = c
+        .query_one("SELECT MAX(version) FROM koda_schema_history", &[])
+        .await
+        .map_err(db("reading the schema history"))?
+        .try_get(0)
+        .map_err(|e| PersistenceError::Corrupt(format!("schema history: {e}")))?;
+    let behind = c
+        .query(
+            "SELECT s.id, s.next_ord, MAX(m.ord) FROM sessions s JOIN messages m ON m.session_id = s.id
+             GROUP BY s.id, s.next_ord HAVING MAX(m.ord) > s.next_ord",
+            &[],
+        )
+        .await
+        .map_err(db("checking positions"))?;
+    let mut problems = Vec::new();
+    for r in &behind {
+        let sid: String = get(r, 0, "session id")?;
+        let next: i64 = get(r, 1, "next_ord")?;
+        let max: i64 = get(r, 2, "max ord")?;
+        problems.push(format!(
+            "session {sid}: position counter {next} is behind its last message's {max}"
+        ));
+    }
+    Ok(StoreHealth {
+        schema_version: i64::from(version.unwrap_or(0)),
+        latest_schema_version: crate::connect::latest_migration(),
+        problems,
+    })
 }
 
 pub(crate) async fn message_id_range(c: &Object) -> Result<Option<(i64, i64)>> {

@@ -54,7 +54,7 @@ use koda_persistence_api::backend::{
 };
 use koda_persistence_api::{
     Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
-    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, SystemClock,
+    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth, SystemClock,
 };
 use sled::{Batch, Db};
 
@@ -569,6 +569,10 @@ impl Import for SledStore {
         let sid = session_id.to_owned();
         self.read(move |db| queries::export_metadata(db, &sid))
             .await
+    }
+
+    async fn health(&self) -> Result<StoreHealth> {
+        self.read(queries::health).await
     }
 
     async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {

@@ -577,6 +577,55 @@ pub(crate) fn export_metadata(db: &Db, sid: &str) -> Result<Vec<MetadataRecord>>
     Ok(out)
 }
 
+/// Every value decodes; every id index entry names a stored message of
+/// that id; every session's position counter is at or past its last
+/// message. O(store): for `doctor`, not for koda's calls.
+pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
+    let mut problems = Vec::new();
+    for kv in db.scan_prefix([keys::BY_ID]) {
+        let (k, key) = kv?;
+        let id = k
+            .get(1..9)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes);
+        match (id, db.get(&key)?) {
+            (Some(id), Some(v)) => match decode_message(&v) {
+                Ok(m) if m.id == id => {}
+                Ok(m) => problems.push(format!("id index: {id} names message {}", m.id)),
+                Err(e) => problems.push(format!("message {id}: {e}")),
+            },
+            (Some(id), None) => problems.push(format!("id index: message {id} is missing")),
+            (None, _) => problems.push("id index: a key without an id".to_owned()),
+        }
+    }
+    for kv in db.scan_prefix([keys::SESSION]) {
+        let (k, v) = kv?;
+        let sid = String::from_utf8_lossy(&k[1..]).into_owned();
+        let s: SessionRecord = match decode(&v, &format!("session {sid:?}")) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        if let Some(last) = db.scan_prefix(keys::messages_of(&sid)).next_back() {
+            let (key, _) = last?;
+            let ord = keys::ord_of(&key).unwrap_or(u64::MAX);
+            if ord > s.next_ord {
+                problems.push(format!(
+                    "session {sid}: position counter {} is behind its last message's {ord}",
+                    s.next_ord
+                ));
+            }
+        }
+    }
+    Ok(koda_persistence_api::StoreHealth {
+        schema_version: i64::from(crate::codec::VERSION),
+        latest_schema_version: i64::from(crate::codec::VERSION),
+        problems,
+    })
+}
+
 pub(crate) fn message_id_range(db: &Db) -> Result<Option<(i64, i64)>> {
     let id_of = |k: &[u8]| -> Result<i64> {
         let bytes: [u8; 8] = k

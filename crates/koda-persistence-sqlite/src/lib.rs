@@ -90,7 +90,7 @@ use koda_persistence_api::backend::{
 };
 use koda_persistence_api::{
     Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence, Role,
-    SessionInfo, SessionRecord, SessionUsage, SystemClock,
+    SessionInfo, SessionRecord, SessionUsage, StoreHealth, SystemClock,
 };
 use rusqlite::Connection;
 
@@ -473,6 +473,10 @@ impl Import for SqliteStore {
     async fn export_metadata(&self, session_id: &str) -> Result<Vec<MetadataRecord>> {
         let sid = session_id.to_owned();
         self.read(move |c| queries::export_metadata(c, &sid)).await
+    }
+
+    async fn health(&self) -> Result<StoreHealth> {
+        self.read(queries::health).await
     }
 
     async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {

@@ -9,7 +9,7 @@ use koda_persistence_api::backend::{
 };
 use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, MessageRecord, MetadataRecord, PersistenceError,
-    Role, SessionInfo, SessionRecord, SessionUsage,
+    Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -561,6 +561,35 @@ pub(crate) fn export_metadata(conn: &Connection, session_id: &str) -> Result<Vec
         });
     }
     Ok(out)
+}
+
+/// `PRAGMA integrity_check` (every page, every index against its table),
+/// and every session's counters and positions against its messages.
+pub(crate) fn health(conn: &Connection) -> Result<StoreHealth> {
+    let schema_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let mut problems = Vec::new();
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let line: String = get(r, 0, "integrity_check")?;
+        if line != "ok" {
+            problems.push(format!("integrity_check: {line}"));
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT session_id, COUNT(*) FROM messages WHERE ord IS NULL GROUP BY session_id",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let sid: String = get(r, 0, "session id")?;
+        let n: i64 = get(r, 1, "count")?;
+        problems.push(format!("session {sid}: {n} messages without a position"));
+    }
+    Ok(StoreHealth {
+        schema_version,
+        latest_schema_version: i64::try_from(crate::schema::SCHEMA_VERSION).unwrap_or(i64::MAX),
+        problems,
+    })
 }
 
 pub(crate) fn message_id_range(conn: &Connection) -> Result<Option<(i64, i64)>> {

@@ -485,6 +485,23 @@ pub async fn purge(store: &Arc<dyn Import>, days: u32, dry_run: bool) -> Result<
 pub async fn doctor(store: &Arc<dyn Import>, json: bool) -> Result<ExitCode> {
     let mut findings = Vec::new();
     let mut notes = Vec::new();
+    let health = store.health().await?;
+    let schema = format!(
+        "schema version {} (this build's newest: {})",
+        health.schema_version, health.latest_schema_version
+    );
+    if health.schema_version < health.latest_schema_version {
+        findings.push(format!(
+            "{schema}: migrations pending; run `koda-store migrate` as the schema's owner"
+        ));
+    } else if health.schema_version > health.latest_schema_version {
+        findings.push(format!(
+            "{schema}: written by a newer build; upgrade koda-store"
+        ));
+    }
+    for p in &health.problems {
+        findings.push(format!("store check: {p}"));
+    }
     let mut counted: BTreeMap<String, SessionInfo> = BTreeMap::new();
     let ids = store.export_session_ids().await?;
     for s in listed(store, None, i64::MAX).await? {
@@ -531,9 +548,12 @@ pub async fn doctor(store: &Arc<dyn Import>, json: bool) -> Result<ExitCode> {
         }
     }
     if json {
-        let doc = json!({"sessions": ids.len(), "findings": findings, "notes": notes});
+        let doc = json!({"sessions": ids.len(), "schema_version": health.schema_version,
+                         "latest_schema_version": health.latest_schema_version,
+                         "findings": findings, "notes": notes});
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
+        println!("{schema}");
         for f in &findings {
             println!("FINDING  {f}");
         }

@@ -497,6 +497,62 @@ fn doctor_finds_a_planted_orphan_and_a_counter_mismatch() {
             .iter()
             .any(|f| f.contains(&second) && f.contains("counters"))
     );
+    assert_eq!(doc["schema_version"], doc["latest_schema_version"]);
+
+    // The store's own check: a message that lost its position.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE messages SET ord = NULL WHERE id = (SELECT MIN(id) FROM messages WHERE session_id = ?1)",
+        [&second],
+    )
+    .unwrap();
+    drop(conn);
+    let out = run(&["--store", &url, "doctor"]);
+    assert_eq!(out.status.code(), Some(1));
+    let printed = text(&out.stdout);
+    assert!(
+        printed.contains("store check") && printed.contains("without a position"),
+        "{printed}"
+    );
+}
+
+/// On PostgreSQL, `doctor` runs the server-side check: a session whose
+/// position counter fell behind its messages is a finding.
+#[test]
+fn doctor_on_postgres_finds_a_position_counter_behind() {
+    let Some(base) = postgres() else { return };
+    let schema = fresh_schema("doctor");
+    let url = with_schema(&base, &schema);
+    let dir = tempfile::tempdir().unwrap();
+    populated(&dir.path().join("s.db"), 2, 1);
+    ok(&[
+        "copy",
+        "--from",
+        &sqlite_url(&dir.path().join("s.db")),
+        "--to",
+        &url,
+    ]);
+    assert_eq!(run(&["--store", &url, "doctor"]).status.code(), Some(0));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("UPDATE \"{schema}\".sessions SET next_ord = 0"))
+            .await
+            .unwrap();
+    });
+    let out = run(&["--store", &url, "doctor"]);
+    let printed = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert_eq!(
+        printed.matches("position counter 0 is behind").count(),
+        2,
+        "{printed}"
+    );
+    drop_schema(&base, &schema);
 }
 
 /// A password in a URL is never printed, also not in --json or errors.
