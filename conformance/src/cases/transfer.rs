@@ -672,5 +672,9 @@ pub async fn health_of_a_sound_store_has_no_problems(fx: &Fixture) -> Result<()>
     let h = fx.store.health().await?;
     eq("problems", h.problems, Vec::<String>::new())?;
     eq("schema version", h.schema_version, h.latest_schema_version)?;
+    check(
+        &format!("a size that holds the rows, if any: {:?}", h.size_bytes),
+        h.size_bytes.is_none_or(|b| b >= 4_096),
+    )?;
     check("a version", h.schema_version >= 1)
 }

@@ -149,6 +149,9 @@ pub struct StoreHealth {
     pub latest_schema_version: i64,
     /// What the store's own consistency check found; empty when sound.
     pub problems: Vec<String>,
+    /// Bytes the store occupies (a SQLite file, a sled directory, a
+    /// PostgreSQL schema's tables and indexes); `None` in memory.
+    pub size_bytes: Option<u64>,
 }
 
 /// The longest session id an import accepts, in bytes (ids a store makes

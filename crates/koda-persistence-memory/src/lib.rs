@@ -610,6 +610,7 @@ impl Import for MemoryStore {
             schema_version: 1,
             latest_schema_version: 1,
             problems: Vec::new(),
+            size_bytes: None,
         })
     }
 

@@ -737,10 +737,22 @@ pub(crate) async fn health(c: &Object) -> Result<StoreHealth> {
             "session {sid}: position counter {next} is behind its last message's {max}"
         ));
     }
+    let size: Option<i64> = c
+        .query_one(
+            "SELECT SUM(pg_total_relation_size(c.oid))::BIGINT FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')",
+            &[],
+        )
+        .await
+        .map_err(db("measuring the schema"))?
+        .try_get(0)
+        .map_err(|e| PersistenceError::Corrupt(format!("schema size: {e}")))?;
     Ok(StoreHealth {
         schema_version: i64::from(version.unwrap_or(0)),
         latest_schema_version: crate::connect::latest_migration(),
         problems,
+        size_bytes: size.and_then(|s| u64::try_from(s).ok()),
     })
 }
 

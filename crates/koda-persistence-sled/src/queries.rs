@@ -623,6 +623,7 @@ pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
         schema_version: i64::from(crate::codec::VERSION),
         latest_schema_version: i64::from(crate::codec::VERSION),
         problems,
+        size_bytes: Some(db.size_on_disk()?),
     })
 }
 

@@ -585,10 +585,13 @@ pub(crate) fn health(conn: &Connection) -> Result<StoreHealth> {
         let n: i64 = get(r, 1, "count")?;
         problems.push(format!("session {sid}: {n} messages without a position"));
     }
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     Ok(StoreHealth {
         schema_version,
         latest_schema_version: i64::try_from(crate::schema::SCHEMA_VERSION).unwrap_or(i64::MAX),
         problems,
+        size_bytes: u64::try_from(pages.saturating_mul(page_size)).ok(),
     })
 }
 

@@ -231,40 +231,7 @@ pub async fn show(store: &Arc<dyn Import>, sid: &str, all: bool, json: bool) -> 
     Ok(())
 }
 
-fn dir_size(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return 0;
-    };
-    if meta.is_file() {
-        return meta.len();
-    }
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| dir_size(&e.path()))
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-/// Bytes on disk of a SQLite file (with its WAL) or a sled directory.
-fn size_on_disk(url: &str) -> Option<u64> {
-    let (scheme, rest) = url.split_once("://")?;
-    let path = rest.split('?').next()?;
-    match scheme {
-        "sqlite" if !path.is_empty() => Some(
-            [path.to_owned(), format!("{path}-wal")]
-                .iter()
-                .map(|p| dir_size(Path::new(p)))
-                .sum(),
-        ),
-        "sled" => Some(dir_size(Path::new(path))),
-        _ => None,
-    }
-}
-
-pub async fn stats(store: &Arc<dyn Import>, url: &str, json: bool) -> Result<()> {
+pub async fn stats(store: &Arc<dyn Import>, json: bool) -> Result<()> {
     let ids = store.export_session_ids().await?;
     let mut messages = 0usize;
     let mut per_agent: BTreeMap<String, i64> = BTreeMap::new();
@@ -277,13 +244,13 @@ pub async fn stats(store: &Arc<dyn Import>, url: &str, json: bool) -> Result<()>
         }
     }
     let compacted = store.compacted_stats().await?;
-    let size = size_on_disk(url);
+    let size = store.health().await?.size_bytes;
     if json {
         let doc = json!({
             "sessions": ids.len(), "messages": messages,
             "compacted": {"messages": compacted.message_count, "sessions": compacted.session_count,
                           "bytes": compacted.size_bytes, "oldest": compacted.oldest},
-            "tokens_by_agent": per_agent, "bytes_on_disk": size,
+            "tokens_by_agent": per_agent, "size_bytes": size,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -305,8 +272,8 @@ pub async fn stats(store: &Arc<dyn Import>, url: &str, json: bool) -> Result<()>
         );
     }
     match size {
-        Some(b) => println!("on disk             {b} bytes"),
-        None => println!("on disk             (not a file store)"),
+        Some(b) => println!("size                {b} bytes"),
+        None => println!("size                (in memory)"),
     }
     Ok(())
 }

@@ -77,7 +77,7 @@ enum Command {
         json: bool,
     },
     /// Counts: sessions, messages, compacted history, tokens per agent,
-    /// size on disk (SQLite and sled).
+    /// and the store's size (file, directory or schema).
     Stats {
         /// One JSON document on stdout.
         #[arg(long)]
@@ -213,7 +213,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Stats { json } => {
             let url = store_url()?;
-            inspect::stats(&open(&url).await?, &url, json).await?;
+            inspect::stats(&open(&url).await?, json).await?;
         }
         Command::Export { sessions, output } => {
             let url = store_url()?;

@@ -429,6 +429,10 @@ fn a_killed_copy_completes_when_run_again() {
     let source_stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["messages"], source_stats["messages"]);
     assert_eq!(stats["sessions"], 120);
+    assert!(
+        stats["size_bytes"].as_u64().is_some_and(|b| b > 1_000_000),
+        "{stats}"
+    );
     assert_eq!(stats["tokens_by_agent"], source_stats["tokens_by_agent"]);
 }
 
