@@ -104,3 +104,57 @@ impl SledOptions {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::panic)] // test code: a failed parse is a failed test
+mod tests {
+    use super::*;
+
+    fn parsed(spec: &str) -> (PathBuf, FlushPolicy, u64) {
+        let (path, o) = parse_location(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        (path, o.flush, o.cache_capacity)
+    }
+
+    /// Each parameter sets what it names; the path is percent-decoded.
+    #[test]
+    fn every_parameter_sets_its_option() {
+        let default_cache = SledOptions::default().cache_capacity;
+        assert_eq!(
+            parsed("/var/k%20s"),
+            (
+                PathBuf::from("/var/k s"),
+                FlushPolicy::EveryWrite,
+                default_cache
+            )
+        );
+        assert_eq!(parsed("d?flush=manual").1, FlushPolicy::Manual);
+        assert_eq!(parsed("d?flush=every_write").1, FlushPolicy::EveryWrite);
+        assert_eq!(
+            parsed("d?flush_every_ms=250").1,
+            FlushPolicy::Every(Duration::from_millis(250))
+        );
+        assert_eq!(parsed("d?cache_mb=3").2, 3 << 20);
+        assert_eq!(
+            parsed("d?cache_mb=3&flush=manual"),
+            (PathBuf::from("d"), FlushPolicy::Manual, 3 << 20)
+        );
+    }
+
+    #[test]
+    fn bad_parameters_are_invalid_input() {
+        for spec in [
+            "",
+            "d?flush=sometimes",
+            "d?flush=manual&flush_every_ms=5",
+            "d?flush_every_ms=0",
+            "d?cache_mb=0",
+            "d?cache_mb=65537",
+            "d?colour=blue",
+        ] {
+            assert!(
+                matches!(parse_location(spec), Err(PersistenceError::InvalidInput(_))),
+                "{spec}"
+            );
+        }
+    }
+}
