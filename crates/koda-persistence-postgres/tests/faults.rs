@@ -302,7 +302,8 @@ async fn nul_bytes_and_a_ten_megabyte_message_round_trip() -> Result<()> {
 }
 
 /// `sslmode=require` against a server without TLS fails cleanly;
-/// `prefer` falls back to plain TCP.
+/// `prefer` falls back to plain TCP; against a server with a self-signed
+/// certificate `require` connects and `verify-full` refuses.
 #[tokio::test]
 async fn tls_modes_behave_like_libpq() -> Result<()> {
     with_schema("tls_modes", |url, schema| async move {
@@ -314,9 +315,22 @@ async fn tls_modes_behave_like_libpq() -> Result<()> {
         tokio::spawn(conn);
         let ssl: String = admin.query_one("SHOW ssl", &[]).await?.get(0);
         o.tls = TlsMode::Require;
-        let required = PostgresStore::connect_with(o, Arc::new(SystemClock)).await;
+        let required = PostgresStore::connect_with(o.clone(), Arc::new(SystemClock)).await;
         if ssl == "on" {
             required?.create_session("main", Path::new("/p")).await?;
+            // A server whose certificate no public root signed (Debian's
+            // snakeoil, a test server's own): encrypted, but not verified.
+            o.tls = TlsMode::VerifyFull;
+            let verified = PostgresStore::connect_with(o, Arc::new(SystemClock)).await;
+            let err = verified.expect_err("verify-full trusts no self-signed certificate");
+            assert!(
+                matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
+                "{err:#}"
+            );
+            assert!(
+                format!("{err:#}").to_lowercase().contains("certificate"),
+                "{err:#}"
+            );
         } else {
             let err = required.expect_err("server has no TLS");
             assert!(

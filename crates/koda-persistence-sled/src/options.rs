@@ -140,6 +140,37 @@ mod tests {
         );
     }
 
+    /// Options built in code are checked as a URL's are.
+    #[test]
+    fn validate_checks_options_built_in_code() {
+        let ok = SledOptions::default();
+        assert!(ok.validate().is_ok());
+        let largest = SledOptions {
+            cache_capacity: MAX_CACHE_MB << 20,
+            flush: FlushPolicy::Every(Duration::from_millis(1)),
+        };
+        assert!(largest.validate().is_ok());
+        for bad in [
+            SledOptions {
+                cache_capacity: 0,
+                ..SledOptions::default()
+            },
+            SledOptions {
+                cache_capacity: (MAX_CACHE_MB << 20) + 1,
+                ..SledOptions::default()
+            },
+            SledOptions {
+                flush: FlushPolicy::Every(Duration::ZERO),
+                ..SledOptions::default()
+            },
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(PersistenceError::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
     #[test]
     fn bad_parameters_are_invalid_input() {
         for spec in [
