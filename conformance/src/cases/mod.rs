@@ -159,6 +159,7 @@ macro_rules! __for_each_case {
                 import_refuses_bad_records,
                 import_keeps_partial_counters,
                 health_of_a_sound_store_has_no_problems,
+                session_checksum_is_the_exports,
             ],
         }
     };

@@ -678,3 +678,37 @@ pub async fn health_of_a_sound_store_has_no_problems(fx: &Fixture) -> Result<()>
     )?;
     check("a version", h.schema_version >= 1)
 }
+
+/// `session_checksum` is [`session_checksum`](koda_persistence_api::session_checksum)
+/// of the export, whoever computes it (a server computes it over its own
+/// rows), and tells a changed session from the original.
+pub async fn session_checksum_is_the_exports(fx: &Fixture) -> Result<()> {
+    let sid = rich_session(fx).await?;
+    let expected = |ms: &[MessageRecord], md: &[MetadataRecord]| {
+        (ms.len(), koda_persistence_api::session_checksum(ms, md))
+    };
+    let (ms, md) = (
+        fx.store.export_messages(&sid).await?,
+        fx.store.export_metadata(&sid).await?,
+    );
+    eq(
+        "rich session",
+        fx.store.session_checksum(&sid).await?,
+        expected(&ms, &md),
+    )?;
+    eq(
+        "unknown session",
+        fx.store.session_checksum("nope").await?,
+        expected(&[], &[]),
+    )?;
+    let before = fx.store.session_checksum(&sid).await?;
+    fx.store.set_metadata(&sid, "alpha", "changed").await?;
+    let after = fx.store.session_checksum(&sid).await?;
+    check("a metadata change shows", after != before)?;
+    let id = ms.first().map(|m| m.id).unwrap_or(0);
+    fx.store.clear_message_content(&[id], "").await?;
+    check(
+        "a content change shows",
+        fx.store.session_checksum(&sid).await? != after,
+    )
+}

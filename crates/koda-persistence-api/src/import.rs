@@ -231,6 +231,84 @@ pub trait Import: Persistence {
 
     /// Sets each entry on the session.
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()>;
+
+    /// The session's message count and [`session_checksum`] (of its
+    /// messages in conversation order and its metadata), for verifying a
+    /// copy. The provided method reads the export; a server-side store
+    /// computes the same digest where the rows are.
+    async fn session_checksum(&self, session_id: &str) -> Result<(usize, String)> {
+        let messages = self.export_messages(session_id).await?;
+        let metadata = self.export_metadata(session_id).await?;
+        Ok((messages.len(), session_checksum(&messages, &metadata)))
+    }
+}
+
+/// A content checksum of a session, independent of message ids (which a
+/// copy may map): the first 16 hex digits of
+/// `SHA-256(n ‖ h(m1) ‖ … ‖ h(mn) ‖ k ‖ h(e1) ‖ … ‖ h(ek))`, where `n` and
+/// `k` are the message and metadata counts as 8-byte big-endian integers,
+/// `h` is SHA-256, a message's bytes are its role name, content,
+/// full content, tool calls, call id and agent, its five counters and
+/// its created, completed and compacted times, and an entry's bytes its
+/// key and value. Each field is `0x00` when unset, else `0x01` and then,
+/// for text, its length (8 bytes, big-endian) and UTF-8 bytes, for a
+/// number its 8 big-endian bytes.
+pub fn session_checksum(messages: &[MessageRecord], metadata: &[MetadataRecord]) -> String {
+    use sha2::{Digest, Sha256};
+    fn text(h: &mut Sha256, s: Option<&str>) {
+        match s {
+            None => h.update([0u8]),
+            Some(s) => {
+                h.update([1u8]);
+                h.update((s.len() as u64).to_be_bytes());
+                h.update(s.as_bytes());
+            }
+        }
+    }
+    fn number(h: &mut Sha256, n: Option<i64>) {
+        match n {
+            None => h.update([0u8]),
+            Some(n) => {
+                h.update([1u8]);
+                h.update(n.to_be_bytes());
+            }
+        }
+    }
+    let mut outer = Sha256::new();
+    outer.update((messages.len() as u64).to_be_bytes());
+    for m in messages {
+        let mut h = Sha256::new();
+        text(&mut h, Some(m.role.as_str()));
+        for t in [
+            &m.content,
+            &m.full_content,
+            &m.tool_calls,
+            &m.tool_call_id,
+            &m.agent,
+        ] {
+            text(&mut h, t.as_deref());
+        }
+        for n in m.counters() {
+            number(&mut h, n);
+        }
+        for n in [Some(m.created_ms), m.completed_ms, m.compacted_ms] {
+            number(&mut h, n);
+        }
+        outer.update(h.finalize());
+    }
+    outer.update((metadata.len() as u64).to_be_bytes());
+    for e in metadata {
+        let mut h = Sha256::new();
+        text(&mut h, Some(&e.key));
+        text(&mut h, Some(&e.value));
+        outer.update(h.finalize());
+    }
+    outer
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn invalid(what: String) -> PersistenceError {

@@ -28,6 +28,7 @@ pub use context::detect_interruption;
 pub use error::PersistenceError;
 pub use import::{
     Import, MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord, StoreHealth,
+    session_checksum,
 };
 pub use persistence::Persistence;
 pub use traced::{SLOW_CALL, Traced};

@@ -332,6 +332,15 @@ impl<P: Import> Import for Traced<P> {
         .await
     }
 
+    async fn session_checksum(&self, session_id: &str) -> Result<(usize, String)> {
+        self.call(
+            "session_checksum",
+            Some(session_id),
+            self.inner.session_checksum(session_id),
+        )
+        .await
+    }
+
     async fn health(&self) -> Result<StoreHealth> {
         self.call("health", None, self.inner.health()).await
     }

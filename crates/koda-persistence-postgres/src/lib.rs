@@ -494,6 +494,14 @@ impl Import for PostgresStore {
             .await
     }
 
+    async fn session_checksum(&self, session_id: &str) -> Result<(usize, String)> {
+        let Some(sid) = storable_id(session_id) else {
+            return Ok((0, koda_persistence_api::session_checksum(&[], &[])));
+        };
+        self.with_client(|c| async move { queries::session_checksum(&c, sid).await })
+            .await
+    }
+
     async fn health(&self) -> Result<StoreHealth> {
         self.with_client(|c| async move { queries::health(&c).await })
             .await

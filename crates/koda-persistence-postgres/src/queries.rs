@@ -756,6 +756,44 @@ pub(crate) async fn health(c: &Object) -> Result<StoreHealth> {
     })
 }
 
+/// [`koda_persistence_api::session_checksum`], computed by the server over
+/// the stored bytes: only the count and 8 bytes cross the network. Must
+/// feed SHA-256 exactly what the Rust function feeds it (the conformance
+/// suite compares the two).
+pub(crate) async fn session_checksum(c: &Object, id: &str) -> Result<(usize, String)> {
+    let stmt = c
+        .prepare_cached(
+            "WITH m AS (
+                 SELECT ord, sha256(
+                     kp_field(convert_to(role::TEXT, 'UTF8'))
+                     || kp_field(content) || kp_field(full_content) || kp_field(tool_calls)
+                     || kp_field(tool_call_id) || kp_field(agent_name)
+                     || kp_number(prompt_tokens) || kp_number(completion_tokens)
+                     || kp_number(cache_read_tokens) || kp_number(cache_creation_tokens)
+                     || kp_number(thinking_tokens)
+                     || kp_number(created_ms) || kp_number(completed_ms) || kp_number(compacted_ms)) AS h
+                 FROM messages WHERE session_id = $1),
+             e AS (
+                 SELECT key, sha256(kp_field(key) || kp_field(value)) AS h
+                 FROM session_metadata WHERE session_id = $1)
+             SELECT (SELECT COUNT(*) FROM m),
+                    encode(substring(sha256(
+                        int8send((SELECT COUNT(*) FROM m))
+                        || COALESCE((SELECT string_agg(h, ''::BYTEA ORDER BY ord) FROM m), ''::BYTEA)
+                        || int8send((SELECT COUNT(*) FROM e))
+                        || COALESCE((SELECT string_agg(h, ''::BYTEA ORDER BY key) FROM e), ''::BYTEA)
+                    ) FROM 1 FOR 8), 'hex')",
+        )
+        .await
+        .map_err(db("preparing session_checksum"))?;
+    let r = c
+        .query_one(&stmt, &[&id])
+        .await
+        .map_err(db("session_checksum"))?;
+    let n: i64 = get(&r, 0, "message count")?;
+    Ok((usize::try_from(n).unwrap_or(0), get(&r, 1, "checksum")?))
+}
+
 pub(crate) async fn message_id_range(c: &Object) -> Result<Option<(i64, i64)>> {
     let stmt = c
         .prepare_cached("SELECT MIN(id), MAX(id) FROM messages")

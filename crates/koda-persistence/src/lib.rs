@@ -28,7 +28,8 @@ pub use koda_persistence_api::{
     COMPACTION_HINT, Clock, CompactedStats, INTERRUPTION_PREVIEW_CHARS, Import, InterruptionKind,
     MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, Message, MessageRecord,
     MetadataRecord, Persistence, PersistenceError, Role, SLOW_CALL, SessionInfo, SessionRecord,
-    SessionUsage, SystemClock, TODO_KEY, TokenUsage, Traced, detect_interruption,
+    SessionUsage, StoreHealth, SystemClock, TODO_KEY, TokenUsage, Traced, detect_interruption,
+    session_checksum,
 };
 
 /// The README's examples, compiled and run as doctests.

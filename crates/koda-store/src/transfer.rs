@@ -9,7 +9,6 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use koda_persistence::{Import, MessageRecord, MetadataRecord, SessionRecord};
-use sha2::{Digest, Sha256};
 
 use crate::format::{FORMAT, Header, Line, MessageLine, MetadataLine, SessionLine, VERSION};
 
@@ -39,58 +38,9 @@ pub async fn read_whole(store: &Arc<dyn Import>, id: &str) -> Result<Option<Whol
     }))
 }
 
-/// A content checksum of a session's messages and metadata, independent of
-/// message ids (which a copy may map): the first 16 hex digits of SHA-256
-/// over every other field of every message in order, then every metadata
-/// entry, each field length-prefixed (so no two different sessions feed it
-/// the same bytes).
-pub fn checksum(messages: &[MessageRecord], metadata: &[MetadataRecord]) -> Result<String> {
-    fn text(h: &mut Sha256, s: Option<&str>) {
-        match s {
-            None => h.update([0u8]),
-            Some(s) => {
-                h.update([1u8]);
-                h.update((s.len() as u64).to_be_bytes());
-                h.update(s.as_bytes());
-            }
-        }
-    }
-    fn number(h: &mut Sha256, n: Option<i64>) {
-        match n {
-            None => h.update([0u8]),
-            Some(n) => {
-                h.update([1u8]);
-                h.update(n.to_be_bytes());
-            }
-        }
-    }
-    let mut h = Sha256::new();
-    h.update((messages.len() as u64).to_be_bytes());
-    for m in messages {
-        text(&mut h, Some(m.role.as_str()));
-        for t in [
-            &m.content,
-            &m.full_content,
-            &m.tool_calls,
-            &m.tool_call_id,
-            &m.agent,
-        ] {
-            text(&mut h, t.as_deref());
-        }
-        for n in m.counters() {
-            number(&mut h, n);
-        }
-        for n in [Some(m.created_ms), m.completed_ms, m.compacted_ms] {
-            number(&mut h, n);
-        }
-    }
-    h.update((metadata.len() as u64).to_be_bytes());
-    for e in metadata {
-        text(&mut h, Some(&e.key));
-        text(&mut h, Some(&e.value));
-    }
-    let digest = h.finalize();
-    Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+/// The content checksum of a session ([`koda_persistence::session_checksum`]).
+pub fn checksum(messages: &[MessageRecord], metadata: &[MetadataRecord]) -> String {
+    koda_persistence::session_checksum(messages, metadata)
 }
 
 /// What one session's transfer did.
@@ -285,16 +235,16 @@ impl Verified {
     }
 }
 
-/// Compares `whole` (the source's) with the target's copy.
+/// Compares `whole` (the source's) with the target's copy, the target's
+/// side computed by the target ([`Import::session_checksum`]).
 pub async fn verify(target: &Arc<dyn Import>, id: &str, whole: &Whole) -> Result<Verified> {
-    let messages = target.export_messages(id).await?;
-    let metadata = target.export_metadata(id).await?;
+    let (target_messages, target_checksum) = target.session_checksum(id).await?;
     Ok(Verified {
         session: id.to_owned(),
         source_messages: whole.messages.len(),
-        target_messages: messages.len(),
-        source_checksum: checksum(&whole.messages, &whole.metadata)?,
-        target_checksum: checksum(&messages, &metadata)?,
+        target_messages,
+        source_checksum: checksum(&whole.messages, &whole.metadata),
+        target_checksum,
     })
 }
 
