@@ -28,6 +28,12 @@
 //!   background every `d`, and a crash (of the process or the machine) may
 //!   lose the writes of the last `d`; with `Manual` nothing is flushed until
 //!   [`SledStore::flush`] or a clean drop.
+//! - **Damage on disk is not reported**: sled 0.34 recovers a data file
+//!   damaged on disk by cutting its log at the first invalid record, without
+//!   an error. Seen: garbage over the last 7/8 of the `db` file of a store
+//!   with 200 flushed messages reopened without error and held the first 30
+//!   (a consistent prefix: batches stay atomic), so neither `Corrupt` nor
+//!   `koda-store doctor` can tell. Keep copies (`koda-store export`).
 //! - **Reads** never scan the store: one session's questions are prefix scans
 //!   of that session's keys; `list_sessions` walks one root's index,
 //!   `recent_user_messages` the user-message index from the newest.
