@@ -284,6 +284,36 @@ pub async fn recent_user_messages_skip_empty_include_compacted(fx: &Fixture) -> 
     )
 }
 
+/// Compaction moves the preserved tail; the recent prompts still read the
+/// user messages themselves, never a summary, hint or answer.
+pub async fn recent_user_messages_follow_moved_messages(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    user(fx, &sid, "u1").await?;
+    assistant(fx, &sid, Some("a1"), None, true).await?;
+    user(fx, &sid, "u2").await?;
+    assistant(fx, &sid, Some("a2"), None, true).await?;
+    user(fx, &sid, "u3").await?;
+    // Keeps u2, a2, u3: they move behind the summary and hint.
+    fx.store.compact_session(&sid, "summary", 3).await?;
+    eq(
+        "after one compaction",
+        fx.store.recent_user_messages(10).await?,
+        vec!["u3".to_owned(), "u2".to_owned(), "u1".to_owned()],
+    )?;
+    fx.store.compact_session(&sid, "again", 2).await?;
+    user(fx, &sid, "u4").await?;
+    eq(
+        "after two",
+        fx.store.recent_user_messages(10).await?,
+        vec![
+            "u4".to_owned(),
+            "u3".to_owned(),
+            "u2".to_owned(),
+            "u1".to_owned(),
+        ],
+    )
+}
+
 /// `limit` bounds the count; 0 gives none.
 pub async fn recent_user_messages_honour_limit(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;

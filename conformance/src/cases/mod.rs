@@ -66,6 +66,7 @@ macro_rules! __for_each_case {
                 tool_calls_are_stored_verbatim,
                 recent_user_messages_newest_first_across_sessions,
                 recent_user_messages_skip_empty_include_compacted,
+                recent_user_messages_follow_moved_messages,
                 recent_user_messages_honour_limit,
                 last_messages_follow_conversation_order,
                 last_messages_skip_unset_content,
