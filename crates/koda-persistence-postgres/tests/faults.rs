@@ -617,3 +617,83 @@ async fn a_failed_migration_names_the_servers_reason() -> Result<()> {
     )
     .await
 }
+
+/// Every class of server error reaches the caller as its typed error: a
+/// trigger raises each SQLSTATE in turn on `create_session`. Serialization
+/// failures and deadlocks are retried (8 times) before `Conflict`; an
+/// error no contract type fits stays untyped, with the server's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sqlstate_class_is_typed() -> Result<()> {
+    with_schema("every_sqlstate_class_is_typed", |url, schema| async move {
+        let s = store(&url, &schema, "sqlstates").await?;
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!(
+                "SET search_path = \"{schema}\";
+                 CREATE TABLE kp_raise (code TEXT);
+                 INSERT INTO kp_raise VALUES (NULL);
+                 CREATE SEQUENCE kp_attempts;
+                 CREATE FUNCTION kp_raise() RETURNS trigger LANGUAGE plpgsql AS $$
+                 DECLARE c TEXT;
+                 BEGIN
+                     PERFORM nextval('kp_attempts');
+                     SELECT code INTO c FROM kp_raise;
+                     RAISE EXCEPTION 'planted %', c USING ERRCODE = c;
+                 END $$;
+                 CREATE TRIGGER kp_raise BEFORE INSERT ON sessions
+                     FOR EACH ROW EXECUTE FUNCTION kp_raise();"
+            ))
+            .await?;
+        type Want = fn(&PersistenceError) -> bool;
+        let conflict: Want = |e| matches!(e, PersistenceError::Conflict(_));
+        let denied: Want = |e| matches!(e, PersistenceError::PermissionDenied(_));
+        let unavailable: Want = |e| matches!(e, PersistenceError::Unavailable(_));
+        let cases: [(&str, Option<Want>, i64); 10] = [
+            ("40001", Some(conflict), 9),
+            ("40P01", Some(conflict), 9),
+            ("28P01", Some(denied), 1),
+            ("28000", Some(denied), 1),
+            ("42501", Some(denied), 1),
+            ("08006", Some(unavailable), 1),
+            ("57P01", Some(unavailable), 1),
+            ("53300", Some(unavailable), 1),
+            ("3D000", Some(unavailable), 1),
+            ("23505", None, 1),
+        ];
+        for (code, want, attempts) in cases {
+            admin
+                .execute(
+                    &format!("UPDATE \"{schema}\".kp_raise SET code = $1"),
+                    &[&code],
+                )
+                .await?;
+            let before: i64 = admin
+                .query_one(&format!("SELECT nextval('\"{schema}\".kp_attempts')"), &[])
+                .await?
+                .get(0);
+            let err = s
+                .create_session("main", Path::new("/p"))
+                .await
+                .expect_err("the trigger refuses every insert");
+            let after: i64 = admin
+                .query_one(&format!("SELECT nextval('\"{schema}\".kp_attempts')"), &[])
+                .await?
+                .get(0);
+            let text = format!("{err:#}");
+            match (want, typed(&err)) {
+                (Some(w), Some(t)) => assert!(w(t), "{code}: {t:?}"),
+                (None, None) => {}
+                (w, t) => panic!("{code}: wanted typed = {}, got {t:?}: {text}", w.is_some()),
+            }
+            assert!(
+                text.contains(code) && text.contains("planted"),
+                "{code}: {text}"
+            );
+            // 08xxx/57P01 drop the pool's idle connections: still one call.
+            assert_eq!(after - before - 1, attempts, "{code}: attempts");
+        }
+        Ok(())
+    })
+    .await
+}
