@@ -45,6 +45,36 @@ struct State {
     user_ids: BTreeSet<i64>,
     /// `(compacted_at, id)` of every compacted message.
     compacted: BTreeSet<(i64, i64)>,
+    /// Session ids by root (`None`: root-less), newest first, so a listing
+    /// costs O(limit), not O(sessions).
+    by_root: HashMap<Option<String>, BTreeSet<Listed>>,
+}
+
+/// A session's place in its root's listing: newest first, ties by the
+/// later creation.
+type Listed = (std::cmp::Reverse<i64>, std::cmp::Reverse<u64>, String);
+
+impl State {
+    fn list(&mut self, root: Option<String>, s: &Session, id: &str) {
+        self.by_root.entry(root).or_default().insert(listed(s, id));
+    }
+
+    fn unlist(&mut self, s: &Session, id: &str) {
+        if let Some(set) = self.by_root.get_mut(&s.project_root) {
+            set.remove(&listed(s, id));
+            if set.is_empty() {
+                self.by_root.remove(&s.project_root);
+            }
+        }
+    }
+}
+
+fn listed(s: &Session, id: &str) -> Listed {
+    (
+        std::cmp::Reverse(s.created_ms),
+        std::cmp::Reverse(s.seq),
+        id.to_owned(),
+    )
 }
 
 #[derive(Debug)]
@@ -174,21 +204,20 @@ impl Persistence for MemoryStore {
         }
         let seq = st.next_session_seq;
         st.next_session_seq += 1;
-        st.sessions.insert(
-            id.clone(),
-            Session {
-                agent_name: agent_name.to_owned(),
-                project_root: Some(root),
-                created_ms: now,
-                seq,
-                last_accessed_ms: None,
-                title: None,
-                mode: None,
-                order: Vec::new(),
-                metadata: HashMap::new(),
-                tokens: 0,
-            },
-        );
+        let session = Session {
+            agent_name: agent_name.to_owned(),
+            project_root: Some(root),
+            created_ms: now,
+            seq,
+            last_accessed_ms: None,
+            title: None,
+            mode: None,
+            order: Vec::new(),
+            metadata: HashMap::new(),
+            tokens: 0,
+        };
+        st.list(session.project_root.clone(), &session, &id);
+        st.sessions.insert(id.clone(), session);
         Ok(id)
     }
 
@@ -196,15 +225,18 @@ impl Persistence for MemoryStore {
         let limit = check_limit(limit)?;
         let root = root_to_str(project_root)?;
         let st = self.lock();
-        let mut found: Vec<(&String, &Session)> = st
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.project_root.as_deref().is_none_or(|r| r == root))
+        let own = st.by_root.get(&Some(root.to_owned()));
+        let rootless = st.by_root.get(&None);
+        let mut found: Vec<&Listed> = own
+            .into_iter()
+            .flat_map(|set| set.iter().take(limit))
+            .chain(rootless.into_iter().flat_map(|set| set.iter().take(limit)))
             .collect();
-        found.sort_by_key(|(_, s)| std::cmp::Reverse((s.created_ms, s.seq)));
+        found.sort();
         Ok(found
             .into_iter()
             .take(limit)
+            .filter_map(|(_, _, id)| st.sessions.get(id).map(|s| (id, s)))
             .map(|(id, s)| SessionInfo {
                 id: id.clone(),
                 agent_name: s.agent_name.clone(),
@@ -222,6 +254,7 @@ impl Persistence for MemoryStore {
         let Some(session) = st.sessions.remove(session_id) else {
             return Ok(false);
         };
+        st.unlist(&session, session_id);
         for id in session.order {
             st.remove_message(id);
         }
@@ -641,21 +674,20 @@ impl Import for MemoryStore {
         }
         let seq = st.next_session_seq;
         st.next_session_seq += 1;
-        st.sessions.insert(
-            session.id.clone(),
-            Session {
-                agent_name: session.agent_name.clone(),
-                project_root: session.project_root.clone(),
-                created_ms: session.created_ms,
-                seq,
-                last_accessed_ms: session.last_accessed_ms,
-                title: session.title.clone(),
-                mode: session.mode.clone(),
-                order: Vec::new(),
-                metadata: HashMap::new(),
-                tokens: 0,
-            },
-        );
+        let record = Session {
+            agent_name: session.agent_name.clone(),
+            project_root: session.project_root.clone(),
+            created_ms: session.created_ms,
+            seq,
+            last_accessed_ms: session.last_accessed_ms,
+            title: session.title.clone(),
+            mode: session.mode.clone(),
+            order: Vec::new(),
+            metadata: HashMap::new(),
+            tokens: 0,
+        };
+        st.list(record.project_root.clone(), &record, &session.id);
+        st.sessions.insert(session.id.clone(), record);
         Ok(true)
     }
 
