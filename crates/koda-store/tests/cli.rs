@@ -70,26 +70,44 @@ fn with_schema(base: &str, schema: &str) -> String {
     format!("{base}{sep}schema={schema}")
 }
 
-fn fresh_schema(tag: &str) -> String {
+/// A fresh schema on the tests' server, dropped when this goes out of
+/// scope (also when the test fails).
+struct PgSchema {
+    base: String,
+    name: String,
+    /// The store URL of the schema.
+    url: String,
+}
+
+/// A [`PgSchema`] for `tag`, or `None` when there is no server (see
+/// [`postgres`]).
+fn pg_schema(tag: &str) -> Option<PgSchema> {
+    let base = postgres()?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("ks_{tag}_{}_{nanos}", std::process::id())
+    let name = format!("ks_{tag}_{}_{nanos}", std::process::id());
+    let url = with_schema(&base, &name);
+    Some(PgSchema { base, name, url })
 }
 
-fn drop_schema(base: &str, schema: &str) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-            .await
-            .expect("admin connection");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-            .await
-            .expect("drop schema");
-    });
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let dropped = tokio::runtime::Runtime::new().map(|rt| {
+            rt.block_on(async {
+                let (client, conn) =
+                    tokio_postgres::connect(&self.base, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name))
+                    .await
+            })
+        });
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test schema {}: {dropped:?}", self.name);
+        }
+    }
 }
 
 /// A SQLite store with every kind of row: several sessions and roots,
@@ -268,12 +286,9 @@ fn export_import_export_is_byte_identical_on_every_backend() {
         sqlite_url(&dir.path().join("copy.db")),
         format!("sled://{}", dir.path().join("copy.sled").display()),
     ];
-    let pg = postgres().map(|base| {
-        let schema = fresh_schema("roundtrip");
-        (base.clone(), schema.clone(), with_schema(&base, &schema))
-    });
-    if let Some((_, _, url)) = &pg {
-        targets.push(url.clone());
+    let pg = pg_schema("roundtrip");
+    if let Some(pg) = &pg {
+        targets.push(pg.url.clone());
     }
     for target in &targets {
         ok(&["--store", target, "import", first.to_str().unwrap()]);
@@ -292,9 +307,6 @@ fn export_import_export_is_byte_identical_on_every_backend() {
             text(&out.stderr)
         );
     }
-    if let Some((base, schema, _)) = pg {
-        drop_schema(&base, &schema);
-    }
 }
 
 /// The main path: a populated koda file and an older koda's file copied to
@@ -306,13 +318,10 @@ fn copy_verifies_and_a_second_copy_copies_nothing() {
     populated(&quick, 5, 2);
     let old = dir.path().join("legacy.db");
     legacy(&old);
-    let pg = postgres().map(|base| {
-        let schema = fresh_schema("copy");
-        (base.clone(), schema.clone(), with_schema(&base, &schema))
-    });
+    let pg = pg_schema("copy");
     let mut targets = vec![format!("sled://{}", dir.path().join("team.sled").display())];
-    if let Some((_, _, url)) = &pg {
-        targets.push(url.clone());
+    if let Some(pg) = &pg {
+        targets.push(pg.url.clone());
     }
     for target in &targets {
         for (source, sessions, messages) in [(&quick, 5, 5 * 7 + 3 * 2), (&old, 1, 2)] {
@@ -363,9 +372,6 @@ fn copy_verifies_and_a_second_copy_copies_nothing() {
             Some(0),
             "{target}: a copy is healthy"
         );
-    }
-    if let Some((base, schema, _)) = pg {
-        drop_schema(&base, &schema);
     }
 }
 
@@ -524,9 +530,10 @@ fn doctor_finds_a_planted_orphan_and_a_counter_mismatch() {
 /// position counter fell behind its messages is a finding.
 #[test]
 fn doctor_on_postgres_finds_a_position_counter_behind() {
-    let Some(base) = postgres() else { return };
-    let schema = fresh_schema("doctor");
-    let url = with_schema(&base, &schema);
+    let Some(pg) = pg_schema("doctor") else {
+        return;
+    };
+    let (base, schema, url) = (pg.base.clone(), pg.name.clone(), pg.url.clone());
     let dir = tempfile::tempdir().unwrap();
     populated(&dir.path().join("s.db"), 2, 1);
     ok(&[
@@ -556,22 +563,22 @@ fn doctor_on_postgres_finds_a_position_counter_behind() {
         2,
         "{printed}"
     );
-    drop_schema(&base, &schema);
 }
 
 /// A password in a URL is never printed, also not in --json or errors.
 #[test]
 fn passwords_are_never_printed() {
-    let Some(base) = postgres() else { return };
+    let Some(pg) = pg_schema("secret") else {
+        return;
+    };
     // Trust auth accepts any password: name one.
-    let Some((scheme, rest)) = base.split_once("://") else {
+    let Some((scheme, rest)) = pg.base.split_once("://") else {
         return;
     };
     let (userinfo, host) = rest.split_once('@').unwrap_or(("postgres", rest));
     let user = userinfo.split(':').next().unwrap_or("postgres");
     let url = format!("{scheme}://{user}:Sup3rSecret@{host}");
-    let schema = fresh_schema("secret");
-    let target = with_schema(&url, &schema);
+    let target = with_schema(&url, &pg.name);
     let dir = tempfile::tempdir().unwrap();
     populated(&dir.path().join("s.db"), 1, 1);
     let outputs = [
@@ -591,5 +598,4 @@ fn passwords_are_never_printed() {
         let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
         assert!(!all.contains("Sup3rSecret"), "password printed:\n{all}");
     }
-    drop_schema(&base, &schema);
 }
