@@ -184,7 +184,7 @@ pub async fn run(url: &str, dir: &Path, sessions: usize, per: usize) -> Result<W
     let target = koda_persistence::open_import(&with_schema(url, &target_schema)).await?;
     let started = Instant::now();
     let range = source.message_id_range().await?;
-    let keep = transfer::keep_ids(&target, range, &[]).await?;
+    let keep = transfer::keep_ids(&target, range, async { Ok(Vec::new()) }).await?;
     let report = transfer::copy_sessions(&source, &target, &ids, keep, || {}).await?;
     let copy_secs = started.elapsed().as_secs_f64();
     let outcome = async {

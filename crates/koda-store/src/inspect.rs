@@ -311,11 +311,14 @@ fn print_verification(checks: &[Verified], json: bool, extra: serde_json::Value)
 }
 
 /// Keeps the ids, or says why not.
-async fn decide_ids(
+async fn decide_ids<F>(
     target: &Arc<dyn Import>,
     range: Option<(i64, i64)>,
-    firsts: &[(String, Option<i64>)],
-) -> Result<bool> {
+    firsts: F,
+) -> Result<bool>
+where
+    F: std::future::Future<Output = Result<Vec<(String, Option<i64>)>>>,
+{
     let keep = transfer::keep_ids(target, range, firsts).await?;
     if !keep && range.is_some() {
         eprintln!(
@@ -334,14 +337,17 @@ pub async fn copy(
     target_name: &str,
 ) -> Result<ExitCode> {
     let ids = transfer::selected(source, only).await?;
-    let mut firsts = Vec::new();
-    for id in ids.iter().take(64) {
-        firsts.push((
-            id.clone(),
-            source.export_messages(id).await?.first().map(|m| m.id),
-        ));
-    }
-    let keep = decide_ids(target, source.message_id_range().await?, &firsts).await?;
+    // The first sessions' first ids tell a resumed copy, if the target
+    // refuses the id range.
+    let firsts = async {
+        let mut firsts = Vec::new();
+        for id in ids.iter().take(64) {
+            let first = source.export_messages(id).await?.first().map(|m| m.id);
+            firsts.push((id.clone(), first));
+        }
+        Ok(firsts)
+    };
+    let keep = decide_ids(target, source.message_id_range().await?, firsts).await?;
     let bar = transfer::bar(ids.len() as u64, "copying");
     let ticker = bar.clone();
     let report = transfer::copy_sessions(source, target, &ids, keep, move || ticker.inc(1)).await?;
@@ -373,18 +379,22 @@ pub async fn copy(
 
 pub async fn import_file(target: &Arc<dyn Import>, path: &Path) -> Result<ExitCode> {
     let header = transfer::read_header(path)?;
-    // The first sessions' first ids, for a resumed import.
-    let mut firsts = Vec::new();
-    let mut peek = FileSessions::open(path)?;
-    while let Some(w) = peek.next_session()? {
-        if let Some(r) = &w.record {
-            firsts.push((r.id.clone(), w.messages.first().map(|m| m.id)));
+    // The first sessions' first ids tell a resumed import, if the target
+    // refuses the id range.
+    let firsts = async {
+        let mut firsts = Vec::new();
+        let mut peek = FileSessions::open(path)?;
+        while let Some(w) = peek.next_session()? {
+            if let Some(r) = &w.record {
+                firsts.push((r.id.clone(), w.messages.first().map(|m| m.id)));
+            }
+            if firsts.len() >= 64 {
+                break;
+            }
         }
-        if firsts.len() >= 64 {
-            break;
-        }
-    }
-    let keep = decide_ids(target, header.message_ids, &firsts).await?;
+        Ok(firsts)
+    };
+    let keep = decide_ids(target, header.message_ids, firsts).await?;
     let bar = transfer::bar(header.sessions, "importing");
     let mut sessions = FileSessions::open(path)?;
     let (mut created, mut copied, mut failures) = (0usize, 0usize, Vec::new());

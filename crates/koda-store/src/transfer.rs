@@ -113,22 +113,26 @@ pub async fn sync_session(
 
 /// Whether the copy keeps the source's ids: when the target grants their
 /// range, or when an earlier run of this copy did (a session it wrote
-/// carries the source's ids).
-pub async fn keep_ids(
+/// carries the source's ids). `first_sessions` (session ids with their
+/// first message id) is read only when the target refuses the range.
+pub async fn keep_ids<F>(
     target: &Arc<dyn Import>,
     range: Option<(i64, i64)>,
-    first_sessions: &[(String, Option<i64>)],
-) -> Result<bool> {
+    first_sessions: F,
+) -> Result<bool>
+where
+    F: std::future::Future<Output = Result<Vec<(String, Option<i64>)>>>,
+{
     let Some((lo, hi)) = range else {
         return Ok(false);
     };
     if target.claim_ids(lo, hi).await? {
         return Ok(true);
     }
-    for (sid, first_id) in first_sessions {
+    for (sid, first_id) in first_sessions.await? {
         let Some(first_id) = first_id else { continue };
-        if let Some(m) = target.export_messages(sid).await?.first() {
-            return Ok(m.id == *first_id);
+        if let Some(m) = target.export_messages(&sid).await?.first() {
+            return Ok(m.id == first_id);
         }
     }
     Ok(false)
