@@ -7,7 +7,7 @@ use koda_persistence_api::PersistenceError;
 use tokio_postgres::NoTls;
 
 use crate::error::classify;
-use crate::options::{PostgresOptions, TlsMode};
+use crate::options::{Pooler, PostgresOptions, TlsMode};
 use crate::tls;
 
 mod embedded {
@@ -16,7 +16,7 @@ mod embedded {
 
 /// Connects `options.config` with the TLS mode asked for, returning the
 /// connection's client (its driver task runs on the runtime).
-async fn connect_once(options: &PostgresOptions) -> Result<tokio_postgres::Client> {
+pub(crate) async fn connect_once(options: &PostgresOptions) -> Result<tokio_postgres::Client> {
     let config = session_config(options);
     let tls = match options.tls {
         TlsMode::Disable => None,
@@ -65,10 +65,16 @@ fn session_config(options: &PostgresOptions) -> tokio_postgres::Config {
         TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         TlsMode::Require | TlsMode::VerifyFull => tokio_postgres::config::SslMode::Require,
     });
-    // Always explicit, so no server or role setting (and no schema named
-    // after the login role) can move the tables. Validated by
-    // check_schema_name: no quoting beyond double quotes needed.
-    config.options(format!("-c search_path=\"{}\"", options.schema_name()));
+    // Statements name their schema (see exec.rs); the search path is set
+    // too on direct connections, for anyone reading the session, so no
+    // server or role setting (and no schema named after the login role)
+    // can move the tables. A transaction-mode pooler refuses the startup
+    // option (PgBouncer: "unsupported startup parameter: options"), and
+    // could not keep it per client anyway. Validated by check_schema_name:
+    // no quoting beyond double quotes needed.
+    if options.pooler == Pooler::None {
+        config.options(format!("-c search_path=\"{}\"", options.schema_name()));
+    }
     config
 }
 
@@ -86,6 +92,33 @@ pub(crate) fn latest_migration() -> i64 {
 /// per-schema advisory lock so concurrent first connections do it once.
 pub(crate) async fn migrate(options: &PostgresOptions) -> Result<()> {
     let mut client = connect_once(options).await?;
+    // Nothing pending: no lock, no DDL (a runtime role that may not run
+    // DDL opens an up-to-date schema without migrate=false). A role that
+    // may not even read the schema is told so here: migrating would only
+    // fail less clearly.
+    let schema = options.schema_name();
+    let current = match client
+        .query_opt(
+            &format!("SELECT MAX(version) FROM \"{schema}\".koda_schema_history"),
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row.and_then(|r| r.try_get::<_, Option<i32>>(0).ok().flatten()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            return Err(PersistenceError::PermissionDenied(format!(
+                "this role may not use schema {schema:?} (ask for its grants, or open the schema \
+                 this role was granted): {}",
+                crate::error::classify(e, "reading the schema version")
+            ))
+            .into());
+        }
+        // No schema or no history yet: migrate.
+        Err(_) => None,
+    };
+    if current.is_some_and(|v| i64::from(v) >= latest_migration()) {
+        return Ok(());
+    }
     let key = format!(
         "koda-persistence:{}",
         options.schema.as_deref().unwrap_or("")
@@ -114,17 +147,7 @@ pub(crate) async fn migrate(options: &PostgresOptions) -> Result<()> {
             .set_migration_table_name("koda_schema_history")
             .run_async(&mut client)
             .await
-            .map_err(|e| {
-                // refinery's text ends at "db error": the server's words are
-                // down the source chain.
-                let mut text = format!("migrating the schema: {e}");
-                let mut cause = std::error::Error::source(&e);
-                while let Some(c) = cause {
-                    text.push_str(&format!(": {c}"));
-                    cause = c.source();
-                }
-                PersistenceError::Unavailable(text)
-            })?;
+            .map_err(|e| migration_error(&e, options.schema_name()))?;
         for m in report.applied_migrations() {
             tracing::info!(
                 schema = options.schema_name(),
@@ -167,4 +190,32 @@ pub(crate) fn build_pool(options: &PostgresOptions) -> Result<Pool> {
         .map_err(|e| {
             PersistenceError::Unavailable(format!("cannot build the connection pool: {e}")).into()
         })
+}
+
+/// A failed migration as a typed error: refinery's text ends at "db
+/// error", so the server's words are taken from down the source chain; a
+/// missing privilege (SQLSTATE 42501: a role that may not run DDL here)
+/// is `PermissionDenied`, anything else `Unavailable`.
+fn migration_error(e: &refinery::Error, schema: &str) -> PersistenceError {
+    let mut text = format!("migrating schema {schema:?}: {e}");
+    let mut denied = false;
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        if let Some(pg) = c.downcast_ref::<tokio_postgres::Error>()
+            && pg.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+        {
+            denied = true;
+        }
+        cause = c.source();
+    }
+    if denied {
+        PersistenceError::PermissionDenied(format!(
+            "{text} (this role may not run DDL on the schema: migrate it once as its owner, \
+             e.g. koda-store migrate, then open with migrate=false; or open the schema this role \
+             was granted)"
+        ))
+    } else {
+        PersistenceError::Unavailable(text)
+    }
 }

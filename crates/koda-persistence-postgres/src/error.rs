@@ -81,3 +81,8 @@ pub(crate) fn is_connection_loss(e: &anyhow::Error) -> bool {
 pub(crate) fn is_retryable(e: &anyhow::Error) -> bool {
     matches!(PersistenceError::of(e), Some(PersistenceError::Conflict(_)))
 }
+
+/// A mapper for `map_err`: [`classify`] with what was being done.
+pub(crate) fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> anyhow::Error {
+    move |e| classify(e, what)
+}

@@ -48,6 +48,7 @@
 
 mod connect;
 mod error;
+mod exec;
 mod options;
 mod queries;
 mod tls;
@@ -69,10 +70,13 @@ use koda_persistence_api::{
     PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth, SystemClock,
 };
 
-use crate::connect::{build_pool, migrate};
+use crate::connect::{build_pool, latest_migration, migrate};
 use crate::error::{is_connection_loss, is_retryable, pool_error};
+use crate::exec::{Conn, Dialect};
 
-pub use crate::options::{MAX_POOL_SIZE, PostgresOptions, SCHEMES, TlsMode, check_schema_name};
+pub use crate::options::{
+    MAX_POOL_SIZE, Pooler, PostgresOptions, SCHEMES, TlsMode, check_schema_name, grant_sql,
+};
 
 /// A call that waited longer than this for a pooled connection logs a
 /// `warn` event (the pool is too small for the load).
@@ -87,6 +91,7 @@ pub struct PostgresStore {
     pool: Pool,
     clock: Arc<dyn Clock>,
     schema: Option<String>,
+    dialect: Dialect,
     /// Recently loaded contexts, trusted while `sessions.version` matches.
     cache: Arc<SharedContextCache>,
 }
@@ -148,22 +153,90 @@ impl PostgresStore {
     }
 
     /// Connects, creates the schema if asked and missing, runs pending
-    /// migrations under an advisory lock, and builds the pool.
+    /// migrations under an advisory lock (unless `migrate` is off: then it
+    /// checks the schema is at this build's version), and builds the pool.
     ///
     /// # Errors
     /// `Unavailable` when the server cannot be reached within
-    /// `connect_timeout` or refuses the login; `InvalidInput` for a bad
-    /// schema name.
+    /// `connect_timeout`, or when (with `migrate` off) the schema is
+    /// missing or behind this build; `PermissionDenied` when the server
+    /// refuses the login, or the role may not use the schema or run its
+    /// migrations; `InvalidInput` for a bad schema name.
     pub async fn connect_with(options: PostgresOptions, clock: Arc<dyn Clock>) -> Result<Self> {
         options.validate()?;
-        migrate(&options).await?;
+        if options.migrate {
+            migrate(&options).await?;
+        }
         let pool = build_pool(&options)?;
-        Ok(Self {
+        let store = Self {
             pool,
             clock,
+            dialect: Dialect::new(options.schema_name(), options.pooler == Pooler::Transaction),
             schema: options.schema,
             cache: Arc::new(SharedContextCache::default()),
-        })
+        };
+        if !options.migrate {
+            store.check_schema().await?;
+        }
+        Ok(store)
+    }
+
+    /// With migrations off: the schema must exist, be readable by this
+    /// role and be at this build's version.
+    async fn check_schema(&self) -> Result<()> {
+        let schema = self.dialect.schema();
+        let latest = latest_migration();
+        let fix = "migrate it with a direct URL as a role that may run DDL (koda-store migrate \
+                   --store <direct URL>, or open it once without migrate=false)";
+        let version = self
+            .with_client(|c| async move { queries::schema_version(&c.db()).await })
+            .await;
+        let version = match version {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(match PersistenceError::of(&e) {
+                    Some(PersistenceError::PermissionDenied(said)) => {
+                        PersistenceError::PermissionDenied(format!(
+                            "this role may not use schema {schema:?} (ask for its grants, or open \
+                             the schema this role was granted): {said}"
+                        ))
+                        .into()
+                    }
+                    Some(_) => e,
+                    // Untyped: no such schema (3F000) or no schema history
+                    // table (42P01).
+                    None => PersistenceError::Unavailable(format!(
+                        "schema {schema:?} holds no koda tables: {fix} ({e:#})"
+                    ))
+                    .into(),
+                });
+            }
+        };
+        if version < latest {
+            return Err(PersistenceError::Unavailable(format!(
+                "schema {schema:?} is at version {version}, this build needs {latest}: {fix}"
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Runs [`grant_sql`] for `schema` and `role` on the server of `url`,
+    /// as the URL's role (the schema's owner, or one allowed to grant on
+    /// it). The role must exist.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad name or URL; what the server said
+    /// otherwise (`PermissionDenied` for a role that may not grant).
+    pub async fn grant(url: &str, schema: &str, role: &str) -> Result<()> {
+        let sql = grant_sql(schema, role)?;
+        let options = PostgresOptions::from_url(url)?;
+        let client = connect::connect_once(&options).await?;
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(error::db("granting"))?;
+        Ok(())
     }
 
     /// The Postgres schema this store's tables live in, if one was chosen.
@@ -175,13 +248,16 @@ impl PostgresStore {
     /// deadlocks, then `Conflict`.
     async fn with_client<R, F, Fut>(&self, mut f: F) -> Result<R>
     where
-        F: FnMut(deadpool_postgres::Object) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = Result<R>>,
     {
         let mut attempt = 0;
         loop {
             let waiting = std::time::Instant::now();
-            let client = self.pool.get().await.map_err(pool_error)?;
+            let client = Conn::new(
+                self.pool.get().await.map_err(pool_error)?,
+                self.dialect.clone(),
+            );
             if waiting.elapsed() > POOL_WAIT_WARNING {
                 tracing::warn!(
                     waited_ms = waiting.elapsed().as_millis() as u64,
@@ -503,7 +579,8 @@ impl Import for PostgresStore {
     }
 
     async fn health(&self) -> Result<StoreHealth> {
-        self.with_client(|c| async move { queries::health(&c).await })
+        let schema = self.dialect.schema();
+        self.with_client(|c| async move { queries::health(&c, schema).await })
             .await
     }
 

@@ -30,6 +30,23 @@ pub enum TlsMode {
     VerifyFull,
 }
 
+/// What stands between the store and the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooler {
+    /// A direct connection, or a pooler in session mode: statements are
+    /// prepared once per connection and cached.
+    #[default]
+    None,
+    /// A pooler in transaction mode (PgBouncer's `pool_mode = transaction`):
+    /// each transaction may run on another server connection, so the store
+    /// keeps no session state there: no named prepared statements (each
+    /// statement is sent unnamed with its parameter types, one round trip),
+    /// no `search_path` (every table is named through its schema), no
+    /// session-level locks, and no migrations (a pending one is an error
+    /// that names the fix: migrate through a direct URL).
+    Transaction,
+}
+
 /// How to reach the server and how to use it.
 #[derive(Clone)]
 pub struct PostgresOptions {
@@ -50,6 +67,16 @@ pub struct PostgresOptions {
     pub pool_timeout: Duration,
     /// Encryption.
     pub tls: TlsMode,
+    /// A transaction-mode pooler between the store and the server
+    /// (`pooler=transaction`), or none (`pooler=none`, the default).
+    pub pooler: Pooler,
+    /// Whether opening may run DDL: create the schema and apply pending
+    /// migrations (`migrate=true`, the default). With `migrate=false`
+    /// (and always behind a transaction-mode pooler) opening only checks
+    /// that the schema is at this build's version, and a schema that is
+    /// missing or behind is an error naming the fix. For a runtime role
+    /// that may not run DDL.
+    pub migrate: bool,
 }
 
 impl fmt::Debug for PostgresOptions {
@@ -68,6 +95,8 @@ impl fmt::Debug for PostgresOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("pool_timeout", &self.pool_timeout)
             .field("tls", &self.tls)
+            .field("pooler", &self.pooler)
+            .field("migrate", &self.migrate)
             .finish()
     }
 }
@@ -81,6 +110,8 @@ impl Default for PostgresOptions {
             connect_timeout: Duration::from_secs(5),
             pool_timeout: Duration::from_secs(10),
             tls: TlsMode::Prefer,
+            pooler: Pooler::None,
+            migrate: true,
         }
     }
 }
@@ -111,21 +142,67 @@ pub fn check_schema_name(name: &str) -> Result<(), PersistenceError> {
     Ok(())
 }
 
+/// The SQL that lets `role` use the store in `schema` and nothing more:
+/// `USAGE` on the schema; `SELECT, INSERT, UPDATE, DELETE` on its tables;
+/// `USAGE, SELECT, UPDATE` on its sequences (`UPDATE` only because an
+/// import that keeps message ids moves the id sequence past them); the
+/// same for tables a later migration adds (default privileges of the role
+/// that runs this, which should be the one that migrates). No `CREATE`
+/// anywhere: open such a store with `migrate=false`, after the schema was
+/// migrated by its owner.
+///
+/// ```sql
+/// GRANT USAGE ON SCHEMA "team_a" TO "koda_team_a";
+/// GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "team_a" TO "koda_team_a";
+/// GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA "team_a" TO "koda_team_a";
+/// ALTER DEFAULT PRIVILEGES IN SCHEMA "team_a"
+///     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO "koda_team_a";
+/// ALTER DEFAULT PRIVILEGES IN SCHEMA "team_a"
+///     GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO "koda_team_a";
+/// ```
+///
+/// # Errors
+/// `InvalidInput` when either name is not a plain identifier (see
+/// [`check_schema_name`]).
+pub fn grant_sql(schema: &str, role: &str) -> Result<String, PersistenceError> {
+    check_schema_name(schema)?;
+    check_schema_name(role).map_err(|_| {
+        PersistenceError::InvalidInput(format!(
+            "role name {role:?} must be a letter or _ then letters, digits or _, at most 63 bytes"
+        ))
+    })?;
+    Ok(format!(
+        "GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\";\n\
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{role}\";\n\
+         GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{role}\";\n\
+         ALTER DEFAULT PRIVILEGES IN SCHEMA \"{schema}\"\n    \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO \"{role}\";\n\
+         ALTER DEFAULT PRIVILEGES IN SCHEMA \"{schema}\"\n    \
+         GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO \"{role}\";\n"
+    ))
+}
+
 /// The parameters this backend reads itself; every other one goes to
 /// tokio-postgres as libpq would take it.
-const OWN: [&str; 5] = [
+const OWN: [&str; 7] = [
     "schema",
     "pool_size",
     "connect_timeout_ms",
     "pool_timeout_ms",
     "sslmode",
+    "pooler",
+    "migrate",
 ];
 
 impl PostgresOptions {
     /// Parses `postgres://user:password@host:port/db?…` (or `postgresql://`).
     /// Besides libpq's parameters that tokio-postgres understands, it takes
     /// `schema=NAME`, `pool_size=N`, `connect_timeout_ms=N`,
-    /// `pool_timeout_ms=N` and `sslmode=disable|prefer|require|verify-full`.
+    /// `pool_timeout_ms=N`, `sslmode=disable|prefer|require|verify-full`,
+    /// `pooler=none|transaction` and `migrate=true|false` (see
+    /// [`PostgresOptions::pooler`] and [`PostgresOptions::migrate`]).
+    /// Several hosts (`postgres://h1:5432,h2:5433/db`) are tried in order;
+    /// with `target_session_attrs=read-write` only a primary is taken.
     ///
     /// # Errors
     /// `InvalidInput` for a malformed URL or parameter; the message never
@@ -139,6 +216,7 @@ impl PostgresOptions {
         let (base, params) = url::split_query(url)?;
         let mut opts = PostgresOptions::default();
         let mut passthrough = Vec::new();
+        let mut migrate_given = false;
         for p in &params {
             match p.key.as_str() {
                 "schema" => {
@@ -163,6 +241,16 @@ impl PostgresOptions {
                         _ => TlsMode::VerifyFull,
                     }
                 }
+                "pooler" => {
+                    opts.pooler = match p.one_of(&["none", "transaction"])? {
+                        "transaction" => Pooler::Transaction,
+                        _ => Pooler::None,
+                    }
+                }
+                "migrate" => {
+                    opts.migrate = p.one_of(&["true", "false"])? == "true";
+                    migrate_given = true;
+                }
                 "options" => {
                     return Err(PersistenceError::InvalidInput(format!(
                         "the options URL parameter is reserved (the store sets search_path itself; \
@@ -172,6 +260,16 @@ impl PostgresOptions {
                 }
                 _ => passthrough.push(p.raw.as_str()),
             }
+        }
+        if opts.pooler == Pooler::Transaction {
+            if migrate_given && opts.migrate {
+                return Err(PersistenceError::InvalidInput(
+                    "migrate=true cannot go with pooler=transaction: migrations need a direct \
+                     connection (run koda-store migrate with the server's own URL)"
+                        .into(),
+                ));
+            }
+            opts.migrate = false;
         }
         let rebuilt = if passthrough.is_empty() {
             base.to_owned()
@@ -201,6 +299,13 @@ impl PostgresOptions {
             check_schema_name(schema)?;
         }
         check_count("pool_size", self.pool_size, 1, MAX_POOL_SIZE)?;
+        if self.pooler == Pooler::Transaction && self.migrate {
+            return Err(PersistenceError::InvalidInput(
+                "migrate cannot be set with Pooler::Transaction: migrations need a direct \
+                 connection"
+                    .into(),
+            ));
+        }
         check_timeout("connect_timeout", self.connect_timeout)?;
         check_timeout("pool_timeout", self.pool_timeout)
     }
@@ -242,6 +347,47 @@ mod tests {
             assert!(matches!(err, PersistenceError::InvalidInput(_)));
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }
+    }
+
+    #[test]
+    fn pooler_and_migrate_parameters() {
+        let o = PostgresOptions::from_url("postgres://u@h/db?pooler=transaction").expect("parses");
+        assert_eq!((o.pooler, o.migrate), (Pooler::Transaction, false));
+        let o = PostgresOptions::from_url("postgres://u@h/db?pooler=none&migrate=false")
+            .expect("parses");
+        assert_eq!((o.pooler, o.migrate), (Pooler::None, false));
+        let o = PostgresOptions::from_url("postgres://u@h/db").expect("parses");
+        assert_eq!((o.pooler, o.migrate), (Pooler::None, true));
+        let o = PostgresOptions::from_url("postgres://u@h/db?pooler=transaction&migrate=false")
+            .expect("parses");
+        assert!(!o.migrate);
+        for bad in [
+            "postgres://u@h/db?pooler=transaction&migrate=true",
+            "postgres://u@h/db?pooler=session",
+            "postgres://u@h/db?migrate=yes",
+        ] {
+            let err = PostgresOptions::from_url(bad).expect_err(bad);
+            assert!(
+                matches!(err, PersistenceError::InvalidInput(_)),
+                "{bad}: {err}"
+            );
+        }
+        let mut o = PostgresOptions {
+            pooler: Pooler::Transaction,
+            ..PostgresOptions::default()
+        };
+        assert!(o.validate().is_err(), "pooler with migrate built in code");
+        o.migrate = false;
+        assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn grants_name_only_the_schema_and_role() {
+        let sql = grant_sql("team_a", "koda_a").expect("valid names");
+        assert!(sql.contains("GRANT USAGE ON SCHEMA \"team_a\" TO \"koda_a\";"));
+        assert!(!sql.contains("CREATE"), "{sql}");
+        assert!(grant_sql("team_a", "x\"; DROP TABLE y; --").is_err());
+        assert!(grant_sql("pg_catalog", "koda_a").is_err());
     }
 
     #[test]

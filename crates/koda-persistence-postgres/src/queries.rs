@@ -1,10 +1,11 @@
 //! One async function per trait method. Single statements run in autocommit
 //! (one transaction each); multi-statement writes take an explicit
-//! transaction and lock the session row first. All SQL is parameterised;
-//! strings travel as `BYTEA`.
+//! transaction and lock the session row first. All SQL is parameterised,
+//! every parameter's type is declared (see [`crate::exec`]), every table
+//! is named through the schema (`kp.`); strings travel as `BYTEA`, roles
+//! as text.
 
 use anyhow::Result;
-use deadpool_postgres::Object;
 use koda_persistence_api::backend::{
     ContextRow, NewMessage, check_kept, format_timestamp, id_taken, order_usage_groups,
     purge_cutoff,
@@ -13,48 +14,12 @@ use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, MessageRecord, MetadataRecord, PersistenceError,
     Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
 };
-use postgres_types::{FromSql, ToSql};
+use postgres_types::{FromSql, Type};
 use tokio_postgres::Row;
 
-use crate::error::classify;
+use crate::exec::{Conn, Db, boolean, byte_arrays, bytes, int, ints, text, texts};
 
-/// The `kp_role` enum as it crosses the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSql, FromSql)]
-#[postgres(name = "kp_role")]
-pub(crate) enum PgRole {
-    #[postgres(name = "system")]
-    System,
-    #[postgres(name = "user")]
-    User,
-    #[postgres(name = "assistant")]
-    Assistant,
-    #[postgres(name = "tool")]
-    Tool,
-}
-
-impl From<Role> for PgRole {
-    fn from(r: Role) -> Self {
-        match r {
-            Role::System => PgRole::System,
-            Role::User => PgRole::User,
-            Role::Assistant => PgRole::Assistant,
-            Role::Tool => PgRole::Tool,
-        }
-    }
-}
-
-impl From<PgRole> for Role {
-    fn from(r: PgRole) -> Self {
-        match r {
-            PgRole::System => Role::System,
-            PgRole::User => Role::User,
-            PgRole::Assistant => Role::Assistant,
-            PgRole::Tool => Role::Tool,
-        }
-    }
-}
-
-fn bytes(s: &str) -> &[u8] {
+fn as_bytes(s: &str) -> &[u8] {
     s.as_bytes()
 }
 
@@ -67,7 +32,7 @@ fn get<'a, T: FromSql<'a>>(row: &'a Row, i: usize, what: &str) -> Result<T, Pers
         .map_err(|e| PersistenceError::Corrupt(format!("cannot decode {what}: {e}")))
 }
 
-fn text(row: &Row, i: usize, what: &str) -> Result<Option<String>, PersistenceError> {
+fn string(row: &Row, i: usize, what: &str) -> Result<Option<String>, PersistenceError> {
     get::<Option<Vec<u8>>>(row, i, what)?
         .map(|b| {
             String::from_utf8(b)
@@ -76,33 +41,35 @@ fn text(row: &Row, i: usize, what: &str) -> Result<Option<String>, PersistenceEr
         .transpose()
 }
 
-fn required_text(row: &Row, i: usize, what: &str) -> Result<String, PersistenceError> {
-    text(row, i, what)?.ok_or_else(|| PersistenceError::Corrupt(format!("{what} is NULL")))
+fn required_string(row: &Row, i: usize, what: &str) -> Result<String, PersistenceError> {
+    string(row, i, what)?.ok_or_else(|| PersistenceError::Corrupt(format!("{what} is NULL")))
 }
 
-fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> anyhow::Error {
-    move |e| classify(e, what)
+fn role(row: &Row, i: usize, what: &str) -> Result<Role, PersistenceError> {
+    get::<&str>(row, i, what)?
+        .parse()
+        .map_err(|e| PersistenceError::Corrupt(format!("{what}: {e}")))
 }
 
-const MESSAGE_COLUMNS: &str = "id, session_id, role, content, full_content, tool_calls, tool_call_id, \
+/// The columns [`message`] decodes, in its order.
+const MESSAGE_COLUMNS: &str = "id, session_id, role::TEXT, content, full_content, tool_calls, tool_call_id, \
     prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens, \
     created_ms, completed_ms";
 
 fn message(row: &Row) -> Result<(Message, bool), PersistenceError> {
     let id: i64 = get(row, 0, "message id")?;
     let w = |c: &str| format!("{c} of message {id}");
-    let role: PgRole = get(row, 2, &w("role"))?;
     let created: i64 = get(row, 12, &w("created_ms"))?;
     let completed: Option<i64> = get(row, 13, &w("completed_ms"))?;
     Ok((
         Message {
             id,
             session_id: get(row, 1, &w("session_id"))?,
-            role: role.into(),
-            content: text(row, 3, &w("content"))?,
-            full_content: text(row, 4, &w("full_content"))?,
-            tool_calls: text(row, 5, &w("tool_calls"))?,
-            tool_call_id: text(row, 6, &w("tool_call_id"))?,
+            role: role(row, 2, &w("role"))?,
+            content: string(row, 3, &w("content"))?,
+            full_content: string(row, 4, &w("full_content"))?,
+            tool_calls: string(row, 5, &w("tool_calls"))?,
+            tool_call_id: string(row, 6, &w("tool_call_id"))?,
             prompt_tokens: get(row, 7, &w("prompt_tokens"))?,
             completion_tokens: get(row, 8, &w("completion_tokens"))?,
             cache_read_tokens: get(row, 9, &w("cache_read_tokens"))?,
@@ -115,112 +82,105 @@ fn message(row: &Row) -> Result<(Message, bool), PersistenceError> {
 }
 
 pub(crate) async fn create_session(
-    c: &Object,
+    c: &Conn,
     id: &str,
     agent: &str,
     root: &str,
     now: i64,
 ) -> Result<()> {
-    let stmt = c
-        .prepare_cached("INSERT INTO sessions (id, agent_name, project_root, created_ms) VALUES ($1, $2, $3, $4)")
-        .await
-        .map_err(db("preparing create_session"))?;
-    c.execute(&stmt, &[&id, &bytes(agent), &bytes(root), &now])
-        .await
-        .map_err(db("create_session"))?;
+    c.db()
+        .execute(
+            "create_session",
+            "INSERT INTO kp.sessions (id, agent_name, project_root, created_ms) VALUES ($1, $2, $3, $4)",
+            &[text(&id), bytes(&as_bytes(agent)), bytes(&as_bytes(root)), int(&now)],
+        )
+        .await?;
     Ok(())
 }
 
-pub(crate) async fn list_sessions(c: &Object, limit: i64, root: &str) -> Result<Vec<SessionInfo>> {
-    let stmt = c
-        .prepare_cached(
+pub(crate) async fn list_sessions(c: &Conn, limit: i64, root: &str) -> Result<Vec<SessionInfo>> {
+    let rows = c
+        .db()
+        .rows(
+            "list_sessions",
             "SELECT id, agent_name, created_ms, message_count,
                     LEAST(total_tokens, 9223372036854775807)::BIGINT, title, mode FROM (
-                 (SELECT * FROM sessions WHERE sha256(project_root) = sha256($1) AND project_root = $1
+                 (SELECT * FROM kp.sessions WHERE sha256(project_root) = sha256($1) AND project_root = $1
                   ORDER BY created_ms DESC, seq DESC LIMIT $2)
                  UNION ALL
-                 (SELECT * FROM sessions WHERE project_root IS NULL ORDER BY created_ms DESC, seq DESC LIMIT $2)
+                 (SELECT * FROM kp.sessions WHERE project_root IS NULL ORDER BY created_ms DESC, seq DESC LIMIT $2)
              ) AS s ORDER BY created_ms DESC, seq DESC LIMIT $2",
+            &[bytes(&as_bytes(root)), int(&limit)],
         )
-        .await
-        .map_err(db("preparing list_sessions"))?;
-    let rows = c
-        .query(&stmt, &[&bytes(root), &limit])
-        .await
-        .map_err(db("list_sessions"))?;
+        .await?;
     rows.iter()
         .map(|r| {
             let id: String = get(r, 0, "session id")?;
             let w = |col: &str| format!("{col} of session {id:?}");
             Ok(SessionInfo {
-                agent_name: required_text(r, 1, &w("agent_name"))?,
+                agent_name: required_string(r, 1, &w("agent_name"))?,
                 created_at: format_timestamp(get(r, 2, &w("created_ms"))?),
                 message_count: get(r, 3, &w("message_count"))?,
                 total_tokens: get(r, 4, &w("total_tokens"))?,
-                title: text(r, 5, &w("title"))?,
-                mode: text(r, 6, &w("mode"))?,
+                title: string(r, 5, &w("title"))?,
+                mode: string(r, 6, &w("mode"))?,
                 id,
             })
         })
         .collect()
 }
 
-pub(crate) async fn delete_session(c: &Object, id: &str) -> Result<bool> {
-    let stmt = c
-        .prepare_cached("DELETE FROM sessions WHERE id = $1")
-        .await
-        .map_err(db("preparing delete_session"))?;
-    Ok(c.execute(&stmt, &[&id])
-        .await
-        .map_err(db("delete_session"))?
+pub(crate) async fn delete_session(c: &Conn, id: &str) -> Result<bool> {
+    Ok(c.db()
+        .execute(
+            "delete_session",
+            "DELETE FROM kp.sessions WHERE id = $1",
+            &[text(&id)],
+        )
+        .await?
         > 0)
 }
 
-pub(crate) async fn set_session_text(
-    c: &Object,
-    mode: bool,
-    id: &str,
-    value: &str,
-) -> Result<bool> {
+pub(crate) async fn set_session_text(c: &Conn, mode: bool, id: &str, value: &str) -> Result<bool> {
     let sql = if mode {
-        "UPDATE sessions SET mode = $2 WHERE id = $1"
+        "UPDATE kp.sessions SET mode = $2 WHERE id = $1"
     } else {
-        "UPDATE sessions SET title = $2 WHERE id = $1"
+        "UPDATE kp.sessions SET title = $2 WHERE id = $1"
     };
-    let stmt = c
-        .prepare_cached(sql)
-        .await
-        .map_err(db("preparing a session update"))?;
-    Ok(c.execute(&stmt, &[&id, &bytes(value)])
-        .await
-        .map_err(db("updating a session"))?
+    Ok(c.db()
+        .execute(
+            "updating a session",
+            sql,
+            &[text(&id), bytes(&as_bytes(value))],
+        )
+        .await?
         > 0)
 }
 
-pub(crate) async fn get_session_mode(c: &Object, id: &str) -> Result<Option<String>> {
-    let stmt = c
-        .prepare_cached("SELECT mode FROM sessions WHERE id = $1")
-        .await
-        .map_err(db("preparing get_session_mode"))?;
+pub(crate) async fn get_session_mode(c: &Conn, id: &str) -> Result<Option<String>> {
     let row = c
-        .query_opt(&stmt, &[&id])
-        .await
-        .map_err(db("get_session_mode"))?;
+        .db()
+        .opt(
+            "get_session_mode",
+            "SELECT mode FROM kp.sessions WHERE id = $1",
+            &[text(&id)],
+        )
+        .await?;
     Ok(match row {
-        Some(r) => text(&r, 0, "mode")?,
+        Some(r) => string(&r, 0, "mode")?,
         None => None,
     })
 }
 
-pub(crate) async fn last_accessed(c: &Object, id: &str) -> Result<Option<i64>> {
-    let stmt = c
-        .prepare_cached("SELECT last_accessed_ms FROM sessions WHERE id = $1")
-        .await
-        .map_err(db("preparing get_session_idle_secs"))?;
+pub(crate) async fn last_accessed(c: &Conn, id: &str) -> Result<Option<i64>> {
     let row = c
-        .query_opt(&stmt, &[&id])
-        .await
-        .map_err(db("get_session_idle_secs"))?;
+        .db()
+        .opt(
+            "get_session_idle_secs",
+            "SELECT last_accessed_ms FROM kp.sessions WHERE id = $1",
+            &[text(&id)],
+        )
+        .await?;
     Ok(match row {
         Some(r) => get(&r, 0, "last_accessed_ms")?,
         None => None,
@@ -230,44 +190,59 @@ pub(crate) async fn last_accessed(c: &Object, id: &str) -> Result<Option<i64>> {
 /// One statement: lock and touch the session (counters, access time, next
 /// position, version), then append the message at that position. Returns
 /// the message id and the session's new version.
-pub(crate) async fn insert_message(c: &Object, m: &NewMessage, now: i64) -> Result<(i64, i64)> {
-    let stmt = c
-        .prepare_cached(
+pub(crate) async fn insert_message(c: &Conn, m: &NewMessage, now: i64) -> Result<(i64, i64)> {
+    let u = m.usage;
+    let role = m.role.to_string();
+    let (content, calls, call_id, agent, full) = (
+        opt_bytes(&m.content),
+        opt_bytes(&m.tool_calls),
+        opt_bytes(&m.tool_call_id),
+        opt_bytes(&m.agent),
+        opt_bytes(&m.full_content),
+    );
+    let (prompt, completion, cache_read, cache_creation, thinking) = (
+        u.map(|u| u.prompt_tokens),
+        u.map(|u| u.completion_tokens),
+        u.map(|u| u.cache_read_tokens),
+        u.map(|u| u.cache_creation_tokens),
+        u.map(|u| u.thinking_tokens),
+    );
+    // The session's NUMERIC total takes the exact sum (purge subtracts the
+    // exact sum); it is saturated only when read.
+    let row = c
+        .db()
+        .opt(
+            "insert",
             "WITH s AS (
-                 UPDATE sessions SET last_accessed_ms = $2, message_count = message_count + 1,
-                     total_tokens = total_tokens + COALESCE($7::BIGINT, 0) + COALESCE($8::BIGINT, 0),
+                 UPDATE kp.sessions SET last_accessed_ms = $2, message_count = message_count + 1,
+                     total_tokens = total_tokens + COALESCE($7, 0) + COALESCE($8, 0),
                      next_ord = next_ord + 1,
                      version = version + 1
                  WHERE id = $1 RETURNING next_ord, version),
              i AS (
-                 INSERT INTO messages (session_id, ord, role, content, tool_calls, tool_call_id,
+                 INSERT INTO kp.messages (session_id, ord, role, content, tool_calls, tool_call_id,
                      prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
                      thinking_tokens, agent_name, full_content, created_ms)
-                 SELECT $1, s.next_ord, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $2 FROM s
+                 SELECT $1, s.next_ord, $3::kp.kp_role, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $2 FROM s
                  RETURNING id)
              SELECT i.id, s.version FROM i, s",
+            &[
+                text(&m.session_id),
+                int(&now),
+                text(&role),
+                bytes(&content),
+                bytes(&calls),
+                bytes(&call_id),
+                int(&prompt),
+                int(&completion),
+                int(&cache_read),
+                int(&cache_creation),
+                int(&thinking),
+                bytes(&agent),
+                bytes(&full),
+            ],
         )
-        .await
-        .map_err(db("preparing insert"))?;
-    let u = m.usage;
-    // The session's NUMERIC total takes the exact sum (purge subtracts the
-    // exact sum); it is saturated only when read.
-    let params: [&(dyn ToSql + Sync); 13] = [
-        &m.session_id,
-        &now,
-        &PgRole::from(m.role),
-        &opt_bytes(&m.content),
-        &opt_bytes(&m.tool_calls),
-        &opt_bytes(&m.tool_call_id),
-        &u.map(|u| u.prompt_tokens),
-        &u.map(|u| u.completion_tokens),
-        &u.map(|u| u.cache_read_tokens),
-        &u.map(|u| u.cache_creation_tokens),
-        &u.map(|u| u.thinking_tokens),
-        &opt_bytes(&m.agent),
-        &opt_bytes(&m.full_content),
-    ];
-    let row = c.query_opt(&stmt, &params).await.map_err(db("insert"))?;
+        .await?;
     match row {
         Some(r) => Ok((
             get(&r, 0, "new message id")?,
@@ -278,35 +253,29 @@ pub(crate) async fn insert_message(c: &Object, m: &NewMessage, now: i64) -> Resu
 }
 
 /// The session's change counter, or `None` for an unknown session.
-pub(crate) async fn session_version(c: &Object, id: &str) -> Result<Option<i64>> {
-    let stmt = c
-        .prepare_cached("SELECT version FROM sessions WHERE id = $1")
-        .await
-        .map_err(db("preparing a version read"))?;
+pub(crate) async fn session_version(c: &Conn, id: &str) -> Result<Option<i64>> {
     let row = c
-        .query_opt(&stmt, &[&id])
-        .await
-        .map_err(db("reading a version"))?;
+        .db()
+        .opt(
+            "reading a version",
+            "SELECT version FROM kp.sessions WHERE id = $1",
+            &[text(&id)],
+        )
+        .await?;
     Ok(match row {
         Some(r) => Some(get(&r, 0, "version")?),
         None => None,
     })
 }
 
-async fn messages(c: &Object, sql: &str, id: &str) -> Result<Vec<(Message, bool)>> {
-    let stmt = c
-        .prepare_cached(sql)
-        .await
-        .map_err(db("preparing a message load"))?;
-    let rows = c
-        .query(&stmt, &[&id])
-        .await
-        .map_err(db("loading messages"))?;
+async fn messages(c: &Conn, sql: &str, id: &str) -> Result<Vec<(Message, bool)>> {
+    let rows = c.db().rows("loading messages", sql, &[text(&id)]).await?;
     rows.iter().map(|r| Ok(message(r)?)).collect()
 }
 
-pub(crate) async fn load_all(c: &Object, id: &str) -> Result<Vec<Message>> {
-    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 ORDER BY ord");
+pub(crate) async fn load_all(c: &Conn, id: &str) -> Result<Vec<Message>> {
+    let sql =
+        format!("SELECT {MESSAGE_COLUMNS} FROM kp.messages WHERE session_id = $1 ORDER BY ord");
     Ok(messages(c, &sql, id)
         .await?
         .into_iter()
@@ -314,9 +283,9 @@ pub(crate) async fn load_all(c: &Object, id: &str) -> Result<Vec<Message>> {
         .collect())
 }
 
-pub(crate) async fn load_active(c: &Object, id: &str) -> Result<Vec<ContextRow>> {
+pub(crate) async fn load_active(c: &Conn, id: &str) -> Result<Vec<ContextRow>> {
     let sql = format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND compacted_ms IS NULL ORDER BY ord"
+        "SELECT {MESSAGE_COLUMNS} FROM kp.messages WHERE session_id = $1 AND compacted_ms IS NULL ORDER BY ord"
     );
     Ok(messages(c, &sql, id)
         .await?
@@ -325,59 +294,52 @@ pub(crate) async fn load_active(c: &Object, id: &str) -> Result<Vec<ContextRow>>
         .collect())
 }
 
-pub(crate) async fn recent_user_messages(c: &Object, limit: i64) -> Result<Vec<String>> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT content FROM messages
+pub(crate) async fn recent_user_messages(c: &Conn, limit: i64) -> Result<Vec<String>> {
+    let rows = c
+        .db()
+        .rows(
+            "recent_user_messages",
+            "SELECT content FROM kp.messages
              WHERE role = 'user' AND content IS NOT NULL AND content <> ''::BYTEA
              ORDER BY id DESC LIMIT $1",
+            &[int(&limit)],
         )
-        .await
-        .map_err(db("preparing recent_user_messages"))?;
-    let rows = c
-        .query(&stmt, &[&limit])
-        .await
-        .map_err(db("recent_user_messages"))?;
+        .await?;
     rows.iter()
-        .map(|r| Ok(required_text(r, 0, "user content")?))
+        .map(|r| Ok(required_string(r, 0, "user content")?))
         .collect()
 }
 
-pub(crate) async fn last_content(c: &Object, id: &str, role: Role) -> Result<String> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT content FROM messages
-             WHERE session_id = $1 AND role = $2 AND content IS NOT NULL
-             ORDER BY ord DESC LIMIT 1",
-        )
-        .await
-        .map_err(db("preparing a last-message lookup"))?;
+pub(crate) async fn last_content(c: &Conn, id: &str, role: Role) -> Result<String> {
+    let role = role.to_string();
     let row = c
-        .query_opt(&stmt, &[&id, &PgRole::from(role)])
-        .await
-        .map_err(db("last message"))?;
+        .db()
+        .opt(
+            "last message",
+            "SELECT content FROM kp.messages
+             WHERE session_id = $1 AND role = $2::kp.kp_role AND content IS NOT NULL
+             ORDER BY ord DESC LIMIT 1",
+            &[text(&id), text(&role)],
+        )
+        .await?;
     Ok(match row {
-        Some(r) => text(&r, 0, "content")?.unwrap_or_default(),
+        Some(r) => string(&r, 0, "content")?.unwrap_or_default(),
         None => String::new(),
     })
 }
 
-pub(crate) async fn has_pending_tool_calls(c: &Object, id: &str) -> Result<bool> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT role, tool_calls IS NOT NULL FROM messages
-             WHERE session_id = $1 AND compacted_ms IS NULL ORDER BY ord DESC LIMIT 1",
-        )
-        .await
-        .map_err(db("preparing has_pending_tool_calls"))?;
+pub(crate) async fn has_pending_tool_calls(c: &Conn, id: &str) -> Result<bool> {
     let row = c
-        .query_opt(&stmt, &[&id])
-        .await
-        .map_err(db("has_pending_tool_calls"))?;
+        .db()
+        .opt(
+            "has_pending_tool_calls",
+            "SELECT role::TEXT, tool_calls IS NOT NULL FROM kp.messages
+             WHERE session_id = $1 AND compacted_ms IS NULL ORDER BY ord DESC LIMIT 1",
+            &[text(&id)],
+        )
+        .await?;
     Ok(match row {
-        Some(r) => {
-            get::<PgRole>(&r, 0, "role")? == PgRole::Assistant && get::<bool>(&r, 1, "tool_calls")?
-        }
+        Some(r) => role(&r, 0, "role")? == Role::Assistant && get::<bool>(&r, 1, "tool_calls")?,
         None => false,
     })
 }
@@ -387,27 +349,25 @@ pub(crate) async fn has_pending_tool_calls(c: &Object, id: &str) -> Result<bool>
 /// Lock order (see the crate docs): the message's session row first
 /// (`FOR NO KEY UPDATE` in a materialised CTE, which the update below can
 /// only read after the lock is held), then the message row.
-pub(crate) async fn mark_complete(c: &Object, id: i64, now: i64) -> Result<(String, i64)> {
-    let stmt = c
-        .prepare_cached(
+pub(crate) async fn mark_complete(c: &Conn, id: i64, now: i64) -> Result<(String, i64)> {
+    match c
+        .db()
+        .opt(
+            "mark_message_complete",
             "WITH s AS MATERIALIZED (
-                 SELECT id FROM sessions
-                 WHERE id = (SELECT session_id FROM messages WHERE id = $1)
+                 SELECT id FROM kp.sessions
+                 WHERE id = (SELECT session_id FROM kp.messages WHERE id = $1)
                  FOR NO KEY UPDATE),
              m AS (
-                 UPDATE messages SET completed_ms = $2 FROM s
+                 UPDATE kp.messages SET completed_ms = $2 FROM s
                  WHERE messages.id = $1 AND messages.session_id = s.id
                  RETURNING messages.session_id)
-             UPDATE sessions SET version = sessions.version + 1 FROM m
+             UPDATE kp.sessions SET version = sessions.version + 1 FROM m
              WHERE sessions.id = m.session_id
              RETURNING sessions.id, sessions.version",
+            &[int(&id), int(&now)],
         )
-        .await
-        .map_err(db("preparing mark_message_complete"))?;
-    match c
-        .query_opt(&stmt, &[&id, &now])
-        .await
-        .map_err(db("mark_message_complete"))?
+        .await?
     {
         Some(r) => Ok((get(&r, 0, "session id")?, get(&r, 1, "version")?)),
         None => Err(PersistenceError::MessageNotFound(id).into()),
@@ -417,9 +377,11 @@ pub(crate) async fn mark_complete(c: &Object, id: i64, now: i64) -> Result<(Stri
 /// Per-agent sums (exact in NUMERIC, saturated to `i64::MAX`), with no
 /// agent and `"main"` merged into `"main"`, ordered by prompt + completion
 /// descending then name bytes.
-pub(crate) async fn usage_by_agent(c: &Object, id: &str) -> Result<Vec<(String, SessionUsage)>> {
-    let stmt = c
-        .prepare_cached(
+pub(crate) async fn usage_by_agent(c: &Conn, id: &str) -> Result<Vec<(String, SessionUsage)>> {
+    let rows = c
+        .db()
+        .rows(
+            "usage",
             "SELECT COALESCE(agent_name, 'main'::BYTEA) AS agent,
                     LEAST(COALESCE(SUM(prompt_tokens), 0), 9223372036854775807)::BIGINT,
                     LEAST(COALESCE(SUM(completion_tokens), 0), 9223372036854775807)::BIGINT,
@@ -427,18 +389,17 @@ pub(crate) async fn usage_by_agent(c: &Object, id: &str) -> Result<Vec<(String, 
                     LEAST(COALESCE(SUM(cache_creation_tokens), 0), 9223372036854775807)::BIGINT,
                     LEAST(COALESCE(SUM(thinking_tokens), 0), 9223372036854775807)::BIGINT,
                     COUNT(*)
-             FROM messages
+             FROM kp.messages
              WHERE session_id = $1 AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)
              GROUP BY 1",
+            &[text(&id)],
         )
-        .await
-        .map_err(db("preparing usage"))?;
-    let rows = c.query(&stmt, &[&id]).await.map_err(db("usage"))?;
+        .await?;
     let mut out = rows
         .iter()
         .map(|r| {
             Ok((
-                required_text(r, 0, "agent_name")?,
+                required_string(r, 0, "agent_name")?,
                 SessionUsage {
                     prompt_tokens: get(r, 1, "usage")?,
                     completion_tokens: get(r, 2, "usage")?,
@@ -455,7 +416,7 @@ pub(crate) async fn usage_by_agent(c: &Object, id: &str) -> Result<Vec<(String, 
 }
 
 pub(crate) async fn compact(
-    c: &Object,
+    c: &Conn,
     id: &str,
     summary: &str,
     keep: usize,
@@ -464,18 +425,21 @@ pub(crate) async fn compact(
     // One round trip: the function (migration V3) locks the session, reads
     // the active messages after the lock, marks, shifts and inserts, so
     // the session's lock is held for those statements alone.
-    let stmt = c
-        .prepare_cached("SELECT kp_compact($1, $2, $3, $4, $5)")
-        .await
-        .map_err(db("preparing compact"))?;
     let keep = i64::try_from(keep).unwrap_or(i64::MAX);
     let row = c
-        .query_one(
-            &stmt,
-            &[&id, &bytes(summary), &bytes(COMPACTION_HINT), &keep, &now],
+        .db()
+        .one(
+            "compacting",
+            "SELECT kp.kp_compact($1, $2, $3, $4, $5)",
+            &[
+                text(&id),
+                bytes(&as_bytes(summary)),
+                bytes(&as_bytes(COMPACTION_HINT)),
+                int(&keep),
+                int(&now),
+            ],
         )
-        .await
-        .map_err(db("compacting"))?;
+        .await?;
     // -1: no such session.
     let marked: i64 = get(&row, 0, "compacted count")?;
     usize::try_from(marked).map_err(|_| PersistenceError::SessionNotFound(id.to_owned()).into())
@@ -485,44 +449,40 @@ pub(crate) async fn compact(
 ///
 /// Lock order: the sessions of the listed messages first, in id order, then
 /// the messages.
-pub(crate) async fn clear_content(c: &Object, ids: &[i64], stub: &str) -> Result<Vec<String>> {
-    let stmt = c
-        .prepare_cached(
+pub(crate) async fn clear_content(c: &Conn, ids: &[i64], stub: &str) -> Result<Vec<String>> {
+    let rows = c
+        .db()
+        .rows(
+            "clear_message_content",
             "WITH s AS MATERIALIZED (
-                 SELECT id FROM sessions
-                 WHERE id IN (SELECT session_id FROM messages WHERE id = ANY($1))
+                 SELECT id FROM kp.sessions
+                 WHERE id IN (SELECT session_id FROM kp.messages WHERE id = ANY($1))
                  ORDER BY id FOR NO KEY UPDATE),
              m AS (
-                 UPDATE messages SET content = $2 FROM s
+                 UPDATE kp.messages SET content = $2 FROM s
                  WHERE messages.id = ANY($1) AND messages.session_id = s.id
                  RETURNING messages.session_id)
-             UPDATE sessions SET version = version + 1 WHERE id IN (SELECT session_id FROM m)
+             UPDATE kp.sessions SET version = version + 1 WHERE id IN (SELECT session_id FROM m)
              RETURNING id",
+            &[ints(&ids), bytes(&as_bytes(stub))],
         )
-        .await
-        .map_err(db("preparing clear_message_content"))?;
-    let rows = c
-        .query(&stmt, &[&ids, &bytes(stub)])
-        .await
-        .map_err(db("clear_message_content"))?;
+        .await?;
     rows.iter().map(|r| Ok(get(r, 0, "session id")?)).collect()
 }
 
-pub(crate) async fn compacted_stats(c: &Object) -> Result<CompactedStats> {
-    let stmt = c
-        .prepare_cached(
+pub(crate) async fn compacted_stats(c: &Conn) -> Result<CompactedStats> {
+    let r = c
+        .db()
+        .one(
+            "compacted_stats",
             "SELECT COUNT(*), COUNT(DISTINCT session_id),
                     LEAST(COALESCE(SUM(COALESCE(octet_length(content), 0) + COALESCE(octet_length(tool_calls), 0)), 0),
                           9223372036854775807)::BIGINT,
                     MIN(compacted_ms)
-             FROM messages WHERE compacted_ms IS NOT NULL",
+             FROM kp.messages WHERE compacted_ms IS NOT NULL",
+            &[],
         )
-        .await
-        .map_err(db("preparing compacted_stats"))?;
-    let r = c
-        .query_one(&stmt, &[])
-        .await
-        .map_err(db("compacted_stats"))?;
+        .await?;
     Ok(CompactedStats {
         message_count: get(&r, 0, "count")?,
         session_count: get(&r, 1, "sessions")?,
@@ -534,34 +494,33 @@ pub(crate) async fn compacted_stats(c: &Object) -> Result<CompactedStats> {
 /// One statement: lock the sessions holding old compacted messages (in id
 /// order), delete those messages and lower each touched session's counters
 /// by what went. Returns the count and the sessions.
-pub(crate) async fn purge(c: &Object, days: u32, now: i64) -> Result<(usize, Vec<String>)> {
-    let stmt = c
-        .prepare_cached(
+pub(crate) async fn purge(c: &Conn, days: u32, now: i64) -> Result<(usize, Vec<String>)> {
+    let cutoff = purge_cutoff(now, days);
+    let all = days == 0;
+    let rows = c
+        .db()
+        .rows(
+            "purge_compacted",
             "WITH s AS MATERIALIZED (
-                 SELECT id FROM sessions
-                 WHERE id IN (SELECT session_id FROM messages
+                 SELECT id FROM kp.sessions
+                 WHERE id IN (SELECT session_id FROM kp.messages
                               WHERE compacted_ms IS NOT NULL AND ($1 OR compacted_ms < $2))
                  ORDER BY id FOR NO KEY UPDATE),
              gone AS (
-                 DELETE FROM messages USING s
+                 DELETE FROM kp.messages USING s
                  WHERE messages.session_id = s.id
                    AND messages.compacted_ms IS NOT NULL AND ($1 OR messages.compacted_ms < $2)
                  RETURNING messages.session_id,
                      COALESCE(messages.prompt_tokens, 0)::NUMERIC + COALESCE(messages.completion_tokens, 0) AS tokens),
              per AS (SELECT session_id, COUNT(*) AS n, SUM(tokens) AS tokens FROM gone GROUP BY session_id),
              upd AS (
-                 UPDATE sessions s SET message_count = s.message_count - per.n,
+                 UPDATE kp.sessions s SET message_count = s.message_count - per.n,
                      total_tokens = s.total_tokens - per.tokens, version = s.version + 1
                  FROM per WHERE s.id = per.session_id)
              SELECT session_id, n FROM per",
+            &[boolean(&all), int(&cutoff)],
         )
-        .await
-        .map_err(db("preparing purge_compacted"))?;
-    let cutoff = purge_cutoff(now, days);
-    let rows = c
-        .query(&stmt, &[&(days == 0), &cutoff])
-        .await
-        .map_err(db("purge_compacted"))?;
+        .await?;
     let mut total = 0i64;
     let mut touched = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -571,20 +530,18 @@ pub(crate) async fn purge(c: &Object, days: u32, now: i64) -> Result<(usize, Vec
     Ok((usize::try_from(total).unwrap_or(0), touched))
 }
 
-pub(crate) async fn get_metadata(c: &Object, id: &str, key: &str) -> Result<Option<String>> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT value FROM session_metadata
-             WHERE session_id = $1 AND sha256(key) = sha256($2) AND key = $2",
-        )
-        .await
-        .map_err(db("preparing get_metadata"))?;
+pub(crate) async fn get_metadata(c: &Conn, id: &str, key: &str) -> Result<Option<String>> {
     let row = c
-        .query_opt(&stmt, &[&id, &bytes(key)])
-        .await
-        .map_err(db("get_metadata"))?;
+        .db()
+        .opt(
+            "get_metadata",
+            "SELECT value FROM kp.session_metadata
+             WHERE session_id = $1 AND sha256(key) = sha256($2) AND key = $2",
+            &[text(&id), bytes(&as_bytes(key))],
+        )
+        .await?;
     Ok(match row {
-        Some(r) => text(&r, 0, "metadata value")?,
+        Some(r) => string(&r, 0, "metadata value")?,
         None => None,
     })
 }
@@ -594,27 +551,30 @@ pub(crate) async fn get_metadata(c: &Object, id: &str, key: &str) -> Result<Opti
 /// Entries are unique by `(session_id, sha256(key))`, so a key of any size
 /// fits the index.
 pub(crate) async fn set_metadata(
-    c: &Object,
+    c: &Conn,
     id: &str,
     key: &str,
     value: &str,
     now: i64,
 ) -> Result<()> {
-    let stmt = c
-        .prepare_cached(
-            "WITH s AS MATERIALIZED (SELECT id FROM sessions WHERE id = $1 FOR KEY SHARE)
-             INSERT INTO session_metadata (session_id, key, value, updated_ms)
+    let row = c
+        .db()
+        .opt(
+            "set_metadata",
+            "WITH s AS MATERIALIZED (SELECT id FROM kp.sessions WHERE id = $1 FOR KEY SHARE)
+             INSERT INTO kp.session_metadata (session_id, key, value, updated_ms)
              SELECT s.id, $2, $3, $4 FROM s
              ON CONFLICT (session_id, sha256(key))
              DO UPDATE SET value = EXCLUDED.value, updated_ms = EXCLUDED.updated_ms
              RETURNING 1",
+            &[
+                text(&id),
+                bytes(&as_bytes(key)),
+                bytes(&as_bytes(value)),
+                int(&now),
+            ],
         )
-        .await
-        .map_err(db("preparing set_metadata"))?;
-    let row = c
-        .query_opt(&stmt, &[&id, &bytes(key), &bytes(value), &now])
-        .await
-        .map_err(db("set_metadata"))?;
+        .await?;
     match row {
         Some(_) => Ok(()),
         None => Err(PersistenceError::SessionNotFound(id.to_owned()).into()),
@@ -622,65 +582,57 @@ pub(crate) async fn set_metadata(
 }
 
 /// Every session id, oldest first.
-pub(crate) async fn export_session_ids(c: &Object) -> Result<Vec<String>> {
-    let stmt = c
-        .prepare_cached("SELECT id FROM sessions ORDER BY created_ms, seq")
-        .await
-        .map_err(db("preparing export"))?;
-    c.query(&stmt, &[])
-        .await
-        .map_err(db("listing sessions"))?
+pub(crate) async fn export_session_ids(c: &Conn) -> Result<Vec<String>> {
+    c.db()
+        .rows(
+            "listing sessions",
+            "SELECT id FROM kp.sessions ORDER BY created_ms, seq",
+            &[],
+        )
+        .await?
         .iter()
         .map(|r| Ok(get(r, 0, "session id")?))
         .collect()
 }
 
-pub(crate) async fn export_session(c: &Object, id: &str) -> Result<Option<SessionRecord>> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT agent_name, project_root, created_ms, last_accessed_ms, title, mode
-             FROM sessions WHERE id = $1",
-        )
-        .await
-        .map_err(db("preparing export"))?;
+pub(crate) async fn export_session(c: &Conn, id: &str) -> Result<Option<SessionRecord>> {
     let Some(r) = c
-        .query_opt(&stmt, &[&id])
-        .await
-        .map_err(db("reading a session"))?
+        .db()
+        .opt(
+            "reading a session",
+            "SELECT agent_name, project_root, created_ms, last_accessed_ms, title, mode
+             FROM kp.sessions WHERE id = $1",
+            &[text(&id)],
+        )
+        .await?
     else {
         return Ok(None);
     };
     let w = |f: &str| format!("{f} of session {id:?}");
     Ok(Some(SessionRecord {
         id: id.to_owned(),
-        agent_name: required_text(&r, 0, &w("agent_name"))?,
-        project_root: text(&r, 1, &w("project_root"))?,
+        agent_name: required_string(&r, 0, &w("agent_name"))?,
+        project_root: string(&r, 1, &w("project_root"))?,
         created_ms: get(&r, 2, &w("created_ms"))?,
         last_accessed_ms: get(&r, 3, &w("last_accessed_ms"))?,
-        title: text(&r, 4, &w("title"))?,
-        mode: text(&r, 5, &w("mode"))?,
+        title: string(&r, 4, &w("title"))?,
+        mode: string(&r, 5, &w("mode"))?,
     }))
 }
 
-pub(crate) async fn export_messages(c: &Object, id: &str) -> Result<Vec<MessageRecord>> {
-    let stmt = c
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS}, agent_name, compacted_ms FROM messages
-             WHERE session_id = $1 ORDER BY ord"
-        ))
-        .await
-        .map_err(db("preparing export"))?;
-    let rows = c
-        .query(&stmt, &[&id])
-        .await
-        .map_err(db("reading messages"))?;
+pub(crate) async fn export_messages(c: &Conn, id: &str) -> Result<Vec<MessageRecord>> {
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS}, agent_name, compacted_ms FROM kp.messages
+         WHERE session_id = $1 ORDER BY ord"
+    );
+    let rows = c.db().rows("reading messages", &sql, &[text(&id)]).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let (m, _) = message(r)?;
         let w = |f: &str| format!("{f} of message {}", m.id);
         let created = get(r, 12, &w("created_ms"))?;
         let completed = get(r, 13, &w("completed_ms"))?;
-        let agent = text(r, 14, &w("agent_name"))?;
+        let agent = string(r, 14, &w("agent_name"))?;
         let compacted = get(r, 15, &w("compacted_ms"))?;
         out.push(MessageRecord::from_message(
             m, agent, created, completed, compacted,
@@ -689,45 +641,53 @@ pub(crate) async fn export_messages(c: &Object, id: &str) -> Result<Vec<MessageR
     Ok(out)
 }
 
-pub(crate) async fn export_metadata(c: &Object, id: &str) -> Result<Vec<MetadataRecord>> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT key, value FROM session_metadata WHERE session_id = $1 ORDER BY key",
-        )
-        .await
-        .map_err(db("preparing export"))?;
+pub(crate) async fn export_metadata(c: &Conn, id: &str) -> Result<Vec<MetadataRecord>> {
     let rows = c
-        .query(&stmt, &[&id])
-        .await
-        .map_err(db("reading metadata"))?;
+        .db()
+        .rows(
+            "reading metadata",
+            "SELECT key, value FROM kp.session_metadata WHERE session_id = $1 ORDER BY key",
+            &[text(&id)],
+        )
+        .await?;
     rows.iter()
         .map(|r| {
             Ok(MetadataRecord {
-                key: required_text(r, 0, "metadata key")?,
-                value: required_text(r, 1, "metadata value")?,
+                key: required_string(r, 0, "metadata key")?,
+                value: required_string(r, 1, "metadata value")?,
             })
         })
         .collect()
 }
 
+/// The newest migration applied to the schema (0 for none).
+pub(crate) async fn schema_version(db: &Db<'_>) -> Result<i64> {
+    let version: Option<i32> = db
+        .one(
+            "reading the schema history",
+            "SELECT MAX(version) FROM kp.koda_schema_history",
+            &[],
+        )
+        .await?
+        .try_get(0)
+        .map_err(|e| PersistenceError::Corrupt(format!("schema history: {e}")))?;
+    Ok(i64::from(version.unwrap_or(0)))
+}
+
 /// The applied migrations against this build's, and every session's
 /// position counter against its messages (an insert takes `next_ord + 1`:
 /// a counter behind its rows would place new messages among old ones).
-pub(crate) async fn health(c: &Object) -> Result<StoreHealth> {
-    let version: Option<i32> = c
-        .query_one("SELECT MAX(version) FROM koda_schema_history", &[])
-        .await
-        .map_err(db("reading the schema history"))?
-        .try_get(0)
-        .map_err(|e| PersistenceError::Corrupt(format!("schema history: {e}")))?;
-    let behind = c
-        .query(
-            "SELECT s.id, s.next_ord, MAX(m.ord) FROM sessions s JOIN messages m ON m.session_id = s.id
+pub(crate) async fn health(c: &Conn, schema: &str) -> Result<StoreHealth> {
+    let db = c.db();
+    let version = schema_version(&db).await?;
+    let behind = db
+        .rows(
+            "checking positions",
+            "SELECT s.id, s.next_ord, MAX(m.ord) FROM kp.sessions s JOIN kp.messages m ON m.session_id = s.id
              GROUP BY s.id, s.next_ord HAVING MAX(m.ord) > s.next_ord",
             &[],
         )
-        .await
-        .map_err(db("checking positions"))?;
+        .await?;
     let mut problems = Vec::new();
     for r in &behind {
         let sid: String = get(r, 0, "session id")?;
@@ -737,19 +697,19 @@ pub(crate) async fn health(c: &Object) -> Result<StoreHealth> {
             "session {sid}: position counter {next} is behind its last message's {max}"
         ));
     }
-    let size: Option<i64> = c
-        .query_one(
+    let size: Option<i64> = db
+        .one(
+            "measuring the schema",
             "SELECT SUM(pg_total_relation_size(c.oid))::BIGINT FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')",
-            &[],
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')",
+            &[text(&schema)],
         )
-        .await
-        .map_err(db("measuring the schema"))?
+        .await?
         .try_get(0)
         .map_err(|e| PersistenceError::Corrupt(format!("schema size: {e}")))?;
     Ok(StoreHealth {
-        schema_version: i64::from(version.unwrap_or(0)),
+        schema_version: version,
         latest_schema_version: crate::connect::latest_migration(),
         problems,
         size_bytes: size.and_then(|s| u64::try_from(s).ok()),
@@ -760,22 +720,24 @@ pub(crate) async fn health(c: &Object) -> Result<StoreHealth> {
 /// the stored bytes: only the count and 8 bytes cross the network. Must
 /// feed SHA-256 exactly what the Rust function feeds it (the conformance
 /// suite compares the two).
-pub(crate) async fn session_checksum(c: &Object, id: &str) -> Result<(usize, String)> {
-    let stmt = c
-        .prepare_cached(
+pub(crate) async fn session_checksum(c: &Conn, id: &str) -> Result<(usize, String)> {
+    let r = c
+        .db()
+        .one(
+            "session_checksum",
             "WITH m AS (
                  SELECT ord, sha256(
-                     kp_field(convert_to(role::TEXT, 'UTF8'))
-                     || kp_field(content) || kp_field(full_content) || kp_field(tool_calls)
-                     || kp_field(tool_call_id) || kp_field(agent_name)
-                     || kp_number(prompt_tokens) || kp_number(completion_tokens)
-                     || kp_number(cache_read_tokens) || kp_number(cache_creation_tokens)
-                     || kp_number(thinking_tokens)
-                     || kp_number(created_ms) || kp_number(completed_ms) || kp_number(compacted_ms)) AS h
-                 FROM messages WHERE session_id = $1),
+                     kp.kp_field(convert_to(role::TEXT, 'UTF8'))
+                     || kp.kp_field(content) || kp.kp_field(full_content) || kp.kp_field(tool_calls)
+                     || kp.kp_field(tool_call_id) || kp.kp_field(agent_name)
+                     || kp.kp_number(prompt_tokens) || kp.kp_number(completion_tokens)
+                     || kp.kp_number(cache_read_tokens) || kp.kp_number(cache_creation_tokens)
+                     || kp.kp_number(thinking_tokens)
+                     || kp.kp_number(created_ms) || kp.kp_number(completed_ms) || kp.kp_number(compacted_ms)) AS h
+                 FROM kp.messages WHERE session_id = $1),
              e AS (
-                 SELECT key, sha256(kp_field(key) || kp_field(value)) AS h
-                 FROM session_metadata WHERE session_id = $1)
+                 SELECT key, sha256(kp.kp_field(key) || kp.kp_field(value)) AS h
+                 FROM kp.session_metadata WHERE session_id = $1)
              SELECT (SELECT COUNT(*) FROM m),
                     encode(substring(sha256(
                         int8send((SELECT COUNT(*) FROM m))
@@ -783,26 +745,22 @@ pub(crate) async fn session_checksum(c: &Object, id: &str) -> Result<(usize, Str
                         || int8send((SELECT COUNT(*) FROM e))
                         || COALESCE((SELECT string_agg(h, ''::BYTEA ORDER BY key) FROM e), ''::BYTEA)
                     ) FROM 1 FOR 8), 'hex')",
+            &[text(&id)],
         )
-        .await
-        .map_err(db("preparing session_checksum"))?;
-    let r = c
-        .query_one(&stmt, &[&id])
-        .await
-        .map_err(db("session_checksum"))?;
+        .await?;
     let n: i64 = get(&r, 0, "message count")?;
     Ok((usize::try_from(n).unwrap_or(0), get(&r, 1, "checksum")?))
 }
 
-pub(crate) async fn message_id_range(c: &Object) -> Result<Option<(i64, i64)>> {
-    let stmt = c
-        .prepare_cached("SELECT MIN(id), MAX(id) FROM messages")
-        .await
-        .map_err(db("preparing message_id_range"))?;
+pub(crate) async fn message_id_range(c: &Conn) -> Result<Option<(i64, i64)>> {
     let r = c
-        .query_one(&stmt, &[])
-        .await
-        .map_err(db("message_id_range"))?;
+        .db()
+        .one(
+            "message_id_range",
+            "SELECT MIN(id), MAX(id) FROM kp.messages",
+            &[],
+        )
+        .await?;
     let lo: Option<i64> = get(&r, 0, "smallest id")?;
     let hi: Option<i64> = get(&r, 1, "largest id")?;
     Ok(lo.zip(hi))
@@ -810,77 +768,88 @@ pub(crate) async fn message_id_range(c: &Object) -> Result<Option<(i64, i64)>> {
 
 /// The last message id handed out or granted.
 const ID_POSITION: &str = "SELECT GREATEST(
-        COALESCE(pg_sequence_last_value(pg_get_serial_sequence('messages', 'id')::regclass), 0),
-        COALESCE((SELECT MAX(id) FROM messages), 0))";
+        COALESCE(pg_sequence_last_value(pg_get_serial_sequence('kp.messages', 'id')::regclass), 0),
+        COALESCE((SELECT MAX(id) FROM kp.messages), 0))";
 
 /// Under a lock that excludes every insert (so no `nextval` runs between
 /// the check and the move). It takes no row lock: no deadlock with writers.
-pub(crate) async fn claim_ids(c: &mut Object, first: i64, last: i64) -> Result<bool> {
-    let tx = c.transaction().await.map_err(db("begin claim_ids"))?;
-    tx.batch_execute("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE")
-        .await
-        .map_err(db("locking messages"))?;
-    let position: i64 = tx
-        .query_one(ID_POSITION, &[])
-        .await
-        .map_err(db("reading the id sequence"))?
-        .try_get(0)
-        .map_err(|e| PersistenceError::Corrupt(format!("id sequence: {e}")))?;
+pub(crate) async fn claim_ids(c: &mut Conn, first: i64, last: i64) -> Result<bool> {
+    let (tx, dialect) = c.transaction().await?;
+    let db = Db::tx(&tx, dialect);
+    db.batch(
+        "locking messages",
+        "LOCK TABLE kp.messages IN SHARE ROW EXCLUSIVE MODE",
+    )
+    .await?;
+    let position: i64 = get(
+        &db.one("reading the id sequence", ID_POSITION, &[]).await?,
+        0,
+        "id sequence",
+    )?;
     if position >= first {
-        tx.commit().await.map_err(db("commit claim_ids"))?;
+        tx.commit()
+            .await
+            .map_err(crate::error::db("commit claim_ids"))?;
         return Ok(false);
     }
-    tx.execute(
-        "SELECT setval(pg_get_serial_sequence('messages', 'id')::regclass, $1)",
-        &[&last],
+    db.rows(
+        "moving the id sequence",
+        "SELECT setval(pg_get_serial_sequence('kp.messages', 'id')::regclass, $1)",
+        &[int(&last)],
     )
-    .await
-    .map_err(db("moving the id sequence"))?;
-    tx.commit().await.map_err(db("commit claim_ids"))?;
+    .await?;
+    tx.commit()
+        .await
+        .map_err(crate::error::db("commit claim_ids"))?;
     Ok(true)
 }
 
-pub(crate) async fn import_session(c: &Object, s: &SessionRecord) -> Result<bool> {
-    let stmt = c
-        .prepare_cached(
-            "INSERT INTO sessions (id, agent_name, project_root, created_ms, last_accessed_ms,
-                                   title, mode)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-        )
-        .await
-        .map_err(db("preparing import_session"))?;
+pub(crate) async fn import_session(c: &Conn, s: &SessionRecord) -> Result<bool> {
+    let (agent, root, title, mode) = (
+        as_bytes(&s.agent_name),
+        opt_bytes(&s.project_root),
+        opt_bytes(&s.title),
+        opt_bytes(&s.mode),
+    );
     let n = c
+        .db()
         .execute(
-            &stmt,
+            "import_session",
+            "INSERT INTO kp.sessions (id, agent_name, project_root, created_ms, last_accessed_ms,
+                                      title, mode)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
             &[
-                &s.id,
-                &bytes(&s.agent_name),
-                &opt_bytes(&s.project_root),
-                &s.created_ms,
-                &s.last_accessed_ms,
-                &opt_bytes(&s.title),
-                &opt_bytes(&s.mode),
+                text(&s.id),
+                bytes(&agent),
+                bytes(&root),
+                int(&s.created_ms),
+                int(&s.last_accessed_ms),
+                bytes(&title),
+                bytes(&mode),
             ],
         )
-        .await
-        .map_err(db("import_session"))?;
+        .await?;
     Ok(n == 1)
 }
 
 /// One statement: bump the session (locking it first), then insert every
 /// message from arrays, each at the next position.
 pub(crate) async fn import_messages(
-    c: &mut Object,
+    c: &mut Conn,
     id: &str,
     messages: &[MessageRecord],
     keep_ids: bool,
 ) -> Result<Vec<i64>> {
-    let tx = c.transaction().await.map_err(db("begin import_messages"))?;
+    let (tx, dialect) = c.transaction().await?;
+    let db = Db::tx(&tx, dialect);
     if messages.is_empty() {
-        let exists = tx
-            .query_opt("SELECT 1 FROM sessions WHERE id = $1", &[&id])
-            .await
-            .map_err(db("looking up the session"))?;
+        let exists = db
+            .opt(
+                "looking up the session",
+                "SELECT 1 FROM kp.sessions WHERE id = $1",
+                &[text(&id)],
+            )
+            .await?;
         return match exists {
             Some(_) => Ok(Vec::new()),
             None => Err(PersistenceError::SessionNotFound(id.to_owned()).into()),
@@ -894,7 +863,7 @@ pub(crate) async fn import_messages(
             i128::from(m.prompt_tokens.unwrap_or(0)) + i128::from(m.completion_tokens.unwrap_or(0))
         })
         .sum();
-    let roles: Vec<PgRole> = messages.iter().map(|m| m.role.into()).collect();
+    let roles: Vec<String> = messages.iter().map(|m| m.role.to_string()).collect();
     let col = |f: fn(&MessageRecord) -> &Option<String>| -> Vec<Option<&[u8]>> {
         messages.iter().map(|m| opt_bytes(f(m))).collect()
     };
@@ -920,22 +889,22 @@ pub(crate) async fn import_messages(
     let id_column = if keep_ids {
         "u.id"
     } else {
-        "nextval(pg_get_serial_sequence('messages', 'id')::regclass)"
+        "nextval(pg_get_serial_sequence('kp.messages', 'id')::regclass)"
     };
     let sql = format!(
         "WITH s AS (
-             UPDATE sessions SET next_ord = next_ord + $2, message_count = message_count + $2,
-                 total_tokens = total_tokens + $3::TEXT::NUMERIC, version = version + 1
+             UPDATE kp.sessions SET next_ord = next_ord + $2, message_count = message_count + $2,
+                 total_tokens = total_tokens + $3::NUMERIC, version = version + 1
              WHERE id = $1 RETURNING next_ord - $2 AS base)
-         INSERT INTO messages (id, session_id, ord, role, content, full_content, tool_calls,
+         INSERT INTO kp.messages (id, session_id, ord, role, content, full_content, tool_calls,
              tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens,
              cache_creation_tokens, thinking_tokens, agent_name, created_ms, completed_ms,
              compacted_ms)
          OVERRIDING SYSTEM VALUE
-         SELECT {id_column}, $1, s.base + u.n, u.role, u.content, u.full_content, u.tool_calls,
-             u.tool_call_id, u.prompt, u.completion, u.cache_read, u.cache_creation, u.thinking,
-             u.agent, u.created, u.completed, u.compacted
-         FROM s, unnest($4::BIGINT[], $5::kp_role[], $6::BYTEA[], $7::BYTEA[], $8::BYTEA[],
+         SELECT {id_column}, $1, s.base + u.n, u.role::kp.kp_role, u.content, u.full_content,
+             u.tool_calls, u.tool_call_id, u.prompt, u.completion, u.cache_read, u.cache_creation,
+             u.thinking, u.agent, u.created, u.completed, u.compacted
+         FROM s, unnest($4::BIGINT[], $5::TEXT[], $6::BYTEA[], $7::BYTEA[], $8::BYTEA[],
                         $9::BYTEA[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[],
                         $14::BIGINT[], $15::BYTEA[], $16::BIGINT[], $17::BIGINT[], $18::BIGINT[])
              WITH ORDINALITY AS u(id, role, content, full_content, tool_calls, tool_call_id,
@@ -944,59 +913,56 @@ pub(crate) async fn import_messages(
          ORDER BY u.n
          RETURNING id, ord"
     );
-    let stmt = tx
-        .prepare_cached(&sql)
-        .await
-        .map_err(db("preparing import_messages"))?;
     let tokens = tokens.to_string();
-    let params: [&(dyn ToSql + Sync); 18] = [
-        &id,
-        &n,
-        &tokens,
-        &ids,
-        &roles,
-        &content,
-        &full,
-        &calls,
-        &call_id,
-        &prompt,
-        &completion,
-        &cache_read,
-        &cache_creation,
-        &thinking,
-        &agent,
-        &created,
-        &completed,
-        &compacted,
+    let params = [
+        text(&id),
+        int(&n),
+        text(&tokens),
+        ints(&ids),
+        texts(&roles),
+        byte_arrays(&content),
+        byte_arrays(&full),
+        byte_arrays(&calls),
+        byte_arrays(&call_id),
+        ints(&prompt),
+        ints(&completion),
+        ints(&cache_read),
+        ints(&cache_creation),
+        ints(&thinking),
+        byte_arrays(&agent),
+        ints(&created),
+        ints(&completed),
+        ints(&compacted),
     ];
+    const TAKEN: &str = "SELECT id FROM kp.messages WHERE id = ANY($1) LIMIT 1";
     // Pipelined (sent together, run in this order): with kept ids, the
     // sequence position and the taken-id check, then the insert. A failed
     // check drops the transaction, and the insert with it.
-    // Prepared first: a statement given as text is prepared on its first
-    // poll and sent only after that round trip, behind the insert.
-    let position_stmt = tx
-        .prepare_cached(ID_POSITION)
-        .await
-        .map_err(db("preparing import_messages"))?;
-    let taken_stmt = tx
-        .prepare_cached("SELECT id FROM messages WHERE id = ANY($1) LIMIT 1")
-        .await
-        .map_err(db("preparing import_messages"))?;
-    let id_param: [&(dyn ToSql + Sync); 1] = [&ids];
+    // Prepared first (direct connections): a statement not yet prepared
+    // would be sent only after its own preparing round trip, behind the
+    // insert.
+    let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+    db.prepare("preparing import_messages", &sql, &types)
+        .await?;
+    db.prepare("preparing import_messages", ID_POSITION, &[])
+        .await?;
+    db.prepare("preparing import_messages", TAKEN, &[Type::INT8_ARRAY])
+        .await?;
+    let id_param = [ints(&ids)];
     let checks = async {
         if !keep_ids {
             return Ok((None, None));
         }
-        let position = tx.query_one(&position_stmt, &[]);
-        let taken = tx.query_opt(&taken_stmt, &id_param);
+        let position = db.one("checking ids", ID_POSITION, &[]);
+        let taken = db.opt("checking ids", TAKEN, &id_param);
         let (p, t) = tokio::try_join!(biased; position, taken)?;
-        Ok((Some(p), t))
+        anyhow::Ok((Some(p), t))
     };
-    let inserting = tx.query(&stmt, &params);
+    let inserting = db.rows("import_messages", &sql, &params);
     // The checks decide first: a taken id also fails the insert, with a
     // unique violation that would hide which id it was.
     let (checked, inserted) = tokio::join!(biased; checks, inserting);
-    let (position, taken) = checked.map_err(db("checking ids"))?;
+    let (position, taken) = checked?;
     if let Some(p) = position {
         let position: i64 = get(&p, 0, "id sequence")?;
         check_kept(&ids, position)?;
@@ -1004,7 +970,7 @@ pub(crate) async fn import_messages(
     if let Some(r) = taken {
         return Err(id_taken(get(&r, 0, "message id")?).into());
     }
-    let rows = inserted.map_err(db("import_messages"))?;
+    let rows = inserted?;
     if rows.is_empty() {
         return Err(PersistenceError::SessionNotFound(id.to_owned()).into());
     }
@@ -1013,31 +979,18 @@ pub(crate) async fn import_messages(
         placed.push((get::<i64>(r, 1, "ord")?, get::<i64>(r, 0, "message id")?));
     }
     placed.sort_unstable();
-    tx.commit().await.map_err(db("commit import_messages"))?;
+    tx.commit()
+        .await
+        .map_err(crate::error::db("commit import_messages"))?;
     Ok(placed.into_iter().map(|(_, id)| id).collect())
 }
 
 pub(crate) async fn import_metadata(
-    c: &Object,
+    c: &Conn,
     id: &str,
     entries: &[MetadataRecord],
     now: i64,
 ) -> Result<()> {
-    // One statement: the session locked (FOR KEY SHARE, as set_metadata),
-    // every entry upserted; it answers whether the session exists.
-    let stmt = c
-        .prepare_cached(
-            "WITH s AS MATERIALIZED (SELECT id FROM sessions WHERE id = $1 FOR KEY SHARE),
-             ins AS (
-                 INSERT INTO session_metadata (session_id, key, value, updated_ms)
-                 SELECT s.id, u.key, u.value, $4 FROM s, unnest($2::BYTEA[], $3::BYTEA[]) AS u(key, value)
-                 ON CONFLICT (session_id, sha256(key))
-                 DO UPDATE SET value = EXCLUDED.value, updated_ms = EXCLUDED.updated_ms
-                 RETURNING 1)
-             SELECT (SELECT COUNT(*) FROM s), (SELECT COUNT(*) FROM ins)",
-        )
-        .await
-        .map_err(db("preparing import_metadata"))?;
     // The last value of a key given twice wins, as with set_metadata.
     let mut last: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
     for e in entries {
@@ -1045,10 +998,23 @@ pub(crate) async fn import_metadata(
     }
     let keys: Vec<&[u8]> = last.keys().map(|k| k.as_bytes()).collect();
     let values: Vec<&[u8]> = last.values().map(|v| v.as_bytes()).collect();
+    // One statement: the session locked (FOR KEY SHARE, as set_metadata),
+    // every entry upserted; it answers whether the session exists.
     let row = c
-        .query_one(&stmt, &[&id, &keys, &values, &now])
-        .await
-        .map_err(db("import_metadata"))?;
+        .db()
+        .one(
+            "import_metadata",
+            "WITH s AS MATERIALIZED (SELECT id FROM kp.sessions WHERE id = $1 FOR KEY SHARE),
+             ins AS (
+                 INSERT INTO kp.session_metadata (session_id, key, value, updated_ms)
+                 SELECT s.id, u.key, u.value, $4 FROM s, unnest($2::BYTEA[], $3::BYTEA[]) AS u(key, value)
+                 ON CONFLICT (session_id, sha256(key))
+                 DO UPDATE SET value = EXCLUDED.value, updated_ms = EXCLUDED.updated_ms
+                 RETURNING 1)
+             SELECT (SELECT COUNT(*) FROM s), (SELECT COUNT(*) FROM ins)",
+            &[text(&id), byte_arrays(&keys), byte_arrays(&values), int(&now)],
+        )
+        .await?;
     if get::<i64>(&row, 0, "session count")? == 0 {
         return Err(PersistenceError::SessionNotFound(id.to_owned()).into());
     }

@@ -148,6 +148,25 @@ Example: koda-store copy --from sqlite://$HOME/.config/koda/db/koda.db \\
     /// may not run DDL: run this once as the schema's owner). Opening a
     /// store migrates it too; this only says so.
     Migrate,
+    /// Print (or with --apply, run as --store's role) the SQL that lets a
+    /// PostgreSQL runtime role use one schema's store and nothing more:
+    /// USAGE on the schema, SELECT/INSERT/UPDATE/DELETE on its tables,
+    /// USAGE/SELECT/UPDATE on its sequences, the same for tables later
+    /// migrations add. No CREATE: that role opens the store with
+    /// migrate=false once the owner has migrated it (koda-store migrate).
+    /// The role must exist (CREATE ROLE … LOGIN PASSWORD …).
+    Grant {
+        /// The schema (the URL's schema=NAME; public when none).
+        #[arg(long, value_name = "SCHEMA")]
+        schema: String,
+        /// The runtime role koda logs in as.
+        #[arg(long, value_name = "ROLE")]
+        role: String,
+        /// Run the SQL on --store (a postgres:// URL of the schema's owner)
+        /// instead of printing it.
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 /// The user's koda file as a URL, when no store was named.
@@ -255,6 +274,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Doctor { json } => {
             let url = store_url()?;
             return inspect::doctor(&open(&url).await?, json).await;
+        }
+        Command::Grant {
+            schema,
+            role,
+            apply,
+        } => {
+            let sql = koda_persistence_postgres::grant_sql(&schema, &role)?;
+            if apply {
+                let url = store_url()?;
+                koda_persistence_postgres::PostgresStore::grant(&url, &schema, &role).await?;
+                eprintln!(
+                    "{}: granted schema {schema:?} to role {role:?}",
+                    redact(&url)
+                );
+            } else {
+                print!("{sql}");
+            }
         }
         Command::Migrate => {
             let url = store_url()?;

@@ -205,6 +205,7 @@ fn record_lines(export: &str) -> Vec<&str> {
 fn every_subcommand_has_help() {
     for sub in [
         "sessions", "show", "stats", "export", "import", "copy", "purge", "doctor", "migrate",
+        "grant",
     ] {
         let out = ok(&[sub, "--help"]);
         assert!(text(&out.stdout).contains("Usage: koda-store"), "{sub}");
@@ -563,6 +564,69 @@ fn doctor_on_postgres_finds_a_position_counter_behind() {
         2,
         "{printed}"
     );
+}
+
+/// `grant` prints the least-privilege SQL; `--apply` runs it as the
+/// owner, after which a role holding only those grants (no CREATE) uses
+/// the copied store with `migrate=false`, and may not read another schema.
+#[test]
+fn grant_lets_a_runtime_role_use_one_schema_only() {
+    let printed = text(&ok(&["grant", "--schema", "team_a", "--role", "koda_a"]).stdout);
+    assert!(
+        printed.contains("GRANT USAGE ON SCHEMA \"team_a\" TO \"koda_a\";"),
+        "{printed}"
+    );
+    assert!(!printed.contains("CREATE"), "{printed}");
+    assert_eq!(
+        run(&["grant", "--schema", "team_a", "--role", "a\"b"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let (Some(pg), Some(other)) = (pg_schema("grant"), pg_schema("grant_other")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    populated(&dir.path().join("s.db"), 3, 2);
+    let db = sqlite_url(&dir.path().join("s.db"));
+    ok(&["copy", "--from", &db, "--to", &pg.url]);
+    ok(&["copy", "--from", &db, "--to", &other.url]);
+    let role = format!("ks_role_{}", std::process::id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin = |sql: String| {
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&pg.base, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.batch_execute(&sql).await
+        })
+    };
+    admin(format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'pw'")).unwrap();
+    let checked = std::panic::catch_unwind(|| {
+        ok(&[
+            "--store", &pg.base, "grant", "--schema", &pg.name, "--role", &role, "--apply",
+        ]);
+        let (scheme, rest) = pg.base.split_once("://").unwrap();
+        let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+        let as_role = format!("{scheme}://{role}:pw@{host}");
+        let own = with_schema(&format!("{as_role}?migrate=false"), &pg.name);
+        let listed = text(&ok(&["--store", &own, "stats"]).stdout);
+        assert!(listed.contains('3'), "{listed}");
+        let refused = run(&[
+            "--store",
+            &with_schema(&format!("{as_role}?migrate=false"), &other.name),
+            "stats",
+        ]);
+        assert_eq!(refused.status.code(), Some(1));
+        let said = text(&refused.stderr);
+        assert!(said.contains("permission denied"), "{said}");
+        assert!(said.contains(&other.name), "{said}");
+    });
+    let _ = admin(format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""));
+    if let Err(p) = checked {
+        std::panic::resume_unwind(p);
+    }
 }
 
 /// A password in a URL is never printed, also not in --json or errors.

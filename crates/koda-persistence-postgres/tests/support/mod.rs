@@ -12,6 +12,8 @@
 
 #![allow(dead_code, clippy::expect_used, clippy::panic)]
 
+pub mod pgbouncer;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use koda_persistence_api::ManualClock;
 use koda_persistence_conformance::{Factory, Fixture, Skipped};
-use koda_persistence_postgres::{PostgresOptions, PostgresStore};
+use koda_persistence_postgres::{Pooler, PostgresOptions, PostgresStore};
 use tokio::sync::OnceCell;
 
 static SERVER: OnceCell<Result<String, String>> = OnceCell::const_new();
@@ -327,4 +329,163 @@ impl Factory for FreshSchema {
             .with_deadlock_probe(move || deadlocks(probe_url.clone()))
             .with_teardown(move || async move { drop_schema(&url, &schema).await }))
     }
+}
+
+/// How many server connections the tests' PgBouncer may open.
+pub const BOUNCER_SERVER_CONNECTIONS: usize = 20;
+
+static BOUNCER: OnceCell<Result<pgbouncer::PgBouncer, String>> = OnceCell::const_new();
+
+/// The test process's PgBouncer (transaction mode, in front of
+/// [`server_url`]), started on first use. A missing `pgbouncer` binary is
+/// `Skipped` (saying so) unless `KODA_REQUIRE_POSTGRES=1`.
+pub async fn bouncer() -> Result<&'static pgbouncer::PgBouncer> {
+    let url = server_url().await?;
+    let started = BOUNCER
+        .get_or_init(|| async move {
+            tokio::task::spawn_blocking(move || {
+                pgbouncer::PgBouncer::start(&url, BOUNCER_SERVER_CONNECTIONS, &[])
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| format!("{e:#}")))
+        })
+        .await;
+    match started {
+        Ok(b) => Ok(b),
+        Err(why) if !env_flag("KODA_REQUIRE_POSTGRES") && pgbouncer::find_pgbouncer().is_err() => {
+            Err(Skipped(format!("PgBouncer tests skipped: {why}")).into())
+        }
+        Err(why) => bail!("cannot start PgBouncer for the tests: {why}"),
+    }
+}
+
+/// Options for a store through the test PgBouncer on `schema`.
+pub async fn bouncer_options(schema: &str) -> Result<PostgresOptions> {
+    let mut o = options(&bouncer().await?.url(), schema)?;
+    assert_eq!(o.pooler, Pooler::Transaction);
+    assert!(!o.migrate);
+    o.pool_size = 4;
+    Ok(o)
+}
+
+/// Each store in its own fresh schema, migrated through a direct
+/// connection, then used only through PgBouncer in transaction mode.
+pub struct ThroughPgBouncer;
+
+#[async_trait::async_trait]
+impl Factory for ThroughPgBouncer {
+    async fn create(&self, start_ms: i64) -> Result<Fixture> {
+        let url = server_url().await?;
+        let schema = fresh_schema();
+        let clock = ManualClock::new(start_ms);
+        // Migrations run on a direct connection, never through the pooler.
+        drop(PostgresStore::connect_with(options(&url, &schema)?, Arc::new(clock.clone())).await?);
+        let store =
+            PostgresStore::connect_with(bouncer_options(&schema).await?, Arc::new(clock.clone()))
+                .await?;
+        let second =
+            PostgresStore::connect_with(bouncer_options(&schema).await?, Arc::new(clock.clone()))
+                .await?;
+        let probe_url = url.clone();
+        Ok(Fixture::new(Arc::new(store), clock)
+            .with_second_handle(Arc::new(second))
+            .with_deadlock_probe(move || deadlocks(probe_url.clone()))
+            .with_teardown(move || async move { drop_schema(&url, &schema).await }))
+    }
+}
+
+/// An admin connection to `url`.
+pub async fn admin(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("admin connection")?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// A login role of this test's own with a password (so it logs in under
+/// trust and password authentication alike), granted `schema` exactly as
+/// the crate's `grant_sql` says. Returns its name and password.
+pub async fn runtime_role(url: &str, schema: &str) -> Result<(String, String)> {
+    let role = format!("kp_rt_{}", uuid::Uuid::now_v7().simple());
+    let password = uuid::Uuid::now_v7().simple().to_string();
+    let client = admin(url).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'; {}",
+            koda_persistence_postgres::grant_sql(schema, &role)?
+        ))
+        .await
+        .context("creating the runtime role")?;
+    Ok((role, password))
+}
+
+/// Drops a role made by [`runtime_role`] (its grants first).
+pub async fn drop_role(url: &str, role: &str) -> Result<()> {
+    admin(url)
+        .await?
+        .batch_execute(&format!(
+            "DROP OWNED BY \"{role}\"; DROP ROLE IF EXISTS \"{role}\""
+        ))
+        .await
+        .context("dropping the runtime role")?;
+    Ok(())
+}
+
+/// Options for `url` on `schema`, logging in as `role` with `password`,
+/// never running DDL.
+pub fn role_options(
+    url: &str,
+    schema: &str,
+    role: &str,
+    password: &str,
+) -> Result<PostgresOptions> {
+    let mut o = options(url, schema)?;
+    o.config.user(role);
+    o.config.password(password);
+    o.migrate = false;
+    Ok(o)
+}
+
+/// Each store in its own fresh schema, migrated by the server URL's role,
+/// then used by a role of its own that holds only the documented grants
+/// (no `CREATE` anywhere) and opens with `migrate=false`.
+pub struct RuntimeRole;
+
+#[async_trait::async_trait]
+impl Factory for RuntimeRole {
+    async fn create(&self, start_ms: i64) -> Result<Fixture> {
+        let url = server_url().await?;
+        let schema = fresh_schema();
+        let clock = ManualClock::new(start_ms);
+        drop(PostgresStore::connect_with(options(&url, &schema)?, Arc::new(clock.clone())).await?);
+        let (role, password) = runtime_role(&url, &schema).await?;
+        let open = || async {
+            PostgresStore::connect_with(
+                role_options(&url, &schema, &role, &password)?,
+                Arc::new(clock.clone()),
+            )
+            .await
+        };
+        let store = open().await?;
+        let second = open().await?;
+        let probe_url = url.clone();
+        Ok(Fixture::new(Arc::new(store), clock.clone())
+            .with_second_handle(Arc::new(second))
+            .with_deadlock_probe(move || deadlocks(probe_url.clone()))
+            .with_teardown(move || async move {
+                drop_schema(&url, &schema).await?;
+                drop_role(&url, &role).await
+            }))
+    }
+}
+
+/// `url` logging in as `role` with `password` instead of its own user.
+pub fn role_url(url: &str, role: &str, password: &str) -> Result<String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| anyhow!("not a URL: no ://"))?;
+    let host_part = rest.split_once('@').map_or(rest, |(_, h)| h);
+    Ok(format!("{scheme}://{role}:{password}@{host_part}"))
 }

@@ -1,0 +1,283 @@
+//! How statements reach the server.
+//!
+//! Every statement names its tables through the schema (`kp.` in the
+//! statement text becomes `"<schema>".`), so nothing depends on a
+//! connection's `search_path`. Then, per store:
+//!
+//! - **direct** (the default): each statement is prepared once per
+//!   connection with its parameter types and cached, then executed (one
+//!   round trip after the first).
+//! - **behind a transaction-mode pooler** (`pooler=transaction`): each
+//!   statement is sent unnamed with its parameter types, parsed, bound and
+//!   executed in one round trip. A named statement prepared on one server
+//!   connection would be unknown on the next (PgBouncer 1.18 hands each
+//!   transaction whichever server connection is free), and two clients'
+//!   names would collide on one server connection. Results only use
+//!   built-in types (roles travel as text), so the driver never looks a
+//!   type up with a statement of its own.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use deadpool_postgres::{ClientWrapper, Object, Transaction};
+use koda_persistence_api::PersistenceError;
+use postgres_types::{ToSql, Type};
+use tokio_postgres::Row;
+
+use crate::error::classify;
+
+/// The marker statement texts use for the store's schema.
+const MARKER: &str = "kp.";
+
+/// The schema prefix and the way statements are sent, shared by a store's
+/// connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Dialect {
+    schema: Arc<str>,
+    prefix: Arc<str>,
+    pooled: bool,
+}
+
+impl Dialect {
+    /// For tables in `schema` (already checked: a plain identifier), sent
+    /// unnamed when `pooled`.
+    pub(crate) fn new(schema: &str, pooled: bool) -> Self {
+        Self {
+            schema: schema.into(),
+            prefix: format!("\"{schema}\".").into(),
+            pooled,
+        }
+    }
+
+    /// The schema's name.
+    pub(crate) fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// `template` with every `kp.` naming the store's schema.
+    pub(crate) fn sql(&self, template: &str) -> String {
+        template.replace(MARKER, &self.prefix)
+    }
+}
+
+/// One parameter and the type the statement declares for it.
+pub(crate) type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// A parameter declared `TEXT` (session ids, roles).
+pub(crate) fn text<T: ToSql + Sync>(v: &T) -> Param<'_> {
+    (v, Type::TEXT)
+}
+
+/// A parameter declared `BYTEA` (every caller-supplied string).
+pub(crate) fn bytes<T: ToSql + Sync>(v: &T) -> Param<'_> {
+    (v, Type::BYTEA)
+}
+
+/// A parameter declared `BIGINT`.
+pub(crate) fn int<T: ToSql + Sync>(v: &T) -> Param<'_> {
+    (v, Type::INT8)
+}
+
+/// A parameter declared `BOOLEAN`.
+pub(crate) fn boolean<T: ToSql + Sync>(v: &T) -> Param<'_> {
+    (v, Type::BOOL)
+}
+
+/// A parameter declared `BIGINT[]`.
+pub(crate) fn ints<T: ToSql + Sync>(v: &T) -> Param<'_> {
+    (v, Type::INT8_ARRAY)
+}
+
+/// A parameter declared `BYTEA[]`.
+pub(crate) fn byte_arrays<T: ToSql + Sync>(v: &T) -> Param<'_> {
+    (v, Type::BYTEA_ARRAY)
+}
+
+/// A parameter declared `TEXT[]`.
+pub(crate) fn texts<T: ToSql + Sync>(v: &T) -> Param<'_> {
+    (v, Type::TEXT_ARRAY)
+}
+
+/// A pooled connection and the store's dialect.
+pub(crate) struct Conn {
+    obj: Object,
+    dialect: Dialect,
+}
+
+impl Conn {
+    pub(crate) fn new(obj: Object, dialect: Dialect) -> Self {
+        Self { obj, dialect }
+    }
+
+    /// Statements outside a transaction (each its own).
+    pub(crate) fn db(&self) -> Db<'_> {
+        Db {
+            on: On::Client(&self.obj),
+            dialect: &self.dialect,
+        }
+    }
+
+    /// Begins a transaction (rolled back when dropped uncommitted).
+    pub(crate) async fn transaction(&mut self) -> Result<(Transaction<'_>, &Dialect)> {
+        let tx = self
+            .obj
+            .transaction()
+            .await
+            .map_err(|e| classify(e, "beginning a transaction"))?;
+        Ok((tx, &self.dialect))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum On<'a> {
+    Client(&'a ClientWrapper),
+    Tx(&'a Transaction<'a>),
+}
+
+/// Runs statements on a connection or in a transaction, as the dialect says.
+#[derive(Clone, Copy)]
+pub(crate) struct Db<'a> {
+    on: On<'a>,
+    dialect: &'a Dialect,
+}
+
+impl<'a> Db<'a> {
+    /// Statements inside `tx`.
+    pub(crate) fn tx(tx: &'a Transaction<'a>, dialect: &'a Dialect) -> Self {
+        Self {
+            on: On::Tx(tx),
+            dialect,
+        }
+    }
+
+    /// The statement text for `template`.
+    pub(crate) fn sql(&self, template: &str) -> String {
+        self.dialect.sql(template)
+    }
+
+    fn client(&self) -> &tokio_postgres::Client {
+        match self.on {
+            On::Client(c) => c,
+            On::Tx(t) => t.client(),
+        }
+    }
+
+    async fn statement(
+        &self,
+        sql: &str,
+        types: &[Type],
+    ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        match self.on {
+            On::Client(c) => c.prepare_typed_cached(sql, types).await,
+            On::Tx(t) => t.prepare_typed_cached(sql, types).await,
+        }
+    }
+
+    /// Prepares `template` now (direct connections only), so that a later
+    /// call sends it without a round trip first: pipelined statements then
+    /// go out in the order they were polled.
+    pub(crate) async fn prepare(
+        &self,
+        what: &'static str,
+        template: &str,
+        types: &[Type],
+    ) -> Result<()> {
+        if !self.dialect.pooled {
+            self.statement(&self.sql(template), types)
+                .await
+                .map_err(|e| classify(e, what))?;
+        }
+        Ok(())
+    }
+
+    /// Every row `template` returns.
+    pub(crate) async fn rows(
+        &self,
+        what: &'static str,
+        template: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>> {
+        let sql = self.sql(template);
+        let done = if self.dialect.pooled {
+            self.client().query_typed(&sql, params).await
+        } else {
+            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+            match self.statement(&sql, &types).await {
+                Ok(stmt) => {
+                    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+                    self.client().query(&stmt, &values).await
+                }
+                Err(e) => Err(e),
+            }
+        };
+        done.map_err(|e| classify(e, what))
+    }
+
+    /// The first row `template` returns, if any.
+    pub(crate) async fn opt(
+        &self,
+        what: &'static str,
+        template: &str,
+        params: &[Param<'_>],
+    ) -> Result<Option<Row>> {
+        Ok(self.rows(what, template, params).await?.into_iter().next())
+    }
+
+    /// The first row `template` returns; none is a corrupt store (the
+    /// statements given here always return one).
+    pub(crate) async fn one(
+        &self,
+        what: &'static str,
+        template: &str,
+        params: &[Param<'_>],
+    ) -> Result<Row> {
+        self.opt(what, template, params).await?.ok_or_else(|| {
+            PersistenceError::Corrupt(format!("{what}: the statement returned no row")).into()
+        })
+    }
+
+    /// Runs `template` (no result rows), returning how many rows it changed.
+    pub(crate) async fn execute(
+        &self,
+        what: &'static str,
+        template: &str,
+        params: &[Param<'_>],
+    ) -> Result<u64> {
+        let sql = self.sql(template);
+        let done = if self.dialect.pooled {
+            drain(
+                self.client()
+                    .query_typed_raw(&sql, params.iter().map(|(v, t)| (*v, t.clone()))),
+            )
+            .await
+        } else {
+            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+            match self.statement(&sql, &types).await {
+                Ok(stmt) => {
+                    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+                    self.client().execute(&stmt, &values).await
+                }
+                Err(e) => Err(e),
+            }
+        };
+        done.map_err(|e| classify(e, what))
+    }
+
+    /// Runs `template` as a simple-protocol batch (no parameters).
+    pub(crate) async fn batch(&self, what: &'static str, template: &str) -> Result<()> {
+        self.client()
+            .batch_execute(&self.sql(template))
+            .await
+            .map_err(|e| classify(e, what))
+    }
+}
+
+/// Reads a row stream to its end, returning the rows it changed.
+async fn drain(
+    stream: impl std::future::Future<Output = Result<tokio_postgres::RowStream, tokio_postgres::Error>>,
+) -> Result<u64, tokio_postgres::Error> {
+    use futures_util::TryStreamExt;
+    let mut stream = std::pin::pin!(stream.await?);
+    while stream.try_next().await?.is_some() {}
+    Ok(stream.rows_affected().unwrap_or(0))
+}
