@@ -11,14 +11,17 @@
 //! is set, that PostgreSQL server (a fresh schema per workload, dropped after).
 
 mod ceiling;
+#[path = "../../koda-persistence-postgres/tests/support/pgbouncer.rs"]
+mod pgbouncer;
 mod targets;
 mod w10;
+mod w11;
 mod workloads;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use serde_json::{Value, json};
 
@@ -42,6 +45,19 @@ struct Cli {
     /// Run only W10 (needs a `postgres://` URL).
     #[arg(long)]
     w10_only: bool,
+    /// Also run W11 (a team through PgBouncer and direct; needs a
+    /// `postgres://` URL and Debian's pgbouncer package).
+    #[arg(long)]
+    w11: bool,
+    /// Run only W11.
+    #[arg(long)]
+    w11_only: bool,
+    /// W11's simulated koda processes.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    clients: usize,
+    /// How long each W11 run lasts (default 30 s, 3 s with --quick).
+    #[arg(long, value_name = "SECONDS")]
+    w11_seconds: Option<f64>,
 }
 
 /// Counts for one run.
@@ -520,6 +536,37 @@ fn print_w10(w: &w10::W10) {
     }
 }
 
+/// W11's lines (WORKLOADS.md).
+fn print_w11(runs: &[w11::W11Run]) {
+    println!();
+    println!(
+        "W11 a team on one PostgreSQL (each client pool_size=2; PgBouncer: transaction mode, {} server connections)",
+        w11::SERVER_CONNECTIONS
+    );
+    println!(
+        "{:<20} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6}",
+        "", "clients", "opened", "turns", "turns/s", "p50 ms", "p99 ms", "errors", "exact"
+    );
+    for r in runs {
+        println!(
+            "{:<20} {:>8} {:>8} {:>9} {:>9.0} {:>9.2} {:>9.2} {:>7} {:>6}",
+            r.name,
+            r.clients,
+            r.opened,
+            r.turns,
+            r.turns as f64 / r.seconds.max(1e-9),
+            ms(r.p50),
+            ms(r.p99),
+            r.errors,
+            r.counts_exact
+        );
+        if let Some(e) = &r.first_error {
+            let short: String = e.chars().take(200).collect();
+            println!("{:<20} first error: {short}", "");
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -544,18 +591,32 @@ async fn main() -> Result<()> {
         .map(|u| Target::parse(u, scratch.path()))
         .collect::<Result<Vec<_>>>()?;
     let mut rows = Vec::new();
-    for t in targets.iter().filter(|_| !cli.w10_only) {
+    let only = cli.w10_only || cli.w11_only;
+    for t in targets.iter().filter(|_| !only) {
         eprintln!("benchmarking {}", t.name());
         rows.push(run_target(t, plan).await?);
     }
     // W10 needs a PostgreSQL target: the first one.
     let mut w10 = None;
-    if let Some(Target::Postgres { url }) = targets
-        .iter()
-        .find(|t| matches!(t, Target::Postgres { .. }))
-    {
+    let postgres = targets.iter().find_map(|t| match t {
+        Target::Postgres { url } => Some(url.clone()),
+        _ => None,
+    });
+    if let Some(url) = postgres.as_deref().filter(|_| !cli.w11_only) {
         eprintln!("benchmarking W10 (koda-store copy SQLite -> PostgreSQL)");
         w10 = Some(w10::run(url, scratch.path(), plan.w10_sessions, plan.per_session).await?);
+    }
+    let mut w11 = Vec::new();
+    if cli.w11 || cli.w11_only {
+        let url = postgres.as_deref().context("W11 needs a postgres:// URL")?;
+        let seconds = cli
+            .w11_seconds
+            .unwrap_or(if cli.quick { 3.0 } else { 30.0 });
+        eprintln!(
+            "benchmarking W11 ({} clients, {seconds} s through PgBouncer, then direct)",
+            cli.clients
+        );
+        w11 = w11::run(url, cli.clients, seconds).await?;
     }
     let sqlite_ref = rows
         .iter()
@@ -567,14 +628,40 @@ async fn main() -> Result<()> {
                    "ceiling_msgs_per_s": w.ceiling_per_s, "export_msgs_per_s": w.export_per_s,
                    "copy_over_ceiling": ratio(w.copy_per_s, w.ceiling_per_s)})
         });
+        let w11_json: Vec<_> = w11
+            .iter()
+            .map(|r| {
+                json!({"name": r.name, "clients": r.clients, "opened": r.opened,
+                       "turns": r.turns, "errors": r.errors, "first_error": r.first_error,
+                       "p50_ms": ms(r.p50), "p99_ms": ms(r.p99), "seconds": r.seconds,
+                       "counts_exact": r.counts_exact})
+            })
+            .collect();
         let out = json!({"quick": cli.quick, "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
-                         "w10": w10_json});
+                         "w10": w10_json, "w11": w11_json});
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print_table(&rows, plan, sqlite_ref);
+        if !rows.is_empty() {
+            print_table(&rows, plan, sqlite_ref);
+        }
         if let Some(w) = w10 {
             print_w10(&w);
         }
+        if !w11.is_empty() {
+            print_w11(&w11);
+        }
+    }
+    // Through the pooler every turn must succeed and every count be
+    // exact; direct, a server with fewer connections than clients refuses
+    // some (reported above, not a harness failure).
+    if let Some(r) = w11.first() {
+        anyhow::ensure!(
+            r.errors == 0 && r.counts_exact && r.opened == r.clients,
+            "W11 through PgBouncer: {} errors, counts exact: {} (first: {:?})",
+            r.errors,
+            r.counts_exact,
+            r.first_error
+        );
     }
     let failed: Vec<&String> = rows.iter().flat_map(|r| &r.failures).collect();
     anyhow::ensure!(
