@@ -50,7 +50,11 @@ pub(crate) fn classify(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
             if code.code().starts_with("08")
                 || code.code().starts_with("57P")
                 || code.code().starts_with("53")
-                || *code == SqlState::INVALID_CATALOG_NAME =>
+                || *code == SqlState::INVALID_CATALOG_NAME
+                // A read-only server (a standby reached before failover):
+                // unavailable for writes; new connections may find the
+                // promoted primary.
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION =>
         {
             PersistenceError::Unavailable(said)
         }

@@ -649,7 +649,7 @@ async fn every_sqlstate_class_is_typed() -> Result<()> {
         let conflict: Want = |e| matches!(e, PersistenceError::Conflict(_));
         let denied: Want = |e| matches!(e, PersistenceError::PermissionDenied(_));
         let unavailable: Want = |e| matches!(e, PersistenceError::Unavailable(_));
-        let cases: [(&str, Option<Want>, i64); 10] = [
+        let cases: [(&str, Option<Want>, i64); 11] = [
             ("40001", Some(conflict), 9),
             ("40P01", Some(conflict), 9),
             ("28P01", Some(denied), 1),
@@ -657,6 +657,9 @@ async fn every_sqlstate_class_is_typed() -> Result<()> {
             ("42501", Some(denied), 1),
             ("08006", Some(unavailable), 1),
             ("57P01", Some(unavailable), 1),
+            // A standby (or a primary demoted to read-only): another host
+            // may take the write, so the pool starts over.
+            ("25006", Some(unavailable), 1),
             ("53300", Some(unavailable), 1),
             ("3D000", Some(unavailable), 1),
             ("23505", None, 1),

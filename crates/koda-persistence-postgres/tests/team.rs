@@ -10,6 +10,7 @@ mod support;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use koda_persistence_api::{Persistence, PersistenceError, Role, SystemClock};
@@ -212,4 +213,176 @@ async fn a_team_role_is_refused_another_teams_schema() -> Result<()> {
     let a = support::drop_schema(&url, &team_a).await;
     let b = support::drop_schema(&url, &team_b).await;
     outcome.and(a).and(b)
+}
+
+/// One write of the failover test: when it started (since the test's
+/// start), how long it took, and what it stored or why it failed.
+struct Write {
+    at: Duration,
+    took: Duration,
+    outcome: Result<String, anyhow::Error>,
+}
+
+/// A primary with a synchronous streaming standby on loopback; one store
+/// on a two-host URL (`target_session_attrs=read-write`) writes
+/// continuously; the primary is killed (`pg_ctl stop -m immediate`) and
+/// the standby promoted. Calls in flight fail `Unavailable` and none
+/// takes longer than the configured timeouts allow; the same store
+/// (not reopened) writes on the promoted server within 10 s of the kill;
+/// every acknowledged write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_a_promoted_standby_keeps_every_acknowledged_write() -> Result<()> {
+    let servers = tokio::task::spawn_blocking(|| -> Result<_> {
+        let primary = support::PrivateServer::start_with(
+            "-c wal_level=replica -c max_wal_senders=4 -c synchronous_standby_names=standby1",
+        )?;
+        let standby = support::PrivateServer::standby_of(&primary, "standby1")?;
+        Ok((primary, standby))
+    })
+    .await?;
+    let (primary, standby) = match servers {
+        Ok(s) => s,
+        Err(e) => return skip_or_fail("failover", e),
+    };
+    // Synchronous before any write: a commit returns only once the
+    // standby has it.
+    let admin = support::admin(&primary.url()).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state: Option<String> = admin
+            .query_opt(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby1'",
+                &[],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if state.as_deref() == Some("sync") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby never became synchronous ({state:?}): {}",
+            standby.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(admin);
+    let (connect_ms, pool_ms) = (1_000u64, 2_000u64);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write\
+         &connect_timeout_ms={connect_ms}&pool_timeout_ms={pool_ms}&sslmode=disable",
+        primary.port(),
+        standby.port()
+    );
+    let store = PostgresStore::connect(&url).await?;
+    let sid = store.create_session("main", Path::new("/failover")).await?;
+
+    let start = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, sid, stop) = (store.clone(), sid.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut writes = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let text = format!("write {n}");
+                let at = start.elapsed();
+                let t = Instant::now();
+                let outcome = store
+                    .insert_message(&sid, &Role::User, Some(&text), None, None, None)
+                    .await
+                    .map(|_| text);
+                writes.push(Write {
+                    at,
+                    took: t.elapsed(),
+                    outcome,
+                });
+            }
+            writes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let killed_at = start.elapsed();
+    let primary =
+        tokio::task::spawn_blocking(move || primary.stop_immediate().map(|()| primary)).await??;
+    // Writes that started before the primary was gone may still have
+    // succeeded there.
+    let dead_at = start.elapsed();
+    let standby =
+        tokio::task::spawn_blocking(move || standby.promote().map(|()| standby)).await??;
+    // Write on for a while on the promoted server.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await?;
+
+    let acked: Vec<&String> = writes
+        .iter()
+        .filter_map(|w| w.outcome.as_ref().ok())
+        .collect();
+    let before = writes
+        .iter()
+        .filter(|w| w.at < killed_at && w.outcome.is_ok())
+        .count();
+    let resumed = writes
+        .iter()
+        .find(|w| w.at >= dead_at && w.outcome.is_ok())
+        .map(|w| w.at + w.took - killed_at);
+    let failed: Vec<&Write> = writes.iter().filter(|w| w.outcome.is_err()).collect();
+    let slowest = writes.iter().map(|w| w.took).max().unwrap_or_default();
+    println!(
+        "failover: {} writes, {before} acknowledged before the kill, {} failed, \
+         resumed {resumed:?} after the kill (stopping took {:?}), slowest call {slowest:?}",
+        writes.len(),
+        failed.len(),
+        dead_at - killed_at
+    );
+    assert!(before > 10, "too few writes before the kill: {before}");
+    let resumed = resumed.expect("the store never wrote on the promoted server");
+    assert!(
+        resumed <= Duration::from_secs(10),
+        "resumed only {resumed:?} after the kill"
+    );
+    assert!(
+        writes
+            .iter()
+            .filter(|w| w.at > killed_at + resumed)
+            .all(|w| w.outcome.is_ok()),
+        "writes failed after the store had resumed"
+    );
+    for e in failed.iter().filter_map(|w| w.outcome.as_ref().err()) {
+        assert!(
+            matches!(typed(e), Some(PersistenceError::Unavailable(_))),
+            "a failed call was not Unavailable: {e:#}"
+        );
+    }
+    // A call may wait for a pooled connection (pool timeout) and open one
+    // (connect timeout per host, two hosts): nothing past that, plus slack.
+    let bound = Duration::from_millis(pool_ms + 2 * connect_ms + 1_000);
+    assert!(
+        slowest <= bound,
+        "a call took {slowest:?} (bound {bound:?})"
+    );
+
+    // Every acknowledged write is on the promoted server, in order.
+    let on_standby = PostgresStore::connect(&standby.url()).await?;
+    let stored: Vec<String> = on_standby
+        .load_all_messages(&sid)
+        .await?
+        .into_iter()
+        .filter_map(|m| m.content)
+        .collect();
+    let mut next = stored.iter();
+    for a in &acked {
+        assert!(
+            next.any(|s| s == *a),
+            "acknowledged {a:?} is missing (or out of order) on the promoted server"
+        );
+    }
+    tokio::task::spawn_blocking(move || {
+        drop(primary);
+        drop(standby);
+    })
+    .await?;
+    Ok(())
 }

@@ -175,29 +175,90 @@ pub struct PrivateServer {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
+    /// Server settings (`-c name=value …`) beyond the defaults below.
+    extra: String,
 }
 
 impl PrivateServer {
     /// Initialises and starts a server on a free port.
     pub fn start() -> Result<Self> {
+        Self::start_with("")
+    }
+
+    /// As [`PrivateServer::start`], with extra server settings.
+    pub fn start_with(extra: &str) -> Result<Self> {
         let bin = find_bin()?;
-        let dir = std::env::temp_dir().join(format!(
-            "koda-pg-private-{}-{}",
-            std::process::id(),
-            uuid::Uuid::now_v7().simple()
-        ));
+        let dir = private_dir();
         init_cluster(&bin, &dir)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let server = Self { bin, dir, port };
+        let server = Self {
+            bin,
+            dir,
+            port,
+            extra: extra.to_owned(),
+        };
+        server.pg_ctl("start")?;
+        Ok(server)
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`), connecting
+    /// as `name` (its `application_name`, for `synchronous_standby_names`),
+    /// started on a free port.
+    pub fn standby_of(primary: &PrivateServer, name: &str) -> Result<Self> {
+        let bin = find_bin()?;
+        let dir = private_dir();
+        std::fs::create_dir_all(&dir)?;
+        if is_root()
+            && !Command::new("chown")
+                .args(["-R", "nobody", &dir.to_string_lossy()])
+                .status()?
+                .success()
+        {
+            bail!("cannot hand {} to user nobody", dir.display());
+        }
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres application_name={name}",
+            primary.port
+        );
+        let out = as_user(&[
+            &bin.join("pg_basebackup").to_string_lossy(),
+            "-d",
+            &conninfo,
+            "-D",
+            &dir.join("data").to_string_lossy(),
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+        ])
+        .output()?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let server = Self {
+            bin,
+            dir,
+            port,
+            extra: String::new(),
+        };
         server.pg_ctl("start")?;
         Ok(server)
     }
 
     fn pg_ctl(&self, action: &str) -> Result<()> {
+        self.pg_ctl_mode(action, "fast")
+    }
+
+    fn pg_ctl_mode(&self, action: &str, mode: &str) -> Result<()> {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.extra
         );
         let mut argv = vec![
             self.bin.join("pg_ctl").to_string_lossy().to_string(),
@@ -207,10 +268,10 @@ impl PrivateServer {
             "-l".into(),
             self.dir.join("log").to_string_lossy().to_string(),
         ];
-        if action == "start" {
-            argv.extend(["-o".into(), opts]);
-        } else {
-            argv.extend(["-m".into(), "fast".into()]);
+        match action {
+            "start" => argv.extend(["-o".into(), opts]),
+            "stop" => argv.extend(["-m".into(), mode.into()]),
+            _ => {}
         }
         argv.push(action.into());
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -229,20 +290,48 @@ impl PrivateServer {
         self.pg_ctl("stop")
     }
 
+    /// Stops the server as a crash would (`pg_ctl stop -m immediate`).
+    pub fn stop_immediate(&self) -> Result<()> {
+        self.pg_ctl_mode("stop", "immediate")
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`, waiting for it).
+    pub fn promote(&self) -> Result<()> {
+        self.pg_ctl("promote")
+    }
+
     /// Starts it again on the same port and data.
     pub fn restart(&self) -> Result<()> {
         self.pg_ctl("start")
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The URL of its `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
+
+    /// The server's log, for a failing test's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+fn private_dir() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "koda-pg-private-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    ))
 }
 
 impl Drop for PrivateServer {
     fn drop(&mut self) {
-        let _ = self.pg_ctl("stop");
+        let _ = self.pg_ctl_mode("stop", "immediate");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
