@@ -42,7 +42,15 @@ use crate::types::{
 ///   survive a crash of the process.
 /// - **Failed writes** leave nothing visible, and the store keeps working once
 ///   the cause (a full disk, a dropped connection) is gone, without being
-///   reopened by its caller.
+///   reopened by its caller. One exception no client of a database server
+///   can close: a write that fails `Unavailable` because the connection was
+///   lost while the server committed it (a server crash or failover at that
+///   instant) is *in doubt*: the commit may have happened, and with
+///   synchronous replication reached the standby, before the answer was
+///   lost. Such a write may be stored; a caller that must know re-reads
+///   (e.g. [`load_all_messages`](Self::load_all_messages)). Embedded
+///   backends have no such window. (Seen in PostgreSQL's failover test: in
+///   3 of 9 runs one of about 40 failed writes was on the promoted server.)
 /// - **Locks and conflicts**: every write takes its locks in one order, the
 ///   session (several sessions: in id order) before its messages and
 ///   metadata, so two writes never deadlock. Busy stores, serialization

@@ -2,7 +2,8 @@
 //! PostgreSQL server.
 //!
 //! - **Pool**: deadpool-postgres over tokio-postgres, prepared statements
-//!   cached per connection. Each trait call is one transaction; an insert is
+//!   cached per connection (or, with `pooler=transaction`, none: see
+//!   below). Each trait call is one transaction; an insert is
 //!   a single statement that locks the session row, bumps its counters and
 //!   appends the message (one round trip, one commit).
 //! - **Migrations**: refinery, run at connect under a Postgres advisory lock
@@ -14,6 +15,25 @@
 //!   schema named after the login role, or a role's or database's own
 //!   `search_path`, never moves them. Names starting with `pg_` and
 //!   `information_schema` are refused.
+//! - **Behind PgBouncer** (`pooler=transaction`, for transaction pooling
+//!   mode): statements go unnamed with typed parameters in one round trip
+//!   (no named prepared statements), every table is named through its
+//!   schema (no `search_path`), locks are transaction-level only, and
+//!   opening never migrates: a schema that is missing or behind this build
+//!   is `Unavailable` naming the fix (`koda-store migrate` over a direct
+//!   URL). The conformance suite runs through a real PgBouncer.
+//! - **Least privilege**: `migrate=false` makes opening run no DDL (it
+//!   checks the schema's version). A runtime role needs only what
+//!   [`grant_sql`] grants (no `CREATE`); [`PostgresStore::grant`] runs it.
+//!   A role that may not use the schema it opens gets `PermissionDenied`
+//!   naming that schema. The conformance suite runs under such a role.
+//! - **Failover**: a multi-host URL with `target_session_attrs=read-write`
+//!   reaches whichever host is primary. When it dies, calls in flight are
+//!   `Unavailable` (so is a read-only answer from a standby), the pool
+//!   drops its connections, and the same store writes on the promoted
+//!   standby as soon as it accepts writes. With synchronous replication
+//!   every acknowledged write survives (tested with `pg_ctl stop -m
+//!   immediate` and `pg_ctl promote`).
 //! - **Lossless text**: every caller-supplied string is stored as `BYTEA`
 //!   (its UTF-8 bytes), because `TEXT` cannot hold NUL. Strings a lookup
 //!   needs (project roots, metadata keys) are indexed by their SHA-256, and
