@@ -14,6 +14,8 @@ mod ceiling;
 #[path = "../../koda-persistence-postgres/tests/support/pgbouncer.rs"]
 mod pgbouncer;
 mod targets;
+#[path = "../../koda-persistence-postgres/tests/support/team_load.rs"]
+mod team_load;
 mod w10;
 mod w11;
 mod workloads;

@@ -394,3 +394,41 @@ async fn failover_to_a_promoted_standby_keeps_every_acknowledged_write() -> Resu
     .await?;
     Ok(())
 }
+
+/// 200 koda processes (stores with `pool_size=2`) through a PgBouncer
+/// allowed 20 server connections run agent turns for a few seconds
+/// (`KODA_TEAM_LOAD_SECONDS`, default 5; the benchmark's W11 runs 30):
+/// zero errors, and every session holds exactly what its client wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_through_the_pooler_lose_nothing() -> Result<()> {
+    with_schema("team_load", |url, schema| async move {
+        let mut options = match support::bouncer_options(&schema).await {
+            Ok(o) => o,
+            Err(e) => return skip_or_fail("team_load", e),
+        };
+        drop(
+            PostgresStore::connect_with(support::options(&url, &schema)?, Arc::new(SystemClock))
+                .await?,
+        );
+        options.pool_size = 2;
+        let seconds = std::env::var("KODA_TEAM_LOAD_SECONDS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+            .unwrap_or(5.0);
+        let run = support::team_load::run_one("through pgbouncer", options, 200, seconds).await?;
+        println!(
+            "team load: {} clients, {} turns in {:.1} s, p50 {:?}, p99 {:?}, {} errors",
+            run.opened, run.turns, run.seconds, run.p50, run.p99, run.errors
+        );
+        assert_eq!(run.opened, 200, "{:?}", run.first_error);
+        assert_eq!(run.errors, 0, "{:?}", run.first_error);
+        assert!(
+            run.counts_exact,
+            "a session does not hold what its client wrote"
+        );
+        assert!(run.turns >= 200, "fewer turns than clients: {}", run.turns);
+        Ok(())
+    })
+    .await
+}

@@ -13,6 +13,7 @@
 #![allow(dead_code, clippy::expect_used, clippy::panic)]
 
 pub mod pgbouncer;
+pub mod team_load;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
