@@ -232,14 +232,7 @@ struct Write {
 /// every acknowledged write is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_a_promoted_standby_keeps_every_acknowledged_write() -> Result<()> {
-    let servers = tokio::task::spawn_blocking(|| -> Result<_> {
-        let primary = support::PrivateServer::start_with(
-            "-c wal_level=replica -c max_wal_senders=4 -c synchronous_standby_names=standby1",
-        )?;
-        let standby = support::PrivateServer::standby_of(&primary, "standby1")?;
-        Ok((primary, standby))
-    })
-    .await?;
+    let servers = tokio::task::spawn_blocking(support::replicated_pair).await?;
     let (primary, standby) = match servers {
         Ok(s) => s,
         Err(e) => return skip_or_fail("failover", e),

@@ -340,17 +340,35 @@ impl Drop for PrivateServer {
 /// A private server, or `Skipped` / a failure naming the fix, as for the
 /// shared one.
 pub fn private_server() -> Result<PrivateServer> {
-    match PrivateServer::start() {
+    private("restart", PrivateServer::start())
+}
+
+/// A primary (replication on, `standby1` synchronous) and its streaming
+/// standby, or `Skipped` / a failure naming the fix, as for the shared
+/// server.
+pub fn replicated_pair() -> Result<(PrivateServer, PrivateServer)> {
+    let made = PrivateServer::start_with(
+        "-c wal_level=replica -c max_wal_senders=4 -c synchronous_standby_names=standby1",
+    )
+    .and_then(|primary| {
+        let standby = PrivateServer::standby_of(&primary, "standby1")?;
+        Ok((primary, standby))
+    });
+    private("failover", made)
+}
+
+fn private<T>(what: &str, made: Result<T>) -> Result<T> {
+    match made {
         Ok(s) => Ok(s),
         Err(why) if env_flag("KODA_SKIP_POSTGRES") && !env_flag("KODA_REQUIRE_POSTGRES") => {
             Err(Skipped(format!(
-                "PostgreSQL restart test skipped by KODA_SKIP_POSTGRES=1: {why:#}"
+                "PostgreSQL {what} test skipped by KODA_SKIP_POSTGRES=1: {why:#}"
             ))
             .into())
         }
         Err(why) => bail!(
-            "the restart test needs the PostgreSQL server binaries (sudo apt-get install -y postgresql) \
-             to run a server it may stop: {why:#}"
+            "the {what} test needs the PostgreSQL server binaries (sudo apt-get install -y \
+             postgresql) to run servers of its own: {why:#}"
         ),
     }
 }
