@@ -538,3 +538,56 @@ pub async fn a_second_handle_sees_every_write(fx: &Fixture) -> Result<()> {
     b.delete_session(&sid).await?;
     eq("b's delete", a.load_context(&sid).await?.len(), 0)
 }
+
+/// 24 tasks insert at once, every fourth into a session that does not
+/// exist: those fail `SessionNotFound` and leave nothing, the others all
+/// succeed and are stored, in their order (a store that commits waiting
+/// writes together must fail the bad ones alone).
+pub async fn a_failing_write_among_concurrent_ones_fails_alone(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let handles: Vec<_> = (0..24)
+        .map(|t| {
+            let store = fx.store.clone();
+            let target = if t % 4 == 3 {
+                "no-such-session".to_owned()
+            } else {
+                sid.clone()
+            };
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..5 {
+                    let text = format!("t{t}-{i}");
+                    let r = store
+                        .insert_message(&target, &Role::User, Some(&text), None, None, None)
+                        .await;
+                    out.push((t, text, r));
+                }
+                anyhow::Ok(out)
+            })
+        })
+        .collect();
+    let mut inserted: Vec<Vec<(i64, String)>> = Vec::new();
+    for outcome in join_all(handles).await? {
+        let mut ok = Vec::new();
+        for (t, text, r) in outcome {
+            if t % 4 == 3 {
+                let e = r
+                    .err()
+                    .with_context(|| format!("{text} into a missing session succeeded"))?;
+                check(
+                    &format!("{text}: SessionNotFound, got {e:#}"),
+                    matches!(
+                        PersistenceError::of(&e),
+                        Some(PersistenceError::SessionNotFound(_))
+                    ),
+                )?;
+            } else {
+                ok.push((r.with_context(|| format!("{text} failed"))?, text));
+            }
+        }
+        inserted.push(ok);
+    }
+    let all = fx.store.load_all_messages(&sid).await?;
+    eq("count", all.len(), 18 * 5)?;
+    check_accounted(&inserted, &positions(all))
+}

@@ -148,6 +148,7 @@ macro_rules! __for_each_case {
                 concurrent_readers_see_committed_state,
                 everything_at_once_on_one_session,
                 a_second_handle_sees_every_write,
+                a_failing_write_among_concurrent_ones_fails_alone,
             ],
             transfer: [
                 export_reads_every_stored_field,

@@ -6,10 +6,19 @@
 //!   [`schema`]). `PRAGMA user_version` records the schema version.
 //! - **Concurrency**: WAL mode; one writer thread and a few reader threads
 //!   own the connections, so async callers never block a runtime worker and
-//!   readers never wait for the writer. Every write is one `BEGIN IMMEDIATE`
-//!   transaction; a database locked by another process (a second koda window
-//!   on the same file) is waited for and retried up to
-//!   [`SqliteOptions::busy_timeout`], then reported as `Unavailable`. One
+//!   readers never wait for the writer. Every write runs in a
+//!   `BEGIN IMMEDIATE` transaction; a database locked by another process (a
+//!   second koda window on the same file) is waited for and retried up to
+//!   [`SqliteOptions::busy_timeout`], then reported as `Unavailable`.
+//! - **Group commit**: writes that are waiting when the writer thread takes
+//!   one (concurrent callers) share that transaction, each in a savepoint of
+//!   its own, so one commit (one fsync with `Full`) serves them all. A write
+//!   that fails is rolled back to its savepoint and fails alone; every
+//!   caller is answered only after the commit, so a crash loses no
+//!   acknowledged write (what it can lose is written below under
+//!   Durability: the same as without grouping). A group whose transaction
+//!   fails as a whole (its commit, a lock held past the timeout) is run
+//!   again write by write, so each caller gets its own outcome. One
 //!   writer and SQLite's single database lock make the lock order trivial:
 //!   a write holds the whole database, so two writes cannot deadlock.
 //! - **Closing**: dropping the last handle waits (at most `busy_timeout`) for
@@ -232,6 +241,7 @@ impl SqliteStore {
     /// with the context cache, in commit order.
     async fn write_then<R, T, F, A>(&self, f: F, after: A) -> Result<T>
     where
+        R: Send + 'static,
         T: Send + 'static,
         F: FnMut(&rusqlite::Transaction<'_>) -> Result<R> + Send + 'static,
         A: FnOnce(&mut ContextCache, R) -> T + Send + 'static,
@@ -240,10 +250,7 @@ impl SqliteStore {
         let timeout = self.options.busy_timeout;
         let cache = self.cache.clone();
         self.writer
-            .run(move |conn| {
-                let out = worker::write(conn, timeout, f)?;
-                Ok(after(&mut cache.lock(), out))
-            })
+            .write(timeout, f, move |out| after(&mut cache.lock(), out))
             .await
             .map_err(|e| classify(e, &location))
     }

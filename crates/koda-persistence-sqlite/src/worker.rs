@@ -4,7 +4,17 @@
 //! One writer thread owns the write connection (koda's pattern: one writer
 //! at a time); a few reader threads share a queue of read jobs and, in WAL
 //! mode, never wait for the writer.
+//!
+//! **Group commit**: writes that are waiting when the writer takes one run
+//! together in one transaction, each in a savepoint of its own (a write that
+//! fails is rolled back to its savepoint, alone), and one commit (one fsync
+//! with `synchronous=full`) makes them all durable. Every caller is answered
+//! only after that commit: a crash loses no acknowledged write. When the
+//! group's transaction itself fails (its commit, or a busy database past
+//! the timeout), each write runs again on its own, so each caller gets its
+//! own outcome.
 
+use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread;
@@ -14,7 +24,32 @@ use anyhow::Result;
 use koda_persistence_api::PersistenceError;
 use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// The value a write produced, before its caller's type is restored.
+type Produced = Box<dyn Any + Send>;
+
+/// A write's body, run inside a transaction.
+type Apply = Box<dyn FnMut(&Transaction<'_>) -> Result<Produced> + Send>;
+
+/// What answers a write's caller with its outcome.
+type Finish = Box<dyn FnOnce(Result<Produced>) + Send>;
+
+/// A write: applied inside a transaction (again, if the transaction is
+/// retried), then finished with its outcome once that transaction ended.
+struct WriteJob {
+    timeout: Duration,
+    apply: Apply,
+    finish: Finish,
+}
+
+enum Job {
+    /// Runs on the connection as it is.
+    Raw(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// Runs in a write transaction, possibly grouped with others.
+    Write(WriteJob),
+}
+
+/// At most this many writes share one transaction.
+const MAX_GROUP: usize = 64;
 
 /// A queue served by one or more threads, each owning a connection.
 #[derive(Debug, Clone)]
@@ -67,11 +102,32 @@ impl Worker {
             thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
-                    while let Some(job) = next_job(&rx, writer) {
-                        // A panicking job must not take the connection's
-                        // thread down with it; its caller sees the reply
-                        // channel close and gets `Unavailable`.
-                        let _ = catch_unwind(AssertUnwindSafe(|| job(&mut conn)));
+                    let mut pending = None;
+                    while let Some(job) = pending.take().or_else(|| next_job(&rx, writer)) {
+                        match job {
+                            // A panicking job must not take the connection's
+                            // thread down with it; its caller sees the reply
+                            // channel close and gets `Unavailable`.
+                            Job::Raw(job) => {
+                                let _ = catch_unwind(AssertUnwindSafe(|| job(&mut conn)));
+                            }
+                            Job::Write(first) => {
+                                // Every write already waiting joins the group;
+                                // the first other job stays next in line.
+                                let mut group = vec![first];
+                                while group.len() < MAX_GROUP {
+                                    match rx.try_recv() {
+                                        Ok(Job::Write(w)) => group.push(w),
+                                        Ok(other) => {
+                                            pending = Some(other);
+                                            break;
+                                        }
+                                        Err(_) => break,
+                                    }
+                                }
+                                write_group(&mut conn, group);
+                            }
+                        }
                     }
                     if writer {
                         // Best effort: another process may hold a snapshot,
@@ -105,13 +161,47 @@ impl Worker {
         F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Box::new(move |conn: &mut Connection| {
-                let _ = reply.send(f(conn));
-            }))
-            .map_err(|_| {
-                PersistenceError::Unavailable("sqlite worker thread has stopped".into())
-            })?;
+        self.send(Job::Raw(Box::new(move |conn: &mut Connection| {
+            let _ = reply.send(f(conn));
+        })))?;
+        Self::answer(answer).await
+    }
+
+    /// Runs `f` in a write transaction (see the module docs: possibly with
+    /// other waiting writes, each in its own savepoint), then `after` with
+    /// its result once the transaction committed, in commit order. A busy
+    /// database is waited for up to `timeout`.
+    pub(crate) async fn write<R, T, F, A>(&self, timeout: Duration, mut f: F, after: A) -> Result<T>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+        F: FnMut(&Transaction<'_>) -> Result<R> + Send + 'static,
+        A: FnOnce(R) -> T + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Job::Write(WriteJob {
+            timeout,
+            apply: Box::new(move |tx| f(tx).map(|r| Box::new(r) as Produced)),
+            finish: Box::new(move |out: Result<Produced>| {
+                let out = out.and_then(|produced| match produced.downcast::<R>() {
+                    Ok(r) => Ok(after(*r)),
+                    Err(_) => Err(anyhow::anyhow!(
+                        "sqlite writer: a write's result lost its type"
+                    )),
+                });
+                let _ = reply.send(out);
+            }),
+        }))?;
+        Self::answer(answer).await
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.tx.send(job).map_err(|_| {
+            PersistenceError::Unavailable("sqlite worker thread has stopped".into()).into()
+        })
+    }
+
+    async fn answer<R>(answer: tokio::sync::oneshot::Receiver<Result<R>>) -> Result<R> {
         let mut answer = answer;
         let deadline = Instant::now() + SPIN;
         while Instant::now() < deadline {
@@ -215,4 +305,171 @@ pub(crate) fn write<R>(
         tx.commit()?;
         Ok(out)
     })
+}
+
+/// Runs `group` in one `BEGIN IMMEDIATE` transaction, each write in its own
+/// savepoint, commits, and only then finishes each (in order). When the
+/// transaction as a whole fails, runs each write alone instead.
+fn write_group(conn: &mut Connection, mut group: Vec<WriteJob>) {
+    if group.len() == 1 {
+        if let Some(job) = group.pop() {
+            write_alone(conn, job);
+        }
+        return;
+    }
+    let timeout = group.iter().map(|j| j.timeout).max().unwrap_or_default();
+    let together = retry_busy(Instant::now() + timeout, timeout, || {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcomes = Vec::with_capacity(group.len());
+        for job in group.iter_mut() {
+            tx.execute_batch("SAVEPOINT kp_write")?;
+            let applied = catch_unwind(AssertUnwindSafe(|| (job.apply)(&tx)))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a write panicked")));
+            match applied {
+                Ok(v) => {
+                    tx.execute_batch("RELEASE kp_write")?;
+                    outcomes.push(Ok(v));
+                }
+                // A busy database mid-group: the whole group waits and
+                // starts over.
+                Err(e) if is_busy(&e) => return Err(e),
+                Err(e) => {
+                    tx.execute_batch("ROLLBACK TO kp_write; RELEASE kp_write")?;
+                    outcomes.push(Err(e));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    });
+    match together {
+        Ok(outcomes) => {
+            for (job, out) in group.into_iter().zip(outcomes) {
+                finish(job.finish, out);
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, writes = group.len(), "grouped write failed; running each alone");
+            for job in group {
+                write_alone(conn, job);
+            }
+        }
+    }
+}
+
+/// One write in its own transaction.
+fn write_alone(conn: &mut Connection, mut job: WriteJob) {
+    let out = catch_unwind(AssertUnwindSafe(|| {
+        write(conn, job.timeout, |tx| (job.apply)(tx))
+    }))
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("a write panicked")));
+    finish(job.finish, out);
+}
+
+fn finish(f: Finish, out: Result<Produced>) {
+    // A panic here (in the caller's after-commit step) drops the reply:
+    // the caller gets `Unavailable`.
+    let _ = catch_unwind(AssertUnwindSafe(move || f(out)));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use std::sync::Mutex;
+
+    type Outcomes = Arc<Mutex<Vec<(usize, Result<i64, String>, i64)>>>;
+
+    /// A write of `n` into `t`; `fail` makes it fail after writing.
+    /// Its finish records the outcome and how many rows a separate
+    /// connection sees at that moment (what is committed).
+    fn job(n: i64, fail: bool, path: std::path::PathBuf, seen: Outcomes, i: usize) -> WriteJob {
+        WriteJob {
+            timeout: Duration::from_secs(5),
+            apply: Box::new(move |tx| {
+                tx.execute("INSERT INTO t (n) VALUES (?1)", [n])?;
+                if fail {
+                    anyhow::bail!("write {n} fails after inserting");
+                }
+                Ok(Box::new(n) as Produced)
+            }),
+            finish: Box::new(move |out| {
+                let other = Connection::open(&path).unwrap();
+                let committed: i64 = other
+                    .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                    .unwrap();
+                let out = out
+                    .map(|v| *v.downcast::<i64>().unwrap())
+                    .map_err(|e| e.to_string());
+                seen.lock().unwrap().push((i, out, committed));
+            }),
+        }
+    }
+
+    #[test]
+    fn a_group_commits_once_before_answering_and_rolls_back_a_failed_write_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (n INTEGER)")
+            .unwrap();
+        let seen: Outcomes = Arc::default();
+        let group = (0..5)
+            .map(|i| job(i as i64, i == 2, path.clone(), seen.clone(), i))
+            .collect();
+        write_group(&mut conn, group);
+        let seen = seen.lock().unwrap();
+        let order: Vec<usize> = seen.iter().map(|(i, _, _)| *i).collect();
+        assert_eq!(order, [0, 1, 2, 3, 4], "answered in order");
+        for (i, out, committed) in seen.iter() {
+            // Every caller hears only after the one commit of all four.
+            assert_eq!(*committed, 4, "write {i} was answered before the commit");
+            if *i == 2 {
+                assert!(out.is_err(), "the failing write succeeded");
+            } else {
+                assert_eq!(out.as_ref().ok(), Some(&(*i as i64)));
+            }
+        }
+        let stored: Vec<i64> = conn
+            .prepare("SELECT n FROM t ORDER BY n")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(stored, [0, 1, 3, 4], "the failed write left a row");
+    }
+
+    #[test]
+    fn a_group_whose_transaction_fails_runs_each_write_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (n INTEGER)")
+            .unwrap();
+        // Another connection holds the write lock past the timeout: the
+        // group gives up, then each write alone gives up too, each with
+        // its own busy error.
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        // As the store's writer: no SQLite busy handler, the loop waits.
+        conn.busy_timeout(Duration::ZERO).unwrap();
+        let seen: Outcomes = Arc::default();
+        let group = (0..3)
+            .map(|i| {
+                let mut j = job(i as i64, false, path.clone(), seen.clone(), i);
+                j.timeout = Duration::from_millis(20);
+                j
+            })
+            .collect();
+        write_group(&mut conn, group);
+        holder.execute_batch("ROLLBACK").unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "every caller is answered");
+        for (i, out, committed) in seen.iter() {
+            assert!(out.is_err(), "write {i} succeeded under a held lock");
+            assert_eq!(*committed, 0);
+        }
+    }
 }
