@@ -104,6 +104,9 @@ struct Row {
     w1: f64,
     w1_ceiling: Option<f64>,
     w2: (Duration, Duration),
+    /// W2 with the context cache defeated: 8 other sessions loaded
+    /// between timed loads.
+    w2_cold: (Duration, Duration),
     w2_ceiling: Option<(Duration, Duration)>,
     w3: (Duration, Duration),
     w4_total: Duration,
@@ -165,6 +168,26 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
     .remove(0);
     let _ = store.load_context(&sid).await?; // warm
     row.w2 = stats(&mut time_calls(plan.calls, || store.load_context(&sid)).await?);
+    // W2 cold: between timed loads, 8 other (small) sessions are loaded,
+    // so a cache of the 8 most recent sessions no longer holds this one.
+    let others = fill(
+        store.as_ref(),
+        Path::new("/bench/w2"),
+        8,
+        10,
+        "W2 cold others",
+    )
+    .await?;
+    let mut cold = Vec::with_capacity(plan.calls);
+    for _ in 0..plan.calls {
+        for o in &others {
+            store.load_context(o).await?;
+        }
+        let t = Instant::now();
+        store.load_context(&sid).await?;
+        cold.push(t.elapsed());
+    }
+    row.w2_cold = stats(&mut cold);
     row.w2_ceiling = match (target, &fresh.sqlite_path, &fresh.pg_schema) {
         (Target::Sqlite { .. }, Some(path), _) => {
             Some(stats(&mut ceiling::sqlite_w2(path, &sid, plan.calls)?))
@@ -300,6 +323,12 @@ fn checks(r: &Row) -> Vec<(String, f64, f64, bool)> {
             }
             if let Some(c) = r.w2_ceiling {
                 check("W2 / ceiling (<=)", ratio(ms(r.w2.0), ms(c.0)), 1.3, false);
+                check(
+                    "W2 cold / ceiling (<=)",
+                    ratio(ms(r.w2_cold.0), ms(c.0)),
+                    1.3,
+                    false,
+                );
             }
             check("W3 100k/10k (<=)", growth3, 1.3, false);
             check("W3 median ms at 100k (<)", ms(r.w3.1), 1.0, false);
@@ -314,6 +343,12 @@ fn checks(r: &Row) -> Vec<(String, f64, f64, bool)> {
             }
             if let Some(c) = r.w2_ceiling {
                 check("W2 / ceiling (<=)", ratio(ms(r.w2.0), ms(c.0)), 1.3, false);
+                check(
+                    "W2 cold / ceiling (<=)",
+                    ratio(ms(r.w2_cold.0), ms(c.0)),
+                    1.3,
+                    false,
+                );
             }
             check("W3 100k/10k (<=)", growth3, 1.3, false);
             check("W4 late/early turns (<=)", growth4, 2.0, false);
@@ -339,6 +374,7 @@ fn row_json(r: &Row) -> Value {
         "w1_msgs_per_s": r.w1,
         "w1_ceiling_msgs_per_s": r.w1_ceiling,
         "w2_median_ms": ms(r.w2.0), "w2_p99_ms": ms(r.w2.1),
+        "w2_cold_median_ms": ms(r.w2_cold.0), "w2_cold_p99_ms": ms(r.w2_cold.1),
         "w2_ceiling_median_ms": r.w2_ceiling.map(|c| ms(c.0)), "w2_ceiling_p99_ms": r.w2_ceiling.map(|c| ms(c.1)),
         "w3_small_median_ms": ms(r.w3.0), "w3_large_median_ms": ms(r.w3.1),
         "w4_total_s": r.w4_total.as_secs_f64(), "w4_median_turn_ms": ms(r.w4_median),
@@ -388,6 +424,10 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
             Box::new(|r: &Row| format!("{:.3}", ms(r.w2.1))),
         ),
         (
+            "W2 cold median ms".into(),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w2_cold.0))),
+        ),
+        (
             "W2 ceiling median ms".into(),
             Box::new(move |r: &Row| opt(r.w2_ceiling.map(|c| ms(c.0)), &|x| format!("{x:.3}"))),
         ),
@@ -397,6 +437,15 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
                 opt(r.w2_ceiling.map(|c| ratio(ms(r.w2.0), ms(c.0))), &|x| {
                     format!("{x:.2}")
                 })
+            }),
+        ),
+        (
+            "W2 cold / ceiling".into(),
+            Box::new(move |r: &Row| {
+                opt(
+                    r.w2_ceiling.map(|c| ratio(ms(r.w2_cold.0), ms(c.0))),
+                    &|x| format!("{x:.2}"),
+                )
             }),
         ),
         (
