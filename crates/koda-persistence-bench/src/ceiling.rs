@@ -242,3 +242,71 @@ pub async fn postgres_w2(
     }
     Ok(times)
 }
+
+/// W7 ceiling on SQLite: the statements the store's compaction runs (read
+/// the active positions, stamp every compacted row as koda's own schema
+/// requires, shift the kept tail by two, insert the summary and the hint,
+/// bump the session), raw on one rusqlite connection to the store's own
+/// file with the store's `synchronous`, in one `BEGIN IMMEDIATE`
+/// transaction, on a session of the same shape.
+pub fn sqlite_w7(path: &Path, sync: Synchronous, session: &str, keep: usize) -> Result<Duration> {
+    let mut conn = Connection::open(path)?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if sync == Synchronous::Full {
+            "FULL"
+        } else {
+            "NORMAL"
+        },
+    )?;
+    // Warm this connection's page cache as the store's writer is warm.
+    let _: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM messages WHERE session_id = ?1 AND length(content) >= 0",
+        [session],
+        |r| r.get(0),
+    )?;
+    let started = Instant::now();
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let active: Vec<i64> = tx
+        .prepare(
+            "SELECT ord FROM messages WHERE session_id = ?1 AND compacted_ms IS NULL ORDER BY ord",
+        )?
+        .query_map([session], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let marked = active.len().saturating_sub(keep);
+    let first = active.get(marked).copied().unwrap_or(0);
+    let now = 1_795_669_624_123i64;
+    let stamp = "2026-11-26 05:07:04";
+    tx.execute(
+        "UPDATE messages SET compacted_ms = ?2, compacted_at = ?3
+         WHERE session_id = ?1 AND compacted_ms IS NULL AND ord < ?4",
+        rusqlite::params![session, now, stamp, first],
+    )?;
+    tx.execute(
+        "UPDATE messages SET ord = ord + 2 WHERE session_id = ?1 AND ord >= ?2",
+        rusqlite::params![session, first],
+    )?;
+    let mut insert = tx.prepare(
+        "INSERT INTO messages (session_id, role, content, created_at, created_ms, ord)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    insert.execute(rusqlite::params![
+        session, "system", "summary", stamp, now, first
+    ])?;
+    insert.execute(rusqlite::params![
+        session,
+        "assistant",
+        "hint",
+        stamp,
+        now,
+        first + 1
+    ])?;
+    drop(insert);
+    tx.execute(
+        "UPDATE sessions SET message_count = message_count + 2, version = version + 1 WHERE id = ?1",
+        [session],
+    )?;
+    tx.commit()?;
+    Ok(started.elapsed())
+}

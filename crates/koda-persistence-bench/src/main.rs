@@ -116,6 +116,8 @@ struct Row {
     w5: (f64, Duration),
     w6: Duration,
     w7: (Duration, Duration),
+    /// SQLite: the same compaction statements run raw (see ceiling.rs).
+    w7_ceiling: Option<Duration>,
     w8: (Duration, Duration),
     /// W9 alone: (median, p99, total); under compaction: the same, and the
     /// number of compactions that marked messages.
@@ -198,6 +200,19 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
         _ => None,
     };
     row.w6 = stats(&mut time_calls(plan.calls, || store.session_token_usage(&sid)).await?).0;
+    // W7's ceiling compacts a second session of the same shape, raw.
+    if let (Target::Sqlite { options, .. }, Some(path)) = (target, &fresh.sqlite_path) {
+        let twin = fill(
+            store.as_ref(),
+            Path::new("/bench/w2"),
+            1,
+            plan.session,
+            "W7 ceiling session",
+        )
+        .await?
+        .remove(0);
+        row.w7_ceiling = Some(ceiling::sqlite_w7(path, options.synchronous, &twin, 20)?);
+    }
     let t = Instant::now();
     store
         .compact_session(&sid, "summary of the first 1,980 messages", 20)
@@ -382,6 +397,7 @@ fn row_json(r: &Row) -> Value {
         "w5_msgs_per_s": r.w5.0, "w5_p99_ms": ms(r.w5.1),
         "w6_median_ms": ms(r.w6),
         "w7_compact_ms": ms(r.w7.0), "w7_load_ms": ms(r.w7.1),
+        "w7_ceiling_ms": r.w7_ceiling.map(ms),
         "w8_small_median_ms": ms(r.w8.0), "w8_large_median_ms": ms(r.w8.1),
         "w9_alone_median_ms": ms(r.w9_alone.0), "w9_alone_p99_ms": ms(r.w9_alone.1), "w9_alone_total_s": r.w9_alone.2.as_secs_f64(),
         "w9_compacting_median_ms": ms(r.w9_compacting.0), "w9_compacting_p99_ms": ms(r.w9_compacting.1),
@@ -491,6 +507,10 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
         (
             "W7 compact ms".into(),
             Box::new(|r: &Row| format!("{:.3}", ms(r.w7.0))),
+        ),
+        (
+            "W7 ceiling ms (raw statements)".into(),
+            Box::new(move |r: &Row| opt(r.w7_ceiling.map(ms), &|x| format!("{x:.3}"))),
         ),
         (
             "W7 load_context after ms".into(),
