@@ -21,15 +21,7 @@ pub fn sqlite_w1(dir: &Path, sync: Synchronous, n: usize) -> Result<f64> {
     let path = dir.join(format!("ceiling-{}.db", uuid::Uuid::now_v7().simple()));
     let conn = Connection::open(&path)?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
-    conn.pragma_update(
-        None,
-        "synchronous",
-        if sync == Synchronous::Full {
-            "FULL"
-        } else {
-            "NORMAL"
-        },
-    )?;
+    set_synchronous(&conn, sync)?;
     conn.execute_batch(
         "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL,
             role TEXT NOT NULL, content TEXT, tool_calls TEXT, tool_call_id TEXT,
@@ -251,15 +243,7 @@ pub async fn postgres_w2(
 /// transaction, on a session of the same shape.
 pub fn sqlite_w7(path: &Path, sync: Synchronous, session: &str, keep: usize) -> Result<Duration> {
     let mut conn = Connection::open(path)?;
-    conn.pragma_update(
-        None,
-        "synchronous",
-        if sync == Synchronous::Full {
-            "FULL"
-        } else {
-            "NORMAL"
-        },
-    )?;
+    set_synchronous(&conn, sync)?;
     // Warm this connection's page cache as the store's writer is warm.
     let _: i64 = conn.query_row(
         "SELECT COUNT(*) FROM messages WHERE session_id = ?1 AND length(content) >= 0",
@@ -309,4 +293,18 @@ pub fn sqlite_w7(path: &Path, sync: Synchronous, session: &str, keep: usize) -> 
     )?;
     tx.commit()?;
     Ok(started.elapsed())
+}
+
+/// The store's `synchronous` on a plain connection.
+fn set_synchronous(conn: &Connection, sync: Synchronous) -> Result<()> {
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if sync == Synchronous::Full {
+            "FULL"
+        } else {
+            "NORMAL"
+        },
+    )?;
+    Ok(())
 }

@@ -24,25 +24,7 @@ async fn store(url: &str, schema: &str, tag: &str) -> Result<PostgresStore> {
     PostgresStore::connect_with(o, Arc::new(SystemClock)).await
 }
 
-fn typed(e: &anyhow::Error) -> Option<&PersistenceError> {
-    PersistenceError::of(e)
-}
-
-/// Runs `body` against a server and a fresh schema, dropping it afterwards.
-async fn with_schema<F, Fut>(name: &str, body: F) -> Result<()>
-where
-    F: FnOnce(String, String) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    let url = match support::server_url().await {
-        Ok(url) => url,
-        Err(e) => return skip_or_fail(name, e),
-    };
-    let schema = support::fresh_schema();
-    let outcome = body(url.clone(), schema.clone()).await;
-    let dropped = support::drop_schema(&url, &schema).await;
-    outcome.and(dropped)
-}
+use support::{typed, with_schema};
 
 /// Two stores (two pools, as two koda processes) on one schema insert into
 /// shared and separate sessions at once; both see everything, counts exact.

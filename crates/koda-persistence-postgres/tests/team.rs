@@ -17,25 +17,7 @@ use koda_persistence_api::{Persistence, PersistenceError, Role, SystemClock};
 use koda_persistence_conformance::skip_or_fail;
 use koda_persistence_postgres::PostgresStore;
 
-fn typed(e: &anyhow::Error) -> Option<&PersistenceError> {
-    PersistenceError::of(e)
-}
-
-/// Runs `body` against a server and a fresh schema, dropping it afterwards.
-async fn with_schema<F, Fut>(name: &str, body: F) -> Result<()>
-where
-    F: FnOnce(String, String) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    let url = match support::server_url().await {
-        Ok(url) => url,
-        Err(e) => return skip_or_fail(name, e),
-    };
-    let schema = support::fresh_schema();
-    let outcome = body(url.clone(), schema.clone()).await;
-    let dropped = support::drop_schema(&url, &schema).await;
-    outcome.and(dropped)
-}
+use support::{typed, with_schema};
 
 async fn schema_exists(url: &str, schema: &str) -> Result<bool> {
     Ok(support::admin(url)

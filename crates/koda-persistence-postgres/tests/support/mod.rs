@@ -418,6 +418,37 @@ pub fn options(url: &str, schema: &str) -> Result<PostgresOptions> {
     Ok(o)
 }
 
+/// Two handles opened with `o` (a store and a second koda on the same
+/// schema), the server's deadlock counter, and a teardown that drops
+/// `schema` (and `role`, when the case made one).
+async fn two_handles(
+    url: String,
+    schema: String,
+    clock: ManualClock,
+    o: PostgresOptions,
+    role: Option<String>,
+) -> Result<Fixture> {
+    let store = PostgresStore::connect_with(o.clone(), Arc::new(clock.clone())).await?;
+    let second = PostgresStore::connect_with(o, Arc::new(clock.clone())).await?;
+    let probe_url = url.clone();
+    Ok(Fixture::new(Arc::new(store), clock)
+        .with_second_handle(Arc::new(second))
+        .with_deadlock_probe(move || deadlocks(probe_url.clone()))
+        .with_teardown(move || async move {
+            drop_schema(&url, &schema).await?;
+            match role {
+                Some(role) => drop_role(&url, &role).await,
+                None => Ok(()),
+            }
+        }))
+}
+
+/// Migrates a fresh `schema` over a direct connection.
+async fn migrated(url: &str, schema: &str, clock: &ManualClock) -> Result<()> {
+    drop(PostgresStore::connect_with(options(url, schema)?, Arc::new(clock.clone())).await?);
+    Ok(())
+}
+
 /// Each store in its own fresh schema, dropped after the case.
 pub struct FreshSchema;
 
@@ -426,16 +457,8 @@ impl Factory for FreshSchema {
     async fn create(&self, start_ms: i64) -> Result<Fixture> {
         let url = server_url().await?;
         let schema = fresh_schema();
-        let clock = ManualClock::new(start_ms);
-        let store =
-            PostgresStore::connect_with(options(&url, &schema)?, Arc::new(clock.clone())).await?;
-        let second =
-            PostgresStore::connect_with(options(&url, &schema)?, Arc::new(clock.clone())).await?;
-        let probe_url = url.clone();
-        Ok(Fixture::new(Arc::new(store), clock)
-            .with_second_handle(Arc::new(second))
-            .with_deadlock_probe(move || deadlocks(probe_url.clone()))
-            .with_teardown(move || async move { drop_schema(&url, &schema).await }))
+        let o = options(&url, &schema)?;
+        two_handles(url, schema, ManualClock::new(start_ms), o, None).await
     }
 }
 
@@ -488,18 +511,9 @@ impl Factory for ThroughPgBouncer {
         let schema = fresh_schema();
         let clock = ManualClock::new(start_ms);
         // Migrations run on a direct connection, never through the pooler.
-        drop(PostgresStore::connect_with(options(&url, &schema)?, Arc::new(clock.clone())).await?);
-        let store =
-            PostgresStore::connect_with(bouncer_options(&schema).await?, Arc::new(clock.clone()))
-                .await?;
-        let second =
-            PostgresStore::connect_with(bouncer_options(&schema).await?, Arc::new(clock.clone()))
-                .await?;
-        let probe_url = url.clone();
-        Ok(Fixture::new(Arc::new(store), clock)
-            .with_second_handle(Arc::new(second))
-            .with_deadlock_probe(move || deadlocks(probe_url.clone()))
-            .with_teardown(move || async move { drop_schema(&url, &schema).await }))
+        migrated(&url, &schema, &clock).await?;
+        let o = bouncer_options(&schema).await?;
+        two_handles(url, schema, clock, o, None).await
     }
 }
 
@@ -567,25 +581,10 @@ impl Factory for RuntimeRole {
         let url = server_url().await?;
         let schema = fresh_schema();
         let clock = ManualClock::new(start_ms);
-        drop(PostgresStore::connect_with(options(&url, &schema)?, Arc::new(clock.clone())).await?);
+        migrated(&url, &schema, &clock).await?;
         let (role, password) = runtime_role(&url, &schema).await?;
-        let open = || async {
-            PostgresStore::connect_with(
-                role_options(&url, &schema, &role, &password)?,
-                Arc::new(clock.clone()),
-            )
-            .await
-        };
-        let store = open().await?;
-        let second = open().await?;
-        let probe_url = url.clone();
-        Ok(Fixture::new(Arc::new(store), clock.clone())
-            .with_second_handle(Arc::new(second))
-            .with_deadlock_probe(move || deadlocks(probe_url.clone()))
-            .with_teardown(move || async move {
-                drop_schema(&url, &schema).await?;
-                drop_role(&url, &role).await
-            }))
+        let o = role_options(&url, &schema, &role, &password)?;
+        two_handles(url, schema, clock, o, Some(role)).await
     }
 }
 
@@ -596,4 +595,27 @@ pub fn role_url(url: &str, role: &str, password: &str) -> Result<String> {
         .ok_or_else(|| anyhow!("not a URL: no ://"))?;
     let host_part = rest.split_once('@').map_or(rest, |(_, h)| h);
     Ok(format!("{scheme}://{role}:{password}@{host_part}"))
+}
+
+/// The typed error inside `e`, if any.
+pub fn typed(e: &anyhow::Error) -> Option<&koda_persistence_api::PersistenceError> {
+    koda_persistence_api::PersistenceError::of(e)
+}
+
+/// Runs `body` against the tests' server and a fresh schema, dropping the
+/// schema afterwards; `Skipped` (saying so) when there is no server and
+/// that is allowed.
+pub async fn with_schema<F, Fut>(name: &str, body: F) -> Result<()>
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let url = match server_url().await {
+        Ok(url) => url,
+        Err(e) => return koda_persistence_conformance::skip_or_fail(name, e),
+    };
+    let schema = fresh_schema();
+    let outcome = body(url.clone(), schema.clone()).await;
+    let dropped = drop_schema(&url, &schema).await;
+    outcome.and(dropped)
 }
