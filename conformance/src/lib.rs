@@ -76,14 +76,21 @@ pub mod __private {
 /// Emits the whole suite for one backend: `conformance_tests!(FactoryValue);`
 /// where `FactoryValue` is an expression of a type implementing [`Factory`].
 /// The tests appear as `<area>::<case>` plus `state_machine`.
+///
+/// `conformance_tests!(FactoryValue, machine_share = N)` runs the state
+/// machine on `1/N` of `PROPTEST_CASES` (for a second path to a backend
+/// whose first run has the full count).
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr) => {
+        $crate::conformance_tests!($factory, machine_share = 1);
+    };
+    ($factory:expr, machine_share = $share:expr) => {
         $crate::__for_each_case!($crate::__emit_cases, $factory);
 
         #[test]
         fn state_machine() {
-            $crate::machine::run(&$factory);
+            $crate::machine::run_share(&$factory, $share);
         }
     };
 }
