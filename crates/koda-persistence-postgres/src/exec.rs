@@ -173,23 +173,6 @@ impl<'a> Db<'a> {
         }
     }
 
-    /// Prepares `template` now (direct connections only), so that a later
-    /// call sends it without a round trip first: pipelined statements then
-    /// go out in the order they were polled.
-    pub(crate) async fn prepare(
-        &self,
-        what: &'static str,
-        template: &str,
-        types: &[Type],
-    ) -> Result<()> {
-        if !self.dialect.pooled {
-            self.statement(&self.sql(template), types)
-                .await
-                .map_err(|e| classify(e, what))?;
-        }
-        Ok(())
-    }
-
     /// Every row `template` returns.
     pub(crate) async fn rows(
         &self,

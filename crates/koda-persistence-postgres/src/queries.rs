@@ -14,7 +14,7 @@ use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, MessageRecord, MetadataRecord, PersistenceError,
     Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
 };
-use postgres_types::{FromSql, Type};
+use postgres_types::FromSql;
 use tokio_postgres::Row;
 
 use crate::exec::{Conn, Db, boolean, byte_arrays, bytes, int, ints, text, texts};
@@ -937,17 +937,10 @@ pub(crate) async fn import_messages(
     const TAKEN: &str = "SELECT id FROM kp.messages WHERE id = ANY($1) LIMIT 1";
     // Pipelined (sent together, run in this order): with kept ids, the
     // sequence position and the taken-id check, then the insert. A failed
-    // check drops the transaction, and the insert with it.
-    // Prepared first (direct connections): a statement not yet prepared
-    // would be sent only after its own preparing round trip, behind the
-    // insert.
-    let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-    db.prepare("preparing import_messages", &sql, &types)
-        .await?;
-    db.prepare("preparing import_messages", ID_POSITION, &[])
-        .await?;
-    db.prepare("preparing import_messages", TAKEN, &[Type::INT8_ARRAY])
-        .await?;
+    // check drops the transaction, and the insert with it. The order holds
+    // also when a statement is not prepared yet on this connection: each
+    // is sent once its preparation is answered, and answers come in the
+    // order asked; the join polls the checks first.
     let id_param = [ints(&ids)];
     let checks = async {
         if !keep_ids {

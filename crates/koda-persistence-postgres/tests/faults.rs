@@ -682,3 +682,43 @@ async fn every_sqlstate_class_is_typed() -> Result<()> {
     })
     .await
 }
+
+/// `claim_ids` locks out inserts while it reads and moves the id sequence
+/// (else an insert between the two could take an id it grants): with
+/// another transaction's insert uncommitted it waits, and goes on once
+/// that transaction ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_ids_waits_for_an_uncommitted_insert() -> Result<()> {
+    use koda_persistence_api::Import;
+    with_schema("claim_lock", |url, schema| async move {
+        let s = store(&url, &schema, "claim").await?;
+        let sid = s.create_session("main", Path::new("/p")).await?;
+        s.insert_message(&sid, &Role::User, Some("first"), None, None, None)
+            .await?;
+        let admin = support::admin(&url).await?;
+        admin.batch_execute("BEGIN").await?;
+        admin
+            .execute(
+                &format!(
+                    "INSERT INTO \"{schema}\".messages (session_id, ord, role, created_ms) \
+                     VALUES ($1, 99, 'user', 0)"
+                ),
+                &[&sid],
+            )
+            .await?;
+        let claiming = {
+            let s = s.clone();
+            tokio::spawn(async move { s.claim_ids(1_000_000, 1_000_010).await })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !claiming.is_finished(),
+            "claim_ids went ahead of an uncommitted insert"
+        );
+        admin.batch_execute("ROLLBACK").await?;
+        let granted = tokio::time::timeout(Duration::from_secs(10), claiming).await???;
+        assert!(granted, "the range above every id was refused");
+        Ok(())
+    })
+    .await
+}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use koda_persistence_api::{Persistence, PersistenceError, Role, SystemClock};
+use koda_persistence_api::{Import, Persistence, PersistenceError, Role, SystemClock};
 use koda_persistence_conformance::skip_or_fail;
 use koda_persistence_postgres::PostgresStore;
 
@@ -44,7 +44,10 @@ async fn the_pooler_refuses_an_unmigrated_schema_and_names_the_fix() -> Result<(
             matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
             "{said}"
         );
-        assert!(said.contains(&schema), "names the schema: {said}");
+        assert!(
+            said.contains(&format!("schema {schema:?}")),
+            "names the schema: {said}"
+        );
         assert!(said.contains("koda-store migrate"), "names the fix: {said}");
         assert!(
             !schema_exists(&url, &schema).await?,
@@ -101,6 +104,12 @@ async fn the_pooler_refuses_a_schema_behind_this_build() -> Result<()> {
             .insert_message(&s, &Role::User, Some("hi"), None, None, None)
             .await?;
         assert_eq!(store.load_context(&s).await?.len(), 1);
+        // Its health, through the pooler, measures the right schema.
+        let health = store.health().await?;
+        assert!(
+            health.size_bytes.is_some_and(|b| b > 0),
+            "no size for schema {schema}: {health:?}"
+        );
         Ok(())
     })
     .await
