@@ -106,11 +106,10 @@ pub(crate) async fn migrate(options: &PostgresOptions) -> Result<()> {
     {
         Ok(row) => row.and_then(|r| r.try_get::<_, Option<i32>>(0).ok().flatten()),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
-            return Err(PersistenceError::PermissionDenied(format!(
-                "this role may not use schema {schema:?} (ask for its grants, or open the schema \
-                 this role was granted): {}",
-                crate::error::classify(e, "reading the schema version")
-            ))
+            return Err(crate::error::schema_refused(
+                schema,
+                classify(e, "reading the schema version"),
+            )
             .into());
         }
         // No schema or no history yet: migrate.

@@ -90,3 +90,12 @@ pub(crate) fn is_retryable(e: &anyhow::Error) -> bool {
 pub(crate) fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> anyhow::Error {
     move |e| classify(e, what)
 }
+
+/// A role that may not use `schema` (SQLSTATE 42501 on it), with what the
+/// server said.
+pub(crate) fn schema_refused(schema: &str, said: impl std::fmt::Display) -> PersistenceError {
+    PersistenceError::PermissionDenied(format!(
+        "this role may not use schema {schema:?} (ask for its grants, or open the schema this \
+         role was granted): {said}"
+    ))
+}

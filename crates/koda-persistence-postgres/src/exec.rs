@@ -151,7 +151,7 @@ impl<'a> Db<'a> {
     }
 
     /// The statement text for `template`.
-    pub(crate) fn sql(&self, template: &str) -> String {
+    fn sql(&self, template: &str) -> String {
         self.dialect.sql(template)
     }
 
@@ -162,15 +162,20 @@ impl<'a> Db<'a> {
         }
     }
 
-    async fn statement(
+    /// `sql` prepared with `params`' types (cached per connection), and
+    /// the values to bind: the direct path.
+    async fn prepared<'p>(
         &self,
         sql: &str,
-        types: &[Type],
-    ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
-        match self.on {
-            On::Client(c) => c.prepare_typed_cached(sql, types).await,
-            On::Tx(t) => t.prepare_typed_cached(sql, types).await,
-        }
+        params: &'p [Param<'p>],
+    ) -> Result<(tokio_postgres::Statement, Vec<&'p (dyn ToSql + Sync)>), tokio_postgres::Error>
+    {
+        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+        let stmt = match self.on {
+            On::Client(c) => c.prepare_typed_cached(sql, &types).await?,
+            On::Tx(t) => t.prepare_typed_cached(sql, &types).await?,
+        };
+        Ok((stmt, params.iter().map(|(v, _)| *v).collect()))
     }
 
     /// Every row `template` returns.
@@ -184,12 +189,8 @@ impl<'a> Db<'a> {
         let done = if self.dialect.pooled {
             self.client().query_typed(&sql, params).await
         } else {
-            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-            match self.statement(&sql, &types).await {
-                Ok(stmt) => {
-                    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
-                    self.client().query(&stmt, &values).await
-                }
+            match self.prepared(&sql, params).await {
+                Ok((stmt, values)) => self.client().query(&stmt, &values).await,
                 Err(e) => Err(e),
             }
         };
@@ -234,12 +235,8 @@ impl<'a> Db<'a> {
             )
             .await
         } else {
-            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-            match self.statement(&sql, &types).await {
-                Ok(stmt) => {
-                    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
-                    self.client().execute(&stmt, &values).await
-                }
+            match self.prepared(&sql, params).await {
+                Ok((stmt, values)) => self.client().execute(&stmt, &values).await,
                 Err(e) => Err(e),
             }
         };

@@ -216,11 +216,7 @@ impl PostgresStore {
             Err(e) => {
                 return Err(match PersistenceError::of(&e) {
                     Some(PersistenceError::PermissionDenied(said)) => {
-                        PersistenceError::PermissionDenied(format!(
-                            "this role may not use schema {schema:?} (ask for its grants, or open \
-                             the schema this role was granted): {said}"
-                        ))
-                        .into()
+                        error::schema_refused(schema, said).into()
                     }
                     Some(_) => e,
                     // Untyped: no such schema (3F000) or no schema history

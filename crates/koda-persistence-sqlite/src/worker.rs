@@ -407,13 +407,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_group_commits_once_before_answering_and_rolls_back_a_failed_write_alone() {
+    /// A WAL database file with one table `t (n)`, and a connection to it.
+    fn scratch() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.db");
-        let mut conn = Connection::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (n INTEGER)")
             .unwrap();
+        (dir, path, conn)
+    }
+
+    #[test]
+    fn a_group_commits_once_before_answering_and_rolls_back_a_failed_write_alone() {
+        let (_dir, path, mut conn) = scratch();
         let seen: Outcomes = Arc::default();
         let group = (0..5)
             .map(|i| job(i as i64, i == 2, path.clone(), seen.clone(), i))
@@ -443,11 +449,7 @@ mod tests {
 
     #[test]
     fn a_group_whose_transaction_fails_runs_each_write_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.db");
-        let mut conn = Connection::open(&path).unwrap();
-        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (n INTEGER)")
-            .unwrap();
+        let (_dir, path, mut conn) = scratch();
         // Another connection holds the write lock past the timeout: the
         // group gives up, then each write alone gives up too, each with
         // its own busy error.
