@@ -14,7 +14,8 @@ pub use crate::import::{
     check_session_record, id_taken,
 };
 pub use crate::rules::{
-    DEFAULT_AGENT, order_usage_groups, purge_cutoff, usage_by_agent, usage_total,
+    DEFAULT_AGENT, ExactUsage, UsageTally, order_usage_groups, purge_cutoff, usage_by_agent,
+    usage_total,
 };
 pub use crate::types::NewMessage;
 pub use crate::url;

@@ -286,6 +286,11 @@ pub trait Persistence: Send + Sync {
     /// Sums of the five counters over the session's stored messages (compacted
     /// included) whose `prompt_tokens` or `completion_tokens` is set;
     /// `api_calls` counts those messages. Zeros for an unknown session.
+    /// Each sum is the exact sum saturated at `i64::MAX` when read: a message
+    /// purged or deleted takes exactly its counters away, also from a sum
+    /// that was saturated. Backends keep these sums per session and agent in
+    /// the writes' own transactions, so this costs O(agents), not
+    /// O(messages).
     ///
     /// # Errors
     /// Only store failures.

@@ -17,23 +17,127 @@ pub fn usage_by_agent<'a, I>(rows: I) -> Vec<(String, SessionUsage)>
 where
     I: IntoIterator<Item = (Option<&'a str>, [Option<i64>; 5])>,
 {
-    let mut groups: Vec<(String, SessionUsage)> = Vec::new();
+    let mut tally = UsageTally::default();
     for (agent, counters) in rows {
+        tally.add(agent, counters);
+    }
+    tally.groups()
+}
+
+/// One agent's exact sums in a [`UsageTally`]: the five counters, then the
+/// number of counted messages.
+pub type ExactUsage = [i128; 6];
+
+/// A session's usage by agent, kept exact (`i128`) so that removing a
+/// message (purge, delete) subtracts exactly what adding it added; the
+/// contract's saturation at `i64::MAX` happens only when read
+/// ([`UsageTally::groups`]). Backends keep one per session, updated in the
+/// same write as the messages, so usage costs O(agents) to read.
+#[derive(Debug, Clone, Default)]
+pub struct UsageTally {
+    /// `(agent group, sums)`, at most one entry per group, none with a
+    /// zero message count.
+    groups: Vec<(String, ExactUsage)>,
+}
+
+/// Two tallies are equal when they hold the same groups with the same
+/// sums, in whatever order.
+impl PartialEq for UsageTally {
+    fn eq(&self, other: &Self) -> bool {
+        let sorted = |t: &Self| {
+            let mut e = t.groups.clone();
+            e.sort();
+            e
+        };
+        sorted(self) == sorted(other)
+    }
+}
+
+impl Eq for UsageTally {}
+
+impl UsageTally {
+    /// Counts one stored message (nothing when it is not an API call:
+    /// neither prompt nor completion set).
+    pub fn add(&mut self, agent: Option<&str>, counters: [Option<i64>; 5]) {
+        self.apply(agent, counters, 1);
+    }
+
+    /// Uncounts one stored message that [`add`](Self::add) counted.
+    pub fn remove(&mut self, agent: Option<&str>, counters: [Option<i64>; 5]) {
+        self.apply(agent, counters, -1);
+    }
+
+    fn apply(&mut self, agent: Option<&str>, counters: [Option<i64>; 5], sign: i128) {
         if counters[0].is_none() && counters[1].is_none() {
-            continue;
+            return;
         }
         let name = agent.unwrap_or(DEFAULT_AGENT);
-        match groups.iter_mut().find(|(g, _)| g == name) {
-            Some((_, usage)) => usage.add_message_counters(counters),
+        let index = match self.groups.iter().position(|(g, _)| g == name) {
+            Some(i) => i,
             None => {
-                let mut usage = SessionUsage::default();
-                usage.add_message_counters(counters);
-                groups.push((name.to_owned(), usage));
+                self.groups.push((name.to_owned(), [0; 6]));
+                self.groups.len() - 1
             }
+        };
+        let Some((_, sums)) = self.groups.get_mut(index) else {
+            return;
+        };
+        for (sum, v) in sums.iter_mut().zip(counters) {
+            *sum += sign * i128::from(v.unwrap_or(0));
+        }
+        sums[5] += sign;
+        if sums[5] == 0 {
+            self.groups.swap_remove(index);
         }
     }
-    order_usage_groups(&mut groups);
-    groups
+
+    /// The groups as the trait returns them: sums clamped to `i64`,
+    /// ordered as [`order_usage_groups`] says.
+    pub fn groups(&self) -> Vec<(String, SessionUsage)> {
+        let clamp = |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
+        let mut out: Vec<(String, SessionUsage)> = self
+            .groups
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name.clone(),
+                    SessionUsage {
+                        prompt_tokens: clamp(s[0]),
+                        completion_tokens: clamp(s[1]),
+                        cache_read_tokens: clamp(s[2]),
+                        cache_creation_tokens: clamp(s[3]),
+                        thinking_tokens: clamp(s[4]),
+                        api_calls: clamp(s[5]),
+                    },
+                )
+            })
+            .collect();
+        order_usage_groups(&mut out);
+        out
+    }
+
+    /// The exact sums per group, for a backend that stores them.
+    pub fn entries(&self) -> &[(String, ExactUsage)] {
+        &self.groups
+    }
+
+    /// A tally from stored [`entries`](Self::entries); groups with a zero
+    /// message count are dropped, repeated groups merged.
+    pub fn from_entries(entries: impl IntoIterator<Item = (String, ExactUsage)>) -> Self {
+        let mut tally = Self::default();
+        for (name, sums) in entries {
+            match tally.groups.iter_mut().find(|(g, _)| *g == name) {
+                Some((_, have)) => {
+                    for (h, s) in have.iter_mut().zip(sums) {
+                        *h += s;
+                    }
+                }
+                None => tally.groups.push((name, sums)),
+            }
+        }
+        tally.groups.retain(|(_, s)| s[5] != 0);
+        tally
+    }
 }
 
 /// The order of usage by agent: `prompt + completion` descending, ties by
@@ -109,6 +213,52 @@ mod tests {
         let total = usage_total(&usage_by_agent(rows));
         assert_eq!(total.prompt_tokens, i64::MAX);
         assert_eq!(total.completion_tokens, 1);
+    }
+
+    #[test]
+    fn a_tally_subtracts_exactly_what_it_added() {
+        let mut t = UsageTally::default();
+        let big = [Some(i64::MAX), Some(1), None, Some(3), Some(i64::MAX)];
+        t.add(Some("a"), big);
+        t.add(Some("a"), big);
+        t.add(None, c(Some(2), None));
+        t.add(Some("main"), c(None, Some(4)));
+        t.add(Some("idle"), c(None, None));
+        let g = t.groups();
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].0, "a");
+        assert_eq!(
+            (
+                g[0].1.prompt_tokens,
+                g[0].1.completion_tokens,
+                g[0].1.api_calls
+            ),
+            (i64::MAX, 2, 2)
+        );
+        assert_eq!(g[1].1.api_calls, 2);
+        // Saturated on read, exact underneath: one removal is exact again.
+        t.remove(Some("a"), big);
+        assert_eq!(t.groups()[0].1.prompt_tokens, i64::MAX);
+        assert_eq!(t.groups()[0].1.cache_creation_tokens, 3);
+        t.remove(Some("a"), big);
+        assert_eq!(t.groups().len(), 1, "an emptied group disappears");
+        assert_eq!(UsageTally::from_entries(t.entries().to_vec()), t);
+        let mut reordered = t.entries().to_vec();
+        reordered.push(("b".to_owned(), [1, 0, 1, 0, 2, 1]));
+        reordered.reverse();
+        let mut with_b = t.clone();
+        with_b.add(Some("b"), c(Some(1), None));
+        with_b.remove(Some("b"), c(None, None));
+        assert_ne!(with_b, t);
+        assert_eq!(
+            UsageTally::from_entries(reordered),
+            with_b,
+            "order does not matter"
+        );
+        assert_eq!(
+            UsageTally::from_entries(vec![("x".to_owned(), [1, 0, 0, 0, 0, 0])]),
+            UsageTally::default()
+        );
     }
 
     #[test]
