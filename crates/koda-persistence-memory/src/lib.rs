@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Result;
 use koda_persistence_api::backend::{
-    ContextRow, NewMessage, apply_context_passes, assign_ids, check_claim, check_limit,
+    ContextRow, NewMessage, UsageTally, apply_context_passes, assign_ids, check_claim, check_limit,
     check_message_records, check_session_record, check_usage, format_timestamp, id_taken,
-    purge_cutoff, root_to_str, usage_by_agent, usage_total,
+    purge_cutoff, root_to_str, usage_total,
 };
 use koda_persistence_api::{
     COMPACTION_HINT, Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord,
@@ -93,6 +93,8 @@ struct Session {
     metadata: HashMap<String, String>,
     /// Running `prompt + completion` sum (wide, so deletions stay exact).
     tokens: i128,
+    /// Usage by agent, kept with every write: reading it costs O(agents).
+    usage: UsageTally,
 }
 
 #[derive(Debug)]
@@ -215,6 +217,7 @@ impl Persistence for MemoryStore {
             order: Vec::new(),
             metadata: HashMap::new(),
             tokens: 0,
+            usage: UsageTally::default(),
         };
         st.list(session.project_root.clone(), &session, &id);
         st.sessions.insert(id.clone(), session);
@@ -311,6 +314,9 @@ impl Persistence for MemoryStore {
         }
         session.order.push(id);
         session.tokens += row_tokens(&message);
+        session
+            .usage
+            .add(m.agent.as_deref(), message.usage_counters());
         session.last_accessed_ms = Some(now);
         st.messages.insert(
             id,
@@ -402,12 +408,7 @@ impl Persistence for MemoryStore {
         session_id: &str,
     ) -> Result<Vec<(String, SessionUsage)>> {
         Ok(self
-            .with_session(session_id, |st, s| {
-                usage_by_agent(
-                    st.rows(s)
-                        .map(|r| (r.agent.as_deref(), r.message.usage_counters())),
-                )
-            })
+            .with_session(session_id, |_, s| s.usage.groups())
             .unwrap_or_default())
     }
 
@@ -539,6 +540,8 @@ impl Persistence for MemoryStore {
                     .push(id);
                 if let Some(s) = st.sessions.get_mut(&row.message.session_id) {
                     s.tokens -= row_tokens(&row.message);
+                    s.usage
+                        .remove(row.agent.as_deref(), row.message.usage_counters());
                 }
             }
         }
@@ -685,6 +688,7 @@ impl Import for MemoryStore {
             order: Vec::new(),
             metadata: HashMap::new(),
             tokens: 0,
+            usage: UsageTally::default(),
         };
         st.list(record.project_root.clone(), &record, &session.id);
         st.sessions.insert(session.id.clone(), record);
@@ -721,6 +725,9 @@ impl Import for MemoryStore {
             }
             session.order.push(id);
             session.tokens += row_tokens(&message);
+            session
+                .usage
+                .add(r.agent.as_deref(), message.usage_counters());
             st.messages.insert(
                 id,
                 Row {
