@@ -1,12 +1,53 @@
 //! Values: one version byte, then the record in postcard. A reader refuses a
-//! version it does not know (`Corrupt`), so the layout can evolve.
+//! version it does not know (`Corrupt`), so the layout can evolve. Session
+//! records are at format 2 (usage by agent added); opening a store an
+//! earlier build wrote rewrites its format-1 session records once
+//! ([`crate::queries::upgrade`]).
 
+use koda_persistence_api::backend::{ExactUsage, UsageTally};
 use koda_persistence_api::{PersistenceError, Role};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The value format this build writes.
+/// The value format this build writes (session records: [`SESSION_VERSION`]).
 pub(crate) const VERSION: u8 = 1;
+
+/// The format of session records: 2 since usage by agent is kept in them.
+pub(crate) const SESSION_VERSION: u8 = 2;
+
+/// A session as format 1 stored it (earlier builds), read only to upgrade.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SessionRecordV1 {
+    pub agent_name: String,
+    pub project_root: String,
+    pub created_ms: i64,
+    pub seq: u64,
+    pub last_accessed_ms: Option<i64>,
+    pub title: Option<String>,
+    pub mode: Option<String>,
+    pub message_count: i64,
+    pub total_tokens: i128,
+    pub next_ord: u64,
+}
+
+impl SessionRecordV1 {
+    /// The format-2 record, with the usage its messages add up to.
+    pub(crate) fn upgrade(self, usage: &UsageTally) -> SessionRecord {
+        SessionRecord {
+            agent_name: self.agent_name,
+            project_root: self.project_root,
+            created_ms: self.created_ms,
+            seq: self.seq,
+            last_accessed_ms: self.last_accessed_ms,
+            title: self.title,
+            mode: self.mode,
+            message_count: self.message_count,
+            total_tokens: self.total_tokens,
+            next_ord: self.next_ord,
+            usage: usage.entries().to_vec(),
+        }
+    }
+}
 
 /// A session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,6 +64,27 @@ pub(crate) struct SessionRecord {
     pub total_tokens: i128,
     /// The last position used in the session.
     pub next_ord: u64,
+    /// Exact usage by agent ([`UsageTally::entries`]), kept with every write.
+    pub usage: Vec<(String, ExactUsage)>,
+}
+
+impl SessionRecord {
+    /// The session's usage by agent.
+    pub(crate) fn tally(&self) -> UsageTally {
+        UsageTally::from_entries(self.usage.iter().cloned())
+    }
+
+    /// Replaces the kept usage.
+    pub(crate) fn set_tally(&mut self, tally: &UsageTally) {
+        self.usage = tally.entries().to_vec();
+    }
+
+    /// Counts one more message of this session.
+    pub(crate) fn count(&mut self, agent: Option<&str>, counters: [Option<i64>; 5]) {
+        let mut t = self.tally();
+        t.add(agent, counters);
+        self.set_tally(&t);
+    }
 }
 
 /// A message.
@@ -91,7 +153,16 @@ pub(crate) fn role_of(b: u8) -> Result<Role, PersistenceError> {
 
 /// Version byte + postcard.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PersistenceError> {
-    let mut out = vec![VERSION];
+    encode_as(VERSION, value)
+}
+
+/// A session record: [`SESSION_VERSION`] + postcard.
+pub(crate) fn encode_session(value: &SessionRecord) -> Result<Vec<u8>, PersistenceError> {
+    encode_as(SESSION_VERSION, value)
+}
+
+fn encode_as<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, PersistenceError> {
+    let mut out = vec![version];
     let body = postcard::to_allocvec(value)
         .map_err(|e| PersistenceError::InvalidInput(format!("cannot encode a record: {e}")))?;
     out.extend_from_slice(&body);
@@ -100,11 +171,35 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PersistenceErro
 
 /// Checks the version byte and decodes; anything else is `Corrupt`.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, PersistenceError> {
+    decode_as(VERSION, bytes, what)
+}
+
+/// A session record of [`SESSION_VERSION`]; anything else is `Corrupt`.
+pub(crate) fn decode_session(bytes: &[u8], what: &str) -> Result<SessionRecord, PersistenceError> {
+    decode_as(SESSION_VERSION, bytes, what)
+}
+
+/// A session record an earlier build wrote (format 1), `None` for any other.
+pub(crate) fn decode_session_v1(
+    bytes: &[u8],
+    what: &str,
+) -> Result<Option<SessionRecordV1>, PersistenceError> {
+    match bytes.first() {
+        Some(&VERSION) => decode_as(VERSION, bytes, what).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn decode_as<T: DeserializeOwned>(
+    version: u8,
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, PersistenceError> {
     match bytes.split_first() {
-        Some((&VERSION, body)) => postcard::from_bytes(body)
+        Some((v, body)) if *v == version => postcard::from_bytes(body)
             .map_err(|e| PersistenceError::Corrupt(format!("cannot decode {what}: {e}"))),
         Some((v, _)) => Err(PersistenceError::Corrupt(format!(
-            "{what} has value format {v}; this build reads format {VERSION}"
+            "{what} has value format {v}; this build reads format {version}"
         ))),
         None => Err(PersistenceError::Corrupt(format!("{what} is empty"))),
     }

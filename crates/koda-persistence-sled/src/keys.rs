@@ -6,7 +6,7 @@
 //!
 //! | namespace | key | value | serves |
 //! |---|---|---|---|
-//! | `S` | session id | `SessionRecord` | every session lookup, counters |
+//! | `S` | session id | `SessionRecord` | every session lookup, counters, usage by agent |
 //! | `M` | len + session id, `ord: u64` | `MessageRecord` | one session's messages in conversation order |
 //! | `I` | message `id: u64` | the message's `M` key | `mark_message_complete`, `clear_message_content` |
 //! | `U` | message `id: u64` of a user message | the message's `M` key | `recent_user_messages` (newest first) |

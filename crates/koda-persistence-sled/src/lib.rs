@@ -36,7 +36,11 @@
 //!   `koda-store doctor` can tell. Keep copies (`koda-store export`).
 //! - **Reads** never scan the store: one session's questions are prefix scans
 //!   of that session's keys; `list_sessions` walks one root's index,
-//!   `recent_user_messages` the user-message index from the newest.
+//!   `recent_user_messages` the user-message index from the newest; usage
+//!   by agent is kept (exact) in the session record by every write, so
+//!   reading it reads one record. Session records are at value format 2; a
+//!   store an earlier build wrote is upgraded on open (its usage counted
+//!   once), and an earlier build refuses it afterwards (`Corrupt`).
 #![deny(missing_docs)]
 
 mod codec;

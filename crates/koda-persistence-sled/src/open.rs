@@ -86,7 +86,8 @@ fn make_private(_dir: &Path) -> std::io::Result<()> {
 
 /// Opens sled in `path`: creates the directory 0700 when missing, waits up
 /// to [`RELOCK_WAIT`] for a lock a handle this process just dropped still
-/// holds (else [`FOREIGN_LOCK_WAIT`]), then makes sled's files private.
+/// holds (else [`FOREIGN_LOCK_WAIT`]), then makes sled's files private and
+/// upgrades session records an earlier build wrote.
 pub(crate) fn open_db(path: &Path, options: &SledOptions) -> Result<Db> {
     if !path.exists() {
         create_private_dir(path).map_err(|e| {
@@ -119,5 +120,9 @@ pub(crate) fn open_db(path: &Path, options: &SledOptions) -> Result<Db> {
     make_private(path).map_err(|e| {
         PersistenceError::Unavailable(format!("making {} private: {e}", path.display()))
     })?;
+    let upgraded = crate::queries::upgrade(&db)?;
+    if upgraded > 0 {
+        tracing::info!(path = %path.display(), sessions = upgraded, "kept usage by agent in the session records");
+    }
     Ok(db)
 }

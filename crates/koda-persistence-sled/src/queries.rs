@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use koda_persistence_api::backend::{
-    ContextRow, NewMessage, check_kept, format_timestamp, id_taken, purge_cutoff, usage_by_agent,
+    ContextRow, NewMessage, UsageTally, check_kept, format_timestamp, id_taken, purge_cutoff,
 };
 use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
@@ -17,13 +17,16 @@ use koda_persistence_api::{
 };
 use sled::{Batch, Db, IVec};
 
-use crate::codec::{MessageRecord, SessionRecord, decode, encode, role_byte, role_of, usage_of};
+use crate::codec::{
+    MessageRecord, SessionRecord, decode, decode_session, decode_session_v1, encode,
+    encode_session, role_byte, role_of, usage_of,
+};
 use crate::error::not_found;
 use crate::keys;
 
 pub(crate) fn get_session(db: &Db, id: &str) -> Result<Option<SessionRecord>> {
     match db.get(keys::session(id))? {
-        Some(v) => Ok(Some(decode(&v, &format!("session {id:?}"))?)),
+        Some(v) => Ok(Some(decode_session(&v, &format!("session {id:?}"))?)),
         None => Ok(None),
     }
 }
@@ -93,11 +96,12 @@ pub(crate) fn create_session(
         message_count: 0,
         total_tokens: 0,
         next_ord: 0,
+        usage: Vec::new(),
     };
     let mut batch = Batch::default();
     batch.insert(keys::seq_counter(), encode(&seq)?);
     batch.insert(keys::by_root(root, as_u64(now), seq), sid.as_bytes());
-    batch.insert(keys::session(sid), encode(&record)?);
+    batch.insert(keys::session(sid), encode_session(&record)?);
     Ok(batch)
 }
 
@@ -189,7 +193,7 @@ pub(crate) fn set_session_text(db: &Db, sid: &str, mode: bool, value: &str) -> R
         s.title = Some(value.to_owned());
     }
     let mut batch = Batch::default();
-    batch.insert(keys::session(sid), encode(&s)?);
+    batch.insert(keys::session(sid), encode_session(&s)?);
     Ok(batch)
 }
 
@@ -209,6 +213,9 @@ pub(crate) fn append_message(db: &Db, m: NewMessage, now: i64) -> Result<(Batch,
         ]
     });
     session.total_tokens += usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
+    if let Some(u) = usage {
+        session.count(m.agent.as_deref(), u.map(Some));
+    }
     let key = keys::message(&m.session_id, session.next_ord);
     let record = MessageRecord {
         id,
@@ -224,7 +231,7 @@ pub(crate) fn append_message(db: &Db, m: NewMessage, now: i64) -> Result<(Batch,
         compacted_ms: None,
     };
     let mut batch = Batch::default();
-    batch.insert(keys::session(&m.session_id), encode(&session)?);
+    batch.insert(keys::session(&m.session_id), encode_session(&session)?);
     batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
     if m.role == Role::User {
         batch.insert(keys::numbered(keys::USER, id), key.clone());
@@ -309,13 +316,42 @@ pub(crate) fn mark_complete(db: &Db, message_id: i64, now: i64) -> Result<(Batch
     Ok((batch, session))
 }
 
+/// Usage by agent, as the session record keeps it (O(agents)).
 pub(crate) fn usage_groups(db: &Db, sid: &str) -> Result<Vec<(String, SessionUsage)>> {
-    let messages = session_messages(db, sid)?;
-    Ok(usage_by_agent(
-        messages
-            .iter()
-            .map(|(_, m)| (m.agent_name.as_deref(), m.counters())),
-    ))
+    Ok(get_session(db, sid)?
+        .map(|s| s.tally().groups())
+        .unwrap_or_default())
+}
+
+/// The usage a session's stored messages add up to.
+fn counted_usage(db: &Db, sid: &str) -> Result<UsageTally> {
+    let mut tally = UsageTally::default();
+    for (_, m) in session_messages(db, sid)? {
+        tally.add(m.agent_name.as_deref(), m.counters());
+    }
+    Ok(tally)
+}
+
+/// Rewrites the session records an earlier build wrote (format 1) at
+/// format 2, with the usage their messages add up to, in one batch.
+/// Returns how many were upgraded; run at open, before any other call.
+pub(crate) fn upgrade(db: &Db) -> Result<usize> {
+    let mut batch = Batch::default();
+    let mut n = 0;
+    for kv in db.scan_prefix([keys::SESSION]) {
+        let (k, v) = kv?;
+        let sid = String::from_utf8(k[1..].to_vec())
+            .map_err(|_| PersistenceError::Corrupt("a session id is not UTF-8".into()))?;
+        if let Some(old) = decode_session_v1(&v, &format!("session {sid:?}"))? {
+            let usage = counted_usage(db, &sid)?;
+            batch.insert(k, encode_session(&old.upgrade(&usage))?);
+            n += 1;
+        }
+    }
+    if n > 0 {
+        db.apply_batch(batch)?;
+    }
+    Ok(n)
 }
 
 pub(crate) fn compact(
@@ -390,7 +426,7 @@ pub(crate) fn compact(
     }
     session.next_ord += 2;
     session.message_count += 2;
-    batch.insert(keys::session(sid), encode(&session)?);
+    batch.insert(keys::session(sid), encode_session(&session)?);
     Ok((batch, marked))
 }
 
@@ -472,6 +508,9 @@ pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<
         if let Some(s) = sessions.get_mut(&sid) {
             s.message_count -= 1;
             s.total_tokens -= m.tokens();
+            let mut t = s.tally();
+            t.remove(m.agent_name.as_deref(), m.counters());
+            s.set_tally(&t);
         }
         batch.remove(ckey);
         batch.remove(key);
@@ -481,7 +520,7 @@ pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<
     }
     let mut touched = Vec::with_capacity(sessions.len());
     for (sid, s) in sessions {
-        batch.insert(keys::session(&sid), encode(&s)?);
+        batch.insert(keys::session(&sid), encode_session(&s)?);
         touched.push(sid);
     }
     Ok((batch, (n, touched)))
@@ -510,7 +549,7 @@ pub(crate) fn export_session_ids(db: &Db) -> Result<Vec<String>> {
         let (k, v) = kv?;
         let id = String::from_utf8(k[1..].to_vec())
             .map_err(|_| PersistenceError::Corrupt("a session id is not UTF-8".into()))?;
-        let s: SessionRecord = decode(&v, &format!("session {id:?}"))?;
+        let s = decode_session(&v, &format!("session {id:?}"))?;
         all.push(((s.created_ms, s.seq), id));
     }
     all.sort();
@@ -601,7 +640,7 @@ pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
     for kv in db.scan_prefix([keys::SESSION]) {
         let (k, v) = kv?;
         let sid = String::from_utf8_lossy(&k[1..]).into_owned();
-        let s: SessionRecord = match decode(&v, &format!("session {sid:?}")) {
+        let s = match decode_session(&v, &format!("session {sid:?}")) {
             Ok(s) => s,
             Err(e) => {
                 problems.push(e.to_string());
@@ -618,10 +657,15 @@ pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
                 ));
             }
         }
+        if counted_usage(db, &sid)? != s.tally() {
+            problems.push(format!(
+                "session {sid}: the usage kept by agent differs from its messages' counters"
+            ));
+        }
     }
     Ok(koda_persistence_api::StoreHealth {
-        schema_version: i64::from(crate::codec::VERSION),
-        latest_schema_version: i64::from(crate::codec::VERSION),
+        schema_version: i64::from(crate::codec::SESSION_VERSION),
+        latest_schema_version: i64::from(crate::codec::SESSION_VERSION),
         problems,
         size_bytes: Some(db.size_on_disk()?),
     })
@@ -682,6 +726,7 @@ pub(crate) fn import_session(db: &Db, s: &ExportedSession) -> Result<(Batch, boo
         message_count: 0,
         total_tokens: 0,
         next_ord: 0,
+        usage: Vec::new(),
     };
     batch.insert(keys::seq_counter(), encode(&seq)?);
     let listed = match &s.project_root {
@@ -689,7 +734,7 @@ pub(crate) fn import_session(db: &Db, s: &ExportedSession) -> Result<(Batch, boo
         None => keys::rootless(as_u64(s.created_ms), seq),
     };
     batch.insert(listed, s.id.as_bytes());
-    batch.insert(keys::session(&s.id), encode(&record)?);
+    batch.insert(keys::session(&s.id), encode_session(&record)?);
     Ok((batch, true))
 }
 
@@ -718,8 +763,10 @@ pub(crate) fn import_messages(
             .collect::<Result<_>>()?
     };
     let mut batch = Batch::default();
+    let mut tally = session.tally();
     for (m, &id) in messages.iter().zip(&ids) {
         let usage = usage_of(m.counters());
+        tally.add(m.agent.as_deref(), m.counters());
         session.next_ord += 1;
         session.message_count += 1;
         session.total_tokens +=
@@ -748,7 +795,8 @@ pub(crate) fn import_messages(
         }
         batch.insert(key, encode(&record)?);
     }
-    batch.insert(keys::session(sid), encode(&session)?);
+    session.set_tally(&tally);
+    batch.insert(keys::session(sid), encode_session(&session)?);
     Ok((batch, ids))
 }
 
@@ -761,4 +809,72 @@ pub(crate) fn import_metadata(db: &Db, sid: &str, entries: &[MetadataRecord]) ->
         batch.insert(keys::metadata(sid, &e.key), encode(&e.value)?);
     }
     Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::SessionRecordV1;
+    use koda_persistence_api::TokenUsage;
+
+    fn usage(p: i64, c: i64) -> Option<TokenUsage> {
+        Some(TokenUsage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cache_read_tokens: 1,
+            cache_creation_tokens: 0,
+            thinking_tokens: 2,
+        })
+    }
+
+    /// A store an earlier build wrote keeps its session records at format 1,
+    /// without usage: opening it upgrades them once, counting the messages.
+    #[test]
+    fn format_one_session_records_are_upgraded_with_their_usage() -> Result<()> {
+        let db = sled::Config::new().temporary(true).open()?;
+        db.apply_batch(create_session(&db, "s", "main", "/r", 1)?)?;
+        for (agent, u) in [
+            (None, usage(5, 1)),
+            (Some("x"), usage(i64::MAX, 0)),
+            (None, None),
+        ] {
+            let mut m =
+                NewMessage::message("s", Role::Assistant, Some("a"), None, None, None, agent);
+            m.usage = u;
+            db.apply_batch(append_message(&db, m, 2)?.0)?;
+        }
+        let want = usage_groups(&db, "s")?;
+        assert_eq!(want.len(), 2, "{want:?}");
+        // Rewrite the record as an earlier build stored it.
+        let s = get_session(&db, "s")?.ok_or_else(|| anyhow::anyhow!("no session"))?;
+        let old = SessionRecordV1 {
+            agent_name: s.agent_name,
+            project_root: s.project_root,
+            created_ms: s.created_ms,
+            seq: s.seq,
+            last_accessed_ms: s.last_accessed_ms,
+            title: s.title,
+            mode: s.mode,
+            message_count: s.message_count,
+            total_tokens: s.total_tokens,
+            next_ord: s.next_ord,
+        };
+        db.insert(keys::session("s"), encode(&old)?)?;
+        assert!(
+            get_session(&db, "s").is_err(),
+            "a format-1 record is not read as format 2"
+        );
+        assert_eq!(upgrade(&db)?, 1);
+        assert_eq!(usage_groups(&db, "s")?, want);
+        assert_eq!(upgrade(&db)?, 0, "nothing is upgraded twice");
+        assert_eq!(health(&db)?.problems, Vec::<String>::new());
+        // The store's own check sees kept usage that left its rows.
+        let mut s = get_session(&db, "s")?.ok_or_else(|| anyhow::anyhow!("no session"))?;
+        s.count(Some("x"), [Some(1), None, None, None, None]);
+        db.insert(keys::session("s"), encode_session(&s)?)?;
+        let problems = health(&db)?.problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("usage"), "{problems:?}");
+        Ok(())
+    }
 }
