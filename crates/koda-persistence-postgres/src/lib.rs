@@ -5,7 +5,10 @@
 //!   cached per connection (or, with `pooler=transaction`, none: see
 //!   below). Each trait call is one transaction; an insert is
 //!   a single statement that locks the session row, bumps its counters and
-//!   appends the message (one round trip, one commit).
+//!   usage by agent and appends the message (one round trip, one commit).
+//! - **Usage**: kept per session and agent (`session_usage`, schema version
+//!   5) in exact NUMERIC sums by every write that adds or removes a counted
+//!   message, so usage reads one row per agent; saturated when read.
 //! - **Migrations**: refinery, run at connect under a Postgres advisory lock
 //!   per schema, so many processes connecting to a fresh database at once
 //!   all succeed and the schema is created once.

@@ -187,6 +187,20 @@ pub(crate) async fn last_accessed(c: &Conn, id: &str) -> Result<Option<i64>> {
     })
 }
 
+/// The end of an insert into `session_usage` (aliased `g`) that adds the
+/// inserted sums to a group already kept.
+macro_rules! add_to_kept_usage {
+    () => {
+        "ON CONFLICT (session_id, sha256(agent)) DO UPDATE SET
+             prompt = g.prompt + EXCLUDED.prompt,
+             completion = g.completion + EXCLUDED.completion,
+             cache_read = g.cache_read + EXCLUDED.cache_read,
+             cache_creation = g.cache_creation + EXCLUDED.cache_creation,
+             thinking = g.thinking + EXCLUDED.thinking,
+             calls = g.calls + EXCLUDED.calls"
+    };
+}
+
 /// One statement: lock and touch the session (counters, access time, next
 /// position, version), then append the message at that position. Returns
 /// the message id and the session's new version.
@@ -207,13 +221,13 @@ pub(crate) async fn insert_message(c: &Conn, m: &NewMessage, now: i64) -> Result
         u.map(|u| u.cache_creation_tokens),
         u.map(|u| u.thinking_tokens),
     );
-    // The session's NUMERIC total takes the exact sum (purge subtracts the
-    // exact sum); it is saturated only when read.
+    // The session's NUMERIC total and its usage by agent take exact sums
+    // (purge subtracts exact sums); they are saturated only when read.
     let row = c
         .db()
         .opt(
             "insert",
-            "WITH s AS (
+            concat!("WITH s AS (
                  UPDATE kp.sessions SET last_accessed_ms = $2, message_count = message_count + 1,
                      total_tokens = total_tokens + COALESCE($7, 0) + COALESCE($8, 0),
                      next_ord = next_ord + 1,
@@ -224,8 +238,15 @@ pub(crate) async fn insert_message(c: &Conn, m: &NewMessage, now: i64) -> Result
                      prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
                      thinking_tokens, agent_name, full_content, created_ms)
                  SELECT $1, s.next_ord, $3::kp.kp_role, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $2 FROM s
-                 RETURNING id)
-             SELECT i.id, s.version FROM i, s",
+                 RETURNING id),
+             u AS (
+                 INSERT INTO kp.session_usage AS g (session_id, agent, prompt, completion,
+                     cache_read, cache_creation, thinking, calls)
+                 SELECT $1, COALESCE($12, 'main'::BYTEA), COALESCE($7, 0), COALESCE($8, 0),
+                     COALESCE($9, 0), COALESCE($10, 0), COALESCE($11, 0), 1
+                 FROM s WHERE $7 IS NOT NULL OR $8 IS NOT NULL
+                 ", add_to_kept_usage!(), ")
+             SELECT i.id, s.version FROM i, s"),
             &[
                 text(&m.session_id),
                 int(&now),
@@ -374,24 +395,23 @@ pub(crate) async fn mark_complete(c: &Conn, id: i64, now: i64) -> Result<(String
     }
 }
 
-/// Per-agent sums (exact in NUMERIC, saturated to `i64::MAX`), with no
-/// agent and `"main"` merged into `"main"`, ordered by prompt + completion
-/// descending then name bytes.
+/// Per-agent sums as `session_usage` keeps them (exact in NUMERIC,
+/// saturated to `i64::MAX` here), with no agent and `"main"` merged into
+/// `"main"`, ordered by prompt + completion descending then name bytes.
 pub(crate) async fn usage_by_agent(c: &Conn, id: &str) -> Result<Vec<(String, SessionUsage)>> {
     let rows = c
         .db()
         .rows(
             "usage",
-            "SELECT COALESCE(agent_name, 'main'::BYTEA) AS agent,
-                    LEAST(COALESCE(SUM(prompt_tokens), 0), 9223372036854775807)::BIGINT,
-                    LEAST(COALESCE(SUM(completion_tokens), 0), 9223372036854775807)::BIGINT,
-                    LEAST(COALESCE(SUM(cache_read_tokens), 0), 9223372036854775807)::BIGINT,
-                    LEAST(COALESCE(SUM(cache_creation_tokens), 0), 9223372036854775807)::BIGINT,
-                    LEAST(COALESCE(SUM(thinking_tokens), 0), 9223372036854775807)::BIGINT,
-                    COUNT(*)
-             FROM kp.messages
-             WHERE session_id = $1 AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)
-             GROUP BY 1",
+            "SELECT agent,
+                    LEAST(prompt, 9223372036854775807)::BIGINT,
+                    LEAST(completion, 9223372036854775807)::BIGINT,
+                    LEAST(cache_read, 9223372036854775807)::BIGINT,
+                    LEAST(cache_creation, 9223372036854775807)::BIGINT,
+                    LEAST(thinking, 9223372036854775807)::BIGINT,
+                    calls
+             FROM kp.session_usage
+             WHERE session_id = $1 AND calls > 0",
             &[text(&id)],
         )
         .await?;
@@ -493,7 +513,7 @@ pub(crate) async fn compacted_stats(c: &Conn) -> Result<CompactedStats> {
 
 /// One statement: lock the sessions holding old compacted messages (in id
 /// order), delete those messages and lower each touched session's counters
-/// by what went. Returns the count and the sessions.
+/// and usage by agent by what went (a usage row may stay at 0 calls). Returns the count and the sessions.
 pub(crate) async fn purge(c: &Conn, days: u32, now: i64) -> Result<(usize, Vec<String>)> {
     let cutoff = purge_cutoff(now, days);
     let all = days == 0;
@@ -511,12 +531,29 @@ pub(crate) async fn purge(c: &Conn, days: u32, now: i64) -> Result<(usize, Vec<S
                  WHERE messages.session_id = s.id
                    AND messages.compacted_ms IS NOT NULL AND ($1 OR messages.compacted_ms < $2)
                  RETURNING messages.session_id,
-                     COALESCE(messages.prompt_tokens, 0)::NUMERIC + COALESCE(messages.completion_tokens, 0) AS tokens),
+                     COALESCE(messages.prompt_tokens, 0)::NUMERIC + COALESCE(messages.completion_tokens, 0) AS tokens,
+                     COALESCE(messages.agent_name, 'main'::BYTEA) AS agent,
+                     messages.prompt_tokens AS p, messages.completion_tokens AS c,
+                     messages.cache_read_tokens AS cr, messages.cache_creation_tokens AS cc,
+                     messages.thinking_tokens AS t),
              per AS (SELECT session_id, COUNT(*) AS n, SUM(tokens) AS tokens FROM gone GROUP BY session_id),
              upd AS (
                  UPDATE kp.sessions s SET message_count = s.message_count - per.n,
                      total_tokens = s.total_tokens - per.tokens, version = s.version + 1
-                 FROM per WHERE s.id = per.session_id)
+                 FROM per WHERE s.id = per.session_id),
+             per_agent AS (
+                 SELECT session_id, agent, COALESCE(SUM(p), 0) AS p, COALESCE(SUM(c), 0) AS c,
+                     COALESCE(SUM(cr), 0) AS cr, COALESCE(SUM(cc), 0) AS cc,
+                     COALESCE(SUM(t), 0) AS t, COUNT(*) AS calls
+                 FROM gone WHERE p IS NOT NULL OR c IS NOT NULL GROUP BY session_id, agent),
+             usage AS (
+                 UPDATE kp.session_usage g SET prompt = g.prompt - pa.p,
+                     completion = g.completion - pa.c, cache_read = g.cache_read - pa.cr,
+                     cache_creation = g.cache_creation - pa.cc, thinking = g.thinking - pa.t,
+                     calls = g.calls - pa.calls
+                 FROM per_agent pa
+                 WHERE g.session_id = pa.session_id AND sha256(g.agent) = sha256(pa.agent)
+                   AND g.agent = pa.agent)
              SELECT session_id, n FROM per",
             &[boolean(&all), int(&cutoff)],
         )
@@ -674,9 +711,10 @@ pub(crate) async fn schema_version(db: &Db<'_>) -> Result<i64> {
     Ok(i64::from(version.unwrap_or(0)))
 }
 
-/// The applied migrations against this build's, and every session's
-/// position counter against its messages (an insert takes `next_ord + 1`:
-/// a counter behind its rows would place new messages among old ones).
+/// The applied migrations against this build's, every session's position
+/// counter against its messages (an insert takes `next_ord + 1`: a counter
+/// behind its rows would place new messages among old ones), and the usage
+/// kept by agent against the messages' counters.
 pub(crate) async fn health(c: &Conn, schema: &str) -> Result<StoreHealth> {
     let db = c.db();
     let version = schema_version(&db).await?;
@@ -695,6 +733,34 @@ pub(crate) async fn health(c: &Conn, schema: &str) -> Result<StoreHealth> {
         let max: i64 = get(r, 2, "max ord")?;
         problems.push(format!(
             "session {sid}: position counter {next} is behind its last message's {max}"
+        ));
+    }
+    let usage = db
+        .rows(
+            "checking usage",
+            "WITH counted AS (
+                 SELECT session_id, COALESCE(agent_name, 'main'::BYTEA) AS agent,
+                     COALESCE(SUM(prompt_tokens), 0) AS p, COALESCE(SUM(completion_tokens), 0) AS c,
+                     COALESCE(SUM(cache_read_tokens), 0) AS cr,
+                     COALESCE(SUM(cache_creation_tokens), 0) AS cc,
+                     COALESCE(SUM(thinking_tokens), 0) AS t, COUNT(*) AS calls
+                 FROM kp.messages WHERE prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL
+                 GROUP BY 1, 2),
+             kept AS (
+                 SELECT session_id, agent, prompt, completion, cache_read, cache_creation,
+                     thinking, calls
+                 FROM kp.session_usage WHERE calls <> 0),
+             differ AS (
+                 (SELECT * FROM counted EXCEPT ALL SELECT * FROM kept)
+                 UNION ALL (SELECT * FROM kept EXCEPT ALL SELECT * FROM counted))
+             SELECT DISTINCT session_id FROM differ ORDER BY 1",
+            &[],
+        )
+        .await?;
+    for r in &usage {
+        let sid: String = get(r, 0, "session id")?;
+        problems.push(format!(
+            "session {sid}: the usage kept by agent differs from its messages' counters"
         ));
     }
     let size: Option<i64> = db
@@ -895,23 +961,37 @@ pub(crate) async fn import_messages(
         "WITH s AS (
              UPDATE kp.sessions SET next_ord = next_ord + $2, message_count = message_count + $2,
                  total_tokens = total_tokens + $3::NUMERIC, version = version + 1
-             WHERE id = $1 RETURNING next_ord - $2 AS base)
-         INSERT INTO kp.messages (id, session_id, ord, role, content, full_content, tool_calls,
-             tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens,
-             cache_creation_tokens, thinking_tokens, agent_name, created_ms, completed_ms,
-             compacted_ms)
-         OVERRIDING SYSTEM VALUE
-         SELECT {id_column}, $1, s.base + u.n, u.role::kp.kp_role, u.content, u.full_content,
-             u.tool_calls, u.tool_call_id, u.prompt, u.completion, u.cache_read, u.cache_creation,
-             u.thinking, u.agent, u.created, u.completed, u.compacted
-         FROM s, unnest($4::BIGINT[], $5::TEXT[], $6::BYTEA[], $7::BYTEA[], $8::BYTEA[],
-                        $9::BYTEA[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[],
-                        $14::BIGINT[], $15::BYTEA[], $16::BIGINT[], $17::BIGINT[], $18::BIGINT[])
-             WITH ORDINALITY AS u(id, role, content, full_content, tool_calls, tool_call_id,
-                 prompt, completion, cache_read, cache_creation, thinking, agent, created,
-                 completed, compacted, n)
-         ORDER BY u.n
-         RETURNING id, ord"
+             WHERE id = $1 RETURNING next_ord - $2 AS base),
+         ins AS (
+             INSERT INTO kp.messages (id, session_id, ord, role, content, full_content, tool_calls,
+                 tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens,
+                 cache_creation_tokens, thinking_tokens, agent_name, created_ms, completed_ms,
+                 compacted_ms)
+             OVERRIDING SYSTEM VALUE
+             SELECT {id_column}, $1, s.base + u.n, u.role::kp.kp_role, u.content, u.full_content,
+                 u.tool_calls, u.tool_call_id, u.prompt, u.completion, u.cache_read,
+                 u.cache_creation, u.thinking, u.agent, u.created, u.completed, u.compacted
+             FROM s, unnest($4::BIGINT[], $5::TEXT[], $6::BYTEA[], $7::BYTEA[], $8::BYTEA[],
+                            $9::BYTEA[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[],
+                            $14::BIGINT[], $15::BYTEA[], $16::BIGINT[], $17::BIGINT[], $18::BIGINT[])
+                 WITH ORDINALITY AS u(id, role, content, full_content, tool_calls, tool_call_id,
+                     prompt, completion, cache_read, cache_creation, thinking, agent, created,
+                     completed, compacted, n)
+             ORDER BY u.n
+             RETURNING id, ord, agent_name, prompt_tokens, completion_tokens, cache_read_tokens,
+                 cache_creation_tokens, thinking_tokens),
+         usage AS (
+             INSERT INTO kp.session_usage AS g (session_id, agent, prompt, completion, cache_read,
+                 cache_creation, thinking, calls)
+             SELECT $1, COALESCE(agent_name, 'main'::BYTEA), COALESCE(SUM(prompt_tokens), 0),
+                 COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cache_read_tokens), 0),
+                 COALESCE(SUM(cache_creation_tokens), 0), COALESCE(SUM(thinking_tokens), 0),
+                 COUNT(*)
+             FROM ins WHERE prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL
+             GROUP BY COALESCE(agent_name, 'main'::BYTEA)
+             {add})
+         SELECT id, ord FROM ins",
+        add = add_to_kept_usage!()
     );
     let tokens = tokens.to_string();
     let params = [

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use koda_persistence_api::{Persistence, PersistenceError, Role, SystemClock};
+use koda_persistence_api::{Import, Persistence, PersistenceError, Role, SystemClock, TokenUsage};
 use koda_persistence_conformance::skip_or_fail;
 use koda_persistence_postgres::{PostgresOptions, PostgresStore, TlsMode};
 
@@ -178,7 +178,13 @@ async fn ten_processes_migrate_a_fresh_schema_at_once() -> Result<()> {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(versions, [1, 2, 3, 4], "each migration applied once");
+        // One per file of migrations/ (V1__….sql, V2__….sql, …).
+        let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".sql"))
+            .count();
+        let want: Vec<i32> = (1..=i32::try_from(files)?).collect();
+        assert_eq!(versions, want, "each migration applied once");
         Ok(())
     })
     .await
@@ -508,6 +514,94 @@ async fn errors_keep_what_the_server_said() -> Result<()> {
     Ok(())
 }
 
+/// A schema an earlier build migrated (version 4: usage not kept per
+/// session) gains the usage table on the next open, counted from the
+/// messages already there, exactly (a sum past `i64::MAX` included), and
+/// keeps it from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_5_counts_the_usage_a_schema_already_holds() -> Result<()> {
+    with_schema(
+        "version_5_counts_the_usage_a_schema_already_holds",
+        |url, schema| async move {
+            let first = store(&url, &schema, "v5-first").await?;
+            let sid = first.create_session("main", Path::new("/p")).await?;
+            let other = first.create_session("main", Path::new("/p")).await?;
+            let u = |p: i64, c: i64| TokenUsage {
+                prompt_tokens: p,
+                completion_tokens: c,
+                cache_read_tokens: 1,
+                cache_creation_tokens: 2,
+                thinking_tokens: 3,
+            };
+            for (s, agent, usage) in [
+                (&sid, None, Some(u(5, 1))),
+                (&sid, Some("main"), Some(u(i64::MAX, 1))),
+                (&sid, Some("x"), Some(u(2, 2))),
+                (&sid, Some("x"), None),
+                (&other, Some("y"), Some(u(9, 9))),
+            ] {
+                first
+                    .insert_message_with_agent(
+                        s,
+                        &Role::Assistant,
+                        Some("a"),
+                        None,
+                        None,
+                        usage.as_ref(),
+                        agent,
+                    )
+                    .await?;
+            }
+            let want = first.session_usage_by_agent(&sid).await?;
+            let want_other = first.session_usage_by_agent(&other).await?;
+            assert_eq!(want.len(), 2, "{want:?}");
+            drop(first);
+            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            admin
+                .batch_execute(&format!(
+                    "DROP TABLE \"{schema}\".session_usage; \
+                     DELETE FROM \"{schema}\".koda_schema_history WHERE version >= 5"
+                ))
+                .await?;
+            let again = store(&url, &schema, "v5-again").await?;
+            assert_eq!(again.session_usage_by_agent(&sid).await?, want);
+            assert_eq!(again.session_usage_by_agent(&other).await?, want_other);
+            // Kept from here on: one more call counts.
+            again
+                .insert_message_with_agent(
+                    &sid,
+                    &Role::Assistant,
+                    Some("b"),
+                    None,
+                    None,
+                    Some(&u(1, 0)),
+                    None,
+                )
+                .await?;
+            let main = again.session_usage_by_agent(&sid).await?;
+            assert_eq!(main[0].0, "main");
+            assert_eq!(
+                (main[0].1.prompt_tokens, main[0].1.api_calls),
+                (i64::MAX, 3)
+            );
+            assert_eq!(again.health().await?.problems, Vec::<String>::new());
+            // The store's own check sees kept usage that left its rows.
+            admin
+                .execute(
+                    &format!("UPDATE \"{schema}\".session_usage SET thinking = thinking + 1 WHERE session_id = $1"),
+                    &[&sid],
+                )
+                .await?;
+            let problems = again.health().await?.problems;
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].contains(&sid) && problems[0].contains("usage"), "{problems:?}");
+            Ok(())
+        },
+    )
+    .await
+}
+
 /// A schema an earlier build migrated (version 2, no compaction function)
 /// gains it on the next open, keeps its data, and compacts; the function
 /// works on its own schema whatever the caller's search path.
@@ -532,6 +626,7 @@ async fn version_3_compacts_a_schema_an_earlier_build_made() -> Result<()> {
                     "DROP FUNCTION \"{schema}\".kp_compact; \
                  DROP INDEX \"{schema}\".messages_active; \
                  DROP FUNCTION \"{schema}\".kp_field; DROP FUNCTION \"{schema}\".kp_number; \
+                 DROP TABLE \"{schema}\".session_usage; \
                  DELETE FROM \"{schema}\".koda_schema_history WHERE version >= 3"
                 ))
                 .await?;

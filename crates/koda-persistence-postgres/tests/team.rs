@@ -71,7 +71,7 @@ async fn the_pooler_refuses_a_schema_behind_this_build() -> Result<()> {
             PostgresStore::connect_with(support::options(&url, &schema)?, Arc::new(SystemClock))
                 .await?,
         );
-        // As an older build left it: versions 3 and 4 not applied.
+        // As an older build left it: versions 3 to 5 not applied.
         support::admin(&url)
             .await?
             .batch_execute(&format!(
@@ -84,14 +84,15 @@ async fn the_pooler_refuses_a_schema_behind_this_build() -> Result<()> {
         let said = format!("{err:#}");
         assert!(said.contains("version 2"), "{said}");
         assert!(said.contains("koda-store migrate"), "{said}");
-        // The fix: migrate over a direct URL (it re-applies 3 and 4, so
+        // The fix: migrate over a direct URL (it re-applies 3 to 5, so
         // their objects go first, as an older build never had them), then
         // the pooler URL opens and works.
         support::admin(&url)
             .await?
             .batch_execute(&format!(
                 "DROP FUNCTION \"{schema}\".kp_compact; DROP FUNCTION \"{schema}\".kp_field; \
-                 DROP FUNCTION \"{schema}\".kp_number; DROP INDEX \"{schema}\".messages_active"
+                 DROP FUNCTION \"{schema}\".kp_number; DROP INDEX \"{schema}\".messages_active; \
+                 DROP TABLE \"{schema}\".session_usage"
             ))
             .await?;
         drop(

@@ -510,9 +510,10 @@ impl Factory for ThroughPgBouncer {
         let url = server_url().await?;
         let schema = fresh_schema();
         let clock = ManualClock::new(start_ms);
+        // The pooler first: when it cannot start, no schema is left behind.
+        let o = bouncer_options(&schema).await?;
         // Migrations run on a direct connection, never through the pooler.
         migrated(&url, &schema, &clock).await?;
-        let o = bouncer_options(&schema).await?;
         two_handles(url, schema, clock, o, None).await
     }
 }
