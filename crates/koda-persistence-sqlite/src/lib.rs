@@ -39,6 +39,11 @@
 //!   is parameterised.
 //! - **Integrity**: a file that is not a SQLite database, or is corrupt,
 //!   gives `Corrupt` naming the path, and is never written to.
+//! - **Usage**: `session_token_usage` and `session_usage_by_agent` read one
+//!   row per agent from `kp_usage`, which triggers keep in each write's own
+//!   transaction; a sum that passed `i64::MAX` is kept as a REAL (inexact)
+//!   and the session's messages are recounted instead, so the answer is
+//!   always the exact sum, saturated.
 //!
 //! # Running an older koda on the same file
 //!
@@ -49,7 +54,9 @@
 //!   (`kp_meta.koda_generation`: `oldest`, `middle`, `newest`, `new` for a
 //!   file this store created, `unknown` for one an earlier build adopted).
 //!   Triggers give rows an older koda inserts their conversation position,
-//!   counters and millisecond instants (from its text). An answer inserted
+//!   counters and millisecond instants (from its text), and keep the usage
+//!   by agent (`kp_usage`, schema version 3) right for its inserts, edits
+//!   and deletes as for this store's. An answer inserted
 //!   by a generation without completion tracking (`oldest`, `middle`,
 //!   `unknown`) counts as complete: it was delivered. The newest generation
 //!   marks completion itself, so its answer stays hidden while it streams;
@@ -383,9 +390,7 @@ impl Persistence for SqliteStore {
     }
 
     async fn session_token_usage(&self, session_id: &str) -> Result<SessionUsage> {
-        let sid = session_id.to_owned();
-        let rows = self.read(move |c| queries::usage_rows(c, &sid)).await?;
-        Ok(usage_total(&queries::usage_groups(&rows)))
+        Ok(usage_total(&self.session_usage_by_agent(session_id).await?))
     }
 
     async fn session_usage_by_agent(
@@ -393,8 +398,11 @@ impl Persistence for SqliteStore {
         session_id: &str,
     ) -> Result<Vec<(String, SessionUsage)>> {
         let sid = session_id.to_owned();
-        let rows = self.read(move |c| queries::usage_rows(c, &sid)).await?;
-        Ok(queries::usage_groups(&rows))
+        self.read(move |c| match queries::usage_kept(c, &sid)? {
+            Some(groups) => Ok(groups),
+            None => Ok(queries::usage_groups(&queries::usage_rows(c, &sid)?)),
+        })
+        .await
     }
 
     async fn compact_session(

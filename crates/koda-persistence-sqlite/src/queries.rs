@@ -5,12 +5,14 @@
 
 use anyhow::Result;
 use koda_persistence_api::backend::{
-    ContextRow, NewMessage, check_kept, format_timestamp, id_taken, purge_cutoff, usage_by_agent,
+    ContextRow, NewMessage, UsageTally, check_kept, format_timestamp, id_taken, purge_cutoff,
+    usage_by_agent,
 };
 use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, MessageRecord, MetadataRecord, PersistenceError,
     Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
 };
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::rows::{self, MESSAGE_COLUMNS, get};
@@ -333,6 +335,39 @@ pub(crate) fn usage_groups(rows: &[UsageRow]) -> Vec<(String, SessionUsage)> {
     usage_by_agent(rows.iter().map(|(agent, c)| (agent.as_deref(), *c)))
 }
 
+/// Usage by agent as `kp_usage` keeps it (one row per agent), or `None`
+/// when a sum there passed `i64::MAX` (stored as a REAL, inexact): then the
+/// caller recounts the rows.
+pub(crate) fn usage_kept(
+    conn: &Connection,
+    session_id: &str,
+) -> Result<Option<Vec<(String, SessionUsage)>>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT agent, prompt, completion, cache_read, cache_creation, thinking, calls
+         FROM kp_usage WHERE session_id = ?1",
+    )?;
+    let mut rows = stmt.query(params![session_id])?;
+    let mut entries = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut sums = [0i128; 6];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            match row.get_ref(i + 1)? {
+                ValueRef::Integer(v) => *sum = i128::from(v),
+                ValueRef::Real(_) => return Ok(None),
+                other => {
+                    return Err(PersistenceError::Corrupt(format!(
+                        "kept usage of session {session_id:?} holds a {}",
+                        other.data_type()
+                    ))
+                    .into());
+                }
+            }
+        }
+        entries.push((get::<String>(row, 0, "usage agent")?, sums));
+    }
+    Ok(Some(UsageTally::from_entries(entries).groups()))
+}
+
 pub(crate) fn compact(
     tx: &Transaction<'_>,
     session_id: &str,
@@ -585,6 +620,7 @@ pub(crate) fn health(conn: &Connection) -> Result<StoreHealth> {
         let n: i64 = get(r, 1, "count")?;
         problems.push(format!("session {sid}: {n} messages without a position"));
     }
+    problems.extend(usage_problems(conn)?);
     let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     Ok(StoreHealth {
@@ -593,6 +629,41 @@ pub(crate) fn health(conn: &Connection) -> Result<StoreHealth> {
         problems,
         size_bytes: u64::try_from(pages.saturating_mul(page_size)).ok(),
     })
+}
+
+/// Sessions whose kept usage (`kp_usage`) differs from what their messages
+/// add up to. A sum kept as a REAL (past `i64::MAX`) is recounted by every
+/// reader, so only its group's presence is compared.
+fn usage_problems(conn: &Connection) -> Result<Vec<String>> {
+    let mut counted = crate::schema::counted_usage(conn)?;
+    let mut differ = std::collections::BTreeSet::new();
+    let mut stmt = conn.prepare(
+        "SELECT session_id, agent, prompt, completion, cache_read, cache_creation, thinking, calls
+         FROM kp_usage",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let key: (String, String) = (get(row, 0, "session id")?, get(row, 1, "usage agent")?);
+        let want = counted.remove(&key);
+        let mut same = want.is_some();
+        for i in 0..6 {
+            match (row.get_ref(i + 2)?, want) {
+                (ValueRef::Integer(v), Some(w)) => same &= i128::from(v) == w[i],
+                (ValueRef::Real(_), _) => {}
+                _ => same = false,
+            }
+        }
+        if !same {
+            differ.insert(key.0);
+        }
+    }
+    differ.extend(counted.into_keys().map(|(sid, _)| sid));
+    Ok(differ
+        .into_iter()
+        .map(|sid| {
+            format!("session {sid}: the usage kept by agent differs from its messages' counters")
+        })
+        .collect())
 }
 
 pub(crate) fn message_id_range(conn: &Connection) -> Result<Option<(i64, i64)>> {

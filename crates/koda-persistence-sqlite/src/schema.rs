@@ -481,6 +481,146 @@ fn record_origin(tx: &Transaction<'_>, origin: Origin) -> HookResult {
     Ok(())
 }
 
+/// Trigger statements: count `NEW` in its group when it is a counted
+/// message (a sum past `i64::MAX` turns REAL: see [`V3_USAGE`]).
+macro_rules! usage_add_new {
+    () => {
+        "
+    INSERT INTO kp_usage (session_id, agent, prompt, completion, cache_read, cache_creation,
+                          thinking, calls)
+    SELECT NEW.session_id, COALESCE(NEW.agent_name, 'main'), COALESCE(NEW.prompt_tokens, 0),
+           COALESCE(NEW.completion_tokens, 0), COALESCE(NEW.cache_read_tokens, 0),
+           COALESCE(NEW.cache_creation_tokens, 0), COALESCE(NEW.thinking_tokens, 0), 1
+    WHERE NEW.prompt_tokens IS NOT NULL OR NEW.completion_tokens IS NOT NULL
+    ON CONFLICT (session_id, agent) DO UPDATE SET
+        prompt = prompt + excluded.prompt,
+        completion = completion + excluded.completion,
+        cache_read = cache_read + excluded.cache_read,
+        cache_creation = cache_creation + excluded.cache_creation,
+        thinking = thinking + excluded.thinking,
+        calls = calls + 1;
+"
+    };
+}
+
+/// Trigger statements: uncount `OLD` when it was a counted message, and
+/// drop its group once empty.
+macro_rules! usage_remove_old {
+    () => {
+        "
+    UPDATE kp_usage SET
+        prompt = prompt - COALESCE(OLD.prompt_tokens, 0),
+        completion = completion - COALESCE(OLD.completion_tokens, 0),
+        cache_read = cache_read - COALESCE(OLD.cache_read_tokens, 0),
+        cache_creation = cache_creation - COALESCE(OLD.cache_creation_tokens, 0),
+        thinking = thinking - COALESCE(OLD.thinking_tokens, 0),
+        calls = calls - 1
+    WHERE session_id = OLD.session_id AND agent = COALESCE(OLD.agent_name, 'main')
+      AND (OLD.prompt_tokens IS NOT NULL OR OLD.completion_tokens IS NOT NULL);
+    DELETE FROM kp_usage
+    WHERE session_id = OLD.session_id AND agent = COALESCE(OLD.agent_name, 'main') AND calls <= 0;
+"
+    };
+}
+
+/// Version 3: usage by agent kept per session (`kp_usage`), so
+/// `session_token_usage` and `session_usage_by_agent` read one row per
+/// agent instead of the session's messages.
+///
+/// Triggers keep it for every writer (this store, an import, an older koda
+/// on the same file): an insert of a counted message (prompt or completion
+/// set) adds its counters under its agent (`'main'` when none), a delete
+/// subtracts them and drops a group whose count reaches 0, an update of a
+/// counter, the agent or the session moves them. The sum columns have no
+/// declared type: when a sum passes `i64::MAX`, SQLite's `+` gives a REAL,
+/// which stays REAL (no affinity turns it back into an inexact INTEGER),
+/// and a reader seeing one recounts the session's messages instead.
+const V3_USAGE: &str = concat!(
+    "
+CREATE TABLE kp_usage (
+    session_id TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    prompt NOT NULL,
+    completion NOT NULL,
+    cache_read NOT NULL,
+    cache_creation NOT NULL,
+    thinking NOT NULL,
+    calls NOT NULL,
+    PRIMARY KEY (session_id, agent)
+) WITHOUT ROWID;
+
+CREATE TRIGGER kp_usage_inserted AFTER INSERT ON messages
+WHEN NEW.prompt_tokens IS NOT NULL OR NEW.completion_tokens IS NOT NULL
+BEGIN",
+    usage_add_new!(),
+    "END;
+
+CREATE TRIGGER kp_usage_deleted AFTER DELETE ON messages
+WHEN OLD.prompt_tokens IS NOT NULL OR OLD.completion_tokens IS NOT NULL
+BEGIN",
+    usage_remove_old!(),
+    "END;
+
+CREATE TRIGGER kp_usage_changed AFTER UPDATE OF prompt_tokens, completion_tokens,
+    cache_read_tokens, cache_creation_tokens, thinking_tokens, agent_name, session_id ON messages
+WHEN OLD.prompt_tokens IS NOT NULL OR OLD.completion_tokens IS NOT NULL
+  OR NEW.prompt_tokens IS NOT NULL OR NEW.completion_tokens IS NOT NULL
+BEGIN",
+    usage_remove_old!(),
+    usage_add_new!(),
+    "END;
+
+CREATE TRIGGER kp_usage_session_deleted AFTER DELETE ON sessions
+BEGIN
+    DELETE FROM kp_usage WHERE session_id = OLD.id;
+END;
+"
+);
+
+/// Exact usage sums `(five counters, calls)` by `(session, agent group)`,
+/// counted from the messages: what `kp_usage` must hold.
+pub(crate) type CountedUsage = HashMap<(String, String), [i128; 6]>;
+
+/// Counts [`CountedUsage`] from every message of the file.
+pub(crate) fn counted_usage(conn: &Connection) -> rusqlite::Result<CountedUsage> {
+    let mut per = CountedUsage::new();
+    let mut stmt = conn.prepare(
+        "SELECT session_id, COALESCE(agent_name, 'main'), prompt_tokens, completion_tokens,
+                cache_read_tokens, cache_creation_tokens, thinking_tokens
+         FROM messages WHERE prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let sums = per.entry((row.get(0)?, row.get(1)?)).or_default();
+        for (i, sum) in sums.iter_mut().take(5).enumerate() {
+            let v: Option<i64> = row.get(i + 2)?;
+            *sum += i128::from(v.unwrap_or(0));
+        }
+        sums[5] += 1;
+    }
+    Ok(per)
+}
+
+/// Migration 3's hook: counts the usage the file already holds, exactly
+/// (a sum past `i64::MAX` is stored as a REAL, which readers recount).
+fn count_usage(tx: &Transaction<'_>) -> HookResult {
+    let per = counted_usage(tx)?;
+    let mut insert = tx.prepare(
+        "INSERT INTO kp_usage (session_id, agent, prompt, completion, cache_read, cache_creation,
+                               thinking, calls)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for ((sid, agent), sums) in per {
+        let v = sums.map(|s| match i64::try_from(s) {
+            Ok(i) => rusqlite::types::Value::Integer(i),
+            // Lossy on purpose: only its type matters, readers recount.
+            Err(_) => rusqlite::types::Value::Real(s as f64),
+        });
+        insert.execute(params![sid, agent, v[0], v[1], v[2], v[3], v[4], v[5]])?;
+    }
+    Ok(())
+}
+
 /// The migrations, oldest first, for a file whose generation before
 /// adoption was `origin`. Never edit a released one; append.
 pub(crate) fn migrations(origin: Origin) -> Migrations<'static> {
@@ -489,8 +629,9 @@ pub(crate) fn migrations(origin: Origin) -> Migrations<'static> {
         M::up_with_hook(V2_TRIGGERS_AND_TEXT, move |tx: &Transaction<'_>| {
             record_origin(tx, origin)
         }),
+        M::up_with_hook(V3_USAGE, count_usage),
     ])
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: usize = 2;
+pub const SCHEMA_VERSION: usize = 3;

@@ -126,7 +126,7 @@ fn build(path: &Path, generation: Generation) -> Connection {
 /// The file is at this build's schema version and records the generation
 /// it came from.
 fn assert_adopted(raw: &Connection, generation: Generation) {
-    assert_eq!(count(raw, "PRAGMA user_version"), 2);
+    assert_eq!(count(raw, "PRAGMA user_version"), 3);
     let recorded: String = raw
         .query_row(
             "SELECT value FROM kp_meta WHERE key = 'koda_generation'",
@@ -404,6 +404,61 @@ async fn rows_from_an_older_koda_writer_are_adopted() {
     assert_eq!(listed[0].id, "s-new-by-old");
     let old = listed.iter().find(|s| s.id == "s-old").expect("listed");
     assert_eq!((old.message_count, old.total_tokens), (8, 182));
+    // Its usage is kept as the layer's own: counted on insert, moved when
+    // it edits a counter or the agent, gone with the rows it deletes.
+    let usage = |store: &SqliteStore| {
+        let store = store.clone();
+        async move {
+            store
+                .session_usage_by_agent("s-old")
+                .await
+                .expect("usage")
+                .into_iter()
+                .map(|(a, u)| (a, u.prompt_tokens, u.completion_tokens, u.api_calls))
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = usage(&store).await;
+    let main = before
+        .iter()
+        .find(|g| g.0 == "main")
+        .cloned()
+        .expect("main");
+    old_koda
+        .execute_batch(
+            "UPDATE messages SET prompt_tokens = 30, agent_name = 'helper' WHERE content = 'from old koda';",
+        )
+        .expect("old koda edits");
+    let after = usage(&store).await;
+    assert!(
+        after.contains(&("helper".to_owned(), 30, 4, 1)),
+        "{after:?}"
+    );
+    assert!(
+        after.contains(&("main".to_owned(), main.1 - 3, main.2 - 4, main.3 - 1)),
+        "{before:?} then {after:?}"
+    );
+    old_koda
+        .execute_batch("DELETE FROM messages WHERE content = 'from old koda';")
+        .expect("old koda deletes");
+    assert!(!usage(&store).await.iter().any(|g| g.0 == "helper"));
+    assert_eq!(
+        koda_persistence_api::Import::health(&store)
+            .await
+            .expect("health")
+            .problems,
+        Vec::<String>::new()
+    );
+    // The store's own check sees kept usage that left its rows.
+    old_koda
+        .execute_batch("UPDATE kp_usage SET thinking = thinking + 1 WHERE session_id = 's-old';")
+        .expect("tamper");
+    let problems = koda_persistence_api::Import::health(&store)
+        .await
+        .expect("health")
+        .problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("s-old"), "{problems:?}");
 }
 
 /// A stored row with an unknown role, or text that is not UTF-8, is `Corrupt`.
