@@ -160,6 +160,7 @@ macro_rules! __for_each_case {
                 rootless_sessions_list_under_every_root,
                 import_refuses_bad_records,
                 import_keeps_partial_counters,
+                usage_counts_imported_messages_until_purged,
                 health_of_a_sound_store_has_no_problems,
                 session_checksum_is_the_exports,
             ],

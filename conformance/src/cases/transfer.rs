@@ -663,6 +663,68 @@ pub async fn import_keeps_partial_counters(fx: &Fixture) -> Result<()> {
     )
 }
 
+/// Imported messages count in usage as written ones do, and purging the
+/// imported compacted ones takes exactly their counters away again, even
+/// past a saturated sum.
+pub async fn usage_counts_imported_messages_until_purged(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    fx.store
+        .insert_message_with_agent(
+            &sid,
+            &Role::Assistant,
+            Some("own"),
+            None,
+            None,
+            Some(&usage(5, 1, 0, 0, 0)),
+            Some("x"),
+        )
+        .await?;
+    let old = MessageRecord {
+        prompt_tokens: Some(i64::MAX),
+        completion_tokens: Some(2),
+        cache_read_tokens: Some(3),
+        agent: Some("x".into()),
+        compacted_ms: Some(START_MS),
+        completed_ms: Some(START_MS),
+        ..bare_record(1, Role::Assistant)
+    };
+    let kept = MessageRecord {
+        prompt_tokens: Some(7),
+        agent: None,
+        completed_ms: Some(START_MS),
+        ..bare_record(2, Role::Assistant)
+    };
+    fx.store.import_messages(&sid, &[old, kept], false).await?;
+    let by = fx.store.session_usage_by_agent(&sid).await?;
+    let x = by.iter().find(|(a, _)| a == "x").map(|(_, u)| *u);
+    eq(
+        "x before purge",
+        x.map(|u| {
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cache_read_tokens,
+                u.api_calls,
+            )
+        }),
+        Some((i64::MAX, 3, 3, 2)),
+    )?;
+    eq(
+        "groups before purge",
+        by.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+        vec!["x", "main"],
+    )?;
+    fx.store.purge_compacted(0).await?;
+    eq(
+        "after purge",
+        fx.store.session_usage_by_agent(&sid).await?,
+        vec![
+            ("main".to_owned(), super::usage::totals(7, 0, 0, 0, 0, 1)),
+            ("x".to_owned(), super::usage::totals(5, 1, 0, 0, 0, 1)),
+        ],
+    )
+}
+
 /// A store written only through the trait is sound by its own check, at
 /// the newest schema this build knows.
 pub async fn health_of_a_sound_store_has_no_problems(fx: &Fixture) -> Result<()> {

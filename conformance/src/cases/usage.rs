@@ -6,7 +6,8 @@ use koda_persistence_api::{Role, SessionUsage};
 use super::{eq, session, usage, user};
 use crate::Fixture;
 
-fn totals(p: i64, c: i64, cr: i64, cc: i64, t: i64, calls: i64) -> SessionUsage {
+/// A `SessionUsage` from its six fields, in declaration order.
+pub(super) fn totals(p: i64, c: i64, cr: i64, cc: i64, t: i64, calls: i64) -> SessionUsage {
     SessionUsage {
         prompt_tokens: p,
         completion_tokens: c,
