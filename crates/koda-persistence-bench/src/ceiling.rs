@@ -235,6 +235,46 @@ pub async fn postgres_w2(
     Ok(times)
 }
 
+/// W6 ceiling on PostgreSQL: the round trip of the one statement the store
+/// sends for `session_token_usage` (the session's kept usage rows),
+/// prepared once on one connection, rows decoded. A loopback round trip
+/// is the floor of any server read.
+pub async fn postgres_w6(
+    url: &str,
+    schema: &str,
+    session: &str,
+    calls: usize,
+) -> Result<Vec<Duration>> {
+    let client = pg_connect(url).await?;
+    let stmt = client
+        .prepare(&format!(
+            "SELECT agent, LEAST(prompt, 9223372036854775807)::BIGINT,
+                    LEAST(completion, 9223372036854775807)::BIGINT,
+                    LEAST(cache_read, 9223372036854775807)::BIGINT,
+                    LEAST(cache_creation, 9223372036854775807)::BIGINT,
+                    LEAST(thinking, 9223372036854775807)::BIGINT, calls
+             FROM \"{schema}\".session_usage WHERE session_id = $1 AND calls > 0"
+        ))
+        .await?;
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        let rows = client.query(&stmt, &[&session]).await?;
+        let sums: Vec<(Vec<u8>, [i64; 6])> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    [r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)],
+                )
+            })
+            .collect();
+        std::hint::black_box(&sums);
+        times.push(started.elapsed());
+    }
+    Ok(times)
+}
+
 /// W7 ceiling on SQLite: the statements the store's compaction runs (read
 /// the active positions, stamp every compacted row as koda's own schema
 /// requires, shift the kept tail by two, insert the summary and the hint,

@@ -47,6 +47,9 @@ struct Cli {
     /// Run only W10 (needs a `postgres://` URL).
     #[arg(long)]
     w10_only: bool,
+    /// Run only W1 and its ceiling (for A/B runs of the write path).
+    #[arg(long)]
+    w1_only: bool,
     /// Also run W11 (a team through PgBouncer and direct; needs a
     /// `postgres://` URL and Debian's pgbouncer package).
     #[arg(long)]
@@ -76,6 +79,8 @@ struct Plan {
     w5_per: usize,
     w9_pairs: usize,
     w10_sessions: usize,
+    /// W1 and its ceiling only.
+    w1_only: bool,
 }
 
 impl Plan {
@@ -93,6 +98,7 @@ impl Plan {
             w5_per: 1_000 / d,
             w9_pairs: 3_000 / d,
             w10_sessions: 1_000 / d,
+            w1_only: false,
         }
     }
 }
@@ -115,6 +121,11 @@ struct Row {
     w4_late: Duration,
     w5: (f64, Duration),
     w6: Duration,
+    /// PostgreSQL: the store's usage statement run raw (see ceiling.rs).
+    w6_ceiling: Option<Duration>,
+    /// W6 on a session ten times as long (flat when usage is kept per
+    /// session).
+    w6_large: Duration,
     w7: (Duration, Duration),
     /// SQLite: the same compaction statements run raw (see ceiling.rs).
     w7_ceiling: Option<Duration>,
@@ -155,6 +166,9 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
     }
     row.w1 = median(&mut rates);
     row.w1_ceiling = (!ceilings.is_empty()).then(|| median(&mut ceilings));
+    if plan.w1_only {
+        return Ok(row);
+    }
 
     // W2, W6, W7 on one 2,000-message session.
     let fresh = target.fresh("w2").await?;
@@ -200,6 +214,10 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
         _ => None,
     };
     row.w6 = stats(&mut time_calls(plan.calls, || store.session_token_usage(&sid)).await?).0;
+    if let (Target::Postgres { url }, Some(schema)) = (target, &fresh.pg_schema) {
+        row.w6_ceiling =
+            Some(stats(&mut ceiling::postgres_w6(url, schema, &sid, plan.calls).await?).0);
+    }
     // W7's ceiling compacts a second session of the same shape, raw.
     if let (Target::Sqlite { options, .. }, Some(path)) = (target, &fresh.sqlite_path) {
         let twin = fill(
@@ -233,6 +251,22 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
             ctx.len()
         ));
     }
+    drop(store);
+    target.cleanup(fresh).await?;
+
+    // W6 on a session ten times as long.
+    let fresh = target.fresh("w6").await?;
+    let store = fresh.store.clone();
+    let sid = fill(
+        store.as_ref(),
+        Path::new("/bench/w6"),
+        1,
+        plan.session * 10,
+        "W6 long session",
+    )
+    .await?
+    .remove(0);
+    row.w6_large = stats(&mut time_calls(plan.calls, || store.session_token_usage(&sid)).await?).0;
     drop(store);
     target.cleanup(fresh).await?;
 
@@ -331,6 +365,13 @@ fn checks(r: &Row) -> Vec<(String, f64, f64, bool)> {
         3.0,
         false,
     );
+    check("W6 median ms (<=)", ms(r.w6), 0.05, false);
+    check(
+        "W6 10x session / 1x (<=)",
+        ratio(ms(r.w6_large), ms(r.w6)),
+        1.3,
+        false,
+    );
     match r.kind {
         "sqlite" => {
             if let Some(c) = r.w1_ceiling {
@@ -365,6 +406,9 @@ fn checks(r: &Row) -> Vec<(String, f64, f64, bool)> {
                     false,
                 );
             }
+            if let Some(c) = r.w6_ceiling {
+                check("W6 / ceiling (<=)", ratio(ms(r.w6), ms(c)), 1.3, false);
+            }
             check("W3 100k/10k (<=)", growth3, 1.3, false);
             check("W4 late/early turns (<=)", growth4, 2.0, false);
             check("W8 100k/10k (<=)", growth8, 1.3, false);
@@ -395,7 +439,8 @@ fn row_json(r: &Row) -> Value {
         "w4_total_s": r.w4_total.as_secs_f64(), "w4_median_turn_ms": ms(r.w4_median),
         "w4_early_median_ms": ms(r.w4_early), "w4_late_median_ms": ms(r.w4_late),
         "w5_msgs_per_s": r.w5.0, "w5_p99_ms": ms(r.w5.1),
-        "w6_median_ms": ms(r.w6),
+        "w6_median_ms": ms(r.w6), "w6_long_median_ms": ms(r.w6_large),
+        "w6_ceiling_median_ms": r.w6_ceiling.map(ms),
         "w7_compact_ms": ms(r.w7.0), "w7_load_ms": ms(r.w7.1),
         "w7_ceiling_ms": r.w7_ceiling.map(ms),
         "w8_small_median_ms": ms(r.w8.0), "w8_large_median_ms": ms(r.w8.1),
@@ -503,6 +548,14 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
         (
             "W6 token usage median ms".into(),
             Box::new(|r: &Row| format!("{:.3}", ms(r.w6))),
+        ),
+        (
+            "W6 ceiling ms (the statement raw)".into(),
+            Box::new(move |r: &Row| opt(r.w6_ceiling.map(ms), &|x| format!("{x:.3}"))),
+        ),
+        (
+            "W6 at 10x the session, ms".into(),
+            Box::new(|r: &Row| format!("{:.3}", ms(r.w6_large))),
         ),
         (
             "W7 compact ms".into(),
@@ -656,7 +709,10 @@ async fn main() -> Result<()> {
             urls.push(pg);
         }
     }
-    let plan = Plan::new(cli.quick);
+    let plan = Plan {
+        w1_only: cli.w1_only,
+        ..Plan::new(cli.quick)
+    };
     let targets = urls
         .iter()
         .map(|u| Target::parse(u, scratch.path()))
