@@ -486,19 +486,19 @@ fn record_origin(tx: &Transaction<'_>, origin: Origin) -> HookResult {
 macro_rules! usage_add_new {
     () => {
         "
-    INSERT INTO kp_usage (session_id, agent, prompt, completion, cache_read, cache_creation,
-                          thinking, calls)
-    SELECT NEW.session_id, COALESCE(NEW.agent_name, 'main'), COALESCE(NEW.prompt_tokens, 0),
-           COALESCE(NEW.completion_tokens, 0), COALESCE(NEW.cache_read_tokens, 0),
-           COALESCE(NEW.cache_creation_tokens, 0), COALESCE(NEW.thinking_tokens, 0), 1
-    WHERE NEW.prompt_tokens IS NOT NULL OR NEW.completion_tokens IS NOT NULL
-    ON CONFLICT (session_id, agent) DO UPDATE SET
-        prompt = prompt + excluded.prompt,
-        completion = completion + excluded.completion,
-        cache_read = cache_read + excluded.cache_read,
-        cache_creation = cache_creation + excluded.cache_creation,
-        thinking = thinking + excluded.thinking,
-        calls = calls + 1;
+    INSERT OR IGNORE INTO kp_usage (session_id, agent, prompt, completion, cache_read,
+                                    cache_creation, thinking, calls)
+    SELECT NEW.session_id, COALESCE(NEW.agent_name, 'main'), 0, 0, 0, 0, 0, 0
+    WHERE NEW.prompt_tokens IS NOT NULL OR NEW.completion_tokens IS NOT NULL;
+    UPDATE kp_usage SET
+        prompt = prompt + COALESCE(NEW.prompt_tokens, 0),
+        completion = completion + COALESCE(NEW.completion_tokens, 0),
+        cache_read = cache_read + COALESCE(NEW.cache_read_tokens, 0),
+        cache_creation = cache_creation + COALESCE(NEW.cache_creation_tokens, 0),
+        thinking = thinking + COALESCE(NEW.thinking_tokens, 0),
+        calls = calls + 1
+    WHERE session_id = NEW.session_id AND agent = COALESCE(NEW.agent_name, 'main')
+      AND (NEW.prompt_tokens IS NOT NULL OR NEW.completion_tokens IS NOT NULL);
 "
     };
 }
@@ -535,6 +535,11 @@ macro_rules! usage_remove_old {
 /// declared type: when a sum passes `i64::MAX`, SQLite's `+` gives a REAL,
 /// which stays REAL (no affinity turns it back into an inexact INTEGER),
 /// and a reader seeing one recounts the session's messages instead.
+///
+/// Every SQLite that opens the file parses these triggers, an older koda's
+/// too, whatever SQLite it was built with: they use no UPSERT (SQLite
+/// 3.24) or other recent syntax, only `INSERT OR IGNORE` and `UPDATE`, and
+/// `WITHOUT ROWID` (3.8.2, 2013).
 const V3_USAGE: &str = concat!(
     "
 CREATE TABLE kp_usage (
