@@ -82,10 +82,12 @@ impl UsageTally {
         let Some((_, sums)) = self.groups.get_mut(index) else {
             return;
         };
+        // i128 holds 2^64 messages of i64::MAX each; saturating only so
+        // that nothing can panic.
         for (sum, v) in sums.iter_mut().zip(counters) {
-            *sum += sign * i128::from(v.unwrap_or(0));
+            *sum = sum.saturating_add(sign * i128::from(v.unwrap_or(0)));
         }
-        sums[5] += sign;
+        sums[5] = sums[5].saturating_add(sign);
         if sums[5] == 0 {
             self.groups.swap_remove(index);
         }
@@ -129,7 +131,7 @@ impl UsageTally {
             match tally.groups.iter_mut().find(|(g, _)| *g == name) {
                 Some((_, have)) => {
                     for (h, s) in have.iter_mut().zip(sums) {
-                        *h += s;
+                        *h = h.saturating_add(s);
                     }
                 }
                 None => tally.groups.push((name, sums)),
