@@ -513,7 +513,8 @@ pub(crate) async fn compacted_stats(c: &Conn) -> Result<CompactedStats> {
 
 /// One statement: lock the sessions holding old compacted messages (in id
 /// order), delete those messages and lower each touched session's counters
-/// and usage by agent by what went (a usage row may stay at 0 calls). Returns the count and the sessions.
+/// and usage by agent by what went (a usage row may stay at 0 calls).
+/// Returns the count and the sessions.
 pub(crate) async fn purge(c: &Conn, days: u32, now: i64) -> Result<(usize, Vec<String>)> {
     let cutoff = purge_cutoff(now, days);
     let all = days == 0;

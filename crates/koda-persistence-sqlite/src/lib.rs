@@ -56,9 +56,9 @@
 //!   Triggers give rows an older koda inserts their conversation position,
 //!   counters and millisecond instants (from its text), and keep the usage
 //!   by agent (`kp_usage`, schema version 3) right for its inserts, edits
-//!   and deletes as for this store's. An answer inserted
-//!   by a generation without completion tracking (`oldest`, `middle`,
-//!   `unknown`) counts as complete: it was delivered. The newest generation
+//!   and deletes as for this store's. An answer inserted by a generation
+//!   without completion tracking (`oldest`, `middle`, `unknown`) counts as
+//!   complete: it was delivered. The newest generation
 //!   marks completion itself, so its answer stays hidden while it streams;
 //!   the first time a foreign writer marks a completion, the file counts as
 //!   `newest` from then on.
