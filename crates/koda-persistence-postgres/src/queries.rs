@@ -58,23 +58,31 @@ const MESSAGE_COLUMNS: &str = "id, session_id, role::TEXT, content, full_content
 
 fn message(row: &Row) -> Result<(Message, bool), PersistenceError> {
     let id: i64 = get(row, 0, "message id")?;
-    let w = |c: &str| format!("{c} of message {id}");
-    let created: i64 = get(row, 12, &w("created_ms"))?;
-    let completed: Option<i64> = get(row, 13, &w("completed_ms"))?;
+    // Column names only: the message id is added to an error, never
+    // formatted for a row that decodes (a context load decodes thousands).
+    decode_message(row, id).map_err(|e| match e {
+        PersistenceError::Corrupt(why) => PersistenceError::Corrupt(format!("message {id}: {why}")),
+        other => other,
+    })
+}
+
+fn decode_message(row: &Row, id: i64) -> Result<(Message, bool), PersistenceError> {
+    let created: i64 = get(row, 12, "created_ms")?;
+    let completed: Option<i64> = get(row, 13, "completed_ms")?;
     Ok((
         Message {
             id,
-            session_id: get(row, 1, &w("session_id"))?,
-            role: role(row, 2, &w("role"))?,
-            content: string(row, 3, &w("content"))?,
-            full_content: string(row, 4, &w("full_content"))?,
-            tool_calls: string(row, 5, &w("tool_calls"))?,
-            tool_call_id: string(row, 6, &w("tool_call_id"))?,
-            prompt_tokens: get(row, 7, &w("prompt_tokens"))?,
-            completion_tokens: get(row, 8, &w("completion_tokens"))?,
-            cache_read_tokens: get(row, 9, &w("cache_read_tokens"))?,
-            cache_creation_tokens: get(row, 10, &w("cache_creation_tokens"))?,
-            thinking_tokens: get(row, 11, &w("thinking_tokens"))?,
+            session_id: get(row, 1, "session_id")?,
+            role: role(row, 2, "role")?,
+            content: string(row, 3, "content")?,
+            full_content: string(row, 4, "full_content")?,
+            tool_calls: string(row, 5, "tool_calls")?,
+            tool_call_id: string(row, 6, "tool_call_id")?,
+            prompt_tokens: get(row, 7, "prompt_tokens")?,
+            completion_tokens: get(row, 8, "completion_tokens")?,
+            cache_read_tokens: get(row, 9, "cache_read_tokens")?,
+            cache_creation_tokens: get(row, 10, "cache_creation_tokens")?,
+            thinking_tokens: get(row, 11, "thinking_tokens")?,
             created_at: Some(format_timestamp(created)),
         },
         completed.is_some(),
@@ -667,11 +675,21 @@ pub(crate) async fn export_messages(c: &Conn, id: &str) -> Result<Vec<MessageRec
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let (m, _) = message(r)?;
-        let w = |f: &str| format!("{f} of message {}", m.id);
-        let created = get(r, 12, &w("created_ms"))?;
-        let completed = get(r, 13, &w("completed_ms"))?;
-        let agent = string(r, 14, &w("agent_name"))?;
-        let compacted = get(r, 15, &w("compacted_ms"))?;
+        let id = m.id;
+        let extra = || -> Result<_, PersistenceError> {
+            Ok((
+                get(r, 12, "created_ms")?,
+                get(r, 13, "completed_ms")?,
+                string(r, 14, "agent_name")?,
+                get(r, 15, "compacted_ms")?,
+            ))
+        };
+        let (created, completed, agent, compacted) = extra().map_err(|e| match e {
+            PersistenceError::Corrupt(why) => {
+                PersistenceError::Corrupt(format!("message {id}: {why}"))
+            }
+            other => other,
+        })?;
         out.push(MessageRecord::from_message(
             m, agent, created, completed, compacted,
         ));

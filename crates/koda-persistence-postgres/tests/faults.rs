@@ -514,6 +514,53 @@ async fn errors_keep_what_the_server_said() -> Result<()> {
     Ok(())
 }
 
+/// A stored row that does not decode (text that is not UTF-8, written by
+/// something else) is `Corrupt` naming the message and the column, on the
+/// context path and the export path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_row_is_corrupt_naming_message_and_column() -> Result<()> {
+    with_schema(
+        "an_undecodable_row_is_corrupt_naming_message_and_column",
+        |url, schema| async move {
+            let s = store(&url, &schema, "undecodable").await?;
+            let sid = s.create_session("main", Path::new("/p")).await?;
+            let id = s
+                .insert_message(&sid, &Role::User, Some("fine"), None, None, None)
+                .await?;
+            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            admin
+                .execute(
+                    &format!(
+                        "UPDATE \"{schema}\".messages SET tool_call_id = '\\xff'::BYTEA WHERE id = $1"
+                    ),
+                    &[&id],
+                )
+                .await?;
+            let (context, export) = (
+                s.load_all_messages(&sid).await.expect_err("not UTF-8"),
+                s.export_messages(&sid).await.expect_err("not UTF-8"),
+            );
+            for err in [context, export] {
+                let said = format!("{err:#}");
+                assert!(
+                    matches!(
+                        err.downcast_ref::<PersistenceError>(),
+                        Some(PersistenceError::Corrupt(_))
+                    ),
+                    "{said}"
+                );
+                assert!(
+                    said.contains(&format!("message {id}")) && said.contains("tool_call_id"),
+                    "{said}"
+                );
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
 /// A schema an earlier build migrated (version 4: usage not kept per
 /// session) gains the usage table on the next open, counted from the
 /// messages already there, exactly (a sum past `i64::MAX` included), and

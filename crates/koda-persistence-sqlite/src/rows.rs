@@ -95,11 +95,21 @@ pub(crate) fn message(row: &Row<'_>) -> Result<(Message, bool), PersistenceError
 /// `agent_name, compacted_ms`, as an export record.
 pub(crate) fn record(row: &Row<'_>) -> Result<MessageRecord, PersistenceError> {
     let (m, _) = message(row)?;
-    let what = |c: &str| format!("{c} of message {}", m.id);
-    let created = get::<Option<i64>>(row, 12, &what("created_ms"))?.unwrap_or(0);
-    let completed = get(row, 13, &what("completed_ms"))?;
-    let agent = get(row, 14, &what("agent_name"))?;
-    let compacted = get(row, 15, &what("compacted_ms"))?;
+    let id = m.id;
+    // Column names only: the id is added to an error, never formatted for
+    // a row that decodes.
+    let extra = || -> Result<_, PersistenceError> {
+        Ok((
+            get::<Option<i64>>(row, 12, "created_ms")?.unwrap_or(0),
+            get(row, 13, "completed_ms")?,
+            get(row, 14, "agent_name")?,
+            get(row, 15, "compacted_ms")?,
+        ))
+    };
+    let (created, completed, agent, compacted) = extra().map_err(|e| match e {
+        PersistenceError::Corrupt(why) => PersistenceError::Corrupt(format!("message {id}: {why}")),
+        other => other,
+    })?;
     Ok(MessageRecord::from_message(
         m, agent, created, completed, compacted,
     ))
