@@ -603,7 +603,9 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
         print!(" {:>18}", r.name);
     }
     println!();
-    for (label, f) in &lines {
+    // With --w1-only the other rows were not measured: not shown.
+    let shown = if plan.w1_only { 4 } else { lines.len() };
+    for (label, f) in lines.iter().take(shown) {
         print!("{label:<34}");
         for r in rows {
             print!(" {:>18}", f(r));
@@ -612,7 +614,10 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
     }
     println!();
     for r in rows {
-        for (what, value, limit, met) in checks(r) {
+        for (what, value, limit, met) in checks(r)
+            .into_iter()
+            .filter(|(what, ..)| !plan.w1_only || what.starts_with("W1 "))
+        {
             println!(
                 "{:<20} {:<28} {:>12.3} (target {limit}) {}",
                 r.name,
