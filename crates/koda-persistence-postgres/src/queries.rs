@@ -60,10 +60,15 @@ fn message(row: &Row) -> Result<(Message, bool), PersistenceError> {
     let id: i64 = get(row, 0, "message id")?;
     // Column names only: the message id is added to an error, never
     // formatted for a row that decodes (a context load decodes thousands).
-    decode_message(row, id).map_err(|e| match e {
+    decode_message(row, id).map_err(in_message(id))
+}
+
+/// Names message `id` in a decoding error (`Corrupt`); others pass.
+fn in_message(id: i64) -> impl Fn(PersistenceError) -> PersistenceError {
+    move |e| match e {
         PersistenceError::Corrupt(why) => PersistenceError::Corrupt(format!("message {id}: {why}")),
         other => other,
-    })
+    }
 }
 
 fn decode_message(row: &Row, id: i64) -> Result<(Message, bool), PersistenceError> {
@@ -684,12 +689,7 @@ pub(crate) async fn export_messages(c: &Conn, id: &str) -> Result<Vec<MessageRec
                 get(r, 15, "compacted_ms")?,
             ))
         };
-        let (created, completed, agent, compacted) = extra().map_err(|e| match e {
-            PersistenceError::Corrupt(why) => {
-                PersistenceError::Corrupt(format!("message {id}: {why}"))
-            }
-            other => other,
-        })?;
+        let (created, completed, agent, compacted) = extra().map_err(in_message(id))?;
         out.push(MessageRecord::from_message(
             m, agent, created, completed, compacted,
         ));

@@ -85,6 +85,13 @@ impl SessionRecord {
         t.add(agent, counters);
         self.set_tally(&t);
     }
+
+    /// Uncounts a message of this session that is going.
+    pub(crate) fn uncount(&mut self, agent: Option<&str>, counters: [Option<i64>; 5]) {
+        let mut t = self.tally();
+        t.remove(agent, counters);
+        self.set_tally(&t);
+    }
 }
 
 /// A message.

@@ -508,9 +508,7 @@ pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<
         if let Some(s) = sessions.get_mut(&sid) {
             s.message_count -= 1;
             s.total_tokens -= m.tokens();
-            let mut t = s.tally();
-            t.remove(m.agent_name.as_deref(), m.counters());
-            s.set_tally(&t);
+            s.uncount(m.agent_name.as_deref(), m.counters());
         }
         batch.remove(ckey);
         batch.remove(key);
