@@ -118,6 +118,14 @@ impl UsageTally {
         out
     }
 
+    /// `prompt + completion` over every group, exact: a session's total
+    /// tokens (a message without usage adds nothing to it either).
+    pub fn tokens(&self) -> i128 {
+        self.groups.iter().fold(0i128, |t, (_, s)| {
+            t.saturating_add(s[0]).saturating_add(s[1])
+        })
+    }
+
     /// The exact sums per group, for a backend that stores them.
     pub fn entries(&self) -> &[(String, ExactUsage)] {
         &self.groups
@@ -238,6 +246,7 @@ mod tests {
             (i64::MAX, 2, 2)
         );
         assert_eq!(g[1].1.api_calls, 2);
+        assert_eq!(t.tokens(), 2 * i128::from(i64::MAX) + 2 + 2 + 4);
         // Saturated on read, exact underneath: one removal is exact again.
         t.remove(Some("a"), big);
         assert_eq!(t.groups()[0].1.prompt_tokens, i64::MAX);

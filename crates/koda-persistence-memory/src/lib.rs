@@ -91,9 +91,8 @@ struct Session {
     /// Message ids in conversation order.
     order: Vec<i64>,
     metadata: HashMap<String, String>,
-    /// Running `prompt + completion` sum (wide, so deletions stay exact).
-    tokens: i128,
-    /// Usage by agent, kept with every write: reading it costs O(agents).
+    /// Usage by agent, kept with every write: reading it (and the total
+    /// tokens a listing shows) costs O(agents).
     usage: UsageTally,
 }
 
@@ -104,10 +103,6 @@ struct Row {
     agent: Option<String>,
     completed_ms: Option<i64>,
     compacted_ms: Option<i64>,
-}
-
-fn row_tokens(m: &Message) -> i128 {
-    i128::from(m.prompt_tokens.unwrap_or(0)) + i128::from(m.completion_tokens.unwrap_or(0))
 }
 
 fn clamp_i64(v: i128) -> i64 {
@@ -216,7 +211,6 @@ impl Persistence for MemoryStore {
             mode: None,
             order: Vec::new(),
             metadata: HashMap::new(),
-            tokens: 0,
             usage: UsageTally::default(),
         };
         st.list(session.project_root.clone(), &session, &id);
@@ -245,7 +239,7 @@ impl Persistence for MemoryStore {
                 agent_name: s.agent_name.clone(),
                 created_at: format_timestamp(s.created_ms),
                 message_count: i64::try_from(s.order.len()).unwrap_or(i64::MAX),
-                total_tokens: clamp_i64(s.tokens),
+                total_tokens: clamp_i64(s.usage.tokens()),
                 title: s.title.clone(),
                 mode: s.mode.clone(),
             })
@@ -313,7 +307,6 @@ impl Persistence for MemoryStore {
             st.user_ids.insert(id);
         }
         session.order.push(id);
-        session.tokens += row_tokens(&message);
         session
             .usage
             .add(m.agent.as_deref(), message.usage_counters());
@@ -539,7 +532,6 @@ impl Persistence for MemoryStore {
                     .or_default()
                     .push(id);
                 if let Some(s) = st.sessions.get_mut(&row.message.session_id) {
-                    s.tokens -= row_tokens(&row.message);
                     s.usage
                         .remove(row.agent.as_deref(), row.message.usage_counters());
                 }
@@ -687,7 +679,6 @@ impl Import for MemoryStore {
             mode: session.mode.clone(),
             order: Vec::new(),
             metadata: HashMap::new(),
-            tokens: 0,
             usage: UsageTally::default(),
         };
         st.list(record.project_root.clone(), &record, &session.id);
@@ -724,7 +715,6 @@ impl Import for MemoryStore {
                 st.compacted.insert((at, id));
             }
             session.order.push(id);
-            session.tokens += row_tokens(&message);
             session
                 .usage
                 .add(r.agent.as_deref(), message.usage_counters());

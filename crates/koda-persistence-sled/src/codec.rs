@@ -42,7 +42,6 @@ impl SessionRecordV1 {
             title: self.title,
             mode: self.mode,
             message_count: self.message_count,
-            total_tokens: self.total_tokens,
             next_ord: self.next_ord,
             usage: usage.entries().to_vec(),
         }
@@ -60,11 +59,10 @@ pub(crate) struct SessionRecord {
     pub title: Option<String>,
     pub mode: Option<String>,
     pub message_count: i64,
-    /// Exact `prompt + completion` sum (saturated only when read).
-    pub total_tokens: i128,
     /// The last position used in the session.
     pub next_ord: u64,
-    /// Exact usage by agent ([`UsageTally::entries`]), kept with every write.
+    /// Exact usage by agent ([`UsageTally::entries`]), kept with every write;
+    /// the session's total tokens are derived from it.
     pub usage: Vec<(String, ExactUsage)>,
 }
 
@@ -120,12 +118,6 @@ impl MessageRecord {
     pub(crate) fn counters(&self) -> [Option<i64>; 5] {
         self.usage
             .map_or([None; 5], |u| u.map(|c| (c != UNSET).then_some(c)))
-    }
-
-    /// `prompt + completion`, unset ones counting 0.
-    pub(crate) fn tokens(&self) -> i128 {
-        let [p, c, ..] = self.counters();
-        i128::from(p.unwrap_or(0)) + i128::from(c.unwrap_or(0))
     }
 }
 

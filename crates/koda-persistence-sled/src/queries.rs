@@ -94,7 +94,6 @@ pub(crate) fn create_session(
         title: None,
         mode: None,
         message_count: 0,
-        total_tokens: 0,
         next_ord: 0,
         usage: Vec::new(),
     };
@@ -149,11 +148,12 @@ pub(crate) fn list_sessions(db: &Db, root: &str, limit: usize) -> Result<Vec<Ses
         let s = get_session(db, &id)?.ok_or_else(|| {
             PersistenceError::Corrupt(format!("root index names missing session {id:?}"))
         })?;
+        let tokens = s.tally().tokens();
         out.push(SessionInfo {
             agent_name: s.agent_name,
             created_at: format_timestamp(s.created_ms),
             message_count: s.message_count,
-            total_tokens: i64::try_from(s.total_tokens).unwrap_or(i64::MAX),
+            total_tokens: i64::try_from(tokens).unwrap_or(i64::MAX),
             title: s.title,
             mode: s.mode,
             id,
@@ -212,7 +212,6 @@ pub(crate) fn append_message(db: &Db, m: NewMessage, now: i64) -> Result<(Batch,
             u.thinking_tokens,
         ]
     });
-    session.total_tokens += usage.map_or(0, |u| i128::from(u[0]) + i128::from(u[1]));
     if let Some(u) = usage {
         session.count(m.agent.as_deref(), u.map(Some));
     }
@@ -507,7 +506,6 @@ pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<
         }
         if let Some(s) = sessions.get_mut(&sid) {
             s.message_count -= 1;
-            s.total_tokens -= m.tokens();
             s.uncount(m.agent_name.as_deref(), m.counters());
         }
         batch.remove(ckey);
@@ -722,7 +720,6 @@ pub(crate) fn import_session(db: &Db, s: &ExportedSession) -> Result<(Batch, boo
         title: s.title.clone(),
         mode: s.mode.clone(),
         message_count: 0,
-        total_tokens: 0,
         next_ord: 0,
         usage: Vec::new(),
     };
@@ -767,8 +764,6 @@ pub(crate) fn import_messages(
         tally.add(m.agent.as_deref(), m.counters());
         session.next_ord += 1;
         session.message_count += 1;
-        session.total_tokens +=
-            i128::from(m.prompt_tokens.unwrap_or(0)) + i128::from(m.completion_tokens.unwrap_or(0));
         let key = keys::message(sid, session.next_ord);
         let id = as_u64(id);
         let record = MessageRecord {
@@ -845,6 +840,7 @@ mod tests {
         assert_eq!(want.len(), 2, "{want:?}");
         // Rewrite the record as an earlier build stored it.
         let s = get_session(&db, "s")?.ok_or_else(|| anyhow::anyhow!("no session"))?;
+        let total_tokens = s.tally().tokens();
         let old = SessionRecordV1 {
             agent_name: s.agent_name,
             project_root: s.project_root,
@@ -854,7 +850,7 @@ mod tests {
             title: s.title,
             mode: s.mode,
             message_count: s.message_count,
-            total_tokens: s.total_tokens,
+            total_tokens,
             next_ord: s.next_ord,
         };
         db.insert(keys::session("s"), encode(&old)?)?;
