@@ -9,6 +9,9 @@
 //! - **Usage**: kept per session and agent (`session_usage`, schema version
 //!   5) in exact NUMERIC sums by every write that adds or removes a counted
 //!   message, so usage reads one row per agent; saturated when read.
+//! - **Session ids** compare bytewise (`COLLATE "C"`, schema version 6) in
+//!   every column holding one: index maintenance and foreign-key checks
+//!   never go through the server's locale.
 //! - **Migrations**: refinery, run at connect under a Postgres advisory lock
 //!   per schema, so many processes connecting to a fresh database at once
 //!   all succeed and the schema is created once.

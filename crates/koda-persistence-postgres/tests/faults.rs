@@ -649,6 +649,81 @@ async fn version_5_counts_the_usage_a_schema_already_holds() -> Result<()> {
     .await
 }
 
+/// Version 6 makes every session id column bytewise (`COLLATE "C"`) in a
+/// schema version 5 left under the database's collation, keeping its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_6_compares_session_ids_bytewise() -> Result<()> {
+    with_schema(
+        "version_6_compares_session_ids_bytewise",
+        |url, schema| async move {
+            const COLLATIONS: &str = "SELECT c.relname || '.' || a.attname, co.collname::TEXT
+                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_collation co ON co.oid = a.attcollation
+                 WHERE n.nspname = $1 AND c.relkind = 'r' AND a.attnum > 0
+                   AND a.attname IN ('id', 'session_id') AND a.atttypid = 'text'::regtype
+                 ORDER BY 1";
+            let first = store(&url, &schema, "v6-first").await?;
+            let sid = first.create_session("main", Path::new("/p")).await?;
+            first
+                .insert_message(&sid, &Role::User, Some("kept"), None, None, None)
+                .await?;
+            first.set_metadata(&sid, "todo", "x").await?;
+            drop(first);
+            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let columns = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String)> {
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+            };
+            let want: Vec<(String, String)> = [
+                "messages.session_id",
+                "session_metadata.session_id",
+                "session_usage.session_id",
+                "sessions.id",
+            ]
+            .iter()
+            .map(|c| ((*c).to_owned(), "C".to_owned()))
+            .collect();
+            assert_eq!(columns(admin.query(COLLATIONS, &[&schema]).await?), want);
+            // Back to what version 5 left: the database's collation.
+            let mut back = String::new();
+            for (table, column) in [
+                ("sessions", "id"),
+                ("messages", "session_id"),
+                ("session_metadata", "session_id"),
+                ("session_usage", "session_id"),
+            ] {
+                back.push_str(&format!(
+                    "ALTER TABLE \"{schema}\".{table} ALTER COLUMN {column} \
+                     TYPE TEXT COLLATE \"default\"; "
+                ));
+            }
+            back.push_str(&format!(
+                "DELETE FROM \"{schema}\".koda_schema_history WHERE version >= 6"
+            ));
+            admin.batch_execute(&back).await?;
+            let defaults = columns(admin.query(COLLATIONS, &[&schema]).await?);
+            assert!(defaults.iter().all(|(_, c)| c == "default"), "{defaults:?}");
+            let again = store(&url, &schema, "v6-again").await?;
+            assert_eq!(columns(admin.query(COLLATIONS, &[&schema]).await?), want);
+            let context = again.load_context(&sid).await?;
+            assert_eq!(context.len(), 1);
+            assert_eq!(context[0].content.as_deref(), Some("kept"));
+            assert_eq!(
+                again.get_metadata(&sid, "todo").await?.as_deref(),
+                Some("x")
+            );
+            again
+                .insert_message(&sid, &Role::User, Some("more"), None, None, None)
+                .await?;
+            assert_eq!(again.load_context(&sid).await?.len(), 2);
+            assert_eq!(again.health().await?.problems, Vec::<String>::new());
+            Ok(())
+        },
+    )
+    .await
+}
+
 /// A schema an earlier build migrated (version 2, no compaction function)
 /// gains it on the next open, keeps its data, and compacts; the function
 /// works on its own schema whatever the caller's search path.
