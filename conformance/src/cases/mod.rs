@@ -97,6 +97,7 @@ macro_rules! __for_each_case {
                 usage_sums_counted_messages,
                 usage_counts_messages_with_prompt_or_completion,
                 usage_includes_compacted_until_purged,
+                usage_by_agent_forgets_a_purged_agent,
                 usage_of_unknown_session_is_zero,
                 usage_sums_saturate,
                 usage_by_agent_merges_none_and_main,

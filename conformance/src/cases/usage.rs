@@ -78,7 +78,8 @@ pub async fn usage_counts_messages_with_prompt_or_completion(fx: &Fixture) -> Re
     )
 }
 
-/// Compacted messages still count until they are purged.
+/// Compacted messages still count until they are purged; a purge takes
+/// every one of the five counters away.
 pub async fn usage_includes_compacted_until_purged(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     fx.store
@@ -88,7 +89,7 @@ pub async fn usage_includes_compacted_until_purged(fx: &Fixture) -> Result<()> {
             Some("old"),
             None,
             None,
-            Some(&usage(7, 3, 0, 0, 0)),
+            Some(&usage(7, 3, 5, 2, 4)),
         )
         .await?;
     user(fx, &sid, "recent").await?;
@@ -99,20 +100,60 @@ pub async fn usage_includes_compacted_until_purged(fx: &Fixture) -> Result<()> {
             Some("new"),
             None,
             None,
-            Some(&usage(1, 1, 0, 0, 0)),
+            Some(&usage(1, 1, 1, 1, 1)),
         )
         .await?;
     fx.store.compact_session(&sid, "sum", 2).await?;
     eq(
         "compacted",
         fx.store.session_token_usage(&sid).await?,
-        totals(8, 4, 0, 0, 0, 2),
+        totals(8, 4, 6, 3, 5, 2),
     )?;
     fx.store.purge_compacted(0).await?;
     eq(
         "purged",
         fx.store.session_token_usage(&sid).await?,
-        totals(1, 1, 0, 0, 0, 1),
+        totals(1, 1, 1, 1, 1, 1),
+    )
+}
+
+/// An agent whose every counted message was purged is no longer listed by
+/// `session_usage_by_agent`, and the other agents keep their sums.
+pub async fn usage_by_agent_forgets_a_purged_agent(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    fx.store
+        .insert_message_with_agent(
+            &sid,
+            &Role::Assistant,
+            Some("helper's"),
+            None,
+            None,
+            Some(&usage(2, 1, 1, 1, 1)),
+            Some("helper"),
+        )
+        .await?;
+    user(fx, &sid, "recent").await?;
+    fx.store
+        .insert_message(
+            &sid,
+            &Role::Assistant,
+            Some("main's"),
+            None,
+            None,
+            Some(&usage(5, 4, 3, 2, 1)),
+        )
+        .await?;
+    fx.store.compact_session(&sid, "sum", 2).await?;
+    eq(
+        "compacted, not purged",
+        fx.store.session_usage_by_agent(&sid).await?.len(),
+        2,
+    )?;
+    fx.store.purge_compacted(0).await?;
+    eq(
+        "purged",
+        fx.store.session_usage_by_agent(&sid).await?,
+        vec![("main".to_owned(), totals(5, 4, 3, 2, 1, 1))],
     )
 }
 
