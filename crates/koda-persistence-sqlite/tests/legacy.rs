@@ -438,6 +438,25 @@ async fn rows_from_an_older_koda_writer_are_adopted() {
         after.contains(&("main".to_owned(), main.1 - 3, main.2 - 4, main.3 - 1)),
         "{before:?} then {after:?}"
     );
+    // An edit that clears both counters uncounts the message; setting them
+    // again counts it again.
+    old_koda
+        .execute_batch(
+            "UPDATE messages SET prompt_tokens = NULL, completion_tokens = NULL WHERE content = 'from old koda';",
+        )
+        .expect("old koda clears the counters");
+    let cleared = usage(&store).await;
+    assert!(!cleared.iter().any(|g| g.0 == "helper"), "{cleared:?}");
+    old_koda
+        .execute_batch(
+            "UPDATE messages SET prompt_tokens = 30, completion_tokens = 4 WHERE content = 'from old koda';",
+        )
+        .expect("old koda sets the counters");
+    let again = usage(&store).await;
+    assert!(
+        again.contains(&("helper".to_owned(), 30, 4, 1)),
+        "{again:?}"
+    );
     old_koda
         .execute_batch("DELETE FROM messages WHERE content = 'from old koda';")
         .expect("old koda deletes");
