@@ -50,6 +50,10 @@ struct Cli {
     /// Run only W1 and its ceiling (for A/B runs of the write path).
     #[arg(long)]
     w1_only: bool,
+    /// Run only W2 (warm and cold) and its ceiling (for A/B runs and
+    /// profiles of context loads).
+    #[arg(long, conflicts_with = "w1_only")]
+    w2_only: bool,
     /// Also run W11 (a team through PgBouncer and direct; needs a
     /// `postgres://` URL and Debian's pgbouncer package).
     #[arg(long)]
@@ -81,6 +85,8 @@ struct Plan {
     w10_sessions: usize,
     /// W1 and its ceiling only.
     w1_only: bool,
+    /// W2 (warm, cold) and its ceiling only.
+    w2_only: bool,
 }
 
 impl Plan {
@@ -99,6 +105,7 @@ impl Plan {
             w9_pairs: 3_000 / d,
             w10_sessions: 1_000 / d,
             w1_only: false,
+            w2_only: false,
         }
     }
 }
@@ -152,7 +159,7 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
     // W1 and its ceiling, alternated, three rounds each: the median rate of
     // each (one round is only tens of milliseconds for the fast stores).
     let (mut rates, mut ceilings) = (Vec::new(), Vec::new());
-    for _ in 0..W1_ROUNDS {
+    for _ in 0..W1_ROUNDS * usize::from(!plan.w2_only) {
         let fresh = target.fresh("w1").await?;
         rates.push(workloads::w1(fresh.store.as_ref(), plan.w1).await?);
         target.cleanup(fresh).await?;
@@ -164,7 +171,9 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
             _ => {}
         }
     }
-    row.w1 = median(&mut rates);
+    if !rates.is_empty() {
+        row.w1 = median(&mut rates);
+    }
     row.w1_ceiling = (!ceilings.is_empty()).then(|| median(&mut ceilings));
     if plan.w1_only {
         return Ok(row);
@@ -200,8 +209,10 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
             store.load_context(o).await?;
         }
         let t = Instant::now();
-        store.load_context(&sid).await?;
+        let context = store.load_context(&sid).await?;
         cold.push(t.elapsed());
+        // Freed after the clock stops, as the ceiling frees its rows.
+        drop(context);
     }
     row.w2_cold = stats(&mut cold);
     row.w2_ceiling = match (target, &fresh.sqlite_path, &fresh.pg_schema) {
@@ -213,6 +224,11 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
         )),
         _ => None,
     };
+    if plan.w2_only {
+        drop(store);
+        target.cleanup(fresh).await?;
+        return Ok(row);
+    }
     row.w6 = stats(&mut time_calls(plan.calls, || store.session_token_usage(&sid)).await?).0;
     if let (Target::Postgres { url }, Some(schema)) = (target, &fresh.pg_schema) {
         row.w6_ceiling =
@@ -603,9 +619,12 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
         print!(" {:>18}", r.name);
     }
     println!();
-    // With --w1-only the other rows were not measured: not shown.
-    let shown = if plan.w1_only { 4 } else { lines.len() };
-    for (label, f) in lines.iter().take(shown) {
+    // With --w1-only or --w2-only the other rows were not measured: not
+    // shown.
+    let shown = |label: &str| {
+        (!plan.w1_only || label.starts_with("W1 ")) && (!plan.w2_only || label.starts_with("W2 "))
+    };
+    for (label, f) in lines.iter().filter(|(label, _)| shown(label)) {
         print!("{label:<34}");
         for r in rows {
             print!(" {:>18}", f(r));
@@ -614,10 +633,7 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
     }
     println!();
     for r in rows {
-        for (what, value, limit, met) in checks(r)
-            .into_iter()
-            .filter(|(what, ..)| !plan.w1_only || what.starts_with("W1 "))
-        {
+        for (what, value, limit, met) in checks(r).into_iter().filter(|(what, ..)| shown(what)) {
             println!(
                 "{:<20} {:<28} {:>12.3} (target {limit}) {}",
                 r.name,
@@ -724,6 +740,7 @@ async fn main() -> Result<()> {
     }
     let plan = Plan {
         w1_only: cli.w1_only,
+        w2_only: cli.w2_only,
         ..Plan::new(cli.quick)
     };
     let targets = urls
@@ -742,7 +759,9 @@ async fn main() -> Result<()> {
         Target::Postgres { url } => Some(url.clone()),
         _ => None,
     });
-    if let Some(url) = postgres.as_deref().filter(|_| !cli.w11_only) {
+    // --w1-only and --w2-only are A/B runs of one workload: no W10.
+    let w10_wanted = !(cli.w11_only || plan.w1_only || plan.w2_only);
+    if let Some(url) = postgres.as_deref().filter(|_| w10_wanted) {
         eprintln!("benchmarking W10 (koda-store copy SQLite -> PostgreSQL)");
         w10 = Some(w10::run(url, scratch.path(), plan.w10_sessions, plan.per_session).await?);
     }
