@@ -121,10 +121,7 @@ async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
 /// after each assistant insert.
 pub async fn postgres_w1(url: &str, n: usize) -> Result<f64> {
     let client = pg_connect(url).await?;
-    let schema = format!(
-        "kp_ceiling_{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    );
+    let schema = crate::targets::scratch_schema("ceiling");
     client
         .batch_execute(&format!(
             "CREATE SCHEMA \"{schema}\";

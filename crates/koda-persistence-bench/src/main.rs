@@ -747,6 +747,22 @@ async fn main() -> Result<()> {
         .iter()
         .map(|u| Target::parse(u, scratch.path()))
         .collect::<Result<Vec<_>>>()?;
+    let outcome = run(&cli, plan, &targets, scratch.path()).await;
+    // A workload that failed midway returned before dropping its schema.
+    for t in &targets {
+        if let Target::Postgres { url } = t {
+            match targets::sweep_schemas(url).await {
+                Ok(0) => {}
+                Ok(n) => eprintln!("dropped {n} schema(s) a failed workload left"),
+                Err(e) => eprintln!("could not drop this run's leftover schemas: {e:#}"),
+            }
+        }
+    }
+    outcome
+}
+
+/// Every workload asked for, then the table (or JSON).
+async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Result<()> {
     let mut rows = Vec::new();
     let only = cli.w10_only || cli.w11_only;
     for t in targets.iter().filter(|_| !only) {
@@ -763,7 +779,7 @@ async fn main() -> Result<()> {
     let w10_wanted = !(cli.w11_only || plan.w1_only || plan.w2_only);
     if let Some(url) = postgres.as_deref().filter(|_| w10_wanted) {
         eprintln!("benchmarking W10 (koda-store copy SQLite -> PostgreSQL)");
-        w10 = Some(w10::run(url, scratch.path(), plan.w10_sessions, plan.per_session).await?);
+        w10 = Some(w10::run(url, scratch, plan.w10_sessions, plan.per_session).await?);
     }
     let mut w11 = Vec::new();
     if cli.w11 || cli.w11_only {

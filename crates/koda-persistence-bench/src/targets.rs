@@ -125,10 +125,7 @@ impl Target {
                 })
             }
             Target::Postgres { url } => {
-                let schema = format!(
-                    "kp_bench_{tag}_{}",
-                    &uuid::Uuid::now_v7().simple().to_string()[20..]
-                );
+                let schema = scratch_schema(tag);
                 let sep = if url.contains('?') { '&' } else { '?' };
                 let store = koda_persistence::open(&format!("{url}{sep}schema={schema}")).await?;
                 Ok(Fresh {
@@ -159,4 +156,46 @@ impl Target {
         tokio::time::sleep(Duration::from_millis(20)).await;
         Ok(())
     }
+}
+
+/// This run's mark in the names of the PostgreSQL schemas it makes.
+fn run_mark() -> &'static str {
+    static MARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MARK.get_or_init(|| uuid::Uuid::now_v7().simple().to_string()[20..].to_owned())
+}
+
+/// A fresh PostgreSQL schema name for `tag` (a short `[a-z0-9_]` label),
+/// marked with this run, so [`sweep_schemas`] finds it if the workload
+/// that made it fails before dropping it.
+pub fn scratch_schema(tag: &str) -> String {
+    format!(
+        "kp_bench_{}_{tag}_{}",
+        run_mark(),
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    )
+}
+
+/// Drops every schema this run made and left (a workload that failed
+/// midway returns before its own cleanup); returns how many.
+pub async fn sweep_schemas(url: &str) -> Result<usize> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("admin connection for the final cleanup")?;
+    tokio::spawn(conn);
+    let pattern = format!("kp\\_bench\\_{}\\_%", run_mark());
+    let left: Vec<String> = client
+        .query(
+            "SELECT nspname::TEXT FROM pg_namespace WHERE nspname LIKE $1",
+            &[&pattern],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for schema in &left {
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .await?;
+    }
+    Ok(left.len())
 }

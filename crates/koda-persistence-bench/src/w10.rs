@@ -89,10 +89,7 @@ async fn source(path: &Path, sessions: usize, per: usize) -> Result<Arc<dyn Impo
 
 /// A fresh schema name.
 fn schema(tag: &str) -> String {
-    format!(
-        "kp_bench_{tag}_{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    )
+    crate::targets::scratch_schema(tag)
 }
 
 fn with_schema(url: &str, schema: &str) -> String {

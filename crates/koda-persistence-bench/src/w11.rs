@@ -30,7 +30,7 @@ pub async fn run(url: &str, clients: usize, seconds: f64) -> Result<Vec<W11Run>>
     };
     let mut runs = Vec::new();
     for (name, through) in [("through pgbouncer", true), ("direct", false)] {
-        let schema = format!("kp_w11_{}", uuid::Uuid::now_v7().simple());
+        let schema = crate::targets::scratch_schema("w11");
         let mut direct = base.clone();
         direct.schema = Some(schema.clone());
         drop(PostgresStore::connect_with(direct.clone(), Arc::new(SystemClock)).await?);
