@@ -40,7 +40,9 @@
 //!   by agent is kept (exact) in the session record by every write, so
 //!   reading it reads one record. Session records are at value format 2; a
 //!   store an earlier build wrote is upgraded on open (its usage counted
-//!   once), and an earlier build refuses it afterwards (`Corrupt`).
+//!   once, every record in one atomic batch: a process killed during it
+//!   leaves the store for the next open to finish), and an earlier build
+//!   refuses it afterwards (`Corrupt`).
 #![deny(missing_docs)]
 
 mod codec;

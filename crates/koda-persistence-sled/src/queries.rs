@@ -839,21 +839,7 @@ mod tests {
         let want = usage_groups(&db, "s")?;
         assert_eq!(want.len(), 2, "{want:?}");
         // Rewrite the record as an earlier build stored it.
-        let s = get_session(&db, "s")?.ok_or_else(|| anyhow::anyhow!("no session"))?;
-        let total_tokens = s.tally().tokens();
-        let old = SessionRecordV1 {
-            agent_name: s.agent_name,
-            project_root: s.project_root,
-            created_ms: s.created_ms,
-            seq: s.seq,
-            last_accessed_ms: s.last_accessed_ms,
-            title: s.title,
-            mode: s.mode,
-            message_count: s.message_count,
-            total_tokens,
-            next_ord: s.next_ord,
-        };
-        db.insert(keys::session("s"), encode(&old)?)?;
+        downgrade(&db)?;
         assert!(
             get_session(&db, "s").is_err(),
             "a format-1 record is not read as format 2"
@@ -869,6 +855,193 @@ mod tests {
         let problems = health(&db)?.problems;
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("usage"), "{problems:?}");
+        Ok(())
+    }
+
+    /// Rewrites every session record of `db` as an earlier build stored it
+    /// (format 1: a running token total, no usage by agent).
+    fn downgrade(db: &Db) -> Result<()> {
+        for kv in db.scan_prefix([keys::SESSION]) {
+            let (k, _) = kv?;
+            let sid = String::from_utf8(k[1..].to_vec())?;
+            let s = get_session(db, &sid)?.ok_or_else(|| anyhow::anyhow!("no session {sid}"))?;
+            let total_tokens = s.tally().tokens();
+            let old = SessionRecordV1 {
+                agent_name: s.agent_name,
+                project_root: s.project_root,
+                created_ms: s.created_ms,
+                seq: s.seq,
+                last_accessed_ms: s.last_accessed_ms,
+                title: s.title,
+                mode: s.mode,
+                message_count: s.message_count,
+                total_tokens,
+                next_ord: s.next_ord,
+            };
+            db.insert(k, encode(&old)?)?;
+        }
+        Ok(())
+    }
+
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            let target = to.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                copy_dir(&entry.path(), &target)?;
+            } else {
+                std::fs::copy(entry.path(), target)?;
+            }
+        }
+        Ok(())
+    }
+
+    const UPGRADE_CHILD: &str = "KODA_SLED_UPGRADE_CHILD";
+
+    /// The child of `an_upgrade_killed_midway_is_finished_by_the_next_open`:
+    /// opens the store it is given, says so, upgrades it and flushes.
+    #[test]
+    #[ignore = "run as a child process by an_upgrade_killed_midway_is_finished_by_the_next_open"]
+    fn upgrade_child() -> Result<()> {
+        use std::io::Write as _;
+        let Ok(path) = std::env::var(UPGRADE_CHILD) else {
+            return Ok(());
+        };
+        let db = sled::Config::new().path(path).open()?;
+        println!("open");
+        std::io::stdout().flush()?;
+        let n = upgrade(&db)?;
+        db.flush()?;
+        println!("upgraded {n}");
+        Ok(())
+    }
+
+    /// A process killed (SIGKILL) while it upgrades a format-1 store leaves
+    /// one the next open finishes: every session at format 2 with the usage
+    /// its messages add up to, nothing else changed, the store's own check
+    /// clean. Kills land from just after the store opened to past the end
+    /// of the upgrade.
+    #[test]
+    fn an_upgrade_killed_midway_is_finished_by_the_next_open() -> Result<()> {
+        use std::io::BufRead as _;
+        const SESSIONS: usize = 300;
+        const ROUNDS: u32 = 12;
+        let dir = tempfile::tempdir()?;
+        let pristine = dir.path().join("pristine");
+        let mut want = Vec::new();
+        {
+            let db = sled::Config::new().path(&pristine).open()?;
+            for s in 0..SESSIONS {
+                let sid = format!("s{s:04}");
+                db.apply_batch(create_session(&db, &sid, "main", "/r", 1)?)?;
+                for i in 0..20i64 {
+                    let agent = ["main", "helper", "x"][(s + i as usize) % 3];
+                    let mut m = NewMessage::message(
+                        &sid,
+                        Role::Assistant,
+                        Some("answer"),
+                        None,
+                        None,
+                        None,
+                        Some(agent),
+                    );
+                    m.usage = usage(i + 1, s as i64);
+                    db.apply_batch(append_message(&db, m, 2)?.0)?;
+                }
+                let made = get_session(&db, &sid)?.ok_or_else(|| anyhow::anyhow!("no {sid}"))?;
+                want.push((
+                    sid.clone(),
+                    usage_groups(&db, &sid)?,
+                    (made.message_count, made.next_ord),
+                ));
+            }
+            downgrade(&db)?;
+            db.flush()?;
+        }
+        let exe = std::env::current_exe()?;
+        let child = |path: &std::path::Path| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "queries::tests::upgrade_child",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env(UPGRADE_CHILD, path)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+        };
+        // How long the child's upgrade takes here, run to completion.
+        let timed = dir.path().join("timed");
+        copy_dir(&pristine, &timed)?;
+        let mut c = child(&timed)?;
+        let out = c
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut lines = std::io::BufReader::new(out).lines();
+        let mut opened = None;
+        let mut upgraded = None;
+        for line in lines.by_ref() {
+            let line = line?;
+            if line == "open" {
+                opened = Some(std::time::Instant::now());
+            } else if line.starts_with("upgraded ") {
+                upgraded = Some((std::time::Instant::now(), line));
+            }
+        }
+        c.wait()?;
+        let (Some(opened), Some((done, line))) = (opened, upgraded) else {
+            anyhow::bail!("the child never upgraded");
+        };
+        assert_eq!(line, format!("upgraded {SESSIONS}"));
+        let span = done.duration_since(opened);
+        let (mut unfinished, mut finished) = (0, 0);
+        for round in 0..ROUNDS {
+            let path = dir.path().join(format!("round{round}"));
+            copy_dir(&pristine, &path)?;
+            let mut c = child(&path)?;
+            let out = c
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+            let mut lines = std::io::BufReader::new(out).lines();
+            // Wait for the open, then kill somewhere in 0..=1.2x the upgrade.
+            for line in lines.by_ref() {
+                if line? == "open" {
+                    break;
+                }
+            }
+            std::thread::sleep(span.mul_f64(f64::from(round) * 1.2 / f64::from(ROUNDS - 1)));
+            c.kill()?;
+            c.wait()?;
+            let db = sled::Config::new().path(&path).open()?;
+            match upgrade(&db)? {
+                0 => finished += 1,
+                n => {
+                    assert!(n <= SESSIONS, "{n}");
+                    unfinished += 1;
+                }
+            }
+            assert_eq!(upgrade(&db)?, 0, "round {round}: nothing is upgraded twice");
+            for (sid, groups, counters) in &want {
+                assert_eq!(
+                    &usage_groups(&db, sid)?,
+                    groups,
+                    "round {round}, session {sid}"
+                );
+                let s = get_session(&db, sid)?.ok_or_else(|| anyhow::anyhow!("{sid} gone"))?;
+                assert_eq!(&(s.message_count, s.next_ord), counters, "round {round}");
+            }
+            assert_eq!(health(&db)?.problems, Vec::<String>::new(), "round {round}");
+        }
+        eprintln!(
+            "upgrade of {SESSIONS} sessions took {span:?}; {unfinished} of {ROUNDS} kills left it \
+             for the next open, {finished} came after it landed"
+        );
+        assert!(unfinished > 0, "no kill landed before the upgrade did");
         Ok(())
     }
 }
