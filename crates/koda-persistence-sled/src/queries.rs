@@ -960,8 +960,11 @@ mod tests {
             db.flush()?;
         }
         let exe = std::env::current_exe()?;
-        let child = |path: &std::path::Path| {
-            std::process::Command::new(&exe)
+        // A child upgrading a fresh copy of the pristine store at `path`,
+        // with its stdout as lines.
+        let child = |path: &std::path::Path| -> Result<_> {
+            copy_dir(&pristine, path)?;
+            let mut c = std::process::Command::new(&exe)
                 .args([
                     "--exact",
                     "queries::tests::upgrade_child",
@@ -971,17 +974,15 @@ mod tests {
                 .env(UPGRADE_CHILD, path)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
-                .spawn()
+                .spawn()?;
+            let out = c
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+            Ok((c, std::io::BufReader::new(out).lines()))
         };
         // How long the child's upgrade takes here, run to completion.
-        let timed = dir.path().join("timed");
-        copy_dir(&pristine, &timed)?;
-        let mut c = child(&timed)?;
-        let out = c
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut lines = std::io::BufReader::new(out).lines();
+        let (mut c, mut lines) = child(&dir.path().join("timed"))?;
         let mut opened = None;
         let mut upgraded = None;
         for line in lines.by_ref() {
@@ -1001,13 +1002,7 @@ mod tests {
         let (mut unfinished, mut finished) = (0, 0);
         for round in 0..ROUNDS {
             let path = dir.path().join(format!("round{round}"));
-            copy_dir(&pristine, &path)?;
-            let mut c = child(&path)?;
-            let out = c
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-            let mut lines = std::io::BufReader::new(out).lines();
+            let (mut c, mut lines) = child(&path)?;
             // Wait for the open, then kill somewhere in 0..=1.2x the upgrade.
             for line in lines.by_ref() {
                 if line? == "open" {

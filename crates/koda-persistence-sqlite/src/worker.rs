@@ -166,7 +166,7 @@ impl Worker {
         self.send(Job::Raw(Box::new(move |conn: &mut Connection| {
             let _ = reply.send(f(conn));
         })))?;
-        self.answer(answer).await
+        Self::answer(answer).await
     }
 
     /// Runs `f` in a write transaction (see the module docs: possibly with
@@ -194,7 +194,7 @@ impl Worker {
                 let _ = reply.send(out);
             }),
         }))?;
-        self.answer(answer).await
+        Self::answer(answer).await
     }
 
     fn send(&self, job: Job) -> Result<()> {
@@ -203,7 +203,7 @@ impl Worker {
         })
     }
 
-    async fn answer<R>(&self, answer: tokio::sync::oneshot::Receiver<Result<R>>) -> Result<R> {
+    async fn answer<R>(answer: tokio::sync::oneshot::Receiver<Result<R>>) -> Result<R> {
         let mut answer = answer;
         let start = Instant::now();
         // Counted from before the first check to the answer (or the
