@@ -8,7 +8,7 @@ use koda_persistence_api::PersistenceError;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::options::{Location, SqliteOptions};
-use crate::{schema, worker};
+use crate::{checkpoint, schema, worker};
 
 #[cfg(unix)]
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -70,9 +70,22 @@ fn sqlite_name(path: &Path) -> std::borrow::Cow<'_, Path> {
     }
 }
 
-/// Opens one connection with the store's pragmas; `writer` also sets WAL
-/// and turns SQLite's busy handler off (see [`worker::retry_busy`]).
-fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connection> {
+/// What a connection is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Sets WAL, turns SQLite's busy handler off (see
+    /// [`worker::retry_busy`]) and records its commits' WAL size for the
+    /// checkpointer instead of checkpointing (see [`checkpoint`]).
+    Writer,
+    /// Query-only.
+    Reader,
+    /// Runs the checkpoints the writer leaves to it.
+    Checkpointer,
+}
+
+/// Opens one connection with the store's pragmas, set up for `role`.
+fn connect(path: &Path, options: &SqliteOptions, role: Role) -> Result<Connection> {
+    let writer = role == Role::Writer;
     let conn = Connection::open_with_flags(sqlite_name(path), flags())?;
     conn.busy_timeout(if writer {
         Duration::ZERO
@@ -83,24 +96,28 @@ fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connect
     let objects = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
     })?;
-    if writer {
-        if objects == 0 {
-            // New databases start with koda's incremental auto-vacuum. It
-            // only takes while the file is new: before WAL mode writes the
-            // first page.
-            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    match role {
+        Role::Writer => {
+            if objects == 0 {
+                // New databases start with koda's incremental auto-vacuum. It
+                // only takes while the file is new: before WAL mode writes the
+                // first page.
+                conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+            }
+            let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(PersistenceError::Unavailable(format!(
+                    "{} cannot use WAL (journal_mode stayed {mode})",
+                    path.display()
+                ))
+                .into());
+            }
+            checkpoint::install_hook(&conn);
         }
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(PersistenceError::Unavailable(format!(
-                "{} cannot use WAL (journal_mode stayed {mode})",
-                path.display()
-            ))
-            .into());
-        }
-    } else {
-        conn.pragma_update(None, "query_only", true)?;
+        Role::Reader => conn.pragma_update(None, "query_only", true)?,
+        Role::Checkpointer => {}
     }
+    // Also decides how a checkpoint syncs (so set on the checkpointer too).
     conn.pragma_update(None, "synchronous", options.synchronous.pragma())?;
     conn.pragma_update(None, "foreign_keys", true)?;
     Ok(conn)
@@ -145,17 +162,27 @@ fn migrate(conn: &mut Connection, deadline: Instant, options: &SqliteOptions) ->
     })
 }
 
-pub(crate) fn open_blocking(
-    location: &Location,
-    options: &SqliteOptions,
-) -> Result<(Connection, Vec<Connection>)> {
+/// The connections of an open store.
+pub(crate) struct Opened {
+    pub(crate) writer: Connection,
+    /// Empty for an in-memory database (the writer serves reads).
+    pub(crate) readers: Vec<Connection>,
+    /// `None` for an in-memory database (no WAL).
+    pub(crate) checkpointer: Option<Connection>,
+}
+
+pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Result<Opened> {
     match location {
         Location::Memory => {
             let mut conn = Connection::open_in_memory()?;
             conn.pragma_update(None, "foreign_keys", true)?;
             // A private in-memory database is never busy: no deadline.
             migrate(&mut conn, Instant::now(), options)?;
-            Ok((conn, Vec::new()))
+            Ok(Opened {
+                writer: conn,
+                readers: Vec::new(),
+                checkpointer: None,
+            })
         }
         Location::File(path) => {
             if !path.exists() {
@@ -182,13 +209,18 @@ pub(crate) fn open_blocking(
             // koda mid-turn) may hold the write lock while we adopt the file.
             let deadline = Instant::now() + options.busy_timeout;
             let mut writer = worker::retry_busy(deadline, options.busy_timeout, || {
-                connect(path, options, true)
+                connect(path, options, Role::Writer)
             })?;
             migrate(&mut writer, deadline, options)?;
             let readers = (0..options.readers)
-                .map(|_| connect(path, options, false))
+                .map(|_| connect(path, options, Role::Reader))
                 .collect::<Result<Vec<_>>>()?;
-            Ok((writer, readers))
+            let checkpointer = connect(path, options, Role::Checkpointer)?;
+            Ok(Opened {
+                writer,
+                readers,
+                checkpointer: Some(checkpointer),
+            })
         }
     }
 }

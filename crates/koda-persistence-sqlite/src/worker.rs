@@ -25,6 +25,8 @@ use anyhow::Result;
 use koda_persistence_api::PersistenceError;
 use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 
+use crate::checkpoint::{self, Checkpointer};
+
 /// The value a write produced, before its caller's type is restored.
 type Produced = Box<dyn Any + Send>;
 
@@ -89,17 +91,26 @@ impl Worker {
     /// before parking (worth it for the single writer, whose caller usually
     /// sends the next write at once; not for readers, which would only
     /// compete for cores).
+    ///
+    /// A `writer` with a `checkpointer` connection also starts the thread
+    /// that checkpoints the WAL off the write path (see [`checkpoint`]).
     pub(crate) fn spawn(
         name: &str,
         conns: Vec<Connection>,
         writer: bool,
+        checkpointer: Option<Connection>,
         close_wait: Duration,
     ) -> Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let (running, ended) = crossbeam_channel::bounded::<()>(0);
+        let mut checkpointer = match checkpointer {
+            Some(conn) if writer => Some(Checkpointer::spawn(name, conn)?),
+            _ => None,
+        };
         for (i, mut conn) in conns.into_iter().enumerate() {
             let rx = rx.clone();
             let running = running.clone();
+            let checkpointer = checkpointer.take();
             thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
@@ -129,6 +140,12 @@ impl Worker {
                                 write_group(&mut conn, group);
                             }
                         }
+                        if writer {
+                            checkpoint::after_job(&conn, checkpointer.as_ref());
+                        }
+                    }
+                    if let Some(checkpointer) = checkpointer {
+                        checkpointer.stop();
                     }
                     if writer {
                         // Best effort: another process may hold a snapshot,

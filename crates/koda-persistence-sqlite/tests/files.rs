@@ -454,3 +454,59 @@ async fn a_clean_close_leaves_every_row_in_the_db_file() {
         .expect("todo");
     assert_eq!(todo, "- [ ] ship");
 }
+
+/// The WAL is checkpointed by the store's checkpointer thread while it
+/// writes (not only at close), and never grows far past its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_while_writing_and_stays_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let wal = dir.path().join("koda.db-wal");
+    let store = open_with(&path, SqliteOptions::default())
+        .await
+        .expect("open");
+    let sid = store
+        .create_session("main", Path::new("/p"))
+        .await
+        .expect("session");
+    let text = "x".repeat(40 * 1024);
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    // 200 messages, ~2,600 WAL frames: past the checkpointer's threshold
+    // (1,000) and below the writer's own (4,000), so only the
+    // checkpointer can move them into the database file.
+    for _ in 0..200 {
+        store
+            .insert_message(&sid, &Role::User, Some(&text), None, None, None)
+            .await
+            .expect("insert");
+    }
+    // Checkpoints run at each 1,000 frames, so the last few hundred may
+    // still be in the WAL only.
+    let half = 100 * text.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while size(&path) < half && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        size(&path) >= half,
+        "the database file holds {} bytes, less than half of those written: \
+         nothing checkpointed it",
+        size(&path)
+    );
+    // 800 more (~10,000 frames): whatever the checkpointer manages, the
+    // writer checkpoints at 4,000 frames and a later write starts the WAL
+    // over (that checkpoint waits while the checkpointer's runs: hence
+    // the margin).
+    for _ in 0..800 {
+        store
+            .insert_message(&sid, &Role::User, Some(&text), None, None, None)
+            .await
+            .expect("insert");
+        let frames = size(&wal) / (4096 + 24);
+        assert!(frames < 6_000, "the WAL grew to {frames} frames");
+    }
+    assert_eq!(
+        store.load_all_messages(&sid).await.expect("load").len(),
+        1_000
+    );
+}
