@@ -12,6 +12,7 @@ use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, MessageRecord, MetadataRecord, PersistenceError,
     Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
 };
+use rusqlite::config::DbConfig;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -368,6 +369,27 @@ pub(crate) fn usage_kept(
     Ok(Some(UsageTally::from_entries(entries).groups()))
 }
 
+/// Runs `f` with the connection's triggers off, then turns them on again
+/// (also when `f` failed).
+///
+/// Only for a statement that sets `compacted_ms` with `compacted_at`: the
+/// one trigger such an update fires, `kp_messages_foreign_compact`, derives
+/// `compacted_ms` and bumps the session's version for an older koda's
+/// compaction, and its `WHEN` is false for this store's own (the caller
+/// bumps the version itself). Firing it still costs a trigger program per
+/// row: 7 of the 13 ms of stamping 2,000 rows (sqlite3 shell, measured).
+/// Switching triggers (`SQLITE_DBCONFIG_ENABLE_TRIGGER`) expires the
+/// connection's prepared statements, which SQLite prepares again on their
+/// next use: a cost per compaction, not per write.
+fn without_triggers<R>(conn: &Connection, f: impl FnOnce() -> rusqlite::Result<R>) -> Result<R> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+    let out = f();
+    let on = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true);
+    let out = out?;
+    on?;
+    Ok(out)
+}
+
 pub(crate) fn compact(
     tx: &Transaction<'_>,
     session_id: &str,
@@ -399,25 +421,16 @@ pub(crate) fn compact(
             (None, max + 1)
         }
     };
-    match first_preserved {
-        Some(p) => {
-            tx.prepare_cached(
-                "UPDATE messages SET compacted_ms = ?2, compacted_at = ?3
-                 WHERE session_id = ?1 AND compacted_ms IS NULL AND ord < ?4",
-            )?
-            .execute(params![session_id, now, stamp, p])?;
-            tx.prepare_cached(
-                "UPDATE messages SET ord = ord + 2 WHERE session_id = ?1 AND ord >= ?2",
-            )?
+    without_triggers(tx, || {
+        tx.prepare_cached(
+            "UPDATE messages SET compacted_ms = ?2, compacted_at = ?3
+             WHERE session_id = ?1 AND compacted_ms IS NULL AND (?4 IS NULL OR ord < ?4)",
+        )?
+        .execute(params![session_id, now, stamp, first_preserved])
+    })?;
+    if let Some(p) = first_preserved {
+        tx.prepare_cached("UPDATE messages SET ord = ord + 2 WHERE session_id = ?1 AND ord >= ?2")?
             .execute(params![session_id, p])?;
-        }
-        None => {
-            tx.prepare_cached(
-                "UPDATE messages SET compacted_ms = ?2, compacted_at = ?3
-                 WHERE session_id = ?1 AND compacted_ms IS NULL",
-            )?
-            .execute(params![session_id, now, stamp])?;
-        }
     }
     let mut insert = tx.prepare_cached(
         "INSERT INTO messages (session_id, role, content, created_at, created_ms, completed_at,
