@@ -14,8 +14,8 @@
 //! WAL exactly as before; a checkpoint only moves committed pages into the
 //! database file. If the checkpointer cannot keep up (a stream of writes
 //! that never leaves it a gap) and the WAL reaches [`INLINE_FRAMES`], the
-//! writer checkpoints itself while it holds the write lock, so the WAL stays
-//! bounded; a writer without a checkpointer checkpoints inline at
+//! writer thread checkpoints itself between two writes (none of the store's
+//! can start meanwhile), so the WAL stays bounded; a writer without a checkpointer checkpoints inline at
 //! [`CHECKPOINT_FRAMES`], as SQLite would. The checkpoint at close
 //! (`TRUNCATE`, see the writer thread) runs after the checkpointer stopped.
 
@@ -30,11 +30,11 @@ use rusqlite::hooks::Wal;
 
 /// WAL frames past which the checkpointer is nudged (SQLite's own default
 /// for `wal_autocheckpoint`).
-pub(crate) const CHECKPOINT_FRAMES: c_int = 1000;
+const CHECKPOINT_FRAMES: c_int = 1000;
 
 /// WAL frames past which the writer checkpoints itself (16 MiB of 4 KiB
 /// pages).
-pub(crate) const INLINE_FRAMES: c_int = 4 * CHECKPOINT_FRAMES;
+const INLINE_FRAMES: c_int = 4 * CHECKPOINT_FRAMES;
 
 thread_local! {
     /// Frames in the WAL after the last commit on this thread's connection.
@@ -120,10 +120,9 @@ pub(crate) fn after_job(conn: &Connection, checkpointer: Option<&Checkpointer>) 
     }
     match checkpointer {
         Some(c) => {
-            let due = c.due.get();
-            if frames + CHECKPOINT_FRAMES <= due {
+            if frames + CHECKPOINT_FRAMES <= c.due.get() {
                 // The WAL restarted since the last nudge.
-                c.due.set(CHECKPOINT_FRAMES.max(frames + 1));
+                c.due.set(CHECKPOINT_FRAMES);
             }
             if frames >= c.due.get() {
                 if let Some(nudge) = &c.nudge {

@@ -380,14 +380,23 @@ pub(crate) fn usage_kept(
 /// row: 7 of the 13 ms of stamping 2,000 rows (sqlite3 shell, measured).
 /// Switching triggers (`SQLITE_DBCONFIG_ENABLE_TRIGGER`) expires the
 /// connection's prepared statements, which SQLite prepares again on their
-/// next use: a cost per compaction, not per write.
+/// next use: a cost per compaction, not per write. A guard turns them on
+/// again however `f` ends, also by a panic (the writer thread catches it
+/// and goes on with the same connection); switching a flag of a valid
+/// connection cannot fail.
 fn without_triggers<R>(conn: &Connection, f: impl FnOnce() -> rusqlite::Result<R>) -> Result<R> {
+    /// Turns triggers on again when dropped.
+    struct OnAgain<'c>(&'c Connection);
+    impl Drop for OnAgain<'_> {
+        fn drop(&mut self) {
+            let _ = self
+                .0
+                .set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true);
+        }
+    }
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
-    let out = f();
-    let on = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true);
-    let out = out?;
-    on?;
-    Ok(out)
+    let _on_again = OnAgain(conn);
+    Ok(f()?)
 }
 
 pub(crate) fn compact(
