@@ -54,6 +54,10 @@ struct Cli {
     /// profiles of context loads).
     #[arg(long, conflicts_with = "w1_only")]
     w2_only: bool,
+    /// Run only W1 and W5, 8 concurrent writers (for A/B runs and profiles
+    /// of group commit).
+    #[arg(long, conflicts_with_all = ["w1_only", "w2_only"])]
+    w5_only: bool,
     /// Also run W11 (a team through PgBouncer and direct; needs a
     /// `postgres://` URL and Debian's pgbouncer package).
     #[arg(long)]
@@ -87,6 +91,8 @@ struct Plan {
     w1_only: bool,
     /// W2 (warm, cold) and its ceiling only.
     w2_only: bool,
+    /// W1 and W5 only.
+    w5_only: bool,
 }
 
 impl Plan {
@@ -106,6 +112,7 @@ impl Plan {
             w10_sessions: 1_000 / d,
             w1_only: false,
             w2_only: false,
+            w5_only: false,
         }
     }
 }
@@ -185,6 +192,15 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
     row.w1_ceiling = (!ceilings.is_empty()).then(|| median(&mut ceilings));
     if plan.w1_only {
         return Ok(row);
+    }
+    if !plan.w2_only {
+        // W5, right after the W1 it is compared with.
+        let fresh = target.fresh("w5").await?;
+        row.w5 = workloads::w5(fresh.store.clone(), plan.w5_tasks, plan.w5_per).await?;
+        target.cleanup(fresh).await?;
+        if plan.w5_only {
+            return Ok(row);
+        }
     }
 
     // W2, W6, W7 on one 2,000-message session.
@@ -331,11 +347,6 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
     let late_start = plan.turns - window;
     row.w4_late = stats(&mut turns[late_start..].to_vec()).0;
     row.w4_median = stats(&mut turns).0;
-
-    // W5.
-    let fresh = target.fresh("w5").await?;
-    row.w5 = workloads::w5(fresh.store.clone(), plan.w5_tasks, plan.w5_per).await?;
-    target.cleanup(fresh).await?;
 
     // W9: writer pairs alone, then under a compactor (fresh store each).
     for compactor in [false, true] {
@@ -633,10 +644,12 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
         print!(" {:>18}", r.name);
     }
     println!();
-    // With --w1-only or --w2-only the other rows were not measured: not
-    // shown.
+    // With --w1-only, --w2-only or --w5-only the other rows were not
+    // measured: not shown.
     let shown = |label: &str| {
-        (!plan.w1_only || label.starts_with("W1 ")) && (!plan.w2_only || label.starts_with("W2 "))
+        (!plan.w1_only || label.starts_with("W1 "))
+            && (!plan.w2_only || label.starts_with("W2 "))
+            && (!plan.w5_only || label.starts_with("W1 ") || label.starts_with("W5 "))
     };
     for (label, f) in lines.iter().filter(|(label, _)| shown(label)) {
         print!("{label:<34}");
@@ -755,6 +768,7 @@ async fn main() -> Result<()> {
     let plan = Plan {
         w1_only: cli.w1_only,
         w2_only: cli.w2_only,
+        w5_only: cli.w5_only,
         ..Plan::new(cli.quick)
     };
     let targets = urls
@@ -789,8 +803,9 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
         Target::Postgres { url } => Some(url.clone()),
         _ => None,
     });
-    // --w1-only and --w2-only are A/B runs of one workload: no W10.
-    let w10_wanted = !(cli.w11_only || plan.w1_only || plan.w2_only);
+    // --w1-only, --w2-only and --w5-only are A/B runs of one workload: no
+    // W10.
+    let w10_wanted = !(cli.w11_only || plan.w1_only || plan.w2_only || plan.w5_only);
     if let Some(url) = postgres.as_deref().filter(|_| w10_wanted) {
         eprintln!("benchmarking W10 (koda-store copy SQLite -> PostgreSQL)");
         w10 = Some(w10::run(url, scratch, plan.w10_sessions, plan.per_session).await?);
