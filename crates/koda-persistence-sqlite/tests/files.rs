@@ -19,6 +19,17 @@ async fn open_with(path: &Path, options: SqliteOptions) -> anyhow::Result<Sqlite
     SqliteStore::open_with(Location::File(path.to_owned()), options, clock()).await
 }
 
+/// A store on `path` with `options` and one session in it (agent `main`,
+/// root `/p`).
+async fn open_session(path: &Path, options: SqliteOptions) -> (SqliteStore, String) {
+    let store = open_with(path, options).await.expect("open");
+    let sid = store
+        .create_session("main", Path::new("/p"))
+        .await
+        .expect("session");
+    (store, sid)
+}
+
 fn typed(e: &anyhow::Error) -> Option<&PersistenceError> {
     PersistenceError::of(e)
 }
@@ -30,13 +41,7 @@ async fn new_files_are_private() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nested = dir.path().join("config").join("koda").join("db");
     let path = nested.join("koda.db");
-    let store = open_with(&path, SqliteOptions::default())
-        .await
-        .expect("open");
-    let sid = store
-        .create_session("main", Path::new("/p"))
-        .await
-        .expect("session");
+    let (store, sid) = open_session(&path, SqliteOptions::default()).await;
     store
         .insert_message(&sid, &Role::User, Some("api key: sk-…"), None, None, None)
         .await
@@ -82,13 +87,7 @@ async fn a_corrupted_database_is_corrupt() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("koda.db");
     {
-        let store = open_with(&path, SqliteOptions::default())
-            .await
-            .expect("open");
-        let sid = store
-            .create_session("main", Path::new("/p"))
-            .await
-            .expect("session");
+        let (store, sid) = open_session(&path, SqliteOptions::default()).await;
         for i in 0..200 {
             store
                 .insert_message(
@@ -174,11 +173,7 @@ async fn a_held_lock_is_waited_for_then_unavailable() {
         busy_timeout: Duration::from_millis(300),
         ..SqliteOptions::default()
     };
-    let store = open_with(&path, options).await.expect("open");
-    let sid = store
-        .create_session("main", Path::new("/p"))
-        .await
-        .expect("session");
+    let (store, sid) = open_session(&path, options).await;
     let other = Connection::open(&path).expect("raw");
     other
         .execute_batch("BEGIN IMMEDIATE")
@@ -462,23 +457,15 @@ async fn the_wal_is_checkpointed_while_writing_and_stays_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("koda.db");
     let wal = dir.path().join("koda.db-wal");
-    let store = open_with(&path, SqliteOptions::default())
-        .await
-        .expect("open");
-    let sid = store
-        .create_session("main", Path::new("/p"))
-        .await
-        .expect("session");
+    let (store, sid) = open_session(&path, SqliteOptions::default()).await;
     let text = "x".repeat(40 * 1024);
+    let insert = || store.insert_message(&sid, &Role::User, Some(&text), None, None, None);
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     // 200 messages, ~2,600 WAL frames: past the checkpointer's threshold
     // (1,000) and below the writer's own (4,000), so only the
     // checkpointer can move them into the database file.
     for _ in 0..200 {
-        store
-            .insert_message(&sid, &Role::User, Some(&text), None, None, None)
-            .await
-            .expect("insert");
+        insert().await.expect("insert");
     }
     // Checkpoints run at each 1,000 frames, so the last few hundred may
     // still be in the WAL only.
@@ -498,10 +485,7 @@ async fn the_wal_is_checkpointed_while_writing_and_stays_bounded() {
     // over (that checkpoint waits while the checkpointer's runs: hence
     // the margin).
     for _ in 0..800 {
-        store
-            .insert_message(&sid, &Role::User, Some(&text), None, None, None)
-            .await
-            .expect("insert");
+        insert().await.expect("insert");
         let frames = size(&wal) / (4096 + 24);
         assert!(frames < 6_000, "the WAL grew to {frames} frames");
     }
