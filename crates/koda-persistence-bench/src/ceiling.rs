@@ -116,6 +116,9 @@ pub fn sqlite_w2(path: &Path, session: &str, calls: usize) -> Result<Vec<Duratio
     Ok(times)
 }
 
+/// The ceilings' connection: plain text, whatever the URL's `sslmode` (the
+/// store's own `prefer` encrypts when the server offers TLS; WORKLOADS.md
+/// says how to compare like with like).
 async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
     let base = url.split('?').next().unwrap_or(url);
     let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls).await?;
