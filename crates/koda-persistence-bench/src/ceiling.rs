@@ -116,14 +116,11 @@ pub fn sqlite_w2(path: &Path, session: &str, calls: usize) -> Result<Vec<Duratio
     Ok(times)
 }
 
-/// The ceilings' connection: plain text, whatever the URL's `sslmode` (the
-/// store's own `prefer` encrypts when the server offers TLS; WORKLOADS.md
-/// says how to compare like with like).
-async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
-    let base = url.split('?').next().unwrap_or(url);
-    let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
+/// The ceilings' connection: made from the store's own URL as the store
+/// makes its connections, so both sides speak over the same wire (with
+/// the default `sslmode=prefer`, TLS whenever the server offers it).
+pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
+    koda_persistence_postgres::PostgresStore::connect_raw(url).await
 }
 
 /// W1 ceiling on Postgres: one connection, one prepared `INSERT` per message

@@ -264,8 +264,8 @@ pub async fn run(url: &str, dir: &Path, sessions: usize, per: usize) -> Result<W
     let export_secs = started.elapsed().as_secs_f64();
     ensure!(exported_sessions == sessions && exported == messages);
 
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    // The raw reference speaks over the same wire as the copy's store.
+    let client = crate::ceiling::pg_connect(url).await?;
     let mut rows = Vec::with_capacity(messages);
     for id in &ids {
         for m in source.export_messages(id).await? {

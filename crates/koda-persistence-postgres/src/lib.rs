@@ -243,6 +243,23 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// One plain tokio-postgres connection to the server of `url`, made as
+    /// the store makes each of its own (TLS mode, so the same encryption;
+    /// connect timeout; search path), outside any pool and without
+    /// migrating: for tools that must talk to the server over the store's
+    /// own wire, such as the benchmark's raw-driver ceilings. Its driver
+    /// task runs on the current runtime.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad URL; `Unavailable` when the server cannot
+    /// be reached within `connect_timeout`; what the server said otherwise
+    /// (`PermissionDenied` for a refused login).
+    pub async fn connect_raw(url: &str) -> Result<tokio_postgres::Client> {
+        let options = PostgresOptions::from_url(url)?;
+        options.validate()?;
+        connect::connect_once(&options).await
+    }
+
     /// Runs [`grant_sql`] for `schema` and `role` on the server of `url`,
     /// as the URL's role (the schema's owner, or one allowed to grant on
     /// it). The role must exist.

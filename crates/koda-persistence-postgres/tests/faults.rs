@@ -331,6 +331,48 @@ async fn tls_modes_behave_like_libpq() -> Result<()> {
     .await
 }
 
+/// `connect_raw` connects as the store does: `sslmode=disable` in plain
+/// text, `prefer` encrypted exactly when the server offers TLS; a bad URL
+/// is `InvalidInput`.
+#[tokio::test]
+async fn a_raw_connection_speaks_over_the_stores_wire() -> Result<()> {
+    with_schema("raw_wire", |url, _schema| async move {
+        let with = |mode: &str| {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}sslmode={mode}")
+        };
+        let encrypted = |client: tokio_postgres::Client| async move {
+            let row = client
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await?;
+            anyhow::Ok(row.get::<_, bool>(0))
+        };
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let offered: String = admin.query_one("SHOW ssl", &[]).await?.get(0);
+        let plain = PostgresStore::connect_raw(&with("disable")).await?;
+        assert!(!encrypted(plain).await?, "sslmode=disable must not encrypt");
+        let preferred = PostgresStore::connect_raw(&with("prefer")).await?;
+        assert_eq!(
+            encrypted(preferred).await?,
+            offered == "on",
+            "sslmode=prefer encrypts exactly when the server offers TLS (ssl = {offered})"
+        );
+        let err = PostgresStore::connect_raw(&with("sometimes"))
+            .await
+            .expect_err("not an sslmode");
+        assert!(
+            matches!(typed(&err), Some(PersistenceError::InvalidInput(_))),
+            "{err:#}"
+        );
+        Ok(())
+    })
+    .await
+}
+
 #[test]
 fn debug_output_hides_the_password() {
     let o =
