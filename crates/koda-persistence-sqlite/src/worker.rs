@@ -27,6 +27,32 @@ use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 
 use crate::checkpoint::{self, Checkpointer};
 
+thread_local! {
+    /// What the job running on this worker thread handed to
+    /// [`drop_after_answer`].
+    static LATER: std::cell::RefCell<Vec<Box<dyn Any>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Drops `value` once the job running on this worker thread has answered
+/// its callers, before the thread takes its next job: for what takes long
+/// to free (a long session's cached rows) and is no caller's business.
+/// Called only from a job's steps on a worker thread (elsewhere the value
+/// would wait for that thread's end).
+pub(crate) fn drop_after_answer(value: impl Any) {
+    LATER.with(|later| later.borrow_mut().push(Box::new(value)));
+}
+
+/// Drops what the last job handed to [`drop_after_answer`].
+fn drop_handed_over() {
+    // Taken out first: a drop that hands over more must not find the list
+    // borrowed.
+    while let Some(values) =
+        LATER.with(|later| Some(std::mem::take(&mut *later.borrow_mut())).filter(|v| !v.is_empty()))
+    {
+        drop(values);
+    }
+}
+
 /// The value a write produced, before its caller's type is restored.
 type Produced = Box<dyn Any + Send>;
 
@@ -184,6 +210,7 @@ impl Worker {
                                 };
                             }
                         }
+                        drop_handed_over();
                         if writer {
                             checkpoint::after_job(&conn, checkpointer.as_ref());
                         }
@@ -594,6 +621,67 @@ mod tests {
         assert_eq!(group.len(), 3);
         assert!(matches!(pending, Some(Job::Raw(_))));
         assert!(matches!(rx.try_recv(), Ok(Job::Write(_))));
+    }
+
+    /// Handed to `drop_after_answer`: its drop waits (at most 5 s) for the
+    /// caller to say it has its answer, then records whether it had.
+    struct Handed {
+        answered: Arc<std::sync::atomic::AtomicBool>,
+        go: std::sync::mpsc::Receiver<()>,
+        dropped_answered: Arc<Mutex<Option<bool>>>,
+    }
+
+    impl Drop for Handed {
+        fn drop(&mut self) {
+            let _ = self.go.recv_timeout(Duration::from_secs(5));
+            *self.dropped_answered.lock().unwrap() = Some(self.answered.load(Ordering::SeqCst));
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_write_hands_over_is_dropped_after_its_caller_is_answered() {
+        let (_dir, _path, conn) = scratch();
+        let worker = Worker::spawn(
+            "test-writer",
+            vec![conn],
+            true,
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dropped_answered = Arc::new(Mutex::new(None));
+        let (go, wait) = std::sync::mpsc::channel();
+        let handed = Handed {
+            answered: answered.clone(),
+            go: wait,
+            dropped_answered: dropped_answered.clone(),
+        };
+        let started = Instant::now();
+        let n = worker
+            .write(
+                Duration::from_secs(5),
+                |tx| Ok(tx.execute("INSERT INTO t (n) VALUES (1)", [])?),
+                move |n| {
+                    drop_after_answer(handed);
+                    n
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the caller waited for the handed-over value's drop"
+        );
+        answered.store(true, Ordering::SeqCst);
+        go.send(()).unwrap();
+        // The next job runs after the drop.
+        worker
+            .write(Duration::from_secs(5), |_| Ok(()), |()| ())
+            .await
+            .unwrap();
+        assert_eq!(*dropped_answered.lock().unwrap(), Some(true));
     }
 
     #[test]
