@@ -44,13 +44,10 @@ pub(crate) fn drop_after_answer(value: impl Any) {
 
 /// Drops what the last job handed to [`drop_after_answer`].
 fn drop_handed_over() {
-    // Taken out first: a drop that hands over more must not find the list
-    // borrowed.
-    while let Some(values) =
-        LATER.with(|later| Some(std::mem::take(&mut *later.borrow_mut())).filter(|v| !v.is_empty()))
-    {
-        drop(values);
-    }
+    // Taken out before dropping, so that a drop which hands over more finds
+    // the list free (what it hands over goes after the next job).
+    let values = LATER.with(|later| std::mem::take(&mut *later.borrow_mut()));
+    drop(values);
 }
 
 /// The value a write produced, before its caller's type is restored.
