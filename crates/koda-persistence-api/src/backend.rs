@@ -1,21 +1,124 @@
-//! What backend authors share, and koda code never needs: argument checks,
-//! timestamp formatting, the URL parameter grammar, the context passes and
-//! cache, and the inserted-message record. Every contract rule a backend
-//! would otherwise copy lives here once.
+//! What backend authors share, and koda code never needs: the [`Backend`]
+//! trait every backend crate implements (its schemes, its options from a
+//! [`StoreUrl`], its open), argument checks, timestamp formatting, the URL
+//! parameter grammar, the context passes and cache, and the
+//! inserted-message record. Every contract rule a backend would otherwise
+//! copy lives here once.
 
+use std::sync::Arc;
+
+pub use crate::cache::{ContextCache, DEFAULT_CACHED_SESSIONS, Removed, SharedContextCache};
+pub use crate::checks::{
+    assign_ids, check_claim, check_kept, check_limit, check_message_records, check_session_id,
+    check_session_record, check_usage, id_taken, limit_bound, message_not_found, root_to_str,
+    session_not_found,
+};
 pub use crate::clock::{format_timestamp, idle_secs};
-pub use crate::context::{
-    ContextCache, ContextRow, DEFAULT_CACHED_SESSIONS, Removed, SharedContextCache,
-    apply_context_passes, is_blank, named_tool_call_ids,
-};
-pub use crate::error::{check_limit, check_usage, root_to_str};
-pub use crate::import::{
-    assign_ids, check_claim, check_kept, check_message_records, check_session_id,
-    check_session_record, id_taken,
-};
-pub use crate::rules::{
+pub use crate::context::{ContextRow, apply_context_passes, is_blank, named_tool_call_ids};
+pub use crate::types::NewMessage;
+pub use crate::url;
+pub use crate::url::StoreUrl;
+pub use crate::usage::{
     DEFAULT_AGENT, ExactUsage, UsageTally, order_usage_groups, purge_cutoff, usage_by_agent,
     usage_total,
 };
-pub use crate::types::NewMessage;
-pub use crate::url;
+
+use crate::checks::Checked;
+use crate::clock::Clock;
+use crate::error::PersistenceError;
+use crate::import::Import;
+
+/// One backend: how its URLs look, how they become options, and how a
+/// store opens. Each backend crate implements it on a unit type
+/// (`koda_persistence_sqlite::Sqlite`, …); the facade's table of backends
+/// is a list of these, and [`open_url`] is the one way from a URL to a
+/// store.
+///
+/// The opening contract:
+/// - the URL is parsed once ([`StoreUrl::parse`]), by the caller of
+///   [`options`](Self::options), never again inside the backend;
+/// - [`options`](Self::options) reads the location and takes each
+///   parameter it knows once; any parameter left is `InvalidInput` naming
+///   it (the caller runs [`StoreUrl::finish`]);
+/// - options built in code are checked as a URL's are (`validate`), inside
+///   [`open`](Self::open);
+/// - [`open`](Self::open) returns the bare store: the contract's argument
+///   checks are not in it but in [`Checked`], which [`open_url`] and
+///   [`open_checked`] put around it.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The backend's name, which is also its cargo feature in the facade
+    /// (`memory`, `sqlite`, `postgres`, `sled`).
+    const NAME: &'static str;
+    /// The URL schemes it opens, in lower case.
+    const SCHEMES: &'static [&'static str];
+    /// Its URL shapes, for error messages (`sqlite://PATH, sqlite::memory:`).
+    const EXAMPLE: &'static str;
+    /// What an open needs: location, durability, timeouts.
+    type Options: Send + 'static;
+    /// The store it opens.
+    type Store: Import + 'static;
+
+    /// The options `url` names. The caller has checked the scheme and
+    /// runs [`StoreUrl::finish`] afterwards.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the parameter or location that is wrong.
+    fn options(url: &StoreUrl) -> Result<Self::Options, PersistenceError>;
+
+    /// Opens (creating or migrating as the options allow) the store.
+    ///
+    /// # Errors
+    /// `InvalidInput` for options that fail their checks; otherwise the
+    /// backend's (`Unavailable`, `Corrupt`, `PermissionDenied`, …).
+    async fn open(options: Self::Options, clock: Arc<dyn Clock>) -> anyhow::Result<Self::Store>;
+}
+
+/// `url`'s options for backend `B`: parsed once, the scheme checked, every
+/// parameter taken or refused.
+///
+/// # Errors
+/// `InvalidInput` for a URL of another scheme, a bad location or parameter.
+pub fn options_of<B: Backend>(url: &str) -> Result<B::Options, PersistenceError> {
+    options_from::<B>(&StoreUrl::parse(url)?)
+}
+
+/// As [`options_of`], for a URL already parsed.
+///
+/// # Errors
+/// As [`options_of`].
+pub fn options_from<B: Backend>(url: &StoreUrl) -> Result<B::Options, PersistenceError> {
+    if !B::SCHEMES.contains(&url.scheme()) {
+        return Err(PersistenceError::InvalidInput(format!(
+            "not a {} URL (scheme {:?}): use {}",
+            B::NAME,
+            url.scheme(),
+            B::EXAMPLE
+        )));
+    }
+    let options = B::options(url)?;
+    url.finish(B::NAME)?;
+    Ok(options)
+}
+
+/// Opens backend `B` with `options`, behind the [`Checked`] layer.
+///
+/// # Errors
+/// As [`Backend::open`].
+pub async fn open_checked<B: Backend>(
+    options: B::Options,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Checked<B::Store>> {
+    Ok(Checked::new(B::open(options, clock).await?))
+}
+
+/// Opens the URL with backend `B`, behind the [`Checked`] layer.
+///
+/// # Errors
+/// As [`options_of`] and [`Backend::open`].
+pub async fn open_url<B: Backend>(
+    url: &str,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Checked<B::Store>> {
+    open_checked::<B>(options_of::<B>(url)?, clock).await
+}

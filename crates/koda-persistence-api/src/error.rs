@@ -1,8 +1,4 @@
-//! The typed errors a caller can branch on, and the input checks every backend shares.
-
-use std::path::Path;
-
-use crate::types::TokenUsage;
+//! The typed errors a caller can branch on.
 
 /// A failure the caller can act on.
 ///
@@ -56,54 +52,4 @@ impl PersistenceError {
             | PersistenceError::PermissionDenied(r) => r.clone(),
         }
     }
-}
-
-/// Checks a `limit` argument: negative is [`PersistenceError::InvalidInput`];
-/// any other value is returned as a `usize` bound (saturating), never to be
-/// used as a capacity.
-///
-/// # Errors
-/// [`PersistenceError::InvalidInput`] when `limit < 0`.
-pub fn check_limit(limit: i64) -> Result<usize, PersistenceError> {
-    if limit < 0 {
-        return Err(PersistenceError::InvalidInput(format!(
-            "limit must not be negative, got {limit}"
-        )));
-    }
-    Ok(usize::try_from(limit).unwrap_or(usize::MAX))
-}
-
-/// Checks that no counter of `usage` is negative.
-///
-/// # Errors
-/// [`PersistenceError::InvalidInput`] naming the first negative counter.
-pub fn check_usage(usage: Option<&TokenUsage>) -> Result<(), PersistenceError> {
-    let Some(u) = usage else { return Ok(()) };
-    let fields = [
-        ("prompt_tokens", u.prompt_tokens),
-        ("completion_tokens", u.completion_tokens),
-        ("cache_read_tokens", u.cache_read_tokens),
-        ("cache_creation_tokens", u.cache_creation_tokens),
-        ("thinking_tokens", u.thinking_tokens),
-    ];
-    match fields.iter().find(|(_, v)| *v < 0) {
-        Some((name, v)) => Err(PersistenceError::InvalidInput(format!(
-            "token counter {name} must not be negative, got {v}"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// The project root as the exact string that identifies it (its bytes, no
-/// normalisation: `/a/b` and `/a/b/` differ, the empty path is a root).
-///
-/// # Errors
-/// [`PersistenceError::InvalidInput`] when the path is not valid UTF-8.
-pub fn root_to_str(root: &Path) -> Result<&str, PersistenceError> {
-    root.as_os_str().to_str().ok_or_else(|| {
-        PersistenceError::InvalidInput(format!(
-            "project root is not valid UTF-8: {}",
-            root.display()
-        ))
-    })
 }

@@ -13,24 +13,28 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+mod cache;
+mod checks;
 mod clock;
 mod context;
 mod error;
 mod import;
 mod persistence;
-mod rules;
+mod records;
 mod traced;
 mod types;
 pub mod url;
+mod usage;
 
+pub use checks::Checked;
 pub use clock::{Clock, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, SystemClock};
 pub use context::detect_interruption;
 pub use error::PersistenceError;
-pub use import::{
-    Import, MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord, StoreHealth,
-    session_checksum,
-};
+pub use import::{Import, StoreHealth};
 pub use persistence::Persistence;
+pub use records::{
+    MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord, session_checksum,
+};
 pub use traced::{SLOW_CALL, Traced};
 pub use types::{
     COMPACTION_HINT, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, Role,

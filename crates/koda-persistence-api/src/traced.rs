@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tracing::Instrument as _;
 
-use crate::import::{Import, MessageRecord, MetadataRecord, SessionRecord, StoreHealth};
+use crate::import::{Import, StoreHealth};
 use crate::persistence::Persistence;
+use crate::records::{MessageRecord, MetadataRecord, SessionRecord};
 use crate::types::{CompactedStats, Message, NewMessage, SessionInfo, SessionUsage};
 
 /// A call slower than this is logged at `warn` (with its method and

@@ -1,9 +1,14 @@
-//! The one grammar of store URL parameters (`…?key=value&key=value`), shared
-//! by every backend: percent-decoding, one value per key, and numbers
-//! checked against documented bounds. Every refusal is
+//! A store URL parsed once ([`StoreUrl`]) and the one grammar of its
+//! parameters (`…?key=value&key=value`), shared by every backend:
+//! percent-decoding, one value per key, each parameter read at most once
+//! and an unread one refused, one boolean grammar, and numbers checked
+//! against documented bounds. Every refusal is
 //! [`PersistenceError::InvalidInput`] naming the parameter and what it
-//! accepts; nothing here panics on any input.
+//! accepts; nothing here panics on any input, and a password in the URL
+//! never reaches `Debug` or an error.
 
+use std::cell::{Cell, RefCell};
+use std::fmt;
 use std::time::Duration;
 
 use crate::error::PersistenceError;
@@ -22,6 +27,163 @@ pub struct Param {
     pub value: String,
     /// The pair as written in the URL.
     pub raw: String,
+}
+
+/// A store URL, parsed once: `scheme:LOCATION?key=value&…`.
+///
+/// The facade reads the scheme to pick a backend; the backend's options
+/// read the location and [`take`](Self::take) the parameters they know,
+/// each at most once; [`finish`](Self::finish) then refuses any parameter
+/// nobody took, naming it and the ones the backend asked for. So a typo
+/// (`synchronus=full`) is an error, never a silent default.
+pub struct StoreUrl {
+    scheme: String,
+    location: String,
+    params: Vec<Param>,
+    taken: Vec<Cell<bool>>,
+    asked: RefCell<Vec<&'static str>>,
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&str> = self.params.iter().map(|p| p.key.as_str()).collect();
+        f.debug_struct("StoreUrl")
+            .field("scheme", &self.scheme)
+            .field("location", &redact_userinfo(&self.location))
+            .field("parameters", &keys)
+            .finish()
+    }
+}
+
+/// `//user:password@host…` with the password replaced, for display.
+fn redact_userinfo(location: &str) -> String {
+    let Some(authority) = location.strip_prefix("//") else {
+        return location.to_owned();
+    };
+    let end = authority.find('/').unwrap_or(authority.len());
+    match authority[..end].rfind('@') {
+        Some(at) => {
+            let user = authority[..at].split(':').next().unwrap_or("");
+            format!("//{user}:<redacted>{}", &authority[at..])
+        }
+        None => location.to_owned(),
+    }
+}
+
+impl StoreUrl {
+    /// Parses `url` (surrounding white space ignored): the scheme is the
+    /// text before the first `:` (ASCII letters, digits, `+`, `-`, `.`,
+    /// starting with a letter, compared in lower case), the location the
+    /// text after it up to the first `?`, and the parameters as
+    /// [`parse_query`] reads them.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a missing or malformed scheme and for every
+    /// refusal of [`parse_query`]. The message never repeats the URL.
+    pub fn parse(url: &str) -> Result<Self, PersistenceError> {
+        let url = url.trim();
+        let (scheme, rest) = url.split_once(':').ok_or_else(|| {
+            PersistenceError::InvalidInput(
+                "a store URL starts with its scheme: memory:, sqlite://PATH, sled://PATH, postgres://…"
+                    .into(),
+            )
+        })?;
+        let well_formed = scheme
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if !well_formed {
+            return Err(PersistenceError::InvalidInput(format!(
+                "store URL scheme {:?} is not a scheme (letters, digits, + - .)",
+                scheme.chars().take(32).collect::<String>()
+            )));
+        }
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let params = parse_query(query)?;
+        Ok(Self {
+            scheme: scheme.to_ascii_lowercase(),
+            location: location.to_owned(),
+            taken: params.iter().map(|_| Cell::new(false)).collect(),
+            params,
+            asked: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// The scheme, in lower case (`sqlite`, `postgres`, …).
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// The location as written: everything between the scheme's `:` and
+    /// the first `?` (`//rel/path.db`, `:memory:`, `//user@host/db`).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The location as a path: a leading `//` dropped (`sqlite:///abs` is
+    /// `/abs`, `sqlite://rel` is `rel`), then percent-decoded (`%20` is a
+    /// space, `%3F` a `?`).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a malformed escape or bytes that are not UTF-8.
+    pub fn path(&self) -> Result<String, PersistenceError> {
+        let raw = self.location.strip_prefix("//").unwrap_or(&self.location);
+        decode(raw)
+    }
+
+    /// The URL without its parameters (`scheme:location`), for a driver
+    /// that parses the address itself. It may hold a password: never show it.
+    pub fn without_parameters(&self) -> String {
+        format!("{}:{}", self.scheme, self.location)
+    }
+
+    /// Takes parameter `key`, if the URL has it; a second take of the same
+    /// key finds nothing. `key` counts as known to this backend either way
+    /// (for [`finish`](Self::finish)'s message).
+    pub fn take(&self, key: &'static str) -> Option<&Param> {
+        let mut asked = self.asked.borrow_mut();
+        if !asked.contains(&key) {
+            asked.push(key);
+        }
+        let i = self.params.iter().position(|p| p.key == key)?;
+        let taken = self.taken.get(i)?;
+        if taken.replace(true) {
+            return None;
+        }
+        self.params.get(i)
+    }
+
+    /// Takes every parameter not taken yet (for a driver that reads its
+    /// own, as libpq's), in URL order.
+    pub fn take_rest(&self) -> Vec<&Param> {
+        self.params
+            .iter()
+            .zip(&self.taken)
+            .filter(|(_, t)| !t.replace(true))
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Whether the URL has parameter `key` (taken or not).
+    pub fn has(&self, key: &str) -> bool {
+        self.params.iter().any(|p| p.key == key)
+    }
+
+    /// Ends reading: the first parameter nobody took is refused.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the unknown parameter and the ones `backend`
+    /// knows.
+    pub fn finish(&self, backend: &str) -> Result<(), PersistenceError> {
+        let asked = self.asked.borrow();
+        match self.params.iter().zip(&self.taken).find(|(_, t)| !t.get()) {
+            Some((p, _)) => Err(p.unknown(backend, &asked)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Splits `url` at its first `?` into the part before and its parameters.
@@ -138,7 +300,7 @@ impl Param {
     }
 
     /// The value as a boolean: `true|false`, `1|0`, `yes|no`, `on|off`
-    /// (any case).
+    /// (any case). Every boolean parameter of every backend reads this way.
     ///
     /// # Errors
     /// `InvalidInput` for anything else.
@@ -168,7 +330,11 @@ impl Param {
         PersistenceError::InvalidInput(format!(
             "unknown {backend} URL parameter {:?} (known: {})",
             self.key,
-            known.join(", ")
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
         ))
     }
 }
@@ -277,10 +443,72 @@ mod tests {
         assert_eq!(one("m=FULL").one_of(&["normal", "full"]), Ok("full"));
         assert!(one("m=off").one_of(&["normal", "full"]).is_err());
         let unknown = one("x=1").unknown("sqlite", &["a", "b"]).to_string();
+        assert!(unknown.contains("a, b"), "{unknown}");
+        let unknown = one("x=1").unknown("memory", &[]).to_string();
+        assert!(unknown.contains("none"), "{unknown}");
+        let unknown = one("x=1").unknown("sqlite", &["a", "b"]).to_string();
         assert!(
             unknown.contains("\"x\"") && unknown.contains("a, b"),
             "{unknown}"
         );
+    }
+
+    #[test]
+    fn a_store_url_is_read_once_and_every_parameter_accounted_for() {
+        let u = StoreUrl::parse("  SQLite:///tmp/a%20b.db?readers=3&create=off ").expect("parses");
+        assert_eq!(u.scheme(), "sqlite");
+        assert_eq!(u.location(), "///tmp/a%20b.db");
+        assert_eq!(u.path().as_deref(), Ok("/tmp/a b.db"));
+        assert_eq!(u.take("readers").map(|p| p.value.as_str()), Some("3"));
+        assert!(u.take("readers").is_none(), "a parameter is taken once");
+        assert!(u.take("synchronous").is_none());
+        let err = u.finish("sqlite").expect_err("create was not taken");
+        let PersistenceError::InvalidInput(m) = err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            m.contains("\"create\"") && m.contains("readers, synchronous"),
+            "{m}"
+        );
+        assert_eq!(u.take("create").map(|p| p.boolean()), Some(Ok(false)));
+        assert!(u.finish("sqlite").is_ok());
+        let mem = StoreUrl::parse("sqlite::memory:").expect("parses");
+        assert_eq!(mem.path().as_deref(), Ok(":memory:"));
+        assert_eq!(
+            StoreUrl::parse("memory:").map(|u| u.location().to_owned()),
+            Ok(String::new())
+        );
+        for bad in [
+            "",
+            "nocolon",
+            ":x",
+            "1a:b",
+            "a b:c",
+            "sqlite://x?a=%zz",
+            "sqlite://x?a&a",
+        ] {
+            assert!(
+                matches!(StoreUrl::parse(bad), Err(PersistenceError::InvalidInput(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_rest_goes_to_the_driver_and_passwords_stay_hidden() {
+        let u = StoreUrl::parse("postgres://bob:hunter2@h:5/db?schema=a&application_name=k")
+            .expect("parses");
+        assert!(u.take("schema").is_some());
+        let rest: Vec<&str> = u.take_rest().iter().map(|p| p.raw.as_str()).collect();
+        assert_eq!(rest, ["application_name=k"]);
+        assert!(u.finish("postgres").is_ok());
+        assert_eq!(u.without_parameters(), "postgres://bob:hunter2@h:5/db");
+        let shown = format!("{u:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("bob:<redacted>@h:5"),
+            "{shown}"
+        );
+        assert!(!format!("{:?}", StoreUrl::parse("postgres://a:b@c@d/e")).contains(":b@"));
     }
 
     #[test]

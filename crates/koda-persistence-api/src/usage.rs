@@ -1,4 +1,4 @@
-//! Contract rules every backend applies to what it read: usage grouping,
+//! Usage arithmetic every backend applies to what it read: grouping,
 //! ordering and sums, and the purge cutoff. Written once here so that no
 //! backend carries its own copy.
 
