@@ -13,21 +13,24 @@
 //! use std::sync::Arc;
 //!
 //! use koda_persistence_api::ManualClock;
+//! use koda_persistence_api::backend::open_checked;
 //! use koda_persistence_conformance::{Factory, Fixture};
+//! use koda_persistence_memory::{Memory, MemoryOptions};
 //!
-//! /// A fresh store for every case.
-//! struct Memory;
+//! /// A fresh store for every case, opened as the facade opens it: through
+//! /// the backend's `Backend` impl, behind the `Checked` layer.
+//! struct Fresh;
 //!
 //! #[async_trait::async_trait]
-//! impl Factory for Memory {
+//! impl Factory for Fresh {
 //!     async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
 //!         let clock = ManualClock::new(start_ms);
-//!         let store = koda_persistence_memory::MemoryStore::with_clock(Arc::new(clock.clone()));
+//!         let store = open_checked::<Memory>(MemoryOptions::default(), Arc::new(clock.clone())).await?;
 //!         Ok(Fixture::new(Arc::new(store), clock))
 //!     }
 //! }
 //!
-//! koda_persistence_conformance::conformance_tests!(Memory);
+//! koda_persistence_conformance::conformance_tests!(Fresh);
 //! # fn main() {}
 //! ```
 //!

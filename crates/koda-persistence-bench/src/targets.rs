@@ -48,8 +48,9 @@ impl Target {
         }
         let (head, query) = url.split_once('?').unwrap_or((url, ""));
         if let Some(dir) = head.strip_prefix("sqlite://") {
-            let (_, options) =
-                koda_persistence_sqlite::parse_url(&format!("sqlite://bench.db?{query}"))?;
+            let options = koda_persistence_api::backend::options_of::<
+                koda_persistence_sqlite::Sqlite,
+            >(&format!("sqlite://bench.db?{query}"))?;
             let dir = if dir.is_empty() {
                 base.join(format!("sqlite-{:?}", options.synchronous))
             } else {
@@ -102,9 +103,11 @@ impl Target {
             Target::Sqlite { dir, options } => {
                 std::fs::create_dir_all(dir)?;
                 let path = dir.join(format!("{tag}-{}.db", uuid::Uuid::now_v7().simple()));
-                let store = SqliteStore::open_with(
-                    Location::File(path.clone()),
-                    options.clone(),
+                let store = SqliteStore::open(
+                    SqliteOptions {
+                        location: Location::File(path.clone()),
+                        ..options.clone()
+                    },
                     Arc::new(SystemClock),
                 )
                 .await?;

@@ -3,20 +3,21 @@
 use std::sync::Arc;
 
 use koda_persistence_api::ManualClock;
+use koda_persistence_api::backend::open_checked;
 use koda_persistence_conformance::{Factory, Fixture};
-use koda_persistence_memory::MemoryStore;
+use koda_persistence_memory::{Memory, MemoryOptions};
 
-struct Memory;
+/// A fresh store behind the checks layer, as the facade opens it.
+struct Fresh;
 
 #[async_trait::async_trait]
-impl Factory for Memory {
+impl Factory for Fresh {
     async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
         let clock = ManualClock::new(start_ms);
-        Ok(Fixture::new(
-            Arc::new(MemoryStore::with_clock(Arc::new(clock.clone()))),
-            clock,
-        ))
+        let store =
+            open_checked::<Memory>(MemoryOptions::default(), Arc::new(clock.clone())).await?;
+        Ok(Fixture::new(Arc::new(store), clock))
     }
 }
 
-koda_persistence_conformance::conformance_tests!(Memory);
+koda_persistence_conformance::conformance_tests!(Fresh);

@@ -1,97 +1,4 @@
-//! `SqliteStore`: koda's embedded default backend, on rusqlite with a bundled
-//! SQLite.
-//!
-//! - **Drop-in**: opening any generation of koda's own `koda.db` migrates it in
-//!   place, in one transaction, keeping every row, table and column (see
-//!   [`schema`]). `PRAGMA user_version` records the schema version.
-//! - **Concurrency**: WAL mode; one writer thread and a few reader threads
-//!   own the connections, so async callers never block a runtime worker and
-//!   readers never wait for the writer. Every write runs in a
-//!   `BEGIN IMMEDIATE` transaction; a database locked by another process (a
-//!   second koda window on the same file) is waited for and retried up to
-//!   [`SqliteOptions::busy_timeout`], then reported as `Unavailable`.
-//! - **Group commit**: writes that are waiting when the writer thread takes
-//!   one (concurrent callers) share that transaction, each in a savepoint of
-//!   its own, so one commit (one fsync with `Full`) serves them all. A group
-//!   smaller than the last one waits for more writes for up to half the last
-//!   transaction's time (at most 250 µs); a lone writer never waits. A write
-//!   that fails is rolled back to its savepoint and fails alone; every
-//!   caller is answered only after the commit, so a crash loses no
-//!   acknowledged write (what it can lose is written below under
-//!   Durability: the same as without grouping). A group whose transaction
-//!   fails as a whole (its commit, a lock held past the timeout) is run
-//!   again write by write, so each caller gets its own outcome. One
-//!   writer and SQLite's single database lock make the lock order trivial:
-//!   a write holds the whole database, so two writes cannot deadlock.
-//! - **Checkpoints**: the WAL is copied into the database file by a
-//!   checkpointer thread with a connection of its own, nudged at each 1,000
-//!   WAL frames, instead of by the commit that crosses SQLite's threshold
-//!   (which then paid the copy, and with `Full` two fsyncs, before
-//!   returning). Past 4,000 frames (a checkpointer that cannot keep up) the
-//!   writer checkpoints itself, so the WAL stays bounded. Durability is
-//!   unchanged: a checkpoint only moves committed pages.
-//! - **Closing**: dropping the last handle waits (at most `busy_timeout`) for
-//!   the threads to close their connections; the writer first checkpoints
-//!   the WAL into the database file, so a copy of the `.db` file alone (a
-//!   backup, a bug report) holds every row. A process that exits without
-//!   dropping the store loses nothing either: the next open replays the WAL.
-//! - **Failures**: a failed write (a full disk, a lock held past the
-//!   timeout) is rolled back and leaves nothing; the same handle writes
-//!   again once the cause is gone.
-//! - **Durability** ([`Synchronous`]): with `Normal` (the default) a call that
-//!   returned survives a crash of the process, but the last transactions
-//!   before a power failure or OS crash may be rolled back (never corrupted);
-//!   with `Full` every returned call also survives power loss, at the cost of
-//!   an fsync per write.
-//! - **Security**: a database file this store creates is mode 0600, and a
-//!   directory it creates 0700 (conversation history holds secrets). All SQL
-//!   is parameterised.
-//! - **Integrity**: a file that is not a SQLite database, or is corrupt,
-//!   gives `Corrupt` naming the path, and is never written to.
-//! - **Usage**: `session_token_usage` and `session_usage_by_agent` read one
-//!   row per agent from `kp_usage`, which triggers keep in each write's own
-//!   transaction; a sum that passed `i64::MAX` is kept as a REAL (inexact)
-//!   and the session's messages are recounted instead, so the answer is
-//!   always the exact sum, saturated.
-//!
-//! # Running an older koda on the same file
-//!
-//! An older koda may keep running on a file this store adopted (a second
-//! terminal), or be brought back after it. Each sees the other's rows:
-//!
-//! - The file records the koda generation it came from
-//!   (`kp_meta.koda_generation`: `oldest`, `middle`, `newest`, `new` for a
-//!   file this store created, `unknown` for one an earlier build adopted).
-//!   Triggers give rows an older koda inserts their conversation position,
-//!   counters and millisecond instants (from its text), and keep the usage
-//!   by agent (`kp_usage`, schema version 3) right for its inserts, edits
-//!   and deletes as for this store's. An answer inserted by a generation
-//!   without completion tracking (`oldest`, `middle`, `unknown`) counts as
-//!   complete: it was delivered. The newest generation
-//!   marks completion itself, so its answer stays hidden while it streams;
-//!   the first time a foreign writer marks a completion, the file counts as
-//!   `newest` from then on.
-//! - This store writes koda's own `YYYY-MM-DD HH:MM:SS` UTC text into the
-//!   columns an older koda reads and compares as text (`created_at`,
-//!   `last_accessed_at`, `completed_at`, `compacted_at`, `updated_at`), so
-//!   its session order and its purge cutoff (`compacted_at <
-//!   datetime('now', '-N days')`) stay right; the milliseconds live in the
-//!   `*_ms` columns.
-//! - An older koda's list, history, usage and compacted-stats queries return
-//!   what this store returns, with these differences:
-//!   - compaction summaries: this store places its summary and hint before
-//!     the preserved tail, an older koda reads them by id (after the tail);
-//!     and a summary an older koda writes after the tail stays there in this
-//!     store's order;
-//!   - the oldest generation knows no compaction: it shows compacted messages
-//!     and summaries as ordinary history and never purges;
-//!   - an older koda sees whole seconds: sessions created within one second
-//!     may list in another order there;
-//!   - a row with an unknown role is `Corrupt` here, where koda reads it as a
-//!     user message;
-//!   - on a file of a generation without completion tracking, the first
-//!     answer a newest-generation koda streams counts as complete before it
-//!     finishes (until that koda marks its first completion).
+#![doc = include_str!("docs.md")]
 #![deny(missing_docs)]
 
 mod checkpoint;
@@ -100,31 +7,51 @@ mod open;
 mod options;
 mod queries;
 mod rows;
-pub mod schema;
+mod schema;
 mod worker;
 
-pub use crate::options::{Location, MAX_READERS, SCHEMES, SqliteOptions, Synchronous, parse_url};
+pub use crate::options::{Location, MAX_READERS, SCHEMES, SqliteOptions, Synchronous};
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use koda_persistence_api::backend::{
-    ContextCache, NewMessage, SharedContextCache, check_claim, check_limit, check_message_records,
-    check_session_record, check_usage, root_to_str, usage_total,
+    Backend, ContextCache, NewMessage, SharedContextCache, StoreUrl, root_to_str, usage_total,
 };
 use koda_persistence_api::{
-    Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence, Role,
-    SessionInfo, SessionRecord, SessionUsage, StoreHealth, SystemClock,
+    Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
+    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
 };
 use rusqlite::Connection;
 
 use crate::error::classify;
-use crate::open::open_blocking;
 use crate::worker::Worker;
 
-/// The SQLite backend. Cheap to clone; clones share the connections.
+/// The SQLite backend, for the facade's table and
+/// `koda_persistence_api::backend::open_url`.
+#[derive(Debug, Clone, Copy)]
+pub struct Sqlite;
+
+#[async_trait::async_trait]
+impl Backend for Sqlite {
+    const NAME: &'static str = "sqlite";
+    const SCHEMES: &'static [&'static str] = SCHEMES;
+    const EXAMPLE: &'static str = "sqlite://PATH, sqlite::memory:";
+    type Options = SqliteOptions;
+    type Store = SqliteStore;
+
+    fn options(url: &StoreUrl) -> Result<SqliteOptions, PersistenceError> {
+        SqliteOptions::from_url(url)
+    }
+
+    async fn open(options: SqliteOptions, clock: Arc<dyn Clock>) -> Result<SqliteStore> {
+        SqliteStore::open(options, clock).await
+    }
+}
+
+/// The SQLite store. Cheap to clone; clones share the connections.
 #[derive(Clone)]
 pub struct SqliteStore {
     // Readers are declared (so dropped) first: the writer closes the last
@@ -148,79 +75,6 @@ impl fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if allowed) the database file at `path` with default
-    /// options on the system clock.
-    ///
-    /// # Errors
-    /// As [`SqliteStore::open_with`].
-    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::open_with(
-            Location::File(path.as_ref().to_owned()),
-            SqliteOptions::default(),
-            Arc::new(SystemClock),
-        )
-        .await
-    }
-
-    /// A private in-memory database on the given clock.
-    ///
-    /// # Errors
-    /// `Unavailable` if SQLite or its thread cannot start.
-    pub async fn open_in_memory(clock: Arc<dyn Clock>) -> Result<Self> {
-        Self::open_with(Location::Memory, SqliteOptions::default(), clock).await
-    }
-
-    /// Opens a `sqlite://…` / `sqlite::memory:` URL (see [`parse_url`]).
-    ///
-    /// # Errors
-    /// `InvalidInput` for a bad URL; otherwise as [`SqliteStore::open_with`].
-    pub async fn open_url(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
-        let (location, options) = parse_url(url)?;
-        Self::open_with(location, options, clock).await
-    }
-
-    /// Opens the database at `location`, migrating it to the current schema.
-    ///
-    /// # Errors
-    /// `Corrupt` when the file is not a SQLite database (it is left untouched);
-    /// `Unavailable` when it cannot be opened or stays locked past the busy
-    /// timeout, or was written by a newer schema; `InvalidInput` when it does
-    /// not exist and `create` is off.
-    pub async fn open_with(
-        location: Location,
-        options: SqliteOptions,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self> {
-        options.validate()?;
-        let loc = location.clone();
-        let opts = options.clone();
-        let opened = tokio::task::spawn_blocking(move || open_blocking(&loc, &opts))
-            .await
-            .context("sqlite open task failed")?
-            .map_err(|e| classify(e, &location))?;
-        let wait = options.busy_timeout;
-        let writer = Worker::spawn(
-            "koda-sqlite-writer",
-            vec![opened.writer],
-            true,
-            opened.checkpointer,
-            wait,
-        )?;
-        let readers = if opened.readers.is_empty() {
-            writer.clone()
-        } else {
-            Worker::spawn("koda-sqlite-reader", opened.readers, false, None, wait)?
-        };
-        Ok(Self {
-            writer,
-            readers,
-            clock,
-            location,
-            options,
-            cache: Arc::new(SharedContextCache::default()),
-        })
-    }
-
     /// Where this store's database lives.
     pub fn location(&self) -> &Location {
         &self.location
@@ -301,7 +155,6 @@ impl Persistence for SqliteStore {
     }
 
     async fn list_sessions(&self, limit: i64, project_root: &Path) -> Result<Vec<SessionInfo>> {
-        check_limit(limit)?;
         let root = root_to_str(project_root)?.to_owned();
         self.read(move |c| queries::list_sessions(c, limit, &root))
             .await
@@ -345,7 +198,6 @@ impl Persistence for SqliteStore {
     }
 
     async fn append_message(&self, m: NewMessage) -> Result<i64> {
-        check_usage(m.usage.as_ref())?;
         let now = self.clock.now_ms();
         let m = Arc::new(m);
         let written = m.clone();
@@ -381,7 +233,6 @@ impl Persistence for SqliteStore {
     }
 
     async fn recent_user_messages(&self, limit: i64) -> Result<Vec<String>> {
-        check_limit(limit)?;
         self.read(move |c| queries::recent_user_messages(c, limit))
             .await
     }
@@ -523,13 +374,11 @@ impl Import for SqliteStore {
     }
 
     async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
-        check_claim(first, last)?;
         self.write(move |tx| queries::claim_ids(tx, first, last))
             .await
     }
 
     async fn import_session(&self, session: &SessionRecord) -> Result<bool> {
-        check_session_record(session)?;
         let session = session.clone();
         self.write(move |tx| queries::import_session(tx, &session))
             .await
@@ -541,7 +390,6 @@ impl Import for SqliteStore {
         messages: &[MessageRecord],
         keep_ids: bool,
     ) -> Result<Vec<i64>> {
-        check_message_records(messages)?;
         let sid = session_id.to_owned();
         let messages = messages.to_vec();
         self.write(move |tx| queries::import_messages(tx, &sid, &messages, keep_ids))

@@ -1,14 +1,20 @@
-//! Creating, connecting to and migrating the database file.
+//! Opening a store: creating, connecting to and migrating the database
+//! file, and starting the threads that own the connections.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use anyhow::{Context as _, Result};
-use koda_persistence_api::PersistenceError;
+use koda_persistence_api::backend::{SharedContextCache, options_of};
+use koda_persistence_api::{Clock, PersistenceError};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::error::classify;
 use crate::options::{Location, SqliteOptions};
-use crate::{checkpoint, schema, worker};
+use crate::worker::Worker;
+use crate::{Sqlite, SqliteStore, checkpoint, schema, worker};
 
 #[cfg(unix)]
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -222,5 +228,58 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
                 checkpointer: Some(checkpointer),
             })
         }
+    }
+}
+
+impl SqliteStore {
+    /// Opens the database `options.location` names (creating the file if
+    /// `create` allows), migrating it to the current schema. The store is
+    /// bare: the contract's argument checks live in the `Checked` layer,
+    /// which the facade's `open` puts around it.
+    ///
+    /// # Errors
+    /// `InvalidInput` for options out of range, or a file that does not
+    /// exist while `create` is off; `Corrupt` when the file is not a SQLite
+    /// database (it is left untouched); `Unavailable` when it cannot be
+    /// opened or stays locked past the busy timeout, or was written by a
+    /// newer schema.
+    pub async fn open(options: SqliteOptions, clock: Arc<dyn Clock>) -> Result<Self> {
+        options.validate()?;
+        let location = options.location.clone();
+        let opts = options.clone();
+        let opened = tokio::task::spawn_blocking(move || open_blocking(&opts.location, &opts))
+            .await
+            .context("sqlite open task failed")?
+            .map_err(|e| classify(e, &location))?;
+        let wait = options.busy_timeout;
+        let writer = Worker::spawn(
+            "koda-sqlite-writer",
+            vec![opened.writer],
+            true,
+            opened.checkpointer,
+            wait,
+        )?;
+        let readers = if opened.readers.is_empty() {
+            writer.clone()
+        } else {
+            Worker::spawn("koda-sqlite-reader", opened.readers, false, None, wait)?
+        };
+        Ok(Self {
+            writer,
+            readers,
+            clock,
+            location,
+            options,
+            cache: Arc::new(SharedContextCache::default()),
+        })
+    }
+
+    /// Opens a `sqlite://…` / `sqlite::memory:` URL (see
+    /// [`SqliteOptions::from_url`]).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a bad URL; otherwise as [`SqliteStore::open`].
+    pub async fn open_url(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::open(options_of::<Sqlite>(url)?, clock).await
     }
 }

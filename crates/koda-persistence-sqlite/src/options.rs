@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use koda_persistence_api::PersistenceError;
+use koda_persistence_api::backend::StoreUrl;
 
 /// SQLite's `synchronous` setting: what a power failure can cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -30,6 +31,9 @@ impl Synchronous {
 /// How to open a [`SqliteStore`](crate::SqliteStore).
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
+    /// Where the database lives (the default is a private in-memory one;
+    /// see [`SqliteOptions::file`]).
+    pub location: Location,
     /// Durability of each commit (see [`Synchronous`]).
     pub synchronous: Synchronous,
     /// How long a write waits for another process's lock before
@@ -56,6 +60,7 @@ impl SqliteOptions {
 impl Default for SqliteOptions {
     fn default() -> Self {
         Self {
+            location: Location::Memory,
             synchronous: Synchronous::Normal,
             busy_timeout: Duration::from_secs(5),
             readers: 2,
@@ -79,55 +84,62 @@ pub const SCHEMES: &[&str] = &["sqlite"];
 /// Reader threads a store may run: `readers` is from 1 to this.
 pub const MAX_READERS: usize = 64;
 
-const PARAMETERS: [&str; 4] = ["synchronous", "busy_timeout_ms", "readers", "create"];
+impl SqliteOptions {
+    /// Options for the database file at `path`, with every other option at
+    /// its default.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            location: Location::File(path.into()),
+            ..Self::default()
+        }
+    }
 
-/// Splits `sqlite://PATH?k=v&…` (or `sqlite:PATH`, `sqlite::memory:`) into a
-/// location and options. Parameters (percent-decoded, each at most once):
-/// `synchronous=normal|full`, `busy_timeout_ms=N` (1 to 3,600,000),
-/// `readers=N` (1 to [`MAX_READERS`]), `create=true|false`. The path is
-/// percent-decoded too (`%20` is a space, `%3F` a `?`). SQLite's own
-/// `file:` URIs are refused: a path is a plain path.
-///
-/// # Errors
-/// `InvalidInput` naming the parameter and what it accepts, for an unknown
-/// parameter or value, an empty path or a `file:` URI.
-pub fn parse_url(url: &str) -> Result<(Location, SqliteOptions), PersistenceError> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .ok_or_else(|| PersistenceError::InvalidInput(format!("not a sqlite URL: {url:?}")))?;
-    let (path, params) = koda_persistence_api::backend::url::split_query(rest)?;
-    let path = koda_persistence_api::backend::url::decode(path)?;
-    let mut options = SqliteOptions::default();
-    for p in &params {
-        match p.key.as_str() {
-            "synchronous" => {
-                options.synchronous = match p.one_of(&["normal", "full"])? {
-                    "full" => Synchronous::Full,
-                    _ => Synchronous::Normal,
-                }
+    /// Reads `sqlite://PATH?k=v&…` (or `sqlite:PATH`, `sqlite::memory:`).
+    /// Parameters (percent-decoded, each at most once):
+    /// `synchronous=normal|full`, `busy_timeout_ms=N` (1 to 3,600,000),
+    /// `readers=N` (1 to [`MAX_READERS`]), `create=true|false` (or any of
+    /// the URL grammar's booleans). The path is percent-decoded too (`%20`
+    /// is a space, `%3F` a `?`). SQLite's own `file:` URIs are refused: a
+    /// path is a plain path.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the parameter and what it accepts, for a bad
+    /// value, an empty path or a `file:` URI (an unknown parameter is
+    /// refused by [`StoreUrl::finish`]).
+    pub fn from_url(url: &StoreUrl) -> Result<Self, PersistenceError> {
+        let path = url.path()?;
+        let mut options = SqliteOptions::default();
+        if let Some(p) = url.take("synchronous") {
+            options.synchronous = match p.one_of(&["normal", "full"])? {
+                "full" => Synchronous::Full,
+                _ => Synchronous::Normal,
             }
-            "busy_timeout_ms" => options.busy_timeout = p.millis()?,
-            "readers" => options.readers = p.count(1, MAX_READERS)?,
-            "create" => options.create = p.boolean()?,
-            _ => return Err(p.unknown("sqlite", &PARAMETERS)),
         }
-    }
-    if path.starts_with("file:") {
-        return Err(PersistenceError::InvalidInput(format!(
-            "SQLite file: URIs are not supported ({path:?}): write the path itself, \
-             e.g. sqlite:///abs/path.db, with options as URL parameters ({})",
-            PARAMETERS.join(", ")
-        )));
-    }
-    let location = match path.as_str() {
-        ":memory:" => Location::Memory,
-        "" => {
-            return Err(PersistenceError::InvalidInput(
-                "sqlite URL needs a path: sqlite:///abs/path.db, sqlite://rel/path.db or sqlite::memory:".into(),
-            ));
+        if let Some(p) = url.take("busy_timeout_ms") {
+            options.busy_timeout = p.millis()?;
         }
-        p => Location::File(PathBuf::from(p)),
-    };
-    Ok((location, options))
+        if let Some(p) = url.take("readers") {
+            options.readers = p.count(1, MAX_READERS)?;
+        }
+        if let Some(p) = url.take("create") {
+            options.create = p.boolean()?;
+        }
+        if path.starts_with("file:") {
+            return Err(PersistenceError::InvalidInput(format!(
+                "SQLite file: URIs are not supported ({path:?}): write the path itself, \
+                 e.g. sqlite:///abs/path.db, with options as URL parameters \
+                 (synchronous, busy_timeout_ms, readers, create)"
+            )));
+        }
+        options.location = match path.as_str() {
+            ":memory:" => Location::Memory,
+            "" => {
+                return Err(PersistenceError::InvalidInput(
+                    "sqlite URL needs a path: sqlite:///abs/path.db, sqlite://rel/path.db or sqlite::memory:".into(),
+                ));
+            }
+            p => Location::File(PathBuf::from(p)),
+        };
+        Ok(options)
+    }
 }

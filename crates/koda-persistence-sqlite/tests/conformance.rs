@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use koda_persistence_api::ManualClock;
+use koda_persistence_api::backend::open_checked;
 use koda_persistence_conformance::{Factory, Fixture};
-use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore};
+use koda_persistence_sqlite::{Location, Sqlite, SqliteOptions};
 
 /// A fresh database file in its own temp directory.
 struct TempFile;
@@ -16,9 +17,11 @@ impl Factory for TempFile {
         let dir = tempfile::tempdir()?;
         let clock = ManualClock::new(start_ms);
         let open = || {
-            SqliteStore::open_with(
-                Location::File(dir.path().join("koda.db")),
-                SqliteOptions::default(),
+            open_checked::<Sqlite>(
+                SqliteOptions {
+                    location: Location::File(dir.path().join("koda.db")),
+                    ..SqliteOptions::default()
+                },
                 Arc::new(clock.clone()),
             )
         };
@@ -37,7 +40,8 @@ struct InMemory;
 impl Factory for InMemory {
     async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
         let clock = ManualClock::new(start_ms);
-        let store = SqliteStore::open_in_memory(Arc::new(clock.clone())).await?;
+        let store =
+            open_checked::<Sqlite>(SqliteOptions::default(), Arc::new(clock.clone())).await?;
         Ok(Fixture::new(Arc::new(store), clock))
     }
 }

@@ -13,9 +13,11 @@ async fn a_full_disk_fails_cleanly_and_recovers() -> anyhow::Result<()> {
         "sqlite::a_full_disk_fails_cleanly_and_recovers",
         4,
         |dir| async move {
-            let store = SqliteStore::open_with(
-                Location::File(dir.join("koda.db")),
-                SqliteOptions::default(),
+            let store = SqliteStore::open(
+                SqliteOptions {
+                    location: Location::File(dir.join("koda.db")),
+                    ..SqliteOptions::default()
+                },
                 Arc::new(SystemClock),
             )
             .await?;

@@ -18,7 +18,14 @@ fn clock() -> Arc<ManualClock> {
 }
 
 async fn open(path: &Path, options: SqliteOptions) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open_with(Location::File(path.to_owned()), options, clock()).await
+    SqliteStore::open(
+        SqliteOptions {
+            location: Location::File(path.to_owned()),
+            ..options
+        },
+        clock(),
+    )
+    .await
 }
 
 fn kind(e: &anyhow::Error) -> &'static str {

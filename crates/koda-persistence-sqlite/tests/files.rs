@@ -8,7 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use koda_persistence_api::{ManualClock, Persistence, PersistenceError, Role};
-use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore, Synchronous, parse_url};
+use koda_persistence_sqlite::{Location, Sqlite, SqliteOptions, SqliteStore, Synchronous};
+
+/// A URL read as the facade reads it: parsed once, every parameter taken.
+fn parse_url(url: &str) -> Result<(Location, SqliteOptions), PersistenceError> {
+    let options = koda_persistence_api::backend::options_of::<Sqlite>(url)?;
+    Ok((options.location.clone(), options))
+}
 use rusqlite::Connection;
 
 fn clock() -> Arc<ManualClock> {
@@ -16,7 +22,14 @@ fn clock() -> Arc<ManualClock> {
 }
 
 async fn open_with(path: &Path, options: SqliteOptions) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open_with(Location::File(path.to_owned()), options, clock()).await
+    SqliteStore::open(
+        SqliteOptions {
+            location: Location::File(path.to_owned()),
+            ..options
+        },
+        clock(),
+    )
+    .await
 }
 
 /// A store on `path` with `options` and one session in it (agent `main`,

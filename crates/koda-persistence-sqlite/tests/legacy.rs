@@ -147,9 +147,11 @@ fn count(conn: &Connection, sql: &str) -> i64 {
 }
 
 async fn open(path: &Path) -> SqliteStore {
-    SqliteStore::open_with(
-        Location::File(path.to_owned()),
-        SqliteOptions::default(),
+    SqliteStore::open(
+        SqliteOptions {
+            location: Location::File(path.to_owned()),
+            ..SqliteOptions::default()
+        },
         Arc::new(ManualClock::new(NOW)),
     )
     .await

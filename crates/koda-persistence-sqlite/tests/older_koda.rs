@@ -23,9 +23,11 @@ fn now_ms() -> i64 {
 }
 
 async fn layer(path: &Path, clock: &ManualClock) -> SqliteStore {
-    SqliteStore::open_with(
-        Location::File(path.to_owned()),
-        SqliteOptions::default(),
+    SqliteStore::open(
+        SqliteOptions {
+            location: Location::File(path.to_owned()),
+            ..SqliteOptions::default()
+        },
         Arc::new(clock.clone()),
     )
     .await

@@ -32,9 +32,11 @@ async fn open(path: &Path) -> Result<SqliteStore> {
         busy_timeout: Duration::from_secs(30),
         ..SqliteOptions::default()
     };
-    SqliteStore::open_with(
-        Location::File(path.to_owned()),
-        options,
+    SqliteStore::open(
+        SqliteOptions {
+            location: Location::File(path.to_owned()),
+            ..options
+        },
         Arc::new(SystemClock),
     )
     .await
@@ -97,8 +99,7 @@ fn child(args: &[String]) -> Result<()> {
             let store = if mode == "relative-url" {
                 SqliteStore::open_url(target, clock).await?
             } else {
-                let location = Location::File(PathBuf::from(target));
-                SqliteStore::open_with(location, SqliteOptions::default(), clock).await?
+                SqliteStore::open(SqliteOptions::file(PathBuf::from(target)), clock).await?
             };
             store.create_session("main", Path::new("/p")).await?;
             Ok(())
@@ -228,11 +229,13 @@ fn older_mid_turn(
 }
 
 fn adopt(path: &Path, busy: Duration) -> Result<SqliteStore> {
-    runtime()?.block_on(SqliteStore::open_with(
-        Location::File(path.to_owned()),
+    runtime()?.block_on(SqliteStore::open(
         SqliteOptions {
-            busy_timeout: busy,
-            ..SqliteOptions::default()
+            location: Location::File(path.to_owned()),
+            ..SqliteOptions {
+                busy_timeout: busy,
+                ..SqliteOptions::default()
+            }
         },
         Arc::new(SystemClock),
     ))

@@ -25,11 +25,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use koda_persistence_api::{
-    COMPACTION_HINT, Clock, CompactedStats, INTERRUPTION_PREVIEW_CHARS, Import, InterruptionKind,
-    MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, Message, MessageRecord,
-    MetadataRecord, Persistence, PersistenceError, Role, SLOW_CALL, SessionInfo, SessionRecord,
-    SessionUsage, StoreHealth, SystemClock, TODO_KEY, TokenUsage, Traced, detect_interruption,
-    session_checksum,
+    COMPACTION_HINT, Checked, Clock, CompactedStats, INTERRUPTION_PREVIEW_CHARS, Import,
+    InterruptionKind, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock,
+    Message, MessageRecord, MetadataRecord, Persistence, PersistenceError, Role, SLOW_CALL,
+    SessionInfo, SessionRecord, SessionUsage, StoreHealth, SystemClock, TODO_KEY, TokenUsage,
+    Traced, detect_interruption, session_checksum,
 };
 
 /// The README's examples, compiled and run as doctests.
@@ -73,7 +73,7 @@ macro_rules! opener {
         Some(|url: String, clock: Arc<dyn Clock>| -> Opening {
             Box::pin(async move {
                 let store = <$store>::open_url(&url, clock).await?;
-                Ok(Arc::new(Traced::new(store, $name)) as Arc<dyn Import>)
+                Ok(Arc::new(Traced::new(Checked::new(store), $name)) as Arc<dyn Import>)
             })
         })
     };
