@@ -25,6 +25,13 @@ use crate::types::{
 ///   error's chain as its source. No method, and no open, panics on any
 ///   input; every URL parameter is range-checked and a bad one is
 ///   `InvalidInput` naming it.
+/// - **Where the argument checks run**: `InvalidInput` for a negative limit
+///   or token counter, a project root that is not UTF-8, and import records
+///   or id claims out of range comes from the [`Checked`](crate::Checked)
+///   layer, not from each backend; every store the facade opens has it. A
+///   store made from a backend crate directly is bare and may answer such
+///   input without that error (never with a panic): wrap it with
+///   [`backend::open_checked`](crate::backend::open_checked).
 /// - **Strings** round-trip byte for byte in every field and lookup argument:
 ///   empty, white space, any Unicode, NUL bytes, and any size up to at least
 ///   16 MiB, also in fields a database indexes (project roots, agent names,
