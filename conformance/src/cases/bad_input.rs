@@ -4,9 +4,12 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use koda_persistence_api::{CompactedStats, MAX_TIMESTAMP_MS, PersistenceError, Role};
+use koda_persistence_api::{
+    CompactedStats, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS, MetadataRecord, PersistenceError, Role,
+    SessionUsage, session_checksum,
+};
 
-use super::{ROOT, eq, expect_err, is_invalid, is_session_not_found, session, usage, user};
+use super::{ROOT, clip, eq, expect_err, is_invalid, is_session_not_found, session, usage, user};
 use crate::Fixture;
 
 /// Every write to an unknown session is `SessionNotFound` and writes nothing.
@@ -72,6 +75,129 @@ pub async fn writes_to_unknown_session_fail_and_write_nothing(fx: &Fixture) -> R
         "sessions",
         s.list_sessions(10, Path::new(ROOT)).await?.len(),
         0,
+    )
+}
+
+/// A session id no store can hold (empty, longer than
+/// `MAX_SESSION_ID_BYTES`, or with NUL: ids are created as UUIDs and imports
+/// refuse any other) names no session: every read answers as for an unknown
+/// session and every write is `SessionNotFound`, on every backend (PostgreSQL
+/// could not even send a NUL in a text parameter). Argument checks still come
+/// first: a negative counter for such an id is `InvalidInput`.
+pub async fn ids_no_store_can_hold_name_no_session(fx: &Fixture) -> Result<()> {
+    let real = session(fx).await?;
+    user(fx, &real, "kept").await?;
+    let long = "a".repeat(MAX_SESSION_ID_BYTES + 1);
+    let s = &fx.store;
+    for id in ["", "\0", "x\0y", &format!("{real}\0"), long.as_str()] {
+        let what = |f: &str| format!("{f} of {:?}", clip(id));
+        eq(&what("delete"), s.delete_session(id).await?, false)?;
+        eq(&what("mode"), s.get_session_mode(id).await?, None)?;
+        eq(&what("idle"), s.get_session_idle_secs(id).await?, None)?;
+        eq(&what("context"), s.load_context(id).await?.len(), 0)?;
+        eq(&what("all"), s.load_all_messages(id).await?.len(), 0)?;
+        eq(
+            &what("last assistant"),
+            s.last_assistant_message(id).await?,
+            String::new(),
+        )?;
+        eq(
+            &what("last user"),
+            s.last_user_message(id).await?,
+            String::new(),
+        )?;
+        eq(&what("pending"), s.has_pending_tool_calls(id).await?, false)?;
+        eq(
+            &what("usage"),
+            s.session_token_usage(id).await?,
+            SessionUsage::default(),
+        )?;
+        eq(
+            &what("by agent"),
+            s.session_usage_by_agent(id).await?.len(),
+            0,
+        )?;
+        eq(&what("metadata"), s.get_metadata(id, "k").await?, None)?;
+        eq(&what("export"), s.export_session(id).await?.is_none(), true)?;
+        eq(
+            &what("export messages"),
+            s.export_messages(id).await?.len(),
+            0,
+        )?;
+        eq(
+            &what("export metadata"),
+            s.export_metadata(id).await?.len(),
+            0,
+        )?;
+        eq(
+            &what("checksum"),
+            s.session_checksum(id).await?,
+            (0, session_checksum(&[], &[])),
+        )?;
+        let u = usage(1, 1, 0, 0, 0);
+        expect_err(
+            &what("insert"),
+            s.insert_message(id, &Role::User, Some("x"), None, None, Some(&u))
+                .await,
+            is_session_not_found,
+        )?;
+        expect_err(
+            &what("negative counter"),
+            s.insert_message(
+                id,
+                &Role::User,
+                Some("x"),
+                None,
+                None,
+                Some(&usage(-1, 0, 0, 0, 0)),
+            )
+            .await,
+            is_invalid,
+        )?;
+        expect_err(
+            &what("title"),
+            s.set_session_title(id, "t").await,
+            is_session_not_found,
+        )?;
+        expect_err(
+            &what("mode"),
+            s.set_session_mode(id, "m").await,
+            is_session_not_found,
+        )?;
+        expect_err(
+            &what("set metadata"),
+            s.set_metadata(id, "k", "v").await,
+            is_session_not_found,
+        )?;
+        expect_err(
+            &what("compact"),
+            s.compact_session(id, "s", 0).await,
+            is_session_not_found,
+        )?;
+        expect_err(
+            &what("import messages"),
+            s.import_messages(id, &[], false).await,
+            is_session_not_found,
+        )?;
+        let entry = MetadataRecord {
+            key: "k".into(),
+            value: "v".into(),
+        };
+        expect_err(
+            &what("import metadata"),
+            s.import_metadata(id, &[entry]).await,
+            is_session_not_found,
+        )?;
+    }
+    eq(
+        "the real session",
+        s.load_all_messages(&real).await?.len(),
+        1,
+    )?;
+    eq(
+        "sessions",
+        s.list_sessions(10, Path::new(ROOT)).await?.len(),
+        1,
     )
 }
 

@@ -130,6 +130,7 @@ macro_rules! __for_each_case {
             ],
             bad_input: [
                 writes_to_unknown_session_fail_and_write_nothing,
+                ids_no_store_can_hold_name_no_session,
                 negative_limits_are_invalid,
                 negative_token_counters_are_invalid,
                 non_utf8_roots_are_invalid,

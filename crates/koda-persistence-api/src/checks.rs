@@ -219,11 +219,25 @@ pub fn id_taken(id: i64) -> PersistenceError {
     ))
 }
 
+/// Whether some store could hold a session with this id: only ids
+/// [`check_session_id`] accepts are ever created or imported, so any other
+/// (empty, longer than [`MAX_SESSION_ID_BYTES`], or holding NUL) names no
+/// session, and [`Checked`] answers for it as for an unknown session
+/// without asking the store (which may not even be able to look it up:
+/// PostgreSQL text cannot hold NUL).
+fn holdable(id: &str) -> bool {
+    check_session_id(id).is_ok()
+}
+
 /// Any store, with the contract's argument checks run before each call
 /// reaches it: a negative `limit` or token counter and a project root
 /// that is not UTF-8 are `InvalidInput`, and so are import records and id
 /// claims that fail [`check_session_record`], [`check_message_records`] or
-/// [`check_claim`]. A backend implements storage only; the facade and
+/// [`check_claim`]. A session id no store can hold (see
+/// [`check_session_id`]: empty, over [`MAX_SESSION_ID_BYTES`], or with NUL)
+/// gets the unknown session's answer here (empty reads, `false`, `None`;
+/// `SessionNotFound` from writes, after the arguments were checked), so no
+/// backend needs its own guard. A backend implements storage only; the facade and
 /// [`backend::open_url`](crate::backend::open_url) put this layer around
 /// every store they open, and the conformance suite runs against stores
 /// opened that way (its bad-input cases fail on a store without it).
@@ -271,35 +285,59 @@ impl<P: Persistence> Persistence for Checked<P> {
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<bool> {
+        if !holdable(session_id) {
+            return Ok(false);
+        }
         self.inner.delete_session(session_id).await
     }
 
     async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()> {
+        if !holdable(session_id) {
+            return Err(session_not_found(session_id));
+        }
         self.inner.set_session_title(session_id, title).await
     }
 
     async fn set_session_mode(&self, session_id: &str, mode: &str) -> Result<()> {
+        if !holdable(session_id) {
+            return Err(session_not_found(session_id));
+        }
         self.inner.set_session_mode(session_id, mode).await
     }
 
     async fn get_session_mode(&self, session_id: &str) -> Result<Option<String>> {
+        if !holdable(session_id) {
+            return Ok(None);
+        }
         self.inner.get_session_mode(session_id).await
     }
 
     async fn get_session_idle_secs(&self, session_id: &str) -> Result<Option<i64>> {
+        if !holdable(session_id) {
+            return Ok(None);
+        }
         self.inner.get_session_idle_secs(session_id).await
     }
 
     async fn append_message(&self, message: NewMessage) -> Result<i64> {
         check_usage(message.usage.as_ref())?;
+        if !holdable(&message.session_id) {
+            return Err(session_not_found(&message.session_id));
+        }
         self.inner.append_message(message).await
     }
 
     async fn load_context(&self, session_id: &str) -> Result<Vec<Message>> {
+        if !holdable(session_id) {
+            return Ok(Vec::new());
+        }
         self.inner.load_context(session_id).await
     }
 
     async fn load_all_messages(&self, session_id: &str) -> Result<Vec<Message>> {
+        if !holdable(session_id) {
+            return Ok(Vec::new());
+        }
         self.inner.load_all_messages(session_id).await
     }
 
@@ -309,14 +347,23 @@ impl<P: Persistence> Persistence for Checked<P> {
     }
 
     async fn last_assistant_message(&self, session_id: &str) -> Result<String> {
+        if !holdable(session_id) {
+            return Ok(String::new());
+        }
         self.inner.last_assistant_message(session_id).await
     }
 
     async fn last_user_message(&self, session_id: &str) -> Result<String> {
+        if !holdable(session_id) {
+            return Ok(String::new());
+        }
         self.inner.last_user_message(session_id).await
     }
 
     async fn has_pending_tool_calls(&self, session_id: &str) -> Result<bool> {
+        if !holdable(session_id) {
+            return Ok(false);
+        }
         self.inner.has_pending_tool_calls(session_id).await
     }
 
@@ -325,6 +372,9 @@ impl<P: Persistence> Persistence for Checked<P> {
     }
 
     async fn session_token_usage(&self, session_id: &str) -> Result<SessionUsage> {
+        if !holdable(session_id) {
+            return Ok(SessionUsage::default());
+        }
         self.inner.session_token_usage(session_id).await
     }
 
@@ -332,10 +382,16 @@ impl<P: Persistence> Persistence for Checked<P> {
         &self,
         session_id: &str,
     ) -> Result<Vec<(String, SessionUsage)>> {
+        if !holdable(session_id) {
+            return Ok(Vec::new());
+        }
         self.inner.session_usage_by_agent(session_id).await
     }
 
     async fn compact_session(&self, session_id: &str, summary: &str, keep: usize) -> Result<usize> {
+        if !holdable(session_id) {
+            return Err(session_not_found(session_id));
+        }
         self.inner.compact_session(session_id, summary, keep).await
     }
 
@@ -352,10 +408,16 @@ impl<P: Persistence> Persistence for Checked<P> {
     }
 
     async fn get_metadata(&self, session_id: &str, key: &str) -> Result<Option<String>> {
+        if !holdable(session_id) {
+            return Ok(None);
+        }
         self.inner.get_metadata(session_id, key).await
     }
 
     async fn set_metadata(&self, session_id: &str, key: &str, value: &str) -> Result<()> {
+        if !holdable(session_id) {
+            return Err(session_not_found(session_id));
+        }
         self.inner.set_metadata(session_id, key, value).await
     }
 }
@@ -371,14 +433,23 @@ impl<P: Import> Import for Checked<P> {
     }
 
     async fn export_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
+        if !holdable(session_id) {
+            return Ok(None);
+        }
         self.inner.export_session(session_id).await
     }
 
     async fn export_messages(&self, session_id: &str) -> Result<Vec<MessageRecord>> {
+        if !holdable(session_id) {
+            return Ok(Vec::new());
+        }
         self.inner.export_messages(session_id).await
     }
 
     async fn export_metadata(&self, session_id: &str) -> Result<Vec<MetadataRecord>> {
+        if !holdable(session_id) {
+            return Ok(Vec::new());
+        }
         self.inner.export_metadata(session_id).await
     }
 
@@ -403,16 +474,25 @@ impl<P: Import> Import for Checked<P> {
         keep_ids: bool,
     ) -> Result<Vec<i64>> {
         check_message_records(messages)?;
+        if !holdable(session_id) {
+            return Err(session_not_found(session_id));
+        }
         self.inner
             .import_messages(session_id, messages, keep_ids)
             .await
     }
 
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
+        if !holdable(session_id) {
+            return Err(session_not_found(session_id));
+        }
         self.inner.import_metadata(session_id, entries).await
     }
 
     async fn session_checksum(&self, session_id: &str) -> Result<(usize, String)> {
+        if !holdable(session_id) {
+            return Ok((0, crate::records::session_checksum(&[], &[])));
+        }
         self.inner.session_checksum(session_id).await
     }
 }

@@ -28,7 +28,11 @@ use crate::types::{
 /// - **Where the argument checks run**: `InvalidInput` for a negative limit
 ///   or token counter, a project root that is not UTF-8, and import records
 ///   or id claims out of range comes from the [`Checked`](crate::Checked)
-///   layer, not from each backend; every store the facade opens has it. A
+///   layer, not from each backend; every store the facade opens has it.
+///   So does the answer for a session id no store can hold (empty, over
+///   [`MAX_SESSION_ID_BYTES`](crate::MAX_SESSION_ID_BYTES) bytes, or with
+///   NUL: only such ids are ever created or imported): it names no
+///   session, and reads and writes answer as for an unknown session. A
 ///   store made from a backend crate directly is bare and may answer such
 ///   input without that error (never with a panic): wrap it with
 ///   [`backend::open_checked`](crate::backend::open_checked).

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use koda_persistence::sqlite::Synchronous;
 use koda_persistence::{Message, Role};
 use koda_persistence_api::backend::format_timestamp;
-use koda_persistence_sqlite::Synchronous;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, params};
 
@@ -120,7 +120,7 @@ pub fn sqlite_w2(path: &Path, session: &str, calls: usize) -> Result<Vec<Duratio
 /// makes its connections, so both sides speak over the same wire (with
 /// the default `sslmode=prefer`, TLS whenever the server offers it).
 pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
-    koda_persistence_postgres::PostgresStore::connect_raw(url).await
+    koda_persistence::admin::connect_raw(url).await
 }
 
 /// W1 ceiling on Postgres: one connection, one prepared `INSERT` per message

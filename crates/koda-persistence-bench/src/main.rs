@@ -162,7 +162,7 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
     row.sync_full = matches!(
         target,
         Target::Sqlite { options, .. }
-            if options.synchronous == koda_persistence_sqlite::Synchronous::Full
+            if options.synchronous == koda_persistence::sqlite::Synchronous::Full
     );
     row.kind = match target {
         Target::Memory => "memory",

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use koda_persistence::{Persistence, SystemClock};
-use koda_persistence_sled::{SledOptions, SledStore};
-use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore};
+use koda_persistence::sled::{Sled, SledOptions};
+use koda_persistence::sqlite::{Sqlite, SqliteOptions};
+use koda_persistence::{Persistence, StoreUrl, SystemClock, open_options};
 
 /// One backend configuration under test.
 #[derive(Debug, Clone)]
@@ -43,38 +43,40 @@ impl Target {
     /// Parameters go through each backend's own URL parser, so a target
     /// runs with exactly the options its URL names.
     pub fn parse(url: &str, base: &std::path::Path) -> Result<Self> {
-        if url.starts_with("memory:") {
-            return Ok(Target::Memory);
-        }
-        let (head, query) = url.split_once('?').unwrap_or((url, ""));
-        if let Some(dir) = head.strip_prefix("sqlite://") {
-            let options = koda_persistence_api::backend::options_of::<
-                koda_persistence_sqlite::Sqlite,
-            >(&format!("sqlite://bench.db?{query}"))?;
-            let dir = if dir.is_empty() {
-                base.join(format!("sqlite-{:?}", options.synchronous))
-            } else {
-                PathBuf::from(dir)
-            };
-            return Ok(Target::Sqlite { dir, options });
-        }
-        if let Some(dir) = head.strip_prefix("sled://") {
-            let (_, options) = koda_persistence_sled::parse_location(&format!("bench?{query}"))?;
-            let dir = if dir.is_empty() {
-                base.join("sled")
-            } else {
-                PathBuf::from(dir)
-            };
-            return Ok(Target::Sled { dir, options });
-        }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Target::Postgres {
-                url: url.to_owned(),
-            });
-        }
-        bail!(
-            "unsupported bench target {url:?}: use memory:, sqlite://[DIR][?synchronous=full], sled://[DIR] or postgres://…"
-        )
+        let parsed = StoreUrl::parse(url)?;
+        let target = match parsed.scheme() {
+            "memory" => Target::Memory,
+            "sqlite" => {
+                let options = SqliteOptions::default().with_parameters(&parsed)?;
+                let dir = match parsed.path()? {
+                    d if d.is_empty() => base.join(format!("sqlite-{:?}", options.synchronous)),
+                    d => PathBuf::from(d),
+                };
+                Target::Sqlite { dir, options }
+            }
+            "sled" => {
+                let options = SledOptions::default().with_parameters(&parsed)?;
+                let dir = match parsed.path()? {
+                    d if d.is_empty() => base.join("sled"),
+                    d => PathBuf::from(d),
+                };
+                Target::Sled { dir, options }
+            }
+            // The server's own parser reads the rest when each store opens.
+            "postgres" | "postgresql" => {
+                parsed.take_rest();
+                Target::Postgres {
+                    url: url.to_owned(),
+                }
+            }
+            _ => bail!(
+                "unsupported bench target {:?}: use memory:, sqlite://[DIR][?synchronous=full], \
+                 sled://[DIR] or postgres://…",
+                parsed.scheme()
+            ),
+        };
+        parsed.finish("bench target")?;
+        Ok(target)
     }
 
     /// A short name for tables.
@@ -103,26 +105,26 @@ impl Target {
             Target::Sqlite { dir, options } => {
                 std::fs::create_dir_all(dir)?;
                 let path = dir.join(format!("{tag}-{}.db", uuid::Uuid::now_v7().simple()));
-                let store = SqliteStore::open(
-                    SqliteOptions {
-                        location: Location::File(path.clone()),
-                        ..options.clone()
-                    },
-                    Arc::new(SystemClock),
-                )
-                .await?;
+                let options = SqliteOptions {
+                    location: koda_persistence::sqlite::Location::File(path.clone()),
+                    ..options.clone()
+                };
+                let store = open_options::<Sqlite>(options, Arc::new(SystemClock)).await?;
                 Ok(Fresh {
-                    store: Arc::new(store),
+                    store,
                     sqlite_path: Some(path),
                     pg_schema: None,
                 })
             }
             Target::Sled { dir, options } => {
                 let path = dir.join(format!("{tag}-{}", uuid::Uuid::now_v7().simple()));
-                let store =
-                    SledStore::open_with(path, options.clone(), Arc::new(SystemClock)).await?;
+                let options = SledOptions {
+                    path,
+                    ..options.clone()
+                };
+                let store = open_options::<Sled>(options, Arc::new(SystemClock)).await?;
                 Ok(Fresh {
-                    store: Arc::new(store),
+                    store,
                     sqlite_path: None,
                     pg_schema: None,
                 })

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use koda_persistence::SystemClock;
-use koda_persistence_postgres::{Pooler, PostgresOptions, PostgresStore};
+use koda_persistence::postgres::{Pooler, Postgres};
+use koda_persistence::{Persistence, open_options, options_of};
 
 use crate::pgbouncer::PgBouncer;
 pub use crate::team_load::LoadRun as W11Run;
@@ -22,7 +23,7 @@ pub const SERVER_CONNECTIONS: usize = 20;
 /// Runs W11 against the server of `url`: through a PgBouncer of its own,
 /// then directly, each on a fresh schema (dropped afterwards).
 pub async fn run(url: &str, clients: usize, seconds: f64) -> Result<Vec<W11Run>> {
-    let base = PostgresOptions::from_url(url)?;
+    let base = options_of::<Postgres>(url)?;
     let bouncer = {
         let url = url.to_owned();
         tokio::task::spawn_blocking(move || PgBouncer::start(&url, SERVER_CONNECTIONS, &[]))
@@ -33,9 +34,9 @@ pub async fn run(url: &str, clients: usize, seconds: f64) -> Result<Vec<W11Run>>
         let schema = crate::targets::scratch_schema("w11");
         let mut direct = base.clone();
         direct.schema = Some(schema.clone());
-        drop(PostgresStore::connect_with(direct.clone(), Arc::new(SystemClock)).await?);
+        drop(open_options::<Postgres>(direct.clone(), Arc::new(SystemClock)).await?);
         let mut options = if through {
-            let mut o = PostgresOptions::from_url(&bouncer.url())?;
+            let mut o = options_of::<Postgres>(&bouncer.url())?;
             o.schema = Some(schema.clone());
             o
         } else {
@@ -46,7 +47,14 @@ pub async fn run(url: &str, clients: usize, seconds: f64) -> Result<Vec<W11Run>>
             "W11: the pooler URL must carry pooler=transaction"
         );
         options.pool_size = 2;
-        let outcome = run_one(name, options, clients, seconds).await;
+        let open = || {
+            let options = options.clone();
+            async move {
+                let store = open_options::<Postgres>(options, Arc::new(SystemClock)).await?;
+                Ok(store as Arc<dyn Persistence>)
+            }
+        };
+        let outcome = run_one(name, open, clients, seconds).await;
         let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         client

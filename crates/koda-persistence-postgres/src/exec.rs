@@ -16,7 +16,9 @@
 //!   built-in types (roles travel as text), so the driver never looks a
 //!   type up with a statement of its own.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use deadpool_postgres::{ClientWrapper, Object, Transaction};
@@ -24,7 +26,8 @@ use koda_persistence_api::PersistenceError;
 use postgres_types::{ToSql, Type};
 use tokio_postgres::Row;
 
-use crate::error::classify;
+use crate::PostgresStore;
+use crate::error::{classify, is_connection_loss, is_retryable, pool_error};
 
 /// The marker statement texts use for the store's schema.
 const MARKER: &str = "kp.";
@@ -260,4 +263,65 @@ async fn drain(
     let mut stream = std::pin::pin!(stream.await?);
     while stream.try_next().await?.is_some() {}
     Ok(stream.rows_affected().unwrap_or(0))
+}
+
+/// A call that waited longer than this for a pooled connection logs a
+/// `warn` event (the pool is too small for the load).
+pub const POOL_WAIT_WARNING: Duration = Duration::from_millis(100);
+
+/// How often a call that hit a serialization failure or deadlock is retried.
+const RETRIES: u32 = 8;
+
+/// The pause before retry `attempt` (1-based) of a conflicting call:
+/// exponential from 2 ms, capped at 100 ms, with up to 100 % jitter so that
+/// callers that collided do not collide again in step.
+fn backoff(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let base = 2u64.saturating_mul(1 << attempt.min(6)).min(100);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    Duration::from_millis(base + h.finish() % (base + 1))
+}
+
+impl PostgresStore {
+    /// Runs `f` on a pooled connection, retrying serialization failures and
+    /// deadlocks, then `Conflict`.
+    pub(crate) async fn with_client<R, F, Fut>(&self, mut f: F) -> Result<R>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = Result<R>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let waiting = std::time::Instant::now();
+            let client = Conn::new(
+                self.pool.get().await.map_err(pool_error)?,
+                self.dialect.clone(),
+            );
+            if waiting.elapsed() > POOL_WAIT_WARNING {
+                tracing::warn!(
+                    waited_ms = waiting.elapsed().as_millis() as u64,
+                    pool = ?self.pool.status(),
+                    "waited for a pooled PostgreSQL connection"
+                );
+            }
+            match f(client).await {
+                Err(e) if is_retryable(&e) && attempt < RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(attempt, error = %e, "PostgreSQL conflict; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) if is_connection_loss(&e) => {
+                    tracing::warn!(error = %e, "PostgreSQL connection lost; dropping idle ones");
+                    // The server dropped us (terminated backend, restart):
+                    // the other idle connections are likely dead too, and a
+                    // dead one may not look closed yet. Drop them all so the
+                    // next call starts on a fresh connection.
+                    self.pool.retain(|_, _| false);
+                    return Err(e);
+                }
+                other => return other,
+            }
+        }
+    }
 }

@@ -6,7 +6,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use koda_persistence_api::PersistenceError;
-use koda_persistence_api::backend::url::{self, check_count, check_timeout};
+use koda_persistence_api::backend::StoreUrl;
+use koda_persistence_api::backend::url::{check_count, check_timeout};
 
 /// The URL schemes this backend opens.
 pub const SCHEMES: &[&str] = &["postgres", "postgresql"];
@@ -142,46 +143,6 @@ pub fn check_schema_name(name: &str) -> Result<(), PersistenceError> {
     Ok(())
 }
 
-/// The SQL that lets `role` use the store in `schema` and nothing more:
-/// `USAGE` on the schema; `SELECT, INSERT, UPDATE, DELETE` on its tables;
-/// `USAGE, SELECT, UPDATE` on its sequences (`UPDATE` only because an
-/// import that keeps message ids moves the id sequence past them); the
-/// same for tables a later migration adds (default privileges of the role
-/// that runs this, which should be the one that migrates). No `CREATE`
-/// anywhere: open such a store with `migrate=false`, after the schema was
-/// migrated by its owner.
-///
-/// ```sql
-/// GRANT USAGE ON SCHEMA "team_a" TO "koda_team_a";
-/// GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "team_a" TO "koda_team_a";
-/// GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA "team_a" TO "koda_team_a";
-/// ALTER DEFAULT PRIVILEGES IN SCHEMA "team_a"
-///     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO "koda_team_a";
-/// ALTER DEFAULT PRIVILEGES IN SCHEMA "team_a"
-///     GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO "koda_team_a";
-/// ```
-///
-/// # Errors
-/// `InvalidInput` when either name is not a plain identifier (see
-/// [`check_schema_name`]).
-pub fn grant_sql(schema: &str, role: &str) -> Result<String, PersistenceError> {
-    check_schema_name(schema)?;
-    check_schema_name(role).map_err(|_| {
-        PersistenceError::InvalidInput(format!(
-            "role name {role:?} must be a letter or _ then letters, digits or _, at most 63 bytes"
-        ))
-    })?;
-    Ok(format!(
-        "GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\";\n\
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{role}\";\n\
-         GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{role}\";\n\
-         ALTER DEFAULT PRIVILEGES IN SCHEMA \"{schema}\"\n    \
-         GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO \"{role}\";\n\
-         ALTER DEFAULT PRIVILEGES IN SCHEMA \"{schema}\"\n    \
-         GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO \"{role}\";\n"
-    ))
-}
-
 /// The parameters this backend reads itself; every other one goes to
 /// tokio-postgres as libpq would take it.
 const OWN: [&str; 7] = [
@@ -199,7 +160,8 @@ impl PostgresOptions {
     /// Besides libpq's parameters that tokio-postgres understands, it takes
     /// `schema=NAME`, `pool_size=N`, `connect_timeout_ms=N`,
     /// `pool_timeout_ms=N`, `sslmode=disable|prefer|require|verify-full`,
-    /// `pooler=none|transaction` and `migrate=true|false` (see
+    /// `pooler=none|transaction` and `migrate=BOOL` (the URL grammar's
+    /// booleans: `true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`) (see
     /// [`PostgresOptions::pooler`] and [`PostgresOptions::migrate`]).
     /// Several hosts (`postgres://h1:5432,h2:5433/db`) are tried in order;
     /// with `target_session_attrs=read-write` only a primary is taken.
@@ -207,77 +169,69 @@ impl PostgresOptions {
     /// # Errors
     /// `InvalidInput` for a malformed URL or parameter; the message never
     /// repeats the URL (it may hold a password).
-    pub fn from_url(url: &str) -> Result<Self, PersistenceError> {
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(PersistenceError::InvalidInput(
-                "a postgres URL starts with postgres:// or postgresql://".into(),
-            ));
-        }
-        let (base, params) = url::split_query(url)?;
+    pub fn from_url(url: &StoreUrl) -> Result<Self, PersistenceError> {
         let mut opts = PostgresOptions::default();
-        let mut passthrough = Vec::new();
-        let mut migrate_given = false;
-        for p in &params {
-            match p.key.as_str() {
-                "schema" => {
-                    check_schema_name(&p.value)?;
-                    opts.schema = Some(p.value.clone());
-                }
-                "pool_size" => opts.pool_size = p.count(1, MAX_POOL_SIZE)?,
-                "connect_timeout_ms" => opts.connect_timeout = p.millis()?,
-                "pool_timeout_ms" => opts.pool_timeout = p.millis()?,
-                "sslmode" => {
-                    opts.tls = match p.one_of(&[
-                        "disable",
-                        "allow",
-                        "prefer",
-                        "require",
-                        "verify-ca",
-                        "verify-full",
-                    ])? {
-                        "disable" => TlsMode::Disable,
-                        "allow" | "prefer" => TlsMode::Prefer,
-                        "require" => TlsMode::Require,
-                        _ => TlsMode::VerifyFull,
-                    }
-                }
-                "pooler" => {
-                    opts.pooler = match p.one_of(&["none", "transaction"])? {
-                        "transaction" => Pooler::Transaction,
-                        _ => Pooler::None,
-                    }
-                }
-                "migrate" => {
-                    opts.migrate = p.one_of(&["true", "false"])? == "true";
-                    migrate_given = true;
-                }
-                "options" => {
-                    return Err(PersistenceError::InvalidInput(format!(
-                        "the options URL parameter is reserved (the store sets search_path itself; \
-                         its own parameters: {})",
-                        OWN.join(", ")
-                    )));
-                }
-                _ => passthrough.push(p.raw.as_str()),
+        if let Some(p) = url.take("schema") {
+            check_schema_name(&p.value)?;
+            opts.schema = Some(p.value.clone());
+        }
+        if let Some(p) = url.take("pool_size") {
+            opts.pool_size = p.count(1, MAX_POOL_SIZE)?;
+        }
+        if let Some(p) = url.take("connect_timeout_ms") {
+            opts.connect_timeout = p.millis()?;
+        }
+        if let Some(p) = url.take("pool_timeout_ms") {
+            opts.pool_timeout = p.millis()?;
+        }
+        if let Some(p) = url.take("sslmode") {
+            opts.tls = match p.one_of(&[
+                "disable",
+                "allow",
+                "prefer",
+                "require",
+                "verify-ca",
+                "verify-full",
+            ])? {
+                "disable" => TlsMode::Disable,
+                "allow" | "prefer" => TlsMode::Prefer,
+                "require" => TlsMode::Require,
+                _ => TlsMode::VerifyFull,
             }
         }
-        if opts.pooler == Pooler::Transaction {
-            if migrate_given && opts.migrate {
+        if let Some(p) = url.take("pooler") {
+            opts.pooler = match p.one_of(&["none", "transaction"])? {
+                "transaction" => Pooler::Transaction,
+                _ => Pooler::None,
+            }
+        }
+        let migrate = url.take("migrate").map(|p| p.boolean()).transpose()?;
+        if url.take("options").is_some() {
+            return Err(PersistenceError::InvalidInput(format!(
+                "the options URL parameter is reserved (the store sets search_path itself; \
+                 its own parameters: {})",
+                OWN.join(", ")
+            )));
+        }
+        opts.migrate = match (opts.pooler, migrate) {
+            (Pooler::Transaction, Some(true)) => {
                 return Err(PersistenceError::InvalidInput(
                     "migrate=true cannot go with pooler=transaction: migrations need a direct \
                      connection (run koda-store migrate with the server's own URL)"
                         .into(),
                 ));
             }
-            opts.migrate = false;
-        }
-        let rebuilt = if passthrough.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", passthrough.join("&"))
+            (Pooler::Transaction, _) => false,
+            (Pooler::None, given) => given.unwrap_or(true),
         };
-        // tokio-postgres's parse error does not echo the URL.
-        opts.config = tokio_postgres::Config::from_str(&rebuilt).map_err(|e| {
+        // Every other parameter is libpq's, for tokio-postgres to read as
+        // written (its parse error does not echo the URL).
+        let passthrough: Vec<&str> = url.take_rest().iter().map(|p| p.raw.as_str()).collect();
+        let mut address = url.without_parameters();
+        if !passthrough.is_empty() {
+            address = format!("{address}?{}", passthrough.join("&"));
+        }
+        opts.config = tokio_postgres::Config::from_str(&address).map_err(|e| {
             PersistenceError::InvalidInput(format!("cannot parse the postgres URL: {e}"))
         })?;
         opts.validate()?;
@@ -315,9 +269,13 @@ impl PostgresOptions {
 mod tests {
     use super::*;
 
+    fn parse(url: &str) -> Result<PostgresOptions, PersistenceError> {
+        koda_persistence_api::backend::options_of::<crate::Postgres>(url)
+    }
+
     #[test]
     fn parses_our_parameters_and_keeps_libpq_ones() {
-        let o = PostgresOptions::from_url(
+        let o = parse(
             "postgres://alice:s3cret@db.example:6543/koda?schema=team_a&pool_size=3&connect_timeout_ms=1500&pool_timeout_ms=250&sslmode=verify-full&application_name=koda",
         )
         .expect("parses");
@@ -332,7 +290,7 @@ mod tests {
 
     #[test]
     fn password_never_shows_in_debug_or_errors() {
-        let o = PostgresOptions::from_url("postgresql://bob:hunter2@h/db").expect("parses");
+        let o = parse("postgresql://bob:hunter2@h/db").expect("parses");
         let shown = format!("{o:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"));
@@ -343,7 +301,7 @@ mod tests {
             "postgres://bob:hunter2@h:notaport/db",
             "postgres://bob:hunter2@h/db?options=-c%20x",
         ] {
-            let err = PostgresOptions::from_url(bad).expect_err(bad);
+            let err = parse(bad).expect_err(bad);
             assert!(matches!(err, PersistenceError::InvalidInput(_)));
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }
@@ -351,22 +309,21 @@ mod tests {
 
     #[test]
     fn pooler_and_migrate_parameters() {
-        let o = PostgresOptions::from_url("postgres://u@h/db?pooler=transaction").expect("parses");
+        let o = parse("postgres://u@h/db?pooler=transaction").expect("parses");
         assert_eq!((o.pooler, o.migrate), (Pooler::Transaction, false));
-        let o = PostgresOptions::from_url("postgres://u@h/db?pooler=none&migrate=false")
-            .expect("parses");
+        let o = parse("postgres://u@h/db?pooler=none&migrate=false").expect("parses");
         assert_eq!((o.pooler, o.migrate), (Pooler::None, false));
-        let o = PostgresOptions::from_url("postgres://u@h/db").expect("parses");
+        let o = parse("postgres://u@h/db").expect("parses");
         assert_eq!((o.pooler, o.migrate), (Pooler::None, true));
-        let o = PostgresOptions::from_url("postgres://u@h/db?pooler=transaction&migrate=false")
-            .expect("parses");
+        let o = parse("postgres://u@h/db?pooler=transaction&migrate=false").expect("parses");
         assert!(!o.migrate);
         for bad in [
             "postgres://u@h/db?pooler=transaction&migrate=true",
             "postgres://u@h/db?pooler=session",
-            "postgres://u@h/db?migrate=yes",
+            "postgres://u@h/db?migrate=maybe",
+            "postgres://u@h/db?migrate=on&pooler=transaction",
         ] {
-            let err = PostgresOptions::from_url(bad).expect_err(bad);
+            let err = parse(bad).expect_err(bad);
             assert!(
                 matches!(err, PersistenceError::InvalidInput(_)),
                 "{bad}: {err}"
@@ -379,15 +336,6 @@ mod tests {
         assert!(o.validate().is_err(), "pooler with migrate built in code");
         o.migrate = false;
         assert!(o.validate().is_ok());
-    }
-
-    #[test]
-    fn grants_name_only_the_schema_and_role() {
-        let sql = grant_sql("team_a", "koda_a").expect("valid names");
-        assert!(sql.contains("GRANT USAGE ON SCHEMA \"team_a\" TO \"koda_a\";"));
-        assert!(!sql.contains("CREATE"), "{sql}");
-        assert!(grant_sql("team_a", "x\"; DROP TABLE y; --").is_err());
-        assert!(grant_sql("pg_catalog", "koda_a").is_err());
     }
 
     #[test]

@@ -5,94 +5,19 @@
 //! is named through the schema (`kp.`); strings travel as `BYTEA`, roles
 //! as text.
 
+use crate::exec::{Conn, Db, boolean, byte_arrays, bytes, int, ints, text, texts};
+use crate::rows::{
+    MESSAGE_COLUMNS, as_bytes, get, in_message, message, opt_bytes, required_string, role, string,
+};
 use anyhow::Result;
 use koda_persistence_api::backend::{
-    ContextRow, NewMessage, check_kept, format_timestamp, id_taken, order_usage_groups,
-    purge_cutoff,
+    ContextRow, NewMessage, check_kept, format_timestamp, id_taken, message_not_found,
+    order_usage_groups, purge_cutoff, session_not_found,
 };
 use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, MessageRecord, MetadataRecord, PersistenceError,
     Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
 };
-use postgres_types::FromSql;
-use tokio_postgres::Row;
-
-use crate::exec::{Conn, Db, boolean, byte_arrays, bytes, int, ints, text, texts};
-
-fn as_bytes(s: &str) -> &[u8] {
-    s.as_bytes()
-}
-
-fn opt_bytes(s: &Option<String>) -> Option<&[u8]> {
-    s.as_deref().map(str::as_bytes)
-}
-
-fn get<'a, T: FromSql<'a>>(row: &'a Row, i: usize, what: &str) -> Result<T, PersistenceError> {
-    row.try_get(i)
-        .map_err(|e| PersistenceError::Corrupt(format!("cannot decode {what}: {e}")))
-}
-
-fn string(row: &Row, i: usize, what: &str) -> Result<Option<String>, PersistenceError> {
-    get::<Option<Vec<u8>>>(row, i, what)?
-        .map(|b| {
-            String::from_utf8(b)
-                .map_err(|e| PersistenceError::Corrupt(format!("{what} is not UTF-8: {e}")))
-        })
-        .transpose()
-}
-
-fn required_string(row: &Row, i: usize, what: &str) -> Result<String, PersistenceError> {
-    string(row, i, what)?.ok_or_else(|| PersistenceError::Corrupt(format!("{what} is NULL")))
-}
-
-fn role(row: &Row, i: usize, what: &str) -> Result<Role, PersistenceError> {
-    get::<&str>(row, i, what)?
-        .parse()
-        .map_err(|e| PersistenceError::Corrupt(format!("{what}: {e}")))
-}
-
-/// The columns [`message`] decodes, in its order.
-const MESSAGE_COLUMNS: &str = "id, session_id, role::TEXT, content, full_content, tool_calls, tool_call_id, \
-    prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens, \
-    created_ms, completed_ms";
-
-fn message(row: &Row) -> Result<(Message, bool), PersistenceError> {
-    let id: i64 = get(row, 0, "message id")?;
-    // Column names only: the message id is added to an error, never
-    // formatted for a row that decodes (a context load decodes thousands).
-    decode_message(row, id).map_err(in_message(id))
-}
-
-/// Names message `id` in a decoding error (`Corrupt`); others pass.
-fn in_message(id: i64) -> impl Fn(PersistenceError) -> PersistenceError {
-    move |e| match e {
-        PersistenceError::Corrupt(why) => PersistenceError::Corrupt(format!("message {id}: {why}")),
-        other => other,
-    }
-}
-
-fn decode_message(row: &Row, id: i64) -> Result<(Message, bool), PersistenceError> {
-    let created: i64 = get(row, 12, "created_ms")?;
-    let completed: Option<i64> = get(row, 13, "completed_ms")?;
-    Ok((
-        Message {
-            id,
-            session_id: get(row, 1, "session_id")?,
-            role: role(row, 2, "role")?,
-            content: string(row, 3, "content")?,
-            full_content: string(row, 4, "full_content")?,
-            tool_calls: string(row, 5, "tool_calls")?,
-            tool_call_id: string(row, 6, "tool_call_id")?,
-            prompt_tokens: get(row, 7, "prompt_tokens")?,
-            completion_tokens: get(row, 8, "completion_tokens")?,
-            cache_read_tokens: get(row, 9, "cache_read_tokens")?,
-            cache_creation_tokens: get(row, 10, "cache_creation_tokens")?,
-            thinking_tokens: get(row, 11, "thinking_tokens")?,
-            created_at: Some(format_timestamp(created)),
-        },
-        completed.is_some(),
-    ))
-}
 
 pub(crate) async fn create_session(
     c: &Conn,
@@ -282,7 +207,7 @@ pub(crate) async fn insert_message(c: &Conn, m: &NewMessage, now: i64) -> Result
             get(&r, 0, "new message id")?,
             get(&r, 1, "session version")?,
         )),
-        None => Err(PersistenceError::SessionNotFound(m.session_id.clone()).into()),
+        None => Err(session_not_found(&m.session_id)),
     }
 }
 
@@ -404,7 +329,7 @@ pub(crate) async fn mark_complete(c: &Conn, id: i64, now: i64) -> Result<(String
         .await?
     {
         Some(r) => Ok((get(&r, 0, "session id")?, get(&r, 1, "version")?)),
-        None => Err(PersistenceError::MessageNotFound(id).into()),
+        None => Err(message_not_found(id)),
     }
 }
 
@@ -475,7 +400,7 @@ pub(crate) async fn compact(
         .await?;
     // -1: no such session.
     let marked: i64 = get(&row, 0, "compacted count")?;
-    usize::try_from(marked).map_err(|_| PersistenceError::SessionNotFound(id.to_owned()).into())
+    usize::try_from(marked).map_err(|_| session_not_found(id))
 }
 
 /// Sets the content of the listed messages; returns the sessions touched.
@@ -628,7 +553,7 @@ pub(crate) async fn set_metadata(
         .await?;
     match row {
         Some(_) => Ok(()),
-        None => Err(PersistenceError::SessionNotFound(id.to_owned()).into()),
+        None => Err(session_not_found(id)),
     }
 }
 
@@ -795,7 +720,7 @@ pub(crate) async fn health(c: &Conn, schema: &str) -> Result<StoreHealth> {
         .map_err(|e| PersistenceError::Corrupt(format!("schema size: {e}")))?;
     Ok(StoreHealth {
         schema_version: version,
-        latest_schema_version: crate::connect::latest_migration(),
+        latest_schema_version: crate::schema::latest_migration(),
         problems,
         size_bytes: size.and_then(|s| u64::try_from(s).ok()),
     })
@@ -937,7 +862,7 @@ pub(crate) async fn import_messages(
             .await?;
         return match exists {
             Some(_) => Ok(Vec::new()),
-            None => Err(PersistenceError::SessionNotFound(id.to_owned()).into()),
+            None => Err(session_not_found(id)),
         };
     }
     let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
@@ -1064,7 +989,7 @@ pub(crate) async fn import_messages(
     }
     let rows = inserted?;
     if rows.is_empty() {
-        return Err(PersistenceError::SessionNotFound(id.to_owned()).into());
+        return Err(session_not_found(id));
     }
     let mut placed = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -1108,7 +1033,7 @@ pub(crate) async fn import_metadata(
         )
         .await?;
     if get::<i64>(&row, 0, "session count")? == 0 {
-        return Err(PersistenceError::SessionNotFound(id.to_owned()).into());
+        return Err(session_not_found(id));
     }
     Ok(())
 }

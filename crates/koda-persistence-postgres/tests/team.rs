@@ -36,7 +36,7 @@ async fn the_pooler_refuses_an_unmigrated_schema_and_names_the_fix() -> Result<(
             Ok(o) => o,
             Err(e) => return skip_or_fail("pooler_unmigrated", e),
         };
-        let err = PostgresStore::connect_with(options, Arc::new(SystemClock))
+        let err = PostgresStore::open(options, Arc::new(SystemClock))
             .await
             .expect_err("an unmigrated schema must not open through the pooler");
         let said = format!("{err:#}");
@@ -67,10 +67,7 @@ async fn the_pooler_refuses_a_schema_behind_this_build() -> Result<()> {
             Ok(o) => o,
             Err(e) => return skip_or_fail("pooler_behind", e),
         };
-        drop(
-            PostgresStore::connect_with(support::options(&url, &schema)?, Arc::new(SystemClock))
-                .await?,
-        );
+        drop(PostgresStore::open(support::options(&url, &schema)?, Arc::new(SystemClock)).await?);
         // As an older build left it: versions 3 to 5 not applied.
         support::admin(&url)
             .await?
@@ -78,7 +75,7 @@ async fn the_pooler_refuses_a_schema_behind_this_build() -> Result<()> {
                 "DELETE FROM \"{schema}\".koda_schema_history WHERE version > 2"
             ))
             .await?;
-        let err = PostgresStore::connect_with(options.clone(), Arc::new(SystemClock))
+        let err = PostgresStore::open(options.clone(), Arc::new(SystemClock))
             .await
             .expect_err("a schema behind this build must not open through the pooler");
         let said = format!("{err:#}");
@@ -95,11 +92,8 @@ async fn the_pooler_refuses_a_schema_behind_this_build() -> Result<()> {
                  DROP TABLE \"{schema}\".session_usage"
             ))
             .await?;
-        drop(
-            PostgresStore::connect_with(support::options(&url, &schema)?, Arc::new(SystemClock))
-                .await?,
-        );
-        let store = PostgresStore::connect_with(options, Arc::new(SystemClock)).await?;
+        drop(PostgresStore::open(support::options(&url, &schema)?, Arc::new(SystemClock)).await?);
+        let store = PostgresStore::open(options, Arc::new(SystemClock)).await?;
         let s = store.create_session("main", Path::new("/repo")).await?;
         store
             .insert_message(&s, &Role::User, Some("hi"), None, None, None)
@@ -123,7 +117,7 @@ async fn migrate_false_never_creates_or_migrates() -> Result<()> {
     with_schema("migrate_false", |url, schema| async move {
         let mut o = support::options(&url, &schema)?;
         o.migrate = false;
-        let err = PostgresStore::connect_with(o, Arc::new(SystemClock))
+        let err = PostgresStore::open(o, Arc::new(SystemClock))
             .await
             .expect_err("a missing schema must not open with migrate=false");
         let said = format!("{err:#}");
@@ -149,14 +143,10 @@ async fn a_team_role_is_refused_another_teams_schema() -> Result<()> {
     let (team_a, team_b) = (support::fresh_schema(), support::fresh_schema());
     let outcome = async {
         for s in [&team_a, &team_b] {
-            drop(
-                PostgresStore::connect_with(support::options(&url, s)?, Arc::new(SystemClock))
-                    .await?,
-            );
+            drop(PostgresStore::open(support::options(&url, s)?, Arc::new(SystemClock)).await?);
         }
         let owner_b =
-            PostgresStore::connect_with(support::options(&url, &team_b)?, Arc::new(SystemClock))
-                .await?;
+            PostgresStore::open(support::options(&url, &team_b)?, Arc::new(SystemClock)).await?;
         let secret = owner_b.create_session("main", Path::new("/b")).await?;
         owner_b
             .insert_message(&secret, &Role::User, Some("team b only"), None, None, None)
@@ -166,7 +156,7 @@ async fn a_team_role_is_refused_another_teams_schema() -> Result<()> {
             for migrate in [false, true] {
                 let mut o = support::role_options(&url, &team_b, &role, &password)?;
                 o.migrate = migrate;
-                let err = PostgresStore::connect_with(o, Arc::new(SystemClock))
+                let err = PostgresStore::open(o, Arc::new(SystemClock))
                     .await
                     .expect_err("team A's role opened team B's schema");
                 let said = format!("{err:#}");
@@ -177,7 +167,7 @@ async fn a_team_role_is_refused_another_teams_schema() -> Result<()> {
                 assert!(said.contains(&team_b), "names the schema: {said}");
             }
             // Its own schema: works, and holds nothing of team B's.
-            let own = PostgresStore::connect_with(
+            let own = PostgresStore::open(
                 support::role_options(&url, &team_a, &role, &password)?,
                 Arc::new(SystemClock),
             )
@@ -259,7 +249,7 @@ async fn failover_to_a_promoted_standby_keeps_every_acknowledged_write() -> Resu
         primary.port(),
         standby.port()
     );
-    let store = PostgresStore::connect(&url).await?;
+    let store = PostgresStore::open_url(&url, Arc::new(SystemClock)).await?;
     let sid = store.create_session("main", Path::new("/failover")).await?;
 
     let start = Instant::now();
@@ -353,7 +343,7 @@ async fn failover_to_a_promoted_standby_keeps_every_acknowledged_write() -> Resu
     );
 
     // Every acknowledged write is on the promoted server, in order.
-    let on_standby = PostgresStore::connect(&standby.url()).await?;
+    let on_standby = PostgresStore::open_url(&standby.url(), Arc::new(SystemClock)).await?;
     let stored: Vec<String> = on_standby
         .load_all_messages(&sid)
         .await?
@@ -391,17 +381,21 @@ async fn two_hundred_clients_through_the_pooler_lose_nothing() -> Result<()> {
             Ok(o) => o,
             Err(e) => return skip_or_fail("team_load", e),
         };
-        drop(
-            PostgresStore::connect_with(support::options(&url, &schema)?, Arc::new(SystemClock))
-                .await?,
-        );
+        drop(PostgresStore::open(support::options(&url, &schema)?, Arc::new(SystemClock)).await?);
         options.pool_size = 2;
         let seconds = std::env::var("KODA_TEAM_LOAD_SECONDS")
             .ok()
             .and_then(|s| s.parse::<f64>().ok())
             .filter(|s| *s > 0.0)
             .unwrap_or(5.0);
-        let run = support::team_load::run_one("through pgbouncer", options, 200, seconds).await?;
+        let open = || {
+            let options = options.clone();
+            async move {
+                let store = PostgresStore::open(options, Arc::new(SystemClock)).await?;
+                Ok(Arc::new(store) as Arc<dyn Persistence>)
+            }
+        };
+        let run = support::team_load::run_one("through pgbouncer", open, 200, seconds).await?;
         println!(
             "team load: {} clients, {} turns in {:.1} s, p50 {:?}, p99 {:?}, {} errors",
             run.opened, run.turns, run.seconds, run.p50, run.p99, run.errors

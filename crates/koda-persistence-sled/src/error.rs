@@ -24,10 +24,6 @@ pub(crate) fn storage(e: sled::Error, path: &Path) -> anyhow::Error {
     }
 }
 
-pub(crate) fn not_found(id: &str) -> anyhow::Error {
-    PersistenceError::SessionNotFound(id.to_owned()).into()
-}
-
 /// Whether sled failed to take the directory's lock. sled 0.34 (its last
 /// release) reports that as an `ErrorKind::Other` error whose text starts
 /// with "could not acquire lock", not as `WouldBlock`.

@@ -1,344 +1,66 @@
-//! `SledStore`: the contract on a plain ordered key-value store (sled 0.34),
-//! proof that the trait is not SQL-shaped.
-//!
-//! - **Layout**: one tree, namespaced keys, documented in [`keys`]; values are
-//!   a version byte plus postcard.
-//! - **Atomicity**: every call that writes applies one `sled::Batch`, which
-//!   sled applies atomically, crash included: a message never exists without
-//!   its session's counters and indexes.
-//! - **Concurrency**: calls run on tokio's blocking pool, never on a runtime
-//!   worker; a reader-writer lock makes writes exclusive and reads see whole
-//!   writes, so calls are linearizable. That single writer lock is the whole
-//!   lock order: two writes cannot deadlock. A sled directory belongs to one
-//!   process: a second open of the same path is `Unavailable` (after 250 ms;
-//!   up to 10 s when this process itself closed a handle on it within the
-//!   last 30 s, because sled releases that lock from its background threads).
-//! - **Failures**: a write whose batch or flush fails (a full disk) drops the
-//!   sled handle, because sled keeps an I/O error for good and its memory may
-//!   still hold the failed batch; the next call reopens the directory from
-//!   what reached the disk. So a failed write leaves nothing visible, and the
-//!   store writes again once space is back, without its caller reopening it.
-//! - **Privacy**: a directory the store creates is 0700, and on every open the
-//!   files and directories sled keeps in it are set to 0600 / 0700, whatever
-//!   the umask. Files sled adds while running (snapshots) inherit the umask
-//!   until the next open, inside the private directory.
-//! - **Durability** ([`FlushPolicy`]): with `EveryWrite` (the default) each
-//!   write is flushed (fsync) before it returns, so it survives a process
-//!   crash and a power failure; with `Every(d)` sled flushes in the
-//!   background every `d`, and a crash (of the process or the machine) may
-//!   lose the writes of the last `d`; with `Manual` nothing is flushed until
-//!   [`SledStore::flush`] or a clean drop.
-//! - **Damage on disk is not reported**: sled 0.34 recovers a data file
-//!   damaged on disk by cutting its log at the first invalid record, without
-//!   an error. Seen: garbage over the last 7/8 of the `db` file of a store
-//!   with 200 flushed messages reopened without error and held the first 30
-//!   (a consistent prefix: batches stay atomic), so neither `Corrupt` nor
-//!   `koda-store doctor` can tell. Keep copies (`koda-store export`).
-//! - **Reads** never scan the store: one session's questions are prefix scans
-//!   of that session's keys; `list_sessions` walks one root's index,
-//!   `recent_user_messages` the user-message index from the newest; usage
-//!   by agent is kept (exact) in the session record by every write, so
-//!   reading it reads one record. Session records are at value format 2; a
-//!   store an earlier build wrote is upgraded on open (its usage counted
-//!   once, every record in one atomic batch: a process killed during it
-//!   leaves the store for the next open to finish), and an earlier build
-//!   refuses it afterwards (`Corrupt`).
+#![doc = include_str!("docs.md")]
 #![deny(missing_docs)]
 
-mod codec;
 mod error;
-pub mod keys;
+mod exec;
 mod open;
 mod options;
 mod queries;
+mod rows;
+mod schema;
 
-pub use crate::options::{FlushPolicy, MAX_CACHE_MB, SCHEMES, SledOptions, parse_location};
+pub use crate::options::{FlushPolicy, MAX_CACHE_MB, SCHEMES, SledOptions};
 
-use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
+use std::path::Path;
+use std::sync::Arc;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use koda_persistence_api::backend::{
-    ContextCache, ContextRow, DEFAULT_CACHED_SESSIONS, NewMessage, check_claim, check_limit,
-    check_message_records, check_session_record, check_usage, root_to_str, usage_total,
+    Backend, ContextRow, NewMessage, StoreUrl, limit_bound, root_to_str, usage_total,
 };
 use koda_persistence_api::{
     Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
-    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth, SystemClock,
+    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
 };
-use sled::{Batch, Db};
 
-use crate::error::storage;
-use crate::open::{closing, open_db};
+use crate::exec::Inner;
 
-/// The sled backend. Cheap to clone; clones share the database.
+/// The sled backend, for the facade's table and
+/// `koda_persistence_api::backend::open_url`.
+#[derive(Debug, Clone, Copy)]
+pub struct Sled;
+
+#[async_trait::async_trait]
+impl Backend for Sled {
+    const NAME: &'static str = "sled";
+    const SCHEMES: &'static [&'static str] = SCHEMES;
+    const EXAMPLE: &'static str = "sled://PATH";
+    type Options = SledOptions;
+    type Store = SledStore;
+
+    fn options(url: &StoreUrl) -> Result<SledOptions, PersistenceError> {
+        SledOptions::from_url(url)
+    }
+
+    async fn open(options: SledOptions, clock: Arc<dyn Clock>) -> Result<SledStore> {
+        SledStore::open(options, clock).await
+    }
+}
+
+/// The sled store. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct SledStore {
     inner: Arc<Inner>,
     clock: Arc<dyn Clock>,
 }
 
-struct Inner {
-    /// The open database. Writers take the lock exclusively, readers
-    /// shared. `None` after a write failed: sled keeps an I/O error for
-    /// good and its memory may hold the failed write, so the handle is
-    /// dropped and the next call opens the directory again, from what
-    /// reached the disk.
-    db: RwLock<Option<Db>>,
-    options: SledOptions,
-    path: PathBuf,
-    /// Loaded contexts. The directory belongs to this process, so the
-    /// per-session change counters can live in memory.
-    cache: Mutex<SessionCache>,
-}
-
-/// Per-session change counters and the contexts read at them.
-#[derive(Debug)]
-struct SessionCache {
-    versions: HashMap<String, i64>,
-    contexts: ContextCache,
-}
-
-impl SessionCache {
-    fn version(&self, session: &str) -> i64 {
-        self.versions.get(session).copied().unwrap_or(0)
-    }
-
-    /// Counts a write to `session`'s messages; returns the new version.
-    fn bump(&mut self, session: &str) -> i64 {
-        let v = self.versions.entry(session.to_owned()).or_insert(0);
-        *v += 1;
-        *v
-    }
-
-    /// A write the cache does not follow row by row.
-    fn changed(&mut self, session: &str) {
-        self.bump(session);
-        self.contexts.forget(session);
-    }
-}
-
-impl Inner {
-    fn cache(&self) -> MutexGuard<'_, SessionCache> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn exclusive(&self) -> RwLockWriteGuard<'_, Option<Db>> {
-        // A panic under the lock leaves either a usable handle or `None`.
-        self.db.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The open handle in `slot`, reopening the directory if a failed
-    /// write dropped it.
-    fn ensure_open<'a>(&self, slot: &'a mut Option<Db>) -> Result<&'a Db> {
-        if slot.is_none() {
-            *slot = Some(open_db(&self.path, &self.options)?);
-            tracing::info!(path = %self.path.display(), "reopened the sled store");
-        }
-        slot.as_ref()
-            .ok_or_else(|| PersistenceError::Unavailable("sled handle missing".into()).into())
-    }
-
-    /// Drops the handle after a failed write (see [`Inner::db`]) and
-    /// forgets every cached context, which may hold the failed write.
-    fn discard(&self, slot: &mut Option<Db>) {
-        tracing::warn!(
-            path = %self.path.display(),
-            "a sled write failed; dropping the handle, the next call reopens the store"
-        );
-        *slot = None;
-        closing(&self.path);
-        self.cache().contexts = ContextCache::new(DEFAULT_CACHED_SESSIONS);
-    }
-
-    fn classify(&self, e: anyhow::Error) -> anyhow::Error {
-        match e.downcast::<sled::Error>() {
-            Ok(se) => storage(se, &self.path),
-            Err(e) => e,
-        }
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // The handle closes right after this (its fields drop next).
-        closing(&self.path);
-    }
-}
-
 impl fmt::Debug for SledStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SledStore")
-            .field("path", &self.inner.path)
+            .field("path", &self.inner.options.path)
             .field("flush", &self.inner.options.flush)
             .finish_non_exhaustive()
-    }
-}
-
-impl SledStore {
-    /// Opens `sled://`'s part after the scheme: a directory path, optionally
-    /// with `?flush=…` (see [`parse_location`]).
-    ///
-    /// # Errors
-    /// As [`SledStore::open_with`].
-    pub async fn open_path(spec: &str, clock: Arc<dyn Clock>) -> Result<Self> {
-        let (path, options) = parse_location(spec)?;
-        Self::open_with(path, options, clock).await
-    }
-
-    /// Opens a `sled://PATH?…` URL (see [`parse_location`]) reading time
-    /// from `clock`.
-    ///
-    /// # Errors
-    /// `InvalidInput` for another scheme or a bad parameter; otherwise as
-    /// [`SledStore::open_with`].
-    pub async fn open_url(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
-        let spec = url.trim().strip_prefix("sled://").ok_or_else(|| {
-            PersistenceError::InvalidInput(
-                "a sled URL is sled://PATH, e.g. sled:///var/lib/koda/store".into(),
-            )
-        })?;
-        Self::open_path(spec, clock).await
-    }
-
-    /// Opens (creating) the store in `path` on the system clock.
-    ///
-    /// # Errors
-    /// As [`SledStore::open_with`].
-    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::open_with(
-            path.as_ref().to_owned(),
-            SledOptions::default(),
-            Arc::new(SystemClock),
-        )
-        .await
-    }
-
-    /// Opens (creating) the store in directory `path`.
-    ///
-    /// # Errors
-    /// `Unavailable` when the directory is in use by another process or
-    /// cannot be opened; `Corrupt` when sled finds it corrupt.
-    pub async fn open_with(
-        path: PathBuf,
-        options: SledOptions,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self> {
-        options.validate()?;
-        let p = path.clone();
-        let opts = options.clone();
-        let db = tokio::task::spawn_blocking(move || open_db(&p, &opts))
-            .await
-            .context("sled open task failed")??;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                db: RwLock::new(Some(db)),
-                options,
-                path,
-                cache: Mutex::new(SessionCache {
-                    versions: HashMap::new(),
-                    contexts: ContextCache::new(DEFAULT_CACHED_SESSIONS),
-                }),
-            }),
-            clock,
-        })
-    }
-
-    /// Writes everything to disk now (what [`FlushPolicy::Manual`] waits for).
-    ///
-    /// # Errors
-    /// `Unavailable` when the disk write fails.
-    pub async fn flush(&self) -> Result<()> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut slot = inner.exclusive();
-            let db = inner.ensure_open(&mut slot)?;
-            match db.flush() {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    inner.discard(&mut slot);
-                    Err(storage(e, &inner.path))
-                }
-            }
-        })
-        .await
-        .context("sled flush task failed")?
-    }
-
-    async fn read<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Db) -> Result<R> + Send + 'static,
-    {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            {
-                let shared = inner.db.read().unwrap_or_else(|p| p.into_inner());
-                if let Some(db) = shared.as_ref() {
-                    return f(db).map_err(|e| inner.classify(e));
-                }
-            }
-            // A failed write dropped the handle: reopen, then read under
-            // the exclusive lock this once.
-            let mut slot = inner.exclusive();
-            let db = inner.ensure_open(&mut slot)?;
-            f(db).map_err(|e| inner.classify(e))
-        })
-        .await
-        .context("sled read task failed")?
-    }
-
-    /// Runs `f` under the write lock; it returns a batch to apply and a
-    /// result. The batch is applied atomically and flushed per the policy.
-    async fn write<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Db) -> Result<(Batch, R)> + Send + 'static,
-    {
-        self.write_then(f, |_, out| out).await
-    }
-
-    /// Like `write`, then `after` with the cache, still under the write
-    /// lock. A write whose batch or flush fails drops the handle (see
-    /// [`Inner::db`]): nothing of it stays visible, and the next call
-    /// reopens the directory.
-    async fn write_then<R, T, F, A>(&self, f: F, after: A) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Db) -> Result<(Batch, R)> + Send + 'static,
-        A: FnOnce(&mut SessionCache, R) -> T + Send + 'static,
-    {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut slot = inner.exclusive();
-            let db = inner.ensure_open(&mut slot)?;
-            let (batch, out) = match f(db) {
-                Ok(made) => made,
-                Err(e) if e.downcast_ref::<sled::Error>().is_some() => {
-                    inner.discard(&mut slot);
-                    return Err(inner.classify(e));
-                }
-                Err(e) => return Err(e),
-            };
-            let applied = db.apply_batch(batch).and_then(|()| {
-                if inner.options.flush == FlushPolicy::EveryWrite {
-                    db.flush().map(|_| ())
-                } else {
-                    Ok(())
-                }
-            });
-            match applied {
-                Ok(()) => Ok(after(&mut inner.cache(), out)),
-                Err(e) => {
-                    inner.discard(&mut slot);
-                    Err(storage(e, &inner.path))
-                }
-            }
-        })
-        .await
-        .context("sled write task failed")?
     }
 }
 
@@ -356,9 +78,8 @@ impl Persistence for SledStore {
     }
 
     async fn list_sessions(&self, limit: i64, project_root: &Path) -> Result<Vec<SessionInfo>> {
-        let limit = check_limit(limit)?;
         let root = root_to_str(project_root)?.to_owned();
-        self.read(move |db| queries::list_sessions(db, &root, limit))
+        self.read(move |db| queries::list_sessions(db, &root, limit_bound(limit)))
             .await
     }
 
@@ -403,7 +124,6 @@ impl Persistence for SledStore {
     }
 
     async fn append_message(&self, m: NewMessage) -> Result<i64> {
-        check_usage(m.usage.as_ref())?;
         let now = self.clock.now_ms();
         let session = m.session_id.clone();
         self.write_then(
@@ -412,7 +132,7 @@ impl Persistence for SledStore {
                 let version = cache.bump(&session);
                 let id = i64::try_from(record.id).unwrap_or(i64::MAX);
                 if cache.contexts.holds(&session)
-                    && let Ok(message) = queries::to_message(&session, &record)
+                    && let Ok(message) = rows::to_message(&session, &record)
                 {
                     let row = ContextRow {
                         message,
@@ -448,8 +168,7 @@ impl Persistence for SledStore {
     }
 
     async fn recent_user_messages(&self, limit: i64) -> Result<Vec<String>> {
-        let limit = check_limit(limit)?;
-        self.read(move |db| queries::recent_user_messages(db, limit))
+        self.read(move |db| queries::recent_user_messages(db, limit_bound(limit)))
             .await
     }
 
@@ -592,14 +311,12 @@ impl Import for SledStore {
     }
 
     async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
-        check_claim(first, last)?;
         let (first, last) = (queries::as_u64(first), queries::as_u64(last));
         self.write(move |db| queries::claim_ids(db, first, last))
             .await
     }
 
     async fn import_session(&self, session: &SessionRecord) -> Result<bool> {
-        check_session_record(session)?;
         let session = session.clone();
         self.write(move |db| queries::import_session(db, &session))
             .await
@@ -611,7 +328,6 @@ impl Import for SledStore {
         messages: &[MessageRecord],
         keep_ids: bool,
     ) -> Result<Vec<i64>> {
-        check_message_records(messages)?;
         let sid = session_id.to_owned();
         let changed = sid.clone();
         let messages = messages.to_vec();

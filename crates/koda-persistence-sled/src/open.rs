@@ -6,12 +6,55 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::Result;
-use koda_persistence_api::PersistenceError;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context as _, Result};
+use koda_persistence_api::backend::{ContextCache, DEFAULT_CACHED_SESSIONS, options_of};
+use koda_persistence_api::{Clock, PersistenceError};
 use sled::Db;
 
 use crate::error::{is_locked, storage};
+use crate::exec::{Inner, SessionCache};
 use crate::options::{FlushPolicy, SledOptions};
+use crate::{Sled, SledStore};
+
+impl SledStore {
+    /// Opens a `sled://PATH?…` URL (see [`SledOptions::from_url`]) reading
+    /// time from `clock`.
+    ///
+    /// # Errors
+    /// `InvalidInput` for another scheme or a bad parameter; otherwise as
+    /// [`SledStore::open`].
+    pub async fn open_url(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::open(options_of::<Sled>(url)?, clock).await
+    }
+
+    /// Opens (creating) the store in `options.path`.
+    ///
+    /// # Errors
+    /// `InvalidInput` for options that fail [`SledOptions::validate`];
+    /// `Unavailable` when the directory is in use by another process or
+    /// cannot be opened; `Corrupt` when sled finds it corrupt.
+    pub async fn open(options: SledOptions, clock: Arc<dyn Clock>) -> Result<Self> {
+        options.validate()?;
+        let opts = options.clone();
+        let db = tokio::task::spawn_blocking(move || open_db(&opts.path, &opts))
+            .await
+            .context("sled open task failed")??;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db: RwLock::new(Some(db)),
+                path: options.path.clone(),
+                options,
+                cache: std::sync::Mutex::new(SessionCache {
+                    versions: std::collections::HashMap::new(),
+                    contexts: ContextCache::new(DEFAULT_CACHED_SESSIONS),
+                }),
+            }),
+            clock,
+        })
+    }
+}
 
 /// How long an open waits for the directory's lock when this process
 /// closed a handle on it within [`RECENTLY`]: sled releases the lock from
@@ -120,7 +163,7 @@ pub(crate) fn open_db(path: &Path, options: &SledOptions) -> Result<Db> {
     make_private(path).map_err(|e| {
         PersistenceError::Unavailable(format!("making {} private: {e}", path.display()))
     })?;
-    let upgraded = crate::queries::upgrade(&db)?;
+    let upgraded = crate::schema::upgrade(&db)?;
     if upgraded > 0 {
         tracing::info!(path = %path.display(), sessions = upgraded, "kept usage by agent in the session records");
     }

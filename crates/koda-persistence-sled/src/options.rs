@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use koda_persistence_api::PersistenceError;
+use koda_persistence_api::backend::StoreUrl;
 
 /// When writes reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,9 +19,14 @@ pub enum FlushPolicy {
     Manual,
 }
 
-/// How to open a [`SledStore`](crate::SledStore).
+/// How to open a [`SledStore`](crate::SledStore): where, and how it
+/// flushes and caches.
 #[derive(Debug, Clone)]
 pub struct SledOptions {
+    /// The store's directory (created 0700 when missing). The default is
+    /// empty, which [`SledOptions::validate`] refuses: use
+    /// [`SledOptions::at`].
+    pub path: PathBuf,
     /// When writes reach the disk.
     pub flush: FlushPolicy,
     /// sled's page cache, in bytes.
@@ -30,6 +36,7 @@ pub struct SledOptions {
 impl Default for SledOptions {
     fn default() -> Self {
         Self {
+            path: PathBuf::new(),
             flush: FlushPolicy::EveryWrite,
             cache_capacity: 256 * 1024 * 1024,
         }
@@ -42,56 +49,70 @@ pub const SCHEMES: &[&str] = &["sled"];
 /// The largest page cache a URL may ask for, in MiB (64 GiB).
 pub const MAX_CACHE_MB: u64 = 65_536;
 
-const PARAMETERS: [&str; 3] = ["flush", "flush_every_ms", "cache_mb"];
-
-/// Splits `PATH?flush=every_write|manual`, `?flush_every_ms=N` (1 to
-/// 3,600,000) and `?cache_mb=N` (1 to [`MAX_CACHE_MB`]). The path and the
-/// parameters are percent-decoded; each parameter may appear once.
-///
-/// # Errors
-/// `InvalidInput` naming the parameter and what it accepts, for an unknown
-/// parameter or value, or an empty path.
-pub fn parse_location(spec: &str) -> Result<(PathBuf, SledOptions), PersistenceError> {
-    let (path, params) = koda_persistence_api::backend::url::split_query(spec)?;
-    let path = koda_persistence_api::backend::url::decode(path)?;
-    if path.is_empty() {
-        return Err(PersistenceError::InvalidInput(
-            "sled needs a directory path, e.g. sled:///var/lib/koda/store".into(),
-        ));
+impl SledOptions {
+    /// Options for the store in directory `path`, every other option at
+    /// its default.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            ..Self::default()
+        }
     }
-    let mut options = SledOptions::default();
-    let mut flush_given = false;
-    for p in &params {
-        match p.key.as_str() {
-            "flush" | "flush_every_ms" if flush_given => {
+
+    /// Reads `sled://PATH?…`: the path (percent-decoded) and
+    /// `flush=every_write|manual` or `flush_every_ms=N` (1 to 3,600,000;
+    /// not both), and `cache_mb=N` (1 to [`MAX_CACHE_MB`]), each at most
+    /// once.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the parameter and what it accepts, or for an
+    /// empty path (an unknown parameter is refused by
+    /// [`StoreUrl::finish`]).
+    pub fn from_url(url: &StoreUrl) -> Result<Self, PersistenceError> {
+        let options = SledOptions::at(url.path()?).with_parameters(url)?;
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// These options with the parameters `url` names (see
+    /// [`from_url`](Self::from_url)) taken from it, and the path left
+    /// alone: for a tool that puts each store in a directory of its own
+    /// choosing (the benchmark) but reads the options from the user's URL.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the parameter and what it accepts.
+    pub fn with_parameters(mut self, url: &StoreUrl) -> Result<Self, PersistenceError> {
+        match (url.take("flush"), url.take("flush_every_ms")) {
+            (Some(_), Some(_)) => {
                 return Err(PersistenceError::InvalidInput(
                     "sled URL: give either flush or flush_every_ms, not both".into(),
                 ));
             }
-            "flush" => {
-                flush_given = true;
-                options.flush = match p.one_of(&["every_write", "manual"])? {
+            (Some(p), None) => {
+                self.flush = match p.one_of(&["every_write", "manual"])? {
                     "manual" => FlushPolicy::Manual,
                     _ => FlushPolicy::EveryWrite,
                 }
             }
-            "flush_every_ms" => {
-                flush_given = true;
-                options.flush = FlushPolicy::Every(p.millis()?);
-            }
-            "cache_mb" => options.cache_capacity = p.number(1, MAX_CACHE_MB)? << 20,
-            _ => return Err(p.unknown("sled", &PARAMETERS)),
+            (None, Some(p)) => self.flush = FlushPolicy::Every(p.millis()?),
+            (None, None) => {}
         }
+        if let Some(p) = url.take("cache_mb") {
+            self.cache_capacity = p.number(1, MAX_CACHE_MB)? << 20;
+        }
+        Ok(self)
     }
-    Ok((PathBuf::from(path), options))
-}
 
-impl SledOptions {
     /// Checks options built in code as a URL's are checked.
     ///
     /// # Errors
     /// `InvalidInput` naming the option and what it accepts.
     pub fn validate(&self) -> Result<(), PersistenceError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(PersistenceError::InvalidInput(
+                "sled needs a directory path, e.g. sled:///var/lib/koda/store".into(),
+            ));
+        }
         if let FlushPolicy::Every(d) = self.flush {
             koda_persistence_api::backend::url::check_timeout("flush interval", d)?;
         }
@@ -110,9 +131,13 @@ impl SledOptions {
 mod tests {
     use super::*;
 
+    fn parse(spec: &str) -> Result<SledOptions, PersistenceError> {
+        koda_persistence_api::backend::options_of::<crate::Sled>(&format!("sled://{spec}"))
+    }
+
     fn parsed(spec: &str) -> (PathBuf, FlushPolicy, u64) {
-        let (path, o) = parse_location(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
-        (path, o.flush, o.cache_capacity)
+        let o = parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        (o.path, o.flush, o.cache_capacity)
     }
 
     /// Each parameter sets what it names; the path is percent-decoded.
@@ -143,25 +168,27 @@ mod tests {
     /// Options built in code are checked as a URL's are.
     #[test]
     fn validate_checks_options_built_in_code() {
-        let ok = SledOptions::default();
+        let ok = SledOptions::at("d");
         assert!(ok.validate().is_ok());
         let largest = SledOptions {
             cache_capacity: MAX_CACHE_MB << 20,
             flush: FlushPolicy::Every(Duration::from_millis(1)),
+            ..SledOptions::at("d")
         };
         assert!(largest.validate().is_ok());
         for bad in [
+            SledOptions::default(),
             SledOptions {
                 cache_capacity: 0,
-                ..SledOptions::default()
+                ..SledOptions::at("d")
             },
             SledOptions {
                 cache_capacity: (MAX_CACHE_MB << 20) + 1,
-                ..SledOptions::default()
+                ..SledOptions::at("d")
             },
             SledOptions {
                 flush: FlushPolicy::Every(Duration::ZERO),
-                ..SledOptions::default()
+                ..SledOptions::at("d")
             },
         ] {
             assert!(
@@ -183,7 +210,7 @@ mod tests {
             "d?colour=blue",
         ] {
             assert!(
-                matches!(parse_location(spec), Err(PersistenceError::InvalidInput(_))),
+                matches!(parse(spec), Err(PersistenceError::InvalidInput(_))),
                 "{spec}"
             );
         }

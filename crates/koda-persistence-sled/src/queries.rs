@@ -1,73 +1,42 @@
 //! One function per operation: each reads through `db` and returns what
 //! the call answers, or the batch a write applies (the store applies it
 //! atomically under its write lock, see `lib.rs`). Key layout in
-//! [`crate::keys`], values in [`crate::codec`].
+//! [`crate::schema`], values in [`crate::rows`].
 
 use std::collections::HashMap;
 
 use anyhow::Result;
 use koda_persistence_api::backend::{
     ContextRow, NewMessage, UsageTally, check_kept, format_timestamp, id_taken, purge_cutoff,
+    session_not_found,
 };
 use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
 };
-use koda_persistence_api::{
-    MessageRecord as Exported, MetadataRecord, SessionRecord as ExportedSession,
-};
+use koda_persistence_api::{MessageRecord, MetadataRecord, SessionRecord};
 use sled::{Batch, Db, IVec};
 
-use crate::codec::{
-    MessageRecord, SessionRecord, decode, decode_session, decode_session_v1, encode,
-    encode_session, role_byte, role_of, usage_of,
+use crate::rows::{
+    StoredMessage, StoredSession, decode, decode_message, decode_session, encode, encode_session,
+    role_byte, role_of, session_of, to_message, usage_of,
 };
-use crate::error::not_found;
-use crate::keys;
+use crate::schema;
 
-pub(crate) fn get_session(db: &Db, id: &str) -> Result<Option<SessionRecord>> {
-    match db.get(keys::session(id))? {
+pub(crate) fn get_session(db: &Db, id: &str) -> Result<Option<StoredSession>> {
+    match db.get(schema::session(id))? {
         Some(v) => Ok(Some(decode_session(&v, &format!("session {id:?}"))?)),
         None => Ok(None),
     }
 }
 
-fn decode_message(v: &IVec) -> Result<MessageRecord, PersistenceError> {
-    decode(v, "a message")
-}
-
 /// A session's messages in conversation order, with their keys.
-fn session_messages(db: &Db, id: &str) -> Result<Vec<(IVec, MessageRecord)>> {
-    db.scan_prefix(keys::messages_of(id))
+fn session_messages(db: &Db, id: &str) -> Result<Vec<(IVec, StoredMessage)>> {
+    db.scan_prefix(schema::messages_of(id))
         .map(|kv| {
             let (k, v) = kv?;
             Ok((k, decode_message(&v)?))
         })
         .collect()
-}
-
-pub(crate) fn to_message(session_id: &str, m: &MessageRecord) -> Result<Message, PersistenceError> {
-    let [p, c, cr, cc, t] = m.counters();
-    Ok(Message {
-        id: i64::try_from(m.id).unwrap_or(i64::MAX),
-        session_id: session_id.to_owned(),
-        role: role_of(m.role)?,
-        content: m.content.clone(),
-        full_content: m.full_content.clone(),
-        tool_calls: m.tool_calls.clone(),
-        tool_call_id: m.tool_call_id.clone(),
-        prompt_tokens: p,
-        completion_tokens: c,
-        cache_read_tokens: cr,
-        cache_creation_tokens: cc,
-        thinking_tokens: t,
-        created_at: Some(format_timestamp(m.created_ms)),
-    })
-}
-
-/// The session id inside a message key (`M` + len + id + ord).
-pub(crate) fn session_of(message_key: &[u8]) -> Option<String> {
-    let len = u32::from_be_bytes(message_key.get(1..5)?.try_into().ok()?) as usize;
-    String::from_utf8(message_key.get(5..5 + len)?.to_vec()).ok()
 }
 
 pub(crate) fn as_u64(ms: i64) -> u64 {
@@ -81,11 +50,11 @@ pub(crate) fn create_session(
     root: &str,
     now: i64,
 ) -> Result<Batch> {
-    let seq = match db.get(keys::seq_counter())? {
+    let seq = match db.get(schema::seq_counter())? {
         Some(v) => decode::<u64>(&v, "the session counter")? + 1,
         None => 1,
     };
-    let record = SessionRecord {
+    let record = StoredSession {
         agent_name: agent.to_owned(),
         project_root: root.to_owned(),
         created_ms: now,
@@ -98,15 +67,15 @@ pub(crate) fn create_session(
         usage: Vec::new(),
     };
     let mut batch = Batch::default();
-    batch.insert(keys::seq_counter(), encode(&seq)?);
-    batch.insert(keys::by_root(root, as_u64(now), seq), sid.as_bytes());
-    batch.insert(keys::session(sid), encode_session(&record)?);
+    batch.insert(schema::seq_counter(), encode(&seq)?);
+    batch.insert(schema::by_root(root, as_u64(now), seq), sid.as_bytes());
+    batch.insert(schema::session(sid), encode_session(&record)?);
     Ok(batch)
 }
 
 /// The highest id an importer claimed (0: none).
 fn id_floor(db: &Db) -> Result<u64> {
-    match db.get(keys::id_floor())? {
+    match db.get(schema::id_floor())? {
         Some(v) => Ok(decode::<u64>(&v, "the id floor")?),
         None => Ok(0),
     }
@@ -122,13 +91,13 @@ fn next_id(db: &Db) -> Result<u64> {
 /// The root's sessions and the root-less ones, merged newest first (both
 /// indexes order by `!created, !seq` after their prefix): O(limit).
 fn listed_ids(db: &Db, root: &str, limit: usize) -> Result<Vec<IVec>> {
-    let prefix = keys::root_prefix(root);
+    let prefix = schema::root_prefix(root);
     let rooted: Vec<(IVec, IVec)> = db
         .scan_prefix(&prefix)
         .take(limit)
         .collect::<Result<_, _>>()?;
     let rootless: Vec<(IVec, IVec)> = db
-        .scan_prefix([keys::ROOTLESS])
+        .scan_prefix([schema::ROOTLESS])
         .take(limit)
         .collect::<Result<_, _>>()?;
     let mut both: Vec<(&[u8], IVec)> = rooted
@@ -169,36 +138,41 @@ pub(crate) fn delete_session(db: &Db, sid: &str) -> Result<(Batch, bool)> {
     };
     for (key, m) in session_messages(db, sid)? {
         batch.remove(key);
-        batch.remove(keys::numbered(keys::BY_ID, m.id));
-        batch.remove(keys::numbered(keys::USER, m.id));
+        batch.remove(schema::numbered(schema::BY_ID, m.id));
+        batch.remove(schema::numbered(schema::USER, m.id));
         if let Some(at) = m.compacted_ms {
-            batch.remove(keys::compacted(as_u64(at), m.id));
+            batch.remove(schema::compacted(as_u64(at), m.id));
         }
     }
-    for kv in db.scan_prefix(keys::metadata_of(sid)) {
+    for kv in db.scan_prefix(schema::metadata_of(sid)) {
         batch.remove(kv?.0);
     }
-    batch.remove(keys::by_root(&s.project_root, as_u64(s.created_ms), s.seq));
-    batch.remove(keys::rootless(as_u64(s.created_ms), s.seq));
-    batch.remove(keys::session(sid));
+    batch.remove(schema::by_root(
+        &s.project_root,
+        as_u64(s.created_ms),
+        s.seq,
+    ));
+    batch.remove(schema::rootless(as_u64(s.created_ms), s.seq));
+    batch.remove(schema::session(sid));
     Ok((batch, true))
 }
 
 /// Sets the session's mode (`mode`) or title.
 pub(crate) fn set_session_text(db: &Db, sid: &str, mode: bool, value: &str) -> Result<Batch> {
-    let mut s = get_session(db, sid)?.ok_or_else(|| not_found(sid))?;
+    let mut s = get_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
     if mode {
         s.mode = Some(value.to_owned());
     } else {
         s.title = Some(value.to_owned());
     }
     let mut batch = Batch::default();
-    batch.insert(keys::session(sid), encode_session(&s)?);
+    batch.insert(schema::session(sid), encode_session(&s)?);
     Ok(batch)
 }
 
-pub(crate) fn append_message(db: &Db, m: NewMessage, now: i64) -> Result<(Batch, MessageRecord)> {
-    let mut session = get_session(db, &m.session_id)?.ok_or_else(|| not_found(&m.session_id))?;
+pub(crate) fn append_message(db: &Db, m: NewMessage, now: i64) -> Result<(Batch, StoredMessage)> {
+    let mut session =
+        get_session(db, &m.session_id)?.ok_or_else(|| session_not_found(&m.session_id))?;
     let id = next_id(db)?;
     session.next_ord += 1;
     session.message_count += 1;
@@ -215,8 +189,8 @@ pub(crate) fn append_message(db: &Db, m: NewMessage, now: i64) -> Result<(Batch,
     if let Some(u) = usage {
         session.count(m.agent.as_deref(), u.map(Some));
     }
-    let key = keys::message(&m.session_id, session.next_ord);
-    let record = MessageRecord {
+    let key = schema::message(&m.session_id, session.next_ord);
+    let record = StoredMessage {
         id,
         role: role_byte(m.role),
         content: m.content,
@@ -230,10 +204,10 @@ pub(crate) fn append_message(db: &Db, m: NewMessage, now: i64) -> Result<(Batch,
         compacted_ms: None,
     };
     let mut batch = Batch::default();
-    batch.insert(keys::session(&m.session_id), encode_session(&session)?);
-    batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
+    batch.insert(schema::session(&m.session_id), encode_session(&session)?);
+    batch.insert(schema::numbered(schema::BY_ID, id), key.clone());
     if m.role == Role::User {
-        batch.insert(keys::numbered(keys::USER, id), key.clone());
+        batch.insert(schema::numbered(schema::USER, id), key.clone());
     }
     batch.insert(key, encode(&record)?);
     Ok((batch, record))
@@ -262,7 +236,7 @@ pub(crate) fn load_all(db: &Db, sid: &str) -> Result<Vec<Message>> {
 
 pub(crate) fn recent_user_messages(db: &Db, limit: usize) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for kv in db.scan_prefix([keys::USER]).rev() {
+    for kv in db.scan_prefix([schema::USER]).rev() {
         if out.len() >= limit {
             break;
         }
@@ -278,7 +252,7 @@ pub(crate) fn recent_user_messages(db: &Db, limit: usize) -> Result<Vec<String>>
 /// The content of the last message of `role` (in conversation order) that has one.
 pub(crate) fn last_content(db: &Db, sid: &str, role: Role) -> Result<String> {
     let want = role_byte(role);
-    for kv in db.scan_prefix(keys::messages_of(sid)).rev() {
+    for kv in db.scan_prefix(schema::messages_of(sid)).rev() {
         let m = decode_message(&kv?.1)?;
         if m.role == want
             && let Some(c) = m.content
@@ -290,7 +264,7 @@ pub(crate) fn last_content(db: &Db, sid: &str, role: Role) -> Result<String> {
 }
 
 pub(crate) fn has_pending_tool_calls(db: &Db, sid: &str) -> Result<bool> {
-    for kv in db.scan_prefix(keys::messages_of(sid)).rev() {
+    for kv in db.scan_prefix(schema::messages_of(sid)).rev() {
         let m = decode_message(&kv?.1)?;
         if m.compacted_ms.is_none() {
             return Ok(role_of(m.role)? == Role::Assistant && m.tool_calls.is_some());
@@ -304,7 +278,7 @@ pub(crate) fn mark_complete(db: &Db, message_id: i64, now: i64) -> Result<(Batch
     let missing = || anyhow::Error::from(PersistenceError::MessageNotFound(message_id));
     let id = u64::try_from(message_id).map_err(|_| missing())?;
     let key = db
-        .get(keys::numbered(keys::BY_ID, id))?
+        .get(schema::numbered(schema::BY_ID, id))?
         .ok_or_else(missing)?;
     let v = db.get(&key)?.ok_or_else(missing)?;
     let mut m = decode_message(&v)?;
@@ -323,34 +297,12 @@ pub(crate) fn usage_groups(db: &Db, sid: &str) -> Result<Vec<(String, SessionUsa
 }
 
 /// The usage a session's stored messages add up to.
-fn counted_usage(db: &Db, sid: &str) -> Result<UsageTally> {
+pub(crate) fn counted_usage(db: &Db, sid: &str) -> Result<UsageTally> {
     let mut tally = UsageTally::default();
     for (_, m) in session_messages(db, sid)? {
         tally.add(m.agent_name.as_deref(), m.counters());
     }
     Ok(tally)
-}
-
-/// Rewrites the session records an earlier build wrote (format 1) at
-/// format 2, with the usage their messages add up to, in one batch.
-/// Returns how many were upgraded; run at open, before any other call.
-pub(crate) fn upgrade(db: &Db) -> Result<usize> {
-    let mut batch = Batch::default();
-    let mut n = 0;
-    for kv in db.scan_prefix([keys::SESSION]) {
-        let (k, v) = kv?;
-        let sid = String::from_utf8(k[1..].to_vec())
-            .map_err(|_| PersistenceError::Corrupt("a session id is not UTF-8".into()))?;
-        if let Some(old) = decode_session_v1(&v, &format!("session {sid:?}"))? {
-            let usage = counted_usage(db, &sid)?;
-            batch.insert(k, encode_session(&old.upgrade(&usage))?);
-            n += 1;
-        }
-    }
-    if n > 0 {
-        db.apply_batch(batch)?;
-    }
-    Ok(n)
 }
 
 pub(crate) fn compact(
@@ -360,7 +312,7 @@ pub(crate) fn compact(
     keep: usize,
     now: i64,
 ) -> Result<(Batch, usize)> {
-    let mut session = get_session(db, sid)?.ok_or_else(|| not_found(sid))?;
+    let mut session = get_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
     let all = session_messages(db, sid)?;
     let active: Vec<usize> = (0..all.len())
         .filter(|&i| all[i].1.compacted_ms.is_none())
@@ -374,14 +326,14 @@ pub(crate) fn compact(
         let (key, m) = &all[i];
         let mut m = m.clone();
         m.compacted_ms = Some(now);
-        batch.insert(keys::compacted(as_u64(now), m.id), key.clone());
+        batch.insert(schema::compacted(as_u64(now), m.id), key.clone());
         batch.insert(key.clone(), encode(&m)?);
     }
     // The summary and hint take the first preserved message's place;
     // it and everything after it move two places on.
     let first = active.get(marked).copied();
     let at = match first {
-        Some(i) => keys::ord_of(&all[i].0)
+        Some(i) => schema::ord_of(&all[i].0)
             .ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?,
         None => session.next_ord + 1,
     };
@@ -391,12 +343,12 @@ pub(crate) fn compact(
             batch.remove(key.clone());
         }
         for (key, m) in tail {
-            let ord = keys::ord_of(key)
+            let ord = schema::ord_of(key)
                 .ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
-            let moved = keys::message(sid, ord + 2);
-            batch.insert(keys::numbered(keys::BY_ID, m.id), moved.clone());
+            let moved = schema::message(sid, ord + 2);
+            batch.insert(schema::numbered(schema::BY_ID, m.id), moved.clone());
             if m.role == role_byte(Role::User) {
-                batch.insert(keys::numbered(keys::USER, m.id), moved.clone());
+                batch.insert(schema::numbered(schema::USER, m.id), moved.clone());
             }
             batch.insert(moved, encode(m)?);
         }
@@ -406,8 +358,8 @@ pub(crate) fn compact(
         (1, Role::Assistant, COMPACTION_HINT, Some(now)),
     ] {
         let id = next_id(db)?;
-        let key = keys::message(sid, at + offset);
-        let record = MessageRecord {
+        let key = schema::message(sid, at + offset);
+        let record = StoredMessage {
             id,
             role: role_byte(role),
             content: Some(text.to_owned()),
@@ -420,20 +372,20 @@ pub(crate) fn compact(
             completed_ms: completed,
             compacted_ms: None,
         };
-        batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
+        batch.insert(schema::numbered(schema::BY_ID, id), key.clone());
         batch.insert(key, encode(&record)?);
     }
     session.next_ord += 2;
     session.message_count += 2;
-    batch.insert(keys::session(sid), encode_session(&session)?);
+    batch.insert(schema::session(sid), encode_session(&session)?);
     Ok((batch, marked))
 }
 
 /// Sets the content of the listed messages; returns the batch and the sessions touched.
 pub(crate) fn clear_content(db: &Db, ids: &[i64], stub: &str) -> Result<(Batch, Vec<String>)> {
-    let mut changed: HashMap<IVec, MessageRecord> = HashMap::new();
+    let mut changed: HashMap<IVec, StoredMessage> = HashMap::new();
     for id in ids.iter().filter_map(|id| u64::try_from(*id).ok()) {
-        let Some(key) = db.get(keys::numbered(keys::BY_ID, id))? else {
+        let Some(key) = db.get(schema::numbered(schema::BY_ID, id))? else {
             continue;
         };
         if changed.contains_key(&key) {
@@ -457,7 +409,7 @@ pub(crate) fn compacted_stats(db: &Db) -> Result<CompactedStats> {
     let mut stats = CompactedStats::default();
     let mut sessions = std::collections::HashSet::new();
     let mut oldest = None;
-    for kv in db.scan_prefix([keys::COMPACTED]) {
+    for kv in db.scan_prefix([schema::COMPACTED]) {
         let (_, key) = kv?;
         let Some(v) = db.get(&key)? else { continue };
         let m = decode_message(&v)?;
@@ -482,17 +434,17 @@ pub(crate) fn compacted_stats(db: &Db) -> Result<CompactedStats> {
 pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<String>))> {
     let cutoff = purge_cutoff(now, days);
     let end = if days == 0 {
-        vec![keys::COMPACTED + 1]
+        vec![schema::COMPACTED + 1]
     } else {
-        keys::compacted_before(as_u64(cutoff))
+        schema::compacted_before(as_u64(cutoff))
     };
     let mut batch = Batch::default();
-    let mut sessions: HashMap<String, SessionRecord> = HashMap::new();
+    let mut sessions: HashMap<String, StoredSession> = HashMap::new();
     let mut n = 0;
     if days != 0 && cutoff <= 0 {
         return Ok((batch, (0, Vec::new())));
     }
-    for kv in db.range(vec![keys::COMPACTED]..end) {
+    for kv in db.range(vec![schema::COMPACTED]..end) {
         let (ckey, key) = kv?;
         let Some(v) = db.get(&key)? else { continue };
         let m = decode_message(&v)?;
@@ -510,20 +462,20 @@ pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<
         }
         batch.remove(ckey);
         batch.remove(key);
-        batch.remove(keys::numbered(keys::BY_ID, m.id));
-        batch.remove(keys::numbered(keys::USER, m.id));
+        batch.remove(schema::numbered(schema::BY_ID, m.id));
+        batch.remove(schema::numbered(schema::USER, m.id));
         n += 1;
     }
     let mut touched = Vec::with_capacity(sessions.len());
     for (sid, s) in sessions {
-        batch.insert(keys::session(&sid), encode_session(&s)?);
+        batch.insert(schema::session(&sid), encode_session(&s)?);
         touched.push(sid);
     }
     Ok((batch, (n, touched)))
 }
 
 pub(crate) fn get_metadata(db: &Db, sid: &str, key: &str) -> Result<Option<String>> {
-    match db.get(keys::metadata(sid, key))? {
+    match db.get(schema::metadata(sid, key))? {
         Some(v) => Ok(Some(decode::<String>(&v, "a metadata value")?)),
         None => Ok(None),
     }
@@ -531,17 +483,17 @@ pub(crate) fn get_metadata(db: &Db, sid: &str, key: &str) -> Result<Option<Strin
 
 pub(crate) fn set_metadata(db: &Db, sid: &str, key: &str, value: &str) -> Result<Batch> {
     if get_session(db, sid)?.is_none() {
-        return Err(not_found(sid));
+        return Err(session_not_found(sid));
     }
     let mut batch = Batch::default();
-    batch.insert(keys::metadata(sid, key), encode(&value.to_owned())?);
+    batch.insert(schema::metadata(sid, key), encode(&value.to_owned())?);
     Ok(batch)
 }
 
 /// Every session id, oldest first.
 pub(crate) fn export_session_ids(db: &Db) -> Result<Vec<String>> {
     let mut all = Vec::new();
-    for kv in db.scan_prefix([keys::SESSION]) {
+    for kv in db.scan_prefix([schema::SESSION]) {
         let (k, v) = kv?;
         let id = String::from_utf8(k[1..].to_vec())
             .map_err(|_| PersistenceError::Corrupt("a session id is not UTF-8".into()))?;
@@ -552,14 +504,14 @@ pub(crate) fn export_session_ids(db: &Db) -> Result<Vec<String>> {
     Ok(all.into_iter().map(|(_, id)| id).collect())
 }
 
-pub(crate) fn export_session(db: &Db, sid: &str) -> Result<Option<ExportedSession>> {
+pub(crate) fn export_session(db: &Db, sid: &str) -> Result<Option<SessionRecord>> {
     let Some(s) = get_session(db, sid)? else {
         return Ok(None);
     };
     let rootless = db
-        .get(keys::rootless(as_u64(s.created_ms), s.seq))?
+        .get(schema::rootless(as_u64(s.created_ms), s.seq))?
         .is_some_and(|v| v == sid.as_bytes());
-    Ok(Some(ExportedSession {
+    Ok(Some(SessionRecord {
         id: sid.to_owned(),
         agent_name: s.agent_name,
         project_root: (!rootless).then_some(s.project_root),
@@ -570,12 +522,12 @@ pub(crate) fn export_session(db: &Db, sid: &str) -> Result<Option<ExportedSessio
     }))
 }
 
-pub(crate) fn export_messages(db: &Db, sid: &str) -> Result<Vec<Exported>> {
+pub(crate) fn export_messages(db: &Db, sid: &str) -> Result<Vec<MessageRecord>> {
     session_messages(db, sid)?
         .into_iter()
         .map(|(_, m)| {
             let [p, c, cr, cc, t] = m.counters();
-            Ok(Exported {
+            Ok(MessageRecord {
                 id: i64::try_from(m.id)
                     .map_err(|_| PersistenceError::Corrupt(format!("message id {}", m.id)))?,
                 role: role_of(m.role)?,
@@ -598,7 +550,7 @@ pub(crate) fn export_messages(db: &Db, sid: &str) -> Result<Vec<Exported>> {
 }
 
 pub(crate) fn export_metadata(db: &Db, sid: &str) -> Result<Vec<MetadataRecord>> {
-    let prefix = keys::metadata_of(sid);
+    let prefix = schema::metadata_of(sid);
     let mut out = Vec::new();
     for kv in db.scan_prefix(&prefix) {
         let (k, v) = kv?;
@@ -617,7 +569,7 @@ pub(crate) fn export_metadata(db: &Db, sid: &str) -> Result<Vec<MetadataRecord>>
 /// message. O(store): for `doctor`, not for koda's calls.
 pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
     let mut problems = Vec::new();
-    for kv in db.scan_prefix([keys::BY_ID]) {
+    for kv in db.scan_prefix([schema::BY_ID]) {
         let (k, key) = kv?;
         let id = k
             .get(1..9)
@@ -633,7 +585,7 @@ pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
             (None, _) => problems.push("id index: a key without an id".to_owned()),
         }
     }
-    for kv in db.scan_prefix([keys::SESSION]) {
+    for kv in db.scan_prefix([schema::SESSION]) {
         let (k, v) = kv?;
         let sid = String::from_utf8_lossy(&k[1..]).into_owned();
         let s = match decode_session(&v, &format!("session {sid:?}")) {
@@ -643,9 +595,9 @@ pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
                 continue;
             }
         };
-        if let Some(last) = db.scan_prefix(keys::messages_of(&sid)).next_back() {
+        if let Some(last) = db.scan_prefix(schema::messages_of(&sid)).next_back() {
             let (key, _) = last?;
-            let ord = keys::ord_of(&key).unwrap_or(u64::MAX);
+            let ord = schema::ord_of(&key).unwrap_or(u64::MAX);
             if ord > s.next_ord {
                 problems.push(format!(
                     "session {sid}: position counter {} is behind its last message's {ord}",
@@ -660,8 +612,8 @@ pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
         }
     }
     Ok(koda_persistence_api::StoreHealth {
-        schema_version: i64::from(crate::codec::SESSION_VERSION),
-        latest_schema_version: i64::from(crate::codec::SESSION_VERSION),
+        schema_version: i64::from(crate::rows::SESSION_VERSION),
+        latest_schema_version: i64::from(crate::rows::SESSION_VERSION),
         problems,
         size_bytes: Some(db.size_on_disk()?),
     })
@@ -675,7 +627,7 @@ pub(crate) fn message_id_range(db: &Db) -> Result<Option<(i64, i64)>> {
             .ok_or_else(|| PersistenceError::Corrupt("bad message id key".into()))?;
         Ok(i64::try_from(u64::from_be_bytes(bytes)).unwrap_or(i64::MAX))
     };
-    let mut ids = db.scan_prefix([keys::BY_ID]);
+    let mut ids = db.scan_prefix([schema::BY_ID]);
     let Some(first) = ids.next() else {
         return Ok(None);
     };
@@ -698,20 +650,20 @@ pub(crate) fn claim_ids(db: &Db, first: u64, last: u64) -> Result<(Batch, bool)>
     if id_position(db)? >= first {
         return Ok((batch, false));
     }
-    batch.insert(keys::id_floor(), encode(&last)?);
+    batch.insert(schema::id_floor(), encode(&last)?);
     Ok((batch, true))
 }
 
-pub(crate) fn import_session(db: &Db, s: &ExportedSession) -> Result<(Batch, bool)> {
+pub(crate) fn import_session(db: &Db, s: &SessionRecord) -> Result<(Batch, bool)> {
     let mut batch = Batch::default();
     if get_session(db, &s.id)?.is_some() {
         return Ok((batch, false));
     }
-    let seq = match db.get(keys::seq_counter())? {
+    let seq = match db.get(schema::seq_counter())? {
         Some(v) => decode::<u64>(&v, "the session counter")? + 1,
         None => 1,
     };
-    let record = SessionRecord {
+    let record = StoredSession {
         agent_name: s.agent_name.clone(),
         project_root: s.project_root.clone().unwrap_or_default(),
         created_ms: s.created_ms,
@@ -723,13 +675,13 @@ pub(crate) fn import_session(db: &Db, s: &ExportedSession) -> Result<(Batch, boo
         next_ord: 0,
         usage: Vec::new(),
     };
-    batch.insert(keys::seq_counter(), encode(&seq)?);
+    batch.insert(schema::seq_counter(), encode(&seq)?);
     let listed = match &s.project_root {
-        Some(root) => keys::by_root(root, as_u64(s.created_ms), seq),
-        None => keys::rootless(as_u64(s.created_ms), seq),
+        Some(root) => schema::by_root(root, as_u64(s.created_ms), seq),
+        None => schema::rootless(as_u64(s.created_ms), seq),
     };
     batch.insert(listed, s.id.as_bytes());
-    batch.insert(keys::session(&s.id), encode_session(&record)?);
+    batch.insert(schema::session(&s.id), encode_session(&record)?);
     Ok((batch, true))
 }
 
@@ -737,16 +689,16 @@ pub(crate) fn import_session(db: &Db, s: &ExportedSession) -> Result<(Batch, boo
 pub(crate) fn import_messages(
     db: &Db,
     sid: &str,
-    messages: &[Exported],
+    messages: &[MessageRecord],
     keep_ids: bool,
 ) -> Result<(Batch, Vec<i64>)> {
-    let mut session = get_session(db, sid)?.ok_or_else(|| not_found(sid))?;
+    let mut session = get_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
     let ids: Vec<i64> = if keep_ids {
         let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
         let position = i64::try_from(id_position(db)?).unwrap_or(i64::MAX);
         check_kept(&ids, position)?;
         for &id in &ids {
-            if db.contains_key(keys::numbered(keys::BY_ID, as_u64(id)))? {
+            if db.contains_key(schema::numbered(schema::BY_ID, as_u64(id)))? {
                 return Err(id_taken(id).into());
             }
         }
@@ -764,9 +716,9 @@ pub(crate) fn import_messages(
         tally.add(m.agent.as_deref(), m.counters());
         session.next_ord += 1;
         session.message_count += 1;
-        let key = keys::message(sid, session.next_ord);
+        let key = schema::message(sid, session.next_ord);
         let id = as_u64(id);
-        let record = MessageRecord {
+        let record = StoredMessage {
             id,
             role: role_byte(m.role),
             content: m.content.clone(),
@@ -779,27 +731,27 @@ pub(crate) fn import_messages(
             completed_ms: m.completed_ms,
             compacted_ms: m.compacted_ms,
         };
-        batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
+        batch.insert(schema::numbered(schema::BY_ID, id), key.clone());
         if m.role == Role::User {
-            batch.insert(keys::numbered(keys::USER, id), key.clone());
+            batch.insert(schema::numbered(schema::USER, id), key.clone());
         }
         if let Some(at) = m.compacted_ms {
-            batch.insert(keys::compacted(as_u64(at), id), key.clone());
+            batch.insert(schema::compacted(as_u64(at), id), key.clone());
         }
         batch.insert(key, encode(&record)?);
     }
     session.set_tally(&tally);
-    batch.insert(keys::session(sid), encode_session(&session)?);
+    batch.insert(schema::session(sid), encode_session(&session)?);
     Ok((batch, ids))
 }
 
 pub(crate) fn import_metadata(db: &Db, sid: &str, entries: &[MetadataRecord]) -> Result<Batch> {
     if get_session(db, sid)?.is_none() {
-        return Err(not_found(sid));
+        return Err(session_not_found(sid));
     }
     let mut batch = Batch::default();
     for e in entries {
-        batch.insert(keys::metadata(sid, &e.key), encode(&e.value)?);
+        batch.insert(schema::metadata(sid, &e.key), encode(&e.value)?);
     }
     Ok(batch)
 }
@@ -807,7 +759,8 @@ pub(crate) fn import_metadata(db: &Db, sid: &str, entries: &[MetadataRecord]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::SessionRecordV1;
+    use crate::rows::StoredSessionV1;
+    use crate::schema::upgrade;
     use koda_persistence_api::TokenUsage;
 
     fn usage(p: i64, c: i64) -> Option<TokenUsage> {
@@ -851,7 +804,7 @@ mod tests {
         // The store's own check sees kept usage that left its rows.
         let mut s = get_session(&db, "s")?.ok_or_else(|| anyhow::anyhow!("no session"))?;
         s.count(Some("x"), [Some(1), None, None, None, None]);
-        db.insert(keys::session("s"), encode_session(&s)?)?;
+        db.insert(schema::session("s"), encode_session(&s)?)?;
         let problems = health(&db)?.problems;
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("usage"), "{problems:?}");
@@ -861,12 +814,12 @@ mod tests {
     /// Rewrites every session record of `db` as an earlier build stored it
     /// (format 1: a running token total, no usage by agent).
     fn downgrade(db: &Db) -> Result<()> {
-        for kv in db.scan_prefix([keys::SESSION]) {
+        for kv in db.scan_prefix([schema::SESSION]) {
             let (k, _) = kv?;
             let sid = String::from_utf8(k[1..].to_vec())?;
             let s = get_session(db, &sid)?.ok_or_else(|| anyhow::anyhow!("no session {sid}"))?;
             let total_tokens = s.tally().tokens();
-            let old = SessionRecordV1 {
+            let old = StoredSessionV1 {
                 agent_name: s.agent_name,
                 project_root: s.project_root,
                 created_ms: s.created_ms,

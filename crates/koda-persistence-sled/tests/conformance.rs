@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use koda_persistence_api::ManualClock;
+use koda_persistence_api::backend::open_checked;
 use koda_persistence_conformance::{Factory, Fixture};
-use koda_persistence_sled::{SledOptions, SledStore};
+use koda_persistence_sled::{Sled, SledOptions};
 
 struct TempDir;
 
@@ -14,9 +15,8 @@ impl Factory for TempDir {
     async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
         let dir = tempfile::tempdir()?;
         let clock = ManualClock::new(start_ms);
-        let store = SledStore::open_with(
-            dir.path().join("store"),
-            SledOptions::default(),
+        let store = open_checked::<Sled>(
+            SledOptions::at(dir.path().join("store")),
             Arc::new(clock.clone()),
         )
         .await?;

@@ -13,8 +13,7 @@ async fn a_full_disk_fails_cleanly_and_recovers() -> anyhow::Result<()> {
         "sled::a_full_disk_fails_cleanly_and_recovers",
         8,
         |dir| async move {
-            let store =
-                SledStore::open_with(dir, SledOptions::default(), Arc::new(SystemClock)).await?;
+            let store = SledStore::open(SledOptions::at(dir), Arc::new(SystemClock)).await?;
             Ok(Arc::new(store) as Arc<dyn Persistence>)
         },
     )

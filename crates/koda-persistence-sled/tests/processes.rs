@@ -22,12 +22,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 async fn open(path: &Path) -> Result<SledStore> {
-    SledStore::open_with(
-        path.to_owned(),
-        SledOptions::default(),
-        Arc::new(SystemClock),
-    )
-    .await
+    SledStore::open(SledOptions::at(path), Arc::new(SystemClock)).await
 }
 
 /// `child stream PATH SESSION`: inserts until killed, printing each id.

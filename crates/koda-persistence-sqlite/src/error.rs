@@ -54,3 +54,14 @@ pub(crate) fn classify(e: anyhow::Error, location: &Location) -> anyhow::Error {
         None => e.context(format!("sqlite backend ({place})")),
     }
 }
+
+/// Whether `e` (anywhere in its chain) is SQLite's busy or locked.
+pub(crate) fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        )
+    })
+}

@@ -18,16 +18,15 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use koda_persistence_api::backend::{
-    Backend, ContextCache, NewMessage, SharedContextCache, StoreUrl, root_to_str, usage_total,
+    Backend, NewMessage, SharedContextCache, StoreUrl, root_to_str, usage_total,
 };
 use koda_persistence_api::{
     Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
     PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
 };
-use rusqlite::Connection;
 
 use crate::error::classify;
-use crate::worker::Worker;
+use crate::worker::{Worker, forget_after_answer};
 
 /// The SQLite backend, for the facade's table and
 /// `koda_persistence_api::backend::open_url`.
@@ -91,53 +90,6 @@ impl SqliteStore {
             .run(|conn| Ok(conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
             .await
             .map_err(|e| classify(e, &location))
-    }
-
-    async fn read<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
-    {
-        let location = self.location.clone();
-        self.readers
-            .run(move |conn| f(conn))
-            .await
-            .map_err(|e| classify(e, &location))
-    }
-
-    async fn write<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnMut(&rusqlite::Transaction<'_>) -> Result<R> + Send + 'static,
-    {
-        self.write_then(f, |_, out| out).await
-    }
-
-    /// Runs `f` in one write transaction, then `after` on the writer thread
-    /// with the context cache, in commit order.
-    async fn write_then<R, T, F, A>(&self, f: F, after: A) -> Result<T>
-    where
-        R: Send + 'static,
-        T: Send + 'static,
-        F: FnMut(&rusqlite::Transaction<'_>) -> Result<R> + Send + 'static,
-        A: FnOnce(&mut ContextCache, R) -> T + Send + 'static,
-    {
-        let location = self.location.clone();
-        let timeout = self.options.busy_timeout;
-        let cache = self.cache.clone();
-        self.writer
-            .write(timeout, f, move |out| after(&mut cache.lock(), out))
-            .await
-            .map_err(|e| classify(e, &location))
-    }
-}
-
-/// Drops `session` from the context cache in a write's after-commit step
-/// (on the writer thread), freeing its rows only once the write's callers
-/// were answered.
-fn forget_after_answer(cache: &mut ContextCache, session: &str) {
-    if let Some(rows) = cache.remove(session) {
-        worker::drop_after_answer(rows);
     }
 }
 

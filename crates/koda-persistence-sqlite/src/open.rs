@@ -129,45 +129,6 @@ fn connect(path: &Path, options: &SqliteOptions, role: Role) -> Result<Connectio
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection, deadline: Instant, options: &SqliteOptions) -> Result<()> {
-    let origin = schema::detect_origin(conn)?;
-    let before: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let migrations = schema::migrations(origin);
-    if before < i64::try_from(schema::SCHEMA_VERSION).unwrap_or(i64::MAX) {
-        match origin {
-            schema::Origin::Oldest | schema::Origin::Middle | schema::Origin::Newest => {
-                tracing::info!(
-                    generation = origin.as_str(),
-                    "adopting a koda.db of an earlier koda (its rows stay; an older koda can keep using it)"
-                )
-            }
-            _ => {}
-        }
-        tracing::info!(
-            from = before,
-            to = schema::SCHEMA_VERSION,
-            "migrating the SQLite schema"
-        );
-    }
-    worker::retry_busy(deadline, options.busy_timeout, || {
-        match migrations.to_latest(conn) {
-            Ok(()) => Ok(()),
-            Err(rusqlite_migration::Error::MigrationDefinition(
-                rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
-            )) => Err(PersistenceError::Unavailable(format!(
-                "the database was written by a newer koda-persistence (schema newer than \
-                 version {}); upgrade koda",
-                schema::SCHEMA_VERSION
-            ))
-            .into()),
-            Err(rusqlite_migration::Error::RusqliteError { err, .. }) => {
-                Err(anyhow::Error::new(err).context("migrating the schema"))
-            }
-            Err(e) => Err(anyhow::anyhow!("migrating the schema: {e}")),
-        }
-    })
-}
-
 /// The connections of an open store.
 pub(crate) struct Opened {
     pub(crate) writer: Connection,
@@ -183,7 +144,7 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
             let mut conn = Connection::open_in_memory()?;
             conn.pragma_update(None, "foreign_keys", true)?;
             // A private in-memory database is never busy: no deadline.
-            migrate(&mut conn, Instant::now(), options)?;
+            schema::migrate(&mut conn, Instant::now(), options)?;
             Ok(Opened {
                 writer: conn,
                 readers: Vec::new(),
@@ -217,7 +178,7 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
             let mut writer = worker::retry_busy(deadline, options.busy_timeout, || {
                 connect(path, options, Role::Writer)
             })?;
-            migrate(&mut writer, deadline, options)?;
+            schema::migrate(&mut writer, deadline, options)?;
             let readers = (0..options.readers)
                 .map(|_| connect(path, options, Role::Reader))
                 .collect::<Result<Vec<_>>>()?;

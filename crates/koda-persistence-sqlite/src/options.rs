@@ -108,22 +108,7 @@ impl SqliteOptions {
     /// refused by [`StoreUrl::finish`]).
     pub fn from_url(url: &StoreUrl) -> Result<Self, PersistenceError> {
         let path = url.path()?;
-        let mut options = SqliteOptions::default();
-        if let Some(p) = url.take("synchronous") {
-            options.synchronous = match p.one_of(&["normal", "full"])? {
-                "full" => Synchronous::Full,
-                _ => Synchronous::Normal,
-            }
-        }
-        if let Some(p) = url.take("busy_timeout_ms") {
-            options.busy_timeout = p.millis()?;
-        }
-        if let Some(p) = url.take("readers") {
-            options.readers = p.count(1, MAX_READERS)?;
-        }
-        if let Some(p) = url.take("create") {
-            options.create = p.boolean()?;
-        }
+        let mut options = SqliteOptions::default().with_parameters(url)?;
         if path.starts_with("file:") {
             return Err(PersistenceError::InvalidInput(format!(
                 "SQLite file: URIs are not supported ({path:?}): write the path itself, \
@@ -141,5 +126,31 @@ impl SqliteOptions {
             p => Location::File(PathBuf::from(p)),
         };
         Ok(options)
+    }
+
+    /// These options with the parameters `url` names (see
+    /// [`from_url`](Self::from_url)) taken from it, and its location left
+    /// alone: for a tool that puts each store in a file of its own choosing
+    /// (the benchmark) but reads the options from the user's URL.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the parameter and what it accepts.
+    pub fn with_parameters(mut self, url: &StoreUrl) -> Result<Self, PersistenceError> {
+        if let Some(p) = url.take("synchronous") {
+            self.synchronous = match p.one_of(&["normal", "full"])? {
+                "full" => Synchronous::Full,
+                _ => Synchronous::Normal,
+            }
+        }
+        if let Some(p) = url.take("busy_timeout_ms") {
+            self.busy_timeout = p.millis()?;
+        }
+        if let Some(p) = url.take("readers") {
+            self.readers = p.count(1, MAX_READERS)?;
+        }
+        if let Some(p) = url.take("create") {
+            self.create = p.boolean()?;
+        }
+        Ok(self)
     }
 }

@@ -24,9 +24,16 @@
 //!   process still running on the same file.
 
 use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::Result;
+use koda_persistence_api::PersistenceError;
 
 use rusqlite::{Connection, Transaction, params};
 use rusqlite_migration::{HookResult, M, Migrations};
+
+use crate::options::SqliteOptions;
+use crate::worker;
 
 /// Every koda table as its newest generation declares it. `IF NOT EXISTS`
 /// leaves an existing table (and any column it has) alone.
@@ -640,3 +647,49 @@ pub(crate) fn migrations(origin: Origin) -> Migrations<'static> {
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: usize = 3;
+
+/// Brings the file to [`SCHEMA_VERSION`] with the migrations for its
+/// origin (adopting an older koda's file in place), retrying while it is
+/// busy until `deadline`.
+pub(crate) fn migrate(
+    conn: &mut Connection,
+    deadline: Instant,
+    options: &SqliteOptions,
+) -> Result<()> {
+    let origin = detect_origin(conn)?;
+    let before: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let migrations = migrations(origin);
+    if before < i64::try_from(SCHEMA_VERSION).unwrap_or(i64::MAX) {
+        match origin {
+            Origin::Oldest | Origin::Middle | Origin::Newest => {
+                tracing::info!(
+                    generation = origin.as_str(),
+                    "adopting a koda.db of an earlier koda (its rows stay; an older koda can keep using it)"
+                )
+            }
+            _ => {}
+        }
+        tracing::info!(
+            from = before,
+            to = SCHEMA_VERSION,
+            "migrating the SQLite schema"
+        );
+    }
+    worker::retry_busy(deadline, options.busy_timeout, || {
+        match migrations.to_latest(conn) {
+            Ok(()) => Ok(()),
+            Err(rusqlite_migration::Error::MigrationDefinition(
+                rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
+            )) => Err(PersistenceError::Unavailable(format!(
+                "the database was written by a newer koda-persistence (schema newer than \
+                 version {}); upgrade koda",
+                SCHEMA_VERSION
+            ))
+            .into()),
+            Err(rusqlite_migration::Error::RusqliteError { err, .. }) => {
+                Err(anyhow::Error::new(err).context("migrating the schema"))
+            }
+            Err(e) => Err(anyhow::anyhow!("migrating the schema: {e}")),
+        }
+    })
+}

@@ -23,9 +23,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use koda_persistence_api::PersistenceError;
-use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+use koda_persistence_api::backend::ContextCache;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
+use crate::SqliteStore;
 use crate::checkpoint::{self, Checkpointer};
+use crate::error::{classify, is_busy};
 
 thread_local! {
     /// What the job running on this worker thread handed to
@@ -382,17 +385,6 @@ fn next_job(rx: &crossbeam_channel::Receiver<Job>, spin: bool) -> Option<Job> {
     rx.recv().ok()
 }
 
-/// Whether `e` (anywhere in its chain) is SQLite's busy or locked.
-pub(crate) fn is_busy(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<rusqlite::Error>(),
-            Some(rusqlite::Error::SqliteFailure(f, _))
-                if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-        )
-    })
-}
-
 /// Runs `f` until it succeeds or fails with something other than SQLite's
 /// busy/locked, pausing 1 ms, then doubling up to 50 ms, between tries.
 /// Past `deadline` a busy database is `Unavailable`, saying for how long it
@@ -517,6 +509,57 @@ fn finish(f: Finish, out: Result<Produced>) {
     // A panic here (in the caller's after-commit step) drops the reply:
     // the caller gets `Unavailable`.
     let _ = catch_unwind(AssertUnwindSafe(move || f(out)));
+}
+
+/// How the store runs its calls: reads on the reader pool, writes on
+/// the writer thread, driver errors classified.
+impl SqliteStore {
+    pub(crate) async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let location = self.location.clone();
+        self.readers
+            .run(move |conn| f(conn))
+            .await
+            .map_err(|e| classify(e, &location))
+    }
+
+    pub(crate) async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&rusqlite::Transaction<'_>) -> Result<R> + Send + 'static,
+    {
+        self.write_then(f, |_, out| out).await
+    }
+
+    /// Runs `f` in one write transaction, then `after` on the writer thread
+    /// with the context cache, in commit order.
+    pub(crate) async fn write_then<R, T, F, A>(&self, f: F, after: A) -> Result<T>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+        F: FnMut(&rusqlite::Transaction<'_>) -> Result<R> + Send + 'static,
+        A: FnOnce(&mut ContextCache, R) -> T + Send + 'static,
+    {
+        let location = self.location.clone();
+        let timeout = self.options.busy_timeout;
+        let cache = self.cache.clone();
+        self.writer
+            .write(timeout, f, move |out| after(&mut cache.lock(), out))
+            .await
+            .map_err(|e| classify(e, &location))
+    }
+}
+
+/// Drops `session` from the context cache in a write's after-commit step
+/// (on the writer thread), freeing its rows only once the write's callers
+/// were answered.
+pub(crate) fn forget_after_answer(cache: &mut ContextCache, session: &str) {
+    if let Some(rows) = cache.remove(session) {
+        drop_after_answer(rows);
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,19 @@
 //! | `sled://PATH` (`?flush=every_write\|manual`, `?flush_every_ms=N`) | sled directory | `sled` |
 //!
 //! A URL whose backend was compiled out is an error naming the feature to
-//! enable. What koda code uses of the API crate is re-exported here
+//! enable. Every store opened here is wrapped in [`Checked`] (the
+//! contract's argument checks) and [`Traced`] (a span per call).
+//!
+//! - The URL is parsed once ([`StoreUrl`]); its scheme picks one
+//!   registration in the table of backends, whose [`Backend`] impl reads
+//!   the options (each parameter taken once, an unknown one refused).
+//! - Options built in code open through [`open_options`]
+//!   (`open_options::<sqlite::Sqlite>(sqlite::SqliteOptions::file(path), clock)`);
+//!   each compiled-in backend crate is reachable as `sqlite`, `postgres`,
+//!   … for its option types.
+//! - [`admin`] has what an administrator's tool needs beyond the trait.
+//!
+//! What koda code uses of the API crate is re-exported here
 //! (`koda_persistence::Role`, `koda_persistence::PersistenceError`, …);
 //! helpers for writing a backend stay in `koda_persistence_api::backend`.
 #![deny(missing_docs)]
@@ -23,6 +35,25 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+
+/// The opening contract every backend implements, and a URL parsed once:
+/// for [`open_options`] and for tools that read a URL's parameters.
+pub use koda_persistence_api::backend::{Backend, StoreUrl, options_of};
+
+/// The in-memory backend's own types (its options, its `Backend`).
+#[cfg(feature = "memory")]
+pub use koda_persistence_memory as memory;
+/// The PostgreSQL backend's own types (`PostgresOptions`, `Pooler`, …).
+#[cfg(feature = "postgres")]
+pub use koda_persistence_postgres as postgres;
+/// The sled backend's own types (`SledOptions`, `FlushPolicy`, …).
+#[cfg(feature = "sled")]
+pub use koda_persistence_sled as sled;
+/// The SQLite backend's own types (`SqliteOptions`, `Synchronous`, …).
+#[cfg(feature = "sqlite")]
+pub use koda_persistence_sqlite as sqlite;
+
+pub mod admin;
 
 pub use koda_persistence_api::{
     COMPACTION_HINT, Checked, Clock, CompactedStats, INTERRUPTION_PREVIEW_CHARS, Import,
@@ -50,79 +81,111 @@ pub const COMPILED_BACKENDS: &[&str] = &[
 ];
 
 type Opening = Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Import>>> + Send>>;
-type Opener = fn(String, Arc<dyn Clock>) -> Opening;
+/// From a parsed URL to an opening store: the options are read (and the
+/// URL finished) before anything is opened.
+type Opener = fn(&StoreUrl, Arc<dyn Clock>) -> Result<Opening, PersistenceError>;
 
-/// One backend: its cargo feature, its URL schemes, and how to open one of
-/// its URLs when the feature is on.
-struct Backend {
+/// One backend in the table: its cargo feature, its URL schemes, and, when
+/// the feature is on, how to open one of its URLs.
+struct Registration {
     feature: &'static str,
     schemes: &'static [&'static str],
     example: &'static str,
     open: Option<Opener>,
 }
 
-/// An [`Opener`] for a store type with `open_url(&str, Arc<dyn Clock>)`.
+impl Registration {
+    /// A compiled-in backend, described by its own [`Backend`] impl.
+    #[cfg(any(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "sled"
+    ))]
+    const fn of<B: Backend>() -> Self {
+        Self {
+            feature: B::NAME,
+            schemes: B::SCHEMES,
+            example: B::EXAMPLE,
+            open: Some(open_as::<B> as Opener),
+        }
+    }
+
+    /// A backend this build left out: enough to name its feature.
+    #[cfg(not(all(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "sled"
+    )))]
+    const fn absent(
+        feature: &'static str,
+        schemes: &'static [&'static str],
+        example: &'static str,
+    ) -> Self {
+        Self {
+            feature,
+            schemes,
+            example,
+            open: None,
+        }
+    }
+}
+
+/// Opens `url` with backend `B`, as [`open_options`] does.
 #[cfg(any(
     feature = "memory",
     feature = "sqlite",
     feature = "postgres",
     feature = "sled"
 ))]
-macro_rules! opener {
-    ($store:ty, $name:literal) => {
-        Some(|url: String, clock: Arc<dyn Clock>| -> Opening {
-            Box::pin(async move {
-                let store = <$store>::open_url(&url, clock).await?;
-                Ok(Arc::new(Traced::new(Checked::new(store), $name)) as Arc<dyn Import>)
-            })
-        })
-    };
+fn open_as<B: Backend>(url: &StoreUrl, clock: Arc<dyn Clock>) -> Result<Opening, PersistenceError> {
+    let options = koda_persistence_api::backend::options_from::<B>(url)?;
+    Ok(Box::pin(open_options::<B>(options, clock)))
+}
+
+/// Opens backend `B` with options built in code (or read with
+/// `B::options`), as [`open`] opens a URL: behind the [`Checked`] layer
+/// and [`Traced`]. For tools that choose each store's location themselves
+/// (`koda_persistence::sqlite::SqliteOptions::file(path)`, …).
+///
+/// # Errors
+/// As [`open`]; `InvalidInput` for options that fail their checks.
+pub async fn open_options<B: Backend>(
+    options: B::Options,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn Import>> {
+    let store = B::open(options, clock).await?;
+    Ok(Arc::new(Traced::new(Checked::new(store), B::NAME)))
 }
 
 /// Every backend, compiled in or not. Adding a backend is one entry here
-/// (and its cargo feature).
-const BACKENDS: &[Backend] = &[
-    Backend {
-        feature: "memory",
-        schemes: &["memory"],
-        example: "memory:",
-        #[cfg(feature = "memory")]
-        open: opener!(koda_persistence_memory::MemoryStore, "memory"),
-        #[cfg(not(feature = "memory"))]
-        open: None,
-    },
-    Backend {
-        feature: "sqlite",
-        schemes: &["sqlite"],
-        example: "sqlite://PATH, sqlite::memory:",
-        #[cfg(feature = "sqlite")]
-        open: opener!(koda_persistence_sqlite::SqliteStore, "sqlite"),
-        #[cfg(not(feature = "sqlite"))]
-        open: None,
-    },
-    Backend {
-        feature: "postgres",
-        schemes: &["postgres", "postgresql"],
-        example: "postgres://…, postgresql://…",
-        #[cfg(feature = "postgres")]
-        open: opener!(koda_persistence_postgres::PostgresStore, "postgres"),
-        #[cfg(not(feature = "postgres"))]
-        open: None,
-    },
-    Backend {
-        feature: "sled",
-        schemes: &["sled"],
-        example: "sled://PATH",
-        #[cfg(feature = "sled")]
-        open: opener!(koda_persistence_sled::SledStore, "sled"),
-        #[cfg(not(feature = "sled"))]
-        open: None,
-    },
+/// (its `Backend` impl) and its cargo feature.
+const BACKENDS: &[Registration] = &[
+    #[cfg(feature = "memory")]
+    Registration::of::<memory::Memory>(),
+    #[cfg(not(feature = "memory"))]
+    Registration::absent("memory", &["memory"], "memory:"),
+    #[cfg(feature = "sqlite")]
+    Registration::of::<sqlite::Sqlite>(),
+    #[cfg(not(feature = "sqlite"))]
+    Registration::absent("sqlite", &["sqlite"], "sqlite://PATH, sqlite::memory:"),
+    #[cfg(feature = "postgres")]
+    Registration::of::<postgres::Postgres>(),
+    #[cfg(not(feature = "postgres"))]
+    Registration::absent(
+        "postgres",
+        &["postgres", "postgresql"],
+        "postgres://…, postgresql://…",
+    ),
+    #[cfg(feature = "sled")]
+    Registration::of::<sled::Sled>(),
+    #[cfg(not(feature = "sled"))]
+    Registration::absent("sled", &["sled"], "sled://PATH"),
 ];
 
-/// The backend a URL's scheme (the text before its first `:`) names.
-fn backend_of(url: &str) -> Result<&'static Backend, PersistenceError> {
-    let scheme = url.trim().split(':').next().unwrap_or("");
+/// The backend registered for `scheme` (lower case).
+fn backend_of(scheme: &str) -> Result<&'static Registration, PersistenceError> {
     BACKENDS
         .iter()
         .find(|b| b.schemes.contains(&scheme))
@@ -178,9 +241,14 @@ pub async fn open_import_with_clock(
     url: &str,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<dyn Import>> {
-    let backend = backend_of(url)?;
+    let parsed = StoreUrl::parse(url)?;
+    let backend = backend_of(parsed.scheme())?;
     match backend.open {
-        Some(open) => open(url.trim().to_owned(), clock).await,
+        Some(open) => {
+            let opening = open(&parsed, clock)?;
+            drop(parsed);
+            opening.await
+        }
         None => Err(PersistenceError::InvalidInput(format!(
             "this build of koda-persistence has no {f} backend: enable the cargo feature \
              `{f}` (koda-persistence = {{ features = [\"{f}\"] }}); compiled backends: {}",
@@ -207,30 +275,23 @@ mod tests {
             ("postgresql://h/db", "postgres"),
             ("sled:///tmp/s", "sled"),
         ] {
-            assert_eq!(backend_of(url).map(|b| b.feature), Ok(feature), "{url}");
+            let scheme = StoreUrl::parse(url).map(|u| u.scheme().to_owned());
+            let found = scheme.and_then(|s| backend_of(&s).map(|b| b.feature));
+            assert_eq!(found, Ok(feature), "{url}");
         }
-        assert!(backend_of("mysql://x").is_err());
-        assert!(backend_of("").is_err());
+        assert!(backend_of("mysql").is_err());
+        assert!(StoreUrl::parse("").is_err());
     }
 
-    /// The table's schemes are the ones each compiled-in backend declares.
+    /// Each compiled-in backend is registered once, with an opener; no
+    /// scheme is registered twice.
     #[test]
-    fn the_table_agrees_with_the_backends() {
-        let declared: &[(&str, &[&str])] = &[
-            #[cfg(feature = "memory")]
-            ("memory", koda_persistence_memory::SCHEMES),
-            #[cfg(feature = "sqlite")]
-            ("sqlite", koda_persistence_sqlite::SCHEMES),
-            #[cfg(feature = "postgres")]
-            ("postgres", koda_persistence_postgres::SCHEMES),
-            #[cfg(feature = "sled")]
-            ("sled", koda_persistence_sled::SCHEMES),
-        ];
-        for (feature, schemes) in declared {
-            let row = BACKENDS.iter().find(|b| b.feature == *feature);
-            assert_eq!(row.map(|b| b.schemes), Some(*schemes), "{feature}");
+    fn every_compiled_backend_is_registered_once() {
+        for feature in COMPILED_BACKENDS {
+            let rows: Vec<_> = BACKENDS.iter().filter(|b| b.feature == *feature).collect();
+            assert_eq!(rows.len(), 1, "{feature}");
             assert!(
-                row.is_some_and(|b| b.open.is_some()),
+                rows.iter().all(|b| b.open.is_some()),
                 "{feature} compiled in"
             );
         }
@@ -238,6 +299,14 @@ mod tests {
             BACKENDS.iter().filter(|b| b.open.is_some()).count(),
             COMPILED_BACKENDS.len()
         );
+        let mut schemes: Vec<&str> = BACKENDS
+            .iter()
+            .flat_map(|b| b.schemes.iter().copied())
+            .collect();
+        let all = schemes.len();
+        schemes.sort_unstable();
+        schemes.dedup();
+        assert_eq!(schemes.len(), all, "a scheme is registered twice");
     }
 
     #[tokio::test]

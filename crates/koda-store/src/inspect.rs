@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Result;
+use koda_persistence::admin::named_tool_call_ids;
 use koda_persistence::{Import, Role, SessionInfo, detect_interruption};
-use koda_persistence_api::backend::named_tool_call_ids;
 use serde_json::json;
 
 use koda_store::transfer::{self, FileSessions, Verified, Whole};
@@ -445,7 +445,7 @@ pub async fn purge(store: &Arc<dyn Import>, days: u32, dry_run: bool) -> Result<
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    let cutoff = koda_persistence_api::backend::purge_cutoff(now, days);
+    let cutoff = koda_persistence::admin::purge_cutoff(now, days);
     let mut n = 0usize;
     for id in store.export_session_ids().await? {
         n += store

@@ -280,10 +280,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             role,
             apply,
         } => {
-            let sql = koda_persistence_postgres::grant_sql(&schema, &role)?;
+            let sql = koda_persistence::admin::grant_sql(&schema, &role)?;
             if apply {
                 let url = store_url()?;
-                koda_persistence_postgres::PostgresStore::grant(&url, &schema, &role).await?;
+                koda_persistence::admin::grant(&url, &schema, &role).await?;
                 eprintln!(
                     "{}: granted schema {schema:?} to role {role:?}",
                     redact(&url)

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use koda_persistence_api::ManualClock;
+use koda_persistence_api::backend::{open_checked, options_of};
 use koda_persistence_conformance::{Factory, Fixture, Skipped};
-use koda_persistence_postgres::{Pooler, PostgresOptions, PostgresStore};
+use koda_persistence_postgres::{Pooler, Postgres, PostgresOptions, PostgresStore};
 use tokio::sync::OnceCell;
 
 static SERVER: OnceCell<Result<String, String>> = OnceCell::const_new();
@@ -412,7 +413,7 @@ pub async fn deadlocks(url: String) -> Result<i64> {
 
 /// Options for `url` with `schema` and a small pool.
 pub fn options(url: &str, schema: &str) -> Result<PostgresOptions> {
-    let mut o = PostgresOptions::from_url(url)?;
+    let mut o = options_of::<Postgres>(url)?;
     o.schema = Some(schema.to_owned());
     o.pool_size = 4;
     Ok(o)
@@ -428,8 +429,8 @@ async fn two_handles(
     o: PostgresOptions,
     role: Option<String>,
 ) -> Result<Fixture> {
-    let store = PostgresStore::connect_with(o.clone(), Arc::new(clock.clone())).await?;
-    let second = PostgresStore::connect_with(o, Arc::new(clock.clone())).await?;
+    let store = open_checked::<Postgres>(o.clone(), Arc::new(clock.clone())).await?;
+    let second = open_checked::<Postgres>(o, Arc::new(clock.clone())).await?;
     let probe_url = url.clone();
     Ok(Fixture::new(Arc::new(store), clock)
         .with_second_handle(Arc::new(second))
@@ -445,7 +446,7 @@ async fn two_handles(
 
 /// Migrates a fresh `schema` over a direct connection.
 async fn migrated(url: &str, schema: &str, clock: &ManualClock) -> Result<()> {
-    drop(PostgresStore::connect_with(options(url, schema)?, Arc::new(clock.clone())).await?);
+    drop(PostgresStore::open(options(url, schema)?, Arc::new(clock.clone())).await?);
     Ok(())
 }
 

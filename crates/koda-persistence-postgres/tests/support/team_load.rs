@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use koda_persistence_api::{Persistence, Role, SystemClock, TokenUsage};
-use koda_persistence_postgres::{PostgresOptions, PostgresStore};
+use koda_persistence_api::{Persistence, Role, TokenUsage};
 
 /// The median and 99th percentile of `times`.
 fn percentiles(times: &mut [Duration]) -> (Duration, Duration) {
@@ -49,7 +48,7 @@ struct ClientOutcome {
     exact: bool,
 }
 
-async fn turn(store: &PostgresStore, session: &str, n: usize) -> Result<usize> {
+async fn turn(store: &dyn Persistence, session: &str, n: usize) -> Result<usize> {
     let usage = TokenUsage {
         prompt_tokens: 1_200,
         completion_tokens: 80,
@@ -92,7 +91,7 @@ async fn turn(store: &PostgresStore, session: &str, n: usize) -> Result<usize> {
     Ok(store.load_context(session).await?.len())
 }
 
-async fn client(store: PostgresStore, deadline: Instant) -> ClientOutcome {
+async fn client(store: Arc<dyn Persistence>, deadline: Instant) -> ClientOutcome {
     let mut out = ClientOutcome {
         turns: 0,
         errors: 0,
@@ -111,7 +110,7 @@ async fn client(store: PostgresStore, deadline: Instant) -> ClientOutcome {
     let mut stored = 0usize;
     while Instant::now() < deadline {
         let t = Instant::now();
-        match turn(&store, &session, out.turns).await {
+        match turn(store.as_ref(), &session, out.turns).await {
             Ok(_) => {
                 out.times.push(t.elapsed());
                 out.turns += 1;
@@ -133,17 +132,23 @@ async fn client(store: PostgresStore, deadline: Instant) -> ClientOutcome {
     out
 }
 
-pub async fn run_one(
+/// Runs `clients` stores, each made by `open` (a simulated koda process
+/// with its own pool), for `seconds`.
+pub async fn run_one<F, Fut>(
     name: &'static str,
-    options: PostgresOptions,
+    open: F,
     clients: usize,
     seconds: f64,
-) -> Result<LoadRun> {
+) -> Result<LoadRun>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Arc<dyn Persistence>>>,
+{
     let mut stores = Vec::with_capacity(clients);
     let mut errors = 0;
     let mut first_error = None;
     for _ in 0..clients {
-        match PostgresStore::connect_with(options.clone(), Arc::new(SystemClock)).await {
+        match open().await {
             Ok(s) => stores.push(s),
             Err(e) => {
                 errors += 1;

@@ -2,12 +2,14 @@
 //! version it does not know (`Corrupt`), so the layout can evolve. Session
 //! records are at format 2 (usage by agent added); opening a store an
 //! earlier build wrote rewrites its format-1 session records once
-//! ([`crate::queries::upgrade`]).
+//! ([`crate::schema::upgrade`]). The stored records are named `Stored…`:
+//! the API's `SessionRecord` and `MessageRecord` are the export format.
 
-use koda_persistence_api::backend::{ExactUsage, UsageTally};
-use koda_persistence_api::{PersistenceError, Role};
+use koda_persistence_api::backend::{ExactUsage, UsageTally, format_timestamp};
+use koda_persistence_api::{Message, PersistenceError, Role};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sled::IVec;
 
 /// The value format this build writes (session records: [`SESSION_VERSION`]).
 pub(crate) const VERSION: u8 = 1;
@@ -17,7 +19,7 @@ pub(crate) const SESSION_VERSION: u8 = 2;
 
 /// A session as format 1 stored it (earlier builds), read only to upgrade.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct SessionRecordV1 {
+pub(crate) struct StoredSessionV1 {
     pub agent_name: String,
     pub project_root: String,
     pub created_ms: i64,
@@ -30,10 +32,10 @@ pub(crate) struct SessionRecordV1 {
     pub next_ord: u64,
 }
 
-impl SessionRecordV1 {
+impl StoredSessionV1 {
     /// The format-2 record, with the usage its messages add up to.
-    pub(crate) fn upgrade(self, usage: &UsageTally) -> SessionRecord {
-        SessionRecord {
+    pub(crate) fn upgrade(self, usage: &UsageTally) -> StoredSession {
+        StoredSession {
             agent_name: self.agent_name,
             project_root: self.project_root,
             created_ms: self.created_ms,
@@ -50,7 +52,7 @@ impl SessionRecordV1 {
 
 /// A session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct SessionRecord {
+pub(crate) struct StoredSession {
     pub agent_name: String,
     pub project_root: String,
     pub created_ms: i64,
@@ -66,7 +68,7 @@ pub(crate) struct SessionRecord {
     pub usage: Vec<(String, ExactUsage)>,
 }
 
-impl SessionRecord {
+impl StoredSession {
     /// The session's usage by agent.
     pub(crate) fn tally(&self) -> UsageTally {
         UsageTally::from_entries(self.usage.iter().cloned())
@@ -94,7 +96,7 @@ impl SessionRecord {
 
 /// A message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct MessageRecord {
+pub(crate) struct StoredMessage {
     pub id: u64,
     pub role: u8,
     pub content: Option<String>,
@@ -113,7 +115,7 @@ pub(crate) struct MessageRecord {
 /// the ones it had, read back as `None`.
 pub(crate) const UNSET: i64 = i64::MIN;
 
-impl MessageRecord {
+impl StoredMessage {
     /// The five counters, `None` where unset.
     pub(crate) fn counters(&self) -> [Option<i64>; 5] {
         self.usage
@@ -156,7 +158,7 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PersistenceErro
 }
 
 /// A session record: [`SESSION_VERSION`] + postcard.
-pub(crate) fn encode_session(value: &SessionRecord) -> Result<Vec<u8>, PersistenceError> {
+pub(crate) fn encode_session(value: &StoredSession) -> Result<Vec<u8>, PersistenceError> {
     encode_as(SESSION_VERSION, value)
 }
 
@@ -174,7 +176,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
 }
 
 /// A session record of [`SESSION_VERSION`]; anything else is `Corrupt`.
-pub(crate) fn decode_session(bytes: &[u8], what: &str) -> Result<SessionRecord, PersistenceError> {
+pub(crate) fn decode_session(bytes: &[u8], what: &str) -> Result<StoredSession, PersistenceError> {
     decode_as(SESSION_VERSION, bytes, what)
 }
 
@@ -182,7 +184,7 @@ pub(crate) fn decode_session(bytes: &[u8], what: &str) -> Result<SessionRecord, 
 pub(crate) fn decode_session_v1(
     bytes: &[u8],
     what: &str,
-) -> Result<Option<SessionRecordV1>, PersistenceError> {
+) -> Result<Option<StoredSessionV1>, PersistenceError> {
     match bytes.first() {
         Some(&VERSION) => decode_as(VERSION, bytes, what).map(Some),
         _ => Ok(None),
@@ -204,13 +206,42 @@ fn decode_as<T: DeserializeOwned>(
     }
 }
 
+pub(crate) fn decode_message(v: &IVec) -> Result<StoredMessage, PersistenceError> {
+    decode(v, "a message")
+}
+
+pub(crate) fn to_message(session_id: &str, m: &StoredMessage) -> Result<Message, PersistenceError> {
+    let [p, c, cr, cc, t] = m.counters();
+    Ok(Message {
+        id: i64::try_from(m.id).unwrap_or(i64::MAX),
+        session_id: session_id.to_owned(),
+        role: role_of(m.role)?,
+        content: m.content.clone(),
+        full_content: m.full_content.clone(),
+        tool_calls: m.tool_calls.clone(),
+        tool_call_id: m.tool_call_id.clone(),
+        prompt_tokens: p,
+        completion_tokens: c,
+        cache_read_tokens: cr,
+        cache_creation_tokens: cc,
+        thinking_tokens: t,
+        created_at: Some(format_timestamp(m.created_ms)),
+    })
+}
+
+/// The session id inside a message key (`M` + len + id + ord).
+pub(crate) fn session_of(message_key: &[u8]) -> Option<String> {
+    let len = u32::from_be_bytes(message_key.get(1..5)?.try_into().ok()?) as usize;
+    String::from_utf8(message_key.get(5..5 + len)?.to_vec()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn records_round_trip_and_unknown_versions_are_corrupt() {
-        let m = MessageRecord {
+        let m = StoredMessage {
             id: 7,
             role: role_byte(Role::Tool),
             content: Some("a\0b".into()),
@@ -225,7 +256,7 @@ mod tests {
         };
         let bytes = encode(&m).expect("encodes");
         assert_eq!(bytes[0], VERSION);
-        let back: MessageRecord = decode(&bytes, "m").expect("decodes");
+        let back: StoredMessage = decode(&bytes, "m").expect("decodes");
         assert_eq!(
             (back.id, back.content.as_deref(), back.usage),
             (7, Some("a\0b"), Some([1, 2, 3, 4, i64::MAX]))
@@ -233,15 +264,15 @@ mod tests {
         let mut future = bytes.clone();
         future[0] = 2;
         assert!(matches!(
-            decode::<MessageRecord>(&future, "m"),
+            decode::<StoredMessage>(&future, "m"),
             Err(PersistenceError::Corrupt(_))
         ));
         assert!(matches!(
-            decode::<MessageRecord>(&[], "m"),
+            decode::<StoredMessage>(&[], "m"),
             Err(PersistenceError::Corrupt(_))
         ));
         assert!(matches!(
-            decode::<MessageRecord>(&[VERSION, 0xff], "m"),
+            decode::<StoredMessage>(&[VERSION, 0xff], "m"),
             Err(PersistenceError::Corrupt(_))
         ));
         for r in Role::ALL {

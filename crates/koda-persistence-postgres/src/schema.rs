@@ -1,81 +1,16 @@
-//! Connecting: one connection with the right TLS and search path, the
-//! pool, and the migrations.
+//! The schema: refinery migrations (`migrations/V*.sql`, embedded in the
+//! build, applied at open under a per-schema advisory lock) and the grants a
+//! least-privilege runtime role needs.
 
 use anyhow::Result;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use koda_persistence_api::PersistenceError;
-use tokio_postgres::NoTls;
 
 use crate::error::classify;
-use crate::options::{Pooler, PostgresOptions, TlsMode};
-use crate::tls;
+use crate::open::connect_once;
+use crate::options::{PostgresOptions, check_schema_name};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
-}
-
-/// Connects `options.config` with the TLS mode asked for, returning the
-/// connection's client (its driver task runs on the runtime).
-pub(crate) async fn connect_once(options: &PostgresOptions) -> Result<tokio_postgres::Client> {
-    let config = session_config(options);
-    let tls = match options.tls {
-        TlsMode::Disable => None,
-        mode => Some(make_tls(mode)?),
-    };
-    let connect = async {
-        match tls {
-            None => {
-                let (client, conn) = config.connect(NoTls).await?;
-                tokio::spawn(conn);
-                Ok::<_, tokio_postgres::Error>(client)
-            }
-            Some(tls) => {
-                let (client, conn) = config.connect(tls).await?;
-                tokio::spawn(conn);
-                Ok(client)
-            }
-        }
-    };
-    match tokio::time::timeout(options.connect_timeout, connect).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(classify(e, "connecting")),
-        Err(_) => Err(PersistenceError::Unavailable(format!(
-            "no connection to the postgres server within {} ms",
-            options.connect_timeout.as_millis()
-        ))
-        .into()),
-    }
-}
-
-fn make_tls(mode: TlsMode) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PersistenceError> {
-    let made = match mode {
-        TlsMode::VerifyFull => tls::verify_full(),
-        _ => tls::encrypt_only(),
-    };
-    made.map_err(|e| PersistenceError::Unavailable(format!("cannot set up TLS: {e}")))
-}
-
-/// The tokio-postgres config for one connection of this store: the user's
-/// settings, the TLS mode, the connect timeout and the schema's search path.
-fn session_config(options: &PostgresOptions) -> tokio_postgres::Config {
-    let mut config = options.config.clone();
-    config.connect_timeout(options.connect_timeout);
-    config.ssl_mode(match options.tls {
-        TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
-        TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        TlsMode::Require | TlsMode::VerifyFull => tokio_postgres::config::SslMode::Require,
-    });
-    // Statements name their schema (see exec.rs); the search path is set
-    // too on direct connections, for anyone reading the session, so no
-    // server or role setting (and no schema named after the login role)
-    // can move the tables. A transaction-mode pooler refuses the startup
-    // option (PgBouncer: "unsupported startup parameter: options"), and
-    // could not keep it per client anyway. Validated by check_schema_name:
-    // no quoting beyond double quotes needed.
-    if options.pooler == Pooler::None {
-        config.options(format!("-c search_path=\"{}\"", options.schema_name()));
-    }
-    config
 }
 
 /// The newest migration this build carries.
@@ -168,27 +103,44 @@ pub(crate) async fn migrate(options: &PostgresOptions) -> Result<()> {
     outcome.and(unlocked.map(|_| ()))
 }
 
-/// The pool of `options`' size and timeouts, each connection set up as
-/// [`session_config`] says.
-pub(crate) fn build_pool(options: &PostgresOptions) -> Result<Pool> {
-    let manager_config = ManagerConfig {
-        recycling_method: RecyclingMethod::Fast,
-    };
-    let config = session_config(options);
-    let manager = match options.tls {
-        TlsMode::Disable => Manager::from_config(config, NoTls, manager_config),
-        mode => Manager::from_config(config, make_tls(mode)?, manager_config),
-    };
-    Pool::builder(manager)
-        .max_size(options.pool_size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(options.pool_timeout))
-        .create_timeout(Some(options.connect_timeout))
-        .recycle_timeout(Some(options.connect_timeout))
-        .build()
-        .map_err(|e| {
-            PersistenceError::Unavailable(format!("cannot build the connection pool: {e}")).into()
-        })
+/// The SQL that lets `role` use the store in `schema` and nothing more:
+/// `USAGE` on the schema; `SELECT, INSERT, UPDATE, DELETE` on its tables;
+/// `USAGE, SELECT, UPDATE` on its sequences (`UPDATE` only because an
+/// import that keeps message ids moves the id sequence past them); the
+/// same for tables a later migration adds (default privileges of the role
+/// that runs this, which should be the one that migrates). No `CREATE`
+/// anywhere: open such a store with `migrate=false`, after the schema was
+/// migrated by its owner.
+///
+/// ```sql
+/// GRANT USAGE ON SCHEMA "team_a" TO "koda_team_a";
+/// GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "team_a" TO "koda_team_a";
+/// GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA "team_a" TO "koda_team_a";
+/// ALTER DEFAULT PRIVILEGES IN SCHEMA "team_a"
+///     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO "koda_team_a";
+/// ALTER DEFAULT PRIVILEGES IN SCHEMA "team_a"
+///     GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO "koda_team_a";
+/// ```
+///
+/// # Errors
+/// `InvalidInput` when either name is not a plain identifier (see
+/// [`check_schema_name`]).
+pub fn grant_sql(schema: &str, role: &str) -> Result<String, PersistenceError> {
+    check_schema_name(schema)?;
+    check_schema_name(role).map_err(|_| {
+        PersistenceError::InvalidInput(format!(
+            "role name {role:?} must be a letter or _ then letters, digits or _, at most 63 bytes"
+        ))
+    })?;
+    Ok(format!(
+        "GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\";\n\
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{role}\";\n\
+         GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{role}\";\n\
+         ALTER DEFAULT PRIVILEGES IN SCHEMA \"{schema}\"\n    \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO \"{role}\";\n\
+         ALTER DEFAULT PRIVILEGES IN SCHEMA \"{schema}\"\n    \
+         GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO \"{role}\";\n"
+    ))
 }
 
 /// A failed migration as a typed error: refinery's text ends at "db
@@ -216,5 +168,19 @@ fn migration_error(e: &refinery::Error, schema: &str) -> PersistenceError {
         ))
     } else {
         PersistenceError::Unavailable(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_name_only_the_schema_and_role() {
+        let sql = grant_sql("team_a", "koda_a").expect("valid names");
+        assert!(sql.contains("GRANT USAGE ON SCHEMA \"team_a\" TO \"koda_a\";"));
+        assert!(!sql.contains("CREATE"), "{sql}");
+        assert!(grant_sql("team_a", "x\"; DROP TABLE y; --").is_err());
+        assert!(grant_sql("pg_catalog", "koda_a").is_err());
     }
 }

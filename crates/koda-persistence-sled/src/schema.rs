@@ -6,8 +6,8 @@
 //!
 //! | namespace | key | value | serves |
 //! |---|---|---|---|
-//! | `S` | session id | `SessionRecord` | every session lookup, counters, usage by agent |
-//! | `M` | len + session id, `ord: u64` | `MessageRecord` | one session's messages in conversation order |
+//! | `S` | session id | `StoredSession` | every session lookup, counters, usage by agent |
+//! | `M` | len + session id, `ord: u64` | `StoredMessage` | one session's messages in conversation order |
 //! | `I` | message `id: u64` | the message's `M` key | `mark_message_complete`, `clear_message_content` |
 //! | `U` | message `id: u64` of a user message | the message's `M` key | `recent_user_messages` (newest first) |
 //! | `C` | `compacted_at: u64`, `id: u64` | the message's `M` key | `compacted_stats`, `purge_compacted` (oldest first) |
@@ -21,6 +21,13 @@
 //! `next_ord + 1`; compaction moves the preserved tail two places on and puts
 //! the summary and hint in the freed places. Message ids are sled's
 //! monotonic `generate_id` plus the id floor (0 until an import claims ids).
+
+use anyhow::Result;
+use koda_persistence_api::PersistenceError;
+use sled::{Batch, Db};
+
+use crate::queries::counted_usage;
+use crate::rows::{decode_session_v1, encode_session};
 
 /// Session records.
 pub(crate) const SESSION: u8 = b'S';
@@ -145,6 +152,28 @@ pub(crate) fn id_floor() -> Vec<u8> {
 /// The session-sequence counter key.
 pub(crate) fn seq_counter() -> Vec<u8> {
     vec![COUNTER, b's', b'e', b'q']
+}
+
+/// Rewrites the session records an earlier build wrote (format 1) at
+/// format 2, with the usage their messages add up to, in one batch.
+/// Returns how many were upgraded; run at open, before any other call.
+pub(crate) fn upgrade(db: &Db) -> Result<usize> {
+    let mut batch = Batch::default();
+    let mut n = 0;
+    for kv in db.scan_prefix([SESSION]) {
+        let (k, v) = kv?;
+        let sid = String::from_utf8(k[1..].to_vec())
+            .map_err(|_| PersistenceError::Corrupt("a session id is not UTF-8".into()))?;
+        if let Some(old) = decode_session_v1(&v, &format!("session {sid:?}"))? {
+            let usage = counted_usage(db, &sid)?;
+            batch.insert(k, encode_session(&old.upgrade(&usage))?);
+            n += 1;
+        }
+    }
+    if n > 0 {
+        db.apply_batch(batch)?;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
