@@ -10,6 +10,7 @@ use koda_persistence_api::{Message, PersistenceError, Role, TokenUsage};
 use crate::Fixture;
 
 pub mod bad_input;
+pub mod bodies;
 pub mod compaction;
 pub mod concurrency;
 pub mod context;
@@ -166,6 +167,13 @@ macro_rules! __for_each_case {
                 health_of_a_sound_store_has_no_problems,
                 session_checksum_is_the_exports,
             ],
+            bodies: [
+                identical_bodies_are_stored_once,
+                bodies_read_back_byte_for_byte,
+                every_delete_path_releases_references,
+                a_failed_write_leaves_no_body,
+                import_shares_the_bodies_it_finds,
+            ],
         }
     };
 }
@@ -318,7 +326,7 @@ pub(crate) fn calls(ids: &[&str]) -> String {
 #[cfg(test)]
 mod listing {
     /// The area files and their text.
-    const AREAS: [(&str, &str); 9] = [
+    const AREAS: [(&str, &str); 10] = [
         ("sessions", include_str!("sessions.rs")),
         ("messages", include_str!("messages.rs")),
         ("context", include_str!("context.rs")),
@@ -328,6 +336,7 @@ mod listing {
         ("bad_input", include_str!("bad_input.rs")),
         ("concurrency", include_str!("concurrency.rs")),
         ("transfer", include_str!("transfer.rs")),
+        ("bodies", include_str!("bodies.rs")),
     ];
 
     /// Every `pub async fn` in an area file is a case the suite's list

@@ -7,6 +7,7 @@
 
 use anyhow::Result;
 
+use crate::bodies::BodyStats;
 use crate::persistence::Persistence;
 use crate::records::{MessageRecord, MetadataRecord, SessionRecord, session_checksum};
 
@@ -24,6 +25,11 @@ pub struct StoreHealth {
     /// Bytes the store occupies (a SQLite file, a sled directory, a
     /// PostgreSQL schema's tables and indexes); `None` in memory.
     pub size_bytes: Option<u64>,
+    /// Large outputs stored once ([`crate::bodies`]): how many, how many
+    /// references, logical against stored bytes. `problems` holds any
+    /// reference without its body and any body whose count disagrees with
+    /// its references.
+    pub bodies: BodyStats,
 }
 
 /// Whole sessions out of a store and into another, every field kept.

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod bodies;
 mod cache;
 mod checks;
 mod clock;
@@ -26,6 +27,7 @@ mod types;
 pub mod url;
 mod usage;
 
+pub use bodies::BodyStats;
 pub use checks::Checked;
 pub use clock::{Clock, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, SystemClock};
 pub use context::detect_interruption;

@@ -9,6 +9,7 @@ use koda_persistence_api::backend::{
     ContextRow, NewMessage, UsageTally, apply_context_passes, assign_ids, format_timestamp,
     id_taken, limit_bound, purge_cutoff, root_to_str, session_not_found,
 };
+use koda_persistence_api::bodies::BodyField;
 use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, MessageRecord, MetadataRecord, PersistenceError,
     Role, SessionInfo, SessionRecord, StoreHealth,
@@ -24,7 +25,7 @@ impl MemoryStore {
             st.rows(s)
                 .rev()
                 .filter(|r| r.message.role == role)
-                .find_map(|r| r.message.content.clone())
+                .find_map(|r| r.text(BodyField::Content).map(str::to_owned))
         })
         .flatten()
         .unwrap_or_default()
@@ -143,7 +144,8 @@ pub(crate) fn append_message(store: &MemoryStore, m: NewMessage) -> Result<i64> 
     };
     let id = st.next_message_id;
     st.next_message_id += 1;
-    let message = m.to_message(id, now);
+    let mut message = m.to_message(id, now);
+    let bodies = st.bodies.intern(&mut message);
     if message.role == Role::User {
         st.user_ids.insert(id);
     }
@@ -156,6 +158,7 @@ pub(crate) fn append_message(store: &MemoryStore, m: NewMessage) -> Result<i64> 
         id,
         Row {
             message,
+            bodies,
             created_ms: now,
             agent: m.agent,
             completed_ms: None,
@@ -171,7 +174,7 @@ pub(crate) fn load_context(store: &MemoryStore, session_id: &str) -> Result<Vec<
             st.rows(s)
                 .filter(|r| r.compacted_ms.is_none())
                 .map(|r| ContextRow {
-                    message: r.message.clone(),
+                    message: r.message(),
                     complete: r.completed_ms.is_some(),
                 })
                 .collect()
@@ -182,9 +185,7 @@ pub(crate) fn load_context(store: &MemoryStore, session_id: &str) -> Result<Vec<
 
 pub(crate) fn load_all_messages(store: &MemoryStore, session_id: &str) -> Result<Vec<Message>> {
     Ok(store
-        .with_session(session_id, |st, s| {
-            st.rows(s).map(|r| r.message.clone()).collect()
-        })
+        .with_session(session_id, |st, s| st.rows(s).map(Row::message).collect())
         .unwrap_or_default())
 }
 
@@ -195,7 +196,7 @@ pub(crate) fn recent_user_messages(store: &MemoryStore, limit: i64) -> Result<Ve
         .user_ids
         .iter()
         .rev()
-        .filter_map(|id| st.messages.get(id)?.message.content.clone())
+        .filter_map(|id| Some(st.messages.get(id)?.text(BodyField::Content)?.to_owned()))
         .filter(|c| !c.is_empty())
         .take(limit)
         .collect())
@@ -208,7 +209,7 @@ pub(crate) fn has_pending_tool_calls(store: &MemoryStore, session_id: &str) -> R
                 .rev()
                 .find(|r| r.compacted_ms.is_none())
                 .is_some_and(|r| {
-                    r.message.role == Role::Assistant && r.message.tool_calls.is_some()
+                    r.message.role == Role::Assistant && r.text(BodyField::ToolCalls).is_some()
                 })
         })
         .unwrap_or(false))
@@ -271,6 +272,7 @@ pub(crate) fn compact_session(
     sys.id = summary_id;
     sys.content = Some(summary.to_owned());
     sys.created_at = Some(format_timestamp(now));
+    let sys_bodies = st.bodies.intern(&mut sys);
     let mut hint = new_message(session_id, Role::Assistant);
     hint.id = hint_id;
     hint.content = Some(COMPACTION_HINT.to_owned());
@@ -282,6 +284,7 @@ pub(crate) fn compact_session(
         summary_id,
         Row {
             message: sys,
+            bodies: sys_bodies,
             created_ms: now,
             completed_ms: None,
             compacted_ms: None,
@@ -292,6 +295,7 @@ pub(crate) fn compact_session(
         hint_id,
         Row {
             message: hint,
+            bodies: Default::default(),
             created_ms: now,
             completed_ms: Some(now),
             compacted_ms: None,
@@ -307,9 +311,10 @@ pub(crate) fn clear_message_content(
     stub: &str,
 ) -> Result<()> {
     let mut st = store.lock();
+    let st = &mut *st;
     for id in message_ids {
         if let Some(row) = st.messages.get_mut(id) {
-            row.message.content = Some(stub.to_owned());
+            row.set_content(&mut st.bodies, stub);
         }
     }
     Ok(())
@@ -325,8 +330,8 @@ pub(crate) fn compacted_stats(store: &MemoryStore) -> Result<CompactedStats> {
         };
         stats.message_count += 1;
         sessions.insert(row.message.session_id.as_str());
-        let bytes = row.message.content.as_deref().map_or(0, str::len)
-            + row.message.tool_calls.as_deref().map_or(0, str::len);
+        let bytes = row.text(BodyField::Content).map_or(0, str::len)
+            + row.text(BodyField::ToolCalls).map_or(0, str::len);
         stats.size_bytes = stats
             .size_bytes
             .saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
@@ -413,7 +418,7 @@ pub(crate) fn export_messages(store: &MemoryStore, session_id: &str) -> Result<V
             st.rows(s)
                 .map(|r| {
                     MessageRecord::from_message(
-                        r.message.clone(),
+                        r.message(),
                         r.agent.clone(),
                         r.created_ms,
                         r.completed_ms,
@@ -444,7 +449,7 @@ pub(crate) fn export_metadata(
     Ok(entries)
 }
 
-pub(crate) fn health(_store: &MemoryStore) -> Result<StoreHealth> {
+pub(crate) fn health(store: &MemoryStore) -> Result<StoreHealth> {
     // Every mutation completes under one lock: nothing to drift apart
     // but the counters `doctor` checks through the trait.
     Ok(StoreHealth {
@@ -452,6 +457,7 @@ pub(crate) fn health(_store: &MemoryStore) -> Result<StoreHealth> {
         latest_schema_version: 1,
         problems: Vec::new(),
         size_bytes: None,
+        bodies: store.lock().bodies.stats(),
     })
 }
 
@@ -517,7 +523,8 @@ pub(crate) fn import_messages(
         return Err(session_not_found(session_id));
     };
     for (r, &id) in messages.iter().zip(&ids) {
-        let message = r.to_message(session_id, id);
+        let mut message = r.to_message(session_id, id);
+        let bodies = st.bodies.intern(&mut message);
         if message.role == Role::User {
             st.user_ids.insert(id);
         }
@@ -532,6 +539,7 @@ pub(crate) fn import_messages(
             id,
             Row {
                 message,
+                bodies,
                 created_ms: r.created_ms,
                 agent: r.agent.clone(),
                 completed_ms: r.completed_ms,

@@ -2,9 +2,11 @@
 //! of a database, behind the store's one mutex.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use koda_persistence_api::Message;
 use koda_persistence_api::backend::UsageTally;
+use koda_persistence_api::bodies::{BodyField, BodyHash, BodyStats, body_hash, is_body};
 
 #[derive(Debug, Default)]
 pub(crate) struct State {
@@ -20,6 +22,8 @@ pub(crate) struct State {
     /// Session ids by root (`None`: root-less), newest first, so a listing
     /// costs O(limit), not O(sessions).
     pub(crate) by_root: HashMap<Option<String>, BTreeSet<Listed>>,
+    /// Large outputs, stored once.
+    pub(crate) bodies: Bodies,
 }
 
 /// A session's place in its root's listing: newest first, ties by the
@@ -68,13 +72,137 @@ pub(crate) struct Session {
     pub(crate) usage: UsageTally,
 }
 
+/// Every body by its address, with the number of message fields that
+/// refer to it; a body whose count reaches 0 is dropped at once.
+#[derive(Debug, Default)]
+pub(crate) struct Bodies {
+    map: HashMap<BodyHash, (Arc<str>, u64)>,
+}
+
+/// A message field held as a body.
+#[derive(Debug, Clone)]
+pub(crate) struct Body {
+    hash: BodyHash,
+    text: Arc<str>,
+}
+
+/// The bodies of a row, by [`FIELDS`] position.
+pub(crate) type RowBodies = [Option<Body>; 3];
+
+/// The fields that may be bodies, in [`RowBodies`] order.
+pub(crate) const FIELDS: [BodyField; 3] = [
+    BodyField::Content,
+    BodyField::FullContent,
+    BodyField::ToolCalls,
+];
+
+fn field_mut(m: &mut Message, field: BodyField) -> &mut Option<String> {
+    match field {
+        BodyField::Content => &mut m.content,
+        BodyField::FullContent => &mut m.full_content,
+        BodyField::ToolCalls => &mut m.tool_calls,
+    }
+}
+
+impl Bodies {
+    /// Moves every field of `m` that is a body into the store (one more
+    /// reference each); `m` keeps `None` there.
+    pub(crate) fn intern(&mut self, m: &mut Message) -> RowBodies {
+        let role = m.role.clone();
+        FIELDS.map(|field| {
+            let slot = field_mut(m, field);
+            let text = slot.take_if(|v| is_body(&role, field, v))?;
+            Some(self.add(text))
+        })
+    }
+
+    /// One more reference to `text`'s body.
+    pub(crate) fn add(&mut self, text: String) -> Body {
+        let hash = body_hash(&text);
+        let entry = self.map.entry(hash).or_insert_with(|| (Arc::from(text), 0));
+        entry.1 += 1;
+        Body {
+            hash,
+            text: entry.0.clone(),
+        }
+    }
+
+    /// One reference fewer to `body`; the body goes with its last one.
+    pub(crate) fn release(&mut self, body: &Body) {
+        if let Some(entry) = self.map.get_mut(&body.hash) {
+            entry.1 = entry.1.saturating_sub(1);
+            if entry.1 == 0 {
+                self.map.remove(&body.hash);
+            }
+        }
+    }
+
+    /// What the bodies hold (memory keeps them unpacked: stored bytes are
+    /// their text bytes).
+    pub(crate) fn stats(&self) -> BodyStats {
+        let mut stats = BodyStats::default();
+        for (text, refs) in self.map.values() {
+            let len = text.len() as u64;
+            stats.bodies += 1;
+            stats.references += refs;
+            stats.logical_bytes += len * refs;
+            stats.unique_bytes += len;
+            stats.stored_bytes += len;
+        }
+        stats
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Row {
+    /// The message, with `None` in each field a body holds.
     pub(crate) message: Message,
+    pub(crate) bodies: RowBodies,
     pub(crate) created_ms: i64,
     pub(crate) agent: Option<String>,
     pub(crate) completed_ms: Option<i64>,
     pub(crate) compacted_ms: Option<i64>,
+}
+
+impl Row {
+    /// The message as stored: its fields with their bodies' text.
+    pub(crate) fn message(&self) -> Message {
+        let mut m = self.message.clone();
+        for (field, body) in FIELDS.iter().zip(&self.bodies) {
+            if let Some(body) = body {
+                *field_mut(&mut m, *field) = Some(body.text.to_string());
+            }
+        }
+        m
+    }
+
+    /// One field's text, inline or from its body.
+    pub(crate) fn text(&self, field: BodyField) -> Option<&str> {
+        let i = FIELDS.iter().position(|f| *f == field)?;
+        match self.bodies.get(i) {
+            Some(Some(body)) => Some(&body.text),
+            _ => {
+                let m = &self.message;
+                match field {
+                    BodyField::Content => m.content.as_deref(),
+                    BodyField::FullContent => m.full_content.as_deref(),
+                    BodyField::ToolCalls => m.tool_calls.as_deref(),
+                }
+            }
+        }
+    }
+
+    /// Replaces `content` (clear_message_content), releasing its body.
+    pub(crate) fn set_content(&mut self, bodies: &mut Bodies, text: &str) {
+        if let Some(old) = self.bodies[0].take() {
+            bodies.release(&old);
+        }
+        self.message.content = Some(text.to_owned());
+        if is_body(&self.message.role, BodyField::Content, text) {
+            self.message.content = None;
+            self.bodies[0] = Some(bodies.add(text.to_owned()));
+        }
+    }
 }
 
 impl State {
@@ -88,6 +216,9 @@ impl State {
     pub(crate) fn remove_message(&mut self, id: i64) -> Option<Row> {
         let row = self.messages.remove(&id)?;
         self.user_ids.remove(&id);
+        for body in row.bodies.iter().flatten() {
+            self.bodies.release(body);
+        }
         if let Some(at) = row.compacted_ms {
             self.compacted.remove(&(at, id));
         }

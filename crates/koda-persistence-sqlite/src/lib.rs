@@ -62,6 +62,8 @@ pub struct SqliteStore {
     options: SqliteOptions,
     /// Recently loaded contexts, trusted while `sessions.version` matches.
     cache: Arc<SharedContextCache>,
+    /// Whether this file stores large outputs once (see [`SqliteOptions::blobs`]).
+    blobs: bool,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -74,6 +76,13 @@ impl fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Whether this store writes large outputs once, as bodies (`true`), or
+    /// inline in `messages` where an older koda reads them (`false`).
+    /// Reads return both kinds of row either way.
+    pub fn stores_bodies_once(&self) -> bool {
+        self.blobs
+    }
+
     /// Where this store's database lives.
     pub fn location(&self) -> &Location {
         &self.location
@@ -150,11 +159,12 @@ impl Persistence for SqliteStore {
     }
 
     async fn append_message(&self, m: NewMessage) -> Result<i64> {
+        let blobs = self.blobs;
         let now = self.clock.now_ms();
         let m = Arc::new(m);
         let written = m.clone();
         self.write_then(
-            move |tx| queries::insert_message(tx, &written, now),
+            move |tx| queries::insert_message(tx, &written, now, blobs),
             move |cache, (id, version)| {
                 cache.append_new(&m, id, now, version);
                 id
@@ -238,11 +248,12 @@ impl Persistence for SqliteStore {
         summary: &str,
         preserve_count: usize,
     ) -> Result<usize> {
+        let blobs = self.blobs;
         let (sid, text) = (session_id.to_owned(), summary.to_owned());
         let now = self.clock.now_ms();
         let compacted = sid.clone();
         self.write_then(
-            move |tx| queries::compact(tx, &sid, &text, preserve_count, now),
+            move |tx| queries::compact(tx, &sid, &text, preserve_count, now, blobs),
             move |cache, n| {
                 forget_after_answer(cache, &compacted);
                 n
@@ -252,9 +263,10 @@ impl Persistence for SqliteStore {
     }
 
     async fn clear_message_content(&self, message_ids: &[i64], stub: &str) -> Result<()> {
+        let blobs = self.blobs;
         let (ids, stub) = (message_ids.to_vec(), stub.to_owned());
         self.write_then(
-            move |tx| queries::clear_content(tx, &ids, &stub),
+            move |tx| queries::clear_content(tx, &ids, &stub, blobs),
             |cache, touched| {
                 for s in touched {
                     forget_after_answer(cache, &s);
@@ -342,9 +354,10 @@ impl Import for SqliteStore {
         messages: &[MessageRecord],
         keep_ids: bool,
     ) -> Result<Vec<i64>> {
+        let blobs = self.blobs;
         let sid = session_id.to_owned();
         let messages = messages.to_vec();
-        self.write(move |tx| queries::import_messages(tx, &sid, &messages, keep_ids))
+        self.write(move |tx| queries::import_messages(tx, &sid, &messages, keep_ids, blobs))
             .await
     }
 

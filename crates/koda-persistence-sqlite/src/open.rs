@@ -136,6 +136,8 @@ pub(crate) struct Opened {
     pub(crate) readers: Vec<Connection>,
     /// `None` for an in-memory database (no WAL).
     pub(crate) checkpointer: Option<Connection>,
+    /// Whether the file stores bodies once (`schema::body_mode`).
+    pub(crate) blobs: bool,
 }
 
 pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Result<Opened> {
@@ -145,10 +147,12 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
             conn.pragma_update(None, "foreign_keys", true)?;
             // A private in-memory database is never busy: no deadline.
             schema::migrate(&mut conn, Instant::now(), options)?;
+            let blobs = schema::body_mode(&conn, options.blobs)?;
             Ok(Opened {
                 writer: conn,
                 readers: Vec::new(),
                 checkpointer: None,
+                blobs,
             })
         }
         Location::File(path) => {
@@ -179,6 +183,9 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
                 connect(path, options, Role::Writer)
             })?;
             schema::migrate(&mut writer, deadline, options)?;
+            let blobs = worker::retry_busy(deadline, options.busy_timeout, || {
+                schema::body_mode(&writer, options.blobs)
+            })?;
             let readers = (0..options.readers)
                 .map(|_| connect(path, options, Role::Reader))
                 .collect::<Result<Vec<_>>>()?;
@@ -187,6 +194,7 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
                 writer,
                 readers,
                 checkpointer: Some(checkpointer),
+                blobs,
             })
         }
     }
@@ -232,6 +240,7 @@ impl SqliteStore {
             location,
             options,
             cache: Arc::new(SharedContextCache::default()),
+            blobs: opened.blobs,
         })
     }
 

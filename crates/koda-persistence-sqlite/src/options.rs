@@ -44,6 +44,12 @@ pub struct SqliteOptions {
     pub readers: usize,
     /// Create the file (and missing directories) if it does not exist.
     pub create: bool,
+    /// Store large outputs once (`blobs=on`) or inline (`blobs=off`); the
+    /// choice is recorded in the file for later opens. `None` keeps what
+    /// the file records: on for a file this layer created, off for a file
+    /// an older koda may still read (it reads `messages.content` itself
+    /// and would see NULL where a body is).
+    pub blobs: Option<bool>,
 }
 
 impl SqliteOptions {
@@ -65,6 +71,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             readers: 2,
             create: true,
+            blobs: None,
         }
     }
 }
@@ -97,8 +104,9 @@ impl SqliteOptions {
     /// Reads `sqlite://PATH?k=v&…` (or `sqlite:PATH`, `sqlite::memory:`).
     /// Parameters (percent-decoded, each at most once):
     /// `synchronous=normal|full`, `busy_timeout_ms=N` (1 to 3,600,000),
-    /// `readers=N` (1 to [`MAX_READERS`]), `create=true|false` (or any of
-    /// the URL grammar's booleans). The path is percent-decoded too (`%20`
+    /// `readers=N` (1 to [`MAX_READERS`]), `create=true|false`,
+    /// `blobs=on|off` (see [`SqliteOptions::blobs`]; each boolean takes any
+    /// of the URL grammar's spellings). The path is percent-decoded too (`%20`
     /// is a space, `%3F` a `?`). SQLite's own `file:` URIs are refused: a
     /// path is a plain path.
     ///
@@ -113,7 +121,7 @@ impl SqliteOptions {
             return Err(PersistenceError::InvalidInput(format!(
                 "SQLite file: URIs are not supported ({path:?}): write the path itself, \
                  e.g. sqlite:///abs/path.db, with options as URL parameters \
-                 (synchronous, busy_timeout_ms, readers, create)"
+                 (synchronous, busy_timeout_ms, readers, create, blobs)"
             )));
         }
         options.location = match path.as_str() {
@@ -150,6 +158,9 @@ impl SqliteOptions {
         }
         if let Some(p) = url.take("create") {
             self.create = p.boolean()?;
+        }
+        if let Some(p) = url.take("blobs") {
+            self.blobs = Some(p.boolean()?);
         }
         Ok(self)
     }

@@ -16,7 +16,65 @@ use rusqlite::config::DbConfig;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::rows::{self, MESSAGE_COLUMNS, get};
+use crate::rows::{self, CONTENT, MESSAGE_COLUMNS, get};
+use koda_persistence_api::bodies::{BodyField, BodyHash, BodyStats, body_hash, is_body, pack};
+
+/// Stores `value`, field `field` of a `role` message, as a body when it
+/// is one and the file stores bodies once (`blobs`); returns what goes in
+/// the field's column and in its `_body` twin. A new body starts with
+/// `refs = 0`: the insert or update that refers to it, in the same
+/// savepoint, counts it (see `schema::V4_BODIES`).
+fn put_body<'v>(
+    tx: &Transaction<'_>,
+    blobs: bool,
+    role: &Role,
+    field: BodyField,
+    value: Option<&'v str>,
+) -> Result<(Option<&'v str>, Option<BodyHash>)> {
+    let Some(text) = value else {
+        return Ok((None, None));
+    };
+    if !blobs || !is_body(role, field, text) {
+        return Ok((Some(text), None));
+    }
+    let hash = body_hash(text);
+    let known = tx
+        .prepare_cached("SELECT 1 FROM kp_bodies WHERE hash = ?1")?
+        .exists(params![&hash[..]])?;
+    if !known {
+        let data = pack(text)?;
+        tx.prepare_cached("INSERT INTO kp_bodies (hash, data, len, refs) VALUES (?1, ?2, ?3, 0)")?
+            .execute(params![
+                &hash[..],
+                data,
+                i64::try_from(text.len()).unwrap_or(i64::MAX)
+            ])?;
+    }
+    Ok((None, Some(hash)))
+}
+
+/// The three body fields of a message, through [`put_body`]: `(column,
+/// body)` for content, full_content and tool_calls.
+type Fields<'v> = [(Option<&'v str>, Option<BodyHash>); 3];
+
+fn put_bodies<'v>(
+    tx: &Transaction<'_>,
+    blobs: bool,
+    role: &Role,
+    content: Option<&'v str>,
+    full_content: Option<&'v str>,
+    tool_calls: Option<&'v str>,
+) -> Result<Fields<'v>> {
+    Ok([
+        put_body(tx, blobs, role, BodyField::Content, content)?,
+        put_body(tx, blobs, role, BodyField::FullContent, full_content)?,
+        put_body(tx, blobs, role, BodyField::ToolCalls, tool_calls)?,
+    ])
+}
+
+fn hash_param(h: &Option<BodyHash>) -> Option<&[u8]> {
+    h.as_ref().map(|h| &h[..])
+}
 
 /// `ms` as koda's own text timestamp, `YYYY-MM-DD HH:MM:SS` UTC (what
 /// SQLite's `CURRENT_TIMESTAMP` writes), for the columns an older koda
@@ -158,7 +216,12 @@ pub(crate) fn session_version(conn: &Connection, session_id: &str) -> Result<Opt
 }
 
 /// Appends the message; returns its id and the session's new version.
-pub(crate) fn insert_message(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> Result<(i64, i64)> {
+pub(crate) fn insert_message(
+    tx: &Transaction<'_>,
+    m: &NewMessage,
+    now: i64,
+    blobs: bool,
+) -> Result<(i64, i64)> {
     let stamp = koda_text(now);
     let tokens = m
         .usage
@@ -176,18 +239,28 @@ pub(crate) fn insert_message(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> 
         .optional()?
         .ok_or_else(|| not_found(&m.session_id))?;
     let u = m.usage;
+    let [content, full, calls] = put_bodies(
+        tx,
+        blobs,
+        &m.role,
+        m.content.as_deref(),
+        m.full_content.as_deref(),
+        m.tool_calls.as_deref(),
+    )?;
     tx.prepare_cached(
         "INSERT INTO messages (session_id, role, content, tool_calls, tool_call_id,
              prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
-             thinking_tokens, agent_name, full_content, created_at, created_ms, ord)
+             thinking_tokens, agent_name, full_content, created_at, created_ms, ord,
+             content_body, full_content_body, tool_calls_body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-             (SELECT COALESCE(MAX(ord), 0) + 1 FROM messages WHERE session_id = ?1))",
+             (SELECT COALESCE(MAX(ord), 0) + 1 FROM messages WHERE session_id = ?1),
+             ?15, ?16, ?17)",
     )?
     .execute(params![
         m.session_id,
         m.role.as_str(),
-        m.content,
-        m.tool_calls,
+        content.0,
+        calls.0,
         m.tool_call_id,
         u.map(|u| u.prompt_tokens),
         u.map(|u| u.completion_tokens),
@@ -195,9 +268,12 @@ pub(crate) fn insert_message(tx: &Transaction<'_>, m: &NewMessage, now: i64) -> 
         u.map(|u| u.cache_creation_tokens),
         u.map(|u| u.thinking_tokens),
         m.agent,
-        m.full_content,
+        full.0,
         stamp,
         now,
+        hash_param(&content.1),
+        hash_param(&full.1),
+        hash_param(&calls.1),
     ])?;
     Ok((tx.last_insert_rowid(), version))
 }
@@ -236,37 +312,44 @@ pub(crate) fn load_active(conn: &Connection, session_id: &str) -> Result<Vec<Con
 }
 
 pub(crate) fn recent_user_messages(conn: &Connection, limit: i64) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT content FROM messages
-         WHERE role = 'user' AND content IS NOT NULL AND content <> ''
-         ORDER BY id DESC LIMIT ?1",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CONTENT} FROM messages
+         WHERE role = 'user' AND (content_body IS NOT NULL OR content <> '')
+         ORDER BY id DESC LIMIT ?1"
+    ))?;
     let mut rows = stmt.query(params![limit])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push(get(row, 0, "content of a user message")?);
+        let what = || "content of a user message".to_owned();
+        let value = row
+            .get_ref(0)
+            .map_err(|e| PersistenceError::Corrupt(format!("cannot decode {}: {e}", what())))?;
+        out.extend(rows::text(value, &what)?);
     }
     Ok(out)
 }
 
 pub(crate) fn last_content(conn: &Connection, session_id: &str, role: Role) -> Result<String> {
     let text = conn
-        .prepare_cached(
-            "SELECT content FROM messages
-             WHERE session_id = ?1 AND role = ?2 AND content IS NOT NULL
-             ORDER BY ord DESC LIMIT 1",
-        )?
+        .prepare_cached(&format!(
+            "SELECT {CONTENT} FROM messages
+             WHERE session_id = ?1 AND role = ?2
+               AND (content IS NOT NULL OR content_body IS NOT NULL)
+             ORDER BY ord DESC LIMIT 1"
+        ))?
         .query_row(params![session_id, role.as_str()], |r| {
-            Ok(get::<String>(r, 0, "content"))
+            Ok(r.get_ref(0)
+                .map_err(|e| PersistenceError::Corrupt(format!("cannot decode content: {e}")))
+                .and_then(|v| rows::text(v, &|| "content".to_owned())))
         })
         .optional()?;
-    Ok(text.transpose()?.unwrap_or_default())
+    Ok(text.transpose()?.flatten().unwrap_or_default())
 }
 
 pub(crate) fn has_pending_tool_calls(conn: &Connection, session_id: &str) -> Result<bool> {
     let last = conn
         .prepare_cached(
-            "SELECT role, tool_calls IS NOT NULL FROM messages
+            "SELECT role, tool_calls IS NOT NULL OR tool_calls_body IS NOT NULL FROM messages
              WHERE session_id = ?1 AND compacted_ms IS NULL ORDER BY ord DESC LIMIT 1",
         )?
         .query_row(params![session_id], |r| {
@@ -405,6 +488,7 @@ pub(crate) fn compact(
     summary: &str,
     keep: usize,
     now: i64,
+    blobs: bool,
 ) -> Result<usize> {
     require_session(tx, session_id)?;
     let active: Vec<i64> = {
@@ -441,10 +525,12 @@ pub(crate) fn compact(
         tx.prepare_cached("UPDATE messages SET ord = ord + 2 WHERE session_id = ?1 AND ord >= ?2")?
             .execute(params![session_id, p])?;
     }
+    let (summary, summary_body) =
+        put_body(tx, blobs, &Role::System, BodyField::Content, Some(summary))?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO messages (session_id, role, content, created_at, created_ms, completed_at,
-                               completed_ms, ord)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                               completed_ms, ord, content_body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     insert.execute(params![
         session_id,
@@ -454,7 +540,8 @@ pub(crate) fn compact(
         now,
         None::<String>,
         None::<i64>,
-        summary_ord
+        summary_ord,
+        hash_param(&summary_body),
     ])?;
     insert.execute(params![
         session_id,
@@ -464,7 +551,8 @@ pub(crate) fn compact(
         now,
         stamp,
         now,
-        summary_ord + 1
+        summary_ord + 1,
+        None::<&[u8]>,
     ])?;
     tx.prepare_cached("UPDATE sessions SET message_count = message_count + 2, version = version + 1 WHERE id = ?1")?
         .execute(params![session_id])?;
@@ -473,17 +561,50 @@ pub(crate) fn compact(
 
 /// Sets the content of each listed message (a trigger counts the change on
 /// its session); returns the sessions touched.
-pub(crate) fn clear_content(tx: &Transaction<'_>, ids: &[i64], stub: &str) -> Result<Vec<String>> {
+///
+/// A stub that is a body (a tool message's stub from [`TOOL_BODY_MIN`]
+/// bytes, any from [`BODY_THRESHOLD`]) is stored once like any body; the
+/// old content's body is released by the `kp_bodies_changed` trigger.
+///
+/// [`TOOL_BODY_MIN`]: koda_persistence_api::bodies::TOOL_BODY_MIN
+/// [`BODY_THRESHOLD`]: koda_persistence_api::bodies::BODY_THRESHOLD
+pub(crate) fn clear_content(
+    tx: &Transaction<'_>,
+    ids: &[i64],
+    stub: &str,
+    blobs: bool,
+) -> Result<Vec<String>> {
     let mut touched = std::collections::BTreeSet::new();
-    let mut stmt =
-        tx.prepare_cached("UPDATE messages SET content = ?2 WHERE id = ?1 RETURNING session_id")?;
+    // What the stub is as a tool message's content and as any other's.
+    let tool = put_body(tx, blobs, &Role::Tool, BodyField::Content, Some(stub))?;
+    let other = put_body(tx, blobs, &Role::User, BodyField::Content, Some(stub))?;
+    let mut stmt = tx.prepare_cached(
+        "UPDATE messages SET
+             content = CASE WHEN role = 'tool' THEN ?2 ELSE ?3 END,
+             content_body = CASE WHEN role = 'tool' THEN ?4 ELSE ?5 END
+         WHERE id = ?1 RETURNING session_id",
+    )?;
     for id in ids {
         if let Some(s) = stmt
-            .query_row(params![id, stub], |r| r.get::<_, String>(0))
+            .query_row(
+                params![
+                    id,
+                    tool.0,
+                    other.0,
+                    hash_param(&tool.1),
+                    hash_param(&other.1)
+                ],
+                |r| r.get::<_, String>(0),
+            )
             .optional()?
         {
             touched.insert(s);
         }
+    }
+    // A stub body no cleared message took (none of them was of its kind).
+    for hash in [tool.1, other.1].iter().flatten() {
+        tx.prepare_cached("DELETE FROM kp_bodies WHERE hash = ?1 AND refs <= 0")?
+            .execute(params![&hash[..]])?;
     }
     Ok(touched.into_iter().collect())
 }
@@ -492,8 +613,10 @@ pub(crate) fn compacted_stats(conn: &Connection) -> Result<CompactedStats> {
     let row = conn
         .prepare_cached(
             "SELECT COUNT(*), COUNT(DISTINCT session_id),
-                    TOTAL(COALESCE(length(CAST(content AS BLOB)), 0)
-                        + COALESCE(length(CAST(tool_calls AS BLOB)), 0)),
+                    TOTAL(COALESCE(length(CAST(content AS BLOB)),
+                                   (SELECT b.len FROM kp_bodies b WHERE b.hash = content_body), 0)
+                        + COALESCE(length(CAST(tool_calls AS BLOB)),
+                                   (SELECT b.len FROM kp_bodies b WHERE b.hash = tool_calls_body), 0)),
                     MIN(compacted_ms)
              FROM messages INDEXED BY kp_messages_compacted WHERE compacted_ms IS NOT NULL",
         )?
@@ -643,6 +766,8 @@ pub(crate) fn health(conn: &Connection) -> Result<StoreHealth> {
         problems.push(format!("session {sid}: {n} messages without a position"));
     }
     problems.extend(usage_problems(conn)?);
+    let (bodies, body_problems) = body_health(conn)?;
+    problems.extend(body_problems);
     let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     Ok(StoreHealth {
@@ -650,7 +775,78 @@ pub(crate) fn health(conn: &Connection) -> Result<StoreHealth> {
         latest_schema_version: i64::try_from(crate::schema::SCHEMA_VERSION).unwrap_or(i64::MAX),
         problems,
         size_bytes: u64::try_from(pages.saturating_mul(page_size)).ok(),
+        bodies,
     })
+}
+
+/// Bodies against the references to them, both ways: every reference
+/// has its body, every body's `refs` is the number of fields pointing at
+/// it (none is kept with no reference), and every body unpacks to the
+/// text its address names. Reads every body once.
+fn body_health(conn: &Connection) -> Result<(BodyStats, Vec<String>)> {
+    let mut counted: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
+    let mut stmt = conn.prepare(
+        "SELECT h, COUNT(*) FROM (
+             SELECT content_body AS h FROM messages WHERE content_body IS NOT NULL
+             UNION ALL SELECT full_content_body FROM messages WHERE full_content_body IS NOT NULL
+             UNION ALL SELECT tool_calls_body FROM messages WHERE tool_calls_body IS NOT NULL)
+         GROUP BY h",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let hash: Vec<u8> = get(r, 0, "body reference")?;
+        let n: i64 = get(r, 1, "count")?;
+        counted.insert(hash, u64::try_from(n).unwrap_or(0));
+    }
+    let mut stats = BodyStats::default();
+    let mut problems = Vec::new();
+    let mut stmt = conn.prepare("SELECT hash, data, len, refs FROM kp_bodies")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let hash: Vec<u8> = get(r, 0, "body hash")?;
+        let data: Vec<u8> = get(r, 1, "body")?;
+        let len: i64 = get(r, 2, "body length")?;
+        let refs: i64 = get(r, 3, "body count")?;
+        let name = hex(&hash);
+        let uses = counted.remove(&hash).unwrap_or(0);
+        if u64::try_from(refs).ok() != Some(uses) {
+            problems.push(format!(
+                "body {name}: counts {refs} references, {uses} message fields use it"
+            ));
+        }
+        match koda_persistence_api::bodies::unpack_checked(&data, &hash) {
+            Ok(text) if i64::try_from(text.len()).ok() == Some(len) => {}
+            Ok(text) => problems.push(format!(
+                "body {name}: records {len} bytes, holds {}",
+                text.len()
+            )),
+            Err(e) => problems.push(format!("body {name}: {}", e.reason())),
+        }
+        let len = u64::try_from(len).unwrap_or(0);
+        let packed = u64::try_from(data.len()).unwrap_or(u64::MAX);
+        if uses > 0 {
+            stats.add(len, packed, true);
+            for _ in 1..uses {
+                stats.add(len, packed, false);
+            }
+        } else {
+            stats.bodies += 1;
+            stats.unique_bytes += len;
+            stats.stored_bytes += packed;
+        }
+    }
+    for (hash, uses) in counted {
+        problems.push(format!(
+            "{uses} message fields refer to body {}, which is missing",
+            hex(&hash)
+        ));
+    }
+    Ok((stats, problems))
+}
+
+/// `bytes` in lower-case hex (a body's address in a report).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Sessions whose kept usage (`kp_usage`) differs from what their messages
@@ -749,6 +945,7 @@ pub(crate) fn import_messages(
     session_id: &str,
     messages: &[MessageRecord],
     keep_ids: bool,
+    blobs: bool,
 ) -> Result<Vec<i64>> {
     let tokens = messages.iter().fold(0i64, |sum, m| {
         sum.saturating_add(m.prompt_tokens.unwrap_or(0))
@@ -777,9 +974,10 @@ pub(crate) fn import_messages(
         "INSERT INTO messages (id, session_id, role, content, full_content, tool_calls,
              tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens,
              cache_creation_tokens, thinking_tokens, agent_name, created_at, created_ms,
-             completed_at, completed_ms, compacted_at, compacted_ms, ord)
+             completed_at, completed_ms, compacted_at, compacted_ms, ord,
+             content_body, full_content_body, tool_calls_body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20)",
+                 ?18, ?19, ?20, ?21, ?22, ?23)",
     )?;
     let mut ids = Vec::with_capacity(messages.len());
     for m in messages {
@@ -792,13 +990,21 @@ pub(crate) fn import_messages(
             None
         };
         ord += 1;
+        let [content, full, calls] = put_bodies(
+            tx,
+            blobs,
+            &m.role,
+            m.content.as_deref(),
+            m.full_content.as_deref(),
+            m.tool_calls.as_deref(),
+        )?;
         insert.execute(params![
             id,
             session_id,
             m.role.as_str(),
-            m.content,
-            m.full_content,
-            m.tool_calls,
+            content.0,
+            full.0,
+            calls.0,
             m.tool_call_id,
             m.prompt_tokens,
             m.completion_tokens,
@@ -813,6 +1019,9 @@ pub(crate) fn import_messages(
             m.compacted_ms.map(koda_text),
             m.compacted_ms,
             ord,
+            hash_param(&content.1),
+            hash_param(&full.1),
+            hash_param(&calls.1),
         ])?;
         ids.push(tx.last_insert_rowid());
     }
@@ -859,7 +1068,10 @@ mod tests {
                     .iter()
                     .any(|k| sql.starts_with(k))
                 {
-                    out.push(sql.replace("{MESSAGE_COLUMNS}", MESSAGE_COLUMNS));
+                    out.push(
+                        sql.replace("{MESSAGE_COLUMNS}", MESSAGE_COLUMNS)
+                            .replace("{CONTENT}", crate::rows::CONTENT),
+                    );
                 }
             }
         }

@@ -4,10 +4,40 @@ use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::{Message, MessageRecord, PersistenceError, Role};
 use rusqlite::Row;
 
-/// The message columns every query selects, in [`message`]'s order.
-pub(crate) const MESSAGE_COLUMNS: &str = "id, session_id, role, content, full_content, tool_calls, \
-    tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, \
-    thinking_tokens, created_ms, completed_ms";
+/// The message columns every query selects, in [`message`]'s order. A
+/// field held as a body selects the body's packed bytes (a BLOB; an empty
+/// one when the body is missing, which decodes as `Corrupt`), an inline
+/// field its text.
+pub(crate) const MESSAGE_COLUMNS: &str = concat!(
+    "id, session_id, role, ",
+    "CASE WHEN content_body IS NULL THEN content ELSE COALESCE((SELECT b.data FROM kp_bodies b WHERE b.hash = content_body), x'') END, ",
+    "CASE WHEN full_content_body IS NULL THEN full_content ELSE COALESCE((SELECT b.data FROM kp_bodies b WHERE b.hash = full_content_body), x'') END, ",
+    "CASE WHEN tool_calls_body IS NULL THEN tool_calls ELSE COALESCE((SELECT b.data FROM kp_bodies b WHERE b.hash = tool_calls_body), x'') END, ",
+    "tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, \
+    thinking_tokens, created_ms, completed_ms"
+);
+
+/// `content` as [`MESSAGE_COLUMNS`] selects it (decode with [`text`]).
+pub(crate) const CONTENT: &str = "CASE WHEN content_body IS NULL THEN content ELSE COALESCE((SELECT b.data FROM kp_bodies b WHERE b.hash = content_body), x'') END";
+
+/// A text field selected as [`MESSAGE_COLUMNS`] selects it: inline text,
+/// or a body's packed bytes, unpacked.
+pub(crate) fn text(
+    value: rusqlite::types::ValueRef<'_>,
+    what: &dyn Fn() -> String,
+) -> Result<Option<String>, PersistenceError> {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Null => Ok(None),
+        ValueRef::Blob(data) => koda_persistence_api::bodies::unpack(data)
+            .map(Some)
+            .map_err(|e| PersistenceError::Corrupt(format!("{}: {}", what(), e.reason()))),
+        other => other
+            .as_str()
+            .map(|s| Some(s.to_owned()))
+            .map_err(|e| PersistenceError::Corrupt(format!("cannot decode {}: {e}", what()))),
+    }
+}
 
 fn corrupt(what: &str, e: rusqlite::Error) -> PersistenceError {
     PersistenceError::Corrupt(format!("cannot decode {what}: {e}"))
@@ -62,10 +92,12 @@ pub(crate) fn message(row: &Row<'_>) -> Result<(Message, bool), PersistenceError
         ))
     };
     let text = |i: usize| -> Result<Option<String>, PersistenceError> {
-        col(i)?
-            .as_str_or_null()
-            .map(|s| s.map(str::to_owned))
-            .map_err(|e| typed(i, e))
+        text(col(i)?, &|| {
+            format!(
+                "{} of message {id}",
+                COLUMN_NAMES.get(i).unwrap_or(&"a column")
+            )
+        })
     };
     let int = |i: usize| -> Result<Option<i64>, PersistenceError> {
         col(i)?.as_i64_or_null().map_err(|e| typed(i, e))

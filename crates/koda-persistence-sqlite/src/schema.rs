@@ -29,7 +29,7 @@ use std::time::Instant;
 use anyhow::Result;
 use koda_persistence_api::PersistenceError;
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use rusqlite_migration::{HookResult, M, Migrations};
 
 use crate::options::SqliteOptions;
@@ -633,6 +633,133 @@ fn count_usage(tx: &Transaction<'_>) -> HookResult {
     Ok(())
 }
 
+/// Trigger statements: `delta` on the count of each body `row` refers to.
+macro_rules! body_refs {
+    ($row:literal, $delta:literal) => {
+        concat!(
+            "
+    UPDATE kp_bodies SET refs = refs ",
+            $delta,
+            " WHERE hash = ",
+            $row,
+            ".content_body;
+    UPDATE kp_bodies SET refs = refs ",
+            $delta,
+            " WHERE hash = ",
+            $row,
+            ".full_content_body;
+    UPDATE kp_bodies SET refs = refs ",
+            $delta,
+            " WHERE hash = ",
+            $row,
+            ".tool_calls_body;
+"
+        )
+    };
+}
+
+/// Trigger statement: drop the bodies `OLD` referred to once no field does.
+macro_rules! drop_unused_bodies {
+    () => {
+        "
+    DELETE FROM kp_bodies WHERE refs <= 0
+      AND hash IN (OLD.content_body, OLD.full_content_body, OLD.tool_calls_body);
+"
+    };
+}
+
+/// Version 4: large outputs stored once (`kp_bodies`).
+///
+/// A message field that is a body (see `koda_persistence_api::bodies`)
+/// has NULL in its own column and the body's address (SHA-256) in
+/// `content_body`, `full_content_body` or `tool_calls_body`; `kp_bodies`
+/// holds each body once, zstd-packed, with `refs`, the number of message
+/// fields that point at it. Triggers keep `refs` for every writer and
+/// every delete path (a session's delete, a purge, a cleared content, an
+/// older koda deleting rows): an insert counts the new row's bodies, a
+/// delete uncounts the old row's and drops those no field uses, an update
+/// of a body column moves the counts. The writer inserts a body (with
+/// `refs = 0`) in the same savepoint as the row that refers to it, so a
+/// failed write leaves neither. The triggers use only `UPDATE` and
+/// `DELETE`, which every SQLite an older koda was built with parses.
+const V4_BODIES: &str = concat!(
+    "
+CREATE TABLE kp_bodies (
+    hash BLOB PRIMARY KEY NOT NULL,
+    data BLOB NOT NULL,
+    len INTEGER NOT NULL,
+    refs INTEGER NOT NULL
+);
+ALTER TABLE messages ADD COLUMN content_body BLOB;
+ALTER TABLE messages ADD COLUMN full_content_body BLOB;
+ALTER TABLE messages ADD COLUMN tool_calls_body BLOB;
+
+CREATE TRIGGER kp_bodies_inserted AFTER INSERT ON messages
+WHEN NEW.content_body IS NOT NULL OR NEW.full_content_body IS NOT NULL
+  OR NEW.tool_calls_body IS NOT NULL
+BEGIN",
+    body_refs!("NEW", "+ 1"),
+    "END;
+
+CREATE TRIGGER kp_bodies_deleted AFTER DELETE ON messages
+WHEN OLD.content_body IS NOT NULL OR OLD.full_content_body IS NOT NULL
+  OR OLD.tool_calls_body IS NOT NULL
+BEGIN",
+    body_refs!("OLD", "- 1"),
+    drop_unused_bodies!(),
+    "END;
+
+CREATE TRIGGER kp_bodies_changed AFTER UPDATE OF content_body, full_content_body, tool_calls_body
+    ON messages
+WHEN NEW.content_body IS NOT OLD.content_body OR NEW.full_content_body IS NOT OLD.full_content_body
+  OR NEW.tool_calls_body IS NOT OLD.tool_calls_body
+BEGIN",
+    body_refs!("NEW", "+ 1"),
+    body_refs!("OLD", "- 1"),
+    drop_unused_bodies!(),
+    "END;
+"
+);
+
+/// Migration 4's hook: a file this layer created stores bodies once from
+/// the start; a file an older koda may still read keeps them inline until
+/// the user opts in (`blobs=on`, `koda-store compact-bodies`).
+fn record_body_mode(tx: &Transaction<'_>) -> HookResult {
+    let created_here = tx
+        .query_row(
+            "SELECT value FROM kp_meta WHERE key = 'koda_generation'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .is_some_and(|g| g == Origin::New.as_str());
+    tx.execute(
+        "INSERT INTO kp_meta (key, value) VALUES ('bodies', ?1) ON CONFLICT (key) DO NOTHING",
+        params![if created_here { "on" } else { "off" }],
+    )?;
+    Ok(())
+}
+
+/// Whether this file stores bodies once: `wanted` (the `blobs=` option)
+/// when given, which is then recorded for every later open; otherwise
+/// what the file records.
+pub(crate) fn body_mode(conn: &Connection, wanted: Option<bool>) -> Result<bool> {
+    if let Some(on) = wanted {
+        conn.execute(
+            "INSERT INTO kp_meta (key, value) VALUES ('bodies', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![if on { "on" } else { "off" }],
+        )?;
+        return Ok(on);
+    }
+    let value: Option<String> = conn
+        .query_row("SELECT value FROM kp_meta WHERE key = 'bodies'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(value.as_deref() == Some("on"))
+}
+
 /// The migrations, oldest first, for a file whose generation before
 /// adoption was `origin`. Never edit a released one; append.
 pub(crate) fn migrations(origin: Origin) -> Migrations<'static> {
@@ -642,11 +769,12 @@ pub(crate) fn migrations(origin: Origin) -> Migrations<'static> {
             record_origin(tx, origin)
         }),
         M::up_with_hook(V3_USAGE, count_usage),
+        M::up_with_hook(V4_BODIES, record_body_mode),
     ])
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: usize = 3;
+pub const SCHEMA_VERSION: usize = 4;
 
 /// Brings the file to [`SCHEMA_VERSION`] with the migrations for its
 /// origin (adopting an older koda's file in place), retrying while it is

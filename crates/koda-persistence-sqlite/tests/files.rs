@@ -470,7 +470,13 @@ async fn the_wal_is_checkpointed_while_writing_and_stays_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("koda.db");
     let wal = dir.path().join("koda.db-wal");
-    let (store, sid) = open_session(&path, SqliteOptions::default()).await;
+    // Inline rows: stored once, 1,000 copies of one text would be a single
+    // small body, and this test needs the WAL to fill.
+    let options = SqliteOptions {
+        blobs: Some(false),
+        ..SqliteOptions::default()
+    };
+    let (store, sid) = open_session(&path, options).await;
     let text = "x".repeat(40 * 1024);
     let insert = || store.insert_message(&sid, &Role::User, Some(&text), None, None, None);
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
