@@ -115,6 +115,17 @@ pub fn unpack(data: &[u8]) -> Result<String, PersistenceError> {
     String::from_utf8(bytes).map_err(|_| corrupt("is not UTF-8".into()))
 }
 
+/// The text length a packed body records, without inflating it.
+pub fn packed_len(data: &[u8]) -> Result<usize, PersistenceError> {
+    match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(size)) => usize::try_from(size)
+            .map_err(|_| PersistenceError::Corrupt(format!("a stored body claims {size} bytes"))),
+        _ => Err(PersistenceError::Corrupt(
+            "a stored body is not a zstd frame with its size".into(),
+        )),
+    }
+}
+
 /// [`unpack`], and the result's address must be `hash` (for `doctor`,
 /// which reads every body once).
 pub fn unpack_checked(data: &[u8], hash: &[u8]) -> Result<String, PersistenceError> {

@@ -16,11 +16,130 @@ use koda_persistence_api::{
 use koda_persistence_api::{MessageRecord, MetadataRecord, SessionRecord};
 use sled::{Batch, Db, IVec};
 
+use koda_persistence_api::BodyStats;
+use koda_persistence_api::bodies::{
+    BodyField, BodyHash, body_hash, is_body, pack, packed_len, unpack, unpack_checked,
+};
+
 use crate::rows::{
-    StoredMessage, StoredSession, decode, decode_message, decode_session, encode, encode_session,
-    role_byte, role_of, session_of, to_message, usage_of,
+    StoredMessage, StoredSession, decode, decode_message, decode_session, encode, encode_message,
+    encode_session, role_byte, role_of, session_of, to_message, usage_of,
 };
 use crate::schema;
+
+/// The fields that may be bodies, in `StoredMessage::bodies` order.
+const FIELDS: [BodyField; 3] = [
+    BodyField::Content,
+    BodyField::FullContent,
+    BodyField::ToolCalls,
+];
+
+/// The body reference changes of one write, put into its batch by
+/// [`Refs::finish`]: the count (`b`) moves by the sum of the changes, a
+/// new body (`B`) is written with its first reference and removed with
+/// its last, all in the write's one atomic batch (under the write lock,
+/// so no other write reads the counts in between).
+#[derive(Default)]
+struct Refs {
+    changes: HashMap<BodyHash, (i64, Option<Vec<u8>>)>,
+}
+
+impl Refs {
+    /// Moves every field of `m` that is a body into a body (one more
+    /// reference each).
+    fn intern(&mut self, db: &Db, m: &mut StoredMessage) -> Result<()> {
+        let role = role_of(m.role)?;
+        let mut found = [None, None, None];
+        for (i, slot) in m.fields_mut().into_iter().enumerate() {
+            let field = FIELDS[i];
+            if let Some(text) = slot.take_if(|v| is_body(&role, field, v)) {
+                found[i] = Some(text);
+            }
+        }
+        for (i, text) in found.into_iter().enumerate() {
+            let Some(text) = text else { continue };
+            let hash = body_hash(&text);
+            let change = self.changes.entry(hash).or_insert((0, None));
+            change.0 += 1;
+            if change.1.is_none() && !db.contains_key(schema::body(&hash))? {
+                change.1 = Some(pack(&text)?);
+            }
+            m.bodies[i] = Some(hash);
+        }
+        Ok(())
+    }
+
+    /// One reference fewer to each body of `m`.
+    fn release(&mut self, m: &StoredMessage) {
+        for hash in m.bodies.iter().flatten() {
+            self.release_one(*hash);
+        }
+    }
+
+    fn release_one(&mut self, hash: BodyHash) {
+        self.changes.entry(hash).or_insert((0, None)).0 -= 1;
+    }
+
+    /// Puts the counts, new bodies and dropped bodies into `batch`.
+    fn finish(self, db: &Db, batch: &mut Batch) -> Result<()> {
+        for (hash, (change, data)) in self.changes {
+            if change == 0 {
+                continue;
+            }
+            let now = body_count(db, &hash)?;
+            let next = i64::try_from(now)
+                .unwrap_or(i64::MAX)
+                .saturating_add(change);
+            if next <= 0 {
+                batch.remove(schema::body(&hash));
+                batch.remove(schema::body_refs(&hash));
+            } else {
+                batch.insert(
+                    schema::body_refs(&hash),
+                    &u64::try_from(next).unwrap_or(0).to_be_bytes()[..],
+                );
+                if let Some(data) = data {
+                    batch.insert(schema::body(&hash), data);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How many message fields refer to the body `hash` (0: no such body).
+fn body_count(db: &Db, hash: &BodyHash) -> Result<u64> {
+    Ok(match db.get(schema::body_refs(hash))? {
+        Some(v) => u64::from_be_bytes(<[u8; 8]>::try_from(&v[..]).map_err(|_| {
+            PersistenceError::Corrupt("a body reference count is not 8 bytes".into())
+        })?),
+        None => 0,
+    })
+}
+
+/// `m` with the text of each of its bodies in place, for a read (never
+/// written back: writes keep the addresses).
+fn resolve(db: &Db, mut m: StoredMessage) -> Result<StoredMessage> {
+    let bodies = m.bodies;
+    let id = m.id;
+    for (slot, hash) in m.fields_mut().into_iter().zip(bodies) {
+        if let Some(hash) = hash {
+            let data = db.get(schema::body(&hash))?.ok_or_else(|| {
+                PersistenceError::Corrupt(format!("message {id}: a body it refers to is missing"))
+            })?;
+            *slot = Some(unpack(&data)?);
+        }
+    }
+    Ok(m)
+}
+
+/// The text length of body `hash`, from its frame header.
+fn body_len(db: &Db, hash: &BodyHash) -> Result<usize> {
+    let data = db
+        .get(schema::body(hash))?
+        .ok_or_else(|| PersistenceError::Corrupt("a body a message refers to is missing".into()))?;
+    Ok(packed_len(&data)?)
+}
 
 pub(crate) fn get_session(db: &Db, id: &str) -> Result<Option<StoredSession>> {
     match db.get(schema::session(id))? {
@@ -29,7 +148,16 @@ pub(crate) fn get_session(db: &Db, id: &str) -> Result<Option<StoredSession>> {
     }
 }
 
-/// A session's messages in conversation order, with their keys.
+/// A session's messages in conversation order, bodies resolved, for a read.
+fn read_messages(db: &Db, id: &str) -> Result<Vec<StoredMessage>> {
+    session_messages(db, id)?
+        .into_iter()
+        .map(|(_, m)| resolve(db, m))
+        .collect()
+}
+
+/// A session's messages in conversation order, with their keys (bodies
+/// by address, as stored).
 fn session_messages(db: &Db, id: &str) -> Result<Vec<(IVec, StoredMessage)>> {
     db.scan_prefix(schema::messages_of(id))
         .map(|kv| {
@@ -136,7 +264,9 @@ pub(crate) fn delete_session(db: &Db, sid: &str) -> Result<(Batch, bool)> {
     let Some(s) = get_session(db, sid)? else {
         return Ok((batch, false));
     };
+    let mut refs = Refs::default();
     for (key, m) in session_messages(db, sid)? {
+        refs.release(&m);
         batch.remove(key);
         batch.remove(schema::numbered(schema::BY_ID, m.id));
         batch.remove(schema::numbered(schema::USER, m.id));
@@ -154,6 +284,7 @@ pub(crate) fn delete_session(db: &Db, sid: &str) -> Result<(Batch, bool)> {
     ));
     batch.remove(schema::rootless(as_u64(s.created_ms), s.seq));
     batch.remove(schema::session(sid));
+    refs.finish(db, &mut batch)?;
     Ok((batch, true))
 }
 
@@ -202,23 +333,29 @@ pub(crate) fn append_message(db: &Db, m: NewMessage, now: i64) -> Result<(Batch,
         created_ms: now,
         completed_ms: None,
         compacted_ms: None,
+        bodies: [None; 3],
     };
     let mut batch = Batch::default();
+    let mut stored = record.clone();
+    let mut refs = Refs::default();
+    refs.intern(db, &mut stored)?;
+    refs.finish(db, &mut batch)?;
     batch.insert(schema::session(&m.session_id), encode_session(&session)?);
     batch.insert(schema::numbered(schema::BY_ID, id), key.clone());
     if m.role == Role::User {
         batch.insert(schema::numbered(schema::USER, id), key.clone());
     }
-    batch.insert(key, encode(&record)?);
+    batch.insert(key, encode_message(&stored)?);
     Ok((batch, record))
 }
 
 /// The session's active rows (not compacted), in conversation order.
 pub(crate) fn active_rows(db: &Db, sid: &str) -> Result<Vec<ContextRow>> {
     session_messages(db, sid)?
-        .iter()
+        .into_iter()
         .filter(|(_, m)| m.compacted_ms.is_none())
         .map(|(_, m)| {
+            let m = &resolve(db, m)?;
             Ok(ContextRow {
                 message: to_message(sid, m)?,
                 complete: m.completed_ms.is_some(),
@@ -228,9 +365,9 @@ pub(crate) fn active_rows(db: &Db, sid: &str) -> Result<Vec<ContextRow>> {
 }
 
 pub(crate) fn load_all(db: &Db, sid: &str) -> Result<Vec<Message>> {
-    session_messages(db, sid)?
+    read_messages(db, sid)?
         .iter()
-        .map(|(_, m)| Ok(to_message(sid, m)?))
+        .map(|m| Ok(to_message(sid, m)?))
         .collect()
 }
 
@@ -242,7 +379,10 @@ pub(crate) fn recent_user_messages(db: &Db, limit: usize) -> Result<Vec<String>>
         }
         let (_, key) = kv?;
         let Some(v) = db.get(&key)? else { continue };
-        if let Some(c) = decode_message(&v)?.content.filter(|c| !c.is_empty()) {
+        if let Some(c) = resolve(db, decode_message(&v)?)?
+            .content
+            .filter(|c| !c.is_empty())
+        {
             out.push(c);
         }
     }
@@ -254,10 +394,8 @@ pub(crate) fn last_content(db: &Db, sid: &str, role: Role) -> Result<String> {
     let want = role_byte(role);
     for kv in db.scan_prefix(schema::messages_of(sid)).rev() {
         let m = decode_message(&kv?.1)?;
-        if m.role == want
-            && let Some(c) = m.content
-        {
-            return Ok(c);
+        if m.role == want && (m.content.is_some() || m.bodies[0].is_some()) {
+            return Ok(resolve(db, m)?.content.unwrap_or_default());
         }
     }
     Ok(String::new())
@@ -267,7 +405,8 @@ pub(crate) fn has_pending_tool_calls(db: &Db, sid: &str) -> Result<bool> {
     for kv in db.scan_prefix(schema::messages_of(sid)).rev() {
         let m = decode_message(&kv?.1)?;
         if m.compacted_ms.is_none() {
-            return Ok(role_of(m.role)? == Role::Assistant && m.tool_calls.is_some());
+            return Ok(role_of(m.role)? == Role::Assistant
+                && (m.tool_calls.is_some() || m.bodies[2].is_some()));
         }
     }
     Ok(false)
@@ -285,7 +424,7 @@ pub(crate) fn mark_complete(db: &Db, message_id: i64, now: i64) -> Result<(Batch
     m.completed_ms = Some(now);
     let session = session_of(&key);
     let mut batch = Batch::default();
-    batch.insert(key, encode(&m)?);
+    batch.insert(key, encode_message(&m)?);
     Ok((batch, session))
 }
 
@@ -327,7 +466,7 @@ pub(crate) fn compact(
         let mut m = m.clone();
         m.compacted_ms = Some(now);
         batch.insert(schema::compacted(as_u64(now), m.id), key.clone());
-        batch.insert(key.clone(), encode(&m)?);
+        batch.insert(key.clone(), encode_message(&m)?);
     }
     // The summary and hint take the first preserved message's place;
     // it and everything after it move two places on.
@@ -350,16 +489,17 @@ pub(crate) fn compact(
             if m.role == role_byte(Role::User) {
                 batch.insert(schema::numbered(schema::USER, m.id), moved.clone());
             }
-            batch.insert(moved, encode(m)?);
+            batch.insert(moved, encode_message(m)?);
         }
     }
+    let mut refs = Refs::default();
     for (offset, role, text, completed) in [
         (0, Role::System, summary, None),
         (1, Role::Assistant, COMPACTION_HINT, Some(now)),
     ] {
         let id = next_id(db)?;
         let key = schema::message(sid, at + offset);
-        let record = StoredMessage {
+        let mut record = StoredMessage {
             id,
             role: role_byte(role),
             content: Some(text.to_owned()),
@@ -371,10 +511,13 @@ pub(crate) fn compact(
             created_ms: now,
             completed_ms: completed,
             compacted_ms: None,
+            bodies: [None; 3],
         };
+        refs.intern(db, &mut record)?;
         batch.insert(schema::numbered(schema::BY_ID, id), key.clone());
-        batch.insert(key, encode(&record)?);
+        batch.insert(key, encode_message(&record)?);
     }
+    refs.finish(db, &mut batch)?;
     session.next_ord += 2;
     session.message_count += 2;
     batch.insert(schema::session(sid), encode_session(&session)?);
@@ -384,6 +527,7 @@ pub(crate) fn compact(
 /// Sets the content of the listed messages; returns the batch and the sessions touched.
 pub(crate) fn clear_content(db: &Db, ids: &[i64], stub: &str) -> Result<(Batch, Vec<String>)> {
     let mut changed: HashMap<IVec, StoredMessage> = HashMap::new();
+    let mut refs = Refs::default();
     for id in ids.iter().filter_map(|id| u64::try_from(*id).ok()) {
         let Some(key) = db.get(schema::numbered(schema::BY_ID, id))? else {
             continue;
@@ -393,15 +537,20 @@ pub(crate) fn clear_content(db: &Db, ids: &[i64], stub: &str) -> Result<(Batch, 
         }
         let Some(v) = db.get(&key)? else { continue };
         let mut m = decode_message(&v)?;
+        if let Some(old) = m.bodies[0].take() {
+            refs.release_one(old);
+        }
         m.content = Some(stub.to_owned());
+        refs.intern(db, &mut m)?;
         changed.insert(key, m);
     }
     let mut batch = Batch::default();
     let mut touched = Vec::new();
     for (key, m) in changed {
         touched.extend(session_of(&key));
-        batch.insert(key, encode(&m)?);
+        batch.insert(key, encode_message(&m)?);
     }
+    refs.finish(db, &mut batch)?;
     Ok((batch, touched))
 }
 
@@ -418,8 +567,13 @@ pub(crate) fn compacted_stats(db: &Db) -> Result<CompactedStats> {
         if let Some(s) = session_of(&key) {
             sessions.insert(s);
         }
-        let bytes =
-            m.content.as_deref().map_or(0, str::len) + m.tool_calls.as_deref().map_or(0, str::len);
+        let len = |text: &Option<String>, body: &Option<BodyHash>| -> Result<usize> {
+            match body {
+                Some(hash) => body_len(db, hash),
+                None => Ok(text.as_deref().map_or(0, str::len)),
+            }
+        };
+        let bytes = len(&m.content, &m.bodies[0])? + len(&m.tool_calls, &m.bodies[2])?;
         stats.size_bytes = stats
             .size_bytes
             .saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
@@ -440,6 +594,7 @@ pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<
     };
     let mut batch = Batch::default();
     let mut sessions: HashMap<String, StoredSession> = HashMap::new();
+    let mut refs = Refs::default();
     let mut n = 0;
     if days != 0 && cutoff <= 0 {
         return Ok((batch, (0, Vec::new())));
@@ -460,6 +615,7 @@ pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<
             s.message_count -= 1;
             s.uncount(m.agent_name.as_deref(), m.counters());
         }
+        refs.release(&m);
         batch.remove(ckey);
         batch.remove(key);
         batch.remove(schema::numbered(schema::BY_ID, m.id));
@@ -471,6 +627,7 @@ pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<
         batch.insert(schema::session(&sid), encode_session(&s)?);
         touched.push(sid);
     }
+    refs.finish(db, &mut batch)?;
     Ok((batch, (n, touched)))
 }
 
@@ -523,9 +680,9 @@ pub(crate) fn export_session(db: &Db, sid: &str) -> Result<Option<SessionRecord>
 }
 
 pub(crate) fn export_messages(db: &Db, sid: &str) -> Result<Vec<MessageRecord>> {
-    session_messages(db, sid)?
+    read_messages(db, sid)?
         .into_iter()
-        .map(|(_, m)| {
+        .map(|m| {
             let [p, c, cr, cc, t] = m.counters();
             Ok(MessageRecord {
                 id: i64::try_from(m.id)
@@ -611,12 +768,72 @@ pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
             ));
         }
     }
+    let bodies = body_health(db, &mut problems)?;
     Ok(koda_persistence_api::StoreHealth {
         schema_version: i64::from(crate::rows::SESSION_VERSION),
         latest_schema_version: i64::from(crate::rows::SESSION_VERSION),
         problems,
         size_bytes: Some(db.size_on_disk()?),
+        bodies,
     })
+}
+
+/// Bodies against the references to them, both ways (every reference has
+/// its body, every count is the number of fields using it, no body is kept
+/// unused), and every body against its address. Reads every body once.
+fn body_health(db: &Db, problems: &mut Vec<String>) -> Result<BodyStats> {
+    let mut uses: HashMap<BodyHash, u64> = HashMap::new();
+    for kv in db.scan_prefix([schema::MESSAGE]) {
+        let (_, v) = kv?;
+        let Ok(m) = decode_message(&v) else { continue };
+        for hash in m.bodies.iter().flatten() {
+            *uses.entry(*hash).or_default() += 1;
+        }
+    }
+    let mut stats = BodyStats::default();
+    for kv in db.scan_prefix([schema::BODY]) {
+        let (k, data) = kv?;
+        let Ok(hash) = BodyHash::try_from(&k[1..]) else {
+            problems.push("a body key without a 32-byte address".into());
+            continue;
+        };
+        let name: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let len = match unpack_checked(&data, &hash) {
+            Ok(text) => text.len() as u64,
+            Err(e) => {
+                problems.push(format!("body {name}: {}", e.reason()));
+                0
+            }
+        };
+        let count = body_count(db, &hash)?;
+        let used = uses.remove(&hash).unwrap_or(0);
+        if count != used {
+            problems.push(format!(
+                "body {name}: counts {count} references, {used} message fields use it"
+            ));
+        }
+        let packed = data.len() as u64;
+        stats.bodies += 1;
+        stats.unique_bytes += len;
+        stats.stored_bytes += packed;
+        stats.references += used;
+        stats.logical_bytes += len * used;
+    }
+    for kv in db.scan_prefix([schema::BODY_REFS]) {
+        let (k, _) = kv?;
+        if !db.contains_key(schema::body(
+            &BodyHash::try_from(&k[1..]).unwrap_or([0; 32]),
+        ))? {
+            problems.push("a body reference count without its body".into());
+        }
+    }
+    for (hash, n) in uses {
+        let name: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        problems.push(format!(
+            "{n} message fields refer to body {name}, which is missing"
+        ));
+    }
+    Ok(stats)
 }
 
 pub(crate) fn message_id_range(db: &Db) -> Result<Option<(i64, i64)>> {
@@ -710,6 +927,7 @@ pub(crate) fn import_messages(
             .collect::<Result<_>>()?
     };
     let mut batch = Batch::default();
+    let mut refs = Refs::default();
     let mut tally = session.tally();
     for (m, &id) in messages.iter().zip(&ids) {
         let usage = usage_of(m.counters());
@@ -718,7 +936,7 @@ pub(crate) fn import_messages(
         session.message_count += 1;
         let key = schema::message(sid, session.next_ord);
         let id = as_u64(id);
-        let record = StoredMessage {
+        let mut record = StoredMessage {
             id,
             role: role_byte(m.role),
             content: m.content.clone(),
@@ -730,7 +948,9 @@ pub(crate) fn import_messages(
             created_ms: m.created_ms,
             completed_ms: m.completed_ms,
             compacted_ms: m.compacted_ms,
+            bodies: [None; 3],
         };
+        refs.intern(db, &mut record)?;
         batch.insert(schema::numbered(schema::BY_ID, id), key.clone());
         if m.role == Role::User {
             batch.insert(schema::numbered(schema::USER, id), key.clone());
@@ -738,8 +958,9 @@ pub(crate) fn import_messages(
         if let Some(at) = m.compacted_ms {
             batch.insert(schema::compacted(as_u64(at), id), key.clone());
         }
-        batch.insert(key, encode(&record)?);
+        batch.insert(key, encode_message(&record)?);
     }
+    refs.finish(db, &mut batch)?;
     session.set_tally(&tally);
     batch.insert(schema::session(sid), encode_session(&session)?);
     Ok((batch, ids))

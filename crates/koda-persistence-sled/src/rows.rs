@@ -6,6 +6,7 @@
 //! the API's `SessionRecord` and `MessageRecord` are the export format.
 
 use koda_persistence_api::backend::{ExactUsage, UsageTally, format_timestamp};
+use koda_persistence_api::bodies::BodyHash;
 use koda_persistence_api::{Message, PersistenceError, Role};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,10 @@ use sled::IVec;
 
 /// The value format this build writes (session records: [`SESSION_VERSION`]).
 pub(crate) const VERSION: u8 = 1;
+
+/// The value format of message records: 2 adds `bodies`. Format 1
+/// (earlier builds) is still read, as a message without bodies.
+pub(crate) const MESSAGE_VERSION: u8 = 2;
 
 /// The format of session records: 2 since usage by agent is kept in them.
 pub(crate) const SESSION_VERSION: u8 = 2;
@@ -94,7 +99,7 @@ impl StoredSession {
     }
 }
 
-/// A message.
+/// A message, as format 2 stores it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StoredMessage {
     pub id: u64,
@@ -108,6 +113,56 @@ pub(crate) struct StoredMessage {
     pub created_ms: i64,
     pub completed_ms: Option<i64>,
     pub compacted_ms: Option<i64>,
+    /// The address of the body holding `content`, `full_content` and
+    /// `tool_calls` (in that order) when one does; that field is then
+    /// `None` here. See `schema::body`.
+    pub bodies: [Option<BodyHash>; 3],
+}
+
+/// A message as format 1 stored it (no bodies).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredMessageV1 {
+    pub id: u64,
+    pub role: u8,
+    pub content: Option<String>,
+    pub full_content: Option<String>,
+    pub tool_calls: Option<String>,
+    pub tool_call_id: Option<String>,
+    pub usage: Option<[i64; 5]>,
+    pub agent_name: Option<String>,
+    pub created_ms: i64,
+    pub completed_ms: Option<i64>,
+    pub compacted_ms: Option<i64>,
+}
+
+impl From<StoredMessageV1> for StoredMessage {
+    fn from(m: StoredMessageV1) -> Self {
+        StoredMessage {
+            id: m.id,
+            role: m.role,
+            content: m.content,
+            full_content: m.full_content,
+            tool_calls: m.tool_calls,
+            tool_call_id: m.tool_call_id,
+            usage: m.usage,
+            agent_name: m.agent_name,
+            created_ms: m.created_ms,
+            completed_ms: m.completed_ms,
+            compacted_ms: m.compacted_ms,
+            bodies: [None; 3],
+        }
+    }
+}
+
+impl StoredMessage {
+    /// The text fields that may be bodies, in `bodies` order.
+    pub(crate) fn fields_mut(&mut self) -> [&mut Option<String>; 3] {
+        [
+            &mut self.content,
+            &mut self.full_content,
+            &mut self.tool_calls,
+        ]
+    }
 }
 
 /// A counter an imported row of an older koda never had (counters are
@@ -206,8 +261,17 @@ fn decode_as<T: DeserializeOwned>(
     }
 }
 
+/// A message record: [`MESSAGE_VERSION`] + postcard.
+pub(crate) fn encode_message(m: &StoredMessage) -> Result<Vec<u8>, PersistenceError> {
+    encode_as(MESSAGE_VERSION, m)
+}
+
+/// A message record of format 2, or of format 1 (read without bodies).
 pub(crate) fn decode_message(v: &IVec) -> Result<StoredMessage, PersistenceError> {
-    decode(v, "a message")
+    match v.first() {
+        Some(&VERSION) => decode_as::<StoredMessageV1>(VERSION, v, "a message").map(Into::into),
+        _ => decode_as(MESSAGE_VERSION, v, "a message"),
+    }
 }
 
 pub(crate) fn to_message(session_id: &str, m: &StoredMessage) -> Result<Message, PersistenceError> {
@@ -253,20 +317,41 @@ mod tests {
             created_ms: 5,
             completed_ms: None,
             compacted_ms: Some(9),
+            bodies: [None, Some([7; 32]), None],
         };
-        let bytes = encode(&m).expect("encodes");
-        assert_eq!(bytes[0], VERSION);
-        let back: StoredMessage = decode(&bytes, "m").expect("decodes");
+        let bytes = encode_message(&m).expect("encodes");
+        assert_eq!(bytes[0], MESSAGE_VERSION);
+        let back = decode_message(&IVec::from(bytes.clone())).expect("decodes");
+        assert_eq!(back.bodies, m.bodies);
         assert_eq!(
             (back.id, back.content.as_deref(), back.usage),
             (7, Some("a\0b"), Some([1, 2, 3, 4, i64::MAX]))
         );
         let mut future = bytes.clone();
-        future[0] = 2;
+        future[0] = 3;
         assert!(matches!(
-            decode::<StoredMessage>(&future, "m"),
+            decode_message(&IVec::from(future)),
             Err(PersistenceError::Corrupt(_))
         ));
+        let old = StoredMessageV1 {
+            id: 8,
+            role: role_byte(Role::User),
+            content: Some("v1".into()),
+            full_content: None,
+            tool_calls: None,
+            tool_call_id: None,
+            usage: None,
+            agent_name: None,
+            created_ms: 1,
+            completed_ms: None,
+            compacted_ms: None,
+        };
+        let v1 =
+            decode_message(&IVec::from(encode(&old).expect("encodes"))).expect("reads format 1");
+        assert_eq!(
+            (v1.id, v1.content.as_deref(), v1.bodies),
+            (8, Some("v1"), [None; 3])
+        );
         assert!(matches!(
             decode::<StoredMessage>(&[], "m"),
             Err(PersistenceError::Corrupt(_))

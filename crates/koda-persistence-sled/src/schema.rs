@@ -16,6 +16,8 @@
 //! | `L` | `!created_at: u64`, `!seq: u64` | session id | the root-less sessions an older koda's history brings (imports only), listed under every root |
 //! | `N` | `seq` | last session sequence number | creation order |
 //! | `N` | `idfloor` | the highest id an importer claimed | message ids past it |
+//! | `B` | body address (SHA-256, 32 bytes) | the body, zstd-packed | message fields held as bodies |
+//! | `b` | body address | `u64` big-endian: the message fields that refer to it | releasing a body with its last reference |
 //!
 //! Conversation order is `ord`, a per-session position: inserts take
 //! `next_ord + 1`; compaction moves the preserved tail two places on and puts
@@ -47,6 +49,26 @@ pub(crate) const BY_ROOT: u8 = b'R';
 pub(crate) const COUNTER: u8 = b'N';
 /// Root-less sessions, newest first.
 pub(crate) const ROOTLESS: u8 = b'L';
+/// Bodies by address.
+pub(crate) const BODY: u8 = b'B';
+/// Body reference counts by address.
+pub(crate) const BODY_REFS: u8 = b'b';
+
+/// `B` + address.
+pub(crate) fn body(hash: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33);
+    k.push(BODY);
+    k.extend_from_slice(hash);
+    k
+}
+
+/// `b` + address.
+pub(crate) fn body_refs(hash: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33);
+    k.push(BODY_REFS);
+    k.extend_from_slice(hash);
+    k
+}
 
 fn with_len(out: &mut Vec<u8>, bytes: &[u8]) {
     // Lengths above u32::MAX cannot be stored by sled anyway.
