@@ -247,7 +247,9 @@ impl Persistence for PostgresStore {
             return Ok(());
         }
         let touched = self
-            .with_client(|c| async move { queries::clear_content(&c, message_ids, stub).await })
+            .with_client(
+                |mut c| async move { queries::clear_content(&mut c, message_ids, stub).await },
+            )
             .await?;
         let mut cache = self.cache();
         for s in touched {

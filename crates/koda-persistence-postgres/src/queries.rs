@@ -7,8 +7,103 @@
 
 use crate::exec::{Conn, Db, boolean, byte_arrays, bytes, int, ints, text, texts};
 use crate::rows::{
-    MESSAGE_COLUMNS, as_bytes, get, in_message, message, opt_bytes, required_string, role, string,
+    CONTENT, MESSAGE_COLUMNS, as_bytes, body_string, get, in_message, message, opt_bytes,
+    required_string, role, string,
 };
+use koda_persistence_api::BodyStats;
+use koda_persistence_api::bodies::{BodyField, BodyHash, body_hash, is_body, pack, unpack_checked};
+use std::collections::BTreeMap;
+
+/// The fields that may be bodies, in column order.
+const FIELDS: [BodyField; 3] = [
+    BodyField::Content,
+    BodyField::FullContent,
+    BodyField::ToolCalls,
+];
+
+/// The bodies one statement writes: distinct addresses in address order
+/// (the lock order), their packed bytes and text lengths, and the
+/// references the statement adds to each.
+#[derive(Default)]
+struct NewBodies {
+    hashes: Vec<Vec<u8>>,
+    data: Vec<Vec<u8>>,
+    lens: Vec<i64>,
+    refs: Vec<i64>,
+}
+
+/// Bodies found in a statement's rows, by address: references and text.
+type Found<'v> = BTreeMap<BodyHash, (i64, &'v str)>;
+
+/// A row's three text fields: what its own columns hold, and the addresses
+/// of the bodies that hold the rest.
+type Split<'v> = ([Option<&'v [u8]>; 3], [Option<Vec<u8>>; 3]);
+
+/// Splits a `role` message's content, full_content and tool_calls into
+/// inline values and bodies, counting each body in `found`.
+fn split<'v>(role: &Role, fields: [Option<&'v str>; 3], found: &mut Found<'v>) -> Split<'v> {
+    let mut inline = [None; 3];
+    let mut bodies = [None, None, None];
+    for (i, value) in fields.into_iter().enumerate() {
+        let Some(text) = value else { continue };
+        if is_body(role, FIELDS[i], text) {
+            let hash = body_hash(text);
+            found.entry(hash).or_insert((0, text)).0 += 1;
+            bodies[i] = Some(hash.to_vec());
+        } else {
+            inline[i] = Some(text.as_bytes());
+        }
+    }
+    (inline, bodies)
+}
+
+/// Packs the bodies `found` names (on the blocking pool when they are
+/// large, so compression never holds an async worker long).
+async fn pack_bodies(found: Found<'_>) -> Result<NewBodies> {
+    let total: usize = found.values().map(|(_, t)| t.len()).sum();
+    let mut out = NewBodies::default();
+    let packed: Vec<Vec<u8>> = if total > 256 * 1024 {
+        let texts: Vec<String> = found.values().map(|(_, t)| (*t).to_owned()).collect();
+        tokio::task::spawn_blocking(move || texts.iter().map(|t| pack(t)).collect::<Result<_>>())
+            .await
+            .map_err(|e| anyhow::anyhow!("packing bodies: {e}"))??
+    } else {
+        found
+            .values()
+            .map(|(_, t)| pack(t))
+            .collect::<Result<_>>()?
+    };
+    for ((hash, (n, text)), data) in found.into_iter().zip(packed) {
+        out.hashes.push(hash.to_vec());
+        out.data.push(data);
+        out.lens.push(i64::try_from(text.len()).unwrap_or(i64::MAX));
+        out.refs.push(n);
+    }
+    Ok(out)
+}
+
+/// The statement part that stores `NewBodies` passed as `$a..$a+3`, after
+/// the session row (`s`) is locked: a known body gains the references, a
+/// new one (or one a concurrent release just removed) is inserted.
+macro_rules! upsert_bodies {
+    ($a:literal, $b:literal, $c:literal, $d:literal) => {
+        concat!(
+            "INSERT INTO kp.bodies AS x (hash, data, len, refs)
+                 SELECT v.hash, v.data, v.len, v.refs FROM s,
+                     unnest($",
+            $a,
+            "::BYTEA[], $",
+            $b,
+            "::BYTEA[], $",
+            $c,
+            "::BIGINT[], $",
+            $d,
+            "::BIGINT[]) AS v(hash, data, len, refs)
+                 ORDER BY v.hash
+                 ON CONFLICT (hash) DO UPDATE SET refs = x.refs + EXCLUDED.refs"
+        )
+    };
+}
 use anyhow::Result;
 use koda_persistence_api::backend::{
     ContextRow, NewMessage, check_kept, format_timestamp, id_taken, message_not_found,
@@ -145,13 +240,18 @@ macro_rules! add_to_kept_usage {
 pub(crate) async fn insert_message(c: &Conn, m: &NewMessage, now: i64) -> Result<(i64, i64)> {
     let u = m.usage;
     let role = m.role.to_string();
-    let (content, calls, call_id, agent, full) = (
-        opt_bytes(&m.content),
-        opt_bytes(&m.tool_calls),
-        opt_bytes(&m.tool_call_id),
-        opt_bytes(&m.agent),
-        opt_bytes(&m.full_content),
+    let mut found = Found::new();
+    let ([content, full, calls], [content_body, full_body, calls_body]) = split(
+        &m.role,
+        [
+            m.content.as_deref(),
+            m.full_content.as_deref(),
+            m.tool_calls.as_deref(),
+        ],
+        &mut found,
     );
+    let new = pack_bodies(found).await?;
+    let (call_id, agent) = (opt_bytes(&m.tool_call_id), opt_bytes(&m.agent));
     let (prompt, completion, cache_read, cache_creation, thinking) = (
         u.map(|u| u.prompt_tokens),
         u.map(|u| u.completion_tokens),
@@ -171,11 +271,14 @@ pub(crate) async fn insert_message(c: &Conn, m: &NewMessage, now: i64) -> Result
                      next_ord = next_ord + 1,
                      version = version + 1
                  WHERE id = $1 RETURNING next_ord, version),
+             b AS (", upsert_bodies!("14", "15", "16", "17"), "),
              i AS (
                  INSERT INTO kp.messages (session_id, ord, role, content, tool_calls, tool_call_id,
                      prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
-                     thinking_tokens, agent_name, full_content, created_ms)
-                 SELECT $1, s.next_ord, $3::kp.kp_role, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $2 FROM s
+                     thinking_tokens, agent_name, full_content, created_ms, content_body,
+                     full_content_body, tool_calls_body)
+                 SELECT $1, s.next_ord, $3::kp.kp_role, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $2,
+                     $18, $19, $20 FROM s
                  RETURNING id),
              u AS (
                  INSERT INTO kp.session_usage AS g (session_id, agent, prompt, completion,
@@ -199,6 +302,13 @@ pub(crate) async fn insert_message(c: &Conn, m: &NewMessage, now: i64) -> Result
                 int(&thinking),
                 bytes(&agent),
                 bytes(&full),
+                byte_arrays(&new.hashes),
+                byte_arrays(&new.data),
+                ints(&new.lens),
+                ints(&new.refs),
+                bytes(&content_body),
+                bytes(&full_body),
+                bytes(&calls_body),
             ],
         )
         .await?;
@@ -258,14 +368,19 @@ pub(crate) async fn recent_user_messages(c: &Conn, limit: i64) -> Result<Vec<Str
         .db()
         .rows(
             "recent_user_messages",
-            "SELECT content FROM kp.messages
-             WHERE role = 'user' AND content IS NOT NULL AND content <> ''::BYTEA
-             ORDER BY id DESC LIMIT $1",
+            &format!(
+                "SELECT {CONTENT} FROM kp.messages
+             WHERE role = 'user' AND (content_body IS NOT NULL OR content <> ''::BYTEA)
+             ORDER BY id DESC LIMIT $1"
+            ),
             &[int(&limit)],
         )
         .await?;
     rows.iter()
-        .map(|r| Ok(required_string(r, 0, "user content")?))
+        .map(|r| {
+            body_string(r, 0, "user content")?
+                .ok_or_else(|| PersistenceError::Corrupt("user content is NULL".into()).into())
+        })
         .collect()
 }
 
@@ -275,14 +390,17 @@ pub(crate) async fn last_content(c: &Conn, id: &str, role: Role) -> Result<Strin
         .db()
         .opt(
             "last message",
-            "SELECT content FROM kp.messages
-             WHERE session_id = $1 AND role = $2::kp.kp_role AND content IS NOT NULL
-             ORDER BY ord DESC LIMIT 1",
+            &format!(
+                "SELECT {CONTENT} FROM kp.messages
+             WHERE session_id = $1 AND role = $2::kp.kp_role
+               AND (content IS NOT NULL OR content_body IS NOT NULL)
+             ORDER BY ord DESC LIMIT 1"
+            ),
             &[text(&id), text(&role)],
         )
         .await?;
     Ok(match row {
-        Some(r) => string(&r, 0, "content")?.unwrap_or_default(),
+        Some(r) => body_string(&r, 0, "content")?.unwrap_or_default(),
         None => String::new(),
     })
 }
@@ -292,7 +410,7 @@ pub(crate) async fn has_pending_tool_calls(c: &Conn, id: &str) -> Result<bool> {
         .db()
         .opt(
             "has_pending_tool_calls",
-            "SELECT role::TEXT, tool_calls IS NOT NULL FROM kp.messages
+            "SELECT role::TEXT, tool_calls IS NOT NULL OR tool_calls_body IS NOT NULL FROM kp.messages
              WHERE session_id = $1 AND compacted_ms IS NULL ORDER BY ord DESC LIMIT 1",
             &[text(&id)],
         )
@@ -384,17 +502,25 @@ pub(crate) async fn compact(
     // the active messages after the lock, marks, shifts and inserts, so
     // the session's lock is held for those statements alone.
     let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    let mut found = Found::new();
+    let ([inline, _, _], [body, _, _]) =
+        split(&Role::System, [Some(summary), None, None], &mut found);
+    let new = pack_bodies(found).await?;
+    let (data, len) = (new.data.first(), new.lens.first());
     let row = c
         .db()
         .one(
             "compacting",
-            "SELECT kp.kp_compact($1, $2, $3, $4, $5)",
+            "SELECT kp.kp_compact($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 text(&id),
-                bytes(&as_bytes(summary)),
+                bytes(&inline),
                 bytes(&as_bytes(COMPACTION_HINT)),
                 int(&keep),
                 int(&now),
+                bytes(&body),
+                bytes(&data),
+                int(&len),
             ],
         )
         .await?;
@@ -407,25 +533,103 @@ pub(crate) async fn compact(
 ///
 /// Lock order: the sessions of the listed messages first, in id order, then
 /// the messages.
-pub(crate) async fn clear_content(c: &Conn, ids: &[i64], stub: &str) -> Result<Vec<String>> {
-    let rows = c
-        .db()
+///
+/// One transaction: the update (which returns the bodies it let go and
+/// how many tool and other messages it set), then the stub's body and the
+/// released ones in one upsert (address order), then the bodies no field
+/// uses any more are removed.
+pub(crate) async fn clear_content(c: &mut Conn, ids: &[i64], stub: &str) -> Result<Vec<String>> {
+    // The stub as a tool message's content and as any other's.
+    let mut tool_found = Found::new();
+    let ([tool_inline, _, _], [tool_body, _, _]) =
+        split(&Role::Tool, [Some(stub), None, None], &mut tool_found);
+    let mut other_found = Found::new();
+    let ([other_inline, _, _], [other_body, _, _]) =
+        split(&Role::User, [Some(stub), None, None], &mut other_found);
+    let stub_body = pack_bodies(tool_found.into_iter().chain(other_found).collect()).await?;
+    let (tx, dialect) = c.transaction().await?;
+    let db = Db::tx(&tx, dialect);
+    let rows = db
         .rows(
             "clear_message_content",
             "WITH s AS MATERIALIZED (
                  SELECT id FROM kp.sessions
                  WHERE id IN (SELECT session_id FROM kp.messages WHERE id = ANY($1))
                  ORDER BY id FOR NO KEY UPDATE),
+             old AS MATERIALIZED (
+                 SELECT messages.id, messages.content_body FROM kp.messages JOIN s ON s.id = messages.session_id
+                 WHERE messages.id = ANY($1) ORDER BY messages.id FOR NO KEY UPDATE OF messages),
              m AS (
-                 UPDATE kp.messages SET content = $2 FROM s
-                 WHERE messages.id = ANY($1) AND messages.session_id = s.id
-                 RETURNING messages.session_id)
-             UPDATE kp.sessions SET version = version + 1 WHERE id IN (SELECT session_id FROM m)
-             RETURNING id",
-            &[ints(&ids), bytes(&as_bytes(stub))],
+                 UPDATE kp.messages SET
+                     content = CASE WHEN role = 'tool' THEN $2 ELSE $3 END,
+                     content_body = CASE WHEN role = 'tool' THEN $4 ELSE $5 END
+                 FROM old
+                 WHERE messages.id = old.id
+                 RETURNING messages.session_id, old.content_body AS released, messages.content_body AS taken),
+             v AS (
+                 UPDATE kp.sessions SET version = version + 1 WHERE id IN (SELECT session_id FROM m)
+                 RETURNING id)
+             SELECT m.session_id, m.released, m.taken FROM m",
+            &[
+                ints(&ids),
+                bytes(&tool_inline),
+                bytes(&other_inline),
+                bytes(&tool_body),
+                bytes(&other_body),
+            ],
         )
         .await?;
-    rows.iter().map(|r| Ok(get(r, 0, "session id")?)).collect()
+    let mut touched = std::collections::BTreeSet::new();
+    let mut changes: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+    for r in &rows {
+        touched.insert(get::<String>(r, 0, "session id")?);
+        if let Some(h) = get::<Option<Vec<u8>>>(r, 1, "released body")? {
+            *changes.entry(h).or_default() -= 1;
+        }
+        if let Some(h) = get::<Option<Vec<u8>>>(r, 2, "stub body")? {
+            *changes.entry(h).or_default() += 1;
+        }
+    }
+    changes.retain(|_, n| *n != 0);
+    if !changes.is_empty() {
+        let mut data: Vec<Option<&[u8]>> = Vec::new();
+        let mut lens: Vec<i64> = Vec::new();
+        let hashes: Vec<&[u8]> = changes.keys().map(Vec::as_slice).collect();
+        let counts: Vec<i64> = changes.values().copied().collect();
+        for h in &hashes {
+            let at = stub_body.hashes.iter().position(|s| s.as_slice() == *h);
+            data.push(at.and_then(|i| stub_body.data.get(i)).map(Vec::as_slice));
+            lens.push(at.and_then(|i| stub_body.lens.get(i)).copied().unwrap_or(0));
+        }
+        // A released body is always there (the release holds its count
+        // above 0 until now), so only the stub's row can be inserted.
+        db.execute(
+            "clear_message_content",
+            "INSERT INTO kp.bodies AS x (hash, data, len, refs)
+                 SELECT v.hash, COALESCE(v.data, ''::BYTEA), v.len, v.refs
+                 FROM unnest($1::BYTEA[], $2::BYTEA[], $3::BIGINT[], $4::BIGINT[])
+                     AS v(hash, data, len, refs)
+                 ORDER BY v.hash
+                 ON CONFLICT (hash) DO UPDATE SET refs = x.refs + EXCLUDED.refs",
+            &[
+                byte_arrays(&hashes),
+                byte_arrays(&data),
+                ints(&lens),
+                ints(&counts),
+            ],
+        )
+        .await?;
+        db.execute(
+            "clear_message_content",
+            "DELETE FROM kp.bodies WHERE hash = ANY($1) AND refs <= 0",
+            &[byte_arrays(&hashes)],
+        )
+        .await?;
+    }
+    tx.commit()
+        .await
+        .map_err(crate::error::db("commit clear_message_content"))?;
+    Ok(touched.into_iter().collect())
 }
 
 pub(crate) async fn compacted_stats(c: &Conn) -> Result<CompactedStats> {
@@ -434,7 +638,11 @@ pub(crate) async fn compacted_stats(c: &Conn) -> Result<CompactedStats> {
         .one(
             "compacted_stats",
             "SELECT COUNT(*), COUNT(DISTINCT session_id),
-                    LEAST(COALESCE(SUM(COALESCE(octet_length(content), 0) + COALESCE(octet_length(tool_calls), 0)), 0),
+                    LEAST(COALESCE(SUM(
+                        COALESCE(octet_length(content),
+                                 (SELECT b.len FROM kp.bodies b WHERE b.hash = content_body), 0)
+                        + COALESCE(octet_length(tool_calls),
+                                   (SELECT b.len FROM kp.bodies b WHERE b.hash = tool_calls_body), 0)), 0),
                           9223372036854775807)::BIGINT,
                     MIN(compacted_ms)
              FROM kp.messages WHERE compacted_ms IS NOT NULL",
@@ -655,6 +863,82 @@ pub(crate) async fn schema_version(db: &Db<'_>) -> Result<i64> {
     Ok(i64::from(version.unwrap_or(0)))
 }
 
+/// Bodies against the references to them, both ways, and every body
+/// against its address (read in pages of 256, in address order).
+async fn body_health(db: &Db<'_>, problems: &mut Vec<String>) -> Result<BodyStats> {
+    let hex = |h: &[u8]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let rows = db
+        .rows(
+            "checking body references",
+            "WITH uses AS (
+                 SELECT h, count(*) AS n FROM (
+                     SELECT content_body AS h FROM kp.messages WHERE content_body IS NOT NULL
+                     UNION ALL SELECT full_content_body FROM kp.messages WHERE full_content_body IS NOT NULL
+                     UNION ALL SELECT tool_calls_body FROM kp.messages WHERE tool_calls_body IS NOT NULL) x
+                 GROUP BY h)
+             SELECT COALESCE(b.hash, u.h), b.refs, COALESCE(u.n, 0), b.len, octet_length(b.data)::BIGINT
+             FROM kp.bodies b FULL JOIN uses u ON u.h = b.hash",
+            &[],
+        )
+        .await?;
+    let mut stats = BodyStats::default();
+    for r in &rows {
+        let hash: Vec<u8> = get(r, 0, "body address")?;
+        let refs: Option<i64> = get(r, 1, "body count")?;
+        let used: i64 = get(r, 2, "body uses")?;
+        let Some(refs) = refs else {
+            problems.push(format!(
+                "{used} message fields refer to body {}, which is missing",
+                hex(&hash)
+            ));
+            continue;
+        };
+        if refs != used {
+            problems.push(format!(
+                "body {}: counts {refs} references, {used} message fields use it",
+                hex(&hash)
+            ));
+        }
+        let len = u64::try_from(get::<i64>(r, 3, "body length")?).unwrap_or(0);
+        let packed = u64::try_from(get::<i64>(r, 4, "body size")?).unwrap_or(0);
+        let used = u64::try_from(used).unwrap_or(0);
+        stats.bodies += 1;
+        stats.unique_bytes += len;
+        stats.stored_bytes += packed;
+        stats.references += used;
+        stats.logical_bytes += len * used;
+    }
+    let mut after: Vec<u8> = Vec::new();
+    loop {
+        let page = db
+            .rows(
+                "checking bodies",
+                "SELECT hash, data, len FROM kp.bodies WHERE hash > $1 ORDER BY hash LIMIT 256",
+                &[bytes(&after)],
+            )
+            .await?;
+        for r in &page {
+            let hash: Vec<u8> = get(r, 0, "body address")?;
+            let data: Vec<u8> = get(r, 1, "body")?;
+            let len: i64 = get(r, 2, "body length")?;
+            match unpack_checked(&data, &hash) {
+                Ok(text) if i64::try_from(text.len()).ok() == Some(len) => {}
+                Ok(text) => problems.push(format!(
+                    "body {}: records {len} bytes, holds {}",
+                    hex(&hash),
+                    text.len()
+                )),
+                Err(e) => problems.push(format!("body {}: {}", hex(&hash), e.reason())),
+            }
+            after = hash;
+        }
+        if page.len() < 256 {
+            break;
+        }
+    }
+    Ok(stats)
+}
+
 /// The applied migrations against this build's, every session's position
 /// counter against its messages (an insert takes `next_ord + 1`: a counter
 /// behind its rows would place new messages among old ones), and the usage
@@ -718,7 +1002,9 @@ pub(crate) async fn health(c: &Conn, schema: &str) -> Result<StoreHealth> {
         .await?
         .try_get(0)
         .map_err(|e| PersistenceError::Corrupt(format!("schema size: {e}")))?;
+    let bodies = body_health(&db, &mut problems).await?;
     Ok(StoreHealth {
+        bodies,
         schema_version: version,
         latest_schema_version: crate::schema::latest_migration(),
         problems,
@@ -731,6 +1017,27 @@ pub(crate) async fn health(c: &Conn, schema: &str) -> Result<StoreHealth> {
 /// feed SHA-256 exactly what the Rust function feeds it (the conformance
 /// suite compares the two).
 pub(crate) async fn session_checksum(c: &Conn, id: &str) -> Result<(usize, String)> {
+    // A body is packed by the client: the server cannot digest its text,
+    // so a session holding one is digested here, from its export.
+    let with_bodies = c
+        .db()
+        .opt(
+            "session_checksum",
+            "SELECT 1 FROM kp.messages WHERE session_id = $1
+               AND (content_body IS NOT NULL OR full_content_body IS NOT NULL
+                    OR tool_calls_body IS NOT NULL) LIMIT 1",
+            &[text(&id)],
+        )
+        .await?
+        .is_some();
+    if with_bodies {
+        let messages = export_messages(c, id).await?;
+        let metadata = export_metadata(c, id).await?;
+        return Ok((
+            messages.len(),
+            koda_persistence_api::session_checksum(&messages, &metadata),
+        ));
+    }
     let r = c
         .db()
         .one(
@@ -880,13 +1187,28 @@ pub(crate) async fn import_messages(
     let num = |f: fn(&MessageRecord) -> Option<i64>| -> Vec<Option<i64>> {
         messages.iter().map(f).collect()
     };
-    let (content, full, calls, call_id, agent) = (
-        col(|m| &m.content),
-        col(|m| &m.full_content),
-        col(|m| &m.tool_calls),
-        col(|m| &m.tool_call_id),
-        col(|m| &m.agent),
-    );
+    let (call_id, agent) = (col(|m| &m.tool_call_id), col(|m| &m.agent));
+    let mut found = Found::new();
+    let (mut content, mut full, mut calls) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut content_body, mut full_body, mut calls_body) = (Vec::new(), Vec::new(), Vec::new());
+    for m in messages {
+        let ([c, f, t], [cb, fb, tb]) = split(
+            &m.role,
+            [
+                m.content.as_deref(),
+                m.full_content.as_deref(),
+                m.tool_calls.as_deref(),
+            ],
+            &mut found,
+        );
+        content.push(c);
+        full.push(f);
+        calls.push(t);
+        content_body.push(cb);
+        full_body.push(fb);
+        calls_body.push(tb);
+    }
+    let new = pack_bodies(found).await?;
     let (prompt, completion, cache_read, cache_creation, thinking) = (
         num(|m| m.prompt_tokens),
         num(|m| m.completion_tokens),
@@ -906,21 +1228,24 @@ pub(crate) async fn import_messages(
              UPDATE kp.sessions SET next_ord = next_ord + $2, message_count = message_count + $2,
                  total_tokens = total_tokens + $3::NUMERIC, version = version + 1
              WHERE id = $1 RETURNING next_ord - $2 AS base),
+         b AS ({bodies}),
          ins AS (
              INSERT INTO kp.messages (id, session_id, ord, role, content, full_content, tool_calls,
                  tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens,
                  cache_creation_tokens, thinking_tokens, agent_name, created_ms, completed_ms,
-                 compacted_ms)
+                 compacted_ms, content_body, full_content_body, tool_calls_body)
              OVERRIDING SYSTEM VALUE
              SELECT {id_column}, $1, s.base + u.n, u.role::kp.kp_role, u.content, u.full_content,
                  u.tool_calls, u.tool_call_id, u.prompt, u.completion, u.cache_read,
-                 u.cache_creation, u.thinking, u.agent, u.created, u.completed, u.compacted
+                 u.cache_creation, u.thinking, u.agent, u.created, u.completed, u.compacted,
+                 u.content_body, u.full_body, u.calls_body
              FROM s, unnest($4::BIGINT[], $5::TEXT[], $6::BYTEA[], $7::BYTEA[], $8::BYTEA[],
                             $9::BYTEA[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[],
-                            $14::BIGINT[], $15::BYTEA[], $16::BIGINT[], $17::BIGINT[], $18::BIGINT[])
+                            $14::BIGINT[], $15::BYTEA[], $16::BIGINT[], $17::BIGINT[], $18::BIGINT[],
+                            $19::BYTEA[], $20::BYTEA[], $21::BYTEA[])
                  WITH ORDINALITY AS u(id, role, content, full_content, tool_calls, tool_call_id,
                      prompt, completion, cache_read, cache_creation, thinking, agent, created,
-                     completed, compacted, n)
+                     completed, compacted, content_body, full_body, calls_body, n)
              ORDER BY u.n
              RETURNING id, ord, agent_name, prompt_tokens, completion_tokens, cache_read_tokens,
                  cache_creation_tokens, thinking_tokens),
@@ -935,7 +1260,8 @@ pub(crate) async fn import_messages(
              GROUP BY COALESCE(agent_name, 'main'::BYTEA)
              {add})
          SELECT id, ord FROM ins",
-        add = add_to_kept_usage!()
+        add = add_to_kept_usage!(),
+        bodies = upsert_bodies!("22", "23", "24", "25"),
     );
     let tokens = tokens.to_string();
     let params = [
@@ -957,6 +1283,13 @@ pub(crate) async fn import_messages(
         ints(&created),
         ints(&completed),
         ints(&compacted),
+        byte_arrays(&content_body),
+        byte_arrays(&full_body),
+        byte_arrays(&calls_body),
+        byte_arrays(&new.hashes),
+        byte_arrays(&new.data),
+        ints(&new.lens),
+        ints(&new.refs),
     ];
     const TAKEN: &str = "SELECT id FROM kp.messages WHERE id = ANY($1) LIMIT 1";
     // Pipelined (sent together, run in this order): with kept ids, the

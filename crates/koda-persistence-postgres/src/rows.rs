@@ -44,10 +44,63 @@ pub(crate) fn role(row: &Row, i: usize, what: &str) -> Result<Role, PersistenceE
         .map_err(|e| PersistenceError::Corrupt(format!("{what}: {e}")))
 }
 
+/// `$field` as a read selects it: `0x00` and the inline bytes, or `0x01`
+/// and the body's packed bytes (nothing after the `0x01` when the body is
+/// missing, which decodes as `Corrupt`); NULL for NULL. Decode with
+/// [`body_string`].
+macro_rules! field_or_body {
+    ($field:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $field,
+            "_body IS NULL THEN '\\x00'::BYTEA || ",
+            $field,
+            " ELSE '\\x01'::BYTEA || COALESCE((SELECT b.data FROM kp.bodies b WHERE b.hash = ",
+            $field,
+            "_body), ''::BYTEA) END"
+        )
+    };
+}
+
 /// The columns [`message`] decodes, in its order.
-pub(crate) const MESSAGE_COLUMNS: &str = "id, session_id, role::TEXT, content, full_content, tool_calls, tool_call_id, \
-    prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens, \
-    created_ms, completed_ms";
+pub(crate) const MESSAGE_COLUMNS: &str = concat!(
+    "id, session_id, role::TEXT, ",
+    field_or_body!("content"),
+    ", ",
+    field_or_body!("full_content"),
+    ", ",
+    field_or_body!("tool_calls"),
+    ", tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens, \
+    cache_creation_tokens, thinking_tokens, created_ms, completed_ms"
+);
+
+/// `content` as [`MESSAGE_COLUMNS`] selects it.
+pub(crate) const CONTENT: &str = field_or_body!("content");
+
+/// A field selected by `field_or_body!`: its inline text or its body's.
+pub(crate) fn body_string(
+    row: &Row,
+    i: usize,
+    what: &str,
+) -> Result<Option<String>, PersistenceError> {
+    let Some(mut bytes) = get::<Option<Vec<u8>>>(row, i, what)? else {
+        return Ok(None);
+    };
+    match bytes.first() {
+        Some(0) => {
+            bytes.remove(0);
+            String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|e| PersistenceError::Corrupt(format!("{what} is not UTF-8: {e}")))
+        }
+        Some(1) => koda_persistence_api::bodies::unpack(&bytes[1..])
+            .map(Some)
+            .map_err(|e| PersistenceError::Corrupt(format!("{what}: {}", e.reason()))),
+        _ => Err(PersistenceError::Corrupt(format!(
+            "{what}: neither inline nor a body"
+        ))),
+    }
+}
 
 pub(crate) fn message(row: &Row) -> Result<(Message, bool), PersistenceError> {
     let id: i64 = get(row, 0, "message id")?;
@@ -72,9 +125,9 @@ pub(crate) fn decode_message(row: &Row, id: i64) -> Result<(Message, bool), Pers
             id,
             session_id: get(row, 1, "session_id")?,
             role: role(row, 2, "role")?,
-            content: string(row, 3, "content")?,
-            full_content: string(row, 4, "full_content")?,
-            tool_calls: string(row, 5, "tool_calls")?,
+            content: body_string(row, 3, "content")?,
+            full_content: body_string(row, 4, "full_content")?,
+            tool_calls: body_string(row, 5, "tool_calls")?,
             tool_call_id: string(row, 6, "tool_call_id")?,
             prompt_tokens: get(row, 7, "prompt_tokens")?,
             completion_tokens: get(row, 8, "completion_tokens")?,
