@@ -196,6 +196,8 @@ fn text() -> BoxedStrategy<Text> {
         1 => "[a\\x00é]{1,6}",
         1 => (0usize..3).prop_map(|i| ["c1", "c2", "main"][i].to_owned()),
         1 => Just("é\0".repeat(350_000)), // ~1 MB
+        // Tool outputs and long texts that repeat: stored once.
+        2 => (0usize..3).prop_map(|i| ["t".repeat(300), "long output ".repeat(400), "\0é".repeat(2_100)][i].clone()),
     ]
     .prop_map(Text)
     .boxed()
@@ -770,6 +772,25 @@ async fn check_state(sut: &mut Sut, model: &Model) -> Result<()> {
     Ok(())
 }
 
+/// The store's body accounting against the model's, and its own check
+/// (references against bodies, both ways) finds nothing.
+async fn check_bodies(sut: &Sut, model: &Model) -> Result<()> {
+    let health = sut.fx.store.health().await?;
+    ensure!(
+        health.problems.is_empty(),
+        "health problems: {:?}",
+        health.problems
+    );
+    let b = health.bodies;
+    let got = (b.bodies, b.references, b.logical_bytes, b.unique_bytes);
+    let want = model.body_counts();
+    ensure!(
+        got == want,
+        "bodies (count, references, logical, unique bytes): backend {got:?}, model {want:?}"
+    );
+    Ok(())
+}
+
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -853,6 +874,11 @@ fn try_run_cases<F: Factory + ?Sized>(factory: &F, cases: u32) -> Result<()> {
                         outcome = Err(TestCaseError::fail(format!("step {i}: {e:#}")));
                         break;
                     }
+                }
+                if outcome.is_ok() {
+                    outcome = check_bodies(&sut, &model)
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("after the sequence: {e:#}")));
                 }
                 let Sut { fx, .. } = sut;
                 fx.finish(Ok(()))

@@ -233,6 +233,30 @@ impl Model {
         }
     }
 
+    /// What a store holds in bodies in this state (the rule of
+    /// `koda_persistence_api::bodies`): `(bodies, references, logical
+    /// bytes, unique bytes)`.
+    pub fn body_counts(&self) -> (u64, u64, u64, u64) {
+        use koda_persistence_api::bodies::{BodyField, is_body};
+        let mut distinct = BTreeSet::new();
+        let (mut refs, mut logical) = (0u64, 0u64);
+        for m in self.messages.values() {
+            for (field, value) in [
+                (BodyField::Content, &m.content),
+                (BodyField::FullContent, &m.full),
+                (BodyField::ToolCalls, &m.tool_calls),
+            ] {
+                if let Some(v) = value.as_deref().filter(|v| is_body(&m.role, field, v)) {
+                    refs += 1;
+                    logical += v.len() as u64;
+                    distinct.insert(v);
+                }
+            }
+        }
+        let unique = distinct.iter().map(|v| v.len() as u64).sum();
+        (distinct.len() as u64, refs, logical, unique)
+    }
+
     /// `delete_session`.
     pub fn delete_session(&mut self, k: Option<usize>) -> Outcome {
         let Some(k) = self.live(k) else {

@@ -51,7 +51,7 @@ pub fn main(child: fn(&[String]) -> anyhow::Result<()>, tests: &[Test]) -> ExitC
 pub type Opening = std::pin::Pin<
     Box<
         dyn std::future::Future<
-                Output = anyhow::Result<std::sync::Arc<dyn koda_persistence_api::Persistence>>,
+                Output = anyhow::Result<std::sync::Arc<dyn koda_persistence_api::Import>>,
             > + Send,
     >,
 >;
@@ -66,10 +66,40 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// What the streaming writer writes as its `i`-th message: questions,
+/// completed answers of varying sizes, and tool results drawn from a small
+/// pool, so most are bodies shared with earlier ones.
+fn streamed(i: u64) -> (koda_persistence_api::Role, String) {
+    use koda_persistence_api::Role;
+    match i % 4 {
+        0 => (
+            Role::User,
+            format!("stream {i} {}", "x".repeat((i % 7) as usize * 300)),
+        ),
+        1 => (
+            Role::Assistant,
+            format!("answer {i} {}", "y".repeat((i % 5) as usize * 2_000)),
+        ),
+        _ => {
+            let pool = [
+                "file contents\n".repeat(400),
+                "test result: ok\n".repeat(1_500),
+                "ls -la\n".repeat(50),
+            ];
+            let pick = usize::try_from((i / 2) % 3).unwrap_or(0);
+            (Role::Tool, pool[pick].clone())
+        }
+    }
+}
+
+/// The stub the streaming writer clears every eighth tool result with.
+const CLEARED: &str = "[cleared]";
+
 /// The child half of [`sigkill_mid_stream_loses_nothing`] (the test binary
 /// run as `child stream PATH SESSION`): opens the store and appends to the
-/// session until it is killed (questions, and answers that are completed,
-/// of varying sizes), printing each acknowledged id on its own line.
+/// session until it is killed ([`streamed`] messages; after each tool
+/// result at `i % 8 == 3` it clears the one before, releasing its body),
+/// printing `ID I` for each acknowledged message on its own line.
 ///
 /// # Errors
 /// A failed open or write (the parent then sees the stream end early).
@@ -79,20 +109,22 @@ pub fn stream_until_killed(open: Opener, path: &str, sid: &str) -> anyhow::Resul
     runtime()?.block_on(async {
         let store = open(std::path::PathBuf::from(path)).await?;
         let mut out = std::io::stdout().lock();
+        let mut previous = None;
         for i in 0u64.. {
-            let text = format!("stream {i} {}", "x".repeat((i % 7) as usize * 300));
-            let role = if i % 2 == 0 {
-                Role::User
-            } else {
-                Role::Assistant
-            };
+            let (role, text) = streamed(i);
             let id = store
                 .insert_message(sid, &role, Some(&text), None, None, None)
                 .await?;
             if role == Role::Assistant {
                 store.mark_message_complete(id).await?;
             }
-            writeln!(out, "{id}")?;
+            if i % 8 == 3
+                && let Some(before) = previous
+            {
+                store.clear_message_content(&[before], CLEARED).await?;
+            }
+            previous = Some(id);
+            writeln!(out, "{id} {i}")?;
             out.flush()?;
         }
         Ok(())
@@ -104,8 +136,10 @@ pub fn stream_until_killed(open: Opener, path: &str, sid: &str) -> anyhow::Resul
 /// calls [`stream_until_killed`]), reads a varying number of acknowledged
 /// ids, kills it at a varying moment, and runs `after_kill(round)` (a
 /// backend's own check, such as SQLite's `integrity_check`). Afterwards the
-/// store opens, holds every acknowledged message, and its counters equal
-/// its rows.
+/// store opens, holds every acknowledged message with its exact text (or
+/// the stub, for a tool result the writer may have cleared), its counters
+/// equal its rows, and its body accounting equals the bodies its rows
+/// hold: nothing acknowledged is lost and no body leaks or dangles.
 ///
 /// # Errors
 /// The first broken rule.
@@ -134,9 +168,15 @@ pub fn sigkill_mid_stream_loses_nothing(
             .spawn()?;
         let stdout = child.stdout.take().context("child stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        let parse = |line: String| -> anyhow::Result<(i64, u64)> {
+            let (id, i) = line
+                .split_once(' ')
+                .context("an acknowledgement is `ID I`")?;
+            Ok((id.parse()?, i.parse()?))
+        };
         for _ in 0..(5 + (round * 37) % 120) {
             match lines.next() {
-                Some(line) => acknowledged.push(line?.parse::<i64>()?),
+                Some(line) => acknowledged.push(parse(line?)?),
                 None => {
                     let out = child.wait_with_output()?;
                     anyhow::bail!(
@@ -151,27 +191,69 @@ pub fn sigkill_mid_stream_loses_nothing(
         child.wait()?;
         // Whatever it printed before dying was acknowledged too.
         for line in lines {
-            acknowledged.push(line?.parse::<i64>()?);
+            acknowledged.push(parse(line?)?);
         }
         after_kill(round)?;
     }
     rt.block_on(async {
         let store = open(path.to_owned()).await?;
-        let stored: std::collections::HashSet<i64> = store
-            .load_all_messages(&sid)
-            .await?
-            .into_iter()
-            .map(|m| m.id)
-            .collect();
-        let lost: Vec<&i64> = acknowledged
+        let messages = store.load_all_messages(&sid).await?;
+        let stored: std::collections::HashMap<i64, Option<String>> = messages
             .iter()
-            .filter(|id| !stored.contains(id))
+            .map(|m| (m.id, m.content.clone()))
+            .collect();
+        let lost: Vec<&(i64, u64)> = acknowledged
+            .iter()
+            .filter(|(id, _)| !stored.contains_key(id))
             .collect();
         ensure!(
             lost.is_empty(),
             "{} acknowledged inserts lost, e.g. {:?}",
             lost.len(),
             &lost[..lost.len().min(5)]
+        );
+        for (id, i) in &acknowledged {
+            let (_, want) = streamed(*i);
+            let got = stored.get(id).cloned().flatten();
+            let may_be_cleared = i % 8 == 2;
+            ensure!(
+                got.as_deref() == Some(want.as_str())
+                    || (may_be_cleared && got.as_deref() == Some(CLEARED)),
+                "message {id} (streamed {i}) reads back {} bytes, not its text",
+                got.map_or(0, |g| g.len())
+            );
+        }
+        let health = store.health().await?;
+        ensure!(
+            health.problems.is_empty(),
+            "after the kills the store finds: {:?}",
+            health.problems
+        );
+        let mut distinct = std::collections::HashSet::new();
+        let mut references = 0u64;
+        for m in &messages {
+            for (field, value) in [
+                (koda_persistence_api::bodies::BodyField::Content, &m.content),
+                (koda_persistence_api::bodies::BodyField::FullContent, &m.full_content),
+                (koda_persistence_api::bodies::BodyField::ToolCalls, &m.tool_calls),
+            ] {
+                if let Some(v) = value
+                    .as_deref()
+                    .filter(|v| koda_persistence_api::bodies::is_body(&m.role, field, v))
+                {
+                    references += 1;
+                    distinct.insert(v.to_owned());
+                }
+            }
+        }
+        ensure!(
+            (health.bodies.bodies, health.bodies.references)
+                == (distinct.len() as u64, references),
+            "bodies after the kills: store counts {} bodies and {} references, its rows hold {} and {}",
+            health.bodies.bodies,
+            health.bodies.references,
+            distinct.len(),
+            references
         );
         let listed = store.list_sessions(1, std::path::Path::new("/p")).await?;
         ensure!(
@@ -180,9 +262,11 @@ pub fn sigkill_mid_stream_loses_nothing(
             stored.len()
         );
         println!(
-            "    {} acknowledged inserts over {rounds} kills, {} stored",
+            "    {} acknowledged inserts over {rounds} kills, {} stored, {} bodies with {} references",
             acknowledged.len(),
-            stored.len()
+            stored.len(),
+            health.bodies.bodies,
+            health.bodies.references
         );
         Ok(())
     })

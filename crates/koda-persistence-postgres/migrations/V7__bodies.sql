@@ -16,8 +16,11 @@
 -- references in the same statement, through the statement trigger below.
 -- Lock order as everywhere: the session row first, then messages, then
 -- bodies, those in address order.
+--
+-- Written to run again over its own result (IF NOT EXISTS, OR REPLACE):
+-- a schema whose history was rewound re-applies it cleanly.
 
-CREATE TABLE bodies (
+CREATE TABLE IF NOT EXISTS bodies (
     hash BYTEA PRIMARY KEY,
     data BYTEA NOT NULL,
     len  BIGINT NOT NULL,
@@ -26,11 +29,11 @@ CREATE TABLE bodies (
 ALTER TABLE bodies ALTER COLUMN data SET STORAGE EXTERNAL;
 
 ALTER TABLE messages
-    ADD COLUMN content_body BYTEA,
-    ADD COLUMN full_content_body BYTEA,
-    ADD COLUMN tool_calls_body BYTEA;
+    ADD COLUMN IF NOT EXISTS content_body BYTEA,
+    ADD COLUMN IF NOT EXISTS full_content_body BYTEA,
+    ADD COLUMN IF NOT EXISTS tool_calls_body BYTEA;
 
-CREATE FUNCTION kp_release_bodies() RETURNS trigger
+CREATE OR REPLACE FUNCTION kp_release_bodies() RETURNS trigger
 LANGUAGE plpgsql VOLATILE
 SET search_path FROM CURRENT
 AS $$
@@ -55,6 +58,7 @@ BEGIN
 END
 $$;
 
+DROP TRIGGER IF EXISTS messages_release_bodies ON messages;
 CREATE TRIGGER messages_release_bodies AFTER DELETE ON messages
     REFERENCING OLD TABLE AS gone
     FOR EACH STATEMENT EXECUTE FUNCTION kp_release_bodies();
@@ -62,7 +66,7 @@ CREATE TRIGGER messages_release_bodies AFTER DELETE ON messages
 -- Compaction as in version 3, with the summary stored as a body when it
 -- is one (p_summary NULL, p_summary_body its address, p_body its packed
 -- bytes).
-CREATE FUNCTION kp_compact(
+CREATE OR REPLACE FUNCTION kp_compact(
     p_session      TEXT,
     p_summary      BYTEA,
     p_hint         BYTEA,

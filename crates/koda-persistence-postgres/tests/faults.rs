@@ -780,7 +780,7 @@ async fn version_3_compacts_a_schema_an_earlier_build_made() -> Result<()> {
             // Back to what version 2 left.
             admin
                 .batch_execute(&format!(
-                    "DROP FUNCTION \"{schema}\".kp_compact; \
+                    "DROP FUNCTION \"{schema}\".kp_compact(TEXT, BYTEA, BYTEA, BIGINT, BIGINT); \
                  DROP INDEX \"{schema}\".messages_active; \
                  DROP FUNCTION \"{schema}\".kp_field; DROP FUNCTION \"{schema}\".kp_number; \
                  DROP TABLE \"{schema}\".session_usage; \
@@ -972,5 +972,94 @@ async fn claim_ids_waits_for_an_uncommitted_insert() -> Result<()> {
         assert!(granted, "the range above every id was refused");
         Ok(())
     })
+    .await
+}
+
+/// Large outputs stored once, under real concurrency: two stores (two
+/// pools) keep writing the same bodies, in both field orders, while a
+/// third writes them too and then deletes its session, releasing its
+/// references, round after round. No write fails, no deadlock, every
+/// message reads back byte for byte, and the schema's body accounting
+/// equals what its rows hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_shared_by_writers_survives_a_concurrent_release() -> Result<()> {
+    with_schema(
+        "a_body_shared_by_writers_survives_a_concurrent_release",
+        |url, schema| async move {
+            let before = support::deadlocks(url.clone()).await?;
+            let alice = store(&url, &schema, "alice").await?;
+            let bob = store(&url, &schema, "bob").await?;
+            let carol = store(&url, &schema, "carol").await?;
+            let bodies: Vec<String> = (0..4)
+                .map(|i| format!("output {i}\n").repeat(600 + i * 100))
+                .collect();
+            let bodies = Arc::new(bodies);
+            let mut writers = Vec::new();
+            for (who, s) in [("alice", alice.clone()), ("bob", bob.clone())] {
+                let bodies = bodies.clone();
+                writers.push(tokio::spawn(async move {
+                    let sid = s.create_session(who, Path::new("/repo")).await?;
+                    let mut written = Vec::new();
+                    for i in 0..120usize {
+                        let (a, b) = (
+                            &bodies[i % 4],
+                            &bodies[(i + 1 + usize::from(who == "bob")) % 4],
+                        );
+                        let (a, b) = if i % 2 == 0 { (a, b) } else { (b, a) };
+                        let id = s.insert_tool_message_with_full(&sid, a, "call", b).await?;
+                        written.push((id, a.clone(), b.clone()));
+                    }
+                    anyhow::Ok((sid, written))
+                }));
+            }
+            let releaser = {
+                let bodies = bodies.clone();
+                tokio::spawn(async move {
+                    for round in 0..40usize {
+                        let sid = carol.create_session("carol", Path::new("/repo")).await?;
+                        for (i, body) in bodies.iter().enumerate() {
+                            let other = &bodies[(i + round) % 4];
+                            carol
+                                .insert_tool_message_with_full(&sid, body, "c", other)
+                                .await?;
+                        }
+                        anyhow::ensure!(carol.delete_session(&sid).await?, "carol's session went");
+                    }
+                    anyhow::Ok(carol)
+                })
+            };
+            let mut sessions = Vec::new();
+            for w in writers {
+                sessions.push(w.await??);
+            }
+            let carol = releaser.await??;
+            for (sid, written) in &sessions {
+                let stored = alice.load_all_messages(sid).await?;
+                assert_eq!(stored.len(), written.len());
+                for (m, (id, content, full)) in stored.iter().zip(written) {
+                    assert_eq!(m.id, *id);
+                    assert!(
+                        m.content.as_deref() == Some(content.as_str()),
+                        "content of {id}"
+                    );
+                    assert!(
+                        m.full_content.as_deref() == Some(full.as_str()),
+                        "full of {id}"
+                    );
+                }
+            }
+            let health = carol.health().await?;
+            assert!(health.problems.is_empty(), "{:?}", health.problems);
+            assert_eq!(
+                (health.bodies.bodies, health.bodies.references),
+                (4, 2 * 2 * 120),
+                "{:?}",
+                health.bodies
+            );
+            let after = support::deadlocks(url.clone()).await?;
+            assert_eq!(after, before, "deadlocks while sharing bodies");
+            Ok(())
+        },
+    )
     .await
 }

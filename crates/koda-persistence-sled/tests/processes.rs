@@ -223,7 +223,9 @@ fn drop_and_reopen_at_once() -> Result<()> {
 }
 
 fn opener(path: PathBuf) -> koda_persistence_conformance::process::Opening {
-    Box::pin(async move { Ok(Arc::new(open(&path).await?) as Arc<dyn Persistence>) })
+    Box::pin(
+        async move { Ok(Arc::new(open(&path).await?) as Arc<dyn koda_persistence_api::Import>) },
+    )
 }
 
 /// The shared SIGKILL scenario (20 kills; the default flush policy flushes

@@ -357,7 +357,9 @@ fn relative_paths_open_under_the_working_directory() -> Result<()> {
 }
 
 fn opener(path: PathBuf) -> koda_persistence_conformance::process::Opening {
-    Box::pin(async move { Ok(Arc::new(open(&path).await?) as Arc<dyn Persistence>) })
+    Box::pin(
+        async move { Ok(Arc::new(open(&path).await?) as Arc<dyn koda_persistence_api::Import>) },
+    )
 }
 
 /// The shared SIGKILL scenario (20 kills), with SQLite's own check after
