@@ -87,7 +87,7 @@ async fn the_pooler_refuses_a_schema_behind_this_build() -> Result<()> {
         support::admin(&url)
             .await?
             .batch_execute(&format!(
-                "DROP FUNCTION \"{schema}\".kp_compact; DROP FUNCTION \"{schema}\".kp_field; \
+                "DROP FUNCTION \"{schema}\".kp_compact(TEXT, BYTEA, BYTEA, BIGINT, BIGINT); DROP FUNCTION \"{schema}\".kp_field; \
                  DROP FUNCTION \"{schema}\".kp_number; DROP INDEX \"{schema}\".messages_active; \
                  DROP TABLE \"{schema}\".session_usage"
             ))

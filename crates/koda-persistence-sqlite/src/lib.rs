@@ -11,6 +11,7 @@ mod schema;
 mod worker;
 
 pub use crate::options::{Location, MAX_READERS, SCHEMES, SqliteOptions, Synchronous};
+pub use crate::schema::BodyMove;
 
 use std::fmt;
 use std::path::Path;
@@ -62,8 +63,9 @@ pub struct SqliteStore {
     options: SqliteOptions,
     /// Recently loaded contexts, trusted while `sessions.version` matches.
     cache: Arc<SharedContextCache>,
-    /// Whether this file stores large outputs once (see [`SqliteOptions::blobs`]).
-    blobs: bool,
+    /// Whether this file stores large outputs once (see [`SqliteOptions::blobs`]);
+    /// turned on by [`SqliteStore::compact_bodies`].
+    blobs: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -80,7 +82,46 @@ impl SqliteStore {
     /// inline in `messages` where an older koda reads them (`false`).
     /// Reads return both kinds of row either way.
     pub fn stores_bodies_once(&self) -> bool {
-        self.blobs
+        self.blobs.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stores every large output the file holds inline once, as a body
+    /// (the rows an older koda or this store with `blobs=off` wrote), and
+    /// turns storing once on for every later write and open (`blobs=on`
+    /// recorded in the file). An older koda reading this file directly
+    /// then sees NULL where a body is. Runs in transactions of 500
+    /// messages: a killed run leaves every row either inline or a body,
+    /// and a re-run goes on. With `dry_run`, changes nothing and reports
+    /// what it would move.
+    ///
+    /// # Errors
+    /// As any write: `Unavailable` when the file stays locked, `Corrupt`
+    /// for a row that does not decode.
+    pub async fn compact_bodies(&self, dry_run: bool) -> Result<BodyMove> {
+        if !dry_run {
+            self.write(|tx| schema::body_mode(tx, Some(true))).await?;
+            self.blobs.store(true, std::sync::atomic::Ordering::Release);
+        }
+        let mut total = BodyMove::default();
+        let mut after = 0;
+        let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        loop {
+            let seen = seen.clone();
+            let step = move |conn: &rusqlite::Connection| {
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                schema::move_to_bodies(conn, after, 500, dry_run, &mut seen)
+            };
+            let (moved, last) = if dry_run {
+                self.read(step).await?
+            } else {
+                self.write(move |tx| step(tx)).await?
+            };
+            total.add(moved);
+            match last {
+                Some(id) => after = id,
+                None => return Ok(total),
+            }
+        }
     }
 
     /// Where this store's database lives.
@@ -159,7 +200,7 @@ impl Persistence for SqliteStore {
     }
 
     async fn append_message(&self, m: NewMessage) -> Result<i64> {
-        let blobs = self.blobs;
+        let blobs = self.stores_bodies_once();
         let now = self.clock.now_ms();
         let m = Arc::new(m);
         let written = m.clone();
@@ -248,7 +289,7 @@ impl Persistence for SqliteStore {
         summary: &str,
         preserve_count: usize,
     ) -> Result<usize> {
-        let blobs = self.blobs;
+        let blobs = self.stores_bodies_once();
         let (sid, text) = (session_id.to_owned(), summary.to_owned());
         let now = self.clock.now_ms();
         let compacted = sid.clone();
@@ -263,7 +304,7 @@ impl Persistence for SqliteStore {
     }
 
     async fn clear_message_content(&self, message_ids: &[i64], stub: &str) -> Result<()> {
-        let blobs = self.blobs;
+        let blobs = self.stores_bodies_once();
         let (ids, stub) = (message_ids.to_vec(), stub.to_owned());
         self.write_then(
             move |tx| queries::clear_content(tx, &ids, &stub, blobs),
@@ -354,7 +395,7 @@ impl Import for SqliteStore {
         messages: &[MessageRecord],
         keep_ids: bool,
     ) -> Result<Vec<i64>> {
-        let blobs = self.blobs;
+        let blobs = self.stores_bodies_once();
         let sid = session_id.to_owned();
         let messages = messages.to_vec();
         self.write(move |tx| queries::import_messages(tx, &sid, &messages, keep_ids, blobs))

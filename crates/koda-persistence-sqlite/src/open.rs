@@ -240,7 +240,7 @@ impl SqliteStore {
             location,
             options,
             cache: Arc::new(SharedContextCache::default()),
-            blobs: opened.blobs,
+            blobs: Arc::new(std::sync::atomic::AtomicBool::new(opened.blobs)),
         })
     }
 

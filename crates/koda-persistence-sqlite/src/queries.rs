@@ -24,8 +24,8 @@ use koda_persistence_api::bodies::{BodyField, BodyHash, BodyStats, body_hash, is
 /// the field's column and in its `_body` twin. A new body starts with
 /// `refs = 0`: the insert or update that refers to it, in the same
 /// savepoint, counts it (see `schema::V4_BODIES`).
-fn put_body<'v>(
-    tx: &Transaction<'_>,
+pub(crate) fn put_body<'v>(
+    tx: &Connection,
     blobs: bool,
     role: &Role,
     field: BodyField,

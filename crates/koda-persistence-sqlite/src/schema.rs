@@ -760,6 +760,120 @@ pub(crate) fn body_mode(conn: &Connection, wanted: Option<bool>) -> Result<bool>
     Ok(value.as_deref() == Some("on"))
 }
 
+/// What moving inline large outputs into bodies did (or, for a dry run,
+/// would do): see [`SqliteStore::compact_bodies`](crate::SqliteStore::compact_bodies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BodyMove {
+    /// Message rows with a field moved.
+    pub rows: u64,
+    /// Fields moved into a body.
+    pub fields: u64,
+    /// Their text bytes, which the rows stop holding inline.
+    pub inline_bytes: u64,
+    /// Bodies the move adds (text no body held before).
+    pub new_bodies: u64,
+    /// The packed bytes of the bodies it adds.
+    pub packed_bytes: u64,
+}
+
+impl BodyMove {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: BodyMove) {
+        self.rows += other.rows;
+        self.fields += other.fields;
+        self.inline_bytes += other.inline_bytes;
+        self.new_bodies += other.new_bodies;
+        self.packed_bytes += other.packed_bytes;
+    }
+}
+
+/// Moves (or, `dry`, counts) the inline fields of up to `limit` messages
+/// with ids past `after` that are bodies; returns the counts and the last
+/// id looked at (`None`: no message left). `seen` holds the addresses a
+/// dry run already counted as new. Scans `messages`: a maintenance step,
+/// run by `koda-store compact-bodies`, never by koda's calls.
+pub(crate) fn move_to_bodies(
+    conn: &Connection,
+    after: i64,
+    limit: i64,
+    dry: bool,
+    seen: &mut std::collections::HashSet<koda_persistence_api::bodies::BodyHash>,
+) -> Result<(BodyMove, Option<i64>)> {
+    use koda_persistence_api::Role;
+    use koda_persistence_api::bodies::{BodyField, TOOL_BODY_MIN, body_hash, is_body, pack};
+    let mut found = Vec::new();
+    let mut last = None;
+    {
+        let mut stmt = conn.prepare(
+            "SELECT id, role, content, full_content, tool_calls,
+                    content_body IS NULL, full_content_body IS NULL, tool_calls_body IS NULL
+             FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(params![after, limit])?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            last = Some(id);
+            let role = Role::from_stored(&r.get::<_, String>(1)?)
+                .map_err(|e| PersistenceError::Corrupt(format!("message {id}: {e}")))?;
+            let mut fields = Vec::new();
+            for (i, field) in [
+                BodyField::Content,
+                BodyField::FullContent,
+                BodyField::ToolCalls,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let inline: bool = r.get(5 + i)?;
+                let text: Option<String> = r.get(2 + i)?;
+                if let Some(text) =
+                    text.filter(|t| inline && t.len() >= TOOL_BODY_MIN && is_body(&role, field, t))
+                {
+                    fields.push((field, text));
+                }
+            }
+            if !fields.is_empty() {
+                found.push((id, role, fields));
+            }
+        }
+    }
+    let mut moved = BodyMove::default();
+    for (id, role, fields) in found {
+        moved.rows += 1;
+        for (field, text) in fields {
+            moved.fields += 1;
+            moved.inline_bytes += text.len() as u64;
+            let hash = body_hash(&text);
+            let known = seen.contains(&hash)
+                || conn
+                    .prepare_cached("SELECT 1 FROM kp_bodies WHERE hash = ?1")?
+                    .exists(params![&hash[..]])?;
+            if dry {
+                if !known {
+                    moved.new_bodies += 1;
+                    moved.packed_bytes += pack(&text)?.len() as u64;
+                    seen.insert(hash);
+                }
+                continue;
+            }
+            crate::queries::put_body(conn, true, &role, field, Some(&text))?;
+            if !known {
+                moved.new_bodies += 1;
+                let packed: i64 = conn
+                    .prepare_cached("SELECT length(data) FROM kp_bodies WHERE hash = ?1")?
+                    .query_row(params![&hash[..]], |r| r.get(0))?;
+                moved.packed_bytes += u64::try_from(packed).unwrap_or(0);
+            }
+            let column = field.as_str();
+            conn.execute(
+                &format!("UPDATE messages SET {column} = NULL, {column}_body = ?2 WHERE id = ?1"),
+                params![id, &hash[..]],
+            )?;
+        }
+    }
+    Ok((moved, last))
+}
+
 /// The migrations, oldest first, for a file whose generation before
 /// adoption was `origin`. Never edit a released one; append.
 pub(crate) fn migrations(origin: Origin) -> Migrations<'static> {

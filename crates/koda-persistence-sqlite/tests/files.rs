@@ -513,3 +513,60 @@ async fn the_wal_is_checkpointed_while_writing_and_stays_bounded() {
         1_000
     );
 }
+
+/// `blobs=on|off` chooses how new rows store large outputs, is recorded in
+/// the file for later opens, and never changes what reads return: a file
+/// holding both kinds of row reads both back. A bad value is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_chooses_inline_or_once_and_reads_return_both() {
+    use koda_persistence_api::Import;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let output = "cargo test output\n".repeat(300);
+    let (store, sid) = open_session(&path, SqliteOptions::default()).await;
+    assert!(store.stores_bodies_once(), "a new file stores once");
+    store
+        .insert_message(&sid, &Role::Tool, Some(&output), None, Some("a"), None)
+        .await
+        .expect("as a body");
+    drop(store);
+    let inline = SqliteOptions {
+        blobs: Some(false),
+        ..SqliteOptions::default()
+    };
+    let store = open_with(&path, inline).await.expect("blobs=off");
+    assert!(!store.stores_bodies_once());
+    store
+        .insert_message(&sid, &Role::Tool, Some(&output), None, Some("b"), None)
+        .await
+        .expect("inline");
+    let health = store.health().await.expect("health");
+    assert_eq!((health.bodies.bodies, health.bodies.references), (1, 1));
+    drop(store);
+    let store = open_with(&path, SqliteOptions::default())
+        .await
+        .expect("reopen");
+    assert!(!store.stores_bodies_once(), "blobs=off is recorded");
+    let all = store.load_all_messages(&sid).await.expect("load");
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter()
+            .all(|m| m.content.as_deref() == Some(output.as_str()))
+    );
+    let inline_rows: i64 = Connection::open(&path)
+        .expect("raw")
+        .query_row(
+            "SELECT COUNT(*) FROM messages WHERE content IS NOT NULL AND content_body IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(inline_rows, 1, "one row inline, one a body");
+    let bad = parse_url("sqlite:///tmp/x.db?blobs=sometimes");
+    assert!(
+        matches!(bad, Err(PersistenceError::InvalidInput(_))),
+        "{bad:?}"
+    );
+    let (_, on) = parse_url("sqlite:///tmp/x.db?blobs=on").expect("blobs=on");
+    assert_eq!(on.blobs, Some(true));
+}

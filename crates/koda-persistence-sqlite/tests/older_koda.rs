@@ -401,3 +401,109 @@ async fn on_a_new_file_a_foreign_answer_without_completion_is_streaming() {
     koda.complete(a);
     assert_eq!(ids(&store.load_context(&s).await.expect("context")), [a]);
 }
+
+/// Large outputs on a file an older koda may still read: they stay inline
+/// (the older koda reads them, and its own are read by the layer) until
+/// the user opts in with `compact_bodies` (`koda-store compact-bodies`),
+/// which moves every one into a body, shares equal ones, and keeps storing
+/// once on later opens. The older koda's deletes then release the bodies
+/// (the triggers run in its SQLite too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_outputs_stay_inline_until_the_user_opts_in() {
+    use koda_persistence_api::Import;
+    for g in ALL {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("koda.db");
+        g.create_file(&path);
+        let clock = ManualClock::new(now_ms());
+        let store = layer(&path, &clock).await;
+        assert!(
+            !store.stores_bodies_once(),
+            "{g:?}: adopted files stay inline"
+        );
+        let output = "a large test log line\n".repeat(500);
+        let sid = store
+            .create_session("main", Path::new(ROOT))
+            .await
+            .expect("session");
+        let mine = store
+            .insert_message(&sid, &Role::Tool, Some(&output), None, Some("c1"), None)
+            .await
+            .expect("tool result");
+        let older = g.open(&path);
+        older.create_session("old-session", "main", ROOT);
+        let theirs = older.insert_message(
+            "old-session",
+            "tool",
+            Some(&output),
+            None,
+            Some("c2"),
+            None,
+            None,
+        );
+        let read = older.load_messages(&sid);
+        assert_eq!(
+            read[0].2.as_deref(),
+            Some(output.as_str()),
+            "{g:?}: the older koda reads the layer's output"
+        );
+        assert_eq!(store.health().await.expect("health").bodies.references, 0);
+
+        let dry = store.compact_bodies(true).await.expect("dry run");
+        assert_eq!(
+            (dry.rows, dry.fields, dry.new_bodies),
+            (2, 2, 1),
+            "{g:?}: {dry:?}"
+        );
+        assert_eq!(dry.inline_bytes, 2 * output.len() as u64);
+        assert!(dry.packed_bytes < output.len() as u64 / 10, "{dry:?}");
+        assert_eq!(
+            store.health().await.expect("health").bodies.references,
+            0,
+            "a dry run moves nothing"
+        );
+
+        let moved = store.compact_bodies(false).await.expect("compact bodies");
+        assert_eq!(
+            (moved.rows, moved.fields, moved.new_bodies),
+            (dry.rows, dry.fields, dry.new_bodies)
+        );
+        let health = store.health().await.expect("health");
+        assert!(health.problems.is_empty(), "{:?}", health.problems);
+        assert_eq!((health.bodies.bodies, health.bodies.references), (1, 2));
+        assert!(store.stores_bodies_once());
+        assert_eq!(
+            older.load_messages(&sid)[0].2,
+            None,
+            "{g:?}: documented: an older koda sees no text"
+        );
+        for (s, id) in [(&sid, mine), (&"old-session".to_owned(), theirs)] {
+            let all = store.load_all_messages(s).await.expect("load");
+            let m = all.iter().find(|m| m.id == id).expect("message");
+            assert_eq!(
+                m.content.as_deref(),
+                Some(output.as_str()),
+                "{g:?}: the layer reads it back"
+            );
+        }
+        drop(store);
+        let store = layer(&path, &clock).await;
+        assert!(
+            store.stores_bodies_once(),
+            "the opt-in is recorded in the file"
+        );
+        let again = store.compact_bodies(false).await.expect("a re-run");
+        assert_eq!(again.fields, 0, "nothing left to move");
+
+        older.delete_session("old-session");
+        older.delete_session(&sid);
+        let health = store.health().await.expect("health");
+        assert!(health.problems.is_empty(), "{:?}", health.problems);
+        assert_eq!(
+            health.bodies,
+            koda_persistence_api::BodyStats::default(),
+            "{g:?}: released by the older koda's deletes"
+        );
+        assert!(older.integrity_ok());
+    }
+}

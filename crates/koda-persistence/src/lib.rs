@@ -55,8 +55,11 @@ pub use koda_persistence_sqlite as sqlite;
 
 pub mod admin;
 
+/// Large outputs stored once: which fields are bodies, their accounting.
+pub use koda_persistence_api::bodies;
+
 pub use koda_persistence_api::{
-    COMPACTION_HINT, Checked, Clock, CompactedStats, INTERRUPTION_PREVIEW_CHARS, Import,
+    BodyStats, COMPACTION_HINT, Checked, Clock, CompactedStats, INTERRUPTION_PREVIEW_CHARS, Import,
     InterruptionKind, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock,
     Message, MessageRecord, MetadataRecord, Persistence, PersistenceError, Role, SLOW_CALL,
     SessionInfo, SessionRecord, SessionUsage, StoreHealth, SystemClock, TODO_KEY, TokenUsage,

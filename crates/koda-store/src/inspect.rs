@@ -244,13 +244,15 @@ pub async fn stats(store: &Arc<dyn Import>, json: bool) -> Result<()> {
         }
     }
     let compacted = store.compacted_stats().await?;
-    let size = store.health().await?.size_bytes;
+    let health = store.health().await?;
+    let (size, b) = (health.size_bytes, health.bodies);
     if json {
         let doc = json!({
             "sessions": ids.len(), "messages": messages,
             "compacted": {"messages": compacted.message_count, "sessions": compacted.session_count,
                           "bytes": compacted.size_bytes, "oldest": compacted.oldest},
             "tokens_by_agent": per_agent, "size_bytes": size,
+            "bodies": body_json(&b),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -271,11 +273,34 @@ pub async fn stats(store: &Arc<dyn Import>, json: bool) -> Result<()> {
             pad = 12usize.saturating_sub(agent.len())
         );
     }
+    println!("large outputs       {}", body_line(&b));
     match size {
         Some(b) => println!("size                {b} bytes"),
         None => println!("size                (in memory)"),
     }
     Ok(())
+}
+
+/// Large outputs stored once, as `stats --json` and `doctor --json` show them.
+fn body_json(b: &koda_persistence::BodyStats) -> serde_json::Value {
+    json!({"bodies": b.bodies, "references": b.references, "logical_bytes": b.logical_bytes,
+           "unique_bytes": b.unique_bytes, "stored_bytes": b.stored_bytes,
+           "saved_bytes": b.saved_bytes()})
+}
+
+/// Large outputs stored once, in one line: logical against stored bytes.
+fn body_line(b: &koda_persistence::BodyStats) -> String {
+    if b.references == 0 {
+        return "none stored once".to_owned();
+    }
+    format!(
+        "{} references to {} bodies: {} logical bytes stored in {} ({} saved)",
+        b.references,
+        b.bodies,
+        b.logical_bytes,
+        b.stored_bytes,
+        b.saved_bytes()
+    )
 }
 
 fn print_verification(checks: &[Verified], json: bool, extra: serde_json::Value) -> Result<bool> {
@@ -527,10 +552,15 @@ pub async fn doctor(store: &Arc<dyn Import>, json: bool) -> Result<ExitCode> {
     if json {
         let doc = json!({"sessions": ids.len(), "schema_version": health.schema_version,
                          "latest_schema_version": health.latest_schema_version,
+                         "bodies": body_json(&health.bodies),
                          "findings": findings, "notes": notes});
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!("{schema}");
+        println!(
+            "bodies   {} (references checked against bodies both ways)",
+            body_line(&health.bodies)
+        );
         for f in &findings {
             println!("FINDING  {f}");
         }

@@ -144,6 +144,19 @@ Example: koda-store copy --from sqlite://$HOME/.config/koda/db/koda.db \\
         #[arg(long)]
         json: bool,
     },
+    /// Store the large outputs an SQLite file holds inline once (content
+    /// addressed, compressed), and keep storing them once from now on.
+    #[command(after_help = "\
+A koda.db this layer adopted from an older koda keeps large outputs inline,
+where an older koda reads them; after this command an older koda reading the
+file sees no text where a body is (koda through koda-persistence reads both).
+A file this layer created stores them once already. PostgreSQL, sled and
+memory stores always do: for those this reports nothing to move.")]
+    CompactBodies {
+        /// Report what would move and the bytes it would save; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Apply pending migrations now (for deployments whose runtime role
     /// may not run DDL: run this once as the schema's owner). Opening a
     /// store migrates it too; this only says so.
@@ -290,6 +303,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
             } else {
                 print!("{sql}");
+            }
+        }
+        Command::CompactBodies { dry_run } => {
+            let url = store_url()?;
+            let shown = redact(&url);
+            match koda_persistence::admin::compact_bodies(&url, dry_run).await? {
+                None => {
+                    println!("{shown}: stores every large output once already; nothing to move")
+                }
+                Some(m) => {
+                    let verb = if dry_run { "would move" } else { "moved" };
+                    println!(
+                        "{shown}: {verb} {} fields of {} messages ({} bytes inline) into {} new bodies of {} bytes: {} bytes saved",
+                        m.fields,
+                        m.rows,
+                        m.inline_bytes,
+                        m.new_bodies,
+                        m.packed_bytes,
+                        m.inline_bytes.saturating_sub(m.packed_bytes)
+                    );
+                }
             }
         }
         Command::Migrate => {

@@ -204,8 +204,17 @@ fn record_lines(export: &str) -> Vec<&str> {
 #[test]
 fn every_subcommand_has_help() {
     for sub in [
-        "sessions", "show", "stats", "export", "import", "copy", "purge", "doctor", "migrate",
+        "sessions",
+        "show",
+        "stats",
+        "export",
+        "import",
+        "copy",
+        "purge",
+        "doctor",
+        "migrate",
         "grant",
+        "compact-bodies",
     ] {
         let out = ok(&[sub, "--help"]);
         assert!(text(&out.stdout).contains("Usage: koda-store"), "{sub}");
@@ -662,4 +671,100 @@ fn passwords_are_never_printed() {
         let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
         assert!(!all.contains("Sup3rSecret"), "password printed:\n{all}");
     }
+}
+
+/// Large outputs across modes and backends: an older koda's file keeps
+/// them inline; `copy` stores them once in sled and PostgreSQL and verifies;
+/// `compact-bodies --dry-run` reports the saving and moves nothing;
+/// `compact-bodies` moves them; `stats` and `doctor` show logical against
+/// stored bytes; `export` writes them inline; a copy into a `blobs=off`
+/// file stores them inline again, equal.
+#[test]
+fn large_outputs_keep_across_modes_and_compact_bodies_reports_the_saving() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("legacy.db");
+    legacy(&old);
+    let output = "line of test output ".repeat(600);
+    {
+        let koda = koda_generations::Generation::Oldest.open(&old);
+        let calls = r#"[{"id":"t1","type":"function","function":{"name":"bash","arguments":"{}"}},{"id":"t2","type":"function","function":{"name":"bash","arguments":"{}"}}]"#;
+        koda.insert_message("legacy-1", "assistant", None, Some(calls), None, None, None);
+        for call in ["t1", "t2"] {
+            koda.insert_message(
+                "legacy-1",
+                "tool",
+                Some(&output),
+                None,
+                Some(call),
+                None,
+                None,
+            );
+        }
+    }
+    let stats = |url: &str| -> serde_json::Value {
+        let out = ok(&["--store", url, "stats", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["bodies"].clone()
+    };
+    let legacy_url = sqlite_url(&old);
+    assert_eq!(stats(&legacy_url)["references"], 0, "adopted: inline");
+    let mut targets = vec![format!("sled://{}", dir.path().join("t.sled").display())];
+    let pg = pg_schema("bodies");
+    if let Some(pg) = &pg {
+        targets.push(pg.url.clone());
+    }
+    for target in &targets {
+        let out = ok(&["copy", "--from", &legacy_url, "--to", target, "--json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["equal"], 1, "{target}: {doc}");
+        let b = stats(target);
+        assert_eq!(
+            (b["bodies"].as_u64(), b["references"].as_u64()),
+            (Some(1), Some(2)),
+            "{target}: {b}"
+        );
+        assert_eq!(b["logical_bytes"].as_u64(), Some(2 * output.len() as u64));
+        assert!(
+            b["stored_bytes"].as_u64().unwrap() < output.len() as u64 / 10,
+            "{b}"
+        );
+        let said = text(&ok(&["--store", target, "compact-bodies"]).stdout);
+        assert!(said.contains("nothing to move"), "{said}");
+    }
+    let said = text(&ok(&["--store", &legacy_url, "compact-bodies", "--dry-run"]).stdout);
+    assert!(said.contains("would move 2 fields of 2 messages"), "{said}");
+    assert!(said.contains("into 1 new bodies"), "{said}");
+    assert_eq!(
+        stats(&legacy_url)["references"],
+        0,
+        "a dry run moves nothing"
+    );
+    let said = text(&ok(&["--store", &legacy_url, "compact-bodies"]).stdout);
+    assert!(said.contains("moved 2 fields of 2 messages"), "{said}");
+    let b = stats(&legacy_url);
+    assert_eq!(
+        (b["bodies"].as_u64(), b["references"].as_u64()),
+        (Some(1), Some(2)),
+        "{b}"
+    );
+    let human = text(&ok(&["--store", &legacy_url, "stats"]).stdout);
+    assert!(
+        human.contains("large outputs       2 references to 1 bodies"),
+        "{human}"
+    );
+    let doctor = run(&["--store", &legacy_url, "doctor"]);
+    assert_eq!(doctor.status.code(), Some(0), "{}", text(&doctor.stdout));
+    assert!(
+        text(&doctor.stdout).contains("bytes saved") || text(&doctor.stdout).contains("saved)")
+    );
+    let export = text(&ok(&["--store", &legacy_url, "export"]).stdout);
+    assert_eq!(
+        export.matches(output.as_str()).count(),
+        2,
+        "export writes bodies inline"
+    );
+    let inline = format!("{}?blobs=off", sqlite_url(&dir.path().join("inline.db")));
+    let out = ok(&["copy", "--from", &legacy_url, "--to", &inline, "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["equal"], 1, "{doc}");
+    assert_eq!(stats(&inline)["references"], 0, "blobs=off: inline again");
 }
