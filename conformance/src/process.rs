@@ -97,7 +97,7 @@ const CLEARED: &str = "[cleared]";
 
 /// The child half of [`sigkill_mid_stream_loses_nothing`] (the test binary
 /// run as `child stream PATH SESSION`): opens the store and appends to the
-/// session until it is killed ([`streamed`] messages; after each tool
+/// session until it is killed (`streamed` messages; after each tool
 /// result at `i % 8 == 3` it clears the one before, releasing its body),
 /// printing `ID I` for each acknowledged message on its own line.
 ///

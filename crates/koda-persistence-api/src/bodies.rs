@@ -21,6 +21,8 @@
 //!   failed write leaves no reference and no body behind.
 //! - Every read returns exactly the original text.
 
+use std::cell::RefCell;
+
 use sha2::{Digest, Sha256};
 
 use crate::error::PersistenceError;
@@ -80,15 +82,29 @@ pub fn body_hash(text: &str) -> BodyHash {
 
 /// `text` compressed as one zstd frame carrying its size and a checksum,
 /// so [`unpack`] needs no other column and notices damage.
+///
+/// Each thread keeps one compression context (and [`unpack`] one
+/// decompression context): a context costs allocations far larger than a
+/// typical body, so making one per call would dominate small bodies.
 pub fn pack(text: &str) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context as _;
-    let mut compressor = zstd::bulk::Compressor::new(PACK_LEVEL).context("compressing a body")?;
-    compressor
-        .set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
-        .context("compressing a body")?;
-    compressor
-        .compress(text.as_bytes())
-        .context("compressing a body")
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { RefCell::new(None) };
+    }
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let mut c = zstd::bulk::Compressor::new(PACK_LEVEL).context("compressing a body")?;
+            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+                .context("compressing a body")?;
+            *slot = Some(c);
+        }
+        match slot.as_mut() {
+            Some(c) => c.compress(text.as_bytes()).context("compressing a body"),
+            None => anyhow::bail!("no compression context"),
+        }
+    })
 }
 
 /// The text [`pack`] packed; anything else (a truncated or damaged frame,
@@ -104,8 +120,21 @@ pub fn unpack(data: &[u8]) -> Result<String, PersistenceError> {
         .ok()
         .filter(|s| *s <= MAX_BODY_BYTES)
         .ok_or_else(|| corrupt(format!("claims {size} bytes")))?;
-    let bytes =
-        zstd::bulk::decompress(data, size).map_err(|e| corrupt(format!("is damaged: {e}")))?;
+    thread_local! {
+        static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { RefCell::new(None) };
+    }
+    let bytes = DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress(data, size),
+            None => Err(std::io::Error::other("no decompression context")),
+        }
+    });
+    let bytes = bytes.map_err(|e| corrupt(format!("is damaged: {e}")))?;
     if bytes.len() != size {
         return Err(corrupt(format!(
             "inflates to {} bytes, not the {size} it records",

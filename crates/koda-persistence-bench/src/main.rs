@@ -18,6 +18,7 @@ mod targets;
 mod team_load;
 mod w10;
 mod w11;
+mod w12;
 mod workloads;
 
 use std::path::Path;
@@ -65,6 +66,12 @@ struct Cli {
     /// Run only W11.
     #[arg(long)]
     w11_only: bool,
+    /// Also run W12 (large outputs stored once, against an inline layout).
+    #[arg(long)]
+    w12: bool,
+    /// Run only W12.
+    #[arg(long, conflicts_with_all = ["w1_only", "w2_only", "w5_only", "w10_only", "w11_only"])]
+    w12_only: bool,
     /// W11's simulated koda processes.
     #[arg(long, default_value_t = 200, value_name = "N")]
     clients: usize,
@@ -87,6 +94,7 @@ struct Plan {
     w5_per: usize,
     w9_pairs: usize,
     w10_sessions: usize,
+    w12_sessions: usize,
     /// W1 and its ceiling only.
     w1_only: bool,
     /// W2 (warm, cold) and its ceiling only.
@@ -110,6 +118,7 @@ impl Plan {
             w5_per: 1_000 / d,
             w9_pairs: 3_000 / d,
             w10_sessions: 1_000 / d,
+            w12_sessions: 200 / d,
             w1_only: false,
             w2_only: false,
             w5_only: false,
@@ -717,6 +726,63 @@ fn print_w10(w: &w10::W10) {
 }
 
 /// W11's lines (WORKLOADS.md).
+/// W12's keys, as every row carries them in `--json`.
+fn w12_json_of(w: &w12::W12) -> Value {
+    json!({"target": w.name, "w12_logical_bytes": w.logical_bytes,
+           "w12_stored_bytes": w.stored_bytes, "w12_inline_bytes": w.inline_bytes,
+           "w12_load_ms": w.load_ms, "w12_inline_load_ms": w.inline_load_ms,
+           "w12_insert_s": w.insert_s, "w12_inline_insert_s": w.inline_insert_s,
+           "w12_bodies": w.bodies.bodies, "w12_references": w.bodies.references,
+           "w12_body_logical_bytes": w.bodies.logical_bytes,
+           "w12_body_stored_bytes": w.bodies.stored_bytes,
+           "w12_stored_over_inline": ratio(w.stored_bytes as f64, w.inline_bytes as f64),
+           "w12_load_over_inline": ratio(w.load_ms, w.inline_load_ms)})
+}
+
+fn w12_json(w: &w12::W12) -> Value {
+    w12_json_of(w)
+}
+
+fn print_w12(runs: &[w12::W12]) {
+    println!();
+    println!(
+        "W12: large outputs stored once ({} turns per session; inline = the same rows with every field inline)",
+        w12::TURNS
+    );
+    println!(
+        "{:<22} {:>12} {:>12} {:>12} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9}",
+        "target",
+        "logical B",
+        "stored B",
+        "inline B",
+        "st/inl",
+        "load ms",
+        "inl ms",
+        "ld/inl",
+        "insert s",
+        "inl ins s"
+    );
+    for w in runs {
+        println!(
+            "{:<22} {:>12} {:>12} {:>12} {:>8.3} {:>9.2} {:>9.2} {:>7.2} {:>9.2} {:>9.2}",
+            w.name,
+            w.logical_bytes,
+            w.stored_bytes,
+            w.inline_bytes,
+            ratio(w.stored_bytes as f64, w.inline_bytes as f64),
+            w.load_ms,
+            w.inline_load_ms,
+            ratio(w.load_ms, w.inline_load_ms),
+            w.insert_s,
+            w.inline_insert_s
+        );
+        println!(
+            "{:<22} bodies: {} stored once for {} references ({} logical bytes in {} packed)",
+            "", w.bodies.bodies, w.bodies.references, w.bodies.logical_bytes, w.bodies.stored_bytes
+        );
+    }
+}
+
 fn print_w11(runs: &[w11::W11Run]) {
     println!();
     println!(
@@ -792,7 +858,7 @@ async fn main() -> Result<()> {
 /// Every workload asked for, then the table (or JSON).
 async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Result<()> {
     let mut rows = Vec::new();
-    let only = cli.w10_only || cli.w11_only;
+    let only = cli.w10_only || cli.w11_only || cli.w12_only;
     for t in targets.iter().filter(|_| !only) {
         eprintln!("benchmarking {}", t.name());
         rows.push(run_target(t, plan).await?);
@@ -805,10 +871,21 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
     });
     // --w1-only, --w2-only and --w5-only are A/B runs of one workload: no
     // W10.
-    let w10_wanted = !(cli.w11_only || plan.w1_only || plan.w2_only || plan.w5_only);
+    let w10_wanted =
+        !(cli.w11_only || cli.w12_only || plan.w1_only || plan.w2_only || plan.w5_only);
     if let Some(url) = postgres.as_deref().filter(|_| w10_wanted) {
         eprintln!("benchmarking W10 (koda-store copy SQLite -> PostgreSQL)");
         w10 = Some(w10::run(url, scratch, plan.w10_sessions, plan.per_session).await?);
+    }
+    let mut w12 = Vec::new();
+    if cli.w12 || cli.w12_only {
+        for t in targets {
+            eprintln!(
+                "benchmarking W12 (large outputs stored once) on {}",
+                t.name()
+            );
+            w12.extend(w12::run(t, scratch, plan.w12_sessions).await?);
+        }
     }
     let mut w11 = Vec::new();
     if cli.w11 || cli.w11_only {
@@ -843,8 +920,20 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
                        "counts_exact": r.counts_exact})
             })
             .collect();
-        let out = json!({"quick": cli.quick, "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
-                         "w10": w10_json, "w11": w11_json});
+        let w12_json: Vec<_> = w12.iter().map(w12_json).collect();
+        let mut row_docs: Vec<Value> = rows.iter().map(row_json).collect();
+        for w in &w12 {
+            match row_docs.iter_mut().find(|r| r["target"] == w.name.as_str()) {
+                Some(Value::Object(doc)) => {
+                    if let Value::Object(extra) = w12_json_of(w) {
+                        doc.extend(extra);
+                    }
+                }
+                _ => row_docs.push(w12_json_of(w)),
+            }
+        }
+        let out = json!({"quick": cli.quick, "rows": row_docs,
+                         "w10": w10_json, "w11": w11_json, "w12": w12_json});
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         if !rows.is_empty() {
@@ -855,6 +944,9 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
         }
         if !w11.is_empty() {
             print_w11(&w11);
+        }
+        if !w12.is_empty() {
+            print_w12(&w12);
         }
     }
     // Through the pooler every turn must succeed and every count be

@@ -108,7 +108,7 @@ impl Bodies {
     /// Moves every field of `m` that is a body into the store (one more
     /// reference each); `m` keeps `None` there.
     pub(crate) fn intern(&mut self, m: &mut Message) -> RowBodies {
-        let role = m.role.clone();
+        let role = m.role;
         FIELDS.map(|field| {
             let slot = field_mut(m, field);
             let text = slot.take_if(|v| is_body(&role, field, v))?;
