@@ -69,7 +69,10 @@ pub trait Import: Persistence {
 
     /// The store's schema version and its own consistency check (SQLite:
     /// `PRAGMA integrity_check`; PostgreSQL and sled: every session's
-    /// position counter against its messages, sled also its id index).
+    /// position counter against its messages, sled also its id index;
+    /// every backend: body references against bodies both ways and every
+    /// body against its address), with the body accounting
+    /// ([`StoreHealth::bodies`]). Reads every body once: for `doctor`.
     async fn health(&self) -> Result<StoreHealth>;
 
     /// The session's record, or `None` when there is no such session.

@@ -62,9 +62,21 @@ use crate::types::{
 ///   (e.g. [`load_all_messages`](Self::load_all_messages)). Embedded
 ///   backends have no such window. (Seen in PostgreSQL's failover test: in
 ///   3 of 9 runs one of about 40 failed writes was on the promoted server.)
+/// - **Large outputs stored once** (the contract was silent on storage
+///   layout; every backend does this, see [`crate::bodies`]): a tool
+///   result from [`TOOL_BODY_MIN`](crate::bodies::TOOL_BODY_MIN) bytes and
+///   any `content`, `full_content` or `tool_calls` from
+///   [`BODY_THRESHOLD`](crate::bodies::BODY_THRESHOLD) bytes is kept once per
+///   store by its SHA-256 and counted; reads return exactly the original
+///   bytes; deleting a session, purging, clearing content and a failed write
+///   release their references in the same atomic step, and a body goes with
+///   its last one. [`Import::health`](crate::Import::health) reports the
+///   accounting. (SQLite keeps them inline on a file an older koda may
+///   read, until the user opts in: see that crate.)
 /// - **Locks and conflicts**: every write takes its locks in one order, the
 ///   session (several sessions: in id order) before its messages and
-///   metadata, so two writes never deadlock. Busy stores, serialization
+///   metadata, and bodies last (in address order), so two writes never
+///   deadlock. Busy stores, serialization
 ///   failures and deadlocks the store can resolve are retried inside it;
 ///   `Unavailable` means its timeout ran out, `Conflict` that its retries did.
 ///   `mark_message_complete` of an answer that a concurrent compaction and

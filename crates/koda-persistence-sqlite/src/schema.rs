@@ -935,3 +935,44 @@ pub(crate) fn migrate(
         }
     })
 }
+
+impl crate::SqliteStore {
+    /// Stores every large output the file holds inline once, as a body
+    /// (the rows an older koda or this store with `blobs=off` wrote), and
+    /// turns storing once on for every later write and open (`blobs=on`
+    /// recorded in the file). An older koda reading this file directly
+    /// then sees NULL where a body is. Runs in transactions of 500
+    /// messages: a killed run leaves every row either inline or a body,
+    /// and a re-run goes on. With `dry_run`, changes nothing and reports
+    /// what it would move.
+    ///
+    /// # Errors
+    /// As any write: `Unavailable` when the file stays locked, `Corrupt`
+    /// for a row that does not decode.
+    pub async fn compact_bodies(&self, dry_run: bool) -> anyhow::Result<BodyMove> {
+        if !dry_run {
+            self.write(|tx| body_mode(tx, Some(true))).await?;
+            self.blobs.store(true, std::sync::atomic::Ordering::Release);
+        }
+        let mut total = BodyMove::default();
+        let mut after = 0;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        loop {
+            let seen = seen.clone();
+            let step = move |conn: &rusqlite::Connection| {
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                move_to_bodies(conn, after, 500, dry_run, &mut seen)
+            };
+            let (moved, last) = if dry_run {
+                self.read(step).await?
+            } else {
+                self.write(move |tx| step(tx)).await?
+            };
+            total.add(moved);
+            match last {
+                Some(id) => after = id,
+                None => return Ok(total),
+            }
+        }
+    }
+}
