@@ -69,6 +69,10 @@ struct Cli {
     /// Also run W12 (large outputs stored once, against an inline layout).
     #[arg(long)]
     w12: bool,
+    /// Measure zstd levels on W12's distinct tool outputs (ratio, MB/s)
+    /// and exit.
+    #[arg(long)]
+    w12_levels: bool,
     /// Run only W12.
     #[arg(long, conflicts_with_all = ["w1_only", "w2_only", "w5_only", "w10_only", "w11_only"])]
     w12_only: bool,
@@ -816,6 +820,26 @@ fn print_w11(runs: &[w11::W11Run]) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.w12_levels {
+        let sessions = Plan::new(cli.quick).w12_sessions;
+        println!("zstd levels on W12's distinct tool outputs ({sessions} sessions)");
+        println!(
+            "{:>6} {:>12} {:>12} {:>7} {:>10} {:>11}",
+            "level", "raw B", "packed B", "ratio", "pack MB/s", "unpack MB/s"
+        );
+        for l in w12::levels(sessions, &[1, 3, 6, 9, 12, 19])? {
+            println!(
+                "{:>6} {:>12} {:>12} {:>7.2} {:>10.0} {:>11.0}",
+                l.level,
+                l.raw_bytes,
+                l.packed_bytes,
+                l.raw_bytes as f64 / l.packed_bytes.max(1) as f64,
+                l.pack_mb_s,
+                l.unpack_mb_s
+            );
+        }
+        return Ok(());
+    }
     let scratch = tempfile::tempdir()?;
     let mut urls = cli.urls.clone();
     if urls.is_empty() {

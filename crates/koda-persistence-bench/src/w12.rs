@@ -530,3 +530,58 @@ fn sled_inline(dir: &Path, h: &History) -> Result<(u64, f64, f64)> {
     let bytes = db.size_on_disk()?;
     Ok((bytes, insert_s, median_ms(&mut times)))
 }
+
+/// One zstd level on the history's distinct tool outputs.
+#[derive(Debug, Clone, Copy)]
+pub struct Level {
+    pub level: i32,
+    pub raw_bytes: u64,
+    pub packed_bytes: u64,
+    pub pack_mb_s: f64,
+    pub unpack_mb_s: f64,
+}
+
+/// Packs every distinct tool output of the history (`sessions` sessions)
+/// at each of `levels`, with one reused context as the store does: the
+/// measurement `bodies::PACK_LEVEL` was chosen by.
+pub fn levels(sessions: usize, levels: &[i32]) -> Result<Vec<Level>> {
+    let h = history(sessions);
+    let mut distinct = std::collections::BTreeSet::new();
+    for m in h.iter().flatten().flatten() {
+        if m.role == Role::Tool
+            && let Some(c) = &m.content
+        {
+            distinct.insert(c.as_str());
+        }
+    }
+    let raw: u64 = distinct.iter().map(|t| t.len() as u64).sum();
+    let mut out = Vec::new();
+    for &level in levels {
+        let mut c = zstd::bulk::Compressor::new(level)?;
+        let started = Instant::now();
+        let packed: Vec<Vec<u8>> = distinct
+            .iter()
+            .map(|t| c.compress(t.as_bytes()))
+            .collect::<std::io::Result<_>>()?;
+        let pack_s = started.elapsed().as_secs_f64();
+        let mut d = zstd::bulk::Decompressor::new()?;
+        let started = Instant::now();
+        for (p, t) in packed.iter().zip(&distinct) {
+            let back = d.decompress(p, t.len())?;
+            anyhow::ensure!(
+                back.len() == t.len(),
+                "level {level}: a round trip lost bytes"
+            );
+        }
+        let unpack_s = started.elapsed().as_secs_f64();
+        let mb = raw as f64 / 1e6;
+        out.push(Level {
+            level,
+            raw_bytes: raw,
+            packed_bytes: packed.iter().map(|p| p.len() as u64).sum(),
+            pack_mb_s: mb / pack_s.max(1e-9),
+            unpack_mb_s: mb / unpack_s.max(1e-9),
+        });
+    }
+    Ok(out)
+}
