@@ -289,7 +289,9 @@ pub async fn a_failed_write_leaves_no_body(fx: &Fixture) -> Result<()> {
 }
 
 /// An import of an export stores its bodies once: importing a session's
-/// export as a new session adds references, not bodies.
+/// export as a new session adds references, not bodies; the store's
+/// checksum of such a session is its export's (a server digests a body by
+/// its address).
 pub async fn import_shares_the_bodies_it_finds(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     let out = incompressible(12_000, 15);
@@ -306,6 +308,20 @@ pub async fn import_shares_the_bodies_it_finds(fx: &Fixture) -> Result<()> {
     fx.store
         .import_messages(&record.id, &messages, false)
         .await?;
+    let metadata = fx.store.export_metadata(&sid).await?;
+    eq(
+        "the store's checksum of a session holding bodies is its export's",
+        fx.store.session_checksum(&sid).await?,
+        (
+            messages.len(),
+            koda_persistence_api::session_checksum(&messages, &metadata),
+        ),
+    )?;
+    eq(
+        "the copy's checksum is the original's",
+        fx.store.session_checksum(&record.id).await?,
+        fx.store.session_checksum(&sid).await?,
+    )?;
     counts(
         "two sessions, one body",
         stats(fx).await?,

@@ -143,7 +143,10 @@ pub const MAX_SESSION_ID_BYTES: usize = 1024;
 /// its created, completed and compacted times, and an entry's bytes its
 /// key and value. Each field is `0x00` when unset, else `0x01` and then,
 /// for text, its length (8 bytes, big-endian) and UTF-8 bytes, for a
-/// number its 8 big-endian bytes.
+/// number its 8 big-endian bytes. Content, full content and tool calls
+/// enter by their SHA-256 instead of their bytes (after their length), so
+/// a store holding them as bodies (see [`crate::bodies`]) digests a body
+/// by its address, without reading it.
 pub fn session_checksum(messages: &[MessageRecord], metadata: &[MetadataRecord]) -> String {
     use sha2::{Digest, Sha256};
     fn text(h: &mut Sha256, s: Option<&str>) {
@@ -153,6 +156,17 @@ pub fn session_checksum(messages: &[MessageRecord], metadata: &[MetadataRecord])
                 h.update([1u8]);
                 h.update((s.len() as u64).to_be_bytes());
                 h.update(s.as_bytes());
+            }
+        }
+    }
+    /// A field that may be a body: its length and SHA-256.
+    fn digest(h: &mut Sha256, s: Option<&str>) {
+        match s {
+            None => h.update([0u8]),
+            Some(s) => {
+                h.update([1u8]);
+                h.update((s.len() as u64).to_be_bytes());
+                h.update(Sha256::digest(s.as_bytes()));
             }
         }
     }
@@ -170,13 +184,10 @@ pub fn session_checksum(messages: &[MessageRecord], metadata: &[MetadataRecord])
     for m in messages {
         let mut h = Sha256::new();
         text(&mut h, Some(m.role.as_str()));
-        for t in [
-            &m.content,
-            &m.full_content,
-            &m.tool_calls,
-            &m.tool_call_id,
-            &m.agent,
-        ] {
+        for t in [&m.content, &m.full_content, &m.tool_calls] {
+            digest(&mut h, t.as_deref());
+        }
+        for t in [&m.tool_call_id, &m.agent] {
             text(&mut h, t.as_deref());
         }
         for n in m.counters() {

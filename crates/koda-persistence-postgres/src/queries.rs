@@ -1012,40 +1012,48 @@ pub(crate) async fn health(c: &Conn, schema: &str) -> Result<StoreHealth> {
     })
 }
 
+/// A field that may be a body, as `session_checksum` digests it: `0x00`
+/// when NULL, else `0x01`, its text length and its SHA-256, which for a
+/// body is its address (the server never reads the body).
+macro_rules! digest_field {
+    ($field:literal) => {
+        concat!(
+            "(CASE WHEN ",
+            $field,
+            "_body IS NOT NULL THEN '\\x01'::BYTEA
+                  || int8send((SELECT b.len FROM kp.bodies b WHERE b.hash = ",
+            $field,
+            "_body))
+                  || ",
+            $field,
+            "_body
+              WHEN ",
+            $field,
+            " IS NULL THEN '\\x00'::BYTEA
+              ELSE '\\x01'::BYTEA || int8send(octet_length(",
+            $field,
+            ")::BIGINT)
+                  || sha256(",
+            $field,
+            ") END)"
+        )
+    };
+}
+
 /// [`koda_persistence_api::session_checksum`], computed by the server over
 /// the stored bytes: only the count and 8 bytes cross the network. Must
 /// feed SHA-256 exactly what the Rust function feeds it (the conformance
 /// suite compares the two).
 pub(crate) async fn session_checksum(c: &Conn, id: &str) -> Result<(usize, String)> {
-    // A body is packed by the client: the server cannot digest its text,
-    // so a session holding one is digested here, from its export.
-    let with_bodies = c
-        .db()
-        .opt(
-            "session_checksum",
-            "SELECT 1 FROM kp.messages WHERE session_id = $1
-               AND (content_body IS NOT NULL OR full_content_body IS NOT NULL
-                    OR tool_calls_body IS NOT NULL) LIMIT 1",
-            &[text(&id)],
-        )
-        .await?
-        .is_some();
-    if with_bodies {
-        let messages = export_messages(c, id).await?;
-        let metadata = export_metadata(c, id).await?;
-        return Ok((
-            messages.len(),
-            koda_persistence_api::session_checksum(&messages, &metadata),
-        ));
-    }
     let r = c
         .db()
         .one(
             "session_checksum",
-            "WITH m AS (
+            concat!("WITH m AS (
                  SELECT ord, sha256(
                      kp.kp_field(convert_to(role::TEXT, 'UTF8'))
-                     || kp.kp_field(content) || kp.kp_field(full_content) || kp.kp_field(tool_calls)
+                     || ", digest_field!("content"), " || ", digest_field!("full_content"), "
+                     || ", digest_field!("tool_calls"), "
                      || kp.kp_field(tool_call_id) || kp.kp_field(agent_name)
                      || kp.kp_number(prompt_tokens) || kp.kp_number(completion_tokens)
                      || kp.kp_number(cache_read_tokens) || kp.kp_number(cache_creation_tokens)
@@ -1061,7 +1069,7 @@ pub(crate) async fn session_checksum(c: &Conn, id: &str) -> Result<(usize, Strin
                         || COALESCE((SELECT string_agg(h, ''::BYTEA ORDER BY ord) FROM m), ''::BYTEA)
                         || int8send((SELECT COUNT(*) FROM e))
                         || COALESCE((SELECT string_agg(h, ''::BYTEA ORDER BY key) FROM e), ''::BYTEA)
-                    ) FROM 1 FOR 8), 'hex')",
+                    ) FROM 1 FOR 8), 'hex')"),
             &[text(&id)],
         )
         .await?;
