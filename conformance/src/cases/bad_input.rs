@@ -155,6 +155,11 @@ pub async fn ids_no_store_can_hold_name_no_session(fx: &Fixture) -> Result<()> {
             is_invalid,
         )?;
         expect_err(
+            &what("fork"),
+            s.fork_session(id, None).await,
+            is_session_not_found,
+        )?;
+        expect_err(
             &what("title"),
             s.set_session_title(id, "t").await,
             is_session_not_found,

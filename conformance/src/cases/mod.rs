@@ -14,6 +14,7 @@ pub mod bodies;
 pub mod compaction;
 pub mod concurrency;
 pub mod context;
+pub mod fork;
 pub mod messages;
 pub mod metadata;
 pub mod sessions;
@@ -174,6 +175,11 @@ macro_rules! __for_each_case {
                 a_failed_write_leaves_no_body,
                 import_shares_the_bodies_it_finds,
             ],
+            fork: [
+                fork_copies_every_message_with_states_and_metadata,
+                fork_at_a_message_ends_before_an_unanswered_call,
+                a_fork_shares_bodies_and_outlives_its_original,
+            ],
         }
     };
 }
@@ -326,7 +332,7 @@ pub(crate) fn calls(ids: &[&str]) -> String {
 #[cfg(test)]
 mod listing {
     /// The area files and their text.
-    const AREAS: [(&str, &str); 10] = [
+    const AREAS: [(&str, &str); 11] = [
         ("sessions", include_str!("sessions.rs")),
         ("messages", include_str!("messages.rs")),
         ("context", include_str!("context.rs")),
@@ -337,6 +343,7 @@ mod listing {
         ("concurrency", include_str!("concurrency.rs")),
         ("transfer", include_str!("transfer.rs")),
         ("bodies", include_str!("bodies.rs")),
+        ("fork", include_str!("fork.rs")),
     ];
 
     /// Every `pub async fn` in an area file is a case the suite's list

@@ -17,7 +17,7 @@ use crate::factory::START_MS;
 /// A session holding every kind of row: a title and mode, user and
 /// assistant messages with usage and agents, a tool call and its result
 /// with full output, a compaction, a still-streaming answer, metadata.
-async fn rich_session(fx: &Fixture) -> Result<String> {
+pub(crate) async fn rich_session(fx: &Fixture) -> Result<String> {
     let sid = session(fx).await?;
     fx.store.set_session_title(&sid, "title ✓").await?;
     fx.store.set_session_mode(&sid, "auto").await?;

@@ -489,6 +489,13 @@ impl<P: Import> Import for Checked<P> {
         self.inner.import_metadata(session_id, entries).await
     }
 
+    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
+        if !holdable(session_id) {
+            return Err(session_not_found(session_id));
+        }
+        self.inner.fork_session(session_id, at).await
+    }
+
     async fn session_checksum(&self, session_id: &str) -> Result<(usize, String)> {
         if !holdable(session_id) {
             return Ok((0, crate::records::session_checksum(&[], &[])));

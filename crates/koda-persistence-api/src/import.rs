@@ -109,6 +109,23 @@ pub trait Import: Persistence {
     /// Sets each entry on the session.
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()>;
 
+    /// Forks the session at message `at` (all of it when `None`) and
+    /// returns the new session's id. The fork is a new session (a fresh
+    /// UUID v7, created now, never accessed) with the same agent, root and
+    /// mode, the title suffixed (see [`fork_title`](crate::fork::fork_title)),
+    /// the same metadata, and copies of the messages up to and including
+    /// `at` in conversation order, with their roles, text, calls, states
+    /// (complete, compacted), times, agents and usage, under fresh ids; if
+    /// `at` cuts between a tool call and its result, the fork ends before
+    /// the call ([`fork_len`](crate::fork::fork_len)). Its `SessionInfo`
+    /// counts its own messages and tokens. One atomic step; bodies are
+    /// shared (one more reference each), not copied.
+    ///
+    /// # Errors
+    /// `SessionNotFound` for an unknown session; `MessageNotFound` when
+    /// `at` is not one of its messages. Nothing is written on error.
+    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String>;
+
     /// The session's message count and [`session_checksum`] (of its
     /// messages in conversation order and its metadata), for verifying a
     /// copy. The provided method reads the export; a server-side store

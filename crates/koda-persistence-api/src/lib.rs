@@ -19,6 +19,7 @@ mod checks;
 mod clock;
 mod context;
 mod error;
+pub mod fork;
 mod import;
 mod persistence;
 mod records;

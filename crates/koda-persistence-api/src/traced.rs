@@ -346,6 +346,15 @@ impl<P: Import> Import for Traced<P> {
         self.call("health", None, self.inner.health()).await
     }
 
+    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
+        self.call(
+            "fork_session",
+            Some(session_id),
+            self.inner.fork_session(session_id, at),
+        )
+        .await
+    }
+
     async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {
         self.call("message_id_range", None, self.inner.message_id_range())
             .await

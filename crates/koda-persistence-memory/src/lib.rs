@@ -219,6 +219,10 @@ impl Import for MemoryStore {
         queries::import_messages(self, session_id, messages, keep_ids)
     }
 
+    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
+        queries::fork_session(self, session_id, at)
+    }
+
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
         queries::import_metadata(self, session_id, entries)
     }

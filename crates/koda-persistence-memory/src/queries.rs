@@ -17,7 +17,7 @@ use koda_persistence_api::{
 
 use crate::MemoryStore;
 use crate::rows::{clamp_i64, new_message};
-use crate::schema::{Listed, Row, Session};
+use crate::schema::{Listed, Row, Session, State};
 
 impl MemoryStore {
     pub(crate) fn last_content(&self, session_id: &str, role: Role) -> String {
@@ -401,7 +401,11 @@ pub(crate) fn export_session(
     store: &MemoryStore,
     session_id: &str,
 ) -> Result<Option<SessionRecord>> {
-    Ok(store.with_session(session_id, |_, s| SessionRecord {
+    Ok(store.with_session(session_id, |_, s| record_of(session_id, s)))
+}
+
+fn record_of(session_id: &str, s: &Session) -> SessionRecord {
+    SessionRecord {
         id: session_id.to_owned(),
         agent_name: s.agent_name.clone(),
         project_root: s.project_root.clone(),
@@ -409,24 +413,27 @@ pub(crate) fn export_session(
         last_accessed_ms: s.last_accessed_ms,
         title: s.title.clone(),
         mode: s.mode.clone(),
-    }))
+    }
+}
+
+/// A session's messages as export records, in conversation order.
+fn records_of(st: &State, s: &Session) -> Vec<MessageRecord> {
+    st.rows(s)
+        .map(|r| {
+            MessageRecord::from_message(
+                r.message(),
+                r.agent.clone(),
+                r.created_ms,
+                r.completed_ms,
+                r.compacted_ms,
+            )
+        })
+        .collect()
 }
 
 pub(crate) fn export_messages(store: &MemoryStore, session_id: &str) -> Result<Vec<MessageRecord>> {
     Ok(store
-        .with_session(session_id, |st, s| {
-            st.rows(s)
-                .map(|r| {
-                    MessageRecord::from_message(
-                        r.message(),
-                        r.agent.clone(),
-                        r.created_ms,
-                        r.completed_ms,
-                        r.compacted_ms,
-                    )
-                })
-                .collect()
-        })
+        .with_session(session_id, records_of)
         .unwrap_or_default())
 }
 
@@ -480,7 +487,10 @@ pub(crate) fn claim_ids(store: &MemoryStore, first: i64, last: i64) -> Result<bo
 }
 
 pub(crate) fn import_session(store: &MemoryStore, session: &SessionRecord) -> Result<bool> {
-    let mut st = store.lock();
+    import_session_in(&mut store.lock(), session)
+}
+
+fn import_session_in(st: &mut State, session: &SessionRecord) -> Result<bool> {
     if st.sessions.contains_key(&session.id) {
         return Ok(false);
     }
@@ -509,8 +519,15 @@ pub(crate) fn import_messages(
     messages: &[MessageRecord],
     keep_ids: bool,
 ) -> Result<Vec<i64>> {
-    let mut st = store.lock();
-    let st = &mut *st;
+    import_messages_in(&mut store.lock(), session_id, messages, keep_ids)
+}
+
+fn import_messages_in(
+    st: &mut State,
+    session_id: &str,
+    messages: &[MessageRecord],
+    keep_ids: bool,
+) -> Result<Vec<i64>> {
     if !st.sessions.contains_key(session_id) {
         return Err(session_not_found(session_id));
     }
@@ -564,4 +581,35 @@ pub(crate) fn import_metadata(
         s.metadata.insert(e.key.clone(), e.value.clone());
     }
     Ok(())
+}
+
+/// Forks `session_id` at `at` under the store's one lock: the original's
+/// rows, cut by [`fork_len`](koda_persistence_api::fork::fork_len),
+/// imported as a new session (bodies gain a reference each).
+pub(crate) fn fork_session(
+    store: &MemoryStore,
+    session_id: &str,
+    at: Option<i64>,
+) -> Result<String> {
+    use koda_persistence_api::fork::{fork_len, fork_record};
+    let now = store.clock.now_ms();
+    let mut st = store.lock();
+    let st = &mut *st;
+    let Some(s) = st.sessions.get(session_id) else {
+        return Err(session_not_found(session_id));
+    };
+    let original = record_of(session_id, s);
+    let messages = records_of(st, s);
+    let metadata = s.metadata.clone();
+    let n = fork_len(&messages, at)?;
+    let mut id = uuid::Uuid::now_v7().to_string();
+    while st.sessions.contains_key(&id) {
+        id = uuid::Uuid::now_v7().to_string();
+    }
+    import_session_in(st, &fork_record(&original, &id, now))?;
+    import_messages_in(st, &id, &messages[..n], false)?;
+    if let Some(fork) = st.sessions.get_mut(&id) {
+        fork.metadata = metadata;
+    }
+    Ok(id)
 }

@@ -352,6 +352,14 @@ impl Import for PostgresStore {
         Ok(ids)
     }
 
+    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
+        let now = self.clock.now_ms();
+        let new_id = uuid::Uuid::now_v7().to_string();
+        let new_id = &new_id;
+        self.with_client(|c| async move { queries::fork(&c, session_id, at, new_id, now).await })
+            .await
+    }
+
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
         let now = self.clock.now_ms();
         self.with_client(

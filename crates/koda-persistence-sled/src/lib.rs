@@ -341,6 +341,13 @@ impl Import for SledStore {
         .await
     }
 
+    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
+        let (sid, now) = (session_id.to_owned(), self.clock.now_ms());
+        let new_id = uuid::Uuid::now_v7().to_string();
+        self.write(move |db| queries::fork(db, &sid, at, &new_id, now))
+            .await
+    }
+
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
         let sid = session_id.to_owned();
         let entries = entries.to_vec();

@@ -876,6 +876,12 @@ pub(crate) fn import_session(db: &Db, s: &SessionRecord) -> Result<(Batch, bool)
     if get_session(db, &s.id)?.is_some() {
         return Ok((batch, false));
     }
+    new_session(db, s, &mut batch)?;
+    Ok((batch, true))
+}
+
+/// Puts session `s` (known to be new) into `batch`; returns its record.
+fn new_session(db: &Db, s: &SessionRecord, batch: &mut Batch) -> Result<StoredSession> {
     let seq = match db.get(schema::seq_counter())? {
         Some(v) => decode::<u64>(&v, "the session counter")? + 1,
         None => 1,
@@ -899,7 +905,7 @@ pub(crate) fn import_session(db: &Db, s: &SessionRecord) -> Result<(Batch, bool)
     };
     batch.insert(listed, s.id.as_bytes());
     batch.insert(schema::session(&s.id), encode_session(&record)?);
-    Ok((batch, true))
+    Ok(record)
 }
 
 /// Counters a record leaves unset are stored as [`crate::codec::UNSET`].
@@ -909,7 +915,22 @@ pub(crate) fn import_messages(
     messages: &[MessageRecord],
     keep_ids: bool,
 ) -> Result<(Batch, Vec<i64>)> {
-    let mut session = get_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
+    let session = get_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
+    let mut batch = Batch::default();
+    let ids = append_imported(db, sid, session, messages, keep_ids, &mut batch)?;
+    Ok((batch, ids))
+}
+
+/// Puts `messages` after the last message of session `sid` (whose record
+/// is `session`) into `batch`, with the session's new record.
+fn append_imported(
+    db: &Db,
+    sid: &str,
+    mut session: StoredSession,
+    messages: &[MessageRecord],
+    keep_ids: bool,
+    batch: &mut Batch,
+) -> Result<Vec<i64>> {
     let ids: Vec<i64> = if keep_ids {
         let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
         let position = i64::try_from(id_position(db)?).unwrap_or(i64::MAX);
@@ -926,7 +947,6 @@ pub(crate) fn import_messages(
             .map(|_| Ok(i64::try_from(next_id(db)?).unwrap_or(i64::MAX)))
             .collect::<Result<_>>()?
     };
-    let mut batch = Batch::default();
     let mut refs = Refs::default();
     let mut tally = session.tally();
     for (m, &id) in messages.iter().zip(&ids) {
@@ -960,10 +980,10 @@ pub(crate) fn import_messages(
         }
         batch.insert(key, encode_message(&record)?);
     }
-    refs.finish(db, &mut batch)?;
+    refs.finish(db, batch)?;
     session.set_tally(&tally);
     batch.insert(schema::session(sid), encode_session(&session)?);
-    Ok((batch, ids))
+    Ok(ids)
 }
 
 pub(crate) fn import_metadata(db: &Db, sid: &str, entries: &[MetadataRecord]) -> Result<Batch> {
@@ -975,6 +995,32 @@ pub(crate) fn import_metadata(db: &Db, sid: &str, entries: &[MetadataRecord]) ->
         batch.insert(schema::metadata(sid, &e.key), encode(&e.value)?);
     }
     Ok(batch)
+}
+
+/// Forks `sid` at `at` into session `new_id`, in one batch: the original's
+/// export, cut by [`fork_len`](koda_persistence_api::fork::fork_len), put
+/// in as a new session with its metadata (each body one more reference).
+pub(crate) fn fork(
+    db: &Db,
+    sid: &str,
+    at: Option<i64>,
+    new_id: &str,
+    now: i64,
+) -> Result<(Batch, String)> {
+    use koda_persistence_api::fork::{fork_len, fork_record};
+    let original = export_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
+    let messages = export_messages(db, sid)?;
+    let n = fork_len(&messages, at)?;
+    if get_session(db, new_id)?.is_some() {
+        return Err(PersistenceError::Conflict(format!("session id {new_id} is taken")).into());
+    }
+    let mut batch = Batch::default();
+    let session = new_session(db, &fork_record(&original, new_id, now), &mut batch)?;
+    append_imported(db, new_id, session, &messages[..n], false, &mut batch)?;
+    for e in export_metadata(db, sid)? {
+        batch.insert(schema::metadata(new_id, &e.key), encode(&e.value)?);
+    }
+    Ok((batch, new_id.to_owned()))
 }
 
 #[cfg(test)]

@@ -370,4 +370,15 @@ impl Import for SqliteStore {
         self.write(move |tx| queries::import_metadata(tx, &sid, &entries, now))
             .await
     }
+
+    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
+        let (sid, blobs, now) = (
+            session_id.to_owned(),
+            self.stores_bodies_once(),
+            self.clock.now_ms(),
+        );
+        let new_id = uuid::Uuid::now_v7().to_string();
+        self.write(move |tx| queries::fork(tx, &sid, at, &new_id, now, blobs))
+            .await
+    }
 }

@@ -1041,6 +1041,30 @@ pub(crate) fn import_metadata(
     Ok(())
 }
 
+/// Forks `session_id` at `at` into a new session `new_id`, in the write's
+/// one transaction: the export of the original, cut by
+/// [`fork_len`](koda_persistence_api::fork::fork_len), imported as a new
+/// session (bodies gain a reference each through the counting triggers).
+pub(crate) fn fork(
+    tx: &Transaction<'_>,
+    session_id: &str,
+    at: Option<i64>,
+    new_id: &str,
+    now: i64,
+    blobs: bool,
+) -> Result<String> {
+    use koda_persistence_api::fork::{fork_len, fork_record};
+    let original = export_session(tx, session_id)?.ok_or_else(|| not_found(session_id))?;
+    let messages = export_messages(tx, session_id)?;
+    let n = fork_len(&messages, at)?;
+    if !import_session(tx, &fork_record(&original, new_id, now))? {
+        return Err(PersistenceError::Conflict(format!("session id {new_id} is taken")).into());
+    }
+    import_messages(tx, new_id, &messages[..n], false, blobs)?;
+    import_metadata(tx, new_id, &export_metadata(tx, session_id)?, now)?;
+    Ok(new_id.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     //! Every statement in this file, planned against the real schema: none

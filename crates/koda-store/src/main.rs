@@ -144,6 +144,20 @@ Example: koda-store copy --from sqlite://$HOME/.config/koda/db/koda.db \\
         #[arg(long)]
         json: bool,
     },
+    /// Fork a session: a new session (same agent, root, mode and metadata,
+    /// the title suffixed " (fork)") holding copies of its messages up to
+    /// and including --at (all by default). Prints the new session's id.
+    #[command(after_help = "\
+A cut between a tool call and its results ends the fork before the call, so
+the fork never starts with a call it cannot answer. Large outputs are shared,
+not copied.")]
+    Fork {
+        /// The session to fork (see `koda-store sessions`).
+        session: String,
+        /// The last message to copy (an id from `koda-store show --all`).
+        #[arg(long, value_name = "MESSAGE_ID")]
+        at: Option<i64>,
+    },
     /// Store the large outputs an SQLite file holds inline once (content
     /// addressed, compressed), and keep storing them once from now on.
     #[command(after_help = "\
@@ -304,6 +318,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!("{sql}");
             }
+        }
+        Command::Fork { session, at } => {
+            let url = store_url()?;
+            println!("{}", open(&url).await?.fork_session(&session, at).await?);
         }
         Command::CompactBodies { dry_run } => {
             let url = store_url()?;

@@ -215,6 +215,7 @@ fn every_subcommand_has_help() {
         "migrate",
         "grant",
         "compact-bodies",
+        "fork",
     ] {
         let out = ok(&[sub, "--help"]);
         assert!(text(&out.stdout).contains("Usage: koda-store"), "{sub}");
@@ -767,4 +768,42 @@ fn large_outputs_keep_across_modes_and_compact_bodies_reports_the_saving() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["equal"], 1, "{doc}");
     assert_eq!(stats(&inline)["references"], 0, "blobs=off: inline again");
+}
+
+/// `fork SESSION [--at ID]` prints the new session's id; the fork holds the
+/// messages up to the cut, and an unknown session exits 1 naming it.
+#[test]
+fn fork_prints_the_new_session_and_copies_up_to_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("koda.db");
+    populated(&db, 1, 3);
+    let url = sqlite_url(&db);
+    let show = |sid: &str| -> serde_json::Value {
+        serde_json::from_slice(&ok(&["--store", &url, "show", sid, "--all", "--json"]).stdout)
+            .unwrap()
+    };
+    let listed: serde_json::Value =
+        serde_json::from_slice(&ok(&["--store", &url, "sessions", "--json"]).stdout).unwrap();
+    let sid = listed["sessions"][0]["id"].as_str().unwrap().to_owned();
+    let messages = show(&sid)["messages"].as_array().unwrap().clone();
+    let fork = text(&ok(&["--store", &url, "fork", &sid]).stdout)
+        .trim()
+        .to_owned();
+    assert_ne!(fork, sid);
+    assert_eq!(
+        show(&fork)["messages"].as_array().unwrap().len(),
+        messages.len()
+    );
+    let first = messages[0]["id"].as_i64().unwrap().to_string();
+    let cut = text(&ok(&["--store", &url, "fork", &sid, "--at", &first]).stdout)
+        .trim()
+        .to_owned();
+    assert_eq!(show(&cut)["messages"].as_array().unwrap().len(), 1);
+    let out = run(&["--store", &url, "fork", "no-such-session"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no-such-session"),
+        "{}",
+        text(&out.stderr)
+    );
 }
