@@ -141,6 +141,8 @@ struct Row {
     /// between timed loads.
     w2_cold: (Duration, Duration),
     w2_ceiling: Option<(Duration, Duration)>,
+    /// `fork_session` of W2's session (all its messages): median of 5.
+    fork: Duration,
     w3: (Duration, Duration),
     w4_total: Duration,
     w4_median: Duration,
@@ -261,6 +263,16 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
         )),
         _ => None,
     };
+    // Fork of the same session (W13's fork target), five times; with
+    // --w2-only too.
+    let mut forks = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let t = Instant::now();
+        store.fork_session(&sid, None).await?;
+        forks.push(t.elapsed());
+    }
+    forks.sort_unstable();
+    row.fork = forks[forks.len() / 2];
     if plan.w2_only {
         drop(store);
         target.cleanup(fresh).await?;
@@ -489,6 +501,7 @@ fn row_json(r: &Row) -> Value {
         "w2_median_ms": ms(r.w2.0), "w2_p99_ms": ms(r.w2.1),
         "w2_cold_median_ms": ms(r.w2_cold.0), "w2_cold_p99_ms": ms(r.w2_cold.1),
         "w2_ceiling_median_ms": r.w2_ceiling.map(|c| ms(c.0)), "w2_ceiling_p99_ms": r.w2_ceiling.map(|c| ms(c.1)),
+        "fork_median_ms": ms(r.fork),
         "w3_small_median_ms": ms(r.w3.0), "w3_large_median_ms": ms(r.w3.1),
         "w4_total_s": r.w4_total.as_secs_f64(), "w4_median_turn_ms": ms(r.w4_median),
         "w4_early_median_ms": ms(r.w4_early), "w4_late_median_ms": ms(r.w4_late),
@@ -537,6 +550,10 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
         (
             "W2 p99 ms".into(),
             Box::new(|r: &Row| format!("{:.3}", ms(r.w2.1))),
+        ),
+        (
+            format!("fork_session({}) median ms", plan.session),
+            Box::new(|r: &Row| format!("{:.2}", ms(r.fork))),
         ),
         (
             "W2 cold median ms".into(),
