@@ -721,6 +721,25 @@ BEGIN",
 "
 );
 
+/// Version 5: a writer that sets a field's text itself on a row whose
+/// field is a body (an older koda's own microcompact, `UPDATE messages SET
+/// content = …`) replaces the body: the trigger clears the address, which
+/// releases the body through `kp_bodies_changed`, so every reader sees
+/// the text that writer wrote. This store never writes both.
+const V5_FOREIGN_TEXT: &str = "
+CREATE TRIGGER kp_bodies_foreign_text AFTER UPDATE OF content, full_content, tool_calls ON messages
+WHEN (NEW.content IS NOT NULL AND NEW.content_body IS NOT NULL)
+  OR (NEW.full_content IS NOT NULL AND NEW.full_content_body IS NOT NULL)
+  OR (NEW.tool_calls IS NOT NULL AND NEW.tool_calls_body IS NOT NULL)
+BEGIN
+    UPDATE messages SET
+        content_body = CASE WHEN NEW.content IS NOT NULL THEN NULL ELSE content_body END,
+        full_content_body = CASE WHEN NEW.full_content IS NOT NULL THEN NULL ELSE full_content_body END,
+        tool_calls_body = CASE WHEN NEW.tool_calls IS NOT NULL THEN NULL ELSE tool_calls_body END
+    WHERE id = NEW.id;
+END;
+";
+
 /// Migration 4's hook: a file this layer created stores bodies once from
 /// the start; a file an older koda may still read keeps them inline until
 /// the user opts in (`blobs=on`, `koda-store compact-bodies`).
@@ -884,11 +903,12 @@ pub(crate) fn migrations(origin: Origin) -> Migrations<'static> {
         }),
         M::up_with_hook(V3_USAGE, count_usage),
         M::up_with_hook(V4_BODIES, record_body_mode),
+        M::up(V5_FOREIGN_TEXT),
     ])
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: usize = 4;
+pub const SCHEMA_VERSION: usize = 5;
 
 /// Brings the file to [`SCHEMA_VERSION`] with the migrations for its
 /// origin (adopting an older koda's file in place), retrying while it is

@@ -495,6 +495,21 @@ async fn large_outputs_stay_inline_until_the_user_opts_in() {
         let again = store.compact_bodies(false).await.expect("a re-run");
         assert_eq!(again.fields, 0, "nothing left to move");
 
+        // The older koda's own microcompact of a row that is now a body:
+        // its text wins, and the body's reference goes.
+        older
+            .conn
+            .execute(
+                "UPDATE messages SET content = '[cleared]' WHERE id = ?1",
+                [theirs],
+            )
+            .expect("older koda clears a tool result");
+        let all = store.load_all_messages("old-session").await.expect("load");
+        let cleared = all.iter().find(|m| m.id == theirs).expect("message");
+        assert_eq!(cleared.content.as_deref(), Some("[cleared]"), "{g:?}");
+        let health = store.health().await.expect("health");
+        assert!(health.problems.is_empty(), "{:?}", health.problems);
+        assert_eq!((health.bodies.bodies, health.bodies.references), (1, 1));
         older.delete_session("old-session");
         older.delete_session(&sid);
         let health = store.health().await.expect("health");
