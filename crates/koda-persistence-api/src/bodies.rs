@@ -151,6 +151,11 @@ pub fn unpack(data: &[u8]) -> Result<String, PersistenceError> {
     String::from_utf8(bytes).map_err(|_| corrupt("is not UTF-8".into()))
 }
 
+/// A body's address as reports name it: lower-case hex.
+pub fn body_name(hash: &[u8]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The text length a packed body records, without inflating it.
 pub fn packed_len(data: &[u8]) -> Result<usize, PersistenceError> {
     match zstd::zstd_safe::get_frame_content_size(data) {
@@ -193,16 +198,14 @@ pub struct BodyStats {
 }
 
 impl BodyStats {
-    /// Counts one more reference to a body of `len` text bytes and
-    /// `packed` stored bytes; `first` when the body is new.
-    pub fn add(&mut self, len: u64, packed: u64, first: bool) {
-        self.references += 1;
-        self.logical_bytes += len;
-        if first {
-            self.bodies += 1;
-            self.unique_bytes += len;
-            self.stored_bytes += packed;
-        }
+    /// Counts one stored body of `len` text bytes and `packed` stored
+    /// bytes that `uses` message fields refer to.
+    pub fn add_body(&mut self, len: u64, packed: u64, uses: u64) {
+        self.bodies += 1;
+        self.unique_bytes += len;
+        self.stored_bytes += packed;
+        self.references += uses;
+        self.logical_bytes += len * uses;
     }
 
     /// Bytes the store does not hold because bodies are stored once and

@@ -760,10 +760,6 @@ fn w12_json_of(w: &w12::W12) -> Value {
            "w12_load_over_inline": ratio(w.load_ms, w.inline_load_ms)})
 }
 
-fn w12_json(w: &w12::W12) -> Value {
-    w12_json_of(w)
-}
-
 fn print_w12(runs: &[w12::W12]) {
     println!();
     println!(
@@ -961,7 +957,7 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
                        "counts_exact": r.counts_exact})
             })
             .collect();
-        let w12_json: Vec<_> = w12.iter().map(w12_json).collect();
+        let w12_json: Vec<_> = w12.iter().map(w12_json_of).collect();
         let mut row_docs: Vec<Value> = rows.iter().map(row_json).collect();
         for w in &w12 {
             match row_docs.iter_mut().find(|r| r["target"] == w.name.as_str()) {

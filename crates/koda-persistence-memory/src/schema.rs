@@ -143,11 +143,7 @@ impl Bodies {
         let mut stats = BodyStats::default();
         for (text, refs) in self.map.values() {
             let len = text.len() as u64;
-            stats.bodies += 1;
-            stats.references += refs;
-            stats.logical_bytes += len * refs;
-            stats.unique_bytes += len;
-            stats.stored_bytes += len;
+            stats.add_body(len, len, *refs);
         }
         stats
     }

@@ -11,7 +11,9 @@ use crate::rows::{
     required_string, role, string,
 };
 use koda_persistence_api::BodyStats;
-use koda_persistence_api::bodies::{BodyField, BodyHash, body_hash, is_body, pack, unpack_checked};
+use koda_persistence_api::bodies::{
+    BodyField, BodyHash, body_hash, body_name, is_body, pack, unpack_checked,
+};
 use std::collections::BTreeMap;
 
 /// The fields that may be bodies, in column order.
@@ -866,7 +868,6 @@ pub(crate) async fn schema_version(db: &Db<'_>) -> Result<i64> {
 /// Bodies against the references to them, both ways, and every body
 /// against its address (read in pages of 256, in address order).
 async fn body_health(db: &Db<'_>, problems: &mut Vec<String>) -> Result<BodyStats> {
-    let hex = |h: &[u8]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let rows = db
         .rows(
             "checking body references",
@@ -889,24 +890,20 @@ async fn body_health(db: &Db<'_>, problems: &mut Vec<String>) -> Result<BodyStat
         let Some(refs) = refs else {
             problems.push(format!(
                 "{used} message fields refer to body {}, which is missing",
-                hex(&hash)
+                body_name(&hash)
             ));
             continue;
         };
         if refs != used {
             problems.push(format!(
                 "body {}: counts {refs} references, {used} message fields use it",
-                hex(&hash)
+                body_name(&hash)
             ));
         }
         let len = u64::try_from(get::<i64>(r, 3, "body length")?).unwrap_or(0);
         let packed = u64::try_from(get::<i64>(r, 4, "body size")?).unwrap_or(0);
         let used = u64::try_from(used).unwrap_or(0);
-        stats.bodies += 1;
-        stats.unique_bytes += len;
-        stats.stored_bytes += packed;
-        stats.references += used;
-        stats.logical_bytes += len * used;
+        stats.add_body(len, packed, used);
     }
     let mut after: Vec<u8> = Vec::new();
     loop {
@@ -925,10 +922,10 @@ async fn body_health(db: &Db<'_>, problems: &mut Vec<String>) -> Result<BodyStat
                 Ok(text) if i64::try_from(text.len()).ok() == Some(len) => {}
                 Ok(text) => problems.push(format!(
                     "body {}: records {len} bytes, holds {}",
-                    hex(&hash),
+                    body_name(&hash),
                     text.len()
                 )),
-                Err(e) => problems.push(format!("body {}: {}", hex(&hash), e.reason())),
+                Err(e) => problems.push(format!("body {}: {}", body_name(&hash), e.reason())),
             }
             after = hash;
         }

@@ -18,7 +18,7 @@ use sled::{Batch, Db, IVec};
 
 use koda_persistence_api::BodyStats;
 use koda_persistence_api::bodies::{
-    BodyField, BodyHash, body_hash, is_body, pack, packed_len, unpack, unpack_checked,
+    BodyField, BodyHash, body_hash, body_name, is_body, pack, packed_len, unpack, unpack_checked,
 };
 
 use crate::rows::{
@@ -797,7 +797,7 @@ fn body_health(db: &Db, problems: &mut Vec<String>) -> Result<BodyStats> {
             problems.push("a body key without a 32-byte address".into());
             continue;
         };
-        let name: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let name = body_name(&hash);
         let len = match unpack_checked(&data, &hash) {
             Ok(text) => text.len() as u64,
             Err(e) => {
@@ -813,11 +813,7 @@ fn body_health(db: &Db, problems: &mut Vec<String>) -> Result<BodyStats> {
             ));
         }
         let packed = data.len() as u64;
-        stats.bodies += 1;
-        stats.unique_bytes += len;
-        stats.stored_bytes += packed;
-        stats.references += used;
-        stats.logical_bytes += len * used;
+        stats.add_body(len, packed, used);
     }
     for kv in db.scan_prefix([schema::BODY_REFS]) {
         let (k, _) = kv?;
@@ -828,7 +824,7 @@ fn body_health(db: &Db, problems: &mut Vec<String>) -> Result<BodyStats> {
         }
     }
     for (hash, n) in uses {
-        let name: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let name = body_name(&hash);
         problems.push(format!(
             "{n} message fields refer to body {name}, which is missing"
         ));

@@ -17,7 +17,9 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::rows::{self, CONTENT, MESSAGE_COLUMNS, get};
-use koda_persistence_api::bodies::{BodyField, BodyHash, BodyStats, body_hash, is_body, pack};
+use koda_persistence_api::bodies::{
+    BodyField, BodyHash, BodyStats, body_hash, body_name, is_body, pack,
+};
 
 /// Stores `value`, field `field` of a `role` message, as a body when it
 /// is one and the file stores bodies once (`blobs`); returns what goes in
@@ -320,11 +322,7 @@ pub(crate) fn recent_user_messages(conn: &Connection, limit: i64) -> Result<Vec<
     let mut rows = stmt.query(params![limit])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        let what = || "content of a user message".to_owned();
-        let value = row
-            .get_ref(0)
-            .map_err(|e| PersistenceError::Corrupt(format!("cannot decode {}: {e}", what())))?;
-        out.extend(rows::text(value, &what)?);
+        out.extend(rows::text_at(row, 0, "content of a user message")?);
     }
     Ok(out)
 }
@@ -338,9 +336,7 @@ pub(crate) fn last_content(conn: &Connection, session_id: &str, role: Role) -> R
              ORDER BY ord DESC LIMIT 1"
         ))?
         .query_row(params![session_id, role.as_str()], |r| {
-            Ok(r.get_ref(0)
-                .map_err(|e| PersistenceError::Corrupt(format!("cannot decode content: {e}")))
-                .and_then(|v| rows::text(v, &|| "content".to_owned())))
+            Ok(rows::text_at(r, 0, "content"))
         })
         .optional()?;
     Ok(text.transpose()?.flatten().unwrap_or_default())
@@ -807,7 +803,7 @@ fn body_health(conn: &Connection) -> Result<(BodyStats, Vec<String>)> {
         let data: Vec<u8> = get(r, 1, "body")?;
         let len: i64 = get(r, 2, "body length")?;
         let refs: i64 = get(r, 3, "body count")?;
-        let name = hex(&hash);
+        let name = body_name(&hash);
         let uses = counted.remove(&hash).unwrap_or(0);
         if u64::try_from(refs).ok() != Some(uses) {
             problems.push(format!(
@@ -824,29 +820,15 @@ fn body_health(conn: &Connection) -> Result<(BodyStats, Vec<String>)> {
         }
         let len = u64::try_from(len).unwrap_or(0);
         let packed = u64::try_from(data.len()).unwrap_or(u64::MAX);
-        if uses > 0 {
-            stats.add(len, packed, true);
-            for _ in 1..uses {
-                stats.add(len, packed, false);
-            }
-        } else {
-            stats.bodies += 1;
-            stats.unique_bytes += len;
-            stats.stored_bytes += packed;
-        }
+        stats.add_body(len, packed, uses);
     }
     for (hash, uses) in counted {
         problems.push(format!(
             "{uses} message fields refer to body {}, which is missing",
-            hex(&hash)
+            body_name(&hash)
         ));
     }
     Ok((stats, problems))
-}
-
-/// `bytes` in lower-case hex (a body's address in a report).
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Sessions whose kept usage (`kp_usage`) differs from what their messages

@@ -20,6 +20,17 @@ pub(crate) const MESSAGE_COLUMNS: &str = concat!(
 /// `content` as [`MESSAGE_COLUMNS`] selects it (decode with [`text`]).
 pub(crate) const CONTENT: &str = "CASE WHEN content_body IS NULL THEN content ELSE COALESCE((SELECT b.data FROM kp_bodies b WHERE b.hash = content_body), x'') END";
 
+/// Column `i` of `row`, selected as [`CONTENT`] selects a field, through
+/// [`text`].
+pub(crate) fn text_at(
+    row: &Row<'_>,
+    i: usize,
+    what: &str,
+) -> Result<Option<String>, PersistenceError> {
+    let value = row.get_ref(i).map_err(|e| corrupt(what, e))?;
+    text(value, &|| what.to_owned())
+}
+
 /// A text field selected as [`MESSAGE_COLUMNS`] selects it: inline text,
 /// or a body's packed bytes, unpacked.
 pub(crate) fn text(
