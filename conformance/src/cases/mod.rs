@@ -17,6 +17,7 @@ pub mod context;
 pub mod fork;
 pub mod messages;
 pub mod metadata;
+pub mod search;
 pub mod sessions;
 pub mod transfer;
 pub mod usage;
@@ -180,6 +181,13 @@ macro_rules! __for_each_case {
                 fork_at_a_message_ends_before_an_unanswered_call,
                 a_fork_shares_bodies_and_outlives_its_original,
             ],
+            search: [
+                search_follows_the_query_grammar,
+                search_ranks_and_keeps_the_newest_limit,
+                search_stays_in_its_scope,
+                search_follows_every_write,
+                hostile_queries_find_or_return_nothing,
+            ],
         }
     };
 }
@@ -332,7 +340,7 @@ pub(crate) fn calls(ids: &[&str]) -> String {
 #[cfg(test)]
 mod listing {
     /// The area files and their text.
-    const AREAS: [(&str, &str); 11] = [
+    const AREAS: [(&str, &str); 12] = [
         ("sessions", include_str!("sessions.rs")),
         ("messages", include_str!("messages.rs")),
         ("context", include_str!("context.rs")),
@@ -344,6 +352,7 @@ mod listing {
         ("transfer", include_str!("transfer.rs")),
         ("bodies", include_str!("bodies.rs")),
         ("fork", include_str!("fork.rs")),
+        ("search", include_str!("search.rs")),
     ];
 
     /// Every `pub async fn` in an area file is a case the suite's list

@@ -11,6 +11,7 @@ use crate::error::PersistenceError;
 use crate::import::{Import, StoreHealth};
 use crate::persistence::Persistence;
 use crate::records::{MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord};
+use crate::search::{Query, SearchHit, SearchScope};
 use crate::types::{CompactedStats, Message, NewMessage, SessionInfo, SessionUsage, TokenUsage};
 
 /// `SessionNotFound` for `id`: the answer every backend gives a write to a
@@ -494,6 +495,22 @@ impl<P: Import> Import for Checked<P> {
             return Err(session_not_found(session_id));
         }
         self.inner.fork_session(session_id, at).await
+    }
+
+    async fn search_messages(
+        &self,
+        query: &str,
+        scope: &SearchScope<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        let parsed = Query::parse(query)?;
+        if let Some(root) = scope.project_root {
+            root_to_str(root)?;
+        }
+        if parsed.finds_nothing() || limit == 0 || scope.session.is_some_and(|s| !holdable(s)) {
+            return Ok(Vec::new());
+        }
+        self.inner.search_messages(query, scope, limit).await
     }
 
     async fn session_checksum(&self, session_id: &str) -> Result<(usize, String)> {

@@ -10,6 +10,7 @@ use anyhow::Result;
 use crate::bodies::BodyStats;
 use crate::persistence::Persistence;
 use crate::records::{MessageRecord, MetadataRecord, SessionRecord, session_checksum};
+use crate::search::{SearchHit, SearchScope};
 
 /// What a store says of its own state (`koda-store doctor`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +126,25 @@ pub trait Import: Persistence {
     /// `SessionNotFound` for an unknown session; `MessageNotFound` when
     /// `at` is not one of its messages. Nothing is written on error.
     async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String>;
+
+    /// Searches the messages of every session in `scope` for `query` and
+    /// returns up to `limit` hits (at most
+    /// [`MAX_SEARCH_HITS`](crate::search::MAX_SEARCH_HITS)), best first.
+    /// The words, the grammar, which messages are hits and their order are
+    /// [`crate::search`]'s, the same on every backend; a search sees every
+    /// write acknowledged before it started.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an empty or oversized query
+    /// ([`Query::parse`](crate::search::Query::parse)) and for a root that
+    /// is not UTF-8; no other input is an error (an unknown session finds
+    /// nothing).
+    async fn search_messages(
+        &self,
+        query: &str,
+        scope: &SearchScope<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>>;
 
     /// The session's message count and [`session_checksum`] (of its
     /// messages in conversation order and its metadata), for verifying a

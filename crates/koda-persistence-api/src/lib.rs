@@ -23,6 +23,7 @@ pub mod fork;
 mod import;
 mod persistence;
 mod records;
+pub mod search;
 mod traced;
 mod types;
 pub mod url;
@@ -38,6 +39,7 @@ pub use persistence::Persistence;
 pub use records::{
     MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord, session_checksum,
 };
+pub use search::{SearchHit, SearchScope};
 pub use traced::{SLOW_CALL, Traced};
 pub use types::{
     COMPACTION_HINT, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, Role,

@@ -10,6 +10,7 @@ use tracing::Instrument as _;
 use crate::import::{Import, StoreHealth};
 use crate::persistence::Persistence;
 use crate::records::{MessageRecord, MetadataRecord, SessionRecord};
+use crate::search::{SearchHit, SearchScope};
 use crate::types::{CompactedStats, Message, NewMessage, SessionInfo, SessionUsage};
 
 /// A call slower than this is logged at `warn` (with its method and
@@ -344,6 +345,20 @@ impl<P: Import> Import for Traced<P> {
 
     async fn health(&self) -> Result<StoreHealth> {
         self.call("health", None, self.inner.health()).await
+    }
+
+    async fn search_messages(
+        &self,
+        query: &str,
+        scope: &SearchScope<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        self.call(
+            "search_messages",
+            scope.session,
+            self.inner.search_messages(query, scope, limit),
+        )
+        .await
     }
 
     async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {

@@ -6,6 +6,7 @@ mod options;
 mod queries;
 mod rows;
 mod schema;
+mod search;
 
 pub use crate::options::{MemoryOptions, SCHEMES};
 
@@ -16,7 +17,8 @@ use anyhow::Result;
 use koda_persistence_api::backend::{Backend, NewMessage, StoreUrl, usage_total};
 use koda_persistence_api::{
     Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
-    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
+    PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord, SessionUsage,
+    StoreHealth,
 };
 
 use crate::schema::{Session, State};
@@ -221,6 +223,15 @@ impl Import for MemoryStore {
 
     async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
         queries::fork_session(self, session_id, at)
+    }
+
+    async fn search_messages(
+        &self,
+        query: &str,
+        scope: &SearchScope<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        search::search_messages(self, query, scope, limit)
     }
 
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {

@@ -8,6 +8,7 @@ mod options;
 mod queries;
 mod rows;
 mod schema;
+mod search;
 mod worker;
 
 pub use crate::options::{Location, MAX_READERS, SCHEMES, SqliteOptions, Synchronous};
@@ -23,7 +24,8 @@ use koda_persistence_api::backend::{
 };
 use koda_persistence_api::{
     Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
-    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
+    PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord, SessionUsage,
+    StoreHealth,
 };
 
 use crate::error::classify;
@@ -380,5 +382,14 @@ impl Import for SqliteStore {
         let new_id = uuid::Uuid::now_v7().to_string();
         self.write(move |tx| queries::fork(tx, &sid, at, &new_id, now, blobs))
             .await
+    }
+
+    async fn search_messages(
+        &self,
+        query: &str,
+        scope: &SearchScope<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        self.search(query, scope, limit).await
     }
 }

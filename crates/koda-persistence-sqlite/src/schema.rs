@@ -740,6 +740,36 @@ BEGIN
 END;
 ";
 
+/// Version 6: the search index. `kp_search` is a contentless FTS5 table
+/// (FTS5's `ascii` tokenizer over the words
+/// [`koda_persistence_api::search::index_text`] writes, one row per
+/// message, rowid = message id) that only this layer writes.
+/// `kp_search_dirty` holds the ids whose text changed since: the triggers
+/// add them in the same transaction as every insert, text update and
+/// delete, by anyone, with a plain `INSERT OR IGNORE` into a plain table,
+/// so an older koda (whose SQLite may have no FTS5) never fails a write
+/// because of the index. A search treats the dirty ids as candidates and
+/// then indexes them ([`crate::search`]). Every message already stored is
+/// dirty after the migration.
+const V6_SEARCH: &str = "
+CREATE TABLE kp_search_dirty (id INTEGER PRIMARY KEY);
+CREATE VIRTUAL TABLE kp_search USING fts5(body, content='', contentless_delete=1, tokenize='ascii');
+CREATE TRIGGER kp_search_inserted AFTER INSERT ON messages
+BEGIN
+    INSERT OR IGNORE INTO kp_search_dirty (id) VALUES (NEW.id);
+END;
+CREATE TRIGGER kp_search_changed AFTER UPDATE OF content, full_content, content_body, full_content_body
+    ON messages
+BEGIN
+    INSERT OR IGNORE INTO kp_search_dirty (id) VALUES (NEW.id);
+END;
+CREATE TRIGGER kp_search_deleted AFTER DELETE ON messages
+BEGIN
+    INSERT OR IGNORE INTO kp_search_dirty (id) VALUES (OLD.id);
+END;
+INSERT OR IGNORE INTO kp_search_dirty (id) SELECT id FROM messages;
+";
+
 /// Migration 4's hook: a file this layer created stores bodies once from
 /// the start; a file an older koda may still read keeps them inline until
 /// the user opts in (`blobs=on`, `koda-store compact-bodies`).
@@ -904,11 +934,12 @@ pub(crate) fn migrations(origin: Origin) -> Migrations<'static> {
         M::up_with_hook(V3_USAGE, count_usage),
         M::up_with_hook(V4_BODIES, record_body_mode),
         M::up(V5_FOREIGN_TEXT),
+        M::up(V6_SEARCH),
     ])
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: usize = 5;
+pub const SCHEMA_VERSION: usize = 6;
 
 /// Brings the file to [`SCHEMA_VERSION`] with the migrations for its
 /// origin (adopting an older koda's file in place), retrying while it is

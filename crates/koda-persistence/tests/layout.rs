@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The rooms every backend has.
-const ROOMS: [&str; 7] = [
+const ROOMS: [&str; 8] = [
     "lib.rs",
     "docs.md",
     "options.rs",
@@ -18,6 +18,7 @@ const ROOMS: [&str; 7] = [
     "schema.rs",
     "queries.rs",
     "rows.rs",
+    "search.rs",
 ];
 
 /// Each backend: its rooms beyond [`ROOMS`] (a driver's `error.rs`, how its
