@@ -8,6 +8,7 @@ mod options;
 mod queries;
 mod rows;
 mod schema;
+mod search;
 
 pub use crate::options::{FlushPolicy, MAX_CACHE_MB, SCHEMES, SledOptions};
 
@@ -19,9 +20,11 @@ use anyhow::Result;
 use koda_persistence_api::backend::{
     Backend, ContextRow, NewMessage, StoreUrl, limit_bound, root_to_str, usage_total,
 };
+use koda_persistence_api::search::{Query, ScopeBuf, hit_limit};
 use koda_persistence_api::{
     Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
-    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
+    PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord, SessionUsage,
+    StoreHealth,
 };
 
 use crate::exec::Inner;
@@ -345,6 +348,17 @@ impl Import for SledStore {
         let (sid, now) = (session_id.to_owned(), self.clock.now_ms());
         let new_id = uuid::Uuid::now_v7().to_string();
         self.write(move |db| queries::fork(db, &sid, at, &new_id, now))
+            .await
+    }
+
+    async fn search_messages(
+        &self,
+        query: &str,
+        scope: &SearchScope<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        let (query, scope) = (Query::parse(query)?, ScopeBuf::new(scope)?);
+        self.read(move |db| search::search(db, &query, &scope, hit_limit(limit)))
             .await
     }
 

@@ -119,7 +119,7 @@ fn body_count(db: &Db, hash: &BodyHash) -> Result<u64> {
 
 /// `m` with the text of each of its bodies in place, for a read (never
 /// written back: writes keep the addresses).
-fn resolve(db: &Db, mut m: StoredMessage) -> Result<StoredMessage> {
+pub(crate) fn resolve(db: &Db, mut m: StoredMessage) -> Result<StoredMessage> {
     let bodies = m.bodies;
     let id = m.id;
     for (slot, hash) in m.fields_mut().into_iter().zip(bodies) {
