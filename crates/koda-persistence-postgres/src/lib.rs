@@ -8,6 +8,7 @@ mod options;
 mod queries;
 mod rows;
 mod schema;
+mod search;
 mod tls;
 
 use std::fmt;
@@ -22,7 +23,8 @@ use koda_persistence_api::backend::{
 };
 use koda_persistence_api::{
     Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
-    PersistenceError, Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
+    PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord, SessionUsage,
+    StoreHealth,
 };
 
 use crate::exec::Dialect;
@@ -358,6 +360,15 @@ impl Import for PostgresStore {
         let new_id = &new_id;
         self.with_client(|c| async move { queries::fork(&c, session_id, at, new_id, now).await })
             .await
+    }
+
+    async fn search_messages(
+        &self,
+        query: &str,
+        scope: &SearchScope<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        self.search(query, scope, limit).await
     }
 
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
