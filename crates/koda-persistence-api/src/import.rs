@@ -134,6 +134,18 @@ pub trait Import: Persistence {
     /// [`crate::search`]'s, the same on every backend; a search sees every
     /// write acknowledged before it started.
     ///
+    /// - **Set**: the messages in scope whose `content` or `full_content`
+    ///   (each on its own) hold every required item and neither holds an
+    ///   excluded one; of those, the `limit` with the highest message ids.
+    /// - **Order**: [`SearchHit::rank`] (occurrences of the items)
+    ///   descending, then message id descending.
+    /// - **Scope**: [`SearchScope`]: a root (root-less sessions count under
+    ///   every root), one session, roles, compacted messages only when
+    ///   asked. A deleted session's messages are never found.
+    /// - Indexes only narrow candidates; an index that lags behind the
+    ///   rows (an older koda's writes on SQLite, rows not yet indexed on
+    ///   PostgreSQL) changes no result.
+    ///
     /// # Errors
     /// `InvalidInput` for an empty or oversized query
     /// ([`Query::parse`](crate::search::Query::parse)) and for a root that

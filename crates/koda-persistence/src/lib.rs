@@ -58,12 +58,15 @@ pub mod admin;
 /// Large outputs stored once: which fields are bodies, their accounting.
 pub use koda_persistence_api::bodies;
 
+/// Full-text search: the words, the query grammar, hits and their order.
+pub use koda_persistence_api::search;
+
 pub use koda_persistence_api::{
     BodyStats, COMPACTION_HINT, Checked, Clock, CompactedStats, INTERRUPTION_PREVIEW_CHARS, Import,
     InterruptionKind, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock,
     Message, MessageRecord, MetadataRecord, Persistence, PersistenceError, Role, SLOW_CALL,
-    SessionInfo, SessionRecord, SessionUsage, StoreHealth, SystemClock, TODO_KEY, TokenUsage,
-    Traced, detect_interruption, session_checksum,
+    SearchHit, SearchScope, SessionInfo, SessionRecord, SessionUsage, StoreHealth, SystemClock,
+    TODO_KEY, TokenUsage, Traced, detect_interruption, session_checksum,
 };
 
 /// The README's examples, compiled and run as doctests.

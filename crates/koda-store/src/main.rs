@@ -8,6 +8,7 @@
 //! usage error.
 
 mod inspect;
+mod search;
 
 use koda_store::transfer;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use koda_persistence::Import;
+use koda_persistence::{Import, Role};
 
 const AFTER_HELP: &str = "\
 STORES
@@ -158,6 +159,35 @@ not copied.")]
         #[arg(long, value_name = "MESSAGE_ID")]
         at: Option<i64>,
     },
+    /// Search messages across sessions: words (all must match, any case),
+    /// "exact phrases", -excluded, prefix*. Prints the hits best first
+    /// (most occurrences, then newest), with a snippet highlighted on a
+    /// terminal.
+    #[command(after_help = "\
+Other characters are searched as text, never as syntax: OR, NEAR, quotes and
+backslashes are safe. Only active messages are searched unless --compacted.")]
+    Search {
+        /// The query.
+        query: String,
+        /// Only sessions of this project root (and root-less ones).
+        #[arg(long, value_name = "PATH")]
+        root: Option<PathBuf>,
+        /// Only this session.
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// Only messages of this role (repeatable: user, assistant, tool, system).
+        #[arg(long = "role", value_name = "ROLE", value_parser = parse_role)]
+        roles: Vec<Role>,
+        /// Also messages compaction archived.
+        #[arg(long)]
+        compacted: bool,
+        /// At most N hits (at most 1000).
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        limit: usize,
+        /// One JSON document on stdout (snippets unmarked, marks as byte ranges).
+        #[arg(long)]
+        json: bool,
+    },
     /// Store the large outputs an SQLite file holds inline once (content
     /// addressed, compressed), and keep storing them once from now on.
     #[command(after_help = "\
@@ -194,6 +224,11 @@ memory stores always do: for those this reports nothing to move.")]
         #[arg(long)]
         apply: bool,
     },
+}
+
+/// A `--role` value.
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
 }
 
 /// The user's koda file as a URL, when no store was named.
@@ -322,6 +357,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fork { session, at } => {
             let url = store_url()?;
             println!("{}", open(&url).await?.fork_session(&session, at).await?);
+        }
+        Command::Search {
+            query,
+            root,
+            session,
+            roles,
+            compacted,
+            limit,
+            json,
+        } => {
+            let url = store_url()?;
+            search::search(
+                &open(&url).await?,
+                &query,
+                root.as_deref(),
+                session.as_deref(),
+                &roles,
+                compacted,
+                limit,
+                json,
+            )
+            .await?;
         }
         Command::CompactBodies { dry_run } => {
             let url = store_url()?;

@@ -807,3 +807,52 @@ fn fork_prints_the_new_session_and_copies_up_to_the_cut() {
         text(&out.stderr)
     );
 }
+
+/// `search QUERY` prints hits with their session and snippet (no escape
+/// codes when stdout is not a terminal); `--root`, `--role`, `--limit`,
+/// `--session`, `--compacted` and `--json` narrow and shape them; an empty query is a usage error.
+#[test]
+fn search_prints_hits_and_narrows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("koda.db");
+    populated(&db, 3, 2);
+    let url = sqlite_url(&db);
+    let hits = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["--store", url.as_str(), "search"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let out: serde_json::Value = serde_json::from_slice(&ok(&all).stdout).unwrap();
+        out["hits"].as_array().unwrap().clone()
+    };
+    // Sessions 0 and 2 were compacted: their first turn is archived.
+    let all = hits(&["full output"]);
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert_eq!(hits(&["full output", "--compacted"]).len(), 6);
+    let first = &all[0];
+    assert_eq!(first["role"], "tool");
+    let snippet = first["snippet"].as_str().unwrap();
+    let marked: Vec<&str> = first["marks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &snippet[m[0].as_u64().unwrap() as usize..m[1].as_u64().unwrap() as usize])
+        .collect();
+    assert_eq!(marked, ["full", "output"], "two words, two marks");
+    // Session 1 (root /work/p1) was not compacted: both its turns.
+    let rooted = hits(&["full output", "--root", "/work/p1"]);
+    assert_eq!(rooted.len(), 2);
+    assert_eq!(hits(&["full output", "--role", "user"]).len(), 0);
+    assert_eq!(hits(&["output", "--limit", "1"]).len(), 1);
+    let sid = rooted[0]["session"].as_str().unwrap().to_owned();
+    assert_eq!(hits(&["output", "--session", &sid]).len(), 2);
+    let plain = ok(&["--store", &url, "search", "\"full output\" -missing"]);
+    let printed = text(&plain.stdout);
+    assert!(printed.contains(&sid), "{printed}");
+    assert!(printed.contains("    full output 1"), "{printed}");
+    assert!(!printed.contains('\x1b'), "{printed}");
+    assert!(text(&plain.stderr).contains("4 hits"));
+    let empty = run(&["--store", &url, "search", "  "]);
+    assert_eq!(empty.status.code(), Some(2), "{}", text(&empty.stderr));
+    let bad_role = run(&["--store", &url, "search", "x", "--role", "robot"]);
+    assert_eq!(bad_role.status.code(), Some(2));
+}
