@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use koda_persistence_api::{Message, PersistenceError, Role, SessionInfo, TokenUsage};
+use koda_persistence_api::{
+    Message, PersistenceError, Role, SearchHit, SearchScope, SessionInfo, TokenUsage,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use proptest_state_machine::ReferenceStateMachine;
@@ -143,6 +145,14 @@ pub enum Op {
     LastUser(SessRef),
     HasPending(SessRef),
     UsageByAgent(SessRef),
+    Search {
+        query: Text,
+        root: Option<RootArg>,
+        s: Option<SessRef>,
+        roles: Vec<Role>,
+        compacted: bool,
+        limit: usize,
+    },
 }
 
 fn resolve_session(r: SessRef, count: usize) -> Option<usize> {
@@ -187,8 +197,27 @@ fn non_utf8_path() -> PathBuf {
 
 // ── Strategies ──
 
+/// Words texts are made of, for searches to find: cases, accents, CJK,
+/// punctuation that splits words.
+const VOCABULARY: [&str; 12] = [
+    "alpha",
+    "Alpha",
+    "beta",
+    "gamma",
+    "long",
+    "output",
+    "测试",
+    "über",
+    "ÜBER",
+    "é",
+    "std::io",
+    "flaky-test",
+];
+
 fn text() -> BoxedStrategy<Text> {
     prop_oneof![
+        5 => prop::collection::vec(prop::sample::select(&VOCABULARY[..]), 1..6)
+            .prop_map(|w| w.join(" ")),
         4 => "[a-z ]{1,12}",
         1 => Just(String::new()),
         1 => prop_oneof![Just(" ".to_owned()), Just("\t\n ".to_owned()), Just("\u{3000}".to_owned())],
@@ -310,6 +339,35 @@ fn new_message() -> BoxedStrategy<NewMessage> {
         .boxed()
 }
 
+/// Search queries: words the generated texts hold (a word of 300 `t`s
+/// is indexed cut to 128 bytes: exact and prefix queries around the cut),
+/// the grammar's forms, and arbitrary text.
+fn search_query() -> BoxedStrategy<Text> {
+    prop_oneof![
+        6 => (0usize..16).prop_map(|i| [
+            "alpha", "alpha beta", "\"alpha beta\"", "-alpha", "alpha -beta", "al*", "ALPHA",
+            "über", "测", "测试", "std::io", "\"io std\"", "flaky test", "\"test flaky\"",
+            "-beta -gamma", "gam* -long",
+        ][i].to_owned()),
+        4 => "[a-z]{1,3}",
+        2 => "[a-z]{1,2}\\*",
+        2 => "-?[a-z]{1,2} -?[a-z]{1,2}",
+        1 => "\"[a-z]{1,3} [a-z]{1,3}\"\\*?",
+        1 => (0usize..12).prop_map(|i| [
+            "long", "output", "\"long output\"", "-long", "long -output", "out*",
+            "é", "c1", "main", "*", "\0", "OR",
+        ][i].to_owned()),
+        1 => (0usize..5).prop_map(|i| [
+            "t".repeat(300), "t".repeat(128), format!("{}*", "t".repeat(129)),
+            format!("{}*", "t".repeat(127)), "t*".to_owned(),
+        ][i].clone()),
+        1 => prop_oneof![Just(String::new()), Just("\u{3000}".to_owned())],
+        1 => "\\PC{0,8}",
+    ]
+    .prop_map(Text)
+    .boxed()
+}
+
 fn op() -> BoxedStrategy<Op> {
     prop_oneof![
         3 => (agent(), root()).prop_map(|(agent, root)| Op::CreateSession { agent, root }),
@@ -340,6 +398,22 @@ fn op() -> BoxedStrategy<Op> {
         1 => sess().prop_map(Op::LastUser),
         1 => sess().prop_map(Op::HasPending),
         1 => sess().prop_map(Op::UsageByAgent),
+        5 => (
+            search_query(),
+            prop::option::weighted(0.15, root()),
+            prop::option::weighted(0.15, sess()),
+            prop_oneof![4 => Just(Vec::new()), 1 => prop::collection::vec(role(), 1..3)],
+            any::<bool>(),
+            prop_oneof![1 => Just(0usize), 6 => 1usize..6, 3 => Just(usize::MAX)],
+        )
+            .prop_map(|(query, root, s, roles, compacted, limit)| Op::Search {
+                query,
+                root,
+                s,
+                roles,
+                compacted,
+                limit,
+            }),
     ]
     .boxed()
 }
@@ -440,6 +514,21 @@ impl ReferenceStateMachine for ModelMachine {
             Op::LastUser(r) => m.last_of(s(*r), Role::User),
             Op::HasPending(r) => m.has_pending(s(*r)),
             Op::UsageByAgent(r) => m.usage_by_agent(s(*r)),
+            Op::Search {
+                query,
+                root,
+                s: r,
+                roles,
+                compacted,
+                limit,
+            } => m.search(
+                &query.0,
+                root.map(root_str),
+                r.map(s),
+                roles,
+                *compacted,
+                *limit,
+            ),
         };
         m
     }
@@ -711,6 +800,34 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
         Op::UsageByAgent(s) => outcome!(store.session_usage_by_agent(&sut.session(*s)), |v| Ok(
             Outcome::ByAgent(v)
         )),
+        Op::Search {
+            query,
+            root,
+            s,
+            roles,
+            compacted,
+            limit,
+        } => {
+            let root = root.map(root_path);
+            let session = s.map(|r| sut.session(r));
+            let scope = SearchScope {
+                project_root: root.as_deref(),
+                session: session.as_deref(),
+                roles,
+                include_compacted: *compacted,
+            };
+            let res = store.search_messages(&query.0, &scope, *limit).await;
+            outcome!(async { res }, |hits: Vec<SearchHit>| {
+                let mut out = Vec::with_capacity(hits.len());
+                for h in hits {
+                    let id = *sut.rev.get(&h.message_id).ok_or_else(|| {
+                        anyhow!("search found message {} the model never made", h.message_id)
+                    })?;
+                    out.push((id, sut.session_name_of(&h.session_id)?, h.role, h.rank));
+                }
+                Ok(Outcome::Hits(out))
+            })
+        }
     };
     let got = match (got, &model.last) {
         (Outcome::Id(sut_id), Outcome::Id(model_id)) => {
@@ -769,6 +886,50 @@ async fn check_state(sut: &mut Sut, model: &Model) -> Result<()> {
         got == want,
         "compacted_stats: backend {got:?}, model {want:?}"
     );
+    Ok(())
+}
+
+/// Searches that the state after every sequence is checked with (a
+/// sequence's own search operations index what was written before them,
+/// so later writes leave the index behind its rows; compacted messages
+/// included or not): words, a phrase, a prefix, exclusions only, CJK,
+/// and words around the index's 128-byte term cut (a word of 300 `t`s is
+/// indexed as 128: an exact query of 128 must not find it, a prefix of
+/// 129 must).
+static STATE_SEARCHES: std::sync::LazyLock<Vec<(String, bool)>> = std::sync::LazyLock::new(|| {
+    vec![
+        ("alpha".to_owned(), false),
+        ("\"alpha beta\" -gamma".to_owned(), true),
+        ("al* über".to_owned(), false),
+        ("-beta -long".to_owned(), true),
+        ("测试 std::io".to_owned(), true),
+        ("t".repeat(128), true),
+        (format!("{}*", "t".repeat(129)), false),
+    ]
+});
+
+/// Every [`STATE_SEARCHES`] query, everywhere, on the backend and the
+/// model.
+async fn check_search(sut: &mut Sut, model: &Model) -> Result<()> {
+    for (query, compacted) in STATE_SEARCHES.iter() {
+        let scope = SearchScope {
+            include_compacted: *compacted,
+            ..SearchScope::default()
+        };
+        let hits = sut.fx.store.search_messages(query, &scope, 100).await?;
+        let mut got = Vec::with_capacity(hits.len());
+        for h in hits {
+            let id = *sut.rev.get(&h.message_id).ok_or_else(|| {
+                anyhow!("search found message {} the model never made", h.message_id)
+            })?;
+            got.push((id, sut.session_name_of(&h.session_id)?, h.role, h.rank));
+        }
+        let want = model.search(query, None, None, &[], *compacted, 100);
+        ensure!(
+            Outcome::Hits(got.clone()) == want,
+            "search {query:?} (compacted {compacted}): backend {got:?}, model {want:?}"
+        );
+    }
     Ok(())
 }
 
@@ -876,7 +1037,11 @@ fn try_run_cases<F: Factory + ?Sized>(factory: &F, cases: u32) -> Result<()> {
                     }
                 }
                 if outcome.is_ok() {
-                    outcome = check_bodies(&sut, &model)
+                    let after = async {
+                        check_bodies(&sut, &model).await?;
+                        check_search(&mut sut, &model).await
+                    };
+                    outcome = after
                         .await
                         .map_err(|e| TestCaseError::fail(format!("after the sequence: {e:#}")));
                 }

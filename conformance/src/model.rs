@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::{
@@ -54,6 +55,8 @@ pub enum Outcome {
     Sessions(Vec<SessionInfo>),
     /// Usage by agent.
     ByAgent(Vec<(String, SessionUsage)>),
+    /// Search hits, best first: model message id, session name, role, rank.
+    Hits(Vec<(i64, String, Role, u32)>),
     /// An error the contract prescribes.
     Err(ErrKind),
 }
@@ -87,6 +90,20 @@ struct MMessage {
     created: i64,
     completed: Option<i64>,
     compacted: Option<i64>,
+    /// The words of `content` and of `full` (those present), kept with
+    /// the text they come from.
+    words: Arc<Vec<Vec<String>>>,
+}
+
+/// The words of a message's searchable fields.
+fn field_words(content: &Option<String>, full: &Option<String>) -> Arc<Vec<Vec<String>>> {
+    Arc::new(
+        [content, full]
+            .into_iter()
+            .flatten()
+            .map(|t| model_words(t))
+            .collect(),
+    )
 }
 
 /// The whole model state.
@@ -350,6 +367,7 @@ impl Model {
             MMessage {
                 session: k,
                 role,
+                words: field_words(&content.map(str::to_owned), &full.map(str::to_owned)),
                 content: content.map(str::to_owned),
                 full: full.map(str::to_owned),
                 tool_calls: tool_calls.map(str::to_owned),
@@ -419,6 +437,7 @@ impl Model {
                 MMessage {
                     session: k,
                     role,
+                    words: field_words(&Some(text.to_owned()), &None),
                     content: Some(text.to_owned()),
                     full: None,
                     tool_calls: None,
@@ -440,6 +459,7 @@ impl Model {
         for id in ids {
             if let Some(m) = self.messages.get_mut(id) {
                 m.content = Some(stub.to_owned());
+                m.words = field_words(&m.content, &m.full);
             }
         }
         Outcome::Unit
@@ -672,5 +692,188 @@ impl Model {
         })
         .map(|(id, m)| self.to_message(id, m))
         .collect()
+    }
+}
+
+// ── Search: the reference, from the grammar in the trait's docs ──
+
+/// A character that is a word by itself (Han, Hiragana, Katakana).
+fn cjk(c: char) -> bool {
+    let u = c as u32;
+    (0x3040..=0x30FF).contains(&u)
+        || (0x31F0..=0x31FF).contains(&u)
+        || (0x3400..=0x4DBF).contains(&u)
+        || (0x4E00..=0x9FFF).contains(&u)
+        || (0xF900..=0xFAFF).contains(&u)
+        || (0xFF66..=0xFF9F).contains(&u)
+        || (0x20000..=0x3FFFF).contains(&u)
+}
+
+/// The lowercased words of `text`: runs of letters and digits, each CJK
+/// character alone.
+fn model_words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in text.chars() {
+        if cjk(c) {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            out.push(c.to_string());
+        } else if c.is_alphanumeric() {
+            cur.extend(c.to_lowercase());
+        } else if !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// One query item: words, last one a prefix, excluded.
+struct MItem {
+    words: Vec<String>,
+    prefix: bool,
+    exclude: bool,
+}
+
+/// The items of `query`, or `None` for a query the grammar refuses.
+fn model_items(query: &str) -> Option<Vec<MItem>> {
+    if query.trim().is_empty() || query.len() > koda_persistence_api::search::MAX_QUERY_BYTES {
+        return None;
+    }
+    let chars: Vec<char> = query.chars().collect();
+    let mut i = 0;
+    let mut items = Vec::new();
+    let mut raw = 0;
+    loop {
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        if i == chars.len() {
+            return Some(items);
+        }
+        raw += 1;
+        if raw > koda_persistence_api::search::MAX_QUERY_ITEMS {
+            return None;
+        }
+        let exclude = chars[i] == '-' && chars.get(i + 1).is_some_and(|c| !c.is_whitespace());
+        if exclude {
+            i += 1;
+        }
+        let mut text = String::new();
+        let mut prefix = false;
+        if chars[i] == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                text.push(chars[i]);
+                i += 1;
+            }
+            i += 1; // the closing quote, or past the end
+            if chars.get(i) == Some(&'*') {
+                prefix = true;
+                i += 1;
+            }
+        } else {
+            while i < chars.len() && !chars[i].is_whitespace() {
+                text.push(chars[i]);
+                i += 1;
+            }
+        }
+        i = i.min(chars.len());
+        prefix = (prefix || text.ends_with('*'))
+            && text
+                .trim_end_matches('*')
+                .chars()
+                .last()
+                .is_some_and(char::is_alphanumeric);
+        let words = model_words(&text);
+        if !words.is_empty() {
+            items.push(MItem {
+                words,
+                prefix,
+                exclude,
+            });
+        }
+    }
+}
+
+/// How many times `item` occurs in `words` (overlapping).
+fn model_occurrences(item: &MItem, words: &[String]) -> usize {
+    let n = item.words.len();
+    if words.len() < n {
+        return 0;
+    }
+    (0..=words.len() - n)
+        .filter(|&at| {
+            item.words.iter().enumerate().all(|(j, w)| {
+                if item.prefix && j == n - 1 {
+                    words[at + j].starts_with(w.as_str())
+                } else {
+                    words[at + j] == *w
+                }
+            })
+        })
+        .count()
+}
+
+impl Model {
+    /// `search_messages`: `root` is `Some(None)` for a non-UTF-8 root,
+    /// `session` is `Some(None)` for an unknown session.
+    #[allow(clippy::too_many_arguments)]
+    pub fn search(
+        &self,
+        query: &str,
+        root: Option<Option<&str>>,
+        session: Option<Option<usize>>,
+        roles: &[Role],
+        compacted: bool,
+        limit: usize,
+    ) -> Outcome {
+        let Some(items) = model_items(query) else {
+            return Outcome::Err(ErrKind::InvalidInput);
+        };
+        if root == Some(None) {
+            return Outcome::Err(ErrKind::InvalidInput);
+        }
+        let limit = limit.min(koda_persistence_api::search::MAX_SEARCH_HITS);
+        let mut hits = Vec::new();
+        if items.is_empty() {
+            return Outcome::Hits(hits);
+        }
+        for (id, m) in self.messages.iter().rev() {
+            if hits.len() == limit {
+                break;
+            }
+            let s = &self.sessions[m.session];
+            let in_scope = !s.deleted
+                && root.is_none_or(|r| r == Some(s.root.as_str()))
+                && session.is_none_or(|k| k == Some(m.session))
+                && (roles.is_empty() || roles.contains(&m.role))
+                && (compacted || m.compacted.is_none());
+            if !in_scope {
+                continue;
+            }
+            let fields = &m.words;
+            let mut rank = 0u32;
+            let mut matched = true;
+            for item in &items {
+                let n: usize = fields.iter().map(|w| model_occurrences(item, w)).sum();
+                if item.exclude == (n > 0) {
+                    matched = false;
+                    break;
+                }
+                if !item.exclude {
+                    rank = rank.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+                }
+            }
+            if matched {
+                hits.push((*id, session_name(m.session), m.role, rank));
+            }
+        }
+        hits.sort_by(|a, b| b.3.cmp(&a.3).then(b.0.cmp(&a.0)));
+        Outcome::Hits(hits)
     }
 }

@@ -41,8 +41,9 @@ fn set(mut v: Vec<i64>) -> Vec<i64> {
 
 /// Words match whole, case-insensitively (Unicode), anywhere in
 /// `content` or `full_content`; every item must match; `"phrases"` are
-/// consecutive words; `-item` excludes; `word*` is a prefix; CJK text
-/// matches by substring.
+/// consecutive words; `-item` excludes (a query of exclusions only finds
+/// every other message, one without text too); `word*` is a prefix; CJK
+/// text matches by substring.
 pub async fn search_follows_the_query_grammar(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     let a = user(fx, &sid, "Which test is FLAKY? The flaky test in std::io").await?;
@@ -67,6 +68,8 @@ pub async fn search_follows_the_query_grammar(fx: &Fixture) -> Result<()> {
         .await?;
     let e = user(fx, &sid, "修复了不稳定的测试 (fixed the unstable test)").await?;
     let f = user(fx, &sid, "flakyness is not a word; test").await?;
+    // A call without text: found by exclusions only, by nothing else.
+    let g = assistant(fx, &sid, None, Some(&calls(&["c9"])), true).await?;
     eq(
         "words, any case",
         set(find(fx, "flaky test").await?),
@@ -106,9 +109,9 @@ pub async fn search_follows_the_query_grammar(fx: &Fixture) -> Result<()> {
         Vec::<i64>::new(),
     )?;
     eq(
-        "exclusions only: everything else",
+        "exclusions only: everything else, a message without text too",
         set(find(fx, "-flaky -test").await?),
-        vec![c],
+        vec![c, g],
     )?;
     eq(
         "OR and NEAR are words",

@@ -39,6 +39,7 @@
 //! by [`SearchHit::rank`] (how many times the items occur), then by the
 //! higher message id.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::path::Path;
 
@@ -181,41 +182,64 @@ fn is_unigram(c: char) -> bool {
 
 /// One word of a text: where it is and its lowercased form.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Word {
+pub struct Word<'a> {
     /// Its bytes in the text.
     pub span: Range<usize>,
-    /// Lowercased.
-    pub norm: String,
+    /// Lowercased (borrowed from the text when it already was).
+    pub norm: Cow<'a, str>,
 }
 
-/// The words of `text`, in order.
-pub fn words(text: &str) -> Vec<Word> {
+/// Whether lowercasing leaves `c` as it is.
+fn already_lower(c: char) -> bool {
+    if c.is_ascii() {
+        return !c.is_ascii_uppercase();
+    }
+    let mut lower = c.to_lowercase();
+    lower.len() == 1 && lower.next() == Some(c)
+}
+
+/// The words of `text`, in order. A word already in lowercase borrows
+/// its text (a megabyte of output splits without a copy per word).
+pub fn words<'a>(text: &'a str) -> Vec<Word<'a>> {
     let mut out = Vec::new();
+    // The word being read: where it starts, and its lowercased copy once
+    // one of its characters changed.
     let mut start: Option<usize> = None;
-    let mut norm = String::new();
-    let close = |out: &mut Vec<Word>, start: &mut Option<usize>, norm: &mut String, end| {
-        if let Some(s) = start.take() {
-            out.push(Word {
-                span: s..end,
-                norm: std::mem::take(norm),
-            });
-        }
-    };
+    let mut copy: Option<String> = None;
+    let close =
+        |out: &mut Vec<Word<'a>>, start: &mut Option<usize>, copy: &mut Option<String>, end| {
+            if let Some(s) = start.take() {
+                let norm = match copy.take() {
+                    Some(c) => Cow::Owned(c),
+                    None => Cow::Borrowed(&text[s..end]),
+                };
+                out.push(Word { span: s..end, norm });
+            }
+        };
     for (i, c) in text.char_indices() {
         if is_unigram(c) {
-            close(&mut out, &mut start, &mut norm, i);
+            close(&mut out, &mut start, &mut copy, i);
+            let end = i + c.len_utf8();
             out.push(Word {
-                span: i..i + c.len_utf8(),
-                norm: c.to_string(),
+                span: i..end,
+                norm: Cow::Borrowed(&text[i..end]),
             });
         } else if c.is_alphanumeric() {
-            start.get_or_insert(i);
-            norm.extend(c.to_lowercase());
+            let s = *start.get_or_insert(i);
+            match &mut copy {
+                Some(copy) => copy.extend(c.to_lowercase()),
+                None if already_lower(c) => {}
+                None => {
+                    let mut fresh = text[s..i].to_owned();
+                    fresh.extend(c.to_lowercase());
+                    copy = Some(fresh);
+                }
+            }
         } else {
-            close(&mut out, &mut start, &mut norm, i);
+            close(&mut out, &mut start, &mut copy, i);
         }
     }
-    close(&mut out, &mut start, &mut norm, text.len());
+    close(&mut out, &mut start, &mut copy, text.len());
     out
 }
 
@@ -339,7 +363,10 @@ impl Query {
                 Some(a) => (true, a),
                 None => (text.ends_with('*'), after),
             };
-            let words: Vec<String> = words(text).into_iter().map(|w| w.norm).collect();
+            let words: Vec<String> = words(text)
+                .into_iter()
+                .map(|w| w.norm.into_owned())
+                .collect();
             let prefix = prefix && text.trim_end_matches('*').ends_with(char::is_alphanumeric);
             if !words.is_empty() {
                 items.push(Item {
@@ -371,7 +398,7 @@ impl Query {
         if self.finds_nothing() {
             return None;
         }
-        let split: Vec<(&str, Vec<Word>)> =
+        let split: Vec<(&str, Vec<Word<'_>>)> =
             fields.iter().flatten().map(|f| (*f, words(f))).collect();
         let mut rank = 0u32;
         for item in &self.items {
@@ -390,8 +417,9 @@ impl Query {
             }
         }
         // The snippet: the first field holding a required item, around its
-        // first match; a query of exclusions only shows the first field.
-        let spans_of = |ws: &[Word]| -> Vec<Range<usize>> {
+        // first match; a query of exclusions only shows the first field
+        // (nothing for a message without text, which it finds too).
+        let spans_of = |ws: &[Word<'_>]| -> Vec<Range<usize>> {
             let mut spans: Vec<Range<usize>> = self
                 .required()
                 .flat_map(|item| {
@@ -407,7 +435,8 @@ impl Query {
             .iter()
             .map(|(t, ws)| (*t, spans_of(ws)))
             .find(|(_, s)| !s.is_empty())
-            .or_else(|| split.first().map(|(t, _)| (*t, Vec::new())))?;
+            .or_else(|| split.first().map(|(t, _)| (*t, Vec::new())))
+            .unwrap_or(("", Vec::new()));
         let (snippet, marks) = snippet(text, &spans);
         Some(Found {
             rank,
@@ -464,13 +493,13 @@ impl Query {
 
 /// Where `item` occurs in `ws`: the index of each occurrence's first word
 /// (occurrences may overlap).
-fn occurrences<'a>(item: &'a Item, ws: &'a [Word]) -> impl Iterator<Item = usize> + 'a {
+fn occurrences<'a>(item: &'a Item, ws: &'a [Word<'_>]) -> impl Iterator<Item = usize> + 'a {
     let k = item.words.len();
     (0..ws.len().saturating_sub(k.saturating_sub(1)))
         .filter(move |&i| i + k <= ws.len())
         .filter(move |&i| {
             item.words.iter().enumerate().all(|(j, w)| {
-                let have = &ws[i + j].norm;
+                let have: &str = &ws[i + j].norm;
                 if item.prefix && j + 1 == k {
                     have.starts_with(w.as_str())
                 } else {
@@ -551,14 +580,25 @@ mod tests {
 
     #[test]
     fn words_split_lowercase_and_cut_cjk_to_characters() {
-        let w: Vec<String> = words("Flaky-TEST über std::io 修复测试 ok")
+        let w: Vec<String> = words("Flaky-TEST über std::io 修复测试 ok İx ǅ")
             .into_iter()
-            .map(|w| w.norm)
+            .map(|w| w.norm.into_owned())
             .collect();
         assert_eq!(
             w,
             [
-                "flaky", "test", "über", "std", "io", "修", "复", "测", "试", "ok"
+                "flaky",
+                "test",
+                "über",
+                "std",
+                "io",
+                "修",
+                "复",
+                "测",
+                "试",
+                "ok",
+                "i\u{307}x",
+                "ǆ"
             ]
         );
     }
@@ -612,6 +652,11 @@ mod tests {
         assert!(q("tok*").find(&[Some("Tokio runtime")]).is_some());
         assert!(q("测试").find(&[Some("修复测试用例")]).is_some());
         assert!(q("-nothing").find(&[Some("anything")]).is_some());
+        assert!(
+            q("-nothing").find(&[None, None]).is_some(),
+            "no text, no excluded item"
+        );
+        assert!(q("something").find(&[None, None]).is_none());
     }
 
     #[test]

@@ -522,3 +522,85 @@ async fn large_outputs_stay_inline_until_the_user_opts_in() {
         assert!(older.integrity_ok());
     }
 }
+
+/// An older koda's inserts, rewrites and deletes are searched at once
+/// (the triggers mark them for the index in its own transaction), and
+/// no trigger an older koda fires touches the FTS5 table: a koda whose
+/// SQLite lacks FTS5 never fails a write because of the search index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_kodas_writes_are_searched_and_never_touch_fts5() {
+    use koda_persistence_api::{Import, SearchScope};
+    for g in ALL {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("koda.db");
+        g.create_file(&path);
+        let clock = ManualClock::new(now_ms() - 60_000);
+        let store = layer(&path, &clock).await;
+        let koda = g.open(&path);
+        let find = |q: &'static str| {
+            let store = store.clone();
+            async move {
+                let hits = store
+                    .search_messages(q, &SearchScope::default(), 50)
+                    .await
+                    .expect("search");
+                let mut ids: Vec<i64> = hits.iter().map(|h| h.message_id).collect();
+                ids.sort_unstable();
+                ids
+            }
+        };
+        let sid = store
+            .create_session("main", Path::new(ROOT))
+            .await
+            .expect("session");
+        let mine = store
+            .insert_message(&sid, &Role::User, Some("layer needle"), None, None, None)
+            .await
+            .expect("insert");
+        assert_eq!(find("needle").await, [mine], "{g:?}: the layer's own row");
+        koda.create_session("older-1", "main", ROOT);
+        let theirs = koda.insert_message(
+            "older-1",
+            "user",
+            Some("older koda needle"),
+            None,
+            None,
+            None,
+            None,
+        );
+        assert_eq!(
+            find("needle").await,
+            [mine, theirs],
+            "{g:?}: an older koda's insert is found at once"
+        );
+        koda.conn
+            .execute(
+                "UPDATE messages SET content = 'rewritten haystack' WHERE id = ?1",
+                [theirs],
+            )
+            .expect("older koda rewrites a message");
+        assert_eq!(find("needle").await, [mine], "{g:?}: the old text is gone");
+        assert_eq!(find("haystack").await, [theirs], "{g:?}: the new text");
+        koda.delete_session("older-1");
+        assert_eq!(find("haystack").await, Vec::<i64>::new(), "{g:?}: deleted");
+        let triggers: Vec<String> = {
+            let mut stmt = koda
+                .conn
+                .prepare("SELECT sql FROM sqlite_master WHERE type = 'trigger'")
+                .expect("triggers");
+            stmt.query_map([], |r| r.get(0))
+                .expect("triggers")
+                .collect::<Result<_, _>>()
+                .expect("triggers")
+        };
+        assert!(triggers.iter().any(|t| t.contains("kp_search_dirty")));
+        // `kp_search` as a whole identifier (trigger names and
+        // `kp_search_dirty` only start with it).
+        for t in &triggers {
+            let names_fts5 = t.match_indices("kp_search").any(|(at, m)| {
+                !t[at + m.len()..].starts_with(|c: char| c == '_' || c.is_alphanumeric())
+            });
+            assert!(!names_fts5, "{g:?}: a trigger touches the FTS5 table: {t}");
+        }
+    }
+}
