@@ -19,6 +19,7 @@ mod team_load;
 mod w10;
 mod w11;
 mod w12;
+mod w13;
 mod workloads;
 
 use std::path::Path;
@@ -76,6 +77,13 @@ struct Cli {
     /// Run only W12.
     #[arg(long, conflicts_with_all = ["w1_only", "w2_only", "w5_only", "w10_only", "w11_only"])]
     w12_only: bool,
+    /// Also run W13 (search across sessions at two sizes, and W1 with
+    /// the search index against without).
+    #[arg(long)]
+    w13: bool,
+    /// Run only W13.
+    #[arg(long, conflicts_with_all = ["w1_only", "w2_only", "w5_only", "w10_only", "w11_only", "w12_only"])]
+    w13_only: bool,
     /// W11's simulated koda processes.
     #[arg(long, default_value_t = 200, value_name = "N")]
     clients: usize,
@@ -99,6 +107,8 @@ struct Plan {
     w9_pairs: usize,
     w10_sessions: usize,
     w12_sessions: usize,
+    /// W13's two sizes, in sessions of 100 messages.
+    w13_sessions: (usize, usize),
     /// W1 and its ceiling only.
     w1_only: bool,
     /// W2 (warm, cold) and its ceiling only.
@@ -123,6 +133,7 @@ impl Plan {
             w9_pairs: 3_000 / d,
             w10_sessions: 1_000 / d,
             w12_sessions: 200 / d,
+            w13_sessions: (100 / d, 1_000 / d),
             w1_only: false,
             w2_only: false,
             w5_only: false,
@@ -800,6 +811,83 @@ fn print_w12(runs: &[w12::W12]) {
     }
 }
 
+/// W13 as JSON: one object per backend, one entry per size.
+fn w13_json_of(w: &w13::W13) -> Value {
+    let sizes: Vec<Value> = w
+        .sizes
+        .iter()
+        .map(|s| {
+            json!({"messages": s.messages, "catch_up_ms": ms(s.catch_up),
+                   "p50_ms": ms(s.p50), "p99_ms": ms(s.p99),
+                   "ceiling_p50_ms": s.ceiling.map(|c| ms(c.0)),
+                   "ceiling_p99_ms": s.ceiling.map(|c| ms(c.1))})
+        })
+        .collect();
+    let growth = match (w.sizes.first(), w.sizes.last()) {
+        (Some(a), Some(b)) => ratio(ms(b.p99), ms(a.p99)),
+        _ => f64::NAN,
+    };
+    json!({"target": w.name, "queries": w13::QUERIES.len(), "limit": w13::LIMIT,
+           "sizes": sizes, "p99_growth": growth,
+           "w1_with_index_msgs_per_s": w.w1_with,
+           "w1_without_index_msgs_per_s": w.w1_without,
+           "w1_with_over_without": w.w1_without.map(|x| ratio(w.w1_with, x))})
+}
+
+fn print_w13(runs: &[w13::W13]) {
+    println!();
+    println!(
+        "W13: search ({} fixed queries, limit {}; ceiling = the same index queried raw; catch-up = the first search after a fill, which indexes it)",
+        w13::QUERIES.len(),
+        w13::LIMIT
+    );
+    println!(
+        "{:<18} {:>9} {:>12} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",
+        "target",
+        "messages",
+        "catch-up ms",
+        "p50 ms",
+        "p99 ms",
+        "ceil p50",
+        "ceil p99",
+        "p99/ceil",
+        "growth"
+    );
+    for w in runs {
+        let first = w.sizes.first().map(|s| ms(s.p99));
+        for s in &w.sizes {
+            let (c50, c99) = s
+                .ceiling
+                .map_or((f64::NAN, f64::NAN), |c| (ms(c.0), ms(c.1)));
+            println!(
+                "{:<18} {:>9} {:>12.1} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>9.2} {:>8.2}",
+                w.name,
+                s.messages,
+                ms(s.catch_up),
+                ms(s.p50),
+                ms(s.p99),
+                c50,
+                c99,
+                ratio(ms(s.p99), c99),
+                first.map_or(f64::NAN, |f| ratio(ms(s.p99), f))
+            );
+        }
+        match w.w1_without {
+            Some(without) => println!(
+                "{:<18} W1 with the index {:.0} msg/s, without {:.0} msg/s: {:.3}x",
+                w.name,
+                w.w1_with,
+                without,
+                ratio(w.w1_with, without)
+            ),
+            None => println!(
+                "{:<18} W1 {:.0} msg/s (no index to drop: search scans)",
+                w.name, w.w1_with
+            ),
+        }
+    }
+}
+
 fn print_w11(runs: &[w11::W11Run]) {
     println!();
     println!(
@@ -895,7 +983,7 @@ async fn main() -> Result<()> {
 /// Every workload asked for, then the table (or JSON).
 async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Result<()> {
     let mut rows = Vec::new();
-    let only = cli.w10_only || cli.w11_only || cli.w12_only;
+    let only = cli.w10_only || cli.w11_only || cli.w12_only || cli.w13_only;
     for t in targets.iter().filter(|_| !only) {
         eprintln!("benchmarking {}", t.name());
         rows.push(run_target(t, plan).await?);
@@ -908,8 +996,12 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
     });
     // --w1-only, --w2-only and --w5-only are A/B runs of one workload: no
     // W10.
-    let w10_wanted =
-        !(cli.w11_only || cli.w12_only || plan.w1_only || plan.w2_only || plan.w5_only);
+    let w10_wanted = !(cli.w11_only
+        || cli.w12_only
+        || cli.w13_only
+        || plan.w1_only
+        || plan.w2_only
+        || plan.w5_only);
     if let Some(url) = postgres.as_deref().filter(|_| w10_wanted) {
         eprintln!("benchmarking W10 (koda-store copy SQLite -> PostgreSQL)");
         w10 = Some(w10::run(url, scratch, plan.w10_sessions, plan.per_session).await?);
@@ -922,6 +1014,14 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
                 t.name()
             );
             w12.extend(w12::run(t, scratch, plan.w12_sessions).await?);
+        }
+    }
+    let mut w13 = Vec::new();
+    if cli.w13 || cli.w13_only {
+        for t in targets {
+            eprintln!("benchmarking W13 (search) on {}", t.name());
+            let (small, large) = plan.w13_sessions;
+            w13.push(w13::run(t, small, large, plan.w1).await?);
         }
     }
     let mut w11 = Vec::new();
@@ -969,8 +1069,10 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
                 _ => row_docs.push(w12_json_of(w)),
             }
         }
+        let w13_json: Vec<_> = w13.iter().map(w13_json_of).collect();
         let out = json!({"quick": cli.quick, "rows": row_docs,
-                         "w10": w10_json, "w11": w11_json, "w12": w12_json});
+                         "w10": w10_json, "w11": w11_json, "w12": w12_json,
+                         "w13": w13_json});
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         if !rows.is_empty() {
@@ -985,6 +1087,9 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
         if !w12.is_empty() {
             print_w12(&w12);
         }
+        if !w13.is_empty() {
+            print_w13(&w13);
+        }
     }
     // Through the pooler every turn must succeed and every count be
     // exact; direct, a server with fewer connections than clients refuses
@@ -998,7 +1103,14 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
             r.first_error
         );
     }
-    let failed: Vec<&String> = rows.iter().flat_map(|r| &r.failures).collect();
+    let failed: Vec<&String> = rows
+        .iter()
+        .flat_map(|r| &r.failures)
+        .chain(w13.iter().flat_map(|w| &w.failures))
+        .collect();
+    for f in &failed {
+        eprintln!("FAILED: {f}");
+    }
     anyhow::ensure!(
         failed.is_empty(),
         "{} workload(s) returned wrong results",

@@ -39,11 +39,11 @@ pub struct Msg {
 /// One session's turns; `None` marks a compaction.
 type History = Vec<Vec<Option<Msg>>>;
 
-/// A small deterministic generator (splitmix64).
-struct Gen(u64);
+/// A small deterministic generator (splitmix64), W13's too.
+pub(crate) struct Gen(pub(crate) u64);
 
 impl Gen {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -55,7 +55,7 @@ impl Gen {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn pick<'a>(&mut self, words: &[&'a str]) -> &'a str {
+    pub(crate) fn pick<'a>(&mut self, words: &[&'a str]) -> &'a str {
         let i = usize::try_from(self.next() % words.len() as u64).unwrap_or(0);
         words.get(i).copied().unwrap_or("x")
     }
