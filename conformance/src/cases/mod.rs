@@ -187,6 +187,7 @@ macro_rules! __for_each_case {
                 search_stays_in_its_scope,
                 search_follows_every_write,
                 hostile_queries_find_or_return_nothing,
+                search_finds_what_an_index_cannot_hold,
             ],
         }
     };

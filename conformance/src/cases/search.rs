@@ -481,3 +481,55 @@ pub async fn hostile_queries_find_or_return_nothing(fx: &Fixture) -> Result<()> 
     }
     Ok(())
 }
+
+/// What a word index cannot hold exactly is still found: a phrase in a
+/// message repeating a word past 256 times, in one of more than 16,383
+/// words, in one with more distinct words than an index row holds; an
+/// exclusion of a long word that only shares its first 128 bytes with the
+/// message's; a phrase exclusion whose words the message holds in another
+/// order. Exclusions that do hold (a prefix, a phrase) still exclude.
+pub async fn search_finds_what_an_index_cannot_hold(fx: &Fixture) -> Result<()> {
+    let sid = session(fx).await?;
+    let repeated = user(fx, &sid, &format!("{}the flaky test", "w ".repeat(300))).await?;
+    let numbered: String = (0..17_000).map(|i| format!("n{i} ")).collect();
+    let many_words = tool(fx, &sid, None, &format!("{numbered}the flaky test")).await?;
+    let distinct: String = (0..100_000).map(|i| format!("d{i} ")).collect();
+    let too_many = tool(fx, &sid, None, &format!("{distinct}the flaky test")).await?;
+    let long = "a".repeat(200);
+    let long_word = user(fx, &sid, &format!("needle {long}")).await?;
+    let reversed = user(fx, &sid, "needle b a").await?;
+    let phrased = user(fx, &sid, "needle a b").await?;
+    let tokio = user(fx, &sid, "needle tokio").await?;
+    eq(
+        "a phrase wherever the index lost positions",
+        set(find(fx, "\"flaky test\"").await?),
+        vec![repeated, many_words, too_many],
+    )?;
+    eq(
+        "words in a row too large to index",
+        find(fx, "d99999").await?,
+        vec![too_many],
+    )?;
+    let other_long = "a".repeat(150);
+    eq(
+        "a long exclusion sharing only its first 128 bytes",
+        set(find(fx, &format!("needle -{other_long}")).await?),
+        vec![long_word, reversed, phrased, tokio],
+    )?;
+    eq(
+        "the long word itself excludes",
+        set(find(fx, &format!("needle -{long}")).await?),
+        vec![reversed, phrased, tokio],
+    )?;
+    eq(
+        "a phrase exclusion",
+        set(find(fx, "needle -\"a b\"").await?),
+        vec![long_word, reversed, tokio],
+    )?;
+    eq(
+        "a prefix exclusion",
+        set(find(fx, "needle -tok*").await?),
+        vec![long_word, reversed, phrased],
+    )?;
+    Ok(())
+}

@@ -40,6 +40,7 @@
 //! higher message id.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
@@ -270,17 +271,69 @@ pub fn index_text(fields: &[Option<&str>]) -> String {
     out
 }
 
-/// The distinct terms ([`term`]) of the fields, sorted: what a PostgreSQL
-/// `tsvector` holds.
-pub fn index_terms(fields: &[Option<&str>]) -> Vec<String> {
-    let mut out: Vec<String> = fields
-        .iter()
-        .flatten()
-        .flat_map(|f| words(f))
-        .map(|w| term(&w.norm).to_owned())
-        .collect();
-    out.sort_unstable();
-    out.dedup();
+/// The lexeme of a message a word index cannot narrow (its words would
+/// not fit a PostgreSQL `tsvector`): no word is `*`, and every
+/// [`Query::tsquery`] asks for it.
+pub const EVERY_SEARCH: &str = "*";
+/// The lexeme of a message whose `tsvector` carries no positions (too
+/// many words, or a word too often, for PostgreSQL to keep them all):
+/// [`Query::tsquery`] matches its phrases as words ANDed.
+pub const NO_POSITIONS: &str = "*p";
+/// The highest word position a `tsvector` keeps (PostgreSQL clamps past it).
+pub const TSVECTOR_MAX_POSITION: usize = 16_383;
+/// The most positions a `tsvector` keeps for one lexeme.
+pub const TSVECTOR_MAX_POSITIONS: usize = 256;
+/// The most bytes of lexemes and positions a message's `tsvector` text
+/// holds (PostgreSQL caps a `tsvector` at 1 MiB); past it the message
+/// holds [`EVERY_SEARCH`] alone.
+pub const TSVECTOR_MAX_BYTES: usize = 512 * 1024;
+
+/// `text` as a quoted `tsvector` / `tsquery` lexeme.
+fn lexeme(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// The fields' words as the text of a PostgreSQL `tsvector`: each
+/// [`term`] with the positions of its words, the second field's
+/// positions one past the first's end (a phrase never runs from one
+/// field into the other). When positions cannot all be kept (more than
+/// [`TSVECTOR_MAX_POSITION`] words, or a term more than
+/// [`TSVECTOR_MAX_POSITIONS`] times) the terms carry none and
+/// [`NO_POSITIONS`] is added; when even that exceeds
+/// [`TSVECTOR_MAX_BYTES`], the text is [`EVERY_SEARCH`] alone.
+pub fn tsvector(fields: &[Option<&str>]) -> String {
+    let mut at: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut position = 0usize;
+    for field in fields.iter().flatten() {
+        for w in words(field) {
+            position += 1;
+            at.entry(term(&w.norm).to_owned())
+                .or_default()
+                .push(position);
+        }
+        position += 1;
+    }
+    let exact =
+        position <= TSVECTOR_MAX_POSITION && at.values().all(|p| p.len() <= TSVECTOR_MAX_POSITIONS);
+    let mut out = String::new();
+    for (t, positions) in &at {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&lexeme(t));
+        if exact {
+            let listed: Vec<String> = positions.iter().map(ToString::to_string).collect();
+            out.push(':');
+            out.push_str(&listed.join(","));
+        }
+    }
+    if !exact {
+        out.push(' ');
+        out.push_str(&lexeme(NO_POSITIONS));
+    }
+    if out.len() > TSVECTOR_MAX_BYTES {
+        return lexeme(EVERY_SEARCH);
+    }
     out
 }
 
@@ -468,26 +521,68 @@ impl Query {
     }
 
     /// A PostgreSQL `tsquery` (text to cast) that every message
-    /// [`find`](Self::find) accepts also matches over its [`index_terms`]:
-    /// every required word as a quoted lexeme, ANDed, a prefix `:*` (on a
-    /// term that was not cut). `None` when no item is required.
+    /// [`find`](Self::find) accepts also matches over its [`tsvector`]:
+    /// each required item a lexeme, or its words joined by `<->` (a
+    /// phrase), a prefix `:*` (on a term that was not cut); each excluded
+    /// item whose words were not cut negated (`!`); all ANDed. A message
+    /// without positions ([`NO_POSITIONS`]) matches the required words
+    /// ANDed and the excluded single words negated; [`EVERY_SEARCH`]
+    /// always matches. `None` when no item is required (the store scans).
     pub fn tsquery(&self) -> Option<String> {
-        let mut parts = Vec::new();
-        for item in self.required() {
-            for (k, w) in item.words.iter().enumerate() {
-                let t = term(w);
-                let lexeme = format!("'{}'", t.replace('\\', "\\\\").replace('\'', "''"));
-                let last = k + 1 == item.words.len();
-                if last && item.prefix && t.len() == w.len() {
-                    parts.push(format!("{lexeme}:*"));
-                } else {
-                    parts.push(lexeme);
-                }
+        let part = |item: &Item, phrase: bool| -> Vec<String> {
+            let n = item.words.len();
+            let lexemes: Vec<String> = item
+                .words
+                .iter()
+                .enumerate()
+                .map(|(k, w)| {
+                    let t = term(w);
+                    if k + 1 == n && item.prefix && t.len() == w.len() {
+                        format!("{}:*", lexeme(t))
+                    } else {
+                        lexeme(t)
+                    }
+                })
+                .collect();
+            if phrase && n > 1 {
+                vec![format!("({})", lexemes.join(" <-> "))]
+            } else {
+                lexemes
             }
+        };
+        let uncut = |item: &&Item| item.words.iter().all(|w| w.len() <= MAX_TERM_BYTES);
+        let required: Vec<&Item> = self.required().collect();
+        if required.is_empty() {
+            return None;
         }
-        parts.sort();
-        parts.dedup();
-        (!parts.is_empty()).then(|| parts.join(" & "))
+        let excluded: Vec<&Item> = self
+            .items
+            .iter()
+            .filter(|i| i.exclude)
+            .filter(uncut)
+            .collect();
+        let mut exact: Vec<String> = required.iter().flat_map(|i| part(i, true)).collect();
+        exact.extend(
+            excluded
+                .iter()
+                .flat_map(|i| part(i, true))
+                .map(|p| format!("!{p}")),
+        );
+        let mut arms = vec![format!("({})", exact.join(" & "))];
+        if required.iter().any(|i| i.words.len() > 1) {
+            let mut loose: Vec<String> = required.iter().flat_map(|i| part(i, false)).collect();
+            loose.extend(
+                excluded
+                    .iter()
+                    .filter(|i| i.words.len() == 1)
+                    .flat_map(|i| part(i, false))
+                    .map(|p| format!("!{p}")),
+            );
+            loose.push(lexeme(NO_POSITIONS));
+            arms.push(format!("({})", loose.join(" & ")));
+        }
+        arms.push(lexeme(EVERY_SEARCH));
+        Some(arms.join(" | "))
     }
 }
 
@@ -663,11 +758,31 @@ mod tests {
     fn index_queries_quote_every_word() {
         let query = q(r#"a"b "c d"* -e"#);
         assert_eq!(query.fts5().as_deref(), Some(r#""a b" AND "c d" *"#));
-        assert_eq!(query.tsquery().as_deref(), Some("'a' & 'b' & 'c' & 'd':*"));
+        assert_eq!(
+            query.tsquery().as_deref(),
+            Some(
+                "(('a' <-> 'b') & ('c' <-> 'd':*) & !'e') | ('a' & 'b' & 'c' & 'd':* & !'e' & '*p') | '*'"
+            )
+        );
         let long = "x".repeat(300);
         assert_eq!(
-            q(&format!("{long}*")).tsquery(),
-            Some(format!("'{}'", "x".repeat(MAX_TERM_BYTES)))
+            q(&format!("{long}* -{long}")).tsquery(),
+            Some(format!("('{}') | '*'", "x".repeat(MAX_TERM_BYTES))),
+            "a cut prefix is its cut term; a cut exclusion is left to find"
         );
+        assert_eq!(q("-a").tsquery(), None);
+    }
+
+    #[test]
+    fn tsvectors_keep_positions_apart_per_field_or_say_they_do_not() {
+        assert_eq!(
+            tsvector(&[Some("B a b"), None, Some("A")]),
+            "'a':2,5 'b':1,3"
+        );
+        assert_eq!(tsvector(&[None]), "");
+        let often = "w ".repeat(TSVECTOR_MAX_POSITIONS + 1);
+        assert_eq!(tsvector(&[Some(&often), Some("x")]), "'w' 'x' '*p'");
+        let many: String = (0..100_000).map(|i| format!("w{i} ")).collect();
+        assert_eq!(tsvector(&[Some(&many)]), "'*'");
     }
 }

@@ -1,15 +1,17 @@
 -- koda-persistence PostgreSQL schema, version 8: the search index.
 --
--- `search` holds a message's words (koda_persistence_api::search::index_terms
--- of its content and full content, computed by the client, which alone can
--- read a body) as a tsvector, under a GIN index. NULL means "not indexed
--- yet": every insert leaves it NULL, and the trigger below sets it NULL
--- again whenever a statement changes the text, in that statement. A search
--- therefore takes every NULL row as a candidate beside the index's matches,
--- and a matching tsvector is never stale. After a search the client indexes
--- the NULL rows (FOR NO KEY UPDATE SKIP LOCKED, so it never waits while it
--- holds a lock). A message with too many distinct words for a tsvector
--- holds the one lexeme '*', which no word can be and every search asks for.
+-- `search` holds a message's words with their positions
+-- (koda_persistence_api::search::tsvector of its content and full content,
+-- computed by the client, which alone can read a body) under a GIN index.
+-- NULL means "not indexed yet": every insert leaves it NULL, and the
+-- trigger below sets it NULL again whenever a statement changes the text,
+-- in that statement. A search therefore takes every NULL row as a
+-- candidate beside the index's matches, and a matching tsvector is never
+-- stale. Before a search the client indexes the NULL rows (FOR NO KEY
+-- UPDATE SKIP LOCKED, so it never waits while it holds a lock). A message
+-- whose positions a tsvector cannot keep holds its words without them and
+-- the lexeme '*p'; one too large for a tsvector holds the lexeme '*'
+-- alone; no word can be either, and every search asks for them.
 --
 -- Written to run again over its own result (IF NOT EXISTS, OR REPLACE).
 

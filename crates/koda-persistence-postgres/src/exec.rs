@@ -200,6 +200,22 @@ impl<'a> Db<'a> {
         done.map_err(|e| classify(e, what))
     }
 
+    /// Every row `template` returns, planned for these parameters: an
+    /// unnamed statement each call, never a cached one (a search's best
+    /// plan depends on its `tsquery`, which a cached generic plan cannot
+    /// see).
+    pub(crate) async fn rows_planned(
+        &self,
+        what: &'static str,
+        template: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>> {
+        self.client()
+            .query_typed(&self.sql(template), params)
+            .await
+            .map_err(|e| classify(e, what))
+    }
+
     /// The first row `template` returns, if any.
     pub(crate) async fn opt(
         &self,

@@ -1,16 +1,18 @@
 //! Search over migration 8's index (`messages.search`, a `tsvector` of
-//! each message's words under a GIN index; see `migrations/V8__search.sql`).
-//! The index narrows a query to candidates, newest first: the messages
-//! whose words hold every required word, plus those not indexed yet
-//! (`search IS NULL`, which a text change also sets). [`Query::find`]
+//! each message's words with their positions, under a GIN index; see
+//! `migrations/V8__search.sql` and
+//! [`koda_persistence_api::search::tsvector`]). The index narrows a query
+//! to candidates, newest first ([`Query::tsquery`]: words, phrases by
+//! position, one-word exclusions), beside the messages not indexed yet
+//! (`search IS NULL`, which a text change also sets); [`Query::find`]
 //! decides each candidate from its stored text, so the index never
-//! changes a result. After a search, the rows not indexed yet are indexed
-//! in transactions of [`CATCH_UP_BATCH`].
+//! changes a result. A search first indexes the rows not indexed yet, in
+//! transactions of [`CATCH_UP_BATCH`].
 
 use anyhow::Result;
 use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::search::{
-    Query, ScopeBuf, SearchHit, SearchScope, hit, hit_limit, index_terms, sort_hits,
+    Query, ScopeBuf, SearchHit, SearchScope, hit, hit_limit, sort_hits, tsvector,
 };
 
 use crate::exec::{Conn, Db, boolean, bytes, int, ints, text, texts};
@@ -19,13 +21,9 @@ use crate::rows::{body_string, get, in_message, role};
 /// How many rows one catch-up transaction indexes.
 pub(crate) const CATCH_UP_BATCH: i64 = 500;
 
-/// The lexeme a message too large for a `tsvector` holds instead of its
-/// words: no word is `*`, and every indexed search asks for it.
-const EVERY_SEARCH: &str = "*";
-
-/// The most bytes of terms a message's `tsvector` holds (PostgreSQL caps
-/// a `tsvector` at 1 MiB, positions and headers included).
-const MAX_TSVECTOR_TERM_BYTES: usize = 512 * 1024;
+/// After indexing this many rows at once, a search refreshes the
+/// planner's statistics of `messages`.
+pub(crate) const ANALYZE_AFTER: usize = 10_000;
 
 /// `content` and `full_content` as a read selects them (inline or body).
 const FIELDS: &str = "CASE WHEN m.content_body IS NULL THEN '\\x00'::BYTEA || m.content \
@@ -33,47 +31,53 @@ const FIELDS: &str = "CASE WHEN m.content_body IS NULL THEN '\\x00'::BYTEA || m.
      CASE WHEN m.full_content_body IS NULL THEN '\\x00'::BYTEA || m.full_content \
      ELSE '\\x01'::BYTEA || COALESCE((SELECT b.data FROM kp.bodies b WHERE b.hash = m.full_content_body), ''::BYTEA) END";
 
-/// The terms column value for a message's text: its distinct terms
-/// joined by spaces (a term is letters and digits only), or
-/// [`EVERY_SEARCH`] when they would not fit a `tsvector`.
-fn terms_of(content: Option<&str>, full: Option<&str>) -> String {
-    let terms = index_terms(&[content, full]);
-    let size: usize = terms.iter().map(|t| t.len() + 8).sum();
-    if size > MAX_TSVECTOR_TERM_BYTES {
-        EVERY_SEARCH.to_owned()
+/// The conditions of a search's scope on messages `m` (a message's
+/// session always exists: the foreign key): `$2` the id every candidate is below, `$3` compacted too,
+/// `$4` the roles, `$5` the session (when `session`), `$6` the root (when
+/// `rooted`).
+fn scope_sql(session: bool, rooted: bool) -> String {
+    let mut sql = String::from(
+        "m.id < $2 AND ($3 OR m.compacted_ms IS NULL) \
+         AND (cardinality($4::TEXT[]) = 0 OR m.role::TEXT = ANY($4))",
+    );
+    sql.push_str(if session {
+        " AND m.session_id = $5"
     } else {
-        terms.join(" ")
-    }
+        " AND $5::TEXT IS NULL"
+    });
+    sql.push_str(if rooted {
+        " AND m.session_id IN (SELECT s.id FROM kp.sessions s \
+           WHERE s.project_root = $6 OR s.project_root IS NULL)"
+    } else {
+        " AND $6::BYTEA IS NULL"
+    });
+    sql
 }
 
-/// The statement that reads one page of candidates, newest first: the
-/// index's matches and the rows not indexed yet (`$1` the `tsquery`
-/// text) when `indexed`, else every message; of one session when
-/// `session`, of one root (and root-less sessions) when `rooted`.
+/// The statement that reads one page of candidates (`$7` of them),
+/// newest first: when `indexed`, the index's matches for the `tsquery`
+/// `$1` and the rows not indexed yet, each through its own index; else
+/// every message in scope.
 fn candidates_sql(indexed: bool, session: bool, rooted: bool) -> String {
-    let mut sql = format!(
-        "SELECT m.id, m.session_id, m.role::TEXT, {FIELDS}, m.created_ms
-         FROM kp.messages m JOIN kp.sessions s ON s.id = m.session_id
-         WHERE m.id < $2 AND ($3 OR m.compacted_ms IS NULL)
-           AND (cardinality($4::TEXT[]) = 0 OR m.role::TEXT = ANY($4))"
-    );
-    if indexed {
-        sql.push_str(" AND (m.search @@ CAST($1::TEXT AS tsquery) OR m.search IS NULL)");
+    let scope = scope_sql(session, rooted);
+    let from = "FROM kp.messages m";
+    let ids = if indexed {
+        format!(
+            "(SELECT m.id {from} WHERE m.search @@ CAST($1::TEXT AS tsquery) AND {scope}
+              ORDER BY m.id DESC LIMIT $7)
+             UNION
+             (SELECT m.id {from} WHERE m.search IS NULL AND {scope}
+              ORDER BY m.id DESC LIMIT $7)"
+        )
     } else {
-        sql.push_str(" AND $1::TEXT IS NULL");
-    }
-    if session {
-        sql.push_str(" AND m.session_id = $5");
-    } else {
-        sql.push_str(" AND $5::TEXT IS NULL");
-    }
-    if rooted {
-        sql.push_str(" AND (s.project_root = $6 OR s.project_root IS NULL)");
-    } else {
-        sql.push_str(" AND $6::BYTEA IS NULL");
-    }
-    sql.push_str(" ORDER BY m.id DESC LIMIT $7");
-    sql
+        format!("SELECT m.id {from} WHERE $1::TEXT IS NULL AND {scope} ORDER BY m.id DESC LIMIT $7")
+    };
+    format!(
+        "WITH c AS ({ids})
+         SELECT m.id, m.session_id, m.role::TEXT, {FIELDS}, m.created_ms
+         FROM c JOIN kp.messages m ON m.id = c.id
+         ORDER BY m.id DESC LIMIT $7"
+    )
 }
 
 /// The hits: pages of candidates, newest first, until `limit` match.
@@ -87,7 +91,7 @@ pub(crate) async fn search(
     if limit == 0 || query.finds_nothing() {
         return Ok(hits);
     }
-    let tsquery = query.tsquery().map(|q| format!("({q}) | '{EVERY_SEARCH}'"));
+    let tsquery = query.tsquery();
     let sql = candidates_sql(
         tsquery.is_some(),
         scope.session.is_some(),
@@ -95,12 +99,14 @@ pub(crate) async fn search(
     );
     let roles: Vec<String> = scope.roles.iter().map(ToString::to_string).collect();
     let root: Option<&[u8]> = scope.root.as_deref().map(str::as_bytes);
-    let page = i64::try_from(limit.saturating_mul(2).clamp(64, 2000)).unwrap_or(2000);
+    // Pages grow fourfold: a query whose candidates the decision mostly
+    // rejects reads a few pages, not many.
+    let mut page = i64::try_from(limit.saturating_mul(2).clamp(64, 2000)).unwrap_or(2000);
     let mut below = i64::MAX;
     loop {
         let rows = c
             .db()
-            .rows(
+            .rows_planned(
                 "search_messages",
                 &sql,
                 &[
@@ -136,6 +142,7 @@ pub(crate) async fn search(
         if hits.len() >= limit || rows.len() < usize::try_from(page).unwrap_or(usize::MAX) {
             break;
         }
+        page = page.saturating_mul(4).min(8192);
     }
     sort_hits(&mut hits);
     Ok(hits)
@@ -177,12 +184,12 @@ pub(crate) async fn catch_up(c: &mut Conn) -> Result<usize> {
         let content = body_string(r, 1, "content").map_err(in_message(id))?;
         let full = body_string(r, 2, "full_content").map_err(in_message(id))?;
         ids.push(id);
-        terms.push(terms_of(content.as_deref(), full.as_deref()));
+        terms.push(tsvector(&[content.as_deref(), full.as_deref()]));
     }
     if !ids.is_empty() {
         db.execute(
             "indexing messages for search",
-            "UPDATE kp.messages m SET search = array_to_tsvector(string_to_array(t.terms, ' '))
+            "UPDATE kp.messages m SET search = CAST(t.terms AS tsvector)
              FROM unnest($1::BIGINT[], $2::TEXT[]) AS t(id, terms)
              WHERE m.id = t.id",
             &[ints(&ids), texts(&terms)],
@@ -197,7 +204,8 @@ pub(crate) async fn catch_up(c: &mut Conn) -> Result<usize> {
 
 impl crate::PostgresStore {
     /// [`Import::search_messages`](koda_persistence_api::Import::search_messages):
-    /// searches, then indexes what was not indexed yet.
+    /// indexes what was not indexed yet (so the index, not the rows
+    /// without one, answers), then searches.
     pub(crate) async fn search(
         &self,
         query: &str,
@@ -206,48 +214,58 @@ impl crate::PostgresStore {
     ) -> Result<Vec<SearchHit>> {
         let (query, scope) = (&Query::parse(query)?, &ScopeBuf::new(scope)?);
         let limit = hit_limit(limit);
-        let (hits, unindexed) = self
-            .with_client(|c| async move {
-                let hits = search(&c, query, scope, limit).await?;
-                Ok((hits, has_unindexed(&c).await?))
-            })
-            .await?;
-        if unindexed {
+        if self
+            .with_client(|c| async move { has_unindexed(&c).await })
+            .await?
+        {
             self.index_unindexed().await;
         }
-        Ok(hits)
+        self.with_client(|c| async move { search(&c, query, scope, limit).await })
+            .await
     }
 
     /// Indexes every message not indexed yet, one [`CATCH_UP_BATCH`] per
-    /// transaction. A failure (a read-only standby, a role without
-    /// `UPDATE`) only leaves the rows unindexed, which searches still
-    /// find: it is logged, not returned.
+    /// transaction, then, when that was at least [`ANALYZE_AFTER`] rows,
+    /// refreshes the planner's statistics of `messages` (a bulk import
+    /// indexed at once leaves them stale, and a stale estimate of a
+    /// common word's rows sorts all of them instead of reading the newest
+    /// few; a role that does not own the table is only warned by the
+    /// server). A failure (a read-only standby, a role without `UPDATE`)
+    /// only leaves the rows unindexed, which searches still find: it is
+    /// logged, not returned.
     pub(crate) async fn index_unindexed(&self) {
+        let mut indexed = 0usize;
         loop {
             match self
                 .with_client(|mut c| async move { catch_up(&mut c).await })
                 .await
             {
-                Ok(n) if n < usize::try_from(CATCH_UP_BATCH).unwrap_or(usize::MAX) => return,
-                Ok(_) => {}
+                Ok(n) => {
+                    indexed += n;
+                    if n < usize::try_from(CATCH_UP_BATCH).unwrap_or(usize::MAX) {
+                        break;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not bring the search index up to date; searches still find every message");
-                    return;
+                    break;
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn terms_too_many_for_a_tsvector_ask_for_every_search() {
-        assert_eq!(terms_of(Some("b a"), Some("A c")), "a b c");
-        assert_eq!(terms_of(None, None), "");
-        let many: String = (0..100_000).map(|i| format!("w{i} ")).collect();
-        assert_eq!(terms_of(Some(&many), None), EVERY_SEARCH);
+        if indexed >= ANALYZE_AFTER {
+            let analyzed = self
+                .with_client(|c| async move {
+                    c.db()
+                        .batch(
+                            "refreshing the statistics of messages",
+                            "ANALYZE kp.messages",
+                        )
+                        .await
+                })
+                .await;
+            if let Err(e) = analyzed {
+                tracing::debug!(error = %e, "could not analyze messages after indexing them");
+            }
+        }
     }
 }
