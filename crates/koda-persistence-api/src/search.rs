@@ -75,15 +75,6 @@ pub struct SearchScope<'a> {
     pub include_compacted: bool,
 }
 
-impl SearchScope<'_> {
-    /// Whether a message of `role`, compacted or not, is in scope (the
-    /// session and root are the store's to filter).
-    pub fn admits(&self, role: Role, compacted: bool) -> bool {
-        (self.roles.is_empty() || self.roles.contains(&role))
-            && (self.include_compacted || !compacted)
-    }
-}
-
 /// A [`SearchScope`] checked and owned, to move onto a store's worker
 /// thread.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,7 +106,8 @@ impl ScopeBuf {
         })
     }
 
-    /// As [`SearchScope::admits`].
+    /// Whether a message of `role`, compacted or not, is in scope (the
+    /// session and root are [`admits_session`](Self::admits_session)'s).
     pub fn admits(&self, role: Role, compacted: bool) -> bool {
         (self.roles.is_empty() || self.roles.contains(&role))
             && (self.include_compacted || !compacted)
@@ -156,20 +148,27 @@ pub struct SearchHit {
 impl SearchHit {
     /// The snippet with every mark wrapped in `open` … `close`.
     pub fn marked(&self, open: &str, close: &str) -> String {
+        self.marked_with(open, close, str::to_owned)
+    }
+
+    /// The snippet with every mark wrapped in `open` … `close`, each
+    /// piece of the snippet passed through `text` first (a terminal
+    /// removes control characters there, never from `open` and `close`).
+    pub fn marked_with(&self, open: &str, close: &str, text: impl Fn(&str) -> String) -> String {
         let mut out = String::with_capacity(self.snippet.len() + 8 * self.marks.len());
         let mut at = 0;
         for m in &self.marks {
             if let (Some(before), Some(hit)) =
                 (self.snippet.get(at..m.start), self.snippet.get(m.clone()))
             {
-                out.push_str(before);
+                out.push_str(&text(before));
                 out.push_str(open);
-                out.push_str(hit);
+                out.push_str(&text(hit));
                 out.push_str(close);
                 at = m.end;
             }
         }
-        out.push_str(self.snippet.get(at..).unwrap_or(""));
+        out.push_str(&text(self.snippet.get(at..).unwrap_or("")));
         out
     }
 }

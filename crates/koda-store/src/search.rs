@@ -22,21 +22,7 @@ fn printable(text: &str) -> String {
 /// The snippet of `hit` made printable, its marks wrapped in `open` …
 /// `close`.
 pub(crate) fn shown(hit: &SearchHit, open: &str, close: &str) -> String {
-    let mut out = String::new();
-    let mut at = 0;
-    for m in &hit.marks {
-        if let (Some(before), Some(marked)) =
-            (hit.snippet.get(at..m.start), hit.snippet.get(m.clone()))
-        {
-            out.push_str(&printable(before));
-            out.push_str(open);
-            out.push_str(&printable(marked));
-            out.push_str(close);
-            at = m.end;
-        }
-    }
-    out.push_str(&printable(hit.snippet.get(at..).unwrap_or("")));
-    out
+    hit.marked_with(open, close, printable)
 }
 
 /// Prints the hits of `query`, best first.
