@@ -145,6 +145,10 @@ pub enum Op {
     LastUser(SessRef),
     HasPending(SessRef),
     UsageByAgent(SessRef),
+    Fork {
+        s: SessRef,
+        at: Option<MsgRef>,
+    },
     Search {
         query: Text,
         root: Option<RootArg>,
@@ -398,6 +402,7 @@ fn op() -> BoxedStrategy<Op> {
         1 => sess().prop_map(Op::LastUser),
         1 => sess().prop_map(Op::HasPending),
         1 => sess().prop_map(Op::UsageByAgent),
+        2 => (sess(), prop::option::weighted(0.7, msg_ref())).prop_map(|(s, at)| Op::Fork { s, at }),
         5 => (
             search_query(),
             prop::option::weighted(0.15, root()),
@@ -514,6 +519,10 @@ impl ReferenceStateMachine for ModelMachine {
             Op::LastUser(r) => m.last_of(s(*r), Role::User),
             Op::HasPending(r) => m.has_pending(s(*r)),
             Op::UsageByAgent(r) => m.usage_by_agent(s(*r)),
+            Op::Fork { s: r, at } => {
+                let at = at.map(|a| resolve_message(a, &m.ever_ids));
+                m.fork(s(*r), at)
+            }
             Op::Search {
                 query,
                 root,
@@ -800,6 +809,30 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
         Op::UsageByAgent(s) => outcome!(store.session_usage_by_agent(&sut.session(*s)), |v| Ok(
             Outcome::ByAgent(v)
         )),
+        Op::Fork { s, at } => {
+            // `at` names a message of the ids before the fork (the model
+            // resolved it before adding the copies').
+            let copies = match &model.last {
+                Outcome::Created(k) => model.load_all(Some(*k)).len(),
+                _ => 0,
+            };
+            let before = &model.ever_ids[..model.ever_ids.len().saturating_sub(copies)];
+            let at = match at {
+                Some(r) => Some(sut.message(*r, before)?),
+                None => None,
+            };
+            let out = outcome!(store.fork_session(&sut.session(*s), at), |id: String| Ok(
+                Outcome::Text(id)
+            ));
+            match out {
+                Outcome::Text(id) => {
+                    ensure!(!sut.sessions.contains(&id), "fork_session reused id {id:?}");
+                    sut.sessions.push(id);
+                    Outcome::Created(sut.sessions.len() - 1)
+                }
+                other => other,
+            }
+        }
         Op::Search {
             query,
             root,

@@ -465,6 +465,71 @@ impl Model {
         Outcome::Unit
     }
 
+    /// `fork_session`: `at` is `Some(None)` for a message id no message
+    /// has. Copies the messages up to and including `at` (all when
+    /// `None`), then, while the copied prefix holds an answer's call that
+    /// no copied tool result answers, ends it before the last such answer;
+    /// the copies get fresh ids in conversation order and keep their
+    /// text, calls, states, times, agents and usage.
+    pub fn fork(&mut self, k: Option<usize>, at: Option<Option<i64>>) -> Outcome {
+        let Some(k) = self.live(k) else {
+            return Outcome::Err(ErrKind::SessionNotFound);
+        };
+        let order = self.sessions[k].order.clone();
+        let mut n = match at {
+            None => order.len(),
+            Some(id) => match id.and_then(|id| order.iter().position(|o| *o == id)) {
+                Some(i) => i + 1,
+                None => return Outcome::Err(ErrKind::MessageNotFound),
+            },
+        };
+        loop {
+            let answered: BTreeSet<String> = order[..n]
+                .iter()
+                .map(|id| &self.messages[id])
+                .filter(|m| m.role == Role::Tool)
+                .filter_map(|m| m.tool_call_id.clone())
+                .collect();
+            let open = order[..n].iter().rposition(|id| {
+                let m = &self.messages[id];
+                m.role == Role::Assistant
+                    && m.tool_calls
+                        .as_deref()
+                        .is_some_and(|c| !named_ids(c).is_subset(&answered))
+            });
+            match open {
+                Some(i) => n = i,
+                None => break,
+            }
+        }
+        let original = self.sessions[k].clone();
+        let fork = self.sessions.len();
+        self.sessions.push(MSession {
+            agent: original.agent,
+            root: original.root,
+            created: self.now,
+            accessed: None,
+            title: Some(match original.title {
+                Some(t) => format!("{t} (fork)"),
+                None => "(fork)".to_owned(),
+            }),
+            mode: original.mode,
+            order: Vec::new(),
+            meta: original.meta,
+            deleted: false,
+        });
+        for old in &order[..n] {
+            let mut copy = self.messages[old].clone();
+            copy.session = fork;
+            let id = self.next_id;
+            self.next_id += 1;
+            self.ever_ids.push(id);
+            self.messages.insert(id, copy);
+            self.sessions[fork].order.push(id);
+        }
+        Outcome::Created(fork)
+    }
+
     /// `purge_compacted`.
     pub fn purge(&mut self, days: u32) -> Outcome {
         let cutoff = self.now - i64::from(days) * DAY_MS;
