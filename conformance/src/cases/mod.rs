@@ -188,6 +188,7 @@ macro_rules! __for_each_case {
                 search_follows_every_write,
                 hostile_queries_find_or_return_nothing,
                 search_finds_what_an_index_cannot_hold,
+                searches_racing_writers_and_a_compactor_miss_nothing,
             ],
         }
     };

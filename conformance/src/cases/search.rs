@@ -533,3 +533,102 @@ pub async fn search_finds_what_an_index_cannot_hold(fx: &Fixture) -> Result<()> 
     )?;
     Ok(())
 }
+
+/// Two writers, a compactor and a searcher at once (the index catching
+/// up while rows are written and compacted): every search succeeds and
+/// finds only written messages; afterwards a search finds every
+/// acknowledged message, and the active ones alone without compacted.
+pub async fn searches_racing_writers_and_a_compactor_miss_nothing(fx: &Fixture) -> Result<()> {
+    const WRITES: usize = 40;
+    let sessions = [session(fx).await?, session(fx).await?];
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (w, sid) in sessions.iter().enumerate() {
+        let (store, sid) = (fx.store.clone(), sid.clone());
+        writers.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(WRITES);
+            for i in 0..WRITES {
+                let text = format!("racemark writer{w} n{i}");
+                ids.push(
+                    store
+                        .insert_message(&sid, &Role::User, Some(&text), None, None, None)
+                        .await?,
+                );
+            }
+            anyhow::Ok(ids)
+        }));
+    }
+    let compactor = {
+        let (store, sessions, done) = (fx.store.clone(), sessions.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut rounds = 0usize;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for sid in &sessions {
+                    store.compact_session(sid, "summary", 5).await?;
+                }
+                rounds += 1;
+                tokio::task::yield_now().await;
+            }
+            anyhow::Ok(rounds)
+        })
+    };
+    let searcher = {
+        let (store, done) = (fx.store.clone(), done.clone());
+        tokio::spawn(async move {
+            let scope = SearchScope {
+                include_compacted: true,
+                ..SearchScope::default()
+            };
+            let mut searches = 0usize;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for h in store.search_messages("racemark", &scope, 1000).await? {
+                    anyhow::ensure!(
+                        h.snippet.contains("racemark writer"),
+                        "a hit that no writer wrote: {h:?}"
+                    );
+                }
+                searches += 1;
+                tokio::task::yield_now().await;
+            }
+            anyhow::Ok(searches)
+        })
+    };
+    let mut written = Vec::new();
+    for w in writers {
+        written.extend(w.await??);
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (rounds, searches) = (compactor.await??, searcher.await??);
+    check("the compactor ran", rounds > 0)?;
+    check("the searcher ran", searches > 0)?;
+    let everything = SearchScope {
+        include_compacted: true,
+        ..SearchScope::default()
+    };
+    let found = fx
+        .store
+        .search_messages("racemark", &everything, 1000)
+        .await?;
+    eq(
+        "every acknowledged message",
+        set(ids(&found)),
+        set(written.clone()),
+    )?;
+    let mut active = Vec::new();
+    for sid in &sessions {
+        active.extend(
+            fx.store
+                .export_messages(sid)
+                .await?
+                .iter()
+                .filter(|m| m.compacted_ms.is_none() && m.role == Role::User)
+                .map(|m| m.id),
+        );
+    }
+    eq(
+        "active ones without compacted",
+        set(find(fx, "racemark").await?),
+        set(active),
+    )?;
+    Ok(())
+}
