@@ -161,30 +161,44 @@ pub(crate) async fn has_unindexed(c: &Conn) -> Result<bool> {
     Ok(get(&row, 0, "search index state")?)
 }
 
-/// Indexes up to [`CATCH_UP_BATCH`] messages not indexed yet (oldest
-/// first) in one transaction, skipping rows another transaction holds;
-/// returns how many it indexed.
-pub(crate) async fn catch_up(c: &mut Conn) -> Result<usize> {
+/// Indexes up to [`CATCH_UP_BATCH`] messages not indexed yet above id
+/// `after` (oldest first) in one transaction, skipping rows another
+/// transaction holds; returns how many rows it took and the last id. A
+/// message whose text does not decode (a body that does not unpack:
+/// `Corrupt`, as every read of it) stays unindexed: always a candidate,
+/// never in the way of the rows after it.
+pub(crate) async fn catch_up(c: &mut Conn, after: i64) -> Result<(usize, i64)> {
     let (tx, dialect) = c.transaction().await?;
     let db = Db::tx(&tx, dialect);
     let rows = db
         .rows(
             "indexing messages for search",
             &format!(
-                "SELECT m.id, {FIELDS} FROM kp.messages m WHERE m.search IS NULL
+                "SELECT m.id, {FIELDS} FROM kp.messages m WHERE m.search IS NULL AND m.id > $2
                  ORDER BY m.id LIMIT $1 FOR NO KEY UPDATE OF m SKIP LOCKED"
             ),
-            &[int(&CATCH_UP_BATCH)],
+            &[int(&CATCH_UP_BATCH), int(&after)],
         )
         .await?;
     let mut ids = Vec::with_capacity(rows.len());
     let mut terms = Vec::with_capacity(rows.len());
+    let mut last = after;
     for r in &rows {
         let id: i64 = get(r, 0, "message id")?;
-        let content = body_string(r, 1, "content").map_err(in_message(id))?;
-        let full = body_string(r, 2, "full_content").map_err(in_message(id))?;
-        ids.push(id);
-        terms.push(tsvector(&[content.as_deref(), full.as_deref()]));
+        last = id;
+        match (
+            body_string(r, 1, "content"),
+            body_string(r, 2, "full_content"),
+        ) {
+            (Ok(content), Ok(full)) => {
+                ids.push(id);
+                terms.push(tsvector(&[content.as_deref(), full.as_deref()]));
+            }
+            _ => tracing::debug!(
+                message = id,
+                "a message whose text does not decode stays out of the search index"
+            ),
+        }
     }
     if !ids.is_empty() {
         db.execute(
@@ -199,7 +213,7 @@ pub(crate) async fn catch_up(c: &mut Conn) -> Result<usize> {
     tx.commit()
         .await
         .map_err(|e| crate::error::classify(e, "indexing messages for search"))?;
-    Ok(ids.len())
+    Ok((rows.len(), last))
 }
 
 impl crate::PostgresStore {
@@ -234,14 +248,15 @@ impl crate::PostgresStore {
     /// only leaves the rows unindexed, which searches still find: it is
     /// logged, not returned.
     pub(crate) async fn index_unindexed(&self) {
-        let mut indexed = 0usize;
+        let (mut indexed, mut after) = (0usize, 0i64);
         loop {
             match self
-                .with_client(|mut c| async move { catch_up(&mut c).await })
+                .with_client(|mut c| async move { catch_up(&mut c, after).await })
                 .await
             {
-                Ok(n) => {
+                Ok((n, last)) => {
                     indexed += n;
+                    after = last;
                     if n < usize::try_from(CATCH_UP_BATCH).unwrap_or(usize::MAX) {
                         break;
                     }

@@ -1063,3 +1063,72 @@ async fn a_body_shared_by_writers_survives_a_concurrent_release() -> Result<()> 
     )
     .await
 }
+
+/// A message whose body does not unpack does not stop the search index:
+/// the rows after it are indexed, it alone stays unindexed, and a search
+/// that reaches it is `Corrupt`, as every read of it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_body_does_not_stop_the_search_index() -> Result<()> {
+    use koda_persistence_api::SearchScope;
+    with_schema("search_corrupt", |url, schema| async move {
+        let s = store(&url, &schema, "search_corrupt").await?;
+        let sid = s.create_session("main", Path::new("/p")).await?;
+        let bad = s
+            .insert_message(
+                &sid,
+                &Role::Tool,
+                Some(&format!("needle broken {}", "x".repeat(300))),
+                None,
+                Some("c1"),
+                None,
+            )
+            .await?;
+        let admin = support::admin(&url).await?;
+        admin
+            .batch_execute(&format!(
+                "UPDATE \"{schema}\".bodies SET data = '\\x00'::BYTEA"
+            ))
+            .await?;
+        for i in 0..600 {
+            s.insert_message(
+                &sid,
+                &Role::User,
+                Some(&format!("needle later {i}")),
+                None,
+                None,
+                None,
+            )
+            .await?;
+        }
+        let hits = s
+            .search_messages("later", &SearchScope::default(), 5)
+            .await?;
+        assert_eq!(hits.len(), 5);
+        let waiting: Vec<i64> = admin
+            .query(
+                &format!("SELECT id FROM \"{schema}\".messages WHERE search IS NULL"),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            waiting,
+            [bad],
+            "only the message that does not decode waits"
+        );
+        match s
+            .search_messages("nowhere", &SearchScope::default(), 10)
+            .await
+        {
+            Ok(hits) => panic!("a search that reaches it answered {} hits", hits.len()),
+            Err(e) => assert!(
+                matches!(PersistenceError::of(&e), Some(PersistenceError::Corrupt(_))),
+                "{e:#}"
+            ),
+        }
+        Ok(())
+    })
+    .await
+}

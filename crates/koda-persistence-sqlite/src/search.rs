@@ -29,19 +29,20 @@ pub(crate) fn has_dirty(conn: &Connection) -> Result<bool> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// Indexes up to [`CATCH_UP_BATCH`] dirty ids (oldest first) from the
-/// messages' current text, dropping the index rows of deleted messages;
-/// returns how many it took.
-pub(crate) fn catch_up(tx: &Transaction<'_>) -> Result<usize> {
+/// Indexes up to [`CATCH_UP_BATCH`] dirty ids above `after` (oldest
+/// first) from the messages' current text, dropping the index rows of
+/// deleted messages; returns how many ids it took and the last one. A
+/// message whose text does not decode (`Corrupt`, as every read of it)
+/// stays dirty: always a candidate, never in the way of the rows after it.
+pub(crate) fn catch_up(tx: &Transaction<'_>, after: i64) -> Result<(usize, i64)> {
     let ids: Vec<i64> = {
-        let mut stmt = tx.prepare_cached("SELECT id FROM kp_search_dirty ORDER BY id LIMIT ?1")?;
-        let rows = stmt.query_map(params![CATCH_UP_BATCH], |r| r.get(0))?;
+        let mut stmt =
+            tx.prepare_cached("SELECT id FROM kp_search_dirty WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let rows = stmt.query_map(params![after, CATCH_UP_BATCH], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     let sql = format!("SELECT {CONTENT}, {FULL_CONTENT} FROM messages WHERE id = ?1");
     for &id in &ids {
-        tx.prepare_cached("DELETE FROM kp_search WHERE rowid = ?1")?
-            .execute(params![id])?;
         let fields = tx
             .prepare_cached(&sql)?
             .query_row(params![id], |r| {
@@ -51,17 +52,29 @@ pub(crate) fn catch_up(tx: &Transaction<'_>) -> Result<usize> {
                 ))
             })
             .optional()?;
-        if let Some((content, full)) = fields {
-            let body = index_text(&[content?.as_deref(), full?.as_deref()]);
-            if !body.is_empty() {
-                tx.prepare_cached("INSERT INTO kp_search (rowid, body) VALUES (?1, ?2)")?
-                    .execute(params![id, body])?;
+        let body = match fields {
+            Some((Ok(content), Ok(full))) => {
+                Some(index_text(&[content.as_deref(), full.as_deref()]))
             }
+            Some(_) => {
+                tracing::debug!(
+                    message = id,
+                    "a message whose text does not decode stays out of the search index"
+                );
+                continue;
+            }
+            None => None,
+        };
+        tx.prepare_cached("DELETE FROM kp_search WHERE rowid = ?1")?
+            .execute(params![id])?;
+        if let Some(body) = body.filter(|b| !b.is_empty()) {
+            tx.prepare_cached("INSERT INTO kp_search (rowid, body) VALUES (?1, ?2)")?
+                .execute(params![id, body])?;
         }
         tx.prepare_cached("DELETE FROM kp_search_dirty WHERE id = ?1")?
             .execute(params![id])?;
     }
-    Ok(ids.len())
+    Ok((ids.len(), ids.last().copied().unwrap_or(after)))
 }
 
 /// The columns [`decide`] reads, after the id.
@@ -226,10 +239,11 @@ impl crate::SqliteStore {
     /// file) only leaves the ids dirty, which later searches still find:
     /// it is logged, not returned.
     pub(crate) async fn index_dirty(&self) {
+        let mut after = 0;
         loop {
-            match self.write(catch_up).await {
-                Ok(n) if n < usize::try_from(CATCH_UP_BATCH).unwrap_or(usize::MAX) => return,
-                Ok(_) => {}
+            match self.write(move |tx| catch_up(tx, after)).await {
+                Ok((n, _)) if n < usize::try_from(CATCH_UP_BATCH).unwrap_or(usize::MAX) => return,
+                Ok((_, last)) => after = last,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not bring the search index up to date; searches still find every message");
                     return;

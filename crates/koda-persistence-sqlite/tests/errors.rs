@@ -272,3 +272,65 @@ async fn create_and_synchronous_options_from_urls() {
     assert_eq!(store.synchronous().await.expect("pragma"), 1);
     assert!(path.exists());
 }
+
+/// A row whose text does not decode (another writer's bytes that are not
+/// UTF-8) does not stop the search index: the rows after it are indexed,
+/// it alone stays waiting, and a search that reaches it is `Corrupt`, as
+/// every read of it is.
+#[tokio::test]
+async fn an_undecodable_row_does_not_stop_the_search_index() {
+    use koda_persistence_api::{Import, SearchScope};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let store = open(&path, SqliteOptions::default()).await.expect("open");
+    let raw = Connection::open(&path).expect("raw");
+    let sid = store
+        .create_session("main", Path::new("/p"))
+        .await
+        .expect("session");
+    let bad = store
+        .insert_message(&sid, &Role::User, Some("needle broken"), None, None, None)
+        .await
+        .expect("insert");
+    raw.execute(
+        "UPDATE messages SET content = CAST(X'C328' AS TEXT) WHERE id = ?1",
+        [bad],
+    )
+    .expect("plant");
+    for i in 0..3_000 {
+        store
+            .insert_message(
+                &sid,
+                &Role::User,
+                Some(&format!("needle later {i}")),
+                None,
+                None,
+                None,
+            )
+            .await
+            .expect("insert");
+    }
+    let hits = store
+        .search_messages("later", &SearchScope::default(), 5)
+        .await
+        .expect("the newest hits do not reach the bad row");
+    assert_eq!(hits.len(), 5);
+    let waiting: Vec<i64> = {
+        let mut stmt = raw
+            .prepare("SELECT id FROM kp_search_dirty")
+            .expect("dirty");
+        stmt.query_map([], |r| r.get(0))
+            .expect("dirty")
+            .collect::<Result<_, _>>()
+            .expect("dirty")
+    };
+    assert_eq!(waiting, [bad], "only the row that does not decode waits");
+    // A word no row holds: every candidate is decided, the bad row too.
+    match store
+        .search_messages("nowhere", &SearchScope::default(), 10)
+        .await
+    {
+        Ok(hits) => panic!("a search that reaches it answered {} hits", hits.len()),
+        Err(err) => assert_eq!(kind(&err), "Corrupt", "{err:#}"),
+    }
+}
