@@ -744,7 +744,27 @@ pub(crate) fn export_metadata(conn: &Connection, session_id: &str) -> Result<Vec
 pub(crate) fn health(conn: &Connection) -> Result<StoreHealth> {
     let schema_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let mut problems = Vec::new();
-    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    // On a connection of its own: FTS5 keeps an index's structure cached
+    // per connection, and a pooled reader's `integrity_check` was seen to
+    // check the search index against a stale one ("malformed inverted
+    // index for FTS5 table main.kp_search" in about half the runs of one
+    // state-machine sequence, where a fresh connection on the same file,
+    // and every search, found it whole). A private in-memory database
+    // has one connection: it checks there.
+    let own = match conn.path().filter(|p| !p.is_empty()) {
+        Some(path) => {
+            let fresh = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            fresh.busy_timeout(std::time::Duration::from_secs(5))?;
+            Some(fresh)
+        }
+        None => None,
+    };
+    let checking = own.as_ref().unwrap_or(conn);
+    let mut stmt = checking.prepare("PRAGMA integrity_check")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let line: String = get(r, 0, "integrity_check")?;
@@ -752,6 +772,9 @@ pub(crate) fn health(conn: &Connection) -> Result<StoreHealth> {
             problems.push(format!("integrity_check: {line}"));
         }
     }
+    drop(rows);
+    drop(stmt);
+    drop(own);
     let mut stmt = conn.prepare_cached(
         "SELECT session_id, COUNT(*) FROM messages WHERE ord IS NULL GROUP BY session_id",
     )?;

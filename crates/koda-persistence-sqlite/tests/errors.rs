@@ -334,3 +334,39 @@ async fn an_undecodable_row_does_not_stop_the_search_index() {
         Err(err) => assert_eq!(kind(&err), "Corrupt", "{err:#}"),
     }
 }
+
+/// `health` reports a file whose index disagrees with its table (here an
+/// index whose definition another writer changed under it), as
+/// `integrity_check` finds it.
+#[tokio::test]
+async fn health_reports_an_index_that_disagrees_with_its_table() {
+    use koda_persistence_api::Import;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let store = open(&path, SqliteOptions::default()).await.expect("open");
+    for i in 0..3 {
+        let sid = store
+            .create_session("main", Path::new("/p"))
+            .await
+            .expect("session");
+        store
+            .insert_message(&sid, &Role::User, Some(&format!("m{i}")), None, None, None)
+            .await
+            .expect("insert");
+    }
+    assert!(store.health().await.expect("health").problems.is_empty());
+    let raw = Connection::open(&path).expect("raw");
+    raw.execute_batch(
+        "PRAGMA writable_schema = ON;
+         UPDATE sqlite_schema
+             SET sql = 'CREATE INDEX kp_messages_session_ord ON messages(role, ord)'
+             WHERE name = 'kp_messages_session_ord';
+         PRAGMA writable_schema = RESET;",
+    )
+    .expect("plant");
+    let problems = store.health().await.expect("health").problems;
+    assert!(
+        problems.iter().any(|p| p.starts_with("integrity_check:")),
+        "{problems:?}"
+    );
+}
