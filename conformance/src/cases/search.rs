@@ -213,21 +213,8 @@ pub async fn search_stays_in_its_scope(fx: &Fixture) -> Result<()> {
         .import_messages(
             rootless,
             &[koda_persistence_api::MessageRecord {
-                id: 1,
-                role: Role::User,
                 content: Some("marker rootless".to_owned()),
-                full_content: None,
-                tool_calls: None,
-                tool_call_id: None,
-                prompt_tokens: None,
-                completion_tokens: None,
-                cache_read_tokens: None,
-                cache_creation_tokens: None,
-                thinking_tokens: None,
-                agent: None,
-                created_ms: crate::START_MS,
-                completed_ms: None,
-                compacted_ms: None,
+                ..super::transfer::bare_record(1, Role::User)
             }],
             false,
         )

@@ -77,6 +77,9 @@ pub(crate) const MESSAGE_COLUMNS: &str = concat!(
 /// `content` as [`MESSAGE_COLUMNS`] selects it.
 pub(crate) const CONTENT: &str = field_or_body!("content");
 
+/// `full_content` as [`MESSAGE_COLUMNS`] selects it.
+pub(crate) const FULL_CONTENT: &str = field_or_body!("full_content");
+
 /// A field selected by `field_or_body!`: its inline text or its body's.
 pub(crate) fn body_string(
     row: &Row,

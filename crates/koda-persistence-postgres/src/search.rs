@@ -16,7 +16,7 @@ use koda_persistence_api::search::{
 };
 
 use crate::exec::{Conn, Db, boolean, bytes, int, ints, text, texts};
-use crate::rows::{body_string, get, in_message, role};
+use crate::rows::{CONTENT, FULL_CONTENT, body_string, get, in_message, role};
 
 /// How many rows one catch-up transaction indexes.
 pub(crate) const CATCH_UP_BATCH: i64 = 500;
@@ -24,12 +24,6 @@ pub(crate) const CATCH_UP_BATCH: i64 = 500;
 /// After indexing this many rows at once, a search refreshes the
 /// planner's statistics of `messages`.
 pub(crate) const ANALYZE_AFTER: usize = 10_000;
-
-/// `content` and `full_content` as a read selects them (inline or body).
-const FIELDS: &str = "CASE WHEN m.content_body IS NULL THEN '\\x00'::BYTEA || m.content \
-     ELSE '\\x01'::BYTEA || COALESCE((SELECT b.data FROM kp.bodies b WHERE b.hash = m.content_body), ''::BYTEA) END, \
-     CASE WHEN m.full_content_body IS NULL THEN '\\x00'::BYTEA || m.full_content \
-     ELSE '\\x01'::BYTEA || COALESCE((SELECT b.data FROM kp.bodies b WHERE b.hash = m.full_content_body), ''::BYTEA) END";
 
 /// The conditions of a search's scope on messages `m` (a message's
 /// session always exists: the foreign key): `$2` the id every candidate is below, `$3` compacted too,
@@ -74,7 +68,7 @@ fn candidates_sql(indexed: bool, session: bool, rooted: bool) -> String {
     };
     format!(
         "WITH c AS ({ids})
-         SELECT m.id, m.session_id, m.role::TEXT, {FIELDS}, m.created_ms
+         SELECT m.id, m.session_id, m.role::TEXT, {CONTENT}, {FULL_CONTENT}, m.created_ms
          FROM c JOIN kp.messages m ON m.id = c.id
          ORDER BY m.id DESC LIMIT $7"
     )
@@ -174,7 +168,7 @@ pub(crate) async fn catch_up(c: &mut Conn, after: i64) -> Result<(usize, i64)> {
         .rows(
             "indexing messages for search",
             &format!(
-                "SELECT m.id, {FIELDS} FROM kp.messages m WHERE m.search IS NULL AND m.id > $2
+                "SELECT m.id, {CONTENT}, {FULL_CONTENT} FROM kp.messages m WHERE m.search IS NULL AND m.id > $2
                  ORDER BY m.id LIMIT $1 FOR NO KEY UPDATE OF m SKIP LOCKED"
             ),
             &[int(&CATCH_UP_BATCH), int(&after)],

@@ -4,21 +4,41 @@ use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::{Message, MessageRecord, PersistenceError, Role};
 use rusqlite::Row;
 
-/// The message columns every query selects, in [`message`]'s order. A
-/// field held as a body selects the body's packed bytes (a BLOB; an empty
-/// one when the body is missing, which decodes as `Corrupt`), an inline
-/// field its text.
+/// `$field` as a read selects it: the body's packed bytes (a BLOB; an
+/// empty one when the body is missing, which decodes as `Corrupt`) when
+/// the field is held as a body, else its text.
+macro_rules! field_or_body {
+    ($field:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $field,
+            "_body IS NULL THEN ",
+            $field,
+            " ELSE COALESCE((SELECT b.data FROM kp_bodies b WHERE b.hash = ",
+            $field,
+            "_body), x'') END"
+        )
+    };
+}
+
+/// The message columns every query selects, in [`message`]'s order
+/// (each text field as `field_or_body!` selects it).
 pub(crate) const MESSAGE_COLUMNS: &str = concat!(
     "id, session_id, role, ",
-    "CASE WHEN content_body IS NULL THEN content ELSE COALESCE((SELECT b.data FROM kp_bodies b WHERE b.hash = content_body), x'') END, ",
-    "CASE WHEN full_content_body IS NULL THEN full_content ELSE COALESCE((SELECT b.data FROM kp_bodies b WHERE b.hash = full_content_body), x'') END, ",
-    "CASE WHEN tool_calls_body IS NULL THEN tool_calls ELSE COALESCE((SELECT b.data FROM kp_bodies b WHERE b.hash = tool_calls_body), x'') END, ",
-    "tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, \
+    field_or_body!("content"),
+    ", ",
+    field_or_body!("full_content"),
+    ", ",
+    field_or_body!("tool_calls"),
+    ", tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens, \
     thinking_tokens, created_ms, completed_ms"
 );
 
 /// `content` as [`MESSAGE_COLUMNS`] selects it (decode with [`text`]).
-pub(crate) const CONTENT: &str = "CASE WHEN content_body IS NULL THEN content ELSE COALESCE((SELECT b.data FROM kp_bodies b WHERE b.hash = content_body), x'') END";
+pub(crate) const CONTENT: &str = field_or_body!("content");
+
+/// `full_content` as [`MESSAGE_COLUMNS`] selects it (decode with [`text`]).
+pub(crate) const FULL_CONTENT: &str = field_or_body!("full_content");
 
 /// Column `i` of `row`, selected as [`CONTENT`] selects a field, through
 /// [`text`].

@@ -14,13 +14,10 @@ use koda_persistence_api::search::{
 use koda_persistence_api::{PersistenceError, Role};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::rows::{CONTENT, get, text_at};
+use crate::rows::{CONTENT, FULL_CONTENT, get, text_at};
 
 /// How many dirty ids one catch-up transaction indexes.
 pub(crate) const CATCH_UP_BATCH: i64 = 2000;
-
-/// `full_content` selected as [`CONTENT`] selects `content`.
-const FULL_CONTENT: &str = "CASE WHEN full_content_body IS NULL THEN full_content ELSE COALESCE((SELECT b.data FROM kp_bodies b WHERE b.hash = full_content_body), x'') END";
 
 /// Whether any id waits to be indexed.
 pub(crate) fn has_dirty(conn: &Connection) -> Result<bool> {
