@@ -14,6 +14,9 @@ pub const START_MS: i64 = 1_795_669_624_123;
 type Teardown =
     Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send>;
 
+type Opener =
+    Box<dyn Fn(u32) -> Pin<Box<dyn Future<Output = anyhow::Result<Fixture>> + Send>> + Send + Sync>;
+
 type Probe =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<i64>> + Send>> + Send + Sync>;
 
@@ -27,6 +30,7 @@ pub struct Fixture {
     teardown: Option<Teardown>,
     deadlocks: Option<Probe>,
     second: Option<Arc<dyn Persistence>>,
+    grace: Option<Opener>,
 }
 
 impl fmt::Debug for Fixture {
@@ -47,6 +51,33 @@ impl Fixture {
             teardown: None,
             deadlocks: None,
             second: None,
+            grace: None,
+        }
+    }
+
+    /// A capability: `open(days)` makes another fresh, empty store of the
+    /// same backend (and the same kind of location), opened with
+    /// `keep_deleted_days=days`, with a clock of its own starting at
+    /// [`START_MS`]. Cases about the grace period setting use it.
+    pub fn with_grace_opener<F, Fut>(mut self, open: F) -> Self
+    where
+        F: Fn(u32) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<Fixture>> + Send + 'static,
+    {
+        self.grace = Some(Box::new(move |days| Box::pin(open(days))));
+        self
+    }
+
+    /// A fresh store opened with `keep_deleted_days=days`, when the factory
+    /// gave an opener (see [`Fixture::with_grace_opener`]). End it with
+    /// [`Fixture::finish`].
+    ///
+    /// # Errors
+    /// The opener's.
+    pub async fn fresh_with_grace(&self, days: u32) -> anyhow::Result<Option<Fixture>> {
+        match &self.grace {
+            Some(open) => Ok(Some(open(days).await?)),
+            None => Ok(None),
         }
     }
 

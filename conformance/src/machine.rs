@@ -101,6 +101,9 @@ pub enum Op {
         root: RootArg,
     },
     DeleteSession(SessRef),
+    RestoreSession(SessRef),
+    PurgeDeleted(bool),
+    ListDeleted,
     SetTitle(SessRef, Text),
     SetMode(SessRef, Text),
     Insert(NewMessage),
@@ -376,6 +379,9 @@ fn op() -> BoxedStrategy<Op> {
     prop_oneof![
         3 => (agent(), root()).prop_map(|(agent, root)| Op::CreateSession { agent, root }),
         1 => sess().prop_map(Op::DeleteSession),
+        1 => sess().prop_map(Op::RestoreSession),
+        1 => any::<bool>().prop_map(Op::PurgeDeleted),
+        1 => Just(Op::ListDeleted),
         1 => (sess(), text()).prop_map(|(s, t)| Op::SetTitle(s, t)),
         1 => (sess(), small_text()).prop_map(|(s, t)| Op::SetMode(s, t)),
         8 => new_message().prop_map(Op::Insert),
@@ -455,6 +461,9 @@ impl ReferenceStateMachine for ModelMachine {
         m.last = match op {
             Op::CreateSession { agent, root } => m.create_session(&agent.0, root_str(*root)),
             Op::DeleteSession(r) => m.delete_session(s(*r)),
+            Op::RestoreSession(r) => m.restore_session(s(*r)),
+            Op::PurgeDeleted(dry) => m.purge_deleted(*dry),
+            Op::ListDeleted => m.list_deleted(),
             Op::SetTitle(r, v) => m.set_title(s(*r), &v.0),
             Op::SetMode(r, v) => m.set_mode(s(*r), &v.0),
             Op::Insert(nm) | Op::InsertWithAgent(nm, _) => {
@@ -697,6 +706,11 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
         Op::DeleteSession(r) => outcome!(store.delete_session(&sut.session(*r)), |b| Ok(
             Outcome::Bool(b)
         )),
+        Op::RestoreSession(r) => outcome!(store.restore_session(&sut.session(*r)), unit),
+        Op::PurgeDeleted(dry) => outcome!(store.purge_deleted(*dry), |list| {
+            trashed_names(sut, list)
+        }),
+        Op::ListDeleted => outcome!(store.list_deleted(), |list| trashed_names(sut, list)),
         Op::SetTitle(r, v) => outcome!(store.set_session_title(&sut.session(*r), &v.0), unit),
         Op::SetMode(r, v) => outcome!(store.set_session_mode(&sut.session(*r), &v.0), unit),
         Op::Insert(nm) | Op::InsertWithAgent(nm, _) => {
@@ -964,6 +978,16 @@ async fn check_search(sut: &mut Sut, model: &Model) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Trashed sessions as the model names them, sorted.
+fn trashed_names(sut: &Sut, list: Vec<koda_persistence_api::DeletedSession>) -> Result<Outcome> {
+    let mut names = list
+        .iter()
+        .map(|d| sut.session_name_of(&d.id))
+        .collect::<Result<Vec<_>>>()?;
+    names.sort();
+    Ok(Outcome::Texts(names))
 }
 
 /// The store's body accounting against the model's, and its own check

@@ -118,6 +118,20 @@ pub struct Model {
     pub ever_ids: Vec<i64>,
     /// The outcome of the last operation.
     pub last: Outcome,
+    /// Deleted sessions in their grace period: when each was deleted and
+    /// its messages, out of `messages` (the session keeps its order and
+    /// metadata, `deleted` set).
+    trash: BTreeMap<usize, (i64, Vec<(i64, MMessage)>)>,
+}
+
+/// The grace period the machine's stores keep: every fixture opens with
+/// the default.
+pub const KEEP_DELETED_DAYS: u32 = koda_persistence_api::trash::DEFAULT_KEEP_DELETED_DAYS;
+
+/// Whether a session deleted at `at` has expired at `now`: written out
+/// here, not taken from the API crate.
+fn expired(at: i64, now: i64) -> bool {
+    at + i64::from(KEEP_DELETED_DAYS) * 86_400_000 <= now
 }
 
 impl fmt::Debug for Model {
@@ -166,6 +180,7 @@ impl Model {
             messages: BTreeMap::new(),
             ever_ids: Vec::new(),
             last: Outcome::Nothing,
+            trash: BTreeMap::new(),
         }
     }
 
@@ -257,7 +272,11 @@ impl Model {
         use koda_persistence_api::bodies::{BodyField, is_body};
         let mut distinct = BTreeSet::new();
         let (mut refs, mut logical) = (0u64, 0u64);
-        for m in self.messages.values() {
+        let trashed = self
+            .trash
+            .values()
+            .flat_map(|(_, ms)| ms.iter().map(|(_, m)| m));
+        for m in self.messages.values().chain(trashed) {
             for (field, value) in [
                 (BodyField::Content, &m.content),
                 (BodyField::FullContent, &m.full),
@@ -281,11 +300,63 @@ impl Model {
         };
         let s = &mut self.sessions[k];
         s.deleted = true;
-        s.meta.clear();
-        for id in std::mem::take(&mut s.order) {
-            self.messages.remove(&id);
-        }
+        let moved = s
+            .order
+            .iter()
+            .filter_map(|id| self.messages.remove(id).map(|m| (*id, m)))
+            .collect();
+        self.trash.insert(k, (self.now, moved));
         Outcome::Bool(true)
+    }
+
+    /// `restore_session`: back as it was while its grace period lasts.
+    pub fn restore_session(&mut self, k: Option<usize>) -> Outcome {
+        let Some(k) = k else {
+            return Outcome::Err(ErrKind::SessionNotFound);
+        };
+        match self.trash.get(&k) {
+            Some((at, _)) if !expired(*at, self.now) => {}
+            _ => return Outcome::Err(ErrKind::SessionNotFound),
+        }
+        if let Some((_, moved)) = self.trash.remove(&k) {
+            self.messages.extend(moved);
+            self.sessions[k].deleted = false;
+        }
+        Outcome::Unit
+    }
+
+    /// `purge_deleted`: the names of the expired sessions, sorted; they go
+    /// for good unless `dry`.
+    pub fn purge_deleted(&mut self, dry: bool) -> Outcome {
+        let now = self.now;
+        let gone: Vec<usize> = self
+            .trash
+            .iter()
+            .filter(|(_, (at, _))| expired(*at, now))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut names: Vec<String> = gone.iter().map(|k| session_name(*k)).collect();
+        names.sort();
+        if !dry {
+            for k in gone {
+                self.trash.remove(&k);
+                self.sessions[k].order.clear();
+                self.sessions[k].meta.clear();
+            }
+        }
+        Outcome::Texts(names)
+    }
+
+    /// `list_deleted`: the names of the unexpired trashed sessions, sorted.
+    pub fn list_deleted(&self) -> Outcome {
+        let mut names: Vec<String> = self
+            .trash
+            .iter()
+            .filter(|(_, (at, _))| !expired(*at, self.now))
+            .map(|(k, _)| session_name(*k))
+            .collect();
+        names.sort();
+        Outcome::Texts(names)
     }
 
     fn session_mut(&mut self, k: Option<usize>) -> Result<&mut MSession, Outcome> {

@@ -228,7 +228,7 @@ pub async fn every_delete_path_releases_references(fx: &Fixture) -> Result<()> {
         let m = fx.store.load_all_messages(&b).await?;
         m.first().and_then(|m| m.content.as_deref()) == Some(shared.as_str())
     })?;
-    check("delete b", fx.store.delete_session(&b).await?)?;
+    check("delete b", super::trash::delete_for_good(fx, &b).await?)?;
     counts("b deleted", stats(fx).await?, 0, 0, 0, 0)?;
     // A stub that is itself a body is counted like any body.
     let c = session(fx).await?;
@@ -248,7 +248,7 @@ pub async fn every_delete_path_releases_references(fx: &Fixture) -> Result<()> {
         fx.store.load_all_messages(&c).await?[0].content.clone(),
         Some(stub),
     )?;
-    check("delete c", fx.store.delete_session(&c).await?)?;
+    check("delete c", super::trash::delete_for_good(fx, &c).await?)?;
     counts("all gone", stats(fx).await?, 0, 0, 0, 0)
 }
 

@@ -180,7 +180,10 @@ pub async fn a_fork_shares_bodies_and_outlives_its_original(fx: &Fixture) -> Res
     let fork = fx.store.fork_session(&sid, None).await?;
     let b = fx.store.health().await?.bodies;
     eq("one body, two references", (b.bodies, b.references), (1, 2))?;
-    check("delete the original", fx.store.delete_session(&sid).await?)?;
+    check(
+        "delete the original",
+        super::trash::delete_for_good(fx, &sid).await?,
+    )?;
     let b = fx.store.health().await?.bodies;
     eq("the fork keeps it", (b.bodies, b.references), (1, 1))?;
     eq(

@@ -20,6 +20,7 @@ pub mod metadata;
 pub mod search;
 pub mod sessions;
 pub mod transfer;
+pub mod trash;
 pub mod usage;
 
 /// Calls `$mac!($factory; area: [case, …], …)` with every case of the suite.
@@ -189,6 +190,14 @@ macro_rules! __for_each_case {
                 hostile_queries_find_or_return_nothing,
                 search_finds_what_an_index_cannot_hold,
                 searches_racing_writers_and_a_compactor_miss_nothing,
+            ],
+            trash: [
+                a_trashed_session_answers_as_if_deleted,
+                restore_brings_everything_back_byte_exact,
+                restore_after_the_purge_boundary_is_not_found,
+                restore_and_import_refuse_what_they_cannot_do,
+                without_a_grace_period_delete_is_for_good,
+                a_delete_racing_writers_loses_no_acknowledged_message,
             ],
         }
     };

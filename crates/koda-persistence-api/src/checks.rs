@@ -12,6 +12,7 @@ use crate::import::{Import, StoreHealth};
 use crate::persistence::Persistence;
 use crate::records::{MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord};
 use crate::search::{Query, SearchHit, SearchScope};
+use crate::trash::DeletedSession;
 use crate::types::{CompactedStats, Message, NewMessage, SessionInfo, SessionUsage, TokenUsage};
 
 /// `SessionNotFound` for `id`: the answer every backend gives a write to a
@@ -495,6 +496,21 @@ impl<P: Import> Import for Checked<P> {
             return Err(session_not_found(session_id));
         }
         self.inner.fork_session(session_id, at).await
+    }
+
+    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
+        self.inner.list_deleted().await
+    }
+
+    async fn restore_session(&self, session_id: &str) -> Result<()> {
+        if !holdable(session_id) {
+            return Err(session_not_found(session_id));
+        }
+        self.inner.restore_session(session_id).await
+    }
+
+    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
+        self.inner.purge_deleted(dry_run).await
     }
 
     async fn search_messages(

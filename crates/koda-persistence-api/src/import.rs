@@ -11,6 +11,7 @@ use crate::bodies::BodyStats;
 use crate::persistence::Persistence;
 use crate::records::{MessageRecord, MetadataRecord, SessionRecord, session_checksum};
 use crate::search::{SearchHit, SearchScope};
+use crate::trash::DeletedSession;
 
 /// What a store says of its own state (`koda-store doctor`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +98,7 @@ pub trait Import: Persistence {
     async fn claim_ids(&self, first: i64, last: i64) -> Result<bool>;
 
     /// Creates the session as recorded; `false` when it already exists.
+    /// A session id in the trash is `Conflict`: restore or purge it first.
     async fn import_session(&self, session: &SessionRecord) -> Result<bool>;
 
     /// Appends `messages` to the session; returns the id each one got.
@@ -126,6 +128,31 @@ pub trait Import: Persistence {
     /// `SessionNotFound` for an unknown session; `MessageNotFound` when
     /// `at` is not one of its messages. Nothing is written on error.
     async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String>;
+
+    /// The sessions in the trash that have not expired, the latest
+    /// deletion first (ties by id), each with when it goes for good
+    /// ([`crate::trash`]: the rules of the grace period). Empty when the
+    /// store keeps no grace period.
+    async fn list_deleted(&self) -> Result<Vec<DeletedSession>>;
+
+    /// Brings a trashed, unexpired session back byte-exact: its record
+    /// (id, agent, root, times, title, mode, listing order), every message
+    /// with its id, position, text, states, times, agent and usage, its
+    /// metadata, and the counters `list_sessions` and the usage calls
+    /// read. One atomic step.
+    ///
+    /// # Errors
+    /// `SessionNotFound` when the id is not in the trash (never deleted,
+    /// deleted for good, or expired); `Conflict` when a live session holds
+    /// the id (only an import can make one). Nothing is written on error.
+    async fn restore_session(&self, session_id: &str) -> Result<()>;
+
+    /// Removes for good every trashed session that has expired (see
+    /// [`crate::trash`]), with its messages, metadata and the references
+    /// to its bodies (a body another session still uses stays), and
+    /// returns them; with `dry_run`, changes nothing and returns what it
+    /// would remove. Sessions still in their grace period are untouched.
+    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>>;
 
     /// Searches the messages of every session in `scope` for `query` and
     /// returns up to `limit` hits (at most

@@ -25,6 +25,7 @@ mod persistence;
 mod records;
 pub mod search;
 mod traced;
+pub mod trash;
 mod types;
 pub mod url;
 mod usage;
@@ -41,6 +42,7 @@ pub use records::{
 };
 pub use search::{SearchHit, SearchScope};
 pub use traced::{SLOW_CALL, Traced};
+pub use trash::DeletedSession;
 pub use types::{
     COMPACTION_HINT, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, Role,
     SessionInfo, SessionUsage, TODO_KEY, TokenUsage,

@@ -113,7 +113,14 @@ pub trait Persistence: Send + Sync {
     async fn list_sessions(&self, limit: i64, project_root: &Path) -> Result<Vec<SessionInfo>>;
 
     /// Deletes a session with its messages and metadata, atomically. Returns
-    /// `true` if it existed, `false` for an unknown id.
+    /// `true` if it existed, `false` for an unknown id (a session already
+    /// in the trash is unknown).
+    ///
+    /// On a store that keeps a grace period (`keep_deleted_days` > 0, see
+    /// [`crate::trash`]) the session goes to the trash instead: every call
+    /// answers as if it were deleted, and
+    /// [`Import::restore_session`](crate::Import::restore_session) can bring
+    /// it back until the period ends.
     ///
     /// # Errors
     /// Only store failures (`Unavailable`).

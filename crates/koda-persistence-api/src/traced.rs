@@ -11,6 +11,7 @@ use crate::import::{Import, StoreHealth};
 use crate::persistence::Persistence;
 use crate::records::{MessageRecord, MetadataRecord, SessionRecord};
 use crate::search::{SearchHit, SearchScope};
+use crate::trash::DeletedSession;
 use crate::types::{CompactedStats, Message, NewMessage, SessionInfo, SessionUsage};
 
 /// A call slower than this is logged at `warn` (with its method and
@@ -368,6 +369,25 @@ impl<P: Import> Import for Traced<P> {
             self.inner.fork_session(session_id, at),
         )
         .await
+    }
+
+    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
+        self.call("list_deleted", None, self.inner.list_deleted())
+            .await
+    }
+
+    async fn restore_session(&self, session_id: &str) -> Result<()> {
+        self.call(
+            "restore_session",
+            Some(session_id),
+            self.inner.restore_session(session_id),
+        )
+        .await
+    }
+
+    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
+        self.call("purge_deleted", None, self.inner.purge_deleted(dry_run))
+            .await
     }
 
     async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {

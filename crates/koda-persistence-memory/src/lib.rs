@@ -7,6 +7,7 @@ mod queries;
 mod rows;
 mod schema;
 mod search;
+mod trash;
 
 pub use crate::options::{MemoryOptions, SCHEMES};
 
@@ -16,9 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::Result;
 use koda_persistence_api::backend::{Backend, NewMessage, StoreUrl, usage_total};
 use koda_persistence_api::{
-    Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
-    PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord, SessionUsage,
-    StoreHealth,
+    Clock, CompactedStats, DeletedSession, Import, Message, MessageRecord, MetadataRecord,
+    Persistence, PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord,
+    SessionUsage, StoreHealth,
 };
 
 use crate::schema::{Session, State};
@@ -28,6 +29,8 @@ use crate::schema::{Session, State};
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
+    /// The grace period of deleted sessions, in days (0: none).
+    keep_deleted_days: u32,
 }
 
 /// The in-memory backend, for the facade's table and
@@ -80,7 +83,7 @@ impl Persistence for MemoryStore {
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<bool> {
-        queries::delete_session(self, session_id)
+        trash::delete_session(self, session_id)
     }
 
     async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()> {
@@ -223,6 +226,18 @@ impl Import for MemoryStore {
 
     async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
         queries::fork_session(self, session_id, at)
+    }
+
+    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
+        trash::list_deleted(self)
+    }
+
+    async fn restore_session(&self, session_id: &str) -> Result<()> {
+        trash::restore_session(self, session_id)
+    }
+
+    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
+        trash::purge_deleted(self, dry_run)
     }
 
     async fn search_messages(

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use koda_persistence_api::backend::options_of;
+use koda_persistence_api::trash::DEFAULT_KEEP_DELETED_DAYS;
 use koda_persistence_api::{Clock, SystemClock};
 
 use crate::options::MemoryOptions;
@@ -19,7 +20,7 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store on the system clock.
     pub fn new() -> Self {
-        Self::fresh(Arc::new(SystemClock))
+        Self::fresh(Arc::new(SystemClock), DEFAULT_KEEP_DELETED_DAYS)
     }
 
     /// A fresh, empty store reading time from `clock`. The store is bare:
@@ -27,23 +28,28 @@ impl MemoryStore {
     /// the facade's `open` puts around it.
     ///
     /// # Errors
-    /// None today; the signature is every backend's.
+    /// `InvalidInput` for a grace period over
+    /// [`MAX_KEEP_DELETED_DAYS`](koda_persistence_api::trash::MAX_KEEP_DELETED_DAYS).
     pub async fn open(options: MemoryOptions, clock: Arc<dyn Clock>) -> Result<Self> {
-        let MemoryOptions {} = options;
-        Ok(Self::fresh(clock))
+        let MemoryOptions { trash } = options;
+        trash.validate()?;
+        Ok(Self::fresh(clock, trash.days_or(DEFAULT_KEEP_DELETED_DAYS)))
     }
 
-    /// Opens `memory:` (or `memory://`); it takes no parameters.
+    /// Opens `memory:` (or `memory://`); it takes the trash's parameters,
+    /// `keep_deleted_days` and `purge_on_open` (a new store has nothing to
+    /// purge).
     ///
     /// # Errors
-    /// `InvalidInput` for another scheme, a location or any parameter.
+    /// `InvalidInput` for another scheme, a location or any other parameter.
     pub async fn open_url(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
         Self::open(options_of::<Memory>(url)?, clock).await
     }
 
-    fn fresh(clock: Arc<dyn Clock>) -> Self {
+    fn fresh(clock: Arc<dyn Clock>, keep_deleted_days: u32) -> Self {
         Self {
             clock,
+            keep_deleted_days,
             state: Mutex::new(State {
                 next_message_id: 1,
                 ..State::default()

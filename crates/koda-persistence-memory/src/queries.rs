@@ -41,7 +41,7 @@ pub(crate) fn create_session(
     let now = store.clock.now_ms();
     let mut st = store.lock();
     let mut id = uuid::Uuid::now_v7().to_string();
-    while st.sessions.contains_key(&id) {
+    while st.sessions.contains_key(&id) || st.trash.contains_key(&id) {
         id = uuid::Uuid::now_v7().to_string();
     }
     let seq = st.next_session_seq;
@@ -93,18 +93,6 @@ pub(crate) fn list_sessions(
             mode: s.mode.clone(),
         })
         .collect())
-}
-
-pub(crate) fn delete_session(store: &MemoryStore, session_id: &str) -> Result<bool> {
-    let mut st = store.lock();
-    let Some(session) = st.sessions.remove(session_id) else {
-        return Ok(false);
-    };
-    st.unlist(&session, session_id);
-    for id in session.order {
-        st.remove_message(id);
-    }
-    Ok(true)
 }
 
 pub(crate) fn set_session_title(store: &MemoryStore, session_id: &str, title: &str) -> Result<()> {
@@ -494,6 +482,7 @@ fn import_session_in(st: &mut State, session: &SessionRecord) -> Result<bool> {
     if st.sessions.contains_key(&session.id) {
         return Ok(false);
     }
+    crate::trash::refuse_trashed(st, &session.id)?;
     let seq = st.next_session_seq;
     st.next_session_seq += 1;
     let record = Session {
@@ -603,7 +592,7 @@ pub(crate) fn fork_session(
     let metadata = s.metadata.clone();
     let n = fork_len(&messages, at)?;
     let mut id = uuid::Uuid::now_v7().to_string();
-    while st.sessions.contains_key(&id) {
+    while st.sessions.contains_key(&id) || st.trash.contains_key(&id) {
         id = uuid::Uuid::now_v7().to_string();
     }
     import_session_in(st, &fork_record(&original, &id, now))?;

@@ -24,6 +24,9 @@ pub(crate) struct State {
     pub(crate) by_root: HashMap<Option<String>, BTreeSet<Listed>>,
     /// Large outputs, stored once.
     pub(crate) bodies: Bodies,
+    /// Deleted sessions in their grace period, by id: out of every map
+    /// above but `bodies`, whose references they keep.
+    pub(crate) trash: HashMap<String, crate::trash::Trashed>,
 }
 
 /// A session's place in its root's listing: newest first, ties by the
@@ -210,14 +213,32 @@ impl State {
     }
 
     pub(crate) fn remove_message(&mut self, id: i64) -> Option<Row> {
-        let row = self.messages.remove(&id)?;
-        self.user_ids.remove(&id);
+        let row = self.take_message(id)?;
         for body in row.bodies.iter().flatten() {
             self.bodies.release(body);
         }
+        Some(row)
+    }
+
+    /// Takes a message out of every map, its bodies still referenced (for
+    /// the trash).
+    pub(crate) fn take_message(&mut self, id: i64) -> Option<Row> {
+        let row = self.messages.remove(&id)?;
+        self.user_ids.remove(&id);
         if let Some(at) = row.compacted_ms {
             self.compacted.remove(&(at, id));
         }
         Some(row)
+    }
+
+    /// Puts back a message [`take_message`](Self::take_message) took.
+    pub(crate) fn put_message(&mut self, id: i64, row: Row) {
+        if row.message.role == koda_persistence_api::Role::User {
+            self.user_ids.insert(id);
+        }
+        if let Some(at) = row.compacted_ms {
+            self.compacted.insert((at, id));
+        }
+        self.messages.insert(id, row);
     }
 }

@@ -16,7 +16,15 @@ impl Factory for Fresh {
         let clock = ManualClock::new(start_ms);
         let store =
             open_checked::<Memory>(MemoryOptions::default(), Arc::new(clock.clone())).await?;
-        Ok(Fixture::new(Arc::new(store), clock))
+        Ok(
+            Fixture::new(Arc::new(store), clock).with_grace_opener(|days| async move {
+                let clock = ManualClock::new(koda_persistence_conformance::START_MS);
+                let mut options = MemoryOptions::default();
+                options.trash.keep_deleted_days = Some(days);
+                let store = open_checked::<Memory>(options, Arc::new(clock.clone())).await?;
+                Ok(Fixture::new(Arc::new(store), clock))
+            }),
+        )
     }
 }
 

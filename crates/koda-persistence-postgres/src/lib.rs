@@ -10,6 +10,7 @@ mod rows;
 mod schema;
 mod search;
 mod tls;
+mod trash;
 
 use std::fmt;
 use std::path::Path;
@@ -22,9 +23,9 @@ use koda_persistence_api::backend::{
     session_not_found, usage_total,
 };
 use koda_persistence_api::{
-    Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
-    PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord, SessionUsage,
-    StoreHealth,
+    Clock, CompactedStats, DeletedSession, Import, Message, MessageRecord, MetadataRecord,
+    Persistence, PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord,
+    SessionUsage, StoreHealth,
 };
 
 use crate::exec::Dialect;
@@ -67,6 +68,8 @@ pub struct PostgresStore {
     dialect: Dialect,
     /// Recently loaded contexts, trusted while `sessions.version` matches.
     cache: Arc<SharedContextCache>,
+    /// The grace period of deleted sessions, in days (0: none).
+    keep_deleted_days: u32,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -122,11 +125,7 @@ impl Persistence for PostgresStore {
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<bool> {
-        let existed = self
-            .with_client(|c| async move { queries::delete_session(&c, session_id).await })
-            .await?;
-        self.cache().forget(session_id);
-        Ok(existed)
+        self.delete(session_id).await
     }
 
     async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()> {
@@ -335,8 +334,19 @@ impl Import for PostgresStore {
     }
 
     async fn import_session(&self, session: &SessionRecord) -> Result<bool> {
-        self.with_client(|c| async move { queries::import_session(&c, session).await })
-            .await
+        self.import_new_session(session).await
+    }
+
+    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
+        self.trashed().await
+    }
+
+    async fn restore_session(&self, session_id: &str) -> Result<()> {
+        self.restore(session_id).await
+    }
+
+    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
+        self.purge_trash(dry_run).await
     }
 
     async fn import_messages(

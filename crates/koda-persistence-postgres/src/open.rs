@@ -48,11 +48,37 @@ impl PostgresStore {
             dialect: Dialect::new(options.schema_name(), options.pooler == Pooler::Transaction),
             schema: options.schema,
             cache: Arc::new(SharedContextCache::default()),
+            keep_deleted_days: options
+                .trash
+                .days_or(koda_persistence_api::trash::DEFAULT_KEEP_DELETED_DAYS),
         };
         if !options.migrate {
             store.check_schema().await?;
         }
+        if options.trash.purge_on_open {
+            store.purge_expired_on_open().await;
+        }
         Ok(store)
+    }
+
+    /// Removes the trashed sessions whose grace period has ended; a failure
+    /// (a role without the rights, a busy server) is only warned: the next
+    /// open or purge tries again.
+    async fn purge_expired_on_open(&self) {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        let outcome = async {
+            let expired = self
+                .with_client(|c| async move { crate::trash::any_expired(&c, now, days).await })
+                .await?;
+            if expired {
+                koda_persistence_api::Import::purge_deleted(self, false).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            tracing::warn!(error = %format!("{e:#}"), "purging expired deleted sessions");
+        }
     }
 
     /// With migrations off: the schema must exist, be readable by this

@@ -78,6 +78,9 @@ pub struct PostgresOptions {
     /// missing or behind is an error naming the fix. For a runtime role
     /// that may not run DDL.
     pub migrate: bool,
+    /// The trash (`keep_deleted_days`, 7 days unless set; `purge_on_open`;
+    /// see `koda_persistence_api::trash`).
+    pub trash: koda_persistence_api::trash::TrashOptions,
 }
 
 impl fmt::Debug for PostgresOptions {
@@ -113,6 +116,7 @@ impl Default for PostgresOptions {
             tls: TlsMode::Prefer,
             pooler: Pooler::None,
             migrate: true,
+            trash: koda_persistence_api::trash::TrashOptions::default(),
         }
     }
 }
@@ -145,7 +149,7 @@ pub fn check_schema_name(name: &str) -> Result<(), PersistenceError> {
 
 /// The parameters this backend reads itself; every other one goes to
 /// tokio-postgres as libpq would take it.
-const OWN: [&str; 7] = [
+const OWN: [&str; 9] = [
     "schema",
     "pool_size",
     "connect_timeout_ms",
@@ -153,6 +157,8 @@ const OWN: [&str; 7] = [
     "sslmode",
     "pooler",
     "migrate",
+    "keep_deleted_days",
+    "purge_on_open",
 ];
 
 impl PostgresOptions {
@@ -206,6 +212,7 @@ impl PostgresOptions {
             }
         }
         let migrate = url.take("migrate").map(|p| p.boolean()).transpose()?;
+        opts.trash = opts.trash.with_parameters(url)?;
         if url.take("options").is_some() {
             return Err(PersistenceError::InvalidInput(format!(
                 "the options URL parameter is reserved (the store sets search_path itself; \
@@ -253,6 +260,7 @@ impl PostgresOptions {
             check_schema_name(schema)?;
         }
         check_count("pool_size", self.pool_size, 1, MAX_POOL_SIZE)?;
+        self.trash.validate()?;
         if self.pooler == Pooler::Transaction && self.migrate {
             return Err(PersistenceError::InvalidInput(
                 "migrate cannot be set with Pooler::Transaction: migrations need a direct \

@@ -875,7 +875,12 @@ async fn body_health(db: &Db<'_>, problems: &mut Vec<String>) -> Result<BodyStat
                  SELECT h, count(*) AS n FROM (
                      SELECT content_body AS h FROM kp.messages WHERE content_body IS NOT NULL
                      UNION ALL SELECT full_content_body FROM kp.messages WHERE full_content_body IS NOT NULL
-                     UNION ALL SELECT tool_calls_body FROM kp.messages WHERE tool_calls_body IS NOT NULL) x
+                     UNION ALL SELECT tool_calls_body FROM kp.messages WHERE tool_calls_body IS NOT NULL
+                     UNION ALL SELECT content_body FROM kp.trash_messages WHERE content_body IS NOT NULL
+                     UNION ALL SELECT full_content_body FROM kp.trash_messages
+                         WHERE full_content_body IS NOT NULL
+                     UNION ALL SELECT tool_calls_body FROM kp.trash_messages
+                         WHERE tool_calls_body IS NOT NULL) x
                  GROUP BY h)
              SELECT COALESCE(b.hash, u.h), b.refs, COALESCE(u.n, 0), b.len, octet_length(b.data)::BIGINT
              FROM kp.bodies b FULL JOIN uses u ON u.h = b.hash",

@@ -697,6 +697,17 @@ async fn version_6_compares_session_ids_bytewise() -> Result<()> {
                  JOIN pg_collation co ON co.oid = a.attcollation
                  WHERE n.nspname = $1 AND c.relkind = 'r' AND a.attnum > 0
                    AND a.attname IN ('id', 'session_id') AND a.atttypid = 'text'::regtype
+                   AND c.relname NOT LIKE 'trash%'
+                 ORDER BY 1";
+            // The trash's twins (version 9) are made LIKE the live tables,
+            // after version 6: they compare bytewise from the start.
+            const TRASH_COLLATIONS: &str = "SELECT c.relname || '.' || a.attname, co.collname::TEXT
+                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_collation co ON co.oid = a.attcollation
+                 WHERE n.nspname = $1 AND c.relkind = 'r' AND a.attnum > 0
+                   AND a.attname IN ('id', 'session_id') AND a.atttypid = 'text'::regtype
+                   AND c.relname LIKE 'trash_%'
                  ORDER BY 1";
             let first = store(&url, &schema, "v6-first").await?;
             let sid = first.create_session("main", Path::new("/p")).await?;
@@ -720,6 +731,19 @@ async fn version_6_compares_session_ids_bytewise() -> Result<()> {
             .map(|c| ((*c).to_owned(), "C".to_owned()))
             .collect();
             assert_eq!(columns(admin.query(COLLATIONS, &[&schema]).await?), want);
+            let twins: Vec<(String, String)> = [
+                "trash_messages.session_id",
+                "trash_metadata.session_id",
+                "trash_sessions.id",
+                "trash_usage.session_id",
+            ]
+            .iter()
+            .map(|c| ((*c).to_owned(), "C".to_owned()))
+            .collect();
+            assert_eq!(
+                columns(admin.query(TRASH_COLLATIONS, &[&schema]).await?),
+                twins
+            );
             // Back to what version 5 left: the database's collation.
             let mut back = String::new();
             for (table, column) in [
@@ -989,7 +1013,14 @@ async fn a_body_shared_by_writers_survives_a_concurrent_release() -> Result<()> 
             let before = support::deadlocks(url.clone()).await?;
             let alice = store(&url, &schema, "alice").await?;
             let bob = store(&url, &schema, "bob").await?;
-            let carol = store(&url, &schema, "carol").await?;
+            // Carol deletes for good (no grace period): her deletes are
+            // the releases that race the writers.
+            let carol = {
+                let mut o = support::options(&url, &schema)?;
+                o.config.application_name("carol");
+                o.trash.keep_deleted_days = Some(0);
+                PostgresStore::open(o, Arc::new(SystemClock)).await?
+            };
             let bodies: Vec<String> = (0..4)
                 .map(|i| format!("output {i}\n").repeat(600 + i * 100))
                 .collect();

@@ -9,6 +9,7 @@ mod queries;
 mod rows;
 mod schema;
 mod search;
+mod trash;
 
 pub use crate::options::{FlushPolicy, MAX_CACHE_MB, SCHEMES, SledOptions};
 
@@ -22,9 +23,9 @@ use koda_persistence_api::backend::{
 };
 use koda_persistence_api::search::{Query, ScopeBuf, hit_limit};
 use koda_persistence_api::{
-    Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
-    PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord, SessionUsage,
-    StoreHealth,
+    Clock, CompactedStats, DeletedSession, Import, Message, MessageRecord, MetadataRecord,
+    Persistence, PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord,
+    SessionUsage, StoreHealth,
 };
 
 use crate::exec::Inner;
@@ -56,6 +57,8 @@ impl Backend for Sled {
 pub struct SledStore {
     inner: Arc<Inner>,
     clock: Arc<dyn Clock>,
+    /// The grace period of deleted sessions, in days (0: none).
+    keep_deleted_days: u32,
 }
 
 impl fmt::Debug for SledStore {
@@ -87,16 +90,7 @@ impl Persistence for SledStore {
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<bool> {
-        let sid = session_id.to_owned();
-        let gone = sid.clone();
-        self.write_then(
-            move |db| queries::delete_session(db, &sid),
-            move |cache, existed| {
-                cache.changed(&gone);
-                existed
-            },
-        )
-        .await
+        self.delete(session_id).await
     }
 
     async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()> {
@@ -349,6 +343,18 @@ impl Import for SledStore {
         let new_id = uuid::Uuid::now_v7().to_string();
         self.write(move |db| queries::fork(db, &sid, at, &new_id, now))
             .await
+    }
+
+    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
+        self.trashed().await
+    }
+
+    async fn restore_session(&self, session_id: &str) -> Result<()> {
+        self.restore(session_id).await
+    }
+
+    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
+        self.purge_trash(dry_run).await
     }
 
     async fn search_messages(

@@ -41,7 +41,12 @@ impl SledStore {
         let db = tokio::task::spawn_blocking(move || open_db(&opts.path, &opts))
             .await
             .context("sled open task failed")??;
-        Ok(Self {
+        let keep_deleted_days = options
+            .trash
+            .days_or(koda_persistence_api::trash::DEFAULT_KEEP_DELETED_DAYS);
+        let purge_on_open = options.trash.purge_on_open;
+        let store = Self {
+            keep_deleted_days,
             inner: Arc::new(Inner {
                 db: RwLock::new(Some(db)),
                 path: options.path.clone(),
@@ -52,7 +57,16 @@ impl SledStore {
                 }),
             }),
             clock,
-        })
+        };
+        // Trashed sessions whose grace period has ended go for good; a
+        // failure (a trash record that does not decode) is only warned:
+        // every later purge tries again and says why.
+        if purge_on_open
+            && let Err(e) = koda_persistence_api::Import::purge_deleted(&store, false).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "purging expired deleted sessions");
+        }
+        Ok(store)
     }
 }
 

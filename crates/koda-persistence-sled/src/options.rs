@@ -31,6 +31,9 @@ pub struct SledOptions {
     pub flush: FlushPolicy,
     /// sled's page cache, in bytes.
     pub cache_capacity: u64,
+    /// The trash (`keep_deleted_days`, 7 days unless set; `purge_on_open`;
+    /// see `koda_persistence_api::trash`).
+    pub trash: koda_persistence_api::trash::TrashOptions,
 }
 
 impl Default for SledOptions {
@@ -39,6 +42,7 @@ impl Default for SledOptions {
             path: PathBuf::new(),
             flush: FlushPolicy::EveryWrite,
             cache_capacity: 256 * 1024 * 1024,
+            trash: koda_persistence_api::trash::TrashOptions::default(),
         }
     }
 }
@@ -100,6 +104,7 @@ impl SledOptions {
         if let Some(p) = url.take("cache_mb") {
             self.cache_capacity = p.number(1, MAX_CACHE_MB)? << 20;
         }
+        self.trash = self.trash.with_parameters(url)?;
         Ok(self)
     }
 
@@ -122,7 +127,7 @@ impl SledOptions {
                 self.cache_capacity
             )));
         }
-        Ok(())
+        self.trash.validate()
     }
 }
 

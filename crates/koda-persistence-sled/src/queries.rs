@@ -40,7 +40,7 @@ const FIELDS: [BodyField; 3] = [
 /// its last, all in the write's one atomic batch (under the write lock,
 /// so no other write reads the counts in between).
 #[derive(Default)]
-struct Refs {
+pub(crate) struct Refs {
     changes: HashMap<BodyHash, (i64, Option<Vec<u8>>)>,
 }
 
@@ -70,7 +70,7 @@ impl Refs {
     }
 
     /// One reference fewer to each body of `m`.
-    fn release(&mut self, m: &StoredMessage) {
+    pub(crate) fn release(&mut self, m: &StoredMessage) {
         for hash in m.bodies.iter().flatten() {
             self.release_one(*hash);
         }
@@ -81,7 +81,7 @@ impl Refs {
     }
 
     /// Puts the counts, new bodies and dropped bodies into `batch`.
-    fn finish(self, db: &Db, batch: &mut Batch) -> Result<()> {
+    pub(crate) fn finish(self, db: &Db, batch: &mut Batch) -> Result<()> {
         for (hash, (change, data)) in self.changes {
             if change == 0 {
                 continue;
@@ -268,15 +268,27 @@ pub(crate) fn delete_session(db: &Db, sid: &str) -> Result<(Batch, bool)> {
     for (key, m) in session_messages(db, sid)? {
         refs.release(&m);
         batch.remove(key);
-        batch.remove(schema::numbered(schema::BY_ID, m.id));
-        batch.remove(schema::numbered(schema::USER, m.id));
-        if let Some(at) = m.compacted_ms {
-            batch.remove(schema::compacted(as_u64(at), m.id));
-        }
+        unindex_message(&mut batch, &m);
     }
     for kv in db.scan_prefix(schema::metadata_of(sid)) {
         batch.remove(kv?.0);
     }
+    unlist_session(&mut batch, &s, sid);
+    refs.finish(db, &mut batch)?;
+    Ok((batch, true))
+}
+
+/// Removes a message's index keys (`I`, `U`, `C`).
+pub(crate) fn unindex_message(batch: &mut Batch, m: &StoredMessage) {
+    batch.remove(schema::numbered(schema::BY_ID, m.id));
+    batch.remove(schema::numbered(schema::USER, m.id));
+    if let Some(at) = m.compacted_ms {
+        batch.remove(schema::compacted(as_u64(at), m.id));
+    }
+}
+
+/// Removes a session's record and its listing keys (`S`, `R`, `L`).
+pub(crate) fn unlist_session(batch: &mut Batch, s: &StoredSession, sid: &str) {
     batch.remove(schema::by_root(
         &s.project_root,
         as_u64(s.created_ms),
@@ -284,8 +296,6 @@ pub(crate) fn delete_session(db: &Db, sid: &str) -> Result<(Batch, bool)> {
     ));
     batch.remove(schema::rootless(as_u64(s.created_ms), s.seq));
     batch.remove(schema::session(sid));
-    refs.finish(db, &mut batch)?;
-    Ok((batch, true))
 }
 
 /// Sets the session's mode (`mode`) or title.
@@ -783,7 +793,10 @@ pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
 /// unused), and every body against its address. Reads every body once.
 fn body_health(db: &Db, problems: &mut Vec<String>) -> Result<BodyStats> {
     let mut uses: HashMap<BodyHash, u64> = HashMap::new();
-    for kv in db.scan_prefix([schema::MESSAGE]) {
+    for kv in db
+        .scan_prefix([schema::MESSAGE])
+        .chain(crate::trash::trashed_messages(db))
+    {
         let (_, v) = kv?;
         let Ok(m) = decode_message(&v) else { continue };
         for hash in m.bodies.iter().flatten() {
@@ -872,6 +885,7 @@ pub(crate) fn import_session(db: &Db, s: &SessionRecord) -> Result<(Batch, bool)
     if get_session(db, &s.id)?.is_some() {
         return Ok((batch, false));
     }
+    crate::trash::refuse_trashed(db, &s.id)?;
     new_session(db, s, &mut batch)?;
     Ok((batch, true))
 }

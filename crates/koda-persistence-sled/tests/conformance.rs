@@ -20,7 +20,16 @@ impl Factory for TempDir {
             Arc::new(clock.clone()),
         )
         .await?;
-        Ok(Fixture::new(Arc::new(store), clock).with_guard(dir))
+        Ok(Fixture::new(Arc::new(store), clock)
+            .with_guard(dir)
+            .with_grace_opener(|days| async move {
+                let dir = tempfile::tempdir()?;
+                let clock = ManualClock::new(koda_persistence_conformance::START_MS);
+                let mut options = SledOptions::at(dir.path().join("store"));
+                options.trash.keep_deleted_days = Some(days);
+                let store = open_checked::<Sled>(options, Arc::new(clock.clone())).await?;
+                Ok(Fixture::new(Arc::new(store), clock).with_guard(dir))
+            }))
     }
 }
 

@@ -9,6 +9,7 @@ mod queries;
 mod rows;
 mod schema;
 mod search;
+mod trash;
 mod worker;
 
 pub use crate::options::{Location, MAX_READERS, SCHEMES, SqliteOptions, Synchronous};
@@ -23,12 +24,11 @@ use koda_persistence_api::backend::{
     Backend, NewMessage, SharedContextCache, StoreUrl, root_to_str, usage_total,
 };
 use koda_persistence_api::{
-    Clock, CompactedStats, Import, Message, MessageRecord, MetadataRecord, Persistence,
-    PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord, SessionUsage,
-    StoreHealth,
+    Clock, CompactedStats, DeletedSession, Import, Message, MessageRecord, MetadataRecord,
+    Persistence, PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord,
+    SessionUsage, StoreHealth,
 };
 
-use crate::error::classify;
 use crate::worker::{Worker, forget_after_answer};
 
 /// The SQLite backend, for the facade's table and
@@ -68,6 +68,8 @@ pub struct SqliteStore {
     /// Whether this file stores large outputs once (see [`SqliteOptions::blobs`]);
     /// turned on by [`SqliteStore::compact_bodies`].
     blobs: Arc<std::sync::atomic::AtomicBool>,
+    /// Days deleted sessions stay in the trash (0: none; see `open.rs`).
+    keep_deleted_days: u32,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -91,19 +93,6 @@ impl SqliteStore {
     pub fn location(&self) -> &Location {
         &self.location
     }
-
-    /// The `synchronous` level the writer connection runs at, as SQLite
-    /// reports it (`1` = NORMAL, `2` = FULL).
-    ///
-    /// # Errors
-    /// Store failures.
-    pub async fn synchronous(&self) -> Result<i64> {
-        let location = self.location.clone();
-        self.writer
-            .run(|conn| Ok(conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
-            .await
-            .map_err(|e| classify(e, &location))
-    }
 }
 
 #[async_trait::async_trait]
@@ -126,16 +115,7 @@ impl Persistence for SqliteStore {
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<bool> {
-        let sid = session_id.to_owned();
-        let gone = sid.clone();
-        self.write_then(
-            move |tx| queries::delete_session(tx, &sid),
-            move |cache, existed| {
-                forget_after_answer(cache, &gone);
-                existed
-            },
-        )
-        .await
+        self.delete(session_id).await
     }
 
     async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()> {
@@ -391,5 +371,17 @@ impl Import for SqliteStore {
         limit: usize,
     ) -> Result<Vec<SearchHit>> {
         self.search(query, scope, limit).await
+    }
+
+    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
+        self.trashed().await
+    }
+
+    async fn restore_session(&self, session_id: &str) -> Result<()> {
+        self.restore(session_id).await
+    }
+
+    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
+        self.purge_trash(dry_run).await
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::backend::{SharedContextCache, options_of};
-use koda_persistence_api::{Clock, PersistenceError};
-use rusqlite::{Connection, OpenFlags};
+use koda_persistence_api::{Clock, Import, PersistenceError};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::error::classify;
 use crate::options::{Location, SqliteOptions};
@@ -138,6 +138,27 @@ pub(crate) struct Opened {
     pub(crate) checkpointer: Option<Connection>,
     /// Whether the file stores bodies once (`schema::body_mode`).
     pub(crate) blobs: bool,
+    /// The grace period of deleted sessions (see [`keep_deleted_days`]).
+    pub(crate) keep_deleted_days: u32,
+}
+
+/// The grace period a handle keeps: the options', else 7 days on a file
+/// this layer created and 0 on one adopted from an older koda.
+fn keep_deleted_days(conn: &Connection, options: &SqliteOptions) -> Result<u32> {
+    if let Some(days) = options.trash.keep_deleted_days {
+        return Ok(days);
+    }
+    let origin: Option<String> = conn
+        .query_row(
+            "SELECT value FROM kp_meta WHERE key = 'koda_generation'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match origin.as_deref() {
+        Some("new") => koda_persistence_api::trash::DEFAULT_KEEP_DELETED_DAYS,
+        _ => 0,
+    })
 }
 
 pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Result<Opened> {
@@ -148,11 +169,13 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
             // A private in-memory database is never busy: no deadline.
             schema::migrate(&mut conn, Instant::now(), options)?;
             let blobs = schema::body_mode(&conn, options.blobs)?;
+            let keep_deleted_days = keep_deleted_days(&conn, options)?;
             Ok(Opened {
                 writer: conn,
                 readers: Vec::new(),
                 checkpointer: None,
                 blobs,
+                keep_deleted_days,
             })
         }
         Location::File(path) => {
@@ -190,11 +213,13 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
                 .map(|_| connect(path, options, Role::Reader))
                 .collect::<Result<Vec<_>>>()?;
             let checkpointer = connect(path, options, Role::Checkpointer)?;
+            let keep_deleted_days = keep_deleted_days(&writer, options)?;
             Ok(Opened {
                 writer,
                 readers,
                 checkpointer: Some(checkpointer),
                 blobs,
+                keep_deleted_days,
             })
         }
     }
@@ -233,7 +258,7 @@ impl SqliteStore {
         } else {
             Worker::spawn("koda-sqlite-reader", opened.readers, false, None, wait)?
         };
-        Ok(Self {
+        let store = Self {
             writer,
             readers,
             clock,
@@ -241,7 +266,32 @@ impl SqliteStore {
             options,
             cache: Arc::new(SharedContextCache::default()),
             blobs: Arc::new(std::sync::atomic::AtomicBool::new(opened.blobs)),
-        })
+            keep_deleted_days: opened.keep_deleted_days,
+        };
+        // Trashed sessions whose grace period has ended go for good; a
+        // file another process keeps busy is purged on a later open.
+        let (now, days) = (store.clock.now_ms(), store.keep_deleted_days);
+        let expired = store.options.trash.purge_on_open
+            && store
+                .read(move |conn| crate::trash::any_expired(conn, now, days))
+                .await?;
+        if expired && let Err(e) = Import::purge_deleted(&store, false).await {
+            tracing::warn!(error = %format!("{e:#}"), "purging expired deleted sessions");
+        }
+        Ok(store)
+    }
+
+    /// The `synchronous` level the writer connection runs at, as SQLite
+    /// reports it (`1` = NORMAL, `2` = FULL).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn synchronous(&self) -> Result<i64> {
+        let location = self.location.clone();
+        self.writer
+            .run(|conn| Ok(conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
+            .await
+            .map_err(|e| classify(e, &location))
     }
 
     /// Opens a `sqlite://…` / `sqlite::memory:` URL (see

@@ -50,6 +50,12 @@ pub struct SqliteOptions {
     /// an older koda may still read (it reads `messages.content` itself
     /// and would see NULL where a body is).
     pub blobs: Option<bool>,
+    /// The trash (`keep_deleted_days`, `purge_on_open`; see
+    /// `koda_persistence_api::trash`). The grace period defaults to 7 days
+    /// on a file this layer created and to 0 on a file adopted from an
+    /// older koda (a delete there removes the rows at once, as that koda
+    /// expects).
+    pub trash: koda_persistence_api::trash::TrashOptions,
 }
 
 impl SqliteOptions {
@@ -59,7 +65,8 @@ impl SqliteOptions {
     /// `InvalidInput` naming the option and what it accepts.
     pub fn validate(&self) -> Result<(), PersistenceError> {
         koda_persistence_api::backend::url::check_timeout("busy_timeout", self.busy_timeout)?;
-        koda_persistence_api::backend::url::check_count("readers", self.readers, 1, MAX_READERS)
+        koda_persistence_api::backend::url::check_count("readers", self.readers, 1, MAX_READERS)?;
+        self.trash.validate()
     }
 }
 
@@ -72,6 +79,7 @@ impl Default for SqliteOptions {
             readers: 2,
             create: true,
             blobs: None,
+            trash: koda_persistence_api::trash::TrashOptions::default(),
         }
     }
 }
@@ -162,6 +170,7 @@ impl SqliteOptions {
         if let Some(p) = url.take("blobs") {
             self.blobs = Some(p.boolean()?);
         }
+        self.trash = self.trash.with_parameters(url)?;
         Ok(self)
     }
 }

@@ -119,7 +119,8 @@ pub(crate) fn create_session(
     tx.prepare_cached(
         "INSERT INTO sessions (id, created_at, agent_name, project_root, created_ms, seq,
                                message_count, total_tokens)
-         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions), 0, 0)",
+         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT MAX(COALESCE((SELECT MAX(seq) FROM sessions), 0),
+                         COALESCE((SELECT MAX(seq) FROM kp_trash_sessions), 0)) + 1), 0, 0)",
     )?
     .execute(params![id, koda_text(now), agent, root, now])?;
     Ok(())
@@ -804,11 +805,18 @@ pub(crate) fn health(conn: &Connection) -> Result<StoreHealth> {
 /// text its address names. Reads every body once.
 fn body_health(conn: &Connection) -> Result<(BodyStats, Vec<String>)> {
     let mut counted: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
+    // References from live messages and from the trash's (a whole scan:
+    // `doctor` reads everything once).
     let mut stmt = conn.prepare(
         "SELECT h, COUNT(*) FROM (
              SELECT content_body AS h FROM messages WHERE content_body IS NOT NULL
              UNION ALL SELECT full_content_body FROM messages WHERE full_content_body IS NOT NULL
-             UNION ALL SELECT tool_calls_body FROM messages WHERE tool_calls_body IS NOT NULL)
+             UNION ALL SELECT tool_calls_body FROM messages WHERE tool_calls_body IS NOT NULL
+             UNION ALL SELECT content_body FROM kp_trash_messages WHERE content_body IS NOT NULL
+             UNION ALL SELECT full_content_body FROM kp_trash_messages
+                 WHERE full_content_body IS NOT NULL
+             UNION ALL SELECT tool_calls_body FROM kp_trash_messages
+                 WHERE tool_calls_body IS NOT NULL)
          GROUP BY h",
     )?;
     let mut rows = stmt.query([])?;
@@ -925,11 +933,13 @@ pub(crate) fn import_session(tx: &Transaction<'_>, s: &SessionRecord) -> Result<
     if session_exists(tx, &s.id)? {
         return Ok(false);
     }
+    crate::trash::refuse_trashed(tx, &s.id)?;
     tx.prepare_cached(
         "INSERT INTO sessions (id, created_at, agent_name, project_root, last_accessed_at, title,
                                mode, created_ms, last_accessed_ms, seq, message_count, total_tokens)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
-                 (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions), 0, 0)",
+                 (SELECT MAX(COALESCE((SELECT MAX(seq) FROM sessions), 0),
+                         COALESCE((SELECT MAX(seq) FROM kp_trash_sessions), 0)) + 1), 0, 0)",
     )?
     .execute(params![
         s.id,

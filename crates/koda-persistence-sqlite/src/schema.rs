@@ -935,11 +935,12 @@ pub(crate) fn migrations(origin: Origin) -> Migrations<'static> {
         M::up_with_hook(V4_BODIES, record_body_mode),
         M::up(V5_FOREIGN_TEXT),
         M::up(V6_SEARCH),
+        M::up(crate::trash::V7_TRASH),
     ])
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: usize = 6;
+pub const SCHEMA_VERSION: usize = 7;
 
 /// Brings the file to [`SCHEMA_VERSION`] with the migrations for its
 /// origin (adopting an older koda's file in place), retrying while it is

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use koda_persistence_api::ManualClock;
 use koda_persistence_api::backend::open_checked;
+use koda_persistence_api::trash::TrashOptions;
 use koda_persistence_conformance::{Factory, Fixture};
 use koda_persistence_sqlite::{Location, Sqlite, SqliteOptions};
 
@@ -29,7 +30,21 @@ impl Factory for TempFile {
         let second = open().await?;
         Ok(Fixture::new(Arc::new(store), clock)
             .with_second_handle(Arc::new(second))
-            .with_guard(dir))
+            .with_guard(dir)
+            .with_grace_opener(|days| async move {
+                let dir = tempfile::tempdir()?;
+                let clock = ManualClock::new(koda_persistence_conformance::START_MS);
+                let options = SqliteOptions {
+                    location: Location::File(dir.path().join("koda.db")),
+                    trash: TrashOptions {
+                        keep_deleted_days: Some(days),
+                        ..TrashOptions::default()
+                    },
+                    ..SqliteOptions::default()
+                };
+                let store = open_checked::<Sqlite>(options, Arc::new(clock.clone())).await?;
+                Ok(Fixture::new(Arc::new(store), clock).with_guard(dir))
+            }))
     }
 }
 
@@ -42,7 +57,20 @@ impl Factory for InMemory {
         let clock = ManualClock::new(start_ms);
         let store =
             open_checked::<Sqlite>(SqliteOptions::default(), Arc::new(clock.clone())).await?;
-        Ok(Fixture::new(Arc::new(store), clock))
+        Ok(
+            Fixture::new(Arc::new(store), clock).with_grace_opener(|days| async move {
+                let clock = ManualClock::new(koda_persistence_conformance::START_MS);
+                let options = SqliteOptions {
+                    trash: TrashOptions {
+                        keep_deleted_days: Some(days),
+                        ..TrashOptions::default()
+                    },
+                    ..SqliteOptions::default()
+                };
+                let store = open_checked::<Sqlite>(options, Arc::new(clock.clone())).await?;
+                Ok(Fixture::new(Arc::new(store), clock))
+            }),
+        )
     }
 }
 

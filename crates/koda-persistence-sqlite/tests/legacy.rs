@@ -126,7 +126,7 @@ fn build(path: &Path, generation: Generation) -> Connection {
 /// The file is at this build's schema version and records the generation
 /// it came from.
 fn assert_adopted(raw: &Connection, generation: Generation) {
-    assert_eq!(count(raw, "PRAGMA user_version"), 6);
+    assert_eq!(count(raw, "PRAGMA user_version"), 7);
     // An older koda may still read this file: its large outputs stay inline.
     let bodies: String = raw
         .query_row("SELECT value FROM kp_meta WHERE key = 'bodies'", [], |r| {
@@ -519,4 +519,92 @@ async fn undecodable_legacy_rows_are_corrupt() {
         store.load_all_messages("s-old").await.expect("load").len(),
         4
     );
+}
+
+/// A file adopted from an older koda keeps no grace period unless the URL
+/// asks: a delete removes the rows that koda reads, at once.
+#[tokio::test]
+async fn an_adopted_file_deletes_at_once_by_default() {
+    use koda_persistence_api::Import;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    drop(build(&path, Generation::Newest));
+    let store = open(&path).await;
+    assert!(store.delete_session("s-old").await.expect("delete"));
+    let raw = Connection::open(&path).expect("raw");
+    assert_eq!(
+        count(
+            &raw,
+            "SELECT COUNT(*) FROM messages WHERE session_id = 's-old'"
+        ),
+        0
+    );
+    assert_eq!(count(&raw, "SELECT COUNT(*) FROM kp_trash_messages"), 0);
+    assert!(store.list_deleted().await.expect("trash").is_empty());
+}
+
+/// On a file this layer created, a delete moves the rows out of the tables
+/// an older koda reads (it sees the session gone); a later open after the
+/// grace period removes them for good; a column a newer koda added to a
+/// live table meanwhile travels with the rows.
+#[tokio::test]
+async fn the_trash_is_out_of_an_older_kodas_sight_and_purged_on_open() {
+    use koda_persistence_api::Import;
+    use koda_persistence_api::trash::DAY_MS;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("koda.db");
+    let clock = ManualClock::new(NOW);
+    let options = SqliteOptions {
+        location: Location::File(path.clone()),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(options.clone(), Arc::new(clock.clone()))
+        .await
+        .expect("open");
+    let sid = store
+        .create_session("main", Path::new("/p"))
+        .await
+        .expect("create");
+    store
+        .insert_message(&sid, &Role::User, Some("secret"), None, None, None)
+        .await
+        .expect("insert");
+    let raw = Connection::open(&path).expect("raw");
+    raw.execute_batch(
+        "ALTER TABLE messages ADD COLUMN newer_koda TEXT; UPDATE messages SET newer_koda = 'kept';",
+    )
+    .expect("a newer koda adds a column");
+    assert!(store.delete_session(&sid).await.expect("delete"));
+    assert_eq!(count(&raw, "SELECT COUNT(*) FROM messages"), 0);
+    assert_eq!(count(&raw, "SELECT COUNT(*) FROM sessions"), 0);
+    assert_eq!(
+        count(
+            &raw,
+            "SELECT COUNT(*) FROM kp_trash_messages WHERE newer_koda = 'kept'"
+        ),
+        1
+    );
+    store.restore_session(&sid).await.expect("restore");
+    assert_eq!(
+        count(
+            &raw,
+            "SELECT COUNT(*) FROM messages WHERE newer_koda = 'kept'"
+        ),
+        1
+    );
+    assert!(store.delete_session(&sid).await.expect("delete again"));
+    drop(store);
+    clock.advance(7 * DAY_MS - 1);
+    let store = SqliteStore::open(options.clone(), Arc::new(clock.clone()))
+        .await
+        .expect("reopen");
+    assert_eq!(store.list_deleted().await.expect("trash").len(), 1);
+    drop(store);
+    clock.advance(1);
+    let store = SqliteStore::open(options, Arc::new(clock.clone()))
+        .await
+        .expect("reopen after the period");
+    assert_eq!(count(&raw, "SELECT COUNT(*) FROM kp_trash"), 0);
+    assert_eq!(count(&raw, "SELECT COUNT(*) FROM kp_trash_messages"), 0);
+    assert!(store.purge_deleted(true).await.expect("dry run").is_empty());
 }

@@ -61,12 +61,17 @@ pub use koda_persistence_api::bodies;
 /// Full-text search: the words, the query grammar, hits and their order.
 pub use koda_persistence_api::search;
 
+/// Deleted sessions kept for a grace period: `keep_deleted_days`, expiry,
+/// restore.
+pub use koda_persistence_api::trash;
+
 pub use koda_persistence_api::{
-    BodyStats, COMPACTION_HINT, Checked, Clock, CompactedStats, INTERRUPTION_PREVIEW_CHARS, Import,
-    InterruptionKind, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock,
-    Message, MessageRecord, MetadataRecord, Persistence, PersistenceError, Role, SLOW_CALL,
-    SearchHit, SearchScope, SessionInfo, SessionRecord, SessionUsage, StoreHealth, SystemClock,
-    TODO_KEY, TokenUsage, Traced, detect_interruption, session_checksum,
+    BodyStats, COMPACTION_HINT, Checked, Clock, CompactedStats, DeletedSession,
+    INTERRUPTION_PREVIEW_CHARS, Import, InterruptionKind, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS, ManualClock, Message, MessageRecord, MetadataRecord, Persistence,
+    PersistenceError, Role, SLOW_CALL, SearchHit, SearchScope, SessionInfo, SessionRecord,
+    SessionUsage, StoreHealth, SystemClock, TODO_KEY, TokenUsage, Traced, detect_interruption,
+    session_checksum,
 };
 
 /// The README's examples, compiled and run as doctests.

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The rooms every backend has.
-const ROOMS: [&str; 8] = [
+const ROOMS: [&str; 9] = [
     "lib.rs",
     "docs.md",
     "options.rs",
@@ -19,6 +19,7 @@ const ROOMS: [&str; 8] = [
     "queries.rs",
     "rows.rs",
     "search.rs",
+    "trash.rs",
 ];
 
 /// Each backend: its rooms beyond [`ROOMS`] (a driver's `error.rs`, how its

@@ -432,8 +432,21 @@ async fn two_handles(
     let store = open_checked::<Postgres>(o.clone(), Arc::new(clock.clone())).await?;
     let second = open_checked::<Postgres>(o, Arc::new(clock.clone())).await?;
     let probe_url = url.clone();
+    let grace_url = url.clone();
     Ok(Fixture::new(Arc::new(store), clock)
         .with_second_handle(Arc::new(second))
+        .with_grace_opener(move |days| {
+            let url = grace_url.clone();
+            async move {
+                let schema = fresh_schema();
+                let mut o = options(&url, &schema)?;
+                o.trash.keep_deleted_days = Some(days);
+                let clock = ManualClock::new(koda_persistence_conformance::START_MS);
+                let store = open_checked::<Postgres>(o, Arc::new(clock.clone())).await?;
+                Ok(Fixture::new(Arc::new(store), clock)
+                    .with_teardown(move || async move { drop_schema(&url, &schema).await }))
+            }
+        })
         .with_deadlock_probe(move || deadlocks(probe_url.clone()))
         .with_teardown(move || async move {
             drop_schema(&url, &schema).await?;
