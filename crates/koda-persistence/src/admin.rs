@@ -4,7 +4,7 @@
 //! commands report with, PostgreSQL's least-privilege grants, and moving
 //! an SQLite file's inline large outputs into bodies (`compact-bodies`).
 
-pub use koda_persistence_api::backend::{named_tool_call_ids, purge_cutoff};
+pub use koda_persistence_api::backend::{format_timestamp, named_tool_call_ids, purge_cutoff};
 
 #[cfg(feature = "postgres")]
 pub use koda_persistence_postgres::{connect_raw, grant, grant_sql};

@@ -13,7 +13,7 @@ use serde_json::json;
 use koda_store::transfer::{self, FileSessions, Verified, Whole};
 
 /// Prints rows as an aligned table (the last column unpadded).
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
@@ -39,7 +39,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// One line of a cell: newlines and tabs shown as spaces, clipped.
-fn cell(s: Option<&str>, max: usize) -> String {
+pub(crate) fn cell(s: Option<&str>, max: usize) -> String {
     let flat: String = s
         .unwrap_or("")
         .chars()

@@ -9,6 +9,7 @@
 
 mod inspect;
 mod search;
+mod trash;
 
 use koda_store::transfer;
 
@@ -128,14 +129,39 @@ Example: koda-store copy --from sqlite://$HOME/.config/koda/db/koda.db \\
         json: bool,
     },
     /// Delete compacted messages older than DAYS days (0: every compacted
-    /// message). Active history is never touched.
+    /// message; active history is never touched), and with --deleted the
+    /// deleted sessions whose grace period has ended.
     Purge {
         /// Minimum age in days of the compacted messages to delete.
-        #[arg(long, value_name = "DAYS")]
-        older_than: u32,
+        #[arg(long, value_name = "DAYS", required_unless_present = "deleted")]
+        older_than: Option<u32>,
+        /// Remove for good the deleted sessions whose grace period
+        /// (`keep_deleted_days`) has ended.
+        #[arg(long)]
+        deleted: bool,
         /// Count what would go; delete nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Delete a session as koda does: into the trash when the store keeps
+    /// a grace period (`keep_deleted_days`, 7 days on a store this layer
+    /// created), for good otherwise. Exits 1 for an unknown session.
+    Delete {
+        /// The session id (see `koda-store sessions`).
+        session: String,
+    },
+    /// List the deleted sessions that can still be restored, each with
+    /// when it goes for good.
+    Trash {
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a deleted session back as it was. Exits 1 when it is not in
+    /// the trash.
+    Restore {
+        /// The session id (see `koda-store trash`).
+        session: String,
     },
     /// Check a store: session counters against their rows, tool results
     /// whose call is missing, calls that were never answered. Exits 1 when
@@ -328,10 +354,34 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Purge {
             older_than,
+            deleted,
             dry_run,
         } => {
             let url = store_url()?;
-            inspect::purge(&open(&url).await?, older_than, dry_run).await?;
+            // The report must name what an open would purge.
+            let store = if deleted {
+                open(&trash::without_open_purge(&url)).await?
+            } else {
+                open(&url).await?
+            };
+            if let Some(days) = older_than {
+                inspect::purge(&store, days, dry_run).await?;
+            }
+            if deleted {
+                trash::purge(&store, dry_run).await?;
+            }
+        }
+        Command::Delete { session } => {
+            let url = store_url()?;
+            return trash::delete(&open(&url).await?, &session).await;
+        }
+        Command::Trash { json } => {
+            let url = store_url()?;
+            trash::list(&open(&url).await?, json).await?;
+        }
+        Command::Restore { session } => {
+            let url = store_url()?;
+            return trash::restore(&open(&url).await?, &session).await;
         }
         Command::Doctor { json } => {
             let url = store_url()?;

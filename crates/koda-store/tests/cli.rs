@@ -856,3 +856,74 @@ fn search_prints_hits_and_narrows_them() {
     let bad_role = run(&["--store", &url, "search", "x", "--role", "robot"]);
     assert_eq!(bad_role.status.code(), Some(2));
 }
+
+/// `delete` moves a session to the trash (a store this layer created keeps
+/// 7 days), `trash` lists it with when it goes, `restore` brings it back
+/// whole; `purge --deleted --dry-run` names what a purge would remove and
+/// removes nothing (not even on open), `purge --deleted` removes it, and
+/// unknown sessions exit 1.
+#[test]
+fn delete_trash_restore_and_purge_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("koda.db");
+    populated(&db, 2, 2);
+    let url = sqlite_url(&db);
+    let json =
+        |args: &[&str]| -> serde_json::Value { serde_json::from_slice(&ok(args).stdout).unwrap() };
+    let listed = json(&["--store", &url, "sessions", "--json"]);
+    let sid = listed["sessions"][0]["id"].as_str().unwrap().to_owned();
+    let before = json(&["--store", &url, "show", &sid, "--all", "--json"]);
+
+    let out = text(&ok(&["--store", &url, "delete", &sid]).stdout);
+    assert!(out.contains("trash") && out.contains(&sid), "{out}");
+    let trash = json(&["--store", &url, "trash", "--json"]);
+    assert_eq!(trash["trash"][0]["id"], sid.as_str());
+    assert_eq!(
+        trash["trash"][0]["message_count"].as_u64(),
+        Some(before["messages"].as_array().unwrap().len() as u64)
+    );
+    let listed = json(&["--store", &url, "sessions", "--json"]);
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 1);
+    let table = text(&ok(&["--store", &url, "trash"]).stdout);
+    assert!(
+        table.contains("gone for good") && table.contains(&sid),
+        "{table}"
+    );
+
+    ok(&["--store", &url, "restore", &sid]);
+    assert_eq!(
+        json(&["--store", &url, "show", &sid, "--all", "--json"]),
+        before
+    );
+    let out = run(&["--store", &url, "restore", &sid]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+
+    ok(&["--store", &url, "delete", &sid]);
+    // Under a grace period of 0 days every trashed session has expired.
+    let now = format!("{url}?keep_deleted_days=0");
+    let dry = text(&ok(&["--store", &now, "purge", "--deleted", "--dry-run"]).stdout);
+    assert!(
+        dry.contains("would remove 1") && dry.contains(&sid),
+        "{dry}"
+    );
+    let still = json(&["--store", &url, "trash", "--json"]);
+    assert_eq!(
+        still["trash"].as_array().unwrap().len(),
+        1,
+        "dry run removed it"
+    );
+    let done = text(&ok(&["--store", &now, "purge", "--deleted"]).stdout);
+    assert!(done.contains("removed 1"), "{done}");
+    let empty = json(&["--store", &url, "trash", "--json"]);
+    assert_eq!(empty["trash"].as_array().unwrap().len(), 0);
+    let out = run(&["--store", &url, "restore", &sid]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(&["--store", &url, "delete", &sid]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(&["--store", &url, "purge"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "purge needs --older-than or --deleted"
+    );
+}
