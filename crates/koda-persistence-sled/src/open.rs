@@ -58,12 +58,11 @@ impl SledStore {
             }),
             clock,
         };
-        // Trashed sessions whose grace period has ended go for good; a
-        // failure (a trash record that does not decode) is only warned:
-        // every later purge tries again and says why.
-        if purge_on_open
-            && let Err(e) = koda_persistence_api::Import::purge_deleted(&store, false).await
-        {
+        // Trashed sessions whose grace period has ended go for good (an
+        // open writes nothing when none has); a failure (a trash record
+        // that does not decode, a full disk) is only warned: every later
+        // purge tries again and says why.
+        if purge_on_open && let Err(e) = store.purge_expired_on_open().await {
             tracing::warn!(error = %format!("{e:#}"), "purging expired deleted sessions");
         }
         Ok(store)

@@ -54,6 +54,22 @@ impl crate::SledStore {
         .await
     }
 
+    /// Purges the expired trashed sessions, writing only when there are.
+    pub(crate) async fn purge_expired_on_open(&self) -> Result<()> {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        let expired = self
+            .read(move |db| {
+                let mut all = every(db, days)?;
+                all.retain(|d| is_expired(d.deleted_ms, days, now));
+                Ok(!all.is_empty())
+            })
+            .await?;
+        if expired {
+            self.purge_trash(false).await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn trashed(&self) -> Result<Vec<DeletedSession>> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
         self.read(move |db| list_deleted(db, now, days)).await
