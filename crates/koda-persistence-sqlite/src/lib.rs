@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod checkpoint;
+mod cipher;
 mod error;
 mod open;
 mod options;
@@ -70,6 +71,8 @@ pub struct SqliteStore {
     blobs: Arc<std::sync::atomic::AtomicBool>,
     /// Days deleted sessions stay in the trash (0: none; see `open.rs`).
     keep_deleted_days: u32,
+    /// The key of an encrypted file (`cipher.rs`), for new connections.
+    key: Option<cipher::Key>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -314,7 +317,8 @@ impl Import for SqliteStore {
     }
 
     async fn health(&self) -> Result<StoreHealth> {
-        self.read(queries::health).await
+        let key = self.key.clone();
+        self.read(move |c| queries::health(c, key.as_ref())).await
     }
 
     async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {

@@ -11,6 +11,7 @@ use koda_persistence_api::backend::{SharedContextCache, options_of};
 use koda_persistence_api::{Clock, Import, PersistenceError};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use crate::cipher::{self, Key};
 use crate::error::classify;
 use crate::options::{Location, SqliteOptions};
 use crate::worker::Worker;
@@ -89,19 +90,32 @@ enum Role {
     Checkpointer,
 }
 
-/// Opens one connection with the store's pragmas, set up for `role`.
-fn connect(path: &Path, options: &SqliteOptions, role: Role) -> Result<Connection> {
-    let writer = role == Role::Writer;
+/// Opens a connection to `path`, keyed when the store is encrypted.
+pub(crate) fn open_keyed(path: &Path, key: Option<&Key>) -> Result<Connection> {
     let conn = Connection::open_with_flags(sqlite_name(path), flags())?;
+    if let Some(key) = key {
+        cipher::apply(&conn, key)?;
+    }
+    Ok(conn)
+}
+
+/// Opens one connection with the store's pragmas, set up for `role`.
+fn connect(
+    path: &Path,
+    options: &SqliteOptions,
+    role: Role,
+    key: Option<&Key>,
+) -> Result<Connection> {
+    let writer = role == Role::Writer;
+    let conn = open_keyed(path, key)?;
     conn.busy_timeout(if writer {
         Duration::ZERO
     } else {
         options.busy_timeout
     })?;
-    // Reading the schema proves the file is a database before anything writes.
-    let objects = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    })?;
+    // Reading the schema proves the file is a database (and the key its
+    // key) before anything writes.
+    let objects = cipher::schema_objects(&conn, path, key.is_some())?;
     match role {
         Role::Writer => {
             if objects == 0 {
@@ -140,6 +154,8 @@ pub(crate) struct Opened {
     pub(crate) blobs: bool,
     /// The grace period of deleted sessions (see [`keep_deleted_days`]).
     pub(crate) keep_deleted_days: u32,
+    /// The key every connection is keyed with (an encrypted file).
+    pub(crate) key: Option<Key>,
 }
 
 /// The grace period a handle keeps: the options', else 7 days on a file
@@ -176,9 +192,15 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
                 checkpointer: None,
                 blobs,
                 keep_deleted_days,
+                key: None,
             })
         }
         Location::File(path) => {
+            let key = options
+                .key_file
+                .as_deref()
+                .map(cipher::read_key)
+                .transpose()?;
             if !path.exists() {
                 if !options.create {
                     return Err(PersistenceError::InvalidInput(format!(
@@ -203,16 +225,16 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
             // koda mid-turn) may hold the write lock while we adopt the file.
             let deadline = Instant::now() + options.busy_timeout;
             let mut writer = worker::retry_busy(deadline, options.busy_timeout, || {
-                connect(path, options, Role::Writer)
+                connect(path, options, Role::Writer, key.as_ref())
             })?;
             schema::migrate(&mut writer, deadline, options)?;
             let blobs = worker::retry_busy(deadline, options.busy_timeout, || {
                 schema::body_mode(&writer, options.blobs)
             })?;
             let readers = (0..options.readers)
-                .map(|_| connect(path, options, Role::Reader))
+                .map(|_| connect(path, options, Role::Reader, key.as_ref()))
                 .collect::<Result<Vec<_>>>()?;
-            let checkpointer = connect(path, options, Role::Checkpointer)?;
+            let checkpointer = connect(path, options, Role::Checkpointer, key.as_ref())?;
             let keep_deleted_days = keep_deleted_days(&writer, options)?;
             Ok(Opened {
                 writer,
@@ -220,6 +242,7 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
                 checkpointer: Some(checkpointer),
                 blobs,
                 keep_deleted_days,
+                key,
             })
         }
     }
@@ -267,6 +290,7 @@ impl SqliteStore {
             cache: Arc::new(SharedContextCache::default()),
             blobs: Arc::new(std::sync::atomic::AtomicBool::new(opened.blobs)),
             keep_deleted_days: opened.keep_deleted_days,
+            key: opened.key,
         };
         // Trashed sessions whose grace period has ended go for good; a
         // file another process keeps busy is purged on a later open.

@@ -56,6 +56,12 @@ pub struct SqliteOptions {
     /// older koda (a delete there removes the rows at once, as that koda
     /// expects).
     pub trash: koda_persistence_api::trash::TrashOptions,
+    /// Encrypt the whole file with the key this file holds (feature
+    /// `sqlcipher`; URL `key_file=PATH`, or the environment's
+    /// `KODA_STORE_KEY_FILE` when the URL names none). The file must be
+    /// private to its owner (mode 0600) and hold 32 random bytes or a
+    /// passphrase line. `None`: a plain file.
+    pub key_file: Option<PathBuf>,
 }
 
 impl SqliteOptions {
@@ -66,6 +72,11 @@ impl SqliteOptions {
     pub fn validate(&self) -> Result<(), PersistenceError> {
         koda_persistence_api::backend::url::check_timeout("busy_timeout", self.busy_timeout)?;
         koda_persistence_api::backend::url::check_count("readers", self.readers, 1, MAX_READERS)?;
+        if self.key_file.is_some() && self.location == Location::Memory {
+            return Err(PersistenceError::InvalidInput(
+                "key_file encrypts a file: an in-memory database has none".into(),
+            ));
+        }
         self.trash.validate()
     }
 }
@@ -80,6 +91,7 @@ impl Default for SqliteOptions {
             create: true,
             blobs: None,
             trash: koda_persistence_api::trash::TrashOptions::default(),
+            key_file: None,
         }
     }
 }
@@ -141,6 +153,12 @@ impl SqliteOptions {
             }
             p => Location::File(PathBuf::from(p)),
         };
+        if options.key_file.is_none()
+            && options.location != Location::Memory
+            && let Some(env) = std::env::var_os("KODA_STORE_KEY_FILE").filter(|v| !v.is_empty())
+        {
+            options.key_file = Some(PathBuf::from(env));
+        }
         Ok(options)
     }
 
@@ -171,6 +189,9 @@ impl SqliteOptions {
             self.blobs = Some(p.boolean()?);
         }
         self.trash = self.trash.with_parameters(url)?;
+        if let Some(p) = url.take("key_file") {
+            self.key_file = Some(PathBuf::from(&p.value));
+        }
         Ok(self)
     }
 }

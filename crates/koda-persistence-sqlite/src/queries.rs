@@ -742,7 +742,7 @@ pub(crate) fn export_metadata(conn: &Connection, session_id: &str) -> Result<Vec
 
 /// `PRAGMA integrity_check` (every page, every index against its table),
 /// and every session's counters and positions against its messages.
-pub(crate) fn health(conn: &Connection) -> Result<StoreHealth> {
+pub(crate) fn health(conn: &Connection, key: Option<&crate::cipher::Key>) -> Result<StoreHealth> {
     let schema_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let mut problems = Vec::new();
     // On a connection of its own: FTS5 keeps an index's structure cached
@@ -754,11 +754,7 @@ pub(crate) fn health(conn: &Connection) -> Result<StoreHealth> {
     // has one connection: it checks there.
     let own = match conn.path().filter(|p| !p.is_empty()) {
         Some(path) => {
-            let fresh = Connection::open_with_flags(
-                path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
+            let fresh = crate::open::open_keyed(std::path::Path::new(path), key)?;
             fresh.busy_timeout(std::time::Duration::from_secs(5))?;
             Some(fresh)
         }
@@ -789,7 +785,17 @@ pub(crate) fn health(conn: &Connection) -> Result<StoreHealth> {
     let (bodies, body_problems) = body_health(conn)?;
     problems.extend(body_problems);
     let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    // SQLCipher answers `page_size` as text (its `cipher_page_size`).
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| {
+        Ok(match r.get_ref(0)? {
+            rusqlite::types::ValueRef::Integer(n) => n,
+            rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0),
+            _ => 0,
+        })
+    })?;
     Ok(StoreHealth {
         schema_version,
         latest_schema_version: i64::try_from(crate::schema::SCHEMA_VERSION).unwrap_or(i64::MAX),

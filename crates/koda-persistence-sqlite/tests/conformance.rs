@@ -83,3 +83,43 @@ mod memory {
     use super::*;
     koda_persistence_conformance::conformance_tests!(InMemory);
 }
+
+/// A fresh SQLCipher-encrypted file (feature `sqlcipher`): the whole suite
+/// and the state machine on an encrypted store.
+#[cfg(feature = "sqlcipher")]
+struct EncryptedFile;
+
+#[cfg(feature = "sqlcipher")]
+#[async_trait::async_trait]
+impl Factory for EncryptedFile {
+    async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let key = dir.path().join("store.key");
+        // A raw key: no passphrase derivation on each of the many opens.
+        std::fs::write(&key, [0x5au8; 32])?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        let clock = ManualClock::new(start_ms);
+        let open = || {
+            open_checked::<Sqlite>(
+                SqliteOptions {
+                    location: Location::File(dir.path().join("koda.db")),
+                    key_file: Some(key.clone()),
+                    ..SqliteOptions::default()
+                },
+                Arc::new(clock.clone()),
+            )
+        };
+        let store = open().await?;
+        let second = open().await?;
+        Ok(Fixture::new(Arc::new(store), clock)
+            .with_second_handle(Arc::new(second))
+            .with_guard(dir))
+    }
+}
+
+#[cfg(feature = "sqlcipher")]
+mod encrypted {
+    use super::*;
+    koda_persistence_conformance::conformance_tests!(EncryptedFile);
+}

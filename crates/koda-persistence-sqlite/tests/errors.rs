@@ -370,3 +370,31 @@ async fn health_reports_an_index_that_disagrees_with_its_table() {
         "{problems:?}"
     );
 }
+
+/// Without the `sqlcipher` feature a `key_file` is refused, naming the
+/// feature: a file meant to be encrypted is never written in clear.
+#[cfg(not(feature = "sqlcipher"))]
+#[tokio::test]
+async fn a_key_file_without_the_sqlcipher_feature_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("koda.db");
+    let url = format!(
+        "sqlite://{}?key_file={}",
+        db.display(),
+        dir.path().join("k.key").display()
+    );
+    let err = koda_persistence_sqlite::SqliteStore::open_url(
+        &url,
+        std::sync::Arc::new(koda_persistence_api::SystemClock),
+    )
+    .await
+    .expect_err("a key_file without encryption compiled in");
+    assert!(
+        matches!(
+            koda_persistence_api::PersistenceError::of(&err),
+            Some(koda_persistence_api::PersistenceError::InvalidInput(m)) if m.contains("sqlcipher")
+        ),
+        "{err:#}"
+    );
+    assert!(!db.exists(), "the plaintext file was created");
+}

@@ -12,6 +12,21 @@ pub use koda_persistence_postgres::{connect_raw, grant, grant_sql};
 #[cfg(feature = "sqlite")]
 pub use koda_persistence_sqlite::BodyMove;
 
+/// Re-encrypts the SQLite file `url` names (with its current `key_file`)
+/// under the key in `new_key_file`, in place (see
+/// [`SqliteStore::rekey_file`](koda_persistence_sqlite::SqliteStore::rekey_file)):
+/// no other process may have it open.
+///
+/// # Errors
+/// `InvalidInput` for a URL that is not an encrypted SQLite file;
+/// `PermissionDenied` for a wrong key or a key file others may read;
+/// `Unavailable` while the file is in use.
+#[cfg(feature = "sqlite")]
+pub async fn rekey(url: &str, new_key_file: &std::path::Path) -> anyhow::Result<()> {
+    let options = crate::options_of::<koda_persistence_sqlite::Sqlite>(url)?;
+    koda_persistence_sqlite::SqliteStore::rekey_file(options, new_key_file).await
+}
+
 /// Stores the large outputs an SQLite file holds inline once, as bodies,
 /// and turns storing once on for the file (see
 /// [`SqliteStore::compact_bodies`](koda_persistence_sqlite::SqliteStore::compact_bodies));

@@ -26,7 +26,10 @@ const ROOMS: [&str; 9] = [
 /// calls run, what is truly its own).
 const BACKENDS: [(&str, &[&str]); 4] = [
     ("memory", &[]),
-    ("sqlite", &["error.rs", "worker.rs", "checkpoint.rs"]),
+    (
+        "sqlite",
+        &["error.rs", "worker.rs", "checkpoint.rs", "cipher.rs"],
+    ),
     ("postgres", &["error.rs", "exec.rs", "tls.rs"]),
     ("sled", &["error.rs", "exec.rs"]),
 ];

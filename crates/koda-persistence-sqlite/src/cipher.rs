@@ -1,0 +1,182 @@
+//! Whole-file encryption at rest (feature `sqlcipher`): the key file, and
+//! keying every connection before it reads a page.
+//!
+//! A key file is private to its owner (no group or other permission bits)
+//! and holds either exactly 32 bytes (a raw 256-bit key) or a passphrase
+//! (its first line; SQLCipher derives the key with PBKDF2). The key never
+//! appears in a URL, an error, a log line or `Debug` output.
+
+use std::fmt;
+use std::path::Path;
+
+use koda_persistence_api::PersistenceError;
+use rusqlite::Connection;
+
+/// A store key: what `PRAGMA key` is given.
+#[derive(Clone)]
+pub(crate) struct Key(String);
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(<redacted>)")
+    }
+}
+
+/// The refusal every wrong, missing or misplaced key gets.
+pub(crate) fn wrong_key(path: &Path) -> PersistenceError {
+    PersistenceError::PermissionDenied(format!(
+        "{}: wrong key, or not an encrypted store (the file is left untouched)",
+        path.display()
+    ))
+}
+
+/// Reads the key file at `path`.
+///
+/// # Errors
+/// `PermissionDenied` (naming the mend) for a missing or unreadable file
+/// or one that others may read; `InvalidInput` for an empty one, or when
+/// this build lacks the `sqlcipher` feature.
+pub(crate) fn read_key(path: &Path) -> Result<Key, PersistenceError> {
+    if !cfg!(feature = "sqlcipher") {
+        return Err(PersistenceError::InvalidInput(
+            "key_file needs a build with encryption: enable the cargo feature `sqlcipher` \
+             (koda-persistence = { features = [\"sqlcipher\"] })"
+                .into(),
+        ));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| {
+        PersistenceError::PermissionDenied(format!(
+            "key file {}: {e} (create it with 32 random bytes, e.g. \
+             `head -c 32 /dev/urandom > FILE && chmod 600 FILE`)",
+            path.display()
+        ))
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(PersistenceError::PermissionDenied(format!(
+                "key file {} may be read by others (mode {mode:o}): run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    let bytes = std::fs::read(path).map_err(|e| {
+        PersistenceError::PermissionDenied(format!("key file {}: {e}", path.display()))
+    })?;
+    if bytes.len() == 32 {
+        let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+        return Ok(Key(format!("x'{hex}'")));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        PersistenceError::InvalidInput(format!(
+            "key file {}: neither 32 bytes nor a UTF-8 passphrase line",
+            path.display()
+        ))
+    })?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        return Err(PersistenceError::InvalidInput(format!(
+            "key file {} is empty: it holds 32 random bytes or a passphrase line",
+            path.display()
+        )));
+    }
+    Ok(Key(line.to_owned()))
+}
+
+/// Keys `conn` (before it reads anything). SQLCipher's own log (a failed
+/// page check, a wrong key) stays off stderr: the errors say it.
+pub(crate) fn apply(conn: &Connection, key: &Key) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "key", &key.0)?;
+    // Older SQLCipher builds lack the pragma: nothing to turn off there.
+    let _ = conn.execute_batch("PRAGMA cipher_log_level = NONE");
+    Ok(())
+}
+
+impl crate::SqliteStore {
+    /// Re-encrypts the file `options` names (keyed by `options.key_file`)
+    /// under the key in `new_key_file`, in place. No other connection may
+    /// have the file open: the file leaves WAL mode for the rekey, which
+    /// SQLite only allows to its one user, and goes back to WAL after.
+    ///
+    /// # Errors
+    /// `InvalidInput` without `key_file` or for an in-memory database;
+    /// `PermissionDenied` for a wrong key or a key file others may read;
+    /// `Unavailable` while another connection holds the file.
+    pub async fn rekey_file(
+        options: crate::SqliteOptions,
+        new_key_file: &Path,
+    ) -> anyhow::Result<()> {
+        options.validate()?;
+        let crate::Location::File(path) = options.location.clone() else {
+            return Err(
+                PersistenceError::InvalidInput("rekey needs a database file".into()).into(),
+            );
+        };
+        let old_file = options.key_file.clone().ok_or_else(|| {
+            PersistenceError::InvalidInput(
+                "rekey needs the current key_file (a plain file: use `koda-store encrypt`)".into(),
+            )
+        })?;
+        let (old, new) = (read_key(&old_file)?, read_key(new_key_file)?);
+        let location = options.location.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let conn = crate::open::open_keyed(&path, Some(&old))?;
+            conn.busy_timeout(options.busy_timeout)?;
+            schema_objects(&conn, &path, true)?;
+            let mode: String = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("delete") {
+                return Err(PersistenceError::Unavailable(format!(
+                    "{} is open elsewhere (it stays in {mode} mode): stop koda, then rekey",
+                    path.display()
+                ))
+                .into());
+            }
+            conn.pragma_update(None, "rekey", &new.0)?;
+            let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            anyhow::ensure!(mode.eq_ignore_ascii_case("wal"), "back to WAL: {mode}");
+            Ok(())
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("rekey task failed: {e}"))?
+        .map_err(|e| crate::error::classify(e, &location))
+    }
+}
+
+/// How many schema objects the file holds: reading them proves the file
+/// is a database and the key (when `keyed`) its key. "Not a database" on
+/// a keyed connection, or on a file that looks encrypted, is
+/// [`wrong_key`].
+pub(crate) fn schema_objects(conn: &Connection, path: &Path, keyed: bool) -> anyhow::Result<i64> {
+    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| {
+            let not_a_database = e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase);
+            if not_a_database && (keyed || looks_encrypted(path)) {
+                anyhow::Error::new(e).context(wrong_key(path))
+            } else {
+                anyhow::Error::new(e)
+            }
+        })
+}
+
+/// Whether the file at `path` looks like an encrypted store: not SQLite's
+/// plain header, and a whole number of pages. (An encrypted file's first
+/// bytes are its random salt.)
+pub(crate) fn looks_encrypted(path: &Path) -> bool {
+    use std::io::Read as _;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if meta.len() < 1024 || meta.len() % 512 != 0 {
+        return false;
+    }
+    let mut head = [0u8; 16];
+    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)) {
+        Ok(()) => &head != b"SQLite format 3\0",
+        Err(_) => false,
+    }
+}
