@@ -143,6 +143,28 @@ Example: koda-store copy --from sqlite://$HOME/.config/koda/db/koda.db \\
         #[arg(long)]
         dry_run: bool,
     },
+    /// Copy the store into a new encrypted SQLite file and verify every
+    /// session (as `copy` does). The target URL names its key:
+    /// `sqlite:///path/new.db?key_file=/path/store.key` (a 0600 file of 32
+    /// random bytes or a passphrase line). The source stays as it is.
+    #[command(after_help = "\
+Needs a koda-store built with --features sqlcipher. An older koda cannot read
+an encrypted file; keep the key file safe: without it the history is lost.")]
+    Encrypt {
+        /// The encrypted target's URL (sqlite://PATH?key_file=KEYFILE).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// The verification as one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-encrypt an encrypted SQLite store (--store with its current
+    /// key_file) under a new key, in place. Stop every koda using it first.
+    Rekey {
+        /// The new key file (0600; 32 random bytes or a passphrase line).
+        #[arg(long, value_name = "PATH")]
+        new_key_file: PathBuf,
+    },
     /// Delete a session as koda does: into the trash when the store keeps
     /// a grace period (`keep_deleted_days`, 7 days on a store this layer
     /// created), for good otherwise. Exits 1 for an unknown session.
@@ -351,6 +373,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let source = open(&from).await?;
             let target = open(&to).await?;
             return inspect::copy(&source, &target, &sessions, json, &redact(&to)).await;
+        }
+        Command::Encrypt { to, json } => {
+            let parsed = koda_persistence::StoreUrl::parse(&to)?;
+            if parsed.scheme() != "sqlite"
+                || !(parsed.has("key_file") || std::env::var_os("KODA_STORE_KEY_FILE").is_some())
+            {
+                anyhow::bail!(
+                    "encrypt --to needs an SQLite URL with its key: \
+                     sqlite:///path/new.db?key_file=/path/store.key"
+                );
+            }
+            let source = open(&store_url()?).await?;
+            let target = open(&to).await?;
+            return inspect::copy(&source, &target, &[], json, &redact(&to)).await;
+        }
+        Command::Rekey { new_key_file } => {
+            let url = store_url()?;
+            koda_persistence::admin::rekey(&url, &new_key_file).await?;
+            eprintln!(
+                "{}: re-encrypted under {}",
+                redact(&url),
+                new_key_file.display()
+            );
         }
         Command::Purge {
             older_than,

@@ -927,3 +927,51 @@ fn delete_trash_restore_and_purge_deleted() {
         "purge needs --older-than or --deleted"
     );
 }
+
+/// `encrypt --to` copies a plaintext store into a new encrypted file and
+/// verifies it; the file holds none of the history's text; `rekey` moves it
+/// to a new key, after which the old key is refused (exit 1, no key shown).
+#[cfg(feature = "sqlcipher")]
+#[test]
+fn encrypt_then_rekey() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("koda.db");
+    populated(&plain, 2, 2);
+    let key = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    };
+    let old = key("old.key", &[9u8; 32]);
+    let new = key("new.key", b"another passphrase\n");
+    let enc = dir.path().join("enc.db");
+    let enc_url = |k: &Path| format!("sqlite://{}?key_file={}", enc.display(), k.display());
+    let url = sqlite_url(&plain);
+    ok(&["--store", &url, "encrypt", "--to", &enc_url(&old)]);
+    let listed = |u: &str| text(&ok(&["--store", u, "sessions", "--json"]).stdout);
+    assert_eq!(listed(&enc_url(&old)), listed(&url));
+    let bytes = std::fs::read(&enc).unwrap();
+    assert!(
+        !bytes.windows(8).any(|w| w == b"session "),
+        "titles on disk"
+    );
+    let refused = run(&["--store", &url, "encrypt", "--to", &sqlite_url(&enc)]);
+    assert_eq!(refused.status.code(), Some(1), "encrypt without a key");
+    ok(&[
+        "--store",
+        &enc_url(&old),
+        "rekey",
+        "--new-key-file",
+        new.to_str().unwrap(),
+    ]);
+    let out = run(&["--store", &enc_url(&old), "sessions"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("wrong key"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(listed(&enc_url(&new)), listed(&url));
+}
