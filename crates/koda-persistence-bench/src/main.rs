@@ -266,7 +266,8 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
     }
     row.w2_cold = stats(&mut cold);
     row.w2_ceiling = match (target, &fresh.sqlite_path, &fresh.pg_schema) {
-        (Target::Sqlite { .. }, Some(path), _) => {
+        // An encrypted file's ceiling is the plain target's, in the same run.
+        (Target::Sqlite { options, .. }, Some(path), _) if options.key_file.is_none() => {
             Some(stats(&mut ceiling::sqlite_w2(path, &sid, plan.calls)?))
         }
         (Target::Postgres { url }, _, Some(schema)) => Some(stats(
@@ -295,7 +296,9 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
             Some(stats(&mut ceiling::postgres_w6(url, schema, &sid, plan.calls).await?).0);
     }
     // W7's ceiling compacts a second session of the same shape, raw.
-    if let (Target::Sqlite { options, .. }, Some(path)) = (target, &fresh.sqlite_path) {
+    if let (Target::Sqlite { options, .. }, Some(path)) = (target, &fresh.sqlite_path)
+        && options.key_file.is_none()
+    {
         let twin = fill(
             store.as_ref(),
             Path::new("/bench/w2"),

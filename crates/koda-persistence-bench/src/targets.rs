@@ -85,8 +85,13 @@ impl Target {
             Target::Memory => "memory".into(),
             Target::Sqlite { options, .. } => {
                 format!(
-                    "sqlite ({})",
-                    format!("{:?}", options.synchronous).to_uppercase()
+                    "sqlite ({}{})",
+                    format!("{:?}", options.synchronous).to_uppercase(),
+                    if options.key_file.is_some() {
+                        ", encrypted"
+                    } else {
+                        ""
+                    }
                 )
             }
             Target::Sled { options, .. } => format!("sled ({:?})", options.flush),
