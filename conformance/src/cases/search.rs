@@ -529,12 +529,33 @@ pub async fn searches_racing_writers_and_a_compactor_miss_nothing(fx: &Fixture) 
     const WRITES: usize = 40;
     let sessions = [session(fx).await?, session(fx).await?];
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Compaction rounds and searches so far: the writers hold their second
+    // half until both have run, so the race happens on every backend,
+    // however fast its writes (a fast store once finished before the
+    // compactor's first round).
+    let progress = std::sync::Arc::new([
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    ]);
     let mut writers = Vec::new();
     for (w, sid) in sessions.iter().enumerate() {
-        let (store, sid) = (fx.store.clone(), sid.clone());
+        let (store, sid, progress) = (fx.store.clone(), sid.clone(), progress.clone());
         writers.push(tokio::spawn(async move {
             let mut ids = Vec::with_capacity(WRITES);
             for i in 0..WRITES {
+                if i == WRITES / 2 {
+                    let waiting = std::time::Instant::now();
+                    while progress
+                        .iter()
+                        .any(|p| p.load(std::sync::atomic::Ordering::SeqCst) == 0)
+                    {
+                        anyhow::ensure!(
+                            waiting.elapsed() < std::time::Duration::from_secs(60),
+                            "the compactor or the searcher never ran"
+                        );
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                }
                 let text = format!("racemark writer{w} n{i}");
                 ids.push(
                     store
@@ -546,7 +567,12 @@ pub async fn searches_racing_writers_and_a_compactor_miss_nothing(fx: &Fixture) 
         }));
     }
     let compactor = {
-        let (store, sessions, done) = (fx.store.clone(), sessions.clone(), done.clone());
+        let (store, sessions, done, progress) = (
+            fx.store.clone(),
+            sessions.clone(),
+            done.clone(),
+            progress.clone(),
+        );
         tokio::spawn(async move {
             let mut rounds = 0usize;
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
@@ -554,13 +580,14 @@ pub async fn searches_racing_writers_and_a_compactor_miss_nothing(fx: &Fixture) 
                     store.compact_session(sid, "summary", 5).await?;
                 }
                 rounds += 1;
+                progress[0].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::task::yield_now().await;
             }
             anyhow::Ok(rounds)
         })
     };
     let searcher = {
-        let (store, done) = (fx.store.clone(), done.clone());
+        let (store, done, progress) = (fx.store.clone(), done.clone(), progress.clone());
         tokio::spawn(async move {
             let scope = SearchScope {
                 include_compacted: true,
@@ -575,6 +602,7 @@ pub async fn searches_racing_writers_and_a_compactor_miss_nothing(fx: &Fixture) 
                     );
                 }
                 searches += 1;
+                progress[1].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::task::yield_now().await;
             }
             anyhow::Ok(searches)

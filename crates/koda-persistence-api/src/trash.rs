@@ -58,8 +58,8 @@ pub struct TrashOptions {
     pub keep_deleted_days: Option<u32>,
     /// Whether opening removes the expired trashed sessions
     /// (`purge_on_open=on|off`, on by default). `koda-store purge
-    /// --deleted --dry-run` opens with it off, so that it can report what
-    /// would go.
+    /// --deleted` opens with it off, so that its report (and its dry run)
+    /// names what an open would have removed.
     pub purge_on_open: bool,
 }
 
