@@ -124,7 +124,6 @@ async fn answers(store: &Arc<dyn Import>, sid: &str, msgs: &[i64]) -> Vec<String
             outcome(store.clear_message_content(msgs, "[cleared]").await, sid),
         ),
         o("delete", outcome(store.delete_session(sid).await, sid)),
-        o("restore live", "n/a".to_owned()),
     ]
 }
 

@@ -58,11 +58,7 @@ impl crate::SledStore {
     pub(crate) async fn purge_expired_on_open(&self) -> Result<()> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
         let expired = self
-            .read(move |db| {
-                let mut all = every(db, days)?;
-                all.retain(|d| is_expired(d.deleted_ms, days, now));
-                Ok(!all.is_empty())
-            })
+            .read(move |db| Ok(!selected(db, days, now, true)?.is_empty()))
             .await?;
         if expired {
             self.purge_trash(false).await?;
@@ -270,10 +266,16 @@ fn every(db: &Db, days: u32) -> Result<Vec<DeletedSession>> {
     Ok(out)
 }
 
-pub(crate) fn list_deleted(db: &Db, now: i64, days: u32) -> Result<Vec<DeletedSession>> {
+/// The trashed sessions that have expired at `now` (`expired`), or those
+/// that have not.
+fn selected(db: &Db, days: u32, now: i64, expired: bool) -> Result<Vec<DeletedSession>> {
     let mut all = every(db, days)?;
-    all.retain(|d| !is_expired(d.deleted_ms, days, now));
+    all.retain(|d| is_expired(d.deleted_ms, days, now) == expired);
     Ok(all)
+}
+
+pub(crate) fn list_deleted(db: &Db, now: i64, days: u32) -> Result<Vec<DeletedSession>> {
+    selected(db, days, now, false)
 }
 
 pub(crate) fn purge_deleted(
@@ -282,8 +284,7 @@ pub(crate) fn purge_deleted(
     days: u32,
     dry_run: bool,
 ) -> Result<(Batch, Vec<DeletedSession>)> {
-    let mut gone = every(db, days)?;
-    gone.retain(|d| is_expired(d.deleted_ms, days, now));
+    let gone = selected(db, days, now, true)?;
     let mut batch = Batch::default();
     if !dry_run {
         let mut refs = Refs::default();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use koda_persistence_api::backend::{SharedContextCache, options_of};
 use koda_persistence_api::{Clock, Import, PersistenceError};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::cipher::{self, Key};
 use crate::error::classify;
@@ -164,16 +164,10 @@ fn keep_deleted_days(conn: &Connection, options: &SqliteOptions) -> Result<u32> 
     if let Some(days) = options.trash.keep_deleted_days {
         return Ok(days);
     }
-    let origin: Option<String> = conn
-        .query_row(
-            "SELECT value FROM kp_meta WHERE key = 'koda_generation'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(match origin.as_deref() {
-        Some("new") => koda_persistence_api::trash::DEFAULT_KEEP_DELETED_DAYS,
-        _ => 0,
+    Ok(if schema::created_here(conn)? {
+        koda_persistence_api::trash::DEFAULT_KEEP_DELETED_DAYS
+    } else {
+        0
     })
 }
 

@@ -95,7 +95,7 @@ fn not_found(session_id: &str) -> anyhow::Error {
     PersistenceError::SessionNotFound(session_id.to_owned()).into()
 }
 
-fn session_exists(tx: &Transaction<'_>, session_id: &str) -> Result<bool> {
+pub(crate) fn session_exists(tx: &Transaction<'_>, session_id: &str) -> Result<bool> {
     Ok(tx
         .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
         .exists(params![session_id])?)

@@ -770,18 +770,24 @@ END;
 INSERT OR IGNORE INTO kp_search_dirty (id) SELECT id FROM messages;
 ";
 
-/// Migration 4's hook: a file this layer created stores bodies once from
-/// the start; a file an older koda may still read keeps them inline until
-/// the user opts in (`blobs=on`, `koda-store compact-bodies`).
-fn record_body_mode(tx: &Transaction<'_>) -> HookResult {
-    let created_here = tx
+/// Whether this layer created the file (its recorded origin is
+/// [`Origin::New`]) rather than adopting an older koda's.
+pub(crate) fn created_here(conn: &Connection) -> rusqlite::Result<bool> {
+    Ok(conn
         .query_row(
             "SELECT value FROM kp_meta WHERE key = 'koda_generation'",
             [],
             |r| r.get::<_, String>(0),
         )
         .optional()?
-        .is_some_and(|g| g == Origin::New.as_str());
+        .is_some_and(|g| g == Origin::New.as_str()))
+}
+
+/// Migration 4's hook: a file this layer created stores bodies once from
+/// the start; a file an older koda may still read keeps them inline until
+/// the user opts in (`blobs=on`, `koda-store compact-bodies`).
+fn record_body_mode(tx: &Transaction<'_>) -> HookResult {
+    let created_here = created_here(tx)?;
     tx.execute(
         "INSERT INTO kp_meta (key, value) VALUES ('bodies', ?1) ON CONFLICT (key) DO NOTHING",
         params![if created_here { "on" } else { "off" }],

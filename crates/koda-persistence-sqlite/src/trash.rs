@@ -26,6 +26,7 @@ use koda_persistence_api::trash::{
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use crate::queries::session_exists;
 use crate::rows::get;
 
 /// The live tables and their trash twins.
@@ -206,10 +207,7 @@ impl crate::SqliteStore {
 
 /// `delete_session` with a grace period: into the trash.
 pub(crate) fn trash_session(tx: &Transaction<'_>, session_id: &str, now: i64) -> Result<bool> {
-    let exists = tx
-        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
-        .exists(params![session_id])?;
-    if !exists {
+    if !session_exists(tx, session_id)? {
         return Ok(false);
     }
     // A leftover of an earlier trashing that a live session replaced
@@ -238,10 +236,7 @@ pub(crate) fn restore_session(
         Some(at) if at > expired_cutoff(now, days) => {}
         _ => return Err(session_not_found(session_id)),
     }
-    if tx
-        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
-        .exists(params![session_id])?
-    {
+    if session_exists(tx, session_id)? {
         return Err(live_session_exists(session_id));
     }
     move_rows(tx, session_id, false).map_err(|e| {
@@ -282,19 +277,13 @@ fn purge_one(tx: &Transaction<'_>, session_id: &str) -> Result<()> {
 /// The trashed sessions deleted at or before `newest` (`expired`) or
 /// after it (not expired), as reported.
 fn listed(conn: &Connection, cutoff: i64, expired: bool, days: u32) -> Result<Vec<DeletedSession>> {
-    let sql = if expired {
+    let mut stmt = conn.prepare_cached(
         "SELECT t.session_id, t.deleted_ms, s.agent_name, s.project_root, s.title, s.created_ms,
                 (SELECT COUNT(*) FROM kp_trash_messages m WHERE m.session_id = t.session_id)
          FROM kp_trash t LEFT JOIN kp_trash_sessions s ON s.id = t.session_id
-         WHERE t.deleted_ms <= ?1 ORDER BY t.deleted_ms DESC, t.session_id"
-    } else {
-        "SELECT t.session_id, t.deleted_ms, s.agent_name, s.project_root, s.title, s.created_ms,
-                (SELECT COUNT(*) FROM kp_trash_messages m WHERE m.session_id = t.session_id)
-         FROM kp_trash t LEFT JOIN kp_trash_sessions s ON s.id = t.session_id
-         WHERE t.deleted_ms > ?1 ORDER BY t.deleted_ms DESC, t.session_id"
-    };
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params![cutoff])?;
+         WHERE (t.deleted_ms <= ?1) = ?2 ORDER BY t.deleted_ms DESC, t.session_id",
+    )?;
+    let mut rows = stmt.query(params![cutoff, expired])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let id: String = get(r, 0, "trashed session id")?;

@@ -375,10 +375,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             return inspect::copy(&source, &target, &sessions, json, &redact(&to)).await;
         }
         Command::Encrypt { to, json } => {
-            let parsed = koda_persistence::StoreUrl::parse(&to)?;
-            if parsed.scheme() != "sqlite"
-                || !(parsed.has("key_file") || std::env::var_os("KODA_STORE_KEY_FILE").is_some())
-            {
+            // The SQLite backend's own reading of the URL (key_file, or
+            // KODA_STORE_KEY_FILE when it names none) decides.
+            let keyed = koda_persistence::options_of::<koda_persistence::sqlite::Sqlite>(&to)
+                .is_ok_and(|o| o.key_file.is_some());
+            if !keyed {
                 anyhow::bail!(
                     "encrypt --to needs an SQLite URL with its key: \
                      sqlite:///path/new.db?key_file=/path/store.key"
