@@ -181,6 +181,29 @@ impl<'a> Db<'a> {
         Ok((stmt, params.iter().map(|(v, _)| *v).collect()))
     }
 
+    /// Prepares `template` for `params` on this connection (cached), so
+    /// that a later call sends it on its first poll. Statements that must
+    /// reach the server in a given order are prepared first and then
+    /// polled in that order: a statement still being prepared waits for
+    /// the server's answer, and one answer may wake two waiting
+    /// statements in the order the driver delivers it, not the order they
+    /// were asked. Behind a pooler nothing is prepared: every statement
+    /// is sent whole on its first poll already.
+    pub(crate) async fn prepare(
+        &self,
+        what: &'static str,
+        template: &str,
+        params: &[Param<'_>],
+    ) -> Result<()> {
+        if self.dialect.pooled {
+            return Ok(());
+        }
+        self.prepared(&self.sql(template), params)
+            .await
+            .map(drop)
+            .map_err(|e| classify(e, what))
+    }
+
     /// Every row `template` returns.
     pub(crate) async fn rows(
         &self,

@@ -1304,11 +1304,18 @@ pub(crate) async fn import_messages(
     const TAKEN: &str = "SELECT id FROM kp.messages WHERE id = ANY($1) LIMIT 1";
     // Pipelined (sent together, run in this order): with kept ids, the
     // sequence position and the taken-id check, then the insert. A failed
-    // check drops the transaction, and the insert with it. The order holds
-    // also when a statement is not prepared yet on this connection: each
-    // is sent once its preparation is answered, and answers come in the
-    // order asked; the join polls the checks first.
+    // check drops the transaction, and the insert with it. Each statement
+    // is prepared first, so each is sent on its first poll and the biased
+    // joins below send them in this order. (Sent while their preparations
+    // were answered, the insert could overtake the taken-id check: its
+    // unique violation then aborted the transaction and the check failed
+    // with 25P02 instead of naming the id.)
     let id_param = [ints(&ids)];
+    if keep_ids {
+        db.prepare("checking ids", ID_POSITION, &[]).await?;
+        db.prepare("checking ids", TAKEN, &id_param).await?;
+    }
+    db.prepare("import_messages", &sql, &params).await?;
     let checks = async {
         if !keep_ids {
             return Ok((None, None));
