@@ -44,6 +44,7 @@ mod factory;
 pub mod machine;
 pub mod model;
 pub mod process;
+pub mod secrets;
 
 pub use factory::{Factory, Fixture, START_MS, Skipped};
 

@@ -4,7 +4,9 @@
 //! [`load_context`](Persistence::load_context) sanitising passes and
 //! [`detect_interruption`]).
 //!
-//! This crate does no I/O: it has no runtime, no SQL and no files. Backends
+//! This crate does no I/O: it has no runtime, no SQL and no files (one
+//! exception: [`cipher::read_key_file`] reads the key file of an
+//! encrypted store, so every backend checks it the same way). Backends
 //! live in their own crates (`koda-persistence-memory`, `-sqlite`,
 //! `-postgres`, `-sled`) and the facade `koda-persistence` opens one by URL.
 //!
@@ -16,6 +18,7 @@ pub mod backend;
 pub mod bodies;
 mod cache;
 mod checks;
+pub mod cipher;
 mod clock;
 mod context;
 mod error;

@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::Path;
 
 use koda_persistence_api::PersistenceError;
+use koda_persistence_api::cipher::KeyMaterial;
 use rusqlite::Connection;
 
 /// A store key: what `PRAGMA key` is given.
@@ -24,10 +25,7 @@ impl fmt::Debug for Key {
 
 /// The refusal every wrong, missing or misplaced key gets.
 pub(crate) fn wrong_key(path: &Path) -> PersistenceError {
-    PersistenceError::PermissionDenied(format!(
-        "{}: wrong key, or not an encrypted store (the file is left untouched)",
-        path.display()
-    ))
+    koda_persistence_api::cipher::wrong_key(&path.display().to_string())
 }
 
 /// Reads the key file at `path`.
@@ -44,48 +42,15 @@ pub(crate) fn read_key(path: &Path) -> Result<Key, PersistenceError> {
                 .into(),
         ));
     }
-    let meta = std::fs::metadata(path).map_err(|e| {
-        PersistenceError::PermissionDenied(format!(
-            "key file {}: {e} (create it with 32 random bytes, e.g. \
-             `head -c 32 /dev/urandom > FILE && chmod 600 FILE`)",
-            path.display()
-        ))
-    })?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(PersistenceError::PermissionDenied(format!(
-                "key file {} may be read by others (mode {mode:o}): run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            )));
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = meta;
-    let bytes = std::fs::read(path).map_err(|e| {
-        PersistenceError::PermissionDenied(format!("key file {}: {e}", path.display()))
-    })?;
-    if bytes.len() == 32 {
-        let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
-        return Ok(Key(format!("x'{hex}'")));
-    }
-    let text = String::from_utf8(bytes).map_err(|_| {
-        PersistenceError::InvalidInput(format!(
-            "key file {}: neither 32 bytes nor a UTF-8 passphrase line",
-            path.display()
-        ))
-    })?;
-    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
-    if line.is_empty() {
-        return Err(PersistenceError::InvalidInput(format!(
-            "key file {} is empty: it holds 32 random bytes or a passphrase line",
-            path.display()
-        )));
-    }
-    Ok(Key(line.to_owned()))
+    Ok(Key(
+        match koda_persistence_api::cipher::read_key_file(path)? {
+            KeyMaterial::Raw(bytes) => {
+                let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+                format!("x'{hex}'")
+            }
+            KeyMaterial::Passphrase(line) => line,
+        },
+    ))
 }
 
 /// Keys `conn` (before it reads anything). SQLCipher's own log (a failed

@@ -9,17 +9,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use koda_persistence_api::{Import, ManualClock, Persistence, PersistenceError, Role};
+use koda_persistence_api::{Import, ManualClock, Persistence, PersistenceError};
 use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore};
 
-const SECRET: &str = "AKIA-planted-secret-4711";
+use koda_persistence_conformance::secrets::{
+    PLANTED_HITS, PLANTED_MESSAGES, SECRET, contains, plant,
+};
 
 fn key_file(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    path
+    koda_persistence_conformance::secrets::key_file(dir, name, bytes, mode).unwrap()
 }
 
 fn options(db: &Path, key: Option<&Path>) -> SqliteOptions {
@@ -58,31 +56,8 @@ fn bytes_on_disk(dir: &Path) -> Vec<u8> {
     all
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 async fn fill(store: &SqliteStore) -> String {
-    let sid = store.create_session("main", Path::new("/p")).await.unwrap();
-    store.set_session_title(&sid, SECRET).await.unwrap();
-    store
-        .insert_message(
-            &sid,
-            &Role::User,
-            Some(&format!("token {SECRET}")),
-            None,
-            None,
-            None,
-        )
-        .await
-        .unwrap();
-    let big = format!("{SECRET} {}", "x".repeat(9_000));
-    store
-        .insert_tool_message_with_full(&sid, &big, "c1", &big)
-        .await
-        .unwrap();
-    store.set_metadata(&sid, "env", SECRET).await.unwrap();
-    sid
+    plant(store).await.unwrap()
 }
 
 #[tokio::test]
@@ -103,7 +78,7 @@ async fn nothing_of_a_secret_reaches_the_disk_and_search_still_finds_it() {
             .search_messages("planted", &Default::default(), 10)
             .await
             .unwrap();
-        assert_eq!(hits.len(), 2, "search inside the encrypted file");
+        assert_eq!(hits.len(), PLANTED_HITS, "search inside the encrypted file");
         assert!(store.health().await.unwrap().problems.is_empty());
         let on_disk = bytes_on_disk(dir.path());
         assert!(
@@ -116,7 +91,10 @@ async fn nothing_of_a_secret_reaches_the_disk_and_search_still_finds_it() {
         );
         drop(store);
         let store = open(&db, Some(key)).await.unwrap();
-        assert_eq!(store.load_all_messages(&sid).await.unwrap().len(), 2);
+        assert_eq!(
+            store.load_all_messages(&sid).await.unwrap().len(),
+            PLANTED_MESSAGES
+        );
         let on_disk = bytes_on_disk(dir.path());
         assert!(
             !contains(&on_disk, SECRET.as_bytes()),
