@@ -11,7 +11,9 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use anyhow::{Context as _, Result};
 use koda_persistence_api::PersistenceError;
 use koda_persistence_api::backend::{ContextCache, DEFAULT_CACHED_SESSIONS};
-use sled::{Batch, Db};
+use sled::Batch;
+
+use crate::seal::Tree;
 
 use crate::SledStore;
 use crate::error::storage;
@@ -24,7 +26,7 @@ pub(crate) struct Inner {
     /// good and its memory may hold the failed write, so the handle is
     /// dropped and the next call opens the directory again, from what
     /// reached the disk.
-    pub(crate) db: RwLock<Option<Db>>,
+    pub(crate) db: RwLock<Option<Tree>>,
     pub(crate) options: SledOptions,
     pub(crate) path: PathBuf,
     /// Loaded contexts. The directory belongs to this process, so the
@@ -63,14 +65,14 @@ impl Inner {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn exclusive(&self) -> RwLockWriteGuard<'_, Option<Db>> {
+    fn exclusive(&self) -> RwLockWriteGuard<'_, Option<Tree>> {
         // A panic under the lock leaves either a usable handle or `None`.
         self.db.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The open handle in `slot`, reopening the directory if a failed
     /// write dropped it.
-    fn ensure_open<'a>(&self, slot: &'a mut Option<Db>) -> Result<&'a Db> {
+    fn ensure_open<'a>(&self, slot: &'a mut Option<Tree>) -> Result<&'a Tree> {
         if slot.is_none() {
             *slot = Some(open_db(&self.path, &self.options)?);
             tracing::info!(path = %self.path.display(), "reopened the sled store");
@@ -81,7 +83,7 @@ impl Inner {
 
     /// Drops the handle after a failed write (see [`Inner::db`]) and
     /// forgets every cached context, which may hold the failed write.
-    fn discard(&self, slot: &mut Option<Db>) {
+    fn discard(&self, slot: &mut Option<Tree>) {
         tracing::warn!(
             path = %self.path.display(),
             "a sled write failed; dropping the handle, the next call reopens the store"
@@ -131,7 +133,7 @@ impl SledStore {
     pub(crate) async fn read<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&Db) -> Result<R> + Send + 'static,
+        F: FnOnce(&Tree) -> Result<R> + Send + 'static,
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
@@ -156,7 +158,7 @@ impl SledStore {
     pub(crate) async fn write<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&Db) -> Result<(Batch, R)> + Send + 'static,
+        F: FnOnce(&Tree) -> Result<(Batch, R)> + Send + 'static,
     {
         self.write_then(f, |_, out| out).await
     }
@@ -168,7 +170,7 @@ impl SledStore {
     pub(crate) async fn write_then<R, T, F, A>(&self, f: F, after: A) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Db) -> Result<(Batch, R)> + Send + 'static,
+        F: FnOnce(&Tree) -> Result<(Batch, R)> + Send + 'static,
         A: FnOnce(&mut SessionCache, R) -> T + Send + 'static,
     {
         let inner = self.inner.clone();

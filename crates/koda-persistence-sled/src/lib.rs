@@ -8,6 +8,7 @@ mod options;
 mod queries;
 mod rows;
 mod schema;
+mod seal;
 mod search;
 mod trash;
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use std::sync::{Arc, RwLock};
 
+use crate::seal::Tree;
 use anyhow::{Context as _, Result};
 use koda_persistence_api::backend::{ContextCache, DEFAULT_CACHED_SESSIONS, options_of};
 use koda_persistence_api::{Clock, PersistenceError};
-use sled::Db;
 
 use crate::error::{is_locked, storage};
 use crate::exec::{Inner, SessionCache};
@@ -142,9 +142,15 @@ fn make_private(_dir: &Path) -> std::io::Result<()> {
 
 /// Opens sled in `path`: creates the directory 0700 when missing, waits up
 /// to [`RELOCK_WAIT`] for a lock a handle this process just dropped still
-/// holds (else [`FOREIGN_LOCK_WAIT`]), then makes sled's files private and
+/// holds (else [`FOREIGN_LOCK_WAIT`]), then checks the key of an encrypted
+/// store (before anything is written), makes sled's files private and
 /// upgrades session records an earlier build wrote.
-pub(crate) fn open_db(path: &Path, options: &SledOptions) -> Result<Db> {
+pub(crate) fn open_db(path: &Path, options: &SledOptions) -> Result<Tree> {
+    // The key first: a missing or exposed key file touches nothing.
+    let key = match &options.key_file {
+        Some(file) => Some(koda_persistence_api::cipher::read_key_file(file)?),
+        None => None,
+    };
     if !path.exists() {
         create_private_dir(path).map_err(|e| {
             PersistenceError::Unavailable(format!("creating {}: {e}", path.display()))
@@ -176,6 +182,7 @@ pub(crate) fn open_db(path: &Path, options: &SledOptions) -> Result<Db> {
     make_private(path).map_err(|e| {
         PersistenceError::Unavailable(format!("making {} private: {e}", path.display()))
     })?;
+    let db = Tree::unlock(db, key.as_ref(), path)?;
     let upgraded = crate::schema::upgrade(&db)?;
     if upgraded > 0 {
         tracing::info!(path = %path.display(), sessions = upgraded, "kept usage by agent in the session records");

@@ -34,6 +34,12 @@ pub struct SledOptions {
     /// The trash (`keep_deleted_days`, 7 days unless set; `purge_on_open`;
     /// see `koda_persistence_api::trash`).
     pub trash: koda_persistence_api::trash::TrashOptions,
+    /// Encrypts every value at rest with the key in this file (URL
+    /// `key_file=PATH`, or the environment's `KODA_STORE_KEY_FILE` when
+    /// the URL names none): 32 random bytes, or a passphrase line; mode
+    /// 0600. See `koda_persistence_api::cipher` and the crate docs for
+    /// what stays in clear.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for SledOptions {
@@ -43,6 +49,7 @@ impl Default for SledOptions {
             flush: FlushPolicy::EveryWrite,
             cache_capacity: 256 * 1024 * 1024,
             trash: koda_persistence_api::trash::TrashOptions::default(),
+            key_file: None,
         }
     }
 }
@@ -66,14 +73,20 @@ impl SledOptions {
     /// Reads `sled://PATH?…`: the path (percent-decoded) and
     /// `flush=every_write|manual` or `flush_every_ms=N` (1 to 3,600,000;
     /// not both), and `cache_mb=N` (1 to [`MAX_CACHE_MB`]), each at most
-    /// once.
+    /// once; `key_file=PATH` encrypts the store (see
+    /// [`SledOptions::key_file`]).
     ///
     /// # Errors
     /// `InvalidInput` naming the parameter and what it accepts, or for an
     /// empty path (an unknown parameter is refused by
     /// [`StoreUrl::finish`]).
     pub fn from_url(url: &StoreUrl) -> Result<Self, PersistenceError> {
-        let options = SledOptions::at(url.path()?).with_parameters(url)?;
+        let mut options = SledOptions::at(url.path()?).with_parameters(url)?;
+        if options.key_file.is_none()
+            && let Some(env) = std::env::var_os("KODA_STORE_KEY_FILE").filter(|v| !v.is_empty())
+        {
+            options.key_file = Some(PathBuf::from(env));
+        }
         options.validate()?;
         Ok(options)
     }
@@ -105,6 +118,9 @@ impl SledOptions {
             self.cache_capacity = p.number(1, MAX_CACHE_MB)? << 20;
         }
         self.trash = self.trash.with_parameters(url)?;
+        if let Some(p) = url.take("key_file") {
+            self.key_file = Some(PathBuf::from(&p.value));
+        }
         Ok(self)
     }
 

@@ -14,16 +14,18 @@ use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
 };
 use koda_persistence_api::{MessageRecord, MetadataRecord, SessionRecord};
-use sled::{Batch, Db, IVec};
+use sled::{Batch, IVec};
+
+use crate::seal::Tree;
 
 use koda_persistence_api::BodyStats;
 use koda_persistence_api::bodies::{
-    BodyField, BodyHash, body_hash, body_name, is_body, pack, packed_len, unpack, unpack_checked,
+    BodyField, BodyHash, body_name, is_body, pack, packed_len, unpack,
 };
 
 use crate::rows::{
-    StoredMessage, StoredSession, decode, decode_message, decode_session, encode, encode_message,
-    encode_session, role_byte, role_of, session_of, to_message, usage_of,
+    StoredMessage, StoredSession, decode, encode, role_byte, role_of, session_of, to_message,
+    usage_of,
 };
 use crate::schema;
 
@@ -47,7 +49,7 @@ pub(crate) struct Refs {
 impl Refs {
     /// Moves every field of `m` that is a body into a body (one more
     /// reference each).
-    fn intern(&mut self, db: &Db, m: &mut StoredMessage) -> Result<()> {
+    fn intern(&mut self, db: &Tree, m: &mut StoredMessage) -> Result<()> {
         let role = role_of(m.role)?;
         let mut found = [None, None, None];
         for (i, slot) in m.fields_mut().into_iter().enumerate() {
@@ -58,11 +60,11 @@ impl Refs {
         }
         for (i, text) in found.into_iter().enumerate() {
             let Some(text) = text else { continue };
-            let hash = body_hash(&text);
+            let hash = db.address(&text);
             let change = self.changes.entry(hash).or_insert((0, None));
             change.0 += 1;
             if change.1.is_none() && !db.contains_key(schema::body(&hash))? {
-                change.1 = Some(pack(&text)?);
+                change.1 = Some(db.seal_body(&hash, pack(&text)?)?);
             }
             m.bodies[i] = Some(hash);
         }
@@ -81,7 +83,7 @@ impl Refs {
     }
 
     /// Puts the counts, new bodies and dropped bodies into `batch`.
-    pub(crate) fn finish(self, db: &Db, batch: &mut Batch) -> Result<()> {
+    pub(crate) fn finish(self, db: &Tree, batch: &mut Batch) -> Result<()> {
         for (hash, (change, data)) in self.changes {
             if change == 0 {
                 continue;
@@ -108,7 +110,7 @@ impl Refs {
 }
 
 /// How many message fields refer to the body `hash` (0: no such body).
-fn body_count(db: &Db, hash: &BodyHash) -> Result<u64> {
+fn body_count(db: &Tree, hash: &BodyHash) -> Result<u64> {
     Ok(match db.get(schema::body_refs(hash))? {
         Some(v) => u64::from_be_bytes(<[u8; 8]>::try_from(&v[..]).map_err(|_| {
             PersistenceError::Corrupt("a body reference count is not 8 bytes".into())
@@ -119,7 +121,7 @@ fn body_count(db: &Db, hash: &BodyHash) -> Result<u64> {
 
 /// `m` with the text of each of its bodies in place, for a read (never
 /// written back: writes keep the addresses).
-pub(crate) fn resolve(db: &Db, mut m: StoredMessage) -> Result<StoredMessage> {
+pub(crate) fn resolve(db: &Tree, mut m: StoredMessage) -> Result<StoredMessage> {
     let bodies = m.bodies;
     let id = m.id;
     for (slot, hash) in m.fields_mut().into_iter().zip(bodies) {
@@ -127,29 +129,29 @@ pub(crate) fn resolve(db: &Db, mut m: StoredMessage) -> Result<StoredMessage> {
             let data = db.get(schema::body(&hash))?.ok_or_else(|| {
                 PersistenceError::Corrupt(format!("message {id}: a body it refers to is missing"))
             })?;
-            *slot = Some(unpack(&data)?);
+            *slot = Some(unpack(&db.open_body(&hash, &data)?)?);
         }
     }
     Ok(m)
 }
 
 /// The text length of body `hash`, from its frame header.
-fn body_len(db: &Db, hash: &BodyHash) -> Result<usize> {
+fn body_len(db: &Tree, hash: &BodyHash) -> Result<usize> {
     let data = db
         .get(schema::body(hash))?
         .ok_or_else(|| PersistenceError::Corrupt("a body a message refers to is missing".into()))?;
-    Ok(packed_len(&data)?)
+    Ok(packed_len(&db.open_body(hash, &data)?)?)
 }
 
-pub(crate) fn get_session(db: &Db, id: &str) -> Result<Option<StoredSession>> {
+pub(crate) fn get_session(db: &Tree, id: &str) -> Result<Option<StoredSession>> {
     match db.get(schema::session(id))? {
-        Some(v) => Ok(Some(decode_session(&v, &format!("session {id:?}"))?)),
+        Some(v) => Ok(Some(db.open_session(id, &v, &format!("session {id:?}"))?)),
         None => Ok(None),
     }
 }
 
 /// A session's messages in conversation order, bodies resolved, for a read.
-fn read_messages(db: &Db, id: &str) -> Result<Vec<StoredMessage>> {
+fn read_messages(db: &Tree, id: &str) -> Result<Vec<StoredMessage>> {
     session_messages(db, id)?
         .into_iter()
         .map(|(_, m)| resolve(db, m))
@@ -158,11 +160,12 @@ fn read_messages(db: &Db, id: &str) -> Result<Vec<StoredMessage>> {
 
 /// A session's messages in conversation order, with their keys (bodies
 /// by address, as stored).
-fn session_messages(db: &Db, id: &str) -> Result<Vec<(IVec, StoredMessage)>> {
+fn session_messages(db: &Tree, id: &str) -> Result<Vec<(IVec, StoredMessage)>> {
     db.scan_prefix(schema::messages_of(id))
         .map(|kv| {
             let (k, v) = kv?;
-            Ok((k, decode_message(&v)?))
+            let m = db.open_message(&k, &v)?;
+            Ok((k, m))
         })
         .collect()
 }
@@ -172,7 +175,7 @@ pub(crate) fn as_u64(ms: i64) -> u64 {
 }
 
 pub(crate) fn create_session(
-    db: &Db,
+    db: &Tree,
     sid: &str,
     agent: &str,
     root: &str,
@@ -197,12 +200,12 @@ pub(crate) fn create_session(
     let mut batch = Batch::default();
     batch.insert(schema::seq_counter(), encode(&seq)?);
     batch.insert(schema::by_root(root, as_u64(now), seq), sid.as_bytes());
-    batch.insert(schema::session(sid), encode_session(&record)?);
+    batch.insert(schema::session(sid), db.seal_session(sid, &record)?);
     Ok(batch)
 }
 
 /// The highest id an importer claimed (0: none).
-fn id_floor(db: &Db) -> Result<u64> {
+fn id_floor(db: &Tree) -> Result<u64> {
     match db.get(schema::id_floor())? {
         Some(v) => Ok(decode::<u64>(&v, "the id floor")?),
         None => Ok(0),
@@ -210,7 +213,7 @@ fn id_floor(db: &Db) -> Result<u64> {
 }
 
 /// A fresh message id: above every id handed out or claimed.
-fn next_id(db: &Db) -> Result<u64> {
+fn next_id(db: &Tree) -> Result<u64> {
     Ok(id_floor(db)?
         .saturating_add(db.generate_id()?)
         .saturating_add(1))
@@ -218,7 +221,7 @@ fn next_id(db: &Db) -> Result<u64> {
 
 /// The root's sessions and the root-less ones, merged newest first (both
 /// indexes order by `!created, !seq` after their prefix): O(limit).
-fn listed_ids(db: &Db, root: &str, limit: usize) -> Result<Vec<IVec>> {
+fn listed_ids(db: &Tree, root: &str, limit: usize) -> Result<Vec<IVec>> {
     let prefix = schema::root_prefix(root);
     let rooted: Vec<(IVec, IVec)> = db
         .scan_prefix(&prefix)
@@ -237,7 +240,7 @@ fn listed_ids(db: &Db, root: &str, limit: usize) -> Result<Vec<IVec>> {
     Ok(both.into_iter().take(limit).map(|(_, v)| v).collect())
 }
 
-pub(crate) fn list_sessions(db: &Db, root: &str, limit: usize) -> Result<Vec<SessionInfo>> {
+pub(crate) fn list_sessions(db: &Tree, root: &str, limit: usize) -> Result<Vec<SessionInfo>> {
     let mut out = Vec::new();
     for sid in listed_ids(db, root, limit)? {
         let id = String::from_utf8(sid.to_vec())
@@ -259,7 +262,7 @@ pub(crate) fn list_sessions(db: &Db, root: &str, limit: usize) -> Result<Vec<Ses
     Ok(out)
 }
 
-pub(crate) fn delete_session(db: &Db, sid: &str) -> Result<(Batch, bool)> {
+pub(crate) fn delete_session(db: &Tree, sid: &str) -> Result<(Batch, bool)> {
     let mut batch = Batch::default();
     let Some(s) = get_session(db, sid)? else {
         return Ok((batch, false));
@@ -299,7 +302,7 @@ pub(crate) fn unlist_session(batch: &mut Batch, s: &StoredSession, sid: &str) {
 }
 
 /// Sets the session's mode (`mode`) or title.
-pub(crate) fn set_session_text(db: &Db, sid: &str, mode: bool, value: &str) -> Result<Batch> {
+pub(crate) fn set_session_text(db: &Tree, sid: &str, mode: bool, value: &str) -> Result<Batch> {
     let mut s = get_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
     if mode {
         s.mode = Some(value.to_owned());
@@ -307,11 +310,11 @@ pub(crate) fn set_session_text(db: &Db, sid: &str, mode: bool, value: &str) -> R
         s.title = Some(value.to_owned());
     }
     let mut batch = Batch::default();
-    batch.insert(schema::session(sid), encode_session(&s)?);
+    batch.insert(schema::session(sid), db.seal_session(sid, &s)?);
     Ok(batch)
 }
 
-pub(crate) fn append_message(db: &Db, m: NewMessage, now: i64) -> Result<(Batch, StoredMessage)> {
+pub(crate) fn append_message(db: &Tree, m: NewMessage, now: i64) -> Result<(Batch, StoredMessage)> {
     let mut session =
         get_session(db, &m.session_id)?.ok_or_else(|| session_not_found(&m.session_id))?;
     let id = next_id(db)?;
@@ -350,17 +353,21 @@ pub(crate) fn append_message(db: &Db, m: NewMessage, now: i64) -> Result<(Batch,
     let mut refs = Refs::default();
     refs.intern(db, &mut stored)?;
     refs.finish(db, &mut batch)?;
-    batch.insert(schema::session(&m.session_id), encode_session(&session)?);
+    batch.insert(
+        schema::session(&m.session_id),
+        db.seal_session(&m.session_id, &session)?,
+    );
     batch.insert(schema::numbered(schema::BY_ID, id), key.clone());
     if m.role == Role::User {
         batch.insert(schema::numbered(schema::USER, id), key.clone());
     }
-    batch.insert(key, encode_message(&stored)?);
+    let sealed = db.seal_message(&key, &stored)?;
+    batch.insert(key, sealed);
     Ok((batch, record))
 }
 
 /// The session's active rows (not compacted), in conversation order.
-pub(crate) fn active_rows(db: &Db, sid: &str) -> Result<Vec<ContextRow>> {
+pub(crate) fn active_rows(db: &Tree, sid: &str) -> Result<Vec<ContextRow>> {
     session_messages(db, sid)?
         .into_iter()
         .filter(|(_, m)| m.compacted_ms.is_none())
@@ -374,14 +381,14 @@ pub(crate) fn active_rows(db: &Db, sid: &str) -> Result<Vec<ContextRow>> {
         .collect()
 }
 
-pub(crate) fn load_all(db: &Db, sid: &str) -> Result<Vec<Message>> {
+pub(crate) fn load_all(db: &Tree, sid: &str) -> Result<Vec<Message>> {
     read_messages(db, sid)?
         .iter()
         .map(|m| Ok(to_message(sid, m)?))
         .collect()
 }
 
-pub(crate) fn recent_user_messages(db: &Db, limit: usize) -> Result<Vec<String>> {
+pub(crate) fn recent_user_messages(db: &Tree, limit: usize) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for kv in db.scan_prefix([schema::USER]).rev() {
         if out.len() >= limit {
@@ -389,7 +396,7 @@ pub(crate) fn recent_user_messages(db: &Db, limit: usize) -> Result<Vec<String>>
         }
         let (_, key) = kv?;
         let Some(v) = db.get(&key)? else { continue };
-        if let Some(c) = resolve(db, decode_message(&v)?)?
+        if let Some(c) = resolve(db, db.open_message(&key, &v)?)?
             .content
             .filter(|c| !c.is_empty())
         {
@@ -400,10 +407,11 @@ pub(crate) fn recent_user_messages(db: &Db, limit: usize) -> Result<Vec<String>>
 }
 
 /// The content of the last message of `role` (in conversation order) that has one.
-pub(crate) fn last_content(db: &Db, sid: &str, role: Role) -> Result<String> {
+pub(crate) fn last_content(db: &Tree, sid: &str, role: Role) -> Result<String> {
     let want = role_byte(role);
     for kv in db.scan_prefix(schema::messages_of(sid)).rev() {
-        let m = decode_message(&kv?.1)?;
+        let (k, v) = kv?;
+        let m = db.open_message(&k, &v)?;
         if m.role == want && (m.content.is_some() || m.bodies[0].is_some()) {
             return Ok(resolve(db, m)?.content.unwrap_or_default());
         }
@@ -411,9 +419,10 @@ pub(crate) fn last_content(db: &Db, sid: &str, role: Role) -> Result<String> {
     Ok(String::new())
 }
 
-pub(crate) fn has_pending_tool_calls(db: &Db, sid: &str) -> Result<bool> {
+pub(crate) fn has_pending_tool_calls(db: &Tree, sid: &str) -> Result<bool> {
     for kv in db.scan_prefix(schema::messages_of(sid)).rev() {
-        let m = decode_message(&kv?.1)?;
+        let (k, v) = kv?;
+        let m = db.open_message(&k, &v)?;
         if m.compacted_ms.is_none() {
             return Ok(role_of(m.role)? == Role::Assistant
                 && (m.tool_calls.is_some() || m.bodies[2].is_some()));
@@ -423,30 +432,35 @@ pub(crate) fn has_pending_tool_calls(db: &Db, sid: &str) -> Result<bool> {
 }
 
 /// Completes message `message_id`; returns the batch and its session.
-pub(crate) fn mark_complete(db: &Db, message_id: i64, now: i64) -> Result<(Batch, Option<String>)> {
+pub(crate) fn mark_complete(
+    db: &Tree,
+    message_id: i64,
+    now: i64,
+) -> Result<(Batch, Option<String>)> {
     let missing = || anyhow::Error::from(PersistenceError::MessageNotFound(message_id));
     let id = u64::try_from(message_id).map_err(|_| missing())?;
     let key = db
         .get(schema::numbered(schema::BY_ID, id))?
         .ok_or_else(missing)?;
     let v = db.get(&key)?.ok_or_else(missing)?;
-    let mut m = decode_message(&v)?;
+    let mut m = db.open_message(&key, &v)?;
     m.completed_ms = Some(now);
     let session = session_of(&key);
     let mut batch = Batch::default();
-    batch.insert(key, encode_message(&m)?);
+    let sealed = db.seal_message(&key, &m)?;
+    batch.insert(key, sealed);
     Ok((batch, session))
 }
 
 /// Usage by agent, as the session record keeps it (O(agents)).
-pub(crate) fn usage_groups(db: &Db, sid: &str) -> Result<Vec<(String, SessionUsage)>> {
+pub(crate) fn usage_groups(db: &Tree, sid: &str) -> Result<Vec<(String, SessionUsage)>> {
     Ok(get_session(db, sid)?
         .map(|s| s.tally().groups())
         .unwrap_or_default())
 }
 
 /// The usage a session's stored messages add up to.
-pub(crate) fn counted_usage(db: &Db, sid: &str) -> Result<UsageTally> {
+pub(crate) fn counted_usage(db: &Tree, sid: &str) -> Result<UsageTally> {
     let mut tally = UsageTally::default();
     for (_, m) in session_messages(db, sid)? {
         tally.add(m.agent_name.as_deref(), m.counters());
@@ -455,7 +469,7 @@ pub(crate) fn counted_usage(db: &Db, sid: &str) -> Result<UsageTally> {
 }
 
 pub(crate) fn compact(
-    db: &Db,
+    db: &Tree,
     sid: &str,
     summary: &str,
     keep: usize,
@@ -476,7 +490,8 @@ pub(crate) fn compact(
         let mut m = m.clone();
         m.compacted_ms = Some(now);
         batch.insert(schema::compacted(as_u64(now), m.id), key.clone());
-        batch.insert(key.clone(), encode_message(&m)?);
+        let sealed = db.seal_message(key, &m)?;
+        batch.insert(key.clone(), sealed);
     }
     // The summary and hint take the first preserved message's place;
     // it and everything after it move two places on.
@@ -499,7 +514,8 @@ pub(crate) fn compact(
             if m.role == role_byte(Role::User) {
                 batch.insert(schema::numbered(schema::USER, m.id), moved.clone());
             }
-            batch.insert(moved, encode_message(m)?);
+            let sealed = db.seal_message(&moved, m)?;
+            batch.insert(moved, sealed);
         }
     }
     let mut refs = Refs::default();
@@ -525,17 +541,18 @@ pub(crate) fn compact(
         };
         refs.intern(db, &mut record)?;
         batch.insert(schema::numbered(schema::BY_ID, id), key.clone());
-        batch.insert(key, encode_message(&record)?);
+        let sealed = db.seal_message(&key, &record)?;
+        batch.insert(key, sealed);
     }
     refs.finish(db, &mut batch)?;
     session.next_ord += 2;
     session.message_count += 2;
-    batch.insert(schema::session(sid), encode_session(&session)?);
+    batch.insert(schema::session(sid), db.seal_session(sid, &session)?);
     Ok((batch, marked))
 }
 
 /// Sets the content of the listed messages; returns the batch and the sessions touched.
-pub(crate) fn clear_content(db: &Db, ids: &[i64], stub: &str) -> Result<(Batch, Vec<String>)> {
+pub(crate) fn clear_content(db: &Tree, ids: &[i64], stub: &str) -> Result<(Batch, Vec<String>)> {
     let mut changed: HashMap<IVec, StoredMessage> = HashMap::new();
     let mut refs = Refs::default();
     for id in ids.iter().filter_map(|id| u64::try_from(*id).ok()) {
@@ -546,7 +563,7 @@ pub(crate) fn clear_content(db: &Db, ids: &[i64], stub: &str) -> Result<(Batch, 
             continue;
         }
         let Some(v) = db.get(&key)? else { continue };
-        let mut m = decode_message(&v)?;
+        let mut m = db.open_message(&key, &v)?;
         if let Some(old) = m.bodies[0].take() {
             refs.release_one(old);
         }
@@ -558,20 +575,21 @@ pub(crate) fn clear_content(db: &Db, ids: &[i64], stub: &str) -> Result<(Batch, 
     let mut touched = Vec::new();
     for (key, m) in changed {
         touched.extend(session_of(&key));
-        batch.insert(key, encode_message(&m)?);
+        let sealed = db.seal_message(&key, &m)?;
+        batch.insert(key, sealed);
     }
     refs.finish(db, &mut batch)?;
     Ok((batch, touched))
 }
 
-pub(crate) fn compacted_stats(db: &Db) -> Result<CompactedStats> {
+pub(crate) fn compacted_stats(db: &Tree) -> Result<CompactedStats> {
     let mut stats = CompactedStats::default();
     let mut sessions = std::collections::HashSet::new();
     let mut oldest = None;
     for kv in db.scan_prefix([schema::COMPACTED]) {
         let (_, key) = kv?;
         let Some(v) = db.get(&key)? else { continue };
-        let m = decode_message(&v)?;
+        let m = db.open_message(&key, &v)?;
         oldest = oldest.or(m.compacted_ms);
         stats.message_count += 1;
         if let Some(s) = session_of(&key) {
@@ -595,7 +613,7 @@ pub(crate) fn compacted_stats(db: &Db) -> Result<CompactedStats> {
 
 /// Deletes the old compacted messages; returns the batch, the count and the sessions touched.
 #[allow(clippy::type_complexity)]
-pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<String>))> {
+pub(crate) fn purge(db: &Tree, days: u32, now: i64) -> Result<(Batch, (usize, Vec<String>))> {
     let cutoff = purge_cutoff(now, days);
     let end = if days == 0 {
         vec![schema::COMPACTED + 1]
@@ -612,7 +630,7 @@ pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<
     for kv in db.range(vec![schema::COMPACTED]..end) {
         let (ckey, key) = kv?;
         let Some(v) = db.get(&key)? else { continue };
-        let m = decode_message(&v)?;
+        let m = db.open_message(&key, &v)?;
         let sid =
             session_of(&key).ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
         if !sessions.contains_key(&sid) {
@@ -634,44 +652,44 @@ pub(crate) fn purge(db: &Db, days: u32, now: i64) -> Result<(Batch, (usize, Vec<
     }
     let mut touched = Vec::with_capacity(sessions.len());
     for (sid, s) in sessions {
-        batch.insert(schema::session(&sid), encode_session(&s)?);
+        batch.insert(schema::session(&sid), db.seal_session(&sid, &s)?);
         touched.push(sid);
     }
     refs.finish(db, &mut batch)?;
     Ok((batch, (n, touched)))
 }
 
-pub(crate) fn get_metadata(db: &Db, sid: &str, key: &str) -> Result<Option<String>> {
+pub(crate) fn get_metadata(db: &Tree, sid: &str, key: &str) -> Result<Option<String>> {
     match db.get(schema::metadata(sid, key))? {
-        Some(v) => Ok(Some(decode::<String>(&v, "a metadata value")?)),
+        Some(v) => Ok(Some(db.open_value(sid, key, &v)?)),
         None => Ok(None),
     }
 }
 
-pub(crate) fn set_metadata(db: &Db, sid: &str, key: &str, value: &str) -> Result<Batch> {
+pub(crate) fn set_metadata(db: &Tree, sid: &str, key: &str, value: &str) -> Result<Batch> {
     if get_session(db, sid)?.is_none() {
         return Err(session_not_found(sid));
     }
     let mut batch = Batch::default();
-    batch.insert(schema::metadata(sid, key), encode(&value.to_owned())?);
+    batch.insert(schema::metadata(sid, key), db.seal_value(sid, key, value)?);
     Ok(batch)
 }
 
 /// Every session id, oldest first.
-pub(crate) fn export_session_ids(db: &Db) -> Result<Vec<String>> {
+pub(crate) fn export_session_ids(db: &Tree) -> Result<Vec<String>> {
     let mut all = Vec::new();
     for kv in db.scan_prefix([schema::SESSION]) {
         let (k, v) = kv?;
         let id = String::from_utf8(k[1..].to_vec())
             .map_err(|_| PersistenceError::Corrupt("a session id is not UTF-8".into()))?;
-        let s = decode_session(&v, &format!("session {id:?}"))?;
+        let s = db.open_session(&id, &v, &format!("session {id:?}"))?;
         all.push(((s.created_ms, s.seq), id));
     }
     all.sort();
     Ok(all.into_iter().map(|(_, id)| id).collect())
 }
 
-pub(crate) fn export_session(db: &Db, sid: &str) -> Result<Option<SessionRecord>> {
+pub(crate) fn export_session(db: &Tree, sid: &str) -> Result<Option<SessionRecord>> {
     let Some(s) = get_session(db, sid)? else {
         return Ok(None);
     };
@@ -689,7 +707,7 @@ pub(crate) fn export_session(db: &Db, sid: &str) -> Result<Option<SessionRecord>
     }))
 }
 
-pub(crate) fn export_messages(db: &Db, sid: &str) -> Result<Vec<MessageRecord>> {
+pub(crate) fn export_messages(db: &Tree, sid: &str) -> Result<Vec<MessageRecord>> {
     read_messages(db, sid)?
         .into_iter()
         .map(|m| {
@@ -716,17 +734,15 @@ pub(crate) fn export_messages(db: &Db, sid: &str) -> Result<Vec<MessageRecord>> 
         .collect()
 }
 
-pub(crate) fn export_metadata(db: &Db, sid: &str) -> Result<Vec<MetadataRecord>> {
+pub(crate) fn export_metadata(db: &Tree, sid: &str) -> Result<Vec<MetadataRecord>> {
     let prefix = schema::metadata_of(sid);
     let mut out = Vec::new();
     for kv in db.scan_prefix(&prefix) {
         let (k, v) = kv?;
         let key = String::from_utf8(k[prefix.len()..].to_vec())
             .map_err(|_| PersistenceError::Corrupt("a metadata key is not UTF-8".into()))?;
-        out.push(MetadataRecord {
-            key,
-            value: decode::<String>(&v, "a metadata value")?,
-        });
+        let value = db.open_value(sid, &key, &v)?;
+        out.push(MetadataRecord { key, value });
     }
     Ok(out)
 }
@@ -734,7 +750,7 @@ pub(crate) fn export_metadata(db: &Db, sid: &str) -> Result<Vec<MetadataRecord>>
 /// Every value decodes; every id index entry names a stored message of
 /// that id; every session's position counter is at or past its last
 /// message. O(store): for `doctor`, not for koda's calls.
-pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
+pub(crate) fn health(db: &Tree) -> Result<koda_persistence_api::StoreHealth> {
     let mut problems = Vec::new();
     for kv in db.scan_prefix([schema::BY_ID]) {
         let (k, key) = kv?;
@@ -743,7 +759,7 @@ pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_be_bytes);
         match (id, db.get(&key)?) {
-            (Some(id), Some(v)) => match decode_message(&v) {
+            (Some(id), Some(v)) => match db.open_message(&key, &v) {
                 Ok(m) if m.id == id => {}
                 Ok(m) => problems.push(format!("id index: {id} names message {}", m.id)),
                 Err(e) => problems.push(format!("message {id}: {e}")),
@@ -755,7 +771,7 @@ pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
     for kv in db.scan_prefix([schema::SESSION]) {
         let (k, v) = kv?;
         let sid = String::from_utf8_lossy(&k[1..]).into_owned();
-        let s = match decode_session(&v, &format!("session {sid:?}")) {
+        let s = match db.open_session(&sid, &v, &format!("session {sid:?}")) {
             Ok(s) => s,
             Err(e) => {
                 problems.push(e.to_string());
@@ -772,10 +788,14 @@ pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
                 ));
             }
         }
-        if counted_usage(db, &sid)? != s.tally() {
-            problems.push(format!(
+        // A message that does not read is a problem to report, not a
+        // reason for the check itself to fail.
+        match counted_usage(db, &sid) {
+            Ok(usage) if usage != s.tally() => problems.push(format!(
                 "session {sid}: the usage kept by agent differs from its messages' counters"
-            ));
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("session {sid}: {e:#}")),
         }
     }
     let bodies = body_health(db, &mut problems)?;
@@ -791,14 +811,16 @@ pub(crate) fn health(db: &Db) -> Result<koda_persistence_api::StoreHealth> {
 /// Bodies against the references to them, both ways (every reference has
 /// its body, every count is the number of fields using it, no body is kept
 /// unused), and every body against its address. Reads every body once.
-fn body_health(db: &Db, problems: &mut Vec<String>) -> Result<BodyStats> {
+fn body_health(db: &Tree, problems: &mut Vec<String>) -> Result<BodyStats> {
     let mut uses: HashMap<BodyHash, u64> = HashMap::new();
     for kv in db
         .scan_prefix([schema::MESSAGE])
         .chain(crate::trash::trashed_messages(db))
     {
-        let (_, v) = kv?;
-        let Ok(m) = decode_message(&v) else { continue };
+        let (k, v) = kv?;
+        let Ok(m) = db.open_message(&k, &v) else {
+            continue;
+        };
         for hash in m.bodies.iter().flatten() {
             *uses.entry(*hash).or_default() += 1;
         }
@@ -811,7 +833,7 @@ fn body_health(db: &Db, problems: &mut Vec<String>) -> Result<BodyStats> {
             continue;
         };
         let name = body_name(&hash);
-        let len = match unpack_checked(&data, &hash) {
+        let len = match db.check_body(&hash, &data) {
             Ok(text) => text.len() as u64,
             Err(e) => {
                 problems.push(format!("body {name}: {}", e.reason()));
@@ -845,7 +867,7 @@ fn body_health(db: &Db, problems: &mut Vec<String>) -> Result<BodyStats> {
     Ok(stats)
 }
 
-pub(crate) fn message_id_range(db: &Db) -> Result<Option<(i64, i64)>> {
+pub(crate) fn message_id_range(db: &Tree) -> Result<Option<(i64, i64)>> {
     let id_of = |k: &[u8]| -> Result<i64> {
         let bytes: [u8; 8] = k
             .get(1..9)
@@ -867,11 +889,11 @@ pub(crate) fn message_id_range(db: &Db) -> Result<Option<(i64, i64)>> {
 
 /// The last id handed out or claimed (`generate_id` consumes one: ids
 /// need not be contiguous).
-fn id_position(db: &Db) -> Result<u64> {
+fn id_position(db: &Tree) -> Result<u64> {
     Ok(id_floor(db)?.saturating_add(db.generate_id()?))
 }
 
-pub(crate) fn claim_ids(db: &Db, first: u64, last: u64) -> Result<(Batch, bool)> {
+pub(crate) fn claim_ids(db: &Tree, first: u64, last: u64) -> Result<(Batch, bool)> {
     let mut batch = Batch::default();
     if id_position(db)? >= first {
         return Ok((batch, false));
@@ -880,7 +902,7 @@ pub(crate) fn claim_ids(db: &Db, first: u64, last: u64) -> Result<(Batch, bool)>
     Ok((batch, true))
 }
 
-pub(crate) fn import_session(db: &Db, s: &SessionRecord) -> Result<(Batch, bool)> {
+pub(crate) fn import_session(db: &Tree, s: &SessionRecord) -> Result<(Batch, bool)> {
     let mut batch = Batch::default();
     if get_session(db, &s.id)?.is_some() {
         return Ok((batch, false));
@@ -891,7 +913,7 @@ pub(crate) fn import_session(db: &Db, s: &SessionRecord) -> Result<(Batch, bool)
 }
 
 /// Puts session `s` (known to be new) into `batch`; returns its record.
-fn new_session(db: &Db, s: &SessionRecord, batch: &mut Batch) -> Result<StoredSession> {
+fn new_session(db: &Tree, s: &SessionRecord, batch: &mut Batch) -> Result<StoredSession> {
     let seq = match db.get(schema::seq_counter())? {
         Some(v) => decode::<u64>(&v, "the session counter")? + 1,
         None => 1,
@@ -914,13 +936,13 @@ fn new_session(db: &Db, s: &SessionRecord, batch: &mut Batch) -> Result<StoredSe
         None => schema::rootless(as_u64(s.created_ms), seq),
     };
     batch.insert(listed, s.id.as_bytes());
-    batch.insert(schema::session(&s.id), encode_session(&record)?);
+    batch.insert(schema::session(&s.id), db.seal_session(&s.id, &record)?);
     Ok(record)
 }
 
 /// Counters a record leaves unset are stored as [`crate::codec::UNSET`].
 pub(crate) fn import_messages(
-    db: &Db,
+    db: &Tree,
     sid: &str,
     messages: &[MessageRecord],
     keep_ids: bool,
@@ -934,7 +956,7 @@ pub(crate) fn import_messages(
 /// Puts `messages` after the last message of session `sid` (whose record
 /// is `session`) into `batch`, with the session's new record.
 fn append_imported(
-    db: &Db,
+    db: &Tree,
     sid: &str,
     mut session: StoredSession,
     messages: &[MessageRecord],
@@ -988,21 +1010,25 @@ fn append_imported(
         if let Some(at) = m.compacted_ms {
             batch.insert(schema::compacted(as_u64(at), id), key.clone());
         }
-        batch.insert(key, encode_message(&record)?);
+        let sealed = db.seal_message(&key, &record)?;
+        batch.insert(key, sealed);
     }
     refs.finish(db, batch)?;
     session.set_tally(&tally);
-    batch.insert(schema::session(sid), encode_session(&session)?);
+    batch.insert(schema::session(sid), db.seal_session(sid, &session)?);
     Ok(ids)
 }
 
-pub(crate) fn import_metadata(db: &Db, sid: &str, entries: &[MetadataRecord]) -> Result<Batch> {
+pub(crate) fn import_metadata(db: &Tree, sid: &str, entries: &[MetadataRecord]) -> Result<Batch> {
     if get_session(db, sid)?.is_none() {
         return Err(session_not_found(sid));
     }
     let mut batch = Batch::default();
     for e in entries {
-        batch.insert(schema::metadata(sid, &e.key), encode(&e.value)?);
+        batch.insert(
+            schema::metadata(sid, &e.key),
+            db.seal_value(sid, &e.key, &e.value)?,
+        );
     }
     Ok(batch)
 }
@@ -1011,7 +1037,7 @@ pub(crate) fn import_metadata(db: &Db, sid: &str, entries: &[MetadataRecord]) ->
 /// export, cut by [`fork_len`](koda_persistence_api::fork::fork_len), put
 /// in as a new session with its metadata (each body one more reference).
 pub(crate) fn fork(
-    db: &Db,
+    db: &Tree,
     sid: &str,
     at: Option<i64>,
     new_id: &str,
@@ -1028,7 +1054,10 @@ pub(crate) fn fork(
     let session = new_session(db, &fork_record(&original, new_id, now), &mut batch)?;
     append_imported(db, new_id, session, &messages[..n], false, &mut batch)?;
     for e in export_metadata(db, sid)? {
-        batch.insert(schema::metadata(new_id, &e.key), encode(&e.value)?);
+        batch.insert(
+            schema::metadata(new_id, &e.key),
+            db.seal_value(new_id, &e.key, &e.value)?,
+        );
     }
     Ok((batch, new_id.to_owned()))
 }
@@ -1055,6 +1084,7 @@ mod tests {
     #[test]
     fn format_one_session_records_are_upgraded_with_their_usage() -> Result<()> {
         let db = sled::Config::new().temporary(true).open()?;
+        let db = Tree::unlock(db, None, std::path::Path::new("temporary"))?;
         db.apply_batch(create_session(&db, "s", "main", "/r", 1)?)?;
         for (agent, u) in [
             (None, usage(5, 1)),
@@ -1081,7 +1111,7 @@ mod tests {
         // The store's own check sees kept usage that left its rows.
         let mut s = get_session(&db, "s")?.ok_or_else(|| anyhow::anyhow!("no session"))?;
         s.count(Some("x"), [Some(1), None, None, None, None]);
-        db.insert(schema::session("s"), encode_session(&s)?)?;
+        db.insert(schema::session("s"), db.seal_session("s", &s)?)?;
         let problems = health(&db)?.problems;
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("usage"), "{problems:?}");
@@ -1090,7 +1120,7 @@ mod tests {
 
     /// Rewrites every session record of `db` as an earlier build stored it
     /// (format 1: a running token total, no usage by agent).
-    fn downgrade(db: &Db) -> Result<()> {
+    fn downgrade(db: &Tree) -> Result<()> {
         for kv in db.scan_prefix([schema::SESSION]) {
             let (k, _) = kv?;
             let sid = String::from_utf8(k[1..].to_vec())?;
@@ -1138,7 +1168,11 @@ mod tests {
         let Ok(path) = std::env::var(UPGRADE_CHILD) else {
             return Ok(());
         };
-        let db = sled::Config::new().path(path).open()?;
+        let db = Tree::unlock(
+            sled::Config::new().path(path).open()?,
+            None,
+            std::path::Path::new("test"),
+        )?;
         println!("open");
         std::io::stdout().flush()?;
         let n = upgrade(&db)?;
@@ -1161,7 +1195,11 @@ mod tests {
         let pristine = dir.path().join("pristine");
         let mut want = Vec::new();
         {
-            let db = sled::Config::new().path(&pristine).open()?;
+            let db = Tree::unlock(
+                sled::Config::new().path(&pristine).open()?,
+                None,
+                std::path::Path::new("test"),
+            )?;
             for s in 0..SESSIONS {
                 let sid = format!("s{s:04}");
                 db.apply_batch(create_session(&db, &sid, "main", "/r", 1)?)?;
@@ -1242,7 +1280,11 @@ mod tests {
             std::thread::sleep(span.mul_f64(f64::from(round) * 1.2 / f64::from(ROUNDS - 1)));
             c.kill()?;
             c.wait()?;
-            let db = sled::Config::new().path(&path).open()?;
+            let db = Tree::unlock(
+                sled::Config::new().path(&path).open()?,
+                None,
+                std::path::Path::new("test"),
+            )?;
             match upgrade(&db)? {
                 0 => finished += 1,
                 n => {

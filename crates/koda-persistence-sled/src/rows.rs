@@ -10,7 +10,6 @@ use koda_persistence_api::bodies::BodyHash;
 use koda_persistence_api::{Message, PersistenceError, Role};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sled::IVec;
 
 /// The value format this build writes (session records: [`SESSION_VERSION`]).
 pub(crate) const VERSION: u8 = 1;
@@ -267,7 +266,7 @@ pub(crate) fn encode_message(m: &StoredMessage) -> Result<Vec<u8>, PersistenceEr
 }
 
 /// A message record of format 2, or of format 1 (read without bodies).
-pub(crate) fn decode_message(v: &IVec) -> Result<StoredMessage, PersistenceError> {
+pub(crate) fn decode_message(v: &[u8]) -> Result<StoredMessage, PersistenceError> {
     match v.first() {
         Some(&VERSION) => decode_as::<StoredMessageV1>(VERSION, v, "a message").map(Into::into),
         _ => decode_as(MESSAGE_VERSION, v, "a message"),
@@ -302,6 +301,7 @@ pub(crate) fn session_of(message_key: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sled::IVec;
 
     #[test]
     fn records_round_trip_and_unknown_versions_are_corrupt() {

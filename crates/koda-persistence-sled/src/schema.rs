@@ -16,6 +16,7 @@
 //! | `L` | `!created_at: u64`, `!seq: u64` | session id | the root-less sessions an older koda's history brings (imports only), listed under every root |
 //! | `N` | `seq` | last session sequence number | creation order |
 //! | `N` | `idfloor` | the highest id an importer claimed | message ids past it |
+//! | `N` | `cipher` | the key record of an encrypted store (salt, check value) | opening with `key_file=` (see `crate::seal`) |
 //! | `B` | body address (SHA-256, 32 bytes) | the body, zstd-packed | message fields held as bodies |
 //! | `b` | body address | `u64` big-endian: the message fields that refer to it | releasing a body with its last reference |
 //!
@@ -26,10 +27,11 @@
 
 use anyhow::Result;
 use koda_persistence_api::PersistenceError;
-use sled::{Batch, Db};
+use sled::Batch;
 
 use crate::queries::counted_usage;
-use crate::rows::{decode_session_v1, encode_session};
+use crate::rows::decode_session_v1;
+use crate::seal::Tree;
 
 /// Session records.
 pub(crate) const SESSION: u8 = b'S';
@@ -171,6 +173,11 @@ pub(crate) fn id_floor() -> Vec<u8> {
     vec![COUNTER, b'i', b'd', b'f', b'l', b'o', b'o', b'r']
 }
 
+/// The key record of an encrypted store (see `crate::seal`).
+pub(crate) fn key_record() -> Vec<u8> {
+    vec![COUNTER, b'c', b'i', b'p', b'h', b'e', b'r']
+}
+
 /// The session-sequence counter key.
 pub(crate) fn seq_counter() -> Vec<u8> {
     vec![COUNTER, b's', b'e', b'q']
@@ -179,16 +186,20 @@ pub(crate) fn seq_counter() -> Vec<u8> {
 /// Rewrites the session records an earlier build wrote (format 1) at
 /// format 2, with the usage their messages add up to, in one batch.
 /// Returns how many were upgraded; run at open, before any other call.
-pub(crate) fn upgrade(db: &Db) -> Result<usize> {
+pub(crate) fn upgrade(db: &Tree) -> Result<usize> {
     let mut batch = Batch::default();
     let mut n = 0;
+    if db.encrypted() {
+        // Only this build writes encrypted stores: no format-1 record.
+        return Ok(0);
+    }
     for kv in db.scan_prefix([SESSION]) {
         let (k, v) = kv?;
         let sid = String::from_utf8(k[1..].to_vec())
             .map_err(|_| PersistenceError::Corrupt("a session id is not UTF-8".into()))?;
         if let Some(old) = decode_session_v1(&v, &format!("session {sid:?}"))? {
             let usage = counted_usage(db, &sid)?;
-            batch.insert(k, encode_session(&old.upgrade(&usage))?);
+            batch.insert(k, db.seal_session(&sid, &old.upgrade(&usage))?);
             n += 1;
         }
     }

@@ -5,18 +5,18 @@
 
 use std::collections::HashMap;
 
+use crate::seal::Tree;
 use anyhow::Result;
 use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::search::{Query, ScopeBuf, SearchHit, hit, sort_hits};
-use sled::Db;
 
 use crate::queries::{as_u64, get_session, resolve};
-use crate::rows::{decode_message, role_of, session_of};
+use crate::rows::{role_of, session_of};
 use crate::schema;
 
 /// The hits of `query` in `scope`, at most `limit` (already bounded).
 pub(crate) fn search(
-    db: &Db,
+    db: &Tree,
     query: &Query,
     scope: &ScopeBuf,
     limit: usize,
@@ -58,7 +58,7 @@ pub(crate) fn search(
             continue;
         }
         let Some(v) = db.get(&key)? else { continue };
-        let m = decode_message(&v)?;
+        let m = db.open_message(&key, &v)?;
         let role = role_of(m.role)?;
         if !scope.admits(role, m.compacted_ms.is_some()) {
             continue;

@@ -18,10 +18,12 @@ use koda_persistence_api::trash::{
     DeletedSession, in_trash, is_expired, live_session_exists, purge_at_ms, sort_deleted,
 };
 use koda_persistence_api::{PersistenceError, Role};
-use sled::{Batch, Db, IVec};
+use sled::{Batch, IVec};
+
+use crate::seal::Tree;
 
 use crate::queries::{Refs, as_u64, get_session, unindex_message, unlist_session};
-use crate::rows::{StoredSession, decode_message, decode_session, role_byte};
+use crate::rows::{StoredSession, role_byte};
 use crate::schema;
 
 /// Trashed session records.
@@ -113,7 +115,7 @@ struct Entry {
     raw: Vec<u8>,
 }
 
-fn decode_entry(id: &str, v: &[u8]) -> Result<Entry, PersistenceError> {
+fn decode_entry(db: &Tree, id: &str, v: &[u8]) -> Result<Entry, PersistenceError> {
     let corrupt =
         || PersistenceError::Corrupt(format!("trash record of session {id:?} is cut short"));
     let at: [u8; 8] = v
@@ -125,14 +127,14 @@ fn decode_entry(id: &str, v: &[u8]) -> Result<Entry, PersistenceError> {
     Ok(Entry {
         deleted_ms: i64::from_be_bytes(at),
         rootless,
-        session: decode_session(&raw, &format!("trashed session {id:?}"))?,
+        session: db.open_session(id, &raw, &format!("trashed session {id:?}"))?,
         raw,
     })
 }
 
-fn entry(db: &Db, id: &str) -> Result<Option<Entry>> {
+fn entry(db: &Tree, id: &str) -> Result<Option<Entry>> {
     match db.get(trash_key(id))? {
-        Some(v) => Ok(Some(decode_entry(id, &v)?)),
+        Some(v) => Ok(Some(decode_entry(db, id, &v)?)),
         None => Ok(None),
     }
 }
@@ -142,12 +144,12 @@ fn prefixed(ns: u8, key_of: fn(&str) -> Vec<u8>, id: &str) -> Vec<u8> {
 }
 
 /// `delete_session` with a grace period: the session's keys into the trash.
-pub(crate) fn trash_session(db: &Db, sid: &str, now: i64) -> Result<(Batch, bool)> {
+pub(crate) fn trash_session(db: &Tree, sid: &str, now: i64) -> Result<(Batch, bool)> {
     let mut batch = Batch::default();
     let Some(raw) = db.get(schema::session(sid))? else {
         return Ok((batch, false));
     };
-    let s = decode_session(&raw, &format!("session {sid:?}"))?;
+    let s = db.open_session(sid, &raw, &format!("session {sid:?}"))?;
     let rootless = db
         .get(schema::rootless(as_u64(s.created_ms), s.seq))?
         .is_some_and(|v| v.as_ref() == sid.as_bytes());
@@ -157,7 +159,7 @@ pub(crate) fn trash_session(db: &Db, sid: &str, now: i64) -> Result<(Batch, bool
     purge_into(db, sid, &mut batch, &mut refs)?;
     for kv in db.scan_prefix(schema::messages_of(sid)) {
         let (k, v) = kv?;
-        let m = decode_message(&v)?;
+        let m = db.open_message(&k, &v)?;
         batch.remove(&k);
         batch.insert(renamed(&k, TRASH_MESSAGE), v);
         unindex_message(&mut batch, &m);
@@ -176,7 +178,7 @@ pub(crate) fn trash_session(db: &Db, sid: &str, now: i64) -> Result<(Batch, bool
     Ok((batch, true))
 }
 
-pub(crate) fn restore_session(db: &Db, sid: &str, now: i64, days: u32) -> Result<(Batch, ())> {
+pub(crate) fn restore_session(db: &Tree, sid: &str, now: i64, days: u32) -> Result<(Batch, ())> {
     let mut batch = Batch::default();
     let e = match entry(db, sid)? {
         Some(e) if !is_expired(e.deleted_ms, days, now) => e,
@@ -187,7 +189,7 @@ pub(crate) fn restore_session(db: &Db, sid: &str, now: i64, days: u32) -> Result
     }
     for kv in db.scan_prefix(prefixed(TRASH_MESSAGE, schema::messages_of, sid)) {
         let (k, v) = kv?;
-        let m = decode_message(&v)?;
+        let m = db.open_message(&k, &v)?;
         if db.get(schema::numbered(schema::BY_ID, m.id))?.is_some() {
             return Err(PersistenceError::Conflict(format!(
                 "message id {} of trashed session {sid:?} is taken by another message",
@@ -225,10 +227,10 @@ pub(crate) fn restore_session(db: &Db, sid: &str, now: i64, days: u32) -> Result
 
 /// Puts the removal of a trashed session's keys into `batch` and its body
 /// references into `refs` (nothing when it is not in the trash).
-fn purge_into(db: &Db, sid: &str, batch: &mut Batch, refs: &mut Refs) -> Result<()> {
+fn purge_into(db: &Tree, sid: &str, batch: &mut Batch, refs: &mut Refs) -> Result<()> {
     for kv in db.scan_prefix(prefixed(TRASH_MESSAGE, schema::messages_of, sid)) {
         let (k, v) = kv?;
-        refs.release(&decode_message(&v)?);
+        refs.release(&db.open_message(&k, &v)?);
         batch.remove(k);
     }
     for kv in db.scan_prefix(prefixed(TRASH_METADATA, schema::metadata_of, sid)) {
@@ -239,13 +241,13 @@ fn purge_into(db: &Db, sid: &str, batch: &mut Batch, refs: &mut Refs) -> Result<
 }
 
 /// Every trashed session, as reported.
-fn every(db: &Db, days: u32) -> Result<Vec<DeletedSession>> {
+fn every(db: &Tree, days: u32) -> Result<Vec<DeletedSession>> {
     let mut out = Vec::new();
     for kv in db.scan_prefix([TRASH_SESSION]) {
         let (k, v) = kv?;
         let id = String::from_utf8(k[1..].to_vec())
             .map_err(|_| PersistenceError::Corrupt("a trashed session id is not UTF-8".into()))?;
-        let e = decode_entry(&id, &v)?;
+        let e = decode_entry(db, &id, &v)?;
         let s = e.session;
         out.push(DeletedSession {
             agent_name: s.agent_name,
@@ -268,18 +270,18 @@ fn every(db: &Db, days: u32) -> Result<Vec<DeletedSession>> {
 
 /// The trashed sessions that have expired at `now` (`expired`), or those
 /// that have not.
-fn selected(db: &Db, days: u32, now: i64, expired: bool) -> Result<Vec<DeletedSession>> {
+fn selected(db: &Tree, days: u32, now: i64, expired: bool) -> Result<Vec<DeletedSession>> {
     let mut all = every(db, days)?;
     all.retain(|d| is_expired(d.deleted_ms, days, now) == expired);
     Ok(all)
 }
 
-pub(crate) fn list_deleted(db: &Db, now: i64, days: u32) -> Result<Vec<DeletedSession>> {
+pub(crate) fn list_deleted(db: &Tree, now: i64, days: u32) -> Result<Vec<DeletedSession>> {
     selected(db, days, now, false)
 }
 
 pub(crate) fn purge_deleted(
-    db: &Db,
+    db: &Tree,
     now: i64,
     days: u32,
     dry_run: bool,
@@ -297,7 +299,7 @@ pub(crate) fn purge_deleted(
 }
 
 /// `import_session`'s refusal of an id in the trash.
-pub(crate) fn refuse_trashed(db: &Db, sid: &str) -> Result<()> {
+pub(crate) fn refuse_trashed(db: &Tree, sid: &str) -> Result<()> {
     if db.get(trash_key(sid))?.is_some() {
         return Err(in_trash(sid));
     }
@@ -305,6 +307,6 @@ pub(crate) fn refuse_trashed(db: &Db, sid: &str) -> Result<()> {
 }
 
 /// Body references the trash holds, for `health`.
-pub(crate) fn trashed_messages(db: &Db) -> impl Iterator<Item = sled::Result<(IVec, IVec)>> {
+pub(crate) fn trashed_messages(db: &Tree) -> impl Iterator<Item = sled::Result<(IVec, IVec)>> {
     db.scan_prefix([TRASH_MESSAGE])
 }
