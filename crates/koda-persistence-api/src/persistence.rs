@@ -83,6 +83,19 @@ use crate::types::{
 ///   purge removed is `MessageNotFound`.
 /// - **Files** a backend creates (databases, directories) are private to their
 ///   owner (`0600` / `0700`) whatever the process's umask.
+/// - **Encryption at rest** (the contract is silent; see
+///   [`crate::cipher`]): a store opened with `key_file=` behaves exactly as
+///   one without, every call and rule above included; what changes is what
+///   reaches the disk. SQLite (feature `sqlcipher`) encrypts the whole
+///   file; sled seals every value with XChaCha20-Poly1305 bound to its row
+///   (session ids, message ids, positions, metadata keys and project roots
+///   stay in clear in its keys), and addresses bodies by a keyed hash. A
+///   wrong or missing key, a key for a store that is not encrypted, and a
+///   key file that is missing or readable by others are `PermissionDenied`
+///   before anything is written; a value changed or moved to another row
+///   is `Corrupt`, never other text. Search on an encrypted sled store is
+///   its usual scan, over decrypted text. (PostgreSQL does not take
+///   `key_file=` yet.)
 /// - **Limits** are `i64`: negative is `InvalidInput`, `0` gives nothing, any
 ///   positive value up to `i64::MAX` is honoured. Sums saturate at `i64::MAX`.
 /// - **Error precedence** (the contract is silent; every backend does this):

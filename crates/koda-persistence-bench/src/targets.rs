@@ -94,7 +94,15 @@ impl Target {
                     }
                 )
             }
-            Target::Sled { options, .. } => format!("sled ({:?})", options.flush),
+            Target::Sled { options, .. } => format!(
+                "sled ({:?}{})",
+                options.flush,
+                if options.key_file.is_some() {
+                    ", encrypted"
+                } else {
+                    ""
+                }
+            ),
             Target::Postgres { .. } => "postgres".into(),
         }
     }

@@ -143,15 +143,18 @@ Example: koda-store copy --from sqlite://$HOME/.config/koda/db/koda.db \\
         #[arg(long)]
         dry_run: bool,
     },
-    /// Copy the store into a new encrypted SQLite file and verify every
-    /// session (as `copy` does). The target URL names its key:
+    /// Copy the store into a new encrypted store and verify every session
+    /// (as `copy` does). The target URL names its key:
     /// `sqlite:///path/new.db?key_file=/path/store.key` (a 0600 file of 32
-    /// random bytes or a passphrase line). The source stays as it is.
+    /// random bytes or a passphrase line), or a new sled directory
+    /// `sled:///path/new-dir?key_file=…`. The source stays as it is.
     #[command(after_help = "\
-Needs a koda-store built with --features sqlcipher. An older koda cannot read
-an encrypted file; keep the key file safe: without it the history is lost.")]
+An SQLite target needs a koda-store built with --features sqlcipher. An older
+koda cannot read an encrypted store; keep the key file safe: without it the
+history is lost.")]
     Encrypt {
-        /// The encrypted target's URL (sqlite://PATH?key_file=KEYFILE).
+        /// The encrypted target's URL (sqlite://PATH?key_file=KEYFILE or
+        /// sled://DIR?key_file=KEYFILE).
         #[arg(long, value_name = "URL")]
         to: String,
         /// The verification as one JSON document on stdout.
@@ -375,14 +378,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             return inspect::copy(&source, &target, &sessions, json, &redact(&to)).await;
         }
         Command::Encrypt { to, json } => {
-            // The SQLite backend's own reading of the URL (key_file, or
+            // The backend's own reading of the URL (key_file, or
             // KODA_STORE_KEY_FILE when it names none) decides.
             let keyed = koda_persistence::options_of::<koda_persistence::sqlite::Sqlite>(&to)
-                .is_ok_and(|o| o.key_file.is_some());
+                .is_ok_and(|o| o.key_file.is_some())
+                || koda_persistence::options_of::<koda_persistence::sled::Sled>(&to)
+                    .is_ok_and(|o| o.key_file.is_some());
             if !keyed {
                 anyhow::bail!(
-                    "encrypt --to needs an SQLite URL with its key: \
-                     sqlite:///path/new.db?key_file=/path/store.key"
+                    "encrypt --to needs an SQLite or sled URL with its key: \
+                     sqlite:///path/new.db?key_file=/path/store.key or \
+                     sled:///path/new-dir?key_file=/path/store.key"
                 );
             }
             let source = open(&store_url()?).await?;

@@ -975,3 +975,51 @@ fn encrypt_then_rekey() {
     );
     assert_eq!(listed(&enc_url(&new)), listed(&url));
 }
+
+/// `encrypt --to` a sled directory with a key file (no feature needed):
+/// the same sessions, no title on disk, and without the key the store is
+/// refused (exit 1).
+#[test]
+fn encrypt_into_a_sled_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("koda.db");
+    populated(&plain, 2, 2);
+    let key = dir.path().join("sled.key");
+    std::fs::write(&key, [8u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let target = dir.path().join("enc-sled");
+    let enc_url = format!("sled://{}?key_file={}", target.display(), key.display());
+    let url = sqlite_url(&plain);
+    ok(&["--store", &url, "encrypt", "--to", &enc_url]);
+    let listed = |u: &str| text(&ok(&["--store", u, "sessions", "--json"]).stdout);
+    assert_eq!(listed(&enc_url), listed(&url));
+    let mut on_disk = Vec::new();
+    for e in std::fs::read_dir(&target).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            on_disk.extend(std::fs::read(p).unwrap());
+        }
+    }
+    assert!(!on_disk.is_empty());
+    assert!(
+        !on_disk.windows(8).any(|w| w == b"session "),
+        "titles on disk"
+    );
+    let bare = format!("sled://{}", target.display());
+    let out = run(&["--store", &bare, "sessions"]);
+    assert_eq!(out.status.code(), Some(1), "opened without its key");
+    assert!(
+        text(&out.stderr).contains("key_file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let refused = run(&[
+        "--store",
+        &url,
+        "encrypt",
+        "--to",
+        &format!("sled://{}", dir.path().join("other").display()),
+    ]);
+    assert_eq!(refused.status.code(), Some(1), "encrypt without a key");
+}
