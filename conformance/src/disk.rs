@@ -85,8 +85,12 @@ where
             return Ok(());
         }
     };
+    // Freed once the disk is full: a quarter of the disk (at least 1 MiB),
+    // room for the writes after recovery and for a reopen (sled's open
+    // allocates a log segment; with 1 MiB of 8 it hit ENOSPC now and then).
     let ballast = disk.path().join("ballast");
-    std::fs::write(&ballast, vec![7u8; 1 << 20]).context("writing the ballast")?;
+    let ballast_mb = (size_mb / 4).max(1) as usize;
+    std::fs::write(&ballast, vec![7u8; ballast_mb << 20]).context("writing the ballast")?;
     let home = disk.path().join("store");
     let store = open(home.clone()).await.context("opening on the tmpfs")?;
     let sid = store.create_session("main", Path::new("/p")).await?;
