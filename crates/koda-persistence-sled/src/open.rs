@@ -182,7 +182,11 @@ pub(crate) fn open_db(path: &Path, options: &SledOptions) -> Result<Tree> {
     make_private(path).map_err(|e| {
         PersistenceError::Unavailable(format!("making {} private: {e}", path.display()))
     })?;
-    let db = Tree::unlock(db, key.as_ref(), path)?;
+    let db = Tree::unlock(db, key.as_ref(), path).inspect_err(|_| {
+        // The handle is dropped: sled frees the directory's lock from its
+        // own threads, so the next open here (the right key) waits for it.
+        closing(path);
+    })?;
     let upgraded = crate::schema::upgrade(&db)?;
     if upgraded > 0 {
         tracing::info!(path = %path.display(), sessions = upgraded, "kept usage by agent in the session records");

@@ -141,9 +141,12 @@ async fn a_wrong_or_missing_key_is_refused_before_any_write() {
         drop(raw(&path));
         assert!(files(&path) == before, "a refused open changed the store");
     }
+    // Right after a refusal, with no pause, the right key opens it.
+    let e = open(&path, Some(&wrong)).await.expect_err("the wrong key");
+    assert!(denied(&e), "{e:#}");
     let store = open(&path, Some(&right))
         .await
-        .expect("the right key still opens it");
+        .expect("the right key still opens it, at once");
     assert_eq!(
         store.load_all_messages(&sid).await.unwrap().len(),
         PLANTED_MESSAGES
