@@ -13,7 +13,7 @@ use koda_persistence_api::PersistenceError;
 use koda_persistence_api::backend::{ContextCache, DEFAULT_CACHED_SESSIONS};
 use sled::Batch;
 
-use crate::seal::Tree;
+use crate::cipher::Tree;
 
 use crate::SledStore;
 use crate::error::storage;

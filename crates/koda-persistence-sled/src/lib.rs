@@ -1,6 +1,7 @@
 #![doc = include_str!("docs.md")]
 #![deny(missing_docs)]
 
+mod cipher;
 mod error;
 mod exec;
 mod open;
@@ -8,7 +9,6 @@ mod options;
 mod queries;
 mod rows;
 mod schema;
-mod seal;
 mod search;
 mod trash;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use std::sync::{Arc, RwLock};
 
-use crate::seal::Tree;
+use crate::cipher::Tree;
 use anyhow::{Context as _, Result};
 use koda_persistence_api::backend::{ContextCache, DEFAULT_CACHED_SESSIONS, options_of};
 use koda_persistence_api::{Clock, PersistenceError};

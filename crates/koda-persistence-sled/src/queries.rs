@@ -16,7 +16,7 @@ use koda_persistence_api::{
 use koda_persistence_api::{MessageRecord, MetadataRecord, SessionRecord};
 use sled::{Batch, IVec};
 
-use crate::seal::Tree;
+use crate::cipher::Tree;
 
 use koda_persistence_api::BodyStats;
 use koda_persistence_api::bodies::{

@@ -16,7 +16,7 @@
 //! | `L` | `!created_at: u64`, `!seq: u64` | session id | the root-less sessions an older koda's history brings (imports only), listed under every root |
 //! | `N` | `seq` | last session sequence number | creation order |
 //! | `N` | `idfloor` | the highest id an importer claimed | message ids past it |
-//! | `N` | `cipher` | the key record of an encrypted store (salt, check value) | opening with `key_file=` (see `crate::seal`) |
+//! | `N` | `cipher` | the key record of an encrypted store (salt, check value) | opening with `key_file=` (see `crate::cipher`) |
 //! | `B` | body address (SHA-256, 32 bytes) | the body, zstd-packed | message fields held as bodies |
 //! | `b` | body address | `u64` big-endian: the message fields that refer to it | releasing a body with its last reference |
 //!
@@ -29,9 +29,9 @@ use anyhow::Result;
 use koda_persistence_api::PersistenceError;
 use sled::Batch;
 
+use crate::cipher::Tree;
 use crate::queries::counted_usage;
 use crate::rows::decode_session_v1;
-use crate::seal::Tree;
 
 /// Session records.
 pub(crate) const SESSION: u8 = b'S';
@@ -173,7 +173,7 @@ pub(crate) fn id_floor() -> Vec<u8> {
     vec![COUNTER, b'i', b'd', b'f', b'l', b'o', b'o', b'r']
 }
 
-/// The key record of an encrypted store (see `crate::seal`).
+/// The key record of an encrypted store (see `crate::cipher`).
 pub(crate) fn key_record() -> Vec<u8> {
     vec![COUNTER, b'c', b'i', b'p', b'h', b'e', b'r']
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::seal::Tree;
+use crate::cipher::Tree;
 use anyhow::Result;
 use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::search::{Query, ScopeBuf, SearchHit, hit, sort_hits};

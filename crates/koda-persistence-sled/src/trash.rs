@@ -20,7 +20,7 @@ use koda_persistence_api::trash::{
 use koda_persistence_api::{PersistenceError, Role};
 use sled::{Batch, IVec};
 
-use crate::seal::Tree;
+use crate::cipher::Tree;
 
 use crate::queries::{Refs, as_u64, get_session, unindex_message, unlist_session};
 use crate::rows::{StoredSession, role_byte};

@@ -31,7 +31,7 @@ const BACKENDS: [(&str, &[&str]); 4] = [
         &["error.rs", "worker.rs", "checkpoint.rs", "cipher.rs"],
     ),
     ("postgres", &["error.rs", "exec.rs", "tls.rs"]),
-    ("sled", &["error.rs", "exec.rs"]),
+    ("sled", &["error.rs", "exec.rs", "cipher.rs"]),
 ];
 
 const MAX_LIB_LINES: usize = 400;
