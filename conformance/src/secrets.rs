@@ -40,6 +40,11 @@ pub const PLANTED_MESSAGES: usize = 3;
 /// the user's message and the tool output).
 pub const PLANTED_HITS: usize = 2;
 
+/// The tool output [`plant`] writes (a body: stored once, by address).
+pub fn planted_output() -> String {
+    format!("{SECRET} {}", "x".repeat(9_000))
+}
+
 /// A new session holding [`SECRET`] in every free-text field: title, mode,
 /// a user message, an assistant's tool calls, a tool output large enough
 /// to be stored once (as `content` and `full_content`), a metadata value
@@ -59,7 +64,7 @@ pub async fn plant(store: &dyn Persistence) -> Result<String> {
     store
         .insert_message(&sid, &Role::Assistant, None, Some(&calls), None, None)
         .await?;
-    let big = format!("{SECRET} {}", "x".repeat(9_000));
+    let big = planted_output();
     store
         .insert_tool_message_with_full(&sid, &big, "c1", &big)
         .await?;

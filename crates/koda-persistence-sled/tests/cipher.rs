@@ -14,7 +14,7 @@ use koda_persistence_api::{Import, ManualClock, Persistence, PersistenceError, R
 use koda_persistence_sled::{SledOptions, SledStore};
 
 use koda_persistence_conformance::secrets::{
-    PLANTED_HITS, PLANTED_MESSAGES, SECRET, contains, plant,
+    PLANTED_HITS, PLANTED_MESSAGES, SECRET, contains, plant, planted_output,
 };
 
 fn key_file(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> PathBuf {
@@ -97,10 +97,18 @@ async fn nothing_of_a_secret_reaches_the_disk_and_search_still_finds_it() {
         assert!(health.problems.is_empty(), "{:?}", health.problems);
         assert_eq!(health.bodies.bodies, 1, "{name}: the tool output is a body");
         drop(store);
+        // Nor the plain SHA-256 of the tool output: a body's address is
+        // keyed, so it confirms no guess of the text.
+        let plain_address = koda_persistence_api::bodies::body_hash(&planted_output());
         for (file, bytes) in files(&path) {
             assert!(
                 !contains(&bytes, SECRET.as_bytes()),
                 "{name}: the secret is in {}",
+                file.display()
+            );
+            assert!(
+                !contains(&bytes, &plain_address),
+                "{name}: the output's plain hash is in {}",
                 file.display()
             );
         }
