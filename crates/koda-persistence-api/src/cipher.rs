@@ -176,6 +176,13 @@ mod field {
         mac
     }
 
+    /// A fresh random nonce from the operating system.
+    fn random_nonce() -> Result<XNonce, PersistenceError> {
+        XNonce::try_generate().map_err(|e| {
+            PersistenceError::Unavailable(format!("no randomness from the system: {e}"))
+        })
+    }
+
     fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
         mac(key, parts).finalize().into_bytes().into()
     }
@@ -200,13 +207,16 @@ mod field {
         /// A cipher for a new store, and the key record to keep with its
         /// schema (a random salt and a check value; nothing it holds
         /// reveals the key).
-        pub fn create(material: &KeyMaterial) -> (Self, Vec<u8>) {
-            let nonce = XNonce::generate();
+        ///
+        /// # Errors
+        /// `Unavailable` when the system gives no randomness.
+        pub fn create(material: &KeyMaterial) -> Result<(Self, Vec<u8>), PersistenceError> {
+            let nonce = random_nonce()?;
             let mut salt = [0u8; SALT];
             salt.copy_from_slice(&nonce[..SALT]);
             let cipher = Self::derive(material, salt);
             let record = cipher.record();
-            (cipher, record)
+            Ok((cipher, record))
         }
 
         /// The key record of this cipher.
@@ -252,9 +262,10 @@ mod field {
         ///
         /// # Errors
         /// `InvalidInput` when the value is too large to seal (over 256
-        /// GiB: never from a store's values).
+        /// GiB: never from a store's values); `Unavailable` when the
+        /// system gives no randomness.
         pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, PersistenceError> {
-            let nonce = XNonce::generate();
+            let nonce = random_nonce()?;
             let sealed = self
                 .aead
                 .encrypt(&nonce, Payload { msg: plain, aad })
@@ -318,7 +329,7 @@ mod field {
 
         #[test]
         fn seal_open_round_trips_and_binds_the_row() {
-            let (c, record) = FieldCipher::create(&raw(1));
+            let (c, record) = FieldCipher::create(&raw(1)).expect("random");
             let aad = crate::cipher::aad(&[b"s", b"1"]);
             let sealed = c.seal(&aad, b"secret").expect("seals");
             assert_eq!(sealed.len(), 6 + SEAL_OVERHEAD);
@@ -356,14 +367,14 @@ mod field {
             ));
             // Addresses are keyed: not the plain hash, and per store.
             assert_ne!(c.address("x"), crate::bodies::body_hash("x"));
-            let (c2, _) = FieldCipher::create(&raw(1));
+            let (c2, _) = FieldCipher::create(&raw(1)).expect("random");
             assert_ne!(c.address("x"), c2.address("x"));
         }
 
         #[test]
         fn a_passphrase_unlocks_its_store_only() {
             let p = KeyMaterial::Passphrase("correct horse".into());
-            let (c, record) = FieldCipher::create(&p);
+            let (c, record) = FieldCipher::create(&p).expect("random");
             let sealed = c.seal(b"a", b"t").expect("seals");
             let again = FieldCipher::unlock(&p, &record, "s").expect("unlocks");
             assert_eq!(again.open(b"a", &sealed, "v").expect("opens"), b"t");

@@ -87,7 +87,7 @@ impl Tree {
                 if db.iter().next().is_some() {
                     return Err(wrong_key(&what).into());
                 }
-                let (cipher, record) = FieldCipher::create(k);
+                let (cipher, record) = FieldCipher::create(k)?;
                 db.insert(schema::key_record(), record)?;
                 db.flush()?;
                 Some(cipher)
