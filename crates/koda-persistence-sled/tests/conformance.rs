@@ -18,11 +18,13 @@ struct TempDir {
 fn options(dir: &std::path::Path, encrypted: bool) -> anyhow::Result<SledOptions> {
     let mut options = SledOptions::at(dir.join("store"));
     if encrypted {
-        use std::os::unix::fs::PermissionsExt;
-        let key = dir.join("store.key");
-        std::fs::write(&key, [0xa5u8; 32])?;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
-        options.key_file = Some(key);
+        let key = [0xa5u8; 32];
+        options.key_file = Some(koda_persistence_conformance::secrets::key_file(
+            dir,
+            "store.key",
+            &key,
+            0o600,
+        )?);
     }
     Ok(options)
 }

@@ -1,5 +1,5 @@
-//! The whole conformance suite against `SqliteStore`, on a temp file and on
-//! `sqlite::memory:`.
+//! The whole conformance suite against `SqliteStore`, on a temp file, on
+//! `sqlite::memory:` and (feature `sqlcipher`) on an encrypted file.
 
 use std::sync::Arc;
 
@@ -9,38 +9,53 @@ use koda_persistence_api::trash::TrashOptions;
 use koda_persistence_conformance::{Factory, Fixture};
 use koda_persistence_sqlite::{Location, Sqlite, SqliteOptions};
 
-/// A fresh database file in its own temp directory.
-struct TempFile;
+/// A fresh database file in its own temp directory, SQLCipher-encrypted
+/// when `encrypted` (feature `sqlcipher`).
+struct TempFile {
+    encrypted: bool,
+}
+
+/// Options for `koda.db` in `dir`; with a raw key file there when
+/// `encrypted` (no passphrase derivation on each of the many opens).
+fn options(dir: &std::path::Path, encrypted: bool) -> anyhow::Result<SqliteOptions> {
+    let key_file = if encrypted {
+        let key = [0x5au8; 32];
+        Some(koda_persistence_conformance::secrets::key_file(
+            dir,
+            "store.key",
+            &key,
+            0o600,
+        )?)
+    } else {
+        None
+    };
+    Ok(SqliteOptions {
+        location: Location::File(dir.join("koda.db")),
+        key_file,
+        ..SqliteOptions::default()
+    })
+}
 
 #[async_trait::async_trait]
 impl Factory for TempFile {
     async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
         let dir = tempfile::tempdir()?;
         let clock = ManualClock::new(start_ms);
-        let open = || {
-            open_checked::<Sqlite>(
-                SqliteOptions {
-                    location: Location::File(dir.path().join("koda.db")),
-                    ..SqliteOptions::default()
-                },
-                Arc::new(clock.clone()),
-            )
-        };
+        let opened = options(dir.path(), self.encrypted)?;
+        let open = || open_checked::<Sqlite>(opened.clone(), Arc::new(clock.clone()));
         let store = open().await?;
         let second = open().await?;
+        let encrypted = self.encrypted;
         Ok(Fixture::new(Arc::new(store), clock)
             .with_second_handle(Arc::new(second))
             .with_guard(dir)
-            .with_grace_opener(|days| async move {
+            .with_grace_opener(move |days| async move {
                 let dir = tempfile::tempdir()?;
                 let clock = ManualClock::new(koda_persistence_conformance::START_MS);
-                let options = SqliteOptions {
-                    location: Location::File(dir.path().join("koda.db")),
-                    trash: TrashOptions {
-                        keep_deleted_days: Some(days),
-                        ..TrashOptions::default()
-                    },
-                    ..SqliteOptions::default()
+                let mut options = options(dir.path(), encrypted)?;
+                options.trash = TrashOptions {
+                    keep_deleted_days: Some(days),
+                    ..TrashOptions::default()
                 };
                 let store = open_checked::<Sqlite>(options, Arc::new(clock.clone())).await?;
                 Ok(Fixture::new(Arc::new(store), clock).with_guard(dir))
@@ -76,7 +91,7 @@ impl Factory for InMemory {
 
 mod file {
     use super::*;
-    koda_persistence_conformance::conformance_tests!(TempFile);
+    koda_persistence_conformance::conformance_tests!(TempFile { encrypted: false });
 }
 
 mod memory {
@@ -84,42 +99,10 @@ mod memory {
     koda_persistence_conformance::conformance_tests!(InMemory);
 }
 
-/// A fresh SQLCipher-encrypted file (feature `sqlcipher`): the whole suite
-/// and the state machine on an encrypted store.
-#[cfg(feature = "sqlcipher")]
-struct EncryptedFile;
-
-#[cfg(feature = "sqlcipher")]
-#[async_trait::async_trait]
-impl Factory for EncryptedFile {
-    async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir()?;
-        let key = dir.path().join("store.key");
-        // A raw key: no passphrase derivation on each of the many opens.
-        std::fs::write(&key, [0x5au8; 32])?;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
-        let clock = ManualClock::new(start_ms);
-        let open = || {
-            open_checked::<Sqlite>(
-                SqliteOptions {
-                    location: Location::File(dir.path().join("koda.db")),
-                    key_file: Some(key.clone()),
-                    ..SqliteOptions::default()
-                },
-                Arc::new(clock.clone()),
-            )
-        };
-        let store = open().await?;
-        let second = open().await?;
-        Ok(Fixture::new(Arc::new(store), clock)
-            .with_second_handle(Arc::new(second))
-            .with_guard(dir))
-    }
-}
-
+/// The whole suite and the state machine on a SQLCipher-encrypted file
+/// (feature `sqlcipher`).
 #[cfg(feature = "sqlcipher")]
 mod encrypted {
     use super::*;
-    koda_persistence_conformance::conformance_tests!(EncryptedFile);
+    koda_persistence_conformance::conformance_tests!(TempFile { encrypted: true });
 }
