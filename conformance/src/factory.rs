@@ -6,7 +6,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use koda_persistence_api::{Import, ManualClock, Persistence};
+use crate::at_rest::AtRest;
+use koda_persistence_api::{ManualClock, Persistence, Store};
 
 /// The instant every case's clock starts at: 2026-11-26T05:07:04.123Z.
 pub const START_MS: i64 = 1_795_669_624_123;
@@ -22,8 +23,8 @@ type Probe =
 
 /// One fresh, empty store and the clock it reads.
 pub struct Fixture {
-    /// The store under test (every backend implements [`Import`] too).
-    pub store: Arc<dyn Import>,
+    /// The store under test, with every capability.
+    pub store: Arc<dyn Store>,
     /// The clock the store reads; cases move it.
     pub clock: ManualClock,
     guard: Option<Box<dyn Any + Send>>,
@@ -31,6 +32,7 @@ pub struct Fixture {
     deadlocks: Option<Probe>,
     second: Option<Arc<dyn Persistence>>,
     grace: Option<Opener>,
+    at_rest: Option<Arc<dyn AtRest>>,
 }
 
 impl fmt::Debug for Fixture {
@@ -43,7 +45,7 @@ impl fmt::Debug for Fixture {
 
 impl Fixture {
     /// A context for `store` reading `clock`.
-    pub fn new(store: Arc<dyn Import>, clock: ManualClock) -> Self {
+    pub fn new(store: Arc<dyn Store>, clock: ManualClock) -> Self {
         Self {
             store,
             clock,
@@ -52,6 +54,7 @@ impl Fixture {
             deadlocks: None,
             second: None,
             grace: None,
+            at_rest: None,
         }
     }
 
@@ -95,6 +98,21 @@ impl Fixture {
     /// [`Fixture::with_second_handle`]).
     pub fn second_handle(&self) -> Option<&Arc<dyn Persistence>> {
         self.second.as_ref()
+    }
+
+    /// A capability: the backend's stores at rest ([`AtRest`]), for the
+    /// cipher area. A backend whose stores declare encryption
+    /// ([`Capabilities::encryption`](koda_persistence_api::Capabilities::encryption))
+    /// must give it; the cipher cases fail on such a fixture without it.
+    pub fn with_at_rest(mut self, at_rest: Arc<dyn AtRest>) -> Self {
+        self.at_rest = Some(at_rest);
+        self
+    }
+
+    /// The backend's stores at rest, when the factory gave them (see
+    /// [`Fixture::with_at_rest`]).
+    pub fn at_rest(&self) -> Option<&Arc<dyn AtRest>> {
+        self.at_rest.as_ref()
     }
 
     /// Lets cases read the server's deadlock counter (PostgreSQL's

@@ -38,6 +38,7 @@
 //! machine); test bodies live here as ordinary functions.
 #![deny(missing_docs)]
 
+pub mod at_rest;
 pub mod cases;
 pub mod disk;
 mod factory;

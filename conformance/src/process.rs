@@ -51,7 +51,7 @@ pub fn main(child: fn(&[String]) -> anyhow::Result<()>, tests: &[Test]) -> ExitC
 pub type Opening = std::pin::Pin<
     Box<
         dyn std::future::Future<
-                Output = anyhow::Result<std::sync::Arc<dyn koda_persistence_api::Import>>,
+                Output = anyhow::Result<std::sync::Arc<dyn koda_persistence_api::Store>>,
             > + Send,
     >,
 >;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use koda_persistence_api::backend::open_checked;
-use koda_persistence_api::{Import, ManualClock};
+use koda_persistence_api::{ManualClock, Store};
 use koda_persistence_conformance::cases::bad_input;
 use koda_persistence_conformance::{Fixture, START_MS};
 use koda_persistence_memory::{Memory, MemoryOptions, MemoryStore};
@@ -14,13 +14,13 @@ use koda_persistence_memory::{Memory, MemoryOptions, MemoryStore};
 async fn bare() -> anyhow::Result<Fixture> {
     let clock = ManualClock::new(START_MS);
     let store = MemoryStore::open(MemoryOptions::default(), Arc::new(clock.clone())).await?;
-    Ok(Fixture::new(Arc::new(store) as Arc<dyn Import>, clock))
+    Ok(Fixture::new(Arc::new(store) as Arc<dyn Store>, clock))
 }
 
 async fn checked() -> anyhow::Result<Fixture> {
     let clock = ManualClock::new(START_MS);
     let store = open_checked::<Memory>(MemoryOptions::default(), Arc::new(clock.clone())).await?;
-    Ok(Fixture::new(Arc::new(store) as Arc<dyn Import>, clock))
+    Ok(Fixture::new(Arc::new(store) as Arc<dyn Store>, clock))
 }
 
 #[tokio::test]

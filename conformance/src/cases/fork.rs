@@ -1,4 +1,4 @@
-//! Forking a session at a message (`Import::fork_session`).
+//! Forking a session at a message (`Fork::fork_session`).
 
 use std::path::Path;
 

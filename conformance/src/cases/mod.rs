@@ -11,6 +11,7 @@ use crate::Fixture;
 
 pub mod bad_input;
 pub mod bodies;
+pub mod cipher;
 pub mod compaction;
 pub mod concurrency;
 pub mod context;
@@ -198,6 +199,13 @@ macro_rules! __for_each_case {
                 restore_and_import_refuse_what_they_cannot_do,
                 without_a_grace_period_delete_is_for_good,
                 a_delete_racing_writers_loses_no_acknowledged_message,
+            ],
+            cipher: [
+                nothing_of_a_secret_reaches_the_disk_and_search_still_finds_it,
+                a_wrong_or_missing_key_is_refused_and_nothing_changes,
+                a_plaintext_store_opened_with_a_key_is_refused,
+                a_missing_public_or_empty_key_file_is_refused_with_the_mend,
+                a_changed_or_moved_value_is_corrupt_never_wrong_text,
             ],
         }
     };

@@ -1,4 +1,4 @@
-//! Full-text search across sessions (`Import::search_messages`): the
+//! Full-text search across sessions (`Search::search_messages`): the
 //! grammar, the scope, the order, bodies, every write path, hostile input.
 
 use std::path::Path;

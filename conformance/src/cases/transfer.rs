@@ -1,4 +1,4 @@
-//! The [`Import`](koda_persistence_api::Import) trait: export reads every
+//! The [`Transfer`](koda_persistence_api::Transfer) capability: export reads every
 //! stored field, import writes them back, ids are claimed before they are
 //! kept.
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use koda_persistence_api::trash::DAY_MS;
 use koda_persistence_api::{
-    DeletedSession, Import, PersistenceError, Role, SearchScope, SessionInfo,
+    DeletedSession, PersistenceError, Role, SearchScope, SessionInfo, Store,
 };
 
 use super::transfer::rich_session;
@@ -37,7 +37,7 @@ fn outcome<T: Debug>(r: Result<T>, id: &str) -> String {
 
 /// What every session-keyed call answers for `sid` (messages `msgs`),
 /// reads and writes alike.
-async fn answers(store: &Arc<dyn Import>, sid: &str, msgs: &[i64]) -> Vec<String> {
+async fn answers(store: &Arc<dyn Store>, sid: &str, msgs: &[i64]) -> Vec<String> {
     let o = |name: &str, s: String| format!("{name}: {s}");
     let scope = SearchScope {
         project_root: None,

@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
-pub use crate::cache::{ContextCache, DEFAULT_CACHED_SESSIONS, Removed, SharedContextCache};
-pub use crate::checks::{
+pub use crate::args::{
     assign_ids, check_claim, check_kept, check_limit, check_message_records, check_session_id,
     check_session_record, check_usage, id_taken, limit_bound, message_not_found, root_to_str,
     session_not_found,
 };
+pub use crate::cache::{ContextCache, DEFAULT_CACHED_SESSIONS, Removed, SharedContextCache};
 pub use crate::clock::{format_timestamp, idle_secs};
 pub use crate::context::{ContextRow, apply_context_passes, is_blank, named_tool_call_ids};
 pub use crate::types::NewMessage;
@@ -23,10 +23,33 @@ pub use crate::usage::{
     usage_total,
 };
 
-use crate::checks::Checked;
+use crate::capabilities::Encryption;
 use crate::clock::Clock;
 use crate::error::PersistenceError;
-use crate::import::Import;
+use crate::layers::checked::Checked;
+use crate::store::Store;
+
+/// Creates `dir` and its missing parents private to their owner (0700 on
+/// Unix, whatever the umask): the directories a backend makes for its
+/// files. The one place this crate creates anything; backends call it
+/// before their driver writes.
+///
+/// # Errors
+/// The file system's.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
+}
 
 /// One backend: how its URLs look, how they become options, and how a
 /// store opens. Each backend crate implements it on a unit type
@@ -54,10 +77,15 @@ pub trait Backend: Send + Sync + 'static {
     const SCHEMES: &'static [&'static str];
     /// Its URL shapes, for error messages (`sqlite://PATH, sqlite::memory:`).
     const EXAMPLE: &'static str;
+    /// How `key_file=` encrypts this backend's stores
+    /// ([`Encryption::None`]: this build cannot encrypt them, and a URL
+    /// naming a key file is refused before the backend reads it, with
+    /// the one message every such backend gives).
+    const ENCRYPTION: Encryption;
     /// What an open needs: location, durability, timeouts.
     type Options: Send + 'static;
     /// The store it opens.
-    type Store: Import + 'static;
+    type Store: Store + 'static;
 
     /// The options `url` names. The caller has checked the scheme and
     /// runs [`StoreUrl::finish`] afterwards.
@@ -94,6 +122,15 @@ pub fn options_from<B: Backend>(url: &StoreUrl) -> Result<B::Options, Persistenc
             B::NAME,
             url.scheme(),
             B::EXAMPLE
+        )));
+    }
+    if !B::ENCRYPTION.is_encrypted() && url.has(crate::cipher::KEY_FILE) {
+        return Err(PersistenceError::InvalidInput(format!(
+            "{}: the {} backend does not encrypt its stores, so it would not be \
+             encrypted; remove {0}, or use a backend that encrypts at rest \
+             (sqlite with the sqlcipher feature, sled)",
+            crate::cipher::KEY_FILE,
+            B::NAME
         )));
     }
     let options = B::options(url)?;

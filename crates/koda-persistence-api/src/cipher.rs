@@ -27,6 +27,9 @@ use std::path::Path;
 
 use crate::PersistenceError;
 
+/// The URL parameter naming a store's key file.
+pub const KEY_FILE: &str = "key_file";
+
 /// What a key file holds.
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeyMaterial {

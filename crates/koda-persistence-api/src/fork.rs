@@ -1,12 +1,35 @@
-//! Forking a session at a message ([`Import::fork_session`](crate::Import::fork_session)):
+//! Forking a session at a message ([`Fork::fork_session`]):
 //! which messages a fork copies, and the fork's own session record.
 
+use anyhow::Result;
 use std::collections::BTreeSet;
 
 use crate::context::named_tool_call_ids;
 use crate::error::PersistenceError;
 use crate::records::{MessageRecord, SessionRecord};
 use crate::types::Role;
+
+/// Forking a session: a new session that starts as a copy of another's
+/// history up to a message.
+#[async_trait::async_trait]
+pub trait Fork: Send + Sync {
+    /// Forks the session at message `at` (all of it when `None`) and
+    /// returns the new session's id. The fork is a new session (a fresh
+    /// UUID v7, created now, never accessed) with the same agent, root and
+    /// mode, the title suffixed (see [`fork_title`]),
+    /// the same metadata, and copies of the messages up to and including
+    /// `at` in conversation order, with their roles, text, calls, states
+    /// (complete, compacted), times, agents and usage, under fresh ids; if
+    /// `at` cuts between a tool call and its result, the fork ends before
+    /// the call ([`fork_len`]). Its `SessionInfo`
+    /// counts its own messages and tokens. One atomic step; bodies are
+    /// shared (one more reference each), not copied.
+    ///
+    /// # Errors
+    /// `SessionNotFound` for an unknown session; `MessageNotFound` when
+    /// `at` is not one of its messages. Nothing is written on error.
+    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String>;
+}
 
 /// How many of `messages` (one session's, in conversation order) a fork
 /// at `at` copies: every message up to and including the one with id

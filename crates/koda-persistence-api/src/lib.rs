@@ -4,9 +4,10 @@
 //! [`load_context`](Persistence::load_context) sanitising passes and
 //! [`detect_interruption`]).
 //!
-//! This crate does no I/O: it has no runtime, no SQL and no files (one
-//! exception: [`cipher::read_key_file`] reads the key file of an
-//! encrypted store, so every backend checks it the same way). Backends
+//! This crate does no I/O: it has no runtime, no SQL and no files (two
+//! exceptions, so that every backend does them the same way:
+//! [`cipher::read_key_file`] reads the key file of an encrypted store, and
+//! [`backend::create_private_dir`] makes a backend's directories 0700). Backends
 //! live in their own crates (`koda-persistence-memory`, `-sqlite`,
 //! `-postgres`, `-sled`) and the facade `koda-persistence` opens one by URL.
 //!
@@ -14,38 +15,45 @@
 //! checked by the conformance suite (`koda-persistence-conformance`).
 #![deny(missing_docs)]
 
+mod args;
 pub mod backend;
 pub mod bodies;
 mod cache;
-mod checks;
+pub mod capabilities;
 pub mod cipher;
 mod clock;
 mod context;
 mod error;
 pub mod fork;
-mod import;
+mod health;
+mod layers;
 mod persistence;
 mod records;
 pub mod search;
-mod traced;
+mod store;
+mod transfer;
 pub mod trash;
 mod types;
 pub mod url;
 mod usage;
 
 pub use bodies::BodyStats;
-pub use checks::Checked;
+pub use capabilities::{Bodies, Capabilities, Encryption, Handles, SearchIndex};
 pub use clock::{Clock, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock, SystemClock};
 pub use context::detect_interruption;
 pub use error::PersistenceError;
-pub use import::{Import, StoreHealth};
+pub use fork::Fork;
+pub use health::{Health, StoreHealth};
+pub use layers::checked::Checked;
+pub use layers::traced::{SLOW_CALL, Traced};
 pub use persistence::Persistence;
 pub use records::{
     MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord, session_checksum,
 };
-pub use search::{SearchHit, SearchScope};
-pub use traced::{SLOW_CALL, Traced};
-pub use trash::DeletedSession;
+pub use search::{Search, SearchHit, SearchScope};
+pub use store::Store;
+pub use transfer::Transfer;
+pub use trash::{DeletedSession, Trash};
 pub use types::{
     COMPACTION_HINT, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, Role,
     SessionInfo, SessionUsage, TODO_KEY, TokenUsage,

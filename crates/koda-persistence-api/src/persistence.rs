@@ -70,7 +70,7 @@ use crate::types::{
 ///   store by its SHA-256 and counted; reads return exactly the original
 ///   bytes; deleting a session, purging, clearing content and a failed write
 ///   release their references in the same atomic step, and a body goes with
-///   its last one. [`Import::health`](crate::Import::health) reports the
+///   its last one. [`Health::health`](crate::Health::health) reports the
 ///   accounting. (SQLite keeps them inline on a file an older koda may
 ///   read, until the user opts in: see that crate.)
 /// - **Locks and conflicts**: every write takes its locks in one order, the
@@ -92,8 +92,13 @@ use crate::types::{
 ///   stay in clear in its keys), and addresses bodies by a keyed hash. A
 ///   wrong or missing key, a key for a store that is not encrypted, and a
 ///   key file that is missing or readable by others are `PermissionDenied`
-///   before anything is written; a value changed or moved to another row
-///   is `Corrupt`, never other text. Search on an encrypted sled store is
+///   before anything is written: every file of the store is byte-identical
+///   after a refused open (sled checks the key against a copy of its key
+///   record kept beside its files, since sled writes as it opens; a store
+///   first opened without a key stays plaintext, even while empty). A
+///   value changed or moved to another row is `Corrupt`, never other text.
+///   Which kind a store has is [`Capabilities::encryption`](crate::Capabilities::encryption);
+///   a backend that cannot encrypt refuses `key_file=` with one message. Search on an encrypted sled store is
 ///   its usual scan, over decrypted text. (PostgreSQL does not take
 ///   `key_file=` yet.)
 /// - **Limits** are `i64`: negative is `InvalidInput`, `0` gives nothing, any
@@ -132,7 +137,7 @@ pub trait Persistence: Send + Sync {
     /// On a store that keeps a grace period (`keep_deleted_days` > 0, see
     /// [`crate::trash`]) the session goes to the trash instead: every call
     /// answers as if it were deleted, and
-    /// [`Import::restore_session`](crate::Import::restore_session) can bring
+    /// [`Trash::restore_session`](crate::Trash::restore_session) can bring
     /// it back until the period ends.
     ///
     /// # Errors

@@ -1,4 +1,4 @@
-//! The records [`Import`](crate::Import) moves between stores: a session, its
+//! The records [`Transfer`](crate::Transfer) moves between stores: a session, its
 //! messages and its metadata with every stored field, and the checksum a
 //! verified copy compares.
 

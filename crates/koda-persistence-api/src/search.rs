@@ -1,4 +1,4 @@
-//! Full-text search across sessions ([`Import::search_messages`](crate::Import::search_messages)):
+//! Full-text search across sessions ([`Search::search_messages`]):
 //! the words of a text, the query grammar, what matches, the rank and the
 //! snippet. Written once, here, so every backend finds the same hits: a
 //! backend's index (SQLite FTS5, a PostgreSQL `tsvector`) only narrows the
@@ -39,6 +39,7 @@
 //! by [`SearchHit::rank`] (how many times the items occur), then by the
 //! higher message id.
 
+use anyhow::Result;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -46,6 +47,41 @@ use std::path::Path;
 
 use crate::error::PersistenceError;
 use crate::types::Role;
+
+/// Full-text search across the sessions of a store.
+#[async_trait::async_trait]
+pub trait Search: Send + Sync {
+    /// Searches the messages of every session in `scope` for `query` and
+    /// returns up to `limit` hits (at most
+    /// [`MAX_SEARCH_HITS`]), best first.
+    /// The words, the grammar, which messages are hits and their order are
+    /// [`crate::search`]'s, the same on every backend; a search sees every
+    /// write acknowledged before it started.
+    ///
+    /// - **Set**: the messages in scope whose `content` or `full_content`
+    ///   (each on its own) hold every required item and neither holds an
+    ///   excluded one; of those, the `limit` with the highest message ids.
+    /// - **Order**: [`SearchHit::rank`] (occurrences of the items)
+    ///   descending, then message id descending.
+    /// - **Scope**: [`SearchScope`]: a root (root-less sessions count under
+    ///   every root), one session, roles, compacted messages only when
+    ///   asked. A deleted session's messages are never found.
+    /// - Indexes only narrow candidates; an index that lags behind the
+    ///   rows (an older koda's writes on SQLite, rows not yet indexed on
+    ///   PostgreSQL) changes no result.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an empty or oversized query
+    /// ([`Query::parse`](crate::search::Query::parse)) and for a root that
+    /// is not UTF-8; no other input is an error (an unknown session finds
+    /// nothing).
+    async fn search_messages(
+        &self,
+        query: &str,
+        scope: &SearchScope<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>>;
+}
 
 /// The most hits one search returns (a larger `limit` is this).
 pub const MAX_SEARCH_HITS: usize = 1000;
@@ -98,7 +134,7 @@ impl ScopeBuf {
         Ok(Self {
             root: scope
                 .project_root
-                .map(|r| crate::backend::root_to_str(r).map(str::to_owned))
+                .map(|r| crate::args::root_to_str(r).map(str::to_owned))
                 .transpose()?,
             session: scope.session.map(str::to_owned),
             roles: scope.roles.to_vec(),

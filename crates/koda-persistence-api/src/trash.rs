@@ -6,15 +6,15 @@
 //! [`delete_session`](crate::Persistence::delete_session) moves the session,
 //! its messages, metadata and usage out of every read into the store's
 //! trash, unchanged (ids, times, states, positions, counters, bodies):
-//! every call of [`Persistence`](crate::Persistence) and [`Import`](crate::Import)
+//! every call of [`Persistence`](crate::Persistence) and of every capability trait
 //! then answers exactly as if it were deleted (listings, loads, usage,
 //! `recent_user_messages`, `compacted_stats`, `purge_compacted`, search,
 //! fork, export, and every write: `SessionNotFound`/`MessageNotFound`).
-//! [`Import::restore_session`](crate::Import::restore_session) puts it back
+//! [`Trash::restore_session`] puts it back
 //! byte-exact. A trashed session is **expired** from the instant
 //! `deleted_ms + N × 86,400,000 ≤ now` ([`is_expired`]): from then on it can
 //! no longer be listed or restored, and the next open (one that may write)
-//! or [`Import::purge_deleted`](crate::Import::purge_deleted) removes it
+//! or [`Trash::purge_deleted`] removes it
 //! for good, releasing its bodies. `N` is the grace period of the handle
 //! doing it (the URL it was opened with), not the one in force when the
 //! session was deleted. With `N` = 0 a delete is for good at once, as
@@ -31,6 +31,37 @@
 
 use crate::error::PersistenceError;
 use crate::url::StoreUrl;
+use anyhow::Result;
+
+/// The trash: deleted sessions kept for a grace period, listed, restored
+/// or purged for good.
+#[async_trait::async_trait]
+pub trait Trash: Send + Sync {
+    /// The sessions in the trash that have not expired, the latest
+    /// deletion first (ties by id), each with when it goes for good
+    /// ([`crate::trash`]: the rules of the grace period). Empty when the
+    /// store keeps no grace period.
+    async fn list_deleted(&self) -> Result<Vec<DeletedSession>>;
+
+    /// Brings a trashed, unexpired session back byte-exact: its record
+    /// (id, agent, root, times, title, mode, listing order), every message
+    /// with its id, position, text, states, times, agent and usage, its
+    /// metadata, and the counters `list_sessions` and the usage calls
+    /// read. One atomic step.
+    ///
+    /// # Errors
+    /// `SessionNotFound` when the id is not in the trash (never deleted,
+    /// deleted for good, or expired); `Conflict` when a live session holds
+    /// the id (only an import can make one). Nothing is written on error.
+    async fn restore_session(&self, session_id: &str) -> Result<()>;
+
+    /// Removes for good every trashed session that has expired (see
+    /// [`crate::trash`]), with its messages, metadata and the references
+    /// to its bodies (a body another session still uses stays), and
+    /// returns them; with `dry_run`, changes nothing and returns what it
+    /// would remove. Sessions still in their grace period are untouched.
+    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>>;
+}
 
 /// The grace period, in days, of a store this layer created, when its
 /// URL does not say.
@@ -57,7 +88,7 @@ pub struct TrashOptions {
     /// at once.
     pub keep_deleted_days: Option<u32>,
     /// Whether opening removes the expired trashed sessions
-    /// (`purge_on_open=on|off`, on by default). `koda-store purge
+    /// (`purge_on_open=true|false`, true by default). `koda-store purge
     /// --deleted` opens with it off, so that its report (and its dry run)
     /// names what an open would have removed.
     pub purge_on_open: bool,
@@ -99,9 +130,43 @@ impl TrashOptions {
         }
     }
 
-    /// The grace period, `default` when unset.
-    pub fn days_or(&self, default: u32) -> u32 {
-        self.keep_deleted_days.unwrap_or(default)
+    /// The grace period of a store opened with these options: the one
+    /// asked for, else [`DEFAULT_KEEP_DELETED_DAYS`] on a store this layer
+    /// created (`created_here`) and 0 on a file adopted from an older
+    /// koda, whose own reads and deletes expect a delete to be for good.
+    pub fn days(&self, created_here: bool) -> u32 {
+        self.keep_deleted_days.unwrap_or(if created_here {
+            DEFAULT_KEEP_DELETED_DAYS
+        } else {
+            0
+        })
+    }
+}
+
+/// The open-time purge, the same on every backend: with
+/// [`TrashOptions::purge_on_open`], `expired` (the backend's one read: has
+/// any trashed session passed its grace period?) decides, and only then
+/// are they removed for good with [`Trash::purge_deleted`], so an open
+/// writes nothing when nothing expired. A failure (a role without the
+/// rights, a busy file, a full disk) is warned, never fails the open:
+/// the next open or purge tries again.
+pub async fn purge_on_open<S, F>(store: &S, options: &TrashOptions, expired: F)
+where
+    S: Trash + ?Sized,
+    F: std::future::Future<Output = Result<bool>>,
+{
+    if !options.purge_on_open {
+        return;
+    }
+    let outcome = async {
+        if expired.await? {
+            store.purge_deleted(false).await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        tracing::warn!(error = %format!("{e:#}"), "purging expired deleted sessions");
     }
 }
 
@@ -153,8 +218,8 @@ pub fn expired_cutoff(now: i64, days: u32) -> i64 {
     now.saturating_sub(i64::from(days).saturating_mul(DAY_MS))
 }
 
-/// A session in the trash, as [`Import::list_deleted`](crate::Import::list_deleted)
-/// and [`Import::purge_deleted`](crate::Import::purge_deleted) report it.
+/// A session in the trash, as [`Trash::list_deleted`]
+/// and [`Trash::purge_deleted`] report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeletedSession {
     /// The session's id (restore it by this id).

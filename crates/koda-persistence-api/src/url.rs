@@ -55,18 +55,38 @@ impl fmt::Debug for StoreUrl {
     }
 }
 
-/// `//user:password@host…` with the password replaced, for display.
+/// `//user:password@host…` with the password replaced by `***`, for
+/// display.
 fn redact_userinfo(location: &str) -> String {
     let Some(authority) = location.strip_prefix("//") else {
         return location.to_owned();
     };
     let end = authority.find('/').unwrap_or(authority.len());
     match authority[..end].rfind('@') {
-        Some(at) => {
-            let user = authority[..at].split(':').next().unwrap_or("");
-            format!("//{user}:<redacted>{}", &authority[at..])
-        }
+        Some(at) => match authority[..at].split_once(':') {
+            Some((user, _)) => format!("//{user}:***{}", &authority[at..]),
+            None => location.to_owned(),
+        },
         None => location.to_owned(),
+    }
+}
+
+/// `url` as it may be shown (in errors, logs, a tool's output): the
+/// password of `scheme://user:password@host…` replaced by `***` (the last
+/// `@` before the path ends the user info), everything else as given.
+/// The one way this layer and its tools hide a password.
+pub fn redact(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
+    };
+    let redacted = match head.split_once(':') {
+        Some((scheme, location)) => format!("{scheme}:{}", redact_userinfo(location)),
+        None => head.to_owned(),
+    };
+    match query {
+        Some(q) => format!("{redacted}?{q}"),
+        None => redacted,
     }
 }
 
@@ -505,10 +525,27 @@ mod tests {
         assert_eq!(u.without_parameters(), "postgres://bob:hunter2@h:5/db");
         let shown = format!("{u:?}");
         assert!(
-            !shown.contains("hunter2") && shown.contains("bob:<redacted>@h:5"),
+            !shown.contains("hunter2") && shown.contains("bob:***@h:5"),
             "{shown}"
         );
         assert!(!format!("{:?}", StoreUrl::parse("postgres://a:b@c@d/e")).contains(":b@"));
+    }
+
+    #[test]
+    fn passwords_are_removed_from_urls() {
+        assert_eq!(
+            redact("postgres://koda:s3cret@db:5432/koda?schema=a"),
+            "postgres://koda:***@db:5432/koda?schema=a"
+        );
+        assert_eq!(redact("postgres://koda@db/koda"), "postgres://koda@db/koda");
+        assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        assert_eq!(redact("memory:"), "memory:");
+        assert_eq!(
+            redact("postgres://u:p@ss@h/db"),
+            "postgres://u:***@h/db",
+            "the last @ ends the user info"
+        );
+        assert_eq!(redact("postgres://u:p@h?x=a@b"), "postgres://u:***@h?x=a@b");
     }
 
     #[test]

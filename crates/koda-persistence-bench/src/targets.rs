@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use koda_persistence::sled::{Sled, SledOptions};
 use koda_persistence::sqlite::{Sqlite, SqliteOptions};
-use koda_persistence::{Import, StoreUrl, SystemClock, open_options};
+use koda_persistence::{Store, StoreUrl, SystemClock, open_options};
 
 /// One backend configuration under test.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ pub enum Target {
 
 /// A fresh store and what to do when done with it.
 pub struct Fresh {
-    pub store: Arc<dyn Import>,
+    pub store: Arc<dyn Store>,
     /// The SQLite file, for the ceiling to read the same data.
     pub sqlite_path: Option<PathBuf>,
     /// The Postgres schema, likewise.
@@ -111,7 +111,7 @@ impl Target {
     pub async fn fresh(&self, tag: &str) -> Result<Fresh> {
         match self {
             Target::Memory => Ok(Fresh {
-                store: koda_persistence::open_import("memory:").await?,
+                store: koda_persistence::open("memory:").await?,
                 sqlite_path: None,
                 pg_schema: None,
             }),
@@ -145,8 +145,7 @@ impl Target {
             Target::Postgres { url } => {
                 let schema = scratch_schema(tag);
                 let sep = if url.contains('?') { '&' } else { '?' };
-                let store =
-                    koda_persistence::open_import(&format!("{url}{sep}schema={schema}")).await?;
+                let store = koda_persistence::open(&format!("{url}{sep}schema={schema}")).await?;
                 Ok(Fresh {
                     store,
                     sqlite_path: None,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
-use koda_persistence::{Import, MessageRecord, SessionRecord};
+use koda_persistence::{MessageRecord, SessionRecord, Store};
 use koda_store::transfer;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
@@ -40,9 +40,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// A SQLite store of `sessions` × `per` messages (the W1 shapes, every
-/// assistant answer complete), written through `Import`.
-async fn source(path: &Path, sessions: usize, per: usize) -> Result<Arc<dyn Import>> {
-    let store = koda_persistence::open_import(&format!("sqlite://{}", path.display())).await?;
+/// assistant answer complete), written through `Transfer`.
+async fn source(path: &Path, sessions: usize, per: usize) -> Result<Arc<dyn Store>> {
+    let store = koda_persistence::open(&format!("sqlite://{}", path.display())).await?;
     let t0 = 1_795_669_624_123i64;
     for s in 0..sessions {
         let id = format!("w10-{s:05}");
@@ -132,13 +132,13 @@ async fn ceiling(client: &tokio_postgres::Client, rows: &[(String, MessageRecord
 async fn store_table(
     client: &tokio_postgres::Client,
     url: &str,
-    source: &Arc<dyn Import>,
+    source: &Arc<dyn Store>,
     ids: &[String],
     rows: &[(String, MessageRecord)],
 ) -> Result<f64> {
     let schema = schema("w10_table");
     let outcome = async {
-        let store = koda_persistence::open_import(&with_schema(url, &schema)).await?;
+        let store = koda_persistence::open(&with_schema(url, &schema)).await?;
         for id in ids {
             if let Some(record) = source.export_session(id).await? {
                 store.import_session(&record).await?;
@@ -219,12 +219,12 @@ async fn copy_rows(
 async fn copy_once(
     url: &str,
     client: &tokio_postgres::Client,
-    source: &Arc<dyn Import>,
+    source: &Arc<dyn Store>,
     ids: &[String],
     messages: usize,
 ) -> Result<f64> {
     let target_schema = schema("w10");
-    let target = koda_persistence::open_import(&with_schema(url, &target_schema)).await?;
+    let target = koda_persistence::open(&with_schema(url, &target_schema)).await?;
     let started = Instant::now();
     let outcome = async {
         let range = source.message_id_range().await?;

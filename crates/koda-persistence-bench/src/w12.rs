@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use koda_persistence::sled::{Sled, SledOptions};
 use koda_persistence::sqlite::{Location, Sqlite, SqliteOptions};
-use koda_persistence::{BodyStats, Import, Role, SystemClock, open_options};
+use koda_persistence::{BodyStats, Role, Store, SystemClock, open_options};
 
 use crate::targets::Target;
 use crate::workloads::progress;
@@ -195,7 +195,7 @@ pub struct W12 {
 }
 
 /// Writes `h` through `store`; returns the session ids and the seconds.
-async fn write(store: &dyn Import, h: &History, what: &str) -> Result<(Vec<String>, f64)> {
+async fn write(store: &dyn Store, h: &History, what: &str) -> Result<(Vec<String>, f64)> {
     let bar = progress(h.len() as u64, what);
     let started = Instant::now();
     let mut ids = Vec::with_capacity(h.len());
@@ -233,7 +233,7 @@ async fn write(store: &dyn Import, h: &History, what: &str) -> Result<(Vec<Strin
 }
 
 /// Median cold `load_context` over `ids` (a fresh handle: no cached context).
-async fn loads(store: &dyn Import, ids: &[String]) -> Result<f64> {
+async fn loads(store: &dyn Store, ids: &[String]) -> Result<f64> {
     let mut times = Vec::with_capacity(ids.len());
     for sid in ids {
         let started = Instant::now();
@@ -341,10 +341,10 @@ pub async fn run(target: &Target, scratch: &Path, sessions: usize) -> Result<Opt
             let schema = fresh.pg_schema.clone().context("a schema")?;
             let sep = if url.contains('?') { '&' } else { '?' };
             let store_url = format!("{url}{sep}schema={schema}");
-            let store = koda_persistence::open_import(&store_url).await?;
+            let store = koda_persistence::open(&store_url).await?;
             let (ids, insert_s) = write(&*store, &h, "W12 postgres, once").await?;
             drop(store);
-            let store = koda_persistence::open_import(&store_url).await?;
+            let store = koda_persistence::open(&store_url).await?;
             let load_ms = loads(&*store, &sample(&ids)).await?;
             let health = store.health().await?;
             drop(store);

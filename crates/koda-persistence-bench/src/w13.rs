@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use koda_persistence::search::Query;
-use koda_persistence::{Import, MessageRecord, Role, SearchScope, SessionRecord};
+use koda_persistence::{MessageRecord, Role, SearchScope, SessionRecord, Store};
 
 use crate::ceiling::pg_connect;
 use crate::targets::{Fresh, Target};
@@ -354,7 +354,7 @@ fn session(s: usize) -> (SessionRecord, Vec<MessageRecord>) {
 }
 
 /// Imports sessions `from..to`.
-async fn fill(store: &dyn Import, from: usize, to: usize) -> Result<()> {
+async fn fill(store: &dyn Store, from: usize, to: usize) -> Result<()> {
     let bar = progress((to - from) as u64, "W13 fill");
     for s in from..to {
         let (record, messages) = session(s);
@@ -498,7 +498,7 @@ impl Raw {
 
 /// Times `rounds` rounds of every query through the store; returns the
 /// times and the ids each query found.
-async fn time_store(store: &dyn Import, rounds: usize) -> Result<(Vec<Duration>, Vec<Vec<i64>>)> {
+async fn time_store(store: &dyn Store, rounds: usize) -> Result<(Vec<Duration>, Vec<Vec<i64>>)> {
     let mut times = Vec::new();
     let mut found = vec![Vec::new(); QUERIES.len()];
     for _ in 0..rounds {

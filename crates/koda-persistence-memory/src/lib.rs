@@ -1,12 +1,16 @@
 #![doc = include_str!("docs.md")]
 #![deny(missing_docs)]
 
+mod bodies;
+mod fork;
+mod health;
 mod open;
 mod options;
 mod queries;
 mod rows;
 mod schema;
 mod search;
+mod transfer;
 mod trash;
 
 pub use crate::options::{MemoryOptions, SCHEMES};
@@ -17,9 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::Result;
 use koda_persistence_api::backend::{Backend, NewMessage, StoreUrl, usage_total};
 use koda_persistence_api::{
-    Clock, CompactedStats, DeletedSession, Import, Message, MessageRecord, MetadataRecord,
-    Persistence, PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord,
-    SessionUsage, StoreHealth,
+    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence,
+    PersistenceError, Role, SearchIndex, SessionInfo, SessionUsage, Store,
 };
 
 use crate::schema::{Session, State};
@@ -43,6 +46,7 @@ impl Backend for Memory {
     const NAME: &'static str = "memory";
     const SCHEMES: &'static [&'static str] = SCHEMES;
     const EXAMPLE: &'static str = "memory:";
+    const ENCRYPTION: Encryption = Encryption::None;
     type Options = MemoryOptions;
     type Store = MemoryStore;
 
@@ -181,75 +185,15 @@ impl Persistence for MemoryStore {
     }
 }
 
-#[async_trait::async_trait]
-impl Import for MemoryStore {
-    async fn export_session_ids(&self) -> Result<Vec<String>> {
-        queries::export_session_ids(self)
-    }
-
-    async fn export_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
-        queries::export_session(self, session_id)
-    }
-
-    async fn export_messages(&self, session_id: &str) -> Result<Vec<MessageRecord>> {
-        queries::export_messages(self, session_id)
-    }
-
-    async fn export_metadata(&self, session_id: &str) -> Result<Vec<MetadataRecord>> {
-        queries::export_metadata(self, session_id)
-    }
-
-    async fn health(&self) -> Result<StoreHealth> {
-        queries::health(self)
-    }
-
-    async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {
-        queries::message_id_range(self)
-    }
-
-    async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
-        queries::claim_ids(self, first, last)
-    }
-
-    async fn import_session(&self, session: &SessionRecord) -> Result<bool> {
-        queries::import_session(self, session)
-    }
-
-    async fn import_messages(
-        &self,
-        session_id: &str,
-        messages: &[MessageRecord],
-        keep_ids: bool,
-    ) -> Result<Vec<i64>> {
-        queries::import_messages(self, session_id, messages, keep_ids)
-    }
-
-    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
-        queries::fork_session(self, session_id, at)
-    }
-
-    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
-        trash::list_deleted(self)
-    }
-
-    async fn restore_session(&self, session_id: &str) -> Result<()> {
-        trash::restore_session(self, session_id)
-    }
-
-    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
-        trash::purge_deleted(self, dry_run)
-    }
-
-    async fn search_messages(
-        &self,
-        query: &str,
-        scope: &SearchScope<'_>,
-        limit: usize,
-    ) -> Result<Vec<SearchHit>> {
-        search::search_messages(self, query, scope, limit)
-    }
-
-    async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
-        queries::import_metadata(self, session_id, entries)
+impl Store for MemoryStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            encryption: Encryption::None,
+            rekey_in_place: false,
+            bodies: Bodies::Always,
+            search_index: SearchIndex::Scan,
+            handles: Handles::One,
+            keep_deleted_days: self.keep_deleted_days,
+        }
     }
 }

@@ -33,7 +33,7 @@ impl MemoryStore {
     pub async fn open(options: MemoryOptions, clock: Arc<dyn Clock>) -> Result<Self> {
         let MemoryOptions { trash } = options;
         trash.validate()?;
-        Ok(Self::fresh(clock, trash.days_or(DEFAULT_KEEP_DELETED_DAYS)))
+        Ok(Self::fresh(clock, trash.days(true)))
     }
 
     /// Opens `memory:` (or `memory://`); it takes the trash's parameters,

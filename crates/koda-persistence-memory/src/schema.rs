@@ -2,11 +2,15 @@
 //! of a database, behind the store's one mutex.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
+use crate::bodies::Bodies;
+use crate::bodies::FIELDS;
+use crate::bodies::RowBodies;
+use crate::bodies::field_mut;
 use koda_persistence_api::Message;
 use koda_persistence_api::backend::UsageTally;
-use koda_persistence_api::bodies::{BodyField, BodyHash, BodyStats, body_hash, is_body};
+use koda_persistence_api::bodies::{BodyField, is_body};
+use koda_persistence_api::trash::{DeletedSession, purge_at_ms};
 
 #[derive(Debug, Default)]
 pub(crate) struct State {
@@ -26,7 +30,7 @@ pub(crate) struct State {
     pub(crate) bodies: Bodies,
     /// Deleted sessions in their grace period, by id: out of every map
     /// above but `bodies`, whose references they keep.
-    pub(crate) trash: HashMap<String, crate::trash::Trashed>,
+    pub(crate) trash: HashMap<String, Trashed>,
 }
 
 /// A session's place in its root's listing: newest first, ties by the
@@ -73,83 +77,6 @@ pub(crate) struct Session {
     /// Usage by agent, kept with every write: reading it (and the total
     /// tokens a listing shows) costs O(agents).
     pub(crate) usage: UsageTally,
-}
-
-/// Every body by its address, with the number of message fields that
-/// refer to it; a body whose count reaches 0 is dropped at once.
-#[derive(Debug, Default)]
-pub(crate) struct Bodies {
-    map: HashMap<BodyHash, (Arc<str>, u64)>,
-}
-
-/// A message field held as a body.
-#[derive(Debug, Clone)]
-pub(crate) struct Body {
-    hash: BodyHash,
-    text: Arc<str>,
-}
-
-/// The bodies of a row, by [`FIELDS`] position.
-pub(crate) type RowBodies = [Option<Body>; 3];
-
-/// The fields that may be bodies, in [`RowBodies`] order.
-pub(crate) const FIELDS: [BodyField; 3] = [
-    BodyField::Content,
-    BodyField::FullContent,
-    BodyField::ToolCalls,
-];
-
-fn field_mut(m: &mut Message, field: BodyField) -> &mut Option<String> {
-    match field {
-        BodyField::Content => &mut m.content,
-        BodyField::FullContent => &mut m.full_content,
-        BodyField::ToolCalls => &mut m.tool_calls,
-    }
-}
-
-impl Bodies {
-    /// Moves every field of `m` that is a body into the store (one more
-    /// reference each); `m` keeps `None` there.
-    pub(crate) fn intern(&mut self, m: &mut Message) -> RowBodies {
-        let role = m.role;
-        FIELDS.map(|field| {
-            let slot = field_mut(m, field);
-            let text = slot.take_if(|v| is_body(&role, field, v))?;
-            Some(self.add(text))
-        })
-    }
-
-    /// One more reference to `text`'s body.
-    pub(crate) fn add(&mut self, text: String) -> Body {
-        let hash = body_hash(&text);
-        let entry = self.map.entry(hash).or_insert_with(|| (Arc::from(text), 0));
-        entry.1 += 1;
-        Body {
-            hash,
-            text: entry.0.clone(),
-        }
-    }
-
-    /// One reference fewer to `body`; the body goes with its last one.
-    pub(crate) fn release(&mut self, body: &Body) {
-        if let Some(entry) = self.map.get_mut(&body.hash) {
-            entry.1 = entry.1.saturating_sub(1);
-            if entry.1 == 0 {
-                self.map.remove(&body.hash);
-            }
-        }
-    }
-
-    /// What the bodies hold (memory keeps them unpacked: stored bytes are
-    /// their text bytes).
-    pub(crate) fn stats(&self) -> BodyStats {
-        let mut stats = BodyStats::default();
-        for (text, refs) in self.map.values() {
-            let len = text.len() as u64;
-            stats.add_body(len, len, *refs);
-        }
-        stats
-    }
 }
 
 #[derive(Debug)]
@@ -240,5 +167,28 @@ impl State {
             self.compacted.insert((at, id));
         }
         self.messages.insert(id, row);
+    }
+}
+
+/// A session in the trash: its record and rows exactly as they were.
+#[derive(Debug)]
+pub(crate) struct Trashed {
+    pub(crate) session: Session,
+    pub(crate) rows: Vec<(i64, Row)>,
+    pub(crate) deleted_ms: i64,
+}
+
+impl Trashed {
+    pub(crate) fn report(&self, id: &str, days: u32) -> DeletedSession {
+        DeletedSession {
+            id: id.to_owned(),
+            agent_name: self.session.agent_name.clone(),
+            project_root: self.session.project_root.clone(),
+            title: self.session.title.clone(),
+            created_ms: self.session.created_ms,
+            message_count: i64::try_from(self.rows.len()).unwrap_or(i64::MAX),
+            deleted_ms: self.deleted_ms,
+            purge_at_ms: purge_at_ms(self.deleted_ms, days),
+        }
     }
 }

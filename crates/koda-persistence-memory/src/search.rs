@@ -2,6 +2,7 @@
 //! first, each decided by [`Query::find`].
 
 use anyhow::Result;
+use koda_persistence_api::Search;
 use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::bodies::BodyField;
 use koda_persistence_api::search::{
@@ -55,4 +56,16 @@ pub(crate) fn search_messages(
     }
     sort_hits(&mut hits);
     Ok(hits)
+}
+
+#[async_trait::async_trait]
+impl Search for MemoryStore {
+    async fn search_messages(
+        &self,
+        query: &str,
+        scope: &SearchScope<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        search_messages(self, query, scope, limit)
+    }
 }

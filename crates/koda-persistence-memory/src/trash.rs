@@ -2,36 +2,14 @@
 //! a read walks, and brought back as they were.
 
 use anyhow::Result;
+use koda_persistence_api::Trash;
 use koda_persistence_api::backend::session_not_found;
 use koda_persistence_api::trash::{
-    DeletedSession, in_trash, is_expired, live_session_exists, purge_at_ms, sort_deleted,
+    DeletedSession, in_trash, is_expired, live_session_exists, sort_deleted,
 };
 
 use crate::MemoryStore;
-use crate::schema::{Row, Session, State};
-
-/// A session in the trash: its record and rows exactly as they were.
-#[derive(Debug)]
-pub(crate) struct Trashed {
-    pub(crate) session: Session,
-    pub(crate) rows: Vec<(i64, Row)>,
-    pub(crate) deleted_ms: i64,
-}
-
-impl Trashed {
-    fn report(&self, id: &str, days: u32) -> DeletedSession {
-        DeletedSession {
-            id: id.to_owned(),
-            agent_name: self.session.agent_name.clone(),
-            project_root: self.session.project_root.clone(),
-            title: self.session.title.clone(),
-            created_ms: self.session.created_ms,
-            message_count: i64::try_from(self.rows.len()).unwrap_or(i64::MAX),
-            deleted_ms: self.deleted_ms,
-            purge_at_ms: purge_at_ms(self.deleted_ms, days),
-        }
-    }
-}
+use crate::schema::{State, Trashed};
 
 /// `delete_session`: with a grace period the session moves to the trash
 /// (its bodies keep their references), else it goes for good.
@@ -144,4 +122,19 @@ pub(crate) fn refuse_trashed(st: &State, session_id: &str) -> Result<()> {
         return Err(in_trash(session_id));
     }
     Ok(())
+}
+
+#[async_trait::async_trait]
+impl Trash for MemoryStore {
+    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
+        list_deleted(self)
+    }
+
+    async fn restore_session(&self, session_id: &str) -> Result<()> {
+        restore_session(self, session_id)
+    }
+
+    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
+        purge_deleted(self, dry_run)
+    }
 }

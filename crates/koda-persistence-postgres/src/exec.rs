@@ -22,12 +22,15 @@ use std::time::Duration;
 
 use anyhow::Result;
 use deadpool_postgres::{ClientWrapper, Object, Transaction};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use koda_persistence_api::PersistenceError;
 use postgres_types::{ToSql, Type};
-use tokio_postgres::Row;
+use tokio_postgres::{NoTls, Row};
 
 use crate::PostgresStore;
 use crate::error::{classify, is_connection_loss, is_retryable, pool_error};
+use crate::options::{Pooler, PostgresOptions, TlsMode};
+use crate::tls;
 
 /// The marker statement texts use for the store's schema.
 const MARKER: &str = "kp.";
@@ -363,4 +366,93 @@ impl PostgresStore {
             }
         }
     }
+}
+
+/// Connects `options.config` with the TLS mode asked for, returning the
+/// connection's client (its driver task runs on the runtime).
+pub(crate) async fn connect_once(options: &PostgresOptions) -> Result<tokio_postgres::Client> {
+    let config = session_config(options);
+    let tls = match options.tls {
+        TlsMode::Disable => None,
+        mode => Some(make_tls(mode)?),
+    };
+    let connect = async {
+        match tls {
+            None => {
+                let (client, conn) = config.connect(NoTls).await?;
+                tokio::spawn(conn);
+                Ok::<_, tokio_postgres::Error>(client)
+            }
+            Some(tls) => {
+                let (client, conn) = config.connect(tls).await?;
+                tokio::spawn(conn);
+                Ok(client)
+            }
+        }
+    };
+    match tokio::time::timeout(options.connect_timeout, connect).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(classify(e, "connecting")),
+        Err(_) => Err(PersistenceError::Unavailable(format!(
+            "no connection to the postgres server within {} ms",
+            options.connect_timeout.as_millis()
+        ))
+        .into()),
+    }
+}
+
+pub(crate) fn make_tls(
+    mode: TlsMode,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PersistenceError> {
+    let made = match mode {
+        TlsMode::VerifyFull => tls::verify_full(),
+        _ => tls::encrypt_only(),
+    };
+    made.map_err(|e| PersistenceError::Unavailable(format!("cannot set up TLS: {e}")))
+}
+
+/// The tokio-postgres config for one connection of this store: the user's
+/// settings, the TLS mode, the connect timeout and the schema's search path.
+pub(crate) fn session_config(options: &PostgresOptions) -> tokio_postgres::Config {
+    let mut config = options.config.clone();
+    config.connect_timeout(options.connect_timeout);
+    config.ssl_mode(match options.tls {
+        TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
+        TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        TlsMode::Require | TlsMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+    });
+    // Statements name their schema (see exec.rs); the search path is set
+    // too on direct connections, for anyone reading the session, so no
+    // server or role setting (and no schema named after the login role)
+    // can move the tables. A transaction-mode pooler refuses the startup
+    // option (PgBouncer: "unsupported startup parameter: options"), and
+    // could not keep it per client anyway. Validated by check_schema_name:
+    // no quoting beyond double quotes needed.
+    if options.pooler == Pooler::None {
+        config.options(format!("-c search_path=\"{}\"", options.schema_name()));
+    }
+    config
+}
+
+/// The pool of `options`' size and timeouts, each connection set up as
+/// [`session_config`] says.
+pub(crate) fn build_pool(options: &PostgresOptions) -> Result<Pool> {
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let config = session_config(options);
+    let manager = match options.tls {
+        TlsMode::Disable => Manager::from_config(config, NoTls, manager_config),
+        mode => Manager::from_config(config, make_tls(mode)?, manager_config),
+    };
+    Pool::builder(manager)
+        .max_size(options.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(options.pool_timeout))
+        .create_timeout(Some(options.connect_timeout))
+        .recycle_timeout(Some(options.connect_timeout))
+        .build()
+        .map_err(|e| {
+            PersistenceError::Unavailable(format!("cannot build the connection pool: {e}")).into()
+        })
 }

@@ -1,8 +1,11 @@
 #![doc = include_str!("docs.md")]
 #![deny(missing_docs)]
 
+mod bodies;
 mod error;
 mod exec;
+mod fork;
+mod health;
 mod open;
 mod options;
 mod queries;
@@ -10,6 +13,7 @@ mod rows;
 mod schema;
 mod search;
 mod tls;
+mod transfer;
 mod trash;
 
 use std::fmt;
@@ -23,9 +27,8 @@ use koda_persistence_api::backend::{
     session_not_found, usage_total,
 };
 use koda_persistence_api::{
-    Clock, CompactedStats, DeletedSession, Import, Message, MessageRecord, MetadataRecord,
-    Persistence, PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord,
-    SessionUsage, StoreHealth,
+    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence,
+    PersistenceError, Role, SearchIndex, SessionInfo, SessionUsage, Store,
 };
 
 use crate::exec::Dialect;
@@ -47,6 +50,7 @@ impl Backend for Postgres {
     const NAME: &'static str = "postgres";
     const SCHEMES: &'static [&'static str] = SCHEMES;
     const EXAMPLE: &'static str = "postgres://…, postgresql://…";
+    const ENCRYPTION: Encryption = Encryption::None;
     type Options = PostgresOptions;
     type Store = PostgresStore;
 
@@ -290,102 +294,15 @@ impl Persistence for PostgresStore {
     }
 }
 
-#[async_trait::async_trait]
-impl Import for PostgresStore {
-    async fn export_session_ids(&self) -> Result<Vec<String>> {
-        self.with_client(|c| async move { queries::export_session_ids(&c).await })
-            .await
-    }
-
-    async fn export_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
-        self.with_client(|c| async move { queries::export_session(&c, session_id).await })
-            .await
-    }
-
-    async fn export_messages(&self, session_id: &str) -> Result<Vec<MessageRecord>> {
-        self.with_client(|c| async move { queries::export_messages(&c, session_id).await })
-            .await
-    }
-
-    async fn export_metadata(&self, session_id: &str) -> Result<Vec<MetadataRecord>> {
-        self.with_client(|c| async move { queries::export_metadata(&c, session_id).await })
-            .await
-    }
-
-    async fn session_checksum(&self, session_id: &str) -> Result<(usize, String)> {
-        self.with_client(|c| async move { queries::session_checksum(&c, session_id).await })
-            .await
-    }
-
-    async fn health(&self) -> Result<StoreHealth> {
-        let schema = self.dialect.schema();
-        self.with_client(|c| async move { queries::health(&c, schema).await })
-            .await
-    }
-
-    async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {
-        self.with_client(|c| async move { queries::message_id_range(&c).await })
-            .await
-    }
-
-    async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
-        self.with_client(|mut c| async move { queries::claim_ids(&mut c, first, last).await })
-            .await
-    }
-
-    async fn import_session(&self, session: &SessionRecord) -> Result<bool> {
-        self.import_new_session(session).await
-    }
-
-    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
-        self.trashed().await
-    }
-
-    async fn restore_session(&self, session_id: &str) -> Result<()> {
-        self.restore(session_id).await
-    }
-
-    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
-        self.purge_trash(dry_run).await
-    }
-
-    async fn import_messages(
-        &self,
-        session_id: &str,
-        messages: &[MessageRecord],
-        keep_ids: bool,
-    ) -> Result<Vec<i64>> {
-        let ids = self
-            .with_client(|mut c| async move {
-                queries::import_messages(&mut c, session_id, messages, keep_ids).await
-            })
-            .await?;
-        self.cache().forget(session_id);
-        Ok(ids)
-    }
-
-    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
-        let now = self.clock.now_ms();
-        let new_id = uuid::Uuid::now_v7().to_string();
-        let new_id = &new_id;
-        self.with_client(|c| async move { queries::fork(&c, session_id, at, new_id, now).await })
-            .await
-    }
-
-    async fn search_messages(
-        &self,
-        query: &str,
-        scope: &SearchScope<'_>,
-        limit: usize,
-    ) -> Result<Vec<SearchHit>> {
-        self.search(query, scope, limit).await
-    }
-
-    async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
-        let now = self.clock.now_ms();
-        self.with_client(
-            |c| async move { queries::import_metadata(&c, session_id, entries, now).await },
-        )
-        .await
+impl Store for PostgresStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            encryption: Encryption::None,
+            rekey_in_place: false,
+            bodies: Bodies::Always,
+            search_index: SearchIndex::Tsvector,
+            handles: Handles::Many,
+            keep_deleted_days: self.keep_deleted_days,
+        }
     }
 }

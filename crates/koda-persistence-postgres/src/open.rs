@@ -5,16 +5,16 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use koda_persistence_api::backend::{SharedContextCache, options_of};
 use koda_persistence_api::{Clock, PersistenceError};
-use tokio_postgres::NoTls;
 
-use crate::error::{self, classify};
+use crate::error::{self};
 use crate::exec::Dialect;
-use crate::options::{Pooler, PostgresOptions, TlsMode};
+use crate::exec::build_pool;
+use crate::exec::connect_once;
+use crate::options::{Pooler, PostgresOptions};
 use crate::schema::{grant_sql, latest_migration, migrate};
-use crate::{Postgres, PostgresStore, queries, tls};
+use crate::{Postgres, PostgresStore};
 
 impl PostgresStore {
     /// Opens the store on a `postgres://` or `postgresql://` URL (see
@@ -48,37 +48,16 @@ impl PostgresStore {
             dialect: Dialect::new(options.schema_name(), options.pooler == Pooler::Transaction),
             schema: options.schema,
             cache: Arc::new(SharedContextCache::default()),
-            keep_deleted_days: options
-                .trash
-                .days_or(koda_persistence_api::trash::DEFAULT_KEEP_DELETED_DAYS),
+            keep_deleted_days: options.trash.days(true),
         };
         if !options.migrate {
             store.check_schema().await?;
         }
-        if options.trash.purge_on_open {
-            store.purge_expired_on_open().await;
-        }
+        let (now, days) = (store.clock.now_ms(), store.keep_deleted_days);
+        let expired =
+            store.with_client(|c| async move { crate::trash::any_expired(&c, now, days).await });
+        koda_persistence_api::trash::purge_on_open(&store, &options.trash, expired).await;
         Ok(store)
-    }
-
-    /// Removes the trashed sessions whose grace period has ended; a failure
-    /// (a role without the rights, a busy server) is only warned: the next
-    /// open or purge tries again.
-    async fn purge_expired_on_open(&self) {
-        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        let outcome = async {
-            let expired = self
-                .with_client(|c| async move { crate::trash::any_expired(&c, now, days).await })
-                .await?;
-            if expired {
-                koda_persistence_api::Import::purge_deleted(self, false).await?;
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        if let Err(e) = outcome {
-            tracing::warn!(error = %format!("{e:#}"), "purging expired deleted sessions");
-        }
     }
 
     /// With migrations off: the schema must exist, be readable by this
@@ -89,7 +68,7 @@ impl PostgresStore {
         let fix = "migrate it with a direct URL as a role that may run DDL (koda-store migrate \
                    --store <direct URL>, or open it once without migrate=false)";
         let version = self
-            .with_client(|c| async move { queries::schema_version(&c.db()).await })
+            .with_client(|c| async move { crate::health::schema_version(&c.db()).await })
             .await;
         let version = match version {
             Ok(v) => v,
@@ -150,91 +129,4 @@ pub async fn grant(url: &str, schema: &str, role: &str) -> Result<()> {
         .await
         .map_err(error::db("granting"))?;
     Ok(())
-}
-
-/// Connects `options.config` with the TLS mode asked for, returning the
-/// connection's client (its driver task runs on the runtime).
-pub(crate) async fn connect_once(options: &PostgresOptions) -> Result<tokio_postgres::Client> {
-    let config = session_config(options);
-    let tls = match options.tls {
-        TlsMode::Disable => None,
-        mode => Some(make_tls(mode)?),
-    };
-    let connect = async {
-        match tls {
-            None => {
-                let (client, conn) = config.connect(NoTls).await?;
-                tokio::spawn(conn);
-                Ok::<_, tokio_postgres::Error>(client)
-            }
-            Some(tls) => {
-                let (client, conn) = config.connect(tls).await?;
-                tokio::spawn(conn);
-                Ok(client)
-            }
-        }
-    };
-    match tokio::time::timeout(options.connect_timeout, connect).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(classify(e, "connecting")),
-        Err(_) => Err(PersistenceError::Unavailable(format!(
-            "no connection to the postgres server within {} ms",
-            options.connect_timeout.as_millis()
-        ))
-        .into()),
-    }
-}
-
-fn make_tls(mode: TlsMode) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PersistenceError> {
-    let made = match mode {
-        TlsMode::VerifyFull => tls::verify_full(),
-        _ => tls::encrypt_only(),
-    };
-    made.map_err(|e| PersistenceError::Unavailable(format!("cannot set up TLS: {e}")))
-}
-
-/// The tokio-postgres config for one connection of this store: the user's
-/// settings, the TLS mode, the connect timeout and the schema's search path.
-fn session_config(options: &PostgresOptions) -> tokio_postgres::Config {
-    let mut config = options.config.clone();
-    config.connect_timeout(options.connect_timeout);
-    config.ssl_mode(match options.tls {
-        TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
-        TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        TlsMode::Require | TlsMode::VerifyFull => tokio_postgres::config::SslMode::Require,
-    });
-    // Statements name their schema (see exec.rs); the search path is set
-    // too on direct connections, for anyone reading the session, so no
-    // server or role setting (and no schema named after the login role)
-    // can move the tables. A transaction-mode pooler refuses the startup
-    // option (PgBouncer: "unsupported startup parameter: options"), and
-    // could not keep it per client anyway. Validated by check_schema_name:
-    // no quoting beyond double quotes needed.
-    if options.pooler == Pooler::None {
-        config.options(format!("-c search_path=\"{}\"", options.schema_name()));
-    }
-    config
-}
-
-/// The pool of `options`' size and timeouts, each connection set up as
-/// [`session_config`] says.
-pub(crate) fn build_pool(options: &PostgresOptions) -> Result<Pool> {
-    let manager_config = ManagerConfig {
-        recycling_method: RecyclingMethod::Fast,
-    };
-    let config = session_config(options);
-    let manager = match options.tls {
-        TlsMode::Disable => Manager::from_config(config, NoTls, manager_config),
-        mode => Manager::from_config(config, make_tls(mode)?, manager_config),
-    };
-    Pool::builder(manager)
-        .max_size(options.pool_size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(options.pool_timeout))
-        .create_timeout(Some(options.connect_timeout))
-        .recycle_timeout(Some(options.connect_timeout))
-        .build()
-        .map_err(|e| {
-            PersistenceError::Unavailable(format!("cannot build the connection pool: {e}")).into()
-        })
 }

@@ -213,14 +213,6 @@ impl PostgresOptions {
         }
         let migrate = url.take("migrate").map(|p| p.boolean()).transpose()?;
         opts.trash = opts.trash.with_parameters(url)?;
-        if url.take("key_file").is_some() {
-            return Err(PersistenceError::InvalidInput(
-                "key_file: this layer does not encrypt PostgreSQL stores yet (only SQLite and \
-                 sled); use the server's or the disk's encryption, and never store secrets \
-                 there believing them encrypted"
-                    .into(),
-            ));
-        }
         if url.take("options").is_some() {
             return Err(PersistenceError::InvalidInput(format!(
                 "the options URL parameter is reserved (the store sets search_path itself; \

@@ -6,7 +6,7 @@ use anyhow::Result;
 use koda_persistence_api::PersistenceError;
 
 use crate::error::classify;
-use crate::open::connect_once;
+use crate::exec::connect_once;
 use crate::options::{PostgresOptions, check_schema_name};
 
 mod embedded {

@@ -10,11 +10,13 @@
 //! transactions of [`CATCH_UP_BATCH`].
 
 use anyhow::Result;
+use koda_persistence_api::Search;
 use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::search::{
     Query, ScopeBuf, SearchHit, SearchScope, hit, hit_limit, sort_hits, tsvector,
 };
 
+use crate::PostgresStore;
 use crate::exec::{Conn, Db, boolean, bytes, int, ints, text, texts};
 use crate::rows::{CONTENT, FULL_CONTENT, body_string, get, in_message, role};
 
@@ -211,7 +213,7 @@ pub(crate) async fn catch_up(c: &mut Conn, after: i64) -> Result<(usize, i64)> {
 }
 
 impl crate::PostgresStore {
-    /// [`Import::search_messages`](koda_persistence_api::Import::search_messages):
+    /// [`Search::search_messages`](koda_persistence_api::Search::search_messages):
     /// indexes what was not indexed yet (so the index, not the rows
     /// without one, answers), then searches.
     pub(crate) async fn search(
@@ -276,5 +278,17 @@ impl crate::PostgresStore {
                 tracing::debug!(error = %e, "could not analyze messages after indexing them");
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Search for PostgresStore {
+    async fn search_messages(
+        &self,
+        query: &str,
+        scope: &SearchScope<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        self.search(query, scope, limit).await
     }
 }

@@ -6,11 +6,13 @@
 
 use anyhow::Result;
 use koda_persistence_api::PersistenceError;
+use koda_persistence_api::Trash;
 use koda_persistence_api::backend::session_not_found;
 use koda_persistence_api::trash::{
     DeletedSession, expired_cutoff, in_trash, live_session_exists, purge_at_ms,
 };
 
+use crate::PostgresStore;
 use crate::exec::{Conn, Db, int, text};
 use crate::rows::{get, required_string, string};
 
@@ -30,40 +32,6 @@ impl crate::PostgresStore {
             .await?;
         self.cache().forget(session_id);
         Ok(existed)
-    }
-
-    /// `import_session`, refusing an id in the trash (never retried).
-    pub(crate) async fn import_new_session(
-        &self,
-        session: &koda_persistence_api::SessionRecord,
-    ) -> Result<bool> {
-        self.with_client(|c| async move {
-            if let Err(refused) = refuse_trashed(&c, &session.id).await? {
-                return Ok(Err(refused));
-            }
-            crate::queries::import_session(&c, session).await.map(Ok)
-        })
-        .await?
-    }
-
-    pub(crate) async fn trashed(&self) -> Result<Vec<DeletedSession>> {
-        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.with_client(|c| async move { list_deleted(&c, now, days).await })
-            .await
-    }
-
-    pub(crate) async fn restore(&self, session_id: &str) -> Result<()> {
-        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.with_client(
-            |mut c| async move { restore_session(&mut c, session_id, now, days).await },
-        )
-        .await?
-    }
-
-    pub(crate) async fn purge_trash(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
-        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.with_client(|mut c| async move { purge_deleted(&mut c, now, days, dry_run).await })
-            .await
     }
 }
 
@@ -312,4 +280,27 @@ pub(crate) async fn refuse_trashed(c: &Conn, id: &str) -> Result<Result<()>> {
         Some(_) => Err(in_trash(id)),
         None => Ok(()),
     })
+}
+
+#[async_trait::async_trait]
+impl Trash for PostgresStore {
+    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        self.with_client(|c| async move { list_deleted(&c, now, days).await })
+            .await
+    }
+
+    async fn restore_session(&self, session_id: &str) -> Result<()> {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        self.with_client(
+            |mut c| async move { restore_session(&mut c, session_id, now, days).await },
+        )
+        .await?
+    }
+
+    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        self.with_client(|mut c| async move { purge_deleted(&mut c, now, days, dry_run).await })
+            .await
+    }
 }

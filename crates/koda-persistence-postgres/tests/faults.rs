@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use koda_persistence_api::backend::options_of;
-use koda_persistence_api::{Import, Persistence, PersistenceError, Role, SystemClock, TokenUsage};
+use koda_persistence_api::{
+    Health, Persistence, PersistenceError, Role, Search, SystemClock, TokenUsage, Transfer,
+};
 use koda_persistence_conformance::skip_or_fail;
 use koda_persistence_postgres::{Postgres, PostgresOptions, PostgresStore, TlsMode};
 
@@ -965,7 +967,7 @@ async fn every_sqlstate_class_is_typed() -> Result<()> {
 /// that transaction ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_ids_waits_for_an_uncommitted_insert() -> Result<()> {
-    use koda_persistence_api::Import;
+    use koda_persistence_api::Transfer;
     with_schema("claim_lock", |url, schema| async move {
         let s = store(&url, &schema, "claim").await?;
         let sid = s.create_session("main", Path::new("/p")).await?;

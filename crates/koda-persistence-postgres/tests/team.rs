@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use koda_persistence_api::{Import, Persistence, PersistenceError, Role, SystemClock};
+use koda_persistence_api::{Health, Persistence, PersistenceError, Role, SystemClock};
 use koda_persistence_conformance::skip_or_fail;
 use koda_persistence_postgres::PostgresStore;
 

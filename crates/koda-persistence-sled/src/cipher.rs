@@ -20,90 +20,23 @@
 //! are sealed too, but its id is not (the index needs it), nor its
 //! session id and position (the key).
 
-use std::ops::Deref;
-use std::path::Path;
-use std::sync::Arc;
-
 use anyhow::Result;
 use koda_persistence_api::PersistenceError;
 use koda_persistence_api::bodies::{BodyHash, body_hash, unpack, unpack_checked};
-use koda_persistence_api::cipher::{FieldCipher, KeyMaterial, aad, wrong_key};
-use sled::Db;
+use koda_persistence_api::cipher::aad;
 
+use crate::db::Tree;
 use crate::rows::{StoredMessage, StoredSession};
 use crate::rows::{decode, decode_message, decode_session, encode, encode_message, encode_session};
-use crate::schema;
 
 /// The first byte of a sealed message value: the message id follows.
 const SEALED_MESSAGE: u8 = 0xE2;
-
-/// The open database, and the cipher of an encrypted store.
-#[derive(Clone)]
-pub(crate) struct Tree {
-    db: Db,
-    cipher: Option<Arc<FieldCipher>>,
-}
-
-impl std::fmt::Debug for Tree {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tree")
-            .field("encrypted", &self.cipher.is_some())
-            .finish()
-    }
-}
-
-impl Deref for Tree {
-    type Target = Db;
-    fn deref(&self) -> &Db {
-        &self.db
-    }
-}
 
 fn message_aad(sid: &str, id: u64) -> Vec<u8> {
     aad(&[b"message", sid.as_bytes(), &id.to_be_bytes()])
 }
 
 impl Tree {
-    /// `db` as it is, checking `key` against its key record (the key
-    /// record is written here for a store that is still empty).
-    ///
-    /// # Errors
-    /// `PermissionDenied` ([`wrong_key`]) for a key that is not the
-    /// store's, a key for a store that is not encrypted (and not empty),
-    /// or no key for an encrypted store. Nothing is written then.
-    pub(crate) fn unlock(db: Db, key: Option<&KeyMaterial>, path: &Path) -> Result<Self> {
-        let what = path.display().to_string();
-        let record = db.get(schema::key_record())?;
-        let cipher = match (key, record) {
-            (None, None) => None,
-            (None, Some(_)) => {
-                return Err(PersistenceError::PermissionDenied(format!(
-                    "{what} is encrypted: open it with key_file=PATH (or KODA_STORE_KEY_FILE)"
-                ))
-                .into());
-            }
-            (Some(k), Some(r)) => Some(FieldCipher::unlock(k, &r, &what)?),
-            (Some(k), None) => {
-                if db.iter().next().is_some() {
-                    return Err(wrong_key(&what).into());
-                }
-                let (cipher, record) = FieldCipher::create(k)?;
-                db.insert(schema::key_record(), record)?;
-                db.flush()?;
-                Some(cipher)
-            }
-        };
-        Ok(Self {
-            db,
-            cipher: cipher.map(Arc::new),
-        })
-    }
-
-    /// Whether values are sealed.
-    pub(crate) fn encrypted(&self) -> bool {
-        self.cipher.is_some()
-    }
-
     fn seal(&self, aad: &[u8], plain: Vec<u8>) -> Result<Vec<u8>, PersistenceError> {
         match &self.cipher {
             Some(c) => c.seal(aad, &plain),

@@ -13,11 +13,11 @@ use koda_persistence_api::PersistenceError;
 use koda_persistence_api::backend::{ContextCache, DEFAULT_CACHED_SESSIONS};
 use sled::Batch;
 
-use crate::cipher::Tree;
+use crate::db::Tree;
 
 use crate::SledStore;
+use crate::db::{closing, open_db};
 use crate::error::storage;
-use crate::open::{closing, open_db};
 use crate::options::{FlushPolicy, SledOptions};
 
 pub(crate) struct Inner {

@@ -1,15 +1,22 @@
 #![doc = include_str!("docs.md")]
 #![deny(missing_docs)]
 
+mod bodies;
 mod cipher;
+mod compaction;
+mod db;
 mod error;
 mod exec;
+mod fork;
+mod health;
+mod keys;
 mod open;
 mod options;
 mod queries;
 mod rows;
 mod schema;
 mod search;
+mod transfer;
 mod trash;
 
 pub use crate::options::{FlushPolicy, MAX_CACHE_MB, SCHEMES, SledOptions};
@@ -22,11 +29,9 @@ use anyhow::Result;
 use koda_persistence_api::backend::{
     Backend, ContextRow, NewMessage, StoreUrl, limit_bound, root_to_str, usage_total,
 };
-use koda_persistence_api::search::{Query, ScopeBuf, hit_limit};
 use koda_persistence_api::{
-    Clock, CompactedStats, DeletedSession, Import, Message, MessageRecord, MetadataRecord,
-    Persistence, PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord,
-    SessionUsage, StoreHealth,
+    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence,
+    PersistenceError, Role, SearchIndex, SessionInfo, SessionUsage, Store,
 };
 
 use crate::exec::Inner;
@@ -41,6 +46,7 @@ impl Backend for Sled {
     const NAME: &'static str = "sled";
     const SCHEMES: &'static [&'static str] = SCHEMES;
     const EXAMPLE: &'static str = "sled://PATH";
+    const ENCRYPTION: Encryption = Encryption::Fields;
     type Options = SledOptions;
     type Store = SledStore;
 
@@ -224,7 +230,7 @@ impl Persistence for SledStore {
         let now = self.clock.now_ms();
         let compacted = sid.clone();
         self.write_then(
-            move |db| queries::compact(db, &sid, &summary, preserve_count, now),
+            move |db| compaction::compact(db, &sid, &summary, preserve_count, now),
             move |cache, marked| {
                 cache.changed(&compacted);
                 marked
@@ -236,7 +242,7 @@ impl Persistence for SledStore {
     async fn clear_message_content(&self, message_ids: &[i64], stub: &str) -> Result<()> {
         let (ids, stub) = (message_ids.to_vec(), stub.to_owned());
         self.write_then(
-            move |db| queries::clear_content(db, &ids, &stub),
+            move |db| compaction::clear_content(db, &ids, &stub),
             |cache, touched| {
                 for s in touched {
                     cache.changed(&s);
@@ -247,13 +253,13 @@ impl Persistence for SledStore {
     }
 
     async fn compacted_stats(&self) -> Result<CompactedStats> {
-        self.read(queries::compacted_stats).await
+        self.read(compaction::compacted_stats).await
     }
 
     async fn purge_compacted(&self, min_age_days: u32) -> Result<usize> {
         let now = self.clock.now_ms();
         self.write_then(
-            move |db| queries::purge(db, min_age_days, now),
+            move |db| compaction::purge(db, min_age_days, now),
             |cache, (n, touched)| {
                 for s in touched {
                     cache.changed(&s);
@@ -277,102 +283,19 @@ impl Persistence for SledStore {
     }
 }
 
-#[async_trait::async_trait]
-impl Import for SledStore {
-    async fn export_session_ids(&self) -> Result<Vec<String>> {
-        self.read(queries::export_session_ids).await
-    }
-
-    async fn export_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
-        let sid = session_id.to_owned();
-        self.read(move |db| queries::export_session(db, &sid)).await
-    }
-
-    async fn export_messages(&self, session_id: &str) -> Result<Vec<MessageRecord>> {
-        let sid = session_id.to_owned();
-        self.read(move |db| queries::export_messages(db, &sid))
-            .await
-    }
-
-    async fn export_metadata(&self, session_id: &str) -> Result<Vec<MetadataRecord>> {
-        let sid = session_id.to_owned();
-        self.read(move |db| queries::export_metadata(db, &sid))
-            .await
-    }
-
-    async fn health(&self) -> Result<StoreHealth> {
-        self.read(queries::health).await
-    }
-
-    async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {
-        self.read(queries::message_id_range).await
-    }
-
-    async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
-        let (first, last) = (queries::as_u64(first), queries::as_u64(last));
-        self.write(move |db| queries::claim_ids(db, first, last))
-            .await
-    }
-
-    async fn import_session(&self, session: &SessionRecord) -> Result<bool> {
-        let session = session.clone();
-        self.write(move |db| queries::import_session(db, &session))
-            .await
-    }
-
-    async fn import_messages(
-        &self,
-        session_id: &str,
-        messages: &[MessageRecord],
-        keep_ids: bool,
-    ) -> Result<Vec<i64>> {
-        let sid = session_id.to_owned();
-        let changed = sid.clone();
-        let messages = messages.to_vec();
-        self.write_then(
-            move |db| queries::import_messages(db, &sid, &messages, keep_ids),
-            move |cache, ids| {
-                cache.changed(&changed);
-                ids
+impl Store for SledStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            encryption: if self.inner.options.key_file.is_some() {
+                Encryption::Fields
+            } else {
+                Encryption::None
             },
-        )
-        .await
-    }
-
-    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
-        let (sid, now) = (session_id.to_owned(), self.clock.now_ms());
-        let new_id = uuid::Uuid::now_v7().to_string();
-        self.write(move |db| queries::fork(db, &sid, at, &new_id, now))
-            .await
-    }
-
-    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
-        self.trashed().await
-    }
-
-    async fn restore_session(&self, session_id: &str) -> Result<()> {
-        self.restore(session_id).await
-    }
-
-    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
-        self.purge_trash(dry_run).await
-    }
-
-    async fn search_messages(
-        &self,
-        query: &str,
-        scope: &SearchScope<'_>,
-        limit: usize,
-    ) -> Result<Vec<SearchHit>> {
-        let (query, scope) = (Query::parse(query)?, ScopeBuf::new(scope)?);
-        self.read(move |db| search::search(db, &query, &scope, hit_limit(limit)))
-            .await
-    }
-
-    async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
-        let sid = session_id.to_owned();
-        let entries = entries.to_vec();
-        self.write(move |db| Ok((queries::import_metadata(db, &sid, &entries)?, ())))
-            .await
+            rekey_in_place: false,
+            bodies: Bodies::Always,
+            search_index: SearchIndex::Scan,
+            handles: Handles::One,
+            keep_deleted_days: self.keep_deleted_days,
+        }
     }
 }

@@ -114,7 +114,7 @@ pub(crate) struct StoredMessage {
     pub compacted_ms: Option<i64>,
     /// The address of the body holding `content`, `full_content` and
     /// `tool_calls` (in that order) when one does; that field is then
-    /// `None` here. See `schema::body`.
+    /// `None` here. See `keys::body`.
     pub bodies: [Option<BodyHash>; 3],
 }
 

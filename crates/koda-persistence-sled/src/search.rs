@@ -3,16 +3,20 @@
 //! sled keeps no word index: a search reads until `limit` messages match,
 //! or to the oldest message.
 
+use koda_persistence_api::Search;
 use std::collections::HashMap;
 
-use crate::cipher::Tree;
+use crate::db::Tree;
 use anyhow::Result;
+use koda_persistence_api::SearchScope;
 use koda_persistence_api::backend::format_timestamp;
-use koda_persistence_api::search::{Query, ScopeBuf, SearchHit, hit, sort_hits};
+use koda_persistence_api::search::{Query, ScopeBuf, SearchHit, hit, hit_limit, sort_hits};
 
-use crate::queries::{as_u64, get_session, resolve};
+use crate::SledStore;
+use crate::bodies::resolve;
+use crate::keys;
+use crate::queries::{as_u64, get_session};
 use crate::rows::{role_of, session_of};
-use crate::schema;
 
 /// The hits of `query` in `scope`, at most `limit` (already bounded).
 pub(crate) fn search(
@@ -27,7 +31,7 @@ pub(crate) fn search(
     }
     // Whether each session met so far is in scope.
     let mut sessions: HashMap<String, bool> = HashMap::new();
-    for kv in db.scan_prefix([schema::BY_ID]).rev() {
+    for kv in db.scan_prefix([keys::BY_ID]).rev() {
         if hits.len() >= limit {
             break;
         }
@@ -44,7 +48,7 @@ pub(crate) fn search(
                 let a = match get_session(db, &sid)? {
                     Some(s) => {
                         let rootless =
-                            db.contains_key(schema::rootless(as_u64(s.created_ms), s.seq))?;
+                            db.contains_key(keys::rootless(as_u64(s.created_ms), s.seq))?;
                         let root = (!rootless).then_some(s.project_root.as_str());
                         scope.admits_session(&sid, root)
                     }
@@ -76,4 +80,18 @@ pub(crate) fn search(
     }
     sort_hits(&mut hits);
     Ok(hits)
+}
+
+#[async_trait::async_trait]
+impl Search for SledStore {
+    async fn search_messages(
+        &self,
+        query: &str,
+        scope: &SearchScope<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        let (query, scope) = (Query::parse(query)?, ScopeBuf::new(scope)?);
+        self.read(move |db| search(db, &query, &scope, hit_limit(limit)))
+            .await
+    }
 }

@@ -13,6 +13,7 @@
 //! references (`b`); a purge releases them.
 
 use anyhow::Result;
+use koda_persistence_api::Trash;
 use koda_persistence_api::backend::session_not_found;
 use koda_persistence_api::trash::{
     DeletedSession, in_trash, is_expired, live_session_exists, purge_at_ms, sort_deleted,
@@ -20,11 +21,13 @@ use koda_persistence_api::trash::{
 use koda_persistence_api::{PersistenceError, Role};
 use sled::{Batch, IVec};
 
-use crate::cipher::Tree;
+use crate::db::Tree;
 
-use crate::queries::{Refs, as_u64, get_session, unindex_message, unlist_session};
+use crate::SledStore;
+use crate::bodies::Refs;
+use crate::keys;
+use crate::queries::{as_u64, get_session, unindex_message, unlist_session};
 use crate::rows::{StoredSession, role_byte};
-use crate::schema;
 
 /// Trashed session records.
 pub(crate) const TRASH_SESSION: u8 = b'X';
@@ -57,42 +60,16 @@ impl crate::SledStore {
     }
 
     /// Purges the expired trashed sessions, writing only when there are.
-    pub(crate) async fn purge_expired_on_open(&self) -> Result<()> {
+    /// Whether a trashed session has passed its grace period (one read).
+    pub(crate) async fn any_expired(&self) -> Result<bool> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        let expired = self
-            .read(move |db| Ok(!selected(db, days, now, true)?.is_empty()))
-            .await?;
-        if expired {
-            self.purge_trash(false).await?;
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn trashed(&self) -> Result<Vec<DeletedSession>> {
-        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.read(move |db| list_deleted(db, now, days)).await
-    }
-
-    pub(crate) async fn restore(&self, session_id: &str) -> Result<()> {
-        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        let sid = session_id.to_owned();
-        let changed = sid.clone();
-        self.write_then(
-            move |db| restore_session(db, &sid, now, days),
-            move |cache, ()| cache.changed(&changed),
-        )
-        .await
-    }
-
-    pub(crate) async fn purge_trash(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
-        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.write(move |db| purge_deleted(db, now, days, dry_run))
+        self.read(move |db| Ok(!selected(db, days, now, true)?.is_empty()))
             .await
     }
 }
 
 fn trash_key(id: &str) -> Vec<u8> {
-    let mut k = schema::session(id);
+    let mut k = keys::session(id);
     k[0] = TRASH_SESSION;
     k
 }
@@ -146,25 +123,25 @@ fn prefixed(ns: u8, key_of: fn(&str) -> Vec<u8>, id: &str) -> Vec<u8> {
 /// `delete_session` with a grace period: the session's keys into the trash.
 pub(crate) fn trash_session(db: &Tree, sid: &str, now: i64) -> Result<(Batch, bool)> {
     let mut batch = Batch::default();
-    let Some(raw) = db.get(schema::session(sid))? else {
+    let Some(raw) = db.get(keys::session(sid))? else {
         return Ok((batch, false));
     };
     let s = db.open_session(sid, &raw, &format!("session {sid:?}"))?;
     let rootless = db
-        .get(schema::rootless(as_u64(s.created_ms), s.seq))?
+        .get(keys::rootless(as_u64(s.created_ms), s.seq))?
         .is_some_and(|v| v.as_ref() == sid.as_bytes());
     // A leftover trashing of the same id (only an import can make one)
     // goes for good first.
     let mut refs = Refs::default();
     purge_into(db, sid, &mut batch, &mut refs)?;
-    for kv in db.scan_prefix(schema::messages_of(sid)) {
+    for kv in db.scan_prefix(keys::messages_of(sid)) {
         let (k, v) = kv?;
         let m = db.open_message(&k, &v)?;
         batch.remove(&k);
         batch.insert(renamed(&k, TRASH_MESSAGE), v);
         unindex_message(&mut batch, &m);
     }
-    for kv in db.scan_prefix(schema::metadata_of(sid)) {
+    for kv in db.scan_prefix(keys::metadata_of(sid)) {
         let (k, v) = kv?;
         batch.remove(&k);
         batch.insert(renamed(&k, TRASH_METADATA), v);
@@ -187,40 +164,40 @@ pub(crate) fn restore_session(db: &Tree, sid: &str, now: i64, days: u32) -> Resu
     if get_session(db, sid)?.is_some() {
         return Err(live_session_exists(sid));
     }
-    for kv in db.scan_prefix(prefixed(TRASH_MESSAGE, schema::messages_of, sid)) {
+    for kv in db.scan_prefix(prefixed(TRASH_MESSAGE, keys::messages_of, sid)) {
         let (k, v) = kv?;
         let m = db.open_message(&k, &v)?;
-        if db.get(schema::numbered(schema::BY_ID, m.id))?.is_some() {
+        if db.get(keys::numbered(keys::BY_ID, m.id))?.is_some() {
             return Err(PersistenceError::Conflict(format!(
                 "message id {} of trashed session {sid:?} is taken by another message",
                 m.id
             ))
             .into());
         }
-        let live: IVec = renamed(&k, schema::MESSAGE).into();
+        let live: IVec = renamed(&k, keys::MESSAGE).into();
         batch.remove(&k);
         batch.insert(live.clone(), v);
-        batch.insert(schema::numbered(schema::BY_ID, m.id), live.clone());
+        batch.insert(keys::numbered(keys::BY_ID, m.id), live.clone());
         if m.role == role_byte(Role::User) {
-            batch.insert(schema::numbered(schema::USER, m.id), live.clone());
+            batch.insert(keys::numbered(keys::USER, m.id), live.clone());
         }
         if let Some(at) = m.compacted_ms {
-            batch.insert(schema::compacted(as_u64(at), m.id), live);
+            batch.insert(keys::compacted(as_u64(at), m.id), live);
         }
     }
-    for kv in db.scan_prefix(prefixed(TRASH_METADATA, schema::metadata_of, sid)) {
+    for kv in db.scan_prefix(prefixed(TRASH_METADATA, keys::metadata_of, sid)) {
         let (k, v) = kv?;
         batch.remove(&k);
-        batch.insert(renamed(&k, schema::METADATA), v);
+        batch.insert(renamed(&k, keys::METADATA), v);
     }
     let s = &e.session;
     let listed = if e.rootless {
-        schema::rootless(as_u64(s.created_ms), s.seq)
+        keys::rootless(as_u64(s.created_ms), s.seq)
     } else {
-        schema::by_root(&s.project_root, as_u64(s.created_ms), s.seq)
+        keys::by_root(&s.project_root, as_u64(s.created_ms), s.seq)
     };
     batch.insert(listed, sid.as_bytes());
-    batch.insert(schema::session(sid), e.raw);
+    batch.insert(keys::session(sid), e.raw);
     batch.remove(trash_key(sid));
     Ok((batch, ()))
 }
@@ -228,12 +205,12 @@ pub(crate) fn restore_session(db: &Tree, sid: &str, now: i64, days: u32) -> Resu
 /// Puts the removal of a trashed session's keys into `batch` and its body
 /// references into `refs` (nothing when it is not in the trash).
 fn purge_into(db: &Tree, sid: &str, batch: &mut Batch, refs: &mut Refs) -> Result<()> {
-    for kv in db.scan_prefix(prefixed(TRASH_MESSAGE, schema::messages_of, sid)) {
+    for kv in db.scan_prefix(prefixed(TRASH_MESSAGE, keys::messages_of, sid)) {
         let (k, v) = kv?;
         refs.release(&db.open_message(&k, &v)?);
         batch.remove(k);
     }
-    for kv in db.scan_prefix(prefixed(TRASH_METADATA, schema::metadata_of, sid)) {
+    for kv in db.scan_prefix(prefixed(TRASH_METADATA, keys::metadata_of, sid)) {
         batch.remove(kv?.0);
     }
     batch.remove(trash_key(sid));
@@ -309,4 +286,29 @@ pub(crate) fn refuse_trashed(db: &Tree, sid: &str) -> Result<()> {
 /// Body references the trash holds, for `health`.
 pub(crate) fn trashed_messages(db: &Tree) -> impl Iterator<Item = sled::Result<(IVec, IVec)>> {
     db.scan_prefix([TRASH_MESSAGE])
+}
+
+#[async_trait::async_trait]
+impl Trash for SledStore {
+    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        self.read(move |db| list_deleted(db, now, days)).await
+    }
+
+    async fn restore_session(&self, session_id: &str) -> Result<()> {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        let sid = session_id.to_owned();
+        let changed = sid.clone();
+        self.write_then(
+            move |db| restore_session(db, &sid, now, days),
+            move |cache, ()| cache.changed(&changed),
+        )
+        .await
+    }
+
+    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        self.write(move |db| purge_deleted(db, now, days, dry_run))
+            .await
+    }
 }

@@ -1,12 +1,112 @@
 //! The whole conformance suite against `SledStore`, each case in its own
-//! temp directory: once as it is, once encrypted (`key_file=`).
+//! temp directory: once as it is, once encrypted (`key_file=`), with the
+//! raw directory access the cipher area needs.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use koda_persistence_api::ManualClock;
 use koda_persistence_api::backend::open_checked;
+use koda_persistence_api::{ManualClock, Store};
+use koda_persistence_conformance::at_rest::{AtRest, Tamper, files_under};
 use koda_persistence_conformance::{Factory, Fixture};
 use koda_persistence_sled::{Sled, SledOptions};
+
+/// sled directories at named places under one temp directory.
+struct Directories {
+    dir: tempfile::TempDir,
+    keys: PathBuf,
+}
+
+impl Directories {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys)?;
+        Ok(Self { dir, keys })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Waits until no handle holds sled's lock on `dir` (a dropped store's
+/// threads release it late), taking the lock as sled does, without
+/// opening (so writing) anything.
+async fn released(dir: &Path) -> anyhow::Result<()> {
+    let db = dir.join("db");
+    if !db.exists() {
+        return Ok(());
+    }
+    for _ in 0..800 {
+        let file = std::fs::File::open(&db)?;
+        if file.try_lock().is_ok() {
+            return Ok(());
+        }
+        drop(file);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    anyhow::bail!("sled's lock on {} was never released", dir.display())
+}
+
+/// The raw `M` (message) entry of `session` with the lowest key.
+fn first_message(db: &sled::Db, session: &str) -> anyhow::Result<(sled::IVec, sled::IVec)> {
+    for kv in db.scan_prefix(b"M") {
+        let (k, v) = kv?;
+        if k.windows(session.len()).any(|w| w == session.as_bytes()) {
+            return Ok((k, v));
+        }
+    }
+    anyhow::bail!("no message of {session} in the raw store")
+}
+
+#[async_trait::async_trait]
+impl AtRest for Directories {
+    fn key_dir(&self) -> &Path {
+        &self.keys
+    }
+
+    async fn open(&self, name: &str, key: Option<&Path>) -> anyhow::Result<Arc<dyn Store>> {
+        let mut options = SledOptions::at(self.path(name));
+        options.key_file = key.map(Path::to_owned);
+        let clock = ManualClock::new(koda_persistence_conformance::START_MS);
+        Ok(Arc::new(
+            open_checked::<Sled>(options, Arc::new(clock)).await?,
+        ))
+    }
+
+    async fn files(&self, name: &str) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
+        released(&self.path(name)).await?;
+        files_under(&self.path(name))
+    }
+
+    fn created(&self, name: &str) -> bool {
+        self.path(name).exists()
+    }
+
+    async fn tamper(&self, name: &str, tamper: Tamper<'_>) -> anyhow::Result<bool> {
+        released(&self.path(name)).await?;
+        let db = sled::open(self.path(name))?;
+        match tamper {
+            Tamper::Flip { session } => {
+                let (k, v) = first_message(&db, session)?;
+                let mut changed = v.to_vec();
+                if let Some(last) = changed.last_mut() {
+                    *last ^= 0x01;
+                }
+                db.insert(k, changed)?;
+            }
+            Tamper::Move { from, to } => {
+                let (_, value) = first_message(&db, from)?;
+                let (k, _) = first_message(&db, to)?;
+                db.insert(k, value)?;
+            }
+        }
+        db.flush()?;
+        Ok(true)
+    }
+}
 
 /// A store in a fresh temp directory, encrypted when `encrypted`.
 struct TempDir {
@@ -42,6 +142,7 @@ impl Factory for TempDir {
         let encrypted = self.encrypted;
         Ok(Fixture::new(Arc::new(store), clock)
             .with_guard(dir)
+            .with_at_rest(Arc::new(Directories::new()?))
             .with_grace_opener(move |days| async move {
                 let dir = tempfile::tempdir()?;
                 let clock = ManualClock::new(koda_persistence_conformance::START_MS);

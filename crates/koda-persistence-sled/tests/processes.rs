@@ -224,7 +224,7 @@ fn drop_and_reopen_at_once() -> Result<()> {
 
 fn opener(path: PathBuf) -> koda_persistence_conformance::process::Opening {
     Box::pin(
-        async move { Ok(Arc::new(open(&path).await?) as Arc<dyn koda_persistence_api::Import>) },
+        async move { Ok(Arc::new(open(&path).await?) as Arc<dyn koda_persistence_api::Store>) },
     )
 }
 

@@ -15,7 +15,7 @@ use rusqlite::Connection;
 
 /// A store key: what `PRAGMA key` is given.
 #[derive(Clone)]
-pub(crate) struct Key(String);
+pub(crate) struct Key(pub(crate) String);
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -60,56 +60,6 @@ pub(crate) fn apply(conn: &Connection, key: &Key) -> rusqlite::Result<()> {
     // Older SQLCipher builds lack the pragma: nothing to turn off there.
     let _ = conn.execute_batch("PRAGMA cipher_log_level = NONE");
     Ok(())
-}
-
-impl crate::SqliteStore {
-    /// Re-encrypts the file `options` names (keyed by `options.key_file`)
-    /// under the key in `new_key_file`, in place. No other connection may
-    /// have the file open: the file leaves WAL mode for the rekey, which
-    /// SQLite only allows to its one user, and goes back to WAL after.
-    ///
-    /// # Errors
-    /// `InvalidInput` without `key_file` or for an in-memory database;
-    /// `PermissionDenied` for a wrong key or a key file others may read;
-    /// `Unavailable` while another connection holds the file.
-    pub async fn rekey_file(
-        options: crate::SqliteOptions,
-        new_key_file: &Path,
-    ) -> anyhow::Result<()> {
-        options.validate()?;
-        let crate::Location::File(path) = options.location.clone() else {
-            return Err(
-                PersistenceError::InvalidInput("rekey needs a database file".into()).into(),
-            );
-        };
-        let old_file = options.key_file.clone().ok_or_else(|| {
-            PersistenceError::InvalidInput(
-                "rekey needs the current key_file (a plain file: use `koda-store encrypt`)".into(),
-            )
-        })?;
-        let (old, new) = (read_key(&old_file)?, read_key(new_key_file)?);
-        let location = options.location.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let conn = crate::open::open_keyed(&path, Some(&old))?;
-            conn.busy_timeout(options.busy_timeout)?;
-            schema_objects(&conn, &path, true)?;
-            let mode: String = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
-            if !mode.eq_ignore_ascii_case("delete") {
-                return Err(PersistenceError::Unavailable(format!(
-                    "{} is open elsewhere (it stays in {mode} mode): stop koda, then rekey",
-                    path.display()
-                ))
-                .into());
-            }
-            conn.pragma_update(None, "rekey", &new.0)?;
-            let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-            anyhow::ensure!(mode.eq_ignore_ascii_case("wal"), "back to WAL: {mode}");
-            Ok(())
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("rekey task failed: {e}"))?
-        .map_err(|e| crate::error::classify(e, &location))
-    }
 }
 
 /// How many schema objects the file holds: reading them proves the file

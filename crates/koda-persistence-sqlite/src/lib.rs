@@ -1,20 +1,25 @@
 #![doc = include_str!("docs.md")]
 #![deny(missing_docs)]
 
+mod adopt;
+mod bodies;
 mod checkpoint;
 mod cipher;
 mod error;
+mod fork;
+mod health;
 mod open;
 mod options;
 mod queries;
 mod rows;
 mod schema;
 mod search;
+mod transfer;
 mod trash;
 mod worker;
 
+pub use crate::bodies::BodyMove;
 pub use crate::options::{Location, MAX_READERS, SCHEMES, SqliteOptions, Synchronous};
-pub use crate::schema::BodyMove;
 
 use std::fmt;
 use std::path::Path;
@@ -25,9 +30,8 @@ use koda_persistence_api::backend::{
     Backend, NewMessage, SharedContextCache, StoreUrl, root_to_str, usage_total,
 };
 use koda_persistence_api::{
-    Clock, CompactedStats, DeletedSession, Import, Message, MessageRecord, MetadataRecord,
-    Persistence, PersistenceError, Role, SearchHit, SearchScope, SessionInfo, SessionRecord,
-    SessionUsage, StoreHealth,
+    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence,
+    PersistenceError, Role, SearchIndex, SessionInfo, SessionUsage, Store,
 };
 
 use crate::worker::{Worker, forget_after_answer};
@@ -42,6 +46,11 @@ impl Backend for Sqlite {
     const NAME: &'static str = "sqlite";
     const SCHEMES: &'static [&'static str] = SCHEMES;
     const EXAMPLE: &'static str = "sqlite://PATH, sqlite::memory:";
+    const ENCRYPTION: Encryption = if cfg!(feature = "sqlcipher") {
+        Encryption::WholeFile
+    } else {
+        Encryption::None
+    };
     type Options = SqliteOptions;
     type Store = SqliteStore;
 
@@ -295,97 +304,22 @@ impl Persistence for SqliteStore {
     }
 }
 
-#[async_trait::async_trait]
-impl Import for SqliteStore {
-    async fn export_session_ids(&self) -> Result<Vec<String>> {
-        self.read(queries::export_session_ids).await
-    }
-
-    async fn export_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
-        let sid = session_id.to_owned();
-        self.read(move |c| queries::export_session(c, &sid)).await
-    }
-
-    async fn export_messages(&self, session_id: &str) -> Result<Vec<MessageRecord>> {
-        let sid = session_id.to_owned();
-        self.read(move |c| queries::export_messages(c, &sid)).await
-    }
-
-    async fn export_metadata(&self, session_id: &str) -> Result<Vec<MetadataRecord>> {
-        let sid = session_id.to_owned();
-        self.read(move |c| queries::export_metadata(c, &sid)).await
-    }
-
-    async fn health(&self) -> Result<StoreHealth> {
-        let key = self.key.clone();
-        self.read(move |c| queries::health(c, key.as_ref())).await
-    }
-
-    async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {
-        self.read(queries::message_id_range).await
-    }
-
-    async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
-        self.write(move |tx| queries::claim_ids(tx, first, last))
-            .await
-    }
-
-    async fn import_session(&self, session: &SessionRecord) -> Result<bool> {
-        let session = session.clone();
-        self.write(move |tx| queries::import_session(tx, &session))
-            .await
-    }
-
-    async fn import_messages(
-        &self,
-        session_id: &str,
-        messages: &[MessageRecord],
-        keep_ids: bool,
-    ) -> Result<Vec<i64>> {
-        let blobs = self.stores_bodies_once();
-        let sid = session_id.to_owned();
-        let messages = messages.to_vec();
-        self.write(move |tx| queries::import_messages(tx, &sid, &messages, keep_ids, blobs))
-            .await
-    }
-
-    async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
-        let sid = session_id.to_owned();
-        let entries = entries.to_vec();
-        let now = self.clock.now_ms();
-        self.write(move |tx| queries::import_metadata(tx, &sid, &entries, now))
-            .await
-    }
-
-    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
-        let (sid, blobs, now) = (
-            session_id.to_owned(),
-            self.stores_bodies_once(),
-            self.clock.now_ms(),
-        );
-        let new_id = uuid::Uuid::now_v7().to_string();
-        self.write(move |tx| queries::fork(tx, &sid, at, &new_id, now, blobs))
-            .await
-    }
-
-    async fn search_messages(
-        &self,
-        query: &str,
-        scope: &SearchScope<'_>,
-        limit: usize,
-    ) -> Result<Vec<SearchHit>> {
-        self.search(query, scope, limit).await
-    }
-
-    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
-        self.trashed().await
-    }
-
-    async fn restore_session(&self, session_id: &str) -> Result<()> {
-        self.restore(session_id).await
-    }
-
-    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
-        self.purge_trash(dry_run).await
+impl Store for SqliteStore {
+    fn capabilities(&self) -> Capabilities {
+        let file = matches!(self.location, Location::File(_));
+        Capabilities {
+            encryption: if self.key.is_some() {
+                Encryption::WholeFile
+            } else {
+                Encryption::None
+            },
+            rekey_in_place: self.key.is_some(),
+            bodies: Bodies::OptIn {
+                stored_once: self.stores_bodies_once(),
+            },
+            search_index: SearchIndex::Fts5,
+            handles: if file { Handles::Many } else { Handles::One },
+            keep_deleted_days: self.keep_deleted_days,
+        }
     }
 }

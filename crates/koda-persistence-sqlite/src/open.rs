@@ -8,28 +8,16 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use koda_persistence_api::backend::{SharedContextCache, options_of};
-use koda_persistence_api::{Clock, Import, PersistenceError};
+use koda_persistence_api::{Clock, PersistenceError};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::cipher::read_key;
+use crate::cipher::schema_objects;
 use crate::cipher::{self, Key};
 use crate::error::classify;
 use crate::options::{Location, SqliteOptions};
 use crate::worker::Worker;
 use crate::{Sqlite, SqliteStore, checkpoint, schema, worker};
-
-#[cfg(unix)]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-#[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)
-}
 
 #[cfg(unix)]
 fn create_private_file(path: &Path) -> std::io::Result<()> {
@@ -158,17 +146,11 @@ pub(crate) struct Opened {
     pub(crate) key: Option<Key>,
 }
 
-/// The grace period a handle keeps: the options', else 7 days on a file
-/// this layer created and 0 on one adopted from an older koda.
+/// The grace period a handle keeps ([`TrashOptions::days`](koda_persistence_api::trash::TrashOptions::days)):
+/// a file this layer created, or one adopted from an older koda.
 fn keep_deleted_days(conn: &Connection, options: &SqliteOptions) -> Result<u32> {
-    if let Some(days) = options.trash.keep_deleted_days {
-        return Ok(days);
-    }
-    Ok(if schema::created_here(conn)? {
-        koda_persistence_api::trash::DEFAULT_KEEP_DELETED_DAYS
-    } else {
-        0
-    })
+    let created_here = options.trash.keep_deleted_days.is_some() || schema::created_here(conn)?;
+    Ok(options.trash.days(created_here))
 }
 
 pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Result<Opened> {
@@ -207,7 +189,7 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
                     .parent()
                     .filter(|d| !d.as_os_str().is_empty() && !d.exists())
                 {
-                    create_private_dir(dir)
+                    koda_persistence_api::backend::create_private_dir(dir)
                         .with_context(|| format!("creating directory {}", dir.display()))
                         .map_err(|e| PersistenceError::Unavailable(format!("{e:#}")))?;
                 }
@@ -289,13 +271,8 @@ impl SqliteStore {
         // Trashed sessions whose grace period has ended go for good; a
         // file another process keeps busy is purged on a later open.
         let (now, days) = (store.clock.now_ms(), store.keep_deleted_days);
-        let expired = store.options.trash.purge_on_open
-            && store
-                .read(move |conn| crate::trash::any_expired(conn, now, days))
-                .await?;
-        if expired && let Err(e) = Import::purge_deleted(&store, false).await {
-            tracing::warn!(error = %format!("{e:#}"), "purging expired deleted sessions");
-        }
+        let expired = store.read(move |conn| crate::trash::any_expired(conn, now, days));
+        koda_persistence_api::trash::purge_on_open(&store, &store.options.trash, expired).await;
         Ok(store)
     }
 
@@ -319,5 +296,55 @@ impl SqliteStore {
     /// `InvalidInput` for a bad URL; otherwise as [`SqliteStore::open`].
     pub async fn open_url(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
         Self::open(options_of::<Sqlite>(url)?, clock).await
+    }
+}
+
+impl crate::SqliteStore {
+    /// Re-encrypts the file `options` names (keyed by `options.key_file`)
+    /// under the key in `new_key_file`, in place. No other connection may
+    /// have the file open: the file leaves WAL mode for the rekey, which
+    /// SQLite only allows to its one user, and goes back to WAL after.
+    ///
+    /// # Errors
+    /// `InvalidInput` without `key_file` or for an in-memory database;
+    /// `PermissionDenied` for a wrong key or a key file others may read;
+    /// `Unavailable` while another connection holds the file.
+    pub async fn rekey_file(
+        options: crate::SqliteOptions,
+        new_key_file: &Path,
+    ) -> anyhow::Result<()> {
+        options.validate()?;
+        let crate::Location::File(path) = options.location.clone() else {
+            return Err(
+                PersistenceError::InvalidInput("rekey needs a database file".into()).into(),
+            );
+        };
+        let old_file = options.key_file.clone().ok_or_else(|| {
+            PersistenceError::InvalidInput(
+                "rekey needs the current key_file (a plain file: use `koda-store encrypt`)".into(),
+            )
+        })?;
+        let (old, new) = (read_key(&old_file)?, read_key(new_key_file)?);
+        let location = options.location.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let conn = crate::open::open_keyed(&path, Some(&old))?;
+            conn.busy_timeout(options.busy_timeout)?;
+            schema_objects(&conn, &path, true)?;
+            let mode: String = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("delete") {
+                return Err(PersistenceError::Unavailable(format!(
+                    "{} is open elsewhere (it stays in {mode} mode): stop koda, then rekey",
+                    path.display()
+                ))
+                .into());
+            }
+            conn.pragma_update(None, "rekey", &new.0)?;
+            let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            anyhow::ensure!(mode.eq_ignore_ascii_case("wal"), "back to WAL: {mode}");
+            Ok(())
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("rekey task failed: {e}"))?
+        .map_err(|e| crate::error::classify(e, &location))
     }
 }

@@ -5,78 +5,20 @@
 
 use anyhow::Result;
 use koda_persistence_api::backend::{
-    ContextRow, NewMessage, UsageTally, check_kept, format_timestamp, id_taken, purge_cutoff,
-    usage_by_agent,
+    ContextRow, NewMessage, UsageTally, format_timestamp, purge_cutoff, usage_by_agent,
 };
 use koda_persistence_api::{
-    COMPACTION_HINT, CompactedStats, Message, MessageRecord, MetadataRecord, PersistenceError,
-    Role, SessionInfo, SessionRecord, SessionUsage, StoreHealth,
+    COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
 };
 use rusqlite::config::DbConfig;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use crate::bodies::hash_param;
+use crate::bodies::put_bodies;
+use crate::bodies::put_body;
 use crate::rows::{self, CONTENT, MESSAGE_COLUMNS, get};
-use koda_persistence_api::bodies::{
-    BodyField, BodyHash, BodyStats, body_hash, body_name, is_body, pack,
-};
-
-/// Stores `value`, field `field` of a `role` message, as a body when it
-/// is one and the file stores bodies once (`blobs`); returns what goes in
-/// the field's column and in its `_body` twin. A new body starts with
-/// `refs = 0`: the insert or update that refers to it, in the same
-/// savepoint, counts it (see `schema::V4_BODIES`).
-pub(crate) fn put_body<'v>(
-    tx: &Connection,
-    blobs: bool,
-    role: &Role,
-    field: BodyField,
-    value: Option<&'v str>,
-) -> Result<(Option<&'v str>, Option<BodyHash>)> {
-    let Some(text) = value else {
-        return Ok((None, None));
-    };
-    if !blobs || !is_body(role, field, text) {
-        return Ok((Some(text), None));
-    }
-    let hash = body_hash(text);
-    let known = tx
-        .prepare_cached("SELECT 1 FROM kp_bodies WHERE hash = ?1")?
-        .exists(params![&hash[..]])?;
-    if !known {
-        let data = pack(text)?;
-        tx.prepare_cached("INSERT INTO kp_bodies (hash, data, len, refs) VALUES (?1, ?2, ?3, 0)")?
-            .execute(params![
-                &hash[..],
-                data,
-                i64::try_from(text.len()).unwrap_or(i64::MAX)
-            ])?;
-    }
-    Ok((None, Some(hash)))
-}
-
-/// The three body fields of a message, through [`put_body`]: `(column,
-/// body)` for content, full_content and tool_calls.
-type Fields<'v> = [(Option<&'v str>, Option<BodyHash>); 3];
-
-fn put_bodies<'v>(
-    tx: &Transaction<'_>,
-    blobs: bool,
-    role: &Role,
-    content: Option<&'v str>,
-    full_content: Option<&'v str>,
-    tool_calls: Option<&'v str>,
-) -> Result<Fields<'v>> {
-    Ok([
-        put_body(tx, blobs, role, BodyField::Content, content)?,
-        put_body(tx, blobs, role, BodyField::FullContent, full_content)?,
-        put_body(tx, blobs, role, BodyField::ToolCalls, tool_calls)?,
-    ])
-}
-
-fn hash_param(h: &Option<BodyHash>) -> Option<&[u8]> {
-    h.as_ref().map(|h| &h[..])
-}
+use koda_persistence_api::bodies::BodyField;
 
 /// `ms` as koda's own text timestamp, `YYYY-MM-DD HH:MM:SS` UTC (what
 /// SQLite's `CURRENT_TIMESTAMP` writes), for the columns an older koda
@@ -91,7 +33,7 @@ pub(crate) fn koda_text(ms: i64) -> String {
     }
 }
 
-fn not_found(session_id: &str) -> anyhow::Error {
+pub(crate) fn not_found(session_id: &str) -> anyhow::Error {
     PersistenceError::SessionNotFound(session_id.to_owned()).into()
 }
 
@@ -101,7 +43,7 @@ pub(crate) fn session_exists(tx: &Transaction<'_>, session_id: &str) -> Result<b
         .exists(params![session_id])?)
 }
 
-fn require_session(tx: &Transaction<'_>, session_id: &str) -> Result<()> {
+pub(crate) fn require_session(tx: &Transaction<'_>, session_id: &str) -> Result<()> {
     if session_exists(tx, session_id)? {
         Ok(())
     } else {
@@ -683,409 +625,6 @@ pub(crate) fn set_metadata(
     Ok(())
 }
 
-/// Every session id, oldest first.
-pub(crate) fn export_session_ids(conn: &Connection) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached("SELECT id FROM sessions ORDER BY created_ms, seq")?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-pub(crate) fn export_session(conn: &Connection, session_id: &str) -> Result<Option<SessionRecord>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT agent_name, project_root, created_ms, last_accessed_ms, title, mode
-         FROM sessions WHERE id = ?1",
-    )?;
-    let mut rows = stmt.query(params![session_id])?;
-    let Some(r) = rows.next()? else {
-        return Ok(None);
-    };
-    let what = |c: &str| format!("{c} of session {session_id:?}");
-    Ok(Some(SessionRecord {
-        id: session_id.to_owned(),
-        agent_name: get(r, 0, &what("agent_name"))?,
-        project_root: get(r, 1, &what("project_root"))?,
-        created_ms: get::<Option<i64>>(r, 2, &what("created_ms"))?.unwrap_or(0),
-        last_accessed_ms: get(r, 3, &what("last_accessed_ms"))?,
-        title: get(r, 4, &what("title"))?,
-        mode: get(r, 5, &what("mode"))?,
-    }))
-}
-
-pub(crate) fn export_messages(conn: &Connection, session_id: &str) -> Result<Vec<MessageRecord>> {
-    let sql = format!(
-        "SELECT {MESSAGE_COLUMNS}, agent_name, compacted_ms FROM messages
-         WHERE session_id = ?1 ORDER BY ord"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params![session_id])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(rows::record(row)?);
-    }
-    Ok(out)
-}
-
-pub(crate) fn export_metadata(conn: &Connection, session_id: &str) -> Result<Vec<MetadataRecord>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT key, value FROM session_metadata WHERE session_id = ?1 ORDER BY CAST(key AS BLOB)",
-    )?;
-    let mut rows = stmt.query(params![session_id])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(MetadataRecord {
-            key: get(r, 0, "metadata key")?,
-            value: get(r, 1, "metadata value")?,
-        });
-    }
-    Ok(out)
-}
-
-/// `PRAGMA integrity_check` (every page, every index against its table),
-/// and every session's counters and positions against its messages.
-pub(crate) fn health(conn: &Connection, key: Option<&crate::cipher::Key>) -> Result<StoreHealth> {
-    let schema_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let mut problems = Vec::new();
-    // On a connection of its own: FTS5 keeps an index's structure cached
-    // per connection, and a pooled reader's `integrity_check` was seen to
-    // check the search index against a stale one ("malformed inverted
-    // index for FTS5 table main.kp_search" in about half the runs of one
-    // state-machine sequence, where a fresh connection on the same file,
-    // and every search, found it whole). A private in-memory database
-    // has one connection: it checks there.
-    let own = match conn.path().filter(|p| !p.is_empty()) {
-        Some(path) => {
-            let fresh = crate::open::open_keyed(std::path::Path::new(path), key)?;
-            fresh.busy_timeout(std::time::Duration::from_secs(5))?;
-            Some(fresh)
-        }
-        None => None,
-    };
-    let checking = own.as_ref().unwrap_or(conn);
-    let mut stmt = checking.prepare("PRAGMA integrity_check")?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let line: String = get(r, 0, "integrity_check")?;
-        if line != "ok" {
-            problems.push(format!("integrity_check: {line}"));
-        }
-    }
-    drop(rows);
-    drop(stmt);
-    drop(own);
-    let mut stmt = conn.prepare_cached(
-        "SELECT session_id, COUNT(*) FROM messages WHERE ord IS NULL GROUP BY session_id",
-    )?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let sid: String = get(r, 0, "session id")?;
-        let n: i64 = get(r, 1, "count")?;
-        problems.push(format!("session {sid}: {n} messages without a position"));
-    }
-    problems.extend(usage_problems(conn)?);
-    let (bodies, body_problems) = body_health(conn)?;
-    problems.extend(body_problems);
-    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-    // SQLCipher answers `page_size` as text (its `cipher_page_size`).
-    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| {
-        Ok(match r.get_ref(0)? {
-            rusqlite::types::ValueRef::Integer(n) => n,
-            rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t)
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-                .unwrap_or(0),
-            _ => 0,
-        })
-    })?;
-    Ok(StoreHealth {
-        schema_version,
-        latest_schema_version: i64::try_from(crate::schema::SCHEMA_VERSION).unwrap_or(i64::MAX),
-        problems,
-        size_bytes: u64::try_from(pages.saturating_mul(page_size)).ok(),
-        bodies,
-    })
-}
-
-/// Bodies against the references to them, both ways: every reference
-/// has its body, every body's `refs` is the number of fields pointing at
-/// it (none is kept with no reference), and every body unpacks to the
-/// text its address names. Reads every body once.
-fn body_health(conn: &Connection) -> Result<(BodyStats, Vec<String>)> {
-    let mut counted: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
-    // References from live messages and from the trash's (a whole scan:
-    // `doctor` reads everything once).
-    let mut stmt = conn.prepare(
-        "SELECT h, COUNT(*) FROM (
-             SELECT content_body AS h FROM messages WHERE content_body IS NOT NULL
-             UNION ALL SELECT full_content_body FROM messages WHERE full_content_body IS NOT NULL
-             UNION ALL SELECT tool_calls_body FROM messages WHERE tool_calls_body IS NOT NULL
-             UNION ALL SELECT content_body FROM kp_trash_messages WHERE content_body IS NOT NULL
-             UNION ALL SELECT full_content_body FROM kp_trash_messages
-                 WHERE full_content_body IS NOT NULL
-             UNION ALL SELECT tool_calls_body FROM kp_trash_messages
-                 WHERE tool_calls_body IS NOT NULL)
-         GROUP BY h",
-    )?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let hash: Vec<u8> = get(r, 0, "body reference")?;
-        let n: i64 = get(r, 1, "count")?;
-        counted.insert(hash, u64::try_from(n).unwrap_or(0));
-    }
-    let mut stats = BodyStats::default();
-    let mut problems = Vec::new();
-    let mut stmt = conn.prepare("SELECT hash, data, len, refs FROM kp_bodies")?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let hash: Vec<u8> = get(r, 0, "body hash")?;
-        let data: Vec<u8> = get(r, 1, "body")?;
-        let len: i64 = get(r, 2, "body length")?;
-        let refs: i64 = get(r, 3, "body count")?;
-        let name = body_name(&hash);
-        let uses = counted.remove(&hash).unwrap_or(0);
-        if u64::try_from(refs).ok() != Some(uses) {
-            problems.push(format!(
-                "body {name}: counts {refs} references, {uses} message fields use it"
-            ));
-        }
-        match koda_persistence_api::bodies::unpack_checked(&data, &hash) {
-            Ok(text) if i64::try_from(text.len()).ok() == Some(len) => {}
-            Ok(text) => problems.push(format!(
-                "body {name}: records {len} bytes, holds {}",
-                text.len()
-            )),
-            Err(e) => problems.push(format!("body {name}: {}", e.reason())),
-        }
-        let len = u64::try_from(len).unwrap_or(0);
-        let packed = u64::try_from(data.len()).unwrap_or(u64::MAX);
-        stats.add_body(len, packed, uses);
-    }
-    for (hash, uses) in counted {
-        problems.push(format!(
-            "{uses} message fields refer to body {}, which is missing",
-            body_name(&hash)
-        ));
-    }
-    Ok((stats, problems))
-}
-
-/// Sessions whose kept usage (`kp_usage`) differs from what their messages
-/// add up to. A sum kept as a REAL (past `i64::MAX`) is recounted by every
-/// reader, so only its group's presence is compared.
-fn usage_problems(conn: &Connection) -> Result<Vec<String>> {
-    let mut counted = crate::schema::counted_usage(conn)?;
-    let mut differ = std::collections::BTreeSet::new();
-    let mut stmt = conn.prepare(
-        "SELECT session_id, agent, prompt, completion, cache_read, cache_creation, thinking, calls
-         FROM kp_usage",
-    )?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        let key: (String, String) = (get(row, 0, "session id")?, get(row, 1, "usage agent")?);
-        let want = counted.remove(&key);
-        let mut same = want.is_some();
-        for i in 0..6 {
-            match (row.get_ref(i + 2)?, want) {
-                (ValueRef::Integer(v), Some(w)) => same &= i128::from(v) == w[i],
-                (ValueRef::Real(_), _) => {}
-                _ => same = false,
-            }
-        }
-        if !same {
-            differ.insert(key.0);
-        }
-    }
-    differ.extend(counted.into_keys().map(|(sid, _)| sid));
-    Ok(differ
-        .into_iter()
-        .map(|sid| {
-            format!("session {sid}: the usage kept by agent differs from its messages' counters")
-        })
-        .collect())
-}
-
-pub(crate) fn message_id_range(conn: &Connection) -> Result<Option<(i64, i64)>> {
-    let (lo, hi): (Option<i64>, Option<i64>) = conn
-        .prepare_cached("SELECT MIN(id), MAX(id) FROM messages")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(lo.zip(hi))
-}
-
-/// The last message id handed out: AUTOINCREMENT's record, or the largest
-/// id (a file an older koda created may lack the record).
-fn id_position(tx: &Transaction<'_>) -> Result<i64> {
-    Ok(tx
-        .prepare_cached(
-            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0),
-                        COALESCE((SELECT MAX(id) FROM messages), 0))",
-        )?
-        .query_row([], |r| r.get(0))?)
-}
-
-pub(crate) fn claim_ids(tx: &Transaction<'_>, first: i64, last: i64) -> Result<bool> {
-    if id_position(tx)? >= first {
-        return Ok(false);
-    }
-    let moved = tx
-        .prepare_cached("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'messages'")?
-        .execute(params![last])?;
-    if moved == 0 {
-        tx.prepare_cached("INSERT INTO sqlite_sequence (name, seq) VALUES ('messages', ?1)")?
-            .execute(params![last])?;
-    }
-    Ok(true)
-}
-
-pub(crate) fn import_session(tx: &Transaction<'_>, s: &SessionRecord) -> Result<bool> {
-    if session_exists(tx, &s.id)? {
-        return Ok(false);
-    }
-    crate::trash::refuse_trashed(tx, &s.id)?;
-    tx.prepare_cached(
-        "INSERT INTO sessions (id, created_at, agent_name, project_root, last_accessed_at, title,
-                               mode, created_ms, last_accessed_ms, seq, message_count, total_tokens)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
-                 (SELECT MAX(COALESCE((SELECT MAX(seq) FROM sessions), 0),
-                         COALESCE((SELECT MAX(seq) FROM kp_trash_sessions), 0)) + 1), 0, 0)",
-    )?
-    .execute(params![
-        s.id,
-        koda_text(s.created_ms),
-        s.agent_name,
-        s.project_root,
-        s.last_accessed_ms.map(koda_text),
-        s.title,
-        s.mode,
-        s.created_ms,
-        s.last_accessed_ms,
-    ])?;
-    Ok(true)
-}
-
-pub(crate) fn import_messages(
-    tx: &Transaction<'_>,
-    session_id: &str,
-    messages: &[MessageRecord],
-    keep_ids: bool,
-    blobs: bool,
-) -> Result<Vec<i64>> {
-    let tokens = messages.iter().fold(0i64, |sum, m| {
-        sum.saturating_add(m.prompt_tokens.unwrap_or(0))
-            .saturating_add(m.completion_tokens.unwrap_or(0))
-    });
-    let count = i64::try_from(messages.len()).unwrap_or(i64::MAX);
-    let touched = tx
-        .prepare_cached(
-            "UPDATE sessions SET message_count = message_count + ?2, version = version + 1,
-                 total_tokens = MIN(total_tokens + ?3, 9223372036854775807)
-             WHERE id = ?1",
-        )?
-        .execute(params![session_id, count, tokens])?;
-    if touched == 0 {
-        return Err(not_found(session_id));
-    }
-    let mut ord: i64 = tx
-        .prepare_cached("SELECT COALESCE(MAX(ord), 0) FROM messages WHERE session_id = ?1")?
-        .query_row(params![session_id], |r| r.get(0))?;
-    if keep_ids {
-        let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
-        check_kept(&ids, id_position(tx)?)?;
-    }
-    let mut taken = tx.prepare_cached("SELECT 1 FROM messages WHERE id = ?1")?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO messages (id, session_id, role, content, full_content, tool_calls,
-             tool_call_id, prompt_tokens, completion_tokens, cache_read_tokens,
-             cache_creation_tokens, thinking_tokens, agent_name, created_at, created_ms,
-             completed_at, completed_ms, compacted_at, compacted_ms, ord,
-             content_body, full_content_body, tool_calls_body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, ?20, ?21, ?22, ?23)",
-    )?;
-    let mut ids = Vec::with_capacity(messages.len());
-    for m in messages {
-        let id = if keep_ids {
-            if taken.exists(params![m.id])? {
-                return Err(id_taken(m.id).into());
-            }
-            Some(m.id)
-        } else {
-            None
-        };
-        ord += 1;
-        let [content, full, calls] = put_bodies(
-            tx,
-            blobs,
-            &m.role,
-            m.content.as_deref(),
-            m.full_content.as_deref(),
-            m.tool_calls.as_deref(),
-        )?;
-        insert.execute(params![
-            id,
-            session_id,
-            m.role.as_str(),
-            content.0,
-            full.0,
-            calls.0,
-            m.tool_call_id,
-            m.prompt_tokens,
-            m.completion_tokens,
-            m.cache_read_tokens,
-            m.cache_creation_tokens,
-            m.thinking_tokens,
-            m.agent,
-            koda_text(m.created_ms),
-            m.created_ms,
-            m.completed_ms.map(koda_text),
-            m.completed_ms,
-            m.compacted_ms.map(koda_text),
-            m.compacted_ms,
-            ord,
-            hash_param(&content.1),
-            hash_param(&full.1),
-            hash_param(&calls.1),
-        ])?;
-        ids.push(tx.last_insert_rowid());
-    }
-    Ok(ids)
-}
-
-pub(crate) fn import_metadata(
-    tx: &Transaction<'_>,
-    session_id: &str,
-    entries: &[MetadataRecord],
-    now: i64,
-) -> Result<()> {
-    require_session(tx, session_id)?;
-    for e in entries {
-        set_metadata(tx, session_id, &e.key, &e.value, now)?;
-    }
-    Ok(())
-}
-
-/// Forks `session_id` at `at` into a new session `new_id`, in the write's
-/// one transaction: the export of the original, cut by
-/// [`fork_len`](koda_persistence_api::fork::fork_len), imported as a new
-/// session (bodies gain a reference each through the counting triggers).
-pub(crate) fn fork(
-    tx: &Transaction<'_>,
-    session_id: &str,
-    at: Option<i64>,
-    new_id: &str,
-    now: i64,
-    blobs: bool,
-) -> Result<String> {
-    use koda_persistence_api::fork::{fork_len, fork_record};
-    let original = export_session(tx, session_id)?.ok_or_else(|| not_found(session_id))?;
-    let messages = export_messages(tx, session_id)?;
-    let n = fork_len(&messages, at)?;
-    if !import_session(tx, &fork_record(&original, new_id, now))? {
-        return Err(PersistenceError::Conflict(format!("session id {new_id} is taken")).into());
-    }
-    import_messages(tx, new_id, &messages[..n], false, blobs)?;
-    import_metadata(tx, new_id, &export_metadata(tx, session_id)?, now)?;
-    Ok(new_id.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     //! Every statement in this file, planned against the real schema: none
@@ -1096,11 +635,24 @@ mod tests {
     use crate::rows::MESSAGE_COLUMNS;
 
     /// The SQL text of every `prepare_cached("…")` and `format!("…")` call
-    /// in this file's non-test code.
+    /// in the non-test code of this file and of the capability files
+    /// beside it.
     fn statements() -> Vec<String> {
-        let source = include_str!("queries.rs");
-        let code = source.split("#[cfg(test)]").next().unwrap_or(source);
         let mut out = Vec::new();
+        for source in [
+            include_str!("queries.rs"),
+            include_str!("transfer.rs"),
+            include_str!("fork.rs"),
+            include_str!("bodies.rs"),
+            include_str!("health.rs"),
+        ] {
+            let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+            statements_of(code, &mut out);
+        }
+        out
+    }
+
+    fn statements_of(code: &str, out: &mut Vec<String>) {
         for opener in ["prepare_cached(", "format!("] {
             for (at, _) in code.match_indices(opener) {
                 let rest = code[at + opener.len()..].trim_start();
@@ -1115,18 +667,18 @@ mod tests {
                 {
                     out.push(
                         sql.replace("{MESSAGE_COLUMNS}", MESSAGE_COLUMNS)
-                            .replace("{CONTENT}", crate::rows::CONTENT),
+                            .replace("{CONTENT}", crate::rows::CONTENT)
+                            .replace("{column}", "content"),
                     );
                 }
             }
         }
-        out
     }
 
     #[test]
     fn no_statement_scans_all_messages() {
         let mut conn = Connection::open_in_memory().expect("memory db");
-        crate::schema::migrations(crate::schema::Origin::New)
+        crate::schema::migrations(crate::adopt::Origin::New)
             .to_latest(&mut conn)
             .expect("schema");
         let stmts = statements();

@@ -7,6 +7,7 @@
 //! most what was written since the last search.
 
 use anyhow::Result;
+use koda_persistence_api::Search;
 use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::search::{
     Query, ScopeBuf, SearchHit, SearchScope, hit, hit_limit, index_text, sort_hits,
@@ -14,6 +15,7 @@ use koda_persistence_api::search::{
 use koda_persistence_api::{PersistenceError, Role};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use crate::SqliteStore;
 use crate::rows::{CONTENT, FULL_CONTENT, get, text_at};
 
 /// How many dirty ids one catch-up transaction indexes.
@@ -213,7 +215,7 @@ pub(crate) fn search(
 }
 
 impl crate::SqliteStore {
-    /// [`Import::search_messages`](koda_persistence_api::Import::search_messages):
+    /// [`Search::search_messages`](koda_persistence_api::Search::search_messages):
     /// searches on a reader, then indexes what was dirty.
     pub(crate) async fn search(
         &self,
@@ -247,5 +249,17 @@ impl crate::SqliteStore {
                 }
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Search for SqliteStore {
+    async fn search_messages(
+        &self,
+        query: &str,
+        scope: &SearchScope<'_>,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>> {
+        self.search(query, scope, limit).await
     }
 }

@@ -20,12 +20,14 @@
 
 use anyhow::Result;
 use koda_persistence_api::PersistenceError;
+use koda_persistence_api::Trash;
 use koda_persistence_api::backend::session_not_found;
 use koda_persistence_api::trash::{
     DeletedSession, expired_cutoff, in_trash, live_session_exists, purge_at_ms,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use crate::SqliteStore;
 use crate::queries::session_exists;
 use crate::rows::get;
 
@@ -35,17 +37,6 @@ const TABLES: [(&str, &str); 3] = [
     ("messages", "kp_trash_messages"),
     ("session_metadata", "kp_trash_metadata"),
 ];
-
-/// Schema 7: the trash tables, shaped as the live ones are now.
-pub(crate) const V7_TRASH: &str = "
-CREATE TABLE kp_trash (session_id TEXT PRIMARY KEY, deleted_ms INTEGER NOT NULL);
-CREATE TABLE kp_trash_sessions AS SELECT * FROM sessions WHERE 0;
-CREATE TABLE kp_trash_messages AS SELECT * FROM messages WHERE 0;
-CREATE TABLE kp_trash_metadata AS SELECT * FROM session_metadata WHERE 0;
-CREATE INDEX kp_trash_sessions_id ON kp_trash_sessions(id);
-CREATE INDEX kp_trash_messages_session ON kp_trash_messages(session_id);
-CREATE INDEX kp_trash_metadata_session ON kp_trash_metadata(session_id);
-";
 
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -185,24 +176,6 @@ impl crate::SqliteStore {
         )
         .await
     }
-
-    pub(crate) async fn trashed(&self) -> Result<Vec<DeletedSession>> {
-        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.read(move |conn| list_deleted(conn, now, days)).await
-    }
-
-    pub(crate) async fn restore(&self, session_id: &str) -> Result<()> {
-        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        let sid = session_id.to_owned();
-        self.write(move |tx| restore_session(tx, &sid, now, days))
-            .await
-    }
-
-    pub(crate) async fn purge_trash(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
-        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.write(move |tx| purge_deleted(tx, now, days, dry_run))
-            .await
-    }
 }
 
 /// `delete_session` with a grace period: into the trash.
@@ -338,4 +311,25 @@ pub(crate) fn refuse_trashed(tx: &Transaction<'_>, session_id: &str) -> Result<(
         return Err(in_trash(session_id));
     }
     Ok(())
+}
+
+#[async_trait::async_trait]
+impl Trash for SqliteStore {
+    async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        self.read(move |conn| list_deleted(conn, now, days)).await
+    }
+
+    async fn restore_session(&self, session_id: &str) -> Result<()> {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        let sid = session_id.to_owned();
+        self.write(move |tx| restore_session(tx, &sid, now, days))
+            .await
+    }
+
+    async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        self.write(move |tx| purge_deleted(tx, now, days, dry_run))
+            .await
+    }
 }

@@ -1,13 +1,81 @@
 //! The whole conformance suite against `SqliteStore`, on a temp file, on
-//! `sqlite::memory:` and (feature `sqlcipher`) on an encrypted file.
+//! `sqlite::memory:` and (feature `sqlcipher`) on an encrypted file, with
+//! the raw file access the cipher area needs.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use koda_persistence_api::ManualClock;
 use koda_persistence_api::backend::open_checked;
 use koda_persistence_api::trash::TrashOptions;
+use koda_persistence_api::{ManualClock, Store};
+use koda_persistence_conformance::at_rest::{AtRest, Tamper, files_under};
 use koda_persistence_conformance::{Factory, Fixture};
 use koda_persistence_sqlite::{Location, Sqlite, SqliteOptions};
+
+/// Database files at named places, each in a directory of its own, under
+/// one temp directory.
+struct Files {
+    dir: tempfile::TempDir,
+    keys: PathBuf,
+}
+
+impl Files {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys)?;
+        Ok(Self { dir, keys })
+    }
+
+    fn db(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name).join("koda.db")
+    }
+}
+
+#[async_trait::async_trait]
+impl AtRest for Files {
+    fn key_dir(&self) -> &Path {
+        &self.keys
+    }
+
+    async fn open(&self, name: &str, key: Option<&Path>) -> anyhow::Result<Arc<dyn Store>> {
+        let options = SqliteOptions {
+            location: Location::File(self.db(name)),
+            key_file: key.map(Path::to_owned),
+            ..SqliteOptions::default()
+        };
+        let clock = ManualClock::new(koda_persistence_conformance::START_MS);
+        Ok(Arc::new(
+            open_checked::<Sqlite>(options, Arc::new(clock)).await?,
+        ))
+    }
+
+    async fn files(&self, name: &str) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
+        files_under(&self.dir.path().join(name))
+    }
+
+    fn created(&self, name: &str) -> bool {
+        std::fs::metadata(self.db(name)).is_ok_and(|m| m.len() > 0)
+    }
+
+    /// A whole-file cipher: every page but the first gets one byte
+    /// changed (which page holds a row is the file's business); nothing
+    /// to move.
+    async fn tamper(&self, name: &str, tamper: Tamper<'_>) -> anyhow::Result<bool> {
+        let Tamper::Flip { .. } = tamper else {
+            return Ok(false);
+        };
+        let db = self.db(name);
+        let mut bytes = std::fs::read(&db)?;
+        let page = 4096;
+        anyhow::ensure!(bytes.len() > 2 * page, "the file has too few pages");
+        for p in (page..bytes.len()).step_by(page) {
+            bytes[p + 100] ^= 0x5a;
+        }
+        std::fs::write(&db, &bytes)?;
+        Ok(true)
+    }
+}
 
 /// A fresh database file in its own temp directory, SQLCipher-encrypted
 /// when `encrypted` (feature `sqlcipher`).
@@ -49,6 +117,7 @@ impl Factory for TempFile {
         Ok(Fixture::new(Arc::new(store), clock)
             .with_second_handle(Arc::new(second))
             .with_guard(dir)
+            .with_at_rest(Arc::new(Files::new()?))
             .with_grace_opener(move |days| async move {
                 let dir = tempfile::tempdir()?;
                 let clock = ManualClock::new(koda_persistence_conformance::START_MS);

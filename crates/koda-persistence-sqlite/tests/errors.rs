@@ -279,7 +279,7 @@ async fn create_and_synchronous_options_from_urls() {
 /// every read of it is.
 #[tokio::test]
 async fn an_undecodable_row_does_not_stop_the_search_index() {
-    use koda_persistence_api::{Import, SearchScope};
+    use koda_persistence_api::{Search, SearchScope};
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("koda.db");
     let store = open(&path, SqliteOptions::default()).await.expect("open");
@@ -340,7 +340,7 @@ async fn an_undecodable_row_does_not_stop_the_search_index() {
 /// `integrity_check` finds it.
 #[tokio::test]
 async fn health_reports_an_index_that_disagrees_with_its_table() {
-    use koda_persistence_api::Import;
+    use koda_persistence_api::Health;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("koda.db");
     let store = open(&path, SqliteOptions::default()).await.expect("open");

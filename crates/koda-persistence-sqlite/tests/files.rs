@@ -519,7 +519,7 @@ async fn the_wal_is_checkpointed_while_writing_and_stays_bounded() {
 /// holding both kinds of row reads both back. A bad value is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blobs_chooses_inline_or_once_and_reads_return_both() {
-    use koda_persistence_api::Import;
+    use koda_persistence_api::Health;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("koda.db");
     let output = "cargo test output\n".repeat(300);

@@ -471,7 +471,7 @@ async fn rows_from_an_older_koda_writer_are_adopted() {
         .expect("old koda deletes");
     assert!(!usage(&store).await.iter().any(|g| g.0 == "helper"));
     assert_eq!(
-        koda_persistence_api::Import::health(&store)
+        koda_persistence_api::Health::health(&store)
             .await
             .expect("health")
             .problems,
@@ -481,7 +481,7 @@ async fn rows_from_an_older_koda_writer_are_adopted() {
     old_koda
         .execute_batch("UPDATE kp_usage SET thinking = thinking + 1 WHERE session_id = 's-old';")
         .expect("tamper");
-    let problems = koda_persistence_api::Import::health(&store)
+    let problems = koda_persistence_api::Health::health(&store)
         .await
         .expect("health")
         .problems;
@@ -525,7 +525,7 @@ async fn undecodable_legacy_rows_are_corrupt() {
 /// asks: a delete removes the rows that koda reads, at once.
 #[tokio::test]
 async fn an_adopted_file_deletes_at_once_by_default() {
-    use koda_persistence_api::Import;
+    use koda_persistence_api::Trash;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("koda.db");
     drop(build(&path, Generation::Newest));
@@ -549,7 +549,7 @@ async fn an_adopted_file_deletes_at_once_by_default() {
 /// live table meanwhile travels with the rows.
 #[tokio::test]
 async fn the_trash_is_out_of_an_older_kodas_sight_and_purged_on_open() {
-    use koda_persistence_api::Import;
+    use koda_persistence_api::Trash;
     use koda_persistence_api::trash::DAY_MS;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("koda.db");

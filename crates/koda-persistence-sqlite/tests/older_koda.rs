@@ -410,7 +410,7 @@ async fn on_a_new_file_a_foreign_answer_without_completion_is_streaming() {
 /// (the triggers run in its SQLite too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_outputs_stay_inline_until_the_user_opts_in() {
-    use koda_persistence_api::Import;
+    use koda_persistence_api::Health;
     for g in ALL {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("koda.db");
@@ -529,7 +529,7 @@ async fn large_outputs_stay_inline_until_the_user_opts_in() {
 /// SQLite lacks FTS5 never fails a write because of the search index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_kodas_writes_are_searched_and_never_touch_fts5() {
-    use koda_persistence_api::{Import, SearchScope};
+    use koda_persistence_api::{Search, SearchScope};
     for g in ALL {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("koda.db");

@@ -358,7 +358,7 @@ fn relative_paths_open_under_the_working_directory() -> Result<()> {
 
 fn opener(path: PathBuf) -> koda_persistence_conformance::process::Opening {
     Box::pin(
-        async move { Ok(Arc::new(open(&path).await?) as Arc<dyn koda_persistence_api::Import>) },
+        async move { Ok(Arc::new(open(&path).await?) as Arc<dyn koda_persistence_api::Store>) },
     )
 }
 

@@ -40,6 +40,9 @@ use std::sync::Arc;
 /// for [`open_options`] and for tools that read a URL's parameters.
 pub use koda_persistence_api::backend::{Backend, StoreUrl, options_of};
 
+/// A URL as it may be shown: its password replaced by `***`.
+pub use koda_persistence_api::url::redact as redact_url;
+
 /// The in-memory backend's own types (its options, its `Backend`).
 #[cfg(feature = "memory")]
 pub use koda_persistence_memory as memory;
@@ -65,12 +68,16 @@ pub use koda_persistence_api::search;
 /// restore.
 pub use koda_persistence_api::trash;
 
+/// What a store supports, declared by its backend.
+pub use koda_persistence_api::capabilities;
+
 pub use koda_persistence_api::{
-    BodyStats, COMPACTION_HINT, Checked, Clock, CompactedStats, DeletedSession,
-    INTERRUPTION_PREVIEW_CHARS, Import, InterruptionKind, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS,
-    MIN_TIMESTAMP_MS, ManualClock, Message, MessageRecord, MetadataRecord, Persistence,
-    PersistenceError, Role, SLOW_CALL, SearchHit, SearchScope, SessionInfo, SessionRecord,
-    SessionUsage, StoreHealth, SystemClock, TODO_KEY, TokenUsage, Traced, detect_interruption,
+    Bodies, BodyStats, COMPACTION_HINT, Capabilities, Checked, Clock, CompactedStats,
+    DeletedSession, Encryption, Fork, Handles, Health, INTERRUPTION_PREVIEW_CHARS,
+    InterruptionKind, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock,
+    Message, MessageRecord, MetadataRecord, Persistence, PersistenceError, Role, SLOW_CALL, Search,
+    SearchHit, SearchIndex, SearchScope, SessionInfo, SessionRecord, SessionUsage, Store,
+    StoreHealth, SystemClock, TODO_KEY, TokenUsage, Traced, Transfer, Trash, detect_interruption,
     session_checksum,
 };
 
@@ -91,7 +98,7 @@ pub const COMPILED_BACKENDS: &[&str] = &[
     "sled",
 ];
 
-type Opening = Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Import>>> + Send>>;
+type Opening = Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn Store>>> + Send>>;
 /// From a parsed URL to an opening store: the options are read (and the
 /// URL finished) before anything is opened.
 type Opener = fn(&StoreUrl, Arc<dyn Clock>) -> Result<Opening, PersistenceError>;
@@ -165,7 +172,7 @@ fn open_as<B: Backend>(url: &StoreUrl, clock: Arc<dyn Clock>) -> Result<Opening,
 pub async fn open_options<B: Backend>(
     options: B::Options,
     clock: Arc<dyn Clock>,
-) -> anyhow::Result<Arc<dyn Import>> {
+) -> anyhow::Result<Arc<dyn Store>> {
     let store = B::open(options, clock).await?;
     Ok(Arc::new(Traced::new(Checked::new(store), B::NAME)))
 }
@@ -214,11 +221,17 @@ fn backend_of(scheme: &str) -> Result<&'static Registration, PersistenceError> {
 /// session id) and logs its duration at `debug`, or at `warn` past
 /// [`SLOW_CALL`].
 ///
+/// The handle is a whole [`Store`]: koda's [`Persistence`] calls and
+/// every capability ([`Transfer`], [`Search`], [`Fork`], [`Trash`],
+/// [`Health`]), with what the store supports in
+/// [`Store::capabilities`]. It coerces to `Arc<dyn Persistence>` where
+/// only koda's calls are wanted.
+///
 /// # Errors
 /// `InvalidInput` for an unknown scheme or a backend compiled out (naming the
 /// feature to enable); otherwise whatever the backend's open reports
 /// (`Unavailable`, `Corrupt`, …). Passwords in URLs never appear in errors.
-pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Persistence>> {
+pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     open_with_clock(url, Arc::new(SystemClock)).await
 }
 
@@ -226,32 +239,7 @@ pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Persistence>> {
 ///
 /// # Errors
 /// As [`open`].
-pub async fn open_with_clock(
-    url: &str,
-    clock: Arc<dyn Clock>,
-) -> anyhow::Result<Arc<dyn Persistence>> {
-    let store: Arc<dyn Persistence> = open_import_with_clock(url, clock).await?;
-    Ok(store)
-}
-
-/// Opens the store a URL names with its [`Import`] side too (whole
-/// sessions out and in, every field kept: what `koda-store export`,
-/// `import` and `copy` use).
-///
-/// # Errors
-/// As [`open`].
-pub async fn open_import(url: &str) -> anyhow::Result<Arc<dyn Import>> {
-    open_import_with_clock(url, Arc::new(SystemClock)).await
-}
-
-/// [`open_import`], reading time from `clock`.
-///
-/// # Errors
-/// As [`open`].
-pub async fn open_import_with_clock(
-    url: &str,
-    clock: Arc<dyn Clock>,
-) -> anyhow::Result<Arc<dyn Import>> {
+pub async fn open_with_clock(url: &str, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<dyn Store>> {
     let parsed = StoreUrl::parse(url)?;
     let backend = backend_of(parsed.scheme())?;
     match backend.open {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use koda_persistence::admin::named_tool_call_ids;
-use koda_persistence::{Import, Role, SessionInfo, detect_interruption};
+use koda_persistence::{Role, SessionInfo, Store, detect_interruption};
 use serde_json::json;
 
 use koda_store::transfer::{self, FileSessions, Verified, Whole};
@@ -56,7 +56,7 @@ pub(crate) fn cell(s: Option<&str>, max: usize) -> String {
 
 /// Every session (or one root's), newest first, with counters.
 async fn listed(
-    store: &Arc<dyn Import>,
+    store: &Arc<dyn Store>,
     root: Option<&Path>,
     limit: i64,
 ) -> Result<Vec<SessionInfo>> {
@@ -84,7 +84,7 @@ async fn listed(
 }
 
 pub async fn sessions(
-    store: &Arc<dyn Import>,
+    store: &Arc<dyn Store>,
     root: Option<&Path>,
     limit: i64,
     json: bool,
@@ -139,7 +139,7 @@ pub async fn sessions(
     Ok(())
 }
 
-pub async fn show(store: &Arc<dyn Import>, sid: &str, all: bool, json: bool) -> Result<()> {
+pub async fn show(store: &Arc<dyn Store>, sid: &str, all: bool, json: bool) -> Result<()> {
     let Some(record) = store.export_session(sid).await? else {
         anyhow::bail!("no session {sid} in this store (`koda-store sessions` lists them)");
     };
@@ -231,7 +231,7 @@ pub async fn show(store: &Arc<dyn Import>, sid: &str, all: bool, json: bool) -> 
     Ok(())
 }
 
-pub async fn stats(store: &Arc<dyn Import>, json: bool) -> Result<()> {
+pub async fn stats(store: &Arc<dyn Store>, json: bool) -> Result<()> {
     let ids = store.export_session_ids().await?;
     let mut messages = 0usize;
     let mut per_agent: BTreeMap<String, i64> = BTreeMap::new();
@@ -337,7 +337,7 @@ fn print_verification(checks: &[Verified], json: bool, extra: serde_json::Value)
 
 /// Keeps the ids, or says why not.
 async fn decide_ids<F>(
-    target: &Arc<dyn Import>,
+    target: &Arc<dyn Store>,
     range: Option<(i64, i64)>,
     firsts: F,
 ) -> Result<bool>
@@ -355,8 +355,8 @@ where
 }
 
 pub async fn copy(
-    source: &Arc<dyn Import>,
-    target: &Arc<dyn Import>,
+    source: &Arc<dyn Store>,
+    target: &Arc<dyn Store>,
     only: &[String],
     json: bool,
     target_name: &str,
@@ -402,7 +402,7 @@ pub async fn copy(
     })
 }
 
-pub async fn import_file(target: &Arc<dyn Import>, path: &Path) -> Result<ExitCode> {
+pub async fn import_file(target: &Arc<dyn Store>, path: &Path) -> Result<ExitCode> {
     let header = transfer::read_header(path)?;
     // The first sessions' first ids tell a resumed import, if the target
     // refuses the id range.
@@ -460,7 +460,7 @@ pub async fn import_file(target: &Arc<dyn Import>, path: &Path) -> Result<ExitCo
     })
 }
 
-pub async fn purge(store: &Arc<dyn Import>, days: u32, dry_run: bool) -> Result<()> {
+pub async fn purge(store: &Arc<dyn Store>, days: u32, dry_run: bool) -> Result<()> {
     if !dry_run {
         let n = store.purge_compacted(days).await?;
         println!("deleted {n} compacted messages");
@@ -484,7 +484,7 @@ pub async fn purge(store: &Arc<dyn Import>, days: u32, dry_run: bool) -> Result<
     Ok(())
 }
 
-pub async fn doctor(store: &Arc<dyn Import>, json: bool) -> Result<ExitCode> {
+pub async fn doctor(store: &Arc<dyn Store>, json: bool) -> Result<ExitCode> {
     let mut findings = Vec::new();
     let mut notes = Vec::new();
     let health = store.health().await?;

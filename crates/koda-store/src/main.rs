@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use koda_persistence::{Import, Role};
+use koda_persistence::{Role, Store};
 
 const AFTER_HELP: &str = "\
 STORES
@@ -305,24 +305,11 @@ fn default_store() -> Result<String> {
     Ok(format!("sqlite://{path}?create=false"))
 }
 
-/// `url` without its password.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
+/// `url` without its password (the API's one redaction).
+pub use koda_persistence::redact_url as redact;
 
-async fn open(url: &str) -> Result<Arc<dyn Import>> {
-    koda_persistence::open_import(url)
+async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    koda_persistence::open(url)
         .await
         .with_context(|| format!("opening {}", redact(url)))
 }
@@ -378,21 +365,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             return inspect::copy(&source, &target, &sessions, json, &redact(&to)).await;
         }
         Command::Encrypt { to, json } => {
-            // The backend's own reading of the URL (key_file, or
-            // KODA_STORE_KEY_FILE when it names none) decides.
-            let keyed = koda_persistence::options_of::<koda_persistence::sqlite::Sqlite>(&to)
-                .is_ok_and(|o| o.key_file.is_some())
-                || koda_persistence::options_of::<koda_persistence::sled::Sled>(&to)
-                    .is_ok_and(|o| o.key_file.is_some());
+            // Nothing is opened for a target that names no key: it could
+            // only be a plain store.
+            let keyed = koda_persistence::StoreUrl::parse(&to)?.has("key_file")
+                || std::env::var_os("KODA_STORE_KEY_FILE").is_some();
             if !keyed {
                 anyhow::bail!(
-                    "encrypt --to needs an SQLite or sled URL with its key: \
-                     sqlite:///path/new.db?key_file=/path/store.key or \
-                     sled:///path/new-dir?key_file=/path/store.key"
+                    "encrypt --to needs a URL with its key (…?key_file=/path/store.key, or \
+                     KODA_STORE_KEY_FILE) of a backend that encrypts at rest"
                 );
             }
             let source = open(&store_url()?).await?;
             let target = open(&to).await?;
+            // The target's own declaration decides.
+            if !target.capabilities().encryption.is_encrypted() {
+                anyhow::bail!(
+                    "{} is not encrypted at rest: encrypt --to needs a store that is",
+                    redact(&to)
+                );
+            }
             return inspect::copy(&source, &target, &[], json, &redact(&to)).await;
         }
         Command::Rekey { new_key_file } => {
@@ -547,26 +538,5 @@ fn main() -> ExitCode {
             }
             ExitCode::from(if usage { 2 } else { 1 })
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_removed_from_urls() {
-        assert_eq!(
-            redact("postgres://koda:s3cret@db:5432/koda?schema=a"),
-            "postgres://koda:***@db:5432/koda?schema=a"
-        );
-        assert_eq!(redact("postgres://koda@db/koda"), "postgres://koda@db/koda");
-        assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
-        assert_eq!(redact("memory:"), "memory:");
-        assert_eq!(
-            redact("postgres://u:p@ss@h/db"),
-            "postgres://u:***@h/db",
-            "the last @ ends the user info"
-        );
     }
 }

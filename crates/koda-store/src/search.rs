@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use koda_persistence::{Import, Role, SearchHit, SearchScope};
+use koda_persistence::{Role, SearchHit, SearchScope, Store};
 use serde_json::json;
 
 /// Where a mark starts and ends on a terminal.
@@ -28,7 +28,7 @@ pub(crate) fn shown(hit: &SearchHit, open: &str, close: &str) -> String {
 /// Prints the hits of `query`, best first.
 #[allow(clippy::too_many_arguments)]
 pub async fn search(
-    store: &Arc<dyn Import>,
+    store: &Arc<dyn Store>,
     query: &str,
     root: Option<&Path>,
     session: Option<&str>,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use koda_persistence::{Import, MessageRecord, MetadataRecord, SessionRecord};
+use koda_persistence::{MessageRecord, MetadataRecord, SessionRecord, Store};
 
 use crate::format::{FORMAT, Header, Line, MessageLine, MetadataLine, SessionLine, VERSION};
 
@@ -27,7 +27,7 @@ pub struct Whole {
 }
 
 /// Reads a whole session; `None` when the store has no such session.
-pub async fn read_whole(store: &Arc<dyn Import>, id: &str) -> Result<Option<Whole>> {
+pub async fn read_whole(store: &Arc<dyn Store>, id: &str) -> Result<Option<Whole>> {
     let Some(record) = store.export_session(id).await? else {
         return Ok(None);
     };
@@ -62,11 +62,7 @@ fn same_except_id(a: &MessageRecord, b: &MessageRecord) -> bool {
 /// the messages the target lacks (a killed run left a prefix), sets the
 /// metadata. A target session that is not a prefix of the source is left
 /// alone and reported.
-pub async fn sync_session(
-    target: &Arc<dyn Import>,
-    whole: &Whole,
-    keep_ids: bool,
-) -> Result<Moved> {
+pub async fn sync_session(target: &Arc<dyn Store>, whole: &Whole, keep_ids: bool) -> Result<Moved> {
     let Some(record) = &whole.record else {
         return Ok(Moved::default());
     };
@@ -116,7 +112,7 @@ pub async fn sync_session(
 /// carries the source's ids). `first_sessions` (session ids with their
 /// first message id) is read only when the target refuses the range.
 pub async fn keep_ids<F>(
-    target: &Arc<dyn Import>,
+    target: &Arc<dyn Store>,
     range: Option<(i64, i64)>,
     first_sessions: F,
 ) -> Result<bool>
@@ -158,8 +154,8 @@ pub struct CopyReport {
 /// Copies `ids` from `source` to `target` ([`JOBS`] sessions at a time),
 /// each followed by its verification; `tick` runs once per session.
 pub async fn copy_sessions(
-    source: &Arc<dyn Import>,
-    target: &Arc<dyn Import>,
+    source: &Arc<dyn Store>,
+    target: &Arc<dyn Store>,
     ids: &[String],
     keep_ids: bool,
     tick: impl Fn() + Send + Sync + 'static,
@@ -240,8 +236,8 @@ impl Verified {
 }
 
 /// Compares `whole` (the source's) with the target's copy, the target's
-/// side computed by the target ([`Import::session_checksum`]).
-pub async fn verify(target: &Arc<dyn Import>, id: &str, whole: &Whole) -> Result<Verified> {
+/// side computed by the target ([`Transfer::session_checksum`](koda_persistence::Transfer::session_checksum)).
+pub async fn verify(target: &Arc<dyn Store>, id: &str, whole: &Whole) -> Result<Verified> {
     let (target_messages, target_checksum) = target.session_checksum(id).await?;
     Ok(Verified {
         session: id.to_owned(),
@@ -254,7 +250,7 @@ pub async fn verify(target: &Arc<dyn Import>, id: &str, whole: &Whole) -> Result
 
 /// The export's session ids: all of them, or the ones asked for (an
 /// unknown one is an error).
-pub async fn selected(store: &Arc<dyn Import>, only: &[String]) -> Result<Vec<String>> {
+pub async fn selected(store: &Arc<dyn Store>, only: &[String]) -> Result<Vec<String>> {
     let all = store.export_session_ids().await?;
     if only.is_empty() {
         return Ok(all);
@@ -269,7 +265,7 @@ pub async fn selected(store: &Arc<dyn Import>, only: &[String]) -> Result<Vec<St
 
 /// Writes the export of `ids` to `out`; returns (sessions, messages).
 pub async fn export(
-    store: &Arc<dyn Import>,
+    store: &Arc<dyn Store>,
     source: &str,
     ids: &[String],
     out: impl Write,

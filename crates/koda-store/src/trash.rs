@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use koda_persistence::admin::format_timestamp;
-use koda_persistence::{DeletedSession, Import};
+use koda_persistence::{DeletedSession, Store};
 use serde_json::json;
 
 use crate::inspect::{cell, table};
@@ -20,7 +20,7 @@ pub fn without_open_purge(url: &str) -> String {
 
 /// `delete SESSION`: as koda deletes (into the trash when the store keeps
 /// a grace period). Exits 1 for an unknown session.
-pub async fn delete(store: &Arc<dyn Import>, session: &str) -> Result<ExitCode> {
+pub async fn delete(store: &Arc<dyn Store>, session: &str) -> Result<ExitCode> {
     if !store.delete_session(session).await? {
         eprintln!("no session {session:?} (see `koda-store sessions`)");
         return Ok(ExitCode::from(1));
@@ -77,7 +77,7 @@ fn print_list(list: &[DeletedSession]) {
 }
 
 /// `trash [--json]`: the deleted sessions that can still be restored.
-pub async fn list(store: &Arc<dyn Import>, json: bool) -> Result<()> {
+pub async fn list(store: &Arc<dyn Store>, json: bool) -> Result<()> {
     let list = store.list_deleted().await?;
     if json {
         let out: Vec<_> = list.iter().map(as_json).collect();
@@ -94,7 +94,7 @@ pub async fn list(store: &Arc<dyn Import>, json: bool) -> Result<()> {
 }
 
 /// `restore SESSION`. Exits 1 when it is not in the trash.
-pub async fn restore(store: &Arc<dyn Import>, session: &str) -> Result<ExitCode> {
+pub async fn restore(store: &Arc<dyn Store>, session: &str) -> Result<ExitCode> {
     match store.restore_session(session).await {
         Ok(()) => {
             println!("restored {session}");
@@ -118,7 +118,7 @@ pub async fn restore(store: &Arc<dyn Import>, session: &str) -> Result<ExitCode>
 
 /// `purge --deleted [--dry-run]`: removes for good the deleted sessions
 /// whose grace period has ended.
-pub async fn purge(store: &Arc<dyn Import>, dry_run: bool) -> Result<()> {
+pub async fn purge(store: &Arc<dyn Store>, dry_run: bool) -> Result<()> {
     let gone = store.purge_deleted(dry_run).await?;
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(
