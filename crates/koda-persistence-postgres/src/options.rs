@@ -161,6 +161,29 @@ const OWN: [&str; 9] = [
     "purge_on_open",
 ];
 
+/// The libpq parameters tokio-postgres reads from a URL, passed to it as
+/// written. `sslmode` and `options` are this layer's to read (see
+/// [`TlsMode`]; the search path is the store's own).
+const DRIVER_PARAMETERS: &[&str] = &[
+    "user",
+    "password",
+    "dbname",
+    "application_name",
+    "sslnegotiation",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+];
+
 impl PostgresOptions {
     /// Parses `postgres://user:password@host:port/db?…` (or `postgresql://`).
     /// Besides libpq's parameters that tokio-postgres understands, it takes
@@ -231,9 +254,14 @@ impl PostgresOptions {
             (Pooler::Transaction, _) => false,
             (Pooler::None, given) => given.unwrap_or(true),
         };
-        // Every other parameter is libpq's, for tokio-postgres to read as
-        // written (its parse error does not echo the URL).
-        let passthrough: Vec<&str> = url.take_rest().iter().map(|p| p.raw.as_str()).collect();
+        // The driver's own parameters (libpq's, as tokio-postgres reads
+        // them) go to it as written (its parse error does not echo the
+        // URL); any other is left for `finish`, which refuses it by name.
+        let passthrough: Vec<&str> = DRIVER_PARAMETERS
+            .iter()
+            .filter_map(|key| url.take(key))
+            .map(|p| p.raw.as_str())
+            .collect();
         let mut address = url.without_parameters();
         if !passthrough.is_empty() {
             address = format!("{address}?{}", passthrough.join("&"));

@@ -142,9 +142,50 @@ async fn postgres_parameters() {
         ("schema=a%22b", "a\\\"b"),
         ("sslmode=sometimes", "sslmode"),
         ("options=-csearch_path%3Dx", "options"),
+        // Another backend's parameter, or nobody's: named, not left to
+        // the driver's "invalid connection string".
+        ("blobs=on", "blobs"),
+        ("frobnicate=1", "frobnicate"),
+        ("application_name=k&frobnicate=1", "frobnicate"),
         // Not encrypted by this layer yet: never opened as if it were.
         ("key_file=/tmp/store.key", "key_file"),
     ] {
         refused(&url(q), param).await;
+    }
+}
+
+/// The driver's own parameters still reach it, as written.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_driver_parameters_pass_through() {
+    let options = koda_persistence::options_of::<koda_persistence::postgres::Postgres>(
+        "postgres://u@127.0.0.1:1/db?application_name=koda-test&keepalives_idle=30&schema=s",
+    )
+    .expect("driver parameters are accepted");
+    assert_eq!(options.config.get_application_name(), Some("koda-test"));
+}
+
+/// Every backend that cannot encrypt refuses `key_file` with the one
+/// message, naming the parameter and the backend, before opening anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_file_is_refused_alike_where_a_backend_cannot_encrypt() {
+    let mut urls = vec!["memory:?key_file=/tmp/store.key".to_owned()];
+    if cfg!(feature = "postgres") {
+        urls.push("postgres://u:secret@127.0.0.1:1/db?key_file=/tmp/store.key".to_owned());
+    }
+    for url in urls {
+        let Err(e) = koda_persistence::open(&url).await else {
+            panic!("{url}: opened")
+        };
+        let shown = format!("{e:#}");
+        assert!(
+            matches!(
+                PersistenceError::of(&e),
+                Some(PersistenceError::InvalidInput(m))
+                    if m.starts_with("key_file: the ") && m.contains("does not encrypt its stores")
+            ),
+            "{url}: {shown}"
+        );
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }
