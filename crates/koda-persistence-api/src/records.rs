@@ -146,7 +146,11 @@ pub const MAX_SESSION_ID_BYTES: usize = 1024;
 /// number its 8 big-endian bytes. Content, full content and tool calls
 /// enter by their SHA-256 instead of their bytes (after their length), so
 /// a store holding them as bodies (see [`crate::bodies`]) digests a body
-/// by its address, without reading it.
+/// by its address, without reading it. The entries `e1 … ek` are the
+/// metadata as a store holds it: one per key (a key given twice counts
+/// once, with its last value) in key order (bytewise), so the order in
+/// which entries arrive (an export written by another tool, or edited by
+/// hand) does not change the checksum.
 pub fn session_checksum(messages: &[MessageRecord], metadata: &[MetadataRecord]) -> String {
     use sha2::{Digest, Sha256};
     fn text(h: &mut Sha256, s: Option<&str>) {
@@ -198,11 +202,18 @@ pub fn session_checksum(messages: &[MessageRecord], metadata: &[MetadataRecord])
         }
         outer.update(h.finalize());
     }
-    outer.update((metadata.len() as u64).to_be_bytes());
+    // The entries as a store holds them: one per key (the last value of
+    // a key given twice, as an import sets them), in key order (bytewise),
+    // whatever order they arrive in.
+    let mut entries: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
     for e in metadata {
+        entries.insert(&e.key, &e.value);
+    }
+    outer.update((entries.len() as u64).to_be_bytes());
+    for (key, value) in entries {
         let mut h = Sha256::new();
-        text(&mut h, Some(&e.key));
-        text(&mut h, Some(&e.value));
+        text(&mut h, Some(key));
+        text(&mut h, Some(value));
         outer.update(h.finalize());
     }
     outer
@@ -211,4 +222,34 @@ pub fn session_checksum(messages: &[MessageRecord], metadata: &[MetadataRecord])
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, value: &str) -> MetadataRecord {
+        MetadataRecord {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        }
+    }
+
+    /// Metadata in any order, or with a key given twice (the last value
+    /// wins, as an import sets it), digests as the store holds it.
+    #[test]
+    fn checksum_does_not_depend_on_metadata_order() {
+        let sorted = [entry("a", "1"), entry("b", "2"), entry("é", "3")];
+        let shuffled = [entry("é", "3"), entry("a", "1"), entry("b", "2")];
+        let twice = [
+            entry("b", "old"),
+            entry("é", "3"),
+            entry("a", "1"),
+            entry("b", "2"),
+        ];
+        let want = session_checksum(&[], &sorted);
+        assert_eq!(session_checksum(&[], &shuffled), want);
+        assert_eq!(session_checksum(&[], &twice), want);
+        assert_ne!(session_checksum(&[], &[entry("a", "1")]), want);
+    }
 }

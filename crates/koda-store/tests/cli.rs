@@ -320,6 +320,39 @@ fn export_import_export_is_byte_identical_on_every_backend() {
     }
 }
 
+/// An export whose metadata lines are not in key order (another tool's
+/// file, or one edited by hand) imports and verifies equal: the checksum
+/// digests metadata as the store holds it, whatever order it arrives in.
+#[test]
+fn import_verifies_metadata_in_any_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.db");
+    populated(&source, 2, 1);
+    let out = ok(&["--store", &sqlite_url(&source), "export"]);
+    let exported = text(&out.stdout);
+    // Each session's metadata lines (they follow its messages) reversed.
+    let mut lines: Vec<&str> = Vec::new();
+    let mut metadata: Vec<&str> = Vec::new();
+    for line in exported.lines() {
+        if line.contains(r#""type":"metadata""#) {
+            metadata.push(line);
+            continue;
+        }
+        lines.extend(metadata.drain(..).rev());
+        lines.push(line);
+    }
+    lines.extend(metadata.drain(..).rev());
+    let shuffled = lines.join("\n") + "\n";
+    assert_ne!(shuffled, exported, "the test must reorder something");
+    let file = dir.path().join("shuffled.jsonl");
+    std::fs::write(&file, shuffled).unwrap();
+    let target = sqlite_url(&dir.path().join("target.db"));
+    let out = ok(&["--store", &target, "import", file.to_str().unwrap()]);
+    assert!(!text(&out.stdout).contains("DIFFERENT"));
+    let shown = text(&out.stderr);
+    assert!(shown.contains("2 new sessions"), "{shown}");
+}
+
 /// The main path: a populated koda file and an older koda's file copied to
 /// PostgreSQL and to sled verify equal; a second copy copies nothing.
 #[test]
