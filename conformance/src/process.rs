@@ -271,3 +271,204 @@ pub fn sigkill_mid_stream_loses_nothing(
         Ok(())
     })
 }
+
+/// How many messages each session of [`trash_until_killed`] holds: a
+/// question, an answer, a tool output stored once (shared by every
+/// session, so trash moves hold and release one body's references).
+const TRASHED_MESSAGES: usize = 3;
+
+/// The child half of [`sigkill_mid_trash_leaves_nothing_half_moved`] (the
+/// test binary run as `child trash PATH`): opens the store (which must
+/// keep a grace period) and, until killed, creates a session with
+/// [`TRASHED_MESSAGES`] messages and a metadata entry, then deletes it into
+/// the trash and restores it, three times over, printing `SID created`,
+/// `SID deleted` and `SID restored` as each step is acknowledged.
+///
+/// # Errors
+/// A failed open or call (the parent then sees the stream end early).
+pub fn trash_until_killed(open: Opener, path: &str) -> anyhow::Result<()> {
+    use koda_persistence_api::Role;
+    use std::io::Write as _;
+    runtime()?.block_on(async {
+        let store = open(std::path::PathBuf::from(path)).await?;
+        anyhow::ensure!(
+            store.capabilities().keep_deleted_days > 0,
+            "the trash scenario needs a store with a grace period"
+        );
+        let mut out = std::io::stdout().lock();
+        let output = "tool output\n".repeat(2_000);
+        for i in 0u64.. {
+            let sid = store
+                .create_session("main", std::path::Path::new("/p"))
+                .await?;
+            store
+                .insert_message(
+                    &sid,
+                    &Role::User,
+                    Some(&format!("question {i}")),
+                    None,
+                    None,
+                    None,
+                )
+                .await?;
+            let a = store
+                .insert_message(&sid, &Role::Assistant, Some("answer"), None, None, None)
+                .await?;
+            store.mark_message_complete(a).await?;
+            store
+                .insert_tool_message_with_full(&sid, &output, "c1", &output)
+                .await?;
+            store.set_metadata(&sid, "round", &i.to_string()).await?;
+            writeln!(out, "{sid} created")?;
+            out.flush()?;
+            for _ in 0..3 {
+                anyhow::ensure!(store.delete_session(&sid).await?, "{sid} was not deleted");
+                writeln!(out, "{sid} deleted")?;
+                out.flush()?;
+                store.restore_session(&sid).await?;
+                writeln!(out, "{sid} restored")?;
+                out.flush()?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A process moving sessions into the trash and back, killed with SIGKILL
+/// `rounds` times at varying moments (each round starts this test binary
+/// as `child trash PATH`, whose `main` calls [`trash_until_killed`]), with
+/// `after_kill(round)` (a backend's own check) after each kill. After every
+/// kill the store opens with nothing half-moved: its own check
+/// ([`Health`](koda_persistence_api::Health)) finds no problem (counters,
+/// body references); every session acknowledged is whole either live
+/// (every message, its metadata) or in the trash (listed with every
+/// message), never both and never neither; each is where its last
+/// acknowledged step put it, but for the one step the kill may have cut,
+/// which is done whole or not at all.
+///
+/// # Errors
+/// The first broken rule.
+pub fn sigkill_mid_trash_leaves_nothing_half_moved(
+    open: Opener,
+    path: &std::path::Path,
+    rounds: u64,
+    after_kill: impl Fn(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::{Context, bail, ensure};
+    use std::io::{BufRead, BufReader};
+    let rt = runtime()?;
+    let p = path.to_string_lossy().to_string();
+    // Each acknowledged session and whether its last acknowledged step
+    // left it live (`true`) or in the trash.
+    let mut last: Vec<(String, bool)> = Vec::new();
+    let mut steps = 0usize;
+    for round in 0..rounds {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["child", "trash", &p])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut record = |line: String| -> anyhow::Result<()> {
+            let (sid, step) = line.split_once(' ').context("a step is `SID STEP`")?;
+            let live = match step {
+                "created" | "restored" => true,
+                "deleted" => false,
+                other => bail!("unknown step {other:?}"),
+            };
+            match last.iter_mut().find(|(s, _)| s == sid) {
+                Some(entry) => entry.1 = live,
+                None => last.push((sid.to_owned(), live)),
+            }
+            steps += 1;
+            Ok(())
+        };
+        for _ in 0..(3 + (round * 7) % 23) {
+            match lines.next() {
+                Some(line) => record(line?)?,
+                None => {
+                    let out = child.wait_with_output()?;
+                    bail!(
+                        "round {round}: the child ended early: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_micros((round * 811) % 3_000));
+        child.kill()?; // SIGKILL on unix
+        child.wait()?;
+        for line in lines {
+            record(line?)?;
+        }
+        after_kill(round)?;
+        // The session the kill may have cut mid-step: the last one the
+        // child acknowledged anything of.
+        let cut = last.last().map(|(s, _)| s.clone());
+        rt.block_on(async {
+            let store = open(path.to_owned()).await?;
+            let health = store.health().await?;
+            ensure!(
+                health.problems.is_empty(),
+                "round {round}: after the kill the store finds {:?}",
+                health.problems
+            );
+            let trashed = store.list_deleted().await?;
+            for (sid, live_last) in &last {
+                let messages = store.load_all_messages(sid).await?;
+                let in_trash = trashed.iter().find(|d| &d.id == sid);
+                let live = !messages.is_empty();
+                ensure!(
+                    live != in_trash.is_some(),
+                    "round {round}: {sid} is {}",
+                    if live {
+                        "both live and in the trash"
+                    } else {
+                        "neither live nor in the trash"
+                    }
+                );
+                if live {
+                    ensure!(
+                        messages.len() == TRASHED_MESSAGES,
+                        "round {round}: {sid} is live with {} messages",
+                        messages.len()
+                    );
+                    ensure!(
+                        store.get_metadata(sid, "round").await?.is_some(),
+                        "round {round}: {sid} is live without its metadata"
+                    );
+                }
+                if let Some(d) = in_trash {
+                    ensure!(
+                        usize::try_from(d.message_count)? == TRASHED_MESSAGES,
+                        "round {round}: {sid} is in the trash with {} messages",
+                        d.message_count
+                    );
+                }
+                ensure!(
+                    live == *live_last || cut.as_ref() == Some(sid),
+                    "round {round}: {sid} is {} though its last acknowledged step left it {}",
+                    if live { "live" } else { "in the trash" },
+                    if *live_last { "live" } else { "in the trash" }
+                );
+            }
+            anyhow::Ok(())
+        })?;
+        // The cut step, whichever way it went, is now settled: read it back.
+        if let Some(sid) = cut {
+            let live = rt.block_on(async {
+                let store = open(path.to_owned()).await?;
+                anyhow::Ok(!store.load_all_messages(&sid).await?.is_empty())
+            })?;
+            if let Some(entry) = last.iter_mut().find(|(s, _)| *s == sid) {
+                entry.1 = live;
+            }
+        }
+    }
+    println!(
+        "    {steps} acknowledged steps over {rounds} kills, {} sessions checked whole",
+        last.len()
+    );
+    Ok(())
+}

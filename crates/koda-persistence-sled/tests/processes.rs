@@ -33,6 +33,11 @@ fn child(args: &[String]) -> Result<()> {
     {
         return koda_persistence_conformance::process::stream_until_killed(opener, path, sid);
     }
+    if let [mode, path] = args
+        && mode == "trash"
+    {
+        return koda_persistence_conformance::process::trash_until_killed(opener, path);
+    }
     let rt = runtime()?;
     rt.block_on(async {
         match args {
@@ -240,6 +245,18 @@ fn sigkill_mid_stream_loses_nothing_acknowledged() -> Result<()> {
     )
 }
 
+/// The shared SIGKILL scenario for the trash (15 kills): deletes into the
+/// trash and restores, killed mid-move, leave nothing half-moved.
+fn sigkill_mid_trash_leaves_nothing_half_moved() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    koda_persistence_conformance::process::sigkill_mid_trash_leaves_nothing_half_moved(
+        opener,
+        &dir.path().join("store"),
+        15,
+        |_| Ok(()),
+    )
+}
+
 fn main() -> ExitCode {
     koda_persistence_conformance::process::main(
         child,
@@ -247,6 +264,10 @@ fn main() -> ExitCode {
             (
                 "sigkill_mid_stream_loses_nothing_acknowledged",
                 sigkill_mid_stream_loses_nothing_acknowledged,
+            ),
+            (
+                "sigkill_mid_trash_leaves_nothing_half_moved",
+                sigkill_mid_trash_leaves_nothing_half_moved,
             ),
             (
                 "a_directory_in_use_is_unavailable",

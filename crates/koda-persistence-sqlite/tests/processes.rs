@@ -84,6 +84,11 @@ fn child(args: &[String]) -> Result<()> {
     {
         return koda_persistence_conformance::process::stream_until_killed(opener, path, sid);
     }
+    if let [mode, path] = args
+        && mode == "trash"
+    {
+        return koda_persistence_conformance::process::trash_until_killed(opener, path);
+    }
     if let [mode, path, g, ms, sid] = args
         && mode == "older-turn"
     {
@@ -379,6 +384,23 @@ fn sigkill_mid_stream_loses_nothing_acknowledged() -> Result<()> {
     )
 }
 
+/// The shared SIGKILL scenario for the trash (15 kills), with SQLite's
+/// `PRAGMA integrity_check` after each.
+fn sigkill_mid_trash_leaves_nothing_half_moved() -> Result<()> {
+    let (_dir, path) = temp_db()?;
+    koda_persistence_conformance::process::sigkill_mid_trash_leaves_nothing_half_moved(
+        opener,
+        &path,
+        15,
+        |round| {
+            let raw = rusqlite::Connection::open(&path)?;
+            let check: String = raw.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            ensure!(check == "ok", "round {round}: integrity_check says {check}");
+            Ok(())
+        },
+    )
+}
+
 fn main() -> ExitCode {
     koda_persistence_conformance::process::main(
         child,
@@ -390,6 +412,10 @@ fn main() -> ExitCode {
             (
                 "sigkill_mid_stream_loses_nothing_acknowledged",
                 sigkill_mid_stream_loses_nothing_acknowledged,
+            ),
+            (
+                "sigkill_mid_trash_leaves_nothing_half_moved",
+                sigkill_mid_trash_leaves_nothing_half_moved,
             ),
             (
                 "adoption_waits_for_an_older_koda_mid_turn",
