@@ -199,6 +199,7 @@ macro_rules! __for_each_case {
                 restore_and_import_refuse_what_they_cannot_do,
                 without_a_grace_period_delete_is_for_good,
                 a_delete_racing_writers_loses_no_acknowledged_message,
+                count_deleted_counts_what_list_deleted_lists,
             ],
             cipher: [
                 nothing_of_a_secret_reaches_the_disk_and_search_still_finds_it,

@@ -521,3 +521,34 @@ pub async fn a_delete_racing_writers_loses_no_acknowledged_message(fx: &Fixture)
     eq("every acknowledged message, nothing else", got, acked)?;
     check("conversation order is id order", in_order)
 }
+
+/// `count_deleted` counts what `list_deleted` lists: 0 at first, one more
+/// per session moved to the trash, one fewer on a restore, and none once
+/// the grace period has passed (before any purge).
+pub async fn count_deleted_counts_what_list_deleted_lists(fx: &Fixture) -> Result<()> {
+    let days = i64::from(fx.store.capabilities().keep_deleted_days);
+    if days == 0 {
+        crate::say_skipped(
+            "trash::count_deleted_counts_what_list_deleted_lists",
+            "the store keeps no grace period (keep_deleted_days=0)",
+        );
+        return Ok(());
+    }
+    eq("an empty trash", fx.store.count_deleted().await?, 0)?;
+    let (a, b) = (session(fx).await?, session(fx).await?);
+    fx.store.delete_session(&a).await?;
+    fx.clock.advance(1_000);
+    fx.store.delete_session(&b).await?;
+    let listed = fx.store.list_deleted().await?.len();
+    eq(
+        "two trashed",
+        (fx.store.count_deleted().await?, listed),
+        (2, 2),
+    )?;
+    fx.store.restore_session(&a).await?;
+    eq("one restored", fx.store.count_deleted().await?, 1)?;
+    fx.clock.advance(days * DAY_MS);
+    let listed = fx.store.list_deleted().await?.len();
+    eq("expired", (fx.store.count_deleted().await?, listed), (0, 0))?;
+    Ok(())
+}

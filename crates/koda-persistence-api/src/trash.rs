@@ -43,6 +43,11 @@ pub trait Trash: Send + Sync {
     /// store keeps no grace period.
     async fn list_deleted(&self) -> Result<Vec<DeletedSession>>;
 
+    /// How many sessions [`list_deleted`](Self::list_deleted) would list
+    /// (in the trash and not expired), without reading them: for a badge
+    /// or a summary line. 0 when the store keeps no grace period.
+    async fn count_deleted(&self) -> Result<usize>;
+
     /// Brings a trashed, unexpired session back byte-exact: its record
     /// (id, agent, root, times, title, mode, listing order), every message
     /// with its id, position, text, states, times, agent and usage, its

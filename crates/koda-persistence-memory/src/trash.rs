@@ -130,6 +130,16 @@ impl Trash for MemoryStore {
         list_deleted(self)
     }
 
+    async fn count_deleted(&self) -> Result<usize> {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        let st = self.lock();
+        Ok(st
+            .trash
+            .values()
+            .filter(|t| !is_expired(t.deleted_ms, days, now))
+            .count())
+    }
+
     async fn restore_session(&self, session_id: &str) -> Result<()> {
         restore_session(self, session_id)
     }

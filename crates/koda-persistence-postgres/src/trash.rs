@@ -290,6 +290,24 @@ impl Trash for PostgresStore {
             .await
     }
 
+    async fn count_deleted(&self) -> Result<usize> {
+        let cutoff = expired_cutoff(self.clock.now_ms(), self.keep_deleted_days);
+        let n: i64 = self
+            .with_client(|c| async move {
+                let row = c
+                    .db()
+                    .one(
+                        "count_deleted",
+                        "SELECT COUNT(*) FROM kp.trash WHERE deleted_ms > $1",
+                        &[int(&cutoff)],
+                    )
+                    .await?;
+                Ok(get::<i64>(&row, 0, "trashed sessions")?)
+            })
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     async fn restore_session(&self, session_id: &str) -> Result<()> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
         self.with_client(

@@ -295,6 +295,12 @@ impl Trash for SledStore {
         self.read(move |db| list_deleted(db, now, days)).await
     }
 
+    async fn count_deleted(&self) -> Result<usize> {
+        let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
+        self.read(move |db| Ok(selected(db, days, now, false)?.len()))
+            .await
+    }
+
     async fn restore_session(&self, session_id: &str) -> Result<()> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
         let sid = session_id.to_owned();

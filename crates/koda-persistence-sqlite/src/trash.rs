@@ -320,6 +320,17 @@ impl Trash for SqliteStore {
         self.read(move |conn| list_deleted(conn, now, days)).await
     }
 
+    async fn count_deleted(&self) -> Result<usize> {
+        let cutoff = expired_cutoff(self.clock.now_ms(), self.keep_deleted_days);
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM kp_trash WHERE deleted_ms > ?1")?
+                .query_row(params![cutoff], |r| r.get(0))?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn restore_session(&self, session_id: &str) -> Result<()> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
         let sid = session_id.to_owned();

@@ -13,6 +13,10 @@ impl<P: Trash> Trash for Checked<P> {
         self.inner.list_deleted().await
     }
 
+    async fn count_deleted(&self) -> Result<usize> {
+        self.inner.count_deleted().await
+    }
+
     async fn restore_session(&self, session_id: &str) -> Result<()> {
         if !holdable(session_id) {
             return Err(session_not_found(session_id));

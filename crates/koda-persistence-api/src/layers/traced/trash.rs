@@ -13,6 +13,11 @@ impl<P: Trash> Trash for Traced<P> {
             .await
     }
 
+    async fn count_deleted(&self) -> Result<usize> {
+        self.call("count_deleted", None, self.inner.count_deleted())
+            .await
+    }
+
     async fn restore_session(&self, session_id: &str) -> Result<()> {
         self.call(
             "restore_session",
