@@ -275,7 +275,7 @@ pub fn sigkill_mid_stream_loses_nothing(
 /// How many messages each session of [`trash_until_killed`] holds: a
 /// question, an answer, a tool output stored once (shared by every
 /// session, so trash moves hold and release one body's references).
-const TRASHED_MESSAGES: usize = 3;
+pub const TRASHED_MESSAGES: usize = 3;
 
 /// The child half of [`sigkill_mid_trash_leaves_nothing_half_moved`] (the
 /// test binary run as `child trash PATH`): opens the store (which must
