@@ -64,6 +64,19 @@ fn calls_are_traced_without_content() {
             .expect("metadata");
         let err = store.set_todo("no-such-session", "x").await;
         assert!(err.is_err());
+        // A call of each capability, through the same layer.
+        let scope = koda_persistence::SearchScope {
+            session: Some(&sid),
+            ..Default::default()
+        };
+        store
+            .search_messages("secret", &scope, 5)
+            .await
+            .expect("search");
+        let fork = store.fork_session(&sid, None).await.expect("fork");
+        store.export_messages(&fork).await.expect("export");
+        store.count_deleted().await.expect("count");
+        store.health().await.expect("health");
         sid
     });
     let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
@@ -72,6 +85,11 @@ fn calls_are_traced_without_content() {
         "method=\"append_message\"",
         "method=\"set_metadata\"",
         &format!("session=\"{sid}\""),
+        "method=\"search_messages\"",
+        "method=\"fork_session\"",
+        "method=\"export_messages\"",
+        "method=\"count_deleted\"",
+        "method=\"health\"",
         "call done",
         "call failed",
     ] {

@@ -5,14 +5,6 @@ use anyhow::Result;
 use super::Traced;
 use crate::fork::Fork;
 
-#[async_trait::async_trait]
-impl<P: Fork> Fork for Traced<P> {
-    async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
-        self.call(
-            "fork_session",
-            Some(session_id),
-            self.inner.fork_session(session_id, at),
-        )
-        .await
-    }
-}
+traced!(Fork {
+    fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> => Some(session_id);
+});

@@ -1,5 +1,27 @@
 //! [`Traced`]: any store, with a `tracing` span around every call. One
-//! file per capability trait.
+//! file per capability trait, each a list of its methods for [`traced!`].
+
+/// Implements trait `$cap` for [`Traced`]: each listed method runs in
+/// [`Traced::call`]'s span under its own name, with the session id
+/// `=> session` gives (an expression of the method's arguments; `None`
+/// when the call names no session). What follows the list is pasted into
+/// the impl as written: a method that needs more than this.
+macro_rules! traced {
+    ($cap:ident {
+        $( fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty => $session:expr; )*
+    } $($rest:tt)*) => {
+        #[async_trait::async_trait]
+        impl<P: $cap> $cap for Traced<P> {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    self.call(stringify!($name), $session, self.inner.$name($($arg),*))
+                        .await
+                }
+            )*
+            $($rest)*
+        }
+    };
+}
 
 mod fork;
 mod health;
