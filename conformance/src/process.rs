@@ -131,6 +131,52 @@ pub fn stream_until_killed(open: Opener, path: &str, sid: &str) -> anyhow::Resul
     })
 }
 
+/// One round of a SIGKILL scenario: starts this test binary as
+/// `child ARGS…`, hands `read` at least `wanted` of the lines it prints
+/// (each one something it acknowledged), sleeps `pause`, kills it with
+/// SIGKILL, and hands `read` every line it printed before dying.
+///
+/// # Errors
+/// A child that ends before printing `wanted` lines (with its stderr), or
+/// `read`'s error.
+fn kill_after(
+    args: &[&str],
+    wanted: u64,
+    pause: std::time::Duration,
+    mut read: impl FnMut(String) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("child")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    for _ in 0..wanted {
+        match lines.next() {
+            Some(line) => read(line?)?,
+            None => {
+                let out = child.wait_with_output()?;
+                anyhow::bail!(
+                    "the child ended early: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    std::thread::sleep(pause);
+    child.kill()?; // SIGKILL on unix
+    child.wait()?;
+    // Whatever it printed before dying was acknowledged too.
+    for line in lines {
+        read(line?)?;
+    }
+    Ok(())
+}
+
 /// A writer killed with SIGKILL mid-stream, `rounds` times: each round
 /// starts this test binary as `child stream PATH SESSION` (whose `main`
 /// calls [`stream_until_killed`]), reads a varying number of acknowledged
@@ -150,7 +196,6 @@ pub fn sigkill_mid_stream_loses_nothing(
     after_kill: impl Fn(u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use anyhow::{Context, ensure};
-    use std::io::{BufRead, BufReader};
     let rt = runtime()?;
     let sid = rt.block_on(async {
         open(path.to_owned())
@@ -161,38 +206,19 @@ pub fn sigkill_mid_stream_loses_nothing(
     let p = path.to_string_lossy().to_string();
     let mut acknowledged = Vec::new();
     for round in 0..rounds {
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .args(["child", "stream", &p, &sid])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let parse = |line: String| -> anyhow::Result<(i64, u64)> {
-            let (id, i) = line
-                .split_once(' ')
-                .context("an acknowledgement is `ID I`")?;
-            Ok((id.parse()?, i.parse()?))
-        };
-        for _ in 0..(5 + (round * 37) % 120) {
-            match lines.next() {
-                Some(line) => acknowledged.push(parse(line?)?),
-                None => {
-                    let out = child.wait_with_output()?;
-                    anyhow::bail!(
-                        "round {round}: the writer ended early: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_micros((round * 613) % 2_000));
-        child.kill()?; // SIGKILL on unix
-        child.wait()?;
-        // Whatever it printed before dying was acknowledged too.
-        for line in lines {
-            acknowledged.push(parse(line?)?);
-        }
+        kill_after(
+            &["stream", &p, &sid],
+            5 + (round * 37) % 120,
+            std::time::Duration::from_micros((round * 613) % 2_000),
+            |line| {
+                let (id, i) = line
+                    .split_once(' ')
+                    .context("an acknowledgement is `ID I`")?;
+                acknowledged.push((id.parse::<i64>()?, i.parse::<u64>()?));
+                Ok(())
+            },
+        )
+        .with_context(|| format!("round {round}"))?;
         after_kill(round)?;
     }
     rt.block_on(async {
@@ -355,7 +381,6 @@ pub fn sigkill_mid_trash_leaves_nothing_half_moved(
     after_kill: impl Fn(u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use anyhow::{Context, bail, ensure};
-    use std::io::{BufRead, BufReader};
     let rt = runtime()?;
     let p = path.to_string_lossy().to_string();
     // Each acknowledged session and whether its last acknowledged step
@@ -363,14 +388,7 @@ pub fn sigkill_mid_trash_leaves_nothing_half_moved(
     let mut last: Vec<(String, bool)> = Vec::new();
     let mut steps = 0usize;
     for round in 0..rounds {
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .args(["child", "trash", &p])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let mut record = |line: String| -> anyhow::Result<()> {
+        let record = |line: String| -> anyhow::Result<()> {
             let (sid, step) = line.split_once(' ').context("a step is `SID STEP`")?;
             let live = match step {
                 "created" | "restored" => true,
@@ -384,24 +402,13 @@ pub fn sigkill_mid_trash_leaves_nothing_half_moved(
             steps += 1;
             Ok(())
         };
-        for _ in 0..(3 + (round * 7) % 23) {
-            match lines.next() {
-                Some(line) => record(line?)?,
-                None => {
-                    let out = child.wait_with_output()?;
-                    bail!(
-                        "round {round}: the child ended early: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_micros((round * 811) % 3_000));
-        child.kill()?; // SIGKILL on unix
-        child.wait()?;
-        for line in lines {
-            record(line?)?;
-        }
+        kill_after(
+            &["trash", &p],
+            3 + (round * 7) % 23,
+            std::time::Duration::from_micros((round * 811) % 3_000),
+            record,
+        )
+        .with_context(|| format!("round {round}"))?;
         after_kill(round)?;
         // The session the kill may have cut mid-step: the last one the
         // child acknowledged anything of.
