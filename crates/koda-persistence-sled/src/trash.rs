@@ -92,17 +92,26 @@ struct Entry {
     raw: Vec<u8>,
 }
 
-fn decode_entry(db: &Tree, id: &str, v: &[u8]) -> Result<Entry, PersistenceError> {
-    let corrupt =
-        || PersistenceError::Corrupt(format!("trash record of session {id:?} is cut short"));
+fn cut_short(id: &str) -> PersistenceError {
+    PersistenceError::Corrupt(format!("trash record of session {id:?} is cut short"))
+}
+
+/// When the trash record `v` of session `id` says it was deleted: its
+/// first 8 bytes, in clear, so nothing is opened to read it.
+fn deleted_at(id: &str, v: &[u8]) -> Result<i64, PersistenceError> {
     let at: [u8; 8] = v
         .get(..8)
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(corrupt)?;
-    let rootless = *v.get(8).ok_or_else(corrupt)? == 1;
-    let raw = v.get(9..).ok_or_else(corrupt)?.to_vec();
+        .ok_or_else(|| cut_short(id))?;
+    Ok(i64::from_be_bytes(at))
+}
+
+fn decode_entry(db: &Tree, id: &str, v: &[u8]) -> Result<Entry, PersistenceError> {
+    let deleted_ms = deleted_at(id, v)?;
+    let rootless = *v.get(8).ok_or_else(|| cut_short(id))? == 1;
+    let raw = v.get(9..).ok_or_else(|| cut_short(id))?.to_vec();
     Ok(Entry {
-        deleted_ms: i64::from_be_bytes(at),
+        deleted_ms,
         rootless,
         session: db.open_session(id, &raw, &format!("trashed session {id:?}"))?,
         raw,
@@ -295,10 +304,22 @@ impl Trash for SledStore {
         self.read(move |db| list_deleted(db, now, days)).await
     }
 
+    /// Reads only each trash record's deletion time (in clear): no
+    /// session record is opened and no trashed message is counted.
     async fn count_deleted(&self) -> Result<usize> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.read(move |db| Ok(selected(db, days, now, false)?.len()))
-            .await
+        self.read(move |db| {
+            let mut n = 0;
+            for kv in db.scan_prefix([TRASH_SESSION]) {
+                let (k, v) = kv?;
+                let id = String::from_utf8_lossy(&k[1..]);
+                if !is_expired(deleted_at(&id, &v)?, days, now) {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .await
     }
 
     async fn restore_session(&self, session_id: &str) -> Result<()> {
