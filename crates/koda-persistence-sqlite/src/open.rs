@@ -149,8 +149,11 @@ pub(crate) struct Opened {
 /// The grace period a handle keeps ([`TrashOptions::days`](koda_persistence_api::trash::TrashOptions::days)):
 /// a file this layer created, or one adopted from an older koda.
 fn keep_deleted_days(conn: &Connection, options: &SqliteOptions) -> Result<u32> {
-    let created_here = options.trash.keep_deleted_days.is_some() || schema::created_here(conn)?;
-    Ok(options.trash.days(created_here))
+    // The file's origin is read only when the URL names no grace period.
+    Ok(match options.trash.keep_deleted_days {
+        Some(days) => days,
+        None => options.trash.days(schema::created_here(conn)?),
+    })
 }
 
 pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Result<Opened> {
