@@ -1055,4 +1055,18 @@ fn encrypt_into_a_sled_directory() {
         &format!("sled://{}", dir.path().join("other").display()),
     ]);
     assert_eq!(refused.status.code(), Some(1), "encrypt without a key");
+    // A key in the environment, but a target that declares no encryption
+    // (memory: reads no key file): refused by its capabilities. (The
+    // source is memory: too, which reads no key file either.)
+    let out = koda_store()
+        .env("KODA_STORE_KEY_FILE", &key)
+        .args(["--store", "memory:", "encrypt", "--to", "memory:"])
+        .output()
+        .expect("koda-store runs");
+    assert_eq!(out.status.code(), Some(1), "encrypt into a plain store");
+    assert!(
+        text(&out.stderr).contains("is not encrypted at rest"),
+        "{}",
+        text(&out.stderr)
+    );
 }
