@@ -25,11 +25,7 @@ fn usage(prompt: i64, completion: i64) -> TokenUsage {
 fn preview(text: Option<&str>) -> String {
     let text = text.unwrap_or("∅").replace('\n', " ⏎ ");
     let short: String = text.chars().take(60).collect();
-    if short.len() < text.len() {
-        format!("{short}…")
-    } else {
-        short
-    }
+    if short.len() < text.len() { format!("{short}…") } else { short }
 }
 
 #[tokio::main]
@@ -44,9 +40,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let url = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "sqlite://koda-quickstart.db".to_owned());
+    let url = std::env::args().nth(1).unwrap_or_else(|| "sqlite://koda-quickstart.db".to_owned());
     let store = koda_persistence::open(&url).await?;
     let root = std::env::current_dir()?;
     println!("store: {url}\nproject: {}\n", root.display());
@@ -56,16 +50,7 @@ async fn main() -> Result<()> {
     store.set_session_mode(&s, "auto-edit").await?;
 
     // Turn 1: the model reads a file, then answers.
-    store
-        .insert_message(
-            &s,
-            &Role::User,
-            Some("Add a --verbose flag to the CLI"),
-            None,
-            None,
-            None,
-        )
-        .await?;
+    store.insert_message(&s, &Role::User, Some("Add a --verbose flag to the CLI"), None, None, None).await?;
     let calls = r#"[{"id":"call_1","type":"function","function":{"name":"read_file","arguments":"{\"path\":\"src/main.rs\"}"}}]"#;
     let a = store
         .insert_message(
@@ -113,59 +98,17 @@ async fn main() -> Result<()> {
     store.mark_message_complete(r).await?;
 
     // Turn 2, then compaction keeps the last three messages.
-    store
-        .insert_message(
-            &s,
-            &Role::User,
-            Some("Now add a test for it"),
-            None,
-            None,
-            None,
-        )
-        .await?;
+    store.insert_message(&s, &Role::User, Some("Now add a test for it"), None, None, None).await?;
     let a = store
-        .insert_message(
-            &s,
-            &Role::Assistant,
-            Some("Added tests/verbose.rs."),
-            None,
-            None,
-            Some(&usage(2_100, 180)),
-        )
+        .insert_message(&s, &Role::Assistant, Some("Added tests/verbose.rs."), None, None, Some(&usage(2_100, 180)))
         .await?;
     store.mark_message_complete(a).await?;
-    let compacted = store
-        .compact_session(
-            &s,
-            "Summary: added --verbose to the CLI and reviewed it.",
-            3,
-        )
-        .await?;
-    store
-        .set_todo(&s, "- [x] --verbose flag\n- [ ] document it in README")
-        .await?;
+    let compacted = store.compact_session(&s, "Summary: added --verbose to the CLI and reviewed it.", 3).await?;
+    store.set_todo(&s, "- [x] --verbose flag\n- [ ] document it in README").await?;
 
     // Turn 3 is cut off mid-stream: never marked complete.
-    store
-        .insert_message(
-            &s,
-            &Role::User,
-            Some("Document the flag in the README"),
-            None,
-            None,
-            None,
-        )
-        .await?;
-    store
-        .insert_message(
-            &s,
-            &Role::Assistant,
-            Some("I'll add a section to the READ"),
-            None,
-            None,
-            None,
-        )
-        .await?;
+    store.insert_message(&s, &Role::User, Some("Document the flag in the README"), None, None, None).await?;
+    store.insert_message(&s, &Role::Assistant, Some("I'll add a section to the READ"), None, None, None).await?;
 
     println!("Sessions under {}:", root.display());
     for info in store.list_sessions(5, Path::new(&root)).await? {
@@ -183,23 +126,14 @@ async fn main() -> Result<()> {
     let context = store.load_context(&s).await?;
     println!("\nContext for the next model call ({compacted} messages compacted away):");
     for m in &context {
-        println!(
-            "  #{:<4} {:<9} {}",
-            m.id,
-            m.role.as_str(),
-            preview(m.content.as_deref())
-        );
+        println!("  #{:<4} {:<9} {}", m.id, m.role.as_str(), preview(m.content.as_deref()));
     }
 
     println!("\nUsage by agent:");
     for (agent, u) in store.session_usage_by_agent(&s).await? {
         println!(
             "  {agent:<10} {:>3} calls  {:>6} prompt  {:>5} completion  {:>5} cache-read  {:>4} thinking",
-            u.api_calls,
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.cache_read_tokens,
-            u.thinking_tokens
+            u.api_calls, u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.thinking_tokens
         );
     }
     let total = store.session_token_usage(&s).await?;
@@ -211,9 +145,7 @@ async fn main() -> Result<()> {
     println!("\nTODO:\n{}", store.get_todo(&s).await?.unwrap_or_default());
     match detect_interruption(&context) {
         Some(koda_persistence::InterruptionKind::Prompt(p)) => {
-            println!(
-                "\nLast turn was interrupted: the prompt {p:?} was never answered. Type `continue` or rephrase."
-            )
+            println!("\nLast turn was interrupted: the prompt {p:?} was never answered. Type `continue` or rephrase.")
         }
         Some(koda_persistence::InterruptionKind::Tool) => {
             println!("\nLast turn was interrupted: a tool result was never processed.")

@@ -30,21 +30,12 @@ impl SmallDisk {
     pub fn mount(size_mb: u32) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size_mb}m,mode=0700"),
-                "tmpfs",
-            ])
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m,mode=0700"), "tmpfs"])
             .arg(dir.path())
             .output()
             .context("running mount")?;
         if !out.status.success() {
-            bail!(
-                "mount -t tmpfs refused: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("mount -t tmpfs refused: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(Self { dir })
     }
@@ -62,10 +53,7 @@ impl Drop for SmallDisk {
 }
 
 fn is_unavailable(e: &anyhow::Error) -> bool {
-    matches!(
-        PersistenceError::of(e),
-        Some(PersistenceError::Unavailable(_))
-    )
+    matches!(PersistenceError::of(e), Some(PersistenceError::Unavailable(_)))
 }
 
 /// Runs the scenario on a store that `open(dir)` opens inside a small
@@ -99,10 +87,7 @@ where
     let mut failure = None;
     for i in 0..100_000u64 {
         let text = format!("{i} {}", crate::cases::incompressible(8_000, i));
-        match store
-            .insert_message(&sid, &Role::User, Some(&text), None, None, None)
-            .await
-        {
+        match store.insert_message(&sid, &Role::User, Some(&text), None, None, None).await {
             Ok(id) => acked.push(id),
             Err(e) => {
                 failure = Some(e);
@@ -120,10 +105,7 @@ where
         }
     }
     let failure = failure.context("the disk never filled")?;
-    ensure!(
-        is_unavailable(&failure),
-        "a write on a full disk failed with {failure:#}, not Unavailable"
-    );
+    ensure!(is_unavailable(&failure), "a write on a full disk failed with {failure:#}, not Unavailable");
     // (1) Nothing of the failed write is visible, full disk or not. A read
     // may itself be Unavailable while the disk is full; whatever it
     // returns must be exact.
@@ -144,14 +126,7 @@ where
     std::fs::remove_file(&ballast).context("freeing space")?;
     for i in 0..5 {
         let id = store
-            .insert_message(
-                &sid,
-                &Role::User,
-                Some(&format!("after {i}")),
-                None,
-                None,
-                None,
-            )
+            .insert_message(&sid, &Role::User, Some(&format!("after {i}")), None, None, None)
             .await
             .context("a write once space was freed, without a reopen")?;
         acked.push(id);
@@ -174,19 +149,13 @@ where
         all.len(),
         acked.len()
     );
-    ensure!(
-        store.get_todo(&sid).await?.as_deref() == Some("after"),
-        "todo after reopen"
-    );
+    ensure!(store.get_todo(&sid).await?.as_deref() == Some("after"), "todo after reopen");
     let listed = store.list_sessions(1, Path::new("/p")).await?;
     ensure!(
         listed.first().map(|s| s.message_count) == Some(i64::try_from(acked.len())?),
         "the session counter disagrees with the rows"
     );
-    println!(
-        "    {name}: {} writes acknowledged before the disk filled ({failure}); recovered",
-        acked.len() - 5
-    );
+    println!("    {name}: {} writes acknowledged before the disk filled ({failure}); recovered", acked.len() - 5);
     drop(store);
     drop(disk);
     Ok(())

@@ -12,14 +12,11 @@ use koda_persistence_api::{ManualClock, Persistence, Store};
 /// The instant every case's clock starts at: 2026-11-26T05:07:04.123Z.
 pub const START_MS: i64 = 1_795_669_624_123;
 
-type Teardown =
-    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send>;
+type Teardown = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send>;
 
-type Opener =
-    Box<dyn Fn(u32) -> Pin<Box<dyn Future<Output = anyhow::Result<Fixture>> + Send>> + Send + Sync>;
+type Opener = Box<dyn Fn(u32) -> Pin<Box<dyn Future<Output = anyhow::Result<Fixture>> + Send>> + Send + Sync>;
 
-type Probe =
-    Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<i64>> + Send>> + Send + Sync>;
+type Probe = Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<i64>> + Send>> + Send + Sync>;
 
 /// One fresh, empty store and the clock it reads.
 pub struct Fixture {
@@ -37,25 +34,14 @@ pub struct Fixture {
 
 impl fmt::Debug for Fixture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Fixture")
-            .field("clock", &self.clock)
-            .finish_non_exhaustive()
+        f.debug_struct("Fixture").field("clock", &self.clock).finish_non_exhaustive()
     }
 }
 
 impl Fixture {
     /// A context for `store` reading `clock`.
     pub fn new(store: Arc<dyn Store>, clock: ManualClock) -> Self {
-        Self {
-            store,
-            clock,
-            guard: None,
-            teardown: None,
-            deadlocks: None,
-            second: None,
-            grace: None,
-            at_rest: None,
-        }
+        Self { store, clock, guard: None, teardown: None, deadlocks: None, second: None, grace: None, at_rest: None }
     }
 
     /// A capability: `open(days)` makes another fresh, empty store of the
@@ -160,13 +146,7 @@ impl Fixture {
     /// # Errors
     /// The case's error, else the teardown's.
     pub async fn finish(self, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
-        let Fixture {
-            store,
-            guard,
-            teardown,
-            second,
-            ..
-        } = self;
+        let Fixture { store, guard, teardown, second, .. } = self;
         drop(second);
         drop(store);
         let torn = match teardown {

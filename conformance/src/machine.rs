@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use koda_persistence_api::{
-    Message, PersistenceError, Role, SearchHit, SearchScope, SessionInfo, TokenUsage,
-};
+use koda_persistence_api::{Message, PersistenceError, Role, SearchHit, SearchScope, SessionInfo, TokenUsage};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use proptest_state_machine::ReferenceStateMachine;
@@ -72,13 +70,7 @@ pub enum RootArg {
 /// The roots the machine uses: distinct byte-wise, some only by a slash,
 /// one too big for a database index entry.
 pub static ROOTS: std::sync::LazyLock<[String; 5]> = std::sync::LazyLock::new(|| {
-    [
-        "/p".to_owned(),
-        "/p/".to_owned(),
-        String::new(),
-        "/q\0ü".to_owned(),
-        crate::cases::incompressible(9_000, 7),
-    ]
+    ["/p".to_owned(), "/p/".to_owned(), String::new(), "/q\0ü".to_owned(), crate::cases::incompressible(9_000, 7)]
 });
 
 /// The arguments of an inserted message.
@@ -96,10 +88,7 @@ pub struct NewMessage {
 #[derive(Debug, Clone)]
 #[allow(missing_docs)]
 pub enum Op {
-    CreateSession {
-        agent: Text,
-        root: RootArg,
-    },
+    CreateSession { agent: Text, root: RootArg },
     DeleteSession(SessRef),
     RestoreSession(SessRef),
     PurgeDeleted(bool),
@@ -108,58 +97,26 @@ pub enum Op {
     SetMode(SessRef, Text),
     Insert(NewMessage),
     InsertWithAgent(NewMessage, Option<Text>),
-    InsertToolFull {
-        s: SessRef,
-        content: Text,
-        call_id: Text,
-        full: Text,
-    },
+    InsertToolFull { s: SessRef, content: Text, call_id: Text, full: Text },
     MarkComplete(MsgRef),
-    Compact {
-        s: SessRef,
-        summary: Text,
-        keep: usize,
-    },
-    Clear {
-        ids: Vec<MsgRef>,
-        stub: Text,
-    },
+    Compact { s: SessRef, summary: Text, keep: usize },
+    Clear { ids: Vec<MsgRef>, stub: Text },
     Purge(u32),
-    SetMetadata {
-        s: SessRef,
-        key: Text,
-        value: Text,
-    },
+    SetMetadata { s: SessRef, key: Text, value: Text },
     SetTodo(SessRef, Text),
     AdvanceClock(i64),
     GetMode(SessRef),
     IdleSecs(SessRef),
-    GetMetadata {
-        s: SessRef,
-        key: Text,
-    },
+    GetMetadata { s: SessRef, key: Text },
     GetTodo(SessRef),
-    ListSessions {
-        limit: i64,
-        root: RootArg,
-    },
+    ListSessions { limit: i64, root: RootArg },
     RecentUser(i64),
     LastAssistant(SessRef),
     LastUser(SessRef),
     HasPending(SessRef),
     UsageByAgent(SessRef),
-    Fork {
-        s: SessRef,
-        at: Option<MsgRef>,
-    },
-    Search {
-        query: Text,
-        root: Option<RootArg>,
-        s: Option<SessRef>,
-        roles: Vec<Role>,
-        compacted: bool,
-        limit: usize,
-    },
+    Fork { s: SessRef, at: Option<MsgRef> },
+    Search { query: Text, root: Option<RootArg>, s: Option<SessRef>, roles: Vec<Role>, compacted: bool, limit: usize },
 }
 
 fn resolve_session(r: SessRef, count: usize) -> Option<usize> {
@@ -206,20 +163,8 @@ fn non_utf8_path() -> PathBuf {
 
 /// Words texts are made of, for searches to find: cases, accents, CJK,
 /// punctuation that splits words.
-const VOCABULARY: [&str; 12] = [
-    "alpha",
-    "Alpha",
-    "beta",
-    "gamma",
-    "long",
-    "output",
-    "测试",
-    "über",
-    "ÜBER",
-    "é",
-    "std::io",
-    "flaky-test",
-];
+const VOCABULARY: [&str; 12] =
+    ["alpha", "Alpha", "beta", "gamma", "long", "output", "测试", "über", "ÜBER", "é", "std::io", "flaky-test"];
 
 fn text() -> BoxedStrategy<Text> {
     prop_oneof![
@@ -312,8 +257,7 @@ fn msg_ref() -> BoxedStrategy<MsgRef> {
 }
 
 fn root() -> BoxedStrategy<RootArg> {
-    prop_oneof![12 => (0usize..ROOTS.len()).prop_map(RootArg::Pool), 1 => Just(RootArg::NonUtf8)]
-        .boxed()
+    prop_oneof![12 => (0usize..ROOTS.len()).prop_map(RootArg::Pool), 1 => Just(RootArg::NonUtf8)].boxed()
 }
 
 fn limit() -> BoxedStrategy<i64> {
@@ -321,7 +265,8 @@ fn limit() -> BoxedStrategy<i64> {
 }
 
 fn role() -> BoxedStrategy<Role> {
-    prop_oneof![3 => Just(Role::User), 4 => Just(Role::Assistant), 3 => Just(Role::Tool), 1 => Just(Role::System)].boxed()
+    prop_oneof![3 => Just(Role::User), 4 => Just(Role::Assistant), 3 => Just(Role::Tool), 1 => Just(Role::System)]
+        .boxed()
 }
 
 fn new_message() -> BoxedStrategy<NewMessage> {
@@ -333,16 +278,14 @@ fn new_message() -> BoxedStrategy<NewMessage> {
         prop::option::weighted(0.5, call_id()),
         usage(),
     )
-        .prop_map(
-            |(s, role, content, tool_calls, tool_call_id, usage)| NewMessage {
-                s,
-                role,
-                content,
-                tool_calls,
-                tool_call_id,
-                usage,
-            },
-        )
+        .prop_map(|(s, role, content, tool_calls, tool_call_id, usage)| NewMessage {
+            s,
+            role,
+            content,
+            tool_calls,
+            tool_call_id,
+            usage,
+        })
         .boxed()
 }
 
@@ -483,32 +426,13 @@ impl ReferenceStateMachine for ModelMachine {
                     None,
                 )
             }
-            Op::InsertToolFull {
-                s: r,
-                content,
-                call_id,
-                full,
-            } => m.insert(
-                s(*r),
-                Role::Tool,
-                Some(&content.0),
-                None,
-                Some(&call_id.0),
-                None,
-                None,
-                Some(&full.0),
-            ),
+            Op::InsertToolFull { s: r, content, call_id, full } => {
+                m.insert(s(*r), Role::Tool, Some(&content.0), None, Some(&call_id.0), None, None, Some(&full.0))
+            }
             Op::MarkComplete(r) => m.mark_complete(resolve_message(*r, &m.ever_ids).unwrap_or(-1)),
-            Op::Compact {
-                s: r,
-                summary,
-                keep,
-            } => m.compact(s(*r), &summary.0, *keep),
+            Op::Compact { s: r, summary, keep } => m.compact(s(*r), &summary.0, *keep),
             Op::Clear { ids, stub } => {
-                let ids: Vec<i64> = ids
-                    .iter()
-                    .map(|r| resolve_message(*r, &m.ever_ids).unwrap_or(-1))
-                    .collect();
+                let ids: Vec<i64> = ids.iter().map(|r| resolve_message(*r, &m.ever_ids).unwrap_or(-1)).collect();
                 m.clear(&ids, &stub.0)
             }
             Op::Purge(days) => m.purge(*days),
@@ -532,21 +456,9 @@ impl ReferenceStateMachine for ModelMachine {
                 let at = at.map(|a| resolve_message(a, &m.ever_ids));
                 m.fork(s(*r), at)
             }
-            Op::Search {
-                query,
-                root,
-                s: r,
-                roles,
-                compacted,
-                limit,
-            } => m.search(
-                &query.0,
-                root.map(root_str),
-                r.map(s),
-                roles,
-                *compacted,
-                *limit,
-            ),
+            Op::Search { query, root, s: r, roles, compacted, limit } => {
+                m.search(&query.0, root.map(root_str), r.map(s), roles, *compacted, *limit)
+            }
         };
         m
     }
@@ -576,9 +488,11 @@ impl Sut {
 
     fn message(&self, r: MsgRef, ever: &[i64]) -> Result<i64> {
         match resolve_message(r, ever) {
-            Some(model_id) => self.ids.get(&model_id).copied().ok_or_else(|| {
-                anyhow!("model message {model_id} was never mapped to a backend id")
-            }),
+            Some(model_id) => self
+                .ids
+                .get(&model_id)
+                .copied()
+                .ok_or_else(|| anyhow!("model message {model_id} was never mapped to a backend id")),
             None => Ok(UNKNOWN_MESSAGE),
         }
     }
@@ -587,26 +501,17 @@ impl Sut {
     /// mapping stays a bijection and preserves id order.
     fn map_id(&mut self, model: i64, sut: i64) -> Result<()> {
         if let Some(&known) = self.ids.get(&model) {
-            ensure!(
-                known == sut,
-                "model id {model} is backend id {known}, now also {sut}"
-            );
+            ensure!(known == sut, "model id {model} is backend id {known}, now also {sut}");
             return Ok(());
         }
         if let Some(&other) = self.rev.get(&sut) {
             bail!("backend id {sut} already stands for model id {other}, now also {model}");
         }
         if let Some((m, s)) = self.ids.range(..model).next_back() {
-            ensure!(
-                *s < sut,
-                "ids out of order: model {m} < {model} but backend {s} >= {sut}"
-            );
+            ensure!(*s < sut, "ids out of order: model {m} < {model} but backend {s} >= {sut}");
         }
         if let Some((m, s)) = self.ids.range(model..).next() {
-            ensure!(
-                *s > sut,
-                "ids out of order: model {model} < {m} but backend {sut} >= {s}"
-            );
+            ensure!(*s > sut, "ids out of order: model {model} < {m} but backend {sut} >= {s}");
         }
         self.ids.insert(model, sut);
         self.rev.insert(sut, model);
@@ -633,9 +538,10 @@ impl Sut {
         }
         got.into_iter()
             .map(|mut m| {
-                m.id = *self.rev.get(&m.id).ok_or_else(|| {
-                    anyhow!("backend message id {} has no model counterpart", m.id)
-                })?;
+                m.id = *self
+                    .rev
+                    .get(&m.id)
+                    .ok_or_else(|| anyhow!("backend message id {} has no model counterpart", m.id))?;
                 m.session_id = self.session_name_of(&m.session_id)?;
                 Ok(m)
             })
@@ -675,11 +581,7 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
                 }
                 Err(e) => match err_kind(&e) {
                     Some(k) => Outcome::Err(k),
-                    None => {
-                        return Err(e.context(
-                            "backend failed with an error the contract does not prescribe",
-                        ))
-                    }
+                    None => return Err(e.context("backend failed with an error the contract does not prescribe")),
                 },
             }
         };
@@ -687,29 +589,19 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
     let unit = |(): ()| Ok(Outcome::Unit);
     let got = match op {
         Op::CreateSession { agent, root } => {
-            let out = outcome!(
-                store.create_session(&agent.0, &root_path(*root)),
-                |id: String| Ok(Outcome::Text(id))
-            );
+            let out = outcome!(store.create_session(&agent.0, &root_path(*root)), |id: String| Ok(Outcome::Text(id)));
             match out {
                 Outcome::Text(id) => {
-                    ensure!(
-                        !sut.sessions.contains(&id),
-                        "create_session reused id {id:?}"
-                    );
+                    ensure!(!sut.sessions.contains(&id), "create_session reused id {id:?}");
                     sut.sessions.push(id);
                     Outcome::Created(sut.sessions.len() - 1)
                 }
                 other => other,
             }
         }
-        Op::DeleteSession(r) => outcome!(store.delete_session(&sut.session(*r)), |b| Ok(
-            Outcome::Bool(b)
-        )),
+        Op::DeleteSession(r) => outcome!(store.delete_session(&sut.session(*r)), |b| Ok(Outcome::Bool(b))),
         Op::RestoreSession(r) => outcome!(store.restore_session(&sut.session(*r)), unit),
-        Op::PurgeDeleted(dry) => outcome!(store.purge_deleted(*dry), |list| {
-            trashed_names(sut, list)
-        }),
+        Op::PurgeDeleted(dry) => outcome!(store.purge_deleted(*dry), |list| { trashed_names(sut, list) }),
         Op::ListDeleted => outcome!(store.list_deleted(), |list| trashed_names(sut, list)),
         Op::SetTitle(r, v) => outcome!(store.set_session_title(&sut.session(*r), &v.0), unit),
         Op::SetMode(r, v) => outcome!(store.set_session_mode(&sut.session(*r), &v.0), unit),
@@ -733,32 +625,15 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
                 }
                 _ => {
                     store
-                        .insert_message(
-                            &sid,
-                            &nm.role,
-                            c.as_deref(),
-                            tc.as_deref(),
-                            ci.as_deref(),
-                            nm.usage.as_ref(),
-                        )
+                        .insert_message(&sid, &nm.role, c.as_deref(), tc.as_deref(), ci.as_deref(), nm.usage.as_ref())
                         .await
                 }
             };
             outcome!(async { fut }, |id: i64| Ok(Outcome::Id(id)))
         }
-        Op::InsertToolFull {
-            s,
-            content,
-            call_id,
-            full,
-        } => {
+        Op::InsertToolFull { s, content, call_id, full } => {
             outcome!(
-                store.insert_tool_message_with_full(
-                    &sut.session(*s),
-                    &content.0,
-                    &call_id.0,
-                    &full.0
-                ),
+                store.insert_tool_message_with_full(&sut.session(*s), &content.0, &call_id.0, &full.0),
                 |id: i64| Ok(Outcome::Id(id))
             )
         }
@@ -767,16 +642,10 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
             outcome!(store.mark_message_complete(id), unit)
         }
         Op::Compact { s, summary, keep } => {
-            outcome!(
-                store.compact_session(&sut.session(*s), &summary.0, *keep),
-                |n| Ok(Outcome::Count(n))
-            )
+            outcome!(store.compact_session(&sut.session(*s), &summary.0, *keep), |n| Ok(Outcome::Count(n)))
         }
         Op::Clear { ids, stub } => {
-            let ids: Vec<i64> = ids
-                .iter()
-                .map(|r| sut.message(*r, &model.ever_ids))
-                .collect::<Result<_>>()?;
+            let ids: Vec<i64> = ids.iter().map(|r| sut.message(*r, &model.ever_ids)).collect::<Result<_>>()?;
             outcome!(store.clear_message_content(&ids, &stub.0), unit)
         }
         Op::Purge(days) => outcome!(store.purge_compacted(*days), |n| Ok(Outcome::Count(n))),
@@ -788,41 +657,21 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
             sut.fx.clock.advance(*d);
             Outcome::Unit
         }
-        Op::GetMode(s) => outcome!(store.get_session_mode(&sut.session(*s)), |v| Ok(
-            Outcome::OptText(v)
-        )),
-        Op::IdleSecs(s) => outcome!(store.get_session_idle_secs(&sut.session(*s)), |v| Ok(
-            Outcome::Idle(v)
-        )),
+        Op::GetMode(s) => outcome!(store.get_session_mode(&sut.session(*s)), |v| Ok(Outcome::OptText(v))),
+        Op::IdleSecs(s) => outcome!(store.get_session_idle_secs(&sut.session(*s)), |v| Ok(Outcome::Idle(v))),
         Op::GetMetadata { s, key } => {
-            outcome!(store.get_metadata(&sut.session(*s), &key.0), |v| Ok(
-                Outcome::OptText(v)
-            ))
+            outcome!(store.get_metadata(&sut.session(*s), &key.0), |v| Ok(Outcome::OptText(v)))
         }
-        Op::GetTodo(s) => outcome!(store.get_todo(&sut.session(*s)), |v| Ok(Outcome::OptText(
-            v
-        ))),
+        Op::GetTodo(s) => outcome!(store.get_todo(&sut.session(*s)), |v| Ok(Outcome::OptText(v))),
         Op::ListSessions { limit, root } => {
             let res = store.list_sessions(*limit, &root_path(*root)).await;
-            outcome!(async { res }, |v| Ok(Outcome::Sessions(
-                sut.translate_sessions(v)?
-            )))
+            outcome!(async { res }, |v| Ok(Outcome::Sessions(sut.translate_sessions(v)?)))
         }
-        Op::RecentUser(limit) => outcome!(store.recent_user_messages(*limit), |v| Ok(
-            Outcome::Texts(v)
-        )),
-        Op::LastAssistant(s) => outcome!(store.last_assistant_message(&sut.session(*s)), |v| Ok(
-            Outcome::Text(v)
-        )),
-        Op::LastUser(s) => outcome!(store.last_user_message(&sut.session(*s)), |v| Ok(
-            Outcome::Text(v)
-        )),
-        Op::HasPending(s) => outcome!(store.has_pending_tool_calls(&sut.session(*s)), |v| Ok(
-            Outcome::Bool(v)
-        )),
-        Op::UsageByAgent(s) => outcome!(store.session_usage_by_agent(&sut.session(*s)), |v| Ok(
-            Outcome::ByAgent(v)
-        )),
+        Op::RecentUser(limit) => outcome!(store.recent_user_messages(*limit), |v| Ok(Outcome::Texts(v))),
+        Op::LastAssistant(s) => outcome!(store.last_assistant_message(&sut.session(*s)), |v| Ok(Outcome::Text(v))),
+        Op::LastUser(s) => outcome!(store.last_user_message(&sut.session(*s)), |v| Ok(Outcome::Text(v))),
+        Op::HasPending(s) => outcome!(store.has_pending_tool_calls(&sut.session(*s)), |v| Ok(Outcome::Bool(v))),
+        Op::UsageByAgent(s) => outcome!(store.session_usage_by_agent(&sut.session(*s)), |v| Ok(Outcome::ByAgent(v))),
         Op::Fork { s, at } => {
             // `at` names a message of the ids before the fork (the model
             // resolved it before adding the copies').
@@ -835,9 +684,7 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
                 Some(r) => Some(sut.message(*r, before)?),
                 None => None,
             };
-            let out = outcome!(store.fork_session(&sut.session(*s), at), |id: String| Ok(
-                Outcome::Text(id)
-            ));
+            let out = outcome!(store.fork_session(&sut.session(*s), at), |id: String| Ok(Outcome::Text(id)));
             match out {
                 Outcome::Text(id) => {
                     ensure!(!sut.sessions.contains(&id), "fork_session reused id {id:?}");
@@ -847,14 +694,7 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
                 other => other,
             }
         }
-        Op::Search {
-            query,
-            root,
-            s,
-            roles,
-            compacted,
-            limit,
-        } => {
+        Op::Search { query, root, s, roles, compacted, limit } => {
             let root = root.map(root_path);
             let session = s.map(|r| sut.session(r));
             let scope = SearchScope {
@@ -867,9 +707,10 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
             outcome!(async { res }, |hits: Vec<SearchHit>| {
                 let mut out = Vec::with_capacity(hits.len());
                 for h in hits {
-                    let id = *sut.rev.get(&h.message_id).ok_or_else(|| {
-                        anyhow!("search found message {} the model never made", h.message_id)
-                    })?;
+                    let id = *sut
+                        .rev
+                        .get(&h.message_id)
+                        .ok_or_else(|| anyhow!("search found message {} the model never made", h.message_id))?;
                     out.push((id, sut.session_name_of(&h.session_id)?, h.role, h.rank));
                 }
                 Ok(Outcome::Hits(out))
@@ -884,10 +725,7 @@ async fn apply_sut(sut: &mut Sut, model: &Model, op: &Op) -> Result<()> {
         (g, _) => g,
     };
     if got != model.last {
-        bail!(
-            "{op:?}: backend returned {got:?}, model says {:?}",
-            model.last
-        );
+        bail!("{op:?}: backend returned {got:?}, model says {:?}", model.last);
     }
     Ok(())
 }
@@ -900,22 +738,13 @@ async fn check_state(sut: &mut Sut, model: &Model) -> Result<()> {
         let want = model.load_all(Some(k));
         let got = store.load_all_messages(&sid).await?;
         let got = sut.translate(got, &want)?;
-        ensure!(
-            got == want,
-            "load_all_messages of s{k} differs:\n backend {got:?}\n model   {want:?}"
-        );
+        ensure!(got == want, "load_all_messages of s{k} differs:\n backend {got:?}\n model   {want:?}");
         let want = model.load_context(Some(k));
         let got = store.load_context(&sid).await?;
         let got = sut.translate(got, &want)?;
-        ensure!(
-            got == want,
-            "load_context of s{k} differs:\n backend {got:?}\n model   {want:?}"
-        );
+        ensure!(got == want, "load_context of s{k} differs:\n backend {got:?}\n model   {want:?}");
         let (got, want) = (store.session_token_usage(&sid).await?, model.usage(Some(k)));
-        ensure!(
-            got == want,
-            "session_token_usage of s{k}: backend {got:?}, model {want:?}"
-        );
+        ensure!(got == want, "session_token_usage of s{k}: backend {got:?}, model {want:?}");
     }
     for root in model.roots() {
         let got = sut.translate_sessions(store.list_sessions(i64::MAX, Path::new(&root)).await?)?;
@@ -923,16 +752,10 @@ async fn check_state(sut: &mut Sut, model: &Model) -> Result<()> {
             Outcome::Sessions(v) => v,
             other => bail!("model list_sessions gave {other:?}"),
         };
-        ensure!(
-            got == want,
-            "list_sessions({root:?}) differs:\n backend {got:?}\n model   {want:?}"
-        );
+        ensure!(got == want, "list_sessions({root:?}) differs:\n backend {got:?}\n model   {want:?}");
     }
     let (got, want) = (store.compacted_stats().await?, model.compacted_stats());
-    ensure!(
-        got == want,
-        "compacted_stats: backend {got:?}, model {want:?}"
-    );
+    ensure!(got == want, "compacted_stats: backend {got:?}, model {want:?}");
     Ok(())
 }
 
@@ -959,16 +782,14 @@ static STATE_SEARCHES: std::sync::LazyLock<Vec<(String, bool)>> = std::sync::Laz
 /// model.
 async fn check_search(sut: &mut Sut, model: &Model) -> Result<()> {
     for (query, compacted) in STATE_SEARCHES.iter() {
-        let scope = SearchScope {
-            include_compacted: *compacted,
-            ..SearchScope::default()
-        };
+        let scope = SearchScope { include_compacted: *compacted, ..SearchScope::default() };
         let hits = sut.fx.store.search_messages(query, &scope, 100).await?;
         let mut got = Vec::with_capacity(hits.len());
         for h in hits {
-            let id = *sut.rev.get(&h.message_id).ok_or_else(|| {
-                anyhow!("search found message {} the model never made", h.message_id)
-            })?;
+            let id = *sut
+                .rev
+                .get(&h.message_id)
+                .ok_or_else(|| anyhow!("search found message {} the model never made", h.message_id))?;
             got.push((id, sut.session_name_of(&h.session_id)?, h.role, h.rank));
         }
         let want = model.search(query, None, None, &[], *compacted, 100);
@@ -982,10 +803,7 @@ async fn check_search(sut: &mut Sut, model: &Model) -> Result<()> {
 
 /// Trashed sessions as the model names them, sorted.
 fn trashed_names(sut: &Sut, list: Vec<koda_persistence_api::DeletedSession>) -> Result<Outcome> {
-    let mut names = list
-        .iter()
-        .map(|d| sut.session_name_of(&d.id))
-        .collect::<Result<Vec<_>>>()?;
+    let mut names = list.iter().map(|d| sut.session_name_of(&d.id)).collect::<Result<Vec<_>>>()?;
     names.sort();
     Ok(Outcome::Texts(names))
 }
@@ -994,26 +812,16 @@ fn trashed_names(sut: &Sut, list: Vec<koda_persistence_api::DeletedSession>) -> 
 /// (references against bodies, both ways) finds nothing.
 async fn check_bodies(sut: &Sut, model: &Model) -> Result<()> {
     let health = sut.fx.store.health().await?;
-    ensure!(
-        health.problems.is_empty(),
-        "health problems: {:?}",
-        health.problems
-    );
+    ensure!(health.problems.is_empty(), "health problems: {:?}", health.problems);
     let b = health.bodies;
     let got = (b.bodies, b.references, b.logical_bytes, b.unique_bytes);
     let want = model.body_counts();
-    ensure!(
-        got == want,
-        "bodies (count, references, logical, unique bytes): backend {got:?}, model {want:?}"
-    );
+    ensure!(got == want, "bodies (count, references, logical, unique bytes): backend {got:?}, model {want:?}");
     Ok(())
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
 }
 
 /// Runs the state machine against stores made by `factory`: `PROPTEST_CASES`
@@ -1055,60 +863,44 @@ fn try_run_cases<F: Factory + ?Sized>(factory: &F, cases: u32) -> Result<()> {
     }
     let config = Config {
         cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/state_machine.txt",
-        ))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/state_machine.txt"))),
         max_shrink_time: 300_000,
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
     let strategy = ModelMachine::sequential_strategy(1..40usize);
-    let result = runner.run(
-        &strategy,
-        |(initial, ops, seen): (Model, Vec<Op>, Option<Arc<AtomicUsize>>)| {
-            rt.block_on(async {
-                let fx = factory
-                    .create(START_MS)
-                    .await
-                    .map_err(|e| TestCaseError::fail(format!("factory failed: {e:#}")))?;
-                let mut sut = Sut {
-                    fx,
-                    sessions: Vec::new(),
-                    ids: BTreeMap::new(),
-                    rev: HashMap::new(),
+    let result = runner.run(&strategy, |(initial, ops, seen): (Model, Vec<Op>, Option<Arc<AtomicUsize>>)| {
+        rt.block_on(async {
+            let fx =
+                factory.create(START_MS).await.map_err(|e| TestCaseError::fail(format!("factory failed: {e:#}")))?;
+            let mut sut = Sut { fx, sessions: Vec::new(), ids: BTreeMap::new(), rev: HashMap::new() };
+            let mut model = initial;
+            let mut outcome = Ok(());
+            for (i, op) in ops.into_iter().enumerate() {
+                if let Some(seen) = &seen {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                model = ModelMachine::apply(model, &op);
+                let step = async {
+                    apply_sut(&mut sut, &model, &op).await?;
+                    check_state(&mut sut, &model).await
                 };
-                let mut model = initial;
-                let mut outcome = Ok(());
-                for (i, op) in ops.into_iter().enumerate() {
-                    if let Some(seen) = &seen {
-                        seen.fetch_add(1, Ordering::SeqCst);
-                    }
-                    model = ModelMachine::apply(model, &op);
-                    let step = async {
-                        apply_sut(&mut sut, &model, &op).await?;
-                        check_state(&mut sut, &model).await
-                    };
-                    if let Err(e) = step.await {
-                        outcome = Err(TestCaseError::fail(format!("step {i}: {e:#}")));
-                        break;
-                    }
+                if let Err(e) = step.await {
+                    outcome = Err(TestCaseError::fail(format!("step {i}: {e:#}")));
+                    break;
                 }
-                if outcome.is_ok() {
-                    let after = async {
-                        check_bodies(&sut, &model).await?;
-                        check_search(&mut sut, &model).await
-                    };
-                    outcome = after
-                        .await
-                        .map_err(|e| TestCaseError::fail(format!("after the sequence: {e:#}")));
-                }
-                let Sut { fx, .. } = sut;
-                fx.finish(Ok(()))
-                    .await
-                    .map_err(|e| TestCaseError::fail(format!("teardown failed: {e:#}")))?;
-                outcome
-            })
-        },
-    );
+            }
+            if outcome.is_ok() {
+                let after = async {
+                    check_bodies(&sut, &model).await?;
+                    check_search(&mut sut, &model).await
+                };
+                outcome = after.await.map_err(|e| TestCaseError::fail(format!("after the sequence: {e:#}")));
+            }
+            let Sut { fx, .. } = sut;
+            fx.finish(Ok(())).await.map_err(|e| TestCaseError::fail(format!("teardown failed: {e:#}")))?;
+            outcome
+        })
+    });
     result.map_err(|e| anyhow!("state machine failed: {e}"))
 }

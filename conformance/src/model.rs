@@ -97,13 +97,7 @@ struct MMessage {
 
 /// The words of a message's searchable fields.
 fn field_words(content: &Option<String>, full: &Option<String>) -> Arc<Vec<Vec<String>>> {
-    Arc::new(
-        [content, full]
-            .into_iter()
-            .flatten()
-            .map(|t| model_words(t))
-            .collect(),
-    )
+    Arc::new([content, full].into_iter().flatten().map(|t| model_words(t)).collect())
 }
 
 /// The whole model state.
@@ -200,10 +194,7 @@ impl Model {
 
     /// Moves the clock (clamped like `ManualClock`).
     pub fn advance(&mut self, delta: i64) {
-        self.now = self
-            .now
-            .saturating_add(delta)
-            .clamp(0, koda_persistence_api::MAX_TIMESTAMP_MS);
+        self.now = self.now.saturating_add(delta).clamp(0, koda_persistence_api::MAX_TIMESTAMP_MS);
     }
 
     /// `create_session`; `root` is `None` for a non-UTF-8 root.
@@ -230,35 +221,24 @@ impl Model {
         let (Ok(limit), Some(root)) = (u64::try_from(limit), root) else {
             return Outcome::Err(ErrKind::InvalidInput);
         };
-        let mut found: Vec<usize> = (0..self.sessions.len())
-            .filter(|&k| !self.sessions[k].deleted && self.sessions[k].root == root)
-            .collect();
+        let mut found: Vec<usize> =
+            (0..self.sessions.len()).filter(|&k| !self.sessions[k].deleted && self.sessions[k].root == root).collect();
         found.sort_by_key(|&k| std::cmp::Reverse((self.sessions[k].created, k)));
         Outcome::Sessions(
-            found
-                .into_iter()
-                .take(usize::try_from(limit).unwrap_or(usize::MAX))
-                .map(|k| self.info(k))
-                .collect(),
+            found.into_iter().take(usize::try_from(limit).unwrap_or(usize::MAX)).map(|k| self.info(k)).collect(),
         )
     }
 
     fn info(&self, k: usize) -> SessionInfo {
         let s = &self.sessions[k];
-        let msgs: Vec<&MMessage> = s
-            .order
-            .iter()
-            .filter_map(|id| self.messages.get(id))
-            .collect();
+        let msgs: Vec<&MMessage> = s.order.iter().filter_map(|id| self.messages.get(id)).collect();
         SessionInfo {
             id: session_name(k),
             agent_name: s.agent.clone(),
             created_at: format_timestamp(s.created),
             message_count: msgs.len() as i64,
             total_tokens: sat_sum(
-                msgs.iter()
-                    .filter_map(|m| m.usage)
-                    .flat_map(|u| [u.prompt_tokens, u.completion_tokens]),
+                msgs.iter().filter_map(|m| m.usage).flat_map(|u| [u.prompt_tokens, u.completion_tokens]),
             ),
             title: s.title.clone(),
             mode: s.mode.clone(),
@@ -272,10 +252,7 @@ impl Model {
         use koda_persistence_api::bodies::{BodyField, is_body};
         let mut distinct = BTreeSet::new();
         let (mut refs, mut logical) = (0u64, 0u64);
-        let trashed = self
-            .trash
-            .values()
-            .flat_map(|(_, ms)| ms.iter().map(|(_, m)| m));
+        let trashed = self.trash.values().flat_map(|(_, ms)| ms.iter().map(|(_, m)| m));
         for m in self.messages.values().chain(trashed) {
             for (field, value) in [
                 (BodyField::Content, &m.content),
@@ -300,11 +277,7 @@ impl Model {
         };
         let s = &mut self.sessions[k];
         s.deleted = true;
-        let moved = s
-            .order
-            .iter()
-            .filter_map(|id| self.messages.remove(id).map(|m| (*id, m)))
-            .collect();
+        let moved = s.order.iter().filter_map(|id| self.messages.remove(id).map(|m| (*id, m))).collect();
         self.trash.insert(k, (self.now, moved));
         Outcome::Bool(true)
     }
@@ -329,12 +302,7 @@ impl Model {
     /// for good unless `dry`.
     pub fn purge_deleted(&mut self, dry: bool) -> Outcome {
         let now = self.now;
-        let gone: Vec<usize> = self
-            .trash
-            .iter()
-            .filter(|(_, (at, _))| expired(*at, now))
-            .map(|(k, _)| *k)
-            .collect();
+        let gone: Vec<usize> = self.trash.iter().filter(|(_, (at, _))| expired(*at, now)).map(|(k, _)| *k).collect();
         let mut names: Vec<String> = gone.iter().map(|k| session_name(*k)).collect();
         names.sort();
         if !dry {
@@ -349,12 +317,8 @@ impl Model {
 
     /// `list_deleted`: the names of the unexpired trashed sessions, sorted.
     pub fn list_deleted(&self) -> Outcome {
-        let mut names: Vec<String> = self
-            .trash
-            .iter()
-            .filter(|(_, (at, _))| !expired(*at, self.now))
-            .map(|(k, _)| session_name(*k))
-            .collect();
+        let mut names: Vec<String> =
+            self.trash.iter().filter(|(_, (at, _))| !expired(*at, self.now)).map(|(k, _)| session_name(*k)).collect();
         names.sort();
         Outcome::Texts(names)
     }
@@ -396,9 +360,7 @@ impl Model {
     /// `get_session_idle_secs`.
     pub fn idle_secs(&self, k: Option<usize>) -> Outcome {
         Outcome::Idle(
-            self.live(k)
-                .and_then(|k| self.sessions[k].accessed)
-                .map(|at| (self.now - at).div_euclid(1000).max(0)),
+            self.live(k).and_then(|k| self.sessions[k].accessed).map(|at| (self.now - at).div_euclid(1000).max(0)),
         )
     }
 
@@ -416,13 +378,8 @@ impl Model {
         full: Option<&str>,
     ) -> Outcome {
         if let Some(u) = usage {
-            let all = [
-                u.prompt_tokens,
-                u.completion_tokens,
-                u.cache_read_tokens,
-                u.cache_creation_tokens,
-                u.thinking_tokens,
-            ];
+            let all =
+                [u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.cache_creation_tokens, u.thinking_tokens];
             if all.iter().any(|v| *v < 0) {
                 return Outcome::Err(ErrKind::InvalidInput);
             }
@@ -473,11 +430,7 @@ impl Model {
             return Outcome::Err(ErrKind::SessionNotFound);
         };
         let active: Vec<usize> = (0..self.sessions[k].order.len())
-            .filter(|&i| {
-                self.messages[&self.sessions[k].order[i]]
-                    .compacted
-                    .is_none()
-            })
+            .filter(|&i| self.messages[&self.sessions[k].order[i]].compacted.is_none())
             .collect();
         let marked = active.len().saturating_sub(keep);
         if marked == 0 {
@@ -489,16 +442,11 @@ impl Model {
                 m.compacted = Some(self.now);
             }
         }
-        let at = if marked < active.len() {
-            active[marked]
-        } else {
-            self.sessions[k].order.len()
-        };
+        let at = if marked < active.len() { active[marked] } else { self.sessions[k].order.len() };
         let mut new_ids = Vec::new();
-        for (role, text, completed) in [
-            (Role::System, summary, None),
-            (Role::Assistant, COMPACTION_HINT, Some(self.now)),
-        ] {
+        for (role, text, completed) in
+            [(Role::System, summary, None), (Role::Assistant, COMPACTION_HINT, Some(self.now))]
+        {
             let id = self.next_id;
             self.next_id += 1;
             self.ever_ids.push(id);
@@ -563,10 +511,7 @@ impl Model {
                 .collect();
             let open = order[..n].iter().rposition(|id| {
                 let m = &self.messages[id];
-                m.role == Role::Assistant
-                    && m.tool_calls
-                        .as_deref()
-                        .is_some_and(|c| !named_ids(c).is_subset(&answered))
+                m.role == Role::Assistant && m.tool_calls.as_deref().is_some_and(|c| !named_ids(c).is_subset(&answered))
             });
             match open {
                 Some(i) => n = i,
@@ -631,10 +576,7 @@ impl Model {
 
     /// `get_metadata` (and `get_todo` with `key = "todo"`).
     pub fn get_metadata(&self, k: Option<usize>, key: &str) -> Outcome {
-        Outcome::OptText(
-            self.live(k)
-                .and_then(|k| self.sessions[k].meta.get(key).cloned()),
-        )
+        Outcome::OptText(self.live(k).and_then(|k| self.sessions[k].meta.get(key).cloned()))
     }
 
     /// `get_todo`.
@@ -661,11 +603,7 @@ impl Model {
 
     fn in_order(&self, k: Option<usize>) -> Vec<(i64, &MMessage)> {
         match self.live(k) {
-            Some(k) => self.sessions[k]
-                .order
-                .iter()
-                .map(|id| (*id, &self.messages[id]))
-                .collect(),
+            Some(k) => self.sessions[k].order.iter().map(|id| (*id, &self.messages[id])).collect(),
             None => Vec::new(),
         }
     }
@@ -684,14 +622,8 @@ impl Model {
 
     /// `has_pending_tool_calls`.
     pub fn has_pending(&self, k: Option<usize>) -> Outcome {
-        let last_active = self
-            .in_order(k)
-            .into_iter()
-            .rev()
-            .find(|(_, m)| m.compacted.is_none());
-        Outcome::Bool(
-            last_active.is_some_and(|(_, m)| m.role == Role::Assistant && m.tool_calls.is_some()),
-        )
+        let last_active = self.in_order(k).into_iter().rev().find(|(_, m)| m.compacted.is_none());
+        Outcome::Bool(last_active.is_some_and(|(_, m)| m.role == Role::Assistant && m.tool_calls.is_some()))
     }
 
     fn usage_of<'a>(msgs: impl Iterator<Item = &'a MMessage>) -> SessionUsage {
@@ -723,40 +655,27 @@ impl Model {
             .into_iter()
             .map(|name| {
                 let u = Self::usage_of(
-                    msgs.iter()
-                        .map(|(_, m)| *m)
-                        .filter(|m| m.agent.as_deref().unwrap_or("main") == name),
+                    msgs.iter().map(|(_, m)| *m).filter(|m| m.agent.as_deref().unwrap_or("main") == name),
                 );
                 (name, u)
             })
             .collect();
         // Stable sort: BTreeSet already put names in byte order.
-        groups.sort_by_key(|(_, u)| {
-            std::cmp::Reverse(u.prompt_tokens.saturating_add(u.completion_tokens))
-        });
+        groups.sort_by_key(|(_, u)| std::cmp::Reverse(u.prompt_tokens.saturating_add(u.completion_tokens)));
         Outcome::ByAgent(groups)
     }
 
     /// `compacted_stats`.
     pub fn compacted_stats(&self) -> CompactedStats {
-        let compacted: Vec<&MMessage> = self
-            .messages
-            .values()
-            .filter(|m| m.compacted.is_some())
-            .collect();
+        let compacted: Vec<&MMessage> = self.messages.values().filter(|m| m.compacted.is_some()).collect();
         let sessions: BTreeSet<usize> = compacted.iter().map(|m| m.session).collect();
         CompactedStats {
             message_count: compacted.len() as i64,
             session_count: sessions.len() as i64,
             size_bytes: sat_sum(compacted.iter().map(|m| {
-                (m.content.as_deref().map_or(0, str::len)
-                    + m.tool_calls.as_deref().map_or(0, str::len)) as i64
+                (m.content.as_deref().map_or(0, str::len) + m.tool_calls.as_deref().map_or(0, str::len)) as i64
             })),
-            oldest: compacted
-                .iter()
-                .filter_map(|m| m.compacted)
-                .min()
-                .map(format_timestamp),
+            oldest: compacted.iter().filter_map(|m| m.compacted).min().map(format_timestamp),
         }
     }
 
@@ -781,10 +700,7 @@ impl Model {
 
     /// `load_all_messages`.
     pub fn load_all(&self, k: Option<usize>) -> Vec<Message> {
-        self.in_order(k)
-            .into_iter()
-            .map(|(id, m)| self.to_message(id, m))
-            .collect()
+        self.in_order(k).into_iter().map(|(id, m)| self.to_message(id, m)).collect()
     }
 
     /// `load_context`: active messages, then the three passes.
@@ -797,18 +713,12 @@ impl Model {
             .filter(|(_, m)| m.role != Role::Assistant || m.completed.is_some())
             .collect();
         // Pass 2.
-        let answered: BTreeSet<String> = rows
-            .iter()
-            .filter(|(_, m)| m.role == Role::Tool)
-            .filter_map(|(_, m)| m.tool_call_id.clone())
-            .collect();
+        let answered: BTreeSet<String> =
+            rows.iter().filter(|(_, m)| m.role == Role::Tool).filter_map(|(_, m)| m.tool_call_id.clone()).collect();
         let rows: Vec<(i64, &MMessage)> = rows
             .into_iter()
             .filter(|(_, m)| {
-                m.role != Role::Assistant
-                    || m.tool_calls
-                        .as_deref()
-                        .is_none_or(|tc| named_ids(tc).is_subset(&answered))
+                m.role != Role::Assistant || m.tool_calls.as_deref().is_none_or(|tc| named_ids(tc).is_subset(&answered))
             })
             .collect();
         let named: BTreeSet<String> = rows
@@ -817,14 +727,12 @@ impl Model {
             .filter_map(|(_, m)| m.tool_calls.as_deref())
             .flat_map(named_ids)
             .collect();
-        let rows = rows.into_iter().filter(|(_, m)| {
-            m.role != Role::Tool || m.tool_call_id.as_ref().is_some_and(|id| named.contains(id))
-        });
+        let rows = rows
+            .into_iter()
+            .filter(|(_, m)| m.role != Role::Tool || m.tool_call_id.as_ref().is_some_and(|id| named.contains(id)));
         // Pass 3.
         rows.filter(|(_, m)| {
-            !(m.role == Role::Assistant
-                && m.tool_calls.is_none()
-                && m.content.as_deref().is_none_or(blank))
+            !(m.role == Role::Assistant && m.tool_calls.is_none() && m.content.as_deref().is_none_or(blank))
         })
         .map(|(id, m)| self.to_message(id, m))
         .collect()
@@ -920,18 +828,10 @@ fn model_items(query: &str) -> Option<Vec<MItem>> {
         }
         i = i.min(chars.len());
         prefix = (prefix || text.ends_with('*'))
-            && text
-                .trim_end_matches('*')
-                .chars()
-                .last()
-                .is_some_and(char::is_alphanumeric);
+            && text.trim_end_matches('*').chars().last().is_some_and(char::is_alphanumeric);
         let words = model_words(&text);
         if !words.is_empty() {
-            items.push(MItem {
-                words,
-                prefix,
-                exclude,
-            });
+            items.push(MItem { words, prefix, exclude });
         }
     }
 }
@@ -945,11 +845,7 @@ fn model_occurrences(item: &MItem, words: &[String]) -> usize {
     (0..=words.len() - n)
         .filter(|&at| {
             item.words.iter().enumerate().all(|(j, w)| {
-                if item.prefix && j == n - 1 {
-                    words[at + j].starts_with(w.as_str())
-                } else {
-                    words[at + j] == *w
-                }
+                if item.prefix && j == n - 1 { words[at + j].starts_with(w.as_str()) } else { words[at + j] == *w }
             })
         })
         .count()

@@ -40,20 +40,12 @@ pub fn main(child: fn(&[String]) -> anyhow::Result<()>, tests: &[Test]) -> ExitC
         }
     }
     println!("\nprocesses: {passed} passed, {failed} failed");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// A store being opened.
 pub type Opening = std::pin::Pin<
-    Box<
-        dyn std::future::Future<
-                Output = anyhow::Result<std::sync::Arc<dyn koda_persistence_api::Store>>,
-            > + Send,
-    >,
+    Box<dyn std::future::Future<Output = anyhow::Result<std::sync::Arc<dyn koda_persistence_api::Store>>> + Send>,
 >;
 
 /// Opens the store under test at a path (a file or a directory), for the
@@ -61,9 +53,7 @@ pub type Opening = std::pin::Pin<
 pub type Opener = fn(std::path::PathBuf) -> Opening;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 /// What the streaming writer writes as its `i`-th message: questions,
@@ -72,20 +62,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn streamed(i: u64) -> (koda_persistence_api::Role, String) {
     use koda_persistence_api::Role;
     match i % 4 {
-        0 => (
-            Role::User,
-            format!("stream {i} {}", "x".repeat((i % 7) as usize * 300)),
-        ),
-        1 => (
-            Role::Assistant,
-            format!("answer {i} {}", "y".repeat((i % 5) as usize * 2_000)),
-        ),
+        0 => (Role::User, format!("stream {i} {}", "x".repeat((i % 7) as usize * 300))),
+        1 => (Role::Assistant, format!("answer {i} {}", "y".repeat((i % 5) as usize * 2_000))),
         _ => {
-            let pool = [
-                "file contents\n".repeat(400),
-                "test result: ok\n".repeat(1_500),
-                "ls -la\n".repeat(50),
-            ];
+            let pool = ["file contents\n".repeat(400), "test result: ok\n".repeat(1_500), "ls -la\n".repeat(50)];
             let pick = usize::try_from((i / 2) % 3).unwrap_or(0);
             (Role::Tool, pool[pick].clone())
         }
@@ -112,9 +92,7 @@ pub fn stream_until_killed(open: Opener, path: &str, sid: &str) -> anyhow::Resul
         let mut previous = None;
         for i in 0u64.. {
             let (role, text) = streamed(i);
-            let id = store
-                .insert_message(sid, &role, Some(&text), None, None, None)
-                .await?;
+            let id = store.insert_message(sid, &role, Some(&text), None, None, None).await?;
             if role == Role::Assistant {
                 store.mark_message_complete(id).await?;
             }
@@ -160,10 +138,7 @@ fn kill_after(
             Some(line) => read(line?)?,
             None => {
                 let out = child.wait_with_output()?;
-                anyhow::bail!(
-                    "the child ended early: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                anyhow::bail!("the child ended early: {}", String::from_utf8_lossy(&out.stderr));
             }
         }
     }
@@ -197,12 +172,8 @@ pub fn sigkill_mid_stream_loses_nothing(
 ) -> anyhow::Result<()> {
     use anyhow::{Context, ensure};
     let rt = runtime()?;
-    let sid = rt.block_on(async {
-        open(path.to_owned())
-            .await?
-            .create_session("main", std::path::Path::new("/p"))
-            .await
-    })?;
+    let sid =
+        rt.block_on(async { open(path.to_owned()).await?.create_session("main", std::path::Path::new("/p")).await })?;
     let p = path.to_string_lossy().to_string();
     let mut acknowledged = Vec::new();
     for round in 0..rounds {
@@ -211,9 +182,7 @@ pub fn sigkill_mid_stream_loses_nothing(
             5 + (round * 37) % 120,
             std::time::Duration::from_micros((round * 613) % 2_000),
             |line| {
-                let (id, i) = line
-                    .split_once(' ')
-                    .context("an acknowledgement is `ID I`")?;
+                let (id, i) = line.split_once(' ').context("an acknowledgement is `ID I`")?;
                 acknowledged.push((id.parse::<i64>()?, i.parse::<u64>()?));
                 Ok(())
             },
@@ -224,37 +193,22 @@ pub fn sigkill_mid_stream_loses_nothing(
     rt.block_on(async {
         let store = open(path.to_owned()).await?;
         let messages = store.load_all_messages(&sid).await?;
-        let stored: std::collections::HashMap<i64, Option<String>> = messages
-            .iter()
-            .map(|m| (m.id, m.content.clone()))
-            .collect();
-        let lost: Vec<&(i64, u64)> = acknowledged
-            .iter()
-            .filter(|(id, _)| !stored.contains_key(id))
-            .collect();
-        ensure!(
-            lost.is_empty(),
-            "{} acknowledged inserts lost, e.g. {:?}",
-            lost.len(),
-            &lost[..lost.len().min(5)]
-        );
+        let stored: std::collections::HashMap<i64, Option<String>> =
+            messages.iter().map(|m| (m.id, m.content.clone())).collect();
+        let lost: Vec<&(i64, u64)> = acknowledged.iter().filter(|(id, _)| !stored.contains_key(id)).collect();
+        ensure!(lost.is_empty(), "{} acknowledged inserts lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
         for (id, i) in &acknowledged {
             let (_, want) = streamed(*i);
             let got = stored.get(id).cloned().flatten();
             let may_be_cleared = i % 8 == 2;
             ensure!(
-                got.as_deref() == Some(want.as_str())
-                    || (may_be_cleared && got.as_deref() == Some(CLEARED)),
+                got.as_deref() == Some(want.as_str()) || (may_be_cleared && got.as_deref() == Some(CLEARED)),
                 "message {id} (streamed {i}) reads back {} bytes, not its text",
                 got.map_or(0, |g| g.len())
             );
         }
         let health = store.health().await?;
-        ensure!(
-            health.problems.is_empty(),
-            "after the kills the store finds: {:?}",
-            health.problems
-        );
+        ensure!(health.problems.is_empty(), "after the kills the store finds: {:?}", health.problems);
         let mut distinct = std::collections::HashSet::new();
         let mut references = 0u64;
         for m in &messages {
@@ -263,18 +217,14 @@ pub fn sigkill_mid_stream_loses_nothing(
                 (koda_persistence_api::bodies::BodyField::FullContent, &m.full_content),
                 (koda_persistence_api::bodies::BodyField::ToolCalls, &m.tool_calls),
             ] {
-                if let Some(v) = value
-                    .as_deref()
-                    .filter(|v| koda_persistence_api::bodies::is_body(&m.role, field, v))
-                {
+                if let Some(v) = value.as_deref().filter(|v| koda_persistence_api::bodies::is_body(&m.role, field, v)) {
                     references += 1;
                     distinct.insert(v.to_owned());
                 }
             }
         }
         ensure!(
-            (health.bodies.bodies, health.bodies.references)
-                == (distinct.len() as u64, references),
+            (health.bodies.bodies, health.bodies.references) == (distinct.len() as u64, references),
             "bodies after the kills: store counts {} bodies and {} references, its rows hold {} and {}",
             health.bodies.bodies,
             health.bodies.references,
@@ -324,26 +274,11 @@ pub fn trash_until_killed(open: Opener, path: &str) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         let output = "tool output\n".repeat(2_000);
         for i in 0u64.. {
-            let sid = store
-                .create_session("main", std::path::Path::new("/p"))
-                .await?;
-            store
-                .insert_message(
-                    &sid,
-                    &Role::User,
-                    Some(&format!("question {i}")),
-                    None,
-                    None,
-                    None,
-                )
-                .await?;
-            let a = store
-                .insert_message(&sid, &Role::Assistant, Some("answer"), None, None, None)
-                .await?;
+            let sid = store.create_session("main", std::path::Path::new("/p")).await?;
+            store.insert_message(&sid, &Role::User, Some(&format!("question {i}")), None, None, None).await?;
+            let a = store.insert_message(&sid, &Role::Assistant, Some("answer"), None, None, None).await?;
             store.mark_message_complete(a).await?;
-            store
-                .insert_tool_message_with_full(&sid, &output, "c1", &output)
-                .await?;
+            store.insert_tool_message_with_full(&sid, &output, "c1", &output).await?;
             store.set_metadata(&sid, "round", &i.to_string()).await?;
             writeln!(out, "{sid} created")?;
             out.flush()?;
@@ -416,11 +351,7 @@ pub fn sigkill_mid_trash_leaves_nothing_half_moved(
         rt.block_on(async {
             let store = open(path.to_owned()).await?;
             let health = store.health().await?;
-            ensure!(
-                health.problems.is_empty(),
-                "round {round}: after the kill the store finds {:?}",
-                health.problems
-            );
+            ensure!(health.problems.is_empty(), "round {round}: after the kill the store finds {:?}", health.problems);
             let trashed = store.list_deleted().await?;
             for (sid, live_last) in &last {
                 let messages = store.load_all_messages(sid).await?;
@@ -429,11 +360,7 @@ pub fn sigkill_mid_trash_leaves_nothing_half_moved(
                 ensure!(
                     live != in_trash.is_some(),
                     "round {round}: {sid} is {}",
-                    if live {
-                        "both live and in the trash"
-                    } else {
-                        "neither live nor in the trash"
-                    }
+                    if live { "both live and in the trash" } else { "neither live nor in the trash" }
                 );
                 if live {
                     ensure!(
@@ -473,9 +400,6 @@ pub fn sigkill_mid_trash_leaves_nothing_half_moved(
             }
         }
     }
-    println!(
-        "    {steps} acknowledged steps over {rounds} kills, {} sessions checked whole",
-        last.len()
-    );
+    println!("    {steps} acknowledged steps over {rounds} kills, {} sessions checked whole", last.len());
     Ok(())
 }

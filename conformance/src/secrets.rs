@@ -57,17 +57,11 @@ pub async fn plant(store: &dyn Persistence) -> Result<String> {
     store.set_session_title(&sid, SECRET).await?;
     store.set_session_mode(&sid, SECRET).await?;
     let user = format!("token {SECRET}");
-    store
-        .insert_message(&sid, &Role::User, Some(&user), None, None, None)
-        .await?;
+    store.insert_message(&sid, &Role::User, Some(&user), None, None, None).await?;
     let calls = format!("[{{\"args\":\"{SECRET}\"}}]");
-    store
-        .insert_message(&sid, &Role::Assistant, None, Some(&calls), None, None)
-        .await?;
+    store.insert_message(&sid, &Role::Assistant, None, Some(&calls), None, None).await?;
     let big = planted_output();
-    store
-        .insert_tool_message_with_full(&sid, &big, "c1", &big)
-        .await?;
+    store.insert_tool_message_with_full(&sid, &big, "c1", &big).await?;
     store.set_metadata(&sid, "env", SECRET).await?;
     store.set_metadata(&sid, TODO_KEY, SECRET).await?;
     Ok(sid)

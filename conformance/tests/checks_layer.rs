@@ -26,21 +26,13 @@ async fn checked() -> anyhow::Result<Fixture> {
 #[tokio::test]
 async fn negative_limits_are_caught_without_the_layer() -> anyhow::Result<()> {
     let fx = bare().await?;
-    assert!(
-        bad_input::negative_limits_are_invalid(&fx).await.is_err(),
-        "a bare store must fail the case"
-    );
+    assert!(bad_input::negative_limits_are_invalid(&fx).await.is_err(), "a bare store must fail the case");
     bad_input::negative_limits_are_invalid(&checked().await?).await
 }
 
 #[tokio::test]
 async fn negative_counters_are_caught_without_the_layer() -> anyhow::Result<()> {
     let fx = bare().await?;
-    assert!(
-        bad_input::negative_token_counters_are_invalid(&fx)
-            .await
-            .is_err(),
-        "a bare store must fail the case"
-    );
+    assert!(bad_input::negative_token_counters_are_invalid(&fx).await.is_err(), "a bare store must fail the case");
     bad_input::negative_token_counters_are_invalid(&checked().await?).await
 }

@@ -18,29 +18,10 @@ async fn stats(fx: &Fixture) -> Result<BodyStats> {
 
 /// Checks the counts a store reports: distinct bodies, references, and
 /// the text bytes of each (logical: every reference; unique: once).
-fn counts(
-    what: &str,
-    got: BodyStats,
-    bodies: u64,
-    references: u64,
-    logical: u64,
-    unique: u64,
-) -> Result<()> {
-    eq(
-        what,
-        (
-            got.bodies,
-            got.references,
-            got.logical_bytes,
-            got.unique_bytes,
-        ),
-        (bodies, references, logical, unique),
-    )?;
+fn counts(what: &str, got: BodyStats, bodies: u64, references: u64, logical: u64, unique: u64) -> Result<()> {
+    eq(what, (got.bodies, got.references, got.logical_bytes, got.unique_bytes), (bodies, references, logical, unique))?;
     check(
-        &format!(
-            "{what}: stored bytes ({}) at most the unique text ({unique}) plus framing",
-            got.stored_bytes
-        ),
+        &format!("{what}: stored bytes ({}) at most the unique text ({unique}) plus framing", got.stored_bytes),
         got.stored_bytes <= unique + 64 * bodies,
     )
 }
@@ -63,23 +44,12 @@ pub async fn identical_bodies_are_stored_once(fx: &Fixture) -> Result<()> {
     let short = "x".repeat(TOOL_BODY_MIN - 1);
     tool(fx, &b, Some("c2"), &short).await?;
     user(fx, &b, &"u".repeat(BODY_THRESHOLD - 1)).await?;
-    counts(
-        "one output, three times",
-        stats(fx).await?,
-        1,
-        3,
-        3 * len(&out),
-        len(&out),
-    )?;
+    counts("one output, three times", stats(fx).await?, 1, 3, 3 * len(&out), len(&out))?;
     let full = incompressible(50_000, 2);
     let shown = "truncated ".repeat(30);
-    fx.store
-        .insert_tool_message_with_full(&b, &shown, "c3", &full)
-        .await?;
+    fx.store.insert_tool_message_with_full(&b, &shown, "c3", &full).await?;
     let long_calls = calls(&["call_with_a_long_id_0123456789"; 200]);
-    fx.store
-        .insert_message(&a, &Role::Assistant, None, Some(&long_calls), None, None)
-        .await?;
+    fx.store.insert_message(&a, &Role::Assistant, None, Some(&long_calls), None, None).await?;
     counts(
         "with a full output and long tool calls",
         stats(fx).await?,
@@ -95,87 +65,41 @@ pub async fn identical_bodies_are_stored_once(fx: &Fixture) -> Result<()> {
 /// UTF-16, every script, several megabytes, through every read.
 pub async fn bodies_read_back_byte_for_byte(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
-    let odd = format!(
-        "{}\0{{\"s\":\"\\ud800\\udfff \\u0000 é 漢 🚀\"}}\r\n{}",
-        "a".repeat(300),
-        incompressible(5_000, 3)
-    );
+    let odd =
+        format!("{}\0{{\"s\":\"\\ud800\\udfff \\u0000 é 漢 🚀\"}}\r\n{}", "a".repeat(300), incompressible(5_000, 3));
     let big = incompressible(6 << 20, 4) + &"z".repeat(2 << 20);
     let question = incompressible(BODY_THRESHOLD + 1, 5);
     let answer = incompressible(BODY_THRESHOLD, 6);
     let long_calls = calls(&["id_0123456789_0123456789"; 300]);
     user(fx, &sid, &question).await?;
-    let calling = fx
-        .store
-        .insert_message(
-            &sid,
-            &Role::Assistant,
-            Some(&answer),
-            Some(&long_calls),
-            None,
-            None,
-        )
-        .await?;
+    let calling = fx.store.insert_message(&sid, &Role::Assistant, Some(&answer), Some(&long_calls), None, None).await?;
     fx.store.mark_message_complete(calling).await?;
     tool(fx, &sid, Some("id_0123456789_0123456789"), &odd).await?;
-    fx.store
-        .insert_tool_message_with_full(&sid, &odd, "id_0123456789_0123456789", &big)
-        .await?;
+    fx.store.insert_tool_message_with_full(&sid, &odd, "id_0123456789_0123456789", &big).await?;
     let all = fx.store.load_all_messages(&sid).await?;
     eq("messages", all.len(), 4)?;
     eq("user", all[0].content.as_deref(), Some(question.as_str()))?;
     eq("answer", all[1].content.as_deref(), Some(answer.as_str()))?;
-    eq(
-        "calls",
-        all[1].tool_calls.as_deref(),
-        Some(long_calls.as_str()),
-    )?;
+    eq("calls", all[1].tool_calls.as_deref(), Some(long_calls.as_str()))?;
     eq("odd", all[2].content.as_deref(), Some(odd.as_str()))?;
-    check(
-        "big full_content",
-        all[3].full_content.as_deref() == Some(big.as_str()),
-    )?;
+    check("big full_content", all[3].full_content.as_deref() == Some(big.as_str()))?;
     let context = fx.store.load_context(&sid).await?;
     check("context has every message, bodies whole", context == all)?;
     let exported = fx.store.export_messages(&sid).await?;
     check(
         "export writes bodies inline",
-        exported.iter().zip(&all).all(|(r, m)| {
-            r.content == m.content
-                && r.full_content == m.full_content
-                && r.tool_calls == m.tool_calls
-        }) && exported.len() == all.len(),
+        exported
+            .iter()
+            .zip(&all)
+            .all(|(r, m)| r.content == m.content && r.full_content == m.full_content && r.tool_calls == m.tool_calls)
+            && exported.len() == all.len(),
     )?;
-    eq(
-        "last user",
-        fx.store.last_user_message(&sid).await?,
-        question.clone(),
-    )?;
-    eq(
-        "last assistant",
-        fx.store.last_assistant_message(&sid).await?,
-        answer,
-    )?;
-    eq(
-        "recent",
-        fx.store.recent_user_messages(1).await?,
-        vec![question],
-    )?;
+    eq("last user", fx.store.last_user_message(&sid).await?, question.clone())?;
+    eq("last assistant", fx.store.last_assistant_message(&sid).await?, answer)?;
+    eq("recent", fx.store.recent_user_messages(1).await?, vec![question])?;
     let pending = session(fx).await?;
-    fx.store
-        .insert_message(
-            &pending,
-            &Role::Assistant,
-            None,
-            Some(&long_calls),
-            None,
-            None,
-        )
-        .await?;
-    check(
-        "calls held as a body are pending",
-        fx.store.has_pending_tool_calls(&pending).await?,
-    )
+    fx.store.insert_message(&pending, &Role::Assistant, None, Some(&long_calls), None, None).await?;
+    check("calls held as a body are pending", fx.store.has_pending_tool_calls(&pending).await?)
 }
 
 /// Every path that drops a reference releases it, and a body goes with
@@ -194,36 +118,13 @@ pub async fn every_delete_path_releases_references(fx: &Fixture) -> Result<()> {
     tool(fx, &a, Some("p"), &purged).await?;
     tool(fx, &b, Some("d"), &deleted).await?;
     let all = [&shared, &cleared, &purged, &deleted].map(|s| len(s));
-    counts(
-        "written",
-        stats(fx).await?,
-        4,
-        5,
-        all.iter().sum::<u64>() + all[0],
-        all.iter().sum(),
-    )?;
-    fx.store
-        .clear_message_content(&[clear_me], "[cleared]")
-        .await?;
-    counts(
-        "content cleared",
-        stats(fx).await?,
-        3,
-        4,
-        2 * all[0] + all[2] + all[3],
-        all[0] + all[2] + all[3],
-    )?;
+    counts("written", stats(fx).await?, 4, 5, all.iter().sum::<u64>() + all[0], all.iter().sum())?;
+    fx.store.clear_message_content(&[clear_me], "[cleared]").await?;
+    counts("content cleared", stats(fx).await?, 3, 4, 2 * all[0] + all[2] + all[3], all[0] + all[2] + all[3])?;
     // Compact all of a but its last message (the purged output), keep b.
     fx.store.compact_session(&a, "summary", 0).await?;
     fx.store.purge_compacted(0).await?;
-    counts(
-        "a compacted and purged",
-        stats(fx).await?,
-        2,
-        2,
-        all[0] + all[3],
-        all[0] + all[3],
-    )?;
+    counts("a compacted and purged", stats(fx).await?, 2, 2, all[0] + all[3], all[0] + all[3])?;
     check("b still has a and b's shared body", {
         let m = fx.store.load_all_messages(&b).await?;
         m.first().and_then(|m| m.content.as_deref()) == Some(shared.as_str())
@@ -235,19 +136,8 @@ pub async fn every_delete_path_releases_references(fx: &Fixture) -> Result<()> {
     let id = tool(fx, &c, Some("x"), &shared).await?;
     let stub = "[output elided] ".repeat(40);
     fx.store.clear_message_content(&[id], &stub).await?;
-    counts(
-        "a body stub",
-        stats(fx).await?,
-        1,
-        1,
-        len(&stub),
-        len(&stub),
-    )?;
-    eq(
-        "stub reads back",
-        fx.store.load_all_messages(&c).await?[0].content.clone(),
-        Some(stub),
-    )?;
+    counts("a body stub", stats(fx).await?, 1, 1, len(&stub), len(&stub))?;
+    eq("stub reads back", fx.store.load_all_messages(&c).await?[0].content.clone(), Some(stub))?;
     check("delete c", super::trash::delete_for_good(fx, &c).await?)?;
     counts("all gone", stats(fx).await?, 0, 0, 0, 0)
 }
@@ -260,25 +150,17 @@ pub async fn a_failed_write_leaves_no_body(fx: &Fixture) -> Result<()> {
     let kept = tool(fx, &sid, Some("k"), &incompressible(5_000, 11)).await?;
     let before = stats(fx).await?;
     let mut records = fx.store.export_messages(&sid).await?;
-    let Some(mut record) = records.pop() else {
-        anyhow::bail!("export lost the message")
-    };
-    let fresh = fx
-        .store
-        .message_id_range()
-        .await?
-        .map_or(1, |(_, hi)| hi + 1);
+    let Some(mut record) = records.pop() else { anyhow::bail!("export lost the message") };
+    let fresh = fx.store.message_id_range().await?.map_or(1, |(_, hi)| hi + 1);
     check("claim", fx.store.claim_ids(fresh, fresh).await?)?;
     let mut first = record.clone();
     first.id = fresh;
     first.content = Some(incompressible(20_000, 12));
     record.id = kept;
     record.content = Some(incompressible(30_000, 13));
-    expect_err(
-        "import onto a taken id",
-        fx.store.import_messages(&sid, &[first, record], true).await,
-        |e| matches!(e, koda_persistence_api::PersistenceError::Conflict(_)),
-    )?;
+    expect_err("import onto a taken id", fx.store.import_messages(&sid, &[first, record], true).await, |e| {
+        matches!(e, koda_persistence_api::PersistenceError::Conflict(_))
+    })?;
     eq("bodies after the failed import", stats(fx).await?, before)?;
     expect_err(
         "a body for an unknown session",
@@ -297,50 +179,26 @@ pub async fn import_shares_the_bodies_it_finds(fx: &Fixture) -> Result<()> {
     let out = incompressible(12_000, 15);
     tool(fx, &sid, Some("a"), &out).await?;
     tool(fx, &sid, Some("b"), &out).await?;
-    let mut record = fx
-        .store
-        .export_session(&sid)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no export"))?;
+    let mut record = fx.store.export_session(&sid).await?.ok_or_else(|| anyhow::anyhow!("no export"))?;
     record.id = "imported-copy".into();
     let messages = fx.store.export_messages(&sid).await?;
     check("import", fx.store.import_session(&record).await?)?;
-    fx.store
-        .import_messages(&record.id, &messages, false)
-        .await?;
+    fx.store.import_messages(&record.id, &messages, false).await?;
     let metadata = fx.store.export_metadata(&sid).await?;
     eq(
         "the store's checksum of a session holding bodies is its export's",
         fx.store.session_checksum(&sid).await?,
-        (
-            messages.len(),
-            koda_persistence_api::session_checksum(&messages, &metadata),
-        ),
+        (messages.len(), koda_persistence_api::session_checksum(&messages, &metadata)),
     )?;
     eq(
         "the copy's checksum is the original's",
         fx.store.session_checksum(&record.id).await?,
         fx.store.session_checksum(&sid).await?,
     )?;
-    counts(
-        "two sessions, one body",
-        stats(fx).await?,
-        1,
-        4,
-        4 * len(&out),
-        len(&out),
-    )?;
+    counts("two sessions, one body", stats(fx).await?, 1, 4, 4 * len(&out), len(&out))?;
     eq(
         "the copy reads back",
-        fx.store
-            .export_messages(&record.id)
-            .await?
-            .iter()
-            .map(|m| m.content.clone())
-            .collect::<Vec<_>>(),
-        messages
-            .iter()
-            .map(|m| m.content.clone())
-            .collect::<Vec<_>>(),
+        fx.store.export_messages(&record.id).await?.iter().map(|m| m.content.clone()).collect::<Vec<_>>(),
+        messages.iter().map(|m| m.content.clone()).collect::<Vec<_>>(),
     )
 }

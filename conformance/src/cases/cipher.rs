@@ -15,19 +15,14 @@ use koda_persistence_api::{PersistenceError, Role};
 
 use crate::Fixture;
 use crate::at_rest::{AtRest, Tamper};
-use crate::secrets::{
-    PLANTED_HITS, PLANTED_MESSAGES, SECRET, contains, key_file, plant, planted_output,
-};
+use crate::secrets::{PLANTED_HITS, PLANTED_MESSAGES, SECRET, contains, key_file, plant, planted_output};
 
 /// The fixture's kit when its store declares encryption; `None` (and a
 /// `SKIPPED` line naming the capability) when it declares none.
 fn kit<'f>(fx: &'f Fixture, case: &str) -> Result<Option<&'f Arc<dyn AtRest>>> {
     let declared = fx.store.capabilities().encryption;
     if !declared.is_encrypted() {
-        crate::say_skipped(
-            case,
-            &format!("needs the capability encryption (this store declares {declared:?})"),
-        );
+        crate::say_skipped(case, &format!("needs the capability encryption (this store declares {declared:?})"));
         return Ok(None);
     }
     match fx.at_rest() {
@@ -62,37 +57,24 @@ async fn refused(kit: &dyn AtRest, name: &str, key: Option<&Path>) -> Result<any
 /// Nothing of a planted secret (nor the plain SHA-256 of a planted body)
 /// in any file, with a raw key and with a passphrase, before and after a
 /// reopen; search finds it and the store's own check is clean.
-pub async fn nothing_of_a_secret_reaches_the_disk_and_search_still_finds_it(
-    fx: &Fixture,
-) -> Result<()> {
+pub async fn nothing_of_a_secret_reaches_the_disk_and_search_still_finds_it(fx: &Fixture) -> Result<()> {
     let Some(kit) = kit(fx, "cipher::nothing_of_a_secret_reaches_the_disk")? else {
         return Ok(());
     };
     let raw = key(kit.as_ref(), "raw.key", &[7u8; 32], 0o600)?;
-    let pass = key(
-        kit.as_ref(),
-        "pass.key",
-        b"correct horse battery staple\n",
-        0o600,
-    )?;
+    let pass = key(kit.as_ref(), "pass.key", b"correct horse battery staple\n", 0o600)?;
     let plain_address = koda_persistence_api::bodies::body_hash(&planted_output());
     for (name, key) in [("raw", &raw), ("pass", &pass)] {
         let store = kit.open(name, Some(key)).await?;
         let sid = plant(store.as_ref()).await?;
-        let hits = store
-            .search_messages("planted", &Default::default(), 10)
-            .await?;
+        let hits = store.search_messages("planted", &Default::default(), 10).await?;
         ensure!(hits.len() == PLANTED_HITS, "{name}: search found {hits:?}");
         let health = store.health().await?;
         ensure!(health.problems.is_empty(), "{name}: {:?}", health.problems);
         drop(store);
         for round in ["written", "reopened"] {
             for (file, bytes) in kit.files(name).await? {
-                ensure!(
-                    !contains(&bytes, SECRET.as_bytes()),
-                    "{name}, {round}: the secret is in {}",
-                    file.display()
-                );
+                ensure!(!contains(&bytes, SECRET.as_bytes()), "{name}, {round}: the secret is in {}", file.display());
                 ensure!(
                     !contains(&bytes, &plain_address),
                     "{name}, {round}: the output's plain hash is in {}",
@@ -107,10 +89,7 @@ pub async fn nothing_of_a_secret_reaches_the_disk_and_search_still_finds_it(
                 "{name}: the user's message reads {:?}",
                 back[0].content
             );
-            ensure!(
-                store.get_metadata(&sid, "env").await?.as_deref() == Some(SECRET),
-                "{name}: metadata"
-            );
+            ensure!(store.get_metadata(&sid, "env").await?.as_deref() == Some(SECRET), "{name}: metadata");
         }
     }
     Ok(())
@@ -137,16 +116,10 @@ pub async fn a_wrong_or_missing_key_is_refused_and_nothing_changes(fx: &Fixture)
         ensure!(denied(&e), "key {key:?}: {shown}");
         ensure!(shown.contains("key"), "the refusal names no key: {shown}");
         ensure!(!format!("{e:?}").contains("0202"), "the key leaked: {e:?}");
-        ensure!(
-            kit.files("store").await? == before,
-            "a refused open (key {key:?}) changed the store's files"
-        );
+        ensure!(kit.files("store").await? == before, "a refused open (key {key:?}) changed the store's files");
     }
     drop(refused(kit.as_ref(), "store", Some(&wrong)).await?);
-    let store = kit
-        .open("store", Some(&right))
-        .await
-        .context("the right key, right after a refusal")?;
+    let store = kit.open("store", Some(&right)).await.context("the right key, right after a refusal")?;
     let n = store.load_all_messages(&sid).await?.len();
     ensure!(n == PLANTED_MESSAGES, "{n} messages back");
     Ok(())
@@ -170,10 +143,7 @@ pub async fn a_plaintext_store_opened_with_a_key_is_refused(fx: &Fixture) -> Res
     let before = kit.files("plain").await?;
     let e = refused(kit.as_ref(), "plain", Some(&key)).await?;
     ensure!(denied(&e), "{e:#}");
-    ensure!(
-        kit.files("plain").await? == before,
-        "the refused open changed the plaintext store's files"
-    );
+    ensure!(kit.files("plain").await? == before, "the refused open changed the plaintext store's files");
     let store = kit.open("plain", None).await?;
     let n = store.load_all_messages(&sid).await?.len();
     ensure!(n == PLANTED_MESSAGES, "{n} messages back");
@@ -183,9 +153,7 @@ pub async fn a_plaintext_store_opened_with_a_key_is_refused(fx: &Fixture) -> Res
 /// A key file that does not exist, that others may read (the refusal
 /// names `chmod 600`), or that is empty (`InvalidInput`): refused before
 /// the store is created.
-pub async fn a_missing_public_or_empty_key_file_is_refused_with_the_mend(
-    fx: &Fixture,
-) -> Result<()> {
+pub async fn a_missing_public_or_empty_key_file_is_refused_with_the_mend(fx: &Fixture) -> Result<()> {
     let Some(kit) = kit(fx, "cipher::a_missing_public_or_empty_key_file_is_refused")? else {
         return Ok(());
     };
@@ -195,17 +163,11 @@ pub async fn a_missing_public_or_empty_key_file_is_refused_with_the_mend(
     if cfg!(unix) {
         let public = key(kit.as_ref(), "public.key", &[4u8; 32], 0o644)?;
         let e = refused(kit.as_ref(), "new", Some(&public)).await?;
-        ensure!(
-            denied(&e) && format!("{e:#}").contains("chmod 600"),
-            "a public key file: {e:#}"
-        );
+        ensure!(denied(&e) && format!("{e:#}").contains("chmod 600"), "a public key file: {e:#}");
     }
     let empty = key(kit.as_ref(), "empty.key", b"", 0o600)?;
     let e = refused(kit.as_ref(), "new", Some(&empty)).await?;
-    ensure!(
-        matches!(kind(&e), Some(PersistenceError::InvalidInput(_))),
-        "an empty key file: {e:#}"
-    );
+    ensure!(matches!(kind(&e), Some(PersistenceError::InvalidInput(_))), "an empty key file: {e:#}");
     ensure!(!kit.created("new"), "a refused key file created the store");
     Ok(())
 }
@@ -223,27 +185,16 @@ pub async fn a_changed_or_moved_value_is_corrupt_never_wrong_text(fx: &Fixture) 
     let store = kit.open("store", Some(&key)).await?;
     let a = plant(store.as_ref()).await?;
     let b = store.create_session("main", Path::new("/p")).await?;
-    store
-        .insert_message(&b, &Role::User, Some("b's own text"), None, None, None)
-        .await?;
+    store.insert_message(&b, &Role::User, Some("b's own text"), None, None, None).await?;
     drop(store);
 
-    if kit
-        .tamper("store", Tamper::Move { from: &a, to: &b })
-        .await?
-    {
+    if kit.tamper("store", Tamper::Move { from: &a, to: &b }).await? {
         let store = kit.open("store", Some(&key)).await?;
         let n = store.load_all_messages(&a).await?.len();
-        ensure!(
-            n == PLANTED_MESSAGES,
-            "the source session lost messages: {n}"
-        );
+        ensure!(n == PLANTED_MESSAGES, "the source session lost messages: {n}");
         match store.load_all_messages(&b).await {
             Ok(ms) => bail!("a moved value read back as {ms:?}"),
-            Err(e) => ensure!(
-                matches!(kind(&e), Some(PersistenceError::Corrupt(_))),
-                "a moved value: {e:#}"
-            ),
+            Err(e) => ensure!(matches!(kind(&e), Some(PersistenceError::Corrupt(_))), "a moved value: {e:#}"),
         }
         let health = store.health().await?;
         ensure!(!health.problems.is_empty(), "doctor saw no moved value");
@@ -254,24 +205,15 @@ pub async fn a_changed_or_moved_value_is_corrupt_never_wrong_text(fx: &Fixture) 
         );
     }
 
-    ensure!(
-        kit.tamper("store", Tamper::Flip { session: &a }).await?,
-        "the kit changed no byte"
-    );
+    ensure!(kit.tamper("store", Tamper::Flip { session: &a }).await?, "the kit changed no byte");
     match kit.open("store", Some(&key)).await {
         Err(e) => ensure!(
-            matches!(
-                kind(&e),
-                Some(PersistenceError::Corrupt(_) | PersistenceError::PermissionDenied(_))
-            ),
+            matches!(kind(&e), Some(PersistenceError::Corrupt(_) | PersistenceError::PermissionDenied(_))),
             "a changed file refused as {e:#}"
         ),
         Ok(store) => match store.load_all_messages(&a).await {
             Ok(ms) => bail!("a changed value read back as {} messages", ms.len()),
-            Err(e) => ensure!(
-                matches!(kind(&e), Some(PersistenceError::Corrupt(_))),
-                "a changed value: {e:#}"
-            ),
+            Err(e) => ensure!(matches!(kind(&e), Some(PersistenceError::Corrupt(_))), "a changed value: {e:#}"),
         },
     }
     Ok(())

@@ -6,9 +6,7 @@ use anyhow::Result;
 use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::{COMPACTION_HINT, CompactedStats, Message, Role};
 
-use super::{
-    ROOT, assistant, check, eq, expect_err, ids, is_session_not_found, roles, session, user,
-};
+use super::{ROOT, assistant, check, eq, expect_err, ids, is_session_not_found, roles, session, user};
 use crate::{Fixture, START_MS};
 
 const DAY: i64 = 86_400_000;
@@ -40,21 +38,10 @@ pub async fn compact_places_summary_and_hint_before_tail(fx: &Fixture) -> Result
     let all = fx.store.load_all_messages(&sid).await?;
     eq("count", all.len(), 6)?;
     eq("head", ids(&all)[..3].to_vec(), made[..3].to_vec())?;
-    eq(
-        "summary",
-        (all[3].role, all[3].content.as_deref()),
-        (Role::System, Some("summary text")),
-    )?;
-    eq(
-        "hint",
-        (all[4].role, all[4].content.as_deref()),
-        (Role::Assistant, Some(COMPACTION_HINT)),
-    )?;
+    eq("summary", (all[3].role, all[3].content.as_deref()), (Role::System, Some("summary text")))?;
+    eq("hint", (all[4].role, all[4].content.as_deref()), (Role::Assistant, Some(COMPACTION_HINT)))?;
     eq("tail", all[5].id, made[3])?;
-    check(
-        "summary id is new",
-        all[3].id > made[3] && all[4].id > all[3].id,
-    )
+    check("summary id is new", all[3].id > made[3] && all[4].id > all[3].id)
 }
 
 /// With `keep = 0` everything is marked and the pair goes at the end.
@@ -63,50 +50,20 @@ pub async fn compact_with_keep_zero_appends_at_end(fx: &Fixture) -> Result<()> {
     fill(fx, &sid, 3).await?;
     eq("marked", fx.store.compact_session(&sid, "s", 0).await?, 3)?;
     let all = fx.store.load_all_messages(&sid).await?;
-    eq(
-        "roles",
-        roles(&all),
-        vec![
-            Role::User,
-            Role::User,
-            Role::User,
-            Role::System,
-            Role::Assistant,
-        ],
-    )?;
-    eq(
-        "context",
-        roles(&fx.store.load_context(&sid).await?),
-        vec![Role::System, Role::Assistant],
-    )
+    eq("roles", roles(&all), vec![Role::User, Role::User, Role::User, Role::System, Role::Assistant])?;
+    eq("context", roles(&fx.store.load_context(&sid).await?), vec![Role::System, Role::Assistant])
 }
 
 /// When nothing would be marked, compaction returns 0 and adds nothing.
 pub async fn compact_with_nothing_to_mark_changes_nothing(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
-    eq(
-        "empty session",
-        fx.store.compact_session(&sid, "s", 0).await?,
-        0,
-    )?;
+    eq("empty session", fx.store.compact_session(&sid, "s", 0).await?, 0)?;
     fill(fx, &sid, 3).await?;
     let before = fx.store.load_all_messages(&sid).await?;
-    eq(
-        "keep = len",
-        fx.store.compact_session(&sid, "s", 3).await?,
-        0,
-    )?;
-    eq(
-        "keep > len",
-        fx.store.compact_session(&sid, "s", 10).await?,
-        0,
-    )?;
+    eq("keep = len", fx.store.compact_session(&sid, "s", 3).await?, 0)?;
+    eq("keep > len", fx.store.compact_session(&sid, "s", 10).await?, 0)?;
     eq("unchanged", fx.store.load_all_messages(&sid).await?, before)?;
-    eq(
-        "no stats",
-        fx.store.compacted_stats().await?,
-        CompactedStats::default(),
-    )
+    eq("no stats", fx.store.compacted_stats().await?, CompactedStats::default())
 }
 
 /// A second compaction counts only active messages, including the first
@@ -133,11 +90,7 @@ pub async fn compact_again_counts_only_active(fx: &Fixture) -> Result<()> {
             Some("m3"),
         ],
     )?;
-    eq(
-        "compacted",
-        fx.store.compacted_stats().await?.message_count,
-        5,
-    )
+    eq("compacted", fx.store.compacted_stats().await?.message_count, 5)
 }
 
 /// The summary and hint carry no tool calls, usage, agent or full content;
@@ -153,21 +106,9 @@ pub async fn compact_hint_is_bare_and_complete(fx: &Fixture) -> Result<()> {
         created_at: Some(format_timestamp(START_MS + 500)),
         ..Message::bare(m.id, &sid, role, Some(text.to_owned()))
     };
-    eq(
-        "summary",
-        ctx[0].clone(),
-        bare(&ctx[0], Role::System, "sum"),
-    )?;
-    eq(
-        "hint",
-        ctx[1].clone(),
-        bare(&ctx[1], Role::Assistant, COMPACTION_HINT),
-    )?;
-    eq(
-        "no usage",
-        fx.store.session_usage_by_agent(&sid).await?.len(),
-        0,
-    )
+    eq("summary", ctx[0].clone(), bare(&ctx[0], Role::System, "sum"))?;
+    eq("hint", ctx[1].clone(), bare(&ctx[1], Role::Assistant, COMPACTION_HINT))?;
+    eq("no usage", fx.store.session_usage_by_agent(&sid).await?.len(), 0)
 }
 
 /// Compaction does not set `last_accessed_at`.
@@ -183,16 +124,8 @@ pub async fn compact_does_not_touch_last_accessed(fx: &Fixture) -> Result<()> {
 pub async fn compact_honours_huge_keep(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     fill(fx, &sid, 3).await?;
-    eq(
-        "huge keep",
-        fx.store.compact_session(&sid, "s", usize::MAX).await?,
-        0,
-    )?;
-    expect_err(
-        "unknown session",
-        fx.store.compact_session("nope", "s", 0).await,
-        is_session_not_found,
-    )
+    eq("huge keep", fx.store.compact_session(&sid, "s", usize::MAX).await?, 0)?;
+    expect_err("unknown session", fx.store.compact_session("nope", "s", 0).await, is_session_not_found)
 }
 
 /// Stats count compacted messages, their sessions, the UTF-8 bytes of
@@ -202,9 +135,7 @@ pub async fn compacted_stats_count_bytes_sessions_and_oldest(fx: &Fixture) -> Re
     let b = session(fx).await?;
     user(fx, &a, "héllo").await?; // 6 bytes
     assistant(fx, &a, None, Some("[]"), true).await?; // 2 bytes
-    fx.store
-        .insert_message(&a, &Role::User, None, None, None, None)
-        .await?; // 0 bytes
+    fx.store.insert_message(&a, &Role::User, None, None, None, None).await?; // 0 bytes
     user(fx, &a, "kept").await?;
     fx.store.compact_session(&a, "sa", 1).await?;
     fx.clock.advance(2 * DAY);
@@ -215,12 +146,7 @@ pub async fn compacted_stats_count_bytes_sessions_and_oldest(fx: &Fixture) -> Re
     eq(
         "stats",
         stats,
-        CompactedStats {
-            message_count: 4,
-            session_count: 2,
-            size_bytes: 11,
-            oldest: Some(format_timestamp(START_MS)),
-        },
+        CompactedStats { message_count: 4, session_count: 2, size_bytes: 11, oldest: Some(format_timestamp(START_MS)) },
     )
 }
 
@@ -228,11 +154,7 @@ pub async fn compacted_stats_count_bytes_sessions_and_oldest(fx: &Fixture) -> Re
 pub async fn compacted_stats_of_empty_store(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     user(fx, &sid, "active").await?;
-    eq(
-        "stats",
-        fx.store.compacted_stats().await?,
-        CompactedStats::default(),
-    )
+    eq("stats", fx.store.compacted_stats().await?, CompactedStats::default())
 }
 
 /// Purge deletes compacted messages strictly older than the cutoff.
@@ -244,34 +166,14 @@ pub async fn purge_deletes_only_older_than_cutoff(fx: &Fixture) -> Result<()> {
     fill(fx, &sid, 1).await?;
     fx.store.compact_session(&sid, "second", 0).await?; // 3 marked at START + 1 day
     fx.clock.advance(2 * DAY); // now = START + 3 days
-    eq(
-        "3 days: exactly at cutoff stays",
-        fx.store.purge_compacted(3).await?,
-        0,
-    )?;
+    eq("3 days: exactly at cutoff stays", fx.store.purge_compacted(3).await?, 0)?;
     fx.clock.advance(1);
     eq("3 days + 1 ms", fx.store.purge_compacted(3).await?, 2)?;
-    eq(
-        "second batch is younger",
-        fx.store.purge_compacted(3).await?,
-        0,
-    )?;
+    eq("second batch is younger", fx.store.purge_compacted(3).await?, 0)?;
     fx.clock.advance(DAY);
-    eq(
-        "second batch now old enough",
-        fx.store.purge_compacted(3).await?,
-        3,
-    )?;
-    eq(
-        "remaining",
-        fx.store.load_all_messages(&sid).await?.len(),
-        2,
-    )?;
-    eq(
-        "stats",
-        fx.store.compacted_stats().await?,
-        CompactedStats::default(),
-    )
+    eq("second batch now old enough", fx.store.purge_compacted(3).await?, 3)?;
+    eq("remaining", fx.store.load_all_messages(&sid).await?.len(), 2)?;
+    eq("stats", fx.store.compacted_stats().await?, CompactedStats::default())
 }
 
 /// `days = 0` deletes every compacted message, even one compacted just now.
@@ -302,11 +204,7 @@ pub async fn purge_with_huge_days_deletes_nothing(fx: &Fixture) -> Result<()> {
     fx.store.compact_session(&sid, "s", 0).await?;
     fx.clock.set(koda_persistence_api::MAX_TIMESTAMP_MS);
     eq("deleted", fx.store.purge_compacted(u32::MAX).await?, 0)?;
-    eq(
-        "still compacted",
-        fx.store.compacted_stats().await?.message_count,
-        2,
-    )
+    eq("still compacted", fx.store.compacted_stats().await?.message_count, 2)
 }
 
 /// Purged messages leave the session's message count and the context intact.
@@ -317,14 +215,6 @@ pub async fn purge_lowers_message_counts(fx: &Fixture) -> Result<()> {
     let context = fx.store.load_context(&sid).await?;
     fx.store.purge_compacted(0).await?;
     let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
-    eq(
-        "message_count",
-        info.first().map(|s| s.message_count),
-        Some(3),
-    )?;
-    eq(
-        "context unchanged",
-        fx.store.load_context(&sid).await?,
-        context,
-    )
+    eq("message_count", info.first().map(|s| s.message_count), Some(3))?;
+    eq("context unchanged", fx.store.load_context(&sid).await?, context)
 }

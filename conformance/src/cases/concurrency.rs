@@ -13,9 +13,7 @@ use crate::Fixture;
 const TASKS: usize = 16;
 const PER_TASK: usize = 25;
 
-async fn join_all<T: Send + 'static>(
-    handles: Vec<tokio::task::JoinHandle<Result<T>>>,
-) -> Result<Vec<T>> {
+async fn join_all<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<Result<T>>>) -> Result<Vec<T>> {
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {
         out.push(h.await.context("task panicked")??);
@@ -23,17 +21,11 @@ async fn join_all<T: Send + 'static>(
     Ok(out)
 }
 
-async fn insert_many(
-    store: Arc<dyn Persistence>,
-    sid: String,
-    task: usize,
-) -> Result<Vec<(i64, String)>> {
+async fn insert_many(store: Arc<dyn Persistence>, sid: String, task: usize) -> Result<Vec<(i64, String)>> {
     let mut out = Vec::new();
     for i in 0..PER_TASK {
         let text = format!("t{task}-{i}");
-        let id = store
-            .insert_message(&sid, &Role::User, Some(&text), None, None, None)
-            .await?;
+        let id = store.insert_message(&sid, &Role::User, Some(&text), None, None, None).await?;
         out.push((id, text));
     }
     Ok(out)
@@ -41,58 +33,38 @@ async fn insert_many(
 
 /// Checks that every returned id is unique and stored with its text, and that
 /// each task's messages appear in its insert order.
-fn check_accounted(
-    inserted: &[Vec<(i64, String)>],
-    stored: &HashMap<i64, (usize, String)>,
-) -> Result<()> {
+fn check_accounted(inserted: &[Vec<(i64, String)>], stored: &HashMap<i64, (usize, String)>) -> Result<()> {
     let mut seen = HashSet::new();
     for task in inserted {
         let mut last_pos = None;
         for (id, text) in task {
             check(&format!("duplicate id {id}"), seen.insert(*id))?;
-            let (pos, got) = stored
-                .get(id)
-                .with_context(|| format!("message {id} lost"))?;
+            let (pos, got) = stored.get(id).with_context(|| format!("message {id} lost"))?;
             eq(&format!("text of {id}"), got, text)?;
-            check(
-                &format!("task order broken at {text}"),
-                last_pos.is_none_or(|p| p < *pos),
-            )?;
+            check(&format!("task order broken at {text}"), last_pos.is_none_or(|p| p < *pos))?;
             last_pos = Some(*pos);
         }
         let ids: Vec<i64> = task.iter().map(|(id, _)| *id).collect();
-        check(
-            "ids increase within a task",
-            ids.windows(2).all(|w| w[0] < w[1]),
-        )?;
+        check("ids increase within a task", ids.windows(2).all(|w| w[0] < w[1]))?;
     }
     Ok(())
 }
 
 fn positions(all: Vec<koda_persistence_api::Message>) -> HashMap<i64, (usize, String)> {
-    all.into_iter()
-        .enumerate()
-        .map(|(pos, m)| (m.id, (pos, m.content.unwrap_or_default())))
-        .collect()
+    all.into_iter().enumerate().map(|(pos, m)| (m.id, (pos, m.content.unwrap_or_default()))).collect()
 }
 
 /// 16 tasks inserting into one session: every insert accounted for, ids
 /// unique, each task's messages in its own order.
 pub async fn concurrent_inserts_into_one_session(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
-    let handles = (0..TASKS)
-        .map(|t| tokio::spawn(insert_many(fx.store.clone(), sid.clone(), t)))
-        .collect();
+    let handles = (0..TASKS).map(|t| tokio::spawn(insert_many(fx.store.clone(), sid.clone(), t))).collect();
     let inserted = join_all(handles).await?;
     let all = fx.store.load_all_messages(&sid).await?;
     eq("count", all.len(), TASKS * PER_TASK)?;
     check_accounted(&inserted, &positions(all))?;
     let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
-    eq(
-        "message_count",
-        info.first().map(|s| s.message_count),
-        Some(i64::try_from(TASKS * PER_TASK)?),
-    )
+    eq("message_count", info.first().map(|s| s.message_count), Some(i64::try_from(TASKS * PER_TASK)?))
 }
 
 /// 16 tasks each inserting into their own session: each session holds
@@ -102,29 +74,19 @@ pub async fn concurrent_inserts_into_separate_sessions(fx: &Fixture) -> Result<(
     for _ in 0..TASKS {
         sids.push(session(fx).await?);
     }
-    let handles = sids
-        .iter()
-        .enumerate()
-        .map(|(t, sid)| tokio::spawn(insert_many(fx.store.clone(), sid.clone(), t)))
-        .collect();
+    let handles =
+        sids.iter().enumerate().map(|(t, sid)| tokio::spawn(insert_many(fx.store.clone(), sid.clone(), t))).collect();
     let inserted = join_all(handles).await?;
     let mut seen = HashSet::new();
     for (sid, task) in sids.iter().zip(&inserted) {
         let all = fx.store.load_all_messages(sid).await?;
-        let got: Vec<(i64, String)> = all
-            .into_iter()
-            .map(|m| (m.id, m.content.unwrap_or_default()))
-            .collect();
+        let got: Vec<(i64, String)> = all.into_iter().map(|m| (m.id, m.content.unwrap_or_default())).collect();
         eq("session holds its task's messages in order", &got, task)?;
         for (id, _) in task {
             check(&format!("id {id} reused across sessions"), seen.insert(*id))?;
         }
     }
-    eq(
-        "recent",
-        fx.store.recent_user_messages(i64::MAX).await?.len(),
-        TASKS * PER_TASK,
-    )
+    eq("recent", fx.store.recent_user_messages(i64::MAX).await?.len(), TASKS * PER_TASK)
 }
 
 /// Sessions created concurrently all get distinct ids and are all listed.
@@ -144,13 +106,8 @@ pub async fn concurrent_session_creation(fx: &Fixture) -> Result<()> {
     let made: Vec<String> = join_all(handles).await?.into_iter().flatten().collect();
     let unique: HashSet<&String> = made.iter().collect();
     eq("unique", unique.len(), TASKS * 5)?;
-    let listed: HashSet<String> = fx
-        .store
-        .list_sessions(i64::MAX, Path::new(ROOT))
-        .await?
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let listed: HashSet<String> =
+        fx.store.list_sessions(i64::MAX, Path::new(ROOT)).await?.into_iter().map(|s| s.id).collect();
     eq("listed", listed, made.into_iter().collect())
 }
 
@@ -158,18 +115,14 @@ pub async fn concurrent_session_creation(fx: &Fixture) -> Result<()> {
 /// and each compaction that marked messages added exactly two.
 pub async fn concurrent_compaction_and_inserts_lose_nothing(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
-    let writers: Vec<_> = (0..8)
-        .map(|t| tokio::spawn(insert_many(fx.store.clone(), sid.clone(), t)))
-        .collect();
+    let writers: Vec<_> = (0..8).map(|t| tokio::spawn(insert_many(fx.store.clone(), sid.clone(), t))).collect();
     let store = fx.store.clone();
     let sid2 = sid.clone();
     let compactor = tokio::spawn(async move {
         let mut pairs = 0usize;
         let mut marked = 0usize;
         for i in 0..10 {
-            let n = store
-                .compact_session(&sid2, &format!("summary {i}"), 5)
-                .await?;
+            let n = store.compact_session(&sid2, &format!("summary {i}"), 5).await?;
             if n > 0 {
                 pairs += 1;
                 marked += n;
@@ -198,12 +151,7 @@ pub async fn concurrent_readers_see_committed_state(fx: &Fixture) -> Result<()> 
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 for _ in 0..20 {
-                    let ids: Vec<i64> = store
-                        .load_all_messages(&sid)
-                        .await?
-                        .into_iter()
-                        .map(|m| m.id)
-                        .collect();
+                    let ids: Vec<i64> = store.load_all_messages(&sid).await?.into_iter().map(|m| m.id).collect();
                     seen.push(ids);
                     tokio::task::yield_now().await;
                 }
@@ -211,20 +159,11 @@ pub async fn concurrent_readers_see_committed_state(fx: &Fixture) -> Result<()> 
             })
         })
         .collect();
-    let written: Vec<i64> = writer
-        .await
-        .context("writer panicked")??
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let written: Vec<i64> = writer.await.context("writer panicked")??.into_iter().map(|(id, _)| id).collect();
     for snapshots in join_all(readers).await? {
         let mut last_len = 0;
         for ids in snapshots {
-            eq(
-                "snapshot is a prefix",
-                ids.as_slice(),
-                &written[..ids.len().min(written.len())],
-            )?;
+            eq("snapshot is a prefix", ids.as_slice(), &written[..ids.len().min(written.len())])?;
             check("snapshots never shrink", ids.len() >= last_len)?;
             last_len = ids.len();
         }
@@ -235,10 +174,7 @@ pub async fn concurrent_readers_see_committed_state(fx: &Fixture) -> Result<()> 
 /// How long [`everything_at_once_on_one_session`] runs its tasks:
 /// `KODA_STRESS_MS` milliseconds (default 2,000).
 fn stress_duration() -> std::time::Duration {
-    let ms = std::env::var("KODA_STRESS_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(2_000);
+    let ms = std::env::var("KODA_STRESS_MS").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(2_000);
     std::time::Duration::from_millis(ms)
 }
 
@@ -253,22 +189,14 @@ struct Acked {
 
 /// One agent turn after another until `until`: question, answer naming one
 /// tool call (with usage), completion, tool result.
-async fn turn_writer(
-    store: Arc<dyn Persistence>,
-    sid: String,
-    w: usize,
-    until: std::time::Instant,
-) -> Result<Acked> {
+async fn turn_writer(store: Arc<dyn Persistence>, sid: String, w: usize, until: std::time::Instant) -> Result<Acked> {
     let mut acked = Acked::default();
     let mut k = 0usize;
     while std::time::Instant::now() < until {
         let call = format!("w{w}-{k}");
-        acked.ids.push(
-            store
-                .insert_message(&sid, &Role::User, Some(&call), None, None, None)
-                .await
-                .context("insert user")?,
-        );
+        acked
+            .ids
+            .push(store.insert_message(&sid, &Role::User, Some(&call), None, None, None).await.context("insert user")?);
         let answer = store
             .insert_message(
                 &sid,
@@ -317,16 +245,10 @@ fn named(tool_calls: Option<&str>) -> Vec<String> {
 
 /// Every named call has a result and every result a call.
 fn check_paired(context: &[koda_persistence_api::Message]) -> Result<()> {
-    let calls: HashSet<String> = context
-        .iter()
-        .filter(|m| m.role == Role::Assistant)
-        .flat_map(|m| named(m.tool_calls.as_deref()))
-        .collect();
-    let results: HashSet<String> = context
-        .iter()
-        .filter(|m| m.role == Role::Tool)
-        .filter_map(|m| m.tool_call_id.clone())
-        .collect();
+    let calls: HashSet<String> =
+        context.iter().filter(|m| m.role == Role::Assistant).flat_map(|m| named(m.tool_calls.as_deref())).collect();
+    let results: HashSet<String> =
+        context.iter().filter(|m| m.role == Role::Tool).filter_map(|m| m.tool_call_id.clone()).collect();
     check(
         "every tool result in the context answers a call in it",
         context
@@ -335,10 +257,7 @@ fn check_paired(context: &[koda_persistence_api::Message]) -> Result<()> {
             .all(|m| m.tool_call_id.as_ref().is_some_and(|c| calls.contains(c))),
     )?;
     let unanswered: Vec<&String> = calls.difference(&results).collect();
-    check(
-        &format!("calls without a result in the context: {unanswered:?}"),
-        unanswered.is_empty(),
-    )
+    check(&format!("calls without a result in the context: {unanswered:?}"), unanswered.is_empty())
 }
 
 /// Two writers (turns with tool calls, each answer completed), a content
@@ -354,23 +273,12 @@ pub async fn everything_at_once_on_one_session(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     let deadlocks_before = fx.deadlocks().await?;
     let until = std::time::Instant::now() + stress_duration();
-    let writers: Vec<_> = (0..2)
-        .map(|w| tokio::spawn(turn_writer(fx.store.clone(), sid.clone(), w, until)))
-        .collect();
+    let writers: Vec<_> = (0..2).map(|w| tokio::spawn(turn_writer(fx.store.clone(), sid.clone(), w, until))).collect();
     let (store, s) = (fx.store.clone(), sid.clone());
     let clearer = tokio::spawn(async move {
         while std::time::Instant::now() < until {
-            let ids: Vec<i64> = store
-                .load_all_messages(&s)
-                .await?
-                .iter()
-                .map(|m| m.id)
-                .step_by(3)
-                .collect();
-            store
-                .clear_message_content(&ids, "[cleared]")
-                .await
-                .context("clear_message_content")?;
+            let ids: Vec<i64> = store.load_all_messages(&s).await?.iter().map(|m| m.id).step_by(3).collect();
+            store.clear_message_content(&ids, "[cleared]").await.context("clear_message_content")?;
             tokio::task::yield_now().await;
         }
         anyhow::Ok(())
@@ -379,12 +287,7 @@ pub async fn everything_at_once_on_one_session(fx: &Fixture) -> Result<()> {
     let compactor = tokio::spawn(async move {
         let mut pairs = 0usize;
         while std::time::Instant::now() < until {
-            if store
-                .compact_session(&s, "summary", 3)
-                .await
-                .context("compact_session")?
-                > 0
-            {
+            if store.compact_session(&s, "summary", 3).await.context("compact_session")? > 0 {
                 pairs += 1;
             }
             tokio::task::yield_now().await;
@@ -424,57 +327,30 @@ pub async fn everything_at_once_on_one_session(fx: &Fixture) -> Result<()> {
     let unique: HashSet<i64> = acked_ids.iter().copied().collect();
     eq("acknowledged ids are unique", unique.len(), acked_ids.len())?;
     let all = fx.store.load_all_messages(&sid).await?;
-    eq(
-        "stored = acknowledged + 2 per compaction - purged",
-        all.len() + purged,
-        acked_ids.len() + 2 * pairs,
-    )?;
+    eq("stored = acknowledged + 2 per compaction - purged", all.len() + purged, acked_ids.len() + 2 * pairs)?;
     let stored: HashSet<i64> = all.iter().map(|m| m.id).collect();
     eq("stored ids are unique", stored.len(), all.len())?;
     for m in &all {
         check(
-            &format!(
-                "message {} is neither acknowledged nor a compaction's",
-                m.id
-            ),
+            &format!("message {} is neither acknowledged nor a compaction's", m.id),
             unique.contains(&m.id) || matches!(m.role, Role::System | Role::Assistant),
         )?;
     }
     let context = fx.store.load_context(&sid).await?;
     check_paired(&context)?;
     let completed_after_purge: usize = acked.iter().map(|a| a.completed_after_purge).sum();
-    check(
-        "a purged answer is one the purge reported",
-        completed_after_purge <= purged,
-    )?;
+    check("a purged answer is one the purge reported", completed_after_purge <= purged)?;
 
     let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     let info = info.first().context("the session is listed")?;
-    eq(
-        "message_count = rows",
-        info.message_count,
-        i64::try_from(all.len())?,
-    )?;
-    let with_usage: Vec<&koda_persistence_api::Message> = all
-        .iter()
-        .filter(|m| m.prompt_tokens.is_some() || m.completion_tokens.is_some())
-        .collect();
-    let tokens: i64 = with_usage
-        .iter()
-        .map(|m| m.prompt_tokens.unwrap_or(0) + m.completion_tokens.unwrap_or(0))
-        .sum();
+    eq("message_count = rows", info.message_count, i64::try_from(all.len())?)?;
+    let with_usage: Vec<&koda_persistence_api::Message> =
+        all.iter().filter(|m| m.prompt_tokens.is_some() || m.completion_tokens.is_some()).collect();
+    let tokens: i64 = with_usage.iter().map(|m| m.prompt_tokens.unwrap_or(0) + m.completion_tokens.unwrap_or(0)).sum();
     eq("total_tokens = rows", info.total_tokens, tokens)?;
     let usage = fx.store.session_token_usage(&sid).await?;
-    eq(
-        "api_calls = rows",
-        usage.api_calls,
-        i64::try_from(with_usage.len())?,
-    )?;
-    eq(
-        "usage = rows",
-        usage.prompt_tokens + usage.completion_tokens,
-        tokens,
-    )?;
+    eq("api_calls = rows", usage.api_calls, i64::try_from(with_usage.len())?)?;
+    eq("usage = rows", usage.prompt_tokens + usage.completion_tokens, tokens)?;
     if let (Some(before), Some(after)) = (deadlocks_before, fx.deadlocks().await?) {
         eq("deadlocks the server counted", after - before, 0)?;
     }
@@ -488,53 +364,27 @@ pub async fn everything_at_once_on_one_session(fx: &Fixture) -> Result<()> {
 /// store.
 pub async fn a_second_handle_sees_every_write(fx: &Fixture) -> Result<()> {
     let Some(b) = fx.second_handle() else {
-        crate::say_skipped(
-            "concurrency::a_second_handle_sees_every_write",
-            "this backend has one handle per store",
-        );
+        crate::say_skipped("concurrency::a_second_handle_sees_every_write", "this backend has one handle per store");
         return Ok(());
     };
     let a = &fx.store;
     let sid = session(fx).await?;
-    a.insert_message(&sid, &Role::User, Some("q"), None, None, None)
-        .await?;
+    a.insert_message(&sid, &Role::User, Some("q"), None, None, None).await?;
     eq("a's context", a.load_context(&sid).await?.len(), 1)?;
-    let answer = b
-        .insert_message(&sid, &Role::Assistant, Some("a"), None, None, None)
-        .await?;
-    eq(
-        "an incomplete answer stays hidden",
-        a.load_context(&sid).await?.len(),
-        1,
-    )?;
+    let answer = b.insert_message(&sid, &Role::Assistant, Some("a"), None, None, None).await?;
+    eq("an incomplete answer stays hidden", a.load_context(&sid).await?.len(), 1)?;
     b.mark_message_complete(answer).await?;
-    eq(
-        "b's completed answer in a's context",
-        a.load_context(&sid).await?.last().map(|m| m.id),
-        Some(answer),
-    )?;
+    eq("b's completed answer in a's context", a.load_context(&sid).await?.last().map(|m| m.id), Some(answer))?;
     b.clear_message_content(&[answer], "[cleared]").await?;
     eq(
         "b's cleared content in a's context",
-        a.load_context(&sid)
-            .await?
-            .last()
-            .and_then(|m| m.content.clone()),
+        a.load_context(&sid).await?.last().and_then(|m| m.content.clone()),
         Some("[cleared]".to_owned()),
     )?;
     b.compact_session(&sid, "summary", 1).await?;
-    eq(
-        "after b compacts, both see one context",
-        a.load_context(&sid).await?,
-        b.load_context(&sid).await?,
-    )?;
-    a.insert_message(&sid, &Role::User, Some("next"), None, None, None)
-        .await?;
-    eq(
-        "after a inserts, both see one context",
-        b.load_context(&sid).await?,
-        a.load_context(&sid).await?,
-    )?;
+    eq("after b compacts, both see one context", a.load_context(&sid).await?, b.load_context(&sid).await?)?;
+    a.insert_message(&sid, &Role::User, Some("next"), None, None, None).await?;
+    eq("after a inserts, both see one context", b.load_context(&sid).await?, a.load_context(&sid).await?)?;
     b.delete_session(&sid).await?;
     eq("b's delete", a.load_context(&sid).await?.len(), 0)
 }
@@ -548,18 +398,12 @@ pub async fn a_failing_write_among_concurrent_ones_fails_alone(fx: &Fixture) -> 
     let handles: Vec<_> = (0..24)
         .map(|t| {
             let store = fx.store.clone();
-            let target = if t % 4 == 3 {
-                "no-such-session".to_owned()
-            } else {
-                sid.clone()
-            };
+            let target = if t % 4 == 3 { "no-such-session".to_owned() } else { sid.clone() };
             tokio::spawn(async move {
                 let mut out = Vec::new();
                 for i in 0..5 {
                     let text = format!("t{t}-{i}");
-                    let r = store
-                        .insert_message(&target, &Role::User, Some(&text), None, None, None)
-                        .await;
+                    let r = store.insert_message(&target, &Role::User, Some(&text), None, None, None).await;
                     out.push((t, text, r));
                 }
                 anyhow::Ok(out)
@@ -571,15 +415,10 @@ pub async fn a_failing_write_among_concurrent_ones_fails_alone(fx: &Fixture) -> 
         let mut ok = Vec::new();
         for (t, text, r) in outcome {
             if t % 4 == 3 {
-                let e = r
-                    .err()
-                    .with_context(|| format!("{text} into a missing session succeeded"))?;
+                let e = r.err().with_context(|| format!("{text} into a missing session succeeded"))?;
                 check(
                     &format!("{text}: SessionNotFound, got {e:#}"),
-                    matches!(
-                        PersistenceError::of(&e),
-                        Some(PersistenceError::SessionNotFound(_))
-                    ),
+                    matches!(PersistenceError::of(&e), Some(PersistenceError::SessionNotFound(_))),
                 )?;
             } else {
                 ok.push((r.with_context(|| format!("{text} failed"))?, text));

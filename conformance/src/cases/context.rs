@@ -14,11 +14,7 @@ pub async fn context_excludes_compacted(fx: &Fixture) -> Result<()> {
     let kept = user(fx, &sid, "new").await?;
     fx.store.compact_session(&sid, "sum", 1).await?;
     let ctx = fx.store.load_context(&sid).await?;
-    eq(
-        "roles",
-        roles(&ctx),
-        vec![Role::System, Role::Assistant, Role::User],
-    )?;
+    eq("roles", roles(&ctx), vec![Role::System, Role::Assistant, Role::User])?;
     eq("tail", ctx.last().map(|m| m.id), Some(kept))
 }
 
@@ -28,11 +24,7 @@ pub async fn context_drops_incomplete_assistant(fx: &Fixture) -> Result<()> {
     let u = user(fx, &sid, "q").await?;
     assistant(fx, &sid, Some("interrupted"), None, false).await?;
     let done = assistant(fx, &sid, Some("complete"), None, true).await?;
-    eq(
-        "context",
-        ids(&fx.store.load_context(&sid).await?),
-        vec![u, done],
-    )
+    eq("context", ids(&fx.store.load_context(&sid).await?), vec![u, done])
 }
 
 /// Pass 2: a call and its result both stay.
@@ -64,9 +56,7 @@ pub async fn context_drops_orphan_results(fx: &Fixture) -> Result<()> {
     let u = user(fx, &sid, "q").await?;
     tool(fx, &sid, None, "no id").await?;
     tool(fx, &sid, Some("ghost"), "nobody asked").await?;
-    fx.store
-        .insert_tool_message_with_full(&sid, "s", "ghost2", "full")
-        .await?;
+    fx.store.insert_tool_message_with_full(&sid, "s", "ghost2", "full").await?;
     eq("context", ids(&fx.store.load_context(&sid).await?), vec![u])
 }
 
@@ -76,22 +66,9 @@ pub async fn context_only_tool_messages_answer_calls(fx: &Fixture) -> Result<()>
     let sid = session(fx).await?;
     let u = user(fx, &sid, "q").await?;
     assistant(fx, &sid, None, Some(&calls(&["c1"])), true).await?;
-    let not_tool = fx
-        .store
-        .insert_message(
-            &sid,
-            &Role::User,
-            Some("looks like a result"),
-            None,
-            Some("c1"),
-            None,
-        )
-        .await?;
-    eq(
-        "context",
-        ids(&fx.store.load_context(&sid).await?),
-        vec![u, not_tool],
-    )
+    let not_tool =
+        fx.store.insert_message(&sid, &Role::User, Some("looks like a result"), None, Some("c1"), None).await?;
+    eq("context", ids(&fx.store.load_context(&sid).await?), vec![u, not_tool])
 }
 
 /// Pass 2 matches ids as sets: duplicates, order and position do not matter.
@@ -113,22 +90,11 @@ pub async fn context_unparseable_calls_name_nothing(fx: &Fixture) -> Result<()> 
     tool(fx, &sid, Some("broken"), "orphan").await?;
     let a2 = assistant(fx, &sid, None, Some(r#"{"id":"obj"}"#), true).await?;
     tool(fx, &sid, Some("obj"), "orphan").await?;
-    let a3 = assistant(
-        fx,
-        &sid,
-        None,
-        Some(r#"[{"id":7},{"name":"x"},"str"]"#),
-        true,
-    )
-    .await?;
+    let a3 = assistant(fx, &sid, None, Some(r#"[{"id":7},{"name":"x"},"str"]"#), true).await?;
     tool(fx, &sid, Some("7"), "orphan").await?;
     let a4 = assistant(fx, &sid, None, Some(r#"[{"id":"ok"},{"id":null}]"#), true).await?;
     let t = tool(fx, &sid, Some("ok"), "answer").await?;
-    eq(
-        "context",
-        ids(&fx.store.load_context(&sid).await?),
-        vec![a1, a2, a3, a4, t],
-    )
+    eq("context", ids(&fx.store.load_context(&sid).await?), vec![a1, a2, a3, a4, t])
 }
 
 /// Pass 3: assistant messages without calls and with no text are dropped.
@@ -140,11 +106,7 @@ pub async fn context_drops_blank_assistant_without_calls(fx: &Fixture) -> Result
     assistant(fx, &sid, Some(" \t\n\u{3000}"), None, true).await?;
     let nul = assistant(fx, &sid, Some("\0"), None, true).await?;
     let blank_user = user(fx, &sid, "   ").await?;
-    eq(
-        "context",
-        ids(&fx.store.load_context(&sid).await?),
-        vec![u, nul, blank_user],
-    )
+    eq("context", ids(&fx.store.load_context(&sid).await?), vec![u, nul, blank_user])
 }
 
 /// Pass 3 keeps a blank assistant that has tool calls (even `[]`).
@@ -153,11 +115,7 @@ pub async fn context_keeps_blank_assistant_with_calls(fx: &Fixture) -> Result<()
     let a = assistant(fx, &sid, None, Some("[]"), true).await?;
     let b = assistant(fx, &sid, Some(" "), Some(&calls(&["c"])), true).await?;
     let t = tool(fx, &sid, Some("c"), "r").await?;
-    eq(
-        "context",
-        ids(&fx.store.load_context(&sid).await?),
-        vec![a, b, t],
-    )
+    eq("context", ids(&fx.store.load_context(&sid).await?), vec![a, b, t])
 }
 
 /// The passes run in order: an incomplete caller is dropped first, so its
@@ -170,11 +128,7 @@ pub async fn context_passes_run_in_order(fx: &Fixture) -> Result<()> {
     // A blank caller survives pass 3 because it has calls; its result stays.
     let b = assistant(fx, &sid, Some(""), Some(&calls(&["c2"])), true).await?;
     let t = tool(fx, &sid, Some("c2"), "r2").await?;
-    eq(
-        "context",
-        ids(&fx.store.load_context(&sid).await?),
-        vec![u, b, t],
-    )
+    eq("context", ids(&fx.store.load_context(&sid).await?), vec![u, b, t])
 }
 
 /// The context of an unknown session is empty.
@@ -191,39 +145,18 @@ pub async fn context_after_compaction_starts_with_summary(fx: &Fixture) -> Resul
         user(fx, &sid, &format!("q{i}")).await?;
         assistant(fx, &sid, Some(&format!("a{i}")), None, true).await?;
     }
-    eq(
-        "marked",
-        fx.store.compact_session(&sid, "the summary", 2).await?,
-        6,
-    )?;
+    eq("marked", fx.store.compact_session(&sid, "the summary", 2).await?, 6)?;
     let ctx = fx.store.load_context(&sid).await?;
     let texts: Vec<Option<&str>> = ctx.iter().map(|m| m.content.as_deref()).collect();
-    eq(
-        "context",
-        texts,
-        vec![
-            Some("the summary"),
-            Some(COMPACTION_HINT),
-            Some("q3"),
-            Some("a3"),
-        ],
-    )?;
-    eq(
-        "roles",
-        roles(&ctx)[..2].to_vec(),
-        vec![Role::System, Role::Assistant],
-    )
+    eq("context", texts, vec![Some("the summary"), Some(COMPACTION_HINT), Some("q3"), Some("a3")])?;
+    eq("roles", roles(&ctx)[..2].to_vec(), vec![Role::System, Role::Assistant])
 }
 
 /// Loading context is a read: it does not set `last_accessed_at`.
 pub async fn context_does_not_touch_last_accessed(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     fx.store.load_context(&sid).await?;
-    eq(
-        "never accessed",
-        fx.store.get_session_idle_secs(&sid).await?,
-        None,
-    )?;
+    eq("never accessed", fx.store.get_session_idle_secs(&sid).await?, None)?;
     user(fx, &sid, "x").await?;
     fx.clock.advance(3_000);
     fx.store.load_context(&sid).await?;
@@ -238,24 +171,12 @@ pub async fn interruption_is_detected_from_stored_history(fx: &Fixture) -> Resul
     user(fx, &sid, &prompt).await?;
     assistant(fx, &sid, Some("partial"), None, false).await?;
     let ctx = fx.store.load_context(&sid).await?;
-    eq(
-        "prompt",
-        detect_interruption(&ctx),
-        Some(InterruptionKind::Prompt("ü".repeat(80))),
-    )?;
+    eq("prompt", detect_interruption(&ctx), Some(InterruptionKind::Prompt("ü".repeat(80))))?;
     let other = session(fx).await?;
     user(fx, &other, "q").await?;
     assistant(fx, &other, None, Some(&calls(&["c"])), true).await?;
     tool(fx, &other, Some("c"), "r").await?;
-    eq(
-        "tool",
-        detect_interruption(&fx.store.load_context(&other).await?),
-        Some(InterruptionKind::Tool),
-    )?;
+    eq("tool", detect_interruption(&fx.store.load_context(&other).await?), Some(InterruptionKind::Tool))?;
     assistant(fx, &other, Some("done"), None, true).await?;
-    eq(
-        "answered",
-        detect_interruption(&fx.store.load_context(&other).await?),
-        None,
-    )
+    eq("answered", detect_interruption(&fx.store.load_context(&other).await?), None)
 }

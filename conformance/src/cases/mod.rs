@@ -241,16 +241,9 @@ pub(crate) fn check(what: &str, ok: bool) -> Result<()> {
 }
 
 /// Asserts `res` failed with a [`PersistenceError`] that `want` accepts.
-pub(crate) fn expect_err<T: Debug>(
-    what: &str,
-    res: Result<T>,
-    want: impl Fn(&PersistenceError) -> bool,
-) -> Result<()> {
+pub(crate) fn expect_err<T: Debug>(what: &str, res: Result<T>, want: impl Fn(&PersistenceError) -> bool) -> Result<()> {
     match res {
-        Ok(v) => bail!(
-            "{what}: expected an error, got Ok({})",
-            clip(&format!("{v:?}"))
-        ),
+        Ok(v) => bail!("{what}: expected an error, got Ok({})", clip(&format!("{v:?}"))),
         Err(e) => match PersistenceError::of(&e) {
             Some(pe) if want(pe) => Ok(()),
             Some(pe) => bail!("{what}: wrong PersistenceError {pe:?}"),
@@ -290,9 +283,7 @@ pub(crate) async fn session(fx: &Fixture) -> Result<String> {
 }
 
 pub(crate) async fn user(fx: &Fixture, sid: &str, text: &str) -> Result<i64> {
-    fx.store
-        .insert_message(sid, &Role::User, Some(text), None, None, None)
-        .await
+    fx.store.insert_message(sid, &Role::User, Some(text), None, None, None).await
 }
 
 /// Inserts an assistant message, marked complete when `complete`.
@@ -303,25 +294,15 @@ pub(crate) async fn assistant(
     tool_calls: Option<&str>,
     complete: bool,
 ) -> Result<i64> {
-    let id = fx
-        .store
-        .insert_message(sid, &Role::Assistant, text, tool_calls, None, None)
-        .await?;
+    let id = fx.store.insert_message(sid, &Role::Assistant, text, tool_calls, None, None).await?;
     if complete {
         fx.store.mark_message_complete(id).await?;
     }
     Ok(id)
 }
 
-pub(crate) async fn tool(
-    fx: &Fixture,
-    sid: &str,
-    call_id: Option<&str>,
-    text: &str,
-) -> Result<i64> {
-    fx.store
-        .insert_message(sid, &Role::Tool, Some(text), None, call_id, None)
-        .await
+pub(crate) async fn tool(fx: &Fixture, sid: &str, call_id: Option<&str>, text: &str) -> Result<i64> {
+    fx.store.insert_message(sid, &Role::Tool, Some(text), None, call_id, None).await
 }
 
 /// `len` bytes of text that no compressor shrinks much (so a database
@@ -329,17 +310,15 @@ pub(crate) async fn tool(
 /// printable characters, some of them multi-byte, from `seed`.
 pub fn incompressible(len: usize, seed: u64) -> String {
     const ALPHABET: &[char] = &[
-        'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r',
-        's', 't', 'u', 'v', 'w', 'x', 'y', 'z', 'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J',
-        'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R', 'S', 'T', 'U', 'V', 'W', 'X', 'Y', 'Z', '0', '1',
-        '2', '3', '4', '5', '6', '7', '8', '9', '/', '.', '-', '_', ' ', 'é', 'ü', '\0', '漢', '→',
+        'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', 'p', 'q', 'r', 's', 't', 'u', 'v',
+        'w', 'x', 'y', 'z', 'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R',
+        'S', 'T', 'U', 'V', 'W', 'X', 'Y', 'Z', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '/', '.', '-', '_',
+        ' ', 'é', 'ü', '\0', '漢', '→',
     ];
     let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
     let mut out = String::with_capacity(len + 4);
     while out.len() < len {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         let pick = usize::try_from(state >> 33).unwrap_or(0) % ALPHABET.len();
         if let Some(c) = ALPHABET.get(pick) {
             out.push(*c);

@@ -7,9 +7,7 @@ use anyhow::Result;
 use koda_persistence_api::search::{MAX_QUERY_ITEMS, MAX_SEARCH_HITS};
 use koda_persistence_api::{Role, SearchHit, SearchScope, SessionRecord};
 
-use super::{
-    ROOT, assistant, calls, check, eq, expect_err, incompressible, is_invalid, session, tool, user,
-};
+use super::{ROOT, assistant, calls, check, eq, expect_err, incompressible, is_invalid, session, tool, user};
 use crate::Fixture;
 
 /// The message ids of `hits`, in the order returned.
@@ -19,18 +17,12 @@ fn ids(hits: &[SearchHit]) -> Vec<i64> {
 
 /// The ids `scope` finds for "marker", sorted.
 async fn scoped(fx: &Fixture, scope: SearchScope<'_>) -> Result<Vec<i64>> {
-    Ok(set(ids(&fx
-        .store
-        .search_messages("marker", &scope, 100)
-        .await?)))
+    Ok(set(ids(&fx.store.search_messages("marker", &scope, 100).await?)))
 }
 
 /// Searches everywhere for `query`, up to 100 hits.
 async fn find(fx: &Fixture, query: &str) -> Result<Vec<i64>> {
-    Ok(ids(&fx
-        .store
-        .search_messages(query, &SearchScope::default(), 100)
-        .await?))
+    Ok(ids(&fx.store.search_messages(query, &SearchScope::default(), 100).await?))
 }
 
 /// Sorted, for comparing sets.
@@ -47,77 +39,29 @@ fn set(mut v: Vec<i64>) -> Vec<i64> {
 pub async fn search_follows_the_query_grammar(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     let a = user(fx, &sid, "Which test is FLAKY? The flaky test in std::io").await?;
-    let b = assistant(
-        fx,
-        &sid,
-        Some("The test of ÜBER-parsing is flaky"),
-        None,
-        true,
-    )
-    .await?;
-    let c = tool(
-        fx,
-        &sid,
-        Some("c1"),
-        "tokio runtime panicked at src/main.rs",
-    )
-    .await?;
-    let d = fx
-        .store
-        .insert_tool_message_with_full(&sid, "summary only", "c2", "full output: flaky network")
-        .await?;
+    let b = assistant(fx, &sid, Some("The test of ÜBER-parsing is flaky"), None, true).await?;
+    let c = tool(fx, &sid, Some("c1"), "tokio runtime panicked at src/main.rs").await?;
+    let d = fx.store.insert_tool_message_with_full(&sid, "summary only", "c2", "full output: flaky network").await?;
     let e = user(fx, &sid, "修复了不稳定的测试 (fixed the unstable test)").await?;
     let f = user(fx, &sid, "flakyness is not a word; test").await?;
     // A call without text: found by exclusions only, by nothing else.
     let g = assistant(fx, &sid, None, Some(&calls(&["c9"])), true).await?;
-    eq(
-        "words, any case",
-        set(find(fx, "flaky test").await?),
-        vec![a, b],
-    )?;
+    eq("words, any case", set(find(fx, "flaky test").await?), vec![a, b])?;
     eq("unicode case", find(fx, "über").await?, vec![b])?;
-    eq(
-        "full_content is searched",
-        find(fx, "network").await?,
-        vec![d],
-    )?;
-    eq(
-        "a phrase is consecutive words",
-        find(fx, "\"flaky test\"").await?,
-        vec![a],
-    )?;
-    eq(
-        "punctuation joins a phrase",
-        find(fx, "std::io").await?,
-        vec![a],
-    )?;
-    eq(
-        "an exclusion",
-        find(fx, "flaky -parsing").await?,
-        vec![a, d],
-    )?;
+    eq("full_content is searched", find(fx, "network").await?, vec![d])?;
+    eq("a phrase is consecutive words", find(fx, "\"flaky test\"").await?, vec![a])?;
+    eq("punctuation joins a phrase", find(fx, "std::io").await?, vec![a])?;
+    eq("an exclusion", find(fx, "flaky -parsing").await?, vec![a, d])?;
     eq("a prefix", set(find(fx, "flak*").await?), vec![a, b, d, f])?;
-    eq(
-        "a prefix inside a path",
-        find(fx, "src/ma*").await?,
-        vec![c],
-    )?;
+    eq("a prefix inside a path", find(fx, "src/ma*").await?, vec![c])?;
     eq("CJK by substring", find(fx, "测试").await?, vec![e])?;
-    eq(
-        "no partial words",
-        find(fx, "flak").await?,
-        Vec::<i64>::new(),
-    )?;
+    eq("no partial words", find(fx, "flak").await?, Vec::<i64>::new())?;
     eq(
         "exclusions only: everything else, a message without text too",
         set(find(fx, "-flaky -test").await?),
         vec![c, g],
     )?;
-    eq(
-        "OR and NEAR are words",
-        find(fx, "flaky OR network").await?,
-        Vec::<i64>::new(),
-    )?;
+    eq("OR and NEAR are words", find(fx, "flaky OR network").await?, Vec::<i64>::new())?;
     Ok(())
 }
 
@@ -131,29 +75,12 @@ pub async fn search_ranks_and_keeps_the_newest_limit(fx: &Fixture) -> Result<()>
     let thrice = assistant(fx, &sid, Some("needle, needle and NEEDLE"), None, true).await?;
     let twice = user(fx, &sid, "needle needle").await?;
     let other = user(fx, &sid, "another needle").await?;
-    eq(
-        "rank, then newest",
-        find(fx, "needle").await?,
-        vec![thrice, twice, other, once],
-    )?;
-    let top = fx
-        .store
-        .search_messages("needle", &SearchScope::default(), 2)
-        .await?;
-    eq(
-        "the newest two matches, ranked",
-        ids(&top),
-        vec![twice, other],
-    )?;
-    let all = fx
-        .store
-        .search_messages("needle", &SearchScope::default(), usize::MAX)
-        .await?;
+    eq("rank, then newest", find(fx, "needle").await?, vec![thrice, twice, other, once])?;
+    let top = fx.store.search_messages("needle", &SearchScope::default(), 2).await?;
+    eq("the newest two matches, ranked", ids(&top), vec![twice, other])?;
+    let all = fx.store.search_messages("needle", &SearchScope::default(), usize::MAX).await?;
     check("a huge limit is capped", all.len() <= MAX_SEARCH_HITS)?;
-    let h = all
-        .iter()
-        .find(|h| h.message_id == thrice)
-        .ok_or_else(|| anyhow::anyhow!("no hit"))?;
+    let h = all.iter().find(|h| h.message_id == thrice).ok_or_else(|| anyhow::anyhow!("no hit"))?;
     eq("rank", h.rank, 3)?;
     eq("role", h.role, Role::Assistant)?;
     eq("session", h.session_id.as_str(), sid.as_str())?;
@@ -161,23 +88,10 @@ pub async fn search_ranks_and_keeps_the_newest_limit(fx: &Fixture) -> Result<()>
     eq(
         "created",
         Some(h.created_at.clone()),
-        stored
-            .iter()
-            .find(|m| m.id == thrice)
-            .and_then(|m| m.created_at.clone()),
+        stored.iter().find(|m| m.id == thrice).and_then(|m| m.created_at.clone()),
     )?;
-    eq(
-        "marked",
-        h.marked("[", "]"),
-        "[needle], [needle] and [NEEDLE]".to_owned(),
-    )?;
-    eq(
-        "limit 0",
-        fx.store
-            .search_messages("needle", &SearchScope::default(), 0)
-            .await?,
-        Vec::new(),
-    )?;
+    eq("marked", h.marked("[", "]"), "[needle], [needle] and [NEEDLE]".to_owned())?;
+    eq("limit 0", fx.store.search_messages("needle", &SearchScope::default(), 0).await?, Vec::new())?;
     Ok(())
 }
 
@@ -186,10 +100,7 @@ pub async fn search_ranks_and_keeps_the_newest_limit(fx: &Fixture) -> Result<()>
 /// compacted ones are asked for.
 pub async fn search_stays_in_its_scope(fx: &Fixture) -> Result<()> {
     let here = session(fx).await?;
-    let there = fx
-        .store
-        .create_session("main", Path::new("/elsewhere"))
-        .await?;
+    let there = fx.store.create_session("main", Path::new("/elsewhere")).await?;
     let rootless = "0190aaaa-0000-7000-8000-000000000001";
     fx.store
         .import_session(&SessionRecord {
@@ -220,82 +131,31 @@ pub async fn search_stays_in_its_scope(fx: &Fixture) -> Result<()> {
         )
         .await?;
     let r = r.first().copied().unwrap_or(0);
-    eq(
-        "everywhere, active only",
-        scoped(fx, SearchScope::default()).await?,
-        set(vec![a, t, b, r]),
-    )?;
+    eq("everywhere, active only", scoped(fx, SearchScope::default()).await?, set(vec![a, t, b, r]))?;
     eq(
         "one root (and root-less)",
-        scoped(
-            fx,
-            SearchScope {
-                project_root: Some(Path::new(ROOT)),
-                ..SearchScope::default()
-            },
-        )
-        .await?,
+        scoped(fx, SearchScope { project_root: Some(Path::new(ROOT)), ..SearchScope::default() }).await?,
         set(vec![a, t, r]),
     )?;
     eq(
         "a root with no sessions of its own",
-        scoped(
-            fx,
-            SearchScope {
-                project_root: Some(Path::new("/nowhere")),
-                ..SearchScope::default()
-            },
-        )
-        .await?,
+        scoped(fx, SearchScope { project_root: Some(Path::new("/nowhere")), ..SearchScope::default() }).await?,
         vec![r],
     )?;
     eq(
         "one session",
-        scoped(
-            fx,
-            SearchScope {
-                session: Some(&here),
-                ..SearchScope::default()
-            },
-        )
-        .await?,
+        scoped(fx, SearchScope { session: Some(&here), ..SearchScope::default() }).await?,
         set(vec![a, t]),
     )?;
-    eq(
-        "roles",
-        scoped(
-            fx,
-            SearchScope {
-                roles: &[Role::Tool],
-                ..SearchScope::default()
-            },
-        )
-        .await?,
-        vec![t],
-    )?;
+    eq("roles", scoped(fx, SearchScope { roles: &[Role::Tool], ..SearchScope::default() }).await?, vec![t])?;
     eq(
         "compacted too",
-        scoped(
-            fx,
-            SearchScope {
-                session: Some(&here),
-                include_compacted: true,
-                ..SearchScope::default()
-            },
-        )
-        .await?,
+        scoped(fx, SearchScope { session: Some(&here), include_compacted: true, ..SearchScope::default() }).await?,
         set(vec![old, a, t]),
     )?;
     eq(
         "an unknown session",
-        scoped(
-            fx,
-            SearchScope {
-                session: Some("no-such-session"),
-                ..SearchScope::default()
-            },
-        )
-        .await?,
+        scoped(fx, SearchScope { session: Some("no-such-session"), ..SearchScope::default() }).await?,
         Vec::new(),
     )?;
     Ok(())
@@ -305,30 +165,13 @@ pub async fn search_stays_in_its_scope(fx: &Fixture) -> Result<()> {
 /// deletes, purges, imports and forks: what it finds is what reads return.
 pub async fn search_follows_every_write(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
-    let big = format!(
-        "{} deadbeef-marker {}",
-        incompressible(9_000, 3),
-        incompressible(100, 4)
-    );
+    let big = format!("{} deadbeef-marker {}", incompressible(9_000, 3), incompressible(100, 4));
     assistant(fx, &sid, None, Some(&calls(&["c1", "c2"])), true).await?;
     let t1 = tool(fx, &sid, Some("c1"), &big).await?;
-    let t2 = fx
-        .store
-        .insert_tool_message_with_full(&sid, "short", "c2", &big)
-        .await?;
-    eq(
-        "bodies are searched",
-        set(find(fx, "deadbeef").await?),
-        vec![t1, t2],
-    )?;
-    fx.store
-        .clear_message_content(&[t1], "[cleared output]")
-        .await?;
-    eq(
-        "a cleared field is gone",
-        find(fx, "deadbeef").await?,
-        vec![t2],
-    )?;
+    let t2 = fx.store.insert_tool_message_with_full(&sid, "short", "c2", &big).await?;
+    eq("bodies are searched", set(find(fx, "deadbeef").await?), vec![t1, t2])?;
+    fx.store.clear_message_content(&[t1], "[cleared output]").await?;
+    eq("a cleared field is gone", find(fx, "deadbeef").await?, vec![t2])?;
     eq("the stub is found", find(fx, "cleared").await?, vec![t1])?;
     let fork = fx.store.fork_session(&sid, None).await?;
     let forked = fx.store.export_messages(&fork).await?;
@@ -337,23 +180,11 @@ pub async fn search_follows_every_write(fx: &Fixture) -> Result<()> {
         .find(|m| m.full_content.is_some())
         .map(|m| m.id)
         .ok_or_else(|| anyhow::anyhow!("fork lost a message"))?;
-    eq(
-        "a fork is searchable",
-        find(fx, "deadbeef").await?,
-        vec![copy, t2],
-    )?;
+    eq("a fork is searchable", find(fx, "deadbeef").await?, vec![copy, t2])?;
     check("deleted", fx.store.delete_session(&sid).await?)?;
-    eq(
-        "a deleted session is gone",
-        find(fx, "deadbeef").await?,
-        vec![copy],
-    )?;
+    eq("a deleted session is gone", find(fx, "deadbeef").await?, vec![copy])?;
     let u = user(fx, &fork, "after the fork").await?;
-    eq(
-        "new writes are seen at once",
-        find(fx, "after").await?,
-        vec![u],
-    )?;
+    eq("new writes are seen at once", find(fx, "after").await?, vec![u])?;
     Ok(())
 }
 
@@ -363,12 +194,7 @@ pub async fn search_follows_every_write(fx: &Fixture) -> Result<()> {
 /// always valid.
 pub async fn hostile_queries_find_or_return_nothing(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
-    let a = user(
-        fx,
-        &sid,
-        "it's a \"quoted\" word: O'Brien\\path (x OR y) NEAR z",
-    )
-    .await?;
+    let a = user(fx, &sid, "it's a \"quoted\" word: O'Brien\\path (x OR y) NEAR z").await?;
     user(fx, &sid, "plain").await?;
     let ten_kb = "lorem ipsum dolor ".repeat(600);
     let hostile = [
@@ -407,24 +233,15 @@ pub async fn hostile_queries_find_or_return_nothing(fx: &Fixture) -> Result<()> 
         ten_kb.as_str(),
     ];
     for q in hostile {
-        let got = fx
-            .store
-            .search_messages(q, &SearchScope::default(), 10)
-            .await;
+        let got = fx.store.search_messages(q, &SearchScope::default(), 10).await;
         let hits = match got {
             Ok(h) => h,
             Err(e) => anyhow::bail!("query {q:?} failed: {e:#}"),
         };
         for h in &hits {
-            check(
-                "a hit is a stored message",
-                h.message_id == a || h.session_id == sid,
-            )?;
+            check("a hit is a stored message", h.message_id == a || h.session_id == sid)?;
             for m in &h.marks {
-                check(
-                    "marks are inside the snippet, on characters",
-                    h.snippet.get(m.clone()).is_some(),
-                )?;
+                check("marks are inside the snippet, on characters", h.snippet.get(m.clone()).is_some())?;
             }
         }
     }
@@ -435,36 +252,16 @@ pub async fn hostile_queries_find_or_return_nothing(fx: &Fixture) -> Result<()> 
     // As many distinct words as a query may hold: no index's expression
     // limit (FTS5's depth, a tsquery's size) may turn it into an error.
     let widest: Vec<String> = (0..MAX_QUERY_ITEMS).map(|i| format!("w{i}")).collect();
-    eq(
-        "the widest query",
-        find(fx, &widest.join(" ")).await?,
-        Vec::<i64>::new(),
-    )?;
+    eq("the widest query", find(fx, &widest.join(" ")).await?, Vec::<i64>::new())?;
     let prefixes: Vec<String> = (0..MAX_QUERY_ITEMS).map(|i| format!("p{i}*")).collect();
-    eq(
-        "the widest query of prefixes",
-        find(fx, &prefixes.join(" ")).await?,
-        Vec::<i64>::new(),
-    )?;
+    eq("the widest query of prefixes", find(fx, &prefixes.join(" ")).await?, Vec::<i64>::new())?;
     expect_err(
         "one item too many",
-        fx.store
-            .search_messages(
-                &format!("{} one-more", widest.join(" ")),
-                &SearchScope::default(),
-                10,
-            )
-            .await,
+        fx.store.search_messages(&format!("{} one-more", widest.join(" ")), &SearchScope::default(), 10).await,
         is_invalid,
     )?;
     for empty in ["", " ", "\t\n "] {
-        expect_err(
-            "an empty query",
-            fx.store
-                .search_messages(empty, &SearchScope::default(), 10)
-                .await,
-            is_invalid,
-        )?;
+        expect_err("an empty query", fx.store.search_messages(empty, &SearchScope::default(), 10).await, is_invalid)?;
     }
     Ok(())
 }
@@ -492,11 +289,7 @@ pub async fn search_finds_what_an_index_cannot_hold(fx: &Fixture) -> Result<()> 
         set(find(fx, "\"flaky test\"").await?),
         vec![repeated, many_words, too_many],
     )?;
-    eq(
-        "words in a row too large to index",
-        find(fx, "d99999").await?,
-        vec![too_many],
-    )?;
+    eq("words in a row too large to index", find(fx, "d99999").await?, vec![too_many])?;
     let other_long = "a".repeat(150);
     eq(
         "a long exclusion sharing only its first 128 bytes",
@@ -508,16 +301,8 @@ pub async fn search_finds_what_an_index_cannot_hold(fx: &Fixture) -> Result<()> 
         set(find(fx, &format!("needle -{long}")).await?),
         vec![reversed, phrased, tokio],
     )?;
-    eq(
-        "a phrase exclusion",
-        set(find(fx, "needle -\"a b\"").await?),
-        vec![long_word, reversed, tokio],
-    )?;
-    eq(
-        "a prefix exclusion",
-        set(find(fx, "needle -tok*").await?),
-        vec![long_word, reversed, phrased],
-    )?;
+    eq("a phrase exclusion", set(find(fx, "needle -\"a b\"").await?), vec![long_word, reversed, tokio])?;
+    eq("a prefix exclusion", set(find(fx, "needle -tok*").await?), vec![long_word, reversed, phrased])?;
     Ok(())
 }
 
@@ -533,10 +318,8 @@ pub async fn searches_racing_writers_and_a_compactor_miss_nothing(fx: &Fixture) 
     // half until both have run, so the race happens on every backend,
     // however fast its writes (a fast store once finished before the
     // compactor's first round).
-    let progress = std::sync::Arc::new([
-        std::sync::atomic::AtomicUsize::new(0),
-        std::sync::atomic::AtomicUsize::new(0),
-    ]);
+    let progress =
+        std::sync::Arc::new([std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0)]);
     let mut writers = Vec::new();
     for (w, sid) in sessions.iter().enumerate() {
         let (store, sid, progress) = (fx.store.clone(), sid.clone(), progress.clone());
@@ -545,10 +328,7 @@ pub async fn searches_racing_writers_and_a_compactor_miss_nothing(fx: &Fixture) 
             for i in 0..WRITES {
                 if i == WRITES / 2 {
                     let waiting = std::time::Instant::now();
-                    while progress
-                        .iter()
-                        .any(|p| p.load(std::sync::atomic::Ordering::SeqCst) == 0)
-                    {
+                    while progress.iter().any(|p| p.load(std::sync::atomic::Ordering::SeqCst) == 0) {
                         anyhow::ensure!(
                             waiting.elapsed() < std::time::Duration::from_secs(60),
                             "the compactor or the searcher never ran"
@@ -557,22 +337,13 @@ pub async fn searches_racing_writers_and_a_compactor_miss_nothing(fx: &Fixture) 
                     }
                 }
                 let text = format!("racemark writer{w} n{i}");
-                ids.push(
-                    store
-                        .insert_message(&sid, &Role::User, Some(&text), None, None, None)
-                        .await?,
-                );
+                ids.push(store.insert_message(&sid, &Role::User, Some(&text), None, None, None).await?);
             }
             anyhow::Ok(ids)
         }));
     }
     let compactor = {
-        let (store, sessions, done, progress) = (
-            fx.store.clone(),
-            sessions.clone(),
-            done.clone(),
-            progress.clone(),
-        );
+        let (store, sessions, done, progress) = (fx.store.clone(), sessions.clone(), done.clone(), progress.clone());
         tokio::spawn(async move {
             let mut rounds = 0usize;
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
@@ -589,17 +360,11 @@ pub async fn searches_racing_writers_and_a_compactor_miss_nothing(fx: &Fixture) 
     let searcher = {
         let (store, done, progress) = (fx.store.clone(), done.clone(), progress.clone());
         tokio::spawn(async move {
-            let scope = SearchScope {
-                include_compacted: true,
-                ..SearchScope::default()
-            };
+            let scope = SearchScope { include_compacted: true, ..SearchScope::default() };
             let mut searches = 0usize;
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 for h in store.search_messages("racemark", &scope, 1000).await? {
-                    anyhow::ensure!(
-                        h.snippet.contains("racemark writer"),
-                        "a hit that no writer wrote: {h:?}"
-                    );
+                    anyhow::ensure!(h.snippet.contains("racemark writer"), "a hit that no writer wrote: {h:?}");
                 }
                 searches += 1;
                 progress[1].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -616,19 +381,9 @@ pub async fn searches_racing_writers_and_a_compactor_miss_nothing(fx: &Fixture) 
     let (rounds, searches) = (compactor.await??, searcher.await??);
     check("the compactor ran", rounds > 0)?;
     check("the searcher ran", searches > 0)?;
-    let everything = SearchScope {
-        include_compacted: true,
-        ..SearchScope::default()
-    };
-    let found = fx
-        .store
-        .search_messages("racemark", &everything, 1000)
-        .await?;
-    eq(
-        "every acknowledged message",
-        set(ids(&found)),
-        set(written.clone()),
-    )?;
+    let everything = SearchScope { include_compacted: true, ..SearchScope::default() };
+    let found = fx.store.search_messages("racemark", &everything, 1000).await?;
+    eq("every acknowledged message", set(ids(&found)), set(written.clone()))?;
     let mut active = Vec::new();
     for sid in &sessions {
         active.extend(
@@ -640,10 +395,6 @@ pub async fn searches_racing_writers_and_a_compactor_miss_nothing(fx: &Fixture) 
                 .map(|m| m.id),
         );
     }
-    eq(
-        "active ones without compacted",
-        set(find(fx, "racemark").await?),
-        set(active),
-    )?;
+    eq("active ones without compacted", set(find(fx, "racemark").await?), set(active))?;
     Ok(())
 }

@@ -41,16 +41,8 @@ pub async fn created_at_comes_from_clock_in_rfc3339_millis(fx: &Fixture) -> Resu
     let id = session(fx).await?;
     let list = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     eq("id", list.first().map(|s| s.id.as_str()), Some(id.as_str()))?;
-    eq(
-        "created_at",
-        list[0].created_at.as_str(),
-        "2026-11-26T05:07:04.123Z",
-    )?;
-    eq(
-        "matches format_timestamp",
-        list[0].created_at.clone(),
-        format_timestamp(START_MS),
-    )
+    eq("created_at", list[0].created_at.as_str(), "2026-11-26T05:07:04.123Z")?;
+    eq("matches format_timestamp", list[0].created_at.clone(), format_timestamp(START_MS))
 }
 
 /// A new session was never accessed: idle time is `None`.
@@ -58,11 +50,7 @@ pub async fn new_session_was_never_accessed(fx: &Fixture) -> Result<()> {
     let id = session(fx).await?;
     fx.clock.advance(10_000);
     eq("idle", fx.store.get_session_idle_secs(&id).await?, None)?;
-    eq(
-        "idle of unknown",
-        fx.store.get_session_idle_secs("no-such-session").await?,
-        None,
-    )
+    eq("idle of unknown", fx.store.get_session_idle_secs("no-such-session").await?, None)
 }
 
 /// `list_sessions` matches roots by exact bytes: `/a/b` and `/a/b/` differ.
@@ -71,39 +59,19 @@ pub async fn list_filters_by_exact_root_bytes(fx: &Fixture) -> Result<()> {
     let b = fx.store.create_session("main", Path::new("/a/b/")).await?;
     let c = fx.store.create_session("main", Path::new("/a")).await?;
     for (root, want) in [("/a/b", &a), ("/a/b/", &b), ("/a", &c)] {
-        let got: Vec<String> = fx
-            .store
-            .list_sessions(10, Path::new(root))
-            .await?
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let got: Vec<String> = fx.store.list_sessions(10, Path::new(root)).await?.into_iter().map(|s| s.id).collect();
         eq(&format!("sessions of {root}"), got, vec![want.clone()])?;
     }
-    eq(
-        "sessions of /A/B",
-        fx.store.list_sessions(10, Path::new("/A/B")).await?.len(),
-        0,
-    )
+    eq("sessions of /A/B", fx.store.list_sessions(10, Path::new("/A/B")).await?.len(), 0)
 }
 
 /// The empty path is an ordinary root, distinct from every other.
 pub async fn empty_path_is_an_ordinary_root(fx: &Fixture) -> Result<()> {
     let e = fx.store.create_session("main", Path::new("")).await?;
     session(fx).await?;
-    let got: Vec<String> = fx
-        .store
-        .list_sessions(10, Path::new(""))
-        .await?
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let got: Vec<String> = fx.store.list_sessions(10, Path::new("")).await?.into_iter().map(|s| s.id).collect();
     eq("sessions of empty root", got, vec![e])?;
-    eq(
-        "sessions of ROOT",
-        fx.store.list_sessions(10, Path::new(ROOT)).await?.len(),
-        1,
-    )
+    eq("sessions of ROOT", fx.store.list_sessions(10, Path::new(ROOT)).await?.len(), 1)
 }
 
 /// Sessions are listed newest `created_at` first.
@@ -113,13 +81,7 @@ pub async fn list_orders_newest_first(fx: &Fixture) -> Result<()> {
     let new = session(fx).await?;
     fx.clock.advance(-5_000);
     let oldest = session(fx).await?;
-    let got: Vec<String> = fx
-        .store
-        .list_sessions(10, Path::new(ROOT))
-        .await?
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let got: Vec<String> = fx.store.list_sessions(10, Path::new(ROOT)).await?.into_iter().map(|s| s.id).collect();
     eq("order", got, vec![new, old, oldest])
 }
 
@@ -130,13 +92,7 @@ pub async fn list_ties_break_by_creation_sequence(fx: &Fixture) -> Result<()> {
         made.push(session(fx).await?);
     }
     made.reverse();
-    let got: Vec<String> = fx
-        .store
-        .list_sessions(10, Path::new(ROOT))
-        .await?
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let got: Vec<String> = fx.store.list_sessions(10, Path::new(ROOT)).await?.into_iter().map(|s| s.id).collect();
     eq("order", got, made)
 }
 
@@ -150,20 +106,10 @@ pub async fn list_honours_limit(fx: &Fixture) -> Result<()> {
     made.reverse();
     let root = Path::new(ROOT);
     eq("limit 0", fx.store.list_sessions(0, root).await?.len(), 0)?;
-    let two: Vec<String> = fx
-        .store
-        .list_sessions(2, root)
-        .await?
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let two: Vec<String> = fx.store.list_sessions(2, root).await?.into_iter().map(|s| s.id).collect();
     eq("limit 2", two, made[..2].to_vec())?;
     eq("limit 4", fx.store.list_sessions(4, root).await?.len(), 4)?;
-    eq(
-        "limit max",
-        fx.store.list_sessions(i64::MAX, root).await?.len(),
-        4,
-    )
+    eq("limit max", fx.store.list_sessions(i64::MAX, root).await?.len(), 4)
 }
 
 /// `message_count` counts stored messages (compacted included); `total_tokens`
@@ -171,26 +117,8 @@ pub async fn list_honours_limit(fx: &Fixture) -> Result<()> {
 pub async fn list_counts_messages_and_tokens(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     user(fx, &sid, "hello").await?;
-    fx.store
-        .insert_message(
-            &sid,
-            &Role::Assistant,
-            Some("hi"),
-            None,
-            None,
-            Some(&usage(100, 20, 7, 8, 9)),
-        )
-        .await?;
-    fx.store
-        .insert_message(
-            &sid,
-            &Role::Assistant,
-            Some("more"),
-            None,
-            None,
-            Some(&usage(5, 0, 0, 0, 0)),
-        )
-        .await?;
+    fx.store.insert_message(&sid, &Role::Assistant, Some("hi"), None, None, Some(&usage(100, 20, 7, 8, 9))).await?;
+    fx.store.insert_message(&sid, &Role::Assistant, Some("more"), None, None, Some(&usage(5, 0, 0, 0, 0))).await?;
     tool(fx, &sid, Some("c1"), "out").await?;
     fx.store.compact_session(&sid, "summary", 1).await?;
     let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
@@ -205,22 +133,11 @@ pub async fn list_total_tokens_saturate(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     for _ in 0..3 {
         fx.store
-            .insert_message(
-                &sid,
-                &Role::Assistant,
-                Some("x"),
-                None,
-                None,
-                Some(&usage(i64::MAX, i64::MAX, 0, 0, 0)),
-            )
+            .insert_message(&sid, &Role::Assistant, Some("x"), None, None, Some(&usage(i64::MAX, i64::MAX, 0, 0, 0)))
             .await?;
     }
     let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
-    eq(
-        "total_tokens",
-        info.first().map(|s| s.total_tokens),
-        Some(i64::MAX),
-    )
+    eq("total_tokens", info.first().map(|s| s.total_tokens), Some(i64::MAX))
 }
 
 /// `total_tokens` stays exact when saturating messages are purged: the sum
@@ -228,31 +145,11 @@ pub async fn list_total_tokens_saturate(fx: &Fixture) -> Result<()> {
 pub async fn list_total_tokens_exact_after_purge(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     fx.store
-        .insert_message(
-            &sid,
-            &Role::Assistant,
-            Some("huge"),
-            None,
-            None,
-            Some(&usage(1, i64::MAX, 0, 0, 0)),
-        )
+        .insert_message(&sid, &Role::Assistant, Some("huge"), None, None, Some(&usage(1, i64::MAX, 0, 0, 0)))
         .await?;
-    fx.store
-        .insert_message(
-            &sid,
-            &Role::Assistant,
-            Some("small"),
-            None,
-            None,
-            Some(&usage(2, 3, 0, 0, 0)),
-        )
-        .await?;
+    fx.store.insert_message(&sid, &Role::Assistant, Some("small"), None, None, Some(&usage(2, 3, 0, 0, 0))).await?;
     let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
-    eq(
-        "saturated",
-        info.first().map(|s| s.total_tokens),
-        Some(i64::MAX),
-    )?;
+    eq("saturated", info.first().map(|s| s.total_tokens), Some(i64::MAX))?;
     fx.store.compact_session(&sid, "s", 1).await?;
     eq("purged", fx.store.purge_compacted(0).await?, 1)?;
     let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
@@ -273,37 +170,16 @@ pub async fn list_shows_title_and_mode(fx: &Fixture) -> Result<()> {
 pub async fn delete_removes_session_messages_and_metadata(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     let uid = user(fx, &sid, "secret prompt").await?;
-    fx.store
-        .insert_message(
-            &sid,
-            &Role::Assistant,
-            Some("a"),
-            None,
-            None,
-            Some(&usage(1, 2, 3, 4, 5)),
-        )
-        .await?;
+    fx.store.insert_message(&sid, &Role::Assistant, Some("a"), None, None, Some(&usage(1, 2, 3, 4, 5))).await?;
     fx.store.set_metadata(&sid, "k", "v").await?;
     fx.store.set_todo(&sid, "- [ ] x").await?;
     eq("delete", fx.store.delete_session(&sid).await?, true)?;
     eq("messages", fx.store.load_all_messages(&sid).await?.len(), 0)?;
-    eq(
-        "listed",
-        fx.store.list_sessions(10, Path::new(ROOT)).await?.len(),
-        0,
-    )?;
+    eq("listed", fx.store.list_sessions(10, Path::new(ROOT)).await?.len(), 0)?;
     eq("metadata", fx.store.get_metadata(&sid, "k").await?, None)?;
     eq("todo", fx.store.get_todo(&sid).await?, None)?;
-    eq(
-        "usage calls",
-        fx.store.session_token_usage(&sid).await?.api_calls,
-        0,
-    )?;
-    eq(
-        "recent",
-        fx.store.recent_user_messages(10).await?,
-        Vec::<String>::new(),
-    )?;
+    eq("usage calls", fx.store.session_token_usage(&sid).await?.api_calls, 0)?;
+    eq("recent", fx.store.recent_user_messages(10).await?, Vec::<String>::new())?;
     super::expect_err(
         "mark deleted message",
         fx.store.mark_message_complete(uid).await,
@@ -327,21 +203,9 @@ pub async fn delete_leaves_other_sessions_alone(fx: &Fixture) -> Result<()> {
     let kept = user(fx, &b, "b").await?;
     fx.store.set_metadata(&b, "k", "v").await?;
     fx.store.delete_session(&a).await?;
-    eq(
-        "b messages",
-        super::ids(&fx.store.load_all_messages(&b).await?),
-        vec![kept],
-    )?;
-    eq(
-        "b metadata",
-        fx.store.get_metadata(&b, "k").await?.as_deref(),
-        Some("v"),
-    )?;
-    eq(
-        "recent",
-        fx.store.recent_user_messages(10).await?,
-        vec!["b".to_owned()],
-    )
+    eq("b messages", super::ids(&fx.store.load_all_messages(&b).await?), vec![kept])?;
+    eq("b metadata", fx.store.get_metadata(&b, "k").await?.as_deref(), Some("v"))?;
+    eq("recent", fx.store.recent_user_messages(10).await?, vec!["b".to_owned()])
 }
 
 /// Title and mode are overwritten by each set; the mode read is the last set.
@@ -351,11 +215,7 @@ pub async fn title_and_mode_overwrite(fx: &Fixture) -> Result<()> {
     fx.store.set_session_title(&sid, "two").await?;
     fx.store.set_session_mode(&sid, "plan").await?;
     fx.store.set_session_mode(&sid, "").await?;
-    eq(
-        "mode",
-        fx.store.get_session_mode(&sid).await?.as_deref(),
-        Some(""),
-    )?;
+    eq("mode", fx.store.get_session_mode(&sid).await?.as_deref(), Some(""))?;
     let info = fx.store.list_sessions(1, Path::new(ROOT)).await?;
     eq("title", info[0].title.as_deref(), Some("two"))?;
     eq("listed mode", info[0].mode.as_deref(), Some(""))
@@ -374,18 +234,10 @@ pub async fn idle_secs_count_from_last_insert(fx: &Fixture) -> Result<()> {
     user(fx, &sid, "hi").await?;
     eq("now", fx.store.get_session_idle_secs(&sid).await?, Some(0))?;
     fx.clock.advance(2_500);
-    eq(
-        "2.5 s",
-        fx.store.get_session_idle_secs(&sid).await?,
-        Some(2),
-    )?;
+    eq("2.5 s", fx.store.get_session_idle_secs(&sid).await?, Some(2))?;
     user(fx, &sid, "again").await?;
     fx.clock.advance(61_000);
-    eq(
-        "61 s",
-        fx.store.get_session_idle_secs(&sid).await?,
-        Some(61),
-    )
+    eq("61 s", fx.store.get_session_idle_secs(&sid).await?, Some(61))
 }
 
 /// Idle time floor-divides milliseconds and never goes below 0.
@@ -393,23 +245,11 @@ pub async fn idle_secs_floor_and_clamp_at_zero(fx: &Fixture) -> Result<()> {
     let sid = session(fx).await?;
     user(fx, &sid, "hi").await?;
     fx.clock.advance(999);
-    eq(
-        "999 ms",
-        fx.store.get_session_idle_secs(&sid).await?,
-        Some(0),
-    )?;
+    eq("999 ms", fx.store.get_session_idle_secs(&sid).await?, Some(0))?;
     fx.clock.advance(1);
-    eq(
-        "1000 ms",
-        fx.store.get_session_idle_secs(&sid).await?,
-        Some(1),
-    )?;
+    eq("1000 ms", fx.store.get_session_idle_secs(&sid).await?, Some(1))?;
     fx.clock.advance(-10_000);
-    eq(
-        "clock went back",
-        fx.store.get_session_idle_secs(&sid).await?,
-        Some(0),
-    )
+    eq("clock went back", fx.store.get_session_idle_secs(&sid).await?, Some(0))
 }
 
 /// Only inserts set `last_accessed_at`: reads, compaction, completion,
@@ -439,20 +279,8 @@ pub async fn every_insert_kind_touches_last_accessed(fx: &Fixture) -> Result<()>
     let c = session(fx).await?;
     fx.clock.advance(3_000);
     user(fx, &a, "x").await?;
-    fx.store
-        .insert_message_with_agent(
-            &b,
-            &Role::Assistant,
-            Some("x"),
-            None,
-            None,
-            None,
-            Some("sub"),
-        )
-        .await?;
-    fx.store
-        .insert_tool_message_with_full(&c, "sum", "call", "full")
-        .await?;
+    fx.store.insert_message_with_agent(&b, &Role::Assistant, Some("x"), None, None, None, Some("sub")).await?;
+    fx.store.insert_tool_message_with_full(&c, "sum", "call", "full").await?;
     assistant(fx, &a, Some("y"), None, true).await?;
     fx.clock.advance(4_000);
     for s in [&a, &b, &c] {

@@ -8,15 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use koda_persistence_api::trash::DAY_MS;
-use koda_persistence_api::{
-    DeletedSession, PersistenceError, Role, SearchScope, SessionInfo, Store,
-};
+use koda_persistence_api::{DeletedSession, PersistenceError, Role, SearchScope, SessionInfo, Store};
 
 use super::transfer::rich_session;
-use super::{
-    ROOT, assistant, calls, check, eq, expect_err, incompressible, is_session_not_found, session,
-    tool, user,
-};
+use super::{ROOT, assistant, calls, check, eq, expect_err, incompressible, is_session_not_found, session, tool, user};
 use crate::Fixture;
 
 /// A result as text, errors by their kind and `id` as a placeholder, so
@@ -39,76 +34,30 @@ fn outcome<T: Debug>(r: Result<T>, id: &str) -> String {
 /// reads and writes alike.
 async fn answers(store: &Arc<dyn Store>, sid: &str, msgs: &[i64]) -> Vec<String> {
     let o = |name: &str, s: String| format!("{name}: {s}");
-    let scope = SearchScope {
-        project_root: None,
-        session: Some(sid),
-        roles: &[],
-        include_compacted: true,
-    };
+    let scope = SearchScope { project_root: None, session: Some(sid), roles: &[], include_compacted: true };
     vec![
         o("mode", outcome(store.get_session_mode(sid).await, sid)),
         o("idle", outcome(store.get_session_idle_secs(sid).await, sid)),
         o("context", outcome(store.load_context(sid).await, sid)),
         o("all", outcome(store.load_all_messages(sid).await, sid)),
-        o(
-            "last assistant",
-            outcome(store.last_assistant_message(sid).await, sid),
-        ),
-        o(
-            "last user",
-            outcome(store.last_user_message(sid).await, sid),
-        ),
-        o(
-            "pending",
-            outcome(store.has_pending_tool_calls(sid).await, sid),
-        ),
+        o("last assistant", outcome(store.last_assistant_message(sid).await, sid)),
+        o("last user", outcome(store.last_user_message(sid).await, sid)),
+        o("pending", outcome(store.has_pending_tool_calls(sid).await, sid)),
         o("usage", outcome(store.session_token_usage(sid).await, sid)),
-        o(
-            "by agent",
-            outcome(store.session_usage_by_agent(sid).await, sid),
-        ),
+        o("by agent", outcome(store.session_usage_by_agent(sid).await, sid)),
         o("meta", outcome(store.get_metadata(sid, "zeta").await, sid)),
         o("todo", outcome(store.get_todo(sid).await, sid)),
         o("export", outcome(store.export_session(sid).await, sid)),
-        o(
-            "export messages",
-            outcome(store.export_messages(sid).await, sid),
-        ),
-        o(
-            "export metadata",
-            outcome(store.export_metadata(sid).await, sid),
-        ),
+        o("export messages", outcome(store.export_messages(sid).await, sid)),
+        o("export metadata", outcome(store.export_metadata(sid).await, sid)),
         o("checksum", outcome(store.session_checksum(sid).await, sid)),
-        o(
-            "search",
-            outcome(store.search_messages("question", &scope, 10).await, sid),
-        ),
+        o("search", outcome(store.search_messages("question", &scope, 10).await, sid)),
         o("fork", outcome(store.fork_session(sid, None).await, sid)),
-        o(
-            "insert",
-            outcome(
-                store
-                    .insert_message(sid, &Role::User, Some("x"), None, None, None)
-                    .await,
-                sid,
-            ),
-        ),
-        o(
-            "title",
-            outcome(store.set_session_title(sid, "t").await, sid),
-        ),
-        o(
-            "set mode",
-            outcome(store.set_session_mode(sid, "m").await, sid),
-        ),
-        o(
-            "set meta",
-            outcome(store.set_metadata(sid, "k", "v").await, sid),
-        ),
-        o(
-            "compact",
-            outcome(store.compact_session(sid, "s", 0).await, sid),
-        ),
+        o("insert", outcome(store.insert_message(sid, &Role::User, Some("x"), None, None, None).await, sid)),
+        o("title", outcome(store.set_session_title(sid, "t").await, sid)),
+        o("set mode", outcome(store.set_session_mode(sid, "m").await, sid)),
+        o("set meta", outcome(store.set_metadata(sid, "k", "v").await, sid)),
+        o("compact", outcome(store.compact_session(sid, "s", 0).await, sid)),
         o(
             "complete",
             outcome(
@@ -119,37 +68,21 @@ async fn answers(store: &Arc<dyn Store>, sid: &str, msgs: &[i64]) -> Vec<String>
                 sid,
             ),
         ),
-        o(
-            "clear",
-            outcome(store.clear_message_content(msgs, "[cleared]").await, sid),
-        ),
+        o("clear", outcome(store.clear_message_content(msgs, "[cleared]").await, sid)),
         o("delete", outcome(store.delete_session(sid).await, sid)),
     ]
 }
 
 /// Every global read, as a comparable value.
 async fn globals(fx: &Fixture) -> Result<Vec<String>> {
-    let scope = SearchScope {
-        project_root: Some(Path::new(ROOT)),
-        session: None,
-        roles: &[],
-        include_compacted: true,
-    };
+    let scope = SearchScope { project_root: Some(Path::new(ROOT)), session: None, roles: &[], include_compacted: true };
     Ok(vec![
         format!("{:?}", fx.store.list_sessions(100, Path::new(ROOT)).await?),
         format!("{:?}", fx.store.recent_user_messages(100).await?),
         format!("{:?}", fx.store.compacted_stats().await?),
         format!("{:?}", fx.store.export_session_ids().await?),
-        format!(
-            "{:?}",
-            fx.store.search_messages("question", &scope, 100).await?
-        ),
-        format!(
-            "{:?}",
-            fx.store
-                .search_messages("output", &SearchScope::default(), 100)
-                .await?
-        ),
+        format!("{:?}", fx.store.search_messages("question", &scope, 100).await?),
+        format!("{:?}", fx.store.search_messages("output", &SearchScope::default(), 100).await?),
     ])
 }
 
@@ -189,20 +122,8 @@ pub async fn a_trashed_session_answers_as_if_deleted(fx: &Fixture) -> Result<()>
     user(fx, &keep, "kept question").await?;
     let before = globals(fx).await?;
     let sid = rich_session(fx).await?;
-    tool(
-        fx,
-        &sid,
-        Some("c9"),
-        &format!("output {}", incompressible(6_000, 3)),
-    )
-    .await?;
-    let msgs: Vec<i64> = fx
-        .store
-        .load_all_messages(&sid)
-        .await?
-        .iter()
-        .map(|m| m.id)
-        .collect();
+    tool(fx, &sid, Some("c9"), &format!("output {}", incompressible(6_000, 3))).await?;
+    let msgs: Vec<i64> = fx.store.load_all_messages(&sid).await?.iter().map(|m| m.id).collect();
     fx.clock.advance(5_000);
     let deleted_at = koda_persistence_api::Clock::now_ms(&fx.clock);
     eq("delete", fx.store.delete_session(&sid).await?, true)?;
@@ -217,19 +138,12 @@ pub async fn a_trashed_session_answers_as_if_deleted(fx: &Fixture) -> Result<()>
     let d = entry(fx, &sid).await?;
     eq("deleted at", d.deleted_ms, deleted_at)?;
     check("purge after deletion", d.purge_at_ms > deleted_at)?;
-    eq(
-        "purge at a whole number of days",
-        (d.purge_at_ms - deleted_at) % DAY_MS,
-        0,
-    )?;
+    eq("purge at a whole number of days", (d.purge_at_ms - deleted_at) % DAY_MS, 0)?;
     eq("message count", d.message_count, msgs.len() as i64)?;
     eq("title", d.title.as_deref(), Some("title ✓"))?;
     eq("root", d.project_root.as_deref(), Some(ROOT))?;
     eq("trash", fx.store.list_deleted().await?.len(), 1)?;
-    check(
-        "the kept session is listed",
-        listed(&fx.store.list_sessions(10, Path::new(ROOT)).await?, &keep),
-    )
+    check("the kept session is listed", listed(&fx.store.list_sessions(10, Path::new(ROOT)).await?, &keep))
 }
 
 /// A restore brings the session back byte-exact: its record, listing,
@@ -238,13 +152,7 @@ pub async fn a_trashed_session_answers_as_if_deleted(fx: &Fixture) -> Result<()>
 /// reads; new writes then go on after its last message.
 pub async fn restore_brings_everything_back_byte_exact(fx: &Fixture) -> Result<()> {
     let sid = rich_session(fx).await?;
-    tool(
-        fx,
-        &sid,
-        Some("c9"),
-        &format!("output {}", incompressible(6_000, 4)),
-    )
-    .await?;
+    tool(fx, &sid, Some("c9"), &format!("output {}", incompressible(6_000, 4))).await?;
     let record = fx.store.export_session(&sid).await?;
     let messages = fx.store.export_messages(&sid).await?;
     let metadata = fx.store.export_metadata(&sid).await?;
@@ -269,39 +177,22 @@ pub async fn restore_brings_everything_back_byte_exact(fx: &Fixture) -> Result<(
     eq("metadata", fx.store.export_metadata(&sid).await?, metadata)?;
     eq("checksum", fx.store.session_checksum(&sid).await?, checksum)?;
     eq("usage", fx.store.session_token_usage(&sid).await?, usage)?;
-    eq(
-        "usage by agent",
-        fx.store.session_usage_by_agent(&sid).await?,
-        by_agent,
-    )?;
+    eq("usage by agent", fx.store.session_usage_by_agent(&sid).await?, by_agent)?;
     eq("context", fx.store.load_context(&sid).await?, context)?;
     eq("all", fx.store.load_all_messages(&sid).await?, all.clone())?;
     eq("mode", fx.store.get_session_mode(&sid).await?, mode)?;
-    eq(
-        "idle (two days more)",
-        fx.store.get_session_idle_secs(&sid).await?,
-        idle.map(|s| s + 2 * DAY_MS / 1000),
-    )?;
+    eq("idle (two days more)", fx.store.get_session_idle_secs(&sid).await?, idle.map(|s| s + 2 * DAY_MS / 1000))?;
     eq("global reads", globals(fx).await?, global)?;
     eq("bodies", fx.store.health().await?.bodies, bodies)?;
-    eq(
-        "trash after restore",
-        fx.store.list_deleted().await?.len(),
-        1,
-    )?;
+    eq("trash after restore", fx.store.list_deleted().await?.len(), 1)?;
     let next = user(fx, &sid, "after the restore").await?;
     let last = all.last().map_or(0, |m| m.id);
     check("new ids go on", next > last)?;
     let after = fx.store.load_all_messages(&sid).await?;
     eq("appended last", after.last().map(|m| m.id), Some(next))?;
     eq("count", after.len(), all.len() + 1)?;
-    let listed_count = fx
-        .store
-        .list_sessions(10, Path::new(ROOT))
-        .await?
-        .into_iter()
-        .find(|s| s.id == sid)
-        .map(|s| s.message_count);
+    let listed_count =
+        fx.store.list_sessions(10, Path::new(ROOT)).await?.into_iter().find(|s| s.id == sid).map(|s| s.message_count);
     eq("listed count", listed_count, Some(after.len() as i64))?;
     check("problems", fx.store.health().await?.problems.is_empty())
 }
@@ -318,79 +209,38 @@ pub async fn restore_after_the_purge_boundary_is_not_found(fx: &Fixture) -> Resu
     tool(fx, &sid, Some("c1"), &big).await?;
     let fork = fx.store.fork_session(&sid, None).await?;
     let own = session(fx).await?;
-    tool(
-        fx,
-        &own,
-        Some("c2"),
-        &format!("own {}", incompressible(8_000, 6)),
-    )
-    .await?;
+    tool(fx, &own, Some("c2"), &format!("own {}", incompressible(8_000, 6))).await?;
     let full = fx.store.health().await?.bodies;
     eq("two bodies", full.bodies, 2)?;
 
     fx.store.delete_session(&sid).await?;
     let d = entry(fx, &sid).await?;
     fx.clock.set(d.purge_at_ms - 1);
-    eq(
-        "dry run before",
-        fx.store.purge_deleted(true).await?,
-        vec![],
-    )?;
+    eq("dry run before", fx.store.purge_deleted(true).await?, vec![])?;
     eq("purge before", fx.store.purge_deleted(false).await?, vec![])?;
     entry(fx, &sid).await?;
     fx.store.restore_session(&sid).await?;
-    check(
-        "restored just before the boundary",
-        listed(&fx.store.list_sessions(10, Path::new(ROOT)).await?, &sid),
-    )?;
+    check("restored just before the boundary", listed(&fx.store.list_sessions(10, Path::new(ROOT)).await?, &sid))?;
 
     fx.store.delete_session(&sid).await?;
     fx.store.delete_session(&own).await?;
     let d = entry(fx, &sid).await?;
     let o = entry(fx, &own).await?;
     fx.clock.set(d.purge_at_ms);
-    eq(
-        "expired ones are not listed",
-        fx.store.list_deleted().await?,
-        vec![],
-    )?;
-    expect_err(
-        "restore at the boundary",
-        fx.store.restore_session(&sid).await,
-        is_session_not_found,
-    )?;
+    eq("expired ones are not listed", fx.store.list_deleted().await?, vec![])?;
+    expect_err("restore at the boundary", fx.store.restore_session(&sid).await, is_session_not_found)?;
     let mut want = vec![d.clone(), o.clone()];
     koda_persistence_api::trash::sort_deleted(&mut want);
     eq("dry run", fx.store.purge_deleted(true).await?, want.clone())?;
-    eq(
-        "dry run changes nothing",
-        fx.store.health().await?.bodies,
-        full,
-    )?;
+    eq("dry run changes nothing", fx.store.health().await?.bodies, full)?;
     eq("purge", fx.store.purge_deleted(false).await?, want)?;
     eq("purge again", fx.store.purge_deleted(false).await?, vec![])?;
     let left = fx.store.health().await?;
-    eq(
-        "the shared body stays, the other goes",
-        (left.bodies.bodies, left.bodies.references),
-        (1, 1),
-    )?;
+    eq("the shared body stays, the other goes", (left.bodies.bodies, left.bodies.references), (1, 1))?;
     check("problems", left.problems.is_empty())?;
-    expect_err(
-        "restore after the purge",
-        fx.store.restore_session(&sid).await,
-        is_session_not_found,
-    )?;
-    eq(
-        "the fork keeps its copy",
-        fx.store.load_all_messages(&fork).await?.len(),
-        2,
-    )?;
-    eq(
-        "delete after purge",
-        fx.store.delete_session(&sid).await?,
-        false,
-    )
+    expect_err("restore after the purge", fx.store.restore_session(&sid).await, is_session_not_found)?;
+    eq("the fork keeps its copy", fx.store.load_all_messages(&fork).await?.len(), 2)?;
+    eq("delete after purge", fx.store.delete_session(&sid).await?, false)
 }
 
 /// A restore of a session that is not in the trash (never existed, live,
@@ -401,35 +251,17 @@ pub async fn restore_and_import_refuse_what_they_cannot_do(fx: &Fixture) -> Resu
     let sid = session(fx).await?;
     user(fx, &sid, "hello").await?;
     for id in [sid.as_str(), "nope", "", "a\0b"] {
-        expect_err(
-            &format!("restore {id:?}"),
-            fx.store.restore_session(id).await,
-            is_session_not_found,
-        )?;
+        expect_err(&format!("restore {id:?}"), fx.store.restore_session(id).await, is_session_not_found)?;
     }
-    let record = fx
-        .store
-        .export_session(&sid)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no record"))?;
+    let record = fx.store.export_session(&sid).await?.ok_or_else(|| anyhow::anyhow!("no record"))?;
     fx.store.delete_session(&sid).await?;
-    expect_err(
-        "import of a trashed id",
-        fx.store.import_session(&record).await,
-        |e| matches!(e, PersistenceError::Conflict(_)),
-    )?;
-    eq(
-        "nothing imported",
-        fx.store.export_session(&sid).await?,
-        None,
-    )?;
+    expect_err("import of a trashed id", fx.store.import_session(&record).await, |e| {
+        matches!(e, PersistenceError::Conflict(_))
+    })?;
+    eq("nothing imported", fx.store.export_session(&sid).await?, None)?;
     fx.store.restore_session(&sid).await?;
     eq("restored", fx.store.load_all_messages(&sid).await?.len(), 1)?;
-    expect_err(
-        "restore twice",
-        fx.store.restore_session(&sid).await,
-        is_session_not_found,
-    )?;
+    expect_err("restore twice", fx.store.restore_session(&sid).await, is_session_not_found)?;
     eq("empty trash", fx.store.list_deleted().await?, vec![])
 }
 
@@ -446,22 +278,12 @@ pub async fn without_a_grace_period_delete_is_for_good(fx: &Fixture) -> Result<(
     };
     let outcome = async {
         let sid = session(&zero).await?;
-        tool(
-            &zero,
-            &sid,
-            Some("c1"),
-            &format!("output {}", incompressible(8_000, 7)),
-        )
-        .await?;
+        tool(&zero, &sid, Some("c1"), &format!("output {}", incompressible(8_000, 7))).await?;
         eq("one body", zero.store.health().await?.bodies.bodies, 1)?;
         eq("delete", zero.store.delete_session(&sid).await?, true)?;
         eq("trash", zero.store.list_deleted().await?, vec![])?;
         eq("no body", zero.store.health().await?.bodies.bodies, 0)?;
-        expect_err(
-            "restore",
-            zero.store.restore_session(&sid).await,
-            is_session_not_found,
-        )
+        expect_err("restore", zero.store.restore_session(&sid).await, is_session_not_found)
     }
     .await;
     zero.finish(outcome).await
@@ -480,17 +302,7 @@ pub async fn a_delete_racing_writers_loses_no_acknowledged_message(fx: &Fixture)
         tokio::spawn(async move {
             let mut ok = Vec::new();
             for i in 0..40 {
-                match store
-                    .insert_message(
-                        &sid,
-                        &Role::User,
-                        Some(&format!("w{n} m{i}")),
-                        None,
-                        None,
-                        None,
-                    )
-                    .await
-                {
+                match store.insert_message(&sid, &Role::User, Some(&format!("w{n} m{i}")), None, None, None).await {
                     Ok(id) => ok.push(id),
                     Err(e) if PersistenceError::of(&e).is_some_and(is_session_not_found) => {}
                     Err(e) => return Err(e),
@@ -509,13 +321,7 @@ pub async fn a_delete_racing_writers_loses_no_acknowledged_message(fx: &Fixture)
     }
     acked.sort_unstable();
     fx.store.restore_session(&sid).await?;
-    let mut got: Vec<i64> = fx
-        .store
-        .load_all_messages(&sid)
-        .await?
-        .iter()
-        .map(|m| m.id)
-        .collect();
+    let mut got: Vec<i64> = fx.store.load_all_messages(&sid).await?.iter().map(|m| m.id).collect();
     let in_order = got.windows(2).all(|w| w[0] < w[1]);
     got.sort_unstable();
     eq("every acknowledged message, nothing else", got, acked)?;
@@ -540,11 +346,7 @@ pub async fn count_deleted_counts_what_list_deleted_lists(fx: &Fixture) -> Resul
     fx.clock.advance(1_000);
     fx.store.delete_session(&b).await?;
     let listed = fx.store.list_deleted().await?.len();
-    eq(
-        "two trashed",
-        (fx.store.count_deleted().await?, listed),
-        (2, 2),
-    )?;
+    eq("two trashed", (fx.store.count_deleted().await?, listed), (2, 2))?;
     fx.store.restore_session(&a).await?;
     eq("one restored", fx.store.count_deleted().await?, 1)?;
     fx.clock.advance(days * DAY_MS);

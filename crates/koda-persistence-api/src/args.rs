@@ -31,9 +31,7 @@ pub fn message_not_found(id: i64) -> anyhow::Error {
 /// [`PersistenceError::InvalidInput`] when `limit < 0`.
 pub fn check_limit(limit: i64) -> Result<usize, PersistenceError> {
     if limit < 0 {
-        return Err(PersistenceError::InvalidInput(format!(
-            "limit must not be negative, got {limit}"
-        )));
+        return Err(PersistenceError::InvalidInput(format!("limit must not be negative, got {limit}")));
     }
     Ok(usize::try_from(limit).unwrap_or(usize::MAX))
 }
@@ -59,9 +57,9 @@ pub fn check_usage(usage: Option<&TokenUsage>) -> Result<(), PersistenceError> {
         ("thinking_tokens", u.thinking_tokens),
     ];
     match fields.iter().find(|(_, v)| *v < 0) {
-        Some((name, v)) => Err(PersistenceError::InvalidInput(format!(
-            "token counter {name} must not be negative, got {v}"
-        ))),
+        Some((name, v)) => {
+            Err(PersistenceError::InvalidInput(format!("token counter {name} must not be negative, got {v}")))
+        }
         None => Ok(()),
     }
 }
@@ -72,12 +70,9 @@ pub fn check_usage(usage: Option<&TokenUsage>) -> Result<(), PersistenceError> {
 /// # Errors
 /// [`PersistenceError::InvalidInput`] when the path is not valid UTF-8.
 pub fn root_to_str(root: &Path) -> Result<&str, PersistenceError> {
-    root.as_os_str().to_str().ok_or_else(|| {
-        PersistenceError::InvalidInput(format!(
-            "project root is not valid UTF-8: {}",
-            root.display()
-        ))
-    })
+    root.as_os_str()
+        .to_str()
+        .ok_or_else(|| PersistenceError::InvalidInput(format!("project root is not valid UTF-8: {}", root.display())))
 }
 
 fn invalid(what: String) -> PersistenceError {
@@ -88,9 +83,7 @@ fn check_time(what: &str, ms: i64) -> Result<(), PersistenceError> {
     if (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms) {
         Ok(())
     } else {
-        Err(invalid(format!(
-            "{what} {ms} is outside {MIN_TIMESTAMP_MS}..={MAX_TIMESTAMP_MS} ms"
-        )))
+        Err(invalid(format!("{what} {ms} is outside {MIN_TIMESTAMP_MS}..={MAX_TIMESTAMP_MS} ms")))
     }
 }
 
@@ -130,25 +123,16 @@ pub fn check_message_records(messages: &[MessageRecord]) -> Result<(), Persisten
     for m in messages {
         let at = |what: &str| format!("message {}: {what}", m.id);
         if m.id < 1 {
-            return Err(invalid(format!(
-                "message id must be positive, got {}",
-                m.id
-            )));
+            return Err(invalid(format!("message id must be positive, got {}", m.id)));
         }
         check_time(&at("created_ms"), m.created_ms)?;
-        for (what, t) in [
-            ("completed_ms", m.completed_ms),
-            ("compacted_ms", m.compacted_ms),
-        ] {
+        for (what, t) in [("completed_ms", m.completed_ms), ("compacted_ms", m.compacted_ms)] {
             if let Some(t) = t {
                 check_time(&at(what), t)?;
             }
         }
         if let Some(v) = m.counters().into_iter().flatten().find(|v| *v < 0) {
-            return Err(invalid(format!(
-                "{} must not be negative, got {v}",
-                at("a token counter")
-            )));
+            return Err(invalid(format!("{} must not be negative, got {v}", at("a token counter"))));
         }
     }
     Ok(())
@@ -160,9 +144,7 @@ pub fn check_message_records(messages: &[MessageRecord]) -> Result<(), Persisten
 /// `InvalidInput` unless `1 <= first <= last`.
 pub fn check_claim(first: i64, last: i64) -> Result<(), PersistenceError> {
     if first < 1 || first > last {
-        return Err(invalid(format!(
-            "an id claim needs 1 <= first <= last, got {first}..={last}"
-        )));
+        return Err(invalid(format!("an id claim needs 1 <= first <= last, got {first}..={last}")));
     }
     Ok(())
 }
@@ -174,19 +156,14 @@ pub fn check_claim(first: i64, last: i64) -> Result<(), PersistenceError> {
 /// # Errors
 /// With `keep_ids`: `InvalidInput` for an id the store has not handed out
 /// or granted (`>= next`) and for an id given twice.
-pub fn assign_ids(
-    messages: &[MessageRecord],
-    keep_ids: bool,
-    next: i64,
-) -> Result<(Vec<i64>, i64), PersistenceError> {
+pub fn assign_ids(messages: &[MessageRecord], keep_ids: bool, next: i64) -> Result<(Vec<i64>, i64), PersistenceError> {
     if keep_ids {
         let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
         check_kept(&ids, next.saturating_sub(1))?;
         Ok((ids, next))
     } else {
-        let ids: Vec<i64> = (0..messages.len())
-            .map(|i| next.saturating_add(i64::try_from(i).unwrap_or(i64::MAX)))
-            .collect();
+        let ids: Vec<i64> =
+            (0..messages.len()).map(|i| next.saturating_add(i64::try_from(i).unwrap_or(i64::MAX))).collect();
         let after = ids.last().map_or(next, |l| l.saturating_add(1));
         Ok((ids, after))
     }
@@ -200,9 +177,7 @@ pub fn assign_ids(
 /// given twice.
 pub fn check_kept(ids: &[i64], position: i64) -> Result<(), PersistenceError> {
     if let Some(id) = ids.iter().find(|id| **id > position) {
-        return Err(invalid(format!(
-            "message id {id} is past this store's id sequence ({position}); claim_ids first"
-        )));
+        return Err(invalid(format!("message id {id} is past this store's id sequence ({position}); claim_ids first")));
     }
     let mut seen = std::collections::HashSet::with_capacity(ids.len());
     if let Some(id) = ids.iter().find(|id| !seen.insert(**id)) {
@@ -213,9 +188,7 @@ pub fn check_kept(ids: &[i64], position: i64) -> Result<(), PersistenceError> {
 
 /// `Conflict` for a kept id that is taken.
 pub fn id_taken(id: i64) -> PersistenceError {
-    PersistenceError::Conflict(format!(
-        "message id {id} is taken in this store; import without keeping ids"
-    ))
+    PersistenceError::Conflict(format!("message id {id} is taken in this store; import without keeping ids"))
 }
 
 /// Whether some store could hold a session with this id: only ids

@@ -8,9 +8,8 @@
 use std::sync::Arc;
 
 pub use crate::args::{
-    assign_ids, check_claim, check_kept, check_limit, check_message_records, check_session_id,
-    check_session_record, check_usage, id_taken, limit_bound, message_not_found, root_to_str,
-    session_not_found,
+    assign_ids, check_claim, check_kept, check_limit, check_message_records, check_session_id, check_session_record,
+    check_usage, id_taken, limit_bound, message_not_found, root_to_str, session_not_found,
 };
 pub use crate::cache::{ContextCache, DEFAULT_CACHED_SESSIONS, Removed, SharedContextCache};
 pub use crate::clock::{format_timestamp, idle_secs};
@@ -19,8 +18,7 @@ pub use crate::types::NewMessage;
 pub use crate::url;
 pub use crate::url::StoreUrl;
 pub use crate::usage::{
-    DEFAULT_AGENT, ExactUsage, UsageTally, order_usage_groups, purge_cutoff, usage_by_agent,
-    usage_total,
+    DEFAULT_AGENT, ExactUsage, UsageTally, order_usage_groups, purge_cutoff, usage_by_agent, usage_total,
 };
 
 use crate::capabilities::Encryption;
@@ -40,10 +38,7 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
     }
     #[cfg(not(unix))]
     {
@@ -142,10 +137,7 @@ pub fn options_from<B: Backend>(url: &StoreUrl) -> Result<B::Options, Persistenc
 ///
 /// # Errors
 /// As [`Backend::open`].
-pub async fn open_checked<B: Backend>(
-    options: B::Options,
-    clock: Arc<dyn Clock>,
-) -> anyhow::Result<Checked<B::Store>> {
+pub async fn open_checked<B: Backend>(options: B::Options, clock: Arc<dyn Clock>) -> anyhow::Result<Checked<B::Store>> {
     Ok(Checked::new(B::open(options, clock).await?))
 }
 
@@ -153,9 +145,6 @@ pub async fn open_checked<B: Backend>(
 ///
 /// # Errors
 /// As [`options_of`] and [`Backend::open`].
-pub async fn open_url<B: Backend>(
-    url: &str,
-    clock: Arc<dyn Clock>,
-) -> anyhow::Result<Checked<B::Store>> {
+pub async fn open_url<B: Backend>(url: &str, clock: Arc<dyn Clock>) -> anyhow::Result<Checked<B::Store>> {
     open_checked::<B>(options_of::<B>(url)?, clock).await
 }

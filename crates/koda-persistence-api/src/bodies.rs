@@ -103,8 +103,7 @@ pub fn pack(text: &str) -> anyhow::Result<Vec<u8>> {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             let mut c = zstd::bulk::Compressor::new(PACK_LEVEL).context("compressing a body")?;
-            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
-                .context("compressing a body")?;
+            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).context("compressing a body")?;
             *slot = Some(c);
         }
         match slot.as_mut() {
@@ -143,10 +142,7 @@ pub fn unpack(data: &[u8]) -> Result<String, PersistenceError> {
     });
     let bytes = bytes.map_err(|e| corrupt(format!("is damaged: {e}")))?;
     if bytes.len() != size {
-        return Err(corrupt(format!(
-            "inflates to {} bytes, not the {size} it records",
-            bytes.len()
-        )));
+        return Err(corrupt(format!("inflates to {} bytes, not the {size} it records", bytes.len())));
     }
     String::from_utf8(bytes).map_err(|_| corrupt("is not UTF-8".into()))
 }
@@ -159,11 +155,10 @@ pub fn body_name(hash: &[u8]) -> String {
 /// The text length a packed body records, without inflating it.
 pub fn packed_len(data: &[u8]) -> Result<usize, PersistenceError> {
     match zstd::zstd_safe::get_frame_content_size(data) {
-        Ok(Some(size)) => usize::try_from(size)
-            .map_err(|_| PersistenceError::Corrupt(format!("a stored body claims {size} bytes"))),
-        _ => Err(PersistenceError::Corrupt(
-            "a stored body is not a zstd frame with its size".into(),
-        )),
+        Ok(Some(size)) => {
+            usize::try_from(size).map_err(|_| PersistenceError::Corrupt(format!("a stored body claims {size} bytes")))
+        }
+        _ => Err(PersistenceError::Corrupt("a stored body is not a zstd frame with its size".into())),
     }
 }
 
@@ -172,9 +167,7 @@ pub fn packed_len(data: &[u8]) -> Result<usize, PersistenceError> {
 pub fn unpack_checked(data: &[u8], hash: &[u8]) -> Result<String, PersistenceError> {
     let text = unpack(data)?;
     if body_hash(&text).as_slice() != hash {
-        return Err(PersistenceError::Corrupt(
-            "a stored body does not match its address".into(),
-        ));
+        return Err(PersistenceError::Corrupt("a stored body does not match its address".into()));
     }
     Ok(text)
 }
@@ -221,12 +214,7 @@ mod tests {
 
     #[test]
     fn pack_round_trips_and_notices_damage() -> anyhow::Result<()> {
-        for text in [
-            "",
-            "x",
-            "NUL\0inside \u{fffd} \\ud800 \"",
-            &"ab".repeat(50_000),
-        ] {
+        for text in ["", "x", "NUL\0inside \u{fffd} \\ud800 \"", &"ab".repeat(50_000)] {
             let packed = pack(text)?;
             assert_eq!(unpack(&packed)?, text);
             assert_eq!(unpack_checked(&packed, &body_hash(text))?, text);
@@ -236,15 +224,9 @@ mod tests {
         packed[mid] ^= 0xff;
         assert!(matches!(unpack(&packed), Err(PersistenceError::Corrupt(_))));
         assert!(matches!(unpack(&[]), Err(PersistenceError::Corrupt(_))));
-        assert!(matches!(
-            unpack(b"not zstd"),
-            Err(PersistenceError::Corrupt(_))
-        ));
+        assert!(matches!(unpack(b"not zstd"), Err(PersistenceError::Corrupt(_))));
         let other = pack("a")?;
-        assert!(matches!(
-            unpack_checked(&other, &body_hash("b")),
-            Err(PersistenceError::Corrupt(_))
-        ));
+        assert!(matches!(unpack_checked(&other, &body_hash("b")), Err(PersistenceError::Corrupt(_))));
         Ok(())
     }
 
@@ -258,11 +240,7 @@ mod tests {
         assert!(!is_body(&Role::Tool, BodyField::Content, &short_tool[1..]));
         let long = "l".repeat(BODY_THRESHOLD);
         for role in [Role::User, Role::Assistant, Role::System, Role::Tool] {
-            for field in [
-                BodyField::Content,
-                BodyField::FullContent,
-                BodyField::ToolCalls,
-            ] {
+            for field in [BodyField::Content, BodyField::FullContent, BodyField::ToolCalls] {
                 assert!(is_body(&role, field, &long));
                 assert!(!is_body(&role, field, &long[1..]) || role == Role::Tool);
             }

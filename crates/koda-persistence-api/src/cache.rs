@@ -27,9 +27,7 @@ impl Default for SharedContextCache {
 impl SharedContextCache {
     /// An empty cache of `capacity` sessions.
     pub fn new(capacity: usize) -> Self {
-        Self {
-            inner: Mutex::new(ContextCache::new(capacity)),
-        }
+        Self { inner: Mutex::new(ContextCache::new(capacity)) }
     }
 
     /// The cache, locked. A lock poisoned by a panic still holds a usable
@@ -71,21 +69,9 @@ struct CachedSession {
 
 impl CachedSession {
     fn context(&self) -> Vec<Message> {
-        let views: Vec<View<'_>> = self
-            .rows
-            .iter()
-            .map(|(r, n)| View {
-                message: &r.message,
-                complete: r.complete,
-                names: n,
-            })
-            .collect();
-        kept(&views)
-            .into_iter()
-            .zip(&self.rows)
-            .filter(|(k, _)| *k)
-            .map(|(_, (r, _))| r.message.clone())
-            .collect()
+        let views: Vec<View<'_>> =
+            self.rows.iter().map(|(r, n)| View { message: &r.message, complete: r.complete, names: n }).collect();
+        kept(&views).into_iter().zip(&self.rows).filter(|(k, _)| *k).map(|(_, (r, _))| r.message.clone()).collect()
     }
 }
 
@@ -111,11 +97,7 @@ impl ContextCache {
     /// A cache holding at most `capacity` sessions (least recently used
     /// go first).
     pub fn new(capacity: usize) -> Self {
-        Self {
-            sessions: HashMap::new(),
-            capacity: capacity.max(1),
-            tick: 0,
-        }
+        Self { sessions: HashMap::new(), capacity: capacity.max(1), tick: 0 }
     }
 
     fn touch(&mut self) -> u64 {
@@ -126,10 +108,7 @@ impl ContextCache {
     /// The context of `session` if the cache holds exactly `version`.
     pub fn get(&mut self, session: &str, version: i64) -> Option<Vec<Message>> {
         let now = self.touch();
-        let entry = self
-            .sessions
-            .get_mut(session)
-            .filter(|e| e.version == version)?;
+        let entry = self.sessions.get_mut(session).filter(|e| e.version == version)?;
         entry.last_used = now;
         Some(entry.context())
     }
@@ -150,18 +129,10 @@ impl ContextCache {
             last_used: now,
         };
         let context = entry.context();
-        if self
-            .sessions
-            .get(session)
-            .is_none_or(|held| held.version < version)
-        {
+        if self.sessions.get(session).is_none_or(|held| held.version < version) {
             self.sessions.insert(session.to_owned(), entry);
             if self.sessions.len() > self.capacity
-                && let Some(oldest) = self
-                    .sessions
-                    .iter()
-                    .min_by_key(|(_, e)| e.last_used)
-                    .map(|(k, _)| k.clone())
+                && let Some(oldest) = self.sessions.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone())
             {
                 self.sessions.remove(&oldest);
             }
@@ -190,10 +161,7 @@ impl ContextCache {
     /// message is never complete), if that session is cached at all.
     pub fn append_new(&mut self, message: &NewMessage, id: i64, created_ms: i64, version: i64) {
         if self.holds(&message.session_id) {
-            let row = ContextRow {
-                message: message.to_message(id, created_ms),
-                complete: false,
-            };
+            let row = ContextRow { message: message.to_message(id, created_ms), complete: false };
             self.appended(&message.session_id, version, row);
         }
     }
@@ -267,11 +235,7 @@ mod tests {
     fn the_cache_serves_its_version_and_follows_its_writes() {
         let mut cache = ContextCache::new(2);
         assert_eq!(cache.get("s", 1), None);
-        let history = vec![
-            msg(1, Role::User),
-            calls(2, r#"[{"id":"c"}]"#),
-            result(3, "c"),
-        ];
+        let history = vec![msg(1, Role::User), calls(2, r#"[{"id":"c"}]"#), result(3, "c")];
         let ctx = cache.put("s", 5, complete(history.clone()));
         assert_eq!(ctx, passes(history.clone()));
         assert_eq!(cache.get("s", 5).as_deref(), Some(&ctx[..]));
@@ -279,65 +243,22 @@ mod tests {
 
         // Our own append at version 6 keeps the entry current.
         let next = calls(4, r#"[{"id":"d"}]"#);
-        cache.appended(
-            "s",
-            6,
-            ContextRow {
-                message: next.clone(),
-                complete: false,
-            },
-        );
-        assert_eq!(
-            ids(&cache.get("s", 6).expect("hit")),
-            [1, 2, 3],
-            "incomplete caller is dropped"
-        );
+        cache.appended("s", 6, ContextRow { message: next.clone(), complete: false });
+        assert_eq!(ids(&cache.get("s", 6).expect("hit")), [1, 2, 3], "incomplete caller is dropped");
         cache.completed("s", 7, 4);
-        assert_eq!(
-            ids(&cache.get("s", 7).expect("hit")),
-            [1, 2, 3],
-            "its call is unanswered"
-        );
-        cache.appended(
-            "s",
-            8,
-            ContextRow {
-                message: result(5, "d"),
-                complete: false,
-            },
-        );
+        assert_eq!(ids(&cache.get("s", 7).expect("hit")), [1, 2, 3], "its call is unanswered");
+        cache.appended("s", 8, ContextRow { message: result(5, "d"), complete: false });
         assert_eq!(ids(&cache.get("s", 8).expect("hit")), [1, 2, 3, 4, 5]);
 
         // A write the cache did not see (version jumped) drops the entry.
-        cache.appended(
-            "s",
-            10,
-            ContextRow {
-                message: msg(6, Role::User),
-                complete: false,
-            },
-        );
+        cache.appended("s", 10, ContextRow { message: msg(6, Role::User), complete: false });
         assert!(!cache.holds("s"));
 
         // An edit the held entry already includes (a reader loaded after the
         // commit) or predates changes nothing.
         cache.put("r", 6, complete(vec![msg(1, Role::User)]));
-        cache.appended(
-            "r",
-            6,
-            ContextRow {
-                message: msg(2, Role::User),
-                complete: true,
-            },
-        );
-        cache.appended(
-            "r",
-            4,
-            ContextRow {
-                message: msg(3, Role::User),
-                complete: true,
-            },
-        );
+        cache.appended("r", 6, ContextRow { message: msg(2, Role::User), complete: true });
+        cache.appended("r", 4, ContextRow { message: msg(3, Role::User), complete: true });
         assert_eq!(ids(&cache.get("r", 6).expect("kept")), [1]);
         cache.forget("r");
 
@@ -348,11 +269,7 @@ mod tests {
 
         // A newer read replaces an older entry.
         cache.put("q", 1, complete(vec![msg(1, Role::User)]));
-        cache.put(
-            "q",
-            2,
-            complete(vec![msg(1, Role::User), msg(2, Role::User)]),
-        );
+        cache.put("q", 2, complete(vec![msg(1, Role::User), msg(2, Role::User)]));
         assert_eq!(ids(&cache.get("q", 2).expect("newer read held")), [1, 2]);
         cache.forget("q");
 
@@ -362,16 +279,10 @@ mod tests {
         for round in 0..12 {
             let name = format!("s{round}");
             lru.put(&name, 1, complete(vec![msg(1, Role::User)]));
-            assert!(
-                lru.get("keep", 1).is_some(),
-                "round {round}: the recently used one stays"
-            );
+            assert!(lru.get("keep", 1).is_some(), "round {round}: the recently used one stays");
             let next = format!("s{}", round + 1);
             lru.put(&next, 1, complete(vec![msg(1, Role::User)]));
-            assert!(
-                !lru.holds(&name),
-                "round {round}: the least recently used one goes"
-            );
+            assert!(!lru.holds(&name), "round {round}: the least recently used one goes");
             assert!(lru.get("keep", 1).is_some() && lru.holds(&next));
             lru.forget(&next);
         }

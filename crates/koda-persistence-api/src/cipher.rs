@@ -51,9 +51,7 @@ impl fmt::Debug for KeyMaterial {
 /// The refusal every wrong, missing or misplaced key gets: `what` (a path,
 /// a schema) is left untouched.
 pub fn wrong_key(what: &str) -> PersistenceError {
-    PersistenceError::PermissionDenied(format!(
-        "{what}: wrong key, or not an encrypted store (left untouched)"
-    ))
+    PersistenceError::PermissionDenied(format!("{what}: wrong key, or not an encrypted store (left untouched)"))
 }
 
 /// Reads the key file at `path`.
@@ -84,9 +82,8 @@ pub fn read_key_file(path: &Path) -> Result<KeyMaterial, PersistenceError> {
     }
     #[cfg(not(unix))]
     let _ = meta;
-    let bytes = std::fs::read(path).map_err(|e| {
-        PersistenceError::PermissionDenied(format!("key file {}: {e}", path.display()))
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| PersistenceError::PermissionDenied(format!("key file {}: {e}", path.display())))?;
     if let Ok(raw) = <[u8; 32]>::try_from(bytes.as_slice()) {
         return Ok(KeyMaterial::Raw(raw));
     }
@@ -181,9 +178,7 @@ mod field {
 
     /// A fresh random nonce from the operating system.
     fn random_nonce() -> Result<XNonce, PersistenceError> {
-        XNonce::try_generate().map_err(|e| {
-            PersistenceError::Unavailable(format!("no randomness from the system: {e}"))
-        })
+        XNonce::try_generate().map_err(|e| PersistenceError::Unavailable(format!("no randomness from the system: {e}")))
     }
 
     fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
@@ -238,24 +233,15 @@ mod field {
         /// `PermissionDenied` ([`super::wrong_key`] naming `what`) when
         /// the key is not the store's; `Corrupt` for a record this build
         /// cannot read.
-        pub fn unlock(
-            material: &KeyMaterial,
-            record: &[u8],
-            what: &str,
-        ) -> Result<Self, PersistenceError> {
+        pub fn unlock(material: &KeyMaterial, record: &[u8], what: &str) -> Result<Self, PersistenceError> {
             if record.len() != RECORD_LEN || !record.starts_with(RECORD) {
-                return Err(PersistenceError::Corrupt(format!(
-                    "{what}: the key record is not one this build reads"
-                )));
+                return Err(PersistenceError::Corrupt(format!("{what}: the key record is not one this build reads")));
             }
             let mut salt = [0u8; SALT];
             salt.copy_from_slice(&record[4..4 + SALT]);
             let cipher = Self::derive(material, salt);
             // Compared in constant time.
-            if mac(&cipher.check, &[CHECKED])
-                .verify_slice(&record[4 + SALT..])
-                .is_err()
-            {
+            if mac(&cipher.check, &[CHECKED]).verify_slice(&record[4 + SALT..]).is_err() {
                 return Err(super::wrong_key(what));
             }
             Ok(cipher)
@@ -286,12 +272,7 @@ mod field {
         /// # Errors
         /// `Corrupt` naming `what` for a value that is not sealed, was
         /// changed, or belongs to another row.
-        pub fn open(
-            &self,
-            aad: &[u8],
-            sealed: &[u8],
-            what: &str,
-        ) -> Result<Vec<u8>, PersistenceError> {
+        pub fn open(&self, aad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>, PersistenceError> {
             let corrupt = |why: &str| PersistenceError::Corrupt(format!("{what} {why}"));
             let Some((&SEALED, rest)) = sealed.split_first() else {
                 return Err(corrupt("is not sealed, in a store whose values all are"));
@@ -302,16 +283,8 @@ mod field {
             let (nonce, ciphertext) = rest.split_at(NONCE);
             let nonce = XNonce::try_from(nonce).map_err(|_| corrupt("has a bad nonce"))?;
             self.aead
-                .decrypt(
-                    &nonce,
-                    Payload {
-                        msg: ciphertext,
-                        aad,
-                    },
-                )
-                .map_err(|_| {
-                    corrupt("fails its authentication: changed, or moved from another row")
-                })
+                .decrypt(&nonce, Payload { msg: ciphertext, aad })
+                .map_err(|_| corrupt("fails its authentication: changed, or moved from another row"))
         }
 
         /// The address of the body `text`: keyed, so the store's
@@ -341,17 +314,11 @@ mod field {
             // Two seals of one text differ (random nonce).
             assert_ne!(c.seal(&aad, b"secret").expect("seals"), sealed);
             let other = crate::cipher::aad(&[b"s", b"2"]);
-            assert!(matches!(
-                c.open(&other, &sealed, "v"),
-                Err(PersistenceError::Corrupt(_))
-            ));
+            assert!(matches!(c.open(&other, &sealed, "v"), Err(PersistenceError::Corrupt(_))));
             for i in 0..sealed.len() {
                 let mut bad = sealed.clone();
                 bad[i] ^= 0x40;
-                assert!(matches!(
-                    c.open(&aad, &bad, "v"),
-                    Err(PersistenceError::Corrupt(_))
-                ));
+                assert!(matches!(c.open(&aad, &bad, "v"), Err(PersistenceError::Corrupt(_))));
             }
             for cut in 0..sealed.len() {
                 assert!(c.open(&aad, &sealed[..cut], "v").is_err());
@@ -360,14 +327,8 @@ mod field {
             let again = FieldCipher::unlock(&raw(1), &record, "s").expect("unlocks");
             assert_eq!(again.open(&aad, &sealed, "v").expect("opens"), b"secret");
             assert_eq!(again.address("x"), c.address("x"));
-            assert!(matches!(
-                FieldCipher::unlock(&raw(2), &record, "s"),
-                Err(PersistenceError::PermissionDenied(_))
-            ));
-            assert!(matches!(
-                FieldCipher::unlock(&raw(1), &record[1..], "s"),
-                Err(PersistenceError::Corrupt(_))
-            ));
+            assert!(matches!(FieldCipher::unlock(&raw(2), &record, "s"), Err(PersistenceError::PermissionDenied(_))));
+            assert!(matches!(FieldCipher::unlock(&raw(1), &record[1..], "s"), Err(PersistenceError::Corrupt(_))));
             // Addresses are keyed: not the plain hash, and per store.
             assert_ne!(c.address("x"), crate::bodies::body_hash("x"));
             let (c2, _) = FieldCipher::create(&raw(1)).expect("random");

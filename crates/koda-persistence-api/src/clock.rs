@@ -43,30 +43,20 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock standing at `ms` (clamped to years 1970–9999).
     pub fn new(ms: i64) -> Self {
-        Self {
-            ms: Arc::new(AtomicI64::new(ms.clamp(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS))),
-        }
+        Self { ms: Arc::new(AtomicI64::new(ms.clamp(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS))) }
     }
 
     /// Sets the time (clamped to years 1970–9999).
     pub fn set(&self, ms: i64) {
-        self.ms.store(
-            ms.clamp(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS),
-            Ordering::SeqCst,
-        );
+        self.ms.store(ms.clamp(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS), Ordering::SeqCst);
     }
 
     /// Moves the time by `delta_ms` (negative moves back), clamped to years 1970–9999.
     pub fn advance(&self, delta_ms: i64) {
         // A CAS loop keeps concurrent advances from losing one another.
-        let _ = self
-            .ms
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| {
-                Some(
-                    cur.saturating_add(delta_ms)
-                        .clamp(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS),
-                )
-            });
+        let _ = self.ms.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| {
+            Some(cur.saturating_add(delta_ms).clamp(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS))
+        });
     }
 }
 
@@ -140,14 +130,8 @@ mod tests {
     #[test]
     fn formats_with_milliseconds_in_utc() {
         assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_timestamp(1_795_669_624_123),
-            "2026-11-26T05:07:04.123Z"
-        );
-        assert_eq!(
-            format_timestamp(MAX_TIMESTAMP_MS),
-            "9999-12-31T23:59:59.999Z"
-        );
+        assert_eq!(format_timestamp(1_795_669_624_123), "2026-11-26T05:07:04.123Z");
+        assert_eq!(format_timestamp(MAX_TIMESTAMP_MS), "9999-12-31T23:59:59.999Z");
         assert_eq!(format_timestamp(i64::MAX), "9999-12-31T23:59:59.999Z");
         assert_eq!(format_timestamp(-5), "1970-01-01T00:00:00.000Z");
     }
@@ -163,12 +147,7 @@ mod tests {
             assert_eq!(format_timestamp(ms), want, "{ms}");
             ms += step;
         }
-        for edge in [
-            951_782_400_000,
-            951_868_799_999,
-            4_107_542_400_000,
-            1_709_164_800_123,
-        ] {
+        for edge in [951_782_400_000, 951_868_799_999, 4_107_542_400_000, 1_709_164_800_123] {
             let want = chrono::DateTime::from_timestamp_millis(edge)
                 .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
                 .unwrap_or_default();

@@ -175,11 +175,7 @@ impl std::hash::Hasher for Fnv {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
         for b in bytes {
             h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
@@ -206,10 +202,7 @@ pub(crate) struct View<'a> {
 /// 3. Drop assistant messages without tool calls whose content is `None` or
 ///    only white space.
 pub(crate) fn kept(rows: &[View<'_>]) -> Vec<bool> {
-    let mut keep: Vec<bool> = rows
-        .iter()
-        .map(|r| r.complete || r.message.role != Role::Assistant)
-        .collect();
+    let mut keep: Vec<bool> = rows.iter().map(|r| r.complete || r.message.role != Role::Assistant).collect();
     let answered: IdSet<'_> = rows
         .iter()
         .zip(&keep)
@@ -217,10 +210,7 @@ pub(crate) fn kept(rows: &[View<'_>]) -> Vec<bool> {
         .filter_map(|(r, _)| r.message.tool_call_id.as_deref())
         .collect();
     for (r, k) in rows.iter().zip(keep.iter_mut()) {
-        if *k
-            && r.message.role == Role::Assistant
-            && !r.names.iter().all(|id| answered.contains(id.as_str()))
-        {
+        if *k && r.message.role == Role::Assistant && !r.names.iter().all(|id| answered.contains(id.as_str())) {
             *k = false;
         }
     }
@@ -232,14 +222,8 @@ pub(crate) fn kept(rows: &[View<'_>]) -> Vec<bool> {
         .collect();
     for (r, k) in rows.iter().zip(keep.iter_mut()) {
         let m = r.message;
-        let orphan = m.role == Role::Tool
-            && !m
-                .tool_call_id
-                .as_deref()
-                .is_some_and(|id| named.contains(id));
-        let empty = m.role == Role::Assistant
-            && m.tool_calls.is_none()
-            && m.content.as_deref().is_none_or(is_blank);
+        let orphan = m.role == Role::Tool && !m.tool_call_id.as_deref().is_some_and(|id| named.contains(id));
+        let empty = m.role == Role::Assistant && m.tool_calls.is_none() && m.content.as_deref().is_none_or(is_blank);
         if orphan || empty {
             *k = false;
         }
@@ -259,20 +243,10 @@ pub(crate) fn names_of(m: &Message) -> Vec<String> {
 /// a session in conversation order (see the trait's `load_context`).
 pub fn apply_context_passes(rows: Vec<ContextRow>) -> Vec<Message> {
     let names: Vec<Vec<String>> = rows.iter().map(|r| names_of(&r.message)).collect();
-    let views: Vec<View<'_>> = rows
-        .iter()
-        .zip(&names)
-        .map(|(r, n)| View {
-            message: &r.message,
-            complete: r.complete,
-            names: n,
-        })
-        .collect();
+    let views: Vec<View<'_>> =
+        rows.iter().zip(&names).map(|(r, n)| View { message: &r.message, complete: r.complete, names: n }).collect();
     let keep = kept(&views);
-    rows.into_iter()
-        .zip(keep)
-        .filter_map(|(r, k)| k.then_some(r.message))
-        .collect()
+    rows.into_iter().zip(keep).filter_map(|(r, k)| k.then_some(r.message)).collect()
 }
 
 /// Inspects the tail of a history: if the last non-system message is a user
@@ -283,12 +257,7 @@ pub fn detect_interruption(messages: &[Message]) -> Option<InterruptionKind> {
     let last = messages.iter().rev().find(|m| m.role != Role::System)?;
     match last.role {
         Role::User => Some(InterruptionKind::Prompt(
-            last.content
-                .as_deref()
-                .unwrap_or("")
-                .chars()
-                .take(INTERRUPTION_PREVIEW_CHARS)
-                .collect(),
+            last.content.as_deref().unwrap_or("").chars().take(INTERRUPTION_PREVIEW_CHARS).collect(),
         )),
         Role::Tool => Some(InterruptionKind::Tool),
         Role::System | Role::Assistant => None,
@@ -304,17 +273,11 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn calls(id: i64, json: &str) -> Message {
-        Message {
-            tool_calls: Some(json.into()),
-            ..msg(id, Role::Assistant)
-        }
+        Message { tool_calls: Some(json.into()), ..msg(id, Role::Assistant) }
     }
 
     pub(crate) fn result(id: i64, call: &str) -> Message {
-        Message {
-            tool_call_id: Some(call.into()),
-            ..msg(id, Role::Tool)
-        }
+        Message { tool_call_id: Some(call.into()), ..msg(id, Role::Tool) }
     }
 
     /// The passes over messages that are all complete.
@@ -323,12 +286,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn complete(ms: Vec<Message>) -> Vec<ContextRow> {
-        ms.into_iter()
-            .map(|message| ContextRow {
-                message,
-                complete: true,
-            })
-            .collect()
+        ms.into_iter().map(|message| ContextRow { message, complete: true }).collect()
     }
 
     fn ids(ms: &[Message]) -> Vec<i64> {
@@ -337,25 +295,18 @@ pub(crate) mod tests {
 
     #[test]
     fn named_ids_only_from_arrays_of_objects_with_string_ids() {
-        assert_eq!(
-            named_tool_call_ids(r#"[{"id":"a"},{"id":"b"},{"id":"a"}]"#),
-            ["a", "b", "a"]
-        );
+        assert_eq!(named_tool_call_ids(r#"[{"id":"a"},{"id":"b"},{"id":"a"}]"#), ["a", "b", "a"]);
         assert!(named_tool_call_ids(r#"{"id":"a"}"#).is_empty());
         assert!(named_tool_call_ids("not json").is_empty());
-        assert_eq!(
-            named_tool_call_ids(r#"[{"id":1},{"x":"y"},"id",{"id":"c"}]"#),
-            ["c"]
-        );
+        assert_eq!(named_tool_call_ids(r#"[{"id":1},{"x":"y"},"id",{"id":"c"}]"#), ["c"]);
     }
 
     /// The straightforward definition the fast walker must agree with.
     fn by_value(tool_calls: &str) -> Vec<String> {
         match serde_json::from_str::<serde_json::Value>(tool_calls) {
-            Ok(serde_json::Value::Array(items)) => items
-                .iter()
-                .filter_map(|i| i.get("id")?.as_str().map(str::to_owned))
-                .collect(),
+            Ok(serde_json::Value::Array(items)) => {
+                items.iter().filter_map(|i| i.get("id")?.as_str().map(str::to_owned)).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -386,22 +337,10 @@ pub(crate) mod tests {
     #[test]
     fn incomplete_assistants_are_dropped_other_roles_kept() {
         let rows = vec![
-            ContextRow {
-                message: msg(1, Role::User),
-                complete: false,
-            },
-            ContextRow {
-                message: msg(2, Role::Assistant),
-                complete: false,
-            },
-            ContextRow {
-                message: msg(3, Role::Assistant),
-                complete: true,
-            },
-            ContextRow {
-                message: msg(4, Role::Tool),
-                complete: false,
-            },
+            ContextRow { message: msg(1, Role::User), complete: false },
+            ContextRow { message: msg(2, Role::Assistant), complete: false },
+            ContextRow { message: msg(3, Role::Assistant), complete: true },
+            ContextRow { message: msg(4, Role::Tool), complete: false },
         ];
         // The tool message has no call id, so pass 2 drops it too.
         assert_eq!(ids(&apply_context_passes(rows)), [1, 3]);
@@ -416,10 +355,7 @@ pub(crate) mod tests {
             calls(4, r#"[{"id":"c"}]"#),
             result(5, "c"),
             result(6, "orphan"),
-            Message {
-                tool_call_id: None,
-                ..msg(7, Role::Tool)
-            },
+            Message { tool_call_id: None, ..msg(7, Role::Tool) },
             calls(8, "garbage"),
         ];
         assert_eq!(ids(&passes(ms)), [1, 4, 5, 8]);
@@ -428,26 +364,11 @@ pub(crate) mod tests {
     #[test]
     fn blank_assistants_without_calls_are_dropped() {
         let ms = vec![
-            Message {
-                content: None,
-                ..msg(1, Role::Assistant)
-            },
-            Message {
-                content: Some(" \n\t".into()),
-                ..msg(2, Role::Assistant)
-            },
-            Message {
-                content: None,
-                ..calls(3, "[]")
-            },
-            Message {
-                content: Some("".into()),
-                ..msg(4, Role::User)
-            },
-            Message {
-                content: Some("\0".into()),
-                ..msg(5, Role::Assistant)
-            },
+            Message { content: None, ..msg(1, Role::Assistant) },
+            Message { content: Some(" \n\t".into()), ..msg(2, Role::Assistant) },
+            Message { content: None, ..calls(3, "[]") },
+            Message { content: Some("".into()), ..msg(4, Role::User) },
+            Message { content: Some("\0".into()), ..msg(5, Role::Assistant) },
         ];
         assert_eq!(ids(&passes(ms)), [3, 4, 5]);
     }
@@ -455,26 +376,14 @@ pub(crate) mod tests {
     #[test]
     fn interruption_reads_last_non_system_message() {
         let long = "é".repeat(100);
-        let user = Message {
-            content: Some(long),
-            ..msg(1, Role::User)
-        };
+        let user = Message { content: Some(long), ..msg(1, Role::User) };
         let got = detect_interruption(&[user.clone(), msg(2, Role::System)]);
         assert_eq!(got, Some(InterruptionKind::Prompt("é".repeat(80))));
-        assert_eq!(
-            detect_interruption(&[user.clone(), msg(3, Role::Tool)]),
-            Some(InterruptionKind::Tool)
-        );
+        assert_eq!(detect_interruption(&[user.clone(), msg(3, Role::Tool)]), Some(InterruptionKind::Tool));
         assert_eq!(detect_interruption(&[user, msg(4, Role::Assistant)]), None);
         assert_eq!(detect_interruption(&[msg(5, Role::System)]), None);
         assert_eq!(detect_interruption(&[]), None);
-        let none = Message {
-            content: None,
-            ..msg(6, Role::User)
-        };
-        assert_eq!(
-            detect_interruption(&[none]),
-            Some(InterruptionKind::Prompt(String::new()))
-        );
+        let none = Message { content: None, ..msg(6, Role::User) };
+        assert_eq!(detect_interruption(&[none]), Some(InterruptionKind::Prompt(String::new())));
     }
 }

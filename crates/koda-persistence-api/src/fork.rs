@@ -44,27 +44,16 @@ pub trait Fork: Send + Sync {
 pub fn fork_len(messages: &[MessageRecord], at: Option<i64>) -> Result<usize, PersistenceError> {
     let mut n = match at {
         None => messages.len(),
-        Some(id) => {
-            messages
-                .iter()
-                .position(|m| m.id == id)
-                .ok_or(PersistenceError::MessageNotFound(id))?
-                + 1
-        }
+        Some(id) => messages.iter().position(|m| m.id == id).ok_or(PersistenceError::MessageNotFound(id))? + 1,
     };
     loop {
-        let answered: BTreeSet<&str> = messages[..n]
-            .iter()
-            .filter(|m| m.role == Role::Tool)
-            .filter_map(|m| m.tool_call_id.as_deref())
-            .collect();
+        let answered: BTreeSet<&str> =
+            messages[..n].iter().filter(|m| m.role == Role::Tool).filter_map(|m| m.tool_call_id.as_deref()).collect();
         let open = messages[..n].iter().rposition(|m| {
             m.role == Role::Assistant
-                && m.tool_calls.as_deref().is_some_and(|calls| {
-                    named_tool_call_ids(calls)
-                        .iter()
-                        .any(|id| !answered.contains(id.as_str()))
-                })
+                && m.tool_calls
+                    .as_deref()
+                    .is_some_and(|calls| named_tool_call_ids(calls).iter().any(|id| !answered.contains(id.as_str())))
         });
         match open {
             Some(i) if i < n => n = i,
@@ -132,17 +121,10 @@ mod tests {
         assert_eq!(fork_len(&ms, None), Ok(5));
         assert_eq!(fork_len(&ms, Some(5)), Ok(5));
         assert_eq!(fork_len(&ms, Some(4)), Ok(4));
-        assert_eq!(
-            fork_len(&ms, Some(3)),
-            Ok(1),
-            "b unanswered: before the call"
-        );
+        assert_eq!(fork_len(&ms, Some(3)), Ok(1), "b unanswered: before the call");
         assert_eq!(fork_len(&ms, Some(2)), Ok(1));
         assert_eq!(fork_len(&ms, Some(1)), Ok(1));
-        assert_eq!(
-            fork_len(&ms, Some(9)),
-            Err(PersistenceError::MessageNotFound(9))
-        );
+        assert_eq!(fork_len(&ms, Some(9)), Err(PersistenceError::MessageNotFound(9)));
         assert_eq!(fork_len(&[], None), Ok(0));
     }
 }

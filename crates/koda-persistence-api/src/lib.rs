@@ -47,14 +47,12 @@ pub use health::{Health, StoreHealth};
 pub use layers::checked::Checked;
 pub use layers::traced::{SLOW_CALL, Traced};
 pub use persistence::Persistence;
-pub use records::{
-    MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord, session_checksum,
-};
+pub use records::{MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord, session_checksum};
 pub use search::{Search, SearchHit, SearchScope};
 pub use store::Store;
 pub use transfer::Transfer;
 pub use trash::{DeletedSession, Trash};
 pub use types::{
-    COMPACTION_HINT, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, Role,
-    SessionInfo, SessionUsage, TODO_KEY, TokenUsage,
+    COMPACTION_HINT, CompactedStats, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Message, Role, SessionInfo,
+    SessionUsage, TODO_KEY, TokenUsage,
 };

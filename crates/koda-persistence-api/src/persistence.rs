@@ -4,9 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::types::{
-    CompactedStats, Message, NewMessage, Role, SessionInfo, SessionUsage, TokenUsage,
-};
+use crate::types::{CompactedStats, Message, NewMessage, Role, SessionInfo, SessionUsage, TokenUsage};
 
 /// Core storage contract for koda's sessions, messages, usage and metadata.
 ///
@@ -188,16 +186,7 @@ pub trait Persistence: Send + Sync {
         tool_call_id: Option<&str>,
         usage: Option<&TokenUsage>,
     ) -> Result<i64> {
-        self.insert_message_with_agent(
-            session_id,
-            role,
-            content,
-            tool_calls,
-            tool_call_id,
-            usage,
-            None,
-        )
-        .await
+        self.insert_message_with_agent(session_id, role, content, tool_calls, tool_call_id, usage, None).await
     }
 
     /// Appends a message to the session and returns its id. `created_at` is
@@ -251,13 +240,7 @@ pub trait Persistence: Send + Sync {
         tool_call_id: &str,
         full_content: &str,
     ) -> Result<i64> {
-        self.append_message(NewMessage::tool_result(
-            session_id,
-            content,
-            tool_call_id,
-            full_content,
-        ))
-        .await
+        self.append_message(NewMessage::tool_result(session_id, content, tool_call_id, full_content)).await
     }
 
     /// The one inserting method a backend implements; koda calls the three
@@ -350,8 +333,7 @@ pub trait Persistence: Send + Sync {
     ///
     /// # Errors
     /// Only store failures.
-    async fn session_usage_by_agent(&self, session_id: &str)
-    -> Result<Vec<(String, SessionUsage)>>;
+    async fn session_usage_by_agent(&self, session_id: &str) -> Result<Vec<(String, SessionUsage)>>;
 
     // ── Compaction ──
 
@@ -368,12 +350,7 @@ pub trait Persistence: Send + Sync {
     ///
     /// # Errors
     /// `SessionNotFound` for an unknown session.
-    async fn compact_session(
-        &self,
-        session_id: &str,
-        summary: &str,
-        preserve_count: usize,
-    ) -> Result<usize>;
+    async fn compact_session(&self, session_id: &str, summary: &str, preserve_count: usize) -> Result<usize>;
 
     // ── Microcompact ──
 
@@ -433,7 +410,6 @@ pub trait Persistence: Send + Sync {
     /// # Errors
     /// `SessionNotFound` for an unknown session.
     async fn set_todo(&self, session_id: &str, content: &str) -> Result<()> {
-        self.set_metadata(session_id, crate::TODO_KEY, content)
-            .await
+        self.set_metadata(session_id, crate::TODO_KEY, content).await
     }
 }

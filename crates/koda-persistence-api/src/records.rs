@@ -216,12 +216,7 @@ pub fn session_checksum(messages: &[MessageRecord], metadata: &[MetadataRecord])
         text(&mut h, Some(value));
         outer.update(h.finalize());
     }
-    outer
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    outer.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -229,10 +224,7 @@ mod tests {
     use super::*;
 
     fn entry(key: &str, value: &str) -> MetadataRecord {
-        MetadataRecord {
-            key: key.to_owned(),
-            value: value.to_owned(),
-        }
+        MetadataRecord { key: key.to_owned(), value: value.to_owned() }
     }
 
     /// Metadata in any order, or with a key given twice (the last value
@@ -241,12 +233,7 @@ mod tests {
     fn checksum_does_not_depend_on_metadata_order() {
         let sorted = [entry("a", "1"), entry("b", "2"), entry("é", "3")];
         let shuffled = [entry("é", "3"), entry("a", "1"), entry("b", "2")];
-        let twice = [
-            entry("b", "old"),
-            entry("é", "3"),
-            entry("a", "1"),
-            entry("b", "2"),
-        ];
+        let twice = [entry("b", "old"), entry("é", "3"), entry("a", "1"), entry("b", "2")];
         let want = session_checksum(&[], &sorted);
         assert_eq!(session_checksum(&[], &shuffled), want);
         assert_eq!(session_checksum(&[], &twice), want);

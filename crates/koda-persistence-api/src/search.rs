@@ -75,12 +75,7 @@ pub trait Search: Send + Sync {
     /// ([`Query::parse`](crate::search::Query::parse)) and for a root that
     /// is not UTF-8; no other input is an error (an unknown session finds
     /// nothing).
-    async fn search_messages(
-        &self,
-        query: &str,
-        scope: &SearchScope<'_>,
-        limit: usize,
-    ) -> Result<Vec<SearchHit>>;
+    async fn search_messages(&self, query: &str, scope: &SearchScope<'_>, limit: usize) -> Result<Vec<SearchHit>>;
 }
 
 /// The most hits one search returns (a larger `limit` is this).
@@ -132,10 +127,7 @@ impl ScopeBuf {
     /// `InvalidInput` for a root that is not UTF-8.
     pub fn new(scope: &SearchScope<'_>) -> Result<Self, PersistenceError> {
         Ok(Self {
-            root: scope
-                .project_root
-                .map(|r| crate::args::root_to_str(r).map(str::to_owned))
-                .transpose()?,
+            root: scope.project_root.map(|r| crate::args::root_to_str(r).map(str::to_owned)).transpose()?,
             session: scope.session.map(str::to_owned),
             roles: scope.roles.to_vec(),
             include_compacted: scope.include_compacted,
@@ -145,8 +137,7 @@ impl ScopeBuf {
     /// Whether a message of `role`, compacted or not, is in scope (the
     /// session and root are [`admits_session`](Self::admits_session)'s).
     pub fn admits(&self, role: Role, compacted: bool) -> bool {
-        (self.roles.is_empty() || self.roles.contains(&role))
-            && (self.include_compacted || !compacted)
+        (self.roles.is_empty() || self.roles.contains(&role)) && (self.include_compacted || !compacted)
     }
 
     /// Whether a message of session `session` whose root is `root` is in
@@ -194,9 +185,7 @@ impl SearchHit {
         let mut out = String::with_capacity(self.snippet.len() + 8 * self.marks.len());
         let mut at = 0;
         for m in &self.marks {
-            if let (Some(before), Some(hit)) =
-                (self.snippet.get(at..m.start), self.snippet.get(m.clone()))
-            {
+            if let (Some(before), Some(hit)) = (self.snippet.get(at..m.start), self.snippet.get(m.clone())) {
                 out.push_str(&text(before));
                 out.push_str(open);
                 out.push_str(&text(hit));
@@ -242,24 +231,20 @@ pub fn words<'a>(text: &'a str) -> Vec<Word<'a>> {
     // one of its characters changed.
     let mut start: Option<usize> = None;
     let mut copy: Option<String> = None;
-    let close =
-        |out: &mut Vec<Word<'a>>, start: &mut Option<usize>, copy: &mut Option<String>, end| {
-            if let Some(s) = start.take() {
-                let norm = match copy.take() {
-                    Some(c) => Cow::Owned(c),
-                    None => Cow::Borrowed(&text[s..end]),
-                };
-                out.push(Word { span: s..end, norm });
-            }
-        };
+    let close = |out: &mut Vec<Word<'a>>, start: &mut Option<usize>, copy: &mut Option<String>, end| {
+        if let Some(s) = start.take() {
+            let norm = match copy.take() {
+                Some(c) => Cow::Owned(c),
+                None => Cow::Borrowed(&text[s..end]),
+            };
+            out.push(Word { span: s..end, norm });
+        }
+    };
     for (i, c) in text.char_indices() {
         if is_unigram(c) {
             close(&mut out, &mut start, &mut copy, i);
             let end = i + c.len_utf8();
-            out.push(Word {
-                span: i..end,
-                norm: Cow::Borrowed(&text[i..end]),
-            });
+            out.push(Word { span: i..end, norm: Cow::Borrowed(&text[i..end]) });
         } else if c.is_alphanumeric() {
             let s = *start.get_or_insert(i);
             match &mut copy {
@@ -342,14 +327,11 @@ pub fn tsvector(fields: &[Option<&str>]) -> String {
     for field in fields.iter().flatten() {
         for w in words(field) {
             position += 1;
-            at.entry(term(&w.norm).to_owned())
-                .or_default()
-                .push(position);
+            at.entry(term(&w.norm).to_owned()).or_default().push(position);
         }
         position += 1;
     }
-    let exact =
-        position <= TSVECTOR_MAX_POSITION && at.values().all(|p| p.len() <= TSVECTOR_MAX_POSITIONS);
+    let exact = position <= TSVECTOR_MAX_POSITION && at.values().all(|p| p.len() <= TSVECTOR_MAX_POSITIONS);
     let mut out = String::new();
     for (t, positions) in &at {
         if !out.is_empty() {
@@ -409,9 +391,7 @@ impl Query {
     /// [`MAX_QUERY_BYTES`] or with more than [`MAX_QUERY_ITEMS`] items.
     pub fn parse(query: &str) -> Result<Self, PersistenceError> {
         if query.trim().is_empty() {
-            return Err(PersistenceError::InvalidInput(
-                "search query is empty".to_owned(),
-            ));
+            return Err(PersistenceError::InvalidInput("search query is empty".to_owned()));
         }
         if query.len() > MAX_QUERY_BYTES {
             return Err(PersistenceError::InvalidInput(format!(
@@ -451,17 +431,10 @@ impl Query {
                 Some(a) => (true, a),
                 None => (text.ends_with('*'), after),
             };
-            let words: Vec<String> = words(text)
-                .into_iter()
-                .map(|w| w.norm.into_owned())
-                .collect();
+            let words: Vec<String> = words(text).into_iter().map(|w| w.norm.into_owned()).collect();
             let prefix = prefix && text.trim_end_matches('*').ends_with(char::is_alphanumeric);
             if !words.is_empty() {
-                items.push(Item {
-                    words,
-                    prefix,
-                    exclude,
-                });
+                items.push(Item { words, prefix, exclude });
             }
             rest = after;
         }
@@ -486,14 +459,10 @@ impl Query {
         if self.finds_nothing() {
             return None;
         }
-        let split: Vec<(&str, Vec<Word<'_>>)> =
-            fields.iter().flatten().map(|f| (*f, words(f))).collect();
+        let split: Vec<(&str, Vec<Word<'_>>)> = fields.iter().flatten().map(|f| (*f, words(f))).collect();
         let mut rank = 0u32;
         for item in &self.items {
-            let n: usize = split
-                .iter()
-                .map(|(_, w)| occurrences(item, w).count())
-                .sum();
+            let n: usize = split.iter().map(|(_, w)| occurrences(item, w).count()).sum();
             if item.exclude {
                 if n > 0 {
                     return None;
@@ -526,11 +495,7 @@ impl Query {
             .or_else(|| split.first().map(|(t, _)| (*t, Vec::new())))
             .unwrap_or(("", Vec::new()));
         let (snippet, marks) = snippet(text, &spans);
-        Some(Found {
-            rank,
-            snippet,
-            marks,
-        })
+        Some(Found { rank, snippet, marks })
     }
 
     /// An FTS5 `MATCH` expression that every message [`find`](Self::find)
@@ -545,11 +510,7 @@ impl Query {
             .map(|i| {
                 let words: Vec<&str> = i.words.iter().map(|w| term(w)).collect();
                 let phrase = format!("\"{}\"", words.join(" ").replace('"', "\"\""));
-                if i.prefix {
-                    format!("{phrase} *")
-                } else {
-                    phrase
-                }
+                if i.prefix { format!("{phrase} *") } else { phrase }
             })
             .collect();
         (!parts.is_empty()).then(|| parts.join(" AND "))
@@ -572,46 +533,24 @@ impl Query {
                 .enumerate()
                 .map(|(k, w)| {
                     let t = term(w);
-                    if k + 1 == n && item.prefix && t.len() == w.len() {
-                        format!("{}:*", lexeme(t))
-                    } else {
-                        lexeme(t)
-                    }
+                    if k + 1 == n && item.prefix && t.len() == w.len() { format!("{}:*", lexeme(t)) } else { lexeme(t) }
                 })
                 .collect();
-            if phrase && n > 1 {
-                vec![format!("({})", lexemes.join(" <-> "))]
-            } else {
-                lexemes
-            }
+            if phrase && n > 1 { vec![format!("({})", lexemes.join(" <-> "))] } else { lexemes }
         };
         let uncut = |item: &&Item| item.words.iter().all(|w| w.len() <= MAX_TERM_BYTES);
         let required: Vec<&Item> = self.required().collect();
         if required.is_empty() {
             return None;
         }
-        let excluded: Vec<&Item> = self
-            .items
-            .iter()
-            .filter(|i| i.exclude)
-            .filter(uncut)
-            .collect();
+        let excluded: Vec<&Item> = self.items.iter().filter(|i| i.exclude).filter(uncut).collect();
         let mut exact: Vec<String> = required.iter().flat_map(|i| part(i, true)).collect();
-        exact.extend(
-            excluded
-                .iter()
-                .flat_map(|i| part(i, true))
-                .map(|p| format!("!{p}")),
-        );
+        exact.extend(excluded.iter().flat_map(|i| part(i, true)).map(|p| format!("!{p}")));
         let mut arms = vec![format!("({})", exact.join(" & "))];
         if required.iter().any(|i| i.words.len() > 1) {
             let mut loose: Vec<String> = required.iter().flat_map(|i| part(i, false)).collect();
             loose.extend(
-                excluded
-                    .iter()
-                    .filter(|i| i.words.len() == 1)
-                    .flat_map(|i| part(i, false))
-                    .map(|p| format!("!{p}")),
+                excluded.iter().filter(|i| i.words.len() == 1).flat_map(|i| part(i, false)).map(|p| format!("!{p}")),
             );
             loose.push(lexeme(NO_POSITIONS));
             arms.push(format!("({})", loose.join(" & ")));
@@ -625,18 +564,12 @@ impl Query {
 /// (occurrences may overlap).
 fn occurrences<'a>(item: &'a Item, ws: &'a [Word<'_>]) -> impl Iterator<Item = usize> + 'a {
     let k = item.words.len();
-    (0..ws.len().saturating_sub(k.saturating_sub(1)))
-        .filter(move |&i| i + k <= ws.len())
-        .filter(move |&i| {
-            item.words.iter().enumerate().all(|(j, w)| {
-                let have: &str = &ws[i + j].norm;
-                if item.prefix && j + 1 == k {
-                    have.starts_with(w.as_str())
-                } else {
-                    have == w
-                }
-            })
+    (0..ws.len().saturating_sub(k.saturating_sub(1))).filter(move |&i| i + k <= ws.len()).filter(move |&i| {
+        item.words.iter().enumerate().all(|(j, w)| {
+            let have: &str = &ws[i + j].norm;
+            if item.prefix && j + 1 == k { have.starts_with(w.as_str()) } else { have == w }
         })
+    })
 }
 
 /// Up to [`SNIPPET_CHARS`] characters of `text` starting a little before
@@ -645,15 +578,8 @@ fn occurrences<'a>(item: &'a Item, ws: &'a [Word<'_>]) -> impl Iterator<Item = u
 fn snippet(text: &str, spans: &[Range<usize>]) -> (String, Vec<Range<usize>>) {
     const BEFORE: usize = 40;
     let first = spans.first().map_or(0, |s| s.start);
-    let from = text[..first]
-        .char_indices()
-        .rev()
-        .nth(BEFORE - 1)
-        .map_or(0, |(i, _)| i);
-    let to = text[from..]
-        .char_indices()
-        .nth(SNIPPET_CHARS)
-        .map_or(text.len(), |(i, _)| from + i);
+    let from = text[..first].char_indices().rev().nth(BEFORE - 1).map_or(0, |(i, _)| i);
+    let to = text[from..].char_indices().nth(SNIPPET_CHARS).map_or(text.len(), |(i, _)| from + i);
     let lead = if from > 0 { "…" } else { "" };
     let mut out = String::with_capacity(to - from + 8);
     out.push_str(lead);
@@ -682,22 +608,8 @@ pub fn hit_limit(limit: usize) -> usize {
 }
 
 /// A hit for a message that [`Query::find`] accepted.
-pub fn hit(
-    session_id: String,
-    message_id: i64,
-    role: Role,
-    created_at: String,
-    found: Found,
-) -> SearchHit {
-    SearchHit {
-        session_id,
-        message_id,
-        role,
-        created_at,
-        snippet: found.snippet,
-        marks: found.marks,
-        rank: found.rank,
-    }
+pub fn hit(session_id: String, message_id: i64, role: Role, created_at: String, found: Found) -> SearchHit {
+    SearchHit { session_id, message_id, role, created_at, snippet: found.snippet, marks: found.marks, rank: found.rank }
 }
 
 #[cfg(test)]
@@ -710,37 +622,16 @@ mod tests {
 
     #[test]
     fn words_split_lowercase_and_cut_cjk_to_characters() {
-        let w: Vec<String> = words("Flaky-TEST über std::io 修复测试 ok İx ǅ")
-            .into_iter()
-            .map(|w| w.norm.into_owned())
-            .collect();
-        assert_eq!(
-            w,
-            [
-                "flaky",
-                "test",
-                "über",
-                "std",
-                "io",
-                "修",
-                "复",
-                "测",
-                "试",
-                "ok",
-                "i\u{307}x",
-                "ǆ"
-            ]
-        );
+        let w: Vec<String> =
+            words("Flaky-TEST über std::io 修复测试 ok İx ǅ").into_iter().map(|w| w.norm.into_owned()).collect();
+        assert_eq!(w, ["flaky", "test", "über", "std", "io", "修", "复", "测", "试", "ok", "i\u{307}x", "ǆ"]);
     }
 
     #[test]
     fn grammar_reads_phrases_exclusions_and_prefixes() {
         let query = q(r#"flaky "exact  Phrase" -skip tok* -"not this" * - "" OR"#);
-        let got: Vec<(String, bool, bool)> = query
-            .items
-            .iter()
-            .map(|i| (i.words.join(" "), i.prefix, i.exclude))
-            .collect();
+        let got: Vec<(String, bool, bool)> =
+            query.items.iter().map(|i| (i.words.join(" "), i.prefix, i.exclude)).collect();
         assert_eq!(
             got,
             [
@@ -759,9 +650,8 @@ mod tests {
     #[test]
     fn find_decides_ranks_and_marks() {
         let query = q("flaky test");
-        let f = query
-            .find(&[Some("Fixed the flaky test; the test passes"), None])
-            .unwrap_or_else(|| panic!("no match"));
+        let f =
+            query.find(&[Some("Fixed the flaky test; the test passes"), None]).unwrap_or_else(|| panic!("no match"));
         assert_eq!(f.rank, 3);
         assert_eq!(
             SearchHit {
@@ -782,10 +672,7 @@ mod tests {
         assert!(q("tok*").find(&[Some("Tokio runtime")]).is_some());
         assert!(q("测试").find(&[Some("修复测试用例")]).is_some());
         assert!(q("-nothing").find(&[Some("anything")]).is_some());
-        assert!(
-            q("-nothing").find(&[None, None]).is_some(),
-            "no text, no excluded item"
-        );
+        assert!(q("-nothing").find(&[None, None]).is_some(), "no text, no excluded item");
         assert!(q("something").find(&[None, None]).is_none());
     }
 
@@ -795,9 +682,7 @@ mod tests {
         assert_eq!(query.fts5().as_deref(), Some(r#""a b" AND "c d" *"#));
         assert_eq!(
             query.tsquery().as_deref(),
-            Some(
-                "(('a' <-> 'b') & ('c' <-> 'd':*) & !'e') | ('a' & 'b' & 'c' & 'd':* & !'e' & '*p') | '*'"
-            )
+            Some("(('a' <-> 'b') & ('c' <-> 'd':*) & !'e') | ('a' & 'b' & 'c' & 'd':* & !'e' & '*p') | '*'")
         );
         let long = "x".repeat(300);
         assert_eq!(
@@ -810,10 +695,7 @@ mod tests {
 
     #[test]
     fn tsvectors_keep_positions_apart_per_field_or_say_they_do_not() {
-        assert_eq!(
-            tsvector(&[Some("B a b"), None, Some("A")]),
-            "'a':2,5 'b':1,3"
-        );
+        assert_eq!(tsvector(&[Some("B a b"), None, Some("A")]), "'a':2,5 'b':1,3");
         assert_eq!(tsvector(&[None]), "");
         let often = "w ".repeat(TSVECTOR_MAX_POSITIONS + 1);
         assert_eq!(tsvector(&[Some(&often), Some("x")]), "'w' 'x' '*p'");

@@ -72,12 +72,7 @@ pub trait Transfer: Send + Sync {
     async fn import_session(&self, session: &SessionRecord) -> Result<bool>;
 
     /// Appends `messages` to the session; returns the id each one got.
-    async fn import_messages(
-        &self,
-        session_id: &str,
-        messages: &[MessageRecord],
-        keep_ids: bool,
-    ) -> Result<Vec<i64>>;
+    async fn import_messages(&self, session_id: &str, messages: &[MessageRecord], keep_ids: bool) -> Result<Vec<i64>>;
 
     /// Sets each entry on the session.
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()>;

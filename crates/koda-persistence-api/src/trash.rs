@@ -101,10 +101,7 @@ pub struct TrashOptions {
 
 impl Default for TrashOptions {
     fn default() -> Self {
-        Self {
-            keep_deleted_days: None,
-            purge_on_open: true,
-        }
+        Self { keep_deleted_days: None, purge_on_open: true }
     }
 }
 
@@ -140,11 +137,7 @@ impl TrashOptions {
     /// created (`created_here`) and 0 on a file adopted from an older
     /// koda, whose own reads and deletes expect a delete to be for good.
     pub fn days(&self, created_here: bool) -> u32 {
-        self.keep_deleted_days.unwrap_or(if created_here {
-            DEFAULT_KEEP_DELETED_DAYS
-        } else {
-            0
-        })
+        self.keep_deleted_days.unwrap_or(if created_here { DEFAULT_KEEP_DELETED_DAYS } else { 0 })
     }
 }
 
@@ -249,29 +242,19 @@ pub struct DeletedSession {
 /// Orders trashed sessions as every backend lists them: the latest
 /// deletion first, ties by id (bytewise).
 pub fn sort_deleted(list: &mut [DeletedSession]) {
-    list.sort_by(|a, b| {
-        b.deleted_ms
-            .cmp(&a.deleted_ms)
-            .then_with(|| a.id.as_bytes().cmp(b.id.as_bytes()))
-    });
+    list.sort_by(|a, b| b.deleted_ms.cmp(&a.deleted_ms).then_with(|| a.id.as_bytes().cmp(b.id.as_bytes())));
 }
 
 /// `Conflict`: `id` is in the trash, so a session with that id cannot be
 /// imported (restore or purge it first).
 pub fn in_trash(id: &str) -> anyhow::Error {
-    PersistenceError::Conflict(format!(
-        "session {id:?} is in the trash: restore it or purge it first"
-    ))
-    .into()
+    PersistenceError::Conflict(format!("session {id:?} is in the trash: restore it or purge it first")).into()
 }
 
 /// `Conflict`: a live session holds `id`, so the trashed one cannot come
 /// back under it.
 pub fn live_session_exists(id: &str) -> anyhow::Error {
-    PersistenceError::Conflict(format!(
-        "a live session {id:?} exists; the trashed one stays in the trash"
-    ))
-    .into()
+    PersistenceError::Conflict(format!("a live session {id:?} exists; the trashed one stays in the trash")).into()
 }
 
 #[cfg(test)]

@@ -49,8 +49,7 @@ impl Role {
     /// # Errors
     /// [`PersistenceError::Corrupt`] naming the unknown role.
     pub fn from_stored(s: &str) -> Result<Self, PersistenceError> {
-        s.parse()
-            .map_err(|e: String| PersistenceError::Corrupt(format!("stored message has {e}")))
+        s.parse().map_err(|e: String| PersistenceError::Corrupt(format!("stored message has {e}")))
     }
 }
 
@@ -261,12 +260,7 @@ impl NewMessage {
     }
 
     /// The arguments of `insert_tool_message_with_full`.
-    pub fn tool_result(
-        session_id: &str,
-        content: &str,
-        tool_call_id: &str,
-        full_content: &str,
-    ) -> Self {
+    pub fn tool_result(session_id: &str, content: &str, tool_call_id: &str, full_content: &str) -> Self {
         Self {
             session_id: session_id.to_owned(),
             role: Role::Tool,
@@ -282,13 +276,7 @@ impl NewMessage {
     /// The five counters in [`TokenUsage`] field order, if usage was given.
     pub fn counters(&self) -> Option<[i64; 5]> {
         self.usage.map(|u| {
-            [
-                u.prompt_tokens,
-                u.completion_tokens,
-                u.cache_read_tokens,
-                u.cache_creation_tokens,
-                u.thinking_tokens,
-            ]
+            [u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.cache_creation_tokens, u.thinking_tokens]
         })
     }
 
@@ -359,13 +347,8 @@ mod tests {
             assert_eq!(role.to_string(), role.as_str());
             assert_eq!(Role::from_stored(role.as_str()), Ok(role));
         }
-        assert_eq!(
-            Role::ALL.map(|r| r.as_str()),
-            ["system", "user", "assistant", "tool"]
-        );
-        assert!(
-            matches!(Role::from_stored("User"), Err(PersistenceError::Corrupt(m)) if m.contains("\"User\""))
-        );
+        assert_eq!(Role::ALL.map(|r| r.as_str()), ["system", "user", "assistant", "tool"]);
+        assert!(matches!(Role::from_stored("User"), Err(PersistenceError::Corrupt(m)) if m.contains("\"User\"")));
     }
 
     #[test]

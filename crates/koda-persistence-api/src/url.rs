@@ -104,17 +104,11 @@ impl StoreUrl {
         let url = url.trim();
         let (scheme, rest) = url.split_once(':').ok_or_else(|| {
             PersistenceError::InvalidInput(
-                "a store URL starts with its scheme: memory:, sqlite://PATH, sled://PATH, postgres://…"
-                    .into(),
+                "a store URL starts with its scheme: memory:, sqlite://PATH, sled://PATH, postgres://…".into(),
             )
         })?;
-        let well_formed = scheme
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic())
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        let well_formed = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
         if !well_formed {
             return Err(PersistenceError::InvalidInput(format!(
                 "store URL scheme {:?} is not a scheme (letters, digits, + - .)",
@@ -179,12 +173,7 @@ impl StoreUrl {
     /// Takes every parameter not taken yet (for a driver that reads its
     /// own, as libpq's), in URL order.
     pub fn take_rest(&self) -> Vec<&Param> {
-        self.params
-            .iter()
-            .zip(&self.taken)
-            .filter(|(_, t)| !t.replace(true))
-            .map(|(p, _)| p)
-            .collect()
+        self.params.iter().zip(&self.taken).filter(|(_, t)| !t.replace(true)).map(|(p, _)| p).collect()
     }
 
     /// Whether the URL has parameter `key` (taken or not).
@@ -226,23 +215,14 @@ pub fn parse_query(query: &str) -> Result<Vec<Param>, PersistenceError> {
         let (k, v) = raw.split_once('=').unwrap_or((raw, ""));
         let key = decode(k)?;
         if key.is_empty() {
-            return Err(PersistenceError::InvalidInput(format!(
-                "URL parameter {raw:?} has no name"
-            )));
+            return Err(PersistenceError::InvalidInput(format!("URL parameter {raw:?} has no name")));
         }
         if out.iter().any(|p| p.key == key) {
-            return Err(PersistenceError::InvalidInput(format!(
-                "URL parameter {key} is given more than once"
-            )));
+            return Err(PersistenceError::InvalidInput(format!("URL parameter {key} is given more than once")));
         }
-        let value = decode(v).map_err(|e| {
-            PersistenceError::InvalidInput(format!("URL parameter {key}: {}", e.reason()))
-        })?;
-        out.push(Param {
-            value,
-            key,
-            raw: raw.to_owned(),
-        });
+        let value =
+            decode(v).map_err(|e| PersistenceError::InvalidInput(format!("URL parameter {key}: {}", e.reason())))?;
+        out.push(Param { value, key, raw: raw.to_owned() });
     }
     Ok(out)
 }
@@ -263,9 +243,7 @@ pub fn decode(text: &str) -> Result<String, PersistenceError> {
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| {
-                    PersistenceError::InvalidInput(format!(
-                        "URL text {text:?} has a % not followed by two hex digits"
-                    ))
+                    PersistenceError::InvalidInput(format!("URL text {text:?} has a % not followed by two hex digits"))
                 })?;
             out.push(hex);
             i += 3;
@@ -274,17 +252,13 @@ pub fn decode(text: &str) -> Result<String, PersistenceError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| {
-        PersistenceError::InvalidInput(format!("URL text {text:?} is not UTF-8 once decoded"))
-    })
+    String::from_utf8(out)
+        .map_err(|_| PersistenceError::InvalidInput(format!("URL text {text:?} is not UTF-8 once decoded")))
 }
 
 impl Param {
     fn refuse(&self, accepts: &str) -> PersistenceError {
-        PersistenceError::InvalidInput(format!(
-            "URL parameter {}={:?}: {accepts}",
-            self.key, self.value
-        ))
+        PersistenceError::InvalidInput(format!("URL parameter {}={:?}: {accepts}", self.key, self.value))
     }
 
     /// The value as a whole number in `min..=max`.
@@ -314,9 +288,7 @@ impl Param {
     /// # Errors
     /// As [`Param::number`].
     pub fn millis(&self) -> Result<Duration, PersistenceError> {
-        Ok(Duration::from_millis(
-            self.number(TIMEOUT_MS.0, TIMEOUT_MS.1)?,
-        ))
+        Ok(Duration::from_millis(self.number(TIMEOUT_MS.0, TIMEOUT_MS.1)?))
     }
 
     /// The value as a boolean: `true|false`, `1|0`, `yes|no`, `on|off`
@@ -350,11 +322,7 @@ impl Param {
         PersistenceError::InvalidInput(format!(
             "unknown {backend} URL parameter {:?} (known: {})",
             self.key,
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
+            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
         ))
     }
 }
@@ -384,9 +352,7 @@ pub fn check_count(name: &str, n: usize, min: usize, max: usize) -> Result<(), P
     if (min..=max).contains(&n) {
         Ok(())
     } else {
-        Err(PersistenceError::InvalidInput(format!(
-            "{name} must be from {min} to {max}, got {n}"
-        )))
+        Err(PersistenceError::InvalidInput(format!("{name} must be from {min} to {max}, got {n}")))
     }
 }
 
@@ -414,10 +380,7 @@ mod tests {
     #[test]
     fn refuses_bad_escapes_duplicates_and_empty_keys() {
         for bad in ["a=%", "a=%4", "a=%zz", "a=%FF", "a=1&a=2", "=x", "%=1"] {
-            assert!(
-                matches!(parse_query(bad), Err(PersistenceError::InvalidInput(_))),
-                "{bad}"
-            );
+            assert!(matches!(parse_query(bad), Err(PersistenceError::InvalidInput(_))), "{bad}");
         }
         assert!(parse_query("").is_ok_and(|v| v.is_empty()));
         assert!(parse_query("&&a=1&").is_ok_and(|v| v.len() == 1));
@@ -429,17 +392,9 @@ mod tests {
         assert_eq!(p("5").number(1, 10), Ok(5));
         assert_eq!(p("1").number(1, 10), Ok(1));
         assert_eq!(p("10").number(1, 10), Ok(10));
-        for bad in [
-            "0",
-            "11",
-            "-1",
-            "1.5",
-            "x",
-            "",
-            "18446744073709551615",
-            "18446744073709551616",
-            "9223372036854775807",
-        ] {
+        for bad in
+            ["0", "11", "-1", "1.5", "x", "", "18446744073709551615", "18446744073709551616", "9223372036854775807"]
+        {
             let e = p(bad).number(1, 10);
             match e {
                 Err(PersistenceError::InvalidInput(m)) => {
@@ -467,10 +422,7 @@ mod tests {
         let unknown = one("x=1").unknown("memory", &[]).to_string();
         assert!(unknown.contains("none"), "{unknown}");
         let unknown = one("x=1").unknown("sqlite", &["a", "b"]).to_string();
-        assert!(
-            unknown.contains("\"x\"") && unknown.contains("a, b"),
-            "{unknown}"
-        );
+        assert!(unknown.contains("\"x\"") && unknown.contains("a, b"), "{unknown}");
     }
 
     #[test]
@@ -483,68 +435,38 @@ mod tests {
         assert!(u.take("readers").is_none(), "a parameter is taken once");
         assert!(u.take("synchronous").is_none());
         let err = u.finish("sqlite").expect_err("create was not taken");
-        let PersistenceError::InvalidInput(m) = err else {
-            panic!("{err:?}")
-        };
-        assert!(
-            m.contains("\"create\"") && m.contains("readers, synchronous"),
-            "{m}"
-        );
+        let PersistenceError::InvalidInput(m) = err else { panic!("{err:?}") };
+        assert!(m.contains("\"create\"") && m.contains("readers, synchronous"), "{m}");
         assert_eq!(u.take("create").map(|p| p.boolean()), Some(Ok(false)));
         assert!(u.finish("sqlite").is_ok());
         let mem = StoreUrl::parse("sqlite::memory:").expect("parses");
         assert_eq!(mem.path().as_deref(), Ok(":memory:"));
-        assert_eq!(
-            StoreUrl::parse("memory:").map(|u| u.location().to_owned()),
-            Ok(String::new())
-        );
-        for bad in [
-            "",
-            "nocolon",
-            ":x",
-            "1a:b",
-            "a b:c",
-            "sqlite://x?a=%zz",
-            "sqlite://x?a&a",
-        ] {
-            assert!(
-                matches!(StoreUrl::parse(bad), Err(PersistenceError::InvalidInput(_))),
-                "{bad}"
-            );
+        assert_eq!(StoreUrl::parse("memory:").map(|u| u.location().to_owned()), Ok(String::new()));
+        for bad in ["", "nocolon", ":x", "1a:b", "a b:c", "sqlite://x?a=%zz", "sqlite://x?a&a"] {
+            assert!(matches!(StoreUrl::parse(bad), Err(PersistenceError::InvalidInput(_))), "{bad}");
         }
     }
 
     #[test]
     fn the_rest_goes_to_the_driver_and_passwords_stay_hidden() {
-        let u = StoreUrl::parse("postgres://bob:hunter2@h:5/db?schema=a&application_name=k")
-            .expect("parses");
+        let u = StoreUrl::parse("postgres://bob:hunter2@h:5/db?schema=a&application_name=k").expect("parses");
         assert!(u.take("schema").is_some());
         let rest: Vec<&str> = u.take_rest().iter().map(|p| p.raw.as_str()).collect();
         assert_eq!(rest, ["application_name=k"]);
         assert!(u.finish("postgres").is_ok());
         assert_eq!(u.without_parameters(), "postgres://bob:hunter2@h:5/db");
         let shown = format!("{u:?}");
-        assert!(
-            !shown.contains("hunter2") && shown.contains("bob:***@h:5"),
-            "{shown}"
-        );
+        assert!(!shown.contains("hunter2") && shown.contains("bob:***@h:5"), "{shown}");
         assert!(!format!("{:?}", StoreUrl::parse("postgres://a:b@c@d/e")).contains(":b@"));
     }
 
     #[test]
     fn passwords_are_removed_from_urls() {
-        assert_eq!(
-            redact("postgres://koda:s3cret@db:5432/koda?schema=a"),
-            "postgres://koda:***@db:5432/koda?schema=a"
-        );
+        assert_eq!(redact("postgres://koda:s3cret@db:5432/koda?schema=a"), "postgres://koda:***@db:5432/koda?schema=a");
         assert_eq!(redact("postgres://koda@db/koda"), "postgres://koda@db/koda");
         assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
         assert_eq!(redact("memory:"), "memory:");
-        assert_eq!(
-            redact("postgres://u:p@ss@h/db"),
-            "postgres://u:***@h/db",
-            "the last @ ends the user info"
-        );
+        assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u:***@h/db", "the last @ ends the user info");
         assert_eq!(redact("postgres://u:p@h?x=a@b"), "postgres://u:***@h?x=a@b");
     }
 

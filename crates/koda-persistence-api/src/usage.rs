@@ -121,9 +121,7 @@ impl UsageTally {
     /// `prompt + completion` over every group, exact: a session's total
     /// tokens (a message without usage adds nothing to it either).
     pub fn tokens(&self) -> i128 {
-        self.groups.iter().fold(0i128, |t, (_, s)| {
-            t.saturating_add(s[0]).saturating_add(s[1])
-        })
+        self.groups.iter().fold(0i128, |t, (_, s)| t.saturating_add(s[0]).saturating_add(s[1]))
     }
 
     /// The exact sums per group, for a backend that stores them.
@@ -153,11 +151,7 @@ impl UsageTally {
 /// The order of usage by agent: `prompt + completion` descending, ties by
 /// the agent name's bytes (no locale collation).
 pub fn order_usage_groups(groups: &mut [(String, SessionUsage)]) {
-    groups.sort_by(|a, b| {
-        b.1.total_tokens()
-            .cmp(&a.1.total_tokens())
-            .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
-    });
+    groups.sort_by(|a, b| b.1.total_tokens().cmp(&a.1.total_tokens()).then_with(|| a.0.as_bytes().cmp(b.0.as_bytes())));
 }
 
 /// A session's usage: the saturating sum of its agents' groups (counters
@@ -168,9 +162,7 @@ pub fn usage_total(groups: &[(String, SessionUsage)]) -> SessionUsage {
         t.prompt_tokens = t.prompt_tokens.saturating_add(u.prompt_tokens);
         t.completion_tokens = t.completion_tokens.saturating_add(u.completion_tokens);
         t.cache_read_tokens = t.cache_read_tokens.saturating_add(u.cache_read_tokens);
-        t.cache_creation_tokens = t
-            .cache_creation_tokens
-            .saturating_add(u.cache_creation_tokens);
+        t.cache_creation_tokens = t.cache_creation_tokens.saturating_add(u.cache_creation_tokens);
         t.thinking_tokens = t.thinking_tokens.saturating_add(u.thinking_tokens);
         t.api_calls = t.api_calls.saturating_add(u.api_calls);
     }
@@ -205,10 +197,7 @@ mod tests {
         let names: Vec<&str> = groups.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["a", "b", "main"]);
         let main = &groups[2].1;
-        assert_eq!(
-            (main.prompt_tokens, main.completion_tokens, main.api_calls),
-            (6, 5, 2)
-        );
+        assert_eq!((main.prompt_tokens, main.completion_tokens, main.api_calls), (6, 5, 2));
         assert_eq!((main.cache_read_tokens, main.thinking_tokens), (2, 4));
         let total = usage_total(&groups);
         assert_eq!((total.prompt_tokens, total.api_calls), (17, 4));
@@ -216,10 +205,7 @@ mod tests {
 
     #[test]
     fn sums_saturate() {
-        let rows = [
-            (Some("a"), c(Some(i64::MAX), Some(1))),
-            (Some("b"), c(Some(i64::MAX), None)),
-        ];
+        let rows = [(Some("a"), c(Some(i64::MAX), Some(1))), (Some("b"), c(Some(i64::MAX), None))];
         let total = usage_total(&usage_by_agent(rows));
         assert_eq!(total.prompt_tokens, i64::MAX);
         assert_eq!(total.completion_tokens, 1);
@@ -237,14 +223,7 @@ mod tests {
         let g = t.groups();
         assert_eq!(g.len(), 2);
         assert_eq!(g[0].0, "a");
-        assert_eq!(
-            (
-                g[0].1.prompt_tokens,
-                g[0].1.completion_tokens,
-                g[0].1.api_calls
-            ),
-            (i64::MAX, 2, 2)
-        );
+        assert_eq!((g[0].1.prompt_tokens, g[0].1.completion_tokens, g[0].1.api_calls), (i64::MAX, 2, 2));
         assert_eq!(g[1].1.api_calls, 2);
         assert_eq!(t.tokens(), 2 * i128::from(i64::MAX) + 2 + 2 + 4);
         // Saturated on read, exact underneath: one removal is exact again.
@@ -261,15 +240,8 @@ mod tests {
         with_b.add(Some("b"), c(Some(1), None));
         with_b.remove(Some("b"), c(None, None));
         assert_ne!(with_b, t);
-        assert_eq!(
-            UsageTally::from_entries(reordered),
-            with_b,
-            "order does not matter"
-        );
-        assert_eq!(
-            UsageTally::from_entries(vec![("x".to_owned(), [1, 0, 0, 0, 0, 0])]),
-            UsageTally::default()
-        );
+        assert_eq!(UsageTally::from_entries(reordered), with_b, "order does not matter");
+        assert_eq!(UsageTally::from_entries(vec![("x".to_owned(), [1, 0, 0, 0, 0, 0])]), UsageTally::default());
     }
 
     #[test]

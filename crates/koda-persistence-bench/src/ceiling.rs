@@ -47,13 +47,7 @@ pub fn sqlite_w1(dir: &Path, sync: Synchronous, n: usize) -> Result<f64> {
     let started = Instant::now();
     for (i, s) in shapes.into_iter().enumerate() {
         let u = s.counters();
-        let Shape {
-            role,
-            content,
-            tool_calls,
-            tool_call_id,
-            ..
-        } = s;
+        let Shape { role, content, tool_calls, tool_call_id, .. } = s;
         stmt.execute(params![
             "ceiling-session",
             role.as_str(),
@@ -140,11 +134,7 @@ pub async fn postgres_w1(url: &str, n: usize) -> Result<f64> {
              CREATE INDEX ON \"{schema}\".messages (session_id, ord);"
         ))
         .await?;
-    let complete = client
-        .prepare(&format!(
-            "UPDATE \"{schema}\".messages SET completed_ms = $2 WHERE id = $1"
-        ))
-        .await?;
+    let complete = client.prepare(&format!("UPDATE \"{schema}\".messages SET completed_ms = $2 WHERE id = $1")).await?;
     let stmt = client
         .prepare(&format!(
             "INSERT INTO \"{schema}\".messages (session_id, ord, role, content, tool_calls, tool_call_id,
@@ -156,13 +146,7 @@ pub async fn postgres_w1(url: &str, n: usize) -> Result<f64> {
     let started = Instant::now();
     for (i, s) in shapes.into_iter().enumerate() {
         let u = s.counters();
-        let Shape {
-            role,
-            content,
-            tool_calls,
-            tool_call_id,
-            ..
-        } = s;
+        let Shape { role, content, tool_calls, tool_call_id, .. } = s;
         let row = client
             .query_one(
                 &stmt,
@@ -188,20 +172,13 @@ pub async fn postgres_w1(url: &str, n: usize) -> Result<f64> {
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    client
-        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .await?;
+    client.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await?;
     Ok(n as f64 / secs)
 }
 
 /// W2 ceiling on Postgres: one prepared `SELECT` of the same columns from the
 /// store's own schema, decoded into the same `Message`.
-pub async fn postgres_w2(
-    url: &str,
-    schema: &str,
-    session: &str,
-    calls: usize,
-) -> Result<Vec<Duration>> {
+pub async fn postgres_w2(url: &str, schema: &str, session: &str, calls: usize) -> Result<Vec<Duration>> {
     let client = pg_connect(url).await?;
     let stmt = client
         .prepare(&format!(
@@ -243,12 +220,7 @@ pub async fn postgres_w2(
 /// sends for `session_token_usage` (the session's kept usage rows),
 /// prepared once on one connection, rows decoded. A loopback round trip
 /// is the floor of any server read.
-pub async fn postgres_w6(
-    url: &str,
-    schema: &str,
-    session: &str,
-    calls: usize,
-) -> Result<Vec<Duration>> {
+pub async fn postgres_w6(url: &str, schema: &str, session: &str, calls: usize) -> Result<Vec<Duration>> {
     let client = pg_connect(url).await?;
     let stmt = client
         .prepare(&format!(
@@ -264,15 +236,8 @@ pub async fn postgres_w6(
     for _ in 0..calls {
         let started = Instant::now();
         let rows = client.query(&stmt, &[&session]).await?;
-        let sums: Vec<(Vec<u8>, [i64; 6])> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    [r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)],
-                )
-            })
-            .collect();
+        let sums: Vec<(Vec<u8>, [i64; 6])> =
+            rows.iter().map(|r| (r.get(0), [r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)])).collect();
         std::hint::black_box(&sums);
         times.push(started.elapsed());
     }
@@ -299,9 +264,7 @@ pub fn sqlite_w7(path: &Path, sync: Synchronous, session: &str, keep: usize) -> 
     let started = Instant::now();
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let active: Vec<i64> = tx
-        .prepare(
-            "SELECT ord FROM messages WHERE session_id = ?1 AND compacted_ms IS NULL ORDER BY ord",
-        )?
+        .prepare("SELECT ord FROM messages WHERE session_id = ?1 AND compacted_ms IS NULL ORDER BY ord")?
         .query_map([session], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let marked = active.len().saturating_sub(keep);
@@ -325,17 +288,8 @@ pub fn sqlite_w7(path: &Path, sync: Synchronous, session: &str, keep: usize) -> 
         "INSERT INTO messages (session_id, role, content, created_at, created_ms, ord)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    insert.execute(rusqlite::params![
-        session, "system", "summary", stamp, now, first
-    ])?;
-    insert.execute(rusqlite::params![
-        session,
-        "assistant",
-        "hint",
-        stamp,
-        now,
-        first + 1
-    ])?;
+    insert.execute(rusqlite::params![session, "system", "summary", stamp, now, first])?;
+    insert.execute(rusqlite::params![session, "assistant", "hint", stamp, now, first + 1])?;
     drop(insert);
     tx.execute(
         "UPDATE sessions SET message_count = message_count + 2, version = version + 1 WHERE id = ?1",
@@ -347,14 +301,6 @@ pub fn sqlite_w7(path: &Path, sync: Synchronous, session: &str, keep: usize) -> 
 
 /// The store's `synchronous` on a plain connection.
 fn set_synchronous(conn: &Connection, sync: Synchronous) -> Result<()> {
-    conn.pragma_update(
-        None,
-        "synchronous",
-        if sync == Synchronous::Full {
-            "FULL"
-        } else {
-            "NORMAL"
-        },
-    )?;
+    conn.pragma_update(None, "synchronous", if sync == Synchronous::Full { "FULL" } else { "NORMAL" })?;
     Ok(())
 }

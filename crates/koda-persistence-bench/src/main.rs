@@ -33,10 +33,7 @@ use crate::targets::Target;
 use crate::workloads::{fill, stats, time_calls};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "koda-persistence-bench",
-    about = "Benchmarks koda stores against same-run ceilings"
-)]
+#[command(name = "koda-persistence-bench", about = "Benchmarks koda stores against same-run ceilings")]
 struct Cli {
     /// Store URLs: `memory:`, `sqlite://[DIR][?synchronous=full]`, `sled://[DIR]`, `postgres://…`
     urls: Vec<String>,
@@ -181,10 +178,7 @@ struct Row {
 }
 
 async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
-    let mut row = Row {
-        name: target.name(),
-        ..Row::default()
-    };
+    let mut row = Row { name: target.name(), ..Row::default() };
     row.sync_full = matches!(
         target,
         Target::Sqlite { options, .. }
@@ -205,9 +199,7 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
         rates.push(workloads::w1(fresh.store.as_ref(), plan.w1).await?);
         target.cleanup(fresh).await?;
         match target {
-            Target::Sqlite { dir, options } => {
-                ceilings.push(ceiling::sqlite_w1(dir, options.synchronous, plan.w1)?)
-            }
+            Target::Sqlite { dir, options } => ceilings.push(ceiling::sqlite_w1(dir, options.synchronous, plan.w1)?),
             Target::Postgres { url } => ceilings.push(ceiling::postgres_w1(url, plan.w1).await?),
             _ => {}
         }
@@ -232,27 +224,12 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
     // W2, W6, W7 on one 2,000-message session.
     let fresh = target.fresh("w2").await?;
     let store = fresh.store.clone();
-    let sid = fill(
-        store.as_ref(),
-        Path::new("/bench/w2"),
-        1,
-        plan.session,
-        "W2 session",
-    )
-    .await?
-    .remove(0);
+    let sid = fill(store.as_ref(), Path::new("/bench/w2"), 1, plan.session, "W2 session").await?.remove(0);
     let _ = store.load_context(&sid).await?; // warm
     row.w2 = stats(&mut time_calls(plan.calls, || store.load_context(&sid)).await?);
     // W2 cold: between timed loads, 8 other (small) sessions are loaded,
     // so a cache of the 8 most recent sessions no longer holds this one.
-    let others = fill(
-        store.as_ref(),
-        Path::new("/bench/w2"),
-        8,
-        10,
-        "W2 cold others",
-    )
-    .await?;
+    let others = fill(store.as_ref(), Path::new("/bench/w2"), 8, 10, "W2 cold others").await?;
     let mut cold = Vec::with_capacity(plan.calls);
     for _ in 0..plan.calls {
         for o in &others {
@@ -270,9 +247,9 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
         (Target::Sqlite { options, .. }, Some(path), _) if options.key_file.is_none() => {
             Some(stats(&mut ceiling::sqlite_w2(path, &sid, plan.calls)?))
         }
-        (Target::Postgres { url }, _, Some(schema)) => Some(stats(
-            &mut ceiling::postgres_w2(url, schema, &sid, plan.calls).await?,
-        )),
+        (Target::Postgres { url }, _, Some(schema)) => {
+            Some(stats(&mut ceiling::postgres_w2(url, schema, &sid, plan.calls).await?))
+        }
         _ => None,
     };
     // Fork of the same session (W13's fork target), five times; with
@@ -292,43 +269,27 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
     }
     row.w6 = stats(&mut time_calls(plan.calls, || store.session_token_usage(&sid)).await?).0;
     if let (Target::Postgres { url }, Some(schema)) = (target, &fresh.pg_schema) {
-        row.w6_ceiling =
-            Some(stats(&mut ceiling::postgres_w6(url, schema, &sid, plan.calls).await?).0);
+        row.w6_ceiling = Some(stats(&mut ceiling::postgres_w6(url, schema, &sid, plan.calls).await?).0);
     }
     // W7's ceiling compacts a second session of the same shape, raw.
     if let (Target::Sqlite { options, .. }, Some(path)) = (target, &fresh.sqlite_path)
         && options.key_file.is_none()
     {
-        let twin = fill(
-            store.as_ref(),
-            Path::new("/bench/w2"),
-            1,
-            plan.session,
-            "W7 ceiling session",
-        )
-        .await?
-        .remove(0);
+        let twin = fill(store.as_ref(), Path::new("/bench/w2"), 1, plan.session, "W7 ceiling session").await?.remove(0);
         row.w7_ceiling = Some(ceiling::sqlite_w7(path, options.synchronous, &twin, 20)?);
     }
     let t = Instant::now();
-    store
-        .compact_session(&sid, "summary of the first 1,980 messages", 20)
-        .await?;
+    store.compact_session(&sid, "summary of the first 1,980 messages", 20).await?;
     let compact = t.elapsed();
     let t = Instant::now();
     let ctx = store.load_context(&sid).await?;
     row.w7 = (compact, t.elapsed());
     // Summary and hint first, then what the passes keep of the last 20.
     let head_ok = ctx.len() <= 22
-        && ctx
-            .first()
-            .is_some_and(|m| m.role == koda_persistence::Role::System)
+        && ctx.first().is_some_and(|m| m.role == koda_persistence::Role::System)
         && ctx.get(1).and_then(|m| m.content.as_deref()) == Some(koda_persistence::COMPACTION_HINT);
     if !head_ok {
-        row.failures.push(format!(
-            "W7: context after compaction is wrong ({} messages)",
-            ctx.len()
-        ));
+        row.failures.push(format!("W7: context after compaction is wrong ({} messages)", ctx.len()));
     }
     drop(store);
     target.cleanup(fresh).await?;
@@ -336,15 +297,7 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
     // W6 on a session ten times as long.
     let fresh = target.fresh("w6").await?;
     let store = fresh.store.clone();
-    let sid = fill(
-        store.as_ref(),
-        Path::new("/bench/w6"),
-        1,
-        plan.session * 10,
-        "W6 long session",
-    )
-    .await?
-    .remove(0);
+    let sid = fill(store.as_ref(), Path::new("/bench/w6"), 1, plan.session * 10, "W6 long session").await?.remove(0);
     row.w6_large = stats(&mut time_calls(plan.calls, || store.session_token_usage(&sid)).await?).0;
     drop(store);
     target.cleanup(fresh).await?;
@@ -367,9 +320,7 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
         let _ = store.list_sessions(20, root).await?;
         // Sub-millisecond reads on a shared 2-core machine: many samples.
         w3.push(stats(&mut time_calls(plan.calls * 20, || store.list_sessions(20, root)).await?).0);
-        w8.push(
-            stats(&mut time_calls(plan.calls * 20, || store.recent_user_messages(10)).await?).0,
-        );
+        w8.push(stats(&mut time_calls(plan.calls * 20, || store.recent_user_messages(10)).await?).0);
         drop(store);
         target.cleanup(fresh).await?;
     }
@@ -390,8 +341,7 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
     // W9: writer pairs alone, then under a compactor (fresh store each).
     for compactor in [false, true] {
         let fresh = target.fresh("w9").await?;
-        let mut run =
-            workloads::pairs_on_one_session(fresh.store.clone(), plan.w9_pairs, compactor).await?;
+        let mut run = workloads::pairs_on_one_session(fresh.store.clone(), plan.w9_pairs, compactor).await?;
         target.cleanup(fresh).await?;
         let (median, p99) = stats(&mut run.latencies);
         if compactor {
@@ -423,29 +373,15 @@ fn ratio(a: f64, b: f64) -> f64 {
 fn checks(r: &Row) -> Vec<(String, f64, f64, bool)> {
     let mut out = Vec::new();
     let mut check = |what: &str, value: f64, limit: f64, at_least: bool| {
-        let met = if at_least {
-            value >= limit
-        } else {
-            value <= limit
-        };
+        let met = if at_least { value >= limit } else { value <= limit };
         out.push((what.to_owned(), value, limit, met));
     };
     let growth3 = ratio(ms(r.w3.1), ms(r.w3.0));
     let growth4 = ratio(ms(r.w4_late), ms(r.w4_early));
     let growth8 = ratio(ms(r.w8.1), ms(r.w8.0));
-    check(
-        "W9 under compaction / alone (<=)",
-        ratio(ms(r.w9_compacting.2), ms(r.w9_alone.2)),
-        3.0,
-        false,
-    );
+    check("W9 under compaction / alone (<=)", ratio(ms(r.w9_compacting.2), ms(r.w9_alone.2)), 3.0, false);
     check("W6 median ms (<=)", ms(r.w6), 0.05, false);
-    check(
-        "W6 10x session / 1x (<=)",
-        ratio(ms(r.w6_large), ms(r.w6)),
-        1.3,
-        false,
-    );
+    check("W6 10x session / 1x (<=)", ratio(ms(r.w6_large), ms(r.w6)), 1.3, false);
     match r.kind {
         "sqlite" => {
             // FULL pays an fsync per commit, NORMAL does not: the writer's
@@ -456,12 +392,7 @@ fn checks(r: &Row) -> Vec<(String, f64, f64, bool)> {
             }
             if let Some(c) = r.w2_ceiling {
                 check("W2 / ceiling (<=)", ratio(ms(r.w2.0), ms(c.0)), 1.3, false);
-                check(
-                    "W2 cold / ceiling (<=)",
-                    ratio(ms(r.w2_cold.0), ms(c.0)),
-                    1.3,
-                    false,
-                );
+                check("W2 cold / ceiling (<=)", ratio(ms(r.w2_cold.0), ms(c.0)), 1.3, false);
             }
             check("W3 100k/10k (<=)", growth3, 1.3, false);
             check("W3 median ms at 100k (<)", ms(r.w3.1), 1.0, false);
@@ -479,12 +410,7 @@ fn checks(r: &Row) -> Vec<(String, f64, f64, bool)> {
             }
             if let Some(c) = r.w2_ceiling {
                 check("W2 / ceiling (<=)", ratio(ms(r.w2.0), ms(c.0)), 1.3, false);
-                check(
-                    "W2 cold / ceiling (<=)",
-                    ratio(ms(r.w2_cold.0), ms(c.0)),
-                    1.3,
-                    false,
-                );
+                check("W2 cold / ceiling (<=)", ratio(ms(r.w2_cold.0), ms(c.0)), 1.3, false);
             }
             if let Some(c) = r.w6_ceiling {
                 check("W6 / ceiling (<=)", ratio(ms(r.w6), ms(c)), 1.3, false);
@@ -537,62 +463,31 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or_else(|| "-".to_owned(), f);
     type Cell = Box<dyn Fn(&Row) -> String>;
     let lines: Vec<(String, Cell)> = vec![
-        (
-            format!("W1 inserts/s ({}, median of {W1_ROUNDS})", plan.w1),
-            Box::new(|r: &Row| format!("{:.0}", r.w1)),
-        ),
-        (
-            "W1 ceiling inserts/s".into(),
-            Box::new(move |r: &Row| opt(r.w1_ceiling, &|c| format!("{c:.0}"))),
-        ),
+        (format!("W1 inserts/s ({}, median of {W1_ROUNDS})", plan.w1), Box::new(|r: &Row| format!("{:.0}", r.w1))),
+        ("W1 ceiling inserts/s".into(), Box::new(move |r: &Row| opt(r.w1_ceiling, &|c| format!("{c:.0}")))),
         (
             "W1 / ceiling".into(),
-            Box::new(move |r: &Row| {
-                opt(r.w1_ceiling.map(|c| ratio(r.w1, c)), &|x| format!("{x:.2}"))
-            }),
+            Box::new(move |r: &Row| opt(r.w1_ceiling.map(|c| ratio(r.w1, c)), &|x| format!("{x:.2}"))),
         ),
         (
             "W1 / sqlite NORMAL".into(),
-            Box::new(move |r: &Row| {
-                opt(sqlite_ref.map(|s| ratio(r.w1, s)), &|x| format!("{x:.2}"))
-            }),
+            Box::new(move |r: &Row| opt(sqlite_ref.map(|s| ratio(r.w1, s)), &|x| format!("{x:.2}"))),
         ),
-        (
-            format!("W2 load_context({}) median ms", plan.session),
-            Box::new(|r: &Row| format!("{:.3}", ms(r.w2.0))),
-        ),
-        (
-            "W2 p99 ms".into(),
-            Box::new(|r: &Row| format!("{:.3}", ms(r.w2.1))),
-        ),
-        (
-            format!("fork_session({}) median ms", plan.session),
-            Box::new(|r: &Row| format!("{:.2}", ms(r.fork))),
-        ),
-        (
-            "W2 cold median ms".into(),
-            Box::new(|r: &Row| format!("{:.3}", ms(r.w2_cold.0))),
-        ),
+        (format!("W2 load_context({}) median ms", plan.session), Box::new(|r: &Row| format!("{:.3}", ms(r.w2.0)))),
+        ("W2 p99 ms".into(), Box::new(|r: &Row| format!("{:.3}", ms(r.w2.1)))),
+        (format!("fork_session({}) median ms", plan.session), Box::new(|r: &Row| format!("{:.2}", ms(r.fork)))),
+        ("W2 cold median ms".into(), Box::new(|r: &Row| format!("{:.3}", ms(r.w2_cold.0)))),
         (
             "W2 ceiling median ms".into(),
             Box::new(move |r: &Row| opt(r.w2_ceiling.map(|c| ms(c.0)), &|x| format!("{x:.3}"))),
         ),
         (
             "W2 / ceiling".into(),
-            Box::new(move |r: &Row| {
-                opt(r.w2_ceiling.map(|c| ratio(ms(r.w2.0), ms(c.0))), &|x| {
-                    format!("{x:.2}")
-                })
-            }),
+            Box::new(move |r: &Row| opt(r.w2_ceiling.map(|c| ratio(ms(r.w2.0), ms(c.0))), &|x| format!("{x:.2}"))),
         ),
         (
             "W2 cold / ceiling".into(),
-            Box::new(move |r: &Row| {
-                opt(
-                    r.w2_ceiling.map(|c| ratio(ms(r.w2_cold.0), ms(c.0))),
-                    &|x| format!("{x:.2}"),
-                )
-            }),
+            Box::new(move |r: &Row| opt(r.w2_ceiling.map(|c| ratio(ms(r.w2_cold.0), ms(c.0))), &|x| format!("{x:.2}"))),
         ),
         (
             format!("W3 list_sessions ms @{}", plan.small * plan.per_session),
@@ -602,58 +497,25 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
             format!("W3 list_sessions ms @{}", plan.large * plan.per_session),
             Box::new(|r: &Row| format!("{:.3}", ms(r.w3.1))),
         ),
-        (
-            "W3 growth".into(),
-            Box::new(|r: &Row| format!("{:.2}", ratio(ms(r.w3.1), ms(r.w3.0)))),
-        ),
-        (
-            format!("W4 {} turns total s", plan.turns),
-            Box::new(|r: &Row| format!("{:.2}", r.w4_total.as_secs_f64())),
-        ),
-        (
-            "W4 median turn ms".into(),
-            Box::new(|r: &Row| format!("{:.3}", ms(r.w4_median))),
-        ),
-        (
-            "W4 late/early turn".into(),
-            Box::new(|r: &Row| format!("{:.2}", ratio(ms(r.w4_late), ms(r.w4_early)))),
-        ),
-        (
-            "W5 8 writers inserts/s".into(),
-            Box::new(|r: &Row| format!("{:.0}", r.w5.0)),
-        ),
-        (
-            "W5 / W1".into(),
-            Box::new(|r: &Row| format!("{:.2}", ratio(r.w5.0, r.w1))),
-        ),
-        (
-            "W5 p99 ms".into(),
-            Box::new(|r: &Row| format!("{:.3}", ms(r.w5.1))),
-        ),
-        (
-            "W6 token usage median ms".into(),
-            Box::new(|r: &Row| format!("{:.3}", ms(r.w6))),
-        ),
+        ("W3 growth".into(), Box::new(|r: &Row| format!("{:.2}", ratio(ms(r.w3.1), ms(r.w3.0))))),
+        (format!("W4 {} turns total s", plan.turns), Box::new(|r: &Row| format!("{:.2}", r.w4_total.as_secs_f64()))),
+        ("W4 median turn ms".into(), Box::new(|r: &Row| format!("{:.3}", ms(r.w4_median)))),
+        ("W4 late/early turn".into(), Box::new(|r: &Row| format!("{:.2}", ratio(ms(r.w4_late), ms(r.w4_early))))),
+        ("W5 8 writers inserts/s".into(), Box::new(|r: &Row| format!("{:.0}", r.w5.0))),
+        ("W5 / W1".into(), Box::new(|r: &Row| format!("{:.2}", ratio(r.w5.0, r.w1)))),
+        ("W5 p99 ms".into(), Box::new(|r: &Row| format!("{:.3}", ms(r.w5.1)))),
+        ("W6 token usage median ms".into(), Box::new(|r: &Row| format!("{:.3}", ms(r.w6)))),
         (
             "W6 ceiling ms (the statement raw)".into(),
             Box::new(move |r: &Row| opt(r.w6_ceiling.map(ms), &|x| format!("{x:.3}"))),
         ),
-        (
-            "W6 at 10x the session, ms".into(),
-            Box::new(|r: &Row| format!("{:.3}", ms(r.w6_large))),
-        ),
-        (
-            "W7 compact ms".into(),
-            Box::new(|r: &Row| format!("{:.3}", ms(r.w7.0))),
-        ),
+        ("W6 at 10x the session, ms".into(), Box::new(|r: &Row| format!("{:.3}", ms(r.w6_large)))),
+        ("W7 compact ms".into(), Box::new(|r: &Row| format!("{:.3}", ms(r.w7.0)))),
         (
             "W7 ceiling ms (raw statements)".into(),
             Box::new(move |r: &Row| opt(r.w7_ceiling.map(ms), &|x| format!("{x:.3}"))),
         ),
-        (
-            "W7 load_context after ms".into(),
-            Box::new(|r: &Row| format!("{:.3}", ms(r.w7.1))),
-        ),
+        ("W7 load_context after ms".into(), Box::new(|r: &Row| format!("{:.3}", ms(r.w7.1)))),
         (
             format!("W8 recent_user ms @{}", plan.small * plan.per_session),
             Box::new(|r: &Row| format!("{:.3}", ms(r.w8.0))),
@@ -662,22 +524,10 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
             format!("W8 recent_user ms @{}", plan.large * plan.per_session),
             Box::new(|r: &Row| format!("{:.3}", ms(r.w8.1))),
         ),
-        (
-            "W8 growth".into(),
-            Box::new(|r: &Row| format!("{:.2}", ratio(ms(r.w8.1), ms(r.w8.0)))),
-        ),
-        (
-            format!("W9 {} pairs alone p99 ms", plan.w9_pairs),
-            Box::new(|r: &Row| format!("{:.3}", ms(r.w9_alone.1))),
-        ),
-        (
-            "W9 pairs + compactor p99 ms".into(),
-            Box::new(|r: &Row| format!("{:.3}", ms(r.w9_compacting.1))),
-        ),
-        (
-            "W9 compactions during the run".into(),
-            Box::new(|r: &Row| format!("{}", r.w9_compacting.3)),
-        ),
+        ("W8 growth".into(), Box::new(|r: &Row| format!("{:.2}", ratio(ms(r.w8.1), ms(r.w8.0))))),
+        (format!("W9 {} pairs alone p99 ms", plan.w9_pairs), Box::new(|r: &Row| format!("{:.3}", ms(r.w9_alone.1)))),
+        ("W9 pairs + compactor p99 ms".into(), Box::new(|r: &Row| format!("{:.3}", ms(r.w9_compacting.1)))),
+        ("W9 compactions during the run".into(), Box::new(|r: &Row| format!("{}", r.w9_compacting.3))),
         (
             "W9 with / without compactor".into(),
             Box::new(|r: &Row| format!("{:.2}", ratio(ms(r.w9_compacting.2), ms(r.w9_alone.2)))),
@@ -722,19 +572,9 @@ fn print_table(rows: &[Row], plan: Plan, sqlite_ref: Option<f64>) {
 /// W10's lines and its targets (WORKLOADS.md).
 fn print_w10(w: &w10::W10) {
     println!();
-    println!(
-        "W10 koda-store copy, SQLite -> PostgreSQL, {} messages (medians of {} rounds)",
-        w.messages,
-        w10::ROUNDS
-    );
-    println!(
-        "{:<34} {:>18.0}",
-        "W10 copy msgs/s (with verification)", w.copy_per_s
-    );
-    println!(
-        "{:<34} {:>18.0}",
-        "W10 ceiling: binary COPY msgs/s", w.ceiling_per_s
-    );
+    println!("W10 koda-store copy, SQLite -> PostgreSQL, {} messages (medians of {} rounds)", w.messages, w10::ROUNDS);
+    println!("{:<34} {:>18.0}", "W10 copy msgs/s (with verification)", w.copy_per_s);
+    println!("{:<34} {:>18.0}", "W10 ceiling: binary COPY msgs/s", w.ceiling_per_s);
     println!(
         "{:<34} {:>18.0} ({:.2}x the ceiling; copy {:.2}x this)",
         "W10 COPY into the store's table",
@@ -782,16 +622,7 @@ fn print_w12(runs: &[w12::W12]) {
     );
     println!(
         "{:<22} {:>12} {:>12} {:>12} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9}",
-        "target",
-        "logical B",
-        "stored B",
-        "inline B",
-        "st/inl",
-        "load ms",
-        "inl ms",
-        "ld/inl",
-        "insert s",
-        "inl ins s"
+        "target", "logical B", "stored B", "inline B", "st/inl", "load ms", "inl ms", "ld/inl", "insert s", "inl ins s"
     );
     for w in runs {
         println!(
@@ -846,22 +677,12 @@ fn print_w13(runs: &[w13::W13]) {
     );
     println!(
         "{:<18} {:>9} {:>12} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",
-        "target",
-        "messages",
-        "catch-up ms",
-        "p50 ms",
-        "p99 ms",
-        "ceil p50",
-        "ceil p99",
-        "p99/ceil",
-        "growth"
+        "target", "messages", "catch-up ms", "p50 ms", "p99 ms", "ceil p50", "ceil p99", "p99/ceil", "growth"
     );
     for w in runs {
         let first = w.sizes.first().map(|s| ms(s.p99));
         for s in &w.sizes {
-            let (c50, c99) = s
-                .ceiling
-                .map_or((f64::NAN, f64::NAN), |c| (ms(c.0), ms(c.1)));
+            let (c50, c99) = s.ceiling.map_or((f64::NAN, f64::NAN), |c| (ms(c.0), ms(c.1)));
             println!(
                 "{:<18} {:>9} {:>12.1} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>9.2} {:>8.2}",
                 w.name,
@@ -883,10 +704,7 @@ fn print_w13(runs: &[w13::W13]) {
                 without,
                 ratio(w.w1_with, without)
             ),
-            None => println!(
-                "{:<18} W1 {:.0} msg/s (no index to drop: search scans)",
-                w.name, w.w1_with
-            ),
+            None => println!("{:<18} W1 {:.0} msg/s (no index to drop: search scans)", w.name, w.w1_with),
         }
     }
 }
@@ -947,28 +765,13 @@ async fn main() -> Result<()> {
     let scratch = tempfile::tempdir()?;
     let mut urls = cli.urls.clone();
     if urls.is_empty() {
-        urls = vec![
-            "memory:".into(),
-            "sqlite://".into(),
-            "sqlite://?synchronous=full".into(),
-            "sled://".into(),
-        ];
-        if let Ok(pg) = std::env::var("KODA_BENCH_POSTGRES_URL")
-            .or_else(|_| std::env::var("KODA_TEST_POSTGRES_URL"))
-        {
+        urls = vec!["memory:".into(), "sqlite://".into(), "sqlite://?synchronous=full".into(), "sled://".into()];
+        if let Ok(pg) = std::env::var("KODA_BENCH_POSTGRES_URL").or_else(|_| std::env::var("KODA_TEST_POSTGRES_URL")) {
             urls.push(pg);
         }
     }
-    let plan = Plan {
-        w1_only: cli.w1_only,
-        w2_only: cli.w2_only,
-        w5_only: cli.w5_only,
-        ..Plan::new(cli.quick)
-    };
-    let targets = urls
-        .iter()
-        .map(|u| Target::parse(u, scratch.path()))
-        .collect::<Result<Vec<_>>>()?;
+    let plan = Plan { w1_only: cli.w1_only, w2_only: cli.w2_only, w5_only: cli.w5_only, ..Plan::new(cli.quick) };
+    let targets = urls.iter().map(|u| Target::parse(u, scratch.path())).collect::<Result<Vec<_>>>()?;
     let outcome = run(&cli, plan, &targets, scratch.path()).await;
     // A workload that failed midway returned before dropping its schema.
     for t in &targets {
@@ -999,12 +802,7 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
     });
     // --w1-only, --w2-only and --w5-only are A/B runs of one workload: no
     // W10.
-    let w10_wanted = !(cli.w11_only
-        || cli.w12_only
-        || cli.w13_only
-        || plan.w1_only
-        || plan.w2_only
-        || plan.w5_only);
+    let w10_wanted = !(cli.w11_only || cli.w12_only || cli.w13_only || plan.w1_only || plan.w2_only || plan.w5_only);
     if let Some(url) = postgres.as_deref().filter(|_| w10_wanted) {
         eprintln!("benchmarking W10 (koda-store copy SQLite -> PostgreSQL)");
         w10 = Some(w10::run(url, scratch, plan.w10_sessions, plan.per_session).await?);
@@ -1012,10 +810,7 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
     let mut w12 = Vec::new();
     if cli.w12 || cli.w12_only {
         for t in targets {
-            eprintln!(
-                "benchmarking W12 (large outputs stored once) on {}",
-                t.name()
-            );
+            eprintln!("benchmarking W12 (large outputs stored once) on {}", t.name());
             w12.extend(w12::run(t, scratch, plan.w12_sessions).await?);
         }
     }
@@ -1030,19 +825,11 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
     let mut w11 = Vec::new();
     if cli.w11 || cli.w11_only {
         let url = postgres.as_deref().context("W11 needs a postgres:// URL")?;
-        let seconds = cli
-            .w11_seconds
-            .unwrap_or(if cli.quick { 3.0 } else { 30.0 });
-        eprintln!(
-            "benchmarking W11 ({} clients, {seconds} s through PgBouncer, then direct)",
-            cli.clients
-        );
+        let seconds = cli.w11_seconds.unwrap_or(if cli.quick { 3.0 } else { 30.0 });
+        eprintln!("benchmarking W11 ({} clients, {seconds} s through PgBouncer, then direct)", cli.clients);
         w11 = w11::run(url, cli.clients, seconds).await?;
     }
-    let sqlite_ref = rows
-        .iter()
-        .find(|r| r.name == "sqlite (NORMAL)")
-        .map(|r| r.w1);
+    let sqlite_ref = rows.iter().find(|r| r.name == "sqlite (NORMAL)").map(|r| r.w1);
     if cli.json {
         let w10_json = w10.map(|w| {
             json!({"messages": w.messages, "copy_msgs_per_s": w.copy_per_s,
@@ -1106,18 +893,11 @@ async fn run(cli: &Cli, plan: Plan, targets: &[Target], scratch: &Path) -> Resul
             r.first_error
         );
     }
-    let failed: Vec<&String> = rows
-        .iter()
-        .flat_map(|r| &r.failures)
-        .chain(w13.iter().flat_map(|w| &w.failures))
-        .collect();
+    let failed: Vec<&String> =
+        rows.iter().flat_map(|r| &r.failures).chain(w13.iter().flat_map(|w| &w.failures)).collect();
     for f in &failed {
         eprintln!("FAILED: {f}");
     }
-    anyhow::ensure!(
-        failed.is_empty(),
-        "{} workload(s) returned wrong results",
-        failed.len()
-    );
+    anyhow::ensure!(failed.is_empty(), "{} workload(s) returned wrong results", failed.len());
     Ok(())
 }

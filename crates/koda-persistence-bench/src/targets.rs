@@ -16,17 +16,9 @@ use koda_persistence::{Store, StoreUrl, SystemClock, open_options};
 #[derive(Debug, Clone)]
 pub enum Target {
     Memory,
-    Sqlite {
-        dir: PathBuf,
-        options: SqliteOptions,
-    },
-    Sled {
-        dir: PathBuf,
-        options: SledOptions,
-    },
-    Postgres {
-        url: String,
-    },
+    Sqlite { dir: PathBuf, options: SqliteOptions },
+    Sled { dir: PathBuf, options: SledOptions },
+    Postgres { url: String },
 }
 
 /// A fresh store and what to do when done with it.
@@ -65,9 +57,7 @@ impl Target {
             // The server's own parser reads the rest when each store opens.
             "postgres" | "postgresql" => {
                 parsed.take_rest();
-                Target::Postgres {
-                    url: url.to_owned(),
-                }
+                Target::Postgres { url: url.to_owned() }
             }
             _ => bail!(
                 "unsupported bench target {:?}: use memory:, sqlite://[DIR][?synchronous=full], \
@@ -87,22 +77,12 @@ impl Target {
                 format!(
                     "sqlite ({}{})",
                     format!("{:?}", options.synchronous).to_uppercase(),
-                    if options.key_file.is_some() {
-                        ", encrypted"
-                    } else {
-                        ""
-                    }
+                    if options.key_file.is_some() { ", encrypted" } else { "" }
                 )
             }
-            Target::Sled { options, .. } => format!(
-                "sled ({:?}{})",
-                options.flush,
-                if options.key_file.is_some() {
-                    ", encrypted"
-                } else {
-                    ""
-                }
-            ),
+            Target::Sled { options, .. } => {
+                format!("sled ({:?}{})", options.flush, if options.key_file.is_some() { ", encrypted" } else { "" })
+            }
             Target::Postgres { .. } => "postgres".into(),
         }
     }
@@ -110,11 +90,9 @@ impl Target {
     /// A fresh, empty store for workload `tag`.
     pub async fn fresh(&self, tag: &str) -> Result<Fresh> {
         match self {
-            Target::Memory => Ok(Fresh {
-                store: koda_persistence::open("memory:").await?,
-                sqlite_path: None,
-                pg_schema: None,
-            }),
+            Target::Memory => {
+                Ok(Fresh { store: koda_persistence::open("memory:").await?, sqlite_path: None, pg_schema: None })
+            }
             Target::Sqlite { dir, options } => {
                 std::fs::create_dir_all(dir)?;
                 let path = dir.join(format!("{tag}-{}.db", uuid::Uuid::now_v7().simple()));
@@ -123,52 +101,32 @@ impl Target {
                     ..options.clone()
                 };
                 let store = open_options::<Sqlite>(options, Arc::new(SystemClock)).await?;
-                Ok(Fresh {
-                    store,
-                    sqlite_path: Some(path),
-                    pg_schema: None,
-                })
+                Ok(Fresh { store, sqlite_path: Some(path), pg_schema: None })
             }
             Target::Sled { dir, options } => {
                 let path = dir.join(format!("{tag}-{}", uuid::Uuid::now_v7().simple()));
-                let options = SledOptions {
-                    path,
-                    ..options.clone()
-                };
+                let options = SledOptions { path, ..options.clone() };
                 let store = open_options::<Sled>(options, Arc::new(SystemClock)).await?;
-                Ok(Fresh {
-                    store,
-                    sqlite_path: None,
-                    pg_schema: None,
-                })
+                Ok(Fresh { store, sqlite_path: None, pg_schema: None })
             }
             Target::Postgres { url } => {
                 let schema = scratch_schema(tag);
                 let sep = if url.contains('?') { '&' } else { '?' };
                 let store = koda_persistence::open(&format!("{url}{sep}schema={schema}")).await?;
-                Ok(Fresh {
-                    store,
-                    sqlite_path: None,
-                    pg_schema: Some(schema),
-                })
+                Ok(Fresh { store, sqlite_path: None, pg_schema: Some(schema) })
             }
         }
     }
 
     /// Drops what `fresh` made outside the process (Postgres schemas).
     pub async fn cleanup(&self, fresh: Fresh) -> Result<()> {
-        let Fresh {
-            store, pg_schema, ..
-        } = fresh;
+        let Fresh { store, pg_schema, .. } = fresh;
         drop(store);
         if let (Target::Postgres { url }, Some(schema)) = (self, pg_schema) {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .context("admin connection for cleanup")?;
+            let (client, conn) =
+                tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("admin connection for cleanup")?;
             tokio::spawn(conn);
-            client
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                .await?;
+            client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await?;
         }
         // Let store threads finish closing files before the next workload.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -186,34 +144,24 @@ fn run_mark() -> &'static str {
 /// marked with this run, so [`sweep_schemas`] finds it if the workload
 /// that made it fails before dropping it.
 pub fn scratch_schema(tag: &str) -> String {
-    format!(
-        "kp_bench_{}_{tag}_{}",
-        run_mark(),
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    )
+    format!("kp_bench_{}_{tag}_{}", run_mark(), &uuid::Uuid::now_v7().simple().to_string()[20..])
 }
 
 /// Drops every schema this run made and left (a workload that failed
 /// midway returns before its own cleanup); returns how many.
 pub async fn sweep_schemas(url: &str) -> Result<usize> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .context("admin connection for the final cleanup")?;
+    let (client, conn) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("admin connection for the final cleanup")?;
     tokio::spawn(conn);
     let pattern = format!("kp\\_bench\\_{}\\_%", run_mark());
     let left: Vec<String> = client
-        .query(
-            "SELECT nspname::TEXT FROM pg_namespace WHERE nspname LIKE $1",
-            &[&pattern],
-        )
+        .query("SELECT nspname::TEXT FROM pg_namespace WHERE nspname LIKE $1", &[&pattern])
         .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
     for schema in &left {
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-            .await?;
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await?;
     }
     Ok(left.len())
 }

@@ -75,8 +75,7 @@ async fn source(path: &Path, sessions: usize, per: usize) -> Result<Arc<dyn Stor
                     thinking_tokens: t,
                     agent: None,
                     created_ms: t0 + i as i64,
-                    completed_ms: (sh.role == koda_persistence::Role::Assistant)
-                        .then_some(t0 + i as i64),
+                    completed_ms: (sh.role == koda_persistence::Role::Assistant).then_some(t0 + i as i64),
                     compacted_ms: None,
                 }
             })
@@ -98,9 +97,7 @@ fn with_schema(url: &str, schema: &str) -> String {
 }
 
 async fn drop_schema(client: &tokio_postgres::Client, schema: &str) -> Result<()> {
-    client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .await?;
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await?;
     Ok(())
 }
 
@@ -153,11 +150,7 @@ async fn store_table(
 }
 
 /// One binary `COPY` of `rows` into `"<schema>".messages`; rows/s.
-async fn copy_rows(
-    client: &tokio_postgres::Client,
-    schema: &str,
-    rows: &[(String, MessageRecord)],
-) -> Result<f64> {
+async fn copy_rows(client: &tokio_postgres::Client, schema: &str, rows: &[(String, MessageRecord)]) -> Result<f64> {
     let types = [
         Type::INT8,
         Type::TEXT,
@@ -208,10 +201,7 @@ async fn copy_rows(
     }
     let written = writer.finish().await?;
     let secs = started.elapsed().as_secs_f64();
-    ensure!(
-        written as usize == rows.len(),
-        "ceiling COPY wrote {written} rows"
-    );
+    ensure!(written as usize == rows.len(), "ceiling COPY wrote {written} rows");
     Ok(rows.len() as f64 / secs)
 }
 
@@ -231,11 +221,7 @@ async fn copy_once(
         let keep = transfer::keep_ids(&target, range, async { Ok(Vec::new()) }).await?;
         let report = transfer::copy_sessions(source, &target, ids, keep, || {}).await?;
         let secs = started.elapsed().as_secs_f64();
-        ensure!(
-            report.failures.is_empty(),
-            "W10 copy failed: {:?}",
-            report.failures
-        );
+        ensure!(report.failures.is_empty(), "W10 copy failed: {:?}", report.failures);
         ensure!(
             report.messages == messages
                 && report.verified.len() == ids.len()
@@ -259,8 +245,7 @@ pub async fn run(url: &str, dir: &Path, sessions: usize, per: usize) -> Result<W
     let messages = sessions * per;
 
     let started = Instant::now();
-    let (exported_sessions, exported) =
-        transfer::export(&source, "bench", &ids, std::io::sink()).await?;
+    let (exported_sessions, exported) = transfer::export(&source, "bench", &ids, std::io::sink()).await?;
     let export_secs = started.elapsed().as_secs_f64();
     ensure!(exported_sessions == sessions && exported == messages);
 

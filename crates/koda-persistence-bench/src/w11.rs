@@ -26,8 +26,7 @@ pub async fn run(url: &str, clients: usize, seconds: f64) -> Result<Vec<W11Run>>
     let base = options_of::<Postgres>(url)?;
     let bouncer = {
         let url = url.to_owned();
-        tokio::task::spawn_blocking(move || PgBouncer::start(&url, SERVER_CONNECTIONS, &[]))
-            .await??
+        tokio::task::spawn_blocking(move || PgBouncer::start(&url, SERVER_CONNECTIONS, &[])).await??
     };
     let mut runs = Vec::new();
     for (name, through) in [("through pgbouncer", true), ("direct", false)] {
@@ -57,9 +56,7 @@ pub async fn run(url: &str, clients: usize, seconds: f64) -> Result<Vec<W11Run>>
         let outcome = run_one(name, open, clients, seconds).await;
         let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-            .await?;
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await?;
         runs.push(outcome?);
     }
     Ok(runs)

@@ -71,9 +71,9 @@ impl Gen {
     /// Tool output of about `len` bytes: source lines, test logs, listings.
     fn output(&mut self, len: usize) -> String {
         const WORDS: &[&str] = &[
-            "session", "message", "store", "insert", "context", "compact", "usage", "tokens",
-            "error", "result", "config", "parse", "render", "worker", "thread", "buffer", "index",
-            "query", "schema", "field", "value", "handle", "stream", "output",
+            "session", "message", "store", "insert", "context", "compact", "usage", "tokens", "error", "result",
+            "config", "parse", "render", "worker", "thread", "buffer", "index", "query", "schema", "field", "value",
+            "handle", "stream", "output",
         ];
         let mut out = String::with_capacity(len + 80);
         while out.len() < len {
@@ -86,12 +86,7 @@ impl Gen {
                     self.pick(WORDS),
                     self.next() % 1000
                 ),
-                1 => format!(
-                    "test {}::{}_{} ... ok\n",
-                    self.pick(WORDS),
-                    self.pick(WORDS),
-                    self.pick(WORDS)
-                ),
+                1 => format!("test {}::{}_{} ... ok\n", self.pick(WORDS), self.pick(WORDS), self.pick(WORDS)),
                 2 => format!(
                     "-rw-r--r-- 1 dev dev {:>7} Dec  3 16:{:02} src/{}/{}.rs\n",
                     self.next() % 100_000,
@@ -133,10 +128,7 @@ pub fn history(sessions: usize) -> History {
             };
             steps.push(Some(Msg {
                 role: Role::User,
-                content: Some(format!(
-                    "step {t}: please run the tests for {}",
-                    g.next() % 97
-                )),
+                content: Some(format!("step {t}: please run the tests for {}", g.next() % 97)),
                 tool_calls: None,
                 tool_call_id: None,
             }));
@@ -219,9 +211,7 @@ async fn write(store: &dyn Store, h: &History, what: &str) -> Result<(Vec<String
                     }
                 }
                 None => {
-                    store
-                        .compact_session(&sid, "Summary: the tests ran; fixes were applied.", 10)
-                        .await?;
+                    store.compact_session(&sid, "Summary: the tests ran; fixes were applied.", 10).await?;
                 }
             }
         }
@@ -246,9 +236,7 @@ async fn loads(store: &dyn Store, ids: &[String]) -> Result<f64> {
 
 fn median_ms(times: &mut [Duration]) -> f64 {
     times.sort_unstable();
-    times
-        .get(times.len() / 2)
-        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    times.get(times.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 /// The sessions whose loads are timed: at most 20, spread over the run.
@@ -267,11 +255,7 @@ pub async fn run(target: &Target, scratch: &Path, sessions: usize) -> Result<Opt
             let dir = scratch.join(format!("w12-{}", uuid::Uuid::now_v7().simple()));
             std::fs::create_dir_all(&dir)?;
             let open = |path: PathBuf, blobs: bool| {
-                let options = SqliteOptions {
-                    location: Location::File(path),
-                    blobs: Some(blobs),
-                    ..options.clone()
-                };
+                let options = SqliteOptions { location: Location::File(path), blobs: Some(blobs), ..options.clone() };
                 open_options::<Sqlite>(options, Arc::new(SystemClock))
             };
             let (once, inline) = (dir.join("once.db"), dir.join("inline.db"));
@@ -303,15 +287,8 @@ pub async fn run(target: &Target, scratch: &Path, sessions: usize) -> Result<Opt
         Target::Sled { options, .. } => {
             let dir = scratch.join(format!("w12-{}", uuid::Uuid::now_v7().simple()));
             let path = dir.join("once.sled");
-            let open = || {
-                open_options::<Sled>(
-                    SledOptions {
-                        path: path.clone(),
-                        ..options.clone()
-                    },
-                    Arc::new(SystemClock),
-                )
-            };
+            let open =
+                || open_options::<Sled>(SledOptions { path: path.clone(), ..options.clone() }, Arc::new(SystemClock));
             let store = open().await?;
             let (ids, insert_s) = write(&*store, &h, "W12 sled, once").await?;
             drop(store);
@@ -321,9 +298,7 @@ pub async fn run(target: &Target, scratch: &Path, sessions: usize) -> Result<Opt
             drop(store);
             let raw = dir.join("inline.sled");
             let (inline_bytes, inline_insert_s, inline_load_ms) =
-                tokio::task::spawn_blocking(move || sled_inline(&raw, &h))
-                    .await
-                    .context("sled inline reference")??;
+                tokio::task::spawn_blocking(move || sled_inline(&raw, &h)).await.context("sled inline reference")??;
             Ok(Some(W12 {
                 name: target.name(),
                 logical_bytes: logical,
@@ -455,18 +430,13 @@ async fn pg_inline(url: &str, h: &History) -> Result<(u64, f64, f64)> {
         let rows = client.query(&select, &[&sid]).await?;
         let texts: Vec<Option<String>> = rows
             .iter()
-            .map(|r| {
-                r.try_get::<_, Option<Vec<u8>>>(2)
-                    .map(|b| b.and_then(|b| String::from_utf8(b).ok()))
-            })
+            .map(|r| r.try_get::<_, Option<Vec<u8>>>(2).map(|b| b.and_then(|b| String::from_utf8(b).ok())))
             .collect::<Result<_, _>>()?;
         std::hint::black_box(&texts);
         times.push(started.elapsed());
     }
     let bytes = pg_store_bytes(url, &schema).await?;
-    client
-        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .await?;
+    client.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await?;
     Ok((bytes, insert_s, median_ms(&mut times)))
 }
 
@@ -497,9 +467,7 @@ fn sled_inline(dir: &Path, h: &History) -> Result<(u64, f64, f64)> {
             for f in [&m.content, &m.tool_calls, &m.tool_call_id] {
                 match f {
                     Some(t) => {
-                        v.extend_from_slice(
-                            &u32::try_from(t.len()).unwrap_or(u32::MAX).to_be_bytes(),
-                        );
+                        v.extend_from_slice(&u32::try_from(t.len()).unwrap_or(u32::MAX).to_be_bytes());
                         v.extend_from_slice(t.as_bytes());
                     }
                     None => v.extend_from_slice(&u32::MAX.to_be_bytes()),
@@ -518,9 +486,7 @@ fn sled_inline(dir: &Path, h: &History) -> Result<(u64, f64, f64)> {
         let from = key(s, active_from.get(s).copied().unwrap_or(0));
         for kv in db.range(from..key(s + 1, 0)) {
             let (_, v) = kv?;
-            let len = v.get(1..5).map_or(0, |b| {
-                u32::from_be_bytes(b.try_into().unwrap_or([0; 4])) as usize
-            });
+            let len = v.get(1..5).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4])) as usize);
             texts.push(String::from_utf8(v.get(5..5 + len).unwrap_or(&[]).to_vec()).ok());
         }
         std::hint::black_box(&texts);
@@ -559,19 +525,13 @@ pub fn levels(sessions: usize, levels: &[i32]) -> Result<Vec<Level>> {
     for &level in levels {
         let mut c = zstd::bulk::Compressor::new(level)?;
         let started = Instant::now();
-        let packed: Vec<Vec<u8>> = distinct
-            .iter()
-            .map(|t| c.compress(t.as_bytes()))
-            .collect::<std::io::Result<_>>()?;
+        let packed: Vec<Vec<u8>> = distinct.iter().map(|t| c.compress(t.as_bytes())).collect::<std::io::Result<_>>()?;
         let pack_s = started.elapsed().as_secs_f64();
         let mut d = zstd::bulk::Decompressor::new()?;
         let started = Instant::now();
         for (p, t) in packed.iter().zip(&distinct) {
             let back = d.decompress(p, t.len())?;
-            anyhow::ensure!(
-                back.len() == t.len(),
-                "level {level}: a round trip lost bytes"
-            );
+            anyhow::ensure!(back.len() == t.len(), "level {level}: a round trip lost bytes");
         }
         let unpack_s = started.elapsed().as_secs_f64();
         let mb = raw as f64 / 1e6;

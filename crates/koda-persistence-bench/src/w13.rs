@@ -225,11 +225,7 @@ impl Gen {
                     self.pick(IDENTS),
                     self.pick(IDENTS)
                 ),
-                _ => format!(
-                    "error[E0{:03}]: cannot borrow `{}` as mutable\n",
-                    self.next() % 800,
-                    self.pick(IDENTS)
-                ),
+                _ => format!("error[E0{:03}]: cannot borrow `{}` as mutable\n", self.next() % 800, self.pick(IDENTS)),
             };
             out.push_str(&line);
         }
@@ -241,20 +237,11 @@ impl Gen {
             "thread '{}' panicked at src/{}.rs:{}:{}:\ncalled `Result::unwrap()` on an `Err` value: {}\n\
              stack backtrace:\n   0: koda::{}::{}\n   1: tokio::runtime::task::harness::poll\n\
              test {}::{} ... FAILED (req-{})\n",
-            if self.next().is_multiple_of(2) {
-                "main"
-            } else {
-                "tokio-runtime-worker"
-            },
+            if self.next().is_multiple_of(2) { "main" } else { "tokio-runtime-worker" },
             self.pick(IDENTS),
             self.next() % 900,
             self.next() % 80,
-            self.pick(&[
-                "connection refused",
-                "timed out",
-                "deadlock detected",
-                "Io(Kind(NotFound))"
-            ]),
+            self.pick(&["connection refused", "timed out", "deadlock detected", "Io(Kind(NotFound))"]),
             self.pick(IDENTS),
             self.pick(IDENTS),
             self.pick(IDENTS),
@@ -282,11 +269,7 @@ impl Gen {
         match role {
             Role::User => {
                 let n = self.upto(8, 30);
-                if self.next().is_multiple_of(5) {
-                    self.chinese(n / 2)
-                } else {
-                    self.sentence(n)
-                }
+                if self.next().is_multiple_of(5) { self.chinese(n / 2) } else { self.sentence(n) }
             }
             Role::Assistant => {
                 let n = self.upto(15, 40);
@@ -334,9 +317,8 @@ fn session(s: usize) -> (SessionRecord, Vec<MessageRecord>) {
                 role,
                 content: Some(g.text(role)),
                 full_content: None,
-                tool_calls: (role == Role::Assistant).then(|| {
-                    format!(r#"[{{"id":"{call}","type":"function","function":{{"name":"bash"}}}}]"#)
-                }),
+                tool_calls: (role == Role::Assistant)
+                    .then(|| format!(r#"[{{"id":"{call}","type":"function","function":{{"name":"bash"}}}}]"#)),
                 tool_call_id: (role == Role::Tool).then_some(call),
                 prompt_tokens: None,
                 completion_tokens: None,
@@ -402,10 +384,7 @@ impl Raw {
     fn of(target: &Target, fresh: &Fresh) -> Self {
         match (target, &fresh.sqlite_path, &fresh.pg_schema) {
             (Target::Sqlite { .. }, Some(p), _) => Raw::Sqlite(p.clone()),
-            (Target::Postgres { url }, _, Some(schema)) => Raw::Postgres {
-                url: url.clone(),
-                schema: schema.clone(),
-            },
+            (Target::Postgres { url }, _, Some(schema)) => Raw::Postgres { url: url.clone(), schema: schema.clone() },
             _ => Raw::None,
         }
     }
@@ -413,20 +392,14 @@ impl Raw {
     /// Times `rounds` rounds of every query against the raw index; returns
     /// the times and, per query, the ids it found (newest first).
     async fn time(&self, rounds: usize) -> Result<Option<(Vec<Duration>, Vec<Vec<i64>>)>> {
-        let queries: Vec<Query> = QUERIES
-            .iter()
-            .map(|q| Query::parse(q))
-            .collect::<Result<_, _>>()?;
+        let queries: Vec<Query> = QUERIES.iter().map(|q| Query::parse(q)).collect::<Result<_, _>>()?;
         let limit = i64::try_from(LIMIT).unwrap_or(20);
         let mut times = Vec::new();
         let mut found = vec![Vec::new(); queries.len()];
         match self {
             Raw::None => return Ok(None),
             Raw::Sqlite(path) => {
-                let conn = rusqlite::Connection::open_with_flags(
-                    path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                )?;
+                let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
                 let mut stmt = conn.prepare(
                     "SELECT m.id, m.content, m.full_content FROM kp_search s
                      JOIN messages m ON m.id = s.rowid
@@ -437,9 +410,7 @@ impl Raw {
                         let expr = q.fts5().context("every W13 query requires a word")?;
                         let started = Instant::now();
                         let rows: Vec<(i64, Option<String>, Option<String>)> = stmt
-                            .query_map(rusqlite::params![expr, limit], |r| {
-                                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                            })?
+                            .query_map(rusqlite::params![expr, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                             .collect::<Result<_, _>>()?;
                         times.push(started.elapsed());
                         found[k] = rows.iter().map(|r| r.0).collect();
@@ -504,9 +475,7 @@ async fn time_store(store: &dyn Store, rounds: usize) -> Result<(Vec<Duration>, 
     for _ in 0..rounds {
         for (k, q) in QUERIES.iter().enumerate() {
             let started = Instant::now();
-            let hits = store
-                .search_messages(q, &SearchScope::default(), LIMIT)
-                .await?;
+            let hits = store.search_messages(q, &SearchScope::default(), LIMIT).await?;
             times.push(started.elapsed());
             found[k] = hits.iter().map(|h| h.message_id).collect();
         }
@@ -527,10 +496,7 @@ pub async fn run(target: &Target, small: usize, large: usize, w1_n: usize) -> Re
         fill(&*fresh.store, filled, sessions).await?;
         filled = sessions;
         let started = Instant::now();
-        fresh
-            .store
-            .search_messages("flaky", &SearchScope::default(), LIMIT)
-            .await?;
+        fresh.store.search_messages("flaky", &SearchScope::default(), LIMIT).await?;
         let catch_up = started.elapsed();
         let (mut times, found) = time_store(&*fresh.store, rounds).await?;
         let (p50, p99) = stats(&mut times);
@@ -558,17 +524,8 @@ pub async fn run(target: &Target, small: usize, large: usize, w1_n: usize) -> Re
             }
             None => None,
         };
-        ensure!(
-            found.iter().any(|f| !f.is_empty()),
-            "W13 found nothing for every query"
-        );
-        sizes.push(Size {
-            messages: sessions * PER_SESSION,
-            catch_up,
-            p50,
-            p99,
-            ceiling,
-        });
+        ensure!(found.iter().any(|f| !f.is_empty()), "W13 found nothing for every query");
+        sizes.push(Size { messages: sessions * PER_SESSION, catch_up, p50, p99, ceiling });
     }
     target.cleanup(fresh).await?;
     // W1 with and without the index, alternated.

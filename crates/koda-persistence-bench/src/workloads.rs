@@ -33,13 +33,7 @@ impl Shape {
     /// The five usage counters in `TokenUsage` field order, if set.
     pub fn counters(&self) -> Option<[i64; 5]> {
         self.usage.map(|u| {
-            [
-                u.prompt_tokens,
-                u.completion_tokens,
-                u.cache_read_tokens,
-                u.cache_creation_tokens,
-                u.thinking_tokens,
-            ]
+            [u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.cache_creation_tokens, u.thinking_tokens]
         })
     }
 }
@@ -48,13 +42,7 @@ impl Shape {
 pub fn shape(i: usize) -> Shape {
     let call = i / 3;
     match i % 3 {
-        0 => Shape {
-            role: Role::User,
-            content: text(i),
-            tool_calls: None,
-            tool_call_id: None,
-            usage: None,
-        },
+        0 => Shape { role: Role::User, content: text(i), tool_calls: None, tool_call_id: None, usage: None },
         1 => Shape {
             role: Role::Assistant,
             content: text(i),
@@ -105,9 +93,7 @@ pub async fn insert_shape(store: &dyn Persistence, sid: &str, s: &Shape) -> Resu
 
 pub fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-    {
+    if let Ok(style) = ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {per_sec} eta {eta}") {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix(what.to_owned());
@@ -179,10 +165,7 @@ pub async fn w1(store: &dyn Persistence, n: usize) -> Result<f64> {
     }
     let secs = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    ensure!(
-        store.load_all_messages(&sid).await?.len() == n,
-        "W1 lost messages"
-    );
+    ensure!(store.load_all_messages(&sid).await?.len() == n, "W1 lost messages");
     Ok(n as f64 / secs)
 }
 
@@ -256,11 +239,7 @@ pub struct PairRun {
 /// calls, `KODA_BENCH_W9_PAUSE_US` to change it; 0 runs it back to back).
 /// Checks that every pair is stored and that each compaction added its two
 /// messages.
-pub async fn pairs_on_one_session(
-    store: Arc<dyn Persistence>,
-    pairs: usize,
-    compactor: bool,
-) -> Result<PairRun> {
+pub async fn pairs_on_one_session(store: Arc<dyn Persistence>, pairs: usize, compactor: bool) -> Result<PairRun> {
     let sid = store.create_session("main", Path::new("/bench/w9")).await?;
     let answer = shape(1);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -285,14 +264,7 @@ pub async fn pairs_on_one_session(
             anyhow::Ok(n)
         })
     });
-    let bar = progress(
-        pairs as u64,
-        if compactor {
-            "W9 pairs + compactor"
-        } else {
-            "W9 pairs alone"
-        },
-    );
+    let bar = progress(pairs as u64, if compactor { "W9 pairs + compactor" } else { "W9 pairs alone" });
     let mut latencies = Vec::with_capacity(pairs);
     let started = Instant::now();
     let outcome = async {
@@ -331,9 +303,5 @@ pub async fn pairs_on_one_session(
         "W9: {} messages stored, expected {pairs} pairs + {compactions} compactions",
         all.len()
     );
-    Ok(PairRun {
-        latencies,
-        total,
-        compactions,
-    })
+    Ok(PairRun { latencies, total, compactions })
 }

@@ -23,11 +23,7 @@ pub(crate) struct Body {
 pub(crate) type RowBodies = [Option<Body>; 3];
 
 /// The fields that may be bodies, in [`RowBodies`] order.
-pub(crate) const FIELDS: [BodyField; 3] = [
-    BodyField::Content,
-    BodyField::FullContent,
-    BodyField::ToolCalls,
-];
+pub(crate) const FIELDS: [BodyField; 3] = [BodyField::Content, BodyField::FullContent, BodyField::ToolCalls];
 
 pub(crate) fn field_mut(m: &mut Message, field: BodyField) -> &mut Option<String> {
     match field {
@@ -54,10 +50,7 @@ impl Bodies {
         let hash = body_hash(&text);
         let entry = self.map.entry(hash).or_insert_with(|| (Arc::from(text), 0));
         entry.1 += 1;
-        Body {
-            hash,
-            text: entry.0.clone(),
-        }
+        Body { hash, text: entry.0.clone() }
     }
 
     /// One reference fewer to `body`; the body goes with its last one.

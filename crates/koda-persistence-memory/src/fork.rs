@@ -9,11 +9,7 @@ use koda_persistence_api::backend::session_not_found;
 /// Forks `session_id` at `at` under the store's one lock: the original's
 /// rows, cut by [`fork_len`](koda_persistence_api::fork::fork_len),
 /// imported as a new session (bodies gain a reference each).
-pub(crate) fn fork_session(
-    store: &MemoryStore,
-    session_id: &str,
-    at: Option<i64>,
-) -> Result<String> {
+pub(crate) fn fork_session(store: &MemoryStore, session_id: &str, at: Option<i64>) -> Result<String> {
     use koda_persistence_api::fork::{fork_len, fork_record};
     let now = store.clock.now_ms();
     let mut st = store.lock();

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::Result;
 use koda_persistence_api::backend::{Backend, NewMessage, StoreUrl, usage_total};
 use koda_persistence_api::{
-    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence,
-    PersistenceError, Role, SearchIndex, SessionInfo, SessionUsage, Store,
+    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence, PersistenceError, Role,
+    SearchIndex, SessionInfo, SessionUsage, Store,
 };
 
 use crate::schema::{Session, State};
@@ -66,11 +66,7 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn with_session<T>(
-        &self,
-        session_id: &str,
-        f: impl FnOnce(&State, &Session) -> T,
-    ) -> Option<T> {
+    fn with_session<T>(&self, session_id: &str, f: impl FnOnce(&State, &Session) -> T) -> Option<T> {
         let st = self.lock();
         st.sessions.get(session_id).map(|s| f(&st, s))
     }
@@ -99,9 +95,7 @@ impl Persistence for MemoryStore {
     }
 
     async fn get_session_mode(&self, session_id: &str) -> Result<Option<String>> {
-        Ok(self
-            .with_session(session_id, |_, s| s.mode.clone())
-            .flatten())
+        Ok(self.with_session(session_id, |_, s| s.mode.clone()).flatten())
     }
 
     async fn get_session_idle_secs(&self, session_id: &str) -> Result<Option<i64>> {
@@ -144,21 +138,11 @@ impl Persistence for MemoryStore {
         Ok(usage_total(&self.session_usage_by_agent(session_id).await?))
     }
 
-    async fn session_usage_by_agent(
-        &self,
-        session_id: &str,
-    ) -> Result<Vec<(String, SessionUsage)>> {
-        Ok(self
-            .with_session(session_id, |_, s| s.usage.groups())
-            .unwrap_or_default())
+    async fn session_usage_by_agent(&self, session_id: &str) -> Result<Vec<(String, SessionUsage)>> {
+        Ok(self.with_session(session_id, |_, s| s.usage.groups()).unwrap_or_default())
     }
 
-    async fn compact_session(
-        &self,
-        session_id: &str,
-        summary: &str,
-        preserve_count: usize,
-    ) -> Result<usize> {
+    async fn compact_session(&self, session_id: &str, summary: &str, preserve_count: usize) -> Result<usize> {
         queries::compact_session(self, session_id, summary, preserve_count)
     }
 
@@ -175,9 +159,7 @@ impl Persistence for MemoryStore {
     }
 
     async fn get_metadata(&self, session_id: &str, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .with_session(session_id, |_, s| s.metadata.get(key).cloned())
-            .flatten())
+        Ok(self.with_session(session_id, |_, s| s.metadata.get(key).cloned()).flatten())
     }
 
     async fn set_metadata(&self, session_id: &str, key: &str, value: &str) -> Result<()> {

@@ -47,13 +47,6 @@ impl MemoryStore {
     }
 
     fn fresh(clock: Arc<dyn Clock>, keep_deleted_days: u32) -> Self {
-        Self {
-            clock,
-            keep_deleted_days,
-            state: Mutex::new(State {
-                next_message_id: 1,
-                ..State::default()
-            }),
-        }
+        Self { clock, keep_deleted_days, state: Mutex::new(State { next_message_id: 1, ..State::default() }) }
     }
 }

@@ -27,9 +27,7 @@ impl MemoryOptions {
         let trash = TrashOptions::default().with_parameters(url)?;
         match url.location() {
             "" | "//" => Ok(Self { trash }),
-            _ => Err(PersistenceError::InvalidInput(
-                "a memory URL has no location: write memory:".into(),
-            )),
+            _ => Err(PersistenceError::InvalidInput("a memory URL has no location: write memory:".into())),
         }
     }
 }

@@ -6,13 +6,11 @@ use std::path::Path;
 
 use anyhow::Result;
 use koda_persistence_api::backend::{
-    ContextRow, NewMessage, UsageTally, apply_context_passes, format_timestamp, limit_bound,
-    purge_cutoff, root_to_str, session_not_found,
+    ContextRow, NewMessage, UsageTally, apply_context_passes, format_timestamp, limit_bound, purge_cutoff, root_to_str,
+    session_not_found,
 };
 use koda_persistence_api::bodies::BodyField;
-use koda_persistence_api::{
-    COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo,
-};
+use koda_persistence_api::{COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo};
 
 use crate::MemoryStore;
 use crate::rows::{clamp_i64, new_message};
@@ -31,11 +29,7 @@ impl MemoryStore {
     }
 }
 
-pub(crate) fn create_session(
-    store: &MemoryStore,
-    agent_name: &str,
-    project_root: &Path,
-) -> Result<String> {
+pub(crate) fn create_session(store: &MemoryStore, agent_name: &str, project_root: &Path) -> Result<String> {
     let root = root_to_str(project_root)?.to_owned();
     let now = store.clock.now_ms();
     let mut st = store.lock();
@@ -62,11 +56,7 @@ pub(crate) fn create_session(
     Ok(id)
 }
 
-pub(crate) fn list_sessions(
-    store: &MemoryStore,
-    limit: i64,
-    project_root: &Path,
-) -> Result<Vec<SessionInfo>> {
+pub(crate) fn list_sessions(store: &MemoryStore, limit: i64, project_root: &Path) -> Result<Vec<SessionInfo>> {
     let limit = limit_bound(limit);
     let root = root_to_str(project_root)?;
     let st = store.lock();
@@ -96,29 +86,21 @@ pub(crate) fn list_sessions(
 
 pub(crate) fn set_session_title(store: &MemoryStore, session_id: &str, title: &str) -> Result<()> {
     let mut st = store.lock();
-    let s = st
-        .sessions
-        .get_mut(session_id)
-        .ok_or_else(|| session_not_found(session_id))?;
+    let s = st.sessions.get_mut(session_id).ok_or_else(|| session_not_found(session_id))?;
     s.title = Some(title.to_owned());
     Ok(())
 }
 
 pub(crate) fn set_session_mode(store: &MemoryStore, session_id: &str, mode: &str) -> Result<()> {
     let mut st = store.lock();
-    let s = st
-        .sessions
-        .get_mut(session_id)
-        .ok_or_else(|| session_not_found(session_id))?;
+    let s = st.sessions.get_mut(session_id).ok_or_else(|| session_not_found(session_id))?;
     s.mode = Some(mode.to_owned());
     Ok(())
 }
 
 pub(crate) fn get_session_idle_secs(store: &MemoryStore, session_id: &str) -> Result<Option<i64>> {
     let now = store.clock.now_ms();
-    let last = store
-        .with_session(session_id, |_, s| s.last_accessed_ms)
-        .flatten();
+    let last = store.with_session(session_id, |_, s| s.last_accessed_ms).flatten();
     Ok(koda_persistence_api::backend::idle_secs(now, last))
 }
 
@@ -137,21 +119,10 @@ pub(crate) fn append_message(store: &MemoryStore, m: NewMessage) -> Result<i64> 
         st.user_ids.insert(id);
     }
     session.order.push(id);
-    session
-        .usage
-        .add(m.agent.as_deref(), message.usage_counters());
+    session.usage.add(m.agent.as_deref(), message.usage_counters());
     session.last_accessed_ms = Some(now);
-    st.messages.insert(
-        id,
-        Row {
-            message,
-            bodies,
-            created_ms: now,
-            agent: m.agent,
-            completed_ms: None,
-            compacted_ms: None,
-        },
-    );
+    st.messages
+        .insert(id, Row { message, bodies, created_ms: now, agent: m.agent, completed_ms: None, compacted_ms: None });
     Ok(id)
 }
 
@@ -160,10 +131,7 @@ pub(crate) fn load_context(store: &MemoryStore, session_id: &str) -> Result<Vec<
         .with_session(session_id, |st, s| {
             st.rows(s)
                 .filter(|r| r.compacted_ms.is_none())
-                .map(|r| ContextRow {
-                    message: r.message(),
-                    complete: r.completed_ms.is_some(),
-                })
+                .map(|r| ContextRow { message: r.message(), complete: r.completed_ms.is_some() })
                 .collect()
         })
         .unwrap_or_default();
@@ -171,9 +139,7 @@ pub(crate) fn load_context(store: &MemoryStore, session_id: &str) -> Result<Vec<
 }
 
 pub(crate) fn load_all_messages(store: &MemoryStore, session_id: &str) -> Result<Vec<Message>> {
-    Ok(store
-        .with_session(session_id, |st, s| st.rows(s).map(Row::message).collect())
-        .unwrap_or_default())
+    Ok(store.with_session(session_id, |st, s| st.rows(s).map(Row::message).collect()).unwrap_or_default())
 }
 
 pub(crate) fn recent_user_messages(store: &MemoryStore, limit: i64) -> Result<Vec<String>> {
@@ -195,9 +161,7 @@ pub(crate) fn has_pending_tool_calls(store: &MemoryStore, session_id: &str) -> R
             st.rows(s)
                 .rev()
                 .find(|r| r.compacted_ms.is_none())
-                .is_some_and(|r| {
-                    r.message.role == Role::Assistant && r.text(BodyField::ToolCalls).is_some()
-                })
+                .is_some_and(|r| r.message.role == Role::Assistant && r.text(BodyField::ToolCalls).is_some())
         })
         .unwrap_or(false))
 }
@@ -205,10 +169,7 @@ pub(crate) fn has_pending_tool_calls(store: &MemoryStore, session_id: &str) -> R
 pub(crate) fn mark_message_complete(store: &MemoryStore, message_id: i64) -> Result<()> {
     let now = store.clock.now_ms();
     let mut st = store.lock();
-    let row = st
-        .messages
-        .get_mut(&message_id)
-        .ok_or(PersistenceError::MessageNotFound(message_id))?;
+    let row = st.messages.get_mut(&message_id).ok_or(PersistenceError::MessageNotFound(message_id))?;
     row.completed_ms = Some(now);
     Ok(())
 }
@@ -222,20 +183,13 @@ pub(crate) fn compact_session(
     let now = store.clock.now_ms();
     let mut st = store.lock();
     let st = &mut *st;
-    let session = st
-        .sessions
-        .get_mut(session_id)
-        .ok_or_else(|| session_not_found(session_id))?;
+    let session = st.sessions.get_mut(session_id).ok_or_else(|| session_not_found(session_id))?;
     // Positions (in conversation order) of the active messages.
     let active: Vec<usize> = session
         .order
         .iter()
         .enumerate()
-        .filter(|(_, id)| {
-            st.messages
-                .get(id)
-                .is_some_and(|r| r.compacted_ms.is_none())
-        })
+        .filter(|(_, id)| st.messages.get(id).is_some_and(|r| r.compacted_ms.is_none()))
         .map(|(pos, _)| pos)
         .collect();
     let marked = active.len().saturating_sub(preserve_count);
@@ -264,19 +218,10 @@ pub(crate) fn compact_session(
     hint.id = hint_id;
     hint.content = Some(COMPACTION_HINT.to_owned());
     hint.created_at = Some(format_timestamp(now));
-    session
-        .order
-        .splice(insert_at..insert_at, [summary_id, hint_id]);
+    session.order.splice(insert_at..insert_at, [summary_id, hint_id]);
     st.messages.insert(
         summary_id,
-        Row {
-            message: sys,
-            bodies: sys_bodies,
-            created_ms: now,
-            completed_ms: None,
-            compacted_ms: None,
-            agent: None,
-        },
+        Row { message: sys, bodies: sys_bodies, created_ms: now, completed_ms: None, compacted_ms: None, agent: None },
     );
     st.messages.insert(
         hint_id,
@@ -292,11 +237,7 @@ pub(crate) fn compact_session(
     Ok(marked)
 }
 
-pub(crate) fn clear_message_content(
-    store: &MemoryStore,
-    message_ids: &[i64],
-    stub: &str,
-) -> Result<()> {
+pub(crate) fn clear_message_content(store: &MemoryStore, message_ids: &[i64], stub: &str) -> Result<()> {
     let mut st = store.lock();
     let st = &mut *st;
     for id in message_ids {
@@ -317,11 +258,9 @@ pub(crate) fn compacted_stats(store: &MemoryStore) -> Result<CompactedStats> {
         };
         stats.message_count += 1;
         sessions.insert(row.message.session_id.as_str());
-        let bytes = row.text(BodyField::Content).map_or(0, str::len)
-            + row.text(BodyField::ToolCalls).map_or(0, str::len);
-        stats.size_bytes = stats
-            .size_bytes
-            .saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
+        let bytes =
+            row.text(BodyField::Content).map_or(0, str::len) + row.text(BodyField::ToolCalls).map_or(0, str::len);
+        stats.size_bytes = stats.size_bytes.saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
         if stats.oldest.is_none() {
             stats.oldest = Some(format_timestamp(*at));
         }
@@ -334,22 +273,14 @@ pub(crate) fn purge_compacted(store: &MemoryStore, min_age_days: u32) -> Result<
     let now = store.clock.now_ms();
     let cutoff = purge_cutoff(now, min_age_days);
     let mut st = store.lock();
-    let doomed: Vec<(i64, i64)> = st
-        .compacted
-        .iter()
-        .take_while(|(at, _)| min_age_days == 0 || *at < cutoff)
-        .copied()
-        .collect();
+    let doomed: Vec<(i64, i64)> =
+        st.compacted.iter().take_while(|(at, _)| min_age_days == 0 || *at < cutoff).copied().collect();
     let mut touched: HashMap<String, Vec<i64>> = HashMap::new();
     for &(_, id) in &doomed {
         if let Some(row) = st.remove_message(id) {
-            touched
-                .entry(row.message.session_id.clone())
-                .or_default()
-                .push(id);
+            touched.entry(row.message.session_id.clone()).or_default().push(id);
             if let Some(s) = st.sessions.get_mut(&row.message.session_id) {
-                s.usage
-                    .remove(row.agent.as_deref(), row.message.usage_counters());
+                s.usage.remove(row.agent.as_deref(), row.message.usage_counters());
             }
         }
     }
@@ -362,17 +293,9 @@ pub(crate) fn purge_compacted(store: &MemoryStore, min_age_days: u32) -> Result<
     Ok(doomed.len())
 }
 
-pub(crate) fn set_metadata(
-    store: &MemoryStore,
-    session_id: &str,
-    key: &str,
-    value: &str,
-) -> Result<()> {
+pub(crate) fn set_metadata(store: &MemoryStore, session_id: &str, key: &str, value: &str) -> Result<()> {
     let mut st = store.lock();
-    let s = st
-        .sessions
-        .get_mut(session_id)
-        .ok_or_else(|| session_not_found(session_id))?;
+    let s = st.sessions.get_mut(session_id).ok_or_else(|| session_not_found(session_id))?;
     s.metadata.insert(key.to_owned(), value.to_owned());
     Ok(())
 }

@@ -53,11 +53,7 @@ impl State {
 }
 
 pub(crate) fn listed(s: &Session, id: &str) -> Listed {
-    (
-        std::cmp::Reverse(s.created_ms),
-        std::cmp::Reverse(s.seq),
-        id.to_owned(),
-    )
+    (std::cmp::Reverse(s.created_ms), std::cmp::Reverse(s.seq), id.to_owned())
 }
 
 #[derive(Debug)]
@@ -132,10 +128,7 @@ impl Row {
 }
 
 impl State {
-    pub(crate) fn rows<'a>(
-        &'a self,
-        s: &'a Session,
-    ) -> impl DoubleEndedIterator<Item = &'a Row> + 'a {
+    pub(crate) fn rows<'a>(&'a self, s: &'a Session) -> impl DoubleEndedIterator<Item = &'a Row> + 'a {
         s.order.iter().filter_map(|id| self.messages.get(id))
     }
 

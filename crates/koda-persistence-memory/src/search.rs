@@ -5,9 +5,7 @@ use anyhow::Result;
 use koda_persistence_api::Search;
 use koda_persistence_api::backend::format_timestamp;
 use koda_persistence_api::bodies::BodyField;
-use koda_persistence_api::search::{
-    Query, ScopeBuf, SearchHit, SearchScope, hit, hit_limit, sort_hits,
-};
+use koda_persistence_api::search::{Query, ScopeBuf, SearchHit, SearchScope, hit, hit_limit, sort_hits};
 
 use crate::MemoryStore;
 
@@ -40,18 +38,9 @@ pub(crate) fn search_messages(
         if !scope.admits_session(&m.session_id, session.project_root.as_deref()) {
             continue;
         }
-        let fields = [
-            row.text(BodyField::Content),
-            row.text(BodyField::FullContent),
-        ];
+        let fields = [row.text(BodyField::Content), row.text(BodyField::FullContent)];
         if let Some(found) = parsed.find(&fields) {
-            hits.push(hit(
-                m.session_id.clone(),
-                *id,
-                m.role,
-                format_timestamp(row.created_ms),
-                found,
-            ));
+            hits.push(hit(m.session_id.clone(), *id, m.role, format_timestamp(row.created_ms), found));
         }
     }
     sort_hits(&mut hits);
@@ -60,12 +49,7 @@ pub(crate) fn search_messages(
 
 #[async_trait::async_trait]
 impl Search for MemoryStore {
-    async fn search_messages(
-        &self,
-        query: &str,
-        scope: &SearchScope<'_>,
-        limit: usize,
-    ) -> Result<Vec<SearchHit>> {
+    async fn search_messages(&self, query: &str, scope: &SearchScope<'_>, limit: usize) -> Result<Vec<SearchHit>> {
         search_messages(self, query, scope, limit)
     }
 }

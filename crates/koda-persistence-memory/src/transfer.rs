@@ -15,10 +15,7 @@ pub(crate) fn export_session_ids(store: &MemoryStore) -> Result<Vec<String>> {
     Ok(all.into_iter().map(|(id, _)| id.clone()).collect())
 }
 
-pub(crate) fn export_session(
-    store: &MemoryStore,
-    session_id: &str,
-) -> Result<Option<SessionRecord>> {
+pub(crate) fn export_session(store: &MemoryStore, session_id: &str) -> Result<Option<SessionRecord>> {
     Ok(store.with_session(session_id, |_, s| record_of(session_id, s)))
 }
 
@@ -38,36 +35,19 @@ pub(crate) fn record_of(session_id: &str, s: &Session) -> SessionRecord {
 pub(crate) fn records_of(st: &State, s: &Session) -> Vec<MessageRecord> {
     st.rows(s)
         .map(|r| {
-            MessageRecord::from_message(
-                r.message(),
-                r.agent.clone(),
-                r.created_ms,
-                r.completed_ms,
-                r.compacted_ms,
-            )
+            MessageRecord::from_message(r.message(), r.agent.clone(), r.created_ms, r.completed_ms, r.compacted_ms)
         })
         .collect()
 }
 
 pub(crate) fn export_messages(store: &MemoryStore, session_id: &str) -> Result<Vec<MessageRecord>> {
-    Ok(store
-        .with_session(session_id, records_of)
-        .unwrap_or_default())
+    Ok(store.with_session(session_id, records_of).unwrap_or_default())
 }
 
-pub(crate) fn export_metadata(
-    store: &MemoryStore,
-    session_id: &str,
-) -> Result<Vec<MetadataRecord>> {
+pub(crate) fn export_metadata(store: &MemoryStore, session_id: &str) -> Result<Vec<MetadataRecord>> {
     let mut entries: Vec<MetadataRecord> = store
         .with_session(session_id, |_, s| {
-            s.metadata
-                .iter()
-                .map(|(key, value)| MetadataRecord {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect()
+            s.metadata.iter().map(|(key, value)| MetadataRecord { key: key.clone(), value: value.clone() }).collect()
         })
         .unwrap_or_default();
     entries.sort();
@@ -76,11 +56,7 @@ pub(crate) fn export_metadata(
 
 pub(crate) fn message_id_range(store: &MemoryStore) -> Result<Option<(i64, i64)>> {
     let st = store.lock();
-    Ok(st
-        .messages
-        .first_key_value()
-        .zip(st.messages.last_key_value())
-        .map(|((lo, _), (hi, _))| (*lo, *hi)))
+    Ok(st.messages.first_key_value().zip(st.messages.last_key_value()).map(|((lo, _), (hi, _))| (*lo, *hi)))
 }
 
 pub(crate) fn claim_ids(store: &MemoryStore, first: i64, last: i64) -> Result<bool> {
@@ -156,9 +132,7 @@ pub(crate) fn import_messages_in(
             st.compacted.insert((at, id));
         }
         session.order.push(id);
-        session
-            .usage
-            .add(r.agent.as_deref(), message.usage_counters());
+        session.usage.add(r.agent.as_deref(), message.usage_counters());
         st.messages.insert(
             id,
             Row {
@@ -174,16 +148,9 @@ pub(crate) fn import_messages_in(
     Ok(ids)
 }
 
-pub(crate) fn import_metadata(
-    store: &MemoryStore,
-    session_id: &str,
-    entries: &[MetadataRecord],
-) -> Result<()> {
+pub(crate) fn import_metadata(store: &MemoryStore, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
     let mut st = store.lock();
-    let s = st
-        .sessions
-        .get_mut(session_id)
-        .ok_or_else(|| session_not_found(session_id))?;
+    let s = st.sessions.get_mut(session_id).ok_or_else(|| session_not_found(session_id))?;
     for e in entries {
         s.metadata.insert(e.key.clone(), e.value.clone());
     }
@@ -220,12 +187,7 @@ impl Transfer for MemoryStore {
         import_session(self, session)
     }
 
-    async fn import_messages(
-        &self,
-        session_id: &str,
-        messages: &[MessageRecord],
-        keep_ids: bool,
-    ) -> Result<Vec<i64>> {
+    async fn import_messages(&self, session_id: &str, messages: &[MessageRecord], keep_ids: bool) -> Result<Vec<i64>> {
         import_messages(self, session_id, messages, keep_ids)
     }
 

@@ -4,9 +4,7 @@
 use anyhow::Result;
 use koda_persistence_api::Trash;
 use koda_persistence_api::backend::session_not_found;
-use koda_persistence_api::trash::{
-    DeletedSession, in_trash, is_expired, live_session_exists, sort_deleted,
-};
+use koda_persistence_api::trash::{DeletedSession, in_trash, is_expired, live_session_exists, sort_deleted};
 
 use crate::MemoryStore;
 use crate::schema::{State, Trashed};
@@ -26,19 +24,8 @@ pub(crate) fn delete_session(store: &MemoryStore, session_id: &str) -> Result<bo
         }
         return Ok(true);
     }
-    let rows = session
-        .order
-        .iter()
-        .filter_map(|id| st.take_message(*id).map(|row| (*id, row)))
-        .collect();
-    st.trash.insert(
-        session_id.to_owned(),
-        Trashed {
-            session,
-            rows,
-            deleted_ms: now,
-        },
-    );
+    let rows = session.order.iter().filter_map(|id| st.take_message(*id).map(|row| (*id, row))).collect();
+    st.trash.insert(session_id.to_owned(), Trashed { session, rows, deleted_ms: now });
     Ok(true)
 }
 
@@ -133,11 +120,7 @@ impl Trash for MemoryStore {
     async fn count_deleted(&self) -> Result<usize> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
         let st = self.lock();
-        Ok(st
-            .trash
-            .values()
-            .filter(|t| !is_expired(t.deleted_ms, days, now))
-            .count())
+        Ok(st.trash.values().filter(|t| !is_expired(t.deleted_ms, days, now)).count())
     }
 
     async fn restore_session(&self, session_id: &str) -> Result<()> {

@@ -14,17 +14,14 @@ struct Fresh;
 impl Factory for Fresh {
     async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
         let clock = ManualClock::new(start_ms);
-        let store =
-            open_checked::<Memory>(MemoryOptions::default(), Arc::new(clock.clone())).await?;
-        Ok(
-            Fixture::new(Arc::new(store), clock).with_grace_opener(|days| async move {
-                let clock = ManualClock::new(koda_persistence_conformance::START_MS);
-                let mut options = MemoryOptions::default();
-                options.trash.keep_deleted_days = Some(days);
-                let store = open_checked::<Memory>(options, Arc::new(clock.clone())).await?;
-                Ok(Fixture::new(Arc::new(store), clock))
-            }),
-        )
+        let store = open_checked::<Memory>(MemoryOptions::default(), Arc::new(clock.clone())).await?;
+        Ok(Fixture::new(Arc::new(store), clock).with_grace_opener(|days| async move {
+            let clock = ManualClock::new(koda_persistence_conformance::START_MS);
+            let mut options = MemoryOptions::default();
+            options.trash.keep_deleted_days = Some(days);
+            let store = open_checked::<Memory>(options, Arc::new(clock.clone())).await?;
+            Ok(Fixture::new(Arc::new(store), clock))
+        }))
     }
 }
 

@@ -6,11 +6,7 @@ use koda_persistence_api::bodies::{BodyField, BodyHash, body_hash, is_body, pack
 use std::collections::BTreeMap;
 
 /// The fields that may be bodies, in column order.
-pub(crate) const FIELDS: [BodyField; 3] = [
-    BodyField::Content,
-    BodyField::FullContent,
-    BodyField::ToolCalls,
-];
+pub(crate) const FIELDS: [BodyField; 3] = [BodyField::Content, BodyField::FullContent, BodyField::ToolCalls];
 
 /// The bodies one statement writes: distinct addresses in address order
 /// (the lock order), their packed bytes and text lengths, and the
@@ -32,11 +28,7 @@ pub(crate) type Split<'v> = ([Option<&'v [u8]>; 3], [Option<Vec<u8>>; 3]);
 
 /// Splits a `role` message's content, full_content and tool_calls into
 /// inline values and bodies, counting each body in `found`.
-pub(crate) fn split<'v>(
-    role: &Role,
-    fields: [Option<&'v str>; 3],
-    found: &mut Found<'v>,
-) -> Split<'v> {
+pub(crate) fn split<'v>(role: &Role, fields: [Option<&'v str>; 3], found: &mut Found<'v>) -> Split<'v> {
     let mut inline = [None; 3];
     let mut bodies = [None, None, None];
     for (i, value) in fields.into_iter().enumerate() {
@@ -63,10 +55,7 @@ pub(crate) async fn pack_bodies(found: Found<'_>) -> Result<NewBodies> {
             .await
             .map_err(|e| anyhow::anyhow!("packing bodies: {e}"))??
     } else {
-        found
-            .values()
-            .map(|(_, t)| pack(t))
-            .collect::<Result<_>>()?
+        found.values().map(|(_, t)| pack(t)).collect::<Result<_>>()?
     };
     for ((hash, (n, text)), data) in found.into_iter().zip(packed) {
         out.hashes.push(hash.to_vec());

@@ -33,10 +33,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
 pub(crate) fn classify(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
     let said = format!("{what}: {}", describe(&e));
     let typed = match e.code() {
-        Some(code)
-            if *code == SqlState::T_R_SERIALIZATION_FAILURE
-                || *code == SqlState::T_R_DEADLOCK_DETECTED =>
-        {
+        Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED => {
             PersistenceError::Conflict(said)
         }
         Some(code)
@@ -67,19 +64,15 @@ pub(crate) fn classify(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
 pub(crate) fn pool_error(e: PoolError) -> anyhow::Error {
     match e {
         PoolError::Backend(e) => classify(e, "opening a pooled connection"),
-        PoolError::Timeout(kind) => PersistenceError::Unavailable(format!(
-            "no database connection within the pool timeout ({kind:?})"
-        ))
-        .into(),
+        PoolError::Timeout(kind) => {
+            PersistenceError::Unavailable(format!("no database connection within the pool timeout ({kind:?})")).into()
+        }
         other => PersistenceError::Unavailable(format!("connection pool: {other}")).into(),
     }
 }
 
 pub(crate) fn is_connection_loss(e: &anyhow::Error) -> bool {
-    matches!(
-        PersistenceError::of(e),
-        Some(PersistenceError::Unavailable(_))
-    )
+    matches!(PersistenceError::of(e), Some(PersistenceError::Unavailable(_)))
 }
 
 pub(crate) fn is_retryable(e: &anyhow::Error) -> bool {

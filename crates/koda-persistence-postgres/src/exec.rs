@@ -48,11 +48,7 @@ impl Dialect {
     /// For tables in `schema` (already checked: a plain identifier), sent
     /// unnamed when `pooled`.
     pub(crate) fn new(schema: &str, pooled: bool) -> Self {
-        Self {
-            schema: schema.into(),
-            prefix: format!("\"{schema}\".").into(),
-            pooled,
-        }
+        Self { schema: schema.into(), prefix: format!("\"{schema}\".").into(), pooled }
     }
 
     /// The schema's name.
@@ -117,19 +113,12 @@ impl Conn {
 
     /// Statements outside a transaction (each its own).
     pub(crate) fn db(&self) -> Db<'_> {
-        Db {
-            on: On::Client(&self.obj),
-            dialect: &self.dialect,
-        }
+        Db { on: On::Client(&self.obj), dialect: &self.dialect }
     }
 
     /// Begins a transaction (rolled back when dropped uncommitted).
     pub(crate) async fn transaction(&mut self) -> Result<(Transaction<'_>, &Dialect)> {
-        let tx = self
-            .obj
-            .transaction()
-            .await
-            .map_err(|e| classify(e, "beginning a transaction"))?;
+        let tx = self.obj.transaction().await.map_err(|e| classify(e, "beginning a transaction"))?;
         Ok((tx, &self.dialect))
     }
 }
@@ -150,10 +139,7 @@ pub(crate) struct Db<'a> {
 impl<'a> Db<'a> {
     /// Statements inside `tx`.
     pub(crate) fn tx(tx: &'a Transaction<'a>, dialect: &'a Dialect) -> Self {
-        Self {
-            on: On::Tx(tx),
-            dialect,
-        }
+        Self { on: On::Tx(tx), dialect }
     }
 
     /// The statement text for `template`.
@@ -174,8 +160,7 @@ impl<'a> Db<'a> {
         &self,
         sql: &str,
         params: &'p [Param<'p>],
-    ) -> Result<(tokio_postgres::Statement, Vec<&'p (dyn ToSql + Sync)>), tokio_postgres::Error>
-    {
+    ) -> Result<(tokio_postgres::Statement, Vec<&'p (dyn ToSql + Sync)>), tokio_postgres::Error> {
         let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
         let stmt = match self.on {
             On::Client(c) => c.prepare_typed_cached(sql, &types).await?,
@@ -192,28 +177,15 @@ impl<'a> Db<'a> {
     /// statements in the order the driver delivers it, not the order they
     /// were asked. Behind a pooler nothing is prepared: every statement
     /// is sent whole on its first poll already.
-    pub(crate) async fn prepare(
-        &self,
-        what: &'static str,
-        template: &str,
-        params: &[Param<'_>],
-    ) -> Result<()> {
+    pub(crate) async fn prepare(&self, what: &'static str, template: &str, params: &[Param<'_>]) -> Result<()> {
         if self.dialect.pooled {
             return Ok(());
         }
-        self.prepared(&self.sql(template), params)
-            .await
-            .map(drop)
-            .map_err(|e| classify(e, what))
+        self.prepared(&self.sql(template), params).await.map(drop).map_err(|e| classify(e, what))
     }
 
     /// Every row `template` returns.
-    pub(crate) async fn rows(
-        &self,
-        what: &'static str,
-        template: &str,
-        params: &[Param<'_>],
-    ) -> Result<Vec<Row>> {
+    pub(crate) async fn rows(&self, what: &'static str, template: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
         let sql = self.sql(template);
         let done = if self.dialect.pooled {
             self.client().query_typed(&sql, params).await
@@ -236,49 +208,27 @@ impl<'a> Db<'a> {
         template: &str,
         params: &[Param<'_>],
     ) -> Result<Vec<Row>> {
-        self.client()
-            .query_typed(&self.sql(template), params)
-            .await
-            .map_err(|e| classify(e, what))
+        self.client().query_typed(&self.sql(template), params).await.map_err(|e| classify(e, what))
     }
 
     /// The first row `template` returns, if any.
-    pub(crate) async fn opt(
-        &self,
-        what: &'static str,
-        template: &str,
-        params: &[Param<'_>],
-    ) -> Result<Option<Row>> {
+    pub(crate) async fn opt(&self, what: &'static str, template: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
         Ok(self.rows(what, template, params).await?.into_iter().next())
     }
 
     /// The first row `template` returns; none is a corrupt store (the
     /// statements given here always return one).
-    pub(crate) async fn one(
-        &self,
-        what: &'static str,
-        template: &str,
-        params: &[Param<'_>],
-    ) -> Result<Row> {
-        self.opt(what, template, params).await?.ok_or_else(|| {
-            PersistenceError::Corrupt(format!("{what}: the statement returned no row")).into()
-        })
+    pub(crate) async fn one(&self, what: &'static str, template: &str, params: &[Param<'_>]) -> Result<Row> {
+        self.opt(what, template, params)
+            .await?
+            .ok_or_else(|| PersistenceError::Corrupt(format!("{what}: the statement returned no row")).into())
     }
 
     /// Runs `template` (no result rows), returning how many rows it changed.
-    pub(crate) async fn execute(
-        &self,
-        what: &'static str,
-        template: &str,
-        params: &[Param<'_>],
-    ) -> Result<u64> {
+    pub(crate) async fn execute(&self, what: &'static str, template: &str, params: &[Param<'_>]) -> Result<u64> {
         let sql = self.sql(template);
         let done = if self.dialect.pooled {
-            drain(
-                self.client()
-                    .query_typed_raw(&sql, params.iter().map(|(v, t)| (*v, t.clone()))),
-            )
-            .await
+            drain(self.client().query_typed_raw(&sql, params.iter().map(|(v, t)| (*v, t.clone())))).await
         } else {
             match self.prepared(&sql, params).await {
                 Ok((stmt, values)) => self.client().execute(&stmt, &values).await,
@@ -290,10 +240,7 @@ impl<'a> Db<'a> {
 
     /// Runs `template` as a simple-protocol batch (no parameters).
     pub(crate) async fn batch(&self, what: &'static str, template: &str) -> Result<()> {
-        self.client()
-            .batch_execute(&self.sql(template))
-            .await
-            .map_err(|e| classify(e, what))
+        self.client().batch_execute(&self.sql(template)).await.map_err(|e| classify(e, what))
     }
 }
 
@@ -336,10 +283,7 @@ impl PostgresStore {
         let mut attempt = 0;
         loop {
             let waiting = std::time::Instant::now();
-            let client = Conn::new(
-                self.pool.get().await.map_err(pool_error)?,
-                self.dialect.clone(),
-            );
+            let client = Conn::new(self.pool.get().await.map_err(pool_error)?, self.dialect.clone());
             if waiting.elapsed() > POOL_WAIT_WARNING {
                 tracing::warn!(
                     waited_ms = waiting.elapsed().as_millis() as u64,
@@ -401,9 +345,7 @@ pub(crate) async fn connect_once(options: &PostgresOptions) -> Result<tokio_post
     }
 }
 
-pub(crate) fn make_tls(
-    mode: TlsMode,
-) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PersistenceError> {
+pub(crate) fn make_tls(mode: TlsMode) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PersistenceError> {
     let made = match mode {
         TlsMode::VerifyFull => tls::verify_full(),
         _ => tls::encrypt_only(),
@@ -437,9 +379,7 @@ pub(crate) fn session_config(options: &PostgresOptions) -> tokio_postgres::Confi
 /// The pool of `options`' size and timeouts, each connection set up as
 /// [`session_config`] says.
 pub(crate) fn build_pool(options: &PostgresOptions) -> Result<Pool> {
-    let manager_config = ManagerConfig {
-        recycling_method: RecyclingMethod::Fast,
-    };
+    let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
     let config = session_config(options);
     let manager = match options.tls {
         TlsMode::Disable => Manager::from_config(config, NoTls, manager_config),
@@ -452,7 +392,5 @@ pub(crate) fn build_pool(options: &PostgresOptions) -> Result<Pool> {
         .create_timeout(Some(options.connect_timeout))
         .recycle_timeout(Some(options.connect_timeout))
         .build()
-        .map_err(|e| {
-            PersistenceError::Unavailable(format!("cannot build the connection pool: {e}")).into()
-        })
+        .map_err(|e| PersistenceError::Unavailable(format!("cannot build the connection pool: {e}")).into())
 }

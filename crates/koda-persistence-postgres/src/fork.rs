@@ -16,17 +16,9 @@ use koda_persistence_api::backend::session_not_found;
 /// copies the messages up to the cut with their states and body
 /// addresses, adds a reference to each body, and copies the usage by
 /// agent and the metadata.
-pub(crate) async fn fork(
-    c: &Conn,
-    id: &str,
-    at: Option<i64>,
-    new_id: &str,
-    now: i64,
-) -> Result<String> {
+pub(crate) async fn fork(c: &Conn, id: &str, at: Option<i64>, new_id: &str, now: i64) -> Result<String> {
     use koda_persistence_api::fork::{fork_len, fork_title};
-    let original = export_session(c, id)
-        .await?
-        .ok_or_else(|| session_not_found(id))?;
+    let original = export_session(c, id).await?.ok_or_else(|| session_not_found(id))?;
     let messages = export_messages(c, id).await?;
     let n = fork_len(&messages, at)?;
     // `None`: every message (the whole session); else the last one copied
@@ -34,11 +26,7 @@ pub(crate) async fn fork(
     let last: Option<i64> = if at.is_none() && n == messages.len() {
         None
     } else {
-        Some(
-            n.checked_sub(1)
-                .and_then(|i| messages.get(i))
-                .map_or(0, |m| m.id),
-        )
+        Some(n.checked_sub(1).and_then(|i| messages.get(i)).map_or(0, |m| m.id))
     };
     let title = fork_title(original.title.as_deref());
     let row = c
@@ -106,13 +94,7 @@ pub(crate) async fn fork(
                  WHERE d.session_id = $1
                  RETURNING 1)
              SELECT id FROM ns",
-            &[
-                text(&id),
-                text(&new_id),
-                int(&last),
-                int(&now),
-                bytes(&as_bytes(&title)),
-            ],
+            &[text(&id), text(&new_id), int(&last), int(&now), bytes(&as_bytes(&title))],
         )
         .await?;
     match row {
@@ -127,7 +109,6 @@ impl Fork for PostgresStore {
         let now = self.clock.now_ms();
         let new_id = uuid::Uuid::now_v7().to_string();
         let new_id = &new_id;
-        self.with_client(|c| async move { fork(&c, session_id, at, new_id, now).await })
-            .await
+        self.with_client(|c| async move { fork(&c, session_id, at, new_id, now).await }).await
     }
 }

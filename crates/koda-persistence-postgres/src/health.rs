@@ -12,11 +12,7 @@ use koda_persistence_api::{PersistenceError, StoreHealth};
 /// The newest migration applied to the schema (0 for none).
 pub(crate) async fn schema_version(db: &Db<'_>) -> Result<i64> {
     let version: Option<i32> = db
-        .one(
-            "reading the schema history",
-            "SELECT MAX(version) FROM kp.koda_schema_history",
-            &[],
-        )
+        .one("reading the schema history", "SELECT MAX(version) FROM kp.koda_schema_history", &[])
         .await?
         .try_get(0)
         .map_err(|e| PersistenceError::Corrupt(format!("schema history: {e}")))?;
@@ -51,17 +47,11 @@ pub(crate) async fn body_health(db: &Db<'_>, problems: &mut Vec<String>) -> Resu
         let refs: Option<i64> = get(r, 1, "body count")?;
         let used: i64 = get(r, 2, "body uses")?;
         let Some(refs) = refs else {
-            problems.push(format!(
-                "{used} message fields refer to body {}, which is missing",
-                body_name(&hash)
-            ));
+            problems.push(format!("{used} message fields refer to body {}, which is missing", body_name(&hash)));
             continue;
         };
         if refs != used {
-            problems.push(format!(
-                "body {}: counts {refs} references, {used} message fields use it",
-                body_name(&hash)
-            ));
+            problems.push(format!("body {}: counts {refs} references, {used} message fields use it", body_name(&hash)));
         }
         let len = u64::try_from(get::<i64>(r, 3, "body length")?).unwrap_or(0);
         let packed = u64::try_from(get::<i64>(r, 4, "body size")?).unwrap_or(0);
@@ -83,11 +73,9 @@ pub(crate) async fn body_health(db: &Db<'_>, problems: &mut Vec<String>) -> Resu
             let len: i64 = get(r, 2, "body length")?;
             match unpack_checked(&data, &hash) {
                 Ok(text) if i64::try_from(text.len()).ok() == Some(len) => {}
-                Ok(text) => problems.push(format!(
-                    "body {}: records {len} bytes, holds {}",
-                    body_name(&hash),
-                    text.len()
-                )),
+                Ok(text) => {
+                    problems.push(format!("body {}: records {len} bytes, holds {}", body_name(&hash), text.len()))
+                }
                 Err(e) => problems.push(format!("body {}: {}", body_name(&hash), e.reason())),
             }
             after = hash;
@@ -119,9 +107,7 @@ pub(crate) async fn health(c: &Conn, schema: &str) -> Result<StoreHealth> {
         let sid: String = get(r, 0, "session id")?;
         let next: i64 = get(r, 1, "next_ord")?;
         let max: i64 = get(r, 2, "max ord")?;
-        problems.push(format!(
-            "session {sid}: position counter {next} is behind its last message's {max}"
-        ));
+        problems.push(format!("session {sid}: position counter {next} is behind its last message's {max}"));
     }
     let usage = db
         .rows(
@@ -147,9 +133,7 @@ pub(crate) async fn health(c: &Conn, schema: &str) -> Result<StoreHealth> {
         .await?;
     for r in &usage {
         let sid: String = get(r, 0, "session id")?;
-        problems.push(format!(
-            "session {sid}: the usage kept by agent differs from its messages' counters"
-        ));
+        problems.push(format!("session {sid}: the usage kept by agent differs from its messages' counters"));
     }
     let size: Option<i64> = db
         .one(
@@ -176,7 +160,6 @@ pub(crate) async fn health(c: &Conn, schema: &str) -> Result<StoreHealth> {
 impl Health for PostgresStore {
     async fn health(&self) -> Result<StoreHealth> {
         let schema = self.dialect.schema();
-        self.with_client(|c| async move { health(&c, schema).await })
-            .await
+        self.with_client(|c| async move { health(&c, schema).await }).await
     }
 }

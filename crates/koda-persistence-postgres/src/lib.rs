@@ -23,21 +23,18 @@ use std::sync::{Arc, MutexGuard};
 use anyhow::Result;
 use deadpool_postgres::Pool;
 use koda_persistence_api::backend::{
-    Backend, ContextCache, NewMessage, SharedContextCache, StoreUrl, root_to_str,
-    session_not_found, usage_total,
+    Backend, ContextCache, NewMessage, SharedContextCache, StoreUrl, root_to_str, session_not_found, usage_total,
 };
 use koda_persistence_api::{
-    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence,
-    PersistenceError, Role, SearchIndex, SessionInfo, SessionUsage, Store,
+    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence, PersistenceError, Role,
+    SearchIndex, SessionInfo, SessionUsage, Store,
 };
 
 use crate::exec::Dialect;
 
 pub use crate::exec::POOL_WAIT_WARNING;
 pub use crate::open::{connect_raw, grant};
-pub use crate::options::{
-    MAX_POOL_SIZE, Pooler, PostgresOptions, SCHEMES, TlsMode, check_schema_name,
-};
+pub use crate::options::{MAX_POOL_SIZE, Pooler, PostgresOptions, SCHEMES, TlsMode, check_schema_name};
 pub use crate::schema::grant_sql;
 
 /// The PostgreSQL backend, for the facade's table and
@@ -97,14 +94,9 @@ impl PostgresStore {
 
     /// Sets the title (`mode` false) or the mode of a session.
     async fn set_text(&self, session_id: &str, mode: bool, value: &str) -> Result<()> {
-        let found = self
-            .with_client(
-                |c| async move { queries::set_session_text(&c, mode, session_id, value).await },
-            )
-            .await?;
-        found
-            .then_some(())
-            .ok_or_else(|| session_not_found(session_id))
+        let found =
+            self.with_client(|c| async move { queries::set_session_text(&c, mode, session_id, value).await }).await?;
+        found.then_some(()).ok_or_else(|| session_not_found(session_id))
     }
 }
 
@@ -115,17 +107,13 @@ impl Persistence for PostgresStore {
         let now = self.clock.now_ms();
         let id = uuid::Uuid::now_v7().to_string();
         let sid = id.as_str();
-        self.with_client(|c| async move {
-            queries::create_session(&c, sid, agent_name, root, now).await
-        })
-        .await?;
+        self.with_client(|c| async move { queries::create_session(&c, sid, agent_name, root, now).await }).await?;
         Ok(id)
     }
 
     async fn list_sessions(&self, limit: i64, project_root: &Path) -> Result<Vec<SessionInfo>> {
         let root = root_to_str(project_root)?;
-        self.with_client(|c| async move { queries::list_sessions(&c, limit, root).await })
-            .await
+        self.with_client(|c| async move { queries::list_sessions(&c, limit, root).await }).await
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<bool> {
@@ -141,14 +129,11 @@ impl Persistence for PostgresStore {
     }
 
     async fn get_session_mode(&self, session_id: &str) -> Result<Option<String>> {
-        self.with_client(|c| async move { queries::get_session_mode(&c, session_id).await })
-            .await
+        self.with_client(|c| async move { queries::get_session_mode(&c, session_id).await }).await
     }
 
     async fn get_session_idle_secs(&self, session_id: &str) -> Result<Option<i64>> {
-        let last = self
-            .with_client(|c| async move { queries::last_accessed(&c, session_id).await })
-            .await?;
+        let last = self.with_client(|c| async move { queries::last_accessed(&c, session_id).await }).await?;
         let now = self.clock.now_ms();
         Ok(koda_persistence_api::backend::idle_secs(now, last))
     }
@@ -156,9 +141,7 @@ impl Persistence for PostgresStore {
     async fn append_message(&self, m: NewMessage) -> Result<i64> {
         let now = self.clock.now_ms();
         let msg = &m;
-        let (id, version) = self
-            .with_client(|c| async move { queries::insert_message(&c, msg, now).await })
-            .await?;
+        let (id, version) = self.with_client(|c| async move { queries::insert_message(&c, msg, now).await }).await?;
         self.cache().append_new(&m, id, now, version);
         Ok(id)
     }
@@ -181,67 +164,46 @@ impl Persistence for PostgresStore {
     }
 
     async fn load_all_messages(&self, session_id: &str) -> Result<Vec<Message>> {
-        self.with_client(|c| async move { queries::load_all(&c, session_id).await })
-            .await
+        self.with_client(|c| async move { queries::load_all(&c, session_id).await }).await
     }
 
     async fn recent_user_messages(&self, limit: i64) -> Result<Vec<String>> {
-        self.with_client(|c| async move { queries::recent_user_messages(&c, limit).await })
-            .await
+        self.with_client(|c| async move { queries::recent_user_messages(&c, limit).await }).await
     }
 
     async fn last_assistant_message(&self, session_id: &str) -> Result<String> {
-        self.with_client(
-            |c| async move { queries::last_content(&c, session_id, Role::Assistant).await },
-        )
-        .await
+        self.with_client(|c| async move { queries::last_content(&c, session_id, Role::Assistant).await }).await
     }
 
     async fn last_user_message(&self, session_id: &str) -> Result<String> {
-        self.with_client(|c| async move { queries::last_content(&c, session_id, Role::User).await })
-            .await
+        self.with_client(|c| async move { queries::last_content(&c, session_id, Role::User).await }).await
     }
 
     async fn has_pending_tool_calls(&self, session_id: &str) -> Result<bool> {
-        self.with_client(|c| async move { queries::has_pending_tool_calls(&c, session_id).await })
-            .await
+        self.with_client(|c| async move { queries::has_pending_tool_calls(&c, session_id).await }).await
     }
 
     async fn mark_message_complete(&self, message_id: i64) -> Result<()> {
         let now = self.clock.now_ms();
-        let (session, version) = self
-            .with_client(|c| async move { queries::mark_complete(&c, message_id, now).await })
-            .await?;
+        let (session, version) =
+            self.with_client(|c| async move { queries::mark_complete(&c, message_id, now).await }).await?;
         self.cache().completed(&session, version, message_id);
         Ok(())
     }
 
     async fn session_token_usage(&self, session_id: &str) -> Result<SessionUsage> {
-        let groups = self
-            .with_client(|c| async move { queries::usage_by_agent(&c, session_id).await })
-            .await?;
+        let groups = self.with_client(|c| async move { queries::usage_by_agent(&c, session_id).await }).await?;
         Ok(usage_total(&groups))
     }
 
-    async fn session_usage_by_agent(
-        &self,
-        session_id: &str,
-    ) -> Result<Vec<(String, SessionUsage)>> {
-        self.with_client(|c| async move { queries::usage_by_agent(&c, session_id).await })
-            .await
+    async fn session_usage_by_agent(&self, session_id: &str) -> Result<Vec<(String, SessionUsage)>> {
+        self.with_client(|c| async move { queries::usage_by_agent(&c, session_id).await }).await
     }
 
-    async fn compact_session(
-        &self,
-        session_id: &str,
-        summary: &str,
-        preserve_count: usize,
-    ) -> Result<usize> {
+    async fn compact_session(&self, session_id: &str, summary: &str, preserve_count: usize) -> Result<usize> {
         let now = self.clock.now_ms();
         let marked = self
-            .with_client(|c| async move {
-                queries::compact(&c, session_id, summary, preserve_count, now).await
-            })
+            .with_client(|c| async move { queries::compact(&c, session_id, summary, preserve_count, now).await })
             .await?;
         self.cache().forget(session_id);
         Ok(marked)
@@ -251,11 +213,8 @@ impl Persistence for PostgresStore {
         if message_ids.is_empty() {
             return Ok(());
         }
-        let touched = self
-            .with_client(
-                |mut c| async move { queries::clear_content(&mut c, message_ids, stub).await },
-            )
-            .await?;
+        let touched =
+            self.with_client(|mut c| async move { queries::clear_content(&mut c, message_ids, stub).await }).await?;
         let mut cache = self.cache();
         for s in touched {
             cache.forget(&s);
@@ -264,15 +223,12 @@ impl Persistence for PostgresStore {
     }
 
     async fn compacted_stats(&self) -> Result<CompactedStats> {
-        self.with_client(|c| async move { queries::compacted_stats(&c).await })
-            .await
+        self.with_client(|c| async move { queries::compacted_stats(&c).await }).await
     }
 
     async fn purge_compacted(&self, min_age_days: u32) -> Result<usize> {
         let now = self.clock.now_ms();
-        let (n, touched) = self
-            .with_client(|c| async move { queries::purge(&c, min_age_days, now).await })
-            .await?;
+        let (n, touched) = self.with_client(|c| async move { queries::purge(&c, min_age_days, now).await }).await?;
         let mut cache = self.cache();
         for s in touched {
             cache.forget(&s);
@@ -281,16 +237,12 @@ impl Persistence for PostgresStore {
     }
 
     async fn get_metadata(&self, session_id: &str, key: &str) -> Result<Option<String>> {
-        self.with_client(|c| async move { queries::get_metadata(&c, session_id, key).await })
-            .await
+        self.with_client(|c| async move { queries::get_metadata(&c, session_id, key).await }).await
     }
 
     async fn set_metadata(&self, session_id: &str, key: &str, value: &str) -> Result<()> {
         let now = self.clock.now_ms();
-        self.with_client(
-            |c| async move { queries::set_metadata(&c, session_id, key, value, now).await },
-        )
-        .await
+        self.with_client(|c| async move { queries::set_metadata(&c, session_id, key, value, now).await }).await
     }
 }
 

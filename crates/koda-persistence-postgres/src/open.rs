@@ -54,8 +54,7 @@ impl PostgresStore {
             store.check_schema().await?;
         }
         let (now, days) = (store.clock.now_ms(), store.keep_deleted_days);
-        let expired =
-            store.with_client(|c| async move { crate::trash::any_expired(&c, now, days).await });
+        let expired = store.with_client(|c| async move { crate::trash::any_expired(&c, now, days).await });
         koda_persistence_api::trash::purge_on_open(&store, &options.trash, expired).await;
         Ok(store)
     }
@@ -67,23 +66,19 @@ impl PostgresStore {
         let latest = latest_migration();
         let fix = "migrate it with a direct URL as a role that may run DDL (koda-store migrate \
                    --store <direct URL>, or open it once without migrate=false)";
-        let version = self
-            .with_client(|c| async move { crate::health::schema_version(&c.db()).await })
-            .await;
+        let version = self.with_client(|c| async move { crate::health::schema_version(&c.db()).await }).await;
         let version = match version {
             Ok(v) => v,
             Err(e) => {
                 return Err(match PersistenceError::of(&e) {
-                    Some(PersistenceError::PermissionDenied(said)) => {
-                        error::schema_refused(schema, said).into()
-                    }
+                    Some(PersistenceError::PermissionDenied(said)) => error::schema_refused(schema, said).into(),
                     Some(_) => e,
                     // Untyped: no such schema (3F000) or no schema history
                     // table (42P01).
-                    None => PersistenceError::Unavailable(format!(
-                        "schema {schema:?} holds no koda tables: {fix} ({e:#})"
-                    ))
-                    .into(),
+                    None => {
+                        PersistenceError::Unavailable(format!("schema {schema:?} holds no koda tables: {fix} ({e:#})"))
+                            .into()
+                    }
                 });
             }
         };
@@ -124,9 +119,6 @@ pub async fn connect_raw(url: &str) -> Result<tokio_postgres::Client> {
 pub async fn grant(url: &str, schema: &str, role: &str) -> Result<()> {
     let sql = grant_sql(schema, role)?;
     let client = connect_raw(url).await?;
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(error::db("granting"))?;
+    client.batch_execute(&sql).await.map_err(error::db("granting"))?;
     Ok(())
 }

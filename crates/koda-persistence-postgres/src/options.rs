@@ -90,10 +90,7 @@ impl fmt::Debug for PostgresOptions {
             .field("ports", &self.config.get_ports())
             .field("user", &self.config.get_user())
             .field("dbname", &self.config.get_dbname())
-            .field(
-                "password",
-                &self.config.get_password().map(|_| "<redacted>"),
-            )
+            .field("password", &self.config.get_password().map(|_| "<redacted>"))
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
@@ -129,9 +126,7 @@ impl Default for PostgresOptions {
 /// `InvalidInput` naming the rule.
 pub fn check_schema_name(name: &str) -> Result<(), PersistenceError> {
     let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !(first_ok && rest_ok && name.len() <= 63) {
         return Err(PersistenceError::InvalidInput(format!(
@@ -214,14 +209,7 @@ impl PostgresOptions {
             opts.pool_timeout = p.millis()?;
         }
         if let Some(p) = url.take("sslmode") {
-            opts.tls = match p.one_of(&[
-                "disable",
-                "allow",
-                "prefer",
-                "require",
-                "verify-ca",
-                "verify-full",
-            ])? {
+            opts.tls = match p.one_of(&["disable", "allow", "prefer", "require", "verify-ca", "verify-full"])? {
                 "disable" => TlsMode::Disable,
                 "allow" | "prefer" => TlsMode::Prefer,
                 "require" => TlsMode::Require,
@@ -257,18 +245,14 @@ impl PostgresOptions {
         // The driver's own parameters (libpq's, as tokio-postgres reads
         // them) go to it as written (its parse error does not echo the
         // URL); any other is left for `finish`, which refuses it by name.
-        let passthrough: Vec<&str> = DRIVER_PARAMETERS
-            .iter()
-            .filter_map(|key| url.take(key))
-            .map(|p| p.raw.as_str())
-            .collect();
+        let passthrough: Vec<&str> =
+            DRIVER_PARAMETERS.iter().filter_map(|key| url.take(key)).map(|p| p.raw.as_str()).collect();
         let mut address = url.without_parameters();
         if !passthrough.is_empty() {
             address = format!("{address}?{}", passthrough.join("&"));
         }
-        opts.config = tokio_postgres::Config::from_str(&address).map_err(|e| {
-            PersistenceError::InvalidInput(format!("cannot parse the postgres URL: {e}"))
-        })?;
+        opts.config = tokio_postgres::Config::from_str(&address)
+            .map_err(|e| PersistenceError::InvalidInput(format!("cannot parse the postgres URL: {e}")))?;
         opts.validate()?;
         Ok(opts)
     }
@@ -360,15 +344,9 @@ mod tests {
             "postgres://u@h/db?migrate=on&pooler=transaction",
         ] {
             let err = parse(bad).expect_err(bad);
-            assert!(
-                matches!(err, PersistenceError::InvalidInput(_)),
-                "{bad}: {err}"
-            );
+            assert!(matches!(err, PersistenceError::InvalidInput(_)), "{bad}: {err}");
         }
-        let mut o = PostgresOptions {
-            pooler: Pooler::Transaction,
-            ..PostgresOptions::default()
-        };
+        let mut o = PostgresOptions { pooler: Pooler::Transaction, ..PostgresOptions::default() };
         assert!(o.validate().is_err(), "pooler with migrate built in code");
         o.migrate = false;
         assert!(o.validate().is_ok());

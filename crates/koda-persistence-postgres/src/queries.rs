@@ -11,26 +11,18 @@ use crate::bodies::split;
 use crate::bodies::upsert_bodies;
 use crate::exec::{Conn, Db, boolean, byte_arrays, bytes, int, ints, text};
 use crate::rows::{
-    CONTENT, MESSAGE_COLUMNS, as_bytes, body_string, get, message, opt_bytes, required_string,
-    role, string,
+    CONTENT, MESSAGE_COLUMNS, as_bytes, body_string, get, message, opt_bytes, required_string, role, string,
 };
 use anyhow::Result;
 use koda_persistence_api::backend::{
-    ContextRow, NewMessage, format_timestamp, message_not_found, order_usage_groups, purge_cutoff,
-    session_not_found,
+    ContextRow, NewMessage, format_timestamp, message_not_found, order_usage_groups, purge_cutoff, session_not_found,
 };
 use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, PersistenceError, Role, SessionInfo, SessionUsage,
 };
 use std::collections::BTreeMap;
 
-pub(crate) async fn create_session(
-    c: &Conn,
-    id: &str,
-    agent: &str,
-    root: &str,
-    now: i64,
-) -> Result<()> {
+pub(crate) async fn create_session(c: &Conn, id: &str, agent: &str, root: &str, now: i64) -> Result<()> {
     c.db()
         .execute(
             "create_session",
@@ -74,14 +66,7 @@ pub(crate) async fn list_sessions(c: &Conn, limit: i64, root: &str) -> Result<Ve
 }
 
 pub(crate) async fn delete_session(c: &Conn, id: &str) -> Result<bool> {
-    Ok(c.db()
-        .execute(
-            "delete_session",
-            "DELETE FROM kp.sessions WHERE id = $1",
-            &[text(&id)],
-        )
-        .await?
-        > 0)
+    Ok(c.db().execute("delete_session", "DELETE FROM kp.sessions WHERE id = $1", &[text(&id)]).await? > 0)
 }
 
 pub(crate) async fn set_session_text(c: &Conn, mode: bool, id: &str, value: &str) -> Result<bool> {
@@ -90,25 +75,11 @@ pub(crate) async fn set_session_text(c: &Conn, mode: bool, id: &str, value: &str
     } else {
         "UPDATE kp.sessions SET title = $2 WHERE id = $1"
     };
-    Ok(c.db()
-        .execute(
-            "updating a session",
-            sql,
-            &[text(&id), bytes(&as_bytes(value))],
-        )
-        .await?
-        > 0)
+    Ok(c.db().execute("updating a session", sql, &[text(&id), bytes(&as_bytes(value))]).await? > 0)
 }
 
 pub(crate) async fn get_session_mode(c: &Conn, id: &str) -> Result<Option<String>> {
-    let row = c
-        .db()
-        .opt(
-            "get_session_mode",
-            "SELECT mode FROM kp.sessions WHERE id = $1",
-            &[text(&id)],
-        )
-        .await?;
+    let row = c.db().opt("get_session_mode", "SELECT mode FROM kp.sessions WHERE id = $1", &[text(&id)]).await?;
     Ok(match row {
         Some(r) => string(&r, 0, "mode")?,
         None => None,
@@ -118,11 +89,7 @@ pub(crate) async fn get_session_mode(c: &Conn, id: &str) -> Result<Option<String
 pub(crate) async fn last_accessed(c: &Conn, id: &str) -> Result<Option<i64>> {
     let row = c
         .db()
-        .opt(
-            "get_session_idle_secs",
-            "SELECT last_accessed_ms FROM kp.sessions WHERE id = $1",
-            &[text(&id)],
-        )
+        .opt("get_session_idle_secs", "SELECT last_accessed_ms FROM kp.sessions WHERE id = $1", &[text(&id)])
         .await?;
     Ok(match row {
         Some(r) => get(&r, 0, "last_accessed_ms")?,
@@ -152,15 +119,8 @@ pub(crate) async fn insert_message(c: &Conn, m: &NewMessage, now: i64) -> Result
     let u = m.usage;
     let role = m.role.to_string();
     let mut found = Found::new();
-    let ([content, full, calls], [content_body, full_body, calls_body]) = split(
-        &m.role,
-        [
-            m.content.as_deref(),
-            m.full_content.as_deref(),
-            m.tool_calls.as_deref(),
-        ],
-        &mut found,
-    );
+    let ([content, full, calls], [content_body, full_body, calls_body]) =
+        split(&m.role, [m.content.as_deref(), m.full_content.as_deref(), m.tool_calls.as_deref()], &mut found);
     let new = pack_bodies(found).await?;
     let (call_id, agent) = (opt_bytes(&m.tool_call_id), opt_bytes(&m.agent));
     let (prompt, completion, cache_read, cache_creation, thinking) = (
@@ -176,13 +136,16 @@ pub(crate) async fn insert_message(c: &Conn, m: &NewMessage, now: i64) -> Result
         .db()
         .opt(
             "insert",
-            concat!("WITH s AS (
+            concat!(
+                "WITH s AS (
                  UPDATE kp.sessions SET last_accessed_ms = $2, message_count = message_count + 1,
                      total_tokens = total_tokens + COALESCE($7, 0) + COALESCE($8, 0),
                      next_ord = next_ord + 1,
                      version = version + 1
                  WHERE id = $1 RETURNING next_ord, version),
-             b AS (", upsert_bodies!("14", "15", "16", "17"), "),
+             b AS (",
+                upsert_bodies!("14", "15", "16", "17"),
+                "),
              i AS (
                  INSERT INTO kp.messages (session_id, ord, role, content, tool_calls, tool_call_id,
                      prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
@@ -197,8 +160,11 @@ pub(crate) async fn insert_message(c: &Conn, m: &NewMessage, now: i64) -> Result
                  SELECT $1, COALESCE($12, 'main'::BYTEA), COALESCE($7, 0), COALESCE($8, 0),
                      COALESCE($9, 0), COALESCE($10, 0), COALESCE($11, 0), 1
                  FROM s WHERE $7 IS NOT NULL OR $8 IS NOT NULL
-                 ", add_to_kept_usage!(), ")
-             SELECT i.id, s.version FROM i, s"),
+                 ",
+                add_to_kept_usage!(),
+                ")
+             SELECT i.id, s.version FROM i, s"
+            ),
             &[
                 text(&m.session_id),
                 int(&now),
@@ -224,24 +190,14 @@ pub(crate) async fn insert_message(c: &Conn, m: &NewMessage, now: i64) -> Result
         )
         .await?;
     match row {
-        Some(r) => Ok((
-            get(&r, 0, "new message id")?,
-            get(&r, 1, "session version")?,
-        )),
+        Some(r) => Ok((get(&r, 0, "new message id")?, get(&r, 1, "session version")?)),
         None => Err(session_not_found(&m.session_id)),
     }
 }
 
 /// The session's change counter, or `None` for an unknown session.
 pub(crate) async fn session_version(c: &Conn, id: &str) -> Result<Option<i64>> {
-    let row = c
-        .db()
-        .opt(
-            "reading a version",
-            "SELECT version FROM kp.sessions WHERE id = $1",
-            &[text(&id)],
-        )
-        .await?;
+    let row = c.db().opt("reading a version", "SELECT version FROM kp.sessions WHERE id = $1", &[text(&id)]).await?;
     Ok(match row {
         Some(r) => Some(get(&r, 0, "version")?),
         None => None,
@@ -254,24 +210,15 @@ async fn messages(c: &Conn, sql: &str, id: &str) -> Result<Vec<(Message, bool)>>
 }
 
 pub(crate) async fn load_all(c: &Conn, id: &str) -> Result<Vec<Message>> {
-    let sql =
-        format!("SELECT {MESSAGE_COLUMNS} FROM kp.messages WHERE session_id = $1 ORDER BY ord");
-    Ok(messages(c, &sql, id)
-        .await?
-        .into_iter()
-        .map(|(m, _)| m)
-        .collect())
+    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM kp.messages WHERE session_id = $1 ORDER BY ord");
+    Ok(messages(c, &sql, id).await?.into_iter().map(|(m, _)| m).collect())
 }
 
 pub(crate) async fn load_active(c: &Conn, id: &str) -> Result<Vec<ContextRow>> {
     let sql = format!(
         "SELECT {MESSAGE_COLUMNS} FROM kp.messages WHERE session_id = $1 AND compacted_ms IS NULL ORDER BY ord"
     );
-    Ok(messages(c, &sql, id)
-        .await?
-        .into_iter()
-        .map(|(message, complete)| ContextRow { message, complete })
-        .collect())
+    Ok(messages(c, &sql, id).await?.into_iter().map(|(message, complete)| ContextRow { message, complete }).collect())
 }
 
 pub(crate) async fn recent_user_messages(c: &Conn, limit: i64) -> Result<Vec<String>> {
@@ -402,20 +349,13 @@ pub(crate) async fn usage_by_agent(c: &Conn, id: &str) -> Result<Vec<(String, Se
     Ok(out)
 }
 
-pub(crate) async fn compact(
-    c: &Conn,
-    id: &str,
-    summary: &str,
-    keep: usize,
-    now: i64,
-) -> Result<usize> {
+pub(crate) async fn compact(c: &Conn, id: &str, summary: &str, keep: usize, now: i64) -> Result<usize> {
     // One round trip: the function (migration V3) locks the session, reads
     // the active messages after the lock, marks, shifts and inserts, so
     // the session's lock is held for those statements alone.
     let keep = i64::try_from(keep).unwrap_or(i64::MAX);
     let mut found = Found::new();
-    let ([inline, _, _], [body, _, _]) =
-        split(&Role::System, [Some(summary), None, None], &mut found);
+    let ([inline, _, _], [body, _, _]) = split(&Role::System, [Some(summary), None, None], &mut found);
     let new = pack_bodies(found).await?;
     let (data, len) = (new.data.first(), new.lens.first());
     let row = c
@@ -452,11 +392,9 @@ pub(crate) async fn compact(
 pub(crate) async fn clear_content(c: &mut Conn, ids: &[i64], stub: &str) -> Result<Vec<String>> {
     // The stub as a tool message's content and as any other's.
     let mut tool_found = Found::new();
-    let ([tool_inline, _, _], [tool_body, _, _]) =
-        split(&Role::Tool, [Some(stub), None, None], &mut tool_found);
+    let ([tool_inline, _, _], [tool_body, _, _]) = split(&Role::Tool, [Some(stub), None, None], &mut tool_found);
     let mut other_found = Found::new();
-    let ([other_inline, _, _], [other_body, _, _]) =
-        split(&Role::User, [Some(stub), None, None], &mut other_found);
+    let ([other_inline, _, _], [other_body, _, _]) = split(&Role::User, [Some(stub), None, None], &mut other_found);
     let stub_body = pack_bodies(tool_found.into_iter().chain(other_found).collect()).await?;
     let (tx, dialect) = c.transaction().await?;
     let db = Db::tx(&tx, dialect);
@@ -481,13 +419,7 @@ pub(crate) async fn clear_content(c: &mut Conn, ids: &[i64], stub: &str) -> Resu
                  UPDATE kp.sessions SET version = version + 1 WHERE id IN (SELECT session_id FROM m)
                  RETURNING id)
              SELECT m.session_id, m.released, m.taken FROM m",
-            &[
-                ints(&ids),
-                bytes(&tool_inline),
-                bytes(&other_inline),
-                bytes(&tool_body),
-                bytes(&other_body),
-            ],
+            &[ints(&ids), bytes(&tool_inline), bytes(&other_inline), bytes(&tool_body), bytes(&other_body)],
         )
         .await?;
     let mut touched = std::collections::BTreeSet::new();
@@ -522,12 +454,7 @@ pub(crate) async fn clear_content(c: &mut Conn, ids: &[i64], stub: &str) -> Resu
                      AS v(hash, data, len, refs)
                  ORDER BY v.hash
                  ON CONFLICT (hash) DO UPDATE SET refs = x.refs + EXCLUDED.refs",
-            &[
-                byte_arrays(&hashes),
-                byte_arrays(&data),
-                ints(&lens),
-                ints(&counts),
-            ],
+            &[byte_arrays(&hashes), byte_arrays(&data), ints(&lens), ints(&counts)],
         )
         .await?;
         db.execute(
@@ -537,9 +464,7 @@ pub(crate) async fn clear_content(c: &mut Conn, ids: &[i64], stub: &str) -> Resu
         )
         .await?;
     }
-    tx.commit()
-        .await
-        .map_err(crate::error::db("commit clear_message_content"))?;
+    tx.commit().await.map_err(crate::error::db("commit clear_message_content"))?;
     Ok(touched.into_iter().collect())
 }
 
@@ -645,13 +570,7 @@ pub(crate) async fn get_metadata(c: &Conn, id: &str, key: &str) -> Result<Option
 /// it excludes a concurrent delete, not other writers), then the entry.
 /// Entries are unique by `(session_id, sha256(key))`, so a key of any size
 /// fits the index.
-pub(crate) async fn set_metadata(
-    c: &Conn,
-    id: &str,
-    key: &str,
-    value: &str,
-    now: i64,
-) -> Result<()> {
+pub(crate) async fn set_metadata(c: &Conn, id: &str, key: &str, value: &str, now: i64) -> Result<()> {
     let row = c
         .db()
         .opt(
@@ -662,12 +581,7 @@ pub(crate) async fn set_metadata(
              ON CONFLICT (session_id, sha256(key))
              DO UPDATE SET value = EXCLUDED.value, updated_ms = EXCLUDED.updated_ms
              RETURNING 1",
-            &[
-                text(&id),
-                bytes(&as_bytes(key)),
-                bytes(&as_bytes(value)),
-                int(&now),
-            ],
+            &[text(&id), bytes(&as_bytes(key)), bytes(&as_bytes(value)), int(&now)],
         )
         .await?;
     match row {

@@ -16,21 +16,13 @@ pub(crate) fn opt_bytes(s: &Option<String>) -> Option<&[u8]> {
     s.as_deref().map(str::as_bytes)
 }
 
-pub(crate) fn get<'a, T: FromSql<'a>>(
-    row: &'a Row,
-    i: usize,
-    what: &str,
-) -> Result<T, PersistenceError> {
-    row.try_get(i)
-        .map_err(|e| PersistenceError::Corrupt(format!("cannot decode {what}: {e}")))
+pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, i: usize, what: &str) -> Result<T, PersistenceError> {
+    row.try_get(i).map_err(|e| PersistenceError::Corrupt(format!("cannot decode {what}: {e}")))
 }
 
 pub(crate) fn string(row: &Row, i: usize, what: &str) -> Result<Option<String>, PersistenceError> {
     get::<Option<Vec<u8>>>(row, i, what)?
-        .map(|b| {
-            String::from_utf8(b)
-                .map_err(|e| PersistenceError::Corrupt(format!("{what} is not UTF-8: {e}")))
-        })
+        .map(|b| String::from_utf8(b).map_err(|e| PersistenceError::Corrupt(format!("{what} is not UTF-8: {e}"))))
         .transpose()
 }
 
@@ -39,9 +31,7 @@ pub(crate) fn required_string(row: &Row, i: usize, what: &str) -> Result<String,
 }
 
 pub(crate) fn role(row: &Row, i: usize, what: &str) -> Result<Role, PersistenceError> {
-    get::<&str>(row, i, what)?
-        .parse()
-        .map_err(|e| PersistenceError::Corrupt(format!("{what}: {e}")))
+    get::<&str>(row, i, what)?.parse().map_err(|e| PersistenceError::Corrupt(format!("{what}: {e}")))
 }
 
 /// `$field` as a read selects it: `0x00` and the inline bytes, or `0x01`
@@ -81,11 +71,7 @@ pub(crate) const CONTENT: &str = field_or_body!("content");
 pub(crate) const FULL_CONTENT: &str = field_or_body!("full_content");
 
 /// A field selected by `field_or_body!`: its inline text or its body's.
-pub(crate) fn body_string(
-    row: &Row,
-    i: usize,
-    what: &str,
-) -> Result<Option<String>, PersistenceError> {
+pub(crate) fn body_string(row: &Row, i: usize, what: &str) -> Result<Option<String>, PersistenceError> {
     let Some(mut bytes) = get::<Option<Vec<u8>>>(row, i, what)? else {
         return Ok(None);
     };
@@ -99,9 +85,7 @@ pub(crate) fn body_string(
         Some(1) => koda_persistence_api::bodies::unpack(&bytes[1..])
             .map(Some)
             .map_err(|e| PersistenceError::Corrupt(format!("{what}: {}", e.reason()))),
-        _ => Err(PersistenceError::Corrupt(format!(
-            "{what}: neither inline nor a body"
-        ))),
+        _ => Err(PersistenceError::Corrupt(format!("{what}: neither inline nor a body"))),
     }
 }
 

@@ -15,12 +15,7 @@ mod embedded {
 
 /// The newest migration this build carries.
 pub(crate) fn latest_migration() -> i64 {
-    embedded::migrations::runner()
-        .get_migrations()
-        .iter()
-        .map(|m| i64::from(m.version()))
-        .max()
-        .unwrap_or(0)
+    embedded::migrations::runner().get_migrations().iter().map(|m| i64::from(m.version())).max().unwrap_or(0)
 }
 
 /// Creates the schema if needed and applies pending migrations, holding a
@@ -32,31 +27,19 @@ pub(crate) async fn migrate(options: &PostgresOptions) -> Result<()> {
     // may not even read the schema is told so here: migrating would only
     // fail less clearly.
     let schema = options.schema_name();
-    let current = match client
-        .query_opt(
-            &format!("SELECT MAX(version) FROM \"{schema}\".koda_schema_history"),
-            &[],
-        )
-        .await
-    {
-        Ok(row) => row.and_then(|r| r.try_get::<_, Option<i32>>(0).ok().flatten()),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
-            return Err(crate::error::schema_refused(
-                schema,
-                classify(e, "reading the schema version"),
-            )
-            .into());
-        }
-        // No schema or no history yet: migrate.
-        Err(_) => None,
-    };
+    let current =
+        match client.query_opt(&format!("SELECT MAX(version) FROM \"{schema}\".koda_schema_history"), &[]).await {
+            Ok(row) => row.and_then(|r| r.try_get::<_, Option<i32>>(0).ok().flatten()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                return Err(crate::error::schema_refused(schema, classify(e, "reading the schema version")).into());
+            }
+            // No schema or no history yet: migrate.
+            Err(_) => None,
+        };
     if current.is_some_and(|v| i64::from(v) >= latest_migration()) {
         return Ok(());
     }
-    let key = format!(
-        "koda-persistence:{}",
-        options.schema.as_deref().unwrap_or("")
-    );
+    let key = format!("koda-persistence:{}", options.schema.as_deref().unwrap_or(""));
     client
         .execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&key])
         .await
@@ -94,10 +77,7 @@ pub(crate) async fn migrate(options: &PostgresOptions) -> Result<()> {
     }
     .await;
     let unlocked = client
-        .execute(
-            "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
-            &[&key],
-        )
+        .execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&key])
         .await
         .map_err(|e| classify(e, "releasing the migration lock"));
     outcome.and(unlocked.map(|_| ()))

@@ -12,9 +12,7 @@
 use anyhow::Result;
 use koda_persistence_api::Search;
 use koda_persistence_api::backend::format_timestamp;
-use koda_persistence_api::search::{
-    Query, ScopeBuf, SearchHit, SearchScope, hit, hit_limit, sort_hits, tsvector,
-};
+use koda_persistence_api::search::{Query, ScopeBuf, SearchHit, SearchScope, hit, hit_limit, sort_hits, tsvector};
 
 use crate::PostgresStore;
 use crate::exec::{Conn, Db, boolean, bytes, int, ints, text, texts};
@@ -36,11 +34,7 @@ fn scope_sql(session: bool, rooted: bool) -> String {
         "m.id < $2 AND ($3 OR m.compacted_ms IS NULL) \
          AND (cardinality($4::TEXT[]) = 0 OR m.role::TEXT = ANY($4))",
     );
-    sql.push_str(if session {
-        " AND m.session_id = $5"
-    } else {
-        " AND $5::TEXT IS NULL"
-    });
+    sql.push_str(if session { " AND m.session_id = $5" } else { " AND $5::TEXT IS NULL" });
     sql.push_str(if rooted {
         " AND m.session_id IN (SELECT s.id FROM kp.sessions s \
            WHERE s.project_root = $6 OR s.project_root IS NULL)"
@@ -77,22 +71,13 @@ fn candidates_sql(indexed: bool, session: bool, rooted: bool) -> String {
 }
 
 /// The hits: pages of candidates, newest first, until `limit` match.
-pub(crate) async fn search(
-    c: &Conn,
-    query: &Query,
-    scope: &ScopeBuf,
-    limit: usize,
-) -> Result<Vec<SearchHit>> {
+pub(crate) async fn search(c: &Conn, query: &Query, scope: &ScopeBuf, limit: usize) -> Result<Vec<SearchHit>> {
     let mut hits = Vec::new();
     if limit == 0 || query.finds_nothing() {
         return Ok(hits);
     }
     let tsquery = query.tsquery();
-    let sql = candidates_sql(
-        tsquery.is_some(),
-        scope.session.is_some(),
-        scope.root.is_some(),
-    );
+    let sql = candidates_sql(tsquery.is_some(), scope.session.is_some(), scope.root.is_some());
     let roles: Vec<String> = scope.roles.iter().map(ToString::to_string).collect();
     let root: Option<&[u8]> = scope.root.as_deref().map(str::as_bytes);
     // Pages grow fourfold: a query whose candidates the decision mostly
@@ -146,14 +131,8 @@ pub(crate) async fn search(
 
 /// Whether any message waits to be indexed.
 pub(crate) async fn has_unindexed(c: &Conn) -> Result<bool> {
-    let row = c
-        .db()
-        .one(
-            "search index state",
-            "SELECT EXISTS (SELECT 1 FROM kp.messages WHERE search IS NULL)",
-            &[],
-        )
-        .await?;
+    let row =
+        c.db().one("search index state", "SELECT EXISTS (SELECT 1 FROM kp.messages WHERE search IS NULL)", &[]).await?;
     Ok(get(&row, 0, "search index state")?)
 }
 
@@ -182,18 +161,12 @@ pub(crate) async fn catch_up(c: &mut Conn, after: i64) -> Result<(usize, i64)> {
     for r in &rows {
         let id: i64 = get(r, 0, "message id")?;
         last = id;
-        match (
-            body_string(r, 1, "content"),
-            body_string(r, 2, "full_content"),
-        ) {
+        match (body_string(r, 1, "content"), body_string(r, 2, "full_content")) {
             (Ok(content), Ok(full)) => {
                 ids.push(id);
                 terms.push(tsvector(&[content.as_deref(), full.as_deref()]));
             }
-            _ => tracing::debug!(
-                message = id,
-                "a message whose text does not decode stays out of the search index"
-            ),
+            _ => tracing::debug!(message = id, "a message whose text does not decode stays out of the search index"),
         }
     }
     if !ids.is_empty() {
@@ -206,9 +179,7 @@ pub(crate) async fn catch_up(c: &mut Conn, after: i64) -> Result<(usize, i64)> {
         )
         .await?;
     }
-    tx.commit()
-        .await
-        .map_err(|e| crate::error::classify(e, "indexing messages for search"))?;
+    tx.commit().await.map_err(|e| crate::error::classify(e, "indexing messages for search"))?;
     Ok((rows.len(), last))
 }
 
@@ -216,22 +187,13 @@ impl crate::PostgresStore {
     /// [`Search::search_messages`](koda_persistence_api::Search::search_messages):
     /// indexes what was not indexed yet (so the index, not the rows
     /// without one, answers), then searches.
-    pub(crate) async fn search(
-        &self,
-        query: &str,
-        scope: &SearchScope<'_>,
-        limit: usize,
-    ) -> Result<Vec<SearchHit>> {
+    pub(crate) async fn search(&self, query: &str, scope: &SearchScope<'_>, limit: usize) -> Result<Vec<SearchHit>> {
         let (query, scope) = (&Query::parse(query)?, &ScopeBuf::new(scope)?);
         let limit = hit_limit(limit);
-        if self
-            .with_client(|c| async move { has_unindexed(&c).await })
-            .await?
-        {
+        if self.with_client(|c| async move { has_unindexed(&c).await }).await? {
             self.index_unindexed().await;
         }
-        self.with_client(|c| async move { search(&c, query, scope, limit).await })
-            .await
+        self.with_client(|c| async move { search(&c, query, scope, limit).await }).await
     }
 
     /// Indexes every message not indexed yet, one [`CATCH_UP_BATCH`] per
@@ -246,10 +208,7 @@ impl crate::PostgresStore {
     pub(crate) async fn index_unindexed(&self) {
         let (mut indexed, mut after) = (0usize, 0i64);
         loop {
-            match self
-                .with_client(|mut c| async move { catch_up(&mut c, after).await })
-                .await
-            {
+            match self.with_client(|mut c| async move { catch_up(&mut c, after).await }).await {
                 Ok((n, last)) => {
                     indexed += n;
                     after = last;
@@ -266,12 +225,7 @@ impl crate::PostgresStore {
         if indexed >= ANALYZE_AFTER {
             let analyzed = self
                 .with_client(|c| async move {
-                    c.db()
-                        .batch(
-                            "refreshing the statistics of messages",
-                            "ANALYZE kp.messages",
-                        )
-                        .await
+                    c.db().batch("refreshing the statistics of messages", "ANALYZE kp.messages").await
                 })
                 .await;
             if let Err(e) = analyzed {
@@ -283,12 +237,7 @@ impl crate::PostgresStore {
 
 #[async_trait::async_trait]
 impl Search for PostgresStore {
-    async fn search_messages(
-        &self,
-        query: &str,
-        scope: &SearchScope<'_>,
-        limit: usize,
-    ) -> Result<Vec<SearchHit>> {
+    async fn search_messages(&self, query: &str, scope: &SearchScope<'_>, limit: usize) -> Result<Vec<SearchHit>> {
         self.search(query, scope, limit).await
     }
 }

@@ -7,9 +7,7 @@ use crate::bodies::split;
 use crate::bodies::upsert_bodies;
 use crate::exec::{Conn, Db, byte_arrays, bytes, int, ints, text, texts};
 use crate::queries::add_to_kept_usage;
-use crate::rows::{
-    MESSAGE_COLUMNS, as_bytes, get, in_message, message, opt_bytes, required_string, string,
-};
+use crate::rows::{MESSAGE_COLUMNS, as_bytes, get, in_message, message, opt_bytes, required_string, string};
 use anyhow::Result;
 use koda_persistence_api::Transfer;
 use koda_persistence_api::backend::{check_kept, id_taken, session_not_found};
@@ -18,11 +16,7 @@ use koda_persistence_api::{MessageRecord, MetadataRecord, PersistenceError, Sess
 /// Every session id, oldest first.
 pub(crate) async fn export_session_ids(c: &Conn) -> Result<Vec<String>> {
     c.db()
-        .rows(
-            "listing sessions",
-            "SELECT id FROM kp.sessions ORDER BY created_ms, seq",
-            &[],
-        )
+        .rows("listing sessions", "SELECT id FROM kp.sessions ORDER BY created_ms, seq", &[])
         .await?
         .iter()
         .map(|r| Ok(get(r, 0, "session id")?))
@@ -73,9 +67,7 @@ pub(crate) async fn export_messages(c: &Conn, id: &str) -> Result<Vec<MessageRec
             ))
         };
         let (created, completed, agent, compacted) = extra().map_err(in_message(id))?;
-        out.push(MessageRecord::from_message(
-            m, agent, created, completed, compacted,
-        ));
+        out.push(MessageRecord::from_message(m, agent, created, completed, compacted));
     }
     Ok(out)
 }
@@ -136,11 +128,18 @@ pub(crate) async fn session_checksum(c: &Conn, id: &str) -> Result<(usize, Strin
         .db()
         .one(
             "session_checksum",
-            concat!("WITH m AS (
+            concat!(
+                "WITH m AS (
                  SELECT ord, sha256(
                      kp.kp_field(convert_to(role::TEXT, 'UTF8'))
-                     || ", digest_field!("content"), " || ", digest_field!("full_content"), "
-                     || ", digest_field!("tool_calls"), "
+                     || ",
+                digest_field!("content"),
+                " || ",
+                digest_field!("full_content"),
+                "
+                     || ",
+                digest_field!("tool_calls"),
+                "
                      || kp.kp_field(tool_call_id) || kp.kp_field(agent_name)
                      || kp.kp_number(prompt_tokens) || kp.kp_number(completion_tokens)
                      || kp.kp_number(cache_read_tokens) || kp.kp_number(cache_creation_tokens)
@@ -156,7 +155,8 @@ pub(crate) async fn session_checksum(c: &Conn, id: &str) -> Result<(usize, Strin
                         || COALESCE((SELECT string_agg(h, ''::BYTEA ORDER BY ord) FROM m), ''::BYTEA)
                         || int8send((SELECT COUNT(*) FROM e))
                         || COALESCE((SELECT string_agg(h, ''::BYTEA ORDER BY key) FROM e), ''::BYTEA)
-                    ) FROM 1 FOR 8), 'hex')"),
+                    ) FROM 1 FOR 8), 'hex')"
+            ),
             &[text(&id)],
         )
         .await?;
@@ -165,14 +165,7 @@ pub(crate) async fn session_checksum(c: &Conn, id: &str) -> Result<(usize, Strin
 }
 
 pub(crate) async fn message_id_range(c: &Conn) -> Result<Option<(i64, i64)>> {
-    let r = c
-        .db()
-        .one(
-            "message_id_range",
-            "SELECT MIN(id), MAX(id) FROM kp.messages",
-            &[],
-        )
-        .await?;
+    let r = c.db().one("message_id_range", "SELECT MIN(id), MAX(id) FROM kp.messages", &[]).await?;
     let lo: Option<i64> = get(&r, 0, "smallest id")?;
     let hi: Option<i64> = get(&r, 1, "largest id")?;
     Ok(lo.zip(hi))
@@ -188,20 +181,10 @@ pub(crate) const ID_POSITION: &str = "SELECT GREATEST(
 pub(crate) async fn claim_ids(c: &mut Conn, first: i64, last: i64) -> Result<bool> {
     let (tx, dialect) = c.transaction().await?;
     let db = Db::tx(&tx, dialect);
-    db.batch(
-        "locking messages",
-        "LOCK TABLE kp.messages IN SHARE ROW EXCLUSIVE MODE",
-    )
-    .await?;
-    let position: i64 = get(
-        &db.one("reading the id sequence", ID_POSITION, &[]).await?,
-        0,
-        "id sequence",
-    )?;
+    db.batch("locking messages", "LOCK TABLE kp.messages IN SHARE ROW EXCLUSIVE MODE").await?;
+    let position: i64 = get(&db.one("reading the id sequence", ID_POSITION, &[]).await?, 0, "id sequence")?;
     if position >= first {
-        tx.commit()
-            .await
-            .map_err(crate::error::db("commit claim_ids"))?;
+        tx.commit().await.map_err(crate::error::db("commit claim_ids"))?;
         return Ok(false);
     }
     db.rows(
@@ -210,19 +193,13 @@ pub(crate) async fn claim_ids(c: &mut Conn, first: i64, last: i64) -> Result<boo
         &[int(&last)],
     )
     .await?;
-    tx.commit()
-        .await
-        .map_err(crate::error::db("commit claim_ids"))?;
+    tx.commit().await.map_err(crate::error::db("commit claim_ids"))?;
     Ok(true)
 }
 
 pub(crate) async fn import_session(c: &Conn, s: &SessionRecord) -> Result<bool> {
-    let (agent, root, title, mode) = (
-        as_bytes(&s.agent_name),
-        opt_bytes(&s.project_root),
-        opt_bytes(&s.title),
-        opt_bytes(&s.mode),
-    );
+    let (agent, root, title, mode) =
+        (as_bytes(&s.agent_name), opt_bytes(&s.project_root), opt_bytes(&s.title), opt_bytes(&s.mode));
     let n = c
         .db()
         .execute(
@@ -255,13 +232,7 @@ pub(crate) async fn import_messages(
     let (tx, dialect) = c.transaction().await?;
     let db = Db::tx(&tx, dialect);
     if messages.is_empty() {
-        let exists = db
-            .opt(
-                "looking up the session",
-                "SELECT 1 FROM kp.sessions WHERE id = $1",
-                &[text(&id)],
-            )
-            .await?;
+        let exists = db.opt("looking up the session", "SELECT 1 FROM kp.sessions WHERE id = $1", &[text(&id)]).await?;
         return match exists {
             Some(_) => Ok(Vec::new()),
             None => Err(session_not_found(id)),
@@ -271,31 +242,20 @@ pub(crate) async fn import_messages(
     let n = i64::try_from(messages.len()).unwrap_or(i64::MAX);
     let tokens: i128 = messages
         .iter()
-        .map(|m| {
-            i128::from(m.prompt_tokens.unwrap_or(0)) + i128::from(m.completion_tokens.unwrap_or(0))
-        })
+        .map(|m| i128::from(m.prompt_tokens.unwrap_or(0)) + i128::from(m.completion_tokens.unwrap_or(0)))
         .sum();
     let roles: Vec<String> = messages.iter().map(|m| m.role.to_string()).collect();
     let col = |f: fn(&MessageRecord) -> &Option<String>| -> Vec<Option<&[u8]>> {
         messages.iter().map(|m| opt_bytes(f(m))).collect()
     };
-    let num = |f: fn(&MessageRecord) -> Option<i64>| -> Vec<Option<i64>> {
-        messages.iter().map(f).collect()
-    };
+    let num = |f: fn(&MessageRecord) -> Option<i64>| -> Vec<Option<i64>> { messages.iter().map(f).collect() };
     let (call_id, agent) = (col(|m| &m.tool_call_id), col(|m| &m.agent));
     let mut found = Found::new();
     let (mut content, mut full, mut calls) = (Vec::new(), Vec::new(), Vec::new());
     let (mut content_body, mut full_body, mut calls_body) = (Vec::new(), Vec::new(), Vec::new());
     for m in messages {
-        let ([c, f, t], [cb, fb, tb]) = split(
-            &m.role,
-            [
-                m.content.as_deref(),
-                m.full_content.as_deref(),
-                m.tool_calls.as_deref(),
-            ],
-            &mut found,
-        );
+        let ([c, f, t], [cb, fb, tb]) =
+            split(&m.role, [m.content.as_deref(), m.full_content.as_deref(), m.tool_calls.as_deref()], &mut found);
         content.push(c);
         full.push(f);
         calls.push(t);
@@ -313,11 +273,7 @@ pub(crate) async fn import_messages(
     );
     let created: Vec<i64> = messages.iter().map(|m| m.created_ms).collect();
     let (completed, compacted) = (num(|m| m.completed_ms), num(|m| m.compacted_ms));
-    let id_column = if keep_ids {
-        "u.id"
-    } else {
-        "nextval(pg_get_serial_sequence('kp.messages', 'id')::regclass)"
-    };
+    let id_column = if keep_ids { "u.id" } else { "nextval(pg_get_serial_sequence('kp.messages', 'id')::regclass)" };
     let sql = format!(
         "WITH s AS (
              UPDATE kp.sessions SET next_ord = next_ord + $2, message_count = message_count + $2,
@@ -431,18 +387,11 @@ pub(crate) async fn import_messages(
         placed.push((get::<i64>(r, 1, "ord")?, get::<i64>(r, 0, "message id")?));
     }
     placed.sort_unstable();
-    tx.commit()
-        .await
-        .map_err(crate::error::db("commit import_messages"))?;
+    tx.commit().await.map_err(crate::error::db("commit import_messages"))?;
     Ok(placed.into_iter().map(|(_, id)| id).collect())
 }
 
-pub(crate) async fn import_metadata(
-    c: &Conn,
-    id: &str,
-    entries: &[MetadataRecord],
-    now: i64,
-) -> Result<()> {
+pub(crate) async fn import_metadata(c: &Conn, id: &str, entries: &[MetadataRecord], now: i64) -> Result<()> {
     // The last value of a key given twice wins, as with set_metadata.
     let mut last: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
     for e in entries {
@@ -476,38 +425,31 @@ pub(crate) async fn import_metadata(
 #[async_trait::async_trait]
 impl Transfer for PostgresStore {
     async fn export_session_ids(&self) -> Result<Vec<String>> {
-        self.with_client(|c| async move { export_session_ids(&c).await })
-            .await
+        self.with_client(|c| async move { export_session_ids(&c).await }).await
     }
 
     async fn export_session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
-        self.with_client(|c| async move { export_session(&c, session_id).await })
-            .await
+        self.with_client(|c| async move { export_session(&c, session_id).await }).await
     }
 
     async fn export_messages(&self, session_id: &str) -> Result<Vec<MessageRecord>> {
-        self.with_client(|c| async move { export_messages(&c, session_id).await })
-            .await
+        self.with_client(|c| async move { export_messages(&c, session_id).await }).await
     }
 
     async fn export_metadata(&self, session_id: &str) -> Result<Vec<MetadataRecord>> {
-        self.with_client(|c| async move { export_metadata(&c, session_id).await })
-            .await
+        self.with_client(|c| async move { export_metadata(&c, session_id).await }).await
     }
 
     async fn session_checksum(&self, session_id: &str) -> Result<(usize, String)> {
-        self.with_client(|c| async move { session_checksum(&c, session_id).await })
-            .await
+        self.with_client(|c| async move { session_checksum(&c, session_id).await }).await
     }
 
     async fn message_id_range(&self) -> Result<Option<(i64, i64)>> {
-        self.with_client(|c| async move { message_id_range(&c).await })
-            .await
+        self.with_client(|c| async move { message_id_range(&c).await }).await
     }
 
     async fn claim_ids(&self, first: i64, last: i64) -> Result<bool> {
-        self.with_client(|mut c| async move { claim_ids(&mut c, first, last).await })
-            .await
+        self.with_client(|mut c| async move { claim_ids(&mut c, first, last).await }).await
     }
 
     async fn import_session(&self, session: &SessionRecord) -> Result<bool> {
@@ -521,16 +463,9 @@ impl Transfer for PostgresStore {
         .await?
     }
 
-    async fn import_messages(
-        &self,
-        session_id: &str,
-        messages: &[MessageRecord],
-        keep_ids: bool,
-    ) -> Result<Vec<i64>> {
+    async fn import_messages(&self, session_id: &str, messages: &[MessageRecord], keep_ids: bool) -> Result<Vec<i64>> {
         let ids = self
-            .with_client(|mut c| async move {
-                import_messages(&mut c, session_id, messages, keep_ids).await
-            })
+            .with_client(|mut c| async move { import_messages(&mut c, session_id, messages, keep_ids).await })
             .await?;
         self.cache().forget(session_id);
         Ok(ids)
@@ -538,7 +473,6 @@ impl Transfer for PostgresStore {
 
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
         let now = self.clock.now_ms();
-        self.with_client(|c| async move { import_metadata(&c, session_id, entries, now).await })
-            .await
+        self.with_client(|c| async move { import_metadata(&c, session_id, entries, now).await }).await
     }
 }

@@ -8,9 +8,7 @@ use anyhow::Result;
 use koda_persistence_api::PersistenceError;
 use koda_persistence_api::Trash;
 use koda_persistence_api::backend::session_not_found;
-use koda_persistence_api::trash::{
-    DeletedSession, expired_cutoff, in_trash, live_session_exists, purge_at_ms,
-};
+use koda_persistence_api::trash::{DeletedSession, expired_cutoff, in_trash, live_session_exists, purge_at_ms};
 
 use crate::PostgresStore;
 use crate::exec::{Conn, Db, int, text};
@@ -51,12 +49,7 @@ const HOLD_BODIES: &str = "WITH used AS (
      WHERE b.hash = used.h AND locked.hash = used.h";
 
 async fn hold_bodies(db: &Db<'_>, table: &str, id: &str) -> Result<()> {
-    db.execute(
-        "holding the bodies of a trashed session",
-        &HOLD_BODIES.replace("{table}", table),
-        &[text(&id)],
-    )
-    .await?;
+    db.execute("holding the bodies of a trashed session", &HOLD_BODIES.replace("{table}", table), &[text(&id)]).await?;
     Ok(())
 }
 
@@ -64,13 +57,8 @@ async fn hold_bodies(db: &Db<'_>, table: &str, id: &str) -> Result<()> {
 pub(crate) async fn trash_session(c: &mut Conn, id: &str, now: i64) -> Result<bool> {
     let (tx, dialect) = c.transaction().await?;
     let db = Db::tx(&tx, dialect);
-    let found = db
-        .opt(
-            "locking the session",
-            "SELECT 1 FROM kp.sessions WHERE id = $1 FOR UPDATE",
-            &[text(&id)],
-        )
-        .await?;
+    let found =
+        db.opt("locking the session", "SELECT 1 FROM kp.sessions WHERE id = $1 FOR UPDATE", &[text(&id)]).await?;
     if found.is_none() {
         return Ok(false);
     }
@@ -83,56 +71,33 @@ pub(crate) async fn trash_session(c: &mut Conn, id: &str, now: i64) -> Result<bo
         "INSERT INTO kp.trash_metadata SELECT * FROM kp.session_metadata WHERE session_id = $1",
         "INSERT INTO kp.trash_usage SELECT * FROM kp.session_usage WHERE session_id = $1",
     ] {
-        db.execute("moving a session to the trash", sql, &[text(&id)])
-            .await?;
+        db.execute("moving a session to the trash", sql, &[text(&id)]).await?;
     }
     hold_bodies(&db, "kp.messages", id).await?;
     // The cascade releases the live rows' references (version 7's trigger).
-    db.execute(
-        "moving a session to the trash",
-        "DELETE FROM kp.sessions WHERE id = $1",
-        &[text(&id)],
-    )
-    .await?;
+    db.execute("moving a session to the trash", "DELETE FROM kp.sessions WHERE id = $1", &[text(&id)]).await?;
     db.execute(
         "moving a session to the trash",
         "INSERT INTO kp.trash (session_id, deleted_ms) VALUES ($1, $2)",
         &[text(&id), int(&now)],
     )
     .await?;
-    tx.commit()
-        .await
-        .map_err(crate::error::db("commit delete_session"))?;
+    tx.commit().await.map_err(crate::error::db("commit delete_session"))?;
     Ok(true)
 }
 
 /// `restore_session`: `Ok(Err(_))` for a refusal that no retry can change.
-pub(crate) async fn restore_session(
-    c: &mut Conn,
-    id: &str,
-    now: i64,
-    days: u32,
-) -> Result<Result<()>> {
+pub(crate) async fn restore_session(c: &mut Conn, id: &str, now: i64, days: u32) -> Result<Result<()>> {
     let (tx, dialect) = c.transaction().await?;
     let db = Db::tx(&tx, dialect);
     let row = db
-        .opt(
-            "restore_session",
-            "SELECT deleted_ms FROM kp.trash WHERE session_id = $1 FOR UPDATE",
-            &[text(&id)],
-        )
+        .opt("restore_session", "SELECT deleted_ms FROM kp.trash WHERE session_id = $1 FOR UPDATE", &[text(&id)])
         .await?;
     let at: Option<i64> = row.map(|r| get(&r, 0, "deleted_ms")).transpose()?;
     if at.is_none_or(|at| at <= expired_cutoff(now, days)) {
         return Ok(Err(session_not_found(id)));
     }
-    let live = db
-        .opt(
-            "restore_session",
-            "SELECT 1 FROM kp.sessions WHERE id = $1",
-            &[text(&id)],
-        )
-        .await?;
+    let live = db.opt("restore_session", "SELECT 1 FROM kp.sessions WHERE id = $1", &[text(&id)]).await?;
     if live.is_some() {
         return Ok(Err(live_session_exists(id)));
     }
@@ -162,9 +127,7 @@ pub(crate) async fn restore_session(
     }
     hold_bodies(&db, "kp.trash_messages", id).await?;
     purge_ids(&db, &[id.to_owned()]).await?;
-    tx.commit()
-        .await
-        .map_err(crate::error::db("commit restore_session"))?;
+    tx.commit().await.map_err(crate::error::db("commit restore_session"))?;
     Ok(Ok(()))
 }
 
@@ -178,8 +141,7 @@ async fn purge_ids(db: &Db<'_>, ids: &[String]) -> Result<()> {
         "DELETE FROM kp.trash_sessions WHERE id = ANY($1)",
         "DELETE FROM kp.trash WHERE session_id = ANY($1)",
     ] {
-        db.execute("purging deleted sessions", sql, &[crate::exec::texts(&ids)])
-            .await?;
+        db.execute("purging deleted sessions", sql, &[crate::exec::texts(&ids)]).await?;
     }
     Ok(())
 }
@@ -220,19 +182,10 @@ pub(crate) async fn list_deleted(c: &Conn, now: i64, days: u32) -> Result<Vec<De
     report(&rows, days)
 }
 
-pub(crate) async fn purge_deleted(
-    c: &mut Conn,
-    now: i64,
-    days: u32,
-    dry_run: bool,
-) -> Result<Vec<DeletedSession>> {
+pub(crate) async fn purge_deleted(c: &mut Conn, now: i64, days: u32, dry_run: bool) -> Result<Vec<DeletedSession>> {
     let (tx, dialect) = c.transaction().await?;
     let db = Db::tx(&tx, dialect);
-    let lock = if dry_run {
-        ""
-    } else {
-        " FOR UPDATE OF t SKIP LOCKED"
-    };
+    let lock = if dry_run { "" } else { " FOR UPDATE OF t SKIP LOCKED" };
     let rows = db
         .rows(
             "purge_deleted",
@@ -248,9 +201,7 @@ pub(crate) async fn purge_deleted(
         let ids: Vec<String> = gone.iter().map(|d| d.id.clone()).collect();
         purge_ids(&db, &ids).await?;
     }
-    tx.commit()
-        .await
-        .map_err(crate::error::db("commit purge_deleted"))?;
+    tx.commit().await.map_err(crate::error::db("commit purge_deleted"))?;
     Ok(gone)
 }
 
@@ -268,14 +219,7 @@ pub(crate) async fn any_expired(c: &Conn, now: i64, days: u32) -> Result<bool> {
 
 /// `import_session`'s refusal of an id in the trash.
 pub(crate) async fn refuse_trashed(c: &Conn, id: &str) -> Result<Result<()>> {
-    let found = c
-        .db()
-        .opt(
-            "import_session",
-            "SELECT 1 FROM kp.trash WHERE session_id = $1",
-            &[text(&id)],
-        )
-        .await?;
+    let found = c.db().opt("import_session", "SELECT 1 FROM kp.trash WHERE session_id = $1", &[text(&id)]).await?;
     Ok(match found {
         Some(_) => Err(in_trash(id)),
         None => Ok(()),
@@ -286,8 +230,7 @@ pub(crate) async fn refuse_trashed(c: &Conn, id: &str) -> Result<Result<()>> {
 impl Trash for PostgresStore {
     async fn list_deleted(&self) -> Result<Vec<DeletedSession>> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.with_client(|c| async move { list_deleted(&c, now, days).await })
-            .await
+        self.with_client(|c| async move { list_deleted(&c, now, days).await }).await
     }
 
     async fn count_deleted(&self) -> Result<usize> {
@@ -296,11 +239,7 @@ impl Trash for PostgresStore {
             .with_client(|c| async move {
                 let row = c
                     .db()
-                    .one(
-                        "count_deleted",
-                        "SELECT COUNT(*) FROM kp.trash WHERE deleted_ms > $1",
-                        &[int(&cutoff)],
-                    )
+                    .one("count_deleted", "SELECT COUNT(*) FROM kp.trash WHERE deleted_ms > $1", &[int(&cutoff)])
                     .await?;
                 Ok(get::<i64>(&row, 0, "trashed sessions")?)
             })
@@ -310,15 +249,11 @@ impl Trash for PostgresStore {
 
     async fn restore_session(&self, session_id: &str) -> Result<()> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.with_client(
-            |mut c| async move { restore_session(&mut c, session_id, now, days).await },
-        )
-        .await?
+        self.with_client(|mut c| async move { restore_session(&mut c, session_id, now, days).await }).await?
     }
 
     async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.with_client(|mut c| async move { purge_deleted(&mut c, now, days, dry_run).await })
-            .await
+        self.with_client(|mut c| async move { purge_deleted(&mut c, now, days, dry_run).await }).await
     }
 }

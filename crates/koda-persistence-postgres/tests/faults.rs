@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use koda_persistence_api::backend::options_of;
-use koda_persistence_api::{
-    Health, Persistence, PersistenceError, Role, Search, SystemClock, TokenUsage, Transfer,
-};
+use koda_persistence_api::{Health, Persistence, PersistenceError, Role, Search, SystemClock, TokenUsage, Transfer};
 use koda_persistence_conformance::skip_or_fail;
 use koda_persistence_postgres::{Postgres, PostgresOptions, PostgresStore, TlsMode};
 
@@ -45,25 +43,9 @@ async fn a_team_shares_one_schema() -> Result<()> {
                 let mut ids = Vec::new();
                 for i in 0..200 {
                     ids.push(
-                        s.insert_message(
-                            &shared,
-                            &Role::User,
-                            Some(&format!("{who}-{i}")),
-                            None,
-                            None,
-                            None,
-                        )
-                        .await?,
+                        s.insert_message(&shared, &Role::User, Some(&format!("{who}-{i}")), None, None, None).await?,
                     );
-                    s.insert_message(
-                        &own,
-                        &Role::User,
-                        Some(&format!("{who}-own-{i}")),
-                        None,
-                        None,
-                        None,
-                    )
-                    .await?;
+                    s.insert_message(&own, &Role::User, Some(&format!("{who}-own-{i}")), None, None, None).await?;
                 }
                 anyhow::Ok((own, ids))
             }));
@@ -81,10 +63,7 @@ async fn a_team_shares_one_schema() -> Result<()> {
             let listed = s.list_sessions(10, Path::new("/repo")).await?;
             assert_eq!(listed.len(), 3, "{listed:?}");
             for info in &listed {
-                assert_eq!(
-                    info.message_count,
-                    if info.id == shared { 400 } else { 200 }
-                );
+                assert_eq!(info.message_count, if info.id == shared { 400 } else { 200 });
             }
             assert_eq!(s.load_all_messages(&shared).await?.len(), 400);
             for own in &own_sessions {
@@ -100,10 +79,7 @@ async fn terminate(url: &str, tag: &str) -> Result<u64> {
     let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let rows = admin
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-            &[&tag],
-        )
+        .query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", &[&tag])
         .await?;
     Ok(rows.len() as u64)
 }
@@ -166,17 +142,11 @@ async fn ten_processes_migrate_a_fresh_schema_at_once() -> Result<()> {
             stores.push(t.await??);
         }
         let sid = stores[3].create_session("main", Path::new("/p")).await?;
-        assert_eq!(
-            stores[7].list_sessions(5, Path::new("/p")).await?[0].id,
-            sid
-        );
+        assert_eq!(stores[7].list_sessions(5, Path::new("/p")).await?[0].id, sid);
         let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         let versions: Vec<i32> = admin
-            .query(
-                &format!("SELECT version FROM \"{schema}\".koda_schema_history ORDER BY version"),
-                &[],
-            )
+            .query(&format!("SELECT version FROM \"{schema}\".koda_schema_history ORDER BY version"), &[])
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -197,23 +167,13 @@ async fn ten_processes_migrate_a_fresh_schema_at_once() -> Result<()> {
 /// but never answers: `Unavailable` within the connect timeout.
 #[tokio::test]
 async fn a_server_that_is_down_is_unavailable_within_the_timeout() -> Result<()> {
-    let free = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let url = format!("postgres://koda:topsecret@127.0.0.1:{free}/koda?connect_timeout_ms=800");
     let started = Instant::now();
-    let err = PostgresStore::open_url(&url, Arc::new(SystemClock))
-        .await
-        .expect_err("nothing listens");
-    assert!(
-        matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
-        "{err:#}"
-    );
+    let err = PostgresStore::open_url(&url, Arc::new(SystemClock)).await.expect_err("nothing listens");
+    assert!(matches!(typed(&err), Some(PersistenceError::Unavailable(_))), "{err:#}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(
-        !format!("{err:?} {err:#}").contains("topsecret"),
-        "password leaked: {err:#}"
-    );
+    assert!(!format!("{err:?} {err:#}").contains("topsecret"), "password leaked: {err:#}");
 
     // Accepts TCP, never speaks.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -224,22 +184,12 @@ async fn a_server_that_is_down_is_unavailable_within_the_timeout() -> Result<()>
             held.push(sock);
         }
     });
-    let url = format!(
-        "postgres://koda:topsecret@127.0.0.1:{port}/koda?connect_timeout_ms=700&sslmode=disable"
-    );
+    let url = format!("postgres://koda:topsecret@127.0.0.1:{port}/koda?connect_timeout_ms=700&sslmode=disable");
     let started = Instant::now();
-    let err = PostgresStore::open_url(&url, Arc::new(SystemClock))
-        .await
-        .expect_err("silent server");
+    let err = PostgresStore::open_url(&url, Arc::new(SystemClock)).await.expect_err("silent server");
     let took = started.elapsed();
-    assert!(
-        matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
-        "{err:#}"
-    );
-    assert!(
-        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
-        "took {took:?}"
-    );
+    assert!(matches!(typed(&err), Some(PersistenceError::Unavailable(_))), "{err:#}");
+    assert!(took >= Duration::from_millis(600) && took < Duration::from_secs(3), "took {took:?}");
     assert!(!format!("{err:?} {err:#}").contains("topsecret"));
     hold.abort();
     Ok(())
@@ -253,33 +203,15 @@ async fn nul_bytes_and_a_ten_megabyte_message_round_trip() -> Result<()> {
         let root = "/proj\0ect";
         let sid = s.create_session("a\0gent", Path::new(root)).await?;
         let big: String = "koda\0🦀".repeat(1_250_000); // 11.25 MB
-        let id = s
-            .insert_message(
-                &sid,
-                &Role::Tool,
-                Some(&big),
-                Some("\0[]"),
-                Some("call\0id"),
-                None,
-            )
-            .await?;
+        let id = s.insert_message(&sid, &Role::Tool, Some(&big), Some("\0[]"), Some("call\0id"), None).await?;
         s.set_metadata(&sid, "k\0ey", "v\0alue").await?;
         let all = s.load_all_messages(&sid).await?;
         assert_eq!(all[0].id, id);
-        assert!(
-            all[0].content.as_deref() == Some(big.as_str()),
-            "10 MB content changed"
-        );
+        assert!(all[0].content.as_deref() == Some(big.as_str()), "10 MB content changed");
         assert_eq!(all[0].tool_calls.as_deref(), Some("\0[]"));
         assert_eq!(all[0].tool_call_id.as_deref(), Some("call\0id"));
-        assert_eq!(
-            s.get_metadata(&sid, "k\0ey").await?.as_deref(),
-            Some("v\0alue")
-        );
-        assert_eq!(
-            s.list_sessions(1, Path::new(root)).await?[0].agent_name,
-            "a\0gent"
-        );
+        assert_eq!(s.get_metadata(&sid, "k\0ey").await?.as_deref(), Some("v\0alue"));
+        assert_eq!(s.list_sessions(1, Path::new(root)).await?[0].agent_name, "a\0gent");
         Ok(())
     })
     .await
@@ -307,20 +239,11 @@ async fn tls_modes_behave_like_libpq() -> Result<()> {
             o.tls = TlsMode::VerifyFull;
             let verified = PostgresStore::open(o, Arc::new(SystemClock)).await;
             let err = verified.expect_err("verify-full trusts no self-signed certificate");
-            assert!(
-                matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
-                "{err:#}"
-            );
-            assert!(
-                format!("{err:#}").to_lowercase().contains("certificate"),
-                "{err:#}"
-            );
+            assert!(matches!(typed(&err), Some(PersistenceError::Unavailable(_))), "{err:#}");
+            assert!(format!("{err:#}").to_lowercase().contains("certificate"), "{err:#}");
         } else {
             let err = required.expect_err("server has no TLS");
-            assert!(
-                matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
-                "{err:#}"
-            );
+            assert!(matches!(typed(&err), Some(PersistenceError::Unavailable(_))), "{err:#}");
         }
         Ok(())
     })
@@ -338,12 +261,7 @@ async fn a_raw_connection_speaks_over_the_stores_wire() -> Result<()> {
             format!("{url}{sep}sslmode={mode}")
         };
         let encrypted = |client: tokio_postgres::Client| async move {
-            let row = client
-                .query_one(
-                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-                    &[],
-                )
-                .await?;
+            let row = client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await?;
             anyhow::Ok(row.get::<_, bool>(0))
         };
         let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
@@ -357,13 +275,8 @@ async fn a_raw_connection_speaks_over_the_stores_wire() -> Result<()> {
             offered == "on",
             "sslmode=prefer encrypts exactly when the server offers TLS (ssl = {offered})"
         );
-        let err = koda_persistence_postgres::connect_raw(&with("sometimes"))
-            .await
-            .expect_err("not an sslmode");
-        assert!(
-            matches!(typed(&err), Some(PersistenceError::InvalidInput(_))),
-            "{err:#}"
-        );
+        let err = koda_persistence_postgres::connect_raw(&with("sometimes")).await.expect_err("not an sslmode");
+        assert!(matches!(typed(&err), Some(PersistenceError::InvalidInput(_))), "{err:#}");
         Ok(())
     })
     .await
@@ -384,15 +297,10 @@ async fn a_server_restart_costs_at_most_the_calls_while_it_is_down() -> Result<(
         Ok(s) => s,
         Err(e) => return skip_or_fail("server_restart", e),
     };
-    let url = format!(
-        "{}?connect_timeout_ms=1000&pool_timeout_ms=2000",
-        server.url()
-    );
+    let url = format!("{}?connect_timeout_ms=1000&pool_timeout_ms=2000", server.url());
     let s = PostgresStore::open_url(&url, Arc::new(SystemClock)).await?;
     let sid = s.create_session("main", Path::new("/p")).await?;
-    let before = s
-        .insert_message(&sid, &Role::User, Some("before"), None, None, None)
-        .await?;
+    let before = s.insert_message(&sid, &Role::User, Some("before"), None, None, None).await?;
     s.load_context(&sid).await?;
 
     let server = tokio::task::spawn_blocking(move || server.stop().map(|()| server)).await??;
@@ -400,21 +308,11 @@ async fn a_server_restart_costs_at_most_the_calls_while_it_is_down() -> Result<(
         .insert_message(&sid, &Role::User, Some("while down"), None, None, None)
         .await
         .expect_err("the server is down");
-    assert!(
-        matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
-        "{err:#}"
-    );
+    assert!(matches!(typed(&err), Some(PersistenceError::Unavailable(_))), "{err:#}");
 
     let server = tokio::task::spawn_blocking(move || server.restart().map(|()| server)).await??;
-    let after = s
-        .insert_message(&sid, &Role::User, Some("after"), None, None, None)
-        .await?;
-    let texts: Vec<String> = s
-        .load_context(&sid)
-        .await?
-        .into_iter()
-        .filter_map(|m| m.content)
-        .collect();
+    let after = s.insert_message(&sid, &Role::User, Some("after"), None, None, None).await?;
+    let texts: Vec<String> = s.load_context(&sid).await?.into_iter().filter_map(|m| m.content).collect();
     assert_eq!(texts, ["before", "after"]);
     assert!(after > before);
     tokio::task::spawn_blocking(move || drop(server)).await?;
@@ -427,9 +325,7 @@ async fn fresh_database(url: &str) -> Result<(String, PostgresOptions)> {
     let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let db = format!("kp_db_{}", uuid::Uuid::now_v7().simple());
-    admin
-        .batch_execute(&format!("CREATE DATABASE \"{db}\""))
-        .await?;
+    admin.batch_execute(&format!("CREATE DATABASE \"{db}\"")).await?;
     let mut o = options_of::<Postgres>(url)?;
     o.config.dbname(&db);
     o.pool_size = 2;
@@ -439,9 +335,7 @@ async fn fresh_database(url: &str) -> Result<(String, PostgresOptions)> {
 async fn drop_database(url: &str, db: &str) -> Result<()> {
     let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-        .await?;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await?;
     Ok(())
 }
 
@@ -476,14 +370,9 @@ async fn no_schema_means_public_whatever_the_search_path() -> Result<()> {
             listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>() == [sid.as_str()],
             "reopened store lists {listed:?}"
         );
-        again
-            .insert_message(&sid, &Role::User, Some("still here"), None, None, None)
-            .await?;
+        again.insert_message(&sid, &Role::User, Some("still here"), None, None, None).await?;
         let homes: Vec<String> = client
-            .query(
-                "SELECT table_schema::TEXT FROM information_schema.tables WHERE table_name = 'sessions'",
-                &[],
-            )
+            .query("SELECT table_schema::TEXT FROM information_schema.tables WHERE table_name = 'sessions'", &[])
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -510,21 +399,10 @@ async fn errors_keep_what_the_server_said() -> Result<()> {
     let mut no_role = base.clone();
     no_role.config.user("kp_no_such_role").password("hunter2");
     let mut no_db = base.clone();
-    no_db
-        .config
-        .dbname("kp_no_such_database")
-        .password("hunter2");
+    no_db.config.dbname("kp_no_such_database").password("hunter2");
     for (options, want, said) in [
-        (
-            no_role,
-            "PermissionDenied",
-            "role \"kp_no_such_role\" does not exist",
-        ),
-        (
-            no_db,
-            "Unavailable",
-            "database \"kp_no_such_database\" does not exist",
-        ),
+        (no_role, "PermissionDenied", "role \"kp_no_such_role\" does not exist"),
+        (no_db, "Unavailable", "database \"kp_no_such_database\" does not exist"),
     ] {
         let err = PostgresStore::open(options, Arc::new(SystemClock))
             .await
@@ -543,8 +421,7 @@ async fn errors_keep_what_the_server_said() -> Result<()> {
         );
         anyhow::ensure!(!text.contains("hunter2"), "password in {text}");
         anyhow::ensure!(
-            err.chain()
-                .any(|c| c.downcast_ref::<tokio_postgres::Error>().is_some()),
+            err.chain().any(|c| c.downcast_ref::<tokio_postgres::Error>().is_some()),
             "{want}: the driver error is not kept as the source"
         );
     }
@@ -556,45 +433,26 @@ async fn errors_keep_what_the_server_said() -> Result<()> {
 /// context path and the export path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_row_is_corrupt_naming_message_and_column() -> Result<()> {
-    with_schema(
-        "an_undecodable_row_is_corrupt_naming_message_and_column",
-        |url, schema| async move {
-            let s = store(&url, &schema, "undecodable").await?;
-            let sid = s.create_session("main", Path::new("/p")).await?;
-            let id = s
-                .insert_message(&sid, &Role::User, Some("fine"), None, None, None)
-                .await?;
-            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            admin
-                .execute(
-                    &format!(
-                        "UPDATE \"{schema}\".messages SET tool_call_id = '\\xff'::BYTEA WHERE id = $1"
-                    ),
-                    &[&id],
-                )
-                .await?;
-            let (context, export) = (
-                s.load_all_messages(&sid).await.expect_err("not UTF-8"),
-                s.export_messages(&sid).await.expect_err("not UTF-8"),
-            );
-            for err in [context, export] {
-                let said = format!("{err:#}");
-                assert!(
-                    matches!(
-                        err.downcast_ref::<PersistenceError>(),
-                        Some(PersistenceError::Corrupt(_))
-                    ),
-                    "{said}"
-                );
-                assert!(
-                    said.contains(&format!("message {id}")) && said.contains("tool_call_id"),
-                    "{said}"
-                );
-            }
-            Ok(())
-        },
-    )
+    with_schema("an_undecodable_row_is_corrupt_naming_message_and_column", |url, schema| async move {
+        let s = store(&url, &schema, "undecodable").await?;
+        let sid = s.create_session("main", Path::new("/p")).await?;
+        let id = s.insert_message(&sid, &Role::User, Some("fine"), None, None, None).await?;
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        admin
+            .execute(&format!("UPDATE \"{schema}\".messages SET tool_call_id = '\\xff'::BYTEA WHERE id = $1"), &[&id])
+            .await?;
+        let (context, export) = (
+            s.load_all_messages(&sid).await.expect_err("not UTF-8"),
+            s.export_messages(&sid).await.expect_err("not UTF-8"),
+        );
+        for err in [context, export] {
+            let said = format!("{err:#}");
+            assert!(matches!(err.downcast_ref::<PersistenceError>(), Some(PersistenceError::Corrupt(_))), "{said}");
+            assert!(said.contains(&format!("message {id}")) && said.contains("tool_call_id"), "{said}");
+        }
+        Ok(())
+    })
     .await
 }
 
@@ -604,85 +462,59 @@ async fn an_undecodable_row_is_corrupt_naming_message_and_column() -> Result<()>
 /// keeps it from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_5_counts_the_usage_a_schema_already_holds() -> Result<()> {
-    with_schema(
-        "version_5_counts_the_usage_a_schema_already_holds",
-        |url, schema| async move {
-            let first = store(&url, &schema, "v5-first").await?;
-            let sid = first.create_session("main", Path::new("/p")).await?;
-            let other = first.create_session("main", Path::new("/p")).await?;
-            let u = |p: i64, c: i64| TokenUsage {
-                prompt_tokens: p,
-                completion_tokens: c,
-                cache_read_tokens: 1,
-                cache_creation_tokens: 2,
-                thinking_tokens: 3,
-            };
-            for (s, agent, usage) in [
-                (&sid, None, Some(u(5, 1))),
-                (&sid, Some("main"), Some(u(i64::MAX, 1))),
-                (&sid, Some("x"), Some(u(2, 2))),
-                (&sid, Some("x"), None),
-                (&other, Some("y"), Some(u(9, 9))),
-            ] {
-                first
-                    .insert_message_with_agent(
-                        s,
-                        &Role::Assistant,
-                        Some("a"),
-                        None,
-                        None,
-                        usage.as_ref(),
-                        agent,
-                    )
-                    .await?;
-            }
-            let want = first.session_usage_by_agent(&sid).await?;
-            let want_other = first.session_usage_by_agent(&other).await?;
-            assert_eq!(want.len(), 2, "{want:?}");
-            drop(first);
-            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            admin
-                .batch_execute(&format!(
-                    "DROP TABLE \"{schema}\".session_usage; \
+    with_schema("version_5_counts_the_usage_a_schema_already_holds", |url, schema| async move {
+        let first = store(&url, &schema, "v5-first").await?;
+        let sid = first.create_session("main", Path::new("/p")).await?;
+        let other = first.create_session("main", Path::new("/p")).await?;
+        let u = |p: i64, c: i64| TokenUsage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cache_read_tokens: 1,
+            cache_creation_tokens: 2,
+            thinking_tokens: 3,
+        };
+        for (s, agent, usage) in [
+            (&sid, None, Some(u(5, 1))),
+            (&sid, Some("main"), Some(u(i64::MAX, 1))),
+            (&sid, Some("x"), Some(u(2, 2))),
+            (&sid, Some("x"), None),
+            (&other, Some("y"), Some(u(9, 9))),
+        ] {
+            first.insert_message_with_agent(s, &Role::Assistant, Some("a"), None, None, usage.as_ref(), agent).await?;
+        }
+        let want = first.session_usage_by_agent(&sid).await?;
+        let want_other = first.session_usage_by_agent(&other).await?;
+        assert_eq!(want.len(), 2, "{want:?}");
+        drop(first);
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!(
+                "DROP TABLE \"{schema}\".session_usage; \
                      DELETE FROM \"{schema}\".koda_schema_history WHERE version >= 5"
-                ))
-                .await?;
-            let again = store(&url, &schema, "v5-again").await?;
-            assert_eq!(again.session_usage_by_agent(&sid).await?, want);
-            assert_eq!(again.session_usage_by_agent(&other).await?, want_other);
-            // Kept from here on: one more call counts.
-            again
-                .insert_message_with_agent(
-                    &sid,
-                    &Role::Assistant,
-                    Some("b"),
-                    None,
-                    None,
-                    Some(&u(1, 0)),
-                    None,
-                )
-                .await?;
-            let main = again.session_usage_by_agent(&sid).await?;
-            assert_eq!(main[0].0, "main");
-            assert_eq!(
-                (main[0].1.prompt_tokens, main[0].1.api_calls),
-                (i64::MAX, 3)
-            );
-            assert_eq!(again.health().await?.problems, Vec::<String>::new());
-            // The store's own check sees kept usage that left its rows.
-            admin
-                .execute(
-                    &format!("UPDATE \"{schema}\".session_usage SET thinking = thinking + 1 WHERE session_id = $1"),
-                    &[&sid],
-                )
-                .await?;
-            let problems = again.health().await?.problems;
-            assert_eq!(problems.len(), 1, "{problems:?}");
-            assert!(problems[0].contains(&sid) && problems[0].contains("usage"), "{problems:?}");
-            Ok(())
-        },
-    )
+            ))
+            .await?;
+        let again = store(&url, &schema, "v5-again").await?;
+        assert_eq!(again.session_usage_by_agent(&sid).await?, want);
+        assert_eq!(again.session_usage_by_agent(&other).await?, want_other);
+        // Kept from here on: one more call counts.
+        again.insert_message_with_agent(&sid, &Role::Assistant, Some("b"), None, None, Some(&u(1, 0)), None).await?;
+        let main = again.session_usage_by_agent(&sid).await?;
+        assert_eq!(main[0].0, "main");
+        assert_eq!((main[0].1.prompt_tokens, main[0].1.api_calls), (i64::MAX, 3));
+        assert_eq!(again.health().await?.problems, Vec::<String>::new());
+        // The store's own check sees kept usage that left its rows.
+        admin
+            .execute(
+                &format!("UPDATE \"{schema}\".session_usage SET thinking = thinking + 1 WHERE session_id = $1"),
+                &[&sid],
+            )
+            .await?;
+        let problems = again.health().await?.problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains(&sid) && problems[0].contains("usage"), "{problems:?}");
+        Ok(())
+    })
     .await
 }
 
@@ -690,10 +522,8 @@ async fn version_5_counts_the_usage_a_schema_already_holds() -> Result<()> {
 /// schema version 5 left under the database's collation, keeping its rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_6_compares_session_ids_bytewise() -> Result<()> {
-    with_schema(
-        "version_6_compares_session_ids_bytewise",
-        |url, schema| async move {
-            const COLLATIONS: &str = "SELECT c.relname || '.' || a.attname, co.collname::TEXT
+    with_schema("version_6_compares_session_ids_bytewise", |url, schema| async move {
+        const COLLATIONS: &str = "SELECT c.relname || '.' || a.attname, co.collname::TEXT
                  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
                  JOIN pg_namespace n ON n.oid = c.relnamespace
                  JOIN pg_collation co ON co.oid = a.attcollation
@@ -701,9 +531,9 @@ async fn version_6_compares_session_ids_bytewise() -> Result<()> {
                    AND a.attname IN ('id', 'session_id') AND a.atttypid = 'text'::regtype
                    AND c.relname NOT LIKE 'trash%'
                  ORDER BY 1";
-            // The trash's twins (version 9) are made LIKE the live tables,
-            // after version 6: they compare bytewise from the start.
-            const TRASH_COLLATIONS: &str = "SELECT c.relname || '.' || a.attname, co.collname::TEXT
+        // The trash's twins (version 9) are made LIKE the live tables,
+        // after version 6: they compare bytewise from the start.
+        const TRASH_COLLATIONS: &str = "SELECT c.relname || '.' || a.attname, co.collname::TEXT
                  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
                  JOIN pg_namespace n ON n.oid = c.relnamespace
                  JOIN pg_collation co ON co.oid = a.attcollation
@@ -711,77 +541,56 @@ async fn version_6_compares_session_ids_bytewise() -> Result<()> {
                    AND a.attname IN ('id', 'session_id') AND a.atttypid = 'text'::regtype
                    AND c.relname LIKE 'trash_%'
                  ORDER BY 1";
-            let first = store(&url, &schema, "v6-first").await?;
-            let sid = first.create_session("main", Path::new("/p")).await?;
-            first
-                .insert_message(&sid, &Role::User, Some("kept"), None, None, None)
-                .await?;
-            first.set_metadata(&sid, "todo", "x").await?;
-            drop(first);
-            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            let columns = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String)> {
-                rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-            };
-            let want: Vec<(String, String)> = [
-                "messages.session_id",
-                "session_metadata.session_id",
-                "session_usage.session_id",
-                "sessions.id",
-            ]
-            .iter()
-            .map(|c| ((*c).to_owned(), "C".to_owned()))
-            .collect();
-            assert_eq!(columns(admin.query(COLLATIONS, &[&schema]).await?), want);
-            let twins: Vec<(String, String)> = [
-                "trash_messages.session_id",
-                "trash_metadata.session_id",
-                "trash_sessions.id",
-                "trash_usage.session_id",
-            ]
-            .iter()
-            .map(|c| ((*c).to_owned(), "C".to_owned()))
-            .collect();
-            assert_eq!(
-                columns(admin.query(TRASH_COLLATIONS, &[&schema]).await?),
-                twins
-            );
-            // Back to what version 5 left: the database's collation.
-            let mut back = String::new();
-            for (table, column) in [
-                ("sessions", "id"),
-                ("messages", "session_id"),
-                ("session_metadata", "session_id"),
-                ("session_usage", "session_id"),
-            ] {
-                back.push_str(&format!(
-                    "ALTER TABLE \"{schema}\".{table} ALTER COLUMN {column} \
-                     TYPE TEXT COLLATE \"default\"; "
-                ));
-            }
+        let first = store(&url, &schema, "v6-first").await?;
+        let sid = first.create_session("main", Path::new("/p")).await?;
+        first.insert_message(&sid, &Role::User, Some("kept"), None, None, None).await?;
+        first.set_metadata(&sid, "todo", "x").await?;
+        drop(first);
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let columns = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String)> {
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+        };
+        let want: Vec<(String, String)> =
+            ["messages.session_id", "session_metadata.session_id", "session_usage.session_id", "sessions.id"]
+                .iter()
+                .map(|c| ((*c).to_owned(), "C".to_owned()))
+                .collect();
+        assert_eq!(columns(admin.query(COLLATIONS, &[&schema]).await?), want);
+        let twins: Vec<(String, String)> =
+            ["trash_messages.session_id", "trash_metadata.session_id", "trash_sessions.id", "trash_usage.session_id"]
+                .iter()
+                .map(|c| ((*c).to_owned(), "C".to_owned()))
+                .collect();
+        assert_eq!(columns(admin.query(TRASH_COLLATIONS, &[&schema]).await?), twins);
+        // Back to what version 5 left: the database's collation.
+        let mut back = String::new();
+        for (table, column) in [
+            ("sessions", "id"),
+            ("messages", "session_id"),
+            ("session_metadata", "session_id"),
+            ("session_usage", "session_id"),
+        ] {
             back.push_str(&format!(
-                "DELETE FROM \"{schema}\".koda_schema_history WHERE version >= 6"
+                "ALTER TABLE \"{schema}\".{table} ALTER COLUMN {column} \
+                     TYPE TEXT COLLATE \"default\"; "
             ));
-            admin.batch_execute(&back).await?;
-            let defaults = columns(admin.query(COLLATIONS, &[&schema]).await?);
-            assert!(defaults.iter().all(|(_, c)| c == "default"), "{defaults:?}");
-            let again = store(&url, &schema, "v6-again").await?;
-            assert_eq!(columns(admin.query(COLLATIONS, &[&schema]).await?), want);
-            let context = again.load_context(&sid).await?;
-            assert_eq!(context.len(), 1);
-            assert_eq!(context[0].content.as_deref(), Some("kept"));
-            assert_eq!(
-                again.get_metadata(&sid, "todo").await?.as_deref(),
-                Some("x")
-            );
-            again
-                .insert_message(&sid, &Role::User, Some("more"), None, None, None)
-                .await?;
-            assert_eq!(again.load_context(&sid).await?.len(), 2);
-            assert_eq!(again.health().await?.problems, Vec::<String>::new());
-            Ok(())
-        },
-    )
+        }
+        back.push_str(&format!("DELETE FROM \"{schema}\".koda_schema_history WHERE version >= 6"));
+        admin.batch_execute(&back).await?;
+        let defaults = columns(admin.query(COLLATIONS, &[&schema]).await?);
+        assert!(defaults.iter().all(|(_, c)| c == "default"), "{defaults:?}");
+        let again = store(&url, &schema, "v6-again").await?;
+        assert_eq!(columns(admin.query(COLLATIONS, &[&schema]).await?), want);
+        let context = again.load_context(&sid).await?;
+        assert_eq!(context.len(), 1);
+        assert_eq!(context[0].content.as_deref(), Some("kept"));
+        assert_eq!(again.get_metadata(&sid, "todo").await?.as_deref(), Some("x"));
+        again.insert_message(&sid, &Role::User, Some("more"), None, None, None).await?;
+        assert_eq!(again.load_context(&sid).await?.len(), 2);
+        assert_eq!(again.health().await?.problems, Vec::<String>::new());
+        Ok(())
+    })
     .await
 }
 
@@ -790,61 +599,43 @@ async fn version_6_compares_session_ids_bytewise() -> Result<()> {
 /// works on its own schema whatever the caller's search path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_3_compacts_a_schema_an_earlier_build_made() -> Result<()> {
-    with_schema(
-        "version_3_compacts_a_schema_an_earlier_build_made",
-        |url, schema| async move {
-            let first = store(&url, &schema, "v3-first").await?;
-            let sid = first.create_session("main", Path::new("/p")).await?;
-            for i in 0..6 {
-                first
-                    .insert_message(&sid, &Role::User, Some(&format!("m{i}")), None, None, None)
-                    .await?;
-            }
-            drop(first);
-            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            // Back to what version 2 left.
-            admin
-                .batch_execute(&format!(
-                    "DROP FUNCTION \"{schema}\".kp_compact(TEXT, BYTEA, BYTEA, BIGINT, BIGINT); \
+    with_schema("version_3_compacts_a_schema_an_earlier_build_made", |url, schema| async move {
+        let first = store(&url, &schema, "v3-first").await?;
+        let sid = first.create_session("main", Path::new("/p")).await?;
+        for i in 0..6 {
+            first.insert_message(&sid, &Role::User, Some(&format!("m{i}")), None, None, None).await?;
+        }
+        drop(first);
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        // Back to what version 2 left.
+        admin
+            .batch_execute(&format!(
+                "DROP FUNCTION \"{schema}\".kp_compact(TEXT, BYTEA, BYTEA, BIGINT, BIGINT); \
                  DROP INDEX \"{schema}\".messages_active; \
                  DROP FUNCTION \"{schema}\".kp_field; DROP FUNCTION \"{schema}\".kp_number; \
                  DROP TABLE \"{schema}\".session_usage; \
                  DELETE FROM \"{schema}\".koda_schema_history WHERE version >= 3"
-                ))
-                .await?;
-            let again = store(&url, &schema, "v3-again").await?;
-            assert_eq!(again.compact_session(&sid, "S", 2).await?, 4);
-            let context: Vec<String> = again
-                .load_context(&sid)
-                .await?
-                .into_iter()
-                .filter_map(|m| m.content)
-                .collect();
-            assert_eq!(context[0], "S");
-            assert_eq!(context[context.len() - 2..], ["m4", "m5"]);
-            // Called from a connection whose search path does not name the
-            // schema: the function still finds its own tables.
-            admin.batch_execute("SET search_path = public").await?;
-            let marked: i64 = admin
-                .query_one(
-                    &format!("SELECT \"{schema}\".kp_compact($1, 'T', 'hint', 0, 1)"),
-                    &[&sid],
-                )
-                .await?
-                .get(0);
-            assert_eq!(marked, 4, "summary, hint and the two kept messages");
-            let missing: i64 = admin
-                .query_one(
-                    &format!("SELECT \"{schema}\".kp_compact('no-such-session', 'T', 'h', 0, 1)"),
-                    &[],
-                )
-                .await?
-                .get(0);
-            assert_eq!(missing, -1);
-            Ok(())
-        },
-    )
+            ))
+            .await?;
+        let again = store(&url, &schema, "v3-again").await?;
+        assert_eq!(again.compact_session(&sid, "S", 2).await?, 4);
+        let context: Vec<String> = again.load_context(&sid).await?.into_iter().filter_map(|m| m.content).collect();
+        assert_eq!(context[0], "S");
+        assert_eq!(context[context.len() - 2..], ["m4", "m5"]);
+        // Called from a connection whose search path does not name the
+        // schema: the function still finds its own tables.
+        admin.batch_execute("SET search_path = public").await?;
+        let marked: i64 =
+            admin.query_one(&format!("SELECT \"{schema}\".kp_compact($1, 'T', 'hint', 0, 1)"), &[&sid]).await?.get(0);
+        assert_eq!(marked, 4, "summary, hint and the two kept messages");
+        let missing: i64 = admin
+            .query_one(&format!("SELECT \"{schema}\".kp_compact('no-such-session', 'T', 'h', 0, 1)"), &[])
+            .await?
+            .get(0);
+        assert_eq!(missing, -1);
+        Ok(())
+    })
     .await
 }
 
@@ -852,29 +643,18 @@ async fn version_3_compacts_a_schema_an_earlier_build_made() -> Result<()> {
 /// refinery's bare "db error".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_migration_names_the_servers_reason() -> Result<()> {
-    with_schema(
-        "a_failed_migration_names_the_servers_reason",
-        |url, schema| async move {
-            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            // Someone else's table where version 1 puts its own.
-            admin
-                .batch_execute(&format!(
-                    "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".sessions (x INT)"
-                ))
-                .await?;
-            let err = store(&url, &schema, "migration-refused")
-                .await
-                .expect_err("version 1 cannot create its sessions table");
-            let text = format!("{err:#}");
-            assert!(
-                matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
-                "{text}"
-            );
-            assert!(text.contains("already exists"), "{text}");
-            Ok(())
-        },
-    )
+    with_schema("a_failed_migration_names_the_servers_reason", |url, schema| async move {
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        // Someone else's table where version 1 puts its own.
+        admin.batch_execute(&format!("CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".sessions (x INT)")).await?;
+        let err =
+            store(&url, &schema, "migration-refused").await.expect_err("version 1 cannot create its sessions table");
+        let text = format!("{err:#}");
+        assert!(matches!(typed(&err), Some(PersistenceError::Unavailable(_))), "{text}");
+        assert!(text.contains("already exists"), "{text}");
+        Ok(())
+    })
     .await
 }
 
@@ -925,34 +705,18 @@ async fn every_sqlstate_class_is_typed() -> Result<()> {
             ("23505", None, 1),
         ];
         for (code, want, attempts) in cases {
-            admin
-                .execute(
-                    &format!("UPDATE \"{schema}\".kp_raise SET code = $1"),
-                    &[&code],
-                )
-                .await?;
-            let before: i64 = admin
-                .query_one(&format!("SELECT nextval('\"{schema}\".kp_attempts')"), &[])
-                .await?
-                .get(0);
-            let err = s
-                .create_session("main", Path::new("/p"))
-                .await
-                .expect_err("the trigger refuses every insert");
-            let after: i64 = admin
-                .query_one(&format!("SELECT nextval('\"{schema}\".kp_attempts')"), &[])
-                .await?
-                .get(0);
+            admin.execute(&format!("UPDATE \"{schema}\".kp_raise SET code = $1"), &[&code]).await?;
+            let before: i64 =
+                admin.query_one(&format!("SELECT nextval('\"{schema}\".kp_attempts')"), &[]).await?.get(0);
+            let err = s.create_session("main", Path::new("/p")).await.expect_err("the trigger refuses every insert");
+            let after: i64 = admin.query_one(&format!("SELECT nextval('\"{schema}\".kp_attempts')"), &[]).await?.get(0);
             let text = format!("{err:#}");
             match (want, typed(&err)) {
                 (Some(w), Some(t)) => assert!(w(t), "{code}: {t:?}"),
                 (None, None) => {}
                 (w, t) => panic!("{code}: wanted typed = {}, got {t:?}: {text}", w.is_some()),
             }
-            assert!(
-                text.contains(code) && text.contains("planted"),
-                "{code}: {text}"
-            );
+            assert!(text.contains(code) && text.contains("planted"), "{code}: {text}");
             // 08xxx/57P01 drop the pool's idle connections: still one call.
             assert_eq!(after - before - 1, attempts, "{code}: attempts");
         }
@@ -971,8 +735,7 @@ async fn claim_ids_waits_for_an_uncommitted_insert() -> Result<()> {
     with_schema("claim_lock", |url, schema| async move {
         let s = store(&url, &schema, "claim").await?;
         let sid = s.create_session("main", Path::new("/p")).await?;
-        s.insert_message(&sid, &Role::User, Some("first"), None, None, None)
-            .await?;
+        s.insert_message(&sid, &Role::User, Some("first"), None, None, None).await?;
         let admin = support::admin(&url).await?;
         admin.batch_execute("BEGIN").await?;
         admin
@@ -989,10 +752,7 @@ async fn claim_ids_waits_for_an_uncommitted_insert() -> Result<()> {
             tokio::spawn(async move { s.claim_ids(1_000_000, 1_000_010).await })
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(
-            !claiming.is_finished(),
-            "claim_ids went ahead of an uncommitted insert"
-        );
+        assert!(!claiming.is_finished(), "claim_ids went ahead of an uncommitted insert");
         admin.batch_execute("ROLLBACK").await?;
         let granted = tokio::time::timeout(Duration::from_secs(10), claiming).await???;
         assert!(granted, "the range above every id was refused");
@@ -1009,91 +769,70 @@ async fn claim_ids_waits_for_an_uncommitted_insert() -> Result<()> {
 /// equals what its rows hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_shared_by_writers_survives_a_concurrent_release() -> Result<()> {
-    with_schema(
-        "a_body_shared_by_writers_survives_a_concurrent_release",
-        |url, schema| async move {
-            let before = support::deadlocks(url.clone()).await?;
-            let alice = store(&url, &schema, "alice").await?;
-            let bob = store(&url, &schema, "bob").await?;
-            // Carol deletes for good (no grace period): her deletes are
-            // the releases that race the writers.
-            let carol = {
-                let mut o = support::options(&url, &schema)?;
-                o.config.application_name("carol");
-                o.trash.keep_deleted_days = Some(0);
-                PostgresStore::open(o, Arc::new(SystemClock)).await?
-            };
-            let bodies: Vec<String> = (0..4)
-                .map(|i| format!("output {i}\n").repeat(600 + i * 100))
-                .collect();
-            let bodies = Arc::new(bodies);
-            let mut writers = Vec::new();
-            for (who, s) in [("alice", alice.clone()), ("bob", bob.clone())] {
-                let bodies = bodies.clone();
-                writers.push(tokio::spawn(async move {
-                    let sid = s.create_session(who, Path::new("/repo")).await?;
-                    let mut written = Vec::new();
-                    for i in 0..120usize {
-                        let (a, b) = (
-                            &bodies[i % 4],
-                            &bodies[(i + 1 + usize::from(who == "bob")) % 4],
-                        );
-                        let (a, b) = if i % 2 == 0 { (a, b) } else { (b, a) };
-                        let id = s.insert_tool_message_with_full(&sid, a, "call", b).await?;
-                        written.push((id, a.clone(), b.clone()));
-                    }
-                    anyhow::Ok((sid, written))
-                }));
-            }
-            let releaser = {
-                let bodies = bodies.clone();
-                tokio::spawn(async move {
-                    for round in 0..40usize {
-                        let sid = carol.create_session("carol", Path::new("/repo")).await?;
-                        for (i, body) in bodies.iter().enumerate() {
-                            let other = &bodies[(i + round) % 4];
-                            carol
-                                .insert_tool_message_with_full(&sid, body, "c", other)
-                                .await?;
-                        }
-                        anyhow::ensure!(carol.delete_session(&sid).await?, "carol's session went");
-                    }
-                    anyhow::Ok(carol)
-                })
-            };
-            let mut sessions = Vec::new();
-            for w in writers {
-                sessions.push(w.await??);
-            }
-            let carol = releaser.await??;
-            for (sid, written) in &sessions {
-                let stored = alice.load_all_messages(sid).await?;
-                assert_eq!(stored.len(), written.len());
-                for (m, (id, content, full)) in stored.iter().zip(written) {
-                    assert_eq!(m.id, *id);
-                    assert!(
-                        m.content.as_deref() == Some(content.as_str()),
-                        "content of {id}"
-                    );
-                    assert!(
-                        m.full_content.as_deref() == Some(full.as_str()),
-                        "full of {id}"
-                    );
+    with_schema("a_body_shared_by_writers_survives_a_concurrent_release", |url, schema| async move {
+        let before = support::deadlocks(url.clone()).await?;
+        let alice = store(&url, &schema, "alice").await?;
+        let bob = store(&url, &schema, "bob").await?;
+        // Carol deletes for good (no grace period): her deletes are
+        // the releases that race the writers.
+        let carol = {
+            let mut o = support::options(&url, &schema)?;
+            o.config.application_name("carol");
+            o.trash.keep_deleted_days = Some(0);
+            PostgresStore::open(o, Arc::new(SystemClock)).await?
+        };
+        let bodies: Vec<String> = (0..4).map(|i| format!("output {i}\n").repeat(600 + i * 100)).collect();
+        let bodies = Arc::new(bodies);
+        let mut writers = Vec::new();
+        for (who, s) in [("alice", alice.clone()), ("bob", bob.clone())] {
+            let bodies = bodies.clone();
+            writers.push(tokio::spawn(async move {
+                let sid = s.create_session(who, Path::new("/repo")).await?;
+                let mut written = Vec::new();
+                for i in 0..120usize {
+                    let (a, b) = (&bodies[i % 4], &bodies[(i + 1 + usize::from(who == "bob")) % 4]);
+                    let (a, b) = if i % 2 == 0 { (a, b) } else { (b, a) };
+                    let id = s.insert_tool_message_with_full(&sid, a, "call", b).await?;
+                    written.push((id, a.clone(), b.clone()));
                 }
+                anyhow::Ok((sid, written))
+            }));
+        }
+        let releaser = {
+            let bodies = bodies.clone();
+            tokio::spawn(async move {
+                for round in 0..40usize {
+                    let sid = carol.create_session("carol", Path::new("/repo")).await?;
+                    for (i, body) in bodies.iter().enumerate() {
+                        let other = &bodies[(i + round) % 4];
+                        carol.insert_tool_message_with_full(&sid, body, "c", other).await?;
+                    }
+                    anyhow::ensure!(carol.delete_session(&sid).await?, "carol's session went");
+                }
+                anyhow::Ok(carol)
+            })
+        };
+        let mut sessions = Vec::new();
+        for w in writers {
+            sessions.push(w.await??);
+        }
+        let carol = releaser.await??;
+        for (sid, written) in &sessions {
+            let stored = alice.load_all_messages(sid).await?;
+            assert_eq!(stored.len(), written.len());
+            for (m, (id, content, full)) in stored.iter().zip(written) {
+                assert_eq!(m.id, *id);
+                assert!(m.content.as_deref() == Some(content.as_str()), "content of {id}");
+                assert!(m.full_content.as_deref() == Some(full.as_str()), "full of {id}");
             }
-            let health = carol.health().await?;
-            assert!(health.problems.is_empty(), "{:?}", health.problems);
-            assert_eq!(
-                (health.bodies.bodies, health.bodies.references),
-                (4, 2 * 2 * 120),
-                "{:?}",
-                health.bodies
-            );
-            let after = support::deadlocks(url.clone()).await?;
-            assert_eq!(after, before, "deadlocks while sharing bodies");
-            Ok(())
-        },
-    )
+        }
+        let health = carol.health().await?;
+        assert!(health.problems.is_empty(), "{:?}", health.problems);
+        assert_eq!((health.bodies.bodies, health.bodies.references), (4, 2 * 2 * 120), "{:?}", health.bodies);
+        let after = support::deadlocks(url.clone()).await?;
+        assert_eq!(after, before, "deadlocks while sharing bodies");
+        Ok(())
+    })
     .await
 }
 
@@ -1117,49 +856,22 @@ async fn an_undecodable_body_does_not_stop_the_search_index() -> Result<()> {
             )
             .await?;
         let admin = support::admin(&url).await?;
-        admin
-            .batch_execute(&format!(
-                "UPDATE \"{schema}\".bodies SET data = '\\x00'::BYTEA"
-            ))
-            .await?;
+        admin.batch_execute(&format!("UPDATE \"{schema}\".bodies SET data = '\\x00'::BYTEA")).await?;
         for i in 0..600 {
-            s.insert_message(
-                &sid,
-                &Role::User,
-                Some(&format!("needle later {i}")),
-                None,
-                None,
-                None,
-            )
-            .await?;
+            s.insert_message(&sid, &Role::User, Some(&format!("needle later {i}")), None, None, None).await?;
         }
-        let hits = s
-            .search_messages("later", &SearchScope::default(), 5)
-            .await?;
+        let hits = s.search_messages("later", &SearchScope::default(), 5).await?;
         assert_eq!(hits.len(), 5);
         let waiting: Vec<i64> = admin
-            .query(
-                &format!("SELECT id FROM \"{schema}\".messages WHERE search IS NULL"),
-                &[],
-            )
+            .query(&format!("SELECT id FROM \"{schema}\".messages WHERE search IS NULL"), &[])
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(
-            waiting,
-            [bad],
-            "only the message that does not decode waits"
-        );
-        match s
-            .search_messages("nowhere", &SearchScope::default(), 10)
-            .await
-        {
+        assert_eq!(waiting, [bad], "only the message that does not decode waits");
+        match s.search_messages("nowhere", &SearchScope::default(), 10).await {
             Ok(hits) => panic!("a search that reaches it answered {} hits", hits.len()),
-            Err(e) => assert!(
-                matches!(PersistenceError::of(&e), Some(PersistenceError::Corrupt(_))),
-                "{e:#}"
-            ),
+            Err(e) => assert!(matches!(PersistenceError::of(&e), Some(PersistenceError::Corrupt(_))), "{e:#}"),
         }
         Ok(())
     })

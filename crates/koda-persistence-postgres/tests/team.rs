@@ -40,19 +40,10 @@ async fn the_pooler_refuses_an_unmigrated_schema_and_names_the_fix() -> Result<(
             .await
             .expect_err("an unmigrated schema must not open through the pooler");
         let said = format!("{err:#}");
-        assert!(
-            matches!(typed(&err), Some(PersistenceError::Unavailable(_))),
-            "{said}"
-        );
-        assert!(
-            said.contains(&format!("schema {schema:?}")),
-            "names the schema: {said}"
-        );
+        assert!(matches!(typed(&err), Some(PersistenceError::Unavailable(_))), "{said}");
+        assert!(said.contains(&format!("schema {schema:?}")), "names the schema: {said}");
         assert!(said.contains("koda-store migrate"), "names the fix: {said}");
-        assert!(
-            !schema_exists(&url, &schema).await?,
-            "no DDL through the pooler"
-        );
+        assert!(!schema_exists(&url, &schema).await?, "no DDL through the pooler");
         Ok(())
     })
     .await
@@ -122,10 +113,7 @@ async fn migrate_false_never_creates_or_migrates() -> Result<()> {
             .expect_err("a missing schema must not open with migrate=false");
         let said = format!("{err:#}");
         assert!(said.contains("koda-store migrate"), "{said}");
-        assert!(
-            !schema_exists(&url, &schema).await?,
-            "migrate=false created the schema"
-        );
+        assert!(!schema_exists(&url, &schema).await?, "migrate=false created the schema");
         Ok(())
     })
     .await
@@ -145,12 +133,9 @@ async fn a_team_role_is_refused_another_teams_schema() -> Result<()> {
         for s in [&team_a, &team_b] {
             drop(PostgresStore::open(support::options(&url, s)?, Arc::new(SystemClock)).await?);
         }
-        let owner_b =
-            PostgresStore::open(support::options(&url, &team_b)?, Arc::new(SystemClock)).await?;
+        let owner_b = PostgresStore::open(support::options(&url, &team_b)?, Arc::new(SystemClock)).await?;
         let secret = owner_b.create_session("main", Path::new("/b")).await?;
-        owner_b
-            .insert_message(&secret, &Role::User, Some("team b only"), None, None, None)
-            .await?;
+        owner_b.insert_message(&secret, &Role::User, Some("team b only"), None, None, None).await?;
         let (role, password) = support::runtime_role(&url, &team_a).await?;
         let checked = async {
             for migrate in [false, true] {
@@ -167,11 +152,9 @@ async fn a_team_role_is_refused_another_teams_schema() -> Result<()> {
                 assert!(said.contains(&team_b), "names the schema: {said}");
             }
             // Its own schema: works, and holds nothing of team B's.
-            let own = PostgresStore::open(
-                support::role_options(&url, &team_a, &role, &password)?,
-                Arc::new(SystemClock),
-            )
-            .await?;
+            let own =
+                PostgresStore::open(support::role_options(&url, &team_a, &role, &password)?, Arc::new(SystemClock))
+                    .await?;
             assert!(own.load_all_messages(&secret).await?.is_empty());
             assert!(own.list_sessions(10, Path::new("/b")).await?.is_empty());
             assert!(own.recent_user_messages(10).await?.is_empty());
@@ -181,10 +164,7 @@ async fn a_team_role_is_refused_another_teams_schema() -> Result<()> {
                 .batch_execute(&format!("CREATE TABLE \"{team_a}\".intruder (x INT)"))
                 .await
                 .expect_err("the runtime role created a table");
-            assert_eq!(
-                ddl.code(),
-                Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
-            );
+            assert_eq!(ddl.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));
             anyhow::Ok(())
         }
         .await;
@@ -225,20 +205,13 @@ async fn failover_to_a_promoted_standby_keeps_every_acknowledged_write() -> Resu
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let state: Option<String> = admin
-            .query_opt(
-                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby1'",
-                &[],
-            )
+            .query_opt("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby1'", &[])
             .await?
             .map(|r| r.get(0));
         if state.as_deref() == Some("sync") {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the standby never became synchronous ({state:?}): {}",
-            standby.log()
-        );
+        assert!(Instant::now() < deadline, "the standby never became synchronous ({state:?}): {}", standby.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(admin);
@@ -264,46 +237,29 @@ async fn failover_to_a_promoted_standby_keeps_every_acknowledged_write() -> Resu
                 let text = format!("write {n}");
                 let at = start.elapsed();
                 let t = Instant::now();
-                let outcome = store
-                    .insert_message(&sid, &Role::User, Some(&text), None, None, None)
-                    .await
-                    .map(|_| text);
-                writes.push(Write {
-                    at,
-                    took: t.elapsed(),
-                    outcome,
-                });
+                let outcome =
+                    store.insert_message(&sid, &Role::User, Some(&text), None, None, None).await.map(|_| text);
+                writes.push(Write { at, took: t.elapsed(), outcome });
             }
             writes
         })
     };
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let killed_at = start.elapsed();
-    let primary =
-        tokio::task::spawn_blocking(move || primary.stop_immediate().map(|()| primary)).await??;
+    let primary = tokio::task::spawn_blocking(move || primary.stop_immediate().map(|()| primary)).await??;
     // Writes that started before the primary was gone may still have
     // succeeded there.
     let dead_at = start.elapsed();
-    let standby =
-        tokio::task::spawn_blocking(move || standby.promote().map(|()| standby)).await??;
+    let standby = tokio::task::spawn_blocking(move || standby.promote().map(|()| standby)).await??;
     let promoted_at = start.elapsed();
     // Write on for a while on the promoted server.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let writes = writer.await?;
 
-    let acked: Vec<&String> = writes
-        .iter()
-        .filter_map(|w| w.outcome.as_ref().ok())
-        .collect();
-    let before = writes
-        .iter()
-        .filter(|w| w.at < killed_at && w.outcome.is_ok())
-        .count();
-    let resumed = writes
-        .iter()
-        .find(|w| w.at >= dead_at && w.outcome.is_ok())
-        .map(|w| w.at + w.took - killed_at);
+    let acked: Vec<&String> = writes.iter().filter_map(|w| w.outcome.as_ref().ok()).collect();
+    let before = writes.iter().filter(|w| w.at < killed_at && w.outcome.is_ok()).count();
+    let resumed = writes.iter().find(|w| w.at >= dead_at && w.outcome.is_ok()).map(|w| w.at + w.took - killed_at);
     let failed: Vec<&Write> = writes.iter().filter(|w| w.outcome.is_err()).collect();
     let slowest = writes.iter().map(|w| w.took).max().unwrap_or_default();
     println!(
@@ -317,39 +273,22 @@ async fn failover_to_a_promoted_standby_keeps_every_acknowledged_write() -> Resu
     );
     assert!(before > 10, "too few writes before the kill: {before}");
     let resumed = resumed.expect("the store never wrote on the promoted server");
+    assert!(resumed <= Duration::from_secs(10), "resumed only {resumed:?} after the kill");
     assert!(
-        resumed <= Duration::from_secs(10),
-        "resumed only {resumed:?} after the kill"
-    );
-    assert!(
-        writes
-            .iter()
-            .filter(|w| w.at > killed_at + resumed)
-            .all(|w| w.outcome.is_ok()),
+        writes.iter().filter(|w| w.at > killed_at + resumed).all(|w| w.outcome.is_ok()),
         "writes failed after the store had resumed"
     );
     for e in failed.iter().filter_map(|w| w.outcome.as_ref().err()) {
-        assert!(
-            matches!(typed(e), Some(PersistenceError::Unavailable(_))),
-            "a failed call was not Unavailable: {e:#}"
-        );
+        assert!(matches!(typed(e), Some(PersistenceError::Unavailable(_))), "a failed call was not Unavailable: {e:#}");
     }
     // A call may wait for a pooled connection (pool timeout) and open one
     // (connect timeout per host, two hosts): nothing past that, plus slack.
     let bound = Duration::from_millis(pool_ms + 2 * connect_ms + 1_000);
-    assert!(
-        slowest <= bound,
-        "a call took {slowest:?} (bound {bound:?})"
-    );
+    assert!(slowest <= bound, "a call took {slowest:?} (bound {bound:?})");
 
     // Every acknowledged write is on the promoted server, in order.
     let on_standby = PostgresStore::open_url(&standby.url(), Arc::new(SystemClock)).await?;
-    let stored: Vec<String> = on_standby
-        .load_all_messages(&sid)
-        .await?
-        .into_iter()
-        .filter_map(|m| m.content)
-        .collect();
+    let stored: Vec<String> = on_standby.load_all_messages(&sid).await?.into_iter().filter_map(|m| m.content).collect();
     // A call that failed may still have committed (its acknowledgement
     // was lost with the primary): the trait's rustdoc calls it in doubt.
     let in_doubt = writes.iter().filter(|w| w.outcome.is_err()).count();
@@ -357,10 +296,7 @@ async fn failover_to_a_promoted_standby_keeps_every_acknowledged_write() -> Resu
     println!("failover: {failed_but_stored} of {in_doubt} failed writes are stored anyway");
     let mut next = stored.iter();
     for a in &acked {
-        assert!(
-            next.any(|s| s == *a),
-            "acknowledged {a:?} is missing (or out of order) on the promoted server"
-        );
+        assert!(next.any(|s| s == *a), "acknowledged {a:?} is missing (or out of order) on the promoted server");
     }
     tokio::task::spawn_blocking(move || {
         drop(primary);
@@ -402,10 +338,7 @@ async fn two_hundred_clients_through_the_pooler_lose_nothing() -> Result<()> {
         );
         assert_eq!(run.opened, 200, "{:?}", run.first_error);
         assert_eq!(run.errors, 0, "{:?}", run.first_error);
-        assert!(
-            run.counts_exact,
-            "a session does not hold what its client wrote"
-        );
+        assert!(run.counts_exact, "a session does not hold what its client wrote");
         assert!(run.turns >= 200, "fewer turns than clients: {}", run.turns);
         Ok(())
     })

@@ -10,11 +10,7 @@ use sled::Batch;
 use std::collections::HashMap;
 
 /// The fields that may be bodies, in `StoredMessage::bodies` order.
-pub(crate) const FIELDS: [BodyField; 3] = [
-    BodyField::Content,
-    BodyField::FullContent,
-    BodyField::ToolCalls,
-];
+pub(crate) const FIELDS: [BodyField; 3] = [BodyField::Content, BodyField::FullContent, BodyField::ToolCalls];
 
 /// The body reference changes of one write, put into its batch by
 /// [`Refs::finish`]: the count (`b`) moves by the sum of the changes, a
@@ -69,17 +65,12 @@ impl Refs {
                 continue;
             }
             let now = body_count(db, &hash)?;
-            let next = i64::try_from(now)
-                .unwrap_or(i64::MAX)
-                .saturating_add(change);
+            let next = i64::try_from(now).unwrap_or(i64::MAX).saturating_add(change);
             if next <= 0 {
                 batch.remove(keys::body(&hash));
                 batch.remove(keys::body_refs(&hash));
             } else {
-                batch.insert(
-                    keys::body_refs(&hash),
-                    &u64::try_from(next).unwrap_or(0).to_be_bytes()[..],
-                );
+                batch.insert(keys::body_refs(&hash), &u64::try_from(next).unwrap_or(0).to_be_bytes()[..]);
                 if let Some(data) = data {
                     batch.insert(keys::body(&hash), data);
                 }
@@ -92,9 +83,10 @@ impl Refs {
 /// How many message fields refer to the body `hash` (0: no such body).
 pub(crate) fn body_count(db: &Tree, hash: &BodyHash) -> Result<u64> {
     Ok(match db.get(keys::body_refs(hash))? {
-        Some(v) => u64::from_be_bytes(<[u8; 8]>::try_from(&v[..]).map_err(|_| {
-            PersistenceError::Corrupt("a body reference count is not 8 bytes".into())
-        })?),
+        Some(v) => u64::from_be_bytes(
+            <[u8; 8]>::try_from(&v[..])
+                .map_err(|_| PersistenceError::Corrupt("a body reference count is not 8 bytes".into()))?,
+        ),
         None => 0,
     })
 }
@@ -106,9 +98,9 @@ pub(crate) fn resolve(db: &Tree, mut m: StoredMessage) -> Result<StoredMessage> 
     let id = m.id;
     for (slot, hash) in m.fields_mut().into_iter().zip(bodies) {
         if let Some(hash) = hash {
-            let data = db.get(keys::body(&hash))?.ok_or_else(|| {
-                PersistenceError::Corrupt(format!("message {id}: a body it refers to is missing"))
-            })?;
+            let data = db
+                .get(keys::body(&hash))?
+                .ok_or_else(|| PersistenceError::Corrupt(format!("message {id}: a body it refers to is missing")))?;
             *slot = Some(unpack(&db.open_body(&hash, &data)?)?);
         }
     }

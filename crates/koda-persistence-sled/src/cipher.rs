@@ -57,21 +57,12 @@ impl Tree {
     }
 
     /// The `S` value of session `sid`.
-    pub(crate) fn seal_session(
-        &self,
-        sid: &str,
-        s: &StoredSession,
-    ) -> Result<Vec<u8>, PersistenceError> {
+    pub(crate) fn seal_session(&self, sid: &str, s: &StoredSession) -> Result<Vec<u8>, PersistenceError> {
         self.seal(&aad(&[b"session", sid.as_bytes()]), encode_session(s)?)
     }
 
     /// The session `sid`'s record from its `S` value.
-    pub(crate) fn open_session(
-        &self,
-        sid: &str,
-        v: &[u8],
-        what: &str,
-    ) -> Result<StoredSession, PersistenceError> {
+    pub(crate) fn open_session(&self, sid: &str, v: &[u8], what: &str) -> Result<StoredSession, PersistenceError> {
         let plain = self.open(&aad(&[b"session", sid.as_bytes()]), v, what)?;
         decode_session(&plain, what)
     }
@@ -116,23 +107,13 @@ impl Tree {
     }
 
     /// The `D` value of metadata `key` of session `sid`.
-    pub(crate) fn seal_value(
-        &self,
-        sid: &str,
-        key: &str,
-        value: &str,
-    ) -> Result<Vec<u8>, PersistenceError> {
+    pub(crate) fn seal_value(&self, sid: &str, key: &str, value: &str) -> Result<Vec<u8>, PersistenceError> {
         let aad = aad(&[b"metadata", sid.as_bytes(), key.as_bytes()]);
         self.seal(&aad, encode(&value.to_owned())?)
     }
 
     /// Metadata `key` of session `sid` from its `D` value.
-    pub(crate) fn open_value(
-        &self,
-        sid: &str,
-        key: &str,
-        v: &[u8],
-    ) -> Result<String, PersistenceError> {
+    pub(crate) fn open_value(&self, sid: &str, key: &str, v: &[u8]) -> Result<String, PersistenceError> {
         let aad = aad(&[b"metadata", sid.as_bytes(), key.as_bytes()]);
         let what = format!("metadata {key:?} of session {sid:?}");
         decode::<String>(&self.open(&aad, v, &what)?, "a metadata value")
@@ -147,11 +128,7 @@ impl Tree {
     }
 
     /// The `B` value of the body at `hash`, packed as `packed`.
-    pub(crate) fn seal_body(
-        &self,
-        hash: &BodyHash,
-        packed: Vec<u8>,
-    ) -> Result<Vec<u8>, PersistenceError> {
+    pub(crate) fn seal_body(&self, hash: &BodyHash, packed: Vec<u8>) -> Result<Vec<u8>, PersistenceError> {
         self.seal(&aad(&[b"body", hash]), packed)
     }
 
@@ -176,9 +153,7 @@ impl Tree {
         }
         let text = unpack(&self.open_body(hash, v)?)?;
         if self.address(&text) != *hash {
-            return Err(PersistenceError::Corrupt(
-                "its text does not match its address".into(),
-            ));
+            return Err(PersistenceError::Corrupt("its text does not match its address".into()));
         }
         Ok(text)
     }

@@ -16,18 +16,10 @@ use koda_persistence_api::{COMPACTION_HINT, CompactedStats, PersistenceError, Ro
 use sled::{Batch, IVec};
 use std::collections::HashMap;
 
-pub(crate) fn compact(
-    db: &Tree,
-    sid: &str,
-    summary: &str,
-    keep: usize,
-    now: i64,
-) -> Result<(Batch, usize)> {
+pub(crate) fn compact(db: &Tree, sid: &str, summary: &str, keep: usize, now: i64) -> Result<(Batch, usize)> {
     let mut session = get_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
     let all = session_messages(db, sid)?;
-    let active: Vec<usize> = (0..all.len())
-        .filter(|&i| all[i].1.compacted_ms.is_none())
-        .collect();
+    let active: Vec<usize> = (0..all.len()).filter(|&i| all[i].1.compacted_ms.is_none()).collect();
     let marked = active.len().saturating_sub(keep);
     let mut batch = Batch::default();
     if marked == 0 {
@@ -45,8 +37,7 @@ pub(crate) fn compact(
     // it and everything after it move two places on.
     let first = active.get(marked).copied();
     let at = match first {
-        Some(i) => keys::ord_of(&all[i].0)
-            .ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?,
+        Some(i) => keys::ord_of(&all[i].0).ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?,
         None => session.next_ord + 1,
     };
     if let Some(i) = first {
@@ -55,8 +46,7 @@ pub(crate) fn compact(
             batch.remove(key.clone());
         }
         for (key, m) in tail {
-            let ord = keys::ord_of(key)
-                .ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
+            let ord = keys::ord_of(key).ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
             let moved = keys::message(sid, ord + 2);
             batch.insert(keys::numbered(keys::BY_ID, m.id), moved.clone());
             if m.role == role_byte(Role::User) {
@@ -67,10 +57,9 @@ pub(crate) fn compact(
         }
     }
     let mut refs = Refs::default();
-    for (offset, role, text, completed) in [
-        (0, Role::System, summary, None),
-        (1, Role::Assistant, COMPACTION_HINT, Some(now)),
-    ] {
+    for (offset, role, text, completed) in
+        [(0, Role::System, summary, None), (1, Role::Assistant, COMPACTION_HINT, Some(now))]
+    {
         let id = next_id(db)?;
         let key = keys::message(sid, at + offset);
         let mut record = StoredMessage {
@@ -150,9 +139,7 @@ pub(crate) fn compacted_stats(db: &Tree) -> Result<CompactedStats> {
             }
         };
         let bytes = len(&m.content, &m.bodies[0])? + len(&m.tool_calls, &m.bodies[2])?;
-        stats.size_bytes = stats
-            .size_bytes
-            .saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
+        stats.size_bytes = stats.size_bytes.saturating_add(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
     stats.session_count = i64::try_from(sessions.len()).unwrap_or(i64::MAX);
     stats.oldest = oldest.map(format_timestamp);
@@ -163,11 +150,7 @@ pub(crate) fn compacted_stats(db: &Tree) -> Result<CompactedStats> {
 #[allow(clippy::type_complexity)]
 pub(crate) fn purge(db: &Tree, days: u32, now: i64) -> Result<(Batch, (usize, Vec<String>))> {
     let cutoff = purge_cutoff(now, days);
-    let end = if days == 0 {
-        vec![keys::COMPACTED + 1]
-    } else {
-        keys::compacted_before(as_u64(cutoff))
-    };
+    let end = if days == 0 { vec![keys::COMPACTED + 1] } else { keys::compacted_before(as_u64(cutoff)) };
     let mut batch = Batch::default();
     let mut sessions: HashMap<String, StoredSession> = HashMap::new();
     let mut refs = Refs::default();
@@ -179,12 +162,10 @@ pub(crate) fn purge(db: &Tree, days: u32, now: i64) -> Result<(Batch, (usize, Ve
         let (ckey, key) = kv?;
         let Some(v) = db.get(&key)? else { continue };
         let m = db.open_message(&key, &v)?;
-        let sid =
-            session_of(&key).ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
+        let sid = session_of(&key).ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
         if !sessions.contains_key(&sid) {
-            let s = get_session(db, &sid)?.ok_or_else(|| {
-                PersistenceError::Corrupt(format!("message of missing session {sid:?}"))
-            })?;
+            let s = get_session(db, &sid)?
+                .ok_or_else(|| PersistenceError::Corrupt(format!("message of missing session {sid:?}")))?;
             sessions.insert(sid.clone(), s);
         }
         if let Some(s) = sessions.get_mut(&sid) {

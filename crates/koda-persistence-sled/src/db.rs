@@ -27,9 +27,7 @@ pub(crate) struct Tree {
 
 impl std::fmt::Debug for Tree {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tree")
-            .field("encrypted", &self.cipher.is_some())
-            .finish()
+        f.debug_struct("Tree").field("encrypted", &self.cipher.is_some()).finish()
     }
 }
 
@@ -84,10 +82,7 @@ impl Tree {
                 Some(cipher)
             }
         };
-        Ok(Self {
-            db,
-            cipher: cipher.map(Arc::new),
-        })
+        Ok(Self { db, cipher: cipher.map(Arc::new) })
     }
 
     /// Whether values are sealed.
@@ -127,10 +122,7 @@ fn key_state(dir: &Path) -> Result<KeyState, PersistenceError> {
         Ok(bytes) if bytes == PLAIN => Ok(KeyState::Plain),
         Ok(bytes) => Ok(KeyState::Sealed(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeyState::Unknown),
-        Err(e) => Err(PersistenceError::Unavailable(format!(
-            "reading {}: {e}",
-            dir.join(KEY_COPY).display()
-        ))),
+        Err(e) => Err(PersistenceError::Unavailable(format!("reading {}: {e}", dir.join(KEY_COPY).display()))),
     }
 }
 
@@ -180,11 +172,7 @@ pub(crate) fn closing(path: &Path) {
 
 fn closed_recently(path: &Path) -> bool {
     let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    CLOSED_HERE
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
-        .is_some_and(|at| at.elapsed() < RECENTLY)
+    CLOSED_HERE.lock().unwrap_or_else(|p| p.into_inner()).get(&key).is_some_and(|at| at.elapsed() < RECENTLY)
 }
 
 /// Gives every file sled keeps in `dir` mode 0600 and every directory in it
@@ -224,23 +212,16 @@ pub(crate) fn open_db(path: &Path, options: &SledOptions) -> Result<Tree> {
     // Then the key against the copy of the key state beside the store,
     // before sled (which writes as it opens) touches the directory.
     let what = path.display().to_string();
-    let state = if path.exists() {
-        key_state(path)?
-    } else {
-        KeyState::Unknown
-    };
+    let state = if path.exists() { key_state(path)? } else { KeyState::Unknown };
     let checked = match (&state, &key) {
         (KeyState::Plain, Some(_)) => return Err(wrong_key(&what).into()),
         (KeyState::Sealed(_), None) => return Err(encrypted_without_key(&what).into()),
-        (KeyState::Sealed(record), Some(k)) => {
-            Some((FieldCipher::unlock(k, record, &what)?, record.clone()))
-        }
+        (KeyState::Sealed(record), Some(k)) => Some((FieldCipher::unlock(k, record, &what)?, record.clone())),
         _ => None,
     };
     if !path.exists() {
-        koda_persistence_api::backend::create_private_dir(path).map_err(|e| {
-            PersistenceError::Unavailable(format!("creating {}: {e}", path.display()))
-        })?;
+        koda_persistence_api::backend::create_private_dir(path)
+            .map_err(|e| PersistenceError::Unavailable(format!("creating {}: {e}", path.display())))?;
     }
     let flush_ms = match options.flush {
         FlushPolicy::Every(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
@@ -248,12 +229,7 @@ pub(crate) fn open_db(path: &Path, options: &SledOptions) -> Result<Tree> {
     };
     let started = std::time::Instant::now();
     let db = loop {
-        match sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity)
-            .flush_every_ms(flush_ms)
-            .open()
-        {
+        match sled::Config::new().path(path).cache_capacity(options.cache_capacity).flush_every_ms(flush_ms).open() {
             Ok(db) => break db,
             Err(e)
                 if is_locked(&e)
@@ -265,18 +241,15 @@ pub(crate) fn open_db(path: &Path, options: &SledOptions) -> Result<Tree> {
             Err(e) => return Err(storage(e, path)),
         }
     };
-    make_private(path).map_err(|e| {
-        PersistenceError::Unavailable(format!("making {} private: {e}", path.display()))
-    })?;
+    make_private(path).map_err(|e| PersistenceError::Unavailable(format!("making {} private: {e}", path.display())))?;
     let db = Tree::unlock(db, key.as_ref(), path, checked).inspect_err(|_| {
         // The handle is dropped: sled frees the directory's lock from its
         // own threads, so the next open here (the right key) waits for it.
         closing(path);
     })?;
     if matches!(state, KeyState::Unknown) {
-        keep_key_state(path, &db).map_err(|e| {
-            PersistenceError::Unavailable(format!("keeping the key state of {what}: {e:#}"))
-        })?;
+        keep_key_state(path, &db)
+            .map_err(|e| PersistenceError::Unavailable(format!("keeping the key state of {what}: {e:#}")))?;
     }
     Ok(db)
 }

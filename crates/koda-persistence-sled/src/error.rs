@@ -9,13 +9,13 @@ use koda_persistence_api::PersistenceError;
 pub(crate) fn storage(e: sled::Error, path: &Path) -> anyhow::Error {
     let place = path.display();
     let typed = match &e {
-        sled::Error::Io(io) if is_locked(&e) => Some(PersistenceError::Unavailable(format!(
-            "{place} is in use by another process ({io})"
-        ))),
+        sled::Error::Io(io) if is_locked(&e) => {
+            Some(PersistenceError::Unavailable(format!("{place} is in use by another process ({io})")))
+        }
         sled::Error::Io(io) => Some(PersistenceError::Unavailable(format!("{place}: {io}"))),
-        sled::Error::Corruption { at, bt: _ } => Some(PersistenceError::Corrupt(format!(
-            "{place} is corrupt (at {at:?})"
-        ))),
+        sled::Error::Corruption { at, bt: _ } => {
+            Some(PersistenceError::Corrupt(format!("{place} is corrupt (at {at:?})")))
+        }
         _ => None,
     };
     match typed {

@@ -77,8 +77,7 @@ impl Inner {
             *slot = Some(open_db(&self.path, &self.options)?);
             tracing::info!(path = %self.path.display(), "reopened the sled store");
         }
-        slot.as_ref()
-            .ok_or_else(|| PersistenceError::Unavailable("sled handle missing".into()).into())
+        slot.as_ref().ok_or_else(|| PersistenceError::Unavailable("sled handle missing".into()).into())
     }
 
     /// Drops the handle after a failed write (see [`Inner::db`]) and
@@ -186,11 +185,7 @@ impl SledStore {
                 Err(e) => return Err(e),
             };
             let applied = db.apply_batch(batch).and_then(|()| {
-                if inner.options.flush == FlushPolicy::EveryWrite {
-                    db.flush().map(|_| ())
-                } else {
-                    Ok(())
-                }
+                if inner.options.flush == FlushPolicy::EveryWrite { db.flush().map(|_| ()) } else { Ok(()) }
             });
             match applied {
                 Ok(()) => Ok(after(&mut inner.cache(), out)),

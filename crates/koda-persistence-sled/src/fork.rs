@@ -18,13 +18,7 @@ use sled::Batch;
 /// Forks `sid` at `at` into session `new_id`, in one batch: the original's
 /// export, cut by [`fork_len`](koda_persistence_api::fork::fork_len), put
 /// in as a new session with its metadata (each body one more reference).
-pub(crate) fn fork(
-    db: &Tree,
-    sid: &str,
-    at: Option<i64>,
-    new_id: &str,
-    now: i64,
-) -> Result<(Batch, String)> {
+pub(crate) fn fork(db: &Tree, sid: &str, at: Option<i64>, new_id: &str, now: i64) -> Result<(Batch, String)> {
     use koda_persistence_api::fork::{fork_len, fork_record};
     let original = export_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
     let messages = export_messages(db, sid)?;
@@ -36,10 +30,7 @@ pub(crate) fn fork(
     let session = new_session(db, &fork_record(&original, new_id, now), &mut batch)?;
     append_imported(db, new_id, session, &messages[..n], false, &mut batch)?;
     for e in export_metadata(db, sid)? {
-        batch.insert(
-            keys::metadata(new_id, &e.key),
-            db.seal_value(new_id, &e.key, &e.value)?,
-        );
+        batch.insert(keys::metadata(new_id, &e.key), db.seal_value(new_id, &e.key, &e.value)?);
     }
     Ok((batch, new_id.to_owned()))
 }

@@ -19,10 +19,7 @@ pub(crate) fn health(db: &Tree) -> Result<koda_persistence_api::StoreHealth> {
     let mut problems = Vec::new();
     for kv in db.scan_prefix([keys::BY_ID]) {
         let (k, key) = kv?;
-        let id = k
-            .get(1..9)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes);
+        let id = k.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
         match (id, db.get(&key)?) {
             (Some(id), Some(v)) => match db.open_message(&key, &v) {
                 Ok(m) if m.id == id => {}
@@ -47,18 +44,16 @@ pub(crate) fn health(db: &Tree) -> Result<koda_persistence_api::StoreHealth> {
             let (key, _) = last?;
             let ord = keys::ord_of(&key).unwrap_or(u64::MAX);
             if ord > s.next_ord {
-                problems.push(format!(
-                    "session {sid}: position counter {} is behind its last message's {ord}",
-                    s.next_ord
-                ));
+                problems
+                    .push(format!("session {sid}: position counter {} is behind its last message's {ord}", s.next_ord));
             }
         }
         // A message that does not read is a problem to report, not a
         // reason for the check itself to fail.
         match counted_usage(db, &sid) {
-            Ok(usage) if usage != s.tally() => problems.push(format!(
-                "session {sid}: the usage kept by agent differs from its messages' counters"
-            )),
+            Ok(usage) if usage != s.tally() => {
+                problems.push(format!("session {sid}: the usage kept by agent differs from its messages' counters"))
+            }
             Ok(_) => {}
             Err(e) => problems.push(format!("session {sid}: {e:#}")),
         }
@@ -78,10 +73,7 @@ pub(crate) fn health(db: &Tree) -> Result<koda_persistence_api::StoreHealth> {
 /// unused), and every body against its address. Reads every body once.
 pub(crate) fn body_health(db: &Tree, problems: &mut Vec<String>) -> Result<BodyStats> {
     let mut uses: HashMap<BodyHash, u64> = HashMap::new();
-    for kv in db
-        .scan_prefix([keys::MESSAGE])
-        .chain(crate::trash::trashed_messages(db))
-    {
+    for kv in db.scan_prefix([keys::MESSAGE]).chain(crate::trash::trashed_messages(db)) {
         let (k, v) = kv?;
         let Ok(m) = db.open_message(&k, &v) else {
             continue;
@@ -108,9 +100,7 @@ pub(crate) fn body_health(db: &Tree, problems: &mut Vec<String>) -> Result<BodyS
         let count = body_count(db, &hash)?;
         let used = uses.remove(&hash).unwrap_or(0);
         if count != used {
-            problems.push(format!(
-                "body {name}: counts {count} references, {used} message fields use it"
-            ));
+            problems.push(format!("body {name}: counts {count} references, {used} message fields use it"));
         }
         let packed = data.len() as u64;
         stats.add_body(len, packed, used);
@@ -123,9 +113,7 @@ pub(crate) fn body_health(db: &Tree, problems: &mut Vec<String>) -> Result<BodyS
     }
     for (hash, n) in uses {
         let name = body_name(&hash);
-        problems.push(format!(
-            "{n} message fields refer to body {name}, which is missing"
-        ));
+        problems.push(format!("{n} message fields refer to body {name}, which is missing"));
     }
     Ok(stats)
 }

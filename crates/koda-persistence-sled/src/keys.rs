@@ -96,10 +96,7 @@ pub(crate) fn message(id: &str, ord: u64) -> Vec<u8> {
 
 /// The `ord` at the end of a message key.
 pub(crate) fn ord_of(message_key: &[u8]) -> Option<u64> {
-    let tail: [u8; 8] = message_key
-        .get(message_key.len().checked_sub(8)?..)?
-        .try_into()
-        .ok()?;
+    let tail: [u8; 8] = message_key.get(message_key.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(tail))
 }
 
@@ -187,10 +184,7 @@ mod tests {
         let ab1 = message("ab", 1);
         assert!(a1 < a2 && a2 < a10);
         assert!(a1.starts_with(&messages_of("a")));
-        assert!(
-            !ab1.starts_with(&messages_of("a")),
-            "length prefix keeps sessions apart"
-        );
+        assert!(!ab1.starts_with(&messages_of("a")), "length prefix keeps sessions apart");
         assert_eq!(ord_of(&a10), Some(10));
         assert_eq!(ord_of(b"short"), None);
     }

@@ -26,12 +26,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use koda_persistence_api::backend::{
-    Backend, ContextRow, NewMessage, StoreUrl, limit_bound, root_to_str, usage_total,
-};
+use koda_persistence_api::backend::{Backend, ContextRow, NewMessage, StoreUrl, limit_bound, root_to_str, usage_total};
 use koda_persistence_api::{
-    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence,
-    PersistenceError, Role, SearchIndex, SessionInfo, SessionUsage, Store,
+    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence, PersistenceError, Role,
+    SearchIndex, SessionInfo, SessionUsage, Store,
 };
 
 use crate::exec::Inner;
@@ -85,15 +83,13 @@ impl Persistence for SledStore {
         let now = self.clock.now_ms();
         let id = uuid::Uuid::now_v7().to_string();
         let sid = id.clone();
-        self.write(move |db| Ok((queries::create_session(db, &sid, &agent, &root, now)?, ())))
-            .await?;
+        self.write(move |db| Ok((queries::create_session(db, &sid, &agent, &root, now)?, ()))).await?;
         Ok(id)
     }
 
     async fn list_sessions(&self, limit: i64, project_root: &Path) -> Result<Vec<SessionInfo>> {
         let root = root_to_str(project_root)?.to_owned();
-        self.read(move |db| queries::list_sessions(db, &root, limit_bound(limit)))
-            .await
+        self.read(move |db| queries::list_sessions(db, &root, limit_bound(limit))).await
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<bool> {
@@ -102,27 +98,22 @@ impl Persistence for SledStore {
 
     async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()> {
         let (sid, v) = (session_id.to_owned(), title.to_owned());
-        self.write(move |db| Ok((queries::set_session_text(db, &sid, false, &v)?, ())))
-            .await
+        self.write(move |db| Ok((queries::set_session_text(db, &sid, false, &v)?, ()))).await
     }
 
     async fn set_session_mode(&self, session_id: &str, mode: &str) -> Result<()> {
         let (sid, v) = (session_id.to_owned(), mode.to_owned());
-        self.write(move |db| Ok((queries::set_session_text(db, &sid, true, &v)?, ())))
-            .await
+        self.write(move |db| Ok((queries::set_session_text(db, &sid, true, &v)?, ()))).await
     }
 
     async fn get_session_mode(&self, session_id: &str) -> Result<Option<String>> {
         let sid = session_id.to_owned();
-        self.read(move |db| Ok(queries::get_session(db, &sid)?.and_then(|s| s.mode)))
-            .await
+        self.read(move |db| Ok(queries::get_session(db, &sid)?.and_then(|s| s.mode))).await
     }
 
     async fn get_session_idle_secs(&self, session_id: &str) -> Result<Option<i64>> {
         let sid = session_id.to_owned();
-        let last = self
-            .read(move |db| Ok(queries::get_session(db, &sid)?.and_then(|s| s.last_accessed_ms)))
-            .await?;
+        let last = self.read(move |db| Ok(queries::get_session(db, &sid)?.and_then(|s| s.last_accessed_ms))).await?;
         let now = self.clock.now_ms();
         Ok(koda_persistence_api::backend::idle_secs(now, last))
     }
@@ -138,10 +129,7 @@ impl Persistence for SledStore {
                 if cache.contexts.holds(&session)
                     && let Ok(message) = rows::to_message(&session, &record)
                 {
-                    let row = ContextRow {
-                        message,
-                        complete: false,
-                    };
+                    let row = ContextRow { message, complete: false };
                     cache.contexts.appended(&session, version, row);
                 }
                 id
@@ -172,26 +160,22 @@ impl Persistence for SledStore {
     }
 
     async fn recent_user_messages(&self, limit: i64) -> Result<Vec<String>> {
-        self.read(move |db| queries::recent_user_messages(db, limit_bound(limit)))
-            .await
+        self.read(move |db| queries::recent_user_messages(db, limit_bound(limit))).await
     }
 
     async fn last_assistant_message(&self, session_id: &str) -> Result<String> {
         let sid = session_id.to_owned();
-        self.read(move |db| queries::last_content(db, &sid, Role::Assistant))
-            .await
+        self.read(move |db| queries::last_content(db, &sid, Role::Assistant)).await
     }
 
     async fn last_user_message(&self, session_id: &str) -> Result<String> {
         let sid = session_id.to_owned();
-        self.read(move |db| queries::last_content(db, &sid, Role::User))
-            .await
+        self.read(move |db| queries::last_content(db, &sid, Role::User)).await
     }
 
     async fn has_pending_tool_calls(&self, session_id: &str) -> Result<bool> {
         let sid = session_id.to_owned();
-        self.read(move |db| queries::has_pending_tool_calls(db, &sid))
-            .await
+        self.read(move |db| queries::has_pending_tool_calls(db, &sid)).await
     }
 
     async fn mark_message_complete(&self, message_id: i64) -> Result<()> {
@@ -212,20 +196,12 @@ impl Persistence for SledStore {
         Ok(usage_total(&self.session_usage_by_agent(session_id).await?))
     }
 
-    async fn session_usage_by_agent(
-        &self,
-        session_id: &str,
-    ) -> Result<Vec<(String, SessionUsage)>> {
+    async fn session_usage_by_agent(&self, session_id: &str) -> Result<Vec<(String, SessionUsage)>> {
         let sid = session_id.to_owned();
         self.read(move |db| queries::usage_groups(db, &sid)).await
     }
 
-    async fn compact_session(
-        &self,
-        session_id: &str,
-        summary: &str,
-        preserve_count: usize,
-    ) -> Result<usize> {
+    async fn compact_session(&self, session_id: &str, summary: &str, preserve_count: usize) -> Result<usize> {
         let (sid, summary) = (session_id.to_owned(), summary.to_owned());
         let now = self.clock.now_ms();
         let compacted = sid.clone();
@@ -272,25 +248,19 @@ impl Persistence for SledStore {
 
     async fn get_metadata(&self, session_id: &str, key: &str) -> Result<Option<String>> {
         let (sid, key) = (session_id.to_owned(), key.to_owned());
-        self.read(move |db| queries::get_metadata(db, &sid, &key))
-            .await
+        self.read(move |db| queries::get_metadata(db, &sid, &key)).await
     }
 
     async fn set_metadata(&self, session_id: &str, key: &str, value: &str) -> Result<()> {
         let (sid, key, value) = (session_id.to_owned(), key.to_owned(), value.to_owned());
-        self.write(move |db| Ok((queries::set_metadata(db, &sid, &key, &value)?, ())))
-            .await
+        self.write(move |db| Ok((queries::set_metadata(db, &sid, &key, &value)?, ()))).await
     }
 }
 
 impl Store for SledStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            encryption: if self.inner.options.key_file.is_some() {
-                Encryption::Fields
-            } else {
-                Encryption::None
-            },
+            encryption: if self.inner.options.key_file.is_some() { Encryption::Fields } else { Encryption::None },
             rekey_in_place: false,
             bodies: Bodies::Always,
             search_index: SearchIndex::Scan,

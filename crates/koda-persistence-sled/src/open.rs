@@ -58,8 +58,7 @@ impl SledStore {
             clock,
         };
         let expired = store.any_expired();
-        koda_persistence_api::trash::purge_on_open(&store, &store.inner.options.trash, expired)
-            .await;
+        koda_persistence_api::trash::purge_on_open(&store, &store.inner.options.trash, expired).await;
         Ok(store)
     }
 }

@@ -64,10 +64,7 @@ impl SledOptions {
     /// Options for the store in directory `path`, every other option at
     /// its default.
     pub fn at(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            ..Self::default()
-        }
+        Self { path: path.into(), ..Self::default() }
     }
 
     /// Reads `sled://PATH?…`: the path (percent-decoded) and
@@ -165,25 +162,12 @@ mod tests {
     #[test]
     fn every_parameter_sets_its_option() {
         let default_cache = SledOptions::default().cache_capacity;
-        assert_eq!(
-            parsed("/var/k%20s"),
-            (
-                PathBuf::from("/var/k s"),
-                FlushPolicy::EveryWrite,
-                default_cache
-            )
-        );
+        assert_eq!(parsed("/var/k%20s"), (PathBuf::from("/var/k s"), FlushPolicy::EveryWrite, default_cache));
         assert_eq!(parsed("d?flush=manual").1, FlushPolicy::Manual);
         assert_eq!(parsed("d?flush=every_write").1, FlushPolicy::EveryWrite);
-        assert_eq!(
-            parsed("d?flush_every_ms=250").1,
-            FlushPolicy::Every(Duration::from_millis(250))
-        );
+        assert_eq!(parsed("d?flush_every_ms=250").1, FlushPolicy::Every(Duration::from_millis(250)));
         assert_eq!(parsed("d?cache_mb=3").2, 3 << 20);
-        assert_eq!(
-            parsed("d?cache_mb=3&flush=manual"),
-            (PathBuf::from("d"), FlushPolicy::Manual, 3 << 20)
-        );
+        assert_eq!(parsed("d?cache_mb=3&flush=manual"), (PathBuf::from("d"), FlushPolicy::Manual, 3 << 20));
     }
 
     /// Options built in code are checked as a URL's are.
@@ -199,23 +183,11 @@ mod tests {
         assert!(largest.validate().is_ok());
         for bad in [
             SledOptions::default(),
-            SledOptions {
-                cache_capacity: 0,
-                ..SledOptions::at("d")
-            },
-            SledOptions {
-                cache_capacity: (MAX_CACHE_MB << 20) + 1,
-                ..SledOptions::at("d")
-            },
-            SledOptions {
-                flush: FlushPolicy::Every(Duration::ZERO),
-                ..SledOptions::at("d")
-            },
+            SledOptions { cache_capacity: 0, ..SledOptions::at("d") },
+            SledOptions { cache_capacity: (MAX_CACHE_MB << 20) + 1, ..SledOptions::at("d") },
+            SledOptions { flush: FlushPolicy::Every(Duration::ZERO), ..SledOptions::at("d") },
         ] {
-            assert!(
-                matches!(bad.validate(), Err(PersistenceError::InvalidInput(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(bad.validate(), Err(PersistenceError::InvalidInput(_))), "{bad:?}");
         }
     }
 
@@ -230,10 +202,7 @@ mod tests {
             "d?cache_mb=65537",
             "d?colour=blue",
         ] {
-            assert!(
-                matches!(parse(spec), Err(PersistenceError::InvalidInput(_))),
-                "{spec}"
-            );
+            assert!(matches!(parse(spec), Err(PersistenceError::InvalidInput(_))), "{spec}");
         }
     }
 }

@@ -4,9 +4,7 @@
 //! [`crate::schema`], values in [`crate::rows`].
 
 use anyhow::Result;
-use koda_persistence_api::backend::{
-    ContextRow, NewMessage, UsageTally, format_timestamp, session_not_found,
-};
+use koda_persistence_api::backend::{ContextRow, NewMessage, UsageTally, format_timestamp, session_not_found};
 use koda_persistence_api::{Message, PersistenceError, Role, SessionInfo, SessionUsage};
 use sled::{Batch, IVec};
 
@@ -15,9 +13,7 @@ use crate::db::Tree;
 use crate::bodies::Refs;
 use crate::bodies::resolve;
 use crate::keys;
-use crate::rows::{
-    StoredMessage, StoredSession, decode, encode, role_byte, role_of, session_of, to_message,
-};
+use crate::rows::{StoredMessage, StoredSession, decode, encode, role_byte, role_of, session_of, to_message};
 
 pub(crate) fn get_session(db: &Tree, id: &str) -> Result<Option<StoredSession>> {
     match db.get(keys::session(id))? {
@@ -28,10 +24,7 @@ pub(crate) fn get_session(db: &Tree, id: &str) -> Result<Option<StoredSession>> 
 
 /// A session's messages in conversation order, bodies resolved, for a read.
 pub(crate) fn read_messages(db: &Tree, id: &str) -> Result<Vec<StoredMessage>> {
-    session_messages(db, id)?
-        .into_iter()
-        .map(|(_, m)| resolve(db, m))
-        .collect()
+    session_messages(db, id)?.into_iter().map(|(_, m)| resolve(db, m)).collect()
 }
 
 /// A session's messages in conversation order, with their keys (bodies
@@ -50,13 +43,7 @@ pub(crate) fn as_u64(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0)
 }
 
-pub(crate) fn create_session(
-    db: &Tree,
-    sid: &str,
-    agent: &str,
-    root: &str,
-    now: i64,
-) -> Result<Batch> {
+pub(crate) fn create_session(db: &Tree, sid: &str, agent: &str, root: &str, now: i64) -> Result<Batch> {
     let seq = match db.get(keys::seq_counter())? {
         Some(v) => decode::<u64>(&v, "the session counter")? + 1,
         None => 1,
@@ -90,23 +77,15 @@ pub(crate) fn id_floor(db: &Tree) -> Result<u64> {
 
 /// A fresh message id: above every id handed out or claimed.
 pub(crate) fn next_id(db: &Tree) -> Result<u64> {
-    Ok(id_floor(db)?
-        .saturating_add(db.generate_id()?)
-        .saturating_add(1))
+    Ok(id_floor(db)?.saturating_add(db.generate_id()?).saturating_add(1))
 }
 
 /// The root's sessions and the root-less ones, merged newest first (both
 /// indexes order by `!created, !seq` after their prefix): O(limit).
 pub(crate) fn listed_ids(db: &Tree, root: &str, limit: usize) -> Result<Vec<IVec>> {
     let prefix = keys::root_prefix(root);
-    let rooted: Vec<(IVec, IVec)> = db
-        .scan_prefix(&prefix)
-        .take(limit)
-        .collect::<Result<_, _>>()?;
-    let rootless: Vec<(IVec, IVec)> = db
-        .scan_prefix([keys::ROOTLESS])
-        .take(limit)
-        .collect::<Result<_, _>>()?;
+    let rooted: Vec<(IVec, IVec)> = db.scan_prefix(&prefix).take(limit).collect::<Result<_, _>>()?;
+    let rootless: Vec<(IVec, IVec)> = db.scan_prefix([keys::ROOTLESS]).take(limit).collect::<Result<_, _>>()?;
     let mut both: Vec<(&[u8], IVec)> = rooted
         .iter()
         .map(|(k, v)| (&k[prefix.len()..], v.clone()))
@@ -121,9 +100,8 @@ pub(crate) fn list_sessions(db: &Tree, root: &str, limit: usize) -> Result<Vec<S
     for sid in listed_ids(db, root, limit)? {
         let id = String::from_utf8(sid.to_vec())
             .map_err(|_| PersistenceError::Corrupt("a session id is not UTF-8".into()))?;
-        let s = get_session(db, &id)?.ok_or_else(|| {
-            PersistenceError::Corrupt(format!("root index names missing session {id:?}"))
-        })?;
+        let s = get_session(db, &id)?
+            .ok_or_else(|| PersistenceError::Corrupt(format!("root index names missing session {id:?}")))?;
         let tokens = s.tally().tokens();
         out.push(SessionInfo {
             agent_name: s.agent_name,
@@ -187,20 +165,13 @@ pub(crate) fn set_session_text(db: &Tree, sid: &str, mode: bool, value: &str) ->
 }
 
 pub(crate) fn append_message(db: &Tree, m: NewMessage, now: i64) -> Result<(Batch, StoredMessage)> {
-    let mut session =
-        get_session(db, &m.session_id)?.ok_or_else(|| session_not_found(&m.session_id))?;
+    let mut session = get_session(db, &m.session_id)?.ok_or_else(|| session_not_found(&m.session_id))?;
     let id = next_id(db)?;
     session.next_ord += 1;
     session.message_count += 1;
     session.last_accessed_ms = Some(now);
     let usage = m.usage.map(|u| {
-        [
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.cache_read_tokens,
-            u.cache_creation_tokens,
-            u.thinking_tokens,
-        ]
+        [u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.cache_creation_tokens, u.thinking_tokens]
     });
     if let Some(u) = usage {
         session.count(m.agent.as_deref(), u.map(Some));
@@ -225,10 +196,7 @@ pub(crate) fn append_message(db: &Tree, m: NewMessage, now: i64) -> Result<(Batc
     let mut refs = Refs::default();
     refs.intern(db, &mut stored)?;
     refs.finish(db, &mut batch)?;
-    batch.insert(
-        keys::session(&m.session_id),
-        db.seal_session(&m.session_id, &session)?,
-    );
+    batch.insert(keys::session(&m.session_id), db.seal_session(&m.session_id, &session)?);
     batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
     if m.role == Role::User {
         batch.insert(keys::numbered(keys::USER, id), key.clone());
@@ -245,19 +213,13 @@ pub(crate) fn active_rows(db: &Tree, sid: &str) -> Result<Vec<ContextRow>> {
         .filter(|(_, m)| m.compacted_ms.is_none())
         .map(|(_, m)| {
             let m = &resolve(db, m)?;
-            Ok(ContextRow {
-                message: to_message(sid, m)?,
-                complete: m.completed_ms.is_some(),
-            })
+            Ok(ContextRow { message: to_message(sid, m)?, complete: m.completed_ms.is_some() })
         })
         .collect()
 }
 
 pub(crate) fn load_all(db: &Tree, sid: &str) -> Result<Vec<Message>> {
-    read_messages(db, sid)?
-        .iter()
-        .map(|m| Ok(to_message(sid, m)?))
-        .collect()
+    read_messages(db, sid)?.iter().map(|m| Ok(to_message(sid, m)?)).collect()
 }
 
 pub(crate) fn recent_user_messages(db: &Tree, limit: usize) -> Result<Vec<String>> {
@@ -268,10 +230,7 @@ pub(crate) fn recent_user_messages(db: &Tree, limit: usize) -> Result<Vec<String
         }
         let (_, key) = kv?;
         let Some(v) = db.get(&key)? else { continue };
-        if let Some(c) = resolve(db, db.open_message(&key, &v)?)?
-            .content
-            .filter(|c| !c.is_empty())
-        {
+        if let Some(c) = resolve(db, db.open_message(&key, &v)?)?.content.filter(|c| !c.is_empty()) {
             out.push(c);
         }
     }
@@ -296,24 +255,17 @@ pub(crate) fn has_pending_tool_calls(db: &Tree, sid: &str) -> Result<bool> {
         let (k, v) = kv?;
         let m = db.open_message(&k, &v)?;
         if m.compacted_ms.is_none() {
-            return Ok(role_of(m.role)? == Role::Assistant
-                && (m.tool_calls.is_some() || m.bodies[2].is_some()));
+            return Ok(role_of(m.role)? == Role::Assistant && (m.tool_calls.is_some() || m.bodies[2].is_some()));
         }
     }
     Ok(false)
 }
 
 /// Completes message `message_id`; returns the batch and its session.
-pub(crate) fn mark_complete(
-    db: &Tree,
-    message_id: i64,
-    now: i64,
-) -> Result<(Batch, Option<String>)> {
+pub(crate) fn mark_complete(db: &Tree, message_id: i64, now: i64) -> Result<(Batch, Option<String>)> {
     let missing = || anyhow::Error::from(PersistenceError::MessageNotFound(message_id));
     let id = u64::try_from(message_id).map_err(|_| missing())?;
-    let key = db
-        .get(keys::numbered(keys::BY_ID, id))?
-        .ok_or_else(missing)?;
+    let key = db.get(keys::numbered(keys::BY_ID, id))?.ok_or_else(missing)?;
     let v = db.get(&key)?.ok_or_else(missing)?;
     let mut m = db.open_message(&key, &v)?;
     m.completed_ms = Some(now);
@@ -326,9 +278,7 @@ pub(crate) fn mark_complete(
 
 /// Usage by agent, as the session record keeps it (O(agents)).
 pub(crate) fn usage_groups(db: &Tree, sid: &str) -> Result<Vec<(String, SessionUsage)>> {
-    Ok(get_session(db, sid)?
-        .map(|s| s.tally().groups())
-        .unwrap_or_default())
+    Ok(get_session(db, sid)?.map(|s| s.tally().groups()).unwrap_or_default())
 }
 
 /// The usage a session's stored messages add up to.
@@ -381,13 +331,8 @@ mod tests {
         let db = sled::Config::new().temporary(true).open()?;
         let db = Tree::unlock(db, None, std::path::Path::new("temporary"), None)?;
         db.apply_batch(create_session(&db, "s", "main", "/r", 1)?)?;
-        for (agent, u) in [
-            (None, usage(5, 1)),
-            (Some("x"), usage(i64::MAX, 0)),
-            (None, None),
-        ] {
-            let mut m =
-                NewMessage::message("s", Role::Assistant, Some("a"), None, None, None, agent);
+        for (agent, u) in [(None, usage(5, 1)), (Some("x"), usage(i64::MAX, 0)), (None, None)] {
+            let mut m = NewMessage::message("s", Role::Assistant, Some("a"), None, None, None, agent);
             m.usage = u;
             db.apply_batch(append_message(&db, m, 2)?.0)?;
         }
@@ -395,10 +340,7 @@ mod tests {
         assert_eq!(want.len(), 2, "{want:?}");
         // Rewrite the record as an earlier build stored it.
         downgrade(&db)?;
-        assert!(
-            get_session(&db, "s").is_err(),
-            "a format-1 record is not read as format 2"
-        );
+        assert!(get_session(&db, "s").is_err(), "a format-1 record is not read as format 2");
         assert_eq!(upgrade(&db)?, 1);
         assert_eq!(usage_groups(&db, "s")?, want);
         assert_eq!(upgrade(&db)?, 0, "nothing is upgraded twice");
@@ -463,12 +405,7 @@ mod tests {
         let Ok(path) = std::env::var(UPGRADE_CHILD) else {
             return Ok(());
         };
-        let db = Tree::unlock(
-            sled::Config::new().path(path).open()?,
-            None,
-            std::path::Path::new("test"),
-            None,
-        )?;
+        let db = Tree::unlock(sled::Config::new().path(path).open()?, None, std::path::Path::new("test"), None)?;
         println!("open");
         std::io::stdout().flush()?;
         let n = upgrade(&db)?;
@@ -491,35 +428,20 @@ mod tests {
         let pristine = dir.path().join("pristine");
         let mut want = Vec::new();
         {
-            let db = Tree::unlock(
-                sled::Config::new().path(&pristine).open()?,
-                None,
-                std::path::Path::new("test"),
-                None,
-            )?;
+            let db =
+                Tree::unlock(sled::Config::new().path(&pristine).open()?, None, std::path::Path::new("test"), None)?;
             for s in 0..SESSIONS {
                 let sid = format!("s{s:04}");
                 db.apply_batch(create_session(&db, &sid, "main", "/r", 1)?)?;
                 for i in 0..20i64 {
                     let agent = ["main", "helper", "x"][(s + i as usize) % 3];
-                    let mut m = NewMessage::message(
-                        &sid,
-                        Role::Assistant,
-                        Some("answer"),
-                        None,
-                        None,
-                        None,
-                        Some(agent),
-                    );
+                    let mut m =
+                        NewMessage::message(&sid, Role::Assistant, Some("answer"), None, None, None, Some(agent));
                     m.usage = usage(i + 1, s as i64);
                     db.apply_batch(append_message(&db, m, 2)?.0)?;
                 }
                 let made = get_session(&db, &sid)?.ok_or_else(|| anyhow::anyhow!("no {sid}"))?;
-                want.push((
-                    sid.clone(),
-                    usage_groups(&db, &sid)?,
-                    (made.message_count, made.next_ord),
-                ));
+                want.push((sid.clone(), usage_groups(&db, &sid)?, (made.message_count, made.next_ord)));
             }
             downgrade(&db)?;
             db.flush()?;
@@ -530,20 +452,12 @@ mod tests {
         let child = |path: &std::path::Path| -> Result<_> {
             copy_dir(&pristine, path)?;
             let mut c = std::process::Command::new(&exe)
-                .args([
-                    "--exact",
-                    "queries::tests::upgrade_child",
-                    "--ignored",
-                    "--nocapture",
-                ])
+                .args(["--exact", "queries::tests::upgrade_child", "--ignored", "--nocapture"])
                 .env(UPGRADE_CHILD, path)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
                 .spawn()?;
-            let out = c
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+            let out = c.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
             Ok((c, std::io::BufReader::new(out).lines()))
         };
         // How long the child's upgrade takes here, run to completion.
@@ -577,12 +491,7 @@ mod tests {
             std::thread::sleep(span.mul_f64(f64::from(round) * 1.2 / f64::from(ROUNDS - 1)));
             c.kill()?;
             c.wait()?;
-            let db = Tree::unlock(
-                sled::Config::new().path(&path).open()?,
-                None,
-                std::path::Path::new("test"),
-                None,
-            )?;
+            let db = Tree::unlock(sled::Config::new().path(&path).open()?, None, std::path::Path::new("test"), None)?;
             match upgrade(&db)? {
                 0 => finished += 1,
                 n => {
@@ -592,11 +501,7 @@ mod tests {
             }
             assert_eq!(upgrade(&db)?, 0, "round {round}: nothing is upgraded twice");
             for (sid, groups, counters) in &want {
-                assert_eq!(
-                    &usage_groups(&db, sid)?,
-                    groups,
-                    "round {round}, session {sid}"
-                );
+                assert_eq!(&usage_groups(&db, sid)?, groups, "round {round}, session {sid}");
                 let s = get_session(&db, sid)?.ok_or_else(|| anyhow::anyhow!("{sid} gone"))?;
                 assert_eq!(&(s.message_count, s.next_ord), counters, "round {round}");
             }

@@ -156,11 +156,7 @@ impl From<StoredMessageV1> for StoredMessage {
 impl StoredMessage {
     /// The text fields that may be bodies, in `bodies` order.
     pub(crate) fn fields_mut(&mut self) -> [&mut Option<String>; 3] {
-        [
-            &mut self.content,
-            &mut self.full_content,
-            &mut self.tool_calls,
-        ]
+        [&mut self.content, &mut self.full_content, &mut self.tool_calls]
     }
 }
 
@@ -172,17 +168,13 @@ pub(crate) const UNSET: i64 = i64::MIN;
 impl StoredMessage {
     /// The five counters, `None` where unset.
     pub(crate) fn counters(&self) -> [Option<i64>; 5] {
-        self.usage
-            .map_or([None; 5], |u| u.map(|c| (c != UNSET).then_some(c)))
+        self.usage.map_or([None; 5], |u| u.map(|c| (c != UNSET).then_some(c)))
     }
 }
 
 /// `usage` for five counters: `None` when none is set.
 pub(crate) fn usage_of(counters: [Option<i64>; 5]) -> Option<[i64; 5]> {
-    counters
-        .iter()
-        .any(Option::is_some)
-        .then(|| counters.map(|c| c.unwrap_or(UNSET)))
+    counters.iter().any(Option::is_some).then(|| counters.map(|c| c.unwrap_or(UNSET)))
 }
 
 pub(crate) fn role_byte(role: Role) -> u8 {
@@ -200,9 +192,7 @@ pub(crate) fn role_of(b: u8) -> Result<Role, PersistenceError> {
         1 => Ok(Role::User),
         2 => Ok(Role::Assistant),
         3 => Ok(Role::Tool),
-        other => Err(PersistenceError::Corrupt(format!(
-            "stored message has unknown role code {other}"
-        ))),
+        other => Err(PersistenceError::Corrupt(format!("stored message has unknown role code {other}"))),
     }
 }
 
@@ -235,27 +225,21 @@ pub(crate) fn decode_session(bytes: &[u8], what: &str) -> Result<StoredSession, 
 }
 
 /// A session record an earlier build wrote (format 1), `None` for any other.
-pub(crate) fn decode_session_v1(
-    bytes: &[u8],
-    what: &str,
-) -> Result<Option<StoredSessionV1>, PersistenceError> {
+pub(crate) fn decode_session_v1(bytes: &[u8], what: &str) -> Result<Option<StoredSessionV1>, PersistenceError> {
     match bytes.first() {
         Some(&VERSION) => decode_as(VERSION, bytes, what).map(Some),
         _ => Ok(None),
     }
 }
 
-fn decode_as<T: DeserializeOwned>(
-    version: u8,
-    bytes: &[u8],
-    what: &str,
-) -> Result<T, PersistenceError> {
+fn decode_as<T: DeserializeOwned>(version: u8, bytes: &[u8], what: &str) -> Result<T, PersistenceError> {
     match bytes.split_first() {
-        Some((v, body)) if *v == version => postcard::from_bytes(body)
-            .map_err(|e| PersistenceError::Corrupt(format!("cannot decode {what}: {e}"))),
-        Some((v, _)) => Err(PersistenceError::Corrupt(format!(
-            "{what} has value format {v}; this build reads format {version}"
-        ))),
+        Some((v, body)) if *v == version => {
+            postcard::from_bytes(body).map_err(|e| PersistenceError::Corrupt(format!("cannot decode {what}: {e}")))
+        }
+        Some((v, _)) => {
+            Err(PersistenceError::Corrupt(format!("{what} has value format {v}; this build reads format {version}")))
+        }
         None => Err(PersistenceError::Corrupt(format!("{what} is empty"))),
     }
 }
@@ -323,16 +307,10 @@ mod tests {
         assert_eq!(bytes[0], MESSAGE_VERSION);
         let back = decode_message(&IVec::from(bytes.clone())).expect("decodes");
         assert_eq!(back.bodies, m.bodies);
-        assert_eq!(
-            (back.id, back.content.as_deref(), back.usage),
-            (7, Some("a\0b"), Some([1, 2, 3, 4, i64::MAX]))
-        );
+        assert_eq!((back.id, back.content.as_deref(), back.usage), (7, Some("a\0b"), Some([1, 2, 3, 4, i64::MAX])));
         let mut future = bytes.clone();
         future[0] = 3;
-        assert!(matches!(
-            decode_message(&IVec::from(future)),
-            Err(PersistenceError::Corrupt(_))
-        ));
+        assert!(matches!(decode_message(&IVec::from(future)), Err(PersistenceError::Corrupt(_))));
         let old = StoredMessageV1 {
             id: 8,
             role: role_byte(Role::User),
@@ -346,20 +324,10 @@ mod tests {
             completed_ms: None,
             compacted_ms: None,
         };
-        let v1 =
-            decode_message(&IVec::from(encode(&old).expect("encodes"))).expect("reads format 1");
-        assert_eq!(
-            (v1.id, v1.content.as_deref(), v1.bodies),
-            (8, Some("v1"), [None; 3])
-        );
-        assert!(matches!(
-            decode::<StoredMessage>(&[], "m"),
-            Err(PersistenceError::Corrupt(_))
-        ));
-        assert!(matches!(
-            decode::<StoredMessage>(&[VERSION, 0xff], "m"),
-            Err(PersistenceError::Corrupt(_))
-        ));
+        let v1 = decode_message(&IVec::from(encode(&old).expect("encodes"))).expect("reads format 1");
+        assert_eq!((v1.id, v1.content.as_deref(), v1.bodies), (8, Some("v1"), [None; 3]));
+        assert!(matches!(decode::<StoredMessage>(&[], "m"), Err(PersistenceError::Corrupt(_))));
+        assert!(matches!(decode::<StoredMessage>(&[VERSION, 0xff], "m"), Err(PersistenceError::Corrupt(_))));
         for r in Role::ALL {
             assert_eq!(role_of(role_byte(r)), Ok(r));
         }

@@ -19,12 +19,7 @@ use crate::queries::{as_u64, get_session};
 use crate::rows::{role_of, session_of};
 
 /// The hits of `query` in `scope`, at most `limit` (already bounded).
-pub(crate) fn search(
-    db: &Tree,
-    query: &Query,
-    scope: &ScopeBuf,
-    limit: usize,
-) -> Result<Vec<SearchHit>> {
+pub(crate) fn search(db: &Tree, query: &Query, scope: &ScopeBuf, limit: usize) -> Result<Vec<SearchHit>> {
     let mut hits = Vec::new();
     if limit == 0 || query.finds_nothing() {
         return Ok(hits);
@@ -47,8 +42,7 @@ pub(crate) fn search(
             None => {
                 let a = match get_session(db, &sid)? {
                     Some(s) => {
-                        let rootless =
-                            db.contains_key(keys::rootless(as_u64(s.created_ms), s.seq))?;
+                        let rootless = db.contains_key(keys::rootless(as_u64(s.created_ms), s.seq))?;
                         let root = (!rootless).then_some(s.project_root.as_str());
                         scope.admits_session(&sid, root)
                     }
@@ -69,13 +63,7 @@ pub(crate) fn search(
         }
         let m = resolve(db, m)?;
         if let Some(found) = query.find(&[m.content.as_deref(), m.full_content.as_deref()]) {
-            hits.push(hit(
-                sid,
-                i64::try_from(m.id).unwrap_or(i64::MAX),
-                role,
-                format_timestamp(m.created_ms),
-                found,
-            ));
+            hits.push(hit(sid, i64::try_from(m.id).unwrap_or(i64::MAX), role, format_timestamp(m.created_ms), found));
         }
     }
     sort_hits(&mut hits);
@@ -84,14 +72,8 @@ pub(crate) fn search(
 
 #[async_trait::async_trait]
 impl Search for SledStore {
-    async fn search_messages(
-        &self,
-        query: &str,
-        scope: &SearchScope<'_>,
-        limit: usize,
-    ) -> Result<Vec<SearchHit>> {
+    async fn search_messages(&self, query: &str, scope: &SearchScope<'_>, limit: usize) -> Result<Vec<SearchHit>> {
         let (query, scope) = (Query::parse(query)?, ScopeBuf::new(scope)?);
-        self.read(move |db| search(db, &query, &scope, hit_limit(limit)))
-            .await
+        self.read(move |db| search(db, &query, &scope, hit_limit(limit))).await
     }
 }

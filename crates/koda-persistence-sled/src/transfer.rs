@@ -37,9 +37,7 @@ pub(crate) fn export_session(db: &Tree, sid: &str) -> Result<Option<SessionRecor
     let Some(s) = get_session(db, sid)? else {
         return Ok(None);
     };
-    let rootless = db
-        .get(keys::rootless(as_u64(s.created_ms), s.seq))?
-        .is_some_and(|v| v == sid.as_bytes());
+    let rootless = db.get(keys::rootless(as_u64(s.created_ms), s.seq))?.is_some_and(|v| v == sid.as_bytes());
     Ok(Some(SessionRecord {
         id: sid.to_owned(),
         agent_name: s.agent_name,
@@ -57,8 +55,7 @@ pub(crate) fn export_messages(db: &Tree, sid: &str) -> Result<Vec<MessageRecord>
         .map(|m| {
             let [p, c, cr, cc, t] = m.counters();
             Ok(MessageRecord {
-                id: i64::try_from(m.id)
-                    .map_err(|_| PersistenceError::Corrupt(format!("message id {}", m.id)))?,
+                id: i64::try_from(m.id).map_err(|_| PersistenceError::Corrupt(format!("message id {}", m.id)))?,
                 role: role_of(m.role)?,
                 content: m.content,
                 full_content: m.full_content,
@@ -137,11 +134,7 @@ pub(crate) fn import_session(db: &Tree, s: &SessionRecord) -> Result<(Batch, boo
 }
 
 /// Puts session `s` (known to be new) into `batch`; returns its record.
-pub(crate) fn new_session(
-    db: &Tree,
-    s: &SessionRecord,
-    batch: &mut Batch,
-) -> Result<StoredSession> {
+pub(crate) fn new_session(db: &Tree, s: &SessionRecord, batch: &mut Batch) -> Result<StoredSession> {
     let seq = match db.get(keys::seq_counter())? {
         Some(v) => decode::<u64>(&v, "the session counter")? + 1,
         None => 1,
@@ -202,10 +195,7 @@ pub(crate) fn append_imported(
         }
         ids
     } else {
-        messages
-            .iter()
-            .map(|_| Ok(i64::try_from(next_id(db)?).unwrap_or(i64::MAX)))
-            .collect::<Result<_>>()?
+        messages.iter().map(|_| Ok(i64::try_from(next_id(db)?).unwrap_or(i64::MAX))).collect::<Result<_>>()?
     };
     let mut refs = Refs::default();
     let mut tally = session.tally();
@@ -253,10 +243,7 @@ pub(crate) fn import_metadata(db: &Tree, sid: &str, entries: &[MetadataRecord]) 
     }
     let mut batch = Batch::default();
     for e in entries {
-        batch.insert(
-            keys::metadata(sid, &e.key),
-            db.seal_value(sid, &e.key, &e.value)?,
-        );
+        batch.insert(keys::metadata(sid, &e.key), db.seal_value(sid, &e.key, &e.value)?);
     }
     Ok(batch)
 }
@@ -296,12 +283,7 @@ impl Transfer for SledStore {
         self.write(move |db| import_session(db, &session)).await
     }
 
-    async fn import_messages(
-        &self,
-        session_id: &str,
-        messages: &[MessageRecord],
-        keep_ids: bool,
-    ) -> Result<Vec<i64>> {
+    async fn import_messages(&self, session_id: &str, messages: &[MessageRecord], keep_ids: bool) -> Result<Vec<i64>> {
         let sid = session_id.to_owned();
         let changed = sid.clone();
         let messages = messages.to_vec();
@@ -318,7 +300,6 @@ impl Transfer for SledStore {
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
         let sid = session_id.to_owned();
         let entries = entries.to_vec();
-        self.write(move |db| Ok((import_metadata(db, &sid, &entries)?, ())))
-            .await
+        self.write(move |db| Ok((import_metadata(db, &sid, &entries)?, ()))).await
     }
 }

@@ -45,11 +45,7 @@ impl crate::SledStore {
         let gone = sid.clone();
         self.write_then(
             move |db| {
-                if days == 0 {
-                    crate::queries::delete_session(db, &sid)
-                } else {
-                    trash_session(db, &sid, now)
-                }
+                if days == 0 { crate::queries::delete_session(db, &sid) } else { trash_session(db, &sid, now) }
             },
             move |cache, existed| {
                 cache.changed(&gone);
@@ -63,8 +59,7 @@ impl crate::SledStore {
     /// Whether a trashed session has passed its grace period (one read).
     pub(crate) async fn any_expired(&self) -> Result<bool> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.read(move |db| Ok(!selected(db, days, now, true)?.is_empty()))
-            .await
+        self.read(move |db| Ok(!selected(db, days, now, true)?.is_empty())).await
     }
 }
 
@@ -99,10 +94,7 @@ fn cut_short(id: &str) -> PersistenceError {
 /// When the trash record `v` of session `id` says it was deleted: its
 /// first 8 bytes, in clear, so nothing is opened to read it.
 fn deleted_at(id: &str, v: &[u8]) -> Result<i64, PersistenceError> {
-    let at: [u8; 8] = v
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| cut_short(id))?;
+    let at: [u8; 8] = v.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| cut_short(id))?;
     Ok(i64::from_be_bytes(at))
 }
 
@@ -110,12 +102,7 @@ fn decode_entry(db: &Tree, id: &str, v: &[u8]) -> Result<Entry, PersistenceError
     let deleted_ms = deleted_at(id, v)?;
     let rootless = *v.get(8).ok_or_else(|| cut_short(id))? == 1;
     let raw = v.get(9..).ok_or_else(|| cut_short(id))?.to_vec();
-    Ok(Entry {
-        deleted_ms,
-        rootless,
-        session: db.open_session(id, &raw, &format!("trashed session {id:?}"))?,
-        raw,
-    })
+    Ok(Entry { deleted_ms, rootless, session: db.open_session(id, &raw, &format!("trashed session {id:?}"))?, raw })
 }
 
 fn entry(db: &Tree, id: &str) -> Result<Option<Entry>> {
@@ -136,9 +123,7 @@ pub(crate) fn trash_session(db: &Tree, sid: &str, now: i64) -> Result<(Batch, bo
         return Ok((batch, false));
     };
     let s = db.open_session(sid, &raw, &format!("session {sid:?}"))?;
-    let rootless = db
-        .get(keys::rootless(as_u64(s.created_ms), s.seq))?
-        .is_some_and(|v| v.as_ref() == sid.as_bytes());
+    let rootless = db.get(keys::rootless(as_u64(s.created_ms), s.seq))?.is_some_and(|v| v.as_ref() == sid.as_bytes());
     // A leftover trashing of the same id (only an import can make one)
     // goes for good first.
     let mut refs = Refs::default();
@@ -237,11 +222,7 @@ fn every(db: &Tree, days: u32) -> Result<Vec<DeletedSession>> {
         let s = e.session;
         out.push(DeletedSession {
             agent_name: s.agent_name,
-            project_root: if e.rootless {
-                None
-            } else {
-                Some(s.project_root)
-            },
+            project_root: if e.rootless { None } else { Some(s.project_root) },
             title: s.title,
             created_ms: s.created_ms,
             message_count: s.message_count,
@@ -266,12 +247,7 @@ pub(crate) fn list_deleted(db: &Tree, now: i64, days: u32) -> Result<Vec<Deleted
     selected(db, days, now, false)
 }
 
-pub(crate) fn purge_deleted(
-    db: &Tree,
-    now: i64,
-    days: u32,
-    dry_run: bool,
-) -> Result<(Batch, Vec<DeletedSession>)> {
+pub(crate) fn purge_deleted(db: &Tree, now: i64, days: u32, dry_run: bool) -> Result<(Batch, Vec<DeletedSession>)> {
     let gone = selected(db, days, now, true)?;
     let mut batch = Batch::default();
     if !dry_run {
@@ -326,16 +302,11 @@ impl Trash for SledStore {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
         let sid = session_id.to_owned();
         let changed = sid.clone();
-        self.write_then(
-            move |db| restore_session(db, &sid, now, days),
-            move |cache, ()| cache.changed(&changed),
-        )
-        .await
+        self.write_then(move |db| restore_session(db, &sid, now, days), move |cache, ()| cache.changed(&changed)).await
     }
 
     async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.write(move |db| purge_deleted(db, now, days, dry_run))
-            .await
+        self.write(move |db| purge_deleted(db, now, days, dry_run)).await
     }
 }

@@ -71,9 +71,7 @@ impl AtRest for Directories {
         let mut options = SledOptions::at(self.path(name));
         options.key_file = key.map(Path::to_owned);
         let clock = ManualClock::new(koda_persistence_conformance::START_MS);
-        Ok(Arc::new(
-            open_checked::<Sled>(options, Arc::new(clock)).await?,
-        ))
+        Ok(Arc::new(open_checked::<Sled>(options, Arc::new(clock)).await?))
     }
 
     async fn files(&self, name: &str) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
@@ -119,12 +117,7 @@ fn options(dir: &std::path::Path, encrypted: bool) -> anyhow::Result<SledOptions
     let mut options = SledOptions::at(dir.join("store"));
     if encrypted {
         let key = [0xa5u8; 32];
-        options.key_file = Some(koda_persistence_conformance::secrets::key_file(
-            dir,
-            "store.key",
-            &key,
-            0o600,
-        )?);
+        options.key_file = Some(koda_persistence_conformance::secrets::key_file(dir, "store.key", &key, 0o600)?);
     }
     Ok(options)
 }
@@ -134,11 +127,7 @@ impl Factory for TempDir {
     async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
         let dir = tempfile::tempdir()?;
         let clock = ManualClock::new(start_ms);
-        let store = open_checked::<Sled>(
-            options(dir.path(), self.encrypted)?,
-            Arc::new(clock.clone()),
-        )
-        .await?;
+        let store = open_checked::<Sled>(options(dir.path(), self.encrypted)?, Arc::new(clock.clone())).await?;
         let encrypted = self.encrypted;
         Ok(Fixture::new(Arc::new(store), clock)
             .with_guard(dir)

@@ -16,9 +16,7 @@ use koda_persistence_api::{Persistence, PersistenceError, Role, SystemClock};
 use koda_persistence_sled::{SledOptions, SledStore};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 async fn open(path: &Path) -> Result<SledStore> {
@@ -45,16 +43,7 @@ fn child(args: &[String]) -> Result<()> {
                 let store = open(Path::new(path)).await?;
                 let sid = store.create_session("main", Path::new("/p")).await?;
                 for i in 0..200 {
-                    store
-                        .insert_message(
-                            &sid,
-                            &Role::User,
-                            Some(&"s".repeat(i * 50)),
-                            None,
-                            None,
-                            None,
-                        )
-                        .await?;
+                    store.insert_message(&sid, &Role::User, Some(&"s".repeat(i * 50)), None, None, None).await?;
                 }
                 store.flush().await?;
                 Ok(())
@@ -86,10 +75,7 @@ fn a_directory_in_use_is_unavailable() -> Result<()> {
     let p = path.to_string_lossy().to_string();
     let mut holder = spawn_child(&["hold", &p])?;
     let mut lines = BufReader::new(holder.stdout.take().context("stdout")?).lines();
-    ensure!(
-        lines.next().transpose()?.as_deref() == Some("open"),
-        "holder did not open the store"
-    );
+    ensure!(lines.next().transpose()?.as_deref() == Some("open"), "holder did not open the store");
     let rt = runtime()?;
     let started = std::time::Instant::now();
     let outcome = rt.block_on(open(&path));
@@ -102,19 +88,13 @@ fn a_directory_in_use_is_unavailable() -> Result<()> {
             // Recognised as a held lock: named so, after the short wait for
             // a lock this process did not just release (not at once, and
             // not the 10 s wait for its own).
-            ensure!(
-                format!("{e:#}").contains("in use by another process"),
-                "the lock is not recognised: {e:#}"
-            );
+            ensure!(format!("{e:#}").contains("in use by another process"), "the lock is not recognised: {e:#}");
             ensure!(
                 waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
                 "waited {waited:?} for another process's lock"
             );
             ensure!(
-                matches!(
-                    PersistenceError::of(&e),
-                    Some(PersistenceError::Unavailable(_))
-                ),
+                matches!(PersistenceError::of(&e), Some(PersistenceError::Unavailable(_))),
                 "expected Unavailable, got {e:#}"
             );
             ensure!(
@@ -162,26 +142,16 @@ fn new_stores_are_private_whatever_the_umask() -> Result<()> {
         let path = dir.path().join("nested").join("store");
         for _ in 0..2 {
             let out = Command::new("sh")
-                .args([
-                    "-c",
-                    &format!("umask {umask}; exec \"$0\" child make \"$1\""),
-                ])
+                .args(["-c", &format!("umask {umask}; exec \"$0\" child make \"$1\"")])
                 .arg(std::env::current_exe()?)
                 .arg(&path)
                 .output()?;
-            ensure!(
-                out.status.success(),
-                "child failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            ensure!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let bad = not_private(&path)?;
         ensure!(bad.is_empty(), "umask {umask}: not private: {bad:?}");
         let parent = not_private(&dir.path().join("nested"))?;
-        ensure!(
-            parent.is_empty(),
-            "umask {umask}: created parent: {parent:?}"
-        );
+        ensure!(parent.is_empty(), "umask {umask}: created parent: {parent:?}");
     }
     Ok(())
 }
@@ -190,27 +160,17 @@ fn new_stores_are_private_whatever_the_umask() -> Result<()> {
 /// same process, always succeeds (sled may still be releasing its lock from
 /// a background thread). `KODA_SLED_REOPEN_CYCLES` cycles (default 2,000).
 fn drop_and_reopen_at_once() -> Result<()> {
-    let cycles: u64 = std::env::var("KODA_SLED_REOPEN_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
+    let cycles: u64 = std::env::var("KODA_SLED_REOPEN_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("store");
     let rt = runtime()?;
     rt.block_on(async {
-        let sid = open(&path)
-            .await?
-            .create_session("main", Path::new("/p"))
-            .await?;
+        let sid = open(&path).await?.create_session("main", Path::new("/p")).await?;
         let started = std::time::Instant::now();
         for i in 0..cycles {
-            let store = open(&path)
-                .await
-                .with_context(|| format!("reopen {i} of {cycles}"))?;
+            let store = open(&path).await.with_context(|| format!("reopen {i} of {cycles}"))?;
             if i % 100 == 0 {
-                store
-                    .insert_message(&sid, &Role::User, Some("again"), None, None, None)
-                    .await?;
+                store.insert_message(&sid, &Role::User, Some("again"), None, None, None).await?;
             }
             drop(store);
         }
@@ -219,18 +179,13 @@ fn drop_and_reopen_at_once() -> Result<()> {
             store.load_all_messages(&sid).await?.len() == usize::try_from(cycles.div_ceil(100))?,
             "messages written between reopens are all there"
         );
-        println!(
-            "    {cycles} drop+reopen cycles in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
+        println!("    {cycles} drop+reopen cycles in {:.1} s", started.elapsed().as_secs_f64());
         Ok(())
     })
 }
 
 fn opener(path: PathBuf) -> koda_persistence_conformance::process::Opening {
-    Box::pin(
-        async move { Ok(Arc::new(open(&path).await?) as Arc<dyn koda_persistence_api::Store>) },
-    )
+    Box::pin(async move { Ok(Arc::new(open(&path).await?) as Arc<dyn koda_persistence_api::Store>) })
 }
 
 /// The shared SIGKILL scenario (20 kills; the default flush policy flushes
@@ -261,23 +216,11 @@ fn main() -> ExitCode {
     koda_persistence_conformance::process::main(
         child,
         &[
-            (
-                "sigkill_mid_stream_loses_nothing_acknowledged",
-                sigkill_mid_stream_loses_nothing_acknowledged,
-            ),
-            (
-                "sigkill_mid_trash_leaves_nothing_half_moved",
-                sigkill_mid_trash_leaves_nothing_half_moved,
-            ),
-            (
-                "a_directory_in_use_is_unavailable",
-                a_directory_in_use_is_unavailable,
-            ),
+            ("sigkill_mid_stream_loses_nothing_acknowledged", sigkill_mid_stream_loses_nothing_acknowledged),
+            ("sigkill_mid_trash_leaves_nothing_half_moved", sigkill_mid_trash_leaves_nothing_half_moved),
+            ("a_directory_in_use_is_unavailable", a_directory_in_use_is_unavailable),
             #[cfg(unix)]
-            (
-                "new_stores_are_private_whatever_the_umask",
-                new_stores_are_private_whatever_the_umask,
-            ),
+            ("new_stores_are_private_whatever_the_umask", new_stores_are_private_whatever_the_umask),
             ("drop_and_reopen_at_once", drop_and_reopen_at_once),
         ],
     )

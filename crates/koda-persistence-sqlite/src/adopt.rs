@@ -77,11 +77,7 @@ const COLUMNS: &[(&str, &str, &str)] = &[
 /// `text` (koda's `YYYY-MM-DD HH:MM:SS` or RFC 3339) as epoch milliseconds, in SQL.
 macro_rules! text_ms {
     ($col:literal) => {
-        concat!(
-            "CAST(ROUND((julianday(",
-            $col,
-            ") - 2440587.5) * 86400000.0) AS INTEGER)"
-        )
+        concat!("CAST(ROUND((julianday(", $col, ") - 2440587.5) * 86400000.0) AS INTEGER)")
     };
 }
 pub(crate) use text_ms;
@@ -205,9 +201,8 @@ pub(crate) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqli
 
 /// Migration 1: adopt koda's schema (any generation) or create it.
 pub(crate) fn adopt_koda_schema(tx: &Transaction<'_>) -> HookResult {
-    let messages_existed = tx
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'")?
-        .exists([])?;
+    let messages_existed =
+        tx.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'")?.exists([])?;
     tx.execute_batch(KODA_TABLES)?;
     let had_completed_at = has_column(tx, "messages", "completed_at")?;
     for (table, column, decl) in COLUMNS {
@@ -234,9 +229,8 @@ pub(crate) fn adopt_koda_schema(tx: &Transaction<'_>) -> HookResult {
 pub(crate) fn recount(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     let mut per: HashMap<String, (i64, i128)> = HashMap::new();
     {
-        let mut stmt = tx.prepare(
-            "SELECT session_id, COALESCE(prompt_tokens, 0), COALESCE(completion_tokens, 0) FROM messages",
-        )?;
+        let mut stmt =
+            tx.prepare("SELECT session_id, COALESCE(prompt_tokens, 0), COALESCE(completion_tokens, 0) FROM messages")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let sid: String = row.get(0)?;
@@ -247,8 +241,7 @@ pub(crate) fn recount(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             e.1 += i128::from(p) + i128::from(c);
         }
     }
-    let mut update =
-        tx.prepare("UPDATE sessions SET message_count = ?1, total_tokens = ?2 WHERE id = ?3")?;
+    let mut update = tx.prepare("UPDATE sessions SET message_count = ?1, total_tokens = ?2 WHERE id = ?3")?;
     for (sid, (count, tokens)) in per {
         let tokens = i64::try_from(tokens.max(0)).unwrap_or(i64::MAX);
         update.execute(params![count, tokens, sid])?;
@@ -300,9 +293,8 @@ pub(crate) fn detect_origin(conn: &Connection) -> rusqlite::Result<Origin> {
     if version >= 1 {
         return Ok(Origin::Unknown);
     }
-    let koda_file = conn
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'")?
-        .exists([])?;
+    let koda_file =
+        conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'")?.exists([])?;
     Ok(if !koda_file {
         Origin::New
     } else if has_column(conn, "messages", "completed_at")? {

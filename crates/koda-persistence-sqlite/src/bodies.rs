@@ -25,17 +25,14 @@ pub(crate) fn put_body<'v>(
         return Ok((Some(text), None));
     }
     let hash = body_hash(text);
-    let known = tx
-        .prepare_cached("SELECT 1 FROM kp_bodies WHERE hash = ?1")?
-        .exists(params![&hash[..]])?;
+    let known = tx.prepare_cached("SELECT 1 FROM kp_bodies WHERE hash = ?1")?.exists(params![&hash[..]])?;
     if !known {
         let data = pack(text)?;
-        tx.prepare_cached("INSERT INTO kp_bodies (hash, data, len, refs) VALUES (?1, ?2, ?3, 0)")?
-            .execute(params![
-                &hash[..],
-                data,
-                i64::try_from(text.len()).unwrap_or(i64::MAX)
-            ])?;
+        tx.prepare_cached("INSERT INTO kp_bodies (hash, data, len, refs) VALUES (?1, ?2, ?3, 0)")?.execute(params![
+            &hash[..],
+            data,
+            i64::try_from(text.len()).unwrap_or(i64::MAX)
+        ])?;
     }
     Ok((None, Some(hash)))
 }
@@ -119,19 +116,11 @@ pub(crate) fn move_to_bodies(
             let role = Role::from_stored(&r.get::<_, String>(1)?)
                 .map_err(|e| PersistenceError::Corrupt(format!("message {id}: {e}")))?;
             let mut fields = Vec::new();
-            for (i, field) in [
-                BodyField::Content,
-                BodyField::FullContent,
-                BodyField::ToolCalls,
-            ]
-            .into_iter()
-            .enumerate()
+            for (i, field) in [BodyField::Content, BodyField::FullContent, BodyField::ToolCalls].into_iter().enumerate()
             {
                 let inline: bool = r.get(5 + i)?;
                 let text: Option<String> = r.get(2 + i)?;
-                if let Some(text) =
-                    text.filter(|t| inline && t.len() >= TOOL_BODY_MIN && is_body(&role, field, t))
-                {
+                if let Some(text) = text.filter(|t| inline && t.len() >= TOOL_BODY_MIN && is_body(&role, field, t)) {
                     fields.push((field, text));
                 }
             }
@@ -148,9 +137,7 @@ pub(crate) fn move_to_bodies(
             moved.inline_bytes += text.len() as u64;
             let hash = body_hash(&text);
             let known = seen.contains(&hash)
-                || conn
-                    .prepare_cached("SELECT 1 FROM kp_bodies WHERE hash = ?1")?
-                    .exists(params![&hash[..]])?;
+                || conn.prepare_cached("SELECT 1 FROM kp_bodies WHERE hash = ?1")?.exists(params![&hash[..]])?;
             if dry {
                 if !known {
                     moved.new_bodies += 1;
@@ -204,11 +191,7 @@ impl crate::SqliteStore {
                 let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
                 move_to_bodies(conn, after, 500, dry_run, &mut seen)
             };
-            let (moved, last) = if dry_run {
-                self.read(step).await?
-            } else {
-                self.write(move |tx| step(tx)).await?
-            };
+            let (moved, last) = if dry_run { self.read(step).await? } else { self.write(move |tx| step(tx)).await? };
             total.add(moved);
             match last {
                 Some(id) => after = id,

@@ -84,14 +84,8 @@ impl Checkpointer {
                     passive(&conn);
                 }
             })
-            .map_err(|e| {
-                PersistenceError::Unavailable(format!("cannot start {name} checkpointer: {e}"))
-            })?;
-        Ok(Self {
-            nudge: Some(nudge),
-            due: Cell::new(CHECKPOINT_FRAMES),
-            thread: Some(thread),
-        })
+            .map_err(|e| PersistenceError::Unavailable(format!("cannot start {name} checkpointer: {e}")))?;
+        Ok(Self { nudge: Some(nudge), due: Cell::new(CHECKPOINT_FRAMES), thread: Some(thread) })
     }
 
     /// Ends the thread after its current checkpoint, and waits for it.

@@ -42,15 +42,13 @@ pub(crate) fn read_key(path: &Path) -> Result<Key, PersistenceError> {
                 .into(),
         ));
     }
-    Ok(Key(
-        match koda_persistence_api::cipher::read_key_file(path)? {
-            KeyMaterial::Raw(bytes) => {
-                let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
-                format!("x'{hex}'")
-            }
-            KeyMaterial::Passphrase(line) => line,
-        },
-    ))
+    Ok(Key(match koda_persistence_api::cipher::read_key_file(path)? {
+        KeyMaterial::Raw(bytes) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+            format!("x'{hex}'")
+        }
+        KeyMaterial::Passphrase(line) => line,
+    }))
 }
 
 /// Keys `conn` (before it reads anything). SQLCipher's own log (a failed
@@ -67,15 +65,14 @@ pub(crate) fn apply(conn: &Connection, key: &Key) -> rusqlite::Result<()> {
 /// a keyed connection, or on a file that looks encrypted, is
 /// [`wrong_key`].
 pub(crate) fn schema_objects(conn: &Connection, path: &Path, keyed: bool) -> anyhow::Result<i64> {
-    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
-        .map_err(|e| {
-            let not_a_database = e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase);
-            if not_a_database && (keyed || looks_encrypted(path)) {
-                anyhow::Error::new(e).context(wrong_key(path))
-            } else {
-                anyhow::Error::new(e)
-            }
-        })
+    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0)).map_err(|e| {
+        let not_a_database = e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase);
+        if not_a_database && (keyed || looks_encrypted(path)) {
+            anyhow::Error::new(e).context(wrong_key(path))
+        } else {
+            anyhow::Error::new(e)
+        }
+    })
 }
 
 /// Whether the file at `path` looks like an encrypted store: not SQLite's

@@ -16,39 +16,35 @@ pub(crate) fn classify(e: anyhow::Error, location: &Location) -> anyhow::Error {
         Location::File(p) => p.display().to_string(),
         Location::Memory => "in-memory database".to_owned(),
     };
-    let typed = e
-        .chain()
-        .find_map(|c| match c.downcast_ref::<rusqlite::Error>()? {
-            rusqlite::Error::SqliteFailure(f, msg) => {
-                let detail = msg.clone().unwrap_or_else(|| f.to_string());
-                match f.code {
-                    ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => {
-                        Some(PersistenceError::Corrupt(format!(
-                            "{place} is not a usable SQLite database: {detail}"
-                        )))
-                    }
-                    ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Some(
-                        PersistenceError::Unavailable(format!("{place} is locked: {detail}")),
-                    ),
-                    ErrorCode::CannotOpen
-                    | ErrorCode::ReadOnly
-                    | ErrorCode::DiskFull
-                    | ErrorCode::SystemIoFailure
-                    | ErrorCode::PermissionDenied
-                    | ErrorCode::FileLockingProtocolFailed => {
-                        Some(PersistenceError::Unavailable(format!("{place}: {detail}")))
-                    }
-                    _ => None,
+    let typed = e.chain().find_map(|c| match c.downcast_ref::<rusqlite::Error>()? {
+        rusqlite::Error::SqliteFailure(f, msg) => {
+            let detail = msg.clone().unwrap_or_else(|| f.to_string());
+            match f.code {
+                ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => {
+                    Some(PersistenceError::Corrupt(format!("{place} is not a usable SQLite database: {detail}")))
                 }
+                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+                    Some(PersistenceError::Unavailable(format!("{place} is locked: {detail}")))
+                }
+                ErrorCode::CannotOpen
+                | ErrorCode::ReadOnly
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::PermissionDenied
+                | ErrorCode::FileLockingProtocolFailed => {
+                    Some(PersistenceError::Unavailable(format!("{place}: {detail}")))
+                }
+                _ => None,
             }
-            rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::InvalidColumnType(..)
-            | rusqlite::Error::Utf8Error(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..) => Some(PersistenceError::Corrupt(
-                format!("{place}: a stored value cannot be decoded: {c}"),
-            )),
-            _ => None,
-        });
+        }
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::Utf8Error(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => {
+            Some(PersistenceError::Corrupt(format!("{place}: a stored value cannot be decoded: {c}")))
+        }
+        _ => None,
+    });
     match typed {
         Some(t) => e.context(t),
         None => e.context(format!("sqlite backend ({place})")),

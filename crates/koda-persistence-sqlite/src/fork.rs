@@ -40,13 +40,8 @@ pub(crate) fn fork(
 #[async_trait::async_trait]
 impl Fork for SqliteStore {
     async fn fork_session(&self, session_id: &str, at: Option<i64>) -> Result<String> {
-        let (sid, blobs, now) = (
-            session_id.to_owned(),
-            self.stores_bodies_once(),
-            self.clock.now_ms(),
-        );
+        let (sid, blobs, now) = (session_id.to_owned(), self.stores_bodies_once(), self.clock.now_ms());
         let new_id = uuid::Uuid::now_v7().to_string();
-        self.write(move |tx| fork(tx, &sid, at, &new_id, now, blobs))
-            .await
+        self.write(move |tx| fork(tx, &sid, at, &new_id, now, blobs)).await
     }
 }

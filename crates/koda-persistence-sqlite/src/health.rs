@@ -41,9 +41,8 @@ pub(crate) fn health(conn: &Connection, key: Option<&crate::cipher::Key>) -> Res
     drop(rows);
     drop(stmt);
     drop(own);
-    let mut stmt = conn.prepare_cached(
-        "SELECT session_id, COUNT(*) FROM messages WHERE ord IS NULL GROUP BY session_id",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT session_id, COUNT(*) FROM messages WHERE ord IS NULL GROUP BY session_id")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let sid: String = get(r, 0, "session id")?;
@@ -58,10 +57,9 @@ pub(crate) fn health(conn: &Connection, key: Option<&crate::cipher::Key>) -> Res
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| {
         Ok(match r.get_ref(0)? {
             rusqlite::types::ValueRef::Integer(n) => n,
-            rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t)
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-                .unwrap_or(0),
+            rusqlite::types::ValueRef::Text(t) => {
+                std::str::from_utf8(t).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+            }
             _ => 0,
         })
     })?;
@@ -112,16 +110,11 @@ pub(crate) fn body_health(conn: &Connection) -> Result<(BodyStats, Vec<String>)>
         let name = body_name(&hash);
         let uses = counted.remove(&hash).unwrap_or(0);
         if u64::try_from(refs).ok() != Some(uses) {
-            problems.push(format!(
-                "body {name}: counts {refs} references, {uses} message fields use it"
-            ));
+            problems.push(format!("body {name}: counts {refs} references, {uses} message fields use it"));
         }
         match koda_persistence_api::bodies::unpack_checked(&data, &hash) {
             Ok(text) if i64::try_from(text.len()).ok() == Some(len) => {}
-            Ok(text) => problems.push(format!(
-                "body {name}: records {len} bytes, holds {}",
-                text.len()
-            )),
+            Ok(text) => problems.push(format!("body {name}: records {len} bytes, holds {}", text.len())),
             Err(e) => problems.push(format!("body {name}: {}", e.reason())),
         }
         let len = u64::try_from(len).unwrap_or(0);
@@ -129,10 +122,7 @@ pub(crate) fn body_health(conn: &Connection) -> Result<(BodyStats, Vec<String>)>
         stats.add_body(len, packed, uses);
     }
     for (hash, uses) in counted {
-        problems.push(format!(
-            "{uses} message fields refer to body {}, which is missing",
-            body_name(&hash)
-        ));
+        problems.push(format!("{uses} message fields refer to body {}, which is missing", body_name(&hash)));
     }
     Ok((stats, problems))
 }
@@ -166,9 +156,7 @@ pub(crate) fn usage_problems(conn: &Connection) -> Result<Vec<String>> {
     differ.extend(counted.into_keys().map(|(sid, _)| sid));
     Ok(differ
         .into_iter()
-        .map(|sid| {
-            format!("session {sid}: the usage kept by agent differs from its messages' counters")
-        })
+        .map(|sid| format!("session {sid}: the usage kept by agent differs from its messages' counters"))
         .collect())
 }
 

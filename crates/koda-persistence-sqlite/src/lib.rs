@@ -26,12 +26,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use koda_persistence_api::backend::{
-    Backend, NewMessage, SharedContextCache, StoreUrl, root_to_str, usage_total,
-};
+use koda_persistence_api::backend::{Backend, NewMessage, SharedContextCache, StoreUrl, root_to_str, usage_total};
 use koda_persistence_api::{
-    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence,
-    PersistenceError, Role, SearchIndex, SessionInfo, SessionUsage, Store,
+    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence, PersistenceError, Role,
+    SearchIndex, SessionInfo, SessionUsage, Store,
 };
 
 use crate::worker::{Worker, forget_after_answer};
@@ -46,11 +44,7 @@ impl Backend for Sqlite {
     const NAME: &'static str = "sqlite";
     const SCHEMES: &'static [&'static str] = SCHEMES;
     const EXAMPLE: &'static str = "sqlite://PATH, sqlite::memory:";
-    const ENCRYPTION: Encryption = if cfg!(feature = "sqlcipher") {
-        Encryption::WholeFile
-    } else {
-        Encryption::None
-    };
+    const ENCRYPTION: Encryption = if cfg!(feature = "sqlcipher") { Encryption::WholeFile } else { Encryption::None };
     type Options = SqliteOptions;
     type Store = SqliteStore;
 
@@ -115,15 +109,13 @@ impl Persistence for SqliteStore {
         let now = self.clock.now_ms();
         let id = uuid::Uuid::now_v7().to_string();
         let sid = id.clone();
-        self.write(move |tx| queries::create_session(tx, &sid, &agent, &root, now))
-            .await?;
+        self.write(move |tx| queries::create_session(tx, &sid, &agent, &root, now)).await?;
         Ok(id)
     }
 
     async fn list_sessions(&self, limit: i64, project_root: &Path) -> Result<Vec<SessionInfo>> {
         let root = root_to_str(project_root)?.to_owned();
-        self.read(move |c| queries::list_sessions(c, limit, &root))
-            .await
+        self.read(move |c| queries::list_sessions(c, limit, &root)).await
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<bool> {
@@ -132,14 +124,12 @@ impl Persistence for SqliteStore {
 
     async fn set_session_title(&self, session_id: &str, title: &str) -> Result<()> {
         let (sid, v) = (session_id.to_owned(), title.to_owned());
-        self.write(move |tx| queries::set_session_text(tx, "title", &sid, &v))
-            .await
+        self.write(move |tx| queries::set_session_text(tx, "title", &sid, &v)).await
     }
 
     async fn set_session_mode(&self, session_id: &str, mode: &str) -> Result<()> {
         let (sid, v) = (session_id.to_owned(), mode.to_owned());
-        self.write(move |tx| queries::set_session_text(tx, "mode", &sid, &v))
-            .await
+        self.write(move |tx| queries::set_session_text(tx, "mode", &sid, &v)).await
     }
 
     async fn get_session_mode(&self, session_id: &str) -> Result<Option<String>> {
@@ -191,26 +181,22 @@ impl Persistence for SqliteStore {
     }
 
     async fn recent_user_messages(&self, limit: i64) -> Result<Vec<String>> {
-        self.read(move |c| queries::recent_user_messages(c, limit))
-            .await
+        self.read(move |c| queries::recent_user_messages(c, limit)).await
     }
 
     async fn last_assistant_message(&self, session_id: &str) -> Result<String> {
         let sid = session_id.to_owned();
-        self.read(move |c| queries::last_content(c, &sid, Role::Assistant))
-            .await
+        self.read(move |c| queries::last_content(c, &sid, Role::Assistant)).await
     }
 
     async fn last_user_message(&self, session_id: &str) -> Result<String> {
         let sid = session_id.to_owned();
-        self.read(move |c| queries::last_content(c, &sid, Role::User))
-            .await
+        self.read(move |c| queries::last_content(c, &sid, Role::User)).await
     }
 
     async fn has_pending_tool_calls(&self, session_id: &str) -> Result<bool> {
         let sid = session_id.to_owned();
-        self.read(move |c| queries::has_pending_tool_calls(c, &sid))
-            .await
+        self.read(move |c| queries::has_pending_tool_calls(c, &sid)).await
     }
 
     async fn mark_message_complete(&self, message_id: i64) -> Result<()> {
@@ -226,10 +212,7 @@ impl Persistence for SqliteStore {
         Ok(usage_total(&self.session_usage_by_agent(session_id).await?))
     }
 
-    async fn session_usage_by_agent(
-        &self,
-        session_id: &str,
-    ) -> Result<Vec<(String, SessionUsage)>> {
+    async fn session_usage_by_agent(&self, session_id: &str) -> Result<Vec<(String, SessionUsage)>> {
         let sid = session_id.to_owned();
         self.read(move |c| match queries::usage_kept(c, &sid)? {
             Some(groups) => Ok(groups),
@@ -238,12 +221,7 @@ impl Persistence for SqliteStore {
         .await
     }
 
-    async fn compact_session(
-        &self,
-        session_id: &str,
-        summary: &str,
-        preserve_count: usize,
-    ) -> Result<usize> {
+    async fn compact_session(&self, session_id: &str, summary: &str, preserve_count: usize) -> Result<usize> {
         let blobs = self.stores_bodies_once();
         let (sid, text) = (session_id.to_owned(), summary.to_owned());
         let now = self.clock.now_ms();
@@ -292,15 +270,13 @@ impl Persistence for SqliteStore {
 
     async fn get_metadata(&self, session_id: &str, key: &str) -> Result<Option<String>> {
         let (sid, key) = (session_id.to_owned(), key.to_owned());
-        self.read(move |c| queries::get_metadata(c, &sid, &key))
-            .await
+        self.read(move |c| queries::get_metadata(c, &sid, &key)).await
     }
 
     async fn set_metadata(&self, session_id: &str, key: &str, value: &str) -> Result<()> {
         let (sid, key, value) = (session_id.to_owned(), key.to_owned(), value.to_owned());
         let now = self.clock.now_ms();
-        self.write(move |tx| queries::set_metadata(tx, &sid, &key, &value, now))
-            .await
+        self.write(move |tx| queries::set_metadata(tx, &sid, &key, &value, now)).await
     }
 }
 
@@ -308,15 +284,9 @@ impl Store for SqliteStore {
     fn capabilities(&self) -> Capabilities {
         let file = matches!(self.location, Location::File(_));
         Capabilities {
-            encryption: if self.key.is_some() {
-                Encryption::WholeFile
-            } else {
-                Encryption::None
-            },
+            encryption: if self.key.is_some() { Encryption::WholeFile } else { Encryption::None },
             rekey_in_place: self.key.is_some(),
-            bodies: Bodies::OptIn {
-                stored_once: self.stores_bodies_once(),
-            },
+            bodies: Bodies::OptIn { stored_once: self.stores_bodies_once() },
             search_index: SearchIndex::Fts5,
             handles: if file { Handles::Many } else { Handles::One },
             keep_deleted_days: self.keep_deleted_days,

@@ -22,12 +22,7 @@ use crate::{Sqlite, SqliteStore, checkpoint, schema, worker};
 #[cfg(unix)]
 fn create_private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
@@ -36,11 +31,7 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
 
 #[cfg(not(unix))]
 fn create_private_file(path: &Path) -> std::io::Result<()> {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-    {
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
@@ -88,19 +79,10 @@ pub(crate) fn open_keyed(path: &Path, key: Option<&Key>) -> Result<Connection> {
 }
 
 /// Opens one connection with the store's pragmas, set up for `role`.
-fn connect(
-    path: &Path,
-    options: &SqliteOptions,
-    role: Role,
-    key: Option<&Key>,
-) -> Result<Connection> {
+fn connect(path: &Path, options: &SqliteOptions, role: Role, key: Option<&Key>) -> Result<Connection> {
     let writer = role == Role::Writer;
     let conn = open_keyed(path, key)?;
-    conn.busy_timeout(if writer {
-        Duration::ZERO
-    } else {
-        options.busy_timeout
-    })?;
+    conn.busy_timeout(if writer { Duration::ZERO } else { options.busy_timeout })?;
     // Reading the schema proves the file is a database (and the key its
     // key) before anything writes.
     let objects = cipher::schema_objects(&conn, path, key.is_some())?;
@@ -165,21 +147,10 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
             schema::migrate(&mut conn, Instant::now(), options)?;
             let blobs = schema::body_mode(&conn, options.blobs)?;
             let keep_deleted_days = keep_deleted_days(&conn, options)?;
-            Ok(Opened {
-                writer: conn,
-                readers: Vec::new(),
-                checkpointer: None,
-                blobs,
-                keep_deleted_days,
-                key: None,
-            })
+            Ok(Opened { writer: conn, readers: Vec::new(), checkpointer: None, blobs, keep_deleted_days, key: None })
         }
         Location::File(path) => {
-            let key = options
-                .key_file
-                .as_deref()
-                .map(cipher::read_key)
-                .transpose()?;
+            let key = options.key_file.as_deref().map(cipher::read_key).transpose()?;
             if !path.exists() {
                 if !options.create {
                     return Err(PersistenceError::InvalidInput(format!(
@@ -188,10 +159,7 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
                     ))
                     .into());
                 }
-                if let Some(dir) = path
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-                {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
                     koda_persistence_api::backend::create_private_dir(dir)
                         .with_context(|| format!("creating directory {}", dir.display()))
                         .map_err(|e| PersistenceError::Unavailable(format!("{e:#}")))?;
@@ -207,22 +175,14 @@ pub(crate) fn open_blocking(location: &Location, options: &SqliteOptions) -> Res
                 connect(path, options, Role::Writer, key.as_ref())
             })?;
             schema::migrate(&mut writer, deadline, options)?;
-            let blobs = worker::retry_busy(deadline, options.busy_timeout, || {
-                schema::body_mode(&writer, options.blobs)
-            })?;
+            let blobs =
+                worker::retry_busy(deadline, options.busy_timeout, || schema::body_mode(&writer, options.blobs))?;
             let readers = (0..options.readers)
                 .map(|_| connect(path, options, Role::Reader, key.as_ref()))
                 .collect::<Result<Vec<_>>>()?;
             let checkpointer = connect(path, options, Role::Checkpointer, key.as_ref())?;
             let keep_deleted_days = keep_deleted_days(&writer, options)?;
-            Ok(Opened {
-                writer,
-                readers,
-                checkpointer: Some(checkpointer),
-                blobs,
-                keep_deleted_days,
-                key,
-            })
+            Ok(Opened { writer, readers, checkpointer: Some(checkpointer), blobs, keep_deleted_days, key })
         }
     }
 }
@@ -248,13 +208,7 @@ impl SqliteStore {
             .context("sqlite open task failed")?
             .map_err(|e| classify(e, &location))?;
         let wait = options.busy_timeout;
-        let writer = Worker::spawn(
-            "koda-sqlite-writer",
-            vec![opened.writer],
-            true,
-            opened.checkpointer,
-            wait,
-        )?;
+        let writer = Worker::spawn("koda-sqlite-writer", vec![opened.writer], true, opened.checkpointer, wait)?;
         let readers = if opened.readers.is_empty() {
             writer.clone()
         } else {
@@ -312,15 +266,10 @@ impl crate::SqliteStore {
     /// `InvalidInput` without `key_file` or for an in-memory database;
     /// `PermissionDenied` for a wrong key or a key file others may read;
     /// `Unavailable` while another connection holds the file.
-    pub async fn rekey_file(
-        options: crate::SqliteOptions,
-        new_key_file: &Path,
-    ) -> anyhow::Result<()> {
+    pub async fn rekey_file(options: crate::SqliteOptions, new_key_file: &Path) -> anyhow::Result<()> {
         options.validate()?;
         let crate::Location::File(path) = options.location.clone() else {
-            return Err(
-                PersistenceError::InvalidInput("rekey needs a database file".into()).into(),
-            );
+            return Err(PersistenceError::InvalidInput("rekey needs a database file".into()).into());
         };
         let old_file = options.key_file.clone().ok_or_else(|| {
             PersistenceError::InvalidInput(

@@ -115,10 +115,7 @@ impl SqliteOptions {
     /// Options for the database file at `path`, with every other option at
     /// its default.
     pub fn file(path: impl Into<PathBuf>) -> Self {
-        Self {
-            location: Location::File(path.into()),
-            ..Self::default()
-        }
+        Self { location: Location::File(path.into()), ..Self::default() }
     }
 
     /// Reads `sqlite://PATH?k=v&…` (or `sqlite:PATH`, `sqlite::memory:`).

@@ -38,26 +38,14 @@ pub(crate) fn not_found(session_id: &str) -> anyhow::Error {
 }
 
 pub(crate) fn session_exists(tx: &Transaction<'_>, session_id: &str) -> Result<bool> {
-    Ok(tx
-        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
-        .exists(params![session_id])?)
+    Ok(tx.prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?.exists(params![session_id])?)
 }
 
 pub(crate) fn require_session(tx: &Transaction<'_>, session_id: &str) -> Result<()> {
-    if session_exists(tx, session_id)? {
-        Ok(())
-    } else {
-        Err(not_found(session_id))
-    }
+    if session_exists(tx, session_id)? { Ok(()) } else { Err(not_found(session_id)) }
 }
 
-pub(crate) fn create_session(
-    tx: &Transaction<'_>,
-    id: &str,
-    agent: &str,
-    root: &str,
-    now: i64,
-) -> Result<()> {
+pub(crate) fn create_session(tx: &Transaction<'_>, id: &str, agent: &str, root: &str, now: i64) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO sessions (id, created_at, agent_name, project_root, created_ms, seq,
                                message_count, total_tokens)
@@ -103,12 +91,9 @@ pub(crate) fn delete_session(tx: &Transaction<'_>, session_id: &str) -> Result<b
     if !session_exists(tx, session_id)? {
         return Ok(false);
     }
-    tx.prepare_cached("DELETE FROM session_metadata WHERE session_id = ?1")?
-        .execute(params![session_id])?;
-    tx.prepare_cached("DELETE FROM messages WHERE session_id = ?1")?
-        .execute(params![session_id])?;
-    tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
-        .execute(params![session_id])?;
+    tx.prepare_cached("DELETE FROM session_metadata WHERE session_id = ?1")?.execute(params![session_id])?;
+    tx.prepare_cached("DELETE FROM messages WHERE session_id = ?1")?.execute(params![session_id])?;
+    tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute(params![session_id])?;
     Ok(true)
 }
 
@@ -123,9 +108,7 @@ pub(crate) fn set_session_text(
         "title" => "UPDATE sessions SET title = ?2 WHERE id = ?1",
         _ => "UPDATE sessions SET mode = ?2 WHERE id = ?1",
     };
-    let n = tx
-        .prepare_cached(sql)?
-        .execute(params![session_id, value])?;
+    let n = tx.prepare_cached(sql)?.execute(params![session_id, value])?;
     if n == 0 {
         return Err(not_found(session_id));
     }
@@ -135,9 +118,7 @@ pub(crate) fn set_session_text(
 pub(crate) fn get_session_mode(conn: &Connection, session_id: &str) -> Result<Option<String>> {
     let mode = conn
         .prepare_cached("SELECT mode FROM sessions WHERE id = ?1")?
-        .query_row(params![session_id], |r| {
-            Ok(get::<Option<String>>(r, 0, "mode"))
-        })
+        .query_row(params![session_id], |r| Ok(get::<Option<String>>(r, 0, "mode")))
         .optional()?;
     Ok(mode.transpose()?.flatten())
 }
@@ -145,9 +126,7 @@ pub(crate) fn get_session_mode(conn: &Connection, session_id: &str) -> Result<Op
 pub(crate) fn last_accessed(conn: &Connection, session_id: &str) -> Result<Option<i64>> {
     let at = conn
         .prepare_cached("SELECT last_accessed_ms FROM sessions WHERE id = ?1")?
-        .query_row(params![session_id], |r| {
-            Ok(get::<Option<i64>>(r, 0, "last_accessed_ms"))
-        })
+        .query_row(params![session_id], |r| Ok(get::<Option<i64>>(r, 0, "last_accessed_ms")))
         .optional()?;
     Ok(at.transpose()?.flatten())
 }
@@ -161,16 +140,9 @@ pub(crate) fn session_version(conn: &Connection, session_id: &str) -> Result<Opt
 }
 
 /// Appends the message; returns its id and the session's new version.
-pub(crate) fn insert_message(
-    tx: &Transaction<'_>,
-    m: &NewMessage,
-    now: i64,
-    blobs: bool,
-) -> Result<(i64, i64)> {
+pub(crate) fn insert_message(tx: &Transaction<'_>, m: &NewMessage, now: i64, blobs: bool) -> Result<(i64, i64)> {
     let stamp = koda_text(now);
-    let tokens = m
-        .usage
-        .map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens));
+    let tokens = m.usage.map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens));
     // Touch the session first: it both proves the session exists and keeps
     // its counters and version in the same transaction as the row.
     let version: i64 = tx
@@ -184,14 +156,8 @@ pub(crate) fn insert_message(
         .optional()?
         .ok_or_else(|| not_found(&m.session_id))?;
     let u = m.usage;
-    let [content, full, calls] = put_bodies(
-        tx,
-        blobs,
-        &m.role,
-        m.content.as_deref(),
-        m.full_content.as_deref(),
-        m.tool_calls.as_deref(),
-    )?;
+    let [content, full, calls] =
+        put_bodies(tx, blobs, &m.role, m.content.as_deref(), m.full_content.as_deref(), m.tool_calls.as_deref())?;
     tx.prepare_cached(
         "INSERT INTO messages (session_id, role, content, tool_calls, tool_call_id,
              prompt_tokens, completion_tokens, cache_read_tokens, cache_creation_tokens,
@@ -223,11 +189,7 @@ pub(crate) fn insert_message(
     Ok((tx.last_insert_rowid(), version))
 }
 
-fn collect_messages(
-    conn: &Connection,
-    sql: &str,
-    session_id: &str,
-) -> Result<Vec<(Message, bool)>> {
+fn collect_messages(conn: &Connection, sql: &str, session_id: &str) -> Result<Vec<(Message, bool)>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params![session_id])?;
     let mut out = Vec::new();
@@ -239,10 +201,7 @@ fn collect_messages(
 
 pub(crate) fn load_all(conn: &Connection, session_id: &str) -> Result<Vec<Message>> {
     let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 ORDER BY ord");
-    Ok(collect_messages(conn, &sql, session_id)?
-        .into_iter()
-        .map(|(m, _)| m)
-        .collect())
+    Ok(collect_messages(conn, &sql, session_id)?.into_iter().map(|(m, _)| m).collect())
 }
 
 pub(crate) fn load_active(conn: &Connection, session_id: &str) -> Result<Vec<ContextRow>> {
@@ -278,9 +237,7 @@ pub(crate) fn last_content(conn: &Connection, session_id: &str, role: Role) -> R
                AND (content IS NOT NULL OR content_body IS NOT NULL)
              ORDER BY ord DESC LIMIT 1"
         ))?
-        .query_row(params![session_id, role.as_str()], |r| {
-            Ok(rows::text_at(r, 0, "content"))
-        })
+        .query_row(params![session_id, role.as_str()], |r| Ok(rows::text_at(r, 0, "content")))
         .optional()?;
     Ok(text.transpose()?.flatten().unwrap_or_default())
 }
@@ -291,9 +248,7 @@ pub(crate) fn has_pending_tool_calls(conn: &Connection, session_id: &str) -> Res
             "SELECT role, tool_calls IS NOT NULL OR tool_calls_body IS NOT NULL FROM messages
              WHERE session_id = ?1 AND compacted_ms IS NULL ORDER BY ord DESC LIMIT 1",
         )?
-        .query_row(params![session_id], |r| {
-            Ok((get::<String>(r, 0, "role"), get::<bool>(r, 1, "tool_calls")))
-        })
+        .query_row(params![session_id], |r| Ok((get::<String>(r, 0, "role"), get::<bool>(r, 1, "tool_calls"))))
         .optional()?;
     match last {
         Some((role, calls)) => Ok(Role::from_stored(&role?)? == Role::Assistant && calls?),
@@ -304,9 +259,7 @@ pub(crate) fn has_pending_tool_calls(conn: &Connection, session_id: &str) -> Res
 /// Completes message `id`; returns its session and the session's new version.
 pub(crate) fn mark_complete(tx: &Transaction<'_>, id: i64, now: i64) -> Result<(String, i64)> {
     let session: String = tx
-        .prepare_cached(
-            "UPDATE messages SET completed_ms = ?2, completed_at = ?3 WHERE id = ?1 RETURNING session_id",
-        )?
+        .prepare_cached("UPDATE messages SET completed_ms = ?2, completed_at = ?3 WHERE id = ?1 RETURNING session_id")?
         .query_row(params![id, now, koda_text(now)], |r| r.get(0))
         .optional()?
         .ok_or(PersistenceError::MessageNotFound(id))?;
@@ -317,9 +270,7 @@ pub(crate) fn mark_complete(tx: &Transaction<'_>, id: i64, now: i64) -> Result<(
 /// Counts one more write to `session`'s messages; returns the new version.
 fn bump(tx: &Transaction<'_>, session: &str) -> Result<i64> {
     Ok(tx
-        .prepare_cached(
-            "UPDATE sessions SET version = version + 1 WHERE id = ?1 RETURNING version",
-        )?
+        .prepare_cached("UPDATE sessions SET version = version + 1 WHERE id = ?1 RETURNING version")?
         .query_row(params![session], |r| r.get(0))?)
 }
 
@@ -340,13 +291,7 @@ pub(crate) fn usage_rows(conn: &Connection, session_id: &str) -> Result<Vec<Usag
         let w = "token usage";
         out.push((
             get(row, 0, "agent_name")?,
-            [
-                get(row, 1, w)?,
-                get(row, 2, w)?,
-                get(row, 3, w)?,
-                get(row, 4, w)?,
-                get(row, 5, w)?,
-            ],
+            [get(row, 1, w)?, get(row, 2, w)?, get(row, 3, w)?, get(row, 4, w)?, get(row, 5, w)?],
         ));
     }
     Ok(out)
@@ -361,10 +306,7 @@ pub(crate) fn usage_groups(rows: &[UsageRow]) -> Vec<(String, SessionUsage)> {
 /// Usage by agent as `kp_usage` keeps it (one row per agent), or `None`
 /// when a sum there passed `i64::MAX` (stored as a REAL, inexact): then the
 /// caller recounts the rows.
-pub(crate) fn usage_kept(
-    conn: &Connection,
-    session_id: &str,
-) -> Result<Option<Vec<(String, SessionUsage)>>> {
+pub(crate) fn usage_kept(conn: &Connection, session_id: &str) -> Result<Option<Vec<(String, SessionUsage)>>> {
     let mut stmt = conn.prepare_cached(
         "SELECT agent, prompt, completion, cache_read, cache_creation, thinking, calls
          FROM kp_usage WHERE session_id = ?1",
@@ -411,9 +353,7 @@ fn without_triggers<R>(conn: &Connection, f: impl FnOnce() -> rusqlite::Result<R
     struct OnAgain<'c>(&'c Connection);
     impl Drop for OnAgain<'_> {
         fn drop(&mut self) {
-            let _ = self
-                .0
-                .set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true);
+            let _ = self.0.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true);
         }
     }
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
@@ -431,9 +371,8 @@ pub(crate) fn compact(
 ) -> Result<usize> {
     require_session(tx, session_id)?;
     let active: Vec<i64> = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT ord FROM messages WHERE session_id = ?1 AND compacted_ms IS NULL ORDER BY ord",
-        )?;
+        let mut stmt =
+            tx.prepare_cached("SELECT ord FROM messages WHERE session_id = ?1 AND compacted_ms IS NULL ORDER BY ord")?;
         let rows = stmt.query_map(params![session_id], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
@@ -464,8 +403,7 @@ pub(crate) fn compact(
         tx.prepare_cached("UPDATE messages SET ord = ord + 2 WHERE session_id = ?1 AND ord >= ?2")?
             .execute(params![session_id, p])?;
     }
-    let (summary, summary_body) =
-        put_body(tx, blobs, &Role::System, BodyField::Content, Some(summary))?;
+    let (summary, summary_body) = put_body(tx, blobs, &Role::System, BodyField::Content, Some(summary))?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO messages (session_id, role, content, created_at, created_ms, completed_at,
                                completed_ms, ord, content_body)
@@ -507,12 +445,7 @@ pub(crate) fn compact(
 ///
 /// [`TOOL_BODY_MIN`]: koda_persistence_api::bodies::TOOL_BODY_MIN
 /// [`BODY_THRESHOLD`]: koda_persistence_api::bodies::BODY_THRESHOLD
-pub(crate) fn clear_content(
-    tx: &Transaction<'_>,
-    ids: &[i64],
-    stub: &str,
-    blobs: bool,
-) -> Result<Vec<String>> {
+pub(crate) fn clear_content(tx: &Transaction<'_>, ids: &[i64], stub: &str, blobs: bool) -> Result<Vec<String>> {
     let mut touched = std::collections::BTreeSet::new();
     // What the stub is as a tool message's content and as any other's.
     let tool = put_body(tx, blobs, &Role::Tool, BodyField::Content, Some(stub))?;
@@ -525,16 +458,9 @@ pub(crate) fn clear_content(
     )?;
     for id in ids {
         if let Some(s) = stmt
-            .query_row(
-                params![
-                    id,
-                    tool.0,
-                    other.0,
-                    hash_param(&tool.1),
-                    hash_param(&other.1)
-                ],
-                |r| r.get::<_, String>(0),
-            )
+            .query_row(params![id, tool.0, other.0, hash_param(&tool.1), hash_param(&other.1)], |r| {
+                r.get::<_, String>(0)
+            })
             .optional()?
         {
             touched.insert(s);
@@ -542,8 +468,7 @@ pub(crate) fn clear_content(
     }
     // A stub body no cleared message took (none of them was of its kind).
     for hash in [tool.1, other.1].iter().flatten() {
-        tx.prepare_cached("DELETE FROM kp_bodies WHERE hash = ?1 AND refs <= 0")?
-            .execute(params![&hash[..]])?;
+        tx.prepare_cached("DELETE FROM kp_bodies WHERE hash = ?1 AND refs <= 0")?.execute(params![&hash[..]])?;
     }
     Ok(touched.into_iter().collect())
 }
@@ -586,36 +511,23 @@ pub(crate) fn purge(tx: &Transaction<'_>, days: u32, now: i64) -> Result<(usize,
         "DELETE FROM messages WHERE compacted_ms IS NOT NULL AND (?1 OR compacted_ms < ?2)
          RETURNING session_id",
     )?;
-    let mut touched: Vec<String> = stmt
-        .query_map(params![days == 0, cutoff], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut touched: Vec<String> =
+        stmt.query_map(params![days == 0, cutoff], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     let n = touched.len();
     touched.sort();
     touched.dedup();
     Ok((n, touched))
 }
 
-pub(crate) fn get_metadata(
-    conn: &Connection,
-    session_id: &str,
-    key: &str,
-) -> Result<Option<String>> {
+pub(crate) fn get_metadata(conn: &Connection, session_id: &str, key: &str) -> Result<Option<String>> {
     let v = conn
         .prepare_cached("SELECT value FROM session_metadata WHERE session_id = ?1 AND key = ?2")?
-        .query_row(params![session_id, key], |r| {
-            Ok(get::<String>(r, 0, "metadata value"))
-        })
+        .query_row(params![session_id, key], |r| Ok(get::<String>(r, 0, "metadata value")))
         .optional()?;
     Ok(v.transpose()?)
 }
 
-pub(crate) fn set_metadata(
-    tx: &Transaction<'_>,
-    session_id: &str,
-    key: &str,
-    value: &str,
-    now: i64,
-) -> Result<()> {
+pub(crate) fn set_metadata(tx: &Transaction<'_>, session_id: &str, key: &str, value: &str, now: i64) -> Result<()> {
     require_session(tx, session_id)?;
     tx.prepare_cached(
         "INSERT INTO session_metadata (session_id, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
@@ -661,10 +573,7 @@ mod tests {
                 };
                 let Some(end) = body.find('"') else { continue };
                 let sql = &body[..end];
-                if ["SELECT", "INSERT", "UPDATE", "DELETE"]
-                    .iter()
-                    .any(|k| sql.starts_with(k))
-                {
+                if ["SELECT", "INSERT", "UPDATE", "DELETE"].iter().any(|k| sql.starts_with(k)) {
                     out.push(
                         sql.replace("{MESSAGE_COLUMNS}", MESSAGE_COLUMNS)
                             .replace("{CONTENT}", crate::rows::CONTENT)
@@ -678,15 +587,11 @@ mod tests {
     #[test]
     fn no_statement_scans_all_messages() {
         let mut conn = Connection::open_in_memory().expect("memory db");
-        crate::schema::migrations(crate::adopt::Origin::New)
-            .to_latest(&mut conn)
-            .expect("schema");
+        crate::schema::migrations(crate::adopt::Origin::New).to_latest(&mut conn).expect("schema");
         let stmts = statements();
         assert!(stmts.len() >= 30, "found only {} statements", stmts.len());
         for sql in stmts {
-            let mut plan = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .expect(&sql);
+            let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect(&sql);
             // Unbound parameters plan as NULL, which is all a plan needs.
             let mut rows = plan.raw_query();
             let mut lines: Vec<String> = Vec::new();
@@ -698,8 +603,7 @@ mod tests {
                 assert!(!full_scan, "full scan of messages in {sql:?}: {lines:?}");
                 if sql.contains("role = 'user'") {
                     assert!(
-                        !line.starts_with("SCAN messages")
-                            || line.contains("kp_messages_recent_user"),
+                        !line.starts_with("SCAN messages") || line.contains("kp_messages_recent_user"),
                         "recent user messages must walk the user-message index: {lines:?}"
                     );
                 }

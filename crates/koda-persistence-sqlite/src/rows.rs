@@ -42,11 +42,7 @@ pub(crate) const FULL_CONTENT: &str = field_or_body!("full_content");
 
 /// Column `i` of `row`, selected as [`CONTENT`] selects a field, through
 /// [`text`].
-pub(crate) fn text_at(
-    row: &Row<'_>,
-    i: usize,
-    what: &str,
-) -> Result<Option<String>, PersistenceError> {
+pub(crate) fn text_at(row: &Row<'_>, i: usize, what: &str) -> Result<Option<String>, PersistenceError> {
     let value = row.get_ref(i).map_err(|e| corrupt(what, e))?;
     text(value, &|| what.to_owned())
 }
@@ -75,11 +71,7 @@ fn corrupt(what: &str, e: rusqlite::Error) -> PersistenceError {
 }
 
 /// Reads column `i` of `row`, turning a type or UTF-8 mismatch into `Corrupt`.
-pub(crate) fn get<T: rusqlite::types::FromSql>(
-    row: &Row<'_>,
-    i: usize,
-    what: &str,
-) -> Result<T, PersistenceError> {
+pub(crate) fn get<T: rusqlite::types::FromSql>(row: &Row<'_>, i: usize, what: &str) -> Result<T, PersistenceError> {
     row.get(i).map_err(|e| corrupt(what, e))
 }
 
@@ -106,15 +98,8 @@ pub(crate) fn message(row: &Row<'_>) -> Result<(Message, bool), PersistenceError
     let id: i64 = get(row, 0, "message id")?;
     // Names the column only when decoding fails: this runs for every row.
     let col = |i: usize| -> Result<_, PersistenceError> {
-        row.get_ref(i).map_err(|e| {
-            corrupt(
-                &format!(
-                    "{} of message {id}",
-                    COLUMN_NAMES.get(i).unwrap_or(&"a column")
-                ),
-                e,
-            )
-        })
+        row.get_ref(i)
+            .map_err(|e| corrupt(&format!("{} of message {id}", COLUMN_NAMES.get(i).unwrap_or(&"a column")), e))
     };
     let typed = |i: usize, e: rusqlite::types::FromSqlError| {
         PersistenceError::Corrupt(format!(
@@ -123,19 +108,11 @@ pub(crate) fn message(row: &Row<'_>) -> Result<(Message, bool), PersistenceError
         ))
     };
     let text = |i: usize| -> Result<Option<String>, PersistenceError> {
-        text(col(i)?, &|| {
-            format!(
-                "{} of message {id}",
-                COLUMN_NAMES.get(i).unwrap_or(&"a column")
-            )
-        })
+        text(col(i)?, &|| format!("{} of message {id}", COLUMN_NAMES.get(i).unwrap_or(&"a column")))
     };
-    let int = |i: usize| -> Result<Option<i64>, PersistenceError> {
-        col(i)?.as_i64_or_null().map_err(|e| typed(i, e))
-    };
+    let int = |i: usize| -> Result<Option<i64>, PersistenceError> { col(i)?.as_i64_or_null().map_err(|e| typed(i, e)) };
     let role = col(2)?.as_str().map_err(|e| typed(2, e))?;
-    let role = Role::from_stored(role)
-        .map_err(|e| PersistenceError::Corrupt(format!("message {id}: {e}")))?;
+    let role = Role::from_stored(role).map_err(|e| PersistenceError::Corrupt(format!("message {id}: {e}")))?;
     let message = Message {
         id,
         session_id: col(1)?.as_str().map_err(|e| typed(1, e))?.to_owned(),
@@ -173,7 +150,5 @@ pub(crate) fn record(row: &Row<'_>) -> Result<MessageRecord, PersistenceError> {
         PersistenceError::Corrupt(why) => PersistenceError::Corrupt(format!("message {id}: {why}")),
         other => other,
     })?;
-    Ok(MessageRecord::from_message(
-        m, agent, created, completed, compacted,
-    ))
+    Ok(MessageRecord::from_message(m, agent, created, completed, compacted))
 }

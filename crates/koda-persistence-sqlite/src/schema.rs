@@ -469,11 +469,7 @@ INSERT OR IGNORE INTO kp_search_dirty (id) SELECT id FROM messages;
 /// [`Origin::New`]) rather than adopting an older koda's.
 pub(crate) fn created_here(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(conn
-        .query_row(
-            "SELECT value FROM kp_meta WHERE key = 'koda_generation'",
-            [],
-            |r| r.get::<_, String>(0),
-        )
+        .query_row("SELECT value FROM kp_meta WHERE key = 'koda_generation'", [], |r| r.get::<_, String>(0))
         .optional()?
         .is_some_and(|g| g == Origin::New.as_str()))
 }
@@ -502,11 +498,8 @@ pub(crate) fn body_mode(conn: &Connection, wanted: Option<bool>) -> Result<bool>
         )?;
         return Ok(on);
     }
-    let value: Option<String> = conn
-        .query_row("SELECT value FROM kp_meta WHERE key = 'bodies'", [], |r| {
-            r.get(0)
-        })
-        .optional()?;
+    let value: Option<String> =
+        conn.query_row("SELECT value FROM kp_meta WHERE key = 'bodies'", [], |r| r.get(0)).optional()?;
     Ok(value.as_deref() == Some("on"))
 }
 
@@ -515,9 +508,7 @@ pub(crate) fn body_mode(conn: &Connection, wanted: Option<bool>) -> Result<bool>
 pub(crate) fn migrations(origin: Origin) -> Migrations<'static> {
     Migrations::new(vec![
         M::up_with_hook("", adopt_koda_schema),
-        M::up_with_hook(V2_TRIGGERS_AND_TEXT, move |tx: &Transaction<'_>| {
-            record_origin(tx, origin)
-        }),
+        M::up_with_hook(V2_TRIGGERS_AND_TEXT, move |tx: &Transaction<'_>| record_origin(tx, origin)),
         M::up_with_hook(V3_USAGE, count_usage),
         M::up_with_hook(V4_BODIES, record_body_mode),
         M::up(V5_FOREIGN_TEXT),
@@ -532,11 +523,7 @@ pub const SCHEMA_VERSION: usize = 7;
 /// Brings the file to [`SCHEMA_VERSION`] with the migrations for its
 /// origin (adopting an older koda's file in place), retrying while it is
 /// busy until `deadline`.
-pub(crate) fn migrate(
-    conn: &mut Connection,
-    deadline: Instant,
-    options: &SqliteOptions,
-) -> Result<()> {
+pub(crate) fn migrate(conn: &mut Connection, deadline: Instant, options: &SqliteOptions) -> Result<()> {
     let origin = detect_origin(conn)?;
     let before: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let migrations = migrations(origin);
@@ -550,28 +537,22 @@ pub(crate) fn migrate(
             }
             _ => {}
         }
-        tracing::info!(
-            from = before,
-            to = SCHEMA_VERSION,
-            "migrating the SQLite schema"
-        );
+        tracing::info!(from = before, to = SCHEMA_VERSION, "migrating the SQLite schema");
     }
-    worker::retry_busy(deadline, options.busy_timeout, || {
-        match migrations.to_latest(conn) {
-            Ok(()) => Ok(()),
-            Err(rusqlite_migration::Error::MigrationDefinition(
-                rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
-            )) => Err(PersistenceError::Unavailable(format!(
-                "the database was written by a newer koda-persistence (schema newer than \
+    worker::retry_busy(deadline, options.busy_timeout, || match migrations.to_latest(conn) {
+        Ok(()) => Ok(()),
+        Err(rusqlite_migration::Error::MigrationDefinition(
+            rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
+        )) => Err(PersistenceError::Unavailable(format!(
+            "the database was written by a newer koda-persistence (schema newer than \
                  version {}); upgrade koda",
-                SCHEMA_VERSION
-            ))
-            .into()),
-            Err(rusqlite_migration::Error::RusqliteError { err, .. }) => {
-                Err(anyhow::Error::new(err).context("migrating the schema"))
-            }
-            Err(e) => Err(anyhow::anyhow!("migrating the schema: {e}")),
+            SCHEMA_VERSION
+        ))
+        .into()),
+        Err(rusqlite_migration::Error::RusqliteError { err, .. }) => {
+            Err(anyhow::Error::new(err).context("migrating the schema"))
         }
+        Err(e) => Err(anyhow::anyhow!("migrating the schema: {e}")),
     })
 }
 

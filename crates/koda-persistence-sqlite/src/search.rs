@@ -9,9 +9,7 @@
 use anyhow::Result;
 use koda_persistence_api::Search;
 use koda_persistence_api::backend::format_timestamp;
-use koda_persistence_api::search::{
-    Query, ScopeBuf, SearchHit, SearchScope, hit, hit_limit, index_text, sort_hits,
-};
+use koda_persistence_api::search::{Query, ScopeBuf, SearchHit, SearchScope, hit, hit_limit, index_text, sort_hits};
 use koda_persistence_api::{PersistenceError, Role};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -23,9 +21,7 @@ pub(crate) const CATCH_UP_BATCH: i64 = 2000;
 
 /// Whether any id waits to be indexed.
 pub(crate) fn has_dirty(conn: &Connection) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM kp_search_dirty)")?
-        .query_row([], |r| r.get(0))?)
+    Ok(conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM kp_search_dirty)")?.query_row([], |r| r.get(0))?)
 }
 
 /// Indexes up to [`CATCH_UP_BATCH`] dirty ids above `after` (oldest
@@ -35,8 +31,7 @@ pub(crate) fn has_dirty(conn: &Connection) -> Result<bool> {
 /// stays dirty: always a candidate, never in the way of the rows after it.
 pub(crate) fn catch_up(tx: &Transaction<'_>, after: i64) -> Result<(usize, i64)> {
     let ids: Vec<i64> = {
-        let mut stmt =
-            tx.prepare_cached("SELECT id FROM kp_search_dirty WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let mut stmt = tx.prepare_cached("SELECT id FROM kp_search_dirty WHERE id > ?1 ORDER BY id LIMIT ?2")?;
         let rows = stmt.query_map(params![after, CATCH_UP_BATCH], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
@@ -52,26 +47,18 @@ pub(crate) fn catch_up(tx: &Transaction<'_>, after: i64) -> Result<(usize, i64)>
             })
             .optional()?;
         let body = match fields {
-            Some((Ok(content), Ok(full))) => {
-                Some(index_text(&[content.as_deref(), full.as_deref()]))
-            }
+            Some((Ok(content), Ok(full))) => Some(index_text(&[content.as_deref(), full.as_deref()])),
             Some(_) => {
-                tracing::debug!(
-                    message = id,
-                    "a message whose text does not decode stays out of the search index"
-                );
+                tracing::debug!(message = id, "a message whose text does not decode stays out of the search index");
                 continue;
             }
             None => None,
         };
-        tx.prepare_cached("DELETE FROM kp_search WHERE rowid = ?1")?
-            .execute(params![id])?;
+        tx.prepare_cached("DELETE FROM kp_search WHERE rowid = ?1")?.execute(params![id])?;
         if let Some(body) = body.filter(|b| !b.is_empty()) {
-            tx.prepare_cached("INSERT INTO kp_search (rowid, body) VALUES (?1, ?2)")?
-                .execute(params![id, body])?;
+            tx.prepare_cached("INSERT INTO kp_search (rowid, body) VALUES (?1, ?2)")?.execute(params![id, body])?;
         }
-        tx.prepare_cached("DELETE FROM kp_search_dirty WHERE id = ?1")?
-            .execute(params![id])?;
+        tx.prepare_cached("DELETE FROM kp_search_dirty WHERE id = ?1")?.execute(params![id])?;
     }
     Ok((ids.len(), ids.last().copied().unwrap_or(after)))
 }
@@ -101,11 +88,9 @@ fn decide(
     let session: String = get(row, at, &what("session_id"))?;
     let root: Option<String> = get(row, at + 6, &what("project_root"))?;
     let role: String = get(row, at + 1, &what("role"))?;
-    let role = Role::from_stored(&role)
-        .map_err(|e| PersistenceError::Corrupt(format!("message {id}: {e}")))?;
+    let role = Role::from_stored(&role).map_err(|e| PersistenceError::Corrupt(format!("message {id}: {e}")))?;
     let compacted: Option<i64> = get(row, at + 5, &what("compacted_ms"))?;
-    if !scope.admits(role, compacted.is_some()) || !scope.admits_session(&session, root.as_deref())
-    {
+    if !scope.admits(role, compacted.is_some()) || !scope.admits_session(&session, root.as_deref()) {
         return Ok(None);
     }
     let content = text_at(row, at + 2, &what("content"))?;
@@ -114,22 +99,11 @@ fn decide(
         return Ok(None);
     };
     let created: Option<i64> = get(row, at + 4, &what("created_ms"))?;
-    Ok(Some(hit(
-        session,
-        id,
-        role,
-        format_timestamp(created.unwrap_or(0)),
-        found,
-    )))
+    Ok(Some(hit(session, id, role, format_timestamp(created.unwrap_or(0)), found)))
 }
 
 /// The hits: candidates newest first until `limit` of them match.
-pub(crate) fn search(
-    conn: &Connection,
-    query: &Query,
-    scope: &ScopeBuf,
-    limit: usize,
-) -> Result<Vec<SearchHit>> {
+pub(crate) fn search(conn: &Connection, query: &Query, scope: &ScopeBuf, limit: usize) -> Result<Vec<SearchHit>> {
     let mut hits = Vec::new();
     if limit == 0 || query.finds_nothing() {
         return Ok(hits);
@@ -143,11 +117,7 @@ pub(crate) fn search(
                  ORDER BY m.id DESC",
                 columns(),
                 // Two statements, so that one session's search walks its index.
-                if scope.session.is_some() {
-                    "m.session_id = ?1"
-                } else {
-                    "?1 IS NULL"
-                }
+                if scope.session.is_some() { "m.session_id = ?1" } else { "?1 IS NULL" }
             );
             let mut stmt = conn.prepare_cached(&sql)?;
             let mut rows = stmt.query(params![scope.session, scope.include_compacted])?;
@@ -165,15 +135,13 @@ pub(crate) fn search(
             // The dirty ids (few: what was written since the last search)
             // merged into the index's matches, both newest first.
             let dirty: Vec<i64> = {
-                let mut stmt =
-                    conn.prepare_cached("SELECT id FROM kp_search_dirty ORDER BY id DESC")?;
+                let mut stmt = conn.prepare_cached("SELECT id FROM kp_search_dirty ORDER BY id DESC")?;
                 let rows = stmt.query_map([], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
             let mut dirty = dirty.into_iter().peekable();
-            let mut matches = conn.prepare_cached(
-                "SELECT rowid FROM kp_search WHERE kp_search MATCH ?1 ORDER BY rowid DESC",
-            )?;
+            let mut matches =
+                conn.prepare_cached("SELECT rowid FROM kp_search WHERE kp_search MATCH ?1 ORDER BY rowid DESC")?;
             let mut matches = matches.query(params![expr])?;
             let sql = format!("SELECT {} FROM messages m WHERE m.id = ?1", columns());
             let mut one = conn.prepare_cached(&sql)?;
@@ -217,16 +185,10 @@ pub(crate) fn search(
 impl crate::SqliteStore {
     /// [`Search::search_messages`](koda_persistence_api::Search::search_messages):
     /// searches on a reader, then indexes what was dirty.
-    pub(crate) async fn search(
-        &self,
-        query: &str,
-        scope: &SearchScope<'_>,
-        limit: usize,
-    ) -> Result<Vec<SearchHit>> {
+    pub(crate) async fn search(&self, query: &str, scope: &SearchScope<'_>, limit: usize) -> Result<Vec<SearchHit>> {
         let (query, scope) = (Query::parse(query)?, ScopeBuf::new(scope)?);
-        let (hits, dirty) = self
-            .read(move |c| Ok((search(c, &query, &scope, hit_limit(limit))?, has_dirty(c)?)))
-            .await?;
+        let (hits, dirty) =
+            self.read(move |c| Ok((search(c, &query, &scope, hit_limit(limit))?, has_dirty(c)?))).await?;
         if dirty {
             self.index_dirty().await;
         }
@@ -254,12 +216,7 @@ impl crate::SqliteStore {
 
 #[async_trait::async_trait]
 impl Search for SqliteStore {
-    async fn search_messages(
-        &self,
-        query: &str,
-        scope: &SearchScope<'_>,
-        limit: usize,
-    ) -> Result<Vec<SearchHit>> {
+    async fn search_messages(&self, query: &str, scope: &SearchScope<'_>, limit: usize) -> Result<Vec<SearchHit>> {
         self.search(query, scope, limit).await
     }
 }

@@ -58,24 +58,19 @@ pub(crate) fn export_messages(conn: &Connection, session_id: &str) -> Result<Vec
 }
 
 pub(crate) fn export_metadata(conn: &Connection, session_id: &str) -> Result<Vec<MetadataRecord>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT key, value FROM session_metadata WHERE session_id = ?1 ORDER BY CAST(key AS BLOB)",
-    )?;
+    let mut stmt = conn
+        .prepare_cached("SELECT key, value FROM session_metadata WHERE session_id = ?1 ORDER BY CAST(key AS BLOB)")?;
     let mut rows = stmt.query(params![session_id])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        out.push(MetadataRecord {
-            key: get(r, 0, "metadata key")?,
-            value: get(r, 1, "metadata value")?,
-        });
+        out.push(MetadataRecord { key: get(r, 0, "metadata key")?, value: get(r, 1, "metadata value")? });
     }
     Ok(out)
 }
 
 pub(crate) fn message_id_range(conn: &Connection) -> Result<Option<(i64, i64)>> {
-    let (lo, hi): (Option<i64>, Option<i64>) = conn
-        .prepare_cached("SELECT MIN(id), MAX(id) FROM messages")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        conn.prepare_cached("SELECT MIN(id), MAX(id) FROM messages")?.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(lo.zip(hi))
 }
 
@@ -94,12 +89,10 @@ pub(crate) fn claim_ids(tx: &Transaction<'_>, first: i64, last: i64) -> Result<b
     if id_position(tx)? >= first {
         return Ok(false);
     }
-    let moved = tx
-        .prepare_cached("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'messages'")?
-        .execute(params![last])?;
+    let moved =
+        tx.prepare_cached("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'messages'")?.execute(params![last])?;
     if moved == 0 {
-        tx.prepare_cached("INSERT INTO sqlite_sequence (name, seq) VALUES ('messages', ?1)")?
-            .execute(params![last])?;
+        tx.prepare_cached("INSERT INTO sqlite_sequence (name, seq) VALUES ('messages', ?1)")?.execute(params![last])?;
     }
     Ok(true)
 }
@@ -138,8 +131,7 @@ pub(crate) fn import_messages(
     blobs: bool,
 ) -> Result<Vec<i64>> {
     let tokens = messages.iter().fold(0i64, |sum, m| {
-        sum.saturating_add(m.prompt_tokens.unwrap_or(0))
-            .saturating_add(m.completion_tokens.unwrap_or(0))
+        sum.saturating_add(m.prompt_tokens.unwrap_or(0)).saturating_add(m.completion_tokens.unwrap_or(0))
     });
     let count = i64::try_from(messages.len()).unwrap_or(i64::MAX);
     let touched = tx
@@ -180,14 +172,8 @@ pub(crate) fn import_messages(
             None
         };
         ord += 1;
-        let [content, full, calls] = put_bodies(
-            tx,
-            blobs,
-            &m.role,
-            m.content.as_deref(),
-            m.full_content.as_deref(),
-            m.tool_calls.as_deref(),
-        )?;
+        let [content, full, calls] =
+            put_bodies(tx, blobs, &m.role, m.content.as_deref(), m.full_content.as_deref(), m.tool_calls.as_deref())?;
         insert.execute(params![
             id,
             session_id,
@@ -265,24 +251,17 @@ impl Transfer for SqliteStore {
         self.write(move |tx| import_session(tx, &session)).await
     }
 
-    async fn import_messages(
-        &self,
-        session_id: &str,
-        messages: &[MessageRecord],
-        keep_ids: bool,
-    ) -> Result<Vec<i64>> {
+    async fn import_messages(&self, session_id: &str, messages: &[MessageRecord], keep_ids: bool) -> Result<Vec<i64>> {
         let blobs = self.stores_bodies_once();
         let sid = session_id.to_owned();
         let messages = messages.to_vec();
-        self.write(move |tx| import_messages(tx, &sid, &messages, keep_ids, blobs))
-            .await
+        self.write(move |tx| import_messages(tx, &sid, &messages, keep_ids, blobs)).await
     }
 
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {
         let sid = session_id.to_owned();
         let entries = entries.to_vec();
         let now = self.clock.now_ms();
-        self.write(move |tx| import_metadata(tx, &sid, &entries, now))
-            .await
+        self.write(move |tx| import_metadata(tx, &sid, &entries, now)).await
     }
 }

@@ -22,9 +22,7 @@ use anyhow::Result;
 use koda_persistence_api::PersistenceError;
 use koda_persistence_api::Trash;
 use koda_persistence_api::backend::session_not_found;
-use koda_persistence_api::trash::{
-    DeletedSession, expired_cutoff, in_trash, live_session_exists, purge_at_ms,
-};
+use koda_persistence_api::trash::{DeletedSession, expired_cutoff, in_trash, live_session_exists, purge_at_ms};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::SqliteStore;
@@ -32,11 +30,8 @@ use crate::queries::session_exists;
 use crate::rows::get;
 
 /// The live tables and their trash twins.
-const TABLES: [(&str, &str); 3] = [
-    ("sessions", "kp_trash_sessions"),
-    ("messages", "kp_trash_messages"),
-    ("session_metadata", "kp_trash_metadata"),
-];
+const TABLES: [(&str, &str); 3] =
+    [("sessions", "kp_trash_sessions"), ("messages", "kp_trash_messages"), ("session_metadata", "kp_trash_metadata")];
 
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -67,14 +62,7 @@ fn shared_columns(tx: &Transaction<'_>, live: &str, trash: &str) -> Result<Strin
                 // A declared type is a name (letters, digits, spaces and
                 // parentheses); anything else is left out, as the type is
                 // only an affinity.
-                if ty
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || " (),".contains(c))
-                {
-                    ty.as_str()
-                } else {
-                    ""
-                }
+                if ty.chars().all(|c| c.is_ascii_alphanumeric() || " (),".contains(c)) { ty.as_str() } else { "" }
             ))?;
         }
         names.push(quote(&name));
@@ -105,25 +93,13 @@ fn hold_bodies(tx: &Transaction<'_>, table: &str, session_id: &str, sign: i64) -
 /// live to trash), the session row first into and last out of the live
 /// tables, so the triggers of its messages find it.
 fn move_rows(tx: &Transaction<'_>, session_id: &str, out: bool) -> Result<()> {
-    let order: Vec<(&str, &str)> = if out {
-        vec![TABLES[0], TABLES[2], TABLES[1]]
-    } else {
-        TABLES.to_vec()
-    };
+    let order: Vec<(&str, &str)> = if out { vec![TABLES[0], TABLES[2], TABLES[1]] } else { TABLES.to_vec() };
     for (live, trash) in order {
         let cols = shared_columns(tx, live, trash)?;
         let (from, to) = if out { (live, trash) } else { (trash, live) };
-        let key = if live == "sessions" {
-            "id"
-        } else {
-            "session_id"
-        };
+        let key = if live == "sessions" { "id" } else { "session_id" };
         tx.execute(
-            &format!(
-                "INSERT INTO {} ({cols}) SELECT {cols} FROM {} WHERE {key} = ?1",
-                quote(to),
-                quote(from)
-            ),
+            &format!("INSERT INTO {} ({cols}) SELECT {cols} FROM {} WHERE {key} = ?1", quote(to), quote(from)),
             params![session_id],
         )?;
     }
@@ -133,23 +109,12 @@ fn move_rows(tx: &Transaction<'_>, session_id: &str, out: bool) -> Result<()> {
         hold_bodies(tx, "kp_trash_messages", session_id, -1)?;
     }
     let deletes: Vec<(&str, &str)> = if out {
-        vec![
-            ("session_metadata", "session_id"),
-            ("messages", "session_id"),
-            ("sessions", "id"),
-        ]
+        vec![("session_metadata", "session_id"), ("messages", "session_id"), ("sessions", "id")]
     } else {
-        vec![
-            ("kp_trash_metadata", "session_id"),
-            ("kp_trash_messages", "session_id"),
-            ("kp_trash_sessions", "id"),
-        ]
+        vec![("kp_trash_metadata", "session_id"), ("kp_trash_messages", "session_id"), ("kp_trash_sessions", "id")]
     };
     for (table, key) in deletes {
-        tx.execute(
-            &format!("DELETE FROM {} WHERE {key} = ?1", quote(table)),
-            params![session_id],
-        )?;
+        tx.execute(&format!("DELETE FROM {} WHERE {key} = ?1", quote(table)), params![session_id])?;
     }
     Ok(())
 }
@@ -163,11 +128,7 @@ impl crate::SqliteStore {
         let gone = sid.clone();
         self.write_then(
             move |tx| {
-                if days == 0 {
-                    crate::queries::delete_session(tx, &sid)
-                } else {
-                    trash_session(tx, &sid, now)
-                }
+                if days == 0 { crate::queries::delete_session(tx, &sid) } else { trash_session(tx, &sid, now) }
             },
             move |cache, existed| {
                 crate::forget_after_answer(cache, &gone);
@@ -199,12 +160,7 @@ fn deleted_at(conn: &Connection, session_id: &str) -> Result<Option<i64>> {
         .optional()?)
 }
 
-pub(crate) fn restore_session(
-    tx: &Transaction<'_>,
-    session_id: &str,
-    now: i64,
-    days: u32,
-) -> Result<()> {
+pub(crate) fn restore_session(tx: &Transaction<'_>, session_id: &str, now: i64, days: u32) -> Result<()> {
     match deleted_at(tx, session_id)? {
         Some(at) if at > expired_cutoff(now, days) => {}
         _ => return Err(session_not_found(session_id)),
@@ -213,19 +169,15 @@ pub(crate) fn restore_session(
         return Err(live_session_exists(session_id));
     }
     move_rows(tx, session_id, false).map_err(|e| {
-        match e
-            .downcast_ref::<rusqlite::Error>()
-            .and_then(rusqlite::Error::sqlite_error_code)
-        {
-            Some(rusqlite::ErrorCode::ConstraintViolation) => PersistenceError::Conflict(format!(
-                "a message id of trashed session {session_id:?} is taken: {e:#}"
-            ))
-            .into(),
+        match e.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code) {
+            Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                PersistenceError::Conflict(format!("a message id of trashed session {session_id:?} is taken: {e:#}"))
+                    .into()
+            }
             _ => e,
         }
     })?;
-    tx.prepare_cached("DELETE FROM kp_trash WHERE session_id = ?1")?
-        .execute(params![session_id])?;
+    tx.prepare_cached("DELETE FROM kp_trash WHERE session_id = ?1")?.execute(params![session_id])?;
     Ok(())
 }
 
@@ -239,10 +191,7 @@ fn purge_one(tx: &Transaction<'_>, session_id: &str) -> Result<()> {
         ("kp_trash_sessions", "id"),
         ("kp_trash", "session_id"),
     ] {
-        tx.execute(
-            &format!("DELETE FROM {table} WHERE {key} = ?1"),
-            params![session_id],
-        )?;
+        tx.execute(&format!("DELETE FROM {table} WHERE {key} = ?1"), params![session_id])?;
     }
     Ok(())
 }
@@ -282,12 +231,7 @@ pub(crate) fn list_deleted(conn: &Connection, now: i64, days: u32) -> Result<Vec
     listed(conn, expired_cutoff(now, days), false, days)
 }
 
-pub(crate) fn purge_deleted(
-    tx: &Transaction<'_>,
-    now: i64,
-    days: u32,
-    dry_run: bool,
-) -> Result<Vec<DeletedSession>> {
+pub(crate) fn purge_deleted(tx: &Transaction<'_>, now: i64, days: u32, dry_run: bool) -> Result<Vec<DeletedSession>> {
     let gone = listed(tx, expired_cutoff(now, days), true, days)?;
     if !dry_run {
         for d in &gone {
@@ -334,13 +278,11 @@ impl Trash for SqliteStore {
     async fn restore_session(&self, session_id: &str) -> Result<()> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
         let sid = session_id.to_owned();
-        self.write(move |tx| restore_session(tx, &sid, now, days))
-            .await
+        self.write(move |tx| restore_session(tx, &sid, now, days)).await
     }
 
     async fn purge_deleted(&self, dry_run: bool) -> Result<Vec<DeletedSession>> {
         let (now, days) = (self.clock.now_ms(), self.keep_deleted_days);
-        self.write(move |tx| purge_deleted(tx, now, days, dry_run))
-            .await
+        self.write(move |tx| purge_deleted(tx, now, days, dry_run)).await
     }
 }

@@ -118,9 +118,7 @@ fn gather(
                 *pending = Some(other);
                 break;
             }
-            Err(crossbeam_channel::TryRecvError::Empty)
-                if group.len() < last.size && Instant::now() < deadline =>
-            {
+            Err(crossbeam_channel::TryRecvError::Empty) if group.len() < last.size && Instant::now() < deadline => {
                 thread::yield_now()
             }
             Err(_) => break,
@@ -204,10 +202,7 @@ impl Worker {
                                 let size = group.len();
                                 let started = Instant::now();
                                 write_group(&mut conn, group);
-                                last = LastGroup {
-                                    size,
-                                    took: started.elapsed(),
-                                };
+                                last = LastGroup { size, took: started.elapsed() };
                             }
                         }
                         drop_handed_over();
@@ -226,17 +221,9 @@ impl Worker {
                     drop(conn);
                     drop(running);
                 })
-                .map_err(|e| {
-                    PersistenceError::Unavailable(format!("cannot start {name} thread: {e}"))
-                })?;
+                .map_err(|e| PersistenceError::Unavailable(format!("cannot start {name} thread: {e}")))?;
         }
-        Ok(Self {
-            tx,
-            _closer: Arc::new(Closer {
-                ended,
-                wait: close_wait,
-            }),
-        })
+        Ok(Self { tx, _closer: Arc::new(Closer { ended, wait: close_wait }) })
     }
 
     /// Runs `f` on one of the worker's connections and returns its result.
@@ -277,9 +264,7 @@ impl Worker {
             finish: Box::new(move |out: Result<Produced>| {
                 let out = out.and_then(|produced| match produced.downcast::<R>() {
                     Ok(r) => Ok(after(*r)),
-                    Err(_) => Err(anyhow::anyhow!(
-                        "sqlite writer: a write's result lost its type"
-                    )),
+                    Err(_) => Err(anyhow::anyhow!("sqlite writer: a write's result lost its type")),
                 });
                 let _ = reply.send(out);
             }),
@@ -288,9 +273,7 @@ impl Worker {
     }
 
     fn send(&self, job: Job) -> Result<()> {
-        self.tx.send(job).map_err(|_| {
-            PersistenceError::Unavailable("sqlite worker thread has stopped".into()).into()
-        })
+        self.tx.send(job).map_err(|_| PersistenceError::Unavailable("sqlite worker thread has stopped".into()).into())
     }
 
     async fn answer<R>(answer: tokio::sync::oneshot::Receiver<Result<R>>) -> Result<R> {
@@ -317,15 +300,11 @@ impl Worker {
         while alone && Instant::now() < deadline {
             match answer.try_recv() {
                 Ok(out) => return out,
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
-                    tokio::task::yield_now().await
-                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
                 Err(tokio::sync::oneshot::error::TryRecvError::Closed) => break,
             }
         }
-        answer.await.map_err(|_| {
-            PersistenceError::Unavailable("sqlite worker thread dropped the call".into())
-        })?
+        answer.await.map_err(|_| PersistenceError::Unavailable("sqlite worker thread dropped the call".into()))?
     }
 }
 
@@ -394,11 +373,7 @@ fn next_job(rx: &crossbeam_channel::Receiver<Job>, spin: bool) -> Option<Job> {
 /// loop is the one place a writer waits, with the store's deadline, also
 /// where SQLite reports busy without calling its handler (a deferred
 /// transaction upgrading to write, as the migration does).
-pub(crate) fn retry_busy<R>(
-    deadline: Instant,
-    waited: Duration,
-    mut f: impl FnMut() -> Result<R>,
-) -> Result<R> {
+pub(crate) fn retry_busy<R>(deadline: Instant, waited: Duration, mut f: impl FnMut() -> Result<R>) -> Result<R> {
     let mut pause = Duration::from_millis(1);
     let mut warned = false;
     loop {
@@ -413,10 +388,7 @@ pub(crate) fn retry_busy<R>(
                     warned = true;
                 }
                 if now >= deadline {
-                    tracing::warn!(
-                        timeout_ms = waited.as_millis() as u64,
-                        "SQLite database stayed locked; giving up"
-                    );
+                    tracing::warn!(timeout_ms = waited.as_millis() as u64, "SQLite database stayed locked; giving up");
                     return Err(e.context(PersistenceError::Unavailable(format!(
                         "database stayed locked by another writer for {} ms",
                         waited.as_millis()
@@ -498,10 +470,8 @@ fn write_group(conn: &mut Connection, mut group: Vec<WriteJob>) {
 
 /// One write in its own transaction.
 fn write_alone(conn: &mut Connection, mut job: WriteJob) {
-    let out = catch_unwind(AssertUnwindSafe(|| {
-        write(conn, job.timeout, |tx| (job.apply)(tx))
-    }))
-    .unwrap_or_else(|_| Err(anyhow::anyhow!("a write panicked")));
+    let out = catch_unwind(AssertUnwindSafe(|| write(conn, job.timeout, |tx| (job.apply)(tx))))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("a write panicked")));
     finish(job.finish, out);
 }
 
@@ -520,10 +490,7 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
         let location = self.location.clone();
-        self.readers
-            .run(move |conn| f(conn))
-            .await
-            .map_err(|e| classify(e, &location))
+        self.readers.run(move |conn| f(conn)).await.map_err(|e| classify(e, &location))
     }
 
     pub(crate) async fn write<R, F>(&self, f: F) -> Result<R>
@@ -586,12 +553,8 @@ mod tests {
             }),
             finish: Box::new(move |out| {
                 let other = Connection::open(&path).unwrap();
-                let committed: i64 = other
-                    .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-                    .unwrap();
-                let out = out
-                    .map(|v| *v.downcast::<i64>().unwrap())
-                    .map_err(|e| e.to_string());
+                let committed: i64 = other.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+                let out = out.map(|v| *v.downcast::<i64>().unwrap()).map_err(|e| e.to_string());
                 seen.lock().unwrap().push((i, out, committed));
             }),
         }
@@ -602,8 +565,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.db");
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (n INTEGER)")
-            .unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (n INTEGER)").unwrap();
         (dir, path, conn)
     }
 
@@ -611,9 +573,7 @@ mod tests {
     fn a_group_commits_once_before_answering_and_rolls_back_a_failed_write_alone() {
         let (_dir, path, mut conn) = scratch();
         let seen: Outcomes = Arc::default();
-        let group = (0..5)
-            .map(|i| job(i as i64, i == 2, path.clone(), seen.clone(), i))
-            .collect();
+        let group = (0..5).map(|i| job(i as i64, i == 2, path.clone(), seen.clone(), i)).collect();
         write_group(&mut conn, group);
         let seen = seen.lock().unwrap();
         let order: Vec<usize> = seen.iter().map(|(i, _, _)| *i).collect();
@@ -643,18 +603,13 @@ mod tests {
         let seen: Outcomes = Arc::default();
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         for i in 1..3 {
-            tx.send(Job::Write(job(i, false, path.clone(), seen.clone(), 0)))
-                .unwrap();
+            tx.send(Job::Write(job(i, false, path.clone(), seen.clone(), 0))).unwrap();
         }
         tx.send(Job::Raw(Box::new(|_| {}))).unwrap();
-        tx.send(Job::Write(job(3, false, path.clone(), seen.clone(), 0)))
-            .unwrap();
+        tx.send(Job::Write(job(3, false, path.clone(), seen.clone(), 0))).unwrap();
         // The last group was larger and slow: this one may wait for more,
         // but the queued job that is not a write ends it, in order.
-        let last = LastGroup {
-            size: 10,
-            took: Duration::from_secs(1),
-        };
+        let last = LastGroup { size: 10, took: Duration::from_secs(1) };
         let mut pending = None;
         let first = job(0, false, path.clone(), seen, 0);
         let group = gather(&rx, first, &last, &mut pending);
@@ -681,22 +636,11 @@ mod tests {
     #[tokio::test]
     async fn what_a_write_hands_over_is_dropped_after_its_caller_is_answered() {
         let (_dir, _path, conn) = scratch();
-        let worker = Worker::spawn(
-            "test-writer",
-            vec![conn],
-            true,
-            None,
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        let worker = Worker::spawn("test-writer", vec![conn], true, None, Duration::from_secs(5)).unwrap();
         let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let dropped_answered = Arc::new(Mutex::new(None));
         let (go, wait) = std::sync::mpsc::channel();
-        let handed = Handed {
-            answered: answered.clone(),
-            go: wait,
-            dropped_answered: dropped_answered.clone(),
-        };
+        let handed = Handed { answered: answered.clone(), go: wait, dropped_answered: dropped_answered.clone() };
         let started = Instant::now();
         let n = worker
             .write(
@@ -710,17 +654,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 1);
-        assert!(
-            started.elapsed() < Duration::from_secs(4),
-            "the caller waited for the handed-over value's drop"
-        );
+        assert!(started.elapsed() < Duration::from_secs(4), "the caller waited for the handed-over value's drop");
         answered.store(true, Ordering::SeqCst);
         go.send(()).unwrap();
         // The next job runs after the drop.
-        worker
-            .write(Duration::from_secs(5), |_| Ok(()), |()| ())
-            .await
-            .unwrap();
+        worker.write(Duration::from_secs(5), |_| Ok(()), |()| ()).await.unwrap();
         assert_eq!(*dropped_answered.lock().unwrap(), Some(true));
     }
 

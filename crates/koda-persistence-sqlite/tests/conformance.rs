@@ -45,9 +45,7 @@ impl AtRest for Files {
             ..SqliteOptions::default()
         };
         let clock = ManualClock::new(koda_persistence_conformance::START_MS);
-        Ok(Arc::new(
-            open_checked::<Sqlite>(options, Arc::new(clock)).await?,
-        ))
+        Ok(Arc::new(open_checked::<Sqlite>(options, Arc::new(clock)).await?))
     }
 
     async fn files(&self, name: &str) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
@@ -88,20 +86,11 @@ struct TempFile {
 fn options(dir: &std::path::Path, encrypted: bool) -> anyhow::Result<SqliteOptions> {
     let key_file = if encrypted {
         let key = [0x5au8; 32];
-        Some(koda_persistence_conformance::secrets::key_file(
-            dir,
-            "store.key",
-            &key,
-            0o600,
-        )?)
+        Some(koda_persistence_conformance::secrets::key_file(dir, "store.key", &key, 0o600)?)
     } else {
         None
     };
-    Ok(SqliteOptions {
-        location: Location::File(dir.join("koda.db")),
-        key_file,
-        ..SqliteOptions::default()
-    })
+    Ok(SqliteOptions { location: Location::File(dir.join("koda.db")), key_file, ..SqliteOptions::default() })
 }
 
 #[async_trait::async_trait]
@@ -122,10 +111,7 @@ impl Factory for TempFile {
                 let dir = tempfile::tempdir()?;
                 let clock = ManualClock::new(koda_persistence_conformance::START_MS);
                 let mut options = options(dir.path(), encrypted)?;
-                options.trash = TrashOptions {
-                    keep_deleted_days: Some(days),
-                    ..TrashOptions::default()
-                };
+                options.trash = TrashOptions { keep_deleted_days: Some(days), ..TrashOptions::default() };
                 let store = open_checked::<Sqlite>(options, Arc::new(clock.clone())).await?;
                 Ok(Fixture::new(Arc::new(store), clock).with_guard(dir))
             }))
@@ -139,22 +125,16 @@ struct InMemory;
 impl Factory for InMemory {
     async fn create(&self, start_ms: i64) -> anyhow::Result<Fixture> {
         let clock = ManualClock::new(start_ms);
-        let store =
-            open_checked::<Sqlite>(SqliteOptions::default(), Arc::new(clock.clone())).await?;
-        Ok(
-            Fixture::new(Arc::new(store), clock).with_grace_opener(|days| async move {
-                let clock = ManualClock::new(koda_persistence_conformance::START_MS);
-                let options = SqliteOptions {
-                    trash: TrashOptions {
-                        keep_deleted_days: Some(days),
-                        ..TrashOptions::default()
-                    },
-                    ..SqliteOptions::default()
-                };
-                let store = open_checked::<Sqlite>(options, Arc::new(clock.clone())).await?;
-                Ok(Fixture::new(Arc::new(store), clock))
-            }),
-        )
+        let store = open_checked::<Sqlite>(SqliteOptions::default(), Arc::new(clock.clone())).await?;
+        Ok(Fixture::new(Arc::new(store), clock).with_grace_opener(|days| async move {
+            let clock = ManualClock::new(koda_persistence_conformance::START_MS);
+            let options = SqliteOptions {
+                trash: TrashOptions { keep_deleted_days: Some(days), ..TrashOptions::default() },
+                ..SqliteOptions::default()
+            };
+            let store = open_checked::<Sqlite>(options, Arc::new(clock.clone())).await?;
+            Ok(Fixture::new(Arc::new(store), clock))
+        }))
     }
 }
 

@@ -14,10 +14,7 @@ async fn a_full_disk_fails_cleanly_and_recovers() -> anyhow::Result<()> {
         4,
         |dir| async move {
             let store = SqliteStore::open(
-                SqliteOptions {
-                    location: Location::File(dir.join("koda.db")),
-                    ..SqliteOptions::default()
-                },
+                SqliteOptions { location: Location::File(dir.join("koda.db")), ..SqliteOptions::default() },
                 Arc::new(SystemClock),
             )
             .await?;

@@ -18,14 +18,7 @@ fn clock() -> Arc<ManualClock> {
 }
 
 async fn open(path: &Path, options: SqliteOptions) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(
-        SqliteOptions {
-            location: Location::File(path.to_owned()),
-            ..options
-        },
-        clock(),
-    )
-    .await
+    SqliteStore::open(SqliteOptions { location: Location::File(path.to_owned()), ..options }, clock()).await
 }
 
 fn kind(e: &anyhow::Error) -> &'static str {
@@ -46,10 +39,7 @@ async fn a_lock_released_within_the_timeout_is_waited_for() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("koda.db");
     let store = open(&path, SqliteOptions::default()).await.expect("open");
-    let sid = store
-        .create_session("main", Path::new("/p"))
-        .await
-        .expect("session");
+    let sid = store.create_session("main", Path::new("/p")).await.expect("session");
     let (locked_tx, locked) = std::sync::mpsc::channel();
     let holder_path = path.clone();
     let holder = std::thread::spawn(move || {
@@ -65,11 +55,7 @@ async fn a_lock_released_within_the_timeout_is_waited_for() {
         .insert_message(&sid, &Role::User, Some("waited"), None, None, None)
         .await
         .expect("the write waits for the lock and succeeds");
-    assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "did not wait: {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(200), "did not wait: {:?}", started.elapsed());
     holder.join().expect("holder");
     assert_eq!(store.load_all_messages(&sid).await.expect("read").len(), 1);
 }
@@ -78,13 +64,10 @@ async fn a_lock_released_within_the_timeout_is_waited_for() {
 #[tokio::test]
 async fn a_directory_as_the_path_is_unavailable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = open(dir.path(), SqliteOptions::default())
-        .await
-        .expect_err("a directory is not a database file");
+    let err = open(dir.path(), SqliteOptions::default()).await.expect_err("a directory is not a database file");
     assert_eq!(kind(&err), "Unavailable", "{err:#}");
     assert!(
-        err.chain()
-            .any(|c| c.downcast_ref::<rusqlite::Error>().is_some()),
+        err.chain().any(|c| c.downcast_ref::<rusqlite::Error>().is_some()),
         "the driver error stays attached as the source: {err:#}"
     );
     let under_a_file = dir.path().join("file");
@@ -102,32 +85,20 @@ async fn a_read_only_file_system_is_unavailable() {
     let disk = match koda_persistence_conformance::disk::SmallDisk::mount(4) {
         Ok(d) => d,
         Err(why) => {
-            koda_persistence_conformance::say_skipped(
-                "a_read_only_file_system_is_unavailable",
-                &format!("{why:#}"),
-            );
+            koda_persistence_conformance::say_skipped("a_read_only_file_system_is_unavailable", &format!("{why:#}"));
             return;
         }
     };
     let path = disk.path().join("koda.db");
     {
         let store = open(&path, SqliteOptions::default()).await.expect("open");
-        store
-            .create_session("main", Path::new("/p"))
-            .await
-            .expect("session");
+        store.create_session("main", Path::new("/p")).await.expect("session");
     }
-    let remount = std::process::Command::new("mount")
-        .args(["-o", "remount,ro"])
-        .arg(disk.path())
-        .status()
-        .expect("mount");
+    let remount =
+        std::process::Command::new("mount").args(["-o", "remount,ro"]).arg(disk.path()).status().expect("mount");
     assert!(remount.success(), "remount read-only");
     let outcome = open(&path, SqliteOptions::default()).await;
-    let _ = std::process::Command::new("mount")
-        .args(["-o", "remount,rw"])
-        .arg(disk.path())
-        .status();
+    let _ = std::process::Command::new("mount").args(["-o", "remount,rw"]).arg(disk.path()).status();
     let err = outcome.expect_err("a read-only file system");
     assert_eq!(kind(&err), "Unavailable", "{err:#}");
 }
@@ -142,43 +113,23 @@ async fn undecodable_rows_are_corrupt() {
     let store = open(&path, SqliteOptions::default()).await.expect("open");
     let raw = Connection::open(&path).expect("raw");
     for (what, plant) in [
-        (
-            "unknown role",
-            "UPDATE messages SET role = 'wizard' WHERE session_id = ?1",
-        ),
-        (
-            "content that is not UTF-8",
-            "UPDATE messages SET content = CAST(X'C328' AS TEXT) WHERE session_id = ?1",
-        ),
-        (
-            "a token counter that is text",
-            "UPDATE messages SET prompt_tokens = 'many' WHERE session_id = ?1",
-        ),
+        ("unknown role", "UPDATE messages SET role = 'wizard' WHERE session_id = ?1"),
+        ("content that is not UTF-8", "UPDATE messages SET content = CAST(X'C328' AS TEXT) WHERE session_id = ?1"),
+        ("a token counter that is text", "UPDATE messages SET prompt_tokens = 'many' WHERE session_id = ?1"),
     ] {
-        let sid = store
-            .create_session("main", Path::new("/p"))
-            .await
-            .expect("session");
-        store
-            .insert_message(&sid, &Role::User, Some("fine"), None, None, None)
-            .await
-            .expect("insert");
+        let sid = store.create_session("main", Path::new("/p")).await.expect("session");
+        store.insert_message(&sid, &Role::User, Some("fine"), None, None, None).await.expect("insert");
         raw.execute(plant, [&sid]).expect(what);
         let err = store.load_all_messages(&sid).await.expect_err(what);
         assert_eq!(kind(&err), "Corrupt", "{what}: {err:#}");
     }
     // A value the store reads for itself (the session's change counter).
-    let sid = store
-        .create_session("main", Path::new("/p"))
-        .await
-        .expect("session");
-    raw.execute("UPDATE sessions SET version = 'many' WHERE id = ?1", [&sid])
-        .expect("plant");
+    let sid = store.create_session("main", Path::new("/p")).await.expect("session");
+    raw.execute("UPDATE sessions SET version = 'many' WHERE id = ?1", [&sid]).expect("plant");
     let err = store.load_context(&sid).await.expect_err("text version");
     assert_eq!(kind(&err), "Corrupt", "a text version: {err:#}");
     assert!(
-        err.chain()
-            .any(|c| c.downcast_ref::<rusqlite::Error>().is_some()),
+        err.chain().any(|c| c.downcast_ref::<rusqlite::Error>().is_some()),
         "the driver error stays attached as the source: {err:#}"
     );
 }
@@ -197,11 +148,7 @@ async fn options_built_in_code_are_checked() {
         (Duration::from_secs(1), 10_000, "readers"),
     ];
     for (busy_timeout, readers, name) in cases {
-        let options = SqliteOptions {
-            busy_timeout,
-            readers,
-            ..SqliteOptions::default()
-        };
+        let options = SqliteOptions { busy_timeout, readers, ..SqliteOptions::default() };
         let err = open(&path, options).await.expect_err(name);
         assert_eq!(kind(&err), "InvalidInput", "{name}: {err:#}");
         assert!(err.to_string().contains(name), "{err}");
@@ -216,10 +163,7 @@ async fn debug_names_the_location() {
     let path = dir.path().join("koda.db");
     let store = open(&path, SqliteOptions::default()).await.expect("open");
     let shown = format!("{store:?}");
-    assert!(
-        shown.starts_with("SqliteStore") && shown.contains("koda.db"),
-        "{shown}"
-    );
+    assert!(shown.starts_with("SqliteStore") && shown.contains("koda.db"), "{shown}");
 }
 
 /// A new file starts with koda's `auto_vacuum = INCREMENTAL`; an existing
@@ -229,25 +173,14 @@ async fn new_files_use_incremental_auto_vacuum() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("koda.db");
     drop(open(&path, SqliteOptions::default()).await.expect("open"));
-    let mode: i64 = Connection::open(&path)
-        .expect("raw")
-        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
-        .expect("pragma");
+    let mode: i64 =
+        Connection::open(&path).expect("raw").query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).expect("pragma");
     assert_eq!(mode, 2, "INCREMENTAL");
     let existing = dir.path().join("existing.db");
-    Connection::open(&existing)
-        .expect("raw")
-        .execute_batch("CREATE TABLE unrelated (x)")
-        .expect("existing database");
-    drop(
-        open(&existing, SqliteOptions::default())
-            .await
-            .expect("adopt"),
-    );
-    let mode: i64 = Connection::open(&existing)
-        .expect("raw")
-        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
-        .expect("pragma");
+    Connection::open(&existing).expect("raw").execute_batch("CREATE TABLE unrelated (x)").expect("existing database");
+    drop(open(&existing, SqliteOptions::default()).await.expect("adopt"));
+    let mode: i64 =
+        Connection::open(&existing).expect("raw").query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).expect("pragma");
     assert_eq!(mode, 0, "an existing database keeps its mode");
 }
 
@@ -259,16 +192,12 @@ async fn create_and_synchronous_options_from_urls() {
     let path = dir.path().join("new.db");
     for off in ["false", "0", "no", "OFF"] {
         let url = format!("sqlite://{}?create={off}", path.display());
-        let err = SqliteStore::open_url(&url, clock())
-            .await
-            .expect_err("create off");
+        let err = SqliteStore::open_url(&url, clock()).await.expect_err("create off");
         assert_eq!(kind(&err), "InvalidInput", "{url}: {err:#}");
         assert!(!path.exists(), "{url} created the file");
     }
     let url = format!("sqlite://{}?create=yes&synchronous=normal", path.display());
-    let store = SqliteStore::open_url(&url, clock())
-        .await
-        .expect("create on");
+    let store = SqliteStore::open_url(&url, clock()).await.expect("create on");
     assert_eq!(store.synchronous().await.expect("pragma"), 1);
     assert!(path.exists());
 }
@@ -284,29 +213,12 @@ async fn an_undecodable_row_does_not_stop_the_search_index() {
     let path = dir.path().join("koda.db");
     let store = open(&path, SqliteOptions::default()).await.expect("open");
     let raw = Connection::open(&path).expect("raw");
-    let sid = store
-        .create_session("main", Path::new("/p"))
-        .await
-        .expect("session");
-    let bad = store
-        .insert_message(&sid, &Role::User, Some("needle broken"), None, None, None)
-        .await
-        .expect("insert");
-    raw.execute(
-        "UPDATE messages SET content = CAST(X'C328' AS TEXT) WHERE id = ?1",
-        [bad],
-    )
-    .expect("plant");
+    let sid = store.create_session("main", Path::new("/p")).await.expect("session");
+    let bad = store.insert_message(&sid, &Role::User, Some("needle broken"), None, None, None).await.expect("insert");
+    raw.execute("UPDATE messages SET content = CAST(X'C328' AS TEXT) WHERE id = ?1", [bad]).expect("plant");
     for i in 0..3_000 {
         store
-            .insert_message(
-                &sid,
-                &Role::User,
-                Some(&format!("needle later {i}")),
-                None,
-                None,
-                None,
-            )
+            .insert_message(&sid, &Role::User, Some(&format!("needle later {i}")), None, None, None)
             .await
             .expect("insert");
     }
@@ -316,20 +228,12 @@ async fn an_undecodable_row_does_not_stop_the_search_index() {
         .expect("the newest hits do not reach the bad row");
     assert_eq!(hits.len(), 5);
     let waiting: Vec<i64> = {
-        let mut stmt = raw
-            .prepare("SELECT id FROM kp_search_dirty")
-            .expect("dirty");
-        stmt.query_map([], |r| r.get(0))
-            .expect("dirty")
-            .collect::<Result<_, _>>()
-            .expect("dirty")
+        let mut stmt = raw.prepare("SELECT id FROM kp_search_dirty").expect("dirty");
+        stmt.query_map([], |r| r.get(0)).expect("dirty").collect::<Result<_, _>>().expect("dirty")
     };
     assert_eq!(waiting, [bad], "only the row that does not decode waits");
     // A word no row holds: every candidate is decided, the bad row too.
-    match store
-        .search_messages("nowhere", &SearchScope::default(), 10)
-        .await
-    {
+    match store.search_messages("nowhere", &SearchScope::default(), 10).await {
         Ok(hits) => panic!("a search that reaches it answered {} hits", hits.len()),
         Err(err) => assert_eq!(kind(&err), "Corrupt", "{err:#}"),
     }
@@ -345,14 +249,8 @@ async fn health_reports_an_index_that_disagrees_with_its_table() {
     let path = dir.path().join("koda.db");
     let store = open(&path, SqliteOptions::default()).await.expect("open");
     for i in 0..3 {
-        let sid = store
-            .create_session("main", Path::new("/p"))
-            .await
-            .expect("session");
-        store
-            .insert_message(&sid, &Role::User, Some(&format!("m{i}")), None, None, None)
-            .await
-            .expect("insert");
+        let sid = store.create_session("main", Path::new("/p")).await.expect("session");
+        store.insert_message(&sid, &Role::User, Some(&format!("m{i}")), None, None, None).await.expect("insert");
     }
     assert!(store.health().await.expect("health").problems.is_empty());
     let raw = Connection::open(&path).expect("raw");
@@ -365,10 +263,7 @@ async fn health_reports_an_index_that_disagrees_with_its_table() {
     )
     .expect("plant");
     let problems = store.health().await.expect("health").problems;
-    assert!(
-        problems.iter().any(|p| p.starts_with("integrity_check:")),
-        "{problems:?}"
-    );
+    assert!(problems.iter().any(|p| p.starts_with("integrity_check:")), "{problems:?}");
 }
 
 /// Without the `sqlcipher` feature a `key_file` is refused, naming the
@@ -378,17 +273,11 @@ async fn health_reports_an_index_that_disagrees_with_its_table() {
 async fn a_key_file_without_the_sqlcipher_feature_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("koda.db");
-    let url = format!(
-        "sqlite://{}?key_file={}",
-        db.display(),
-        dir.path().join("k.key").display()
-    );
-    let err = koda_persistence_sqlite::SqliteStore::open_url(
-        &url,
-        std::sync::Arc::new(koda_persistence_api::SystemClock),
-    )
-    .await
-    .expect_err("a key_file without encryption compiled in");
+    let url = format!("sqlite://{}?key_file={}", db.display(), dir.path().join("k.key").display());
+    let err =
+        koda_persistence_sqlite::SqliteStore::open_url(&url, std::sync::Arc::new(koda_persistence_api::SystemClock))
+            .await
+            .expect_err("a key_file without encryption compiled in");
     assert!(
         matches!(
             koda_persistence_api::PersistenceError::of(&err),

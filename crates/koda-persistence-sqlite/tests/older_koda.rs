@@ -24,10 +24,7 @@ fn now_ms() -> i64 {
 
 async fn layer(path: &Path, clock: &ManualClock) -> SqliteStore {
     SqliteStore::open(
-        SqliteOptions {
-            location: Location::File(path.to_owned()),
-            ..SqliteOptions::default()
-        },
+        SqliteOptions { location: Location::File(path.to_owned()), ..SqliteOptions::default() },
         Arc::new(clock.clone()),
     )
     .await
@@ -60,14 +57,8 @@ async fn the_layer_and_an_older_koda_take_turns() {
 
         // The layer asks, the older koda answers (a tool call, its result,
         // the final answer).
-        let s1 = store
-            .create_session("main", Path::new(ROOT))
-            .await
-            .expect("session");
-        let q = store
-            .insert_message(&s1, &Role::User, Some("fix the bug"), None, None, None)
-            .await
-            .expect("question");
+        let s1 = store.create_session("main", Path::new(ROOT)).await.expect("session");
+        let q = store.insert_message(&s1, &Role::User, Some("fix the bug"), None, None, None).await.expect("question");
         let a1 = koda.insert_message(
             &s1,
             "assistant",
@@ -81,40 +72,16 @@ async fn the_layer_and_an_older_koda_take_turns() {
             koda.complete(a1);
         }
         let t = koda.insert_message(&s1, "tool", Some("file"), None, Some("call_a"), None, None);
-        let a2 = koda.insert_message(
-            &s1,
-            "assistant",
-            Some("fixed it"),
-            None,
-            None,
-            Some([50, 5, 0, 0, 0]),
-            None,
-        );
+        let a2 = koda.insert_message(&s1, "assistant", Some("fixed it"), None, None, Some([50, 5, 0, 0, 0]), None);
         if g.tracks_completion() {
             let streaming = store.load_context(&s1).await.expect("context");
-            assert_eq!(
-                ids(&streaming),
-                [q, a1, t],
-                "{g:?}: an answer still streaming is not shown early"
-            );
+            assert_eq!(ids(&streaming), [q, a1, t], "{g:?}: an answer still streaming is not shown early");
             koda.complete(a2);
         }
         let context = store.load_context(&s1).await.expect("context");
-        assert_eq!(
-            ids(&context),
-            [q, a1, t, a2],
-            "{g:?}: the older koda's answers are in the context"
-        );
+        assert_eq!(ids(&context), [q, a1, t, a2], "{g:?}: the older koda's answers are in the context");
         let usage = store.session_token_usage(&s1).await.expect("usage");
-        assert_eq!(
-            (
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.api_calls
-            ),
-            koda.usage(&s1),
-            "{g:?}: usage"
-        );
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.api_calls), koda.usage(&s1), "{g:?}: usage");
 
         // A session the older koda creates now (the layer's clock is a
         // minute behind) is the newest for both.
@@ -125,10 +92,7 @@ async fn the_layer_and_an_older_koda_take_turns() {
             ["s-older", s1.as_str()],
             "{g:?}: the older koda orders the layer's session by its text time"
         );
-        let layer_list = store
-            .list_sessions(10, Path::new(ROOT))
-            .await
-            .expect("list");
+        let layer_list = store.list_sessions(10, Path::new(ROOT)).await.expect("list");
         assert_eq!(
             layer_list.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
             ["s-older", s1.as_str()],
@@ -151,15 +115,8 @@ async fn the_layer_and_an_older_koda_take_turns() {
         if g.has_roots() {
             clock.set(now_ms() + 5_000);
             koda.touch_session(&s1);
-            let idle = store
-                .get_session_idle_secs(&s1)
-                .await
-                .expect("idle")
-                .expect("accessed");
-            assert!(
-                (3..=7).contains(&idle),
-                "{g:?}: idle {idle} s after a touch"
-            );
+            let idle = store.get_session_idle_secs(&s1).await.expect("idle").expect("accessed");
+            assert!((3..=7).contains(&idle), "{g:?}: idle {idle} s after a touch");
         }
 
         if g.compacts() {
@@ -179,20 +136,14 @@ async fn the_layer_and_an_older_koda_take_turns() {
             let mut sessions = Vec::new();
             for age_days in [3, 1] {
                 clock.set(now - age_days * DAY_MS);
-                let s = store
-                    .create_session("main", Path::new(ROOT))
-                    .await
-                    .expect("session");
+                let s = store.create_session("main", Path::new(ROOT)).await.expect("session");
                 for i in 0..3 {
                     store
                         .insert_message(&s, &Role::User, Some(&format!("m{i}")), None, None, None)
                         .await
                         .expect("insert");
                 }
-                assert_eq!(
-                    store.compact_session(&s, "sum", 1).await.expect("compact"),
-                    2
-                );
+                assert_eq!(store.compact_session(&s, "sum", 1).await.expect("compact"), 2);
                 sessions.push(s);
             }
             assert_eq!(
@@ -234,12 +185,7 @@ async fn the_layer_and_an_older_koda_take_turns() {
         }
         koda.delete_session("s-older");
         assert!(
-            !store
-                .list_sessions(10, Path::new(ROOT))
-                .await
-                .expect("list")
-                .iter()
-                .any(|s| s.id == "s-older"),
+            !store.list_sessions(10, Path::new(ROOT)).await.expect("list").iter().any(|s| s.id == "s-older"),
             "{g:?}: the older koda's delete"
         );
         assert!(koda.integrity_ok(), "{g:?}: integrity_check");
@@ -263,15 +209,9 @@ async fn an_older_koda_brought_back_reads_what_the_layer_wrote() {
         let mut sessions = Vec::new();
         for (age_days, keep) in [(5, Some(2)), (1, Some(1)), (0, None)] {
             clock.set(now - age_days * DAY_MS - 60_000);
-            let s = store
-                .create_session("main", Path::new(ROOT))
-                .await
-                .expect("session");
+            let s = store.create_session("main", Path::new(ROOT)).await.expect("session");
             for turn in 0..2 {
-                store
-                    .insert_message(&s, &Role::User, Some(&format!("q{turn}")), None, None, None)
-                    .await
-                    .expect("q");
+                store.insert_message(&s, &Role::User, Some(&format!("q{turn}")), None, None, None).await.expect("q");
                 let a = store
                     .insert_message_with_agent(
                         &s,
@@ -291,25 +231,16 @@ async fn an_older_koda_brought_back_reads_what_the_layer_wrote() {
                     .await
                     .expect("a");
                 store.mark_message_complete(a).await.expect("complete");
-                store
-                    .insert_tool_message_with_full(&s, "out", &format!("c{turn}"), "full out")
-                    .await
-                    .expect("tool");
+                store.insert_tool_message_with_full(&s, "out", &format!("c{turn}"), "full out").await.expect("tool");
             }
             if let Some(keep) = keep {
-                store
-                    .compact_session(&s, "summary", keep)
-                    .await
-                    .expect("compact");
+                store.compact_session(&s, "summary", keep).await.expect("compact");
             }
             sessions.push(s);
         }
         clock.set(now);
         assert_eq!(store.purge_compacted(3).await.expect("purge"), 4 + 2 - 2);
-        let layer_list = store
-            .list_sessions(10, Path::new(ROOT))
-            .await
-            .expect("list");
+        let layer_list = store.list_sessions(10, Path::new(ROOT)).await.expect("list");
         let mut layer_history = Vec::new();
         for s in &sessions {
             let mut all = store.load_all_messages(s).await.expect("all");
@@ -329,11 +260,7 @@ async fn an_older_koda_brought_back_reads_what_the_layer_wrote() {
         );
         for (mine, theirs) in layer_list.iter().zip(&older_list) {
             assert_eq!(
-                (
-                    mine.message_count,
-                    mine.total_tokens,
-                    koda_text(&mine.created_at)
-                ),
+                (mine.message_count, mine.total_tokens, koda_text(&mine.created_at)),
                 (theirs.messages, theirs.tokens, theirs.created_at.clone()),
                 "{g:?}: {}",
                 mine.id
@@ -348,11 +275,7 @@ async fn an_older_koda_brought_back_reads_what_the_layer_wrote() {
             assert_eq!(koda.load_messages(s), shown, "{g:?}: history of {s}");
             assert_eq!(
                 koda.usage(s),
-                (
-                    usage.prompt_tokens,
-                    usage.completion_tokens,
-                    usage.api_calls
-                ),
+                (usage.prompt_tokens, usage.completion_tokens, usage.api_calls),
                 "{g:?}: usage of {s}"
             );
         }
@@ -360,11 +283,7 @@ async fn an_older_koda_brought_back_reads_what_the_layer_wrote() {
             let (count, in_sessions, oldest) = koda.compacted_stats();
             assert_eq!(
                 (count, in_sessions, oldest),
-                (
-                    stats.message_count,
-                    stats.session_count,
-                    stats.oldest.as_deref().map(koda_text)
-                ),
+                (stats.message_count, stats.session_count, stats.oldest.as_deref().map(koda_text)),
                 "{g:?}: compacted stats"
             );
         }
@@ -375,11 +294,7 @@ async fn an_older_koda_brought_back_reads_what_the_layer_wrote() {
 fn is_compacted(path: &Path, id: i64) -> bool {
     rusqlite::Connection::open(path)
         .expect("raw")
-        .query_row(
-            "SELECT compacted_ms IS NOT NULL FROM messages WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
+        .query_row("SELECT compacted_ms IS NOT NULL FROM messages WHERE id = ?1", [id], |r| r.get(0))
         .expect("row")
 }
 
@@ -391,10 +306,7 @@ async fn on_a_new_file_a_foreign_answer_without_completion_is_streaming() {
     let path = dir.path().join("koda.db");
     let clock = ManualClock::new(now_ms());
     let store = layer(&path, &clock).await;
-    let s = store
-        .create_session("main", Path::new(ROOT))
-        .await
-        .expect("session");
+    let s = store.create_session("main", Path::new(ROOT)).await.expect("session");
     let koda = Generation::Newest.open(&path);
     let a = koda.insert_message(&s, "assistant", Some("typing…"), None, None, None, None);
     assert!(store.load_context(&s).await.expect("context").is_empty());
@@ -417,81 +329,39 @@ async fn large_outputs_stay_inline_until_the_user_opts_in() {
         g.create_file(&path);
         let clock = ManualClock::new(now_ms());
         let store = layer(&path, &clock).await;
-        assert!(
-            !store.stores_bodies_once(),
-            "{g:?}: adopted files stay inline"
-        );
+        assert!(!store.stores_bodies_once(), "{g:?}: adopted files stay inline");
         let output = "a large test log line\n".repeat(500);
-        let sid = store
-            .create_session("main", Path::new(ROOT))
-            .await
-            .expect("session");
-        let mine = store
-            .insert_message(&sid, &Role::Tool, Some(&output), None, Some("c1"), None)
-            .await
-            .expect("tool result");
+        let sid = store.create_session("main", Path::new(ROOT)).await.expect("session");
+        let mine =
+            store.insert_message(&sid, &Role::Tool, Some(&output), None, Some("c1"), None).await.expect("tool result");
         let older = g.open(&path);
         older.create_session("old-session", "main", ROOT);
-        let theirs = older.insert_message(
-            "old-session",
-            "tool",
-            Some(&output),
-            None,
-            Some("c2"),
-            None,
-            None,
-        );
+        let theirs = older.insert_message("old-session", "tool", Some(&output), None, Some("c2"), None, None);
         let read = older.load_messages(&sid);
-        assert_eq!(
-            read[0].2.as_deref(),
-            Some(output.as_str()),
-            "{g:?}: the older koda reads the layer's output"
-        );
+        assert_eq!(read[0].2.as_deref(), Some(output.as_str()), "{g:?}: the older koda reads the layer's output");
         assert_eq!(store.health().await.expect("health").bodies.references, 0);
 
         let dry = store.compact_bodies(true).await.expect("dry run");
-        assert_eq!(
-            (dry.rows, dry.fields, dry.new_bodies),
-            (2, 2, 1),
-            "{g:?}: {dry:?}"
-        );
+        assert_eq!((dry.rows, dry.fields, dry.new_bodies), (2, 2, 1), "{g:?}: {dry:?}");
         assert_eq!(dry.inline_bytes, 2 * output.len() as u64);
         assert!(dry.packed_bytes < output.len() as u64 / 10, "{dry:?}");
-        assert_eq!(
-            store.health().await.expect("health").bodies.references,
-            0,
-            "a dry run moves nothing"
-        );
+        assert_eq!(store.health().await.expect("health").bodies.references, 0, "a dry run moves nothing");
 
         let moved = store.compact_bodies(false).await.expect("compact bodies");
-        assert_eq!(
-            (moved.rows, moved.fields, moved.new_bodies),
-            (dry.rows, dry.fields, dry.new_bodies)
-        );
+        assert_eq!((moved.rows, moved.fields, moved.new_bodies), (dry.rows, dry.fields, dry.new_bodies));
         let health = store.health().await.expect("health");
         assert!(health.problems.is_empty(), "{:?}", health.problems);
         assert_eq!((health.bodies.bodies, health.bodies.references), (1, 2));
         assert!(store.stores_bodies_once());
-        assert_eq!(
-            older.load_messages(&sid)[0].2,
-            None,
-            "{g:?}: documented: an older koda sees no text"
-        );
+        assert_eq!(older.load_messages(&sid)[0].2, None, "{g:?}: documented: an older koda sees no text");
         for (s, id) in [(&sid, mine), (&"old-session".to_owned(), theirs)] {
             let all = store.load_all_messages(s).await.expect("load");
             let m = all.iter().find(|m| m.id == id).expect("message");
-            assert_eq!(
-                m.content.as_deref(),
-                Some(output.as_str()),
-                "{g:?}: the layer reads it back"
-            );
+            assert_eq!(m.content.as_deref(), Some(output.as_str()), "{g:?}: the layer reads it back");
         }
         drop(store);
         let store = layer(&path, &clock).await;
-        assert!(
-            store.stores_bodies_once(),
-            "the opt-in is recorded in the file"
-        );
+        assert!(store.stores_bodies_once(), "the opt-in is recorded in the file");
         let again = store.compact_bodies(false).await.expect("a re-run");
         assert_eq!(again.fields, 0, "nothing left to move");
 
@@ -499,10 +369,7 @@ async fn large_outputs_stay_inline_until_the_user_opts_in() {
         // its text wins, and the body's reference goes.
         older
             .conn
-            .execute(
-                "UPDATE messages SET content = '[cleared]' WHERE id = ?1",
-                [theirs],
-            )
+            .execute("UPDATE messages SET content = '[cleared]' WHERE id = ?1", [theirs])
             .expect("older koda clears a tool result");
         let all = store.load_all_messages("old-session").await.expect("load");
         let cleared = all.iter().find(|m| m.id == theirs).expect("message");
@@ -540,66 +407,37 @@ async fn an_older_kodas_writes_are_searched_and_never_touch_fts5() {
         let find = |q: &'static str| {
             let store = store.clone();
             async move {
-                let hits = store
-                    .search_messages(q, &SearchScope::default(), 50)
-                    .await
-                    .expect("search");
+                let hits = store.search_messages(q, &SearchScope::default(), 50).await.expect("search");
                 let mut ids: Vec<i64> = hits.iter().map(|h| h.message_id).collect();
                 ids.sort_unstable();
                 ids
             }
         };
-        let sid = store
-            .create_session("main", Path::new(ROOT))
-            .await
-            .expect("session");
-        let mine = store
-            .insert_message(&sid, &Role::User, Some("layer needle"), None, None, None)
-            .await
-            .expect("insert");
+        let sid = store.create_session("main", Path::new(ROOT)).await.expect("session");
+        let mine =
+            store.insert_message(&sid, &Role::User, Some("layer needle"), None, None, None).await.expect("insert");
         assert_eq!(find("needle").await, [mine], "{g:?}: the layer's own row");
         koda.create_session("older-1", "main", ROOT);
-        let theirs = koda.insert_message(
-            "older-1",
-            "user",
-            Some("older koda needle"),
-            None,
-            None,
-            None,
-            None,
-        );
-        assert_eq!(
-            find("needle").await,
-            [mine, theirs],
-            "{g:?}: an older koda's insert is found at once"
-        );
+        let theirs = koda.insert_message("older-1", "user", Some("older koda needle"), None, None, None, None);
+        assert_eq!(find("needle").await, [mine, theirs], "{g:?}: an older koda's insert is found at once");
         koda.conn
-            .execute(
-                "UPDATE messages SET content = 'rewritten haystack' WHERE id = ?1",
-                [theirs],
-            )
+            .execute("UPDATE messages SET content = 'rewritten haystack' WHERE id = ?1", [theirs])
             .expect("older koda rewrites a message");
         assert_eq!(find("needle").await, [mine], "{g:?}: the old text is gone");
         assert_eq!(find("haystack").await, [theirs], "{g:?}: the new text");
         koda.delete_session("older-1");
         assert_eq!(find("haystack").await, Vec::<i64>::new(), "{g:?}: deleted");
         let triggers: Vec<String> = {
-            let mut stmt = koda
-                .conn
-                .prepare("SELECT sql FROM sqlite_master WHERE type = 'trigger'")
-                .expect("triggers");
-            stmt.query_map([], |r| r.get(0))
-                .expect("triggers")
-                .collect::<Result<_, _>>()
-                .expect("triggers")
+            let mut stmt = koda.conn.prepare("SELECT sql FROM sqlite_master WHERE type = 'trigger'").expect("triggers");
+            stmt.query_map([], |r| r.get(0)).expect("triggers").collect::<Result<_, _>>().expect("triggers")
         };
         assert!(triggers.iter().any(|t| t.contains("kp_search_dirty")));
         // `kp_search` as a whole identifier (trigger names and
         // `kp_search_dirty` only start with it).
         for t in &triggers {
-            let names_fts5 = t.match_indices("kp_search").any(|(at, m)| {
-                !t[at + m.len()..].starts_with(|c: char| c == '_' || c.is_alphanumeric())
-            });
+            let names_fts5 = t
+                .match_indices("kp_search")
+                .any(|(at, m)| !t[at + m.len()..].starts_with(|c: char| c == '_' || c.is_alphanumeric()));
             assert!(!names_fts5, "{g:?}: a trigger touches the FTS5 table: {t}");
         }
     }

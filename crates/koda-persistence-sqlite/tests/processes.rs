@@ -22,24 +22,13 @@ use koda_persistence_api::{Persistence, Role, SystemClock};
 use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 async fn open(path: &Path) -> Result<SqliteStore> {
-    let options = SqliteOptions {
-        busy_timeout: Duration::from_secs(30),
-        ..SqliteOptions::default()
-    };
-    SqliteStore::open(
-        SqliteOptions {
-            location: Location::File(path.to_owned()),
-            ..options
-        },
-        Arc::new(SystemClock),
-    )
-    .await
+    let options = SqliteOptions { busy_timeout: Duration::from_secs(30), ..SqliteOptions::default() };
+    SqliteStore::open(SqliteOptions { location: Location::File(path.to_owned()), ..options }, Arc::new(SystemClock))
+        .await
 }
 
 fn generation(name: &str) -> Result<koda_generations::Generation> {
@@ -58,15 +47,7 @@ fn older_turn(path: &str, g: &str, ms: &str, sid: &str) -> Result<()> {
     koda.conn.execute_batch("BEGIN IMMEDIATE")?;
     koda.create_session(sid, "main", "/repo");
     koda.insert_message(sid, "user", Some("q"), None, None, None, None);
-    koda.insert_message(
-        sid,
-        "assistant",
-        Some("a"),
-        None,
-        None,
-        Some([7, 3, 0, 0, 0]),
-        None,
-    );
+    koda.insert_message(sid, "assistant", Some("a"), None, None, Some([7, 3, 0, 0, 0]), None);
     let mut out = std::io::stdout().lock();
     writeln!(out, "locked")?;
     out.flush()?;
@@ -118,16 +99,8 @@ fn child(args: &[String]) -> Result<()> {
                 let count: usize = count.parse()?;
                 let mut out = std::io::stdout().lock();
                 for i in 0..count {
-                    let id = store
-                        .insert_message(
-                            sid,
-                            &Role::User,
-                            Some(&format!("{tag}-{i}")),
-                            None,
-                            None,
-                            None,
-                        )
-                        .await?;
+                    let id =
+                        store.insert_message(sid, &Role::User, Some(&format!("{tag}-{i}")), None, None, None).await?;
                     writeln!(out, "{id}")?;
                 }
                 Ok(())
@@ -139,12 +112,7 @@ fn child(args: &[String]) -> Result<()> {
 
 fn spawn_child(args: &[&str]) -> Result<std::process::Child> {
     let exe = std::env::current_exe()?;
-    Ok(Command::new(exe)
-        .arg("child")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?)
+    Ok(Command::new(exe).arg("child").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?)
 }
 
 fn temp_db() -> Result<(tempfile::TempDir, PathBuf)> {
@@ -158,25 +126,14 @@ fn temp_db() -> Result<(tempfile::TempDir, PathBuf)> {
 fn two_processes_insert_concurrently() -> Result<()> {
     let (_dir, path) = temp_db()?;
     let rt = runtime()?;
-    let sid = rt.block_on(async {
-        open(&path)
-            .await?
-            .create_session("main", Path::new("/p"))
-            .await
-    })?;
+    let sid = rt.block_on(async { open(&path).await?.create_session("main", Path::new("/p")).await })?;
     let p = path.to_string_lossy().to_string();
-    let children: Vec<_> = ["a", "b"]
-        .iter()
-        .map(|tag| spawn_child(&["insert", &p, &sid, "2000", tag]))
-        .collect::<Result<_>>()?;
+    let children: Vec<_> =
+        ["a", "b"].iter().map(|tag| spawn_child(&["insert", &p, &sid, "2000", tag])).collect::<Result<_>>()?;
     let mut ids = HashSet::new();
     for child in children {
         let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "writer failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ensure!(out.status.success(), "writer failed: {}", String::from_utf8_lossy(&out.stderr));
         for line in String::from_utf8(out.stdout)?.lines() {
             ensure!(ids.insert(line.parse::<i64>()?), "duplicate id {line}");
         }
@@ -187,22 +144,13 @@ fn two_processes_insert_concurrently() -> Result<()> {
         let all = store.load_all_messages(&sid).await?;
         ensure!(all.len() == 4000, "stored {} messages", all.len());
         for tag in ["a", "b"] {
-            let mine: Vec<String> = all
-                .iter()
-                .filter_map(|m| m.content.clone())
-                .filter(|c| c.starts_with(&format!("{tag}-")))
-                .collect();
+            let mine: Vec<String> =
+                all.iter().filter_map(|m| m.content.clone()).filter(|c| c.starts_with(&format!("{tag}-"))).collect();
             let want: Vec<String> = (0..2000).map(|i| format!("{tag}-{i}")).collect();
-            ensure!(
-                mine == want,
-                "process {tag}'s messages out of order or missing"
-            );
+            ensure!(mine == want, "process {tag}'s messages out of order or missing");
         }
         let listed = store.list_sessions(1, Path::new("/p")).await?;
-        ensure!(
-            listed.first().map(|s| s.message_count) == Some(4000),
-            "message_count {listed:?}"
-        );
+        ensure!(listed.first().map(|s| s.message_count) == Some(4000), "message_count {listed:?}");
         Ok(())
     })
 }
@@ -214,22 +162,10 @@ fn older_mid_turn(
     g: koda_generations::Generation,
     ms: u64,
     sid: &str,
-) -> Result<(
-    std::process::Child,
-    std::io::Lines<BufReader<std::process::ChildStdout>>,
-)> {
-    let mut child = spawn_child(&[
-        "older-turn",
-        &path.to_string_lossy(),
-        &format!("{g:?}"),
-        &ms.to_string(),
-        sid,
-    ])?;
+) -> Result<(std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>)> {
+    let mut child = spawn_child(&["older-turn", &path.to_string_lossy(), &format!("{g:?}"), &ms.to_string(), sid])?;
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    ensure!(
-        lines.next().transpose()?.as_deref() == Some("locked"),
-        "the older koda did not take its lock"
-    );
+    ensure!(lines.next().transpose()?.as_deref() == Some("locked"), "the older koda did not take its lock");
     Ok((child, lines))
 }
 
@@ -237,10 +173,7 @@ fn adopt(path: &Path, busy: Duration) -> Result<SqliteStore> {
     runtime()?.block_on(SqliteStore::open(
         SqliteOptions {
             location: Location::File(path.to_owned()),
-            ..SqliteOptions {
-                busy_timeout: busy,
-                ..SqliteOptions::default()
-            }
+            ..SqliteOptions { busy_timeout: busy, ..SqliteOptions::default() }
         },
         Arc::new(SystemClock),
     ))
@@ -270,10 +203,7 @@ fn adoption_waits_for_an_older_koda_mid_turn() -> Result<()> {
                 "{g:?}: expected Unavailable, got {e:#}"
             ),
         }
-        ensure!(
-            waited >= Duration::from_millis(250),
-            "{g:?}: gave up after {waited:?}"
-        );
+        ensure!(waited >= Duration::from_millis(250), "{g:?}: gave up after {waited:?}");
         ensure!(
             lines.next().transpose()?.as_deref() == Some("committed"),
             "{g:?}: the older koda's transaction did not commit"
@@ -281,25 +211,16 @@ fn adoption_waits_for_an_older_koda_mid_turn() -> Result<()> {
         ensure!(child.wait()?.success(), "{g:?}: older koda failed");
         let raw = rusqlite::Connection::open(&path)?;
         let version: i64 = raw.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let marked: bool = raw
-            .prepare(
-                "SELECT 1 FROM sqlite_master WHERE name = 'kp_meta' OR sql LIKE '%created_ms%'",
-            )?
-            .exists([])?;
-        ensure!(
-            version == 0 && !marked,
-            "{g:?}: the refused open changed the file"
-        );
+        let marked: bool =
+            raw.prepare("SELECT 1 FROM sqlite_master WHERE name = 'kp_meta' OR sql LIKE '%created_ms%'")?.exists([])?;
+        ensure!(version == 0 && !marked, "{g:?}: the refused open changed the file");
         drop(raw);
 
         let (mut child, mut lines) = older_mid_turn(&path, g, 400, "s-turn-2")?;
         let started = std::time::Instant::now();
         let store = adopt(&path, Duration::from_secs(10))
             .with_context(|| format!("{g:?}: adopting while the older koda finishes its turn"))?;
-        ensure!(
-            started.elapsed() >= Duration::from_millis(250),
-            "{g:?}: did not wait for the older koda"
-        );
+        ensure!(started.elapsed() >= Duration::from_millis(250), "{g:?}: did not wait for the older koda");
         ensure!(
             lines.next().transpose()?.as_deref() == Some("committed"),
             "{g:?}: the older koda's transaction did not commit"
@@ -311,18 +232,12 @@ fn adoption_waits_for_an_older_koda_mid_turn() -> Result<()> {
         let listed = rt.block_on(store.list_sessions(5, Path::new("/repo")))?;
         for sid in ["s-turn-1", "s-turn-2"] {
             ensure!(
-                listed
-                    .iter()
-                    .any(|s| s.id == sid && s.message_count == 2 && s.total_tokens == 10),
+                listed.iter().any(|s| s.id == sid && s.message_count == 2 && s.total_tokens == 10),
                 "{g:?}: {sid} after adoption: {listed:?}"
             );
             let context = rt.block_on(store.load_context(sid))?;
             let want = if g.tracks_completion() { 1 } else { 2 };
-            ensure!(
-                context.len() == want,
-                "{g:?}: {sid} context holds {} messages",
-                context.len()
-            );
+            ensure!(context.len() == want, "{g:?}: {sid} context holds {} messages", context.len());
         }
     }
     Ok(())
@@ -337,94 +252,53 @@ fn relative_paths_open_under_the_working_directory() -> Result<()> {
     let dir = tempfile::tempdir()?;
     for (mode, url, file) in [
         ("relative-url", "sqlite://koda.db", "koda.db"),
-        (
-            "relative-url",
-            "sqlite://sub/dir/koda.db",
-            "sub/dir/koda.db",
-        ),
+        ("relative-url", "sqlite://sub/dir/koda.db", "sub/dir/koda.db"),
         ("relative-path", "file:x.db?mode=ro", "file:x.db?mode=ro"),
     ] {
-        let out = Command::new(std::env::current_exe()?)
-            .args(["child", mode, url])
-            .current_dir(dir.path())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "{url}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ensure!(
-            dir.path().join(file).exists(),
-            "{url} did not create {file}"
-        );
+        let out = Command::new(std::env::current_exe()?).args(["child", mode, url]).current_dir(dir.path()).output()?;
+        ensure!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(dir.path().join(file).exists(), "{url} did not create {file}");
     }
     Ok(())
 }
 
 fn opener(path: PathBuf) -> koda_persistence_conformance::process::Opening {
-    Box::pin(
-        async move { Ok(Arc::new(open(&path).await?) as Arc<dyn koda_persistence_api::Store>) },
-    )
+    Box::pin(async move { Ok(Arc::new(open(&path).await?) as Arc<dyn koda_persistence_api::Store>) })
 }
 
 /// The shared SIGKILL scenario (20 kills), with SQLite's own check after
 /// each: `PRAGMA integrity_check` is ok.
 fn sigkill_mid_stream_loses_nothing_acknowledged() -> Result<()> {
     let (_dir, path) = temp_db()?;
-    koda_persistence_conformance::process::sigkill_mid_stream_loses_nothing(
-        opener,
-        &path,
-        20,
-        |round| {
-            let raw = rusqlite::Connection::open(&path)?;
-            let check: String = raw.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-            ensure!(check == "ok", "round {round}: integrity_check says {check}");
-            Ok(())
-        },
-    )
+    koda_persistence_conformance::process::sigkill_mid_stream_loses_nothing(opener, &path, 20, |round| {
+        let raw = rusqlite::Connection::open(&path)?;
+        let check: String = raw.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        ensure!(check == "ok", "round {round}: integrity_check says {check}");
+        Ok(())
+    })
 }
 
 /// The shared SIGKILL scenario for the trash (15 kills), with SQLite's
 /// `PRAGMA integrity_check` after each.
 fn sigkill_mid_trash_leaves_nothing_half_moved() -> Result<()> {
     let (_dir, path) = temp_db()?;
-    koda_persistence_conformance::process::sigkill_mid_trash_leaves_nothing_half_moved(
-        opener,
-        &path,
-        15,
-        |round| {
-            let raw = rusqlite::Connection::open(&path)?;
-            let check: String = raw.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-            ensure!(check == "ok", "round {round}: integrity_check says {check}");
-            Ok(())
-        },
-    )
+    koda_persistence_conformance::process::sigkill_mid_trash_leaves_nothing_half_moved(opener, &path, 15, |round| {
+        let raw = rusqlite::Connection::open(&path)?;
+        let check: String = raw.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        ensure!(check == "ok", "round {round}: integrity_check says {check}");
+        Ok(())
+    })
 }
 
 fn main() -> ExitCode {
     koda_persistence_conformance::process::main(
         child,
         &[
-            (
-                "two_processes_insert_concurrently",
-                two_processes_insert_concurrently,
-            ),
-            (
-                "sigkill_mid_stream_loses_nothing_acknowledged",
-                sigkill_mid_stream_loses_nothing_acknowledged,
-            ),
-            (
-                "sigkill_mid_trash_leaves_nothing_half_moved",
-                sigkill_mid_trash_leaves_nothing_half_moved,
-            ),
-            (
-                "adoption_waits_for_an_older_koda_mid_turn",
-                adoption_waits_for_an_older_koda_mid_turn,
-            ),
-            (
-                "relative_paths_open_under_the_working_directory",
-                relative_paths_open_under_the_working_directory,
-            ),
+            ("two_processes_insert_concurrently", two_processes_insert_concurrently),
+            ("sigkill_mid_stream_loses_nothing_acknowledged", sigkill_mid_stream_loses_nothing_acknowledged),
+            ("sigkill_mid_trash_leaves_nothing_half_moved", sigkill_mid_trash_leaves_nothing_half_moved),
+            ("adoption_waits_for_an_older_koda_mid_turn", adoption_waits_for_an_older_koda_mid_turn),
+            ("relative_paths_open_under_the_working_directory", relative_paths_open_under_the_working_directory),
         ],
     )
 }

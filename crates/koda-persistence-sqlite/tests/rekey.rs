@@ -26,11 +26,7 @@ fn options(db: &Path, key: Option<&Path>) -> SqliteOptions {
 }
 
 async fn open(db: &Path, key: Option<&Path>) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(
-        options(db, key),
-        Arc::new(ManualClock::new(1_795_669_624_123)),
-    )
-    .await
+    SqliteStore::open(options(db, key), Arc::new(ManualClock::new(1_795_669_624_123))).await
 }
 
 fn kind(e: &anyhow::Error) -> Option<&PersistenceError> {
@@ -68,13 +64,8 @@ async fn rekey_changes_the_key_and_keeps_every_row() {
     // While a handle has the file open, the rekey waits, then refuses.
     let mut busy = options(&db, Some(&old));
     busy.busy_timeout = std::time::Duration::from_millis(200);
-    let e = SqliteStore::rekey_file(busy.clone(), &new)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(kind(&e), Some(PersistenceError::Unavailable(_))),
-        "{e:#}"
-    );
+    let e = SqliteStore::rekey_file(busy.clone(), &new).await.unwrap_err();
+    assert!(matches!(kind(&e), Some(PersistenceError::Unavailable(_))), "{e:#}");
     drop(store);
     SqliteStore::rekey_file(busy, &new).await.unwrap();
     assert!(denied(&open(&db, Some(&old)).await.unwrap_err()));

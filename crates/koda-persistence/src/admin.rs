@@ -43,10 +43,8 @@ pub async fn compact_bodies(url: &str, dry_run: bool) -> anyhow::Result<Option<B
     if !koda_persistence_sqlite::Sqlite::SCHEMES.contains(&parsed.scheme()) {
         return Ok(None);
     }
-    let store = koda_persistence_sqlite::SqliteStore::open_url(
-        url,
-        std::sync::Arc::new(koda_persistence_api::SystemClock),
-    )
-    .await?;
+    let store =
+        koda_persistence_sqlite::SqliteStore::open_url(url, std::sync::Arc::new(koda_persistence_api::SystemClock))
+            .await?;
     Ok(Some(store.compact_bodies(dry_run).await?))
 }

@@ -72,13 +72,11 @@ pub use koda_persistence_api::trash;
 pub use koda_persistence_api::capabilities;
 
 pub use koda_persistence_api::{
-    Bodies, BodyStats, COMPACTION_HINT, Capabilities, Checked, Clock, CompactedStats,
-    DeletedSession, Encryption, Fork, Handles, Health, INTERRUPTION_PREVIEW_CHARS,
-    InterruptionKind, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, ManualClock,
-    Message, MessageRecord, MetadataRecord, Persistence, PersistenceError, Role, SLOW_CALL, Search,
-    SearchHit, SearchIndex, SearchScope, SessionInfo, SessionRecord, SessionUsage, Store,
-    StoreHealth, SystemClock, TODO_KEY, TokenUsage, Traced, Transfer, Trash, detect_interruption,
-    session_checksum,
+    Bodies, BodyStats, COMPACTION_HINT, Capabilities, Checked, Clock, CompactedStats, DeletedSession, Encryption, Fork,
+    Handles, Health, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS, ManualClock, Message, MessageRecord, MetadataRecord, Persistence, PersistenceError, Role,
+    SLOW_CALL, Search, SearchHit, SearchIndex, SearchScope, SessionInfo, SessionRecord, SessionUsage, Store,
+    StoreHealth, SystemClock, TODO_KEY, TokenUsage, Traced, Transfer, Trash, detect_interruption, session_checksum,
 };
 
 /// The README's examples, compiled and run as doctests.
@@ -114,49 +112,20 @@ struct Registration {
 
 impl Registration {
     /// A compiled-in backend, described by its own [`Backend`] impl.
-    #[cfg(any(
-        feature = "memory",
-        feature = "sqlite",
-        feature = "postgres",
-        feature = "sled"
-    ))]
+    #[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "sled"))]
     const fn of<B: Backend>() -> Self {
-        Self {
-            feature: B::NAME,
-            schemes: B::SCHEMES,
-            example: B::EXAMPLE,
-            open: Some(open_as::<B> as Opener),
-        }
+        Self { feature: B::NAME, schemes: B::SCHEMES, example: B::EXAMPLE, open: Some(open_as::<B> as Opener) }
     }
 
     /// A backend this build left out: enough to name its feature.
-    #[cfg(not(all(
-        feature = "memory",
-        feature = "sqlite",
-        feature = "postgres",
-        feature = "sled"
-    )))]
-    const fn absent(
-        feature: &'static str,
-        schemes: &'static [&'static str],
-        example: &'static str,
-    ) -> Self {
-        Self {
-            feature,
-            schemes,
-            example,
-            open: None,
-        }
+    #[cfg(not(all(feature = "memory", feature = "sqlite", feature = "postgres", feature = "sled")))]
+    const fn absent(feature: &'static str, schemes: &'static [&'static str], example: &'static str) -> Self {
+        Self { feature, schemes, example, open: None }
     }
 }
 
 /// Opens `url` with backend `B`, as [`open_options`] does.
-#[cfg(any(
-    feature = "memory",
-    feature = "sqlite",
-    feature = "postgres",
-    feature = "sled"
-))]
+#[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "sled"))]
 fn open_as<B: Backend>(url: &StoreUrl, clock: Arc<dyn Clock>) -> Result<Opening, PersistenceError> {
     let options = koda_persistence_api::backend::options_from::<B>(url)?;
     Ok(Box::pin(open_options::<B>(options, clock)))
@@ -169,10 +138,7 @@ fn open_as<B: Backend>(url: &StoreUrl, clock: Arc<dyn Clock>) -> Result<Opening,
 ///
 /// # Errors
 /// As [`open`]; `InvalidInput` for options that fail their checks.
-pub async fn open_options<B: Backend>(
-    options: B::Options,
-    clock: Arc<dyn Clock>,
-) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_options<B: Backend>(options: B::Options, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<dyn Store>> {
     let store = B::open(options, clock).await?;
     Ok(Arc::new(Traced::new(Checked::new(store), B::NAME)))
 }
@@ -191,11 +157,7 @@ const BACKENDS: &[Registration] = &[
     #[cfg(feature = "postgres")]
     Registration::of::<postgres::Postgres>(),
     #[cfg(not(feature = "postgres"))]
-    Registration::absent(
-        "postgres",
-        &["postgres", "postgresql"],
-        "postgres://…, postgresql://…",
-    ),
+    Registration::absent("postgres", &["postgres", "postgresql"], "postgres://…, postgresql://…"),
     #[cfg(feature = "sled")]
     Registration::of::<sled::Sled>(),
     #[cfg(not(feature = "sled"))]
@@ -204,16 +166,10 @@ const BACKENDS: &[Registration] = &[
 
 /// The backend registered for `scheme` (lower case).
 fn backend_of(scheme: &str) -> Result<&'static Registration, PersistenceError> {
-    BACKENDS
-        .iter()
-        .find(|b| b.schemes.contains(&scheme))
-        .ok_or_else(|| {
-            let known: Vec<&str> = BACKENDS.iter().map(|b| b.example).collect();
-            PersistenceError::InvalidInput(format!(
-                "unknown store URL scheme {scheme:?}: use {}",
-                known.join(", ")
-            ))
-        })
+    BACKENDS.iter().find(|b| b.schemes.contains(&scheme)).ok_or_else(|| {
+        let known: Vec<&str> = BACKENDS.iter().map(|b| b.example).collect();
+        PersistenceError::InvalidInput(format!("unknown store URL scheme {scheme:?}: use {}", known.join(", ")))
+    })
 }
 
 /// Opens the store a URL names, on the system clock. The store is
@@ -289,19 +245,10 @@ mod tests {
         for feature in COMPILED_BACKENDS {
             let rows: Vec<_> = BACKENDS.iter().filter(|b| b.feature == *feature).collect();
             assert_eq!(rows.len(), 1, "{feature}");
-            assert!(
-                rows.iter().all(|b| b.open.is_some()),
-                "{feature} compiled in"
-            );
+            assert!(rows.iter().all(|b| b.open.is_some()), "{feature} compiled in");
         }
-        assert_eq!(
-            BACKENDS.iter().filter(|b| b.open.is_some()).count(),
-            COMPILED_BACKENDS.len()
-        );
-        let mut schemes: Vec<&str> = BACKENDS
-            .iter()
-            .flat_map(|b| b.schemes.iter().copied())
-            .collect();
+        assert_eq!(BACKENDS.iter().filter(|b| b.open.is_some()).count(), COMPILED_BACKENDS.len());
+        let mut schemes: Vec<&str> = BACKENDS.iter().flat_map(|b| b.schemes.iter().copied()).collect();
         let all = schemes.len();
         schemes.sort_unstable();
         schemes.dedup();
@@ -310,9 +257,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_scheme_names_the_supported_ones() {
-        let Err(err) = open("mysql://root@localhost/koda").await else {
-            panic!("must fail")
-        };
+        let Err(err) = open("mysql://root@localhost/koda").await else { panic!("must fail") };
         let pe = PersistenceError::of(&err).expect("typed");
         assert!(
             matches!(pe, PersistenceError::InvalidInput(m) if m.contains("\"mysql\"") && m.contains("sqlite://PATH") && m.contains("sled://PATH"))
@@ -322,18 +267,14 @@ mod tests {
     #[cfg(not(feature = "sled"))]
     #[tokio::test]
     async fn compiled_out_backend_names_the_feature() {
-        let Err(err) = open("sled:///tmp/x").await else {
-            panic!("must fail")
-        };
+        let Err(err) = open("sled:///tmp/x").await else { panic!("must fail") };
         assert!(err.to_string().contains("cargo feature `sled`"), "{err}");
     }
 
     #[cfg(not(feature = "postgres"))]
     #[tokio::test]
     async fn compiled_out_postgres_names_the_feature_without_the_password() {
-        let Err(err) = open("postgres://u:hunter2@localhost/db").await else {
-            panic!("must fail")
-        };
+        let Err(err) = open("postgres://u:hunter2@localhost/db").await else { panic!("must fail") };
         let shown = format!("{err:#} {err:?}");
         assert!(shown.contains("cargo feature `postgres`"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
@@ -343,48 +284,20 @@ mod tests {
     #[tokio::test]
     async fn sled_url_opens_a_directory_store() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!(
-            "sled://{}?flush=every_write",
-            dir.path().join("s").display()
-        );
+        let url = format!("sled://{}?flush=every_write", dir.path().join("s").display());
         let store = open(&url).await.expect("opens");
-        let id = store
-            .create_session("main", std::path::Path::new("/p"))
-            .await
-            .expect("creates");
-        assert_eq!(
-            store
-                .list_sessions(5, std::path::Path::new("/p"))
-                .await
-                .expect("lists")[0]
-                .id,
-            id
-        );
-        let Err(err) = open("sled:///tmp/x?flush=sometimes").await else {
-            panic!("bad option")
-        };
-        assert!(matches!(
-            PersistenceError::of(&err),
-            Some(PersistenceError::InvalidInput(_))
-        ));
+        let id = store.create_session("main", std::path::Path::new("/p")).await.expect("creates");
+        assert_eq!(store.list_sessions(5, std::path::Path::new("/p")).await.expect("lists")[0].id, id);
+        let Err(err) = open("sled:///tmp/x?flush=sometimes").await else { panic!("bad option") };
+        assert!(matches!(PersistenceError::of(&err), Some(PersistenceError::InvalidInput(_))));
     }
 
     #[cfg(feature = "memory")]
     #[tokio::test]
     async fn memory_url_opens_a_working_store() {
         let store = open("memory:").await.expect("opens");
-        let id = store
-            .create_session("main", std::path::Path::new("/p"))
-            .await
-            .expect("creates");
-        assert_eq!(
-            store
-                .list_sessions(5, std::path::Path::new("/p"))
-                .await
-                .expect("lists")[0]
-                .id,
-            id
-        );
+        let id = store.create_session("main", std::path::Path::new("/p")).await.expect("creates");
+        assert_eq!(store.list_sessions(5, std::path::Path::new("/p")).await.expect("lists")[0].id, id);
     }
 
     #[cfg(feature = "sqlite")]
@@ -394,34 +307,14 @@ mod tests {
         let path = dir.path().join("nested").join("koda.db");
         let url = format!("sqlite://{}", path.display());
         let store = open(&url).await.expect("opens a file");
-        let id = store
-            .create_session("main", std::path::Path::new("/p"))
-            .await
-            .expect("creates");
+        let id = store.create_session("main", std::path::Path::new("/p")).await.expect("creates");
         drop(store);
         assert!(path.exists());
         let again = open(&url).await.expect("reopens");
-        assert_eq!(
-            again
-                .list_sessions(5, std::path::Path::new("/p"))
-                .await
-                .expect("lists")[0]
-                .id,
-            id
-        );
+        assert_eq!(again.list_sessions(5, std::path::Path::new("/p")).await.expect("lists")[0].id, id);
         let mem = open("sqlite::memory:").await.expect("opens memory");
-        assert!(
-            mem.list_sessions(5, std::path::Path::new("/p"))
-                .await
-                .expect("lists")
-                .is_empty()
-        );
-        let Err(err) = open("sqlite:///tmp/x.db?synchronous=sometimes").await else {
-            panic!("bad option")
-        };
-        assert!(matches!(
-            PersistenceError::of(&err),
-            Some(PersistenceError::InvalidInput(_))
-        ));
+        assert!(mem.list_sessions(5, std::path::Path::new("/p")).await.expect("lists").is_empty());
+        let Err(err) = open("sqlite:///tmp/x.db?synchronous=sometimes").await else { panic!("bad option") };
+        assert!(matches!(PersistenceError::of(&err), Some(PersistenceError::InvalidInput(_))));
     }
 }

@@ -45,28 +45,9 @@ const CAPABILITY_ROOMS: [(&str, &str); 6] = [
 /// calls run, what is truly its own).
 const BACKENDS: [(&str, &[&str]); 4] = [
     ("memory", &[]),
-    (
-        "sqlite",
-        &[
-            "error.rs",
-            "worker.rs",
-            "checkpoint.rs",
-            "cipher.rs",
-            "adopt.rs",
-        ],
-    ),
+    ("sqlite", &["error.rs", "worker.rs", "checkpoint.rs", "cipher.rs", "adopt.rs"]),
     ("postgres", &["error.rs", "exec.rs", "tls.rs"]),
-    (
-        "sled",
-        &[
-            "error.rs",
-            "exec.rs",
-            "cipher.rs",
-            "compaction.rs",
-            "db.rs",
-            "keys.rs",
-        ],
-    ),
+    ("sled", &["error.rs", "exec.rs", "cipher.rs", "compaction.rs", "db.rs", "keys.rs"]),
 ];
 
 /// No source file of a backend is longer: past it, a topic has grown a
@@ -74,10 +55,7 @@ const BACKENDS: [(&str, &[&str]); 4] = [
 const MAX_FILE_LINES: usize = 800;
 
 fn crates() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn read(path: &Path) -> String {
@@ -90,11 +68,7 @@ fn files_in(dir: &Path) -> BTreeSet<String> {
         .map(|e| {
             let e = e.unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
             let name = e.file_name().to_string_lossy().into_owned();
-            if e.path().is_dir() {
-                format!("{name}/")
-            } else {
-                name
-            }
+            if e.path().is_dir() { format!("{name}/") } else { name }
         })
         .collect()
 }
@@ -103,51 +77,33 @@ fn files_in(dir: &Path) -> BTreeSet<String> {
 fn every_backend_has_the_same_rooms() {
     let mut wrong = Vec::new();
     for (name, own) in BACKENDS {
-        let src = crates()
-            .join(format!("koda-persistence-{name}"))
-            .join("src");
+        let src = crates().join(format!("koda-persistence-{name}")).join("src");
         let found = files_in(&src);
-        let expected: BTreeSet<String> = ROOMS
-            .iter()
-            .chain(own.iter())
-            .map(|s| (*s).to_owned())
-            .collect();
+        let expected: BTreeSet<String> = ROOMS.iter().chain(own.iter()).map(|s| (*s).to_owned()).collect();
         if found != expected {
             let missing: Vec<_> = expected.difference(&found).collect();
             let extra: Vec<_> = found.difference(&expected).collect();
             wrong.push(format!("{name}: missing {missing:?}, not a room {extra:?}"));
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "backend file sets differ from CONTRIBUTING.md:\n{}",
-        wrong.join("\n")
-    );
+    assert!(wrong.is_empty(), "backend file sets differ from CONTRIBUTING.md:\n{}", wrong.join("\n"));
 }
 
 #[test]
 fn every_lib_rs_is_documented_from_docs_md_and_exports_no_modules() {
     for (name, _) in BACKENDS {
-        let lib = crates()
-            .join(format!("koda-persistence-{name}"))
-            .join("src/lib.rs");
+        let lib = crates().join(format!("koda-persistence-{name}")).join("src/lib.rs");
         let text = read(&lib);
         assert!(
             text.starts_with("#![doc = include_str!(\"docs.md\")]"),
             "{name}: lib.rs does not take its crate docs from docs.md"
         );
-        assert!(
-            !text.lines().any(|l| l.starts_with("//!")),
-            "{name}: crate docs belong in docs.md"
-        );
+        assert!(!text.lines().any(|l| l.starts_with("//!")), "{name}: crate docs belong in docs.md");
         assert!(
             !text.lines().any(|l| l.trim_start().starts_with("pub mod ")),
             "{name}: a backend exports types, not its modules"
         );
-        assert!(
-            text.contains("impl Backend for "),
-            "{name}: lib.rs has no Backend impl"
-        );
+        assert!(text.contains("impl Backend for "), "{name}: lib.rs has no Backend impl");
     }
 }
 
@@ -173,14 +129,8 @@ fn the_tools_depend_on_the_facade_not_on_a_backend() {
 fn every_capability_lives_in_its_room() {
     let mut wrong = Vec::new();
     for (name, own) in BACKENDS {
-        let src = crates()
-            .join(format!("koda-persistence-{name}"))
-            .join("src");
-        for file in ROOMS
-            .iter()
-            .chain(own.iter())
-            .filter(|f| f.ends_with(".rs"))
-        {
+        let src = crates().join(format!("koda-persistence-{name}")).join("src");
+        for file in ROOMS.iter().chain(own.iter()).filter(|f| f.ends_with(".rs")) {
             let text = read(&src.join(file));
             for (capability, room) in CAPABILITY_ROOMS {
                 let found = text.contains(&format!("impl {capability} for "));
@@ -201,9 +151,7 @@ fn every_capability_lives_in_its_room() {
 fn sources() -> Vec<(String, Vec<(String, PathBuf)>)> {
     let mut out = Vec::new();
     for krate in ["api", "memory", "sqlite", "postgres", "sled"] {
-        let src = crates()
-            .join(format!("koda-persistence-{krate}"))
-            .join("src");
+        let src = crates().join(format!("koda-persistence-{krate}")).join("src");
         let mut files = Vec::new();
         walk(&src, &src, &mut files);
         out.push((krate.to_owned(), files));
@@ -214,17 +162,13 @@ fn sources() -> Vec<(String, Vec<(String, PathBuf)>)> {
 fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     for entry in entries {
-        let path = entry
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .path();
+        let path = entry.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path();
         if path.is_dir() {
             walk(root, &path, out);
         } else if path.extension().is_some_and(|e| e == "rs") {
             let rel = path.strip_prefix(root).unwrap_or(&path).with_extension("");
-            let mut parts: Vec<String> = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect();
+            let mut parts: Vec<String> =
+                rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
             if parts.last().is_some_and(|p| p == "mod") {
                 parts.pop();
             }
@@ -244,11 +188,7 @@ fn no_backend_file_is_over_the_cap() {
             }
         }
     }
-    assert!(
-        long.is_empty(),
-        "over {MAX_FILE_LINES} lines (split by topic):\n{}",
-        long.join("\n")
-    );
+    assert!(long.is_empty(), "over {MAX_FILE_LINES} lines (split by topic):\n{}", long.join("\n"));
 }
 
 /// No file of a crate names (`crate::x`, `use crate::{x, …}`) a file that
@@ -296,16 +236,9 @@ fn named_modules(text: &str, modules: &BTreeSet<&str>) -> BTreeSet<String> {
         let mut names: Vec<String> = Vec::new();
         if let Some(list) = rest.strip_prefix('{') {
             let end = list.find('}').unwrap_or(list.len());
-            names.extend(
-                list[..end]
-                    .split(',')
-                    .map(|n| n.trim().split("::").next().unwrap_or("").to_owned()),
-            );
+            names.extend(list[..end].split(',').map(|n| n.trim().split("::").next().unwrap_or("").to_owned()));
         } else {
-            let path: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
-                .collect();
+            let path: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':').collect();
             // The longest module path the name starts with.
             let parts: Vec<&str> = path.split("::").collect();
             for n in (1..=parts.len()).rev() {

@@ -17,10 +17,7 @@ struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -38,41 +35,17 @@ fn calls_are_traced_without_content() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let sid = rt.block_on(async {
         let store = koda_persistence::open("memory:").await.expect("open");
-        let sid = store
-            .create_session("main", Path::new("/p"))
-            .await
-            .expect("session");
-        store
-            .insert_message(
-                &sid,
-                &Role::User,
-                Some("secret-content-42"),
-                None,
-                None,
-                None,
-            )
-            .await
-            .expect("insert");
-        store
-            .set_metadata(&sid, "k", "secret-value-43")
-            .await
-            .expect("metadata");
+        let sid = store.create_session("main", Path::new("/p")).await.expect("session");
+        store.insert_message(&sid, &Role::User, Some("secret-content-42"), None, None, None).await.expect("insert");
+        store.set_metadata(&sid, "k", "secret-value-43").await.expect("metadata");
         let err = store.set_todo("no-such-session", "x").await;
         assert!(err.is_err());
         // A call of each capability, through the same layer.
-        let scope = koda_persistence::SearchScope {
-            session: Some(&sid),
-            ..Default::default()
-        };
-        store
-            .search_messages("secret", &scope, 5)
-            .await
-            .expect("search");
+        let scope = koda_persistence::SearchScope { session: Some(&sid), ..Default::default() };
+        store.search_messages("secret", &scope, 5).await.expect("search");
         let fork = store.fork_session(&sid, None).await.expect("fork");
         store.export_messages(&fork).await.expect("export");
         store.count_deleted().await.expect("count");

@@ -9,27 +9,15 @@
 use koda_persistence::PersistenceError;
 
 /// Values no numeric parameter accepts (each one's minimum is 1).
-const ALWAYS_BAD: [&str; 9] = [
-    "0",
-    "-1",
-    "abc",
-    "1.5",
-    "",
-    "18446744073709551615",
-    "18446744073709551616",
-    "9223372036854775807",
-    "%",
-];
+const ALWAYS_BAD: [&str; 9] =
+    ["0", "-1", "abc", "1.5", "", "18446744073709551615", "18446744073709551616", "9223372036854775807", "%"];
 
 async fn refused(url: &str, param: &str) {
     match koda_persistence::open(url).await {
         Ok(_) => panic!("{url}: opened"),
         Err(e) => match PersistenceError::of(&e) {
             Some(PersistenceError::InvalidInput(m)) => {
-                assert!(
-                    m.contains(param),
-                    "{url}: message does not name {param}: {m}"
-                )
+                assert!(m.contains(param), "{url}: message does not name {param}: {m}")
             }
             other => panic!("{url}: expected InvalidInput, got {other:?} ({e:#})"),
         },
@@ -48,9 +36,7 @@ async fn check_numbers(params: &[(&str, u64)], url: impl Fn(&str) -> String, try
         if try_accept {
             for v in [1, *max] {
                 let u = url(&format!("{param}={v}"));
-                koda_persistence::open(&u)
-                    .await
-                    .unwrap_or_else(|e| panic!("{u}: {e:#}"));
+                koda_persistence::open(&u).await.unwrap_or_else(|e| panic!("{u}: {e:#}"));
             }
         }
     }
@@ -65,26 +51,14 @@ async fn sqlite_parameters() {
         let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!("sqlite://{}/k{i}.db?{q}", dir.path().display())
     };
-    check_numbers(
-        &[("busy_timeout_ms", 3_600_000), ("readers", 64)],
-        url,
-        true,
-    )
-    .await;
+    check_numbers(&[("busy_timeout_ms", 3_600_000), ("readers", 64)], url, true).await;
     let base = format!("sqlite://{}/x.db", dir.path().display());
-    for (q, param) in [
-        ("synchronous=sometimes", "synchronous"),
-        ("create=maybe", "create"),
-        ("cache=big", "cache"),
-    ] {
+    for (q, param) in [("synchronous=sometimes", "synchronous"), ("create=maybe", "create"), ("cache=big", "cache")] {
         refused(&format!("{base}?{q}"), param).await;
     }
     refused("sqlite://file:/tmp/x.db", "file:").await;
     refused("sqlite:file:x.db", "file:").await;
-    assert!(
-        !std::path::Path::new("file:").exists(),
-        "a file: URI created a directory"
-    );
+    assert!(!std::path::Path::new("file:").exists(), "a file: URI created a directory");
     let made: Vec<_> = std::fs::read_dir(dir.path())
         .expect("list")
         .filter_map(|e| e.ok().map(|e| e.file_name()))
@@ -102,20 +76,12 @@ async fn sled_parameters() {
         let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!("sled://{}/s{i}?{q}", dir.path().display())
     };
-    check_numbers(
-        &[("flush_every_ms", 3_600_000), ("cache_mb", 65_536)],
-        url,
-        true,
-    )
-    .await;
+    check_numbers(&[("flush_every_ms", 3_600_000), ("cache_mb", 65_536)], url, true).await;
     let base = format!("sled://{}/x", dir.path().display());
     refused(&format!("{base}?flush=sometimes"), "flush").await;
     refused(&format!("{base}?flush=manual&flush_every_ms=5"), "flush").await;
     refused(&format!("{base}?colour=blue"), "colour").await;
-    assert!(
-        !dir.path().join("x").exists(),
-        "a refused URL created its directory"
-    );
+    assert!(!dir.path().join("x").exists(), "a refused URL created its directory");
 }
 
 /// Refused before connecting: no server is needed, and none is reached (the
@@ -125,11 +91,7 @@ async fn sled_parameters() {
 async fn postgres_parameters() {
     let url = |q: &str| format!("postgres://u:secret@127.0.0.1:1/db?{q}");
     check_numbers(
-        &[
-            ("pool_size", 1024),
-            ("connect_timeout_ms", 3_600_000),
-            ("pool_timeout_ms", 3_600_000),
-        ],
+        &[("pool_size", 1024), ("connect_timeout_ms", 3_600_000), ("pool_timeout_ms", 3_600_000)],
         url,
         false,
     )
@@ -174,9 +136,7 @@ async fn key_file_is_refused_alike_where_a_backend_cannot_encrypt() {
         urls.push("postgres://u:secret@127.0.0.1:1/db?key_file=/tmp/store.key".to_owned());
     }
     for url in urls {
-        let Err(e) = koda_persistence::open(&url).await else {
-            panic!("{url}: opened")
-        };
+        let Err(e) = koda_persistence::open(&url).await else { panic!("{url}: opened") };
         let shown = format!("{e:#}");
         assert!(
             matches!(

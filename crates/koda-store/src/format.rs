@@ -142,10 +142,7 @@ impl MessageLine {
 
     /// The record, or why the role is not one.
     pub fn into_record(self) -> anyhow::Result<MessageRecord> {
-        let role: Role = self
-            .role
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("message {}: {e}", self.id))?;
+        let role: Role = self.role.parse().map_err(|e: String| anyhow::anyhow!("message {}: {e}", self.id))?;
         Ok(MessageRecord {
             id: self.id,
             role,
@@ -169,10 +166,6 @@ impl MessageLine {
 impl MetadataLine {
     /// The line of `e`, an entry of `session`.
     pub fn new(session: &str, e: &MetadataRecord) -> Self {
-        Self {
-            session: session.to_owned(),
-            key: e.key.clone(),
-            value: e.value.clone(),
-        }
+        Self { session: session.to_owned(), key: e.key.clone(), value: e.value.clone() }
     }
 }

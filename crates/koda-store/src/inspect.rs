@@ -40,11 +40,7 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
 
 /// One line of a cell: newlines and tabs shown as spaces, clipped.
 pub(crate) fn cell(s: Option<&str>, max: usize) -> String {
-    let flat: String = s
-        .unwrap_or("")
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let flat: String = s.unwrap_or("").chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if flat.chars().count() <= max {
         flat
     } else {
@@ -55,11 +51,7 @@ pub(crate) fn cell(s: Option<&str>, max: usize) -> String {
 }
 
 /// Every session (or one root's), newest first, with counters.
-async fn listed(
-    store: &Arc<dyn Store>,
-    root: Option<&Path>,
-    limit: i64,
-) -> Result<Vec<SessionInfo>> {
+async fn listed(store: &Arc<dyn Store>, root: Option<&Path>, limit: i64) -> Result<Vec<SessionInfo>> {
     if let Some(root) = root {
         return store.list_sessions(limit, root).await;
     }
@@ -83,12 +75,7 @@ async fn listed(
     Ok(all)
 }
 
-pub async fn sessions(
-    store: &Arc<dyn Store>,
-    root: Option<&Path>,
-    limit: i64,
-    json: bool,
-) -> Result<()> {
+pub async fn sessions(store: &Arc<dyn Store>, root: Option<&Path>, limit: i64, json: bool) -> Result<()> {
     let all = listed(store, root, limit).await?;
     if json {
         let rows: Vec<_> = all
@@ -101,10 +88,7 @@ pub async fn sessions(
                 })
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "sessions": rows }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&json!({ "sessions": rows }))?);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = all
@@ -112,10 +96,7 @@ pub async fn sessions(
         .map(|s| {
             vec![
                 s.id.clone(),
-                s.created_at
-                    .get(..19)
-                    .unwrap_or(&s.created_at)
-                    .replace('T', " "),
+                s.created_at.get(..19).unwrap_or(&s.created_at).replace('T', " "),
                 cell(Some(&s.agent_name), 16),
                 s.message_count.to_string(),
                 s.total_tokens.to_string(),
@@ -124,18 +105,7 @@ pub async fn sessions(
             ]
         })
         .collect();
-    table(
-        &[
-            "ID",
-            "CREATED (UTC)",
-            "AGENT",
-            "MESSAGES",
-            "TOKENS",
-            "MODE",
-            "TITLE",
-        ],
-        &rows,
-    );
+    table(&["ID", "CREATED (UTC)", "AGENT", "MESSAGES", "TOKENS", "MODE", "TITLE"], &rows);
     Ok(())
 }
 
@@ -161,10 +131,7 @@ pub async fn show(store: &Arc<dyn Store>, sid: &str, all: bool, json: bool) -> R
         }
     });
     if json {
-        let messages: Vec<_> = rows
-            .iter()
-            .map(|m| koda_store::format::MessageLine::new(sid, m))
-            .collect();
+        let messages: Vec<_> = rows.iter().map(|m| koda_store::format::MessageLine::new(sid, m)).collect();
         let doc = json!({
             "session": koda_store::format::SessionLine::from(&record),
             "messages": messages,
@@ -173,19 +140,12 @@ pub async fn show(store: &Arc<dyn Store>, sid: &str, all: bool, json: bool) -> R
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    println!(
-        "session {sid}  agent {}  root {}",
-        record.agent_name,
-        record.project_root.as_deref().unwrap_or("(none)")
-    );
+    println!("session {sid}  agent {}  root {}", record.agent_name, record.project_root.as_deref().unwrap_or("(none)"));
     if let Some(t) = &record.title {
         println!("title   {t}");
     }
-    let answered: BTreeSet<String> = rows
-        .iter()
-        .filter(|m| m.role == Role::Tool)
-        .filter_map(|m| m.tool_call_id.clone())
-        .collect();
+    let answered: BTreeSet<String> =
+        rows.iter().filter(|m| m.role == Role::Tool).filter_map(|m| m.tool_call_id.clone()).collect();
     for m in &rows {
         let mut marks = Vec::new();
         if m.compacted_ms.is_some() {
@@ -205,22 +165,14 @@ pub async fn show(store: &Arc<dyn Store>, sid: &str, all: bool, json: bool) -> R
             (Role::Tool, Some(call)) => format!("tool result for {call}"),
             (r, _) => r.as_str().to_owned(),
         };
-        let marks = if marks.is_empty() {
-            String::new()
-        } else {
-            format!("  [{}]", marks.join(", "))
-        };
+        let marks = if marks.is_empty() { String::new() } else { format!("  [{}]", marks.join(", ")) };
         println!("\n── #{} {role}{marks}", m.id);
         if let Some(c) = &m.content {
             println!("{}", c.replace('\0', "\\0"));
         }
         if let Some(calls) = &m.tool_calls {
             for call in named_tool_call_ids(calls) {
-                let state = if answered.contains(&call) {
-                    "answered below"
-                } else {
-                    "no result"
-                };
+                let state = if answered.contains(&call) { "answered below" } else { "no result" };
                 println!("  → call {call} ({state})");
             }
         }
@@ -267,11 +219,7 @@ pub async fn stats(store: &Arc<dyn Store>, json: bool) -> Result<()> {
         compacted.oldest.as_deref().unwrap_or("-")
     );
     for (agent, tokens) in &per_agent {
-        println!(
-            "tokens ({agent}){:pad$}{tokens}",
-            "",
-            pad = 12usize.saturating_sub(agent.len())
-        );
+        println!("tokens ({agent}){:pad$}{tokens}", "", pad = 12usize.saturating_sub(agent.len()));
     }
     println!("large outputs       {}", body_line(&b));
     match size {
@@ -306,8 +254,7 @@ fn body_line(b: &koda_persistence::BodyStats) -> String {
 fn print_verification(checks: &[Verified], json: bool, extra: serde_json::Value) -> Result<bool> {
     let equal = checks.iter().filter(|v| v.equal()).count();
     if json {
-        let doc =
-            json!({ "verified": checks, "equal": equal, "sessions": checks.len(), "copy": extra });
+        let doc = json!({ "verified": checks, "equal": equal, "sessions": checks.len(), "copy": extra });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         let rows: Vec<Vec<String>> = checks
@@ -318,29 +265,18 @@ fn print_verification(checks: &[Verified], json: bool, extra: serde_json::Value)
                     v.source_messages.to_string(),
                     v.target_messages.to_string(),
                     v.source_checksum.clone(),
-                    if v.equal() {
-                        "equal".into()
-                    } else {
-                        "DIFFERENT".into()
-                    },
+                    if v.equal() { "equal".into() } else { "DIFFERENT".into() },
                 ]
             })
             .collect();
-        table(
-            &["SESSION", "SOURCE", "TARGET", "CHECKSUM", "VERIFIED"],
-            &rows,
-        );
+        table(&["SESSION", "SOURCE", "TARGET", "CHECKSUM", "VERIFIED"], &rows);
         println!("{equal} of {} sessions verified equal", checks.len());
     }
     Ok(equal == checks.len())
 }
 
 /// Keeps the ids, or says why not.
-async fn decide_ids<F>(
-    target: &Arc<dyn Store>,
-    range: Option<(i64, i64)>,
-    firsts: F,
-) -> Result<bool>
+async fn decide_ids<F>(target: &Arc<dyn Store>, range: Option<(i64, i64)>, firsts: F) -> Result<bool>
 where
     F: std::future::Future<Output = Result<Vec<(String, Option<i64>)>>>,
 {
@@ -376,12 +312,7 @@ pub async fn copy(
     let bar = transfer::bar(ids.len() as u64, "copying");
     let ticker = bar.clone();
     let report = transfer::copy_sessions(source, target, &ids, keep, move || ticker.inc(1)).await?;
-    let (created, copied, checks, failures) = (
-        report.created,
-        report.messages,
-        report.verified,
-        report.failures,
-    );
+    let (created, copied, checks, failures) = (report.created, report.messages, report.verified, report.failures);
     bar.finish_and_clear();
     eprintln!(
         "copied to {target_name}: {created} new sessions, {copied} messages ({} ids)",
@@ -390,16 +321,9 @@ pub async fn copy(
     for f in &failures {
         eprintln!("koda-store: {f}");
     }
-    let all_equal = print_verification(
-        &checks,
-        json,
-        json!({"new_sessions": created, "messages": copied, "ids_kept": keep}),
-    )?;
-    Ok(if all_equal && failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    let all_equal =
+        print_verification(&checks, json, json!({"new_sessions": created, "messages": copied, "ids_kept": keep}))?;
+    Ok(if all_equal && failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub async fn import_file(target: &Arc<dyn Store>, path: &Path) -> Result<ExitCode> {
@@ -453,11 +377,7 @@ pub async fn import_file(target: &Arc<dyn Store>, path: &Path) -> Result<ExitCod
     if equal != checks.len() {
         print_verification(&checks, false, json!(null))?;
     }
-    Ok(if equal == checks.len() && failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if equal == checks.len() && failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub async fn purge(store: &Arc<dyn Store>, days: u32, dry_run: bool) -> Result<()> {
@@ -488,18 +408,12 @@ pub async fn doctor(store: &Arc<dyn Store>, json: bool) -> Result<ExitCode> {
     let mut findings = Vec::new();
     let mut notes = Vec::new();
     let health = store.health().await?;
-    let schema = format!(
-        "schema version {} (this build's newest: {})",
-        health.schema_version, health.latest_schema_version
-    );
+    let schema =
+        format!("schema version {} (this build's newest: {})", health.schema_version, health.latest_schema_version);
     if health.schema_version < health.latest_schema_version {
-        findings.push(format!(
-            "{schema}: migrations pending; run `koda-store migrate` as the schema's owner"
-        ));
+        findings.push(format!("{schema}: migrations pending; run `koda-store migrate` as the schema's owner"));
     } else if health.schema_version > health.latest_schema_version {
-        findings.push(format!(
-            "{schema}: written by a newer build; upgrade koda-store"
-        ));
+        findings.push(format!("{schema}: written by a newer build; upgrade koda-store"));
     }
     for p in &health.problems {
         findings.push(format!("store check: {p}"));
@@ -513,8 +427,7 @@ pub async fn doctor(store: &Arc<dyn Store>, json: bool) -> Result<ExitCode> {
         let rows = store.export_messages(id).await?;
         if let Some(info) = counted.get(id) {
             let tokens: i64 = rows.iter().fold(0i64, |t, m| {
-                t.saturating_add(m.prompt_tokens.unwrap_or(0))
-                    .saturating_add(m.completion_tokens.unwrap_or(0))
+                t.saturating_add(m.prompt_tokens.unwrap_or(0)).saturating_add(m.completion_tokens.unwrap_or(0))
             });
             let n = i64::try_from(rows.len()).unwrap_or(i64::MAX);
             if info.message_count != n || info.total_tokens != tokens {
@@ -533,20 +446,14 @@ pub async fn doctor(store: &Arc<dyn Store>, json: bool) -> Result<ExitCode> {
             .filter_map(|m| m.tool_calls.as_deref())
             .flat_map(named_tool_call_ids)
             .collect();
-        let answered: BTreeSet<String> = active
-            .iter()
-            .filter(|m| m.role == Role::Tool)
-            .filter_map(|m| m.tool_call_id.clone())
-            .collect();
+        let answered: BTreeSet<String> =
+            active.iter().filter(|m| m.role == Role::Tool).filter_map(|m| m.tool_call_id.clone()).collect();
         for orphan in answered.difference(&called) {
-            findings.push(format!(
-                "session {id}: tool result for {orphan} has no call (koda drops it from the context)"
-            ));
+            findings
+                .push(format!("session {id}: tool result for {orphan} has no call (koda drops it from the context)"));
         }
         for open in called.difference(&answered) {
-            notes.push(format!(
-                "session {id}: call {open} has no result (interrupted turn)"
-            ));
+            notes.push(format!("session {id}: call {open} has no result (interrupted turn)"));
         }
     }
     if json {
@@ -557,26 +464,14 @@ pub async fn doctor(store: &Arc<dyn Store>, json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!("{schema}");
-        println!(
-            "bodies   {} (references checked against bodies both ways)",
-            body_line(&health.bodies)
-        );
+        println!("bodies   {} (references checked against bodies both ways)", body_line(&health.bodies));
         for f in &findings {
             println!("FINDING  {f}");
         }
         for n in &notes {
             println!("note     {n}");
         }
-        println!(
-            "checked {} sessions: {} findings, {} notes",
-            ids.len(),
-            findings.len(),
-            notes.len()
-        );
+        println!("checked {} sessions: {} findings, {} notes", ids.len(), findings.len(), notes.len());
     }
-    Ok(if findings.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -287,21 +287,15 @@ fn default_store() -> Result<String> {
     let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(
-            std::env::var_os("HOME")
-                .context("neither --store, KODA_STORE_URL, XDG_CONFIG_HOME nor HOME is set")?,
+            std::env::var_os("HOME").context("neither --store, KODA_STORE_URL, XDG_CONFIG_HOME nor HOME is set")?,
         )
         .join(".config"),
     };
     let file = base.join("koda").join("db").join("koda.db");
     if !file.exists() {
-        anyhow::bail!(
-            "no koda database at {} (pass --store URL or set KODA_STORE_URL)",
-            file.display()
-        );
+        anyhow::bail!("no koda database at {} (pass --store URL or set KODA_STORE_URL)", file.display());
     }
-    let path = file
-        .to_str()
-        .context("the koda database path is not UTF-8; pass --store URL")?;
+    let path = file.to_str().context("the koda database path is not UTF-8; pass --store URL")?;
     Ok(format!("sqlite://{path}?create=false"))
 }
 
@@ -309,9 +303,7 @@ fn default_store() -> Result<String> {
 pub use koda_persistence::redact_url as redact;
 
 async fn open(url: &str) -> Result<Arc<dyn Store>> {
-    koda_persistence::open(url)
-        .await
-        .with_context(|| format!("opening {}", redact(url)))
+    koda_persistence::open(url).await.with_context(|| format!("opening {}", redact(url)))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -340,13 +332,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let ids = transfer::selected(&store, &sessions).await?;
             let (s, m) = match &output {
                 Some(path) => {
-                    let file = std::fs::File::create(path)
-                        .with_context(|| format!("creating {}", path.display()))?;
+                    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
                     transfer::export(&store, &redact(&url), &ids, file).await?
                 }
-                None => {
-                    transfer::export(&store, &redact(&url), &ids, std::io::stdout().lock()).await?
-                }
+                None => transfer::export(&store, &redact(&url), &ids, std::io::stdout().lock()).await?,
             };
             eprintln!("exported {s} sessions, {m} messages");
         }
@@ -354,12 +343,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let url = store_url()?;
             return inspect::import_file(&open(&url).await?, &file).await;
         }
-        Command::Copy {
-            from,
-            to,
-            sessions,
-            json,
-        } => {
+        Command::Copy { from, to, sessions, json } => {
             let source = open(&from).await?;
             let target = open(&to).await?;
             return inspect::copy(&source, &target, &sessions, json, &redact(&to)).await;
@@ -379,34 +363,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let target = open(&to).await?;
             // The target's own declaration decides.
             if !target.capabilities().encryption.is_encrypted() {
-                anyhow::bail!(
-                    "{} is not encrypted at rest: encrypt --to needs a store that is",
-                    redact(&to)
-                );
+                anyhow::bail!("{} is not encrypted at rest: encrypt --to needs a store that is", redact(&to));
             }
             return inspect::copy(&source, &target, &[], json, &redact(&to)).await;
         }
         Command::Rekey { new_key_file } => {
             let url = store_url()?;
             koda_persistence::admin::rekey(&url, &new_key_file).await?;
-            eprintln!(
-                "{}: re-encrypted under {}",
-                redact(&url),
-                new_key_file.display()
-            );
+            eprintln!("{}: re-encrypted under {}", redact(&url), new_key_file.display());
         }
-        Command::Purge {
-            older_than,
-            deleted,
-            dry_run,
-        } => {
+        Command::Purge { older_than, deleted, dry_run } => {
             let url = store_url()?;
             // The report must name what an open would purge.
-            let store = if deleted {
-                open(&trash::without_open_purge(&url)).await?
-            } else {
-                open(&url).await?
-            };
+            let store = if deleted { open(&trash::without_open_purge(&url)).await? } else { open(&url).await? };
             if let Some(days) = older_than {
                 inspect::purge(&store, days, dry_run).await?;
             }
@@ -430,19 +399,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let url = store_url()?;
             return inspect::doctor(&open(&url).await?, json).await;
         }
-        Command::Grant {
-            schema,
-            role,
-            apply,
-        } => {
+        Command::Grant { schema, role, apply } => {
             let sql = koda_persistence::admin::grant_sql(&schema, &role)?;
             if apply {
                 let url = store_url()?;
                 koda_persistence::admin::grant(&url, &schema, &role).await?;
-                eprintln!(
-                    "{}: granted schema {schema:?} to role {role:?}",
-                    redact(&url)
-                );
+                eprintln!("{}: granted schema {schema:?} to role {role:?}", redact(&url));
             } else {
                 print!("{sql}");
             }
@@ -451,15 +413,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let url = store_url()?;
             println!("{}", open(&url).await?.fork_session(&session, at).await?);
         }
-        Command::Search {
-            query,
-            root,
-            session,
-            roles,
-            compacted,
-            limit,
-            json,
-        } => {
+        Command::Search { query, root, session, roles, compacted, limit, json } => {
             let url = store_url()?;
             search::search(
                 &open(&url).await?,
@@ -512,10 +466,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("koda-store: cannot start: {e}");

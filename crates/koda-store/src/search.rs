@@ -14,9 +14,7 @@ const HIGHLIGHT: (&str, &str) = ("\x1b[1;33m", "\x1b[0m");
 /// `text` with every control character (a stored tool output may carry
 /// terminal escapes) shown as a space.
 fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// The snippet of `hit` made printable, its marks wrapped in `open` …
@@ -37,12 +35,7 @@ pub async fn search(
     limit: usize,
     json: bool,
 ) -> Result<()> {
-    let scope = SearchScope {
-        project_root: root,
-        session,
-        roles,
-        include_compacted: compacted,
-    };
+    let scope = SearchScope { project_root: root, session, roles, include_compacted: compacted };
     let hits = store.search_messages(query, &scope, limit).await?;
     if json {
         let rows: Vec<_> = hits
@@ -56,36 +49,22 @@ pub async fn search(
                 })
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "hits": rows }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&json!({ "hits": rows }))?);
         return Ok(());
     }
-    let (open, close) = if std::io::stdout().is_terminal() {
-        HIGHLIGHT
-    } else {
-        ("", "")
-    };
+    let (open, close) = if std::io::stdout().is_terminal() { HIGHLIGHT } else { ("", "") };
     for h in &hits {
         println!(
             "{}  #{}  {}  {}  rank {}",
             h.session_id,
             h.message_id,
             h.role,
-            h.created_at
-                .get(..19)
-                .unwrap_or(&h.created_at)
-                .replace('T', " "),
+            h.created_at.get(..19).unwrap_or(&h.created_at).replace('T', " "),
             h.rank
         );
         println!("    {}", shown(h, open, close));
     }
-    eprintln!(
-        "{} hit{}",
-        hits.len(),
-        if hits.len() == 1 { "" } else { "s" }
-    );
+    eprintln!("{} hit{}", hits.len(), if hits.len() == 1 { "" } else { "s" });
     Ok(())
 }
 

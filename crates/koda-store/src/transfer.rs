@@ -67,11 +67,7 @@ pub async fn sync_session(target: &Arc<dyn Store>, whole: &Whole, keep_ids: bool
         return Ok(Moved::default());
     };
     let created = target.import_session(record).await?;
-    let have = if created {
-        Vec::new()
-    } else {
-        target.export_messages(&record.id).await?
-    };
+    let have = if created { Vec::new() } else { target.export_messages(&record.id).await? };
     if have.len() > whole.messages.len() {
         bail!(
             "session {} has {} messages in the target and {} in the source: left alone \
@@ -101,21 +97,14 @@ pub async fn sync_session(target: &Arc<dyn Store>, whole: &Whole, keep_ids: bool
     if !whole.metadata.is_empty() {
         target.import_metadata(&record.id, &whole.metadata).await?;
     }
-    Ok(Moved {
-        created,
-        messages: missing.len(),
-    })
+    Ok(Moved { created, messages: missing.len() })
 }
 
 /// Whether the copy keeps the source's ids: when the target grants their
 /// range, or when an earlier run of this copy did (a session it wrote
 /// carries the source's ids). `first_sessions` (session ids with their
 /// first message id) is read only when the target refuses the range.
-pub async fn keep_ids<F>(
-    target: &Arc<dyn Store>,
-    range: Option<(i64, i64)>,
-    first_sessions: F,
-) -> Result<bool>
+pub async fn keep_ids<F>(target: &Arc<dyn Store>, range: Option<(i64, i64)>, first_sessions: F) -> Result<bool>
 where
     F: std::future::Future<Output = Result<Vec<(String, Option<i64>)>>>,
 {
@@ -204,9 +193,9 @@ pub async fn copy_sessions(
 /// A progress bar on stderr, drawn only on a terminal.
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{bar:30}] {pos}/{len} sessions, {elapsed_precise} (eta {eta})",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} sessions, {elapsed_precise} (eta {eta})")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(what.to_owned());
@@ -264,12 +253,7 @@ pub async fn selected(store: &Arc<dyn Store>, only: &[String]) -> Result<Vec<Str
 }
 
 /// Writes the export of `ids` to `out`; returns (sessions, messages).
-pub async fn export(
-    store: &Arc<dyn Store>,
-    source: &str,
-    ids: &[String],
-    out: impl Write,
-) -> Result<(usize, usize)> {
+pub async fn export(store: &Arc<dyn Store>, source: &str, ids: &[String], out: impl Write) -> Result<(usize, usize)> {
     let mut out = BufWriter::new(out);
     let header = Header {
         format: FORMAT.to_owned(),
@@ -308,21 +292,11 @@ pub async fn export(
 pub fn read_header(path: &Path) -> Result<Header> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut first = String::new();
-    BufReader::new(file)
-        .read_line(&mut first)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let header: Header = serde_json::from_str(&first).with_context(|| {
-        format!(
-            "{} does not start with a koda-store export header",
-            path.display()
-        )
-    })?;
+    BufReader::new(file).read_line(&mut first).with_context(|| format!("reading {}", path.display()))?;
+    let header: Header = serde_json::from_str(&first)
+        .with_context(|| format!("{} does not start with a koda-store export header", path.display()))?;
     if header.format != FORMAT {
-        bail!(
-            "{} is a {:?} file, not a {FORMAT}",
-            path.display(),
-            header.format
-        );
+        bail!("{} is a {:?} file, not a {FORMAT}", path.display(), header.format);
     }
     if header.version != VERSION {
         bail!(
@@ -349,24 +323,15 @@ impl FileSessions {
     /// # Errors
     /// When the file cannot be opened.
     pub fn open(path: &Path) -> Result<Self> {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let mut lines = BufReader::new(file).lines();
         lines.next(); // the header, read by read_header
-        Ok(Self {
-            lines,
-            number: 1,
-            pending: None,
-            path: path.display().to_string(),
-        })
+        Ok(Self { lines, number: 1, pending: None, path: path.display().to_string() })
     }
 
     /// The next session with its messages and metadata.
     pub fn next_session(&mut self) -> Result<Option<Whole>> {
-        let mut whole = Whole {
-            record: self.pending.take(),
-            ..Whole::default()
-        };
+        let mut whole = Whole { record: self.pending.take(), ..Whole::default() };
         for line in self.lines.by_ref() {
             self.number += 1;
             let at = || format!("{} line {}", self.path, self.number);
@@ -395,10 +360,7 @@ impl FileSessions {
                     if owner != Some(e.session.as_str()) {
                         bail!("{}: metadata of session {} out of place", at(), e.session);
                     }
-                    whole.metadata.push(MetadataRecord {
-                        key: e.key,
-                        value: e.value,
-                    });
+                    whole.metadata.push(MetadataRecord { key: e.key, value: e.value });
                 }
             }
         }

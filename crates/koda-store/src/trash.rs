@@ -63,17 +63,7 @@ fn print_list(list: &[DeletedSession]) {
             ]
         })
         .collect();
-    table(
-        &[
-            "id",
-            "deleted",
-            "gone for good",
-            "messages",
-            "root",
-            "title",
-        ],
-        &rows,
-    );
+    table(&["id", "deleted", "gone for good", "messages", "root", "title"], &rows);
 }
 
 /// `trash [--json]`: the deleted sessions that can still be restored.
@@ -81,10 +71,7 @@ pub async fn list(store: &Arc<dyn Store>, json: bool) -> Result<()> {
     let list = store.list_deleted().await?;
     if json {
         let out: Vec<_> = list.iter().map(as_json).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "trash": out }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&json!({ "trash": out }))?);
     } else if list.is_empty() {
         println!("the trash is empty");
     } else {
@@ -124,11 +111,7 @@ pub async fn purge(store: &Arc<dyn Store>, dry_run: bool) -> Result<()> {
     println!(
         "{verb} {} deleted session(s) for good{}",
         gone.len(),
-        if dry_run {
-            " (dry run: nothing removed)"
-        } else {
-            ""
-        }
+        if dry_run { " (dry run: nothing removed)" } else { "" }
     );
     if !gone.is_empty() {
         print_list(&gone);

@@ -56,9 +56,7 @@ fn postgres() -> Option<String> {
                 std::env::var("KODA_REQUIRE_POSTGRES").as_deref() != Ok("1"),
                 "KODA_REQUIRE_POSTGRES=1 but KODA_TEST_POSTGRES_URL is not set"
             );
-            eprintln!(
-                "SKIPPED koda-store PostgreSQL steps: set KODA_TEST_POSTGRES_URL to run them"
-            );
+            eprintln!("SKIPPED koda-store PostgreSQL steps: set KODA_TEST_POSTGRES_URL to run them");
             None
         }
     }
@@ -83,10 +81,7 @@ struct PgSchema {
 /// [`postgres`]).
 fn pg_schema(tag: &str) -> Option<PgSchema> {
     let base = postgres()?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let name = format!("ks_{tag}_{}_{nanos}", std::process::id());
     let url = with_schema(&base, &name);
     Some(PgSchema { base, name, url })
@@ -96,12 +91,9 @@ impl Drop for PgSchema {
     fn drop(&mut self) {
         let dropped = tokio::runtime::Runtime::new().map(|rt| {
             rt.block_on(async {
-                let (client, conn) =
-                    tokio_postgres::connect(&self.base, tokio_postgres::NoTls).await?;
+                let (client, conn) = tokio_postgres::connect(&self.base, tokio_postgres::NoTls).await?;
                 tokio::spawn(conn);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name))
-                    .await
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name)).await
             })
         });
         if !matches!(dropped, Ok(Ok(()))) {
@@ -124,13 +116,9 @@ fn populated(path: &Path, sessions: usize, turns: usize) {
             store.set_session_mode(&sid, "auto").await.unwrap();
             for t in 0..turns {
                 let call = format!("call-{s}-{t}");
-                store
-                    .insert_message(&sid, &Role::User, Some(&format!("q{t}\0é")), None, None, None)
-                    .await
-                    .unwrap();
-                let calls = format!(
-                    r#"[{{"id":"{call}","type":"function","function":{{"name":"bash","arguments":"{{}}"}}}}]"#
-                );
+                store.insert_message(&sid, &Role::User, Some(&format!("q{t}\0é")), None, None, None).await.unwrap();
+                let calls =
+                    format!(r#"[{{"id":"{call}","type":"function","function":{{"name":"bash","arguments":"{{}}"}}}}]"#);
                 let a = store
                     .insert_message_with_agent(
                         &sid,
@@ -150,18 +138,12 @@ fn populated(path: &Path, sessions: usize, turns: usize) {
                     .await
                     .unwrap();
                 store.mark_message_complete(a).await.unwrap();
-                store
-                    .insert_tool_message_with_full(&sid, "ok", &call, &format!("full output {t}"))
-                    .await
-                    .unwrap();
+                store.insert_tool_message_with_full(&sid, "ok", &call, &format!("full output {t}")).await.unwrap();
             }
             if s % 2 == 0 {
                 store.compact_session(&sid, "summary", 2).await.unwrap();
             }
-            store
-                .insert_message(&sid, &Role::Assistant, Some("streaming…"), None, None, None)
-                .await
-                .unwrap();
+            store.insert_message(&sid, &Role::Assistant, Some("streaming…"), None, None, None).await.unwrap();
             store.set_todo(&sid, "- [ ] ship").await.unwrap();
             store.set_metadata(&sid, "branch", "main").await.unwrap();
         }
@@ -176,24 +158,8 @@ fn legacy(path: &Path) {
     g.create_file(path);
     let koda = g.open(path);
     koda.create_session("legacy-1", "main", "/ignored");
-    koda.insert_message(
-        "legacy-1",
-        "user",
-        Some("old question"),
-        None,
-        None,
-        None,
-        None,
-    );
-    koda.insert_message(
-        "legacy-1",
-        "assistant",
-        Some("old answer"),
-        None,
-        None,
-        Some([10, 5, 0, 0, 0]),
-        None,
-    );
+    koda.insert_message("legacy-1", "user", Some("old question"), None, None, None, None);
+    koda.insert_message("legacy-1", "assistant", Some("old answer"), None, None, Some([10, 5, 0, 0, 0]), None);
     drop(koda);
 }
 
@@ -238,22 +204,11 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     let url = sqlite_url(&dir.path().join("a.db"));
     let out = run(&["--store", &url, "show", "no-such-session"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("koda-store sessions"),
-        "says what to do"
-    );
+    assert!(text(&out.stderr).contains("koda-store sessions"), "says what to do");
     // No store named and no koda file: says how to name one.
-    let out = koda_store()
-        .env("XDG_CONFIG_HOME", dir.path())
-        .arg("sessions")
-        .output()
-        .unwrap();
+    let out = koda_store().env("XDG_CONFIG_HOME", dir.path()).arg("sessions").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("--store"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("--store"), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -262,11 +217,7 @@ fn the_default_store_is_the_users_koda_file() {
     let db = home.path().join("koda").join("db");
     std::fs::create_dir_all(&db).unwrap();
     populated(&db.join("koda.db"), 2, 1);
-    let out = koda_store()
-        .env("XDG_CONFIG_HOME", home.path())
-        .args(["sessions", "--json"])
-        .output()
-        .unwrap();
+    let out = koda_store().env("XDG_CONFIG_HOME", home.path()).args(["sessions", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["sessions"].as_array().map(Vec::len), Some(2));
@@ -280,23 +231,12 @@ fn export_import_export_is_byte_identical_on_every_backend() {
     let source = dir.path().join("source.db");
     populated(&source, 4, 3);
     let first = dir.path().join("first.jsonl");
-    ok(&[
-        "--store",
-        &sqlite_url(&source),
-        "export",
-        "-o",
-        first.to_str().unwrap(),
-    ]);
+    ok(&["--store", &sqlite_url(&source), "export", "-o", first.to_str().unwrap()]);
     let first_text = std::fs::read_to_string(&first).unwrap();
-    assert_eq!(
-        record_lines(&first_text).len(),
-        4 * (1 + 3 * 3 + 1 + 2) + 2 * 2
-    );
+    assert_eq!(record_lines(&first_text).len(), 4 * (1 + 3 * 3 + 1 + 2) + 2 * 2);
 
-    let mut targets = vec![
-        sqlite_url(&dir.path().join("copy.db")),
-        format!("sled://{}", dir.path().join("copy.sled").display()),
-    ];
+    let mut targets =
+        vec![sqlite_url(&dir.path().join("copy.db")), format!("sled://{}", dir.path().join("copy.sled").display())];
     let pg = pg_schema("roundtrip");
     if let Some(pg) = &pg {
         targets.push(pg.url.clone());
@@ -305,18 +245,10 @@ fn export_import_export_is_byte_identical_on_every_backend() {
         ok(&["--store", target, "import", first.to_str().unwrap()]);
         let again = ok(&["--store", target, "export"]);
         let again_text = text(&again.stdout);
-        assert_eq!(
-            record_lines(&again_text),
-            record_lines(&first_text),
-            "export of {target}"
-        );
+        assert_eq!(record_lines(&again_text), record_lines(&first_text), "export of {target}");
         // A second import imports nothing twice.
         let out = ok(&["--store", target, "import", first.to_str().unwrap()]);
-        assert!(
-            text(&out.stderr).contains("0 new sessions, 0 messages"),
-            "{}",
-            text(&out.stderr)
-        );
+        assert!(text(&out.stderr).contains("0 new sessions, 0 messages"), "{}", text(&out.stderr));
     }
 }
 
@@ -369,53 +301,23 @@ fn copy_verifies_and_a_second_copy_copies_nothing() {
     }
     for target in &targets {
         for (source, sessions, messages) in [(&quick, 5, 5 * 7 + 3 * 2), (&old, 1, 2)] {
-            let out = ok(&[
-                "copy",
-                "--from",
-                &sqlite_url(source),
-                "--to",
-                target,
-                "--json",
-            ]);
+            let out = ok(&["copy", "--from", &sqlite_url(source), "--to", target, "--json"]);
             let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(doc["sessions"], sessions, "{target}");
             assert_eq!(doc["equal"], sessions, "{target}: {doc}");
             assert_eq!(doc["copy"]["messages"], messages, "{target}");
-            let again = ok(&[
-                "copy",
-                "--from",
-                &sqlite_url(source),
-                "--to",
-                target,
-                "--json",
-            ]);
+            let again = ok(&["copy", "--from", &sqlite_url(source), "--to", target, "--json"]);
             let doc: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
             assert_eq!(doc["copy"]["messages"], 0, "{target}: second copy");
             assert_eq!(doc["copy"]["new_sessions"], 0, "{target}: second copy");
             assert_eq!(doc["equal"], sessions, "{target}: still equal");
         }
         // The legacy session is root-less: listed under any root.
-        let out = ok(&[
-            "--store",
-            target,
-            "sessions",
-            "--root",
-            "/anywhere",
-            "--json",
-        ]);
+        let out = ok(&["--store", target, "sessions", "--root", "/anywhere", "--json"]);
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let ids: Vec<&str> = doc["sessions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|s| s["id"].as_str())
-            .collect();
+        let ids: Vec<&str> = doc["sessions"].as_array().unwrap().iter().filter_map(|s| s["id"].as_str()).collect();
         assert_eq!(ids, ["legacy-1"], "{target}");
-        assert_eq!(
-            run(&["--store", target, "doctor"]).status.code(),
-            Some(0),
-            "{target}: a copy is healthy"
-        );
+        assert_eq!(run(&["--store", target, "doctor"]).status.code(), Some(0), "{target}: a copy is healthy");
     }
 }
 
@@ -435,13 +337,7 @@ fn a_killed_copy_completes_when_run_again() {
     let target = dir.path().join("target.db");
     let bin: PathBuf = assert_cmd::cargo::cargo_bin("koda-store");
     let mut child = std::process::Command::new(&bin)
-        .args([
-            "copy",
-            "--from",
-            &sqlite_url(&source),
-            "--to",
-            &sqlite_url(&target),
-        ])
+        .args(["copy", "--from", &sqlite_url(&source), "--to", &sqlite_url(&target)])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -458,18 +354,8 @@ fn a_killed_copy_completes_when_run_again() {
     child.kill().unwrap();
     child.wait().unwrap();
     let at_kill = count_sessions(&target);
-    assert!(
-        (10..120).contains(&at_kill),
-        "killed with {at_kill} sessions copied (saw {seen}): not halfway"
-    );
-    let out = ok(&[
-        "copy",
-        "--from",
-        &sqlite_url(&source),
-        "--to",
-        &sqlite_url(&target),
-        "--json",
-    ]);
+    assert!((10..120).contains(&at_kill), "killed with {at_kill} sessions copied (saw {seen}): not halfway");
+    let out = ok(&["copy", "--from", &sqlite_url(&source), "--to", &sqlite_url(&target), "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["sessions"], 120);
     assert_eq!(doc["equal"], 120, "{doc}");
@@ -479,10 +365,7 @@ fn a_killed_copy_completes_when_run_again() {
     let source_stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["messages"], source_stats["messages"]);
     assert_eq!(stats["sessions"], 120);
-    assert!(
-        stats["size_bytes"].as_u64().is_some_and(|b| b > 1_000_000),
-        "{stats}"
-    );
+    assert!(stats["size_bytes"].as_u64().is_some_and(|b| b > 1_000_000), "{stats}");
     assert_eq!(stats["tokens_by_agent"], source_stats["tokens_by_agent"]);
 }
 
@@ -498,59 +381,27 @@ fn doctor_finds_a_planted_orphan_and_a_counter_mismatch() {
     assert_eq!(healthy.status.code(), Some(0), "{}", text(&healthy.stdout));
     let conn = rusqlite::Connection::open(&db).unwrap();
     let (first, second): (String, String) = {
-        let mut stmt = conn
-            .prepare("SELECT id FROM sessions ORDER BY created_ms, seq")
-            .unwrap();
-        let ids: Vec<String> = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let mut stmt = conn.prepare("SELECT id FROM sessions ORDER BY created_ms, seq").unwrap();
+        let ids: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
         (ids[0].clone(), ids[1].clone())
     };
     drop(conn);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = koda_persistence::open(&url).await.unwrap();
-        store
-            .insert_message(
-                &first,
-                &Role::Tool,
-                Some("lost"),
-                None,
-                Some("ghost-call"),
-                None,
-            )
-            .await
-            .unwrap();
+        store.insert_message(&first, &Role::Tool, Some("lost"), None, Some("ghost-call"), None).await.unwrap();
     });
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute(
-        "UPDATE sessions SET message_count = message_count + 5 WHERE id = ?1",
-        [&second],
-    )
-    .unwrap();
+    conn.execute("UPDATE sessions SET message_count = message_count + 5 WHERE id = ?1", [&second]).unwrap();
     drop(conn);
     let out = run(&["--store", &url, "doctor", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let findings: Vec<String> = doc["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap_or("").to_owned())
-        .collect();
+    let findings: Vec<String> =
+        doc["findings"].as_array().unwrap().iter().map(|f| f.as_str().unwrap_or("").to_owned()).collect();
     assert_eq!(findings.len(), 2, "{findings:?}");
-    assert!(
-        findings
-            .iter()
-            .any(|f| f.contains(&first) && f.contains("ghost-call"))
-    );
-    assert!(
-        findings
-            .iter()
-            .any(|f| f.contains(&second) && f.contains("counters"))
-    );
+    assert!(findings.iter().any(|f| f.contains(&first) && f.contains("ghost-call")));
+    assert!(findings.iter().any(|f| f.contains(&second) && f.contains("counters")));
     assert_eq!(doc["schema_version"], doc["latest_schema_version"]);
 
     // The store's own check: a message that lost its position.
@@ -564,10 +415,7 @@ fn doctor_finds_a_planted_orphan_and_a_counter_mismatch() {
     let out = run(&["--store", &url, "doctor"]);
     assert_eq!(out.status.code(), Some(1));
     let printed = text(&out.stdout);
-    assert!(
-        printed.contains("store check") && printed.contains("without a position"),
-        "{printed}"
-    );
+    assert!(printed.contains("store check") && printed.contains("without a position"), "{printed}");
 }
 
 /// On PostgreSQL, `doctor` runs the server-side check: a session whose
@@ -580,33 +428,18 @@ fn doctor_on_postgres_finds_a_position_counter_behind() {
     let (base, schema, url) = (pg.base.clone(), pg.name.clone(), pg.url.clone());
     let dir = tempfile::tempdir().unwrap();
     populated(&dir.path().join("s.db"), 2, 1);
-    ok(&[
-        "copy",
-        "--from",
-        &sqlite_url(&dir.path().join("s.db")),
-        "--to",
-        &url,
-    ]);
+    ok(&["copy", "--from", &sqlite_url(&dir.path().join("s.db")), "--to", &url]);
     assert_eq!(run(&["--store", &url, "doctor"]).status.code(), Some(0));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .unwrap();
+        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
-        client
-            .batch_execute(&format!("UPDATE \"{schema}\".sessions SET next_ord = 0"))
-            .await
-            .unwrap();
+        client.batch_execute(&format!("UPDATE \"{schema}\".sessions SET next_ord = 0")).await.unwrap();
     });
     let out = run(&["--store", &url, "doctor"]);
     let printed = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{printed}");
-    assert_eq!(
-        printed.matches("position counter 0 is behind").count(),
-        2,
-        "{printed}"
-    );
+    assert_eq!(printed.matches("position counter 0 is behind").count(), 2, "{printed}");
 }
 
 /// `grant` prints the least-privilege SQL; `--apply` runs it as the
@@ -615,17 +448,9 @@ fn doctor_on_postgres_finds_a_position_counter_behind() {
 #[test]
 fn grant_lets_a_runtime_role_use_one_schema_only() {
     let printed = text(&ok(&["grant", "--schema", "team_a", "--role", "koda_a"]).stdout);
-    assert!(
-        printed.contains("GRANT USAGE ON SCHEMA \"team_a\" TO \"koda_a\";"),
-        "{printed}"
-    );
+    assert!(printed.contains("GRANT USAGE ON SCHEMA \"team_a\" TO \"koda_a\";"), "{printed}");
     assert!(!printed.contains("CREATE"), "{printed}");
-    assert_eq!(
-        run(&["grant", "--schema", "team_a", "--role", "a\"b"])
-            .status
-            .code(),
-        Some(2)
-    );
+    assert_eq!(run(&["grant", "--schema", "team_a", "--role", "a\"b"]).status.code(), Some(2));
     let (Some(pg), Some(other)) = (pg_schema("grant"), pg_schema("grant_other")) else {
         return;
     };
@@ -638,29 +463,21 @@ fn grant_lets_a_runtime_role_use_one_schema_only() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let admin = |sql: String| {
         rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&pg.base, tokio_postgres::NoTls)
-                .await
-                .unwrap();
+            let (client, conn) = tokio_postgres::connect(&pg.base, tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(conn);
             client.batch_execute(&sql).await
         })
     };
     admin(format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'pw'")).unwrap();
     let checked = std::panic::catch_unwind(|| {
-        ok(&[
-            "--store", &pg.base, "grant", "--schema", &pg.name, "--role", &role, "--apply",
-        ]);
+        ok(&["--store", &pg.base, "grant", "--schema", &pg.name, "--role", &role, "--apply"]);
         let (scheme, rest) = pg.base.split_once("://").unwrap();
         let host = rest.split_once('@').map_or(rest, |(_, h)| h);
         let as_role = format!("{scheme}://{role}:pw@{host}");
         let own = with_schema(&format!("{as_role}?migrate=false"), &pg.name);
         let listed = text(&ok(&["--store", &own, "stats"]).stdout);
         assert!(listed.contains('3'), "{listed}");
-        let refused = run(&[
-            "--store",
-            &with_schema(&format!("{as_role}?migrate=false"), &other.name),
-            "stats",
-        ]);
+        let refused = run(&["--store", &with_schema(&format!("{as_role}?migrate=false"), &other.name), "stats"]);
         assert_eq!(refused.status.code(), Some(1));
         let said = text(&refused.stderr);
         assert!(said.contains("permission denied"), "{said}");
@@ -689,14 +506,7 @@ fn passwords_are_never_printed() {
     let dir = tempfile::tempdir().unwrap();
     populated(&dir.path().join("s.db"), 1, 1);
     let outputs = [
-        run(&[
-            "copy",
-            "--from",
-            &sqlite_url(&dir.path().join("s.db")),
-            "--to",
-            &target,
-            "--json",
-        ]),
+        run(&["copy", "--from", &sqlite_url(&dir.path().join("s.db")), "--to", &target, "--json"]),
         run(&["--store", &target, "export"]),
         run(&["--store", &target, "show", "nope"]),
         run(&["--store", &format!("{target}&pool_size=0"), "stats"]),
@@ -724,15 +534,7 @@ fn large_outputs_keep_across_modes_and_compact_bodies_reports_the_saving() {
         let calls = r#"[{"id":"t1","type":"function","function":{"name":"bash","arguments":"{}"}},{"id":"t2","type":"function","function":{"name":"bash","arguments":"{}"}}]"#;
         koda.insert_message("legacy-1", "assistant", None, Some(calls), None, None, None);
         for call in ["t1", "t2"] {
-            koda.insert_message(
-                "legacy-1",
-                "tool",
-                Some(&output),
-                None,
-                Some(call),
-                None,
-                None,
-            );
+            koda.insert_message("legacy-1", "tool", Some(&output), None, Some(call), None, None);
         }
     }
     let stats = |url: &str| -> serde_json::Value {
@@ -751,51 +553,27 @@ fn large_outputs_keep_across_modes_and_compact_bodies_reports_the_saving() {
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(doc["equal"], 1, "{target}: {doc}");
         let b = stats(target);
-        assert_eq!(
-            (b["bodies"].as_u64(), b["references"].as_u64()),
-            (Some(1), Some(2)),
-            "{target}: {b}"
-        );
+        assert_eq!((b["bodies"].as_u64(), b["references"].as_u64()), (Some(1), Some(2)), "{target}: {b}");
         assert_eq!(b["logical_bytes"].as_u64(), Some(2 * output.len() as u64));
-        assert!(
-            b["stored_bytes"].as_u64().unwrap() < output.len() as u64 / 10,
-            "{b}"
-        );
+        assert!(b["stored_bytes"].as_u64().unwrap() < output.len() as u64 / 10, "{b}");
         let said = text(&ok(&["--store", target, "compact-bodies"]).stdout);
         assert!(said.contains("nothing to move"), "{said}");
     }
     let said = text(&ok(&["--store", &legacy_url, "compact-bodies", "--dry-run"]).stdout);
     assert!(said.contains("would move 2 fields of 2 messages"), "{said}");
     assert!(said.contains("into 1 new bodies"), "{said}");
-    assert_eq!(
-        stats(&legacy_url)["references"],
-        0,
-        "a dry run moves nothing"
-    );
+    assert_eq!(stats(&legacy_url)["references"], 0, "a dry run moves nothing");
     let said = text(&ok(&["--store", &legacy_url, "compact-bodies"]).stdout);
     assert!(said.contains("moved 2 fields of 2 messages"), "{said}");
     let b = stats(&legacy_url);
-    assert_eq!(
-        (b["bodies"].as_u64(), b["references"].as_u64()),
-        (Some(1), Some(2)),
-        "{b}"
-    );
+    assert_eq!((b["bodies"].as_u64(), b["references"].as_u64()), (Some(1), Some(2)), "{b}");
     let human = text(&ok(&["--store", &legacy_url, "stats"]).stdout);
-    assert!(
-        human.contains("large outputs       2 references to 1 bodies"),
-        "{human}"
-    );
+    assert!(human.contains("large outputs       2 references to 1 bodies"), "{human}");
     let doctor = run(&["--store", &legacy_url, "doctor"]);
     assert_eq!(doctor.status.code(), Some(0), "{}", text(&doctor.stdout));
-    assert!(
-        text(&doctor.stdout).contains("bytes saved") || text(&doctor.stdout).contains("saved)")
-    );
+    assert!(text(&doctor.stdout).contains("bytes saved") || text(&doctor.stdout).contains("saved)"));
     let export = text(&ok(&["--store", &legacy_url, "export"]).stdout);
-    assert_eq!(
-        export.matches(output.as_str()).count(),
-        2,
-        "export writes bodies inline"
-    );
+    assert_eq!(export.matches(output.as_str()).count(), 2, "export writes bodies inline");
     let inline = format!("{}?blobs=off", sqlite_url(&dir.path().join("inline.db")));
     let out = ok(&["copy", "--from", &legacy_url, "--to", &inline, "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -812,33 +590,21 @@ fn fork_prints_the_new_session_and_copies_up_to_the_cut() {
     populated(&db, 1, 3);
     let url = sqlite_url(&db);
     let show = |sid: &str| -> serde_json::Value {
-        serde_json::from_slice(&ok(&["--store", &url, "show", sid, "--all", "--json"]).stdout)
-            .unwrap()
+        serde_json::from_slice(&ok(&["--store", &url, "show", sid, "--all", "--json"]).stdout).unwrap()
     };
     let listed: serde_json::Value =
         serde_json::from_slice(&ok(&["--store", &url, "sessions", "--json"]).stdout).unwrap();
     let sid = listed["sessions"][0]["id"].as_str().unwrap().to_owned();
     let messages = show(&sid)["messages"].as_array().unwrap().clone();
-    let fork = text(&ok(&["--store", &url, "fork", &sid]).stdout)
-        .trim()
-        .to_owned();
+    let fork = text(&ok(&["--store", &url, "fork", &sid]).stdout).trim().to_owned();
     assert_ne!(fork, sid);
-    assert_eq!(
-        show(&fork)["messages"].as_array().unwrap().len(),
-        messages.len()
-    );
+    assert_eq!(show(&fork)["messages"].as_array().unwrap().len(), messages.len());
     let first = messages[0]["id"].as_i64().unwrap().to_string();
-    let cut = text(&ok(&["--store", &url, "fork", &sid, "--at", &first]).stdout)
-        .trim()
-        .to_owned();
+    let cut = text(&ok(&["--store", &url, "fork", &sid, "--at", &first]).stdout).trim().to_owned();
     assert_eq!(show(&cut)["messages"].as_array().unwrap().len(), 1);
     let out = run(&["--store", &url, "fork", "no-such-session"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("no-such-session"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("no-such-session"), "{}", text(&out.stderr));
 }
 
 /// `search QUERY` prints hits with their session and snippet (no escape
@@ -901,8 +667,7 @@ fn delete_trash_restore_and_purge_deleted() {
     let db = dir.path().join("koda.db");
     populated(&db, 2, 2);
     let url = sqlite_url(&db);
-    let json =
-        |args: &[&str]| -> serde_json::Value { serde_json::from_slice(&ok(args).stdout).unwrap() };
+    let json = |args: &[&str]| -> serde_json::Value { serde_json::from_slice(&ok(args).stdout).unwrap() };
     let listed = json(&["--store", &url, "sessions", "--json"]);
     let sid = listed["sessions"][0]["id"].as_str().unwrap().to_owned();
     let before = json(&["--store", &url, "show", &sid, "--all", "--json"]);
@@ -911,23 +676,14 @@ fn delete_trash_restore_and_purge_deleted() {
     assert!(out.contains("trash") && out.contains(&sid), "{out}");
     let trash = json(&["--store", &url, "trash", "--json"]);
     assert_eq!(trash["trash"][0]["id"], sid.as_str());
-    assert_eq!(
-        trash["trash"][0]["message_count"].as_u64(),
-        Some(before["messages"].as_array().unwrap().len() as u64)
-    );
+    assert_eq!(trash["trash"][0]["message_count"].as_u64(), Some(before["messages"].as_array().unwrap().len() as u64));
     let listed = json(&["--store", &url, "sessions", "--json"]);
     assert_eq!(listed["sessions"].as_array().unwrap().len(), 1);
     let table = text(&ok(&["--store", &url, "trash"]).stdout);
-    assert!(
-        table.contains("gone for good") && table.contains(&sid),
-        "{table}"
-    );
+    assert!(table.contains("gone for good") && table.contains(&sid), "{table}");
 
     ok(&["--store", &url, "restore", &sid]);
-    assert_eq!(
-        json(&["--store", &url, "show", &sid, "--all", "--json"]),
-        before
-    );
+    assert_eq!(json(&["--store", &url, "show", &sid, "--all", "--json"]), before);
     let out = run(&["--store", &url, "restore", &sid]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 
@@ -935,16 +691,9 @@ fn delete_trash_restore_and_purge_deleted() {
     // Under a grace period of 0 days every trashed session has expired.
     let now = format!("{url}?keep_deleted_days=0");
     let dry = text(&ok(&["--store", &now, "purge", "--deleted", "--dry-run"]).stdout);
-    assert!(
-        dry.contains("would remove 1") && dry.contains(&sid),
-        "{dry}"
-    );
+    assert!(dry.contains("would remove 1") && dry.contains(&sid), "{dry}");
     let still = json(&["--store", &url, "trash", "--json"]);
-    assert_eq!(
-        still["trash"].as_array().unwrap().len(),
-        1,
-        "dry run removed it"
-    );
+    assert_eq!(still["trash"].as_array().unwrap().len(), 1, "dry run removed it");
     let done = text(&ok(&["--store", &now, "purge", "--deleted"]).stdout);
     assert!(done.contains("removed 1"), "{done}");
     let empty = json(&["--store", &url, "trash", "--json"]);
@@ -954,11 +703,7 @@ fn delete_trash_restore_and_purge_deleted() {
     let out = run(&["--store", &url, "delete", &sid]);
     assert_eq!(out.status.code(), Some(1));
     let out = run(&["--store", &url, "purge"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "purge needs --older-than or --deleted"
-    );
+    assert_eq!(out.status.code(), Some(2), "purge needs --older-than or --deleted");
 }
 
 /// `encrypt --to` copies a plaintext store into a new encrypted file and
@@ -986,26 +731,13 @@ fn encrypt_then_rekey() {
     let listed = |u: &str| text(&ok(&["--store", u, "sessions", "--json"]).stdout);
     assert_eq!(listed(&enc_url(&old)), listed(&url));
     let bytes = std::fs::read(&enc).unwrap();
-    assert!(
-        !bytes.windows(8).any(|w| w == b"session "),
-        "titles on disk"
-    );
+    assert!(!bytes.windows(8).any(|w| w == b"session "), "titles on disk");
     let refused = run(&["--store", &url, "encrypt", "--to", &sqlite_url(&enc)]);
     assert_eq!(refused.status.code(), Some(1), "encrypt without a key");
-    ok(&[
-        "--store",
-        &enc_url(&old),
-        "rekey",
-        "--new-key-file",
-        new.to_str().unwrap(),
-    ]);
+    ok(&["--store", &enc_url(&old), "rekey", "--new-key-file", new.to_str().unwrap()]);
     let out = run(&["--store", &enc_url(&old), "sessions"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("wrong key"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("wrong key"), "{}", text(&out.stderr));
     assert_eq!(listed(&enc_url(&new)), listed(&url));
 }
 
@@ -1035,25 +767,12 @@ fn encrypt_into_a_sled_directory() {
         }
     }
     assert!(!on_disk.is_empty());
-    assert!(
-        !on_disk.windows(8).any(|w| w == b"session "),
-        "titles on disk"
-    );
+    assert!(!on_disk.windows(8).any(|w| w == b"session "), "titles on disk");
     let bare = format!("sled://{}", target.display());
     let out = run(&["--store", &bare, "sessions"]);
     assert_eq!(out.status.code(), Some(1), "opened without its key");
-    assert!(
-        text(&out.stderr).contains("key_file"),
-        "{}",
-        text(&out.stderr)
-    );
-    let refused = run(&[
-        "--store",
-        &url,
-        "encrypt",
-        "--to",
-        &format!("sled://{}", dir.path().join("other").display()),
-    ]);
+    assert!(text(&out.stderr).contains("key_file"), "{}", text(&out.stderr));
+    let refused = run(&["--store", &url, "encrypt", "--to", &format!("sled://{}", dir.path().join("other").display())]);
     assert_eq!(refused.status.code(), Some(1), "encrypt without a key");
     // A key in the environment, but a target that declares no encryption
     // (memory: reads no key file): refused by its capabilities. (The
@@ -1064,9 +783,5 @@ fn encrypt_into_a_sled_directory() {
         .output()
         .expect("koda-store runs");
     assert_eq!(out.status.code(), Some(1), "encrypt into a plain store");
-    assert!(
-        text(&out.stderr).contains("is not encrypted at rest"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("is not encrypted at rest"), "{}", text(&out.stderr));
 }

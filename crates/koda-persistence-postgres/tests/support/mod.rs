@@ -72,21 +72,13 @@ fn find_bin() -> Result<PathBuf> {
         .filter(|b| b.join("initdb").exists() && b.join("postgres").exists())
         .collect();
     dirs.sort_by_key(|d| {
-        d.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
+        d.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
     });
-    dirs.pop()
-        .ok_or_else(|| anyhow!("no initdb under /usr/lib/postgresql/*/bin"))
+    dirs.pop().ok_or_else(|| anyhow!("no initdb under /usr/lib/postgresql/*/bin"))
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// `argv` as the unprivileged user when we are root (initdb refuses root).
@@ -106,12 +98,7 @@ fn as_user(argv: &[&str]) -> Command {
 /// initialised cluster with trust auth in `dir/data`.
 fn init_cluster(bin: &Path, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    if is_root()
-        && !Command::new("chown")
-            .args(["-R", "nobody", &dir.to_string_lossy()])
-            .status()?
-            .success()
-    {
+    if is_root() && !Command::new("chown").args(["-R", "nobody", &dir.to_string_lossy()]).status()?.success() {
         bail!("cannot hand {} to user nobody", dir.display());
     }
     let data = dir.join("data");
@@ -151,18 +138,11 @@ fn start_throwaway() -> Result<String> {
         dir = dir.display(),
         parent = std::process::id(),
     );
-    as_user(&["sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    as_user(&["sh", "-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            println!(
-                "started a throwaway PostgreSQL ({}) on 127.0.0.1:{port}",
-                bin.display()
-            );
+            println!("started a throwaway PostgreSQL ({}) on 127.0.0.1:{port}", bin.display());
             return Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -193,12 +173,7 @@ impl PrivateServer {
         let dir = private_dir();
         init_cluster(&bin, &dir)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let server = Self {
-            bin,
-            dir,
-            port,
-            extra: extra.to_owned(),
-        };
+        let server = Self { bin, dir, port, extra: extra.to_owned() };
         server.pg_ctl("start")?;
         Ok(server)
     }
@@ -210,18 +185,10 @@ impl PrivateServer {
         let bin = find_bin()?;
         let dir = private_dir();
         std::fs::create_dir_all(&dir)?;
-        if is_root()
-            && !Command::new("chown")
-                .args(["-R", "nobody", &dir.to_string_lossy()])
-                .status()?
-                .success()
-        {
+        if is_root() && !Command::new("chown").args(["-R", "nobody", &dir.to_string_lossy()]).status()?.success() {
             bail!("cannot hand {} to user nobody", dir.display());
         }
-        let conninfo = format!(
-            "host=127.0.0.1 port={} user=postgres application_name={name}",
-            primary.port
-        );
+        let conninfo = format!("host=127.0.0.1 port={} user=postgres application_name={name}", primary.port);
         let out = as_user(&[
             &bin.join("pg_basebackup").to_string_lossy(),
             "-d",
@@ -235,18 +202,10 @@ impl PrivateServer {
         ])
         .output()?;
         if !out.status.success() {
-            bail!(
-                "pg_basebackup failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let server = Self {
-            bin,
-            dir,
-            port,
-            extra: String::new(),
-        };
+        let server = Self { bin, dir, port, extra: String::new() };
         server.pg_ctl("start")?;
         Ok(server)
     }
@@ -279,10 +238,7 @@ impl PrivateServer {
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
         let out = as_user(&args).output()?;
         if !out.status.success() {
-            bail!(
-                "pg_ctl {action} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("pg_ctl {action} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
     }
@@ -324,11 +280,7 @@ impl PrivateServer {
 }
 
 fn private_dir() -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "koda-pg-private-{}-{}",
-        std::process::id(),
-        uuid::Uuid::now_v7().simple()
-    ))
+    std::env::temp_dir().join(format!("koda-pg-private-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple()))
 }
 
 impl Drop for PrivateServer {
@@ -348,13 +300,12 @@ pub fn private_server() -> Result<PrivateServer> {
 /// standby, or `Skipped` / a failure naming the fix, as for the shared
 /// server.
 pub fn replicated_pair() -> Result<(PrivateServer, PrivateServer)> {
-    let made = PrivateServer::start_with(
-        "-c wal_level=replica -c max_wal_senders=4 -c synchronous_standby_names=standby1",
-    )
-    .and_then(|primary| {
-        let standby = PrivateServer::standby_of(&primary, "standby1")?;
-        Ok((primary, standby))
-    });
+    let made =
+        PrivateServer::start_with("-c wal_level=replica -c max_wal_senders=4 -c synchronous_standby_names=standby1")
+            .and_then(|primary| {
+                let standby = PrivateServer::standby_of(&primary, "standby1")?;
+                Ok((primary, standby))
+            });
     private("failover", made)
 }
 
@@ -362,10 +313,7 @@ fn private<T>(what: &str, made: Result<T>) -> Result<T> {
     match made {
         Ok(s) => Ok(s),
         Err(why) if env_flag("KODA_SKIP_POSTGRES") && !env_flag("KODA_REQUIRE_POSTGRES") => {
-            Err(Skipped(format!(
-                "PostgreSQL {what} test skipped by KODA_SKIP_POSTGRES=1: {why:#}"
-            ))
-            .into())
+            Err(Skipped(format!("PostgreSQL {what} test skipped by KODA_SKIP_POSTGRES=1: {why:#}")).into())
         }
         Err(why) => bail!(
             "the {what} test needs the PostgreSQL server binaries (sudo apt-get install -y \
@@ -381,9 +329,8 @@ pub fn fresh_schema() -> String {
 
 /// Drops `schema` and everything in it.
 pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .context("admin connection for teardown")?;
+    let (client, conn) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("admin connection for teardown")?;
     tokio::spawn(conn);
     client
         .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
@@ -402,10 +349,7 @@ pub async fn deadlocks(url: String) -> Result<i64> {
         .context("admin connection for the deadlock counter")?;
     tokio::spawn(conn);
     let row = client
-        .query_one(
-            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
-            &[],
-        )
+        .query_one("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()", &[])
         .await
         .context("reading pg_stat_database.deadlocks")?;
     Ok(row.try_get(0)?)
@@ -488,12 +432,10 @@ pub async fn bouncer() -> Result<&'static pgbouncer::PgBouncer> {
     let url = server_url().await?;
     let started = BOUNCER
         .get_or_init(|| async move {
-            tokio::task::spawn_blocking(move || {
-                pgbouncer::PgBouncer::start(&url, BOUNCER_SERVER_CONNECTIONS, &[])
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| format!("{e:#}")))
+            tokio::task::spawn_blocking(move || pgbouncer::PgBouncer::start(&url, BOUNCER_SERVER_CONNECTIONS, &[]))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| format!("{e:#}")))
         })
         .await;
     match started {
@@ -534,9 +476,7 @@ impl Factory for ThroughPgBouncer {
 
 /// An admin connection to `url`.
 pub async fn admin(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .context("admin connection")?;
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("admin connection")?;
     tokio::spawn(conn);
     Ok(client)
 }
@@ -562,9 +502,7 @@ pub async fn runtime_role(url: &str, schema: &str) -> Result<(String, String)> {
 pub async fn drop_role(url: &str, role: &str) -> Result<()> {
     admin(url)
         .await?
-        .batch_execute(&format!(
-            "DROP OWNED BY \"{role}\"; DROP ROLE IF EXISTS \"{role}\""
-        ))
+        .batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE IF EXISTS \"{role}\""))
         .await
         .context("dropping the runtime role")?;
     Ok(())
@@ -572,12 +510,7 @@ pub async fn drop_role(url: &str, role: &str) -> Result<()> {
 
 /// Options for `url` on `schema`, logging in as `role` with `password`,
 /// never running DDL.
-pub fn role_options(
-    url: &str,
-    schema: &str,
-    role: &str,
-    password: &str,
-) -> Result<PostgresOptions> {
+pub fn role_options(url: &str, schema: &str, role: &str, password: &str) -> Result<PostgresOptions> {
     let mut o = options(url, schema)?;
     o.config.user(role);
     o.config.password(password);
@@ -605,9 +538,7 @@ impl Factory for RuntimeRole {
 
 /// `url` logging in as `role` with `password` instead of its own user.
 pub fn role_url(url: &str, role: &str, password: &str) -> Result<String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| anyhow!("not a URL: no ://"))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| anyhow!("not a URL: no ://"))?;
     let host_part = rest.split_once('@').map_or(rest, |(_, h)| h);
     Ok(format!("{scheme}://{role}:{password}@{host_part}"))
 }

@@ -16,29 +16,18 @@ use anyhow::{Context, Result, anyhow, bail};
 /// The `pgbouncer` binary: on `PATH`, else Debian's `/usr/sbin/pgbouncer`.
 pub fn find_pgbouncer() -> Result<PathBuf> {
     let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("pgbouncer"))
-                .collect::<Vec<_>>()
-        })
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("pgbouncer")).collect::<Vec<_>>())
         .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin/pgbouncer")])
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            anyhow!(
-                "no pgbouncer binary (on PATH or /usr/sbin): install Debian's package \
+    on_path.into_iter().chain([PathBuf::from("/usr/sbin/pgbouncer")]).find(|p| p.is_file()).ok_or_else(|| {
+        anyhow!(
+            "no pgbouncer binary (on PATH or /usr/sbin): install Debian's package \
                  (sudo apt-get install -y pgbouncer); .ci/run installs it"
-            )
-        })
+        )
+    })
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// A running PgBouncer; stopped (and its files removed) when dropped, or
@@ -68,23 +57,16 @@ impl PgBouncer {
     /// (a `postgres://` URL with a TCP host), in transaction mode with at
     /// most `server_connections` connections to the server, letting in
     /// the URL's user and `extra_users`.
-    pub fn start(
-        server_url: &str,
-        server_connections: usize,
-        extra_users: &[User<'_>],
-    ) -> Result<Self> {
+    pub fn start(server_url: &str, server_connections: usize, extra_users: &[User<'_>]) -> Result<Self> {
         let bin = find_pgbouncer()?;
-        let config =
-            tokio_postgres::Config::from_str(server_url).context("parsing the server URL")?;
+        let config = tokio_postgres::Config::from_str(server_url).context("parsing the server URL")?;
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             _ => bail!("PgBouncer for the tests needs a TCP host in the server URL"),
         };
         let server_port = config.get_ports().first().copied().unwrap_or(5432);
         let user = config.get_user().unwrap_or("postgres").to_owned();
-        let password = config
-            .get_password()
-            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
         let dbname = config.get_dbname().unwrap_or(&user).to_owned();
         let dir = std::env::temp_dir().join(format!(
             "koda-pgbouncer-{}-{}",
@@ -93,17 +75,9 @@ impl PgBouncer {
         ));
         std::fs::create_dir_all(&dir)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut users = vec![format!(
-            "{} {}",
-            quoted(&user),
-            quoted(password.as_deref().unwrap_or(""))
-        )];
+        let mut users = vec![format!("{} {}", quoted(&user), quoted(password.as_deref().unwrap_or("")))];
         for u in extra_users {
-            users.push(format!(
-                "{} {}",
-                quoted(u.name),
-                quoted(u.password.unwrap_or(""))
-            ));
+            users.push(format!("{} {}", quoted(u.name), quoted(u.password.unwrap_or(""))));
         }
         std::fs::write(dir.join("users.txt"), users.join("\n") + "\n")?;
         let ini = format!(
@@ -135,9 +109,7 @@ impl PgBouncer {
         );
         // PgBouncer refuses to run as root.
         let mut cmd = if is_root() {
-            let chown = Command::new("chown")
-                .args(["-R", "nobody", &dir.to_string_lossy()])
-                .status()?;
+            let chown = Command::new("chown").args(["-R", "nobody", &dir.to_string_lossy()]).status()?;
             if !chown.success() {
                 bail!("cannot hand {} to user nobody", dir.display());
             }
@@ -149,17 +121,8 @@ impl PgBouncer {
             c.args(["-c", &script]);
             c
         };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let bouncer = Self {
-            dir,
-            port,
-            user,
-            password,
-            dbname,
-        };
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let bouncer = Self { dir, port, user, password, dbname };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -169,11 +132,7 @@ impl PgBouncer {
             std::thread::sleep(Duration::from_millis(50));
         }
         let said = |f: &str| std::fs::read_to_string(bouncer.dir.join(f)).unwrap_or_default();
-        bail!(
-            "PgBouncer did not listen within 20 s: {} {}",
-            said("out"),
-            said("log")
-        )
+        bail!("PgBouncer did not listen within 20 s: {} {}", said("out"), said("log"))
     }
 
     /// The port it listens on.
@@ -194,10 +153,7 @@ impl PgBouncer {
     /// A URL through PgBouncer logging in as `auth` (`user` or
     /// `user:password`), with `pooler=transaction`.
     pub fn url_as(&self, auth: &str) -> String {
-        format!(
-            "postgres://{auth}@127.0.0.1:{}/{}?pooler=transaction&sslmode=disable",
-            self.port, self.dbname
-        )
+        format!("postgres://{auth}@127.0.0.1:{}/{}?pooler=transaction&sslmode=disable", self.port, self.dbname)
     }
 
     /// Its log, for a failing test's message.

@@ -49,33 +49,13 @@ struct ClientOutcome {
 }
 
 async fn turn(store: &dyn Persistence, session: &str, n: usize) -> Result<usize> {
-    let usage = TokenUsage {
-        prompt_tokens: 1_200,
-        completion_tokens: 80,
-        ..TokenUsage::default()
-    };
-    store
-        .insert_message(
-            session,
-            &Role::User,
-            Some(&format!("please fix test {n}")),
-            None,
-            None,
-            None,
-        )
-        .await?;
+    let usage = TokenUsage { prompt_tokens: 1_200, completion_tokens: 80, ..TokenUsage::default() };
+    store.insert_message(session, &Role::User, Some(&format!("please fix test {n}")), None, None, None).await?;
     let call = format!(
         r#"[{{"id":"call_{n}","type":"function","function":{{"name":"bash","arguments":"{{\"cmd\":\"cargo test\"}}"}}}}]"#
     );
     let answer = store
-        .insert_message(
-            session,
-            &Role::Assistant,
-            Some("running the tests"),
-            Some(&call),
-            None,
-            Some(&usage),
-        )
+        .insert_message(session, &Role::Assistant, Some("running the tests"), Some(&call), None, Some(&usage))
         .await?;
     store
         .insert_message(
@@ -92,13 +72,7 @@ async fn turn(store: &dyn Persistence, session: &str, n: usize) -> Result<usize>
 }
 
 async fn client(store: Arc<dyn Persistence>, deadline: Instant) -> ClientOutcome {
-    let mut out = ClientOutcome {
-        turns: 0,
-        errors: 0,
-        first_error: None,
-        times: Vec::new(),
-        exact: false,
-    };
+    let mut out = ClientOutcome { turns: 0, errors: 0, first_error: None, times: Vec::new(), exact: false };
     let session = match store.create_session("main", Path::new("/bench/w11")).await {
         Ok(s) => s,
         Err(e) => {
@@ -120,11 +94,7 @@ async fn client(store: Arc<dyn Persistence>, deadline: Instant) -> ClientOutcome
                 out.errors += 1;
                 out.first_error.get_or_insert_with(|| format!("{e:#}"));
                 // A failed turn may have stored part of itself: recount.
-                stored = store
-                    .load_all_messages(&session)
-                    .await
-                    .map(|m| m.len())
-                    .unwrap_or(usize::MAX);
+                stored = store.load_all_messages(&session).await.map(|m| m.len()).unwrap_or(usize::MAX);
             }
         }
     }
@@ -134,12 +104,7 @@ async fn client(store: Arc<dyn Persistence>, deadline: Instant) -> ClientOutcome
 
 /// Runs `clients` stores, each made by `open` (a simulated koda process
 /// with its own pool), for `seconds`.
-pub async fn run_one<F, Fut>(
-    name: &'static str,
-    open: F,
-    clients: usize,
-    seconds: f64,
-) -> Result<LoadRun>
+pub async fn run_one<F, Fut>(name: &'static str, open: F, clients: usize, seconds: f64) -> Result<LoadRun>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Arc<dyn Persistence>>>,
@@ -159,10 +124,7 @@ where
     let opened = stores.len();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(seconds);
-    let tasks: Vec<_> = stores
-        .into_iter()
-        .map(|s| tokio::spawn(client(s, deadline)))
-        .collect();
+    let tasks: Vec<_> = stores.into_iter().map(|s| tokio::spawn(client(s, deadline))).collect();
     let mut times = Vec::new();
     let (mut turns, mut exact) = (0, true);
     for t in tasks {
@@ -177,16 +139,5 @@ where
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (p50, p99) = percentiles(&mut times);
-    Ok(LoadRun {
-        name,
-        clients,
-        opened,
-        turns,
-        errors,
-        first_error,
-        p50,
-        p99,
-        seconds: elapsed,
-        counts_exact: exact,
-    })
+    Ok(LoadRun { name, clients, opened, turns, errors, first_error, p50, p99, seconds: elapsed, counts_exact: exact })
 }

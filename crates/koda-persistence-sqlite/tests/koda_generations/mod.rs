@@ -105,14 +105,9 @@ impl Generation {
     /// A koda of this generation running on `path`.
     pub fn open(self, path: &Path) -> OlderKoda {
         let conn = Connection::open(path).expect("older koda opens its file");
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .expect("busy timeout");
-        conn.execute_batch("PRAGMA foreign_keys = ON")
-            .expect("foreign keys");
-        OlderKoda {
-            generation: self,
-            conn,
-        }
+        conn.busy_timeout(std::time::Duration::from_secs(5)).expect("busy timeout");
+        conn.execute_batch("PRAGMA foreign_keys = ON").expect("foreign keys");
+        OlderKoda { generation: self, conn }
     }
 }
 
@@ -127,10 +122,7 @@ impl OlderKoda {
                 .expect("older koda creates a session");
         } else {
             self.conn
-                .execute(
-                    "INSERT INTO sessions (id, agent_name) VALUES (?1, ?2)",
-                    params![id, agent],
-                )
+                .execute("INSERT INTO sessions (id, agent_name) VALUES (?1, ?2)", params![id, agent])
                 .expect("older koda creates a session");
         }
     }
@@ -153,15 +145,7 @@ impl OlderKoda {
             Some(u) => u.map(Some),
             None => [None; 5],
         };
-        let base: [&dyn ToSql; 7] = [
-            &session,
-            &role,
-            &content,
-            &tool_calls,
-            &tool_call_id,
-            &p,
-            &c,
-        ];
+        let base: [&dyn ToSql; 7] = [&session, &role, &content, &tool_calls, &tool_call_id, &p, &c];
         let done = match self.generation {
             Generation::Oldest => self.conn.execute(
                 "INSERT INTO messages (session_id, role, content, tool_calls, tool_call_id,
@@ -186,25 +170,16 @@ impl OlderKoda {
 
     /// The newest generation marks an answer delivered.
     pub fn complete(&self, id: i64) {
-        assert!(
-            self.generation.tracks_completion(),
-            "no completion tracking"
-        );
+        assert!(self.generation.tracks_completion(), "no completion tracking");
         self.conn
-            .execute(
-                "UPDATE messages SET completed_at = CURRENT_TIMESTAMP WHERE id = ?1",
-                params![id],
-            )
+            .execute("UPDATE messages SET completed_at = CURRENT_TIMESTAMP WHERE id = ?1", params![id])
             .expect("older koda completes");
     }
 
     pub fn touch_session(&self, id: &str) {
         if self.generation.has_roots() {
             self.conn
-                .execute(
-                    "UPDATE sessions SET last_accessed_at = datetime('now') WHERE id = ?1",
-                    params![id],
-                )
+                .execute("UPDATE sessions SET last_accessed_at = datetime('now') WHERE id = ?1", params![id])
                 .expect("older koda touches a session");
         }
     }
@@ -258,18 +233,14 @@ impl OlderKoda {
     }
 
     pub fn delete_session(&self, id: &str) {
-        let mut statements = vec![
-            "DELETE FROM session_metadata WHERE session_id = ?1",
-            "DELETE FROM messages WHERE session_id = ?1",
-        ];
+        let mut statements =
+            vec!["DELETE FROM session_metadata WHERE session_id = ?1", "DELETE FROM messages WHERE session_id = ?1"];
         if self.generation == Generation::Newest {
             statements.push("DELETE FROM owned_files WHERE session_id = ?1");
         }
         statements.push("DELETE FROM sessions WHERE id = ?1");
         for sql in statements {
-            self.conn
-                .execute(sql, params![id])
-                .expect("older koda deletes a session");
+            self.conn.execute(sql, params![id]).expect("older koda deletes a session");
         }
     }
 
@@ -295,21 +266,11 @@ impl OlderKoda {
         };
         let mut stmt = self.conn.prepare(sql).expect("list");
         let map = |r: &rusqlite::Row<'_>| {
-            Ok(Listed {
-                id: r.get(0)?,
-                created_at: r.get(1)?,
-                messages: r.get(2)?,
-                tokens: r.get(3)?,
-            })
+            Ok(Listed { id: r.get(0)?, created_at: r.get(1)?, messages: r.get(2)?, tokens: r.get(3)? })
         };
-        let rows = if with_root {
-            stmt.query_map(params![limit, root], map)
-        } else {
-            stmt.query_map(params![limit], map)
-        };
-        rows.expect("list")
-            .collect::<rusqlite::Result<_>>()
-            .expect("list rows")
+        let rows =
+            if with_root { stmt.query_map(params![limit, root], map) } else { stmt.query_map(params![limit], map) };
+        rows.expect("list").collect::<rusqlite::Result<_>>().expect("list rows")
     }
 
     /// koda's history load: the session's active messages by id, as (id,
@@ -354,8 +315,6 @@ impl OlderKoda {
     }
 
     pub fn integrity_ok(&self) -> bool {
-        self.conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
-            .is_ok_and(|s| s == "ok")
+        self.conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).is_ok_and(|s| s == "ok")
     }
 }

@@ -116,10 +116,7 @@ impl<P: Persistence> Persistence for Checked<P> {
         self.inner.session_token_usage(session_id).await
     }
 
-    async fn session_usage_by_agent(
-        &self,
-        session_id: &str,
-    ) -> Result<Vec<(String, SessionUsage)>> {
+    async fn session_usage_by_agent(&self, session_id: &str) -> Result<Vec<(String, SessionUsage)>> {
         if !holdable(session_id) {
             return Ok(Vec::new());
         }

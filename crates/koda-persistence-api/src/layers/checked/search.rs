@@ -9,12 +9,7 @@ use crate::search::{Query, SearchHit, SearchScope};
 
 #[async_trait::async_trait]
 impl<P: Search> Search for Checked<P> {
-    async fn search_messages(
-        &self,
-        query: &str,
-        scope: &SearchScope<'_>,
-        limit: usize,
-    ) -> Result<Vec<SearchHit>> {
+    async fn search_messages(&self, query: &str, scope: &SearchScope<'_>, limit: usize) -> Result<Vec<SearchHit>> {
         let parsed = Query::parse(query)?;
         if let Some(root) = scope.project_root {
             root_to_str(root)?;

@@ -3,9 +3,7 @@
 use anyhow::Result;
 
 use super::Checked;
-use crate::args::{
-    check_claim, check_message_records, check_session_record, holdable, session_not_found,
-};
+use crate::args::{check_claim, check_message_records, check_session_record, holdable, session_not_found};
 use crate::records::{MessageRecord, MetadataRecord, SessionRecord};
 use crate::transfer::Transfer;
 
@@ -50,19 +48,12 @@ impl<P: Transfer> Transfer for Checked<P> {
         self.inner.import_session(session).await
     }
 
-    async fn import_messages(
-        &self,
-        session_id: &str,
-        messages: &[MessageRecord],
-        keep_ids: bool,
-    ) -> Result<Vec<i64>> {
+    async fn import_messages(&self, session_id: &str, messages: &[MessageRecord], keep_ids: bool) -> Result<Vec<i64>> {
         check_message_records(messages)?;
         if !holdable(session_id) {
             return Err(session_not_found(session_id));
         }
-        self.inner
-            .import_messages(session_id, messages, keep_ids)
-            .await
+        self.inner.import_messages(session_id, messages, keep_ids).await
     }
 
     async fn import_metadata(&self, session_id: &str, entries: &[MetadataRecord]) -> Result<()> {

@@ -77,30 +77,18 @@ impl<P> Traced<P> {
         if !tracing::enabled!(tracing::Level::WARN) {
             return call.await;
         }
-        let span = tracing::debug_span!(
-            "persistence",
-            backend = self.backend,
-            method,
-            session = session.unwrap_or(""),
-        );
+        let span =
+            tracing::debug_span!("persistence", backend = self.backend, method, session = session.unwrap_or(""),);
         let started = Instant::now();
-        let out = if span.is_disabled() {
-            call.await
-        } else {
-            call.instrument(span.clone()).await
-        };
+        let out = if span.is_disabled() { call.await } else { call.instrument(span.clone()).await };
         let elapsed = started.elapsed();
         let ms = elapsed.as_secs_f64() * 1e3;
         let _in = span.enter();
         match &out {
             Err(e) => tracing::debug!(ms, error = %e, "call failed"),
-            Ok(_) if elapsed > SLOW_CALL => tracing::warn!(
-                backend = self.backend,
-                method,
-                ms,
-                limit_ms = SLOW_CALL.as_millis() as u64,
-                "slow call"
-            ),
+            Ok(_) if elapsed > SLOW_CALL => {
+                tracing::warn!(backend = self.backend, method, ms, limit_ms = SLOW_CALL.as_millis() as u64, "slow call")
+            }
             Ok(_) => tracing::debug!(ms, "call done"),
         }
         out
