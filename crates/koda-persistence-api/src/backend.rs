@@ -97,6 +97,43 @@ pub trait Backend: Send + Sync + 'static {
     async fn open(options: Self::Options, clock: Arc<dyn Clock>) -> anyhow::Result<Self::Store>;
 }
 
+/// Declares a backend: the unit struct `$name` and its [`Backend`] impl,
+/// whose `options` is `$options::from_url` and whose `open` is
+/// `$store::open`, the two inherent functions every backend crate has.
+///
+/// ```ignore
+/// koda_persistence_api::declare_backend!(
+///     /// The sled backend.
+///     Sled, "sled", SCHEMES, "sled://PATH", Encryption::Fields, SledOptions, SledStore
+/// );
+/// ```
+#[macro_export]
+macro_rules! declare_backend {
+    ($(#[$doc:meta])* $name:ident, $id:literal, $schemes:expr, $example:literal, $encryption:expr, $options:ty, $store:ty $(,)?) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name;
+
+        #[async_trait::async_trait]
+        impl $crate::backend::Backend for $name {
+            const NAME: &'static str = $id;
+            const SCHEMES: &'static [&'static str] = $schemes;
+            const EXAMPLE: &'static str = $example;
+            const ENCRYPTION: $crate::Encryption = $encryption;
+            type Options = $options;
+            type Store = $store;
+
+            fn options(url: &$crate::backend::StoreUrl) -> Result<$options, $crate::PersistenceError> {
+                <$options>::from_url(url)
+            }
+
+            async fn open(options: $options, clock: std::sync::Arc<dyn $crate::Clock>) -> anyhow::Result<$store> {
+                <$store>::open(options, clock).await
+            }
+        }
+    };
+}
+
 /// `url`'s options for backend `B`: parsed once, the scheme checked, every
 /// parameter taken or refused.
 ///

@@ -19,10 +19,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Result;
-use koda_persistence_api::backend::{Backend, NewMessage, StoreUrl, usage_total};
+use koda_persistence_api::backend::{NewMessage, usage_total};
 use koda_persistence_api::{
-    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence, PersistenceError, Role,
-    SearchIndex, SessionInfo, SessionUsage, Store,
+    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence, Role, SearchIndex,
+    SessionInfo, SessionUsage, Store,
 };
 
 use crate::schema::{Session, State};
@@ -36,28 +36,10 @@ pub struct MemoryStore {
     keep_deleted_days: u32,
 }
 
-/// The in-memory backend, for the facade's table and
-/// `koda_persistence_api::backend::open_url`.
-#[derive(Debug, Clone, Copy)]
-pub struct Memory;
-
-#[async_trait::async_trait]
-impl Backend for Memory {
-    const NAME: &'static str = "memory";
-    const SCHEMES: &'static [&'static str] = SCHEMES;
-    const EXAMPLE: &'static str = "memory:";
-    const ENCRYPTION: Encryption = Encryption::None;
-    type Options = MemoryOptions;
-    type Store = MemoryStore;
-
-    fn options(url: &StoreUrl) -> Result<MemoryOptions, PersistenceError> {
-        MemoryOptions::from_url(url)
-    }
-
-    async fn open(options: MemoryOptions, clock: Arc<dyn Clock>) -> Result<MemoryStore> {
-        MemoryStore::open(options, clock).await
-    }
-}
+koda_persistence_api::declare_backend!(
+    /// The in-memory backend, for the facade's table and `koda_persistence_api::backend::open_url`.
+    Memory, "memory", SCHEMES, "memory:", Encryption::None, MemoryOptions, MemoryStore
+);
 
 impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, State> {

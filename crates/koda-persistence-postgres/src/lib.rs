@@ -23,11 +23,11 @@ use std::sync::{Arc, MutexGuard};
 use anyhow::Result;
 use deadpool_postgres::Pool;
 use koda_persistence_api::backend::{
-    Backend, ContextCache, NewMessage, SharedContextCache, StoreUrl, root_to_str, session_not_found, usage_total,
+    ContextCache, NewMessage, SharedContextCache, root_to_str, session_not_found, usage_total,
 };
 use koda_persistence_api::{
-    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence, PersistenceError, Role,
-    SearchIndex, SessionInfo, SessionUsage, Store,
+    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence, Role, SearchIndex,
+    SessionInfo, SessionUsage, Store,
 };
 
 use crate::exec::Dialect;
@@ -37,28 +37,10 @@ pub use crate::open::{connect_raw, grant};
 pub use crate::options::{MAX_POOL_SIZE, Pooler, PostgresOptions, SCHEMES, TlsMode, check_schema_name};
 pub use crate::schema::grant_sql;
 
-/// The PostgreSQL backend, for the facade's table and
-/// `koda_persistence_api::backend::open_url`.
-#[derive(Debug, Clone, Copy)]
-pub struct Postgres;
-
-#[async_trait::async_trait]
-impl Backend for Postgres {
-    const NAME: &'static str = "postgres";
-    const SCHEMES: &'static [&'static str] = SCHEMES;
-    const EXAMPLE: &'static str = "postgres://…, postgresql://…";
-    const ENCRYPTION: Encryption = Encryption::None;
-    type Options = PostgresOptions;
-    type Store = PostgresStore;
-
-    fn options(url: &StoreUrl) -> Result<PostgresOptions, PersistenceError> {
-        PostgresOptions::from_url(url)
-    }
-
-    async fn open(options: PostgresOptions, clock: Arc<dyn Clock>) -> Result<PostgresStore> {
-        PostgresStore::open(options, clock).await
-    }
-}
+koda_persistence_api::declare_backend!(
+    /// The PostgreSQL backend, for the facade's table and `koda_persistence_api::backend::open_url`.
+    Postgres, "postgres", SCHEMES, "postgres://…, postgresql://…", Encryption::None, PostgresOptions, PostgresStore
+);
 
 /// The PostgreSQL store. Cheap to clone; clones share the pool.
 #[derive(Clone)]

@@ -26,36 +26,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use koda_persistence_api::backend::{Backend, ContextRow, NewMessage, StoreUrl, limit_bound, root_to_str, usage_total};
+use koda_persistence_api::backend::{ContextRow, NewMessage, limit_bound, root_to_str, usage_total};
 use koda_persistence_api::{
-    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence, PersistenceError, Role,
-    SearchIndex, SessionInfo, SessionUsage, Store,
+    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence, Role, SearchIndex,
+    SessionInfo, SessionUsage, Store,
 };
 
 use crate::exec::Inner;
 
-/// The sled backend, for the facade's table and
-/// `koda_persistence_api::backend::open_url`.
-#[derive(Debug, Clone, Copy)]
-pub struct Sled;
-
-#[async_trait::async_trait]
-impl Backend for Sled {
-    const NAME: &'static str = "sled";
-    const SCHEMES: &'static [&'static str] = SCHEMES;
-    const EXAMPLE: &'static str = "sled://PATH";
-    const ENCRYPTION: Encryption = Encryption::Fields;
-    type Options = SledOptions;
-    type Store = SledStore;
-
-    fn options(url: &StoreUrl) -> Result<SledOptions, PersistenceError> {
-        SledOptions::from_url(url)
-    }
-
-    async fn open(options: SledOptions, clock: Arc<dyn Clock>) -> Result<SledStore> {
-        SledStore::open(options, clock).await
-    }
-}
+koda_persistence_api::declare_backend!(
+    /// The sled backend, for the facade's table and `koda_persistence_api::backend::open_url`.
+    Sled, "sled", SCHEMES, "sled://PATH", Encryption::Fields, SledOptions, SledStore
+);
 
 /// The sled store. Cheap to clone; clones share the database.
 #[derive(Clone)]

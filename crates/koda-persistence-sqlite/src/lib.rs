@@ -26,36 +26,21 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use koda_persistence_api::backend::{Backend, NewMessage, SharedContextCache, StoreUrl, root_to_str, usage_total};
+use koda_persistence_api::backend::{NewMessage, SharedContextCache, root_to_str, usage_total};
 use koda_persistence_api::{
-    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence, PersistenceError, Role,
-    SearchIndex, SessionInfo, SessionUsage, Store,
+    Bodies, Capabilities, Clock, CompactedStats, Encryption, Handles, Message, Persistence, Role, SearchIndex,
+    SessionInfo, SessionUsage, Store,
 };
 
 use crate::worker::{Worker, forget_after_answer};
 
-/// The SQLite backend, for the facade's table and
-/// `koda_persistence_api::backend::open_url`.
-#[derive(Debug, Clone, Copy)]
-pub struct Sqlite;
+/// Whether `key_file=` encrypts: with the feature `sqlcipher`, the whole file.
+const ENCRYPTION: Encryption = if cfg!(feature = "sqlcipher") { Encryption::WholeFile } else { Encryption::None };
 
-#[async_trait::async_trait]
-impl Backend for Sqlite {
-    const NAME: &'static str = "sqlite";
-    const SCHEMES: &'static [&'static str] = SCHEMES;
-    const EXAMPLE: &'static str = "sqlite://PATH, sqlite::memory:";
-    const ENCRYPTION: Encryption = if cfg!(feature = "sqlcipher") { Encryption::WholeFile } else { Encryption::None };
-    type Options = SqliteOptions;
-    type Store = SqliteStore;
-
-    fn options(url: &StoreUrl) -> Result<SqliteOptions, PersistenceError> {
-        SqliteOptions::from_url(url)
-    }
-
-    async fn open(options: SqliteOptions, clock: Arc<dyn Clock>) -> Result<SqliteStore> {
-        SqliteStore::open(options, clock).await
-    }
-}
+koda_persistence_api::declare_backend!(
+    /// The SQLite backend, for the facade's table and `koda_persistence_api::backend::open_url`.
+    Sqlite, "sqlite", SCHEMES, "sqlite://PATH, sqlite::memory:", ENCRYPTION, SqliteOptions, SqliteStore
+);
 
 /// The SQLite store. Cheap to clone; clones share the connections.
 #[derive(Clone)]

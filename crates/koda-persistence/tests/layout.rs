@@ -103,7 +103,10 @@ fn every_lib_rs_is_documented_from_docs_md_and_exports_no_modules() {
             !text.lines().any(|l| l.trim_start().starts_with("pub mod ")),
             "{name}: a backend exports types, not its modules"
         );
-        assert!(text.contains("impl Backend for "), "{name}: lib.rs has no Backend impl");
+        assert!(
+            text.contains("koda_persistence_api::declare_backend!("),
+            "{name}: lib.rs does not declare its Backend (declare_backend!)"
+        );
     }
 }
 
