@@ -6,7 +6,7 @@ use crate::types::{Message, Role};
 
 /// A session with every field a store keeps of it (its counters are derived
 /// from its messages and not part of the record).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionRecord {
     /// Session id: 1 to [`MAX_SESSION_ID_BYTES`] bytes, no NUL.
     pub id: String,
@@ -26,7 +26,7 @@ pub struct SessionRecord {
 }
 
 /// A message with every field a store keeps of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MessageRecord {
     /// Its id in the store it came from.
     pub id: i64,
@@ -62,6 +62,12 @@ pub struct MessageRecord {
 }
 
 impl MessageRecord {
+    /// A record with nothing but its id, role and creation time: the start
+    /// of a literal that sets the fields it needs (`..MessageRecord::bare(…)`).
+    pub fn bare(id: i64, role: Role, created_ms: i64) -> Self {
+        Self::from_message(Message::bare(id, "", role, None), None, created_ms, None, None)
+    }
+
     /// The record of a stored message `m` and the fields [`Message`] does
     /// not carry.
     pub fn from_message(
@@ -122,7 +128,7 @@ impl MessageRecord {
 }
 
 /// One metadata entry of a session.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct MetadataRecord {
     /// Key.
     pub key: String,

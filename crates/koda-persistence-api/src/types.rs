@@ -16,8 +16,9 @@ pub const TODO_KEY: &str = "todo";
 /// How many characters of an unanswered prompt [`InterruptionKind::Prompt`] keeps.
 pub const INTERRUPTION_PREVIEW_CHARS: usize = 80;
 
-/// Message roles in the conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Message roles in the conversation. Serialized as [`Role::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// System prompt (and compaction summaries).
     System,

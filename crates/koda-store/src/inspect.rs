@@ -133,7 +133,7 @@ pub async fn show(store: &Arc<dyn Store>, sid: &str, all: bool, json: bool) -> R
     if json {
         let messages: Vec<_> = rows.iter().map(|m| koda_store::format::MessageLine::new(sid, m)).collect();
         let doc = json!({
-            "session": koda_store::format::SessionLine::from(&record),
+            "session": &record,
             "messages": messages,
             "interrupted": banner,
         });

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use koda_persistence::{MessageRecord, MetadataRecord, SessionRecord, Store};
 
-use crate::format::{FORMAT, Header, Line, MessageLine, MetadataLine, SessionLine, VERSION};
+use crate::format::{FORMAT, Header, Line, MessageLine, MetadataLine, VERSION};
 
 /// Messages per `import_messages` call.
 const BATCH: usize = 1_000;
@@ -272,7 +272,7 @@ pub async fn export(store: &Arc<dyn Store>, source: &str, ids: &[String], out: i
         let Some(record) = &whole.record else {
             continue;
         };
-        serde_json::to_writer(&mut out, &Line::Session(SessionLine::from(record)))?;
+        serde_json::to_writer(&mut out, &Line::Session(record.clone()))?;
         out.write_all(b"\n")?;
         for m in &whole.messages {
             serde_json::to_writer(&mut out, &Line::Message(MessageLine::new(id, m)))?;
@@ -343,24 +343,24 @@ impl FileSessions {
             match parsed {
                 Line::Session(s) => {
                     if whole.record.is_some() {
-                        self.pending = Some(s.into());
+                        self.pending = Some(s);
                         return Ok(Some(whole));
                     }
-                    whole.record = Some(s.into());
+                    whole.record = Some(s);
                 }
                 Line::Message(m) => {
                     let owner = whole.record.as_ref().map(|r| r.id.as_str());
                     if owner != Some(m.session.as_str()) {
                         bail!("{}: message of session {} out of place", at(), m.session);
                     }
-                    whole.messages.push(m.into_record().with_context(at)?);
+                    whole.messages.push(m.record);
                 }
                 Line::Metadata(e) => {
                     let owner = whole.record.as_ref().map(|r| r.id.as_str());
                     if owner != Some(e.session.as_str()) {
                         bail!("{}: metadata of session {} out of place", at(), e.session);
                     }
-                    whole.metadata.push(MetadataRecord { key: e.key, value: e.value });
+                    whole.metadata.push(e.record);
                 }
             }
         }
