@@ -85,3 +85,34 @@ pub fn files_under(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     out.sort();
     Ok(out)
 }
+
+/// A temporary directory for an [`AtRest`] kit: stores at named places in
+/// it, and a `keys` directory ([`AtRest::key_dir`]) beside them.
+#[derive(Debug)]
+pub struct Scratch {
+    dir: tempfile::TempDir,
+    keys: std::path::PathBuf,
+}
+
+impl Scratch {
+    /// A new temporary directory with an empty `keys` directory in it.
+    ///
+    /// # Errors
+    /// The directories cannot be made.
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys)?;
+        Ok(Self { dir, keys })
+    }
+
+    /// The place called `name`.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The `keys` directory.
+    pub fn keys(&self) -> &std::path::Path {
+        &self.keys
+    }
+}

@@ -72,6 +72,17 @@ fn streamed(i: u64) -> (koda_persistence_api::Role, String) {
     }
 }
 
+/// The children every backend's process tests share: `stream PATH SESSION`
+/// ([`stream_until_killed`]) and `trash PATH` ([`trash_until_killed`]).
+/// `None` for other arguments, which the backend's own child handles.
+pub fn shared_child(open: Opener, args: &[String]) -> Option<anyhow::Result<()>> {
+    match args {
+        [mode, path, sid] if mode == "stream" => Some(stream_until_killed(open, path, sid)),
+        [mode, path] if mode == "trash" => Some(trash_until_killed(open, path)),
+        _ => None,
+    }
+}
+
 /// The stub the streaming writer clears every eighth tool result with.
 const CLEARED: &str = "[cleared]";
 

@@ -48,7 +48,7 @@ pub(crate) async fn rich_session(fx: &Fixture) -> Result<String> {
 
 /// A record with nothing but its id, role and creation time.
 pub(super) fn bare_record(id: i64, role: Role) -> MessageRecord {
-    MessageRecord::from_message(koda_persistence_api::Message::bare(id, "", role, None), None, START_MS, None, None)
+    MessageRecord::bare(id, role, START_MS)
 }
 
 /// The export of a session, ids left out.

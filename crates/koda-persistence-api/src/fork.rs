@@ -90,21 +90,9 @@ mod tests {
 
     fn m(id: i64, role: Role, calls: Option<&str>, answers: Option<&str>) -> MessageRecord {
         MessageRecord {
-            id,
-            role,
-            content: None,
-            full_content: None,
             tool_calls: calls.map(str::to_owned),
             tool_call_id: answers.map(str::to_owned),
-            prompt_tokens: None,
-            completion_tokens: None,
-            cache_read_tokens: None,
-            cache_creation_tokens: None,
-            thinking_tokens: None,
-            agent: None,
-            created_ms: 0,
-            completed_ms: None,
-            compacted_ms: None,
+            ..MessageRecord::bare(id, role, 0)
         }
     }
 

@@ -62,10 +62,7 @@ async fn source(path: &Path, sessions: usize, per: usize) -> Result<Arc<dyn Stor
                 let sh = shape(i);
                 let [p, c, cr, cc, t] = sh.counters().map_or([None; 5], |u| u.map(Some));
                 MessageRecord {
-                    id: 1,
-                    role: sh.role,
                     content: Some(sh.content),
-                    full_content: None,
                     tool_calls: sh.tool_calls,
                     tool_call_id: sh.tool_call_id,
                     prompt_tokens: p,
@@ -73,10 +70,8 @@ async fn source(path: &Path, sessions: usize, per: usize) -> Result<Arc<dyn Stor
                     cache_read_tokens: cr,
                     cache_creation_tokens: cc,
                     thinking_tokens: t,
-                    agent: None,
-                    created_ms: t0 + i as i64,
                     completed_ms: (sh.role == koda_persistence::Role::Assistant).then_some(t0 + i as i64),
-                    compacted_ms: None,
+                    ..MessageRecord::bare(1, sh.role, t0 + i as i64)
                 }
             })
             .collect();

@@ -313,22 +313,12 @@ fn session(s: usize) -> (SessionRecord, Vec<MessageRecord>) {
             let role = [Role::User, Role::Assistant, Role::Tool][i % 3];
             let call = format!("call_{s}_{}", i / 3);
             MessageRecord {
-                id: i64::try_from(s * PER_SESSION + i + 1).unwrap_or(i64::MAX),
-                role,
                 content: Some(g.text(role)),
-                full_content: None,
                 tool_calls: (role == Role::Assistant)
                     .then(|| format!(r#"[{{"id":"{call}","type":"function","function":{{"name":"bash"}}}}]"#)),
                 tool_call_id: (role == Role::Tool).then_some(call),
-                prompt_tokens: None,
-                completion_tokens: None,
-                cache_read_tokens: None,
-                cache_creation_tokens: None,
-                thinking_tokens: None,
-                agent: None,
-                created_ms: base + i as i64,
                 completed_ms: (role == Role::Assistant).then_some(base + i as i64),
-                compacted_ms: None,
+                ..MessageRecord::bare(i64::try_from(s * PER_SESSION + i + 1).unwrap_or(i64::MAX), role, base + i as i64)
             }
         })
         .collect();

@@ -8,26 +8,20 @@ use std::time::Duration;
 
 use koda_persistence_api::backend::open_checked;
 use koda_persistence_api::{ManualClock, Store};
-use koda_persistence_conformance::at_rest::{AtRest, Tamper, files_under};
+use koda_persistence_conformance::at_rest::{AtRest, Scratch, Tamper, files_under};
 use koda_persistence_conformance::{Factory, Fixture};
 use koda_persistence_sled::{Sled, SledOptions};
 
 /// sled directories at named places under one temp directory.
-struct Directories {
-    dir: tempfile::TempDir,
-    keys: PathBuf,
-}
+struct Directories(Scratch);
 
 impl Directories {
     fn new() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let keys = dir.path().join("keys");
-        std::fs::create_dir(&keys)?;
-        Ok(Self { dir, keys })
+        Ok(Self(Scratch::new()?))
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.0.path(name)
     }
 }
 
@@ -64,7 +58,7 @@ fn first_message(db: &sled::Db, session: &str) -> anyhow::Result<(sled::IVec, sl
 #[async_trait::async_trait]
 impl AtRest for Directories {
     fn key_dir(&self) -> &Path {
-        &self.keys
+        self.0.keys()
     }
 
     async fn open(&self, name: &str, key: Option<&Path>) -> anyhow::Result<Arc<dyn Store>> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use koda_persistence_api::{Persistence, PersistenceError, Role, SystemClock};
+use koda_persistence_conformance::process;
 use koda_persistence_sled::{SledOptions, SledStore};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -26,15 +27,8 @@ async fn open(path: &Path) -> Result<SledStore> {
 /// `child stream PATH SESSION`: inserts until killed, printing each id.
 /// `child hold PATH`: opens the store, says `open`, and waits to be killed.
 fn child(args: &[String]) -> Result<()> {
-    if let [mode, path, sid] = args
-        && mode == "stream"
-    {
-        return koda_persistence_conformance::process::stream_until_killed(opener, path, sid);
-    }
-    if let [mode, path] = args
-        && mode == "trash"
-    {
-        return koda_persistence_conformance::process::trash_until_killed(opener, path);
+    if let Some(done) = process::shared_child(opener, args) {
+        return done;
     }
     let rt = runtime()?;
     rt.block_on(async {
@@ -184,7 +178,7 @@ fn drop_and_reopen_at_once() -> Result<()> {
     })
 }
 
-fn opener(path: PathBuf) -> koda_persistence_conformance::process::Opening {
+fn opener(path: PathBuf) -> process::Opening {
     Box::pin(async move { Ok(Arc::new(open(&path).await?) as Arc<dyn koda_persistence_api::Store>) })
 }
 
@@ -192,28 +186,18 @@ fn opener(path: PathBuf) -> koda_persistence_conformance::process::Opening {
 /// before each write returns).
 fn sigkill_mid_stream_loses_nothing_acknowledged() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    koda_persistence_conformance::process::sigkill_mid_stream_loses_nothing(
-        opener,
-        &dir.path().join("store"),
-        20,
-        |_| Ok(()),
-    )
+    process::sigkill_mid_stream_loses_nothing(opener, &dir.path().join("store"), 20, |_| Ok(()))
 }
 
 /// The shared SIGKILL scenario for the trash (15 kills): deletes into the
 /// trash and restores, killed mid-move, leave nothing half-moved.
 fn sigkill_mid_trash_leaves_nothing_half_moved() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    koda_persistence_conformance::process::sigkill_mid_trash_leaves_nothing_half_moved(
-        opener,
-        &dir.path().join("store"),
-        15,
-        |_| Ok(()),
-    )
+    process::sigkill_mid_trash_leaves_nothing_half_moved(opener, &dir.path().join("store"), 15, |_| Ok(()))
 }
 
 fn main() -> ExitCode {
-    koda_persistence_conformance::process::main(
+    process::main(
         child,
         &[
             ("sigkill_mid_stream_loses_nothing_acknowledged", sigkill_mid_stream_loses_nothing_acknowledged),

@@ -115,20 +115,25 @@ pub(crate) fn set_session_text(
     Ok(())
 }
 
+/// One nullable column of a session's row (`None` also for an unknown
+/// session). `sql` selects it by `id = ?1`; `column` names it in errors.
+fn session_column<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    sql: &'static str,
+    column: &str,
+    session_id: &str,
+) -> Result<Option<T>> {
+    let value =
+        conn.prepare_cached(sql)?.query_row(params![session_id], |r| Ok(get::<Option<T>>(r, 0, column))).optional()?;
+    Ok(value.transpose()?.flatten())
+}
+
 pub(crate) fn get_session_mode(conn: &Connection, session_id: &str) -> Result<Option<String>> {
-    let mode = conn
-        .prepare_cached("SELECT mode FROM sessions WHERE id = ?1")?
-        .query_row(params![session_id], |r| Ok(get::<Option<String>>(r, 0, "mode")))
-        .optional()?;
-    Ok(mode.transpose()?.flatten())
+    session_column(conn, "SELECT mode FROM sessions WHERE id = ?1", "mode", session_id)
 }
 
 pub(crate) fn last_accessed(conn: &Connection, session_id: &str) -> Result<Option<i64>> {
-    let at = conn
-        .prepare_cached("SELECT last_accessed_ms FROM sessions WHERE id = ?1")?
-        .query_row(params![session_id], |r| Ok(get::<Option<i64>>(r, 0, "last_accessed_ms")))
-        .optional()?;
-    Ok(at.transpose()?.flatten())
+    session_column(conn, "SELECT last_accessed_ms FROM sessions WHERE id = ?1", "last_accessed_ms", session_id)
 }
 
 /// The session's change counter, or `None` for an unknown session.

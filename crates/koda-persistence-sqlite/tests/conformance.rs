@@ -8,34 +8,28 @@ use std::sync::Arc;
 use koda_persistence_api::backend::open_checked;
 use koda_persistence_api::trash::TrashOptions;
 use koda_persistence_api::{ManualClock, Store};
-use koda_persistence_conformance::at_rest::{AtRest, Tamper, files_under};
+use koda_persistence_conformance::at_rest::{AtRest, Scratch, Tamper, files_under};
 use koda_persistence_conformance::{Factory, Fixture};
 use koda_persistence_sqlite::{Location, Sqlite, SqliteOptions};
 
 /// Database files at named places, each in a directory of its own, under
 /// one temp directory.
-struct Files {
-    dir: tempfile::TempDir,
-    keys: PathBuf,
-}
+struct Files(Scratch);
 
 impl Files {
     fn new() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let keys = dir.path().join("keys");
-        std::fs::create_dir(&keys)?;
-        Ok(Self { dir, keys })
+        Ok(Self(Scratch::new()?))
     }
 
     fn db(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name).join("koda.db")
+        self.0.path(name).join("koda.db")
     }
 }
 
 #[async_trait::async_trait]
 impl AtRest for Files {
     fn key_dir(&self) -> &Path {
-        &self.keys
+        self.0.keys()
     }
 
     async fn open(&self, name: &str, key: Option<&Path>) -> anyhow::Result<Arc<dyn Store>> {
@@ -49,7 +43,7 @@ impl AtRest for Files {
     }
 
     async fn files(&self, name: &str) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
-        files_under(&self.dir.path().join(name))
+        files_under(&self.0.path(name))
     }
 
     fn created(&self, name: &str) -> bool {

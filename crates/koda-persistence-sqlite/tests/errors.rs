@@ -5,21 +5,15 @@
 
 #![allow(clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
+mod common;
+
+use common::{clock, koda_db, open_file as open};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use koda_persistence_api::{ManualClock, Persistence, PersistenceError, Role};
-use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore};
+use koda_persistence_api::{Persistence, PersistenceError, Role};
+use koda_persistence_sqlite::{SqliteOptions, SqliteStore};
 use rusqlite::Connection;
-
-fn clock() -> Arc<ManualClock> {
-    Arc::new(ManualClock::new(1_795_669_624_123))
-}
-
-async fn open(path: &Path, options: SqliteOptions) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(SqliteOptions { location: Location::File(path.to_owned()), ..options }, clock()).await
-}
 
 fn kind(e: &anyhow::Error) -> &'static str {
     match PersistenceError::of(e) {
@@ -36,8 +30,7 @@ fn kind(e: &anyhow::Error) -> &'static str {
 /// loop does the waiting; SQLite's handler is off on the writer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_released_within_the_timeout_is_waited_for() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let store = open(&path, SqliteOptions::default()).await.expect("open");
     let sid = store.create_session("main", Path::new("/p")).await.expect("session");
     let (locked_tx, locked) = std::sync::mpsc::channel();
@@ -108,8 +101,7 @@ async fn a_read_only_file_system_is_unavailable() {
 /// text.
 #[tokio::test]
 async fn undecodable_rows_are_corrupt() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let store = open(&path, SqliteOptions::default()).await.expect("open");
     let raw = Connection::open(&path).expect("raw");
     for (what, plant) in [
@@ -139,8 +131,7 @@ async fn undecodable_rows_are_corrupt() {
 /// naming the option (a huge timeout used to panic inside rusqlite).
 #[tokio::test]
 async fn options_built_in_code_are_checked() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let cases = [
         (Duration::MAX, 2, "busy_timeout"),
         (Duration::ZERO, 2, "busy_timeout"),
@@ -159,8 +150,7 @@ async fn options_built_in_code_are_checked() {
 /// `Debug` names the store and where it lives.
 #[tokio::test]
 async fn debug_names_the_location() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let store = open(&path, SqliteOptions::default()).await.expect("open");
     let shown = format!("{store:?}");
     assert!(shown.starts_with("SqliteStore") && shown.contains("koda.db"), "{shown}");
@@ -170,8 +160,7 @@ async fn debug_names_the_location() {
 /// database keeps the mode it has.
 #[tokio::test]
 async fn new_files_use_incremental_auto_vacuum() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (dir, path) = koda_db();
     drop(open(&path, SqliteOptions::default()).await.expect("open"));
     let mode: i64 =
         Connection::open(&path).expect("raw").query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).expect("pragma");
@@ -209,8 +198,7 @@ async fn create_and_synchronous_options_from_urls() {
 #[tokio::test]
 async fn an_undecodable_row_does_not_stop_the_search_index() {
     use koda_persistence_api::{Search, SearchScope};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let store = open(&path, SqliteOptions::default()).await.expect("open");
     let raw = Connection::open(&path).expect("raw");
     let sid = store.create_session("main", Path::new("/p")).await.expect("session");
@@ -245,8 +233,7 @@ async fn an_undecodable_row_does_not_stop_the_search_index() {
 #[tokio::test]
 async fn health_reports_an_index_that_disagrees_with_its_table() {
     use koda_persistence_api::Health;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let store = open(&path, SqliteOptions::default()).await.expect("open");
     for i in 0..3 {
         let sid = store.create_session("main", Path::new("/p")).await.expect("session");

@@ -3,11 +3,13 @@
 
 #![allow(clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
+mod common;
+
+use common::{clock, koda_db, open_file as open_with};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use koda_persistence_api::{ManualClock, Persistence, PersistenceError, Role};
+use koda_persistence_api::{Persistence, PersistenceError, Role};
 use koda_persistence_sqlite::{Location, Sqlite, SqliteOptions, SqliteStore, Synchronous};
 
 /// A URL read as the facade reads it: parsed once, every parameter taken.
@@ -16,14 +18,6 @@ fn parse_url(url: &str) -> Result<(Location, SqliteOptions), PersistenceError> {
     Ok((options.location.clone(), options))
 }
 use rusqlite::Connection;
-
-fn clock() -> Arc<ManualClock> {
-    Arc::new(ManualClock::new(1_795_669_624_123))
-}
-
-async fn open_with(path: &Path, options: SqliteOptions) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(SqliteOptions { location: Location::File(path.to_owned()), ..options }, clock()).await
-}
 
 /// A store on `path` with `options` and one session in it (agent `main`,
 /// root `/p`).
@@ -78,8 +72,7 @@ async fn a_file_that_is_not_a_database_is_corrupt_and_untouched() {
 
 #[tokio::test]
 async fn a_corrupted_database_is_corrupt() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     {
         let (store, sid) = open_session(&path, SqliteOptions::default()).await;
         for i in 0..200 {
@@ -120,8 +113,7 @@ async fn a_missing_file_with_create_off_is_invalid_input() {
 
 #[tokio::test]
 async fn a_newer_schema_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     drop(open_with(&path, SqliteOptions::default()).await.expect("create"));
     Connection::open(&path).expect("raw").execute_batch("PRAGMA user_version = 99").expect("bump");
     let err = open_with(&path, SqliteOptions::default()).await.expect_err("must fail");
@@ -132,8 +124,7 @@ async fn a_newer_schema_is_refused() {
 /// caller gets `Unavailable` and nothing is written; once released, writes work.
 #[tokio::test]
 async fn a_held_lock_is_waited_for_then_unavailable() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let options = SqliteOptions { busy_timeout: Duration::from_millis(300), ..SqliteOptions::default() };
     let (store, sid) = open_session(&path, options).await;
     let other = Connection::open(&path).expect("raw");
@@ -153,8 +144,7 @@ async fn a_held_lock_is_waited_for_then_unavailable() {
 /// Two stores on one file (two koda windows) see each other's writes.
 #[tokio::test]
 async fn two_stores_share_one_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let a = open_with(&path, SqliteOptions::default()).await.expect("a");
     let b = open_with(&path, SqliteOptions::default()).await.expect("b");
     let sid = a.create_session("main", Path::new("/p")).await.expect("session");
@@ -213,8 +203,7 @@ fn urls_parse_into_locations_and_options() {
 /// The `synchronous` option reaches the connections.
 #[tokio::test]
 async fn synchronous_full_is_applied() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let url = format!("sqlite://{}?synchronous=full", path.display());
     let store = SqliteStore::open_url(&url, clock()).await.expect("open");
     assert_eq!(store.synchronous().await.expect("pragma"), 2);
@@ -226,8 +215,7 @@ async fn synchronous_full_is_applied() {
 /// on the same file, or by an older koda writing SQL directly.
 #[tokio::test]
 async fn cached_contexts_see_other_writers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let a = open_with(&path, SqliteOptions::default()).await.expect("a");
     let b = open_with(&path, SqliteOptions::default()).await.expect("b");
     let sid = a.create_session("main", Path::new("/p")).await.expect("session");
@@ -270,8 +258,7 @@ async fn cached_contexts_see_other_writers() {
 /// and no `-wal` file is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_close_leaves_every_row_in_the_db_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (dir, path) = koda_db();
     let store = open_with(&path, SqliteOptions::default()).await.expect("open");
     let clone = store.clone();
     let sid = store.create_session("main", Path::new("/p")).await.expect("session");
@@ -301,8 +288,7 @@ async fn a_clean_close_leaves_every_row_in_the_db_file() {
 /// writes (not only at close), and never grows far past its bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_is_checkpointed_while_writing_and_stays_bounded() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (dir, path) = koda_db();
     let wal = dir.path().join("koda.db-wal");
     // Inline rows: stored once, 1,000 copies of one text would be a single
     // small body, and this test needs the WAL to fill.
@@ -348,8 +334,7 @@ async fn the_wal_is_checkpointed_while_writing_and_stays_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blobs_chooses_inline_or_once_and_reads_return_both() {
     use koda_persistence_api::Health;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let output = "cargo test output\n".repeat(300);
     let (store, sid) = open_session(&path, SqliteOptions::default()).await;
     assert!(store.stores_bodies_once(), "a new file stores once");

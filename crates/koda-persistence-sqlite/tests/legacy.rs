@@ -4,6 +4,9 @@
 
 #![allow(clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
+mod common;
+
+use common::koda_db;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -126,8 +129,7 @@ async fn open(path: &Path) -> SqliteStore {
 }
 
 async fn migrates(generation: Generation) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let fixture = build(&path, generation);
     let before_messages = count(&fixture, "SELECT COUNT(*) FROM messages");
     let before_sessions = count(&fixture, "SELECT COUNT(*) FROM sessions");
@@ -239,8 +241,7 @@ async fn migrates_the_newest_generation() {
 /// counters from the triggers, so they read like our own.
 #[tokio::test]
 async fn rows_from_an_older_koda_writer_are_adopted() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     drop(build(&path, Generation::Newest));
     let store = open(&path).await;
     let ours = store.insert_message("s-old", &Role::User, Some("ours"), None, None, None).await.expect("insert");
@@ -313,8 +314,7 @@ async fn rows_from_an_older_koda_writer_are_adopted() {
 /// A stored row with an unknown role, or text that is not UTF-8, is `Corrupt`.
 #[tokio::test]
 async fn undecodable_legacy_rows_are_corrupt() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let raw = build(&path, Generation::Middle);
     raw.execute_batch(
         "INSERT INTO sessions (id, created_at, agent_name) VALUES ('bad-role', '2025-01-01 00:00:00', 'main');
@@ -338,8 +338,7 @@ async fn undecodable_legacy_rows_are_corrupt() {
 #[tokio::test]
 async fn an_adopted_file_deletes_at_once_by_default() {
     use koda_persistence_api::Trash;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     drop(build(&path, Generation::Newest));
     let store = open(&path).await;
     assert!(store.delete_session("s-old").await.expect("delete"));
@@ -357,8 +356,7 @@ async fn an_adopted_file_deletes_at_once_by_default() {
 async fn the_trash_is_out_of_an_older_kodas_sight_and_purged_on_open() {
     use koda_persistence_api::Trash;
     use koda_persistence_api::trash::DAY_MS;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let clock = ManualClock::new(NOW);
     let options = SqliteOptions { location: Location::File(path.clone()), ..SqliteOptions::default() };
     let store = SqliteStore::open(options.clone(), Arc::new(clock.clone())).await.expect("open");

@@ -4,6 +4,9 @@
 
 #![allow(clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
+mod common;
+
+use common::koda_db;
 mod koda_generations;
 
 use std::path::Path;
@@ -48,8 +51,7 @@ fn koda_text(rfc3339: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_layer_and_an_older_koda_take_turns() {
     for g in ALL {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("koda.db");
+        let (_dir, path) = koda_db();
         g.create_file(&path);
         let clock = ManualClock::new(now_ms() - 60_000);
         let store = layer(&path, &clock).await;
@@ -200,8 +202,7 @@ async fn the_layer_and_an_older_koda_take_turns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_koda_brought_back_reads_what_the_layer_wrote() {
     for g in ALL {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("koda.db");
+        let (_dir, path) = koda_db();
         g.create_file(&path);
         let now = now_ms();
         let clock = ManualClock::new(now - 5 * DAY_MS);
@@ -302,8 +303,7 @@ fn is_compacted(path: &Path, id: i64) -> bool {
 /// another writer inserts without `completed_at` is still streaming.
 #[tokio::test]
 async fn on_a_new_file_a_foreign_answer_without_completion_is_streaming() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("koda.db");
+    let (_dir, path) = koda_db();
     let clock = ManualClock::new(now_ms());
     let store = layer(&path, &clock).await;
     let s = store.create_session("main", Path::new(ROOT)).await.expect("session");
@@ -324,8 +324,7 @@ async fn on_a_new_file_a_foreign_answer_without_completion_is_streaming() {
 async fn large_outputs_stay_inline_until_the_user_opts_in() {
     use koda_persistence_api::Health;
     for g in ALL {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("koda.db");
+        let (_dir, path) = koda_db();
         g.create_file(&path);
         let clock = ManualClock::new(now_ms());
         let store = layer(&path, &clock).await;
@@ -398,8 +397,7 @@ async fn large_outputs_stay_inline_until_the_user_opts_in() {
 async fn an_older_kodas_writes_are_searched_and_never_touch_fts5() {
     use koda_persistence_api::{Search, SearchScope};
     for g in ALL {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("koda.db");
+        let (_dir, path) = koda_db();
         g.create_file(&path);
         let clock = ManualClock::new(now_ms() - 60_000);
         let store = layer(&path, &clock).await;

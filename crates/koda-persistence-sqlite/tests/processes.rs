@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use koda_persistence_api::{Persistence, Role, SystemClock};
+use koda_persistence_conformance::process;
 use koda_persistence_sqlite::{Location, SqliteOptions, SqliteStore};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -60,15 +61,8 @@ fn older_turn(path: &str, g: &str, ms: &str, sid: &str) -> Result<()> {
 /// `child insert PATH SESSION COUNT TAG`: inserts COUNT messages, exits 0 iff all succeeded.
 /// `child stream PATH SESSION`: inserts until killed, printing each returned id.
 fn child(args: &[String]) -> Result<()> {
-    if let [mode, path, sid] = args
-        && mode == "stream"
-    {
-        return koda_persistence_conformance::process::stream_until_killed(opener, path, sid);
-    }
-    if let [mode, path] = args
-        && mode == "trash"
-    {
-        return koda_persistence_conformance::process::trash_until_killed(opener, path);
+    if let Some(done) = process::shared_child(opener, args) {
+        return done;
     }
     if let [mode, path, g, ms, sid] = args
         && mode == "older-turn"
@@ -262,36 +256,36 @@ fn relative_paths_open_under_the_working_directory() -> Result<()> {
     Ok(())
 }
 
-fn opener(path: PathBuf) -> koda_persistence_conformance::process::Opening {
+fn opener(path: PathBuf) -> process::Opening {
     Box::pin(async move { Ok(Arc::new(open(&path).await?) as Arc<dyn koda_persistence_api::Store>) })
 }
 
-/// The shared SIGKILL scenario (20 kills), with SQLite's own check after
-/// each: `PRAGMA integrity_check` is ok.
-fn sigkill_mid_stream_loses_nothing_acknowledged() -> Result<()> {
-    let (_dir, path) = temp_db()?;
-    koda_persistence_conformance::process::sigkill_mid_stream_loses_nothing(opener, &path, 20, |round| {
-        let raw = rusqlite::Connection::open(&path)?;
+/// SQLite's own check after each round of a shared scenario:
+/// `PRAGMA integrity_check` is ok.
+fn integrity_ok(path: &Path) -> impl Fn(u64) -> Result<()> + '_ {
+    move |round| {
+        let raw = rusqlite::Connection::open(path)?;
         let check: String = raw.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
         ensure!(check == "ok", "round {round}: integrity_check says {check}");
         Ok(())
-    })
+    }
 }
 
-/// The shared SIGKILL scenario for the trash (15 kills), with SQLite's
-/// `PRAGMA integrity_check` after each.
+/// The shared SIGKILL scenario (20 kills), with [`integrity_ok`] after each.
+fn sigkill_mid_stream_loses_nothing_acknowledged() -> Result<()> {
+    let (_dir, path) = temp_db()?;
+    process::sigkill_mid_stream_loses_nothing(opener, &path, 20, integrity_ok(&path))
+}
+
+/// The shared SIGKILL scenario for the trash (15 kills), with
+/// [`integrity_ok`] after each.
 fn sigkill_mid_trash_leaves_nothing_half_moved() -> Result<()> {
     let (_dir, path) = temp_db()?;
-    koda_persistence_conformance::process::sigkill_mid_trash_leaves_nothing_half_moved(opener, &path, 15, |round| {
-        let raw = rusqlite::Connection::open(&path)?;
-        let check: String = raw.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-        ensure!(check == "ok", "round {round}: integrity_check says {check}");
-        Ok(())
-    })
+    process::sigkill_mid_trash_leaves_nothing_half_moved(opener, &path, 15, integrity_ok(&path))
 }
 
 fn main() -> ExitCode {
-    koda_persistence_conformance::process::main(
+    process::main(
         child,
         &[
             ("two_processes_insert_concurrently", two_processes_insert_concurrently),

@@ -42,15 +42,23 @@ async fn check_numbers(params: &[(&str, u64)], url: impl Fn(&str) -> String, try
     }
 }
 
+/// A new store URL for each call: `{scheme}://{dir}/{stem}{n}{ending}?{query}`.
+#[cfg(any(feature = "sqlite", feature = "sled"))]
+fn numbered(scheme: &str, dir: &std::path::Path, stem: &str, ending: &str) -> impl Fn(&str) -> String {
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let (scheme, dir, stem, ending) =
+        (scheme.to_owned(), dir.display().to_string(), stem.to_owned(), ending.to_owned());
+    move |q: &str| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{scheme}://{dir}/{stem}{i}{ending}?{q}")
+    }
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_parameters() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let n = std::sync::atomic::AtomicUsize::new(0);
-    let url = |q: &str| {
-        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("sqlite://{}/k{i}.db?{q}", dir.path().display())
-    };
+    let url = numbered("sqlite", dir.path(), "k", ".db");
     check_numbers(&[("busy_timeout_ms", 3_600_000), ("readers", 64)], url, true).await;
     let base = format!("sqlite://{}/x.db", dir.path().display());
     for (q, param) in [("synchronous=sometimes", "synchronous"), ("create=maybe", "create"), ("cache=big", "cache")] {
@@ -71,11 +79,7 @@ async fn sqlite_parameters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_parameters() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let n = std::sync::atomic::AtomicUsize::new(0);
-    let url = |q: &str| {
-        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("sled://{}/s{i}?{q}", dir.path().display())
-    };
+    let url = numbered("sled", dir.path(), "s", "");
     check_numbers(&[("flush_every_ms", 3_600_000), ("cache_mb", 65_536)], url, true).await;
     let base = format!("sled://{}/x", dir.path().display());
     refused(&format!("{base}?flush=sometimes"), "flush").await;
