@@ -1,12 +1,11 @@
 //! Large outputs stored once: which fields are bodies, their reference counts, and reading them back.
 
-use crate::db::Tree;
+use crate::db::{Tree, Writes};
 use crate::keys;
 use crate::rows::{StoredMessage, role_of};
 use anyhow::Result;
 use koda_persistence_api::PersistenceError;
 use koda_persistence_api::bodies::{BodyField, BodyHash, is_body, pack, packed_len, unpack};
-use sled::Batch;
 use std::collections::HashMap;
 
 /// The fields that may be bodies, in `StoredMessage::bodies` order.
@@ -39,8 +38,8 @@ impl Refs {
             let hash = db.address(&text);
             let change = self.changes.entry(hash).or_insert((0, None));
             change.0 += 1;
-            if change.1.is_none() && !db.contains_key(keys::body(&hash))? {
-                change.1 = Some(db.seal_body(&hash, pack(&text)?)?);
+            if change.1.is_none() && !db.has(keys::body(&hash))? {
+                change.1 = Some(pack(&text)?);
             }
             m.bodies[i] = Some(hash);
         }
@@ -58,8 +57,8 @@ impl Refs {
         self.changes.entry(hash).or_insert((0, None)).0 -= 1;
     }
 
-    /// Puts the counts, new bodies and dropped bodies into `batch`.
-    pub(crate) fn finish(self, db: &Tree, batch: &mut Batch) -> Result<()> {
+    /// Puts the counts, new bodies and dropped bodies into `w`.
+    pub(crate) fn finish(self, db: &Tree, w: &mut Writes) -> Result<()> {
         for (hash, (change, data)) in self.changes {
             if change == 0 {
                 continue;
@@ -67,12 +66,12 @@ impl Refs {
             let now = body_count(db, &hash)?;
             let next = i64::try_from(now).unwrap_or(i64::MAX).saturating_add(change);
             if next <= 0 {
-                batch.remove(keys::body(&hash));
-                batch.remove(keys::body_refs(&hash));
+                w.remove(keys::body(&hash));
+                w.remove(keys::body_refs(&hash));
             } else {
-                batch.insert(keys::body_refs(&hash), &u64::try_from(next).unwrap_or(0).to_be_bytes()[..]);
-                if let Some(data) = data {
-                    batch.insert(keys::body(&hash), data);
+                w.index(keys::body_refs(&hash), &u64::try_from(next).unwrap_or(0).to_be_bytes()[..]);
+                if let Some(packed) = data {
+                    w.body(&hash, packed)?;
                 }
             }
         }
@@ -82,7 +81,7 @@ impl Refs {
 
 /// How many message fields refer to the body `hash` (0: no such body).
 pub(crate) fn body_count(db: &Tree, hash: &BodyHash) -> Result<u64> {
-    Ok(match db.get(keys::body_refs(hash))? {
+    Ok(match db.index(keys::body_refs(hash))? {
         Some(v) => u64::from_be_bytes(
             <[u8; 8]>::try_from(&v[..])
                 .map_err(|_| PersistenceError::Corrupt("a body reference count is not 8 bytes".into()))?,
@@ -98,10 +97,10 @@ pub(crate) fn resolve(db: &Tree, mut m: StoredMessage) -> Result<StoredMessage> 
     let id = m.id;
     for (slot, hash) in m.fields_mut().into_iter().zip(bodies) {
         if let Some(hash) = hash {
-            let data = db
-                .get(keys::body(&hash))?
+            let packed = db
+                .body(&hash)?
                 .ok_or_else(|| PersistenceError::Corrupt(format!("message {id}: a body it refers to is missing")))?;
-            *slot = Some(unpack(&db.open_body(&hash, &data)?)?);
+            *slot = Some(unpack(&packed)?);
         }
     }
     Ok(m)
@@ -109,8 +108,7 @@ pub(crate) fn resolve(db: &Tree, mut m: StoredMessage) -> Result<StoredMessage> 
 
 /// The text length of body `hash`, from its frame header.
 pub(crate) fn body_len(db: &Tree, hash: &BodyHash) -> Result<usize> {
-    let data = db
-        .get(keys::body(hash))?
-        .ok_or_else(|| PersistenceError::Corrupt("a body a message refers to is missing".into()))?;
-    Ok(packed_len(&db.open_body(hash, &data)?)?)
+    let packed =
+        db.body(hash)?.ok_or_else(|| PersistenceError::Corrupt("a body a message refers to is missing".into()))?;
+    Ok(packed_len(&packed)?)
 }

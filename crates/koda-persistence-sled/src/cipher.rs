@@ -1,5 +1,6 @@
-//! Encryption at rest (`key_file=`): the open database and, when the store
-//! is encrypted, the cipher every value passes through.
+//! Encryption at rest (`key_file=`): how each kind of value is sealed and
+//! opened. Only the handle's doors (`crate::db`) call these: a value is
+//! read and written through the door of its kind, never as raw bytes.
 //!
 //! A sealed value is `koda_persistence_api::cipher`'s format around the
 //! value an unencrypted store keeps (version byte and postcard), sealed

@@ -2,7 +2,7 @@
 
 use crate::bodies::Refs;
 use crate::bodies::body_len;
-use crate::db::Tree;
+use crate::db::{Tree, Writes};
 use crate::keys;
 use crate::queries::as_u64;
 use crate::queries::get_session;
@@ -13,25 +13,24 @@ use anyhow::Result;
 use koda_persistence_api::backend::{format_timestamp, purge_cutoff, session_not_found};
 use koda_persistence_api::bodies::BodyHash;
 use koda_persistence_api::{COMPACTION_HINT, CompactedStats, PersistenceError, Role};
-use sled::{Batch, IVec};
+use sled::IVec;
 use std::collections::HashMap;
 
-pub(crate) fn compact(db: &Tree, sid: &str, summary: &str, keep: usize, now: i64) -> Result<(Batch, usize)> {
+pub(crate) fn compact(db: &Tree, sid: &str, summary: &str, keep: usize, now: i64) -> Result<(Writes, usize)> {
     let mut session = get_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
     let all = session_messages(db, sid)?;
     let active: Vec<usize> = (0..all.len()).filter(|&i| all[i].1.compacted_ms.is_none()).collect();
     let marked = active.len().saturating_sub(keep);
-    let mut batch = Batch::default();
+    let mut w = db.writes();
     if marked == 0 {
-        return Ok((batch, 0));
+        return Ok((w, 0));
     }
     for &i in &active[..marked] {
         let (key, m) = &all[i];
         let mut m = m.clone();
         m.compacted_ms = Some(now);
-        batch.insert(keys::compacted(as_u64(now), m.id), key.clone());
-        let sealed = db.seal_message(key, &m)?;
-        batch.insert(key.clone(), sealed);
+        w.index(keys::compacted(as_u64(now), m.id), key.clone());
+        w.message(key.clone(), &m)?;
     }
     // The summary and hint take the first preserved message's place;
     // it and everything after it move two places on.
@@ -43,17 +42,16 @@ pub(crate) fn compact(db: &Tree, sid: &str, summary: &str, keep: usize, now: i64
     if let Some(i) = first {
         let tail = &all[i..];
         for (key, _) in tail {
-            batch.remove(key.clone());
+            w.remove(key.clone());
         }
         for (key, m) in tail {
             let ord = keys::ord_of(key).ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
             let moved = keys::message(sid, ord + 2);
-            batch.insert(keys::numbered(keys::BY_ID, m.id), moved.clone());
+            w.index(keys::numbered(keys::BY_ID, m.id), moved.clone());
             if m.role == role_byte(Role::User) {
-                batch.insert(keys::numbered(keys::USER, m.id), moved.clone());
+                w.index(keys::numbered(keys::USER, m.id), moved.clone());
             }
-            let sealed = db.seal_message(&moved, m)?;
-            batch.insert(moved, sealed);
+            w.message(moved, m)?;
         }
     }
     let mut refs = Refs::default();
@@ -77,30 +75,28 @@ pub(crate) fn compact(db: &Tree, sid: &str, summary: &str, keep: usize, now: i64
             bodies: [None; 3],
         };
         refs.intern(db, &mut record)?;
-        batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
-        let sealed = db.seal_message(&key, &record)?;
-        batch.insert(key, sealed);
+        w.index(keys::numbered(keys::BY_ID, id), key.clone());
+        w.message(key, &record)?;
     }
-    refs.finish(db, &mut batch)?;
+    refs.finish(db, &mut w)?;
     session.next_ord += 2;
     session.message_count += 2;
-    batch.insert(keys::session(sid), db.seal_session(sid, &session)?);
-    Ok((batch, marked))
+    w.session(sid, &session)?;
+    Ok((w, marked))
 }
 
 /// Sets the content of the listed messages; returns the batch and the sessions touched.
-pub(crate) fn clear_content(db: &Tree, ids: &[i64], stub: &str) -> Result<(Batch, Vec<String>)> {
+pub(crate) fn clear_content(db: &Tree, ids: &[i64], stub: &str) -> Result<(Writes, Vec<String>)> {
     let mut changed: HashMap<IVec, StoredMessage> = HashMap::new();
     let mut refs = Refs::default();
     for id in ids.iter().filter_map(|id| u64::try_from(*id).ok()) {
-        let Some(key) = db.get(keys::numbered(keys::BY_ID, id))? else {
+        let Some(key) = db.index(keys::numbered(keys::BY_ID, id))? else {
             continue;
         };
         if changed.contains_key(&key) {
             continue;
         }
-        let Some(v) = db.get(&key)? else { continue };
-        let mut m = db.open_message(&key, &v)?;
+        let Some(mut m) = db.message(&key)? else { continue };
         if let Some(old) = m.bodies[0].take() {
             refs.release_one(old);
         }
@@ -108,25 +104,23 @@ pub(crate) fn clear_content(db: &Tree, ids: &[i64], stub: &str) -> Result<(Batch
         refs.intern(db, &mut m)?;
         changed.insert(key, m);
     }
-    let mut batch = Batch::default();
+    let mut w = db.writes();
     let mut touched = Vec::new();
     for (key, m) in changed {
         touched.extend(session_of(&key));
-        let sealed = db.seal_message(&key, &m)?;
-        batch.insert(key, sealed);
+        w.message(key, &m)?;
     }
-    refs.finish(db, &mut batch)?;
-    Ok((batch, touched))
+    refs.finish(db, &mut w)?;
+    Ok((w, touched))
 }
 
 pub(crate) fn compacted_stats(db: &Tree) -> Result<CompactedStats> {
     let mut stats = CompactedStats::default();
     let mut sessions = std::collections::HashSet::new();
     let mut oldest = None;
-    for kv in db.scan_prefix([keys::COMPACTED]) {
+    for kv in db.index_scan([keys::COMPACTED]) {
         let (_, key) = kv?;
-        let Some(v) = db.get(&key)? else { continue };
-        let m = db.open_message(&key, &v)?;
+        let Some(m) = db.message(&key)? else { continue };
         oldest = oldest.or(m.compacted_ms);
         stats.message_count += 1;
         if let Some(s) = session_of(&key) {
@@ -148,20 +142,19 @@ pub(crate) fn compacted_stats(db: &Tree) -> Result<CompactedStats> {
 
 /// Deletes the old compacted messages; returns the batch, the count and the sessions touched.
 #[allow(clippy::type_complexity)]
-pub(crate) fn purge(db: &Tree, days: u32, now: i64) -> Result<(Batch, (usize, Vec<String>))> {
+pub(crate) fn purge(db: &Tree, days: u32, now: i64) -> Result<(Writes, (usize, Vec<String>))> {
     let cutoff = purge_cutoff(now, days);
     let end = if days == 0 { vec![keys::COMPACTED + 1] } else { keys::compacted_before(as_u64(cutoff)) };
-    let mut batch = Batch::default();
+    let mut w = db.writes();
     let mut sessions: HashMap<String, StoredSession> = HashMap::new();
     let mut refs = Refs::default();
     let mut n = 0;
     if days != 0 && cutoff <= 0 {
-        return Ok((batch, (0, Vec::new())));
+        return Ok((w, (0, Vec::new())));
     }
-    for kv in db.range(vec![keys::COMPACTED]..end) {
+    for kv in db.index_range(vec![keys::COMPACTED], end) {
         let (ckey, key) = kv?;
-        let Some(v) = db.get(&key)? else { continue };
-        let m = db.open_message(&key, &v)?;
+        let Some(m) = db.message(&key)? else { continue };
         let sid = session_of(&key).ok_or_else(|| PersistenceError::Corrupt("bad message key".into()))?;
         if !sessions.contains_key(&sid) {
             let s = get_session(db, &sid)?
@@ -173,17 +166,17 @@ pub(crate) fn purge(db: &Tree, days: u32, now: i64) -> Result<(Batch, (usize, Ve
             s.uncount(m.agent_name.as_deref(), m.counters());
         }
         refs.release(&m);
-        batch.remove(ckey);
-        batch.remove(key);
-        batch.remove(keys::numbered(keys::BY_ID, m.id));
-        batch.remove(keys::numbered(keys::USER, m.id));
+        w.remove(ckey);
+        w.remove(key);
+        w.remove(keys::numbered(keys::BY_ID, m.id));
+        w.remove(keys::numbered(keys::USER, m.id));
         n += 1;
     }
     let mut touched = Vec::with_capacity(sessions.len());
     for (sid, s) in sessions {
-        batch.insert(keys::session(&sid), db.seal_session(&sid, &s)?);
+        w.session(&sid, &s)?;
         touched.push(sid);
     }
-    refs.finish(db, &mut batch)?;
-    Ok((batch, (n, touched)))
+    refs.finish(db, &mut w)?;
+    Ok((w, (n, touched)))
 }

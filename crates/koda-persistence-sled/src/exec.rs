@@ -11,9 +11,8 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use anyhow::{Context as _, Result};
 use koda_persistence_api::PersistenceError;
 use koda_persistence_api::backend::{ContextCache, DEFAULT_CACHED_SESSIONS};
-use sled::Batch;
 
-use crate::db::Tree;
+use crate::db::{Tree, Writes};
 
 use crate::SledStore;
 use crate::db::{closing, open_db};
@@ -157,7 +156,7 @@ impl SledStore {
     pub(crate) async fn write<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&Tree) -> Result<(Batch, R)> + Send + 'static,
+        F: FnOnce(&Tree) -> Result<(Writes, R)> + Send + 'static,
     {
         self.write_then(f, |_, out| out).await
     }
@@ -169,7 +168,7 @@ impl SledStore {
     pub(crate) async fn write_then<R, T, F, A>(&self, f: F, after: A) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Tree) -> Result<(Batch, R)> + Send + 'static,
+        F: FnOnce(&Tree) -> Result<(Writes, R)> + Send + 'static,
         A: FnOnce(&mut SessionCache, R) -> T + Send + 'static,
     {
         let inner = self.inner.clone();
@@ -184,7 +183,7 @@ impl SledStore {
                 }
                 Err(e) => return Err(e),
             };
-            let applied = db.apply_batch(batch).and_then(|()| {
+            let applied = db.apply(batch).and_then(|()| {
                 if inner.options.flush == FlushPolicy::EveryWrite { db.flush().map(|_| ()) } else { Ok(()) }
             });
             match applied {

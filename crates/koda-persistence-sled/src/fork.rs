@@ -1,8 +1,7 @@
 //! Forking a session: the Fork capability.
 
 use crate::SledStore;
-use crate::db::Tree;
-use crate::keys;
+use crate::db::{Tree, Writes};
 use crate::queries::get_session;
 use crate::transfer::append_imported;
 use crate::transfer::export_messages;
@@ -13,12 +12,11 @@ use anyhow::Result;
 use koda_persistence_api::Fork;
 use koda_persistence_api::PersistenceError;
 use koda_persistence_api::backend::session_not_found;
-use sled::Batch;
 
 /// Forks `sid` at `at` into session `new_id`, in one batch: the original's
 /// export, cut by [`fork_len`](koda_persistence_api::fork::fork_len), put
 /// in as a new session with its metadata (each body one more reference).
-pub(crate) fn fork(db: &Tree, sid: &str, at: Option<i64>, new_id: &str, now: i64) -> Result<(Batch, String)> {
+pub(crate) fn fork(db: &Tree, sid: &str, at: Option<i64>, new_id: &str, now: i64) -> Result<(Writes, String)> {
     use koda_persistence_api::fork::{fork_len, fork_record};
     let original = export_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
     let messages = export_messages(db, sid)?;
@@ -26,13 +24,13 @@ pub(crate) fn fork(db: &Tree, sid: &str, at: Option<i64>, new_id: &str, now: i64
     if get_session(db, new_id)?.is_some() {
         return Err(PersistenceError::Conflict(format!("session id {new_id} is taken")).into());
     }
-    let mut batch = Batch::default();
-    let session = new_session(db, &fork_record(&original, new_id, now), &mut batch)?;
-    append_imported(db, new_id, session, &messages[..n], false, &mut batch)?;
+    let mut w = db.writes();
+    let session = new_session(db, &fork_record(&original, new_id, now), &mut w)?;
+    append_imported(db, new_id, session, &messages[..n], false, &mut w)?;
     for e in export_metadata(db, sid)? {
-        batch.insert(keys::metadata(new_id, &e.key), db.seal_value(new_id, &e.key, &e.value)?);
+        w.value(new_id, &e.key, &e.value)?;
     }
-    Ok((batch, new_id.to_owned()))
+    Ok((w, new_id.to_owned()))
 }
 
 #[async_trait::async_trait]

@@ -17,31 +17,28 @@ use std::collections::HashMap;
 /// message. O(store): for `doctor`, not for koda's calls.
 pub(crate) fn health(db: &Tree) -> Result<koda_persistence_api::StoreHealth> {
     let mut problems = Vec::new();
-    for kv in db.scan_prefix([keys::BY_ID]) {
+    for kv in db.index_scan([keys::BY_ID]) {
         let (k, key) = kv?;
         let id = k.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
-        match (id, db.get(&key)?) {
-            (Some(id), Some(v)) => match db.open_message(&key, &v) {
-                Ok(m) if m.id == id => {}
-                Ok(m) => problems.push(format!("id index: {id} names message {}", m.id)),
-                Err(e) => problems.push(format!("message {id}: {e}")),
-            },
-            (Some(id), None) => problems.push(format!("id index: message {id} is missing")),
+        match (id, db.message(&key)) {
+            (Some(id), Ok(Some(m))) if m.id == id => {}
+            (Some(id), Ok(Some(m))) => problems.push(format!("id index: {id} names message {}", m.id)),
+            (Some(id), Ok(None)) => problems.push(format!("id index: message {id} is missing")),
+            (Some(id), Err(e)) => problems.push(format!("message {id}: {e}")),
             (None, _) => problems.push("id index: a key without an id".to_owned()),
         }
     }
-    for kv in db.scan_prefix([keys::SESSION]) {
-        let (k, v) = kv?;
-        let sid = String::from_utf8_lossy(&k[1..]).into_owned();
-        let s = match db.open_session(&sid, &v, &format!("session {sid:?}")) {
+    for kv in db.sessions() {
+        let (sid, s) = kv?;
+        let s = match s {
             Ok(s) => s,
             Err(e) => {
                 problems.push(e.to_string());
                 continue;
             }
         };
-        if let Some(last) = db.scan_prefix(keys::messages_of(&sid)).next_back() {
-            let (key, _) = last?;
+        if let Some(last) = db.keys(keys::messages_of(&sid)).next_back() {
+            let key = last?;
             let ord = keys::ord_of(&key).unwrap_or(u64::MAX);
             if ord > s.next_ord {
                 problems
@@ -73,9 +70,8 @@ pub(crate) fn health(db: &Tree) -> Result<koda_persistence_api::StoreHealth> {
 /// unused), and every body against its address. Reads every body once.
 pub(crate) fn body_health(db: &Tree, problems: &mut Vec<String>) -> Result<BodyStats> {
     let mut uses: HashMap<BodyHash, u64> = HashMap::new();
-    for kv in db.scan_prefix([keys::MESSAGE]).chain(crate::trash::trashed_messages(db)) {
-        let (k, v) = kv?;
-        let Ok(m) = db.open_message(&k, &v) else {
+    for kv in db.messages([keys::MESSAGE]).chain(crate::trash::trashed_messages(db)) {
+        let Ok((_, m)) = kv else {
             continue;
         };
         for hash in m.bodies.iter().flatten() {
@@ -83,14 +79,14 @@ pub(crate) fn body_health(db: &Tree, problems: &mut Vec<String>) -> Result<BodyS
         }
     }
     let mut stats = BodyStats::default();
-    for kv in db.scan_prefix([keys::BODY]) {
-        let (k, data) = kv?;
-        let Ok(hash) = BodyHash::try_from(&k[1..]) else {
+    for kv in db.bodies() {
+        let (hash, packed, text) = kv?;
+        let Some(hash) = hash else {
             problems.push("a body key without a 32-byte address".into());
             continue;
         };
         let name = body_name(&hash);
-        let len = match db.check_body(&hash, &data) {
+        let len = match text {
             Ok(text) => text.len() as u64,
             Err(e) => {
                 problems.push(format!("body {name}: {}", e.reason()));
@@ -102,12 +98,11 @@ pub(crate) fn body_health(db: &Tree, problems: &mut Vec<String>) -> Result<BodyS
         if count != used {
             problems.push(format!("body {name}: counts {count} references, {used} message fields use it"));
         }
-        let packed = data.len() as u64;
         stats.add_body(len, packed, used);
     }
-    for kv in db.scan_prefix([keys::BODY_REFS]) {
-        let (k, _) = kv?;
-        if !db.contains_key(keys::body(&BodyHash::try_from(&k[1..]).unwrap_or([0; 32])))? {
+    for k in db.keys([keys::BODY_REFS]) {
+        let k = k?;
+        if !db.has(keys::body(&BodyHash::try_from(&k[1..]).unwrap_or([0; 32])))? {
             problems.push("a body reference count without its body".into());
         }
     }

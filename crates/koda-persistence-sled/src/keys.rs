@@ -47,6 +47,12 @@ pub(crate) const ROOTLESS: u8 = b'L';
 pub(crate) const BODY: u8 = b'B';
 /// Body reference counts by address.
 pub(crate) const BODY_REFS: u8 = b'b';
+/// Trashed session records (see `crate::trash`).
+pub(crate) const TRASH_SESSION: u8 = b'X';
+/// Trashed messages.
+pub(crate) const TRASH_MESSAGE: u8 = b'Y';
+/// Trashed metadata.
+pub(crate) const TRASH_METADATA: u8 = b'Z';
 
 /// `B` + address.
 pub(crate) fn body(hash: &[u8; 32]) -> Vec<u8> {

@@ -6,9 +6,9 @@
 use anyhow::Result;
 use koda_persistence_api::backend::{ContextRow, NewMessage, UsageTally, format_timestamp, session_not_found};
 use koda_persistence_api::{Message, PersistenceError, Role, SessionInfo, SessionUsage};
-use sled::{Batch, IVec};
+use sled::IVec;
 
-use crate::db::Tree;
+use crate::db::{Tree, Writes};
 
 use crate::bodies::Refs;
 use crate::bodies::resolve;
@@ -16,10 +16,7 @@ use crate::keys;
 use crate::rows::{StoredMessage, StoredSession, decode, encode, role_byte, role_of, session_of, to_message};
 
 pub(crate) fn get_session(db: &Tree, id: &str) -> Result<Option<StoredSession>> {
-    match db.get(keys::session(id))? {
-        Some(v) => Ok(Some(db.open_session(id, &v, &format!("session {id:?}"))?)),
-        None => Ok(None),
-    }
+    db.session(id)
 }
 
 /// A session's messages in conversation order, bodies resolved, for a read.
@@ -30,21 +27,15 @@ pub(crate) fn read_messages(db: &Tree, id: &str) -> Result<Vec<StoredMessage>> {
 /// A session's messages in conversation order, with their keys (bodies
 /// by address, as stored).
 pub(crate) fn session_messages(db: &Tree, id: &str) -> Result<Vec<(IVec, StoredMessage)>> {
-    db.scan_prefix(keys::messages_of(id))
-        .map(|kv| {
-            let (k, v) = kv?;
-            let m = db.open_message(&k, &v)?;
-            Ok((k, m))
-        })
-        .collect()
+    db.messages(keys::messages_of(id)).collect()
 }
 
 pub(crate) fn as_u64(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0)
 }
 
-pub(crate) fn create_session(db: &Tree, sid: &str, agent: &str, root: &str, now: i64) -> Result<Batch> {
-    let seq = match db.get(keys::seq_counter())? {
+pub(crate) fn create_session(db: &Tree, sid: &str, agent: &str, root: &str, now: i64) -> Result<Writes> {
+    let seq = match db.index(keys::seq_counter())? {
         Some(v) => decode::<u64>(&v, "the session counter")? + 1,
         None => 1,
     };
@@ -60,16 +51,16 @@ pub(crate) fn create_session(db: &Tree, sid: &str, agent: &str, root: &str, now:
         next_ord: 0,
         usage: Vec::new(),
     };
-    let mut batch = Batch::default();
-    batch.insert(keys::seq_counter(), encode(&seq)?);
-    batch.insert(keys::by_root(root, as_u64(now), seq), sid.as_bytes());
-    batch.insert(keys::session(sid), db.seal_session(sid, &record)?);
-    Ok(batch)
+    let mut w = db.writes();
+    w.index(keys::seq_counter(), encode(&seq)?);
+    w.index(keys::by_root(root, as_u64(now), seq), sid.as_bytes());
+    w.session(sid, &record)?;
+    Ok(w)
 }
 
 /// The highest id an importer claimed (0: none).
 pub(crate) fn id_floor(db: &Tree) -> Result<u64> {
-    match db.get(keys::id_floor())? {
+    match db.index(keys::id_floor())? {
         Some(v) => Ok(decode::<u64>(&v, "the id floor")?),
         None => Ok(0),
     }
@@ -84,8 +75,8 @@ pub(crate) fn next_id(db: &Tree) -> Result<u64> {
 /// indexes order by `!created, !seq` after their prefix): O(limit).
 pub(crate) fn listed_ids(db: &Tree, root: &str, limit: usize) -> Result<Vec<IVec>> {
     let prefix = keys::root_prefix(root);
-    let rooted: Vec<(IVec, IVec)> = db.scan_prefix(&prefix).take(limit).collect::<Result<_, _>>()?;
-    let rootless: Vec<(IVec, IVec)> = db.scan_prefix([keys::ROOTLESS]).take(limit).collect::<Result<_, _>>()?;
+    let rooted: Vec<(IVec, IVec)> = db.index_scan(&prefix).take(limit).collect::<Result<_>>()?;
+    let rootless: Vec<(IVec, IVec)> = db.index_scan([keys::ROOTLESS]).take(limit).collect::<Result<_>>()?;
     let mut both: Vec<(&[u8], IVec)> = rooted
         .iter()
         .map(|(k, v)| (&k[prefix.len()..], v.clone()))
@@ -116,55 +107,55 @@ pub(crate) fn list_sessions(db: &Tree, root: &str, limit: usize) -> Result<Vec<S
     Ok(out)
 }
 
-pub(crate) fn delete_session(db: &Tree, sid: &str) -> Result<(Batch, bool)> {
-    let mut batch = Batch::default();
+pub(crate) fn delete_session(db: &Tree, sid: &str) -> Result<(Writes, bool)> {
+    let mut w = db.writes();
     let Some(s) = get_session(db, sid)? else {
-        return Ok((batch, false));
+        return Ok((w, false));
     };
     let mut refs = Refs::default();
     for (key, m) in session_messages(db, sid)? {
         refs.release(&m);
-        batch.remove(key);
-        unindex_message(&mut batch, &m);
+        w.remove(key);
+        unindex_message(&mut w, &m);
     }
-    for kv in db.scan_prefix(keys::metadata_of(sid)) {
-        batch.remove(kv?.0);
+    for k in db.keys(keys::metadata_of(sid)) {
+        w.remove(k?);
     }
-    unlist_session(&mut batch, &s, sid);
-    refs.finish(db, &mut batch)?;
-    Ok((batch, true))
+    unlist_session(&mut w, &s, sid);
+    refs.finish(db, &mut w)?;
+    Ok((w, true))
 }
 
 /// Removes a message's index keys (`I`, `U`, `C`).
-pub(crate) fn unindex_message(batch: &mut Batch, m: &StoredMessage) {
-    batch.remove(keys::numbered(keys::BY_ID, m.id));
-    batch.remove(keys::numbered(keys::USER, m.id));
+pub(crate) fn unindex_message(w: &mut Writes, m: &StoredMessage) {
+    w.remove(keys::numbered(keys::BY_ID, m.id));
+    w.remove(keys::numbered(keys::USER, m.id));
     if let Some(at) = m.compacted_ms {
-        batch.remove(keys::compacted(as_u64(at), m.id));
+        w.remove(keys::compacted(as_u64(at), m.id));
     }
 }
 
 /// Removes a session's record and its listing keys (`S`, `R`, `L`).
-pub(crate) fn unlist_session(batch: &mut Batch, s: &StoredSession, sid: &str) {
-    batch.remove(keys::by_root(&s.project_root, as_u64(s.created_ms), s.seq));
-    batch.remove(keys::rootless(as_u64(s.created_ms), s.seq));
-    batch.remove(keys::session(sid));
+pub(crate) fn unlist_session(w: &mut Writes, s: &StoredSession, sid: &str) {
+    w.remove(keys::by_root(&s.project_root, as_u64(s.created_ms), s.seq));
+    w.remove(keys::rootless(as_u64(s.created_ms), s.seq));
+    w.remove(keys::session(sid));
 }
 
 /// Sets the session's mode (`mode`) or title.
-pub(crate) fn set_session_text(db: &Tree, sid: &str, mode: bool, value: &str) -> Result<Batch> {
+pub(crate) fn set_session_text(db: &Tree, sid: &str, mode: bool, value: &str) -> Result<Writes> {
     let mut s = get_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
     if mode {
         s.mode = Some(value.to_owned());
     } else {
         s.title = Some(value.to_owned());
     }
-    let mut batch = Batch::default();
-    batch.insert(keys::session(sid), db.seal_session(sid, &s)?);
-    Ok(batch)
+    let mut w = db.writes();
+    w.session(sid, &s)?;
+    Ok(w)
 }
 
-pub(crate) fn append_message(db: &Tree, m: NewMessage, now: i64) -> Result<(Batch, StoredMessage)> {
+pub(crate) fn append_message(db: &Tree, m: NewMessage, now: i64) -> Result<(Writes, StoredMessage)> {
     let mut session = get_session(db, &m.session_id)?.ok_or_else(|| session_not_found(&m.session_id))?;
     let id = next_id(db)?;
     session.next_ord += 1;
@@ -191,19 +182,18 @@ pub(crate) fn append_message(db: &Tree, m: NewMessage, now: i64) -> Result<(Batc
         compacted_ms: None,
         bodies: [None; 3],
     };
-    let mut batch = Batch::default();
+    let mut w = db.writes();
     let mut stored = record.clone();
     let mut refs = Refs::default();
     refs.intern(db, &mut stored)?;
-    refs.finish(db, &mut batch)?;
-    batch.insert(keys::session(&m.session_id), db.seal_session(&m.session_id, &session)?);
-    batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
+    refs.finish(db, &mut w)?;
+    w.session(&m.session_id, &session)?;
+    w.index(keys::numbered(keys::BY_ID, id), key.clone());
     if m.role == Role::User {
-        batch.insert(keys::numbered(keys::USER, id), key.clone());
+        w.index(keys::numbered(keys::USER, id), key.clone());
     }
-    let sealed = db.seal_message(&key, &stored)?;
-    batch.insert(key, sealed);
-    Ok((batch, record))
+    w.message(key, &stored)?;
+    Ok((w, record))
 }
 
 /// The session's active rows (not compacted), in conversation order.
@@ -224,13 +214,13 @@ pub(crate) fn load_all(db: &Tree, sid: &str) -> Result<Vec<Message>> {
 
 pub(crate) fn recent_user_messages(db: &Tree, limit: usize) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for kv in db.scan_prefix([keys::USER]).rev() {
+    for kv in db.index_scan([keys::USER]).rev() {
         if out.len() >= limit {
             break;
         }
         let (_, key) = kv?;
-        let Some(v) = db.get(&key)? else { continue };
-        if let Some(c) = resolve(db, db.open_message(&key, &v)?)?.content.filter(|c| !c.is_empty()) {
+        let Some(m) = db.message(&key)? else { continue };
+        if let Some(c) = resolve(db, m)?.content.filter(|c| !c.is_empty()) {
             out.push(c);
         }
     }
@@ -240,9 +230,8 @@ pub(crate) fn recent_user_messages(db: &Tree, limit: usize) -> Result<Vec<String
 /// The content of the last message of `role` (in conversation order) that has one.
 pub(crate) fn last_content(db: &Tree, sid: &str, role: Role) -> Result<String> {
     let want = role_byte(role);
-    for kv in db.scan_prefix(keys::messages_of(sid)).rev() {
-        let (k, v) = kv?;
-        let m = db.open_message(&k, &v)?;
+    for kv in db.messages(keys::messages_of(sid)).rev() {
+        let (_, m) = kv?;
         if m.role == want && (m.content.is_some() || m.bodies[0].is_some()) {
             return Ok(resolve(db, m)?.content.unwrap_or_default());
         }
@@ -251,9 +240,8 @@ pub(crate) fn last_content(db: &Tree, sid: &str, role: Role) -> Result<String> {
 }
 
 pub(crate) fn has_pending_tool_calls(db: &Tree, sid: &str) -> Result<bool> {
-    for kv in db.scan_prefix(keys::messages_of(sid)).rev() {
-        let (k, v) = kv?;
-        let m = db.open_message(&k, &v)?;
+    for kv in db.messages(keys::messages_of(sid)).rev() {
+        let (_, m) = kv?;
         if m.compacted_ms.is_none() {
             return Ok(role_of(m.role)? == Role::Assistant && (m.tool_calls.is_some() || m.bodies[2].is_some()));
         }
@@ -262,18 +250,16 @@ pub(crate) fn has_pending_tool_calls(db: &Tree, sid: &str) -> Result<bool> {
 }
 
 /// Completes message `message_id`; returns the batch and its session.
-pub(crate) fn mark_complete(db: &Tree, message_id: i64, now: i64) -> Result<(Batch, Option<String>)> {
+pub(crate) fn mark_complete(db: &Tree, message_id: i64, now: i64) -> Result<(Writes, Option<String>)> {
     let missing = || anyhow::Error::from(PersistenceError::MessageNotFound(message_id));
     let id = u64::try_from(message_id).map_err(|_| missing())?;
-    let key = db.get(keys::numbered(keys::BY_ID, id))?.ok_or_else(missing)?;
-    let v = db.get(&key)?.ok_or_else(missing)?;
-    let mut m = db.open_message(&key, &v)?;
+    let key = db.index(keys::numbered(keys::BY_ID, id))?.ok_or_else(missing)?;
+    let mut m = db.message(&key)?.ok_or_else(missing)?;
     m.completed_ms = Some(now);
     let session = session_of(&key);
-    let mut batch = Batch::default();
-    let sealed = db.seal_message(&key, &m)?;
-    batch.insert(key, sealed);
-    Ok((batch, session))
+    let mut w = db.writes();
+    w.message(key, &m)?;
+    Ok((w, session))
 }
 
 /// Usage by agent, as the session record keeps it (O(agents)).
@@ -291,19 +277,16 @@ pub(crate) fn counted_usage(db: &Tree, sid: &str) -> Result<UsageTally> {
 }
 
 pub(crate) fn get_metadata(db: &Tree, sid: &str, key: &str) -> Result<Option<String>> {
-    match db.get(keys::metadata(sid, key))? {
-        Some(v) => Ok(Some(db.open_value(sid, key, &v)?)),
-        None => Ok(None),
-    }
+    db.value(sid, key)
 }
 
-pub(crate) fn set_metadata(db: &Tree, sid: &str, key: &str, value: &str) -> Result<Batch> {
+pub(crate) fn set_metadata(db: &Tree, sid: &str, key: &str, value: &str) -> Result<Writes> {
     if get_session(db, sid)?.is_none() {
         return Err(session_not_found(sid));
     }
-    let mut batch = Batch::default();
-    batch.insert(keys::metadata(sid, key), db.seal_value(sid, key, value)?);
-    Ok(batch)
+    let mut w = db.writes();
+    w.value(sid, key, value)?;
+    Ok(w)
 }
 
 #[cfg(test)]
@@ -330,11 +313,11 @@ mod tests {
     fn format_one_session_records_are_upgraded_with_their_usage() -> Result<()> {
         let db = sled::Config::new().temporary(true).open()?;
         let db = Tree::unlock(db, None, std::path::Path::new("temporary"), None)?;
-        db.apply_batch(create_session(&db, "s", "main", "/r", 1)?)?;
+        db.apply(create_session(&db, "s", "main", "/r", 1)?)?;
         for (agent, u) in [(None, usage(5, 1)), (Some("x"), usage(i64::MAX, 0)), (None, None)] {
             let mut m = NewMessage::message("s", Role::Assistant, Some("a"), None, None, None, agent);
             m.usage = u;
-            db.apply_batch(append_message(&db, m, 2)?.0)?;
+            db.apply(append_message(&db, m, 2)?.0)?;
         }
         let want = usage_groups(&db, "s")?;
         assert_eq!(want.len(), 2, "{want:?}");
@@ -348,7 +331,9 @@ mod tests {
         // The store's own check sees kept usage that left its rows.
         let mut s = get_session(&db, "s")?.ok_or_else(|| anyhow::anyhow!("no session"))?;
         s.count(Some("x"), [Some(1), None, None, None, None]);
-        db.insert(keys::session("s"), db.seal_session("s", &s)?)?;
+        let mut w = db.writes();
+        w.session("s", &s)?;
+        db.apply(w)?;
         let problems = health(&db)?.problems;
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("usage"), "{problems:?}");
@@ -358,9 +343,8 @@ mod tests {
     /// Rewrites every session record of `db` as an earlier build stored it
     /// (format 1: a running token total, no usage by agent).
     fn downgrade(db: &Tree) -> Result<()> {
-        for kv in db.scan_prefix([keys::SESSION]) {
-            let (k, _) = kv?;
-            let sid = String::from_utf8(k[1..].to_vec())?;
+        let ids: Vec<String> = db.sessions().map(|kv| kv.map(|(sid, _)| sid)).collect::<Result<_>>()?;
+        for sid in ids {
             let s = get_session(db, &sid)?.ok_or_else(|| anyhow::anyhow!("no session {sid}"))?;
             let total_tokens = s.tally().tokens();
             let old = StoredSessionV1 {
@@ -375,7 +359,7 @@ mod tests {
                 total_tokens,
                 next_ord: s.next_ord,
             };
-            db.insert(k, encode(&old)?)?;
+            db.put_raw(keys::session(&sid), encode(&old)?)?;
         }
         Ok(())
     }
@@ -432,13 +416,13 @@ mod tests {
                 Tree::unlock(sled::Config::new().path(&pristine).open()?, None, std::path::Path::new("test"), None)?;
             for s in 0..SESSIONS {
                 let sid = format!("s{s:04}");
-                db.apply_batch(create_session(&db, &sid, "main", "/r", 1)?)?;
+                db.apply(create_session(&db, &sid, "main", "/r", 1)?)?;
                 for i in 0..20i64 {
                     let agent = ["main", "helper", "x"][(s + i as usize) % 3];
                     let mut m =
                         NewMessage::message(&sid, Role::Assistant, Some("answer"), None, None, None, Some(agent));
                     m.usage = usage(i + 1, s as i64);
-                    db.apply_batch(append_message(&db, m, 2)?.0)?;
+                    db.apply(append_message(&db, m, 2)?.0)?;
                 }
                 let made = get_session(&db, &sid)?.ok_or_else(|| anyhow::anyhow!("no {sid}"))?;
                 want.push((sid.clone(), usage_groups(&db, &sid)?, (made.message_count, made.next_ord)));

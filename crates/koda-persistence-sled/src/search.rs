@@ -26,7 +26,7 @@ pub(crate) fn search(db: &Tree, query: &Query, scope: &ScopeBuf, limit: usize) -
     }
     // Whether each session met so far is in scope.
     let mut sessions: HashMap<String, bool> = HashMap::new();
-    for kv in db.scan_prefix([keys::BY_ID]).rev() {
+    for kv in db.index_scan([keys::BY_ID]).rev() {
         if hits.len() >= limit {
             break;
         }
@@ -42,7 +42,7 @@ pub(crate) fn search(db: &Tree, query: &Query, scope: &ScopeBuf, limit: usize) -
             None => {
                 let a = match get_session(db, &sid)? {
                     Some(s) => {
-                        let rootless = db.contains_key(keys::rootless(as_u64(s.created_ms), s.seq))?;
+                        let rootless = db.has(keys::rootless(as_u64(s.created_ms), s.seq))?;
                         let root = (!rootless).then_some(s.project_root.as_str());
                         scope.admits_session(&sid, root)
                     }
@@ -55,8 +55,7 @@ pub(crate) fn search(db: &Tree, query: &Query, scope: &ScopeBuf, limit: usize) -
         if !admitted {
             continue;
         }
-        let Some(v) = db.get(&key)? else { continue };
-        let m = db.open_message(&key, &v)?;
+        let Some(m) = db.message(&key)? else { continue };
         let role = role_of(m.role)?;
         if !scope.admits(role, m.compacted_ms.is_some()) {
             continue;

@@ -1,6 +1,6 @@
 //! Whole sessions out and in, every field kept: the Transfer capability.
 
-use crate::db::Tree;
+use crate::db::{Tree, Writes};
 use crate::keys;
 use crate::rows::{StoredMessage, StoredSession, decode, encode, role_byte, role_of, usage_of};
 use anyhow::Result;
@@ -8,7 +8,6 @@ use koda_persistence_api::Transfer;
 use koda_persistence_api::backend::{check_kept, id_taken, session_not_found};
 use koda_persistence_api::{MessageRecord, MetadataRecord, SessionRecord};
 use koda_persistence_api::{PersistenceError, Role};
-use sled::Batch;
 
 use crate::SledStore;
 use crate::bodies::Refs;
@@ -22,11 +21,9 @@ use crate::queries::read_messages;
 /// Every session id, oldest first.
 pub(crate) fn export_session_ids(db: &Tree) -> Result<Vec<String>> {
     let mut all = Vec::new();
-    for kv in db.scan_prefix([keys::SESSION]) {
-        let (k, v) = kv?;
-        let id = String::from_utf8(k[1..].to_vec())
-            .map_err(|_| PersistenceError::Corrupt("a session id is not UTF-8".into()))?;
-        let s = db.open_session(&id, &v, &format!("session {id:?}"))?;
+    for kv in db.sessions() {
+        let (id, s) = kv?;
+        let s = s?;
         all.push(((s.created_ms, s.seq), id));
     }
     all.sort();
@@ -37,7 +34,7 @@ pub(crate) fn export_session(db: &Tree, sid: &str) -> Result<Option<SessionRecor
     let Some(s) = get_session(db, sid)? else {
         return Ok(None);
     };
-    let rootless = db.get(keys::rootless(as_u64(s.created_ms), s.seq))?.is_some_and(|v| v == sid.as_bytes());
+    let rootless = db.index(keys::rootless(as_u64(s.created_ms), s.seq))?.is_some_and(|v| v == sid.as_bytes());
     Ok(Some(SessionRecord {
         id: sid.to_owned(),
         agent_name: s.agent_name,
@@ -76,16 +73,7 @@ pub(crate) fn export_messages(db: &Tree, sid: &str) -> Result<Vec<MessageRecord>
 }
 
 pub(crate) fn export_metadata(db: &Tree, sid: &str) -> Result<Vec<MetadataRecord>> {
-    let prefix = keys::metadata_of(sid);
-    let mut out = Vec::new();
-    for kv in db.scan_prefix(&prefix) {
-        let (k, v) = kv?;
-        let key = String::from_utf8(k[prefix.len()..].to_vec())
-            .map_err(|_| PersistenceError::Corrupt("a metadata key is not UTF-8".into()))?;
-        let value = db.open_value(sid, &key, &v)?;
-        out.push(MetadataRecord { key, value });
-    }
-    Ok(out)
+    Ok(db.values(sid)?.into_iter().map(|(key, value)| MetadataRecord { key, value }).collect())
 }
 
 pub(crate) fn message_id_range(db: &Tree) -> Result<Option<(i64, i64)>> {
@@ -96,13 +84,13 @@ pub(crate) fn message_id_range(db: &Tree) -> Result<Option<(i64, i64)>> {
             .ok_or_else(|| PersistenceError::Corrupt("bad message id key".into()))?;
         Ok(i64::try_from(u64::from_be_bytes(bytes)).unwrap_or(i64::MAX))
     };
-    let mut ids = db.scan_prefix([keys::BY_ID]);
+    let mut ids = db.keys([keys::BY_ID]);
     let Some(first) = ids.next() else {
         return Ok(None);
     };
-    let lo = id_of(&first?.0)?;
+    let lo = id_of(&first?)?;
     let hi = match ids.next_back() {
-        Some(last) => id_of(&last?.0)?,
+        Some(last) => id_of(&last?)?,
         None => lo,
     };
     Ok(Some((lo, hi)))
@@ -114,28 +102,28 @@ pub(crate) fn id_position(db: &Tree) -> Result<u64> {
     Ok(id_floor(db)?.saturating_add(db.generate_id()?))
 }
 
-pub(crate) fn claim_ids(db: &Tree, first: u64, last: u64) -> Result<(Batch, bool)> {
-    let mut batch = Batch::default();
+pub(crate) fn claim_ids(db: &Tree, first: u64, last: u64) -> Result<(Writes, bool)> {
+    let mut w = db.writes();
     if id_position(db)? >= first {
-        return Ok((batch, false));
+        return Ok((w, false));
     }
-    batch.insert(keys::id_floor(), encode(&last)?);
-    Ok((batch, true))
+    w.index(keys::id_floor(), encode(&last)?);
+    Ok((w, true))
 }
 
-pub(crate) fn import_session(db: &Tree, s: &SessionRecord) -> Result<(Batch, bool)> {
-    let mut batch = Batch::default();
+pub(crate) fn import_session(db: &Tree, s: &SessionRecord) -> Result<(Writes, bool)> {
+    let mut w = db.writes();
     if get_session(db, &s.id)?.is_some() {
-        return Ok((batch, false));
+        return Ok((w, false));
     }
     crate::trash::refuse_trashed(db, &s.id)?;
-    new_session(db, s, &mut batch)?;
-    Ok((batch, true))
+    new_session(db, s, &mut w)?;
+    Ok((w, true))
 }
 
-/// Puts session `s` (known to be new) into `batch`; returns its record.
-pub(crate) fn new_session(db: &Tree, s: &SessionRecord, batch: &mut Batch) -> Result<StoredSession> {
-    let seq = match db.get(keys::seq_counter())? {
+/// Puts session `s` (known to be new) into `w`; returns its record.
+pub(crate) fn new_session(db: &Tree, s: &SessionRecord, w: &mut Writes) -> Result<StoredSession> {
+    let seq = match db.index(keys::seq_counter())? {
         Some(v) => decode::<u64>(&v, "the session counter")? + 1,
         None => 1,
     };
@@ -151,13 +139,13 @@ pub(crate) fn new_session(db: &Tree, s: &SessionRecord, batch: &mut Batch) -> Re
         next_ord: 0,
         usage: Vec::new(),
     };
-    batch.insert(keys::seq_counter(), encode(&seq)?);
+    w.index(keys::seq_counter(), encode(&seq)?);
     let listed = match &s.project_root {
         Some(root) => keys::by_root(root, as_u64(s.created_ms), seq),
         None => keys::rootless(as_u64(s.created_ms), seq),
     };
-    batch.insert(listed, s.id.as_bytes());
-    batch.insert(keys::session(&s.id), db.seal_session(&s.id, &record)?);
+    w.index(listed, s.id.as_bytes());
+    w.session(&s.id, &record)?;
     Ok(record)
 }
 
@@ -167,29 +155,29 @@ pub(crate) fn import_messages(
     sid: &str,
     messages: &[MessageRecord],
     keep_ids: bool,
-) -> Result<(Batch, Vec<i64>)> {
+) -> Result<(Writes, Vec<i64>)> {
     let session = get_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
-    let mut batch = Batch::default();
-    let ids = append_imported(db, sid, session, messages, keep_ids, &mut batch)?;
-    Ok((batch, ids))
+    let mut w = db.writes();
+    let ids = append_imported(db, sid, session, messages, keep_ids, &mut w)?;
+    Ok((w, ids))
 }
 
 /// Puts `messages` after the last message of session `sid` (whose record
-/// is `session`) into `batch`, with the session's new record.
+/// is `session`) into `w`, with the session's new record.
 pub(crate) fn append_imported(
     db: &Tree,
     sid: &str,
     mut session: StoredSession,
     messages: &[MessageRecord],
     keep_ids: bool,
-    batch: &mut Batch,
+    w: &mut Writes,
 ) -> Result<Vec<i64>> {
     let ids: Vec<i64> = if keep_ids {
         let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
         let position = i64::try_from(id_position(db)?).unwrap_or(i64::MAX);
         check_kept(&ids, position)?;
         for &id in &ids {
-            if db.contains_key(keys::numbered(keys::BY_ID, as_u64(id)))? {
+            if db.has(keys::numbered(keys::BY_ID, as_u64(id)))? {
                 return Err(id_taken(id).into());
             }
         }
@@ -221,31 +209,30 @@ pub(crate) fn append_imported(
             bodies: [None; 3],
         };
         refs.intern(db, &mut record)?;
-        batch.insert(keys::numbered(keys::BY_ID, id), key.clone());
+        w.index(keys::numbered(keys::BY_ID, id), key.clone());
         if m.role == Role::User {
-            batch.insert(keys::numbered(keys::USER, id), key.clone());
+            w.index(keys::numbered(keys::USER, id), key.clone());
         }
         if let Some(at) = m.compacted_ms {
-            batch.insert(keys::compacted(as_u64(at), id), key.clone());
+            w.index(keys::compacted(as_u64(at), id), key.clone());
         }
-        let sealed = db.seal_message(&key, &record)?;
-        batch.insert(key, sealed);
+        w.message(key, &record)?;
     }
-    refs.finish(db, batch)?;
+    refs.finish(db, w)?;
     session.set_tally(&tally);
-    batch.insert(keys::session(sid), db.seal_session(sid, &session)?);
+    w.session(sid, &session)?;
     Ok(ids)
 }
 
-pub(crate) fn import_metadata(db: &Tree, sid: &str, entries: &[MetadataRecord]) -> Result<Batch> {
+pub(crate) fn import_metadata(db: &Tree, sid: &str, entries: &[MetadataRecord]) -> Result<Writes> {
     if get_session(db, sid)?.is_none() {
         return Err(session_not_found(sid));
     }
-    let mut batch = Batch::default();
+    let mut w = db.writes();
     for e in entries {
-        batch.insert(keys::metadata(sid, &e.key), db.seal_value(sid, &e.key, &e.value)?);
+        w.value(sid, &e.key, &e.value)?;
     }
-    Ok(batch)
+    Ok(w)
 }
 
 #[async_trait::async_trait]

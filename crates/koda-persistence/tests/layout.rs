@@ -151,6 +151,41 @@ fn every_capability_lives_in_its_room() {
 
 /// The source files of the API crate and of every backend, each with its
 /// module path inside its crate (`transfer`, `layers::checked::search`).
+/// sled's values are sealed and opened only behind the handle's typed doors
+/// (`db.rs`, with the sealing itself in `cipher.rs`): no other file calls a
+/// sealing or opening function, and the handle does not hand out sled's raw
+/// database (`Deref`).
+#[test]
+fn sled_values_pass_only_through_the_handles_doors() {
+    let src = crates().join("koda-persistence-sled").join("src");
+    let sealing = [
+        ".seal_session(",
+        ".seal_message(",
+        ".seal_value(",
+        ".seal_body(",
+        ".open_session(",
+        ".open_message(",
+        ".open_value(",
+        ".open_body(",
+        ".check_body(",
+    ];
+    for file in files_in(&src) {
+        if !file.ends_with(".rs") || file == "db.rs" || file == "cipher.rs" {
+            continue;
+        }
+        let text = read(&src.join(&file));
+        for call in sealing {
+            assert!(!text.contains(call), "sled/{file} calls {call}…): values go through db.rs's doors");
+        }
+        assert!(!text.contains("apply_batch("), "sled/{file} applies a raw batch: use Writes");
+    }
+    let db = read(&src.join("db.rs"));
+    assert!(
+        !db.contains("impl Deref for Tree") && !db.contains("impl std::ops::Deref for Tree"),
+        "sled's Tree derefs to the raw database"
+    );
+}
+
 fn sources() -> Vec<(String, Vec<(String, PathBuf)>)> {
     let mut out = Vec::new();
     for krate in ["api", "memory", "sqlite", "postgres", "sled"] {
