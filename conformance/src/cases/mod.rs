@@ -18,8 +18,10 @@ pub mod context;
 pub mod fork;
 pub mod messages;
 pub mod metadata;
+pub mod redaction;
 pub mod search;
 pub mod sessions;
+pub mod settings;
 pub mod transfer;
 pub mod trash;
 pub mod usage;
@@ -191,6 +193,18 @@ macro_rules! __for_each_case {
                 hostile_queries_find_or_return_nothing,
                 search_finds_what_an_index_cannot_hold,
                 searches_racing_writers_and_a_compactor_miss_nothing,
+            ],
+            redaction: [
+                every_write_path_stores_credentials_redacted,
+                imported_records_are_redacted,
+                a_stored_once_output_is_redacted_once,
+                the_mode_is_the_stores_and_a_conflicting_one_is_refused,
+                mode_off_keeps_every_byte,
+            ],
+            settings: [
+                settings_read_back_what_was_set,
+                settings_stand_apart_from_sessions,
+                bad_setting_keys_and_values_are_invalid,
             ],
             trash: [
                 a_trashed_session_answers_as_if_deleted,

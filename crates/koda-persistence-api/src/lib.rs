@@ -30,6 +30,8 @@ mod layers;
 mod persistence;
 mod records;
 pub mod search;
+pub mod secrets;
+pub mod settings;
 mod store;
 mod transfer;
 pub mod trash;
@@ -45,10 +47,22 @@ pub use error::PersistenceError;
 pub use fork::Fork;
 pub use health::{Health, StoreHealth};
 pub use layers::checked::Checked;
+pub use layers::redacting::Redacting;
+
+/// A store's redaction of secrets: its recorded mode, salt and rules (the
+/// [`Settings`] it keeps them in), and the [`Redacting`] layer put around
+/// a store whose mode is `secrets`. What is caught is [`secrets`]'.
+pub mod redaction {
+    pub use crate::layers::redacting::{
+        MODE_SETTING, RULES_SETTING, SALT_SETTING, record_mode, record_rules, recorded_mode, recorded_rules,
+        store_redactor, with_redaction,
+    };
+}
 pub use layers::traced::{SLOW_CALL, Traced};
 pub use persistence::Persistence;
 pub use records::{MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord, session_checksum};
 pub use search::{Search, SearchHit, SearchScope};
+pub use settings::Settings;
 pub use store::Store;
 pub use transfer::Transfer;
 pub use trash::{DeletedSession, Trash};

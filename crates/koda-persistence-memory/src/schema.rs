@@ -31,6 +31,8 @@ pub(crate) struct State {
     /// Deleted sessions in their grace period, by id: out of every map
     /// above but `bodies`, whose references they keep.
     pub(crate) trash: HashMap<String, Trashed>,
+    /// Store-wide settings (`Settings`).
+    pub(crate) settings: BTreeMap<String, String>,
 }
 
 /// A session's place in its root's listing: newest first, ties by the

@@ -12,6 +12,7 @@ mod queries;
 mod rows;
 mod schema;
 mod search;
+mod settings;
 mod tls;
 mod transfer;
 mod trash;

@@ -12,6 +12,7 @@
 //! | `M` message record (also under `Y` in the trash) | `message`, session id, message id | the key: session id and position; `0xE2` and the message id before the sealed record |
 //! | `D` metadata value (also under `Z`) | `metadata`, session id, metadata key | the key: session id and metadata key |
 //! | `B` body | `body`, its address | the address: an HMAC-SHA256 of the text under a key derived from the store key |
+//! | `G` setting | `setting`, its key | the key |
 //!
 //! Index keys (`I`, `U`, `C`, `R`, `L`) hold ids, times, sequence numbers
 //! and project roots, in clear; counters (`N`) are numbers. The key
@@ -118,6 +119,17 @@ impl Tree {
         let aad = aad(&[b"metadata", sid.as_bytes(), key.as_bytes()]);
         let what = format!("metadata {key:?} of session {sid:?}");
         decode::<String>(&self.open(&aad, v, &what)?, "a metadata value")
+    }
+
+    /// The `G` value of setting `key`.
+    pub(crate) fn seal_setting(&self, key: &str, value: &str) -> Result<Vec<u8>, PersistenceError> {
+        self.seal(&aad(&[b"setting", key.as_bytes()]), encode(&value.to_owned())?)
+    }
+
+    /// Setting `key` from its `G` value.
+    pub(crate) fn open_setting(&self, key: &str, v: &[u8]) -> Result<String, PersistenceError> {
+        let plain = self.open(&aad(&[b"setting", key.as_bytes()]), v, &format!("setting {key:?}"))?;
+        decode::<String>(&plain, "a setting value")
     }
 
     /// The address of body `text`: keyed in an encrypted store.

@@ -222,6 +222,14 @@ impl Tree {
         Ok(out)
     }
 
+    /// Setting `key`'s value.
+    pub(crate) fn setting(&self, key: &str) -> Result<Option<String>> {
+        match self.db.get(keys::setting(key))? {
+            Some(v) => Ok(Some(self.open_setting(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The packed body at `hash`.
     pub(crate) fn body(&self, hash: &BodyHash) -> Result<Option<Vec<u8>>> {
         match self.db.get(keys::body(hash))? {
@@ -417,6 +425,12 @@ impl Writes {
     /// Metadata `key` of session `sid`.
     pub(crate) fn value(&mut self, sid: &str, key: &str, value: &str) -> Result<()> {
         self.batch.insert(keys::metadata(sid, key), self.tree.seal_value(sid, key, value)?);
+        Ok(())
+    }
+
+    /// Setting `key`'s value.
+    pub(crate) fn setting(&mut self, key: &str, value: &str) -> Result<()> {
+        self.batch.insert(keys::setting(key), self.tree.seal_setting(key, value)?);
         Ok(())
     }
 

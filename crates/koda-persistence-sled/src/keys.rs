@@ -19,6 +19,7 @@
 //! | `N` | `cipher` | the key record of an encrypted store (salt, check value) | opening with `key_file=` (see `crate::cipher`) |
 //! | `B` | body address (SHA-256, 32 bytes) | the body, zstd-packed | message fields held as bodies |
 //! | `b` | body address | `u64` big-endian: the message fields that refer to it | releasing a body with its last reference |
+//! | `G` | setting key | the setting's value | store-wide settings (`Settings`) |
 //!
 //! Conversation order is `ord`, a per-session position: inserts take
 //! `next_ord + 1`; compaction moves the preserved tail two places on and puts
@@ -47,6 +48,8 @@ pub(crate) const ROOTLESS: u8 = b'L';
 pub(crate) const BODY: u8 = b'B';
 /// Body reference counts by address.
 pub(crate) const BODY_REFS: u8 = b'b';
+/// Store-wide settings (the Settings capability).
+pub(crate) const SETTING: u8 = b'G';
 /// Trashed session records (see `crate::trash`).
 pub(crate) const TRASH_SESSION: u8 = b'X';
 /// Trashed messages.
@@ -160,6 +163,13 @@ pub(crate) fn rootless(created_ms: u64, seq: u64) -> Vec<u8> {
     let mut k = vec![ROOTLESS];
     k.extend_from_slice(&(!created_ms).to_be_bytes());
     k.extend_from_slice(&(!seq).to_be_bytes());
+    k
+}
+
+/// `G` + setting key.
+pub(crate) fn setting(key: &str) -> Vec<u8> {
+    let mut k = vec![SETTING];
+    k.extend_from_slice(key.as_bytes());
     k
 }
 

@@ -16,6 +16,7 @@ mod queries;
 mod rows;
 mod schema;
 mod search;
+mod settings;
 mod transfer;
 mod trash;
 

@@ -14,6 +14,7 @@ mod queries;
 mod rows;
 mod schema;
 mod search;
+mod settings;
 mod transfer;
 mod trash;
 mod worker;

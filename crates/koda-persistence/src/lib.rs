@@ -16,7 +16,9 @@
 //!
 //! A URL whose backend was compiled out is an error naming the feature to
 //! enable. Every store opened here is wrapped in [`Checked`] (the
-//! contract's argument checks) and [`Traced`] (a span per call).
+//! contract's argument checks) and [`Traced`] (a span per call), and a
+//! store whose redaction mode is `secrets` in [`Redacting`] (every backend
+//! takes `?redact=secrets|off`: see [`redaction`]).
 //!
 //! - The URL is parsed once ([`StoreUrl`]); its scheme picks one
 //!   registration in the table of backends, whose [`Backend`] impl reads
@@ -71,12 +73,20 @@ pub use koda_persistence_api::trash;
 /// What a store supports, declared by its backend.
 pub use koda_persistence_api::capabilities;
 
+/// Credentials found in text, and the rules that find them.
+pub use koda_persistence_api::secrets;
+
+/// A store's redaction mode, salt and rules, and the layer that applies
+/// them.
+pub use koda_persistence_api::redaction;
+
 pub use koda_persistence_api::{
     Bodies, BodyStats, COMPACTION_HINT, Capabilities, Checked, Clock, CompactedStats, DeletedSession, Encryption, Fork,
     Handles, Health, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS,
-    MIN_TIMESTAMP_MS, ManualClock, Message, MessageRecord, MetadataRecord, Persistence, PersistenceError, Role,
-    SLOW_CALL, Search, SearchHit, SearchIndex, SearchScope, SessionInfo, SessionRecord, SessionUsage, Store,
-    StoreHealth, SystemClock, TODO_KEY, TokenUsage, Traced, Transfer, Trash, detect_interruption, session_checksum,
+    MIN_TIMESTAMP_MS, ManualClock, Message, MessageRecord, MetadataRecord, Persistence, PersistenceError, Redacting,
+    Role, SLOW_CALL, Search, SearchHit, SearchIndex, SearchScope, SessionInfo, SessionRecord, SessionUsage, Settings,
+    Store, StoreHealth, SystemClock, TODO_KEY, TokenUsage, Traced, Transfer, Trash, detect_interruption,
+    session_checksum,
 };
 
 /// The README's examples, compiled and run as doctests.
@@ -127,20 +137,30 @@ impl Registration {
 /// Opens `url` with backend `B`, as [`open_options`] does.
 #[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "sled"))]
 fn open_as<B: Backend>(url: &StoreUrl, clock: Arc<dyn Clock>) -> Result<Opening, PersistenceError> {
+    let wanted = match url.take(secrets::REDACT) {
+        Some(p) => Some(secrets::RedactMode::parse(&p.value)?),
+        None => None,
+    };
     let options = koda_persistence_api::backend::options_from::<B>(url)?;
-    Ok(Box::pin(open_options::<B>(options, clock)))
+    Ok(Box::pin(async move { redaction::with_redaction(open_layered::<B>(options, clock).await?, wanted).await }))
+}
+
+/// Backend `B`'s store behind [`Checked`] and [`Traced`].
+async fn open_layered<B: Backend>(options: B::Options, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<dyn Store>> {
+    let store = B::open(options, clock).await?;
+    Ok(Arc::new(Traced::new(Checked::new(store), B::NAME)))
 }
 
 /// Opens backend `B` with options built in code (or read with
 /// `B::options`), as [`open`] opens a URL: behind the [`Checked`] layer
-/// and [`Traced`]. For tools that choose each store's location themselves
+/// and [`Traced`], and [`Redacting`] when the store records redaction mode
+/// `secrets`. For tools that choose each store's location themselves
 /// (`koda_persistence::sqlite::SqliteOptions::file(path)`, …).
 ///
 /// # Errors
 /// As [`open`]; `InvalidInput` for options that fail their checks.
 pub async fn open_options<B: Backend>(options: B::Options, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<dyn Store>> {
-    let store = B::open(options, clock).await?;
-    Ok(Arc::new(Traced::new(Checked::new(store), B::NAME)))
+    redaction::with_redaction(open_layered::<B>(options, clock).await?, None).await
 }
 
 /// Every backend, compiled in or not. Adding a backend is one entry here

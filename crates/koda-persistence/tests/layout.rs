@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// (`lib.rs`), options, opening, migrations, row encoding, koda's core
 /// calls (`queries.rs`), large outputs stored once, and one room per
 /// capability trait.
-const ROOMS: [&str; 13] = [
+const ROOMS: [&str; 14] = [
     "lib.rs",
     "docs.md",
     "options.rs",
@@ -29,15 +29,17 @@ const ROOMS: [&str; 13] = [
     "fork.rs",
     "trash.rs",
     "health.rs",
+    "settings.rs",
 ];
 
 /// Each capability trait and the room of every backend that implements it.
-const CAPABILITY_ROOMS: [(&str, &str); 6] = [
+const CAPABILITY_ROOMS: [(&str, &str); 7] = [
     ("Transfer", "transfer.rs"),
     ("Search", "search.rs"),
     ("Fork", "fork.rs"),
     ("Trash", "trash.rs"),
     ("Health", "health.rs"),
+    ("Settings", "settings.rs"),
     ("Store", "lib.rs"),
 ];
 

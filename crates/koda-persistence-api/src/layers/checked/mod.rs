@@ -5,6 +5,7 @@ mod fork;
 mod health;
 mod persistence;
 mod search;
+mod settings;
 mod transfer;
 mod trash;
 
