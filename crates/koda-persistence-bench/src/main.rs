@@ -74,6 +74,10 @@ struct Cli {
     /// Run only W12.
     #[arg(long, conflicts_with_all = ["w1_only", "w2_only", "w5_only", "w10_only", "w11_only"])]
     w12_only: bool,
+    /// Measure redaction's scan throughput (the built-in rules, one core)
+    /// on W12's distinct tool outputs and exit.
+    #[arg(long)]
+    redaction_scan: bool,
     /// Also run W13 (search across sessions at two sizes, and W1 with
     /// the search index against without).
     #[arg(long)]
@@ -742,6 +746,17 @@ fn print_w11(runs: &[w11::W11Run]) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.redaction_scan {
+        let sessions = Plan::new(cli.quick).w12_sessions;
+        let (bytes, secs, found) = w12::redaction_scan(sessions)?;
+        println!(
+            "redaction scan of W12's distinct tool outputs ({sessions} sessions): {:.1} MB in {:.3} s, {:.0} MB/s, {found} found",
+            bytes as f64 / 1e6,
+            secs,
+            bytes as f64 / 1e6 / secs.max(1e-9)
+        );
+        return Ok(());
+    }
     if cli.w12_levels {
         let sessions = Plan::new(cli.quick).w12_sessions;
         println!("zstd levels on W12's distinct tool outputs ({sessions} sessions)");

@@ -109,17 +109,29 @@ pub async fn sessions(store: &Arc<dyn Store>, root: Option<&Path>, limit: i64, j
     Ok(())
 }
 
-pub async fn show(store: &Arc<dyn Store>, sid: &str, all: bool, json: bool) -> Result<()> {
-    let Some(record) = store.export_session(sid).await? else {
+pub async fn show(store: &Arc<dyn Store>, sid: &str, all: bool, json: bool, redact: bool) -> Result<()> {
+    let Some(mut record) = store.export_session(sid).await? else {
         anyhow::bail!("no session {sid} in this store (`koda-store sessions` lists them)");
     };
-    let context = store.load_context(sid).await?;
+    let mut context = store.load_context(sid).await?;
     let rows = if all {
         store.export_messages(sid).await?
     } else {
         let shown: BTreeSet<i64> = context.iter().map(|m| m.id).collect();
         let mut rows = store.export_messages(sid).await?;
         rows.retain(|m| shown.contains(&m.id));
+        rows
+    };
+    let rows = if redact {
+        // Everything printed below comes from these three.
+        let r = koda_persistence::redaction::store_redactor(store.as_ref()).await?;
+        let mut counts = std::collections::BTreeMap::new();
+        record = r.session_record(&record, &mut counts);
+        for m in &mut context {
+            m.content = m.content.as_deref().map(|t| r.redact(t).into_owned());
+        }
+        rows.iter().map(|m| r.message_record(m, &mut counts)).collect()
+    } else {
         rows
     };
     let banner = detect_interruption(&context).map(|k| match k {
@@ -344,6 +356,7 @@ pub async fn import_file(target: &Arc<dyn Store>, path: &Path) -> Result<ExitCod
         Ok(firsts)
     };
     let keep = decide_ids(target, header.message_ids, firsts).await?;
+    let redactor = transfer::target_redactor(target).await?;
     let bar = transfer::bar(header.sessions, "importing");
     let mut sessions = FileSessions::open(path)?;
     let (mut created, mut copied, mut failures) = (0usize, 0usize, Vec::new());
@@ -357,7 +370,7 @@ pub async fn import_file(target: &Arc<dyn Store>, path: &Path) -> Result<ExitCod
             Ok(moved) => {
                 created += usize::from(moved.created);
                 copied += moved.messages;
-                checks.push(transfer::verify(target, &id, &whole).await?);
+                checks.push(transfer::verify(target, &id, &whole, redactor.as_deref()).await?);
             }
             Err(e) => failures.push(format!("{e:#}")),
         }
@@ -456,15 +469,17 @@ pub async fn doctor(store: &Arc<dyn Store>, json: bool) -> Result<ExitCode> {
             notes.push(format!("session {id}: call {open} has no result (interrupted turn)"));
         }
     }
+    let redaction = koda_persistence::redaction::recorded_mode(store.as_ref()).await?.as_str();
     if json {
         let doc = json!({"sessions": ids.len(), "schema_version": health.schema_version,
                          "latest_schema_version": health.latest_schema_version,
-                         "bodies": body_json(&health.bodies),
+                         "bodies": body_json(&health.bodies), "redaction": redaction,
                          "findings": findings, "notes": notes});
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!("{schema}");
         println!("bodies   {} (references checked against bodies both ways)", body_line(&health.bodies));
+        println!("redact   {redaction} (koda-store redact says more)");
         for f in &findings {
             println!("FINDING  {f}");
         }

@@ -8,6 +8,7 @@
 //! usage error.
 
 mod inspect;
+mod redaction;
 mod search;
 mod trash;
 
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use koda_persistence::secrets::RedactMode;
 use koda_persistence::{Role, Store};
 
 const AFTER_HELP: &str = "\
@@ -77,6 +79,10 @@ enum Command {
         /// One JSON document on stdout.
         #[arg(long)]
         json: bool,
+        /// Print every credential the redaction rules find as
+        /// [REDACTED:<rule>:<tag>], whatever the store's mode.
+        #[arg(long)]
+        redact: bool,
     },
     /// Counts: sessions, messages, compacted history, tokens per agent,
     /// and the store's size (file, directory or schema).
@@ -93,6 +99,11 @@ enum Command {
         /// Only these sessions (repeatable); all by default.
         #[arg(long = "session", value_name = "ID")]
         sessions: Vec<String>,
+        /// Write every credential the redaction rules find as
+        /// [REDACTED:<rule>:<tag>], whatever the store's mode; counts per
+        /// rule on stderr.
+        #[arg(long)]
+        redact: bool,
         /// Write here instead of stdout.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
@@ -252,6 +263,31 @@ memory stores always do: for those this reports nothing to move.")]
         #[arg(long)]
         dry_run: bool,
     },
+    /// Say (or with --mode and --rules, record) the store's redaction of
+    /// secrets: its mode (`secrets`: every credential the rules find in
+    /// what koda writes is stored as [REDACTED:<rule>:<tag>]; `off`, the
+    /// default: every byte as given), the built-in rules and its own.
+    #[command(after_help = "\
+Every handle opened after --mode applies it; a URL that asks for the other mode
+(?redact=off on a store whose mode is secrets) is refused. A redacted value is
+gone: neither koda nor a model reads it back. History written before the mode
+was set keeps what it holds; `export --redact` and `show --redact` redact on
+the way out.
+
+A rules file is TOML: a [rules] table of name = 'pattern' (Rust regex syntax;
+the first capture group is the secret when there is one).")]
+    Redact {
+        /// Record this mode: secrets or off.
+        #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+        mode: Option<RedactMode>,
+        /// Record the rules of this TOML file as the store's own (replacing
+        /// any before; an empty [rules] table removes them).
+        #[arg(long, value_name = "FILE")]
+        rules: Option<PathBuf>,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply pending migrations now (for deployments whose runtime role
     /// may not run DDL: run this once as the schema's owner). Opening a
     /// store migrates it too; this only says so.
@@ -280,6 +316,11 @@ memory stores always do: for those this reports nothing to move.")]
 /// A `--role` value.
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
+}
+
+/// A `--mode` value.
+fn parse_mode(s: &str) -> Result<RedactMode, String> {
+    RedactMode::parse(s).map_err(|e| e.to_string())
 }
 
 /// The user's koda file as a URL, when no store was named.
@@ -318,26 +359,35 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let url = store_url()?;
             inspect::sessions(&open(&url).await?, root.as_deref(), limit, json).await?;
         }
-        Command::Show { session, all, json } => {
+        Command::Show { session, all, json, redact } => {
             let url = store_url()?;
-            inspect::show(&open(&url).await?, &session, all, json).await?;
+            inspect::show(&open(&url).await?, &session, all, json, redact).await?;
         }
         Command::Stats { json } => {
             let url = store_url()?;
             inspect::stats(&open(&url).await?, json).await?;
         }
-        Command::Export { sessions, output } => {
+        Command::Export { sessions, redact: redacted, output } => {
             let url = store_url()?;
             let store = open(&url).await?;
             let ids = transfer::selected(&store, &sessions).await?;
+            let redactor = match redacted {
+                true => Some(koda_persistence::redaction::store_redactor(store.as_ref()).await?),
+                false => None,
+            };
+            let mut counts = std::collections::BTreeMap::new();
+            let with = redactor.as_deref().map(|r| (r, &mut counts));
             let (s, m) = match &output {
                 Some(path) => {
                     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-                    transfer::export(&store, &redact(&url), &ids, file).await?
+                    transfer::export_redacted(&store, &redact(&url), &ids, file, with).await?
                 }
-                None => transfer::export(&store, &redact(&url), &ids, std::io::stdout().lock()).await?,
+                None => transfer::export_redacted(&store, &redact(&url), &ids, std::io::stdout().lock(), with).await?,
             };
             eprintln!("exported {s} sessions, {m} messages");
+            if redacted {
+                eprintln!("{}", redaction::report(&counts));
+            }
         }
         Command::Import { file } => {
             let url = store_url()?;
@@ -447,6 +497,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
             }
+        }
+        Command::Redact { mode, rules, json } => {
+            let url = store_url()?;
+            redaction::redact(&open(&url).await?, mode, rules.as_deref(), json).await?;
         }
         Command::Migrate => {
             let url = store_url()?;

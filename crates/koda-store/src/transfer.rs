@@ -1,13 +1,14 @@
 //! `export`, `import` and `copy`: sessions out of one store (or file) and
 //! into another, resumable, then verified.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use koda_persistence::secrets::Redactor;
 use koda_persistence::{MessageRecord, MetadataRecord, SessionRecord, Store};
 
 use crate::format::{FORMAT, Header, Line, MessageLine, MetadataLine, VERSION};
@@ -150,10 +151,12 @@ pub async fn copy_sessions(
     tick: impl Fn() + Send + Sync + 'static,
 ) -> Result<CopyReport> {
     let tick = Arc::new(tick);
+    let redactor = target_redactor(target).await?;
     let jobs = Arc::new(tokio::sync::Semaphore::new(JOBS));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, id) in ids.iter().enumerate() {
-        let (source, target, id, tick) = (source.clone(), target.clone(), id.clone(), tick.clone());
+        let (source, target, id, tick, redactor) =
+            (source.clone(), target.clone(), id.clone(), tick.clone(), redactor.clone());
         let permit = jobs.clone().acquire_owned().await?;
         tasks.spawn(async move {
             let _permit = permit;
@@ -162,7 +165,7 @@ pub async fn copy_sessions(
                     return Ok(None);
                 };
                 let moved = sync_session(&target, &whole, keep_ids).await?;
-                let verified = verify(&target, &id, &whole).await?;
+                let verified = verify(&target, &id, &whole, redactor.as_deref()).await?;
                 anyhow::Ok(Some((moved, verified)))
             }
             .await;
@@ -226,14 +229,37 @@ impl Verified {
 
 /// Compares `whole` (the source's) with the target's copy, the target's
 /// side computed by the target ([`Transfer::session_checksum`](koda_persistence::Transfer::session_checksum)).
-pub async fn verify(target: &Arc<dyn Store>, id: &str, whole: &Whole) -> Result<Verified> {
+/// A target that redacts (`redactor`, see [`target_redactor`]) is compared
+/// with the source as it redacts it.
+pub async fn verify(target: &Arc<dyn Store>, id: &str, whole: &Whole, redactor: Option<&Redactor>) -> Result<Verified> {
     let (target_messages, target_checksum) = target.session_checksum(id).await?;
+    let source_checksum = match redactor {
+        None => checksum(&whole.messages, &whole.metadata),
+        Some(r) => {
+            let mut counts = BTreeMap::new();
+            let messages: Vec<MessageRecord> =
+                whole.messages.iter().map(|m| r.message_record(m, &mut counts)).collect();
+            let metadata: Vec<MetadataRecord> =
+                whole.metadata.iter().map(|e| r.metadata_record(e, &mut counts)).collect();
+            checksum(&messages, &metadata)
+        }
+    };
     Ok(Verified {
         session: id.to_owned(),
         source_messages: whole.messages.len(),
         target_messages,
-        source_checksum: checksum(&whole.messages, &whole.metadata),
+        source_checksum,
         target_checksum,
+    })
+}
+
+/// The redactor of `target` when its redaction mode is `secrets` (what it
+/// stores of a copy is the redacted source).
+pub async fn target_redactor(target: &Arc<dyn Store>) -> Result<Option<Arc<Redactor>>> {
+    use koda_persistence::redaction::{recorded_mode, store_redactor};
+    Ok(match recorded_mode(target.as_ref()).await? {
+        koda_persistence::secrets::RedactMode::Secrets => Some(store_redactor(target.as_ref()).await?),
+        koda_persistence::secrets::RedactMode::Off => None,
     })
 }
 
@@ -254,6 +280,19 @@ pub async fn selected(store: &Arc<dyn Store>, only: &[String]) -> Result<Vec<Str
 
 /// Writes the export of `ids` to `out`; returns (sessions, messages).
 pub async fn export(store: &Arc<dyn Store>, source: &str, ids: &[String], out: impl Write) -> Result<(usize, usize)> {
+    export_redacted(store, source, ids, out, None).await
+}
+
+/// As [`export`], every record passed through `redactor` when there is one
+/// (`export --redact`), the credentials it found counted per rule into
+/// its second half.
+pub async fn export_redacted(
+    store: &Arc<dyn Store>,
+    source: &str,
+    ids: &[String],
+    out: impl Write,
+    mut redactor: Option<(&Redactor, &mut BTreeMap<String, u64>)>,
+) -> Result<(usize, usize)> {
     let mut out = BufWriter::new(out);
     let header = Header {
         format: FORMAT.to_owned(),
@@ -272,14 +311,26 @@ pub async fn export(store: &Arc<dyn Store>, source: &str, ids: &[String], out: i
         let Some(record) = &whole.record else {
             continue;
         };
-        serde_json::to_writer(&mut out, &Line::Session(record.clone()))?;
+        let record = match redactor.as_mut() {
+            Some((r, counts)) => r.session_record(record, counts),
+            None => record.clone(),
+        };
+        serde_json::to_writer(&mut out, &Line::Session(record))?;
         out.write_all(b"\n")?;
         for m in &whole.messages {
-            serde_json::to_writer(&mut out, &Line::Message(MessageLine::new(id, m)))?;
+            let line = match redactor.as_mut() {
+                Some((r, counts)) => MessageLine::new(id, &r.message_record(m, counts)),
+                None => MessageLine::new(id, m),
+            };
+            serde_json::to_writer(&mut out, &Line::Message(line))?;
             out.write_all(b"\n")?;
         }
         for e in &whole.metadata {
-            serde_json::to_writer(&mut out, &Line::Metadata(MetadataLine::new(id, e)))?;
+            let line = match redactor.as_mut() {
+                Some((r, counts)) => MetadataLine::new(id, &r.metadata_record(e, counts)),
+                None => MetadataLine::new(id, e),
+            };
+            serde_json::to_writer(&mut out, &Line::Metadata(line))?;
             out.write_all(b"\n")?;
         }
         messages += whole.messages.len();

@@ -182,6 +182,7 @@ fn every_subcommand_has_help() {
         "grant",
         "compact-bodies",
         "fork",
+        "redact",
     ] {
         let out = ok(&[sub, "--help"]);
         assert!(text(&out.stdout).contains("Usage: koda-store"), "{sub}");
@@ -784,4 +785,89 @@ fn encrypt_into_a_sled_directory() {
         .expect("koda-store runs");
     assert_eq!(out.status.code(), Some(1), "encrypt into a plain store");
     assert!(text(&out.stderr).contains("is not encrypted at rest"), "{}", text(&out.stderr));
+}
+
+/// A GitHub token of the documented shape, made here at run time.
+fn github_token() -> String {
+    format!("gh{}_{}", "p", "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8")
+}
+
+/// One session whose user message, title, metadata and tool calls hold
+/// `token`, written to the SQLite file at `path` as given (mode off).
+fn with_a_secret(path: &Path, token: &str) -> String {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = koda_persistence::open(&sqlite_url(path)).await.expect("open");
+        let sid = store.create_session("main", Path::new("/work/p")).await.unwrap();
+        store.set_session_title(&sid, &format!("deploy {token}")).await.unwrap();
+        store.insert_message(&sid, &Role::User, Some(&format!("my token is {token}")), None, None, None).await.unwrap();
+        let calls = format!(
+            r#"[{{"id":"c1","type":"function","function":{{"name":"bash","arguments":"{{\"t\":\"{token}\"}}"}}}}]"#
+        );
+        store.insert_message(&sid, &Role::Assistant, Some("ok"), Some(&calls), None, None).await.unwrap();
+        store.set_metadata(&sid, "env", &format!("GITHUB_TOKEN={token}")).await.unwrap();
+        sid
+    })
+}
+
+/// `export --redact` and `show --redact` write no credential whatever the
+/// store's mode (the export still imports: its tool calls are JSON), and
+/// count what they found; without the flag the store's bytes come out.
+/// `redact --mode secrets` records the mode: a later import through the
+/// CLI stores redacted text, `doctor` reports the mode, and a URL asking
+/// `redact=off` is refused naming the command.
+#[test]
+fn redaction_on_the_way_out_and_as_the_stores_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("koda.db");
+    let token = github_token();
+    let sid = with_a_secret(&db, &token);
+    let url = sqlite_url(&db);
+    let plain = text(&ok(&["--store", &url, "export"]).stdout);
+    assert!(plain.contains(&token), "without --redact the export holds what the store holds");
+    let out = ok(&["--store", &url, "export", "--redact"]);
+    let redacted = text(&out.stdout);
+    assert!(!redacted.contains(&token), "{redacted}");
+    assert!(redacted.contains("[REDACTED:github-token:"), "{redacted}");
+    assert!(text(&out.stderr).contains("redacted 4 (github-token 4)"), "{}", text(&out.stderr));
+    for line in redacted.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    for args in [vec!["show", sid.as_str(), "--redact"], vec!["show", sid.as_str(), "--redact", "--json", "--all"]] {
+        let mut full = vec!["--store", url.as_str()];
+        full.extend(args);
+        let shown = text(&ok(&full).stdout);
+        assert!(!shown.contains(&token) && shown.contains("[REDACTED:github-token:"), "{shown}");
+    }
+
+    // The mode, recorded, applies to what is written next.
+    let out = ok(&["--store", &url, "redact", "--mode", "secrets", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["mode"], "secrets");
+    let other = dir.path().join("other.db");
+    let file = dir.path().join("export.jsonl");
+    with_a_secret(&other, &token);
+    ok(&["--store", &sqlite_url(&other), "export", "-o", file.to_str().unwrap()]);
+    ok(&["--store", &url, "import", file.to_str().unwrap()]);
+    let now = text(&ok(&["--store", &url, "export"]).stdout);
+    assert_eq!(
+        now.matches(token.as_str()).count(),
+        plain.matches(token.as_str()).count(),
+        "only the old session holds it"
+    );
+    let doctor = text(&ok(&["--store", &url, "doctor"]).stdout);
+    assert!(doctor.contains("redact   secrets"), "{doctor}");
+    let refused = run(&["--store", &format!("{url}?redact=off"), "sessions"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(text(&refused.stderr).contains("koda-store redact --mode off"), "{}", text(&refused.stderr));
+
+    // Own rules: a bad pattern is a usage error naming the rule.
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[rules]\nacme = '(unclosed'\n").unwrap();
+    let bad = run(&["--store", &url, "redact", "--rules", rules.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(text(&bad.stderr).contains("acme"), "{}", text(&bad.stderr));
+    std::fs::write(&rules, "[rules]\nacme = '\\bacme_[0-9a-f]{8}\\b'\n").unwrap();
+    let listed = text(&ok(&["--store", &url, "redact", "--rules", rules.to_str().unwrap()]).stdout);
+    assert!(listed.contains("own rules:      acme"), "{listed}");
 }
