@@ -203,7 +203,9 @@ async fn run_target(target: &Target, plan: Plan) -> Result<Row> {
         rates.push(workloads::w1(fresh.store.as_ref(), plan.w1).await?);
         target.cleanup(fresh).await?;
         match target {
-            Target::Sqlite { dir, options } => ceilings.push(ceiling::sqlite_w1(dir, options.synchronous, plan.w1)?),
+            Target::Sqlite { dir, options, .. } => {
+                ceilings.push(ceiling::sqlite_w1(dir, options.synchronous, plan.w1)?)
+            }
             Target::Postgres { url } => ceilings.push(ceiling::postgres_w1(url, plan.w1).await?),
             _ => {}
         }

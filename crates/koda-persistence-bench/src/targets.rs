@@ -10,15 +10,23 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use koda_persistence::sled::{Sled, SledOptions};
 use koda_persistence::sqlite::{Sqlite, SqliteOptions};
-use koda_persistence::{Store, StoreUrl, SystemClock, open_options};
+use koda_persistence::{Store, StoreUrl, SystemClock, open_options, secrets};
 
 /// One backend configuration under test.
 #[derive(Debug, Clone)]
 pub enum Target {
     Memory,
-    Sqlite { dir: PathBuf, options: SqliteOptions },
-    Sled { dir: PathBuf, options: SledOptions },
+    Sqlite { dir: PathBuf, options: SqliteOptions, redact: bool },
+    Sled { dir: PathBuf, options: SledOptions, redact: bool },
     Postgres { url: String },
+}
+
+/// `store`, with redaction mode secrets recorded when `redact`.
+async fn redacting(store: Arc<dyn Store>, redact: bool) -> Result<Arc<dyn Store>> {
+    if !redact {
+        return Ok(store);
+    }
+    koda_persistence::redaction::with_redaction(store, Some(secrets::RedactMode::Secrets)).await
 }
 
 /// A fresh store and what to do when done with it.
@@ -36,6 +44,15 @@ impl Target {
     /// runs with exactly the options its URL names.
     pub fn parse(url: &str, base: &std::path::Path) -> Result<Self> {
         let parsed = StoreUrl::parse(url)?;
+        // `redact=secrets`: each fresh store records redaction mode
+        // secrets (W1 with redaction against the same target without).
+        let redact = match parsed.take(secrets::REDACT) {
+            Some(p) => secrets::RedactMode::parse(&p.value)? == secrets::RedactMode::Secrets,
+            None => false,
+        };
+        if redact && !matches!(parsed.scheme(), "sqlite" | "sled") {
+            bail!("redact= is for sqlite:// and sled:// bench targets");
+        }
         let target = match parsed.scheme() {
             "memory" => Target::Memory,
             "sqlite" => {
@@ -44,7 +61,7 @@ impl Target {
                     d if d.is_empty() => base.join(format!("sqlite-{:?}", options.synchronous)),
                     d => PathBuf::from(d),
                 };
-                Target::Sqlite { dir, options }
+                Target::Sqlite { dir, options, redact }
             }
             "sled" => {
                 let options = SledOptions::default().with_parameters(&parsed)?;
@@ -52,7 +69,7 @@ impl Target {
                     d if d.is_empty() => base.join("sled"),
                     d => PathBuf::from(d),
                 };
-                Target::Sled { dir, options }
+                Target::Sled { dir, options, redact }
             }
             // The server's own parser reads the rest when each store opens.
             "postgres" | "postgresql" => {
@@ -73,15 +90,21 @@ impl Target {
     pub fn name(&self) -> String {
         match self {
             Target::Memory => "memory".into(),
-            Target::Sqlite { options, .. } => {
+            Target::Sqlite { options, redact, .. } => {
                 format!(
-                    "sqlite ({}{})",
+                    "sqlite ({}{}{})",
                     format!("{:?}", options.synchronous).to_uppercase(),
-                    if options.key_file.is_some() { ", encrypted" } else { "" }
+                    if options.key_file.is_some() { ", encrypted" } else { "" },
+                    if *redact { ", redact" } else { "" }
                 )
             }
-            Target::Sled { options, .. } => {
-                format!("sled ({:?}{})", options.flush, if options.key_file.is_some() { ", encrypted" } else { "" })
+            Target::Sled { options, redact, .. } => {
+                format!(
+                    "sled ({:?}{}{})",
+                    options.flush,
+                    if options.key_file.is_some() { ", encrypted" } else { "" },
+                    if *redact { ", redact" } else { "" }
+                )
             }
             Target::Postgres { .. } => "postgres".into(),
         }
@@ -93,20 +116,20 @@ impl Target {
             Target::Memory => {
                 Ok(Fresh { store: koda_persistence::open("memory:").await?, sqlite_path: None, pg_schema: None })
             }
-            Target::Sqlite { dir, options } => {
+            Target::Sqlite { dir, options, redact } => {
                 std::fs::create_dir_all(dir)?;
                 let path = dir.join(format!("{tag}-{}.db", uuid::Uuid::now_v7().simple()));
                 let options = SqliteOptions {
                     location: koda_persistence::sqlite::Location::File(path.clone()),
                     ..options.clone()
                 };
-                let store = open_options::<Sqlite>(options, Arc::new(SystemClock)).await?;
+                let store = redacting(open_options::<Sqlite>(options, Arc::new(SystemClock)).await?, *redact).await?;
                 Ok(Fresh { store, sqlite_path: Some(path), pg_schema: None })
             }
-            Target::Sled { dir, options } => {
+            Target::Sled { dir, options, redact } => {
                 let path = dir.join(format!("{tag}-{}", uuid::Uuid::now_v7().simple()));
                 let options = SledOptions { path, ..options.clone() };
-                let store = open_options::<Sled>(options, Arc::new(SystemClock)).await?;
+                let store = redacting(open_options::<Sled>(options, Arc::new(SystemClock)).await?, *redact).await?;
                 Ok(Fresh { store, sqlite_path: None, pg_schema: None })
             }
             Target::Postgres { url } => {

@@ -214,7 +214,7 @@ async fn copy_once(
     let outcome = async {
         let range = source.message_id_range().await?;
         let keep = transfer::keep_ids(&target, range, async { Ok(Vec::new()) }).await?;
-        let report = transfer::copy_sessions(source, &target, ids, keep, || {}).await?;
+        let report = transfer::copy_sessions(source, &target, ids, keep, None, || {}).await?;
         let secs = started.elapsed().as_secs_f64();
         ensure!(report.failures.is_empty(), "W10 copy failed: {:?}", report.failures);
         ensure!(

@@ -308,8 +308,19 @@ pub async fn copy(
     only: &[String],
     json: bool,
     target_name: &str,
+    redact: bool,
 ) -> Result<ExitCode> {
     let ids = transfer::selected(source, only).await?;
+    // With --redact, the copy goes through the target's Redacting layer
+    // (its rules and salt), whatever mode the target records.
+    let (target, redactor): (Arc<dyn Store>, _) = match redact {
+        true => {
+            let r = koda_persistence::redaction::store_redactor(target.as_ref()).await?;
+            (Arc::new(koda_persistence::Redacting::new(target.clone(), r.clone())), Some(r))
+        }
+        false => (target.clone(), transfer::target_redactor(target).await?),
+    };
+    let target = &target;
     // The first sessions' first ids tell a resumed copy, if the target
     // refuses the id range.
     let firsts = async {
@@ -323,7 +334,7 @@ pub async fn copy(
     let keep = decide_ids(target, source.message_id_range().await?, firsts).await?;
     let bar = transfer::bar(ids.len() as u64, "copying");
     let ticker = bar.clone();
-    let report = transfer::copy_sessions(source, target, &ids, keep, move || ticker.inc(1)).await?;
+    let report = transfer::copy_sessions(source, target, &ids, keep, redactor, move || ticker.inc(1)).await?;
     let (created, copied, checks, failures) = (report.created, report.messages, report.verified, report.failures);
     bar.finish_and_clear();
     eprintln!(

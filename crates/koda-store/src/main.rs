@@ -138,6 +138,11 @@ Example: koda-store copy --from sqlite://$HOME/.config/koda/db/koda.db \\
         /// The verification as one JSON document on stdout.
         #[arg(long)]
         json: bool,
+        /// Redact what is copied with the target's rules and salt, whatever
+        /// the target's mode; each session is verified against the source
+        /// as redacted.
+        #[arg(long)]
+        redact: bool,
     },
     /// Delete compacted messages older than DAYS days (0: every compacted
     /// message; active history is never touched), and with --deleted the
@@ -249,6 +254,11 @@ backslashes are safe. Only active messages are searched unless --compacted.")]
         /// One JSON document on stdout (snippets unmarked, marks as byte ranges).
         #[arg(long)]
         json: bool,
+        /// Print every credential the redaction rules find in a snippet as
+        /// [REDACTED:<rule>:<tag>] (that snippet unhighlighted), whatever
+        /// the store's mode.
+        #[arg(long)]
+        redact: bool,
     },
     /// Store the large outputs an SQLite file holds inline once (content
     /// addressed, compressed), and keep storing them once from now on.
@@ -271,8 +281,8 @@ memory stores always do: for those this reports nothing to move.")]
 Every handle opened after --mode applies it; a URL that asks for the other mode
 (?redact=off on a store whose mode is secrets) is refused. A redacted value is
 gone: neither koda nor a model reads it back. History written before the mode
-was set keeps what it holds; `export --redact` and `show --redact` redact on
-the way out.
+was set keeps what it holds; `export`, `show`, `search` and `copy` take
+--redact to redact on the way out.
 
 A rules file is TOML: a [rules] table of name = 'pattern' (Rust regex syntax;
 the first capture group is the secret when there is one).")]
@@ -393,10 +403,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let url = store_url()?;
             return inspect::import_file(&open(&url).await?, &file).await;
         }
-        Command::Copy { from, to, sessions, json } => {
+        Command::Copy { from, to, sessions, json, redact: redacted } => {
             let source = open(&from).await?;
             let target = open(&to).await?;
-            return inspect::copy(&source, &target, &sessions, json, &redact(&to)).await;
+            return inspect::copy(&source, &target, &sessions, json, &redact(&to), redacted).await;
         }
         Command::Encrypt { to, json } => {
             // Nothing is opened for a target that names no key: it could
@@ -415,7 +425,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if !target.capabilities().encryption.is_encrypted() {
                 anyhow::bail!("{} is not encrypted at rest: encrypt --to needs a store that is", redact(&to));
             }
-            return inspect::copy(&source, &target, &[], json, &redact(&to)).await;
+            return inspect::copy(&source, &target, &[], json, &redact(&to), false).await;
         }
         Command::Rekey { new_key_file } => {
             let url = store_url()?;
@@ -463,7 +473,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let url = store_url()?;
             println!("{}", open(&url).await?.fork_session(&session, at).await?);
         }
-        Command::Search { query, root, session, roles, compacted, limit, json } => {
+        Command::Search { query, root, session, roles, compacted, limit, json, redact: redacted } => {
             let url = store_url()?;
             search::search(
                 &open(&url).await?,
@@ -474,6 +484,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 compacted,
                 limit,
                 json,
+                redacted,
             )
             .await?;
         }

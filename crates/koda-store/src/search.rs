@@ -34,9 +34,21 @@ pub async fn search(
     compacted: bool,
     limit: usize,
     json: bool,
+    redact: bool,
 ) -> Result<()> {
     let scope = SearchScope { project_root: root, session, roles, include_compacted: compacted };
-    let hits = store.search_messages(query, &scope, limit).await?;
+    let mut hits = store.search_messages(query, &scope, limit).await?;
+    if redact {
+        // A snippet that held a credential loses its marks: their byte
+        // ranges no longer point into the redacted text.
+        let r = koda_persistence::redaction::store_redactor(store.as_ref()).await?;
+        for h in &mut hits {
+            if let std::borrow::Cow::Owned(redacted) = r.redact(&h.snippet) {
+                h.snippet = redacted;
+                h.marks.clear();
+            }
+        }
+    }
     if json {
         let rows: Vec<_> = hits
             .iter()

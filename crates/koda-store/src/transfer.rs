@@ -142,16 +142,18 @@ pub struct CopyReport {
 }
 
 /// Copies `ids` from `source` to `target` ([`JOBS`] sessions at a time),
-/// each followed by its verification; `tick` runs once per session.
+/// each followed by its verification (against the source as `redactor`
+/// redacts it, when the target redacts: see [`target_redactor`]); `tick`
+/// runs once per session.
 pub async fn copy_sessions(
     source: &Arc<dyn Store>,
     target: &Arc<dyn Store>,
     ids: &[String],
     keep_ids: bool,
+    redactor: Option<Arc<Redactor>>,
     tick: impl Fn() + Send + Sync + 'static,
 ) -> Result<CopyReport> {
     let tick = Arc::new(tick);
-    let redactor = target_redactor(target).await?;
     let jobs = Arc::new(tokio::sync::Semaphore::new(JOBS));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, id) in ids.iter().enumerate() {

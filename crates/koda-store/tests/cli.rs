@@ -833,12 +833,26 @@ fn redaction_on_the_way_out_and_as_the_stores_mode() {
     for line in redacted.lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     }
-    for args in [vec!["show", sid.as_str(), "--redact"], vec!["show", sid.as_str(), "--redact", "--json", "--all"]] {
+    let found = text(&ok(&["--store", &url, "search", "token"]).stdout);
+    assert!(found.contains(&token), "without --redact the snippet holds what the store holds: {found}");
+    for args in [
+        vec!["show", sid.as_str(), "--redact"],
+        vec!["show", sid.as_str(), "--redact", "--json", "--all"],
+        vec!["search", "token", "--redact"],
+        vec!["search", "token", "--redact", "--json"],
+    ] {
         let mut full = vec!["--store", url.as_str()];
         full.extend(args);
         let shown = text(&ok(&full).stdout);
         assert!(!shown.contains(&token) && shown.contains("[REDACTED:github-token:"), "{shown}");
     }
+
+    // copy --redact: the target holds the redacted history, verified equal
+    // to the source as redacted.
+    let copied = dir.path().join("copied.db");
+    ok(&["copy", "--from", &url, "--to", &sqlite_url(&copied), "--redact"]);
+    let target = text(&ok(&["--store", &sqlite_url(&copied), "export"]).stdout);
+    assert!(!target.contains(&token) && target.contains("[REDACTED:github-token:"), "{target}");
 
     // The mode, recorded, applies to what is written next.
     let out = ok(&["--store", &url, "redact", "--mode", "secrets", "--json"]);

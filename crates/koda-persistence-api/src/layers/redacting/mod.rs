@@ -81,6 +81,9 @@ pub async fn record_mode(store: &dyn Store, mode: RedactMode) -> Result<()> {
 }
 
 /// The store's tag salt, made (32 random bytes) and recorded if it has none.
+/// Two handles doing this at the same moment each write one and the last
+/// is kept: values one of them tagged before keep their tags (a tag only
+/// groups equal secrets within a store).
 async fn ensure_salt(store: &dyn Store) -> Result<[u8; 32]> {
     if let Some(hex) = store.get_setting(SALT_SETTING).await? {
         return Ok(parse_salt(&hex)?);
