@@ -54,8 +54,8 @@ pub use layers::redacting::Redacting;
 /// a store whose mode is `secrets`. What is caught is [`secrets`]'.
 pub mod redaction {
     pub use crate::layers::redacting::{
-        MODE_SETTING, RULES_SETTING, SALT_SETTING, record_mode, record_rules, recorded_mode, recorded_rules,
-        store_redactor, with_redaction,
+        MODE_SETTING, RULES_SETTING, SALT_SETTING, reading_redactor, record_mode, record_rules, recorded_mode,
+        recorded_rules, store_redactor, with_redaction,
     };
 }
 pub use layers::traced::{SLOW_CALL, Traced};

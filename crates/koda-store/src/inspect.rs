@@ -124,7 +124,7 @@ pub async fn show(store: &Arc<dyn Store>, sid: &str, all: bool, json: bool, reda
     };
     let rows = if redact {
         // Everything printed below comes from these three.
-        let r = koda_persistence::redaction::store_redactor(store.as_ref()).await?;
+        let r = koda_persistence::redaction::reading_redactor(store.as_ref()).await?;
         let mut counts = std::collections::BTreeMap::new();
         record = r.session_record(&record, &mut counts);
         for m in &mut context {

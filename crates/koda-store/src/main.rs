@@ -382,7 +382,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let store = open(&url).await?;
             let ids = transfer::selected(&store, &sessions).await?;
             let redactor = match redacted {
-                true => Some(koda_persistence::redaction::store_redactor(store.as_ref()).await?),
+                true => Some(koda_persistence::redaction::reading_redactor(store.as_ref()).await?),
                 false => None,
             };
             let mut counts = std::collections::BTreeMap::new();

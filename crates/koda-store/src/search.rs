@@ -41,7 +41,7 @@ pub async fn search(
     if redact {
         // A snippet that held a credential loses its marks: their byte
         // ranges no longer point into the redacted text.
-        let r = koda_persistence::redaction::store_redactor(store.as_ref()).await?;
+        let r = koda_persistence::redaction::reading_redactor(store.as_ref()).await?;
         for h in &mut hits {
             if let std::borrow::Cow::Owned(redacted) = r.redact(&h.snippet) {
                 h.snippet = redacted;

@@ -847,6 +847,13 @@ fn redaction_on_the_way_out_and_as_the_stores_mode() {
         assert!(!shown.contains(&token) && shown.contains("[REDACTED:github-token:"), "{shown}");
     }
 
+    // Redacting on the way out writes nothing to the store (no salt kept).
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let salt = rt.block_on(async {
+        koda_persistence::open(&url).await.expect("open").get_setting("redact.salt").await.expect("read")
+    });
+    assert_eq!(salt, None, "export/show/search --redact recorded a salt");
+
     // copy --redact: the target holds the redacted history, verified equal
     // to the source as redacted.
     let copied = dir.path().join("copied.db");

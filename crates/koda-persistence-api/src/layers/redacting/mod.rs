@@ -47,7 +47,7 @@ pub const MODE_SETTING: &str = "redact.mode";
 /// The setting that keeps the store's tag salt (64 hex digits).
 pub const SALT_SETTING: &str = "redact.salt";
 /// The setting that keeps the store's own rules (a JSON list of
-/// `{"name", "pattern"}`).
+/// `[name, pattern]` pairs).
 pub const RULES_SETTING: &str = "redact.rules";
 
 /// The mode `store` records (`off` when it records none).
@@ -132,13 +132,36 @@ pub async fn record_rules(store: &dyn Store, rules: &[CustomRule]) -> Result<()>
 }
 
 /// The redactor of `store` as recorded (its salt and rules), whatever its
-/// mode: for `koda-store`'s `--redact` on the way out.
+/// mode: for writing through it (`with_redaction`, `koda-store copy
+/// --redact`). A store with no salt yet gets one recorded, so one secret
+/// keeps one tag in it from then on.
 ///
 /// # Errors
 /// `Corrupt` for a recorded salt or rule that does not decode; store
-/// failures. A store with no salt yet gets one recorded.
+/// failures.
 pub async fn store_redactor(store: &dyn Store) -> Result<Arc<Redactor>> {
     let salt = ensure_salt(store).await?;
+    Ok(Arc::new(Redactor::with_custom(salt, &recorded_rules(store).await?)?))
+}
+
+/// The redactor of `store` for what is read out of it (`export`, `show`
+/// and `search` with `--redact`): its salt and rules when it records
+/// them, else a salt of this call's own. Writes nothing: a store opened
+/// only to read stays as it was.
+///
+/// # Errors
+/// As [`store_redactor`]; `Unavailable` when the system gives no
+/// randomness.
+pub async fn reading_redactor(store: &dyn Store) -> Result<Arc<Redactor>> {
+    let salt = match store.get_setting(SALT_SETTING).await? {
+        Some(hex) => parse_salt(&hex)?,
+        None => {
+            let mut salt = [0u8; 32];
+            getrandom::fill(&mut salt)
+                .map_err(|e| PersistenceError::Unavailable(format!("no randomness from the system: {e}")))?;
+            salt
+        }
+    };
     Ok(Arc::new(Redactor::with_custom(salt, &recorded_rules(store).await?)?))
 }
 
