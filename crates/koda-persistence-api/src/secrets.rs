@@ -494,12 +494,14 @@ fn passes(check: Check, secret: &str) -> bool {
 /// `<password>`, `$PGPASSWORD`, `%s`) or the word for it (`password`).
 fn is_placeholder(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
+    let variable = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     s.chars().all(|c| matches!(c, '*' | '.' | '…' | 'x' | 'X'))
         || s.starts_with("[REDACTED")
         || (s.starts_with('{') && s.ends_with('}'))
         || (s.starts_with('<') && s.ends_with('>'))
-        || s.starts_with('$')
-        || s.starts_with('%')
+        || (s.starts_with("${") && s.ends_with('}'))
+        || s.strip_prefix('$').is_some_and(variable)
+        || s.strip_prefix('%').is_some_and(|v| v == "s" || (v.starts_with('(') && v.ends_with(")s")))
         || matches!(lower.as_str(), "password" | "passwd" | "pass" | "pwd" | "pw" | "secret_password")
 }
 

@@ -275,6 +275,13 @@ fn masks_placeholders_and_earlier_redactions_stay() {
     ] {
         assert_eq!(r.redact(text), text, "{text}");
     }
+    // A password that only starts like a template is a password.
+    for text in ["postgres://app:$ecret-Pa55@db/x", "postgres://app:%dRt9x@db/x"] {
+        assert!(r.redact(text).contains("[REDACTED:url-password:"), "{text}");
+    }
+    for text in ["postgres://app:$PGPASSWORD@db/x", "postgres://app:%s@db/x", "postgres://app:%(pw)s@db/x"] {
+        assert_eq!(r.redact(text), text, "{text}");
+    }
     let once = r.redact(&format!("token {}", credentials(3)[2].1)).into_owned();
     assert_eq!(r.redact(&once), once, "redaction is idempotent");
 }
