@@ -27,8 +27,9 @@ use crate::trash::Trash;
 /// output, tool calls, titles, modes, metadata and TODO values, summaries,
 /// stubs, imported records) as `[REDACTED:<rule>:<tag>]`: what is read
 /// back is the redacted text, never the secret. Every handle applies the
-/// mode the store records; a URL asking another is `InvalidInput`. The
-/// default is `off`: every byte is stored as given.
+/// mode the store records; once it records `secrets`, a URL asking
+/// `redact=off` is `InvalidInput` (until `koda-store redact --mode off`).
+/// The default is `off`: every byte is stored as given.
 pub trait Store: Persistence + Transfer + Search + Fork + Trash + Health + Settings {
     /// What this store supports, as opened (see [`Capabilities`]).
     fn capabilities(&self) -> Capabilities;
