@@ -124,13 +124,9 @@ pub async fn imported_records_are_redacted(fx: &Fixture) -> Result<()> {
     let store = redacting(fx).await?;
     let t: Vec<String> = (20..26).map(github_token).collect();
     let record = SessionRecord {
-        id: "imported-with-secrets".into(),
-        agent_name: "main".into(),
-        project_root: Some(ROOT.into()),
-        created_ms: START_MS,
-        last_accessed_ms: None,
         title: Some(format!("title {}", t[0])),
         mode: Some(format!("mode {}", t[1])),
+        ..super::transfer::session_record("imported-with-secrets", START_MS)
     };
     store.import_session(&record).await?;
     let messages = vec![MessageRecord {

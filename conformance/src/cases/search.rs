@@ -104,13 +104,8 @@ pub async fn search_stays_in_its_scope(fx: &Fixture) -> Result<()> {
     let rootless = "0190aaaa-0000-7000-8000-000000000001";
     fx.store
         .import_session(&SessionRecord {
-            id: rootless.to_owned(),
-            agent_name: "main".to_owned(),
             project_root: None,
-            created_ms: crate::START_MS,
-            last_accessed_ms: None,
-            title: None,
-            mode: None,
+            ..super::transfer::session_record(rootless, crate::START_MS)
         })
         .await?;
     let old = user(fx, &here, "marker before compaction").await?;

@@ -46,6 +46,20 @@ pub(crate) async fn rich_session(fx: &Fixture) -> Result<String> {
     Ok(sid)
 }
 
+/// A session record under [`ROOT`] created at `created_ms`, with no title,
+/// mode or access time.
+pub(super) fn session_record(id: &str, created_ms: i64) -> SessionRecord {
+    SessionRecord {
+        id: id.to_owned(),
+        agent_name: "main".into(),
+        project_root: Some(ROOT.into()),
+        created_ms,
+        last_accessed_ms: None,
+        title: None,
+        mode: None,
+    }
+}
+
 /// A record with nothing but its id, role and creation time.
 pub(super) fn bare_record(id: i64, role: Role) -> MessageRecord {
     MessageRecord::bare(id, role, START_MS)
@@ -229,15 +243,7 @@ pub async fn claimed_ids_are_kept_and_never_handed_out(fx: &Fixture) -> Result<(
 
 /// Importing a session that exists returns `false` and changes nothing.
 pub async fn import_session_is_idempotent(fx: &Fixture) -> Result<()> {
-    let record = SessionRecord {
-        id: "s-1".into(),
-        agent_name: "main".into(),
-        project_root: Some(ROOT.into()),
-        created_ms: START_MS - 86_400_000,
-        last_accessed_ms: None,
-        title: None,
-        mode: None,
-    };
+    let record = session_record("s-1", START_MS - 86_400_000);
     check("created", fx.store.import_session(&record).await?)?;
     let mut changed = record.clone();
     changed.title = Some("other".into());
@@ -256,15 +262,7 @@ pub async fn import_session_is_idempotent(fx: &Fixture) -> Result<()> {
 /// exports without one.
 pub async fn rootless_sessions_list_under_every_root(fx: &Fixture) -> Result<()> {
     let own = session(fx).await?;
-    let record = SessionRecord {
-        id: "legacy".into(),
-        agent_name: "main".into(),
-        project_root: None,
-        created_ms: START_MS - 1,
-        last_accessed_ms: None,
-        title: None,
-        mode: None,
-    };
+    let record = SessionRecord { project_root: None, ..session_record("legacy", START_MS - 1) };
     check("created", fx.store.import_session(&record).await?)?;
     eq(
         "under ROOT, newest first",
@@ -285,15 +283,7 @@ pub async fn rootless_sessions_list_under_every_root(fx: &Fixture) -> Result<()>
 /// Bad records are `InvalidInput`, an unknown session `SessionNotFound`;
 /// neither writes anything.
 pub async fn import_refuses_bad_records(fx: &Fixture) -> Result<()> {
-    let good = SessionRecord {
-        id: "ok".into(),
-        agent_name: "main".into(),
-        project_root: Some(ROOT.into()),
-        created_ms: START_MS,
-        last_accessed_ms: None,
-        title: None,
-        mode: None,
-    };
+    let good = session_record("ok", START_MS);
     let bad_sessions = [
         SessionRecord { id: String::new(), ..good.clone() },
         SessionRecord { id: "a\0b".into(), ..good.clone() },

@@ -551,17 +551,18 @@ async fn version_6_compares_session_ids_bytewise() -> Result<()> {
         let columns = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, String)> {
             rows.iter().map(|r| (r.get(0), r.get(1))).collect()
         };
-        let want: Vec<(String, String)> =
-            ["messages.session_id", "session_metadata.session_id", "session_usage.session_id", "sessions.id"]
-                .iter()
-                .map(|c| ((*c).to_owned(), "C".to_owned()))
-                .collect();
+        let all_c = |cols: [&str; 4]| -> Vec<(String, String)> {
+            cols.iter().map(|c| ((*c).to_owned(), "C".to_owned())).collect()
+        };
+        let want =
+            all_c(["messages.session_id", "session_metadata.session_id", "session_usage.session_id", "sessions.id"]);
         assert_eq!(columns(admin.query(COLLATIONS, &[&schema]).await?), want);
-        let twins: Vec<(String, String)> =
-            ["trash_messages.session_id", "trash_metadata.session_id", "trash_sessions.id", "trash_usage.session_id"]
-                .iter()
-                .map(|c| ((*c).to_owned(), "C".to_owned()))
-                .collect();
+        let twins = all_c([
+            "trash_messages.session_id",
+            "trash_metadata.session_id",
+            "trash_sessions.id",
+            "trash_usage.session_id",
+        ]);
         assert_eq!(columns(admin.query(TRASH_COLLATIONS, &[&schema]).await?), twins);
         // Back to what version 5 left: the database's collation.
         let mut back = String::new();
