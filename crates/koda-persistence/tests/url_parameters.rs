@@ -153,3 +153,33 @@ async fn key_file_is_refused_alike_where_a_backend_cannot_encrypt() {
         assert!(!shown.contains("secret"), "{shown}");
     }
 }
+
+/// `redact=` takes `secrets` or `off` on every backend; anything else
+/// (or the parameter twice) is refused naming it, before a server is
+/// reached or a file made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redact_is_secrets_or_off_on_every_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bases = vec!["memory:".to_owned()];
+    if cfg!(feature = "sqlite") {
+        bases.push(format!("sqlite://{}/r.db", dir.path().display()));
+    }
+    if cfg!(feature = "sled") {
+        bases.push(format!("sled://{}/r", dir.path().display()));
+    }
+    if cfg!(feature = "postgres") {
+        bases.push("postgres://u:secret@127.0.0.1:1/db".to_owned());
+    }
+    for base in &bases {
+        let sep = if base.contains('?') { '&' } else { '?' };
+        for bad in ["on", "", "SECRETS", "secrets&redact=off", "%00"] {
+            refused(&format!("{base}{sep}redact={bad}"), "redact").await;
+        }
+    }
+    assert!(!dir.path().join("r.db").exists() && !dir.path().join("r").exists(), "a refused URL made its store");
+    let Ok(store) = koda_persistence::open("memory:?redact=secrets").await else { panic!("redact=secrets refused") };
+    assert_eq!(
+        koda_persistence::redaction::recorded_mode(store.as_ref()).await.ok(),
+        Some(koda_persistence::secrets::RedactMode::Secrets)
+    );
+}
