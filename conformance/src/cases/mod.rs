@@ -19,6 +19,7 @@ pub mod fork;
 pub mod messages;
 pub mod metadata;
 pub mod redaction;
+pub mod rewrite;
 pub mod search;
 pub mod sessions;
 pub mod settings;
@@ -197,9 +198,15 @@ macro_rules! __for_each_case {
             redaction: [
                 every_write_path_stores_credentials_redacted,
                 imported_records_are_redacted,
+                rewritten_text_is_redacted,
                 a_stored_once_output_is_redacted_once,
                 the_mode_is_the_stores_and_a_conflicting_one_is_refused,
                 mode_off_keeps_every_byte,
+            ],
+            rewrite: [
+                a_rewrite_replaces_the_text_and_keeps_every_other_field,
+                a_shared_body_is_re_addressed_and_released_with_its_last_reference,
+                a_bad_rewrite_writes_nothing,
             ],
             settings: [
                 settings_read_back_what_was_set,

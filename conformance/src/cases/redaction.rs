@@ -145,6 +145,41 @@ pub async fn imported_records_are_redacted(fx: &Fixture) -> Result<()> {
     Ok(())
 }
 
+/// Text given to a rewrite (title, mode, messages' three fields, metadata
+/// values) is redacted as written text is.
+pub async fn rewritten_text_is_redacted(fx: &Fixture) -> Result<()> {
+    use koda_persistence_api::rewrite::{MessageText, SessionText};
+    let store = redacting(fx).await?;
+    let sid = session(fx).await?;
+    let id = store.insert_message(&sid, &Role::Assistant, Some("plain"), None, None, None).await?;
+    let t: Vec<String> = (40..46).map(github_token).collect();
+    let text = SessionText {
+        title: Some(format!("title {}", t[0])),
+        mode: Some(format!("mode {}", t[1])),
+        messages: vec![MessageText {
+            id,
+            content: Some(format!("content {}", t[2])),
+            full_content: Some(format!("full {}", t[3])),
+            tool_calls: Some(format!(r#"[{{"id":"c","function":{{"arguments":"{}"}}}}]"#, t[4])),
+        }],
+        metadata: vec![MetadataRecord { key: "k".into(), value: format!("value {}", t[5]) }],
+    };
+    store.rewrite_session(&sid, &text).await?;
+    let read = everything_read(&fx.store, &sid, "content").await?;
+    for token in &t {
+        ensure!(!read.contains(token.as_str()), "a rewritten credential was stored: {read}");
+    }
+    let m = &fx.store.export_messages(&sid).await?[0];
+    check("the placeholder is stored", m.content.as_deref().is_some_and(|c| c.contains("[REDACTED:github-token:")))?;
+    let calls: serde_json::Value = serde_json::from_str(m.tool_calls.as_deref().unwrap_or_default())?;
+    check("tool calls still JSON", calls.is_array())?;
+    eq(
+        "the metadata entry",
+        fx.store.get_metadata(&sid, "k").await?.is_some_and(|v| v.starts_with("value [REDACTED:")),
+        true,
+    )
+}
+
 /// A tool output stored once (a body) that holds a credential is redacted
 /// before it is addressed: the same output in two sessions is one body,
 /// holding the redacted text.

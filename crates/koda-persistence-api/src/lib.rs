@@ -29,6 +29,7 @@ mod health;
 mod layers;
 mod persistence;
 mod records;
+pub mod rewrite;
 pub mod search;
 pub mod secrets;
 pub mod settings;
@@ -61,6 +62,7 @@ pub mod redaction {
 pub use layers::traced::{SLOW_CALL, Traced};
 pub use persistence::Persistence;
 pub use records::{MAX_SESSION_ID_BYTES, MessageRecord, MetadataRecord, SessionRecord, session_checksum};
+pub use rewrite::Rewrite;
 pub use search::{Search, SearchHit, SearchScope};
 pub use settings::Settings;
 pub use store::Store;

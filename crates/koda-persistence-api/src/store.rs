@@ -5,6 +5,7 @@ use crate::capabilities::Capabilities;
 use crate::fork::Fork;
 use crate::health::Health;
 use crate::persistence::Persistence;
+use crate::rewrite::Rewrite;
 use crate::search::Search;
 use crate::settings::Settings;
 use crate::transfer::Transfer;
@@ -12,7 +13,7 @@ use crate::trash::Trash;
 
 /// A whole store: what koda calls ([`Persistence`], with koda's own
 /// signatures) and every capability ([`Transfer`], [`Search`], [`Fork`],
-/// [`Trash`], [`Health`], [`Settings`]), with what this store supports declared by
+/// [`Trash`], [`Health`], [`Settings`], [`Rewrite`]), with what this store supports declared by
 /// [`capabilities`](Self::capabilities).
 ///
 /// `koda_persistence::open` returns an `Arc<dyn Store>`: koda searches,
@@ -29,8 +30,10 @@ use crate::trash::Trash;
 /// back is the redacted text, never the secret. Every handle applies the
 /// mode the store records; once it records `secrets`, a URL asking
 /// `redact=off` is `InvalidInput` (until `koda-store redact --mode off`).
-/// The default is `off`: every byte is stored as given.
-pub trait Store: Persistence + Transfer + Search + Fork + Trash + Health + Settings {
+/// The default is `off`: every byte is stored as given. Text stored
+/// before the mode was recorded keeps what it holds until it is cleaned
+/// in place through [`Rewrite`] (`koda-store redact`).
+pub trait Store: Persistence + Transfer + Search + Fork + Trash + Health + Settings + Rewrite {
     /// What this store supports, as opened (see [`Capabilities`]).
     fn capabilities(&self) -> Capabilities;
 }

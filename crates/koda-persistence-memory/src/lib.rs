@@ -7,6 +7,7 @@ mod health;
 mod open;
 mod options;
 mod queries;
+mod rewrite;
 mod rows;
 mod schema;
 mod search;

@@ -118,13 +118,23 @@ impl Row {
 
     /// Replaces `content` (clear_message_content), releasing its body.
     pub(crate) fn set_content(&mut self, bodies: &mut Bodies, text: &str) {
-        if let Some(old) = self.bodies[0].take() {
+        self.set_field(bodies, BodyField::Content, text);
+    }
+
+    /// Replaces field `field` (clear_message_content, a rewrite): the old
+    /// body is released, the new text stored as one when it is a body.
+    pub(crate) fn set_field(&mut self, bodies: &mut Bodies, field: BodyField, text: &str) {
+        let at = FIELDS.iter().position(|f| *f == field).unwrap_or(0);
+        if let Some(old) = self.bodies[at].take() {
             bodies.release(&old);
         }
-        self.message.content = Some(text.to_owned());
-        if is_body(&self.message.role, BodyField::Content, text) {
-            self.message.content = None;
-            self.bodies[0] = Some(bodies.add(text.to_owned()));
+        let role = self.message.role;
+        let slot = field_mut(&mut self.message, field);
+        if is_body(&role, field, text) {
+            *slot = None;
+            self.bodies[at] = Some(bodies.add(text.to_owned()));
+        } else {
+            *slot = Some(text.to_owned());
         }
     }
 }

@@ -13,6 +13,7 @@ mod keys;
 mod open;
 mod options;
 mod queries;
+mod rewrite;
 mod rows;
 mod schema;
 mod search;

@@ -11,6 +11,7 @@ mod health;
 mod open;
 mod options;
 mod queries;
+mod rewrite;
 mod rows;
 mod schema;
 mod search;

@@ -562,6 +562,7 @@ mod tests {
             include_str!("fork.rs"),
             include_str!("bodies.rs"),
             include_str!("health.rs"),
+            include_str!("rewrite.rs"),
         ] {
             let code = source.split("#[cfg(test)]").next().unwrap_or(source);
             statements_of(code, &mut out);

@@ -73,6 +73,9 @@ pub use koda_persistence_api::trash;
 /// What a store supports, declared by its backend.
 pub use koda_persistence_api::capabilities;
 
+/// Stored text replaced in place: what cleaning a history rewrites.
+pub use koda_persistence_api::rewrite;
+
 /// Credentials found in text, and the rules that find them.
 pub use koda_persistence_api::secrets;
 
@@ -84,8 +87,8 @@ pub use koda_persistence_api::{
     Bodies, BodyStats, COMPACTION_HINT, Capabilities, Checked, Clock, CompactedStats, DeletedSession, Encryption, Fork,
     Handles, Health, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS,
     MIN_TIMESTAMP_MS, ManualClock, Message, MessageRecord, MetadataRecord, Persistence, PersistenceError, Redacting,
-    Role, SLOW_CALL, Search, SearchHit, SearchIndex, SearchScope, SessionInfo, SessionRecord, SessionUsage, Settings,
-    Store, StoreHealth, SystemClock, TODO_KEY, TokenUsage, Traced, Transfer, Trash, detect_interruption,
+    Rewrite, Role, SLOW_CALL, Search, SearchHit, SearchIndex, SearchScope, SessionInfo, SessionRecord, SessionUsage,
+    Settings, Store, StoreHealth, SystemClock, TODO_KEY, TokenUsage, Traced, Transfer, Trash, detect_interruption,
     session_checksum,
 };
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// (`lib.rs`), options, opening, migrations, row encoding, koda's core
 /// calls (`queries.rs`), large outputs stored once, and one room per
 /// capability trait.
-const ROOMS: [&str; 14] = [
+const ROOMS: [&str; 15] = [
     "lib.rs",
     "docs.md",
     "options.rs",
@@ -30,16 +30,18 @@ const ROOMS: [&str; 14] = [
     "trash.rs",
     "health.rs",
     "settings.rs",
+    "rewrite.rs",
 ];
 
 /// Each capability trait and the room of every backend that implements it.
-const CAPABILITY_ROOMS: [(&str, &str); 7] = [
+const CAPABILITY_ROOMS: [(&str, &str); 8] = [
     ("Transfer", "transfer.rs"),
     ("Search", "search.rs"),
     ("Fork", "fork.rs"),
     ("Trash", "trash.rs"),
     ("Health", "health.rs"),
     ("Settings", "settings.rs"),
+    ("Rewrite", "rewrite.rs"),
     ("Store", "lib.rs"),
 ];
 

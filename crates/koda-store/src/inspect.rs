@@ -490,7 +490,7 @@ pub async fn doctor(store: &Arc<dyn Store>, json: bool) -> Result<ExitCode> {
     } else {
         println!("{schema}");
         println!("bodies   {} (references checked against bodies both ways)", body_line(&health.bodies));
-        println!("redact   {redaction} (koda-store redact says more)");
+        println!("redact   {redaction} (koda-store redact --dry-run counts what the history holds)");
         for f in &findings {
             println!("FINDING  {f}");
         }

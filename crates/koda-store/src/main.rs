@@ -273,20 +273,33 @@ memory stores always do: for those this reports nothing to move.")]
         #[arg(long)]
         dry_run: bool,
     },
-    /// Say (or with --mode and --rules, record) the store's redaction of
-    /// secrets: its mode (`secrets`: every credential the rules find in
-    /// what koda writes is stored as [REDACTED:<rule>:<tag>]; `off`, the
-    /// default: every byte as given), the built-in rules and its own.
+    /// Clean the stored history of secrets: every credential the store's
+    /// rules find in what it already holds is rewritten in place as
+    /// [REDACTED:<rule>:<tag>], old copies reclaimed (SQLite: vacuumed,
+    /// WAL truncated; PostgreSQL: vacuumed). With --mode or --rules,
+    /// record the store's redaction instead: its mode (`secrets`: what
+    /// koda writes from then on is redacted; `off`, the default: every
+    /// byte as given) and its own rules.
     #[command(after_help = "\
+Cleaning goes a session at a time, 200 messages per transaction: a killed run
+leaves every value either rewritten or as it was, and a re-run goes on (what was
+rewritten holds only placeholders, which no rule matches again). It reports
+counts per rule and per session (--json: redacted, rules, sessions), never a
+secret. Sessions in the trash are not cleaned. A redacted value is gone: neither
+koda nor a model reads it back. PostgreSQL's WAL, its archive and backups keep
+old values until they rotate; sled's log keeps them until it rewrites a segment
+(copy the store to leave none).
+
 Every handle opened after --mode applies it; a URL that asks for the other mode
-(?redact=off on a store whose mode is secrets) is refused. A redacted value is
-gone: neither koda nor a model reads it back. History written before the mode
-was set keeps what it holds; `export`, `show`, `search` and `copy` take
---redact to redact on the way out.
+(?redact=off on a store whose mode is secrets) is refused. `export`, `show`,
+`search` and `copy` take --redact to redact on the way out.
 
 A rules file is TOML: a [rules] table of name = 'pattern' (Rust regex syntax;
 the first capture group is the secret when there is one).")]
     Redact {
+        /// Count what cleaning would rewrite; change nothing.
+        #[arg(long, conflicts_with_all = ["mode", "rules"])]
+        dry_run: bool,
         /// Record this mode: secrets or off.
         #[arg(long, value_name = "MODE", value_parser = parse_mode)]
         mode: Option<RedactMode>,
@@ -509,9 +522,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Redact { mode, rules, json } => {
+        Command::Redact { dry_run, mode, rules, json } => {
             let url = store_url()?;
-            redaction::redact(&open(&url).await?, mode, rules.as_deref(), json).await?;
+            let store = open(&url).await?;
+            if mode.is_none() && rules.is_none() {
+                redaction::clean_command(&store, dry_run, json).await?;
+            } else {
+                redaction::redact(&store, mode, rules.as_deref(), json).await?;
+            }
         }
         Command::Migrate => {
             let url = store_url()?;

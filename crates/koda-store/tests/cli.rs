@@ -892,3 +892,138 @@ fn redaction_on_the_way_out_and_as_the_stores_mode() {
     let listed = text(&ok(&["--store", &url, "redact", "--rules", rules.to_str().unwrap()]).stdout);
     assert!(listed.contains("own rules:      acme"), "{listed}");
 }
+
+/// Every file of the SQLite store at `db` (the file, its WAL and shared
+/// memory), byte for byte.
+fn store_files(db: &Path) -> Vec<(String, Vec<u8>)> {
+    let dir = db.parent().unwrap();
+    let name = db.file_name().unwrap().to_string_lossy().into_owned();
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&name)))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+fn holds(files: &[(String, Vec<u8>)], needle: &str) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(_, b)| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// `redact` cleans a history written before the mode was set: `--dry-run`
+/// counts and changes no byte of the file; the real run rewrites every
+/// affected value (messages, tool calls still JSON, title, metadata, a
+/// large output stored once) and leaves no copy in the file's free pages
+/// or its WAL; a second run finds nothing; `doctor` is clean.
+#[test]
+fn redact_cleans_an_old_history_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("koda.db");
+    let token = github_token();
+    with_a_secret(&db, &token);
+    with_a_secret(&db, &token);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let big_sid = rt.block_on(async {
+        let store = koda_persistence::open(&sqlite_url(&db)).await.expect("open");
+        let sid = store.create_session("main", Path::new("/work/p")).await.unwrap();
+        let calls = r#"[{"id":"c1","type":"function","function":{"name":"bash","arguments":"{}"}}]"#;
+        store.insert_message(&sid, &Role::Assistant, None, Some(calls), None, None).await.unwrap();
+        let out = format!("{}\nexport GITHUB_TOKEN={token}\n{}", "log line\n".repeat(800), "tail\n".repeat(800));
+        store.insert_tool_message_with_full(&sid, "short", "c1", &out).await.unwrap();
+        sid
+    });
+    let url = sqlite_url(&db);
+    // A search first, so the search index holds the token's words too.
+    let found = text(&ok(&["--store", &url, "search", &token]).stdout);
+    assert!(found.contains(&big_sid), "{found}");
+    let before = store_files(&db);
+    assert!(!holds(&before, &token).is_empty(), "the file holds the token before");
+
+    let out = ok(&["--store", &url, "redact", "--dry-run", "--json"]);
+    let dry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Per with_a_secret session: title, message, tool calls, metadata; and
+    // the large output.
+    assert_eq!(dry["redacted"], 9, "{dry}");
+    assert_eq!(dry["rules"]["github-token"], 9, "{dry}");
+    assert_eq!(dry["sessions"].as_object().map(|o| o.len()), Some(3), "{dry}");
+    assert!(!text(&out.stdout).contains(&token));
+    assert_eq!(store_files(&db), before, "a dry run changed the store's files");
+
+    let out = ok(&["--store", &url, "redact", "--json"]);
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["redacted"], 9, "{done}");
+    assert!(done["reclaimed"].as_str().is_some_and(|r| r.contains("vacuumed")), "{done}");
+    let export = text(&ok(&["--store", &url, "export"]).stdout);
+    assert!(!export.contains(&token) && export.contains("[REDACTED:github-token:"), "{export}");
+    for line in record_lines(&export) {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    let shown = text(&ok(&["--store", &url, "show", &big_sid, "--all", "--json"]).stdout);
+    assert!(shown.contains("export GITHUB_TOKEN=[REDACTED:"), "the large output: {shown}");
+    let after = store_files(&db);
+    assert_eq!(holds(&after, &token), Vec::<String>::new(), "an old copy stayed in the store's files");
+    // The search index keeps words lowercased: none of the token's left.
+    let word = token.rsplit('_').next().unwrap().to_lowercase();
+    assert_eq!(holds(&before, &word), vec!["koda.db".to_owned()], "the index held the token's word");
+    assert_eq!(holds(&after, &word), Vec::<String>::new(), "the search index kept the token's word");
+
+    let again: serde_json::Value = serde_json::from_slice(&ok(&["--store", &url, "redact", "--json"]).stdout).unwrap();
+    assert_eq!(again["redacted"], 0, "a second run rewrote something: {again}");
+    ok(&["--store", &url, "doctor"]);
+    let human = text(&ok(&["--store", &url, "redact"]).stdout);
+    assert!(human.contains("rewrote 0 value(s) in 0 of 3 session(s)"), "{human}");
+}
+
+/// A clean killed (SIGKILL) after its first session, re-run: the store
+/// is consistent (`doctor`), the re-run rewrites the rest, and nothing of
+/// the secret is left.
+#[test]
+fn a_killed_redact_completes_when_run_again() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("koda.db");
+    let token = github_token();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = koda_persistence::open(&sqlite_url(&db)).await.expect("open");
+        for i in 0..300 {
+            let sid = store.create_session("main", Path::new("/work/p")).await.unwrap();
+            for j in 0..3 {
+                let line = format!("turn {i}.{j}: my token is {token}");
+                store.insert_message(&sid, &Role::User, Some(&line), None, None, None).await.unwrap();
+            }
+        }
+    });
+    let url = sqlite_url(&db);
+    let bin: PathBuf = assert_cmd::cargo::cargo_bin("koda-store");
+    let mut child = std::process::Command::new(&bin)
+        .args(["--store", &url, "redact"])
+        .env_remove("KODA_STORE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut first).unwrap();
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(first.starts_with("session "), "{first}");
+    assert_eq!(status.signal(), Some(9), "the clean ended before it was killed: {status}");
+    ok(&["--store", &url, "doctor"]);
+    let out = ok(&["--store", &url, "redact", "--json"]);
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rest = done["redacted"].as_u64().unwrap();
+    assert!(rest > 0 && rest < 900, "the re-run rewrote {rest} of 900 values");
+    assert_eq!(rest % 3, 0, "a session was left half rewritten: {done}");
+    let export = text(&ok(&["--store", &url, "export"]).stdout);
+    assert!(!export.contains(&token), "a value kept the token after the re-run");
+    assert_eq!(export.matches("[REDACTED:github-token:").count(), 900);
+    ok(&["--store", &url, "doctor"]);
+}

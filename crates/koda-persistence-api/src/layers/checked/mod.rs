@@ -4,6 +4,7 @@
 mod fork;
 mod health;
 mod persistence;
+mod rewrite;
 mod search;
 mod settings;
 mod transfer;

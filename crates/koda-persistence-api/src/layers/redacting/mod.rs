@@ -25,6 +25,7 @@ macro_rules! forwarding {
 mod fork;
 mod health;
 mod persistence;
+mod rewrite;
 mod search;
 mod settings;
 mod transfer;

@@ -26,6 +26,7 @@ macro_rules! traced {
 mod fork;
 mod health;
 mod persistence;
+mod rewrite;
 mod search;
 mod settings;
 mod transfer;
