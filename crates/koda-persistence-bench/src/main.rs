@@ -75,7 +75,8 @@ struct Cli {
     #[arg(long, conflicts_with_all = ["w1_only", "w2_only", "w5_only", "w10_only", "w11_only"])]
     w12_only: bool,
     /// Measure redaction's scan throughput (the built-in rules, one core)
-    /// on W12's distinct tool outputs and exit.
+    /// on W12's distinct tool outputs, and W12's inserts into SQLite and
+    /// sled with redact=secrets against without, and exit.
     #[arg(long)]
     redaction_scan: bool,
     /// Also run W13 (search across sessions at two sizes, and W1 with
@@ -757,6 +758,13 @@ async fn main() -> Result<()> {
             secs,
             bytes as f64 / 1e6 / secs.max(1e-9)
         );
+        for (name, plain, redacted) in w12::redacted_inserts(sessions, 3).await? {
+            println!(
+                "W12 inserts, {name}: {plain:.2} s without, {redacted:.2} s with redact=secrets (best of 3): \
+                 throughput with/without {:.2}",
+                plain / redacted.max(1e-9)
+            );
+        }
         return Ok(());
     }
     if cli.w12_levels {

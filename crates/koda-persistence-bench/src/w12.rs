@@ -568,3 +568,29 @@ fn distinct_outputs(h: &History) -> std::collections::BTreeSet<&str> {
     }
     distinct
 }
+
+/// W12's inserts (every session, each message as koda writes it) into
+/// fresh stores of each embedded backend, opened from their URLs with
+/// and without `redact=secrets`, the two alternated `rounds` times:
+/// `(backend, best seconds without, best seconds with)`.
+pub async fn redacted_inserts(sessions: usize, rounds: usize) -> Result<Vec<(&'static str, f64, f64)>> {
+    let h = history(sessions);
+    let dir = tempfile::tempdir()?;
+    let mut out = Vec::new();
+    for (name, scheme, file) in [("sqlite", "sqlite", "koda.db"), ("sled", "sled", "koda.sled")] {
+        let (mut plain, mut redacted) = (f64::INFINITY, f64::INFINITY);
+        for round in 0..rounds {
+            for redact in [false, true] {
+                let path = dir.path().join(format!("{name}-{round}-{redact}-{file}"));
+                let query = if redact { "?redact=secrets" } else { "" };
+                let store = koda_persistence::open(&format!("{scheme}://{}{query}", path.display())).await?;
+                let what = format!("W12 {name}{}", if redact { ", redact=secrets" } else { "" });
+                let (_, secs) = write(&*store, &h, &what).await?;
+                let best = if redact { &mut redacted } else { &mut plain };
+                *best = best.min(secs);
+            }
+        }
+        out.push((name, plain, redacted));
+    }
+    Ok(out)
+}
