@@ -756,6 +756,32 @@ async fn check_state(sut: &mut Sut, model: &Model) -> Result<()> {
     }
     let (got, want) = (store.compacted_stats().await?, model.compacted_stats());
     ensure!(got == want, "compacted_stats: backend {got:?}, model {want:?}");
+    check_ledger(sut, model).await
+}
+
+/// The usage ledger over all time, in every grouping, against the model's
+/// (session ids named as the model names them).
+async fn check_ledger(sut: &mut Sut, model: &Model) -> Result<()> {
+    use koda_persistence_api::ledger::{UsageBy, UsageQuery};
+    for by in UsageBy::ALL {
+        let q = UsageQuery {
+            since_ms: 0,
+            until_ms: koda_persistence_api::MAX_TIMESTAMP_MS,
+            by,
+            project_root: None,
+            agent: None,
+        };
+        let mut got = sut.fx.store.usage(&q).await?;
+        if by == UsageBy::Session {
+            for row in &mut got {
+                row.key = sut.session_name_of(&row.key)?;
+            }
+            got.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        let mut want = model.ledger(by);
+        want.sort_by(|a, b| a.key.cmp(&b.key));
+        ensure!(got == want, "usage by {}: backend {got:?}, model {want:?}", by.as_str());
+    }
     Ok(())
 }
 

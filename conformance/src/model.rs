@@ -11,6 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use koda_persistence_api::backend::format_timestamp;
+use koda_persistence_api::ledger::{GroupKey, LedgerSums, UsageBy, UsageRow, finish};
 use koda_persistence_api::{
     COMPACTION_HINT, CompactedStats, Message, Role, SessionInfo, SessionUsage, TODO_KEY, TokenUsage,
 };
@@ -116,6 +117,9 @@ pub struct Model {
     /// its messages, out of `messages` (the session keeps its order and
     /// metadata, `deleted` set).
     trash: BTreeMap<usize, (i64, Vec<(i64, MMessage)>)>,
+    /// The usage ledger: `(session, day, agent)` → sums, added to by
+    /// every insert, never lowered.
+    ledger: BTreeMap<(usize, i64, String), LedgerSums>,
 }
 
 /// The grace period the machine's stores keep: every fixture opens with
@@ -175,6 +179,7 @@ impl Model {
             ever_ids: Vec::new(),
             last: Outcome::Nothing,
             trash: BTreeMap::new(),
+            ledger: BTreeMap::new(),
         }
     }
 
@@ -190,6 +195,26 @@ impl Model {
 
     fn live(&self, k: Option<usize>) -> Option<usize> {
         k.filter(|&k| self.sessions.get(k).is_some_and(|s| !s.deleted))
+    }
+
+    /// The ledger over all time grouped by `by` (sessions named `"s{k}"`;
+    /// grouped by root, the session's root).
+    pub fn ledger(&self, by: UsageBy) -> Vec<UsageRow> {
+        finish(
+            by,
+            self.ledger
+                .iter()
+                .map(|((k, day, agent), sums)| {
+                    let key = match by {
+                        UsageBy::Day | UsageBy::Week | UsageBy::Month => GroupKey::Day(*day),
+                        UsageBy::Root => GroupKey::Text(self.sessions[*k].root.clone()),
+                        UsageBy::Agent => GroupKey::Text(agent.clone()),
+                        UsageBy::Session => GroupKey::Text(format!("s{k}")),
+                    };
+                    (key, *sums, by == UsageBy::Session && self.live(Some(*k)).is_none())
+                })
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// Moves the clock (clamped like `ManualClock`).
@@ -407,6 +432,13 @@ impl Model {
                 compacted: None,
             },
         );
+        let counters = usage.map_or([None; 5], |u| {
+            [u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.cache_creation_tokens, u.thinking_tokens]
+                .map(Some)
+        });
+        let day = self.now.div_euclid(DAY_MS);
+        let agent = agent.unwrap_or("main").to_owned();
+        self.ledger.entry((k, day, agent)).or_default().add(&LedgerSums::of_message(counters));
         let s = &mut self.sessions[k];
         s.order.push(id);
         s.accessed = Some(self.now);

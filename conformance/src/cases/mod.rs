@@ -16,6 +16,7 @@ pub mod compaction;
 pub mod concurrency;
 pub mod context;
 pub mod fork;
+pub mod ledger;
 pub mod messages;
 pub mod metadata;
 pub mod redaction;
@@ -202,6 +203,11 @@ macro_rules! __for_each_case {
                 a_stored_once_output_is_redacted_once,
                 the_mode_is_the_stores_and_a_conflicting_one_is_refused,
                 mode_off_keeps_every_byte,
+            ],
+            ledger: [
+                every_insert_counts_on_its_day_and_nothing_lowers_it,
+                an_import_adds_on_its_days_a_fork_and_a_restore_add_nothing,
+                usage_narrows_by_days_root_and_agent,
             ],
             rewrite: [
                 a_rewrite_replaces_the_text_and_keeps_every_other_field,

@@ -79,7 +79,7 @@ fn invalid(what: String) -> PersistenceError {
     PersistenceError::InvalidInput(what)
 }
 
-fn check_time(what: &str, ms: i64) -> Result<(), PersistenceError> {
+pub(crate) fn check_time(what: &str, ms: i64) -> Result<(), PersistenceError> {
     if (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms) {
         Ok(())
     } else {

@@ -4,7 +4,7 @@
 //!
 //! Every backend implements every capability trait ([`Transfer`](crate::Transfer),
 //! [`Search`](crate::Search), [`Fork`](crate::Fork), [`Trash`](crate::Trash),
-//! [`Health`](crate::Health), [`Settings`](crate::Settings), [`Rewrite`](crate::Rewrite)) with the same behaviour; what differs between
+//! [`Health`](crate::Health), [`Settings`](crate::Settings), [`Rewrite`](crate::Rewrite), [`Ledger`](crate::Ledger)) with the same behaviour; what differs between
 //! backends is how, and that is what this struct says: whether values are
 //! encrypted and how, whether a key can change in place, whether large
 //! outputs are stored once, what narrows a search, whether several

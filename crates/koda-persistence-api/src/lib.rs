@@ -27,6 +27,7 @@ mod error;
 pub mod fork;
 mod health;
 mod layers;
+pub mod ledger;
 mod persistence;
 mod records;
 pub mod rewrite;
@@ -49,6 +50,7 @@ pub use fork::Fork;
 pub use health::{Health, StoreHealth};
 pub use layers::checked::Checked;
 pub use layers::redacting::Redacting;
+pub use ledger::Ledger;
 
 /// A store's redaction of secrets: its recorded mode, salt and rules (the
 /// [`Settings`] it keeps them in), and the [`Redacting`] layer put around

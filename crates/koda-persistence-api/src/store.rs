@@ -4,6 +4,7 @@
 use crate::capabilities::Capabilities;
 use crate::fork::Fork;
 use crate::health::Health;
+use crate::ledger::Ledger;
 use crate::persistence::Persistence;
 use crate::rewrite::Rewrite;
 use crate::search::Search;
@@ -13,7 +14,7 @@ use crate::trash::Trash;
 
 /// A whole store: what koda calls ([`Persistence`], with koda's own
 /// signatures) and every capability ([`Transfer`], [`Search`], [`Fork`],
-/// [`Trash`], [`Health`], [`Settings`], [`Rewrite`]), with what this store supports declared by
+/// [`Trash`], [`Health`], [`Settings`], [`Rewrite`], [`Ledger`]), with what this store supports declared by
 /// [`capabilities`](Self::capabilities).
 ///
 /// `koda_persistence::open` returns an `Arc<dyn Store>`: koda searches,
@@ -33,7 +34,7 @@ use crate::trash::Trash;
 /// The default is `off`: every byte is stored as given. Text stored
 /// before the mode was recorded keeps what it holds until it is cleaned
 /// in place through [`Rewrite`] (`koda-store redact`).
-pub trait Store: Persistence + Transfer + Search + Fork + Trash + Health + Settings + Rewrite {
+pub trait Store: Persistence + Transfer + Search + Fork + Trash + Health + Settings + Rewrite + Ledger {
     /// What this store supports, as opened (see [`Capabilities`]).
     fn capabilities(&self) -> Capabilities;
 }

@@ -4,6 +4,7 @@
 mod bodies;
 mod fork;
 mod health;
+mod ledger;
 mod open;
 mod options;
 mod queries;

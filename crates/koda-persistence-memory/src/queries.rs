@@ -121,8 +121,12 @@ pub(crate) fn append_message(store: &MemoryStore, m: NewMessage) -> Result<i64> 
     session.order.push(id);
     session.usage.add(m.agent.as_deref(), message.usage_counters());
     session.last_accessed_ms = Some(now);
-    st.messages
-        .insert(id, Row { message, bodies, created_ms: now, agent: m.agent, completed_ms: None, compacted_ms: None });
+    let counters = message.usage_counters();
+    st.messages.insert(
+        id,
+        Row { message, bodies, created_ms: now, agent: m.agent.clone(), completed_ms: None, compacted_ms: None },
+    );
+    st.count(&m.session_id, now, m.agent.as_deref(), counters);
     Ok(id)
 }
 

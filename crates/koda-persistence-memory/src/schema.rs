@@ -10,6 +10,7 @@ use crate::bodies::field_mut;
 use koda_persistence_api::Message;
 use koda_persistence_api::backend::UsageTally;
 use koda_persistence_api::bodies::{BodyField, is_body};
+use koda_persistence_api::ledger::{LedgerSums, day_of, ledger_agent};
 use koda_persistence_api::trash::{DeletedSession, purge_at_ms};
 
 #[derive(Debug, Default)]
@@ -33,6 +34,8 @@ pub(crate) struct State {
     pub(crate) trash: HashMap<String, Trashed>,
     /// Store-wide settings (`Settings`).
     pub(crate) settings: BTreeMap<String, String>,
+    /// The usage ledger: `(session, day, agent)` → `(root, sums)`.
+    pub(crate) ledger: BTreeMap<(String, i64, String), (Option<String>, LedgerSums)>,
 }
 
 /// A session's place in its root's listing: newest first, ties by the
@@ -40,6 +43,15 @@ pub(crate) struct State {
 pub(crate) type Listed = (std::cmp::Reverse<i64>, std::cmp::Reverse<u64>, String);
 
 impl State {
+    /// Counts one inserted message in the ledger (koda's inserts and
+    /// imports; never a fork or a restore).
+    pub(crate) fn count(&mut self, session_id: &str, created_ms: i64, agent: Option<&str>, counters: [Option<i64>; 5]) {
+        let root = self.sessions.get(session_id).and_then(|s| s.project_root.clone());
+        let key = (session_id.to_owned(), day_of(created_ms), ledger_agent(agent).to_owned());
+        let slot = self.ledger.entry(key).or_insert((root, LedgerSums::default()));
+        slot.1.add(&LedgerSums::of_message(counters));
+    }
+
     pub(crate) fn list(&mut self, root: Option<String>, s: &Session, id: &str) {
         self.by_root.entry(root).or_default().insert(listed(s, id));
     }

@@ -102,7 +102,14 @@ pub(crate) fn import_messages(
     messages: &[MessageRecord],
     keep_ids: bool,
 ) -> Result<Vec<i64>> {
-    import_messages_in(&mut store.lock(), session_id, messages, keep_ids)
+    let mut st = store.lock();
+    let ids = import_messages_in(&mut st, session_id, messages, keep_ids)?;
+    // An import carries its spend, on the messages' own days (a fork,
+    // which also goes through import_messages_in, does not).
+    for r in messages {
+        st.count(session_id, r.created_ms, r.agent.as_deref(), r.counters());
+    }
+    Ok(ids)
 }
 
 pub(crate) fn import_messages_in(

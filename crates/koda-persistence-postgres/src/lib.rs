@@ -6,6 +6,7 @@ mod error;
 mod exec;
 mod fork;
 mod health;
+mod ledger;
 mod open;
 mod options;
 mod queries;

@@ -112,6 +112,21 @@ macro_rules! add_to_kept_usage {
 }
 pub(crate) use add_to_kept_usage;
 
+/// The end of an insert into `usage_ledger` (aliased `l`) that adds the
+/// inserted sums to a row already kept.
+macro_rules! add_to_ledger {
+    () => {
+        "ON CONFLICT (session_id, day, sha256(agent)) DO UPDATE SET
+             prompt = l.prompt + EXCLUDED.prompt,
+             completion = l.completion + EXCLUDED.completion,
+             cache_read = l.cache_read + EXCLUDED.cache_read,
+             cache_creation = l.cache_creation + EXCLUDED.cache_creation,
+             thinking = l.thinking + EXCLUDED.thinking,
+             messages = l.messages + EXCLUDED.messages"
+    };
+}
+pub(crate) use add_to_ledger;
+
 /// One statement: lock and touch the session (counters, access time, next
 /// position, version), then append the message at that position. Returns
 /// the message id and the session's new version.
@@ -162,6 +177,16 @@ pub(crate) async fn insert_message(c: &Conn, m: &NewMessage, now: i64) -> Result
                  FROM s WHERE $7 IS NOT NULL OR $8 IS NOT NULL
                  ",
                 add_to_kept_usage!(),
+                "),
+             l AS (
+                 INSERT INTO kp.usage_ledger AS l (session_id, day, agent, root, prompt, completion,
+                     cache_read, cache_creation, thinking, messages)
+                 SELECT $1, $2 / 86400000, COALESCE($12, 'main'::BYTEA),
+                     (SELECT project_root FROM kp.sessions WHERE id = $1), COALESCE($7, 0),
+                     COALESCE($8, 0), COALESCE($9, 0), COALESCE($10, 0), COALESCE($11, 0), 1
+                 FROM s
+                 ",
+                add_to_ledger!(),
                 ")
              SELECT i.id, s.version FROM i, s"
             ),

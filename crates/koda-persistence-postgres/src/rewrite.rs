@@ -204,8 +204,9 @@ impl Rewrite for PostgresStore {
             })
             .await?;
         }
-        Ok("postgres: messages, bodies, sessions and metadata vacuumed; the server's WAL, \
-            its archive and its backups keep old values until they rotate"
+        Ok("postgres: messages, bodies, sessions and metadata vacuumed (a role that does not own them \
+            is skipped with the server's warning); the server's WAL, its archive and its backups keep old \
+            values until they rotate"
             .to_owned())
     }
 }

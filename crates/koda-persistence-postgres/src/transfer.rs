@@ -6,7 +6,7 @@ use crate::bodies::pack_bodies;
 use crate::bodies::split;
 use crate::bodies::upsert_bodies;
 use crate::exec::{Conn, Db, byte_arrays, bytes, int, ints, text, texts};
-use crate::queries::add_to_kept_usage;
+use crate::queries::{add_to_kept_usage, add_to_ledger};
 use crate::rows::{MESSAGE_COLUMNS, as_bytes, get, in_message, message, opt_bytes, required_string, string};
 use anyhow::Result;
 use koda_persistence_api::Transfer;
@@ -299,7 +299,7 @@ pub(crate) async fn import_messages(
                      completed, compacted, content_body, full_body, calls_body, n)
              ORDER BY u.n
              RETURNING id, ord, agent_name, prompt_tokens, completion_tokens, cache_read_tokens,
-                 cache_creation_tokens, thinking_tokens),
+                 cache_creation_tokens, thinking_tokens, created_ms),
          usage AS (
              INSERT INTO kp.session_usage AS g (session_id, agent, prompt, completion, cache_read,
                  cache_creation, thinking, calls)
@@ -309,9 +309,20 @@ pub(crate) async fn import_messages(
                  COUNT(*)
              FROM ins WHERE prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL
              GROUP BY COALESCE(agent_name, 'main'::BYTEA)
-             {add})
+             {add}),
+         ledger AS (
+             INSERT INTO kp.usage_ledger AS l (session_id, day, agent, root, prompt, completion, cache_read,
+                 cache_creation, thinking, messages)
+             SELECT $1, created_ms / 86400000, COALESCE(agent_name, 'main'::BYTEA),
+                 (SELECT project_root FROM kp.sessions WHERE id = $1), COALESCE(SUM(prompt_tokens), 0),
+                 COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cache_read_tokens), 0),
+                 COALESCE(SUM(cache_creation_tokens), 0), COALESCE(SUM(thinking_tokens), 0), COUNT(*)
+             FROM ins
+             GROUP BY created_ms / 86400000, COALESCE(agent_name, 'main'::BYTEA)
+             {ledger})
          SELECT id, ord FROM ins",
         add = add_to_kept_usage!(),
+        ledger = add_to_ledger!(),
         bodies = upsert_bodies!("22", "23", "24", "25"),
     );
     let tokens = tokens.to_string();

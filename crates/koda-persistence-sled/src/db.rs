@@ -105,7 +105,8 @@ fn in_clear(key: &[u8]) -> bool {
                 | keys::BY_ROOT
                 | keys::ROOTLESS
                 | keys::COUNTER
-                | keys::BODY_REFS)
+                | keys::BODY_REFS
+                | keys::LEDGER)
         )
     )
 }

@@ -20,6 +20,8 @@
 //! | `B` | body address (SHA-256, 32 bytes) | the body, zstd-packed | message fields held as bodies |
 //! | `b` | body address | `u64` big-endian: the message fields that refer to it | releasing a body with its last reference |
 //! | `G` | setting key | the setting's value | store-wide settings (`Settings`) |
+//! | `W` | `day: u64`, len + session id, agent | the session's root and six sums (postcard) | the usage ledger (`Ledger`), by day |
+//! | `N` | `ledger` | present once the ledger was filled from the stored messages | filling it once |
 //!
 //! Conversation order is `ord`, a per-session position: inserts take
 //! `next_ord + 1`; compaction moves the preserved tail two places on and puts
@@ -50,6 +52,8 @@ pub(crate) const BODY: u8 = b'B';
 pub(crate) const BODY_REFS: u8 = b'b';
 /// Store-wide settings (the Settings capability).
 pub(crate) const SETTING: u8 = b'G';
+/// The usage ledger (see `crate::ledger`).
+pub(crate) const LEDGER: u8 = b'W';
 /// Trashed session records (see `crate::trash`).
 pub(crate) const TRASH_SESSION: u8 = b'X';
 /// Trashed messages.
@@ -186,6 +190,39 @@ pub(crate) fn key_record() -> Vec<u8> {
 /// The session-sequence counter key.
 pub(crate) fn seq_counter() -> Vec<u8> {
     vec![COUNTER, b's', b'e', b'q']
+}
+
+/// `W` + day + len + session id + agent.
+pub(crate) fn ledger(day: i64, sid: &str, agent: &str) -> Vec<u8> {
+    let mut k = ledger_day(day);
+    k.extend_from_slice(&u32::try_from(sid.len()).unwrap_or(u32::MAX).to_be_bytes());
+    k.extend_from_slice(sid.as_bytes());
+    k.extend_from_slice(agent.as_bytes());
+    k
+}
+
+/// `W` + day: the first key of that day.
+pub(crate) fn ledger_day(day: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(64);
+    k.push(LEDGER);
+    k.extend_from_slice(&u64::try_from(day.max(0)).unwrap_or(0).to_be_bytes());
+    k
+}
+
+/// The day, session id and agent of a ledger key.
+pub(crate) fn ledger_parts(key: &[u8]) -> Option<(i64, String, String)> {
+    let day = i64::try_from(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?)).ok()?;
+    let len = u32::from_be_bytes(key.get(9..13)?.try_into().ok()?) as usize;
+    let sid = String::from_utf8(key.get(13..13 + len)?.to_vec()).ok()?;
+    let agent = String::from_utf8(key.get(13 + len..)?.to_vec()).ok()?;
+    Some((day, sid, agent))
+}
+
+/// `N` + `ledger`: set once the ledger holds the stored messages' usage.
+pub(crate) fn ledger_filled() -> Vec<u8> {
+    let mut k = vec![COUNTER];
+    k.extend_from_slice(b"ledger");
+    k
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod exec;
 mod fork;
 mod health;
 mod keys;
+mod ledger;
 mod open;
 mod options;
 mod queries;

@@ -36,6 +36,7 @@ impl SledStore {
         let db = tokio::task::spawn_blocking(move || -> Result<Tree> {
             let db = open_db(&opts.path, &opts)?;
             let upgraded = crate::schema::upgrade(&db)?;
+            crate::ledger::fill(&db)?;
             if upgraded > 0 {
                 tracing::info!(path = %opts.path.display(), sessions = upgraded, "kept usage by agent in the session records");
             }

@@ -193,6 +193,16 @@ pub(crate) fn append_message(db: &Tree, m: NewMessage, now: i64) -> Result<(Writ
         w.index(keys::numbered(keys::USER, id), key.clone());
     }
     w.message(key, &stored)?;
+    let mut counts = crate::ledger::Counts::default();
+    let root = crate::ledger::root_of(db, &m.session_id, &session)?;
+    counts.add(
+        &m.session_id,
+        root.as_deref(),
+        now,
+        record.agent_name.as_deref(),
+        usage.map_or([None; 5], |u| u.map(Some)),
+    );
+    counts.finish(db, &mut w)?;
     Ok((w, record))
 }
 

@@ -157,8 +157,16 @@ pub(crate) fn import_messages(
     keep_ids: bool,
 ) -> Result<(Writes, Vec<i64>)> {
     let session = get_session(db, sid)?.ok_or_else(|| session_not_found(sid))?;
+    let root = crate::ledger::root_of(db, sid, &session)?;
     let mut w = db.writes();
     let ids = append_imported(db, sid, session, messages, keep_ids, &mut w)?;
+    // An import carries its spend, on the messages' own days (a fork,
+    // which also goes through append_imported, does not).
+    let mut counts = crate::ledger::Counts::default();
+    for m in messages {
+        counts.add(sid, root.as_deref(), m.created_ms, m.agent.as_deref(), m.counters());
+    }
+    counts.finish(db, &mut w)?;
     Ok((w, ids))
 }
 

@@ -33,6 +33,7 @@ pub(crate) fn fork(
         return Err(PersistenceError::Conflict(format!("session id {new_id} is taken")).into());
     }
     import_messages(tx, new_id, &messages[..n], false, blobs)?;
+    crate::ledger::uncount_fork(tx, new_id)?;
     import_metadata(tx, new_id, &export_metadata(tx, session_id)?, now)?;
     Ok(new_id.to_owned())
 }

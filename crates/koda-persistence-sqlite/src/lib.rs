@@ -8,6 +8,7 @@ mod cipher;
 mod error;
 mod fork;
 mod health;
+mod ledger;
 mod open;
 mod options;
 mod queries;
@@ -214,7 +215,12 @@ impl Persistence for SqliteStore {
         let now = self.clock.now_ms();
         let compacted = sid.clone();
         self.write_then(
-            move |tx| queries::compact(tx, &sid, &text, preserve_count, now, blobs),
+            // The summary and hint rows compaction inserts are not spend.
+            move |tx| {
+                crate::ledger::keeping_ledger(tx, &sid, || {
+                    queries::compact(tx, &sid, &text, preserve_count, now, blobs)
+                })
+            },
             move |cache, n| {
                 forget_after_answer(cache, &compacted);
                 n

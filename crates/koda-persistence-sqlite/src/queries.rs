@@ -563,6 +563,7 @@ mod tests {
             include_str!("bodies.rs"),
             include_str!("health.rs"),
             include_str!("rewrite.rs"),
+            include_str!("ledger.rs"),
         ] {
             let code = source.split("#[cfg(test)]").next().unwrap_or(source);
             statements_of(code, &mut out);
@@ -583,7 +584,10 @@ mod tests {
                     out.push(
                         sql.replace("{MESSAGE_COLUMNS}", MESSAGE_COLUMNS)
                             .replace("{CONTENT}", crate::rows::CONTENT)
-                            .replace("{column}", "content"),
+                            .replace("{column}", "content")
+                            .replace("{group}", "day")
+                            .replace("{deleted}", "0")
+                            .replace("{sums}", "SUM(prompt)"),
                     );
                 }
             }

@@ -514,11 +514,12 @@ pub(crate) fn migrations(origin: Origin) -> Migrations<'static> {
         M::up(V5_FOREIGN_TEXT),
         M::up(V6_SEARCH),
         M::up(V7_TRASH),
+        M::up_with_hook(V8_LEDGER, backfill_ledger),
     ])
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: usize = 7;
+pub const SCHEMA_VERSION: usize = 8;
 
 /// Brings the file to [`SCHEMA_VERSION`] with the migrations for its
 /// origin (adopting an older koda's file in place), retrying while it is
@@ -566,3 +567,89 @@ CREATE INDEX kp_trash_sessions_id ON kp_trash_sessions(id);
 CREATE INDEX kp_trash_messages_session ON kp_trash_messages(session_id);
 CREATE INDEX kp_trash_metadata_session ON kp_trash_metadata(session_id);
 ";
+
+/// The ledger day of a message row (`NEW` in a trigger, `m` in the
+/// backfill): from its `created_ms`, or the text an older koda wrote.
+macro_rules! ledger_day {
+    ($row:literal) => {
+        concat!(
+            "(COALESCE(",
+            $row,
+            ".created_ms, CAST(ROUND((julianday(",
+            $row,
+            ".created_at) - 2440587.5) * 86400000.0) AS INTEGER), 0) / 86400000)"
+        )
+    };
+}
+
+/// Schema 8: the usage ledger (`koda_persistence_api::ledger`): per
+/// session × UTC day × agent, with the session's root, the sums of the
+/// five counters and the number of messages. A trigger counts every
+/// insert into `messages`, by this store or an older koda (whose SQLite
+/// parses it: `INSERT OR IGNORE` and `UPDATE` only); nothing subtracts.
+/// A fork removes its new session's rows in its own transaction, and a
+/// restore from the trash puts the session's rows back as they were
+/// (`crate::ledger`). The sum columns have no declared type, as in
+/// `kp_usage`. The hook fills it from the messages the file holds.
+const V8_LEDGER: &str = concat!(
+    "
+CREATE TABLE kp_ledger (
+    session_id TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    agent TEXT NOT NULL,
+    root TEXT,
+    prompt NOT NULL,
+    completion NOT NULL,
+    cache_read NOT NULL,
+    cache_creation NOT NULL,
+    thinking NOT NULL,
+    messages NOT NULL,
+    PRIMARY KEY (session_id, day, agent)
+) WITHOUT ROWID;
+CREATE INDEX kp_ledger_day ON kp_ledger (day);
+
+CREATE TRIGGER kp_ledger_inserted AFTER INSERT ON messages
+BEGIN
+    INSERT OR IGNORE INTO kp_ledger (session_id, day, agent, root, prompt, completion, cache_read,
+                                     cache_creation, thinking, messages)
+    VALUES (NEW.session_id, ",
+    ledger_day!("NEW"),
+    ", COALESCE(NEW.agent_name, 'main'),
+            (SELECT project_root FROM sessions WHERE id = NEW.session_id), 0, 0, 0, 0, 0, 0);
+    UPDATE kp_ledger SET
+        prompt = prompt + COALESCE(NEW.prompt_tokens, 0),
+        completion = completion + COALESCE(NEW.completion_tokens, 0),
+        cache_read = cache_read + COALESCE(NEW.cache_read_tokens, 0),
+        cache_creation = cache_creation + COALESCE(NEW.cache_creation_tokens, 0),
+        thinking = thinking + COALESCE(NEW.thinking_tokens, 0),
+        messages = messages + 1
+    WHERE session_id = NEW.session_id AND day = ",
+    ledger_day!("NEW"),
+    " AND agent = COALESCE(NEW.agent_name, 'main');
+END;
+"
+);
+
+/// Migration 8's hook: the ledger of the messages the file holds now
+/// (what was purged before is not there to count), logged.
+fn backfill_ledger(tx: &Transaction<'_>) -> HookResult {
+    let n = tx.execute(
+        concat!(
+            "INSERT INTO kp_ledger (session_id, day, agent, root, prompt, completion, cache_read,
+                                    cache_creation, thinking, messages)
+             SELECT m.session_id, ",
+            ledger_day!("m"),
+            ", COALESCE(m.agent_name, 'main'),
+                    (SELECT s.project_root FROM sessions s WHERE s.id = m.session_id),
+                    SUM(COALESCE(m.prompt_tokens, 0)), SUM(COALESCE(m.completion_tokens, 0)),
+                    SUM(COALESCE(m.cache_read_tokens, 0)), SUM(COALESCE(m.cache_creation_tokens, 0)),
+                    SUM(COALESCE(m.thinking_tokens, 0)), COUNT(*)
+             FROM messages m GROUP BY 1, 2, 3"
+        ),
+        [],
+    )?;
+    if n > 0 {
+        tracing::info!(rows = n, "usage ledger filled from the messages this file still holds");
+    }
+    Ok(())
+}

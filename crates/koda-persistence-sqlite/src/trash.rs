@@ -168,7 +168,7 @@ pub(crate) fn restore_session(tx: &Transaction<'_>, session_id: &str, now: i64, 
     if session_exists(tx, session_id)? {
         return Err(live_session_exists(session_id));
     }
-    move_rows(tx, session_id, false).map_err(|e| {
+    crate::ledger::keeping_ledger(tx, session_id, || move_rows(tx, session_id, false)).map_err(|e| {
         match e.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code) {
             Some(rusqlite::ErrorCode::ConstraintViolation) => {
                 PersistenceError::Conflict(format!("a message id of trashed session {session_id:?} is taken: {e:#}"))

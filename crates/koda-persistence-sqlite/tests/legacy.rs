@@ -99,7 +99,7 @@ fn build(path: &Path, generation: Generation) -> Connection {
 /// The file is at this build's schema version and records the generation
 /// it came from.
 fn assert_adopted(raw: &Connection, generation: Generation) {
-    assert_eq!(count(raw, "PRAGMA user_version"), 7);
+    assert_eq!(count(raw, "PRAGMA user_version"), 8);
     // An older koda may still read this file: its large outputs stay inline.
     let bodies: String =
         raw.query_row("SELECT value FROM kp_meta WHERE key = 'bodies'", [], |r| r.get(0)).expect("body mode recorded");

@@ -440,3 +440,43 @@ async fn an_older_kodas_writes_are_searched_and_never_touch_fts5() {
         }
     }
 }
+
+/// The usage ledger on a file an older koda wrote: the adoption fills it
+/// from the messages already there, and every later insert by the older
+/// koda counts too (the trigger parses on its SQLite); its delete lowers
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_kodas_spend_is_in_the_ledger() {
+    use koda_persistence_api::Ledger;
+    use koda_persistence_api::ledger::{UsageBy, UsageQuery};
+    for g in ALL {
+        let (_dir, path) = koda_db();
+        g.create_file(&path);
+        let koda = g.open(&path);
+        koda.create_session("old", "main", ROOT);
+        koda.insert_message("old", "user", Some("q"), None, None, None, None);
+        koda.insert_message("old", "assistant", Some("a"), None, None, Some([100, 20, 0, 0, 0]), None);
+        let clock = ManualClock::new(now_ms());
+        let store = layer(&path, &clock).await;
+        let q = UsageQuery {
+            since_ms: 0,
+            until_ms: now_ms() + DAY_MS,
+            by: UsageBy::Session,
+            project_root: None,
+            agent: None,
+        };
+        let filled = store.usage(&q).await.expect("usage");
+        assert_eq!(filled.len(), 1, "{g:?}: {filled:?}");
+        assert_eq!((filled[0].sums.prompt_tokens, filled[0].sums.messages), (100, 2), "{g:?}: filled on adoption");
+        koda.insert_message("old", "assistant", Some("b"), None, None, Some([7, 1, 0, 0, 0]), None);
+        let counted = store.usage(&q).await.expect("usage");
+        assert_eq!(
+            (counted[0].sums.prompt_tokens, counted[0].sums.messages),
+            (107, 3),
+            "{g:?}: the older koda's insert"
+        );
+        koda.delete_session("old");
+        let kept = store.usage(&q).await.expect("usage");
+        assert_eq!((kept[0].sums.prompt_tokens, kept[0].deleted), (107, true), "{g:?}: kept after its delete");
+    }
+}

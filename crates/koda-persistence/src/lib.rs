@@ -73,6 +73,9 @@ pub use koda_persistence_api::trash;
 /// What a store supports, declared by its backend.
 pub use koda_persistence_api::capabilities;
 
+/// Usage history that survives pruning: the ledger and its queries.
+pub use koda_persistence_api::ledger;
+
 /// Stored text replaced in place: what cleaning a history rewrites.
 pub use koda_persistence_api::rewrite;
 
@@ -85,7 +88,7 @@ pub use koda_persistence_api::redaction;
 
 pub use koda_persistence_api::{
     Bodies, BodyStats, COMPACTION_HINT, Capabilities, Checked, Clock, CompactedStats, DeletedSession, Encryption, Fork,
-    Handles, Health, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS,
+    Handles, Health, INTERRUPTION_PREVIEW_CHARS, InterruptionKind, Ledger, MAX_SESSION_ID_BYTES, MAX_TIMESTAMP_MS,
     MIN_TIMESTAMP_MS, ManualClock, Message, MessageRecord, MetadataRecord, Persistence, PersistenceError, Redacting,
     Rewrite, Role, SLOW_CALL, Search, SearchHit, SearchIndex, SearchScope, SessionInfo, SessionRecord, SessionUsage,
     Settings, Store, StoreHealth, SystemClock, TODO_KEY, TokenUsage, Traced, Transfer, Trash, detect_interruption,

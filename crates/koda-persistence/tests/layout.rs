@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// (`lib.rs`), options, opening, migrations, row encoding, koda's core
 /// calls (`queries.rs`), large outputs stored once, and one room per
 /// capability trait.
-const ROOMS: [&str; 15] = [
+const ROOMS: [&str; 16] = [
     "lib.rs",
     "docs.md",
     "options.rs",
@@ -31,10 +31,11 @@ const ROOMS: [&str; 15] = [
     "health.rs",
     "settings.rs",
     "rewrite.rs",
+    "ledger.rs",
 ];
 
 /// Each capability trait and the room of every backend that implements it.
-const CAPABILITY_ROOMS: [(&str, &str); 8] = [
+const CAPABILITY_ROOMS: [(&str, &str); 9] = [
     ("Transfer", "transfer.rs"),
     ("Search", "search.rs"),
     ("Fork", "fork.rs"),
@@ -42,6 +43,7 @@ const CAPABILITY_ROOMS: [(&str, &str); 8] = [
     ("Health", "health.rs"),
     ("Settings", "settings.rs"),
     ("Rewrite", "rewrite.rs"),
+    ("Ledger", "ledger.rs"),
     ("Store", "lib.rs"),
 ];
 

@@ -91,8 +91,7 @@ pub struct Cleaned {
     pub scanned: u64,
     /// Deleted sessions in the trash, which a clean does not reach.
     pub trashed: usize,
-    /// What reclaiming old copies did (none for a dry run, or when nothing
-    /// was rewritten).
+    /// What reclaiming old copies did (none for a dry run).
     pub reclaimed: Option<String>,
 }
 
@@ -131,7 +130,8 @@ type Whole = (Option<koda_persistence::SessionRecord>, Vec<koda_persistence::Mes
 /// `redact` without --mode and --rules: every credential the store's
 /// rules (built-in and its own) find in what it already holds is
 /// rewritten in place, a session at a time in batches of [`BATCH`]
-/// messages, and then the store reclaims the old copies it can. With
+/// messages, and then the store reclaims the old copies it can (every
+/// run, so one killed before that step leaves none for long). With
 /// `dry_run`, counts and writes nothing. `progress` hears each session
 /// with something to rewrite, after it was rewritten. A re-run after a
 /// killed one goes on where it stopped: what was rewritten holds only
@@ -167,7 +167,9 @@ pub async fn clean(store: &Arc<dyn Store>, dry_run: bool, mut progress: impl FnM
         cleaned.sessions.insert(sid.clone(), values);
         progress(&sid, values);
     }
-    if !dry_run && cleaned.values > 0 {
+    // Also when this run rewrote nothing: a run killed after its last
+    // rewrite and before this step left the old copies behind.
+    if !dry_run {
         cleaned.reclaimed = Some(store.reclaim().await?);
     }
     Ok(cleaned)

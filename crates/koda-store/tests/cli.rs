@@ -975,6 +975,7 @@ fn redact_cleans_an_old_history_in_place() {
 
     let again: serde_json::Value = serde_json::from_slice(&ok(&["--store", &url, "redact", "--json"]).stdout).unwrap();
     assert_eq!(again["redacted"], 0, "a second run rewrote something: {again}");
+    assert!(again["reclaimed"].is_string(), "a run that rewrites nothing still reclaims: {again}");
     ok(&["--store", &url, "doctor"]);
     let human = text(&ok(&["--store", &url, "redact"]).stdout);
     assert!(human.contains("rewrote 0 value(s) in 0 of 3 session(s)"), "{human}");

@@ -3,6 +3,7 @@
 
 mod fork;
 mod health;
+mod ledger;
 mod persistence;
 mod rewrite;
 mod search;

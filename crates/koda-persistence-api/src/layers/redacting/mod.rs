@@ -24,6 +24,7 @@ macro_rules! forwarding {
 
 mod fork;
 mod health;
+mod ledger;
 mod persistence;
 mod rewrite;
 mod search;

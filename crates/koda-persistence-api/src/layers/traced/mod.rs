@@ -25,6 +25,7 @@ macro_rules! traced {
 
 mod fork;
 mod health;
+mod ledger;
 mod persistence;
 mod rewrite;
 mod search;
