@@ -24,6 +24,21 @@ pub fn day_of(ms: i64) -> i64 {
     ms.div_euclid(DAY_MS)
 }
 
+/// The ledger day of a calendar date written `YYYY-MM-DD` (UTC).
+///
+/// # Errors
+/// `InvalidInput` for anything else, or a date outside
+/// 1970-01-01..=9999-12-31.
+pub fn day_of_date(date: &str) -> Result<i64, PersistenceError> {
+    let bad = || PersistenceError::InvalidInput(format!("date {date:?}: write it YYYY-MM-DD, 1970-01-01 or later"));
+    let d = NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| bad())?;
+    let day = i64::from(d.num_days_from_ce()) - 719_163;
+    if day < 0 || day > day_of(crate::clock::MAX_TIMESTAMP_MS) {
+        return Err(bad());
+    }
+    Ok(day)
+}
+
 /// The sums of a ledger group: the five counters (a message without one
 /// adds 0) and the number of messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

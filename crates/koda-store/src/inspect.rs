@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use koda_persistence::admin::named_tool_call_ids;
+use koda_persistence::ledger::{LedgerSums, UsageBy, UsageQuery};
 use koda_persistence::{Role, SessionInfo, Store, detect_interruption};
 use serde_json::json;
 
@@ -210,6 +211,10 @@ pub async fn stats(store: &Arc<dyn Store>, json: bool) -> Result<()> {
     let compacted = store.compacted_stats().await?;
     let health = store.health().await?;
     let (size, b) = (health.size_bytes, health.bodies);
+    let mut spent = LedgerSums::default();
+    for sums in ledger_by_session(store).await?.values() {
+        spent.add(sums);
+    }
     if json {
         let doc = json!({
             "sessions": ids.len(), "messages": messages,
@@ -217,6 +222,7 @@ pub async fn stats(store: &Arc<dyn Store>, json: bool) -> Result<()> {
                           "bytes": compacted.size_bytes, "oldest": compacted.oldest},
             "tokens_by_agent": per_agent, "size_bytes": size,
             "bodies": body_json(&b),
+            "ledger": spent,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -233,12 +239,38 @@ pub async fn stats(store: &Arc<dyn Store>, json: bool) -> Result<()> {
     for (agent, tokens) in &per_agent {
         println!("tokens ({agent}){:pad$}{tokens}", "", pad = 12usize.saturating_sub(agent.len()));
     }
+    println!(
+        "spent (ledger)      {} input, {} output, {} messages (koda-store usage says more)",
+        spent.prompt_tokens, spent.completion_tokens, spent.messages
+    );
     println!("large outputs       {}", body_line(&b));
     match size {
         Some(b) => println!("size                {b} bytes"),
         None => println!("size                (in memory)"),
     }
     Ok(())
+}
+
+/// The usage ledger per session over all time.
+async fn ledger_by_session(store: &Arc<dyn Store>) -> Result<BTreeMap<String, LedgerSums>> {
+    let q = UsageQuery {
+        since_ms: 0,
+        until_ms: koda_persistence::MAX_TIMESTAMP_MS,
+        by: UsageBy::Session,
+        project_root: None,
+        agent: None,
+    };
+    Ok(store.usage(&q).await?.into_iter().map(|r| (r.key, r.sums)).collect())
+}
+
+/// The token sums of stored messages (their message count left out:
+/// compaction's summary and hint are stored but were not spent).
+fn stored_tokens(rows: &[koda_persistence::MessageRecord]) -> LedgerSums {
+    let mut sums = LedgerSums::default();
+    for m in rows {
+        sums.add(&LedgerSums { messages: 0, ..LedgerSums::of_message(m.counters()) });
+    }
+    sums
 }
 
 /// Large outputs stored once, as `stats --json` and `doctor --json` show them.
@@ -447,8 +479,18 @@ pub async fn doctor(store: &Arc<dyn Store>, json: bool) -> Result<ExitCode> {
     for s in listed(store, None, i64::MAX).await? {
         counted.insert(s.id.clone(), s);
     }
+    let ledger = ledger_by_session(store).await?;
     for id in &ids {
         let rows = store.export_messages(id).await?;
+        let stored = stored_tokens(&rows);
+        let kept = ledger.get(id).copied().unwrap_or_default();
+        if !(LedgerSums { messages: 0, ..kept }).covers(&stored) {
+            findings.push(format!(
+                "session {id}: the usage ledger holds less than its stored messages spent (ledger {:?}, messages {:?})",
+                kept.as_array(),
+                stored.as_array()
+            ));
+        }
         if let Some(info) = counted.get(id) {
             let tokens: i64 = rows.iter().fold(0i64, |t, m| {
                 t.saturating_add(m.prompt_tokens.unwrap_or(0)).saturating_add(m.completion_tokens.unwrap_or(0))
@@ -485,12 +527,17 @@ pub async fn doctor(store: &Arc<dyn Store>, json: bool) -> Result<ExitCode> {
         let doc = json!({"sessions": ids.len(), "schema_version": health.schema_version,
                          "latest_schema_version": health.latest_schema_version,
                          "bodies": body_json(&health.bodies), "redaction": redaction,
+                         "ledger_sessions": ledger.len(),
                          "findings": findings, "notes": notes});
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!("{schema}");
         println!("bodies   {} (references checked against bodies both ways)", body_line(&health.bodies));
         println!("redact   {redaction} (koda-store redact --dry-run counts what the history holds)");
+        println!(
+            "ledger   {} sessions (kept at least what each session's stored messages spent; deleted ones too)",
+            ledger.len()
+        );
         for f in &findings {
             println!("FINDING  {f}");
         }

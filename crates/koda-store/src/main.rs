@@ -11,6 +11,7 @@ mod inspect;
 mod redaction;
 mod search;
 mod trash;
+mod usage;
 
 use koda_store::transfer;
 
@@ -311,6 +312,51 @@ the first capture group is the secret when there is one).")]
         #[arg(long)]
         json: bool,
     },
+    /// Tokens spent, from the store's usage ledger (which keeps what
+    /// pruning, compaction and deletes remove from the history): per day,
+    /// ISO week, month, root, agent or session, newest last, with totals
+    /// and a bar per row; --json or --csv for scripts and spreadsheets.
+    #[command(after_help = "\
+A prices file adds a cost column: TOML in dollars per million tokens,
+
+  [default]
+  input = 3.0
+  output = 15.0        # thinking tokens are priced as output
+  cache_read = 0.3
+  cache_write = 3.75
+
+  [agent.explore]      # an agent's own prices (optional)
+  input = 0.8
+  output = 4.0
+
+A message counts on its UTC day. Deleted sessions keep their spend (grouped by
+session, they are marked deleted).")]
+    Usage {
+        /// Group by day, week, month, root, agent or session.
+        #[arg(long, value_name = "GROUP", default_value = "day", value_parser = parse_by)]
+        by: koda_persistence::ledger::UsageBy,
+        /// First day counted, YYYY-MM-DD (UTC); the first there is by default.
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        /// Last day counted, YYYY-MM-DD (UTC), included.
+        #[arg(long, value_name = "DATE")]
+        until: Option<String>,
+        /// Only sessions of this project root (exact bytes).
+        #[arg(long, value_name = "PATH")]
+        root: Option<PathBuf>,
+        /// Only this agent (`main` also counts messages without one).
+        #[arg(long, value_name = "NAME")]
+        agent: Option<String>,
+        /// Add a cost column priced from this TOML file.
+        #[arg(long, value_name = "FILE")]
+        prices: Option<PathBuf>,
+        /// One JSON document on stdout.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// CSV with a header line on stdout.
+        #[arg(long)]
+        csv: bool,
+    },
     /// Apply pending migrations now (for deployments whose runtime role
     /// may not run DDL: run this once as the schema's owner). Opening a
     /// store migrates it too; this only says so.
@@ -342,6 +388,10 @@ fn parse_role(s: &str) -> Result<Role, String> {
 }
 
 /// A `--mode` value.
+fn parse_by(s: &str) -> Result<koda_persistence::ledger::UsageBy, String> {
+    koda_persistence::ledger::UsageBy::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_mode(s: &str) -> Result<RedactMode, String> {
     RedactMode::parse(s).map_err(|e| e.to_string())
 }
@@ -530,6 +580,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 redaction::redact(&store, mode, rules.as_deref(), json).await?;
             }
+        }
+        Command::Usage { by, since, until, root, agent, prices, json, csv } => {
+            let url = store_url()?;
+            let prices = prices.as_deref().map(usage::read_prices).transpose()?;
+            let format = if json {
+                usage::Format::Json
+            } else if csv {
+                usage::Format::Csv
+            } else {
+                usage::Format::Table
+            };
+            let req = usage::Request { by, since, until, root, agent };
+            usage::usage(&open(&url).await?, &req, prices.as_ref(), format).await?;
         }
         Command::Migrate => {
             let url = store_url()?;

@@ -183,6 +183,7 @@ fn every_subcommand_has_help() {
         "compact-bodies",
         "fork",
         "redact",
+        "usage",
     ] {
         let out = ok(&[sub, "--help"]);
         assert!(text(&out.stdout).contains("Usage: koda-store"), "{sub}");
@@ -1027,4 +1028,131 @@ fn a_killed_redact_completes_when_run_again() {
     assert!(!export.contains(&token), "a value kept the token after the re-run");
     assert_eq!(export.matches("[REDACTED:github-token:").count(), 900);
     ok(&["--store", &url, "doctor"]);
+}
+
+/// A store whose sessions spent tokens on three days (imported with their
+/// times): `/p` with agents main and explore, `/q` with main.
+fn spend(path: &Path) -> (String, String) {
+    use koda_persistence::{MessageRecord, SessionRecord};
+    let day =
+        |d: &str| koda_persistence::ledger::day_of_date(d).unwrap() * koda_persistence::ledger::DAY_MS + 3_600_000;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = koda_persistence::open(&sqlite_url(path)).await.expect("open");
+        let mut ids = Vec::new();
+        for (sid, root, msgs) in [
+            ("sess-a", "/p", vec![("2026-12-01", None, 1000, 200), ("2026-12-02", Some("explore"), 10, 1)]),
+            ("sess-b", "/q", vec![("2026-11-30", None, 5, 5)]),
+        ] {
+            let record = SessionRecord {
+                id: sid.into(),
+                agent_name: "main".into(),
+                project_root: Some(root.into()),
+                created_ms: day("2026-11-30"),
+                last_accessed_ms: None,
+                title: None,
+                mode: None,
+            };
+            store.import_session(&record).await.unwrap();
+            let records: Vec<MessageRecord> = msgs
+                .into_iter()
+                .map(|(d, agent, p, c)| MessageRecord {
+                    prompt_tokens: Some(p),
+                    completion_tokens: Some(c),
+                    agent: agent.map(str::to_owned),
+                    ..MessageRecord::bare(1, Role::Assistant, day(d))
+                })
+                .collect();
+            store.import_messages(sid, &records, false).await.unwrap();
+            ids.push(sid.to_owned());
+        }
+        (ids[0].clone(), ids[1].clone())
+    })
+}
+
+/// `usage` by every grouping, as JSON, CSV and a plain table (not a TTY:
+/// `#` bars, no escape codes), with a prices file, over an empty range,
+/// and after a delete (the spend stays, the session marked).
+#[test]
+fn usage_reports_the_ledger_by_every_grouping() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("koda.db");
+    let (a, b) = spend(&db);
+    let url = sqlite_url(&db);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut full = vec!["--store", url.as_str(), "usage", "--json"];
+        full.extend(args);
+        serde_json::from_slice(&ok(&full).stdout).unwrap()
+    };
+    let keys = |doc: &serde_json::Value| -> Vec<String> {
+        doc["rows"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap().to_owned()).collect()
+    };
+    let by_day = json(&[]);
+    assert_eq!(keys(&by_day), ["2026-11-30", "2026-12-01", "2026-12-02"], "{by_day}");
+    assert_eq!(by_day["total"]["prompt_tokens"], 1015);
+    assert_eq!(by_day["total"]["messages"], 3);
+    assert_eq!(keys(&json(&["--by", "week"])), ["2026-W49"]);
+    assert_eq!(keys(&json(&["--by", "month"])), ["2026-11", "2026-12"]);
+    assert_eq!(keys(&json(&["--by", "root"])), ["/p", "/q"]);
+    assert_eq!(keys(&json(&["--by", "agent"])), ["explore", "main"]);
+    assert_eq!(keys(&json(&["--by", "session"])), [a.as_str(), b.as_str()]);
+    let narrowed = json(&["--since", "2026-12-01", "--until", "2026-12-01", "--root", "/p", "--agent", "main"]);
+    assert_eq!(narrowed["total"]["prompt_tokens"], 1000, "{narrowed}");
+
+    let csv = text(&ok(&["--store", &url, "usage", "--by", "agent", "--csv"]).stdout);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "key,prompt_tokens,completion_tokens,cache_read_tokens,cache_creation_tokens,thinking_tokens,messages,deleted"
+    );
+    assert_eq!(lines[1..], ["explore,10,1,0,0,0,1,false", "main,1005,205,0,0,0,2,false"], "{csv}");
+
+    let table = text(&ok(&["--store", &url, "usage"]).stdout);
+    assert!(table.contains("2026-12-01") && table.contains("total"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("2026-12-01") && l.ends_with(&"#".repeat(30))), "{table}");
+    assert!(!table.contains('\u{1b}') && !table.contains('█'), "not a TTY: plain text: {table}");
+
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(&prices, "[default]\ninput = 3.0\noutput = 15.0\n\n[agent.explore]\ninput = 1000.0\noutput = 0\n")
+        .unwrap();
+    let priced = json(&["--by", "month", "--prices", prices.to_str().unwrap()]);
+    let cost = |i: usize| priced["rows"][i]["cost_usd"].as_f64().unwrap();
+    // November: 5 in at $3/M, 5 out at $15/M; December: main 1000 in and
+    // 200 out, explore 10 in at $1000/M.
+    assert!((cost(0) - (5.0 * 3.0 + 5.0 * 15.0) / 1e6).abs() < 1e-12, "{priced}");
+    assert!((cost(1) - (1000.0 * 3.0 + 200.0 * 15.0 + 10.0 * 1000.0) / 1e6).abs() < 1e-12, "{priced}");
+    let priced_csv = text(&ok(&["--store", &url, "usage", "--csv", "--prices", prices.to_str().unwrap()]).stdout);
+    assert!(priced_csv.lines().next().unwrap().ends_with(",cost_usd"), "{priced_csv}");
+    std::fs::write(&prices, "[default]\ninput = -1\n").unwrap();
+    assert_eq!(run(&["--store", &url, "usage", "--prices", prices.to_str().unwrap()]).status.code(), Some(2));
+
+    let empty = json(&["--since", "2030-01-01"]);
+    assert_eq!(empty["rows"], serde_json::json!([]), "{empty}");
+    let empty = text(&ok(&["--store", &url, "usage", "--since", "2030-01-01"]).stdout);
+    assert!(empty.contains("no usage recorded"), "{empty}");
+    assert_eq!(run(&["--store", &url, "usage", "--since", "yesterday"]).status.code(), Some(2));
+    assert_eq!(run(&["--store", &url, "usage", "--by", "year"]).status.code(), Some(2));
+
+    ok(&["--store", &url, "delete", &b]);
+    let after = json(&["--by", "session"]);
+    assert_eq!(after["rows"][1]["deleted"], true, "{after}");
+    assert_eq!(after["total"]["prompt_tokens"], 1015, "the spend stays: {after}");
+    let table = text(&ok(&["--store", &url, "usage", "--by", "session"]).stdout);
+    assert!(table.contains(&format!("{b} (deleted)")), "{table}");
+
+    // stats shows the ledger; doctor checks it against the stored
+    // messages and finds a ledger planted lower than what they spent.
+    let stats: serde_json::Value = serde_json::from_slice(&ok(&["--store", &url, "stats", "--json"]).stdout).unwrap();
+    assert_eq!(stats["ledger"]["prompt_tokens"], 1015, "{stats}");
+    ok(&["--store", &url, "doctor"]);
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    raw.execute("UPDATE kp_ledger SET prompt = 1 WHERE session_id = ?1", [&a]).unwrap();
+    drop(raw);
+    let found = run(&["--store", &url, "doctor"]);
+    assert_eq!(found.status.code(), Some(1), "{}", text(&found.stdout));
+    assert!(
+        text(&found.stdout).contains(&format!("session {a}: the usage ledger holds less")),
+        "{}",
+        text(&found.stdout)
+    );
 }
