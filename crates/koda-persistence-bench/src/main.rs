@@ -11,6 +11,7 @@
 //! is set, that PostgreSQL server (a fresh schema per workload, dropped after).
 
 mod ceiling;
+mod ledger;
 #[path = "../../koda-persistence-postgres/tests/support/pgbouncer.rs"]
 mod pgbouncer;
 mod targets;
@@ -79,6 +80,11 @@ struct Cli {
     /// sled with redact=secrets against without, and exit.
     #[arg(long)]
     redaction_scan: bool,
+    /// Write a year of history (365 days x 50 sessions, 100,000 messages;
+    /// a tenth of the sessions with --quick) into each target and time
+    /// `usage --by day` over it, then exit.
+    #[arg(long)]
+    ledger_year: bool,
     /// Also run W13 (search across sessions at two sizes, and W1 with
     /// the search index against without).
     #[arg(long)]
@@ -797,6 +803,18 @@ async fn main() -> Result<()> {
     }
     let plan = Plan { w1_only: cli.w1_only, w2_only: cli.w2_only, w5_only: cli.w5_only, ..Plan::new(cli.quick) };
     let targets = urls.iter().map(|u| Target::parse(u, scratch.path())).collect::<Result<Vec<_>>>()?;
+    if cli.ledger_year {
+        for t in &targets {
+            eprintln!("writing a year of history into {}", t.name());
+            let y = ledger::run(t, if cli.quick { 10 } else { 1 }, 21).await?;
+            println!(
+                "ledger year, {}: {} messages written in {:.1} s; usage --by day over {} days: median {:.2} ms, \
+                 slowest {:.2} ms (21 runs; target 50 ms)",
+                y.name, y.messages, y.write_s, y.days, y.median_ms, y.max_ms
+            );
+        }
+        return Ok(());
+    }
     let outcome = run(&cli, plan, &targets, scratch.path()).await;
     // A workload that failed midway returned before dropping its schema.
     for t in &targets {

@@ -74,6 +74,10 @@ pub(crate) fn keeping_ledger<R>(tx: &Transaction<'_>, session_id: &str, f: impl 
     Ok(out)
 }
 
+/// Below this, SQLite's `TOTAL` (a double) of non-negative integers is
+/// exact.
+const EXACT_IN_DOUBLE: f64 = 9_007_199_254_740_992.0;
+
 fn usage(conn: &Connection, q: &UsageQuery<'_>) -> Result<Vec<UsageRow>> {
     let (first, end) = q.days();
     let root = q.root()?;
@@ -83,21 +87,44 @@ fn usage(conn: &Connection, q: &UsageQuery<'_>) -> Result<Vec<UsageRow>> {
         UsageBy::Agent => ("agent", "0"),
         UsageBy::Session => ("session_id", "NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = l.session_id)"),
     };
-    // `group` and `deleted` are chosen above, never input.
-    let sums: Vec<String> = SUMS.iter().map(|c| exact_sum(c)).collect();
-    let sums = sums.join(", ");
-    let sql = format!(
-        "SELECT {group}, {deleted}, {sums}
-         FROM kp_ledger l
-         WHERE day >= ?1 AND day < ?2 AND (?3 IS NULL OR root = ?3) AND (?4 IS NULL OR agent = ?4)
-         GROUP BY {group}"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![first, end, root, q.agent], |r| {
-        let key = if q.by.is_time() { GroupKey::Day(r.get(0)?) } else { GroupKey::Text(r.get(0)?) };
-        Ok((key, sums_at(r, 2)?, r.get::<_, bool>(1)?))
-    })?;
-    let rows: Vec<_> = rows.collect::<rusqlite::Result<_>>()?;
+    let key = |r: &Row<'_>| -> rusqlite::Result<GroupKey> {
+        Ok(if q.by.is_time() { GroupKey::Day(r.get(0)?) } else { GroupKey::Text(r.get(0)?) })
+    };
+    // `group`, `deleted` and `sums` are chosen here, never input. First
+    // with TOTAL (a double: exact below 2^53, and fast); only when a sum
+    // reaches that, again with the exact sums.
+    let sql = |sums: &str| {
+        format!(
+            "SELECT {group}, {deleted}, {sums}
+             FROM kp_ledger l
+             WHERE day >= ?1 AND day < ?2 AND (?3 IS NULL OR root = ?3) AND (?4 IS NULL OR agent = ?4)
+             GROUP BY {group}"
+        )
+    };
+    let totals: Vec<String> = SUMS.iter().map(|c| format!("TOTAL({c})")).collect();
+    let mut stmt = conn.prepare_cached(&sql(&totals.join(", ")))?;
+    let mut rows = Vec::new();
+    let mut inexact = false;
+    let mut query = stmt.query(params![first, end, root, q.agent])?;
+    while let Some(r) = query.next()? {
+        let mut a = [0; 6];
+        for (i, slot) in a.iter_mut().enumerate() {
+            let t: f64 = r.get(2 + i)?;
+            inexact |= t >= EXACT_IN_DOUBLE;
+            #[allow(clippy::cast_possible_truncation)]
+            let n = t as i64;
+            *slot = n;
+        }
+        rows.push((key(r)?, LedgerSums::from_array(a), r.get::<_, bool>(1)?));
+    }
+    drop(query);
+    if inexact {
+        let exact: Vec<String> = SUMS.iter().map(|c| exact_sum(c)).collect();
+        let mut stmt = conn.prepare_cached(&sql(&exact.join(", ")))?;
+        let found = stmt
+            .query_map(params![first, end, root, q.agent], |r| Ok((key(r)?, sums_at(r, 2)?, r.get::<_, bool>(1)?)))?;
+        rows = found.collect::<rusqlite::Result<_>>()?;
+    }
     Ok(finish(q.by, rows))
 }
 

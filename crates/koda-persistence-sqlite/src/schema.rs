@@ -590,7 +590,9 @@ macro_rules! ledger_day {
 /// A fork removes its new session's rows in its own transaction, and a
 /// restore from the trash puts the session's rows back as they were
 /// (`crate::ledger`). The sum columns have no declared type, as in
-/// `kp_usage`. The hook fills it from the messages the file holds.
+/// `kp_usage`. Keyed by day first, so a query over a range of days reads
+/// the table in order; the session index serves a fork and a restore.
+/// The hook fills it from the messages the file holds.
 const V8_LEDGER: &str = concat!(
     "
 CREATE TABLE kp_ledger (
@@ -604,9 +606,9 @@ CREATE TABLE kp_ledger (
     cache_creation NOT NULL,
     thinking NOT NULL,
     messages NOT NULL,
-    PRIMARY KEY (session_id, day, agent)
+    PRIMARY KEY (day, session_id, agent)
 ) WITHOUT ROWID;
-CREATE INDEX kp_ledger_day ON kp_ledger (day);
+CREATE INDEX kp_ledger_session ON kp_ledger (session_id);
 
 CREATE TRIGGER kp_ledger_inserted AFTER INSERT ON messages
 BEGIN
