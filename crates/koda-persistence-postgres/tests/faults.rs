@@ -878,3 +878,40 @@ async fn an_undecodable_body_does_not_stop_the_search_index() -> Result<()> {
     })
     .await
 }
+
+/// A schema an earlier build migrated (before migration 11) gets its usage
+/// ledger filled from the messages it holds when a later open migrates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_11_fills_the_ledger_from_the_stored_messages() -> Result<()> {
+    use koda_persistence_api::Ledger;
+    use koda_persistence_api::ledger::{UsageBy, UsageQuery};
+    with_schema("migration_11_fills_the_ledger", |url, schema| async move {
+        let s = store(&url, &schema, "ledger-before").await?;
+        let sid = s.create_session("main", Path::new("/p")).await?;
+        let u = TokenUsage {
+            prompt_tokens: 40,
+            completion_tokens: 2,
+            cache_read_tokens: 1,
+            cache_creation_tokens: 0,
+            thinking_tokens: 3,
+        };
+        s.insert_message(&sid, &Role::User, Some("q"), None, None, None).await?;
+        s.insert_message_with_agent(&sid, &Role::Assistant, Some("a"), None, None, Some(&u), Some("sub")).await?;
+        let q =
+            UsageQuery { since_ms: 0, until_ms: i64::MAX / 1000, by: UsageBy::Agent, project_root: None, agent: None };
+        let want = s.usage(&q).await?;
+        assert_eq!(want.len(), 2, "{want:?}");
+        drop(s);
+        // The schema as a build before migration 11 left it.
+        let admin = support::admin(&url).await?;
+        admin
+            .batch_execute(&format!(
+                "DROP TABLE \"{schema}\".usage_ledger; DELETE FROM \"{schema}\".koda_schema_history WHERE version = 11;"
+            ))
+            .await?;
+        let s = store(&url, &schema, "ledger-after").await?;
+        assert_eq!(s.usage(&q).await?, want, "filled from the messages");
+        Ok(())
+    })
+    .await
+}
