@@ -1,7 +1,7 @@
 //! Usage history that survives pruning: the Ledger capability over
 //! `kp_ledger` (schema 8, kept by a trigger on every insert into
-//! `messages`), and the two writes that must not count: a fork and a
-//! restore from the trash.
+//! `messages`), and the writes that must not count: a fork, a restore
+//! from the trash and a compaction's summary and hint.
 
 use anyhow::Result;
 use koda_persistence_api::ledger::{GroupKey, Ledger, LedgerSums, UsageBy, UsageQuery, UsageRow, finish};
@@ -49,7 +49,8 @@ pub(crate) fn uncount_fork(tx: &Transaction<'_>, new_id: &str) -> Result<()> {
 type Saved = Vec<(i64, String, Option<String>, [Value; 6])>;
 
 /// Runs `f` (a restore from the trash, which inserts the session's
-/// messages again) and puts the session's ledger rows back as they were.
+/// messages again, or a compaction, which inserts its summary and hint)
+/// and puts the session's ledger rows back as they were.
 pub(crate) fn keeping_ledger<R>(tx: &Transaction<'_>, session_id: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
     let saved: Saved = {
         let mut stmt = tx.prepare_cached(
