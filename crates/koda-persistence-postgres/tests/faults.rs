@@ -529,8 +529,15 @@ async fn version_6_compares_session_ids_bytewise() -> Result<()> {
                  JOIN pg_collation co ON co.oid = a.attcollation
                  WHERE n.nspname = $1 AND c.relkind = 'r' AND a.attnum > 0
                    AND a.attname IN ('id', 'session_id') AND a.atttypid = 'text'::regtype
-                   AND c.relname NOT LIKE 'trash%'
+                   AND c.relname NOT LIKE 'trash%' AND c.relname <> 'usage_ledger'
                  ORDER BY 1";
+        // The usage ledger (version 11) is made after version 6, bytewise
+        // from the start.
+        const LEDGER_COLLATION: &str = "SELECT co.collname::TEXT
+                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_collation co ON co.oid = a.attcollation
+                 WHERE n.nspname = $1 AND c.relname = 'usage_ledger' AND a.attname = 'session_id'";
         // The trash's twins (version 9) are made LIKE the live tables,
         // after version 6: they compare bytewise from the start.
         const TRASH_COLLATIONS: &str = "SELECT c.relname || '.' || a.attname, co.collname::TEXT
@@ -564,6 +571,8 @@ async fn version_6_compares_session_ids_bytewise() -> Result<()> {
             "trash_usage.session_id",
         ]);
         assert_eq!(columns(admin.query(TRASH_COLLATIONS, &[&schema]).await?), twins);
+        let ledger: String = admin.query_one(LEDGER_COLLATION, &[&schema]).await?.get(0);
+        assert_eq!(ledger, "C");
         // Back to what version 5 left: the database's collation.
         let mut back = String::new();
         for (table, column) in [
